@@ -1,0 +1,126 @@
+"""Frozen inputs to the pure cost model: what the sources parsed, nothing more.
+
+Every source's ``parse()`` returns one of these record types; the refresh loop bundles the
+last good records of every source into one :class:`Inputs` and hands it to the model. Nothing
+here knows about HTTP, clocks or configuration.
+
+Units: money in US dollars (float, a rate or a window total as the field says), time in
+hours unless the name says seconds, utilization as a 0–1 ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One DCGM utilization series: a whole GPU, or one MIG instance of it.
+
+    ``uuid`` is the physical GPU's UUID (for MIG the parent GPU's). ``mig_profile`` (e.g.
+    ``"1g.10gb"``) and ``mig_instance`` are set only for MIG instances. ``namespace``/``pod``
+    are the pod that dcgm-exporter attributed the device to, or ``None`` when the device has
+    no pod (an unallocated GPU). A time-sliced GPU shows up as several samples with the same
+    ``uuid`` and no MIG fields, one per pod sharing it.
+
+    ``utilization`` is a 0–1 ratio already (the DCGM source converts ``DCGM_FI_DEV_GPU_UTIL``
+    percent to a ratio); it is clamped to [0, 1] by the parser.
+    """
+
+    uuid: str
+    gpu_index: str
+    model_name: str
+    node: str
+    utilization: float
+    namespace: str | None = None
+    pod: str | None = None
+    container: str | None = None
+    mig_profile: str | None = None
+    mig_instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """One OpenCost ``/allocation/compute`` row (pod aggregation) over the query window.
+
+    Costs are dollars accrued over the window (OpenCost's ``*Cost`` plus its ``*CostAdjustment``),
+    never negative after parsing; ``None`` numbers from OpenCost (its NaN) are parsed as 0.
+    ``name`` is the allocation key: ``cluster/node/namespace/pod`` style keys in OpenCost, or a
+    sentinel such as ``__idle__`` / ``__unallocated__`` (see :attr:`is_idle`).
+
+    ``gpu_count`` is the average number of GPUs requested over the window (the newer
+    ``gpuAllocation.gpuRequestAverage`` when present, else the old top-level
+    ``gpuRequestAverage``, else ``gpuCount``); ``gpu_usage_average`` likewise (0–n GPUs).
+    ``labels`` are pod labels as OpenCost reports them (keys sanitized by Prometheus' rules, e.g.
+    ``aifinops_io_tenant``); ``namespace_labels`` likewise.
+    """
+
+    name: str
+    namespace: str | None
+    pod: str | None
+    node: str | None
+    minutes: float
+    cpu_cost: float = 0.0
+    gpu_cost: float = 0.0
+    ram_cost: float = 0.0
+    pv_cost: float = 0.0
+    network_cost: float = 0.0
+    load_balancer_cost: float = 0.0
+    shared_cost: float = 0.0
+    external_cost: float = 0.0
+    gpu_hours: float = 0.0
+    gpu_count: float = 0.0
+    gpu_usage_average: float | None = None
+    labels: Mapping[str, str] = field(default=EMPTY_LABELS)
+    namespace_labels: Mapping[str, str] = field(default=EMPTY_LABELS)
+
+    @property
+    def is_idle(self) -> bool:
+        """OpenCost's idle row: cluster capacity that no pod requested."""
+        return self.name.endswith("__idle__")
+
+    @property
+    def is_unallocated(self) -> bool:
+        """OpenCost's own unallocated row (cost it could not tie to a pod)."""
+        return self.name.endswith("__unallocated__")
+
+    @property
+    def total_cost(self) -> float:
+        """Sum of every cost field, in dollars over the window."""
+        return (
+            self.cpu_cost
+            + self.gpu_cost
+            + self.ram_cost
+            + self.pv_cost
+            + self.network_cost
+            + self.load_balancer_cost
+            + self.shared_cost
+            + self.external_cost
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationSet:
+    """All OpenCost rows for one query window.
+
+    ``window_hours`` is the length of the query window; a rate is ``cost / window_hours``.
+    """
+
+    window_hours: float
+    allocations: tuple[Allocation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """Everything the model needs for one refresh, as the sources last saw it.
+
+    A field is ``None`` when its source has never succeeded or its data went stale: the model
+    then publishes what it can without it (no DCGM → no usage basis, no idle GPUs).
+    """
+
+    gpus: tuple[GpuSample, ...] | None
+    allocations: AllocationSet | None
