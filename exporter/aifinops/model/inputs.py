@@ -75,8 +75,8 @@ class Allocation:
     gpu_hours: float = 0.0
     gpu_count: float = 0.0
     gpu_usage_average: float | None = None
-    labels: Mapping[str, str] = field(default=EMPTY_LABELS)
-    namespace_labels: Mapping[str, str] = field(default=EMPTY_LABELS)
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
+    namespace_labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
 
     @property
     def is_idle(self) -> bool:
