@@ -1,7 +1,8 @@
 """Versions published in ``aifinops_build_info``.
 
-The rule bundle's version lives in ``rules/VERSION`` (one place); it is read at start-up
-from the repository or from the copy packaged with the exporter.
+``RULES_VERSION`` is the rule bundle's version; ``rules/VERSION`` carries the same string for
+tools outside Python, and a test fails when the two differ.
 """
 
 __version__ = "0.1.0"
+RULES_VERSION = "0.1.0"

@@ -1,0 +1,85 @@
+"""GPU price catalog: USD per whole GPU-hour by GPU model, with tolerant model-name matching.
+
+The catalog is data (``aifinops/data/gpu_prices.yaml`` or a user file, loaded by
+:func:`aifinops.sources.gpu_catalog.load_gpu_catalog`); this module only looks prices up.
+Lookup order: configuration override, then catalog entry for the configured purchase option.
+Names match case-insensitively after dropping an ``NVIDIA``/``Tesla`` prefix and collapsing
+separators, so ``"NVIDIA A100-SXM4-80GB"``, ``"a100 sxm4 80gb"`` and an alias all match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+PriceSource = Literal["override", "catalog"]
+
+_PREFIX = re.compile(r"^(nvidia|tesla)\s+")
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def normalize_gpu_model(name: str) -> str:
+    """Canonical matching key for a GPU model name."""
+    key = name.strip().lower()
+    key = _PREFIX.sub("", key)
+    return _SEPARATORS.sub(" ", key).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class GpuPrice:
+    on_demand: float
+    spot: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class GpuPriceCatalog:
+    version: str
+    # normalized name or alias -> (display name, price)
+    entries: Mapping[str, tuple[str, GpuPrice]] = field(default_factory=dict)
+
+    def lookup(self, model_name: str) -> tuple[str, GpuPrice] | None:
+        return self.entries.get(normalize_gpu_model(model_name))
+
+
+@dataclass(frozen=True, slots=True)
+class GpuPricer:
+    """Resolves the price per GPU-hour for a model; ``None`` when nothing is known."""
+
+    catalog: GpuPriceCatalog
+    purchase_option: Literal["on_demand", "spot"] = "on_demand"
+    overrides: Mapping[str, float] = field(default_factory=dict)
+
+    def price(self, model_name: str) -> tuple[float, PriceSource] | None:
+        wanted = normalize_gpu_model(model_name)
+        for name, value in self.overrides.items():
+            if normalize_gpu_model(name) == wanted:
+                return value, "override"
+        found = self.catalog.lookup(model_name)
+        if found is None:
+            return None
+        price = found[1]
+        return (price.spot if self.purchase_option == "spot" else price.on_demand), "catalog"
+
+
+# MIG: compute slices of a profile ("3g.40gb" -> 3) over the GPU's total slices.
+_MIG_SLICES = re.compile(r"^(\d+)g\.")
+_SEVEN_SLICE_DEFAULT = 7
+_FOUR_SLICE_MODELS = ("a30",)
+
+
+def mig_fraction(profile: str, model_name: str) -> float:
+    """Fraction of a physical GPU a MIG instance holds, by compute slices.
+
+    A100/H100/H200 have 7 compute slices, A30 has 4. An unrecognized profile counts as the
+    whole GPU (over-counting a slice is safer than losing its cost); see the docs.
+    """
+    m = _MIG_SLICES.match(profile.strip().lower())
+    if not m:
+        return 1.0
+    total = (
+        4 if any(k in normalize_gpu_model(model_name) for k in _FOUR_SLICE_MODELS) else 7
+    )
+    return min(1.0, int(m.group(1)) / total)

@@ -1,0 +1,52 @@
+"""Idle GPU detection over a rolling window, in O(1) memory per GPU hold.
+
+A hold (one pod on one GPU unit) is *idle* when it has been observed for at least the window
+and no observation in the last window reached the utilization threshold. Instead of keeping
+every sample, each hold keeps two timestamps: when it was first seen and when it was last
+seen busy (utilization >= threshold). Holds not seen in the latest observation are dropped (the
+pod or GPU went away). Pure: the caller passes the previous state and gets a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from aifinops.model.cost import GpuShare, IdleKey
+
+NEVER = float("-inf")
+
+
+@dataclass(frozen=True, slots=True)
+class HoldHistory:
+    first_seen: float
+    last_busy: float  # NEVER when it has not been busy since first seen
+
+
+IdleState = Mapping[IdleKey, HoldHistory]
+
+
+def observe(
+    state: IdleState,
+    shares: Iterable[GpuShare],
+    observed_at: float,
+    threshold: float,
+) -> dict[IdleKey, HoldHistory]:
+    """New state after one DCGM observation taken at ``observed_at`` (unix seconds)."""
+    out: dict[IdleKey, HoldHistory] = {}
+    for share in shares:
+        prev = state.get(share.idle_key)
+        first = prev.first_seen if prev is not None else observed_at
+        busy = prev.last_busy if prev is not None else NEVER
+        if share.utilization >= threshold:
+            busy = observed_at
+        out[share.idle_key] = HoldHistory(first, busy)
+    return out
+
+
+def is_idle(history: HoldHistory | None, now: float, window_seconds: float) -> bool:
+    """True when observed for the whole window and never busy within it."""
+    if history is None:
+        return False
+    start = now - window_seconds
+    return history.first_seen <= start and history.last_busy < start

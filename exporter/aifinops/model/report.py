@@ -1,0 +1,147 @@
+"""The immutable Report one refresh produces, and the pure function that builds it.
+
+``build_report(inputs, context, state, now)`` returns ``(report, new_state)``. The state
+carries what must survive between refreshes — accrued dollars for the counters, the idle-GPU
+history, the previous ``now`` — and is owned by the refresh loop, never by the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aifinops.model.cost import CostBreakdown, attribute_costs
+from aifinops.model.gpu_prices import GpuPricer
+from aifinops.model.idle import HoldHistory, IdleKey, is_idle, observe
+from aifinops.model.inputs import Inputs
+from aifinops.model.tenancy import TenantResolver
+
+SECONDS_PER_HOUR = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelContext:
+    """Configuration the model needs, compiled once per (re)load."""
+
+    resolver: TenantResolver
+    pricer: GpuPricer
+    idle_threshold: float
+    idle_window_seconds: float
+    max_tenants: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    last_now: float | None = None
+    accrued: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
+    idle: Mapping[IdleKey, HoldHistory] = field(default_factory=dict)
+    dcgm_observed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTenantStats:
+    """Per (tenant, GPU model): GPU-equivalents held and used, and dollars per hour."""
+
+    held: float = 0.0
+    used: float = 0.0
+    unused_rate: float = 0.0
+    idle_gpus: float = 0.0
+    idle_rate: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    now: float
+    cost: CostBreakdown
+    accrued: Mapping[tuple[str, str, str], float]
+    gpu_stats: Mapping[tuple[str, str], GpuTenantStats]
+    efficiency: Mapping[str, float]
+
+    def tenant_rates(self, basis: str) -> Mapping[tuple[str, str], float]:
+        return self.cost.rates.get(basis, {})
+
+
+def accrue(
+    previous: Mapping[tuple[str, str, str], float],
+    rates: Mapping[str, Mapping[tuple[str, str], float]],
+    hours: float,
+) -> dict[tuple[str, str, str], float]:
+    """Dollars accrued per (tenant, resource, basis): previous + rate × hours.
+
+    Keys without a current rate are dropped (their series disappear); a new key starts at
+    its first increment, so a counter never decreases while it exists.
+    """
+    out: dict[tuple[str, str, str], float] = {}
+    for basis, basis_rates in rates.items():
+        for (tenant, resource), rate in basis_rates.items():
+            key = (tenant, resource, basis)
+            out[key] = previous.get(key, 0.0) + max(0.0, rate) * hours
+    return out
+
+
+def build_report(
+    inputs: Inputs,
+    context: ModelContext,
+    state: ModelState,
+    now: float,
+    dcgm_observed_at: float | None = None,
+) -> tuple[Report, ModelState]:
+    """One refresh of the model. ``dcgm_observed_at`` is when the GPU samples were fetched
+    (unix seconds); the idle history only advances on a new observation."""
+    cost = attribute_costs(
+        inputs.allocations, inputs.gpus, context.resolver, context.pricer, context.max_tenants
+    )
+
+    idle_state: Mapping[IdleKey, HoldHistory] = state.idle
+    if inputs.gpus is None:
+        idle_state = {}
+    elif dcgm_observed_at is not None and dcgm_observed_at != state.dcgm_observed_at:
+        idle_state = observe(state.idle, cost.shares, dcgm_observed_at, context.idle_threshold)
+
+    parts: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for share in cost.shares:
+        p = parts[(share.tenant, share.gpu_model)]
+        p["held"].append(share.held)
+        p["used"].append(share.used)
+        p["unused"].append(share.unused_rate)
+        if is_idle(idle_state.get(share.idle_key), now, context.idle_window_seconds):
+            p["idle_gpus"].append(share.held)
+            p["idle_rate"].append(share.alloc_rate)
+    gpu_stats = {
+        key: GpuTenantStats(
+            held=math.fsum(p["held"]),
+            used=math.fsum(p["used"]),
+            unused_rate=math.fsum(p["unused"]),
+            idle_gpus=math.fsum(p["idle_gpus"]),
+            idle_rate=math.fsum(p["idle_rate"]),
+        )
+        for key, p in parts.items()
+    }
+    held_by_tenant: dict[str, float] = defaultdict(float)
+    used_by_tenant: dict[str, float] = defaultdict(float)
+    for (tenant, _), stats in gpu_stats.items():
+        held_by_tenant[tenant] += stats.held
+        used_by_tenant[tenant] += stats.used
+    efficiency = {
+        t: min(1.0, used_by_tenant[t] / held) for t, held in held_by_tenant.items() if held > 0
+    }
+
+    hours = 0.0
+    if state.last_now is not None and now > state.last_now:
+        hours = (now - state.last_now) / SECONDS_PER_HOUR
+    accrued = accrue(state.accrued, cost.rates, hours)
+
+    report = Report(
+        now=now, cost=cost, accrued=accrued, gpu_stats=gpu_stats, efficiency=efficiency
+    )
+    new_state = ModelState(
+        last_now=now,
+        accrued=accrued,
+        idle=idle_state,
+        dcgm_observed_at=dcgm_observed_at if inputs.gpus is not None else None,
+    )
+    return report, new_state

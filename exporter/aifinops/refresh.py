@@ -1,0 +1,219 @@
+"""The refresh loop: fetch every source concurrently, run the model, render, swap.
+
+One cycle: each source's ``fetch`` runs with its own timeout; a success replaces that
+source's last good data, a failure keeps it (counted by reason, logged once per state change)
+until it is older than the source's ``stale_after_seconds``, when it is dropped and the
+source is marked stale. The model then runs on a frozen :class:`Inputs`, the exposition is
+rendered to bytes once, and the new :class:`Snapshot` replaces the old one in a single
+assignment, so a scrape or an API call always sees one consistent report. Nothing a source
+or the model raises ends the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+
+from aifinops.exposition.families import BuildInfo, cost_families, self_families
+from aifinops.exposition.render import Exposition, render
+from aifinops.model.inputs import AllocationSet, GpuSample, Inputs
+from aifinops.model.report import ModelContext, ModelState, Report, build_report
+from aifinops.sources.base import Source, SourceError
+from aifinops.status import RefreshStatus, SourceStatus
+
+log = structlog.get_logger("aifinops.refresh")
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class SourceRuntime:
+    """Mutable bookkeeping for one source; only the refresh loop touches it."""
+
+    source: Source[Any]
+    timeout: float
+    stale_after: float
+    data: Any = None
+    fetched_at: float | None = None
+    up: bool = False
+    stale: bool = False
+    errors: Counter[str] = field(default_factory=Counter)
+    last_error: str | None = None
+    duration: float = 0.0
+    logged_state: str | None = None
+
+    def status(self, now: float) -> SourceStatus:
+        age = None if self.data is None or self.fetched_at is None else now - self.fetched_at
+        return SourceStatus(
+            name=self.source.name,
+            up=self.up,
+            age_seconds=age,
+            stale=self.stale,
+            duration_seconds=self.duration,
+            errors=dict(self.errors),
+            last_error=self.last_error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    report: Report | None
+    status: RefreshStatus | None
+    exposition: Exposition
+    ready: bool
+
+
+class Refresher:
+    """Owns the sources' runtime state, the model state and the current snapshot."""
+
+    def __init__(
+        self,
+        sources: Sequence[tuple[Source[Any], float, float]],
+        context: ModelContext,
+        build: BuildInfo,
+        client: httpx.AsyncClient,
+        clock: Clock = time.time,
+    ) -> None:
+        """``sources`` are ``(source, timeout_seconds, stale_after_seconds)`` triples."""
+        self._runtimes = [SourceRuntime(s, timeout, stale) for s, timeout, stale in sources]
+        self._context = context
+        self._build = build
+        self._client = client
+        self._clock = clock
+        self._state = ModelState()
+        self._refreshes = 0
+        self._lock = asyncio.Lock()
+        self.snapshot = Snapshot(
+            report=None,
+            status=None,
+            exposition=Exposition.from_bytes(render(self_families(None, build))),
+            ready=False,
+        )
+
+    @property
+    def context(self) -> ModelContext:
+        return self._context
+
+    def replace_context(self, context: ModelContext) -> None:
+        """Use new compiled configuration from the next refresh (config reload)."""
+        self._context = context
+
+    async def _fetch_one(self, rt: SourceRuntime) -> None:
+        started = time.perf_counter()
+        try:
+            # The source's own HTTP timeout applies per request; this bounds the whole fetch.
+            data = await asyncio.wait_for(rt.source.fetch(self._client), rt.timeout * 1.5)
+        except SourceError as exc:
+            self._failed(rt, exc.reason, str(exc))
+        except TimeoutError:
+            self._failed(rt, "timeout", f"fetch exceeded {rt.timeout * 1.5:g}s")
+        except Exception as exc:  # a bug in a parser must not stop the loop
+            self._failed(rt, "parse", f"{type(exc).__name__}: {exc}")
+            log.exception("source_crashed", source=rt.source.name)
+        else:
+            rt.data = data
+            rt.fetched_at = self._clock()
+            rt.up = True
+            rt.stale = False
+            rt.last_error = None
+            self._log_state(rt, "up")
+        finally:
+            rt.duration = time.perf_counter() - started
+
+    def _failed(self, rt: SourceRuntime, reason: str, message: str) -> None:
+        rt.up = False
+        rt.errors[reason] += 1
+        rt.last_error = message
+        self._log_state(rt, f"down:{reason}", error=message)
+
+    def _log_state(self, rt: SourceRuntime, state: str, **fields: Any) -> None:
+        # One line per state change, not per failure: a flapping or dead upstream cannot
+        # flood the log.
+        if rt.logged_state == state:
+            return
+        previous = rt.logged_state
+        rt.logged_state = state
+        if state == "up":
+            log.info("source_up", source=rt.source.name, previous=previous)
+        else:
+            log.warning("source_down", source=rt.source.name, state=state, **fields)
+
+    def _expire(self, rt: SourceRuntime, now: float) -> None:
+        if rt.data is not None and rt.fetched_at is not None:
+            if now - rt.fetched_at > rt.stale_after:
+                rt.data = None
+                rt.stale = True
+                log.warning(
+                    "source_stale_dropped",
+                    source=rt.source.name,
+                    age_seconds=round(now - rt.fetched_at, 1),
+                )
+
+    def _inputs(self) -> tuple[Inputs, float | None]:
+        gpus: tuple[GpuSample, ...] | None = None
+        allocations: AllocationSet | None = None
+        dcgm_at: float | None = None
+        for rt in self._runtimes:
+            if rt.data is None:
+                continue
+            if rt.source.name == "dcgm":
+                gpus = rt.data
+                dcgm_at = rt.fetched_at
+            elif rt.source.name == "opencost":
+                allocations = rt.data
+        return Inputs(gpus=gpus, allocations=allocations), dcgm_at
+
+    async def refresh_once(self) -> Snapshot:
+        """Run one cycle and swap in its snapshot. Never raises (except cancellation)."""
+        async with self._lock:
+            started = time.perf_counter()
+            await asyncio.gather(*(self._fetch_one(rt) for rt in self._runtimes))
+            now = self._clock()
+            for rt in self._runtimes:
+                self._expire(rt, now)
+            inputs, dcgm_at = self._inputs()
+            try:
+                report, state = build_report(inputs, self._context, self._state, now, dcgm_at)
+            except Exception:
+                log.exception("model_failed")
+                report, state = self.snapshot.report, self._state
+            self._state = state
+            self._refreshes += 1
+            status = RefreshStatus(
+                sources=tuple(rt.status(now) for rt in self._runtimes),
+                duration_seconds=time.perf_counter() - started,
+                completed_at=now,
+                refreshes=self._refreshes,
+            )
+            families = cost_families(report) + self_families(status, self._build)
+            exposition = Exposition.from_bytes(render(families))
+            in_use = any(rt.data is not None for rt in self._runtimes)
+            self.snapshot = Snapshot(
+                report=report,
+                status=status,
+                exposition=exposition,
+                ready=self.snapshot.ready or in_use,
+            )
+            log.info(
+                "refresh",
+                seconds=round(status.duration_seconds, 4),
+                sources_up=sum(rt.up for rt in self._runtimes),
+                sources=len(self._runtimes),
+                tenants=len({t for t, _ in report.tenant_rates("allocation")}) if report else 0,
+                exposition_bytes=len(exposition.plain),
+            )
+            return self.snapshot
+
+    async def run(self, interval: float) -> None:
+        """Refresh every ``interval`` seconds until cancelled (start-to-start spacing)."""
+        while True:
+            started = time.monotonic()
+            await self.refresh_once()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -1,0 +1,160 @@
+"""The aiohttp application: app factory, background refresh, and the read-only endpoints.
+
+``/metrics`` writes the bytes prepared by the last refresh (gzip when the scraper accepts
+it); it never waits on an upstream or formats a sample. ``/healthz`` answers while the
+process serves; ``/readyz`` turns 200 after the first refresh that had data from a source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import structlog
+from aiohttp import web
+
+from aifinops.exposition.families import BuildInfo
+from aifinops.exposition.render import CONTENT_TYPE
+from aifinops.model.gpu_prices import GpuPricer
+from aifinops.model.report import ModelContext
+from aifinops.model.tenancy import TenantResolver
+from aifinops.refresh import Refresher
+from aifinops.settings import Settings
+from aifinops.sources.base import Source
+from aifinops.sources.gpu_catalog import load_gpu_catalog
+from aifinops.version import RULES_VERSION, __version__
+
+log = structlog.get_logger("aifinops.web")
+
+SETTINGS = web.AppKey("settings", Settings)
+REFRESHER = web.AppKey("refresher", Refresher)
+HTTP_CLIENT = web.AppKey("http_client", httpx.AsyncClient)
+REFRESH_TASK = web.AppKey("refresh_task", asyncio.Task[None])
+
+Clock = Callable[[], float]
+
+
+def model_context(settings: Settings) -> ModelContext:
+    """Compile configuration into what the pure model needs (raises ConfigError)."""
+    catalog = load_gpu_catalog(settings.gpu_pricing.catalog_file)
+    return ModelContext(
+        resolver=TenantResolver.from_settings(settings.tenancy),
+        pricer=GpuPricer(
+            catalog=catalog,
+            purchase_option=settings.gpu_pricing.purchase_option,
+            overrides=dict(settings.gpu_pricing.overrides),
+        ),
+        idle_threshold=settings.idle_gpu.utilization_threshold,
+        idle_window_seconds=settings.idle_gpu.window_seconds,
+        max_tenants=settings.limits.max_tenants,
+    )
+
+
+def build_sources(settings: Settings) -> list[tuple[Source[Any], float, float]]:
+    """The enabled sources with their (timeout, stale_after) settings."""
+    from aifinops.sources.dcgm import DcgmSource
+    from aifinops.sources.opencost import OpenCostSource
+
+    out: list[tuple[Source[Any], float, float]] = []
+    dcgm = settings.sources.dcgm
+    if dcgm.enabled:
+        out.append((DcgmSource(dcgm), dcgm.timeout_seconds, dcgm.stale_after_seconds))
+    oc = settings.sources.opencost
+    if oc.enabled:
+        out.append((OpenCostSource(oc), oc.timeout_seconds, oc.stale_after_seconds))
+    return out
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    exposition = request.app[REFRESHER].snapshot.exposition
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        resp = web.Response(body=exposition.gzipped, headers={"Content-Encoding": "gzip"})
+    else:
+        resp = web.Response(body=exposition.plain)
+    resp.headers["Content-Type"] = CONTENT_TYPE
+    return resp
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    snap = request.app[REFRESHER].snapshot
+    sources = [
+        {"source": s.name, "up": s.up, "stale": s.stale, "error": s.last_error}
+        for s in (snap.status.sources if snap.status else ())
+    ]
+    body = {"ready": snap.ready, "sources": sources}
+    return web.json_response(body, status=200 if snap.ready else 503)
+
+
+async def handle_index(request: web.Request) -> web.Response:
+    snap = request.app[REFRESHER].snapshot
+    rows = "".join(
+        f"<tr><td>{html.escape(s.name)}</td><td>{'up' if s.up else 'down'}</td>"
+        f"<td>{'' if s.age_seconds is None else f'{s.age_seconds:.0f}s'}</td>"
+        f"<td>{html.escape(s.last_error or '')}</td></tr>"
+        for s in (snap.status.sources if snap.status else ())
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>AI FinOps exporter</title></head><body>
+<h1>AI FinOps exporter {html.escape(__version__)}</h1>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot;
+<a href="/readyz">/readyz</a></p>
+<table border="1" cellpadding="4"><tr><th>source</th><th>state</th><th>data age</th>
+<th>last error</th></tr>{rows}</table></body></html>"""
+    return web.Response(text=page, content_type="text/html")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    sources: list[tuple[Source[Any], float, float]] | None = None,
+    clock: Clock = time.time,
+    run_loop: bool = True,
+) -> web.Application:
+    """Build the application. ``sources`` replaces the configured ones (tests, demo);
+    ``run_loop=False`` leaves refreshing to the caller (``await refresher.refresh_once()``)."""
+    app = web.Application(client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    context = model_context(settings)
+    build = BuildInfo(
+        version=__version__,
+        rules_version=RULES_VERSION,
+        gpu_price_catalog_version=context.pricer.catalog.version,
+    )
+    chosen = build_sources(settings) if sources is None else sources
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            follow_redirects=False,
+        )
+        app[HTTP_CLIENT] = client
+        app[REFRESHER] = Refresher(chosen, context, build, client, clock=clock)
+        if run_loop:
+            app[REFRESH_TASK] = asyncio.create_task(
+                app[REFRESHER].run(settings.refresh.interval_seconds)
+            )
+        try:
+            yield
+        finally:
+            if run_loop:
+                task = app[REFRESH_TASK]
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await client.aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/", handle_index)
+    return app
