@@ -1,0 +1,114 @@
+"""Command line: ``aifinops-exporter [--config FILE] [--demo] [--check-config]``.
+
+Exit codes: 0 on a clean stop, 2 when the configuration is invalid (the message names the
+field and the value), 1 on any other start-up failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from aifinops.logs import configure_logging
+from aifinops.settings import ConfigError, Settings, load_settings, settings_from_mapping
+from aifinops.version import __version__
+
+log = structlog.get_logger("aifinops")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="aifinops-exporter",
+        description="Prometheus exporter for GPU and LLM token cost per tenant.",
+    )
+    p.add_argument("--config", type=Path, help="YAML configuration file (see config/example.yaml)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against a built-in simulated cluster (fake dcgm-exporter, Prometheus and "
+        "OpenCost on 127.0.0.1); no external services needed",
+    )
+    p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--port", type=int, help="override server.port")
+    p.add_argument("--listen-address", help="override server.listen_address")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p.parse_args(argv)
+
+
+def _with_server_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    data: dict[str, Any] = settings.model_dump(mode="python")
+    if args.port is not None:
+        data["server"]["port"] = args.port
+    if args.listen_address is not None:
+        data["server"]["listen_address"] = args.listen_address
+    return settings_from_mapping(data, "command line")
+
+
+async def _serve(settings: Settings, demo: bool) -> None:
+    from aifinops.web.app import create_app
+
+    upstreams = None
+    if demo:
+        from aifinops.demo.run import start_demo
+
+        upstreams, settings = await start_demo(settings)
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.listen_address, settings.server.port)
+    await site.start()
+    url = f"http://{settings.server.listen_address}:{settings.server.port}"
+    log.info("listening", url=url, metrics=f"{url}/metrics", demo=demo, version=__version__)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        # runner.cleanup lets in-flight requests finish (shutdown_timeout), then runs the
+        # app's cleanup_ctx, which cancels the refresh loop and closes the HTTP client.
+        await runner.cleanup()
+        if upstreams is not None:
+            await upstreams.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        settings = _with_server_overrides(settings, args)
+        if args.demo and args.port is None and args.config is None:
+            settings = _with_server_overrides(settings, argparse.Namespace(
+                port=settings.server.port, listen_address="127.0.0.1"))
+        configure_logging(settings.logging.level, settings.logging.format)
+        from aifinops.web.app import model_context
+
+        model_context(settings)  # compiles tenancy regexes and loads the GPU price catalog
+    except ConfigError as exc:
+        print(f"aifinops-exporter: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print("configuration OK")
+        return 0
+    try:
+        asyncio.run(_serve(settings, args.demo))
+    except OSError as exc:
+        print(f"aifinops-exporter: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
