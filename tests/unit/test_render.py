@@ -1,6 +1,5 @@
 """The exposition renderer: escaping, value formats, and what promtool says about it."""
 
-import subprocess
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,3 +38,12 @@ def test_catalog_is_well_formed():
         assert "_usd" not in m.name or m.name.endswith(("_usd", "_usd_per_hour", "_usd_total",
                                                          "_usd_per_month")), m.name
         assert not {"pod", "user", "email", "request_id"} & set(m.labels), m.name
+
+
+def test_docs_list_every_series_in_the_catalog():
+    from pathlib import Path
+
+    from aifinops.exposition.docs import catalog_markdown
+
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    assert committed == catalog_markdown(), "run: python -m aifinops.exposition.docs > docs/metrics.md"
