@@ -179,6 +179,7 @@ class Refresher:
             for rt in self._runtimes:
                 self._expire(rt, now)
             inputs, dcgm_at = self._inputs()
+            report: Report | None
             try:
                 report, state = build_report(inputs, self._context, self._state, now, dcgm_at)
             except Exception:

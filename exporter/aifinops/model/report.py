@@ -12,9 +12,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aifinops.model.cost import CostBreakdown, attribute_costs
+from aifinops.model.cost import CostBreakdown, IdleKey, attribute_costs
 from aifinops.model.gpu_prices import GpuPricer
-from aifinops.model.idle import HoldHistory, IdleKey, is_idle, observe
+from aifinops.model.idle import HoldHistory, is_idle, observe
 from aifinops.model.inputs import Inputs
 from aifinops.model.tenancy import TenantResolver
 
