@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run test test-fast lint fmt bench generate clean
+.PHONY: help venv tools run test test-fast lint fmt bench generate kustomize clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -38,13 +38,22 @@ test-fast: $(STAMP)
 	@$(PY) -m pytest -q -m 'not e2e' $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	@$(VENV)/bin/ruff check exporter tests bench
-	@$(VENV)/bin/ruff format --check exporter tests bench
+	@$(VENV)/bin/ruff check exporter tests bench scripts
+	@$(VENV)/bin/ruff format --check exporter tests bench scripts
 	@$(VENV)/bin/mypy
 
 fmt: $(STAMP)
-	@$(VENV)/bin/ruff format exporter tests bench
-	@$(VENV)/bin/ruff check --fix exporter tests bench
+	@$(VENV)/bin/ruff format exporter tests bench scripts
+	@$(VENV)/bin/ruff check --fix exporter tests bench scripts
+
+# Regenerate committed derived files (PrometheusRule, dashboard ConfigMaps, series docs);
+# a test fails when they drift from their sources.
+generate: $(STAMP)
+	@$(PY) scripts/generate.py
+	@$(PY) -m aifinops.exposition.docs > docs/metrics.md
+
+kustomize:
+	@bash scripts/install-kustomize.sh
 
 bench: $(STAMP)
 	@$(PY) -m bench
