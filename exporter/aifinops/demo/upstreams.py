@@ -1,0 +1,551 @@
+"""Fake dcgm-exporter, Prometheus and OpenCost servers that serve a :class:`SimCluster`.
+
+Each fake is a small aiohttp application on 127.0.0.1 answering in the real upstream's format
+at the time its injectable ``clock`` says (``time.time`` by default; tests pass a fixed one).
+A shared :class:`FaultSwitch` (``app[FAULTS]``) turns each upstream bad at runtime and counts
+the requests it served, so tests drive the exporter through every failure a real network
+offers:
+
+=============  =================================================================================
+mode           behaviour
+=============  =================================================================================
+``ok``         the real format, from the sim
+``down``       the connection is closed without a response
+``unavailable`` HTTP 503 with a short text body
+``error500``   HTTP 500 with a short text body
+``garbage``    HTTP 200 with an HTML page followed by invalid UTF-8
+``truncated``  HTTP 200 with the first half of the real body (valid HTTP, broken payload)
+``slow``       the real body after ``seconds`` (woken early when the servers close)
+``empty``      a valid but empty answer (empty page, empty vector, no allocations)
+``huge``       the real body padded (validly) to at least ``size`` bytes, sent chunked
+``absurd``     the real format with impossible numbers: utilization 250 %, negative and NaN
+               values, negative costs, ``null`` costs (OpenCost's NaN), a 1e300 total
+=============  =================================================================================
+
+``start_upstreams`` starts all three on ephemeral ports and returns their URLs;
+:meth:`Upstreams.exporter_config` gives the matching exporter configuration mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+from aiohttp import web
+
+from aifinops.demo.cluster import SimCluster, opencost_window_hours
+
+Clock = Callable[[], float]
+FaultMode = Literal[
+    "ok",
+    "down",
+    "unavailable",
+    "error500",
+    "garbage",
+    "truncated",
+    "slow",
+    "empty",
+    "huge",
+    "absurd",
+]
+FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
+UpstreamName = Literal["dcgm", "prometheus", "opencost"]
+UPSTREAMS: tuple[str, ...] = get_args(UpstreamName)
+
+DCGM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+GARBAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    b"<body><h1>502 Bad Gateway</h1><hr><center>nginx</center></body></html>\n"
+    b"\x00\x9f\x92\x96\xff{{{ not a metric"
+)
+
+
+@dataclass(slots=True)
+class Fault:
+    """The current fault of one upstream: ``seconds`` for ``slow``, ``size`` (bytes) for
+    ``huge``."""
+
+    mode: FaultMode = "ok"
+    seconds: float = 1.0
+    size: int = 1 << 20
+
+
+class FaultSwitch:
+    """Per-upstream fault modes, settable at runtime, and per-upstream request counts.
+
+    ``set("opencost", "slow", seconds=2)`` or ``set("opencost", "slow:2")``;
+    ``set("dcgm", "huge:5000000")``; ``reset()`` puts every upstream back to ``ok``.
+    """
+
+    def __init__(self) -> None:
+        self._faults: dict[str, Fault] = {name: Fault() for name in UPSTREAMS}
+        self._requests: dict[str, int] = dict.fromkeys(UPSTREAMS, 0)
+        self._closing = asyncio.Event()
+
+    def set(
+        self,
+        upstream: str,
+        mode: str,
+        *,
+        seconds: float | None = None,
+        size: int | None = None,
+    ) -> None:
+        """Switch ``upstream`` to ``mode`` (one of :data:`FAULT_MODES`, optionally with a
+        ``:value`` suffix for ``slow``/``huge``)."""
+        self._check(upstream)
+        name, _, arg = mode.partition(":")
+        if name not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; expected one of {FAULT_MODES}")
+        fault = Fault(mode=name)  # type: ignore[arg-type]  # checked against FAULT_MODES
+        if name == "slow":
+            fault.seconds = float(arg) if arg else (seconds if seconds is not None else 1.0)
+        if name == "huge":
+            fault.size = int(arg) if arg else (size if size is not None else 1 << 20)
+        self._faults[upstream] = fault
+
+    def get(self, upstream: str) -> Fault:
+        """The current fault of ``upstream``."""
+        self._check(upstream)
+        return self._faults[upstream]
+
+    def reset(self, upstream: str | None = None) -> None:
+        """Back to ``ok`` (one upstream, or all)."""
+        for name in [upstream] if upstream is not None else list(UPSTREAMS):
+            self._check(name)
+            self._faults[name] = Fault()
+
+    def requests(self, upstream: str) -> int:
+        """How many requests ``upstream`` has received (every route, every mode)."""
+        self._check(upstream)
+        return self._requests[upstream]
+
+    def served(self, upstream: str) -> None:
+        """Count one request (called by the fake servers)."""
+        self._requests[upstream] += 1
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the servers are closing."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), timeout=seconds)
+
+    def closing(self) -> None:
+        """Wake every ``slow`` handler (the servers are shutting down)."""
+        self._closing.set()
+
+    @staticmethod
+    def _check(upstream: str) -> None:
+        if upstream not in UPSTREAMS:
+            raise ValueError(f"unknown upstream {upstream!r}; expected one of {UPSTREAMS}")
+
+
+FAULTS: web.AppKey[FaultSwitch] = web.AppKey("aifinops_demo_faults", FaultSwitch)
+SIM: web.AppKey[SimCluster] = web.AppKey("aifinops_demo_sim", SimCluster)
+CLOCK: web.AppKey[Clock] = web.AppKey("aifinops_demo_clock")
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    status: int
+    body: bytes
+    content_type: str
+    kind: Literal["text", "json"] = "json"
+
+
+Renderer = Callable[[FaultMode], _Body]
+
+
+async def _serve(request: web.Request, upstream: str, render: Renderer) -> web.StreamResponse:
+    """Apply the upstream's current fault around ``render`` (which builds the real answer)."""
+    faults = request.app[FAULTS]
+    faults.served(upstream)
+    fault = faults.get(upstream)
+    mode = fault.mode
+    if mode == "down":
+        if request.transport is not None:
+            request.transport.close()
+        # The peer is gone; aiohttp discards whatever is returned here.
+        return web.Response(status=503)
+    if mode == "unavailable":
+        return web.Response(status=503, text="upstream unavailable (fault injected)\n")
+    if mode == "error500":
+        return web.Response(status=500, text="Internal Server Error\n")
+    if mode == "slow":
+        await faults.sleep(fault.seconds)
+    answer = render(mode)
+    body = answer.body
+    if mode == "garbage":
+        return web.Response(status=200, body=GARBAGE, content_type="text/html")
+    if mode == "truncated" and answer.status == 200:
+        body = body[: len(body) // 2]
+    if mode == "huge" and answer.status == 200:
+        return await _stream_huge(request, answer, fault.size)
+    response = web.Response(status=answer.status, body=body)
+    response.headers["Content-Type"] = answer.content_type
+    return response
+
+
+async def _stream_huge(request: web.Request, answer: _Body, size: int) -> web.StreamResponse:
+    """The real body padded validly to at least ``size`` bytes, chunked (no Content-Length)."""
+    response = web.StreamResponse(status=answer.status)
+    response.headers["Content-Type"] = answer.content_type
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(answer.body)
+    sent = len(answer.body)
+    # Comments are valid exposition lines; JSON allows trailing whitespace.
+    line = b"# " + b"x" * 1021 + b"\n" if answer.kind == "text" else b" " * 1023 + b"\n"
+    chunk = line * 64
+    while sent < size:
+        await response.write(chunk)
+        sent += len(chunk)
+    await response.write_eof()
+    return response
+
+
+# ----------------------------------------------------------------------------------------------
+# dcgm-exporter
+# ----------------------------------------------------------------------------------------------
+
+
+def _absurd_dcgm(text: str) -> str:
+    """Utilization 250 %, −5 % and NaN on the first three GPUs; engine activity 2.5."""
+    replacements = {
+        "DCGM_FI_DEV_GPU_UTIL": ["250", "-5", "NaN"],
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ["2.500000"],
+    }
+    out: list[str] = []
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        values = replacements.get(name)
+        if values and not line.startswith("#"):
+            line = line.rsplit(" ", 1)[0] + " " + values.pop(0)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def dcgm_app(sim: SimCluster, faults: FaultSwitch, clock: Clock = time.time) -> web.Application:
+    """Fake dcgm-exporter: ``GET /metrics`` (every node) and ``GET /node/{node}/metrics``."""
+    app = _base_app(sim, faults, clock)
+
+    def page(node: str | None) -> Renderer:
+        def render(mode: FaultMode) -> _Body:
+            if mode == "empty":
+                return _Body(200, b"", DCGM_CONTENT_TYPE, "text")
+            text = sim.dcgm_exposition(clock(), node=node)
+            if mode == "absurd":
+                text = _absurd_dcgm(text)
+            return _Body(200, text.encode(), DCGM_CONTENT_TYPE, "text")
+
+        return render
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        return await _serve(request, "dcgm", page(None))
+
+    async def node_metrics(request: web.Request) -> web.StreamResponse:
+        node = request.match_info["node"]
+        if node not in {n.name for n in sim.nodes if n.gpus}:
+            request.app[FAULTS].served("dcgm")
+            return web.Response(status=404, text="404 page not found\n")
+        return await _serve(request, "dcgm", page(node))
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/node/{node}/metrics", node_metrics)
+    return app
+
+
+# ----------------------------------------------------------------------------------------------
+# Prometheus
+# ----------------------------------------------------------------------------------------------
+
+
+def _json_body(status: int, payload: Any) -> _Body:
+    return _Body(status, json.dumps(payload, separators=(",", ":")).encode(), "application/json")
+
+
+def _prom_error(message: str) -> _Body:
+    return _json_body(400, {"status": "error", "errorType": "bad_data", "error": message})
+
+
+def _parse_prom_time(text: str) -> float:
+    """Prometheus' ``time`` parameter: unix seconds (float) or RFC 3339."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(f'cannot parse "{text}" to a valid timestamp') from None
+
+
+def _absurd_vector(payload: dict[str, Any]) -> dict[str, Any]:
+    result = payload.get("data", {}).get("result", [])
+    for sample, value in zip(result, ["250", "-5", "NaN", "+Inf"], strict=False):
+        sample["value"][1] = value
+    return payload
+
+
+def prometheus_app(
+    sim: SimCluster, faults: FaultSwitch, clock: Clock = time.time
+) -> web.Application:
+    """Fake Prometheus: ``GET``/``POST /api/v1/query`` (instant query, optional ``time``),
+    ``GET /-/ready`` and ``GET /-/healthy``."""
+    app = _base_app(sim, faults, clock)
+
+    async def query(request: web.Request) -> web.StreamResponse:
+        params: dict[str, str] = dict(request.query)
+        if request.method == "POST":
+            form = await request.post()
+            params.update({k: v for k, v in form.items() if isinstance(v, str)})
+
+        def render(mode: FaultMode) -> _Body:
+            if "query" not in params:
+                return _prom_error(
+                    'invalid parameter "query": 1:1: parse error: no expression found in input'
+                )
+            at = clock()
+            if "time" in params:
+                try:
+                    at = _parse_prom_time(params["time"])
+                except ValueError as exc:
+                    return _prom_error(f'invalid parameter "time": {exc}')
+            payload = sim.prometheus_vector(at, params["query"])
+            if payload["status"] != "success":
+                return _json_body(400, payload)
+            if mode == "empty":
+                payload["data"]["result"] = []
+            if mode == "absurd":
+                payload = _absurd_vector(payload)
+            return _json_body(200, payload)
+
+        return await _serve(request, "prometheus", render)
+
+    async def ready(request: web.Request) -> web.StreamResponse:
+        return await _serve(
+            request,
+            "prometheus",
+            lambda mode: _Body(
+                200, b"Prometheus Server is Ready.\n", "text/plain; charset=utf-8", "text"
+            ),
+        )
+
+    async def healthy(request: web.Request) -> web.StreamResponse:
+        return await _serve(
+            request,
+            "prometheus",
+            lambda mode: _Body(
+                200, b"Prometheus Server is Healthy.\n", "text/plain; charset=utf-8", "text"
+            ),
+        )
+
+    app.router.add_get("/api/v1/query", query)
+    app.router.add_post("/api/v1/query", query)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/-/healthy", healthy)
+    return app
+
+
+# ----------------------------------------------------------------------------------------------
+# OpenCost
+# ----------------------------------------------------------------------------------------------
+
+
+def _opencost_error(message: str) -> _Body:
+    # OpenCost answers parameter errors with Go's http.Error: plain text, trailing newline.
+    return _Body(400, f"{message}\n".encode(), "text/plain; charset=utf-8", "text")
+
+
+def _absurd_allocation(payload: dict[str, Any]) -> dict[str, Any]:
+    rows = payload["data"][0]
+    pods = [k for k in rows if k != "__idle__"]
+    edits: list[dict[str, Any]] = [
+        {"cpuCost": -12.5, "gpuCost": -3.0, "minutes": -60.0},
+        {"gpuCost": None, "ramCost": None, "gpuCount": -1.0},
+        {"totalCost": 1e300, "pvCost": 1e300},
+    ]
+    for key, edit in zip(pods, edits, strict=False):
+        rows[key].update(edit)
+    return payload
+
+
+def opencost_app(sim: SimCluster, faults: FaultSwitch, clock: Clock = time.time) -> web.Application:
+    """Fake OpenCost: ``GET /allocation/compute`` (and ``/allocation``) honouring ``window``
+    (durations, ``today``, ``month``, unix pairs), ``aggregate`` (``namespace,pod`` or none)
+    and ``includeIdle``; ``GET /healthz``."""
+    app = _base_app(sim, faults, clock)
+
+    async def allocation(request: web.Request) -> web.StreamResponse:
+        params = request.query
+
+        def render(mode: FaultMode) -> _Body:
+            now = clock()
+            window = params.get("window", "")
+            try:
+                hours = opencost_window_hours(window, now)
+            except ValueError as exc:
+                return _opencost_error(f"Invalid 'window' parameter: {exc}")
+            include_idle = params.get("includeIdle", "false").lower() == "true"
+            try:
+                payload = sim.opencost_allocation(
+                    now, hours, aggregate=params.get("aggregate", ""), include_idle=include_idle
+                )
+            except ValueError as exc:
+                return _opencost_error(f"Invalid 'aggregate' parameter: {exc}")
+            if mode == "empty":
+                payload["data"] = [{}]
+            if mode == "absurd":
+                payload = _absurd_allocation(payload)
+            return _json_body(200, payload)
+
+        return await _serve(request, "opencost", render)
+
+    async def healthz(request: web.Request) -> web.StreamResponse:
+        return await _serve(
+            request, "opencost", lambda mode: _Body(200, b"OK", "text/plain; charset=utf-8", "text")
+        )
+
+    app.router.add_get("/allocation/compute", allocation)
+    app.router.add_get("/allocation", allocation)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _base_app(sim: SimCluster, faults: FaultSwitch, clock: Clock) -> web.Application:
+    app = web.Application()
+    app[SIM] = sim
+    app[FAULTS] = faults
+    app[CLOCK] = clock
+    return app
+
+
+# ----------------------------------------------------------------------------------------------
+# All three together
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Upstreams:
+    """Three running fakes: base URLs (``http://127.0.0.1:<port>``), the shared fault switch,
+    and :meth:`close`. Usable as an async context manager."""
+
+    sim: SimCluster
+    faults: FaultSwitch
+    dcgm_url: str
+    prometheus_url: str
+    opencost_url: str
+    _runners: list[web.AppRunner] = field(default_factory=list, repr=False)
+
+    @property
+    def node_urls(self) -> dict[str, str]:
+        """Per-node dcgm-exporter page URLs (as a DaemonSet exposes them), by node name."""
+        return {n.name: f"{self.dcgm_url}/node/{n.name}/metrics" for n in self.sim.nodes if n.gpus}
+
+    def exporter_config(
+        self,
+        *,
+        dcgm_mode: Literal["prometheus", "scrape"] = "prometheus",
+        per_node: bool = True,
+        window: str = "1h",
+        utilization_metric: str = "DCGM_FI_DEV_GPU_UTIL",
+    ) -> dict[str, Any]:
+        """See :func:`exporter_config`."""
+        return exporter_config(
+            self,
+            dcgm_mode=dcgm_mode,
+            per_node=per_node,
+            window=window,
+            utilization_metric=utilization_metric,
+        )
+
+    async def close(self) -> None:
+        """Stop all three servers (slow handlers are woken first)."""
+        self.faults.closing()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+    async def __aenter__(self) -> Upstreams:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def exporter_config(
+    upstreams: Upstreams,
+    *,
+    dcgm_mode: Literal["prometheus", "scrape"] = "prometheus",
+    per_node: bool = True,
+    window: str = "1h",
+    utilization_metric: str = "DCGM_FI_DEV_GPU_UTIL",
+) -> dict[str, Any]:
+    """The exporter configuration mapping (``settings.Settings`` shape) for these fakes:
+    ``sources.dcgm`` (via the fake Prometheus, or scraping the per-node pages — or the single
+    all-nodes page with ``per_node=False``), ``sources.opencost`` and the sim's ``tenancy``."""
+    dcgm: dict[str, Any] = {"mode": dcgm_mode, "utilization_metric": utilization_metric}
+    if dcgm_mode == "prometheus":
+        dcgm["prometheus_url"] = upstreams.prometheus_url
+    else:
+        urls = list(upstreams.node_urls.values()) if per_node else []
+        dcgm["scrape_urls"] = urls or [f"{upstreams.dcgm_url}/metrics"]
+    return {
+        "sources": {
+            "dcgm": dcgm,
+            "opencost": {"url": upstreams.opencost_url, "window": window},
+        },
+        "tenancy": upstreams.sim.tenancy_config(),
+    }
+
+
+async def start_upstreams(
+    sim: SimCluster,
+    host: str = "127.0.0.1",
+    clock: Clock = time.time,
+    faults: FaultSwitch | None = None,
+) -> Upstreams:
+    """Start the fake dcgm-exporter, Prometheus and OpenCost on ephemeral ports of ``host``."""
+    switch = faults if faults is not None else FaultSwitch()
+    factories: list[Callable[[SimCluster, FaultSwitch, Clock], web.Application]] = [
+        dcgm_app,
+        prometheus_app,
+        opencost_app,
+    ]
+    runners: list[web.AppRunner] = []
+    urls: list[str] = []
+    try:
+        for factory in factories:
+            runner = web.AppRunner(factory(sim, switch, clock), access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, host, 0, shutdown_timeout=1.0)
+            await site.start()
+            port = runner.addresses[0][1]
+            urls.append(f"http://{host}:{port}")
+    except BaseException:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        raise
+    return Upstreams(sim, switch, urls[0], urls[1], urls[2], runners)
+
+
+__all__ = [
+    "CLOCK",
+    "FAULTS",
+    "FAULT_MODES",
+    "SIM",
+    "UPSTREAMS",
+    "Fault",
+    "FaultSwitch",
+    "Upstreams",
+    "dcgm_app",
+    "exporter_config",
+    "opencost_app",
+    "prometheus_app",
+    "start_upstreams",
+]
