@@ -89,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         settings = _with_server_overrides(settings, args)
-        if args.demo and args.port is None and args.config is None:
-            settings = _with_server_overrides(settings, argparse.Namespace(
-                port=settings.server.port, listen_address="127.0.0.1"))
+        if args.demo and args.listen_address is None:
+            # The demo's fake upstreams and exporter stay on loopback unless asked otherwise.
+            settings = _with_server_overrides(
+                settings, argparse.Namespace(port=None, listen_address="127.0.0.1")
+            )
         configure_logging(settings.logging.level, settings.logging.format)
         from aifinops.web.app import model_context
 

@@ -11,8 +11,12 @@ import sys
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -35,3 +39,6 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.basicConfig(level=_LEVELS[level], stream=sys.stderr, format="%(message)s")
     # aiohttp's access log would print every scrape; keep it at warning.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # httpx logs every request at info; the refresh line already says what was fetched.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -35,38 +35,74 @@ def pricer(**prices: float) -> GpuPricer:
     return GpuPricer(catalog=catalog, overrides=prices)
 
 
-def context(threshold: float = 0.05, window: float = 600.0, max_tenants: int | None = None
-            ) -> ModelContext:
+def context(
+    threshold: float = 0.05, window: float = 600.0, max_tenants: int | None = None
+) -> ModelContext:
     return ModelContext(resolver(), pricer(), threshold, window, max_tenants)
 
 
-def pod(ns: str, name: str, labels: dict[str, str] | None = None,
-        ns_labels: dict[str, str] | None = None, **costs: float) -> Allocation:
-    return Allocation(name=f"{ns}/{name}", namespace=ns, pod=name, node="n1", minutes=60.0,
-                      labels=labels or {}, namespace_labels=ns_labels or {}, **costs)
+def pod(
+    ns: str,
+    name: str,
+    labels: dict[str, str] | None = None,
+    ns_labels: dict[str, str] | None = None,
+    **costs: float,
+) -> Allocation:
+    return Allocation(
+        name=f"{ns}/{name}",
+        namespace=ns,
+        pod=name,
+        node="n1",
+        minutes=60.0,
+        labels=labels or {},
+        namespace_labels=ns_labels or {},
+        **costs,
+    )
 
 
 def idle_row(**costs: float) -> Allocation:
-    return Allocation(name="__idle__", namespace=None, pod=None, node=None, minutes=60.0,
-                      **costs)
+    return Allocation(name="__idle__", namespace=None, pod=None, node=None, minutes=60.0, **costs)
 
 
-def gpu(uuid: str, model: str, util: float, ns: str | None = None, pod: str | None = None,
-        mig: str | None = None, mig_id: str | None = None) -> GpuSample:
-    return GpuSample(uuid=uuid, gpu_index="0", model_name=model, node="n1", utilization=util,
-                     namespace=ns, pod=pod, mig_profile=mig, mig_instance=mig_id)
+def gpu(
+    uuid: str,
+    model: str,
+    util: float,
+    ns: str | None = None,
+    pod: str | None = None,
+    mig: str | None = None,
+    mig_id: str | None = None,
+) -> GpuSample:
+    return GpuSample(
+        uuid=uuid,
+        gpu_index="0",
+        model_name=model,
+        node="n1",
+        utilization=util,
+        namespace=ns,
+        pod=pod,
+        mig_profile=mig,
+        mig_instance=mig_id,
+    )
 
 
 def small_cluster() -> tuple[list[Allocation], list[GpuSample]]:
     """alpha: whole H100 at 25 %; beta+gamma time-share one L4; research: a MIG 3g slice;
     one pod matches no rule; OpenCost's idle row holds spare GPU and CPU."""
     allocs = [
-        pod("team-x", "a", {"aifinops_io_tenant": "alpha"}, gpu_cost=4.0, cpu_cost=1.0,
-            ram_cost=0.5),
+        pod(
+            "team-x", "a", {"aifinops_io_tenant": "alpha"}, gpu_cost=4.0, cpu_cost=1.0, ram_cost=0.5
+        ),
         pod("shared", "b1", ns_labels={"team": "beta"}, gpu_cost=0.4),
         pod("team-gamma", "b2", gpu_cost=0.4),
-        pod("ml-research", "c", gpu_cost=2.0, pv_cost=0.125, network_cost=0.0625,
-            load_balancer_cost=0.0625),
+        pod(
+            "ml-research",
+            "c",
+            gpu_cost=2.0,
+            pv_cost=0.125,
+            network_cost=0.0625,
+            load_balancer_cost=0.0625,
+        ),
         pod("default", "d", cpu_cost=0.25, shared_cost=0.5),
         idle_row(gpu_cost=8.0, cpu_cost=2.0),
     ]

@@ -21,8 +21,17 @@ def clusters(draw):
     for i in range(n_pods):
         ns = draw(namespaces)
         labels = draw(st.sampled_from([{}, {"aifinops_io_tenant": "lab"}]))
-        allocs.append(pod(ns, f"p{i}", labels, gpu_cost=draw(money), cpu_cost=draw(money),
-                          ram_cost=draw(money), pv_cost=draw(money)))
+        allocs.append(
+            pod(
+                ns,
+                f"p{i}",
+                labels,
+                gpu_cost=draw(money),
+                cpu_cost=draw(money),
+                ram_cost=draw(money),
+                pv_cost=draw(money),
+            )
+        )
         for j in range(draw(st.integers(0, 2))):
             kind = draw(st.sampled_from(["whole", "shared", "mig"]))
             if kind == "whole":
@@ -30,9 +39,17 @@ def clusters(draw):
             elif kind == "shared":
                 gpus.append(gpu(f"S{draw(st.integers(0, 2))}", L4, draw(util), ns, f"p{i}"))
             else:
-                gpus.append(gpu(f"M{draw(st.integers(0, 1))}", H100, draw(util), ns, f"p{i}",
-                                mig=draw(st.sampled_from(["1g.10gb", "3g.40gb", "7g.80gb"])),
-                                mig_id=f"{i}-{j}"))
+                gpus.append(
+                    gpu(
+                        f"M{draw(st.integers(0, 1))}",
+                        H100,
+                        draw(util),
+                        ns,
+                        f"p{i}",
+                        mig=draw(st.sampled_from(["1g.10gb", "3g.40gb", "7g.80gb"])),
+                        mig_id=f"{i}-{j}",
+                    )
+                )
     for k in range(draw(st.integers(0, 3))):
         gpus.append(gpu(f"F{k}", draw(st.sampled_from([H100, L4])), 0.0))
     if draw(st.booleans()):
@@ -44,8 +61,7 @@ def clusters(draw):
 @given(clusters())
 def test_tenants_idle_and_unallocated_sum_to_the_cluster_total(cluster):
     allocs, gpus, window = cluster
-    b = attribute_costs(AllocationSet(window, tuple(allocs)), tuple(gpus), resolver(),
-                        pricer())
+    b = attribute_costs(AllocationSet(window, tuple(allocs)), tuple(gpus), resolver(), pricer())
     for basis, rates in b.rates.items():
         for resource, total in b.cluster.items():
             parts = math.fsum(v for (_, r), v in rates.items() if r == resource)

@@ -16,20 +16,28 @@ def breakdown(window_hours=1.0, with_gpus=True, allocs=None, gpus=None):
     allocs = a if allocs is None else allocs
     gpus = g if gpus is None else gpus
     return attribute_costs(
-        AllocationSet(window_hours, tuple(allocs)), tuple(gpus) if with_gpus else None,
-        resolver(), pricer(),
+        AllocationSet(window_hours, tuple(allocs)),
+        tuple(gpus) if with_gpus else None,
+        resolver(),
+        pricer(),
     )
 
 
 def test_allocation_basis_is_opencost_as_billed():
     r = breakdown().rates["allocation"]
     assert r == {
-        ("alpha", "gpu"): approx(4.0), ("alpha", "cpu"): approx(1.0),
-        ("alpha", "ram"): approx(0.5), ("beta", "gpu"): approx(0.4),
-        ("gamma", "gpu"): approx(0.4), ("research", "gpu"): approx(2.0),
-        ("research", "storage"): approx(0.125), ("research", "network"): approx(0.125),
-        ("__unallocated__", "cpu"): approx(0.25), ("__unallocated__", "shared"): approx(0.5),
-        ("__idle__", "gpu"): approx(8.0), ("__idle__", "cpu"): approx(2.0),
+        ("alpha", "gpu"): approx(4.0),
+        ("alpha", "cpu"): approx(1.0),
+        ("alpha", "ram"): approx(0.5),
+        ("beta", "gpu"): approx(0.4),
+        ("gamma", "gpu"): approx(0.4),
+        ("research", "gpu"): approx(2.0),
+        ("research", "storage"): approx(0.125),
+        ("research", "network"): approx(0.125),
+        ("__unallocated__", "cpu"): approx(0.25),
+        ("__unallocated__", "shared"): approx(0.5),
+        ("__idle__", "gpu"): approx(8.0),
+        ("__idle__", "cpu"): approx(2.0),
     }
 
 
@@ -123,12 +131,17 @@ def test_override_beats_catalog():
 
 
 def test_folding_keeps_money_and_sentinels():
-    allocs = [pod(f"team-{n}", "p", cpu_cost=c) for n, c in
-              [("a", 5.0), ("b", 4.0), ("c", 1.0), ("d", 0.5)]] + [idle_row(cpu_cost=1.0)]
-    b = attribute_costs(AllocationSet(1.0, tuple(allocs)), None, resolver(), pricer(),
-                        max_tenants=2)
+    allocs = [
+        pod(f"team-{n}", "p", cpu_cost=c)
+        for n, c in [("a", 5.0), ("b", 4.0), ("c", 1.0), ("d", 0.5)]
+    ] + [idle_row(cpu_cost=1.0)]
+    b = attribute_costs(
+        AllocationSet(1.0, tuple(allocs)), None, resolver(), pricer(), max_tenants=2
+    )
     assert b.rates["allocation"] == {
-        ("a", "cpu"): 5.0, ("b", "cpu"): 4.0, ("__other__", "cpu"): 1.5,
+        ("a", "cpu"): 5.0,
+        ("b", "cpu"): 4.0,
+        ("__other__", "cpu"): 1.5,
         ("__idle__", "cpu"): 1.0,
     }
     assert b.folded_tenants == 2

@@ -43,7 +43,9 @@ def test_golden_exposition_is_stable():
 def test_promtool_check_metrics_finds_nothing():
     promtool = require_binary("promtool")
     proc = subprocess.run(
-        [promtool, "check", "metrics"], input=GOLDEN.read_bytes(), capture_output=True,
+        [promtool, "check", "metrics"],
+        input=GOLDEN.read_bytes(),
+        capture_output=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()

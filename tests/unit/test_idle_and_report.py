@@ -63,7 +63,7 @@ def test_efficiency_is_used_over_held():
 
 def test_counters_integrate_rates_between_refreshes():
     allocs = [pod("team-a", "p", cpu_cost=2.0)]
-    report, state = run([(0.0, allocs, []), (1800.0, allocs, []), (3600.0, allocs, [])])
+    report, _ = run([(0.0, allocs, []), (1800.0, allocs, []), (3600.0, allocs, [])])
     assert report.accrued[("a", "cpu", "allocation")] == pytest.approx(2.0)
     assert report.accrued[("a", "cpu", "usage")] == pytest.approx(2.0)
 

@@ -1,6 +1,5 @@
 """The exposition renderer: escaping, value formats, and what promtool says about it."""
 
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from aifinops.exposition import catalog as c
@@ -21,7 +20,12 @@ def test_escape_label_value():
 
 def test_values():
     assert [format_value(v) for v in (1.0, 0.5, float("nan"), float("inf"), -float("inf"))] == [
-        "1", "0.5", "NaN", "+Inf", "-Inf"]
+        "1",
+        "0.5",
+        "NaN",
+        "+Inf",
+        "-Inf",
+    ]
     assert format_value(1e20) == "1e+20"
 
 
@@ -35,8 +39,9 @@ def test_catalog_is_well_formed():
     for m in c.CATALOG:
         assert m.name.startswith("aifinops_")
         assert (m.type == "counter") == m.name.endswith("_total"), m.name
-        assert "_usd" not in m.name or m.name.endswith(("_usd", "_usd_per_hour", "_usd_total",
-                                                         "_usd_per_month")), m.name
+        assert "_usd" not in m.name or m.name.endswith(
+            ("_usd", "_usd_per_hour", "_usd_total", "_usd_per_month")
+        ), m.name
         assert not {"pod", "user", "email", "request_id"} & set(m.labels), m.name
 
 
@@ -46,4 +51,6 @@ def test_docs_list_every_series_in_the_catalog():
     from aifinops.exposition.docs import catalog_markdown
 
     committed = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
-    assert committed == catalog_markdown(), "run: python -m aifinops.exposition.docs > docs/metrics.md"
+    assert committed == catalog_markdown(), (
+        "run: python -m aifinops.exposition.docs > docs/metrics.md"
+    )

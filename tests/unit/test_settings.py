@@ -25,7 +25,10 @@ def test_example_config_loads_and_says_what_it_shows():
         ("server: {port: 70000}", "server.port"),
         ("sources: {opencost: {url: 'http://x', window: 1 week}}", "sources.opencost.window"),
         ("sources: {dcgm: {mode: scrape}}", "scrape_urls"),
-        ("tenancy: {namespace_patterns: [{regex: '(unclosed'}]}", "tenancy.namespace_patterns.0.regex"),
+        (
+            "tenancy: {namespace_patterns: [{regex: '(unclosed'}]}",
+            "tenancy.namespace_patterns.0.regex",
+        ),
         ("tenancy: {namespace_patterns: [{regex: '^x$'}]}", "(?P<tenant>"),
         ("idle_gpu: {window_secs: 5}", "idle_gpu.window_secs: unknown field"),
         ("gpu_pricing: {overrides: {H100: -1}}", "gpu_pricing.overrides"),
@@ -44,8 +47,11 @@ def test_bad_config_names_the_field(tmp_path, yaml_text, needle):
 def test_env_overrides_nest_and_parse_yaml_values():
     out = apply_env_overrides(
         {"server": {"port": 1}},
-        {"AIFINOPS__SERVER__PORT": "9900", "AIFINOPS__SOURCES__DCGM__SCRAPE_URLS": "[a, b]",
-         "OTHER": "x"},
+        {
+            "AIFINOPS__SERVER__PORT": "9900",
+            "AIFINOPS__SOURCES__DCGM__SCRAPE_URLS": "[a, b]",
+            "OTHER": "x",
+        },
     )
     assert out == {"server": {"port": 9900}, "sources": {"dcgm": {"scrape_urls": ["a", "b"]}}}
 
@@ -55,7 +61,9 @@ def test_cli_exits_2_with_the_field_named(tmp_path):
     f.write_text("refresh: {interval_seconds: -1}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "aifinops", "--config", str(f), "--check-config"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "refresh.interval_seconds" in proc.stderr and "-1" in proc.stderr

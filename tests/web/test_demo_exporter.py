@@ -1,0 +1,173 @@
+"""The whole exporter (real sources, model, renderer, app) against the simulated cluster:
+its dollars match the simulator's ground truth, and the buckets reconcile to the cent."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import subprocess
+
+import pytest
+
+from tests.tools import require_binary
+from tests.web.conftest import T0, series, start_demo_app
+
+RATE = "aifinops_tenant_cost_usd_per_hour"
+
+
+def assert_matches_ground_truth(page, gt, bases=("allocation", "usage")):
+    for basis in bases:
+        got = series(page, RATE, basis=basis)  # keyed (resource, tenant)
+        want = {(r, t): v for (b, t, r), v in gt.cost.items() if b == basis and v}
+        assert {k for k, v in got.items() if v} == set(want), basis
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-3), (basis, key)
+        # tenants + __idle__ + __unallocated__ == cluster total, to the cent, per resource
+        cluster = series(page, "aifinops_cluster_cost_usd_per_hour")
+        for (resource,), total in cluster.items():
+            parts = math.fsum(v for (r, _), v in got.items() if r == resource)
+            assert round(parts, 2) == round(total, 2), (basis, resource)
+            assert total == pytest.approx(gt.cluster[resource], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"dcgm_mode": "prometheus"},
+        {"dcgm_mode": "scrape"},
+        {
+            "dcgm_mode": "scrape",
+            "per_node": False,
+            "utilization_metric": "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+        },
+    ],
+    ids=["prometheus-api", "scrape-per-node", "scrape-engine-active"],
+)
+async def test_per_tenant_dollars_match_ground_truth(aiohttp_client, cfg):
+    d = await start_demo_app(aiohttp_client, **cfg)
+    try:
+        await d.refresh()
+        page = await d.metrics()
+        gt = d.sim.ground_truth(T0, metric=cfg.get("utilization_metric", "DCGM_FI_DEV_GPU_UTIL"))
+        assert_matches_ground_truth(page, gt)
+        held = series(page, "aifinops_tenant_gpus")  # keyed (gpu_model, tenant)
+        for (tenant, model), value in gt.gpus_allocated.items():
+            assert held[(model, tenant)] == pytest.approx(value, rel=1e-9)
+        unused = series(page, "aifinops_tenant_gpu_unused_cost_usd_per_hour")
+        for (tenant, model), value in gt.gpu_unused_cost.items():
+            assert unused[(model, tenant)] == pytest.approx(value, rel=1e-3, abs=1e-9)
+    finally:
+        await d.upstreams.close()
+
+
+async def test_idle_gpus_after_the_window(demo):
+    # the idle window is 900 s by default: observe at T0 and again past the window
+    await demo.refresh()
+    page = await demo.metrics()
+    assert sum(v for _, v in page.get("aifinops_idle_gpus", [])) == 0
+    demo.clock.now = T0 + 960
+    await demo.refresh()
+    page = await demo.metrics()
+    gt = demo.sim.ground_truth(T0 + 960)
+    idle = series(page, "aifinops_idle_gpus")
+    want = {(m, t): v for (t, m), v in gt.idle_gpus.items() if v}
+    assert {k: v for k, v in idle.items() if v} == pytest.approx(want)
+    cost = series(page, "aifinops_idle_gpu_cost_usd_per_hour")
+    for (tenant, model), value in gt.idle_gpu_cost.items():
+        assert cost.get((model, tenant), 0.0) == pytest.approx(value, rel=1e-3, abs=1e-9)
+    assert want, "the demo cluster should have idle GPUs"
+
+
+async def test_counters_accrue_between_refreshes(demo):
+    await demo.refresh()
+    demo.clock.now = T0 + 1800
+    await demo.refresh()
+    page = await demo.metrics()
+    totals = series(page, "aifinops_tenant_cost_usd_total", basis="allocation")
+    rates = series(page, RATE, basis="allocation")
+    for key, rate in rates.items():
+        # half an hour at the new rate (the first refresh starts the counter at 0)
+        assert totals[key] == pytest.approx(rate * 0.5, rel=1e-9)
+
+
+async def test_readiness_and_landing_page(demo):
+    resp = await demo.client.get("/readyz")
+    assert resp.status == 503
+    await demo.refresh()
+    resp = await demo.client.get("/readyz")
+    assert resp.status == 200
+    body = await resp.json()
+    assert {s["source"] for s in body["sources"]} == {"dcgm", "opencost"}
+    assert (await demo.client.get("/healthz")).status == 200
+    index = await (await demo.client.get("/")).text()
+    assert "/metrics" in index and "opencost" in index
+
+
+async def test_gzip_is_the_same_page(demo):
+    await demo.refresh()
+    plain = await (
+        await demo.client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    ).read()
+    resp = await demo.client.get(
+        "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(await resp.read()) == plain
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+
+
+async def test_demo_page_passes_promtool(demo):
+    promtool = require_binary("promtool")
+    await demo.refresh()
+    text = await (await demo.client.get("/metrics")).read()
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    assert proc.stdout.strip() == b"" and proc.stderr.strip() == b""
+
+
+@pytest.mark.parametrize("mode", ["error500", "garbage", "down", "truncated"])
+async def test_opencost_failing_keeps_last_good_data_and_dcgm(demo, mode):
+    await demo.refresh()
+    before = series(await demo.metrics(), RATE)
+    demo.upstreams.faults.set("opencost", mode)
+    demo.clock.now = T0 + 60
+    await demo.refresh()
+    page = await demo.metrics()
+    assert series(page, "aifinops_source_up") == {("dcgm",): 1.0, ("opencost",): 0.0}
+    assert series(page, "aifinops_source_age_seconds")[("opencost",)] == 60.0
+    errors = series(page, "aifinops_source_errors_total", source="opencost")
+    assert sum(errors.values()) == 1
+    # last good allocations are still in use; usage basis still follows fresh DCGM data
+    after = series(page, RATE, basis="allocation")
+    assert after == {(r, t): v for (b, r, t), v in before.items() if b == "allocation"}
+    assert after
+
+
+async def test_stale_data_is_dropped_visibly(aiohttp_client):
+    d = await start_demo_app(aiohttp_client, config={})
+    try:
+        await d.refresh()
+        d.upstreams.faults.set("opencost", "error500")
+        d.clock.now = T0 + 601  # stale_after_seconds defaults to 600
+        await d.refresh()
+        page = await d.metrics()
+        assert series(page, "aifinops_source_stale") == {("dcgm",): 0.0, ("opencost",): 1.0}
+        assert ("opencost",) not in series(page, "aifinops_source_age_seconds")
+        assert series(page, RATE) == {}
+        # GPUs are still known from DCGM
+        assert series(page, "aifinops_tenant_gpus")
+    finally:
+        await d.upstreams.close()
+
+
+async def test_dcgm_down_drops_only_the_usage_basis(demo):
+    demo.upstreams.faults.set("prometheus", "error500")
+    await demo.refresh()
+    page = await demo.metrics()
+    assert series(page, "aifinops_source_up") == {("dcgm",): 0.0, ("opencost",): 1.0}
+    assert series(page, RATE, basis="allocation")
+    assert not series(page, RATE, basis="usage")
+    gt = demo.sim.ground_truth(T0)
+    assert_matches_ground_truth(page, gt, bases=("allocation",))
