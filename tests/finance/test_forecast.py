@@ -1,0 +1,139 @@
+"""Month bounds and the month-end forecast: exact figures on hand-built daily series."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from aifinops.model.forecast import (
+    MIN_FIT_DAYS,
+    elapsed_days,
+    forecast_month_end,
+    month_bounds,
+)
+
+DAY = 86400.0
+
+
+def ts(*args: int, tz=UTC) -> float:
+    return datetime(*args, tzinfo=tz).timestamp()
+
+
+def days(first: tuple[int, int, int], values: list[float]) -> list[tuple[float, float]]:
+    start = ts(*first)
+    return [(start + i * DAY, v) for i, v in enumerate(values)]
+
+
+def test_month_bounds_utc_leap_february():
+    b = month_bounds(ts(2024, 2, 15, 13), "UTC")
+    assert b == (ts(2024, 2, 1), ts(2024, 3, 1), 29)
+
+
+def test_month_bounds_follow_the_time_zone_across_dst():
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    # 2024-03-31T22:30Z is already 1 April in Paris (CEST, UTC+2).
+    b = month_bounds(ts(2024, 3, 31, 22, 30), "Europe/Paris")
+    assert b.start == ts(2024, 4, 1, tz=paris) == ts(2024, 3, 31, 22)
+    assert b.end == ts(2024, 5, 1, tz=paris)
+    assert b.days == 30
+    march = month_bounds(ts(2024, 3, 15), "Europe/Paris")
+    assert march.start == ts(2024, 2, 29, 23)  # CET, UTC+1
+    assert march.end == ts(2024, 3, 31, 22)  # CEST: the month is 743 hours long
+    assert march.days == 31
+
+
+def test_month_bounds_december_rolls_the_year():
+    assert month_bounds(ts(2023, 12, 31, 23, 59), "UTC") == (ts(2023, 12, 1), ts(2024, 1, 1), 31)
+
+
+def test_elapsed_days_counts_local_calendar_days():
+    assert elapsed_days(ts(2024, 2, 3, 12), "UTC") == 2.5
+    assert elapsed_days(ts(2024, 2, 1), "UTC") == 0.0
+    # Paris, 31 March 2024 (a 23-hour day): 11:00Z is 13:00 CEST, 12 of 23 hours elapsed.
+    assert elapsed_days(ts(2024, 3, 31, 11), "Europe/Paris") == 30 + 12 / 23
+
+
+def test_theil_sen_on_a_linear_series_is_exact():
+    # Feb 2024: day d costs 10 + 2d dollars. Four full days seen; today is the 5th, at 00:00.
+    fc = forecast_month_end(60.0, days((2024, 2, 1), [12, 14, 16, 18]), ts(2024, 2, 5), "UTC")
+    assert fc.method == "theil_sen"
+    assert fc.history_days == 4
+    assert fc.slope_usd_per_day == 2.0
+    assert fc.daily_usd == 20.0  # projected spend of today
+    # 60 so far + 20 today + sum over Feb 6..29 of (20 + 2k), k = 1..24 = 480 + 600
+    assert fc.month_end_usd == 1160.0 == sum(10 + 2 * d for d in range(1, 30))
+    assert fc.segments[0] == (1.0, 20.0)
+    assert len(fc.segments) == 25
+
+
+def test_the_rest_of_today_is_prorated():
+    # Same series, noon on the 5th: half of today's projected 20 is spent (MTD 70).
+    fc = forecast_month_end(70.0, days((2024, 2, 1), [12, 14, 16, 18]), ts(2024, 2, 5, 12), "UTC")
+    assert fc.segments[0] == (0.5, 10.0)
+    assert fc.month_end_usd == 1160.0
+
+
+def test_partial_today_and_old_days_are_not_fitted():
+    series = [*days((2024, 2, 1), [12, 14, 16, 18]), (ts(2024, 2, 5), 999.0)]
+    series.append((ts(2023, 12, 1), 5000.0))  # older than the 28-day lookback
+    fc = forecast_month_end(60.0, series, ts(2024, 2, 5), "UTC")
+    assert (fc.history_days, fc.slope_usd_per_day, fc.month_end_usd) == (4, 2.0, 1160.0)
+
+
+def test_one_day_spike_barely_moves_the_trend():
+    # Feb 3 spikes to 160. Pairwise slopes: -142, 2, 2, 2, 74, 146 -> median 2.
+    # Intercept = median(y) - 2 * median(x) = 16 - 2 * (-2.5) = 21.
+    series = days((2024, 2, 1), [12, 14, 160, 18])
+    fc = forecast_month_end(204.0, series, ts(2024, 2, 5), "UTC")
+    assert fc.slope_usd_per_day == 2.0
+    assert fc.daily_usd == 21.0
+    assert fc.month_end_usd == 204 + 21 + sum(21 + 2 * k for k in range(1, 25))  # 1329
+
+
+def test_previous_month_days_give_a_trend_on_the_first():
+    series = days((2024, 2, 26), [12, 14, 16, 18])
+    fc = forecast_month_end(0.0, series, ts(2024, 3, 1), "UTC")
+    assert fc.method == "theil_sen"
+    assert fc.month_end_usd == 20 + sum(20 + 2 * k for k in range(1, 31))  # 1550
+
+
+def test_falling_trend_never_projects_negative_days():
+    # 40, 30, 20, 10 -> slope -10, today's projection 0: nothing more is forecast.
+    fc = forecast_month_end(100.0, days((2024, 2, 1), [40, 30, 20, 10]), ts(2024, 2, 5), "UTC")
+    assert fc.slope_usd_per_day == -10.0
+    assert all(d >= 0 for _, d in fc.segments)
+    assert fc.month_end_usd == 100.0
+    assert fc.days_until(1.0) is None
+
+
+def test_run_rate_with_too_little_history():
+    fc = forecast_month_end(25.0, days((2024, 2, 1), [10, 10]), ts(2024, 2, 3, 12), "UTC")
+    assert fc.method == "run_rate"
+    assert f"({MIN_FIT_DAYS} needed" in fc.reason
+    assert fc.daily_usd == 10.0  # 25 / 2.5 elapsed days
+    assert fc.month_end_usd == 25.0 + 10.0 * 26.5  # 290
+    assert fc.days_until(15.0) == 1.5
+
+
+def test_insufficient_right_after_the_month_starts():
+    fc = forecast_month_end(3.0, [], ts(2024, 2, 1, 0, 30), "UTC")
+    assert fc.method == "insufficient"
+    assert "less than an hour" in fc.reason
+    assert fc.month_end_usd == 3.0
+    assert fc.days_until(1.0) is None
+    assert fc.days_until(0.0) == 0.0
+
+
+def test_bad_inputs_are_dropped_not_propagated():
+    series = [*days((2024, 2, 1), [12, 14, 16, 18]), (ts(2024, 2, 2), float("nan"))]
+    fc = forecast_month_end(float("nan"), series, ts(2024, 2, 5), "UTC")
+    assert fc.spend_to_date_usd == 0.0
+    assert fc.month_end_usd == 1100.0  # 0 + 20 + 1080
+
+
+@pytest.mark.parametrize("spend", [0.0, 1.0, 1e6])
+def test_forecast_is_never_below_spend(spend):
+    for series in ([], days((2024, 2, 1), [5, 1, 0, 0]), days((2024, 2, 1), [0, 0, 0, 0])):
+        fc = forecast_month_end(spend, series, ts(2024, 2, 5, 6), "UTC")
+        assert fc.month_end_usd >= spend
