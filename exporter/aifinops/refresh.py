@@ -23,7 +23,8 @@ import structlog
 
 from aifinops.exposition.families import BuildInfo, cost_families, self_families
 from aifinops.exposition.render import Exposition, render
-from aifinops.model.inputs import AllocationSet, GpuSample, Inputs
+from aifinops.model.inputs import AllocationSet, GpuSample, Inputs, TokenInputs, TokenObservation
+from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
 from aifinops.sources.base import Source, SourceError
 from aifinops.status import RefreshStatus, SourceStatus
@@ -89,6 +90,7 @@ class Refresher:
         self._clock = clock
         self._state = ModelState()
         self._refreshes = 0
+        self._unpriced_logged: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
         self.snapshot = Snapshot(
             report=None,
@@ -160,6 +162,9 @@ class Refresher:
         gpus: tuple[GpuSample, ...] | None = None
         allocations: AllocationSet | None = None
         dcgm_at: float | None = None
+        catalog: LlmPriceCatalog | None = None
+        observations: list[TokenObservation] = []
+        token_sources: set[str] = set()
         for rt in self._runtimes:
             if rt.data is None:
                 continue
@@ -168,7 +173,23 @@ class Refresher:
                 dcgm_at = rt.fetched_at
             elif rt.source.name == "opencost":
                 allocations = rt.data
-        return Inputs(gpus=gpus, allocations=allocations), dcgm_at
+            elif rt.source.name == "llm_prices":
+                catalog = rt.data
+            elif rt.source.name.startswith("tokens:"):
+                observations.extend(rt.data)
+                token_sources.add(rt.source.name)
+        tokens = None
+        if self._context.tokens is not None:
+            tokens = TokenInputs(tuple(observations), frozenset(token_sources), catalog)
+        return Inputs(gpus=gpus, allocations=allocations, tokens=tokens), dcgm_at
+
+    def _log_unpriced(self, report: Report | None) -> None:
+        """One warning per model that starts getting tokens without a price."""
+        if report is None or report.tokens is None:
+            return
+        for model, provider in sorted(set(report.tokens.unpriced) - self._unpriced_logged):
+            log.warning("llm_model_unpriced", model=model, provider=provider)
+        self._unpriced_logged |= set(report.tokens.unpriced)
 
     async def refresh_once(self) -> Snapshot:
         """Run one cycle and swap in its snapshot. Never raises (except cancellation)."""
@@ -186,6 +207,7 @@ class Refresher:
                 log.exception("model_failed")
                 report, state = self.snapshot.report, self._state
             self._state = state
+            self._log_unpriced(report)
             self._refreshes += 1
             status = RefreshStatus(
                 sources=tuple(rt.status(now) for rt in self._runtimes),

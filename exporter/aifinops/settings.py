@@ -168,6 +168,241 @@ class LoggingSettings(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+# --- LLM tokens ----------------------------------------------------------------------------
+TokenTypeName = Literal["input", "output", "cached_input"]
+ChargeBackResource = Literal["gpu", "cpu", "ram", "storage", "network", "shared"]
+
+# Labels that name a person or an API key: never a tenant (their values would become series).
+FORBIDDEN_TENANT_LABELS = frozenset(
+    {
+        "hashed_api_key",
+        "api_key",
+        "api_key_alias",
+        "user",
+        "user_id",
+        "user_email",
+        "end_user",
+        "email",
+    }
+)
+_TOKEN_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+
+
+class TokenMetricSettings(_Strict):
+    """One upstream series family mapped to a token type.
+
+    ``token_type`` fixes the type, or ``token_type_label`` reads it from a label through
+    ``token_type_values`` (unlisted values are skipped). ``older_names`` are read only when
+    ``metric`` has no series (renamed upstream metrics). ``subtract`` names a series family
+    with the same labels whose value is subtracted (prompt tokens minus cached prompt tokens).
+    ``kind: spend_usd`` reads dollars an upstream computed (LiteLLM's spend), used only to
+    price models the price list does not know.
+    """
+
+    metric: str
+    older_names: tuple[str, ...] = ()
+    token_type: TokenTypeName | None = None
+    token_type_label: str | None = None
+    token_type_values: Mapping[str, TokenTypeName] = Field(default_factory=dict)
+    subtract: str | None = None
+    kind: Literal["tokens", "spend_usd"] = "tokens"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenMetricSettings:
+        for name in (self.metric, *self.older_names, *([self.subtract] if self.subtract else [])):
+            if not _METRIC_NAME.match(name):
+                raise ValueError(f"{name!r} is not a Prometheus metric name")
+        if self.kind == "tokens" and (self.token_type is None) == (self.token_type_label is None):
+            raise ValueError("set exactly one of token_type and token_type_label")
+        if self.token_type_label is not None and not self.token_type_values:
+            raise ValueError("token_type_label needs token_type_values")
+        return self
+
+
+class ScrapeTargetSettings(_Strict):
+    """A ``/metrics`` URL read directly, with the labels Prometheus would have added as target
+    labels (e.g. ``{namespace: llm-serving, pod: vllm-0}``); sample labels win on conflict."""
+
+    url: str
+    labels: Mapping[str, str] = Field(default_factory=dict)
+
+
+class TokenSourceSettings(SourceCommon):
+    """One token source: a preset (vllm, litellm, otel_genai, tgi) or ``custom``; every
+    field left unset takes the preset's value. ``role``: ``usage`` counts tokens per tenant,
+    ``serving`` counts what model servers processed (the denominator of the measured cost per
+    token, and how serving pods are found), ``both`` does both.
+
+    Tenant of a usage series: ``tenant`` if set, else the first non-empty ``tenant_labels``
+    value (never an email-like value), else the tenant of the pod named by ``namespace_labels``
+    / ``pod_labels`` (or of the namespace alone, by the tenancy rules), else __unallocated__.
+    """
+
+    name: str
+    preset: Literal["vllm", "litellm", "otel_genai", "tgi", "custom"]
+    mode: Literal["prometheus", "scrape"] = "prometheus"
+    prometheus_url: str | None = None
+    selector: str = ""
+    scrape_targets: tuple[ScrapeTargetSettings, ...] = ()
+    role: Literal["usage", "serving", "both"] | None = None
+    metrics: tuple[TokenMetricSettings, ...] | None = None
+    model: str | None = None
+    model_labels: tuple[str, ...] | None = None
+    provider: str | None = None
+    provider_labels: tuple[str, ...] | None = None
+    tenant: str | None = None
+    tenant_labels: tuple[str, ...] | None = None
+    namespace_labels: tuple[str, ...] | None = None
+    pod_labels: tuple[str, ...] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_SOURCE_NAME.match(v) or v == "push":
+            raise ValueError("must match [a-z0-9][a-z0-9_-]{0,39} and not be 'push'")
+        return v
+
+    @field_validator("tenant_labels")
+    @classmethod
+    def _no_personal_labels(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        bad = sorted(set(v or ()) & FORBIDDEN_TENANT_LABELS)
+        if bad:
+            raise ValueError(f"{bad} identify a person or an API key and cannot be a tenant")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> TokenSourceSettings:
+        if self.enabled and self.mode == "prometheus" and not self.prometheus_url:
+            raise ValueError("mode 'prometheus' needs prometheus_url")
+        if self.enabled and self.mode == "scrape" and not self.scrape_targets:
+            raise ValueError("mode 'scrape' needs at least one entry in scrape_targets")
+        if self.preset == "custom" and not self.metrics:
+            raise ValueError("preset 'custom' needs metrics")
+        if self.preset in ("custom", "tgi") and not (self.model or self.model_labels):
+            raise ValueError(f"preset {self.preset!r} needs model or model_labels")
+        return self
+
+
+class PriceOverrideSettings(_Strict):
+    """A configured price in USD per 1M tokens; wins over the price file."""
+
+    input_usd_per_million_tokens: float = Field(ge=0, allow_inf_nan=False)
+    output_usd_per_million_tokens: float = Field(0.0, ge=0, allow_inf_nan=False)
+    cached_input_usd_per_million_tokens: float | None = Field(None, ge=0, allow_inf_nan=False)
+    provider: str | None = None
+
+
+class LlmPricesSettings(_Strict):
+    """The LLM price list (LiteLLM's model_prices_and_context_window.json format): the bundled
+    file, ``file`` (re-read when its mtime or size changes) or ``url`` (fetched every
+    ``refresh_interval_seconds``); the last good copy is kept when a read or fetch fails."""
+
+    file: Path | None = None
+    url: str | None = None
+    version: str | None = None
+    refresh_interval_seconds: float = Field(3600.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, le=300)
+    max_response_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    bearer_token_file: Path | None = None
+    overrides: Mapping[str, PriceOverrideSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> LlmPricesSettings:
+        if self.file is not None and self.url is not None:
+            raise ValueError("set file or url, not both")
+        return self
+
+
+class PodSelectorSettings(_Strict):
+    """Pods (as OpenCost reports them) that serve a model: every given criterion must hold."""
+
+    namespaces: tuple[str, ...] = ()
+    pod_regex: str | None = None
+    pod_labels: Mapping[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _some_criterion(self) -> PodSelectorSettings:
+        if not (self.namespaces or self.pod_regex or self.pod_labels):
+            raise ValueError("give at least one of namespaces, pod_regex, pod_labels")
+        if self.pod_regex is not None:
+            try:
+                re.compile(self.pod_regex)
+            except re.error as exc:
+                raise ValueError(f"pod_regex is not a valid regular expression: {exc}") from exc
+        return self
+
+
+class SelfHostedModelSettings(_Strict):
+    """A self-hosted model: its name as token series show it, other spellings, the provider
+    label its series carry, the pods that serve it, and a price-list model to compare with."""
+
+    model: str
+    aliases: tuple[str, ...] = ()
+    provider: str = "self_hosted"
+    serving_pods: PodSelectorSettings | None = None
+    api_equivalent: str | None = None
+
+
+class TokenCostWeightsSettings(_Strict):
+    """Relative serving cost of one token of each type (only ratios matter)."""
+
+    input: float = Field(1.0, ge=0, allow_inf_nan=False)
+    cached_input: float = Field(0.1, ge=0, allow_inf_nan=False)
+    output: float = Field(4.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _positive(self) -> TokenCostWeightsSettings:
+        if self.input + self.output <= 0:
+            raise ValueError("input and output weights cannot both be 0")
+        return self
+
+
+class SelfHostedSettings(_Strict):
+    models: tuple[SelfHostedModelSettings, ...] = ()
+    discover_from_serving_sources: bool = True
+    api_equivalents: Mapping[str, str] = Field(default_factory=dict)
+    cost_weights: TokenCostWeightsSettings = Field(default_factory=TokenCostWeightsSettings)
+    charge_back_resources: tuple[ChargeBackResource, ...] = ("gpu", "cpu", "ram")
+
+
+class UsagePushSettings(_Strict):
+    """``POST /api/v1/usage``: off unless enabled; bounded; optional bearer token."""
+
+    enabled: bool = False
+    max_body_bytes: int = Field(1024 * 1024, gt=0, le=64 * 1024 * 1024)
+    max_records_per_batch: int = Field(1000, ge=1, le=100_000)
+    max_tokens_per_record: int = Field(1_000_000_000, ge=1)
+    max_series: int = Field(10_000, ge=1)
+    idempotency_cache_size: int = Field(100_000, ge=0)
+    bearer_token_file: Path | None = None
+
+
+class TokensSettings(_Strict):
+    """LLM token analytics. Active when a source is configured or push is enabled."""
+
+    sources: tuple[TokenSourceSettings, ...] = ()
+    prices: LlmPricesSettings = Field(default_factory=LlmPricesSettings)
+    self_hosted: SelfHostedSettings = Field(default_factory=SelfHostedSettings)
+    push: UsagePushSettings = Field(default_factory=UsagePushSettings)
+    rate_window_seconds: float = Field(300.0, gt=0, le=86_400)
+    series_retention_seconds: float = Field(3600.0, gt=0)
+    max_models: int = Field(200, ge=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, v: tuple[TokenSourceSettings, ...]) -> tuple[TokenSourceSettings, ...]:
+        names = [s.name for s in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {dupes}")
+        return v
+
+    @property
+    def active(self) -> bool:
+        return any(s.enabled for s in self.sources) or self.push.enabled
+
+
 class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
@@ -177,6 +412,7 @@ class Settings(_Strict):
     gpu_pricing: GpuPricingSettings = Field(default_factory=GpuPricingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    tokens: TokensSettings = Field(default_factory=TokensSettings)
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(m|h|d)$")

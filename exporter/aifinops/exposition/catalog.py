@@ -109,6 +109,59 @@ GPU_PRICE = _spec(
     ("gpu_model", "source"),
 )
 
+# --- LLM tokens ----------------------------------------------------------------------------
+TOKENS = _spec(
+    "aifinops_tokens_total",
+    "counter",
+    "LLM tokens counted since the exporter started, per tenant, model, provider and token type "
+    "(input excludes cached input; cached_input is prompt tokens served from a cache). Counter "
+    "resets upstream are handled: a restart never makes tokens negative or double.",
+    ("tenant", "model", "provider", "token_type"),
+    "experimental",
+)
+TOKEN_COST = _spec(
+    "aifinops_token_cost_usd_total",
+    "counter",
+    "Dollars of those tokens: API models at their price-list price, self-hosted models at "
+    "their measured price (that money is already in the tenant's gpu/cpu/ram cost through "
+    "charge-back; API token money is resource=tokens).",
+    ("tenant", "model", "provider", "token_type"),
+    "experimental",
+)
+MODEL_TOKEN_PRICE = _spec(
+    "aifinops_model_cost_per_million_tokens_usd",
+    "gauge",
+    "USD per 1M tokens per model and token type; source=price_list (price file or override) "
+    "or measured (self-hosted: serving pods' cost / tokens over the rate window, split between "
+    "token types by the configured cost weights).",
+    ("model", "provider", "token_type", "source"),
+    "experimental",
+)
+MODEL_API_EQUIVALENT_PRICE = _spec(
+    "aifinops_model_api_equivalent_cost_per_million_tokens_usd",
+    "gauge",
+    "Price-list USD per 1M tokens of the API model configured as a self-hosted model's "
+    "equivalent, labelled with the self-hosted model (compare with source=measured).",
+    ("model", "provider", "token_type"),
+    "experimental",
+)
+UNPRICED_TOKENS = _spec(
+    "aifinops_unpriced_tokens_total",
+    "counter",
+    "Tokens (all types) that got no price: a model missing from the price list, or a "
+    "self-hosted model with no measured cost yet. Their cost is missing, not zero.",
+    ("model", "provider"),
+    "experimental",
+)
+LLM_PRICE_CATALOG_INFO = _spec(
+    "aifinops_llm_price_catalog_info",
+    "gauge",
+    "Always 1; version names the LLM price list in use (declared, or sha256 of the file, "
+    "with +overrides:<digest> when configuration overrides prices).",
+    ("version",),
+    "experimental",
+)
+
 # --- self-metrics --------------------------------------------------------------------------
 SOURCE_UP = _spec(
     "aifinops_source_up",
@@ -181,6 +234,12 @@ CATALOG: tuple[MetricSpec, ...] = (
     IDLE_GPUS,
     IDLE_GPU_COST,
     GPU_PRICE,
+    TOKENS,
+    TOKEN_COST,
+    MODEL_TOKEN_PRICE,
+    MODEL_API_EQUIVALENT_PRICE,
+    UNPRICED_TOKENS,
+    LLM_PRICE_CATALOG_INFO,
     SOURCE_UP,
     SOURCE_AGE,
     SOURCE_STALE,
@@ -201,3 +260,6 @@ UNALLOCATED_TENANT = "__unallocated__"
 OTHER_TENANT = "__other__"
 RESOURCES = ("gpu", "cpu", "ram", "storage", "network", "shared")
 BASES = ("allocation", "usage")
+# API token dollars in the per-tenant cost series (not in RESOURCES: the core never has it).
+TOKENS_RESOURCE = "tokens"
+TOKEN_TYPES = ("input", "output", "cached_input")

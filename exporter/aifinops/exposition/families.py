@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from aifinops.exposition import catalog as c
 from aifinops.exposition.render import Family, Sample
 from aifinops.model.report import Report
-from aifinops.status import RefreshStatus
+from aifinops.model.tokens import TokenReport
 from aifinops.sources.base import REASONS
+from aifinops.status import RefreshStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,25 @@ def cost_families(report: Report | None) -> list[Family]:
         Family(c.IDLE_GPU_COST, idle_cost),
         Family(c.GPU_PRICE, prices),
         Family(c.FOLDED_TENANTS, folded),
+        *token_families(report.tokens),
+    ]
+
+
+def token_families(tokens: TokenReport | None) -> list[Family]:
+    """Token series; none when token analytics is off."""
+    if tokens is None:
+        return []
+    info = [((tokens.catalog_version,), 1.0)] if tokens.catalog_version else []
+    return [
+        Family(c.TOKENS, sorted(((k, v) for k, v in tokens.tokens.items()))),
+        Family(c.TOKEN_COST, sorted(((k, v) for k, v in tokens.cost.items()))),
+        Family(c.MODEL_TOKEN_PRICE, sorted(((k, v) for k, v in tokens.prices.items()))),
+        Family(
+            c.MODEL_API_EQUIVALENT_PRICE,
+            sorted(((k, v) for k, v in tokens.api_equivalent.items())),
+        ),
+        Family(c.UNPRICED_TOKENS, sorted(((k, v) for k, v in tokens.unpriced.items()))),
+        Family(c.LLM_PRICE_CATALOG_INFO, info),
     ]
 
 

@@ -72,6 +72,11 @@ class CostBreakdown:
     gpu_prices: Mapping[tuple[str, str], float]  # (gpu_model, source) -> USD per GPU-hour
     folded_tenants: int = 0
     unpriced_gpu_models: tuple[str, ...] = field(default=())
+    # Per pod, before tenant folding: ``pod_rates[basis][(namespace, pod)][resource]`` in
+    # USD/hour (the pod's part of its tenant's rate on that basis) and the pod's tenant.
+    # Token charge-back reads them to move a serving pod's cost to the tenants it served.
+    pod_rates: Mapping[str, Mapping[PodKey, Mapping[str, float]]] = field(default_factory=dict)
+    pod_tenants: Mapping[PodKey, str] = field(default_factory=dict)
 
 
 def _resource_costs(a: Allocation) -> dict[str, float]:
@@ -266,6 +271,13 @@ def attribute_costs(
                 usage_rates[(tenant, "gpu")] = total
         rates_by_basis["usage"] = usage_rates
 
+    pod_rates = _pod_rates(rows, window_h, shares, catalog_priced, set(rates_by_basis))
+    if allocations is None:
+        pod_rates = {}
+    pod_tenants = dict(pod_tenant)
+    for share in shares:
+        pod_tenants.setdefault((share.idle_key[2], share.idle_key[3]), share.tenant)
+
     folded = 0
     if max_tenants is not None:
         rates_by_basis, folded = fold_tenants(rates_by_basis, max_tenants)
@@ -295,7 +307,46 @@ def attribute_costs(
         gpu_prices=gpu_prices,
         folded_tenants=folded,
         unpriced_gpu_models=tuple(sorted(unpriced)) if catalog_priced else (),
+        pod_rates=pod_rates,
+        pod_tenants=pod_tenants,
     )
+
+
+def _pod_rates(
+    rows: Iterable[Allocation],
+    window_h: float,
+    shares: Iterable[GpuShare],
+    catalog_priced: bool,
+    bases: set[str],
+) -> dict[str, dict[PodKey, dict[str, float]]]:
+    """Each pod's USD/hour per resource on each basis, consistent with the tenant rates:
+    the allocation basis is OpenCost's row (plus the catalog-priced GPU holds when OpenCost
+    prices no GPU); the usage basis replaces a measured pod's GPU rate by its usage rate."""
+    alloc: dict[PodKey, dict[str, float]] = {}
+    for a in rows:
+        if not a.namespace or not a.pod or a.is_idle or a.is_unallocated:
+            continue
+        d = alloc.setdefault((a.namespace, a.pod), {})
+        for resource, cost in _resource_costs(a).items():
+            if cost:
+                d[resource] = d.get(resource, 0.0) + cost / window_h
+    held: dict[PodKey, list[float]] = defaultdict(list)
+    used: dict[PodKey, list[float]] = defaultdict(list)
+    for share in shares:
+        key = (share.idle_key[2], share.idle_key[3])
+        held[key].append(share.alloc_rate)
+        used[key].append(share.usage_rate)
+    if catalog_priced:
+        for key, parts in held.items():
+            d = alloc.setdefault(key, {})
+            d["gpu"] = d.get("gpu", 0.0) + math.fsum(parts)
+    out = {"allocation": alloc}
+    if "usage" in bases:
+        usage = {k: dict(v) for k, v in alloc.items()}
+        for key, parts in used.items():
+            usage.setdefault(key, {})["gpu"] = math.fsum(parts)
+        out["usage"] = usage
+    return out
 
 
 _SENTINELS = frozenset({IDLE_TENANT, UNALLOCATED_TENANT, OTHER_TENANT})

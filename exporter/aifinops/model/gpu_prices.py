@@ -79,7 +79,5 @@ def mig_fraction(profile: str, model_name: str) -> float:
     m = _MIG_SLICES.match(profile.strip().lower())
     if not m:
         return 1.0
-    total = (
-        4 if any(k in normalize_gpu_model(model_name) for k in _FOUR_SLICE_MODELS) else 7
-    )
+    total = 4 if any(k in normalize_gpu_model(model_name) for k in _FOUR_SLICE_MODELS) else 7
     return min(1.0, int(m.group(1)) / total)

@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
+
+from aifinops.model.llm_prices import LlmPriceCatalog, TokenType
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 
@@ -114,13 +117,61 @@ class AllocationSet:
     allocations: tuple[Allocation, ...]
 
 
+TokenRole = Literal["usage", "serving", "both"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenObservation:
+    """One upstream token counter as last read: a cumulative count (or, for
+    ``kind="spend_usd"``, cumulative dollars an upstream computed).
+
+    ``series`` identifies the upstream series within ``source`` (a digest of its labels: the
+    raw labels, API-key hashes and user names included, never leave the source). ``model`` is
+    the name as the upstream spelled it; ``provider`` a normalized provider or ``None``.
+    ``tenant`` is set when a label rule named it; otherwise the model resolves it from
+    ``namespace`` (the pod's tenant) or books ``__unallocated__``. ``namespace``/``pod`` are
+    the model server's pod for ``serving`` observations. ``from_zero`` marks counters that
+    started inside this process (the push API): their first reading is all new tokens, where
+    a scraped counter's first reading is only a baseline.
+    """
+
+    source: str
+    series: str
+    role: TokenRole
+    token_type: TokenType
+    model: str
+    value: float
+    provider: str | None = None
+    tenant: str | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    kind: Literal["tokens", "spend_usd"] = "tokens"
+    from_zero: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInputs:
+    """Token counters from every token source with data this refresh, and the price list.
+
+    ``sources`` names the token sources whose data is present (a source whose data is absent
+    keeps its counters' last values in the model state until they expire). ``catalog`` is
+    ``None`` when no price list was ever loaded: every API token is then unpriced.
+    """
+
+    observations: tuple[TokenObservation, ...]
+    sources: frozenset[str]
+    catalog: LlmPriceCatalog | None
+
+
 @dataclass(frozen=True, slots=True)
 class Inputs:
     """Everything the model needs for one refresh, as the sources last saw it.
 
     A field is ``None`` when its source has never succeeded or its data went stale: the model
     then publishes what it can without it (no DCGM → no usage basis, no idle GPUs).
+    ``tokens`` is ``None`` when token analytics is not configured.
     """
 
     gpus: tuple[GpuSample, ...] | None
     allocations: AllocationSet | None
+    tokens: TokenInputs | None = None

@@ -9,14 +9,33 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
-from aifinops.model.cost import CostBreakdown, IdleKey, attribute_costs
+from aifinops.exposition.catalog import (
+    IDLE_TENANT,
+    OTHER_TENANT,
+    TOKENS_RESOURCE,
+    UNALLOCATED_TENANT,
+)
+from aifinops.model.cost import (
+    CostBreakdown,
+    IdleKey,
+    _fold_shares,
+    attribute_costs,
+    fold_tenants,
+)
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.idle import HoldHistory, is_idle, observe
 from aifinops.model.inputs import Inputs
 from aifinops.model.tenancy import TenantResolver
+from aifinops.model.tokens import (
+    TokenContext,
+    TokenReport,
+    TokenState,
+    account_tokens,
+    fold_token_report,
+)
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -30,6 +49,7 @@ class ModelContext:
     idle_threshold: float
     idle_window_seconds: float
     max_tenants: int | None = None
+    tokens: TokenContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +58,7 @@ class ModelState:
     accrued: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
     idle: Mapping[IdleKey, HoldHistory] = field(default_factory=dict)
     dcgm_observed_at: float | None = None
+    tokens: TokenState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +79,7 @@ class Report:
     accrued: Mapping[tuple[str, str, str], float]
     gpu_stats: Mapping[tuple[str, str], GpuTenantStats]
     efficiency: Mapping[str, float]
+    tokens: TokenReport | None = None
 
     def tenant_rates(self, basis: str) -> Mapping[tuple[str, str], float]:
         return self.cost.rates.get(basis, {})
@@ -93,6 +115,20 @@ def build_report(
     cost = attribute_costs(
         inputs.allocations, inputs.gpus, context.resolver, context.pricer, context.max_tenants
     )
+    token_report: TokenReport | None = None
+    token_state = state.tokens
+    if context.tokens is not None and inputs.tokens is not None:
+        token_report, token_state, token_rates = account_tokens(
+            inputs.tokens,
+            context.tokens,
+            state.tokens or TokenState(),
+            now,
+            cost,
+            inputs.allocations,
+            context.resolver,
+        )
+        cost, owner = _with_token_rates(cost, token_rates, context.max_tenants)
+        token_report = fold_token_report(token_report, owner)
 
     idle_state: Mapping[IdleKey, HoldHistory] = state.idle
     if inputs.gpus is None:
@@ -100,9 +136,7 @@ def build_report(
     elif dcgm_observed_at is not None and dcgm_observed_at != state.dcgm_observed_at:
         idle_state = observe(state.idle, cost.shares, dcgm_observed_at, context.idle_threshold)
 
-    parts: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
+    parts: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for share in cost.shares:
         p = parts[(share.tenant, share.gpu_model)]
         p["held"].append(share.held)
@@ -134,14 +168,67 @@ def build_report(
     if state.last_now is not None and now > state.last_now:
         hours = (now - state.last_now) / SECONDS_PER_HOUR
     accrued = accrue(state.accrued, cost.rates, hours)
+    if token_report is not None:
+        # API token dollars accrue exactly (the cumulative cost), not as rate x hours.
+        for basis in cost.rates:
+            for tenant, usd in token_report.api_cost.items():
+                accrued[(tenant, TOKENS_RESOURCE, basis)] = usd
 
     report = Report(
-        now=now, cost=cost, accrued=accrued, gpu_stats=gpu_stats, efficiency=efficiency
+        now=now,
+        cost=cost,
+        accrued=accrued,
+        gpu_stats=gpu_stats,
+        efficiency=efficiency,
+        tokens=token_report,
     )
     new_state = ModelState(
         last_now=now,
         accrued=accrued,
         idle=idle_state,
         dcgm_observed_at=dcgm_observed_at if inputs.gpus is not None else None,
+        tokens=token_state,
     )
     return report, new_state
+
+
+_SENTINELS = frozenset({IDLE_TENANT, UNALLOCATED_TENANT, OTHER_TENANT})
+
+
+def _with_token_rates(
+    cost: CostBreakdown,
+    rates: Mapping[str, Mapping[tuple[str, str], float]],
+    max_tenants: int | None,
+) -> tuple[CostBreakdown, Callable[[str], str]]:
+    """``cost`` with the rates after token charge-back and resource ``tokens``, folded again
+    to ``max_tenants`` (token-only tenants may push past it), and the cluster total of
+    ``tokens``. Returns the tenant mapping the token series must use too."""
+    folded = 0
+    new_rates = {b: dict(r) for b, r in rates.items()}
+    if max_tenants is not None:
+        new_rates, folded = fold_tenants(new_rates, max_tenants)
+    shares = _fold_shares(cost.shares, new_rates) if folded else list(cost.shares)
+    cluster = dict(cost.cluster)
+    token_parts = [
+        v for (_, r), v in new_rates.get("allocation", {}).items() if r == TOKENS_RESOURCE
+    ]
+    if token_parts:
+        cluster[TOKENS_RESOURCE] = math.fsum(token_parts)
+    kept = {t for basis_rates in new_rates.values() for t, _ in basis_rates}
+    any_folded = bool(folded or cost.folded_tenants)
+
+    def owner(tenant: str) -> str:
+        if any_folded and tenant not in kept and tenant not in _SENTINELS:
+            return OTHER_TENANT
+        return tenant
+
+    return (
+        replace(
+            cost,
+            rates=new_rates,
+            cluster=cluster,
+            shares=tuple(shares),
+            folded_tenants=cost.folded_tenants + folded,
+        ),
+        owner,
+    )

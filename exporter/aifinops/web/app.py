@@ -3,6 +3,8 @@
 ``/metrics`` writes the bytes prepared by the last refresh (gzip when the scraper accepts
 it); it never waits on an upstream or formats a sample. ``/healthz`` answers while the
 process serves; ``/readyz`` turns 200 after the first refresh that had data from a source.
+``POST /api/v1/usage`` (``web/usage.py``) takes pushed token usage when
+``tokens.push.enabled``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from aifinops.exposition.render import CONTENT_TYPE
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.report import ModelContext
 from aifinops.model.tenancy import TenantResolver
+from aifinops.model.tokens import TokenContext
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings
 from aifinops.sources.base import Source
 from aifinops.sources.gpu_catalog import load_gpu_catalog
+from aifinops.sources.push import UsageStore
 from aifinops.version import RULES_VERSION, __version__
+from aifinops.web.usage import USAGE_SETTINGS, USAGE_STORE, handle_usage
 
 log = structlog.get_logger("aifinops.web")
 
@@ -52,10 +57,53 @@ def model_context(settings: Settings) -> ModelContext:
         idle_threshold=settings.idle_gpu.utilization_threshold,
         idle_window_seconds=settings.idle_gpu.window_seconds,
         max_tenants=settings.limits.max_tenants,
+        tokens=TokenContext.from_settings(settings.tokens) if settings.tokens.active else None,
     )
 
 
-def build_sources(settings: Settings) -> list[tuple[Source[Any], float, float]]:
+# The price list is never dropped for age: the last good copy beats no prices at all.
+PRICES_NEVER_STALE = 10.0 * 365 * 24 * 3600
+
+
+def token_sources(
+    settings: Settings, store: UsageStore | None, *, configured: bool = True
+) -> list[tuple[Source[Any], float, float]]:
+    """Token analytics sources: the price list, the configured token sources (unless
+    ``configured`` is false) and the push store; none when token analytics is off."""
+    from aifinops.sources.llm_prices import LlmPriceSource
+    from aifinops.sources.push import PushSource
+    from aifinops.sources.tokens import TokenSource
+
+    t = settings.tokens
+    if not t.active:
+        return []
+    out: list[tuple[Source[Any], float, float]] = [
+        (LlmPriceSource(t.prices), t.prices.timeout_seconds, PRICES_NEVER_STALE)
+    ]
+    if configured:
+        for s in t.sources:
+            if s.enabled:
+                out.append((TokenSource(s), s.timeout_seconds, s.stale_after_seconds))
+    if store is not None:
+        out.append((PushSource(store), 1.0, PRICES_NEVER_STALE))
+    return out
+
+
+def usage_store(settings: Settings) -> UsageStore | None:
+    """The push store when ``tokens.push.enabled``."""
+    push = settings.tokens.push
+    if not push.enabled:
+        return None
+    return UsageStore(
+        max_series=push.max_series,
+        max_tokens_per_record=push.max_tokens_per_record,
+        idempotency_cache_size=push.idempotency_cache_size,
+    )
+
+
+def build_sources(
+    settings: Settings, store: UsageStore | None = None
+) -> list[tuple[Source[Any], float, float]]:
     """The enabled sources with their (timeout, stale_after) settings."""
     from aifinops.sources.dcgm import DcgmSource
     from aifinops.sources.opencost import OpenCostSource
@@ -67,6 +115,7 @@ def build_sources(settings: Settings) -> list[tuple[Source[Any], float, float]]:
     oc = settings.sources.opencost
     if oc.enabled:
         out.append((OpenCostSource(oc), oc.timeout_seconds, oc.stale_after_seconds))
+    out.extend(token_sources(settings, store))
     return out
 
 
@@ -129,7 +178,13 @@ def create_app(
         rules_version=RULES_VERSION,
         gpu_price_catalog_version=context.pricer.catalog.version,
     )
-    chosen = build_sources(settings) if sources is None else sources
+    store = usage_store(settings)
+    if sources is None:
+        chosen = build_sources(settings, store)
+    else:
+        # Given sources replace the configured upstreams; the price list and the push store
+        # are local and always added when token analytics is on.
+        chosen = [*sources, *token_sources(settings, store, configured=False)]
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         client = httpx.AsyncClient(
@@ -157,4 +212,8 @@ def create_app(
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/", handle_index)
+    if store is not None:
+        app[USAGE_STORE] = store
+        app[USAGE_SETTINGS] = settings.tokens.push
+        app.router.add_post("/api/v1/usage", handle_usage)
     return app

@@ -1,0 +1,344 @@
+"""Demo LLM traffic: a fake vLLM (self-hosted model) and a fake LiteLLM proxy, with ground truth.
+
+* **vLLM** serves ``meta-llama/Llama-3.1-8B-Instruct`` from two pods in the serving namespace
+  (``llm-serving``); each pod has its own ``/vllm/<pod>/metrics`` page in vLLM V1's format
+  (``model_name`` and ``engine`` labels; prompt, cached-prompt and generation counters). The
+  two pods share the traffic evenly, except that pod 1 is drained for ``drain_seconds`` and
+  then restarted at ``reset_at`` seconds after ``epoch``: its counters go back to zero — the
+  counter reset the exporter must neither lose nor double.
+* **LiteLLM** (``/litellm/metrics``) routes teams (tenants) to API models (gpt-4o,
+  claude-sonnet-4-5, gpt-4.1-mini), to one model the price list does not know
+  (``acme-llm-pro``), and to the self-hosted model; every team/model pair is spread over two
+  API keys, and one series carries a ``user_email`` — neither may reach the exporter's series.
+
+Counters grow linearly with ``now``: a series with rate ``r`` tokens/second shows
+``r · floor(now − epoch)`` (integers, so ground truth is exact). :meth:`LlmDemo.truth` gives
+cumulative tokens, dollars and served tokens at any ``now``; the exporter's counters between
+two refreshes at ``t0`` and ``t1`` equal ``truth(t1).minus(truth(t0))`` (a scraped counter's
+first reading is a baseline). All traffic to the self-hosted model goes through the proxy, so
+the tokens vLLM served equal the tokens the teams sent.
+
+:meth:`LlmDemo.tokens_config` returns the ``tokens:`` configuration section for a running
+:func:`llm_app` at a base URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+SELF_HOSTED_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+SELF_HOSTED_ALIAS = "llama-8b"
+SELF_HOSTED_PROVIDER = "vllm"
+API_EQUIVALENT = "gpt-4o-mini"
+SERVING_NAMESPACE = "llm-serving"
+SERVING_PODS: tuple[str, ...] = ("vllm-llama-0", "vllm-llama-1")
+TOKEN_TYPES = ("input", "output", "cached_input")
+
+UsageKey = tuple[str, str, str, str]  # (tenant, model, provider, token_type)
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """One team's traffic to one model, in tokens per second (integers).
+
+    ``input`` excludes ``cached_input``; LiteLLM's and vLLM's prompt counters show their sum.
+    ``price_key`` is the bundled price-list key (``None``: self-hosted or unpriced);
+    ``provider`` the label the exporter is expected to give.
+    """
+
+    tenant: str
+    model: str
+    provider: str
+    input: int
+    output: int
+    cached_input: int
+    price_key: str | None
+    self_hosted: bool = False
+
+    def rate(self, token_type: str) -> int:
+        return {"input": self.input, "output": self.output, "cached_input": self.cached_input}[
+            token_type
+        ]
+
+
+DEMO_TRAFFIC: tuple[Traffic, ...] = (
+    Traffic("search", "gpt-4o", "openai", 40, 10, 20, "gpt-4o"),
+    Traffic("chatbot", "claude-sonnet-4-5", "anthropic", 30, 12, 6, "claude-sonnet-4-5"),
+    Traffic("ads", "gpt-4.1-mini", "openai", 100, 20, 0, "gpt-4.1-mini"),
+    Traffic("research", "acme-llm-pro", "unknown", 8, 2, 0, None),
+    Traffic("search", SELF_HOSTED_MODEL, SELF_HOSTED_PROVIDER, 60, 20, 20, None, True),
+    Traffic("chatbot", SELF_HOSTED_MODEL, SELF_HOSTED_PROVIDER, 120, 60, 40, None, True),
+    Traffic("speech", SELF_HOSTED_MODEL, SELF_HOSTED_PROVIDER, 20, 20, 0, None, True),
+)
+
+
+def bundled_prices() -> dict[str, Any]:
+    """The bundled LiteLLM price subset, parsed (ground truth reads prices from it directly)."""
+    text = resources.files("aifinops.data").joinpath("llm_prices.json").read_text("utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class LlmTruth:
+    """Cumulative ground truth since the demo's epoch.
+
+    ``tokens`` per (tenant, model, provider, token_type); ``api_cost`` USD per key of a priced
+    API model (price list: input excludes cached input, cached input at its cache-read price);
+    ``unpriced`` tokens per (model, provider); ``served`` tokens the vLLM pods processed per
+    token type; ``self_hosted_tokens`` per (tenant, token_type) for the self-hosted model.
+    """
+
+    tokens: Mapping[UsageKey, int]
+    api_cost: Mapping[UsageKey, float]
+    unpriced: Mapping[tuple[str, str], int]
+    served: Mapping[str, int]
+
+    def minus(self, earlier: LlmTruth) -> LlmTruth:
+        """What accrued between ``earlier`` and this truth."""
+        return LlmTruth(
+            tokens={k: v - earlier.tokens.get(k, 0) for k, v in self.tokens.items()},
+            api_cost={k: v - earlier.api_cost.get(k, 0.0) for k, v in self.api_cost.items()},
+            unpriced={k: v - earlier.unpriced.get(k, 0) for k, v in self.unpriced.items()},
+            served={k: v - earlier.served.get(k, 0) for k, v in self.served.items()},
+        )
+
+    def tenant_api_cost(self, tenant: str) -> float:
+        return math.fsum(v for k, v in self.api_cost.items() if k[0] == tenant)
+
+
+@dataclass(frozen=True, slots=True)
+class LlmDemo:
+    """The demo's LLM traffic (see the module docstring). Times are unix seconds."""
+
+    epoch: float
+    traffic: tuple[Traffic, ...] = DEMO_TRAFFIC
+    namespace: str = SERVING_NAMESPACE
+    pods: tuple[str, ...] = SERVING_PODS
+    reset_at: int = 900
+    drain_seconds: int = 60
+    team_ids: Mapping[str, str] = field(default_factory=dict)
+
+    def elapsed(self, now: float) -> int:
+        """Whole seconds since ``epoch`` (0 before it)."""
+        return max(0, math.floor(now - self.epoch))
+
+    # --- vLLM -------------------------------------------------------------------------------
+    def _self_hosted_rate(self, token_type: str) -> int:
+        return sum(t.rate(token_type) for t in self.traffic if t.self_hosted)
+
+    def _pod_counter(self, pod_index: int, token_type: str, now: float) -> int:
+        """Tokens pod ``pod_index`` shows (after its restart: since the restart)."""
+        rate = self._self_hosted_rate(token_type)
+        if rate % 2:
+            raise ValueError("self-hosted rates must be even: two pods share them")
+        half, elapsed = rate // 2, self.elapsed(now)
+        start = self.reset_at - self.drain_seconds
+        drained = max(0, min(elapsed, self.reset_at) - start)
+        if pod_index == 0:
+            return half * elapsed + half * drained
+        if elapsed < self.reset_at:
+            return half * elapsed - half * drained
+        return half * (elapsed - self.reset_at)
+
+    def vllm_metrics(self, pod: str, now: float) -> str:
+        """The ``/metrics`` page of vLLM pod ``pod`` (V1 engine format)."""
+        index = self.pods.index(pod)
+        labels = f'engine="0",model_name="{SELF_HOSTED_MODEL}"'
+        cached = self._pod_counter(index, "cached_input", now)
+        prompt = self._pod_counter(index, "input", now) + cached
+        generated = self._pod_counter(index, "output", now)
+        running = 0 if index == 1 and self._draining(now) else 3
+        return "".join(
+            [
+                "# HELP vllm:num_requests_running Number of requests in model execution batches.\n",
+                "# TYPE vllm:num_requests_running gauge\n",
+                f"vllm:num_requests_running{{{labels}}} {float(running)}\n",
+                "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n",
+                "# TYPE vllm:prompt_tokens_total counter\n",
+                f"vllm:prompt_tokens_total{{{labels}}} {float(prompt)}\n",
+                "# HELP vllm:prompt_tokens_cached_total Number of cached prompt tokens "
+                "(local + external).\n",
+                "# TYPE vllm:prompt_tokens_cached_total counter\n",
+                f"vllm:prompt_tokens_cached_total{{{labels}}} {float(cached)}\n",
+                "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n",
+                "# TYPE vllm:generation_tokens_total counter\n",
+                f"vllm:generation_tokens_total{{{labels}}} {float(generated)}\n",
+            ]
+        )
+
+    def _draining(self, now: float) -> bool:
+        e = self.elapsed(now)
+        return self.reset_at - self.drain_seconds <= e < self.reset_at
+
+    # --- LiteLLM ----------------------------------------------------------------------------
+    def _team_id(self, tenant: str) -> str:
+        return self.team_ids.get(tenant) or f"team-{hash_hex(tenant)[:8]}"
+
+    def litellm_metrics(self, now: float) -> str:
+        """The proxy's ``/metrics`` page: input (cached included), cached input, output and
+        spend per team, model and API key."""
+        elapsed = self.elapsed(now)
+        prices = bundled_prices()
+        families: dict[str, list[str]] = {
+            "litellm_input_tokens_metric_total": [],
+            "litellm_input_cached_tokens_metric_total": [],
+            "litellm_output_tokens_metric_total": [],
+            "litellm_spend_metric_total": [],
+        }
+        for t in self.traffic:
+            for key_index in (0, 1):
+                share: Callable[[int], int] = (
+                    (lambda r: r // 2) if key_index == 0 else (lambda r: r - r // 2)
+                )
+                email = ',user_email="alice@example.com"' if key_index == 1 else ""
+                labels = (
+                    f'api_key_alias="{t.tenant}-key-{key_index}",end_user="None",'
+                    f'hashed_api_key="{hash_hex(t.tenant, t.model, key_index)}",'
+                    f'model="{t.model}",requested_model="'
+                    f'{SELF_HOSTED_ALIAS if t.self_hosted else t.model}",'
+                    f'team="{self._team_id(t.tenant)}",team_alias="{t.tenant}",'
+                    f'user="u-{key_index}"{email}'
+                )
+                n = {k: share(t.rate(k)) * elapsed for k in TOKEN_TYPES}
+                families["litellm_input_tokens_metric_total"].append(
+                    f"litellm_input_tokens_metric_total{{{labels}}} "
+                    f"{float(n['input'] + n['cached_input'])}\n"
+                )
+                if t.cached_input:
+                    families["litellm_input_cached_tokens_metric_total"].append(
+                        f"litellm_input_cached_tokens_metric_total{{{labels}}} "
+                        f"{float(n['cached_input'])}\n"
+                    )
+                families["litellm_output_tokens_metric_total"].append(
+                    f"litellm_output_tokens_metric_total{{{labels}}} {float(n['output'])}\n"
+                )
+                spend = _usd(prices, t.price_key, n) if t.price_key else 0.0
+                families["litellm_spend_metric_total"].append(
+                    f"litellm_spend_metric_total{{{labels}}} {spend!r}\n"
+                )
+        out = []
+        for name, lines in families.items():
+            out.append(f"# HELP {name} LiteLLM proxy counter\n# TYPE {name} counter\n")
+            out.extend(lines)
+        return "".join(out)
+
+    # --- ground truth -----------------------------------------------------------------------
+    def truth(self, now: float) -> LlmTruth:
+        """Cumulative ground truth at ``now``."""
+        elapsed = self.elapsed(now)
+        prices = bundled_prices()
+        tokens: dict[UsageKey, int] = {}
+        api_cost: dict[UsageKey, float] = {}
+        unpriced: dict[tuple[str, str], int] = {}
+        for t in self.traffic:
+            n = {k: t.rate(k) * elapsed for k in TOKEN_TYPES}
+            for k in TOKEN_TYPES:
+                if not t.rate(k):
+                    continue
+                key = (t.tenant, t.model, t.provider, k)
+                tokens[key] = n[k]
+                if t.price_key:
+                    api_cost[key] = n[k] * _price(prices[t.price_key], k)
+            if not t.self_hosted and not t.price_key:
+                unpriced[(t.model, t.provider)] = sum(n.values())
+        served = {k: self._self_hosted_rate(k) * elapsed for k in TOKEN_TYPES}
+        return LlmTruth(tokens, api_cost, unpriced, served)
+
+    def weighted_shares(self, weights: Mapping[str, float]) -> dict[str, float]:
+        """Each tenant's share ``W_t / D`` of the self-hosted model's serving cost under cost
+        ``weights`` (all self-hosted traffic goes through the proxy, so D = Σ W_t)."""
+        w: dict[str, float] = {}
+        for t in self.traffic:
+            if t.self_hosted:
+                w[t.tenant] = w.get(t.tenant, 0.0) + math.fsum(
+                    weights[k] * t.rate(k) for k in TOKEN_TYPES
+                )
+        total = math.fsum(w.values())
+        return {tenant: v / total for tenant, v in w.items()}
+
+    def weighted_token_rate(self, weights: Mapping[str, float]) -> float:
+        """``D``: weighted self-hosted tokens per hour."""
+        return 3600.0 * math.fsum(weights[k] * self._self_hosted_rate(k) for k in TOKEN_TYPES)
+
+    # --- configuration ----------------------------------------------------------------------
+    def tokens_config(self, base_url: str) -> dict[str, Any]:
+        """The ``tokens:`` section that reads a running :func:`llm_app` at ``base_url``."""
+        base = base_url.rstrip("/")
+        return {
+            "sources": [
+                {
+                    "name": "vllm",
+                    "preset": "vllm",
+                    "mode": "scrape",
+                    # LiteLLM names the tenants of these tokens; vLLM only says what it served.
+                    "role": "serving",
+                    "scrape_targets": [
+                        {
+                            "url": f"{base}/vllm/{pod}/metrics",
+                            "labels": {"namespace": self.namespace, "pod": pod},
+                        }
+                        for pod in self.pods
+                    ],
+                },
+                {
+                    "name": "litellm",
+                    "preset": "litellm",
+                    "mode": "scrape",
+                    "scrape_targets": [{"url": f"{base}/litellm/metrics"}],
+                },
+            ],
+            "self_hosted": {"api_equivalents": {SELF_HOSTED_MODEL: API_EQUIVALENT}},
+            "push": {"enabled": True},
+            "rate_window_seconds": 60,
+        }
+
+
+def _price(entry: Mapping[str, Any], token_type: str) -> float:
+    if token_type == "input":
+        return float(entry["input_cost_per_token"])
+    if token_type == "output":
+        return float(entry.get("output_cost_per_token") or 0.0)
+    cached = entry.get("cache_read_input_token_cost")
+    return float(entry["input_cost_per_token"] if cached is None else cached)
+
+
+def _usd(prices: Mapping[str, Any], key: str, n: Mapping[str, int]) -> float:
+    return math.fsum(n[k] * _price(prices[key], k) for k in TOKEN_TYPES)
+
+
+def hash_hex(*parts: object) -> str:
+    """A deterministic hex digest (Python's ``hash`` is salted per process)."""
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
+
+
+def llm_app(demo: LlmDemo, clock: Clock = time.time) -> web.Application:
+    """The fake vLLM pods (``/vllm/{pod}/metrics``) and LiteLLM proxy (``/litellm/metrics``)."""
+    app = web.Application()
+
+    async def vllm(request: web.Request) -> web.Response:
+        pod = request.match_info["pod"]
+        if pod not in demo.pods:
+            raise web.HTTPNotFound()
+        return web.Response(
+            text=demo.vllm_metrics(pod, clock()), content_type="text/plain", charset="utf-8"
+        )
+
+    async def litellm(request: web.Request) -> web.Response:
+        return web.Response(
+            text=demo.litellm_metrics(clock()), content_type="text/plain", charset="utf-8"
+        )
+
+    app.router.add_get("/vllm/{pod}/metrics", vllm)
+    app.router.add_get("/litellm/metrics", litellm)
+    return app

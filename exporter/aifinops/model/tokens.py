@@ -1,0 +1,671 @@
+"""LLM token accounting: counters, prices, measured cost of self-hosted models, charge-back.
+
+Pure: the refresh loop passes the token observations, the price list, the core's cost
+breakdown, the previous :class:`TokenState` and ``now``; nothing here reads a clock or the
+network.
+
+**Counters.** Each upstream series is tracked by its own last value. An increase is new
+tokens; a decrease is a counter reset (a vLLM or LiteLLM restart) and the whole current value
+is new (what Prometheus' ``increase()`` does), so a restart never produces negative or doubled
+tokens. The first reading of a scraped series is only a baseline when its source is seen for
+the first time (tokens counted before this process started are not ours to count); a series
+that appears later (a new pod, a new team) counts from zero. Push counters (``from_zero``)
+always count from zero. A series not seen for ``retention_seconds`` is forgotten.
+
+**Prices.** API models: the price list (USD per token, tolerant name matching). Models the
+list does not know are *unpriced*: their tokens are counted in ``unpriced`` and never costed
+at zero; where LiteLLM reported its own spend for them, that spend is used instead (split over
+the token types in proportion to their token counts).
+
+**Self-hosted models.** A model is self-hosted when configured, or (``discover``) when a
+``serving`` source saw a model server (vLLM's ``model_name``) serve it; its serving pods are
+the pods those series came from plus the pods a configured selector matches in OpenCost's
+rows. Their cost (the ``charge_back_resources`` of each pod, USD/hour, from the core's
+per-pod rates) gives a measured price::
+
+    $/token of type k = C · w_k / D        D = max(Σ_k w_k · served_k, Σ_t Σ_k w_k · used_t,k)
+
+with ``served_k`` the tokens/hour the model servers counted, ``used_t,k`` the tokens/hour
+tenant ``t`` sent (both slopes over ``rate_window_seconds``) and ``w`` the configured cost
+weights. **Input/output split:** by compute weight, default input 1, cached input 0.1,
+output 4. Decode produces one token per sequence per forward pass and is bound by memory
+bandwidth, while prefill processes a whole prompt in one compute-bound pass, so an output
+token holds the GPU several times longer than an input token; 4× is the output/input ratio of
+the list prices of gpt-4o and gpt-4.1 (5× for Claude) — the market's own estimate of that
+asymmetry — and prefix-cached prompt tokens skip prefill compute (0.1 matches the cache-read
+discount of Anthropic and Gemini). The level of the price is measured; the split between
+types is this documented assumption (configurable in ``tokens.self_hosted.cost_weights``).
+
+**Charge-back.** On each basis, every serving pod's rate per charge-back resource moves from
+the pod's tenant to the tenants that sent tokens, in proportion to their weighted tokens
+``W_t / D``; the resource is kept, so per-resource conservation still holds. When the servers
+counted more tokens than any tenant claimed (traffic that bypassed the usage sources), the
+unclaimed share ``1 − Σ W_t / D`` stays with the pod's tenant. No tokens in the window, or no
+cost data: nothing moves and no measured price is published.
+
+**Token cost rate.** API token dollars per tenant enter the per-tenant cost rate as resource
+``tokens``: the slope of the tenant's cumulative API token cost over ``rate_window_seconds``
+(the oldest kept refresh at or before the window start, to now), in USD/hour. Self-hosted
+token dollars are already in the gpu/cpu/ram rates through the charge-back, so they are not
+added again; ``aifinops_token_cost_usd_total`` shows them at the measured price.
+
+Money: cumulative dollars are floats summed with :func:`math.fsum` per refresh; rates are
+float USD/hour.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from aifinops.exposition.catalog import IDLE_TENANT, OTHER_TENANT, UNALLOCATED_TENANT
+from aifinops.model.cost import CostBreakdown
+from aifinops.model.inputs import Allocation, AllocationSet, TokenInputs, TokenObservation
+from aifinops.model.llm_prices import (
+    PER_MILLION,
+    TOKEN_TYPES,
+    LlmPrice,
+    TokenType,
+    normalize_provider,
+    strip_route,
+)
+from aifinops.model.tenancy import TenantResolver
+from aifinops.settings import TokensSettings
+
+UsageKey = tuple[str, str, str, str]  # (tenant, model, provider, token_type)
+CounterKey = tuple[str, str, str, str]  # (source, series, kind, token_type)
+PodKey = tuple[str, str]  # (namespace, pod)
+ShKey = tuple[str, str, str]  # (tenant, self-hosted model, token_type)
+
+UNKNOWN_PROVIDER = "unknown"
+OTHER_MODEL = "__other__"
+SECONDS_PER_HOUR = 3600.0
+DEFAULT_WEIGHTS: Mapping[str, float] = {"input": 1.0, "cached_input": 0.1, "output": 4.0}
+_SENTINELS = frozenset({IDLE_TENANT, UNALLOCATED_TENANT, OTHER_TENANT})
+
+
+# --- configuration ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SelfHostedSpec:
+    """A self-hosted model: configured, or discovered from a model server's series.
+
+    A selector (``namespaces``, ``pod_regex``, ``pod_labels``; all given criteria must hold)
+    picks serving pods among OpenCost's rows; ``has_selector`` is false for discovered
+    models, whose pods are the ones their serving series came from.
+    """
+
+    model: str
+    provider: str
+    aliases: tuple[str, ...] = ()
+    api_equivalent: str | None = None
+    namespaces: frozenset[str] = frozenset()
+    pod_regex: re.Pattern[str] | None = None
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    has_selector: bool = False
+
+    def selects(self, a: Allocation) -> bool:
+        """Whether OpenCost row ``a`` is a pod this model's selector names."""
+        if not self.has_selector or not a.namespace or not a.pod:
+            return False
+        if self.namespaces and a.namespace not in self.namespaces:
+            return False
+        if self.pod_regex is not None and not self.pod_regex.fullmatch(a.pod):
+            return False
+        return all(a.labels.get(k) == v for k, v in self.pod_labels.items())
+
+
+@dataclass(frozen=True, slots=True)
+class TokenContext:
+    """Token configuration compiled for the model (see :class:`TokensSettings`)."""
+
+    models: tuple[SelfHostedSpec, ...] = ()
+    discover: bool = True
+    api_equivalents: Mapping[str, str] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    charge_back_resources: tuple[str, ...] = ("gpu", "cpu", "ram")
+    rate_window_seconds: float = 300.0
+    retention_seconds: float = 3600.0
+    max_models: int = 200
+
+    @classmethod
+    def from_settings(cls, s: TokensSettings) -> TokenContext:
+        specs = []
+        for m in s.self_hosted.models:
+            sel = m.serving_pods
+            specs.append(
+                SelfHostedSpec(
+                    model=m.model,
+                    provider=normalize_provider(m.provider) or "self_hosted",
+                    aliases=m.aliases,
+                    api_equivalent=m.api_equivalent or s.self_hosted.api_equivalents.get(m.model),
+                    namespaces=frozenset(sel.namespaces) if sel else frozenset(),
+                    pod_regex=re.compile(sel.pod_regex) if sel and sel.pod_regex else None,
+                    pod_labels=dict(sel.pod_labels) if sel else {},
+                    has_selector=sel is not None,
+                )
+            )
+        w = s.self_hosted.cost_weights
+        return cls(
+            models=tuple(specs),
+            discover=s.self_hosted.discover_from_serving_sources,
+            api_equivalents=dict(s.self_hosted.api_equivalents),
+            weights={"input": w.input, "cached_input": w.cached_input, "output": w.output},
+            charge_back_resources=tuple(s.self_hosted.charge_back_resources),
+            rate_window_seconds=s.rate_window_seconds,
+            retention_seconds=s.series_retention_seconds,
+            max_models=s.max_models,
+        )
+
+
+# --- state and report ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RateSample:
+    """Cumulative totals at one refresh, for slopes over the rate window."""
+
+    at: float
+    self_hosted_usage: Mapping[ShKey, float]
+    served: Mapping[tuple[str, str], float]  # (self-hosted model, token_type) -> tokens
+    api_cost: Mapping[str, float]  # tenant -> USD
+
+
+@dataclass(frozen=True, slots=True)
+class TokenState:
+    """What survives between refreshes (owned by the refresh loop)."""
+
+    last: Mapping[CounterKey, float] = field(default_factory=dict)
+    seen_at: Mapping[CounterKey, float] = field(default_factory=dict)
+    source_seen_at: Mapping[str, float] = field(default_factory=dict)
+    tokens: Mapping[UsageKey, float] = field(default_factory=dict)
+    cost: Mapping[UsageKey, float] = field(default_factory=dict)
+    unpriced: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    api_cost: Mapping[str, float] = field(default_factory=dict)
+    self_hosted_usage: Mapping[ShKey, float] = field(default_factory=dict)
+    served: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    history: tuple[RateSample, ...] = ()
+    models: frozenset[str] = frozenset()
+    discovered: Mapping[str, str] = field(default_factory=dict)  # model -> provider
+
+
+@dataclass(frozen=True, slots=True)
+class ModelServing:
+    """One self-hosted model this refresh.
+
+    ``cost_rate[basis]`` is the USD/hour of its serving pods' charge-back resources;
+    ``weighted_token_rate`` the denominator ``D`` (weighted tokens/hour); ``served_rate`` the
+    tokens/hour the model servers counted, per type; ``price_per_million`` the measured USD per
+    1M tokens per type (empty when not measurable); ``charged_back[basis]`` the USD/hour moved
+    to the tenants that sent tokens.
+    """
+
+    model: str
+    provider: str
+    pods: tuple[PodKey, ...]
+    cost_rate: Mapping[str, float]
+    weighted_token_rate: float
+    served_rate: Mapping[str, float]
+    price_per_million: Mapping[str, float]
+    charged_back: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReport:
+    """Token figures for one refresh.
+
+    ``tokens``/``cost``: cumulative tokens and USD per (tenant, model, provider, token_type)
+    since this process started. ``unpriced``: cumulative tokens per (model, provider) that got
+    no price. ``prices``: USD per 1M tokens per (model, provider, token_type, source) for the
+    models seen (source ``price_list`` or ``measured``). ``api_equivalent``: the price-list
+    USD per 1M tokens of a self-hosted model's configured API equivalent, per (model,
+    provider, token_type). ``api_cost``: cumulative API token USD per tenant; ``api_cost_rate``
+    its slope in USD/hour.
+    """
+
+    tokens: Mapping[UsageKey, float]
+    cost: Mapping[UsageKey, float]
+    unpriced: Mapping[tuple[str, str], float]
+    prices: Mapping[tuple[str, str, str, str], float]
+    api_equivalent: Mapping[tuple[str, str, str], float]
+    api_cost: Mapping[str, float]
+    api_cost_rate: Mapping[str, float]
+    self_hosted: Mapping[str, ModelServing]
+    catalog_version: str | None
+
+
+# --- counters --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CounterUpdate:
+    increments: tuple[tuple[TokenObservation, float], ...]
+    last: Mapping[CounterKey, float]
+    seen_at: Mapping[CounterKey, float]
+    source_seen_at: Mapping[str, float]
+
+
+def counter_increments(
+    observations: Iterable[TokenObservation],
+    state: TokenState,
+    now: float,
+    retention_seconds: float,
+) -> CounterUpdate:
+    """New tokens (or dollars) per observation since the previous refresh, never negative.
+
+    ``value >= previous``: the difference; ``value < previous``: a reset, the whole value;
+    no previous value: the whole value for a ``from_zero`` counter or a series that appeared
+    while its source was already known, else 0 (a baseline). NaN, ±Inf and negative values
+    are ignored (the previous value is kept). A source unseen for longer than the retention
+    is new again (its series would have been forgotten, so they re-baseline instead of being
+    counted twice).
+    """
+    # Forget series unseen for longer than the retention first, so a series back after a long
+    # gap is judged like a new one.
+    seen = {k: at for k, at in state.seen_at.items() if now - at <= retention_seconds}
+    last = {k: v for k, v in state.last.items() if k in seen}
+    known_sources = {
+        src for src, at in state.source_seen_at.items() if now - at <= retention_seconds
+    }
+    out: list[tuple[TokenObservation, float]] = []
+    present: set[str] = set()
+    for obs in observations:
+        v = obs.value
+        present.add(obs.source)
+        if not math.isfinite(v) or v < 0:
+            continue
+        key = (obs.source, obs.series, obs.kind, obs.token_type)
+        prev = last.get(key)
+        if prev is None:
+            delta = v if obs.from_zero or obs.source in known_sources else 0.0
+        elif v >= prev:
+            delta = v - prev
+        else:
+            delta = v
+        last[key] = v
+        seen[key] = now
+        if delta > 0:
+            out.append((obs, delta))
+    source_seen = {s: at for s, at in state.source_seen_at.items() if now - at <= retention_seconds}
+    for s in present:
+        source_seen[s] = now
+    return CounterUpdate(tuple(out), last, seen, source_seen)
+
+
+# --- name resolution -------------------------------------------------------------------------
+def _self_hosted_forms(name: str) -> list[str]:
+    routed = strip_route(name).strip().lower()
+    return list(dict.fromkeys([routed, routed.rsplit("/", 1)[-1]]))
+
+
+@dataclass(frozen=True, slots=True)
+class SelfHostedIndex:
+    """Self-hosted models by name form: the name without route prefixes, lower case, and its
+    last path segment (``hosted_vllm/meta-llama/Llama-3.1-8B`` and ``Llama-3.1-8B`` both name
+    ``meta-llama/Llama-3.1-8B``). Configured models win over discovered ones."""
+
+    specs: tuple[SelfHostedSpec, ...]
+    by_form: Mapping[str, SelfHostedSpec]
+
+    @classmethod
+    def build(cls, specs: Iterable[SelfHostedSpec]) -> SelfHostedIndex:
+        ordered = tuple(specs)
+        by_form: dict[str, SelfHostedSpec] = {}
+        for spec in ordered:
+            for name in (spec.model, *spec.aliases):
+                for form in _self_hosted_forms(name):
+                    by_form.setdefault(form, spec)
+        return cls(ordered, by_form)
+
+    def match(self, model: str) -> SelfHostedSpec | None:
+        for form in _self_hosted_forms(model):
+            spec = self.by_form.get(form)
+            if spec is not None:
+                return spec
+        return None
+
+
+def _self_hosted_specs(
+    ctx: TokenContext, observations: Iterable[TokenObservation], discovered: Mapping[str, str]
+) -> tuple[SelfHostedIndex, dict[str, str], dict[str, set[PodKey]]]:
+    """Configured specs, plus models a serving source saw (kept across refreshes so a model's
+    labels do not flip when its server is briefly unreachable). Returns the index, the
+    updated discovered map and the pods each model's serving series came from."""
+    configured = SelfHostedIndex.build(ctx.models)
+    found = dict(discovered)
+    serving_obs = [o for o in observations if o.role != "usage" and o.kind == "tokens"]
+    if ctx.discover:
+        for o in serving_obs:
+            if configured.match(o.model) is None and o.model not in found:
+                found[o.model] = normalize_provider(o.provider) or "self_hosted"
+    extra = [
+        SelfHostedSpec(model=m, provider=p, api_equivalent=ctx.api_equivalents.get(m))
+        for m, p in sorted(found.items())
+    ]
+    index = SelfHostedIndex.build((*ctx.models, *extra))
+    pods: dict[str, set[PodKey]] = defaultdict(set)
+    for o in serving_obs:
+        spec = index.match(o.model)
+        if spec is not None and o.namespace and o.pod:
+            pods[spec.model].add((o.namespace, o.pod))
+    return index, found, pods
+
+
+# --- the accounting --------------------------------------------------------------------------
+def _tenant(obs: TokenObservation, pod_tenants: Mapping[PodKey, str], r: TenantResolver) -> str:
+    if obs.tenant:
+        return obs.tenant
+    if obs.namespace and obs.pod and (obs.namespace, obs.pod) in pod_tenants:
+        return pod_tenants[(obs.namespace, obs.pod)]
+    if obs.namespace:
+        return r.resolve(obs.namespace, {}, {})
+    return UNALLOCATED_TENANT
+
+
+def _rate_anchor(history: list[RateSample], now: float, window: float) -> RateSample | None:
+    """Drop samples older than needed; the anchor is the newest sample at or before the
+    window start (or the oldest kept one when the history is shorter than the window)."""
+    while len(history) >= 2 and history[1].at <= now - window:
+        history.pop(0)
+    return history[0] if history and history[0].at < now else None
+
+
+def _slope(now_value: float, then_value: float, hours: float) -> float:
+    return max(0.0, now_value - then_value) / hours
+
+
+def account_tokens(
+    inputs: TokenInputs,
+    ctx: TokenContext,
+    state: TokenState,
+    now: float,
+    cost: CostBreakdown,
+    allocations: AllocationSet | None,
+    resolver: TenantResolver,
+) -> tuple[TokenReport, TokenState, dict[str, dict[tuple[str, str], float]]]:
+    """One refresh of token accounting.
+
+    Returns the report, the new state and the per-basis tenant rates after charge-back, with
+    resource ``tokens`` added (USD/hour; before tenant folding — the caller folds). ``cost``
+    is the core's breakdown of this refresh (its per-pod rates and pod tenants are read).
+    """
+    catalog = inputs.catalog
+    update = counter_increments(inputs.observations, state, now, ctx.retention_seconds)
+    index, discovered, serving_pods = _self_hosted_specs(ctx, inputs.observations, state.discovered)
+    kept = {t for rates in cost.rates.values() for t, _ in rates}
+
+    def pod_owner(pod: PodKey) -> str:
+        tenant = cost.pod_tenants.get(pod, UNALLOCATED_TENANT)
+        if cost.folded_tenants and tenant not in kept and tenant not in _SENTINELS:
+            return OTHER_TENANT
+        return tenant
+
+    tokens = dict(state.tokens)
+    cost_cum = dict(state.cost)
+    unpriced = dict(state.unpriced)
+    api_cost = dict(state.api_cost)
+    sh_usage = dict(state.self_hosted_usage)
+    served = dict(state.served)
+    models = set(state.models)
+
+    def model_label(name: str) -> str:
+        if name in models:
+            return name
+        if len(models) >= ctx.max_models:
+            return OTHER_MODEL
+        models.add(name)
+        return name
+
+    # 1. Increments → usage keys; API prices; served tokens. -----------------------------
+    sh_deltas: list[tuple[UsageKey, str, float]] = []  # (key, self-hosted model, tokens)
+    api_deltas: dict[UsageKey, list[float]] = defaultdict(list)
+    api_price: dict[UsageKey, LlmPrice | None] = {}
+    spend: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for obs, delta in update.increments:
+        spec = index.match(obs.model)
+        if obs.role != "usage" and obs.kind == "tokens" and spec is not None:
+            served[(spec.model, obs.token_type)] = (
+                served.get((spec.model, obs.token_type), 0.0) + delta
+            )
+        if obs.role == "serving":
+            continue
+        tenant = _tenant(obs, cost.pod_tenants, resolver)
+        if spec is not None:
+            key: UsageKey = (tenant, model_label(spec.model), spec.provider, obs.token_type)
+            if obs.kind == "tokens":
+                sh_deltas.append((key, spec.model, delta))
+                sh_key = (tenant, spec.model, obs.token_type)
+                sh_usage[sh_key] = sh_usage.get(sh_key, 0.0) + delta
+            continue
+        price = catalog.lookup(obs.model, obs.provider) if catalog else None
+        provider = normalize_provider(obs.provider) or (price.provider if price else None)
+        label = model_label(strip_route(obs.model))
+        key = (tenant, label, provider or UNKNOWN_PROVIDER, obs.token_type)
+        if obs.kind == "spend_usd":
+            spend[key[:3]].append(delta)
+            continue
+        api_deltas[key].append(delta)
+        api_price[key] = price
+
+    for key, parts in api_deltas.items():
+        n = math.fsum(parts)
+        tokens[key] = tokens.get(key, 0.0) + n
+    for key, _, n in sh_deltas:
+        tokens[key] = tokens.get(key, 0.0) + n
+
+    # 2. API token dollars (price list; LiteLLM's spend for models the list lacks). ---------
+    api_cost_parts: dict[str, list[float]] = defaultdict(list)
+    unpriced_by_key: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for key, parts in api_deltas.items():
+        n = math.fsum(parts)
+        price = api_price[key]
+        if price is None:
+            unpriced_by_key[key[:3]][key[3]] = n
+            continue
+        usd = n * price.per_token(_token_type(key[3]))
+        cost_cum[key] = cost_cum.get(key, 0.0) + usd
+        api_cost_parts[key[0]].append(usd)
+    for k3, by_type in unpriced_by_key.items():
+        reported = math.fsum(spend.get(k3, ()))
+        total = math.fsum(by_type.values())
+        if reported > 0 and total > 0:
+            for token_type, n in by_type.items():
+                key = (*k3, token_type)
+                usd = reported * n / total
+                cost_cum[key] = cost_cum.get(key, 0.0) + usd
+                api_cost_parts[k3[0]].append(usd)
+        else:
+            um = (k3[1], k3[2])
+            unpriced[um] = unpriced.get(um, 0.0) + total
+    for tenant, parts in api_cost_parts.items():
+        api_cost[tenant] = api_cost.get(tenant, 0.0) + math.fsum(parts)
+
+    # 3. Slopes over the rate window. ------------------------------------------------------
+    sample = RateSample(now, dict(sh_usage), dict(served), dict(api_cost))
+    history = [s for s in state.history if s.at < now]
+    anchor = _rate_anchor(history, now, ctx.rate_window_seconds)
+    history.append(sample)
+    hours = (now - anchor.at) / SECONDS_PER_HOUR if anchor is not None else 0.0
+
+    api_cost_rate: dict[str, float] = {}
+    for tenant, usd in api_cost.items():
+        then = anchor.api_cost.get(tenant, 0.0) if anchor else usd
+        api_cost_rate[tenant] = _slope(usd, then, hours) if hours > 0 else 0.0
+
+    # 4. Self-hosted: measured price and charge-back. --------------------------------------
+    rates: dict[str, dict[tuple[str, str], float]] = {b: dict(r) for b, r in cost.rates.items()}
+    rows = allocations.allocations if allocations else ()
+    w = ctx.weights
+    serving: dict[str, ModelServing] = {}
+    measured: dict[str, dict[str, float]] = {}
+    active_specs = {s.model: s for s in index.specs}
+    for spec in active_specs.values():
+        pods = set(serving_pods.get(spec.model, ()))
+        for a in rows:
+            if spec.selects(a) and a.namespace and a.pod:
+                pods.add((a.namespace, a.pod))
+        served_rate: dict[str, float] = {}
+        used_w: dict[str, float] = defaultdict(float)
+        if hours > 0 and anchor is not None:
+            for t in TOKEN_TYPES:
+                k2 = (spec.model, t)
+                if k2 in served:
+                    served_rate[t] = _slope(served[k2], anchor.served.get(k2, 0.0), hours)
+            for (tenant, model, kind), n in sh_usage.items():
+                if model == spec.model:
+                    used_w[tenant] += w.get(kind, 0.0) * _slope(
+                        n, anchor.self_hosted_usage.get((tenant, model, kind), 0.0), hours
+                    )
+        weighted_served = math.fsum(w.get(t, 0.0) * r for t, r in served_rate.items())
+        weighted_used = math.fsum(used_w.values())
+        denominator = max(weighted_served, weighted_used)
+        pod_list = tuple(sorted(pods))
+        cost_rate: dict[str, float] = {}
+        moved: dict[str, float] = {}
+        for basis, basis_pods in cost.pod_rates.items():
+            per_pod = [
+                (p, r, basis_pods.get(p, {}).get(r, 0.0))
+                for p in pod_list
+                for r in ctx.charge_back_resources
+            ]
+            cost_rate[basis] = math.fsum(v for _, _, v in per_pod)
+            if denominator <= 0 or basis not in rates:
+                continue
+            basis_rates = rates[basis]
+            moved_parts: list[float] = []
+            for p, r, amount in per_pod:
+                if amount == 0:
+                    continue
+                owner = pod_owner(p)
+                shares = [(u, amount * wt / denominator) for u, wt in used_w.items() if wt > 0]
+                out = math.fsum(v for _, v in shares)
+                basis_rates[(owner, r)] = basis_rates.get((owner, r), 0.0) - out
+                for u, v in shares:
+                    basis_rates[(u, r)] = basis_rates.get((u, r), 0.0) + v
+                moved_parts.append(out)
+            moved[basis] = math.fsum(moved_parts)
+        measured_price: dict[str, float] = {}
+        c_alloc = cost_rate.get("allocation", 0.0)
+        if denominator > 0 and c_alloc > 0:
+            measured_price = {
+                t: c_alloc * w.get(t, 0.0) / denominator * PER_MILLION for t in TOKEN_TYPES
+            }
+        measured[spec.model] = measured_price
+        if pod_list or served_rate or used_w:
+            serving[spec.model] = ModelServing(
+                model=spec.model,
+                provider=spec.provider,
+                pods=pod_list,
+                cost_rate=cost_rate,
+                weighted_token_rate=denominator,
+                served_rate=served_rate,
+                price_per_million=measured_price,
+                charged_back=moved,
+            )
+
+    # 5. Self-hosted token dollars at the measured price (informational: the money itself
+    #    moved through the charge-back). No price yet → unpriced, never zero.
+    for key, model, n in sh_deltas:
+        spec_price = measured.get(model, {})
+        if key[3] in spec_price:
+            cost_cum[key] = cost_cum.get(key, 0.0) + n * spec_price[key[3]] / PER_MILLION
+        else:
+            um = (key[1], key[2])
+            unpriced[um] = unpriced.get(um, 0.0) + n
+
+    # 6. Resource "tokens": API token dollars per tenant, as a rate. -----------------------
+    for basis_rates in rates.values():
+        for tenant, value in api_cost_rate.items():
+            basis_rates[(tenant, "tokens")] = value
+
+    # Price-list prices of every API model that has tokens (looked up again each refresh, so
+    # a reloaded price list shows at once).
+    prices: dict[tuple[str, str, str, str], float] = {}
+    self_hosted_labels = {(s.model, s.provider) for s in active_specs.values()}
+    for model, provider in {(k[1], k[2]) for k in tokens} - self_hosted_labels:
+        found = (
+            catalog.lookup(model, None if provider == UNKNOWN_PROVIDER else provider)
+            if (catalog and model != OTHER_MODEL)
+            else None
+        )
+        if found is not None:
+            for t in TOKEN_TYPES:
+                prices[(model, provider, t, "price_list")] = per_million(found.per_token(t))
+    for model, by_type in measured.items():
+        spec = active_specs[model]
+        for kind, v in by_type.items():
+            prices[(model, spec.provider, kind, "measured")] = v
+    api_eq: dict[tuple[str, str, str], float] = {}
+    for spec in active_specs.values():
+        if spec.api_equivalent and catalog is not None:
+            ref = catalog.lookup(spec.api_equivalent)
+            if ref is not None:
+                for t in TOKEN_TYPES:
+                    api_eq[(spec.model, spec.provider, t)] = per_million(ref.per_token(t))
+
+    report = TokenReport(
+        tokens=tokens,
+        cost=cost_cum,
+        unpriced=unpriced,
+        prices=prices,
+        api_equivalent=api_eq,
+        api_cost=api_cost,
+        api_cost_rate=api_cost_rate,
+        self_hosted=serving,
+        catalog_version=catalog.version if catalog else None,
+    )
+    new_state = TokenState(
+        last=update.last,
+        seen_at=update.seen_at,
+        source_seen_at=update.source_seen_at,
+        tokens=tokens,
+        cost=cost_cum,
+        unpriced=unpriced,
+        api_cost=api_cost,
+        self_hosted_usage=sh_usage,
+        served=served,
+        history=tuple(history),
+        models=frozenset(models),
+        discovered=discovered,
+    )
+    return report, new_state, rates
+
+
+def per_million(usd_per_token: float) -> float:
+    """USD per 1M tokens for a gauge, to 15 significant digits (2.5e-07 per token shows as
+    0.25, not 0.24999999999999997); within 1e-15 of the exact product."""
+    return float(f"{usd_per_token * PER_MILLION:.15g}")
+
+
+def _token_type(value: str) -> TokenType:
+    if value == "output":
+        return "output"
+    if value == "cached_input":
+        return "cached_input"
+    return "input"
+
+
+def fold_token_report(report: TokenReport, owner: Callable[[str], str]) -> TokenReport:
+    """``report`` with every tenant mapped through ``owner`` (tenant folding), sums kept."""
+
+    def fold4(d: Mapping[UsageKey, float]) -> dict[UsageKey, float]:
+        parts: dict[UsageKey, list[float]] = defaultdict(list)
+        for (t, m, p, k), v in d.items():
+            parts[(owner(t), m, p, k)].append(v)
+        return {k: math.fsum(v) for k, v in parts.items()}
+
+    def fold1(d: Mapping[str, float]) -> dict[str, float]:
+        parts: dict[str, list[float]] = defaultdict(list)
+        for t, v in d.items():
+            parts[owner(t)].append(v)
+        return {k: math.fsum(v) for k, v in parts.items()}
+
+    return TokenReport(
+        tokens=fold4(report.tokens),
+        cost=fold4(report.cost),
+        unpriced=report.unpriced,
+        prices=report.prices,
+        api_equivalent=report.api_equivalent,
+        api_cost=fold1(report.api_cost),
+        api_cost_rate=fold1(report.api_cost_rate),
+        self_hosted=report.self_hosted,
+        catalog_version=report.catalog_version,
+    )

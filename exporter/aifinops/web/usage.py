@@ -1,0 +1,108 @@
+"""``POST /api/v1/usage``: pushed token usage (schema and store in ``sources/push.py``).
+
+Answers ``202 {"accepted": n, "duplicates": d}``, or an error body
+``{"error": <reason>, "message": ..., "details": [...]}`` with a machine-readable reason:
+
+=====  ====================  ===========================================================
+401    ``unauthorized``      ``tokens.push.bearer_token_file`` is set and the request's
+                             ``Authorization: Bearer`` token does not match
+413    ``body_too_large``    body over ``max_body_bytes`` (declared or actual)
+413    ``too_many_records``  more than ``max_records_per_batch`` records
+400    ``invalid_json``      body is not JSON
+422    ``invalid_record``    schema violation; ``details`` lists ``{"field", "message"}``
+422    ``too_many_tokens``   a count over ``max_tokens_per_record``
+422    ``series_limit``      the batch would create series past ``max_series``
+=====  ====================  ===========================================================
+
+A rejected batch adds nothing. The body is read from the stream with its own cap, so
+``max_body_bytes`` may exceed the app's ``client_max_size``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from aifinops.settings import UsagePushSettings
+from aifinops.sources.push import Reason, UsageBatch, UsageRejected, UsageStore
+
+log = structlog.get_logger("aifinops.web.usage")
+
+USAGE_STORE = web.AppKey("usage_store", UsageStore)
+USAGE_SETTINGS = web.AppKey("usage_settings", UsagePushSettings)
+
+
+def _error(status: int, reason: Reason, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": reason, "message": message, **extra}, status=status)
+
+
+def _authorized(request: web.Request, token_file: Path | None) -> bool:
+    if token_file is None:
+        return True
+    try:
+        expected = token_file.read_text(encoding="utf-8").strip()
+    except OSError:
+        log.error("usage_token_file_unreadable", path=str(token_file))
+        return False
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not expected:
+        return False
+    return hmac.compare_digest(token.strip().encode(), expected.encode())
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The body, or ``None`` when it is over ``limit`` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def handle_usage(request: web.Request) -> web.Response:
+    settings = request.app[USAGE_SETTINGS]
+    store = request.app[USAGE_STORE]
+    if not _authorized(request, settings.bearer_token_file):
+        return _error(401, "unauthorized", "missing or wrong bearer token")
+    body = await _read_capped(request, settings.max_body_bytes)
+    if body is None:
+        return _error(413, "body_too_large", f"body over {settings.max_body_bytes} bytes")
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return _error(400, "invalid_json", f"body is not JSON: {exc}")
+    records = doc.get("records") if isinstance(doc, dict) else None
+    if isinstance(records, list) and len(records) > settings.max_records_per_batch:
+        return _error(
+            413,
+            "too_many_records",
+            f"{len(records)} records; at most {settings.max_records_per_batch} per batch",
+        )
+    try:
+        batch = UsageBatch.model_validate(doc)
+    except ValidationError as exc:
+        details = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
+            for err in exc.errors()[:50]
+        ]
+        return _error(422, "invalid_record", "the batch does not match the schema", details=details)
+    try:
+        result = store.apply(batch)
+    except UsageRejected as exc:
+        return _error(exc.status, exc.reason, str(exc))
+    return web.json_response(
+        {"accepted": result.accepted, "duplicates": result.duplicates}, status=202
+    )

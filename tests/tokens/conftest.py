@@ -1,0 +1,31 @@
+"""Shared helpers for token tests: the real LiteLLM price subset and small builders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aifinops.model.llm_prices import LlmPriceCatalog, build_catalog, parse_litellm_prices
+
+FIXTURES = Path("/work/shared/fixtures")
+if not FIXTURES.is_dir():  # a checkout without the shared folder: the bundled copy is identical
+    FIXTURES = Path(__file__).resolve().parents[2] / "exporter" / "aifinops" / "data"
+PRICE_SUBSET = (
+    FIXTURES / "litellm_model_prices_subset.json"
+    if (FIXTURES / "litellm_model_prices_subset.json").exists()
+    else FIXTURES / "llm_prices.json"
+)
+VLLM_SAMPLE = FIXTURES / "vllm_metrics_v0_aibrix_runtime_doc.txt"
+
+
+def price_subset() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(PRICE_SUBSET.read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def catalog() -> LlmPriceCatalog:
+    return build_catalog(parse_litellm_prices(price_subset()), "test")
