@@ -48,6 +48,7 @@ UTILIZATION_METRICS: tuple[str, ...] = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR
 TENANT_LABEL = "aifinops.io/tenant"
 TEAM_LABEL = "team"
 PLATFORM_TENANT = "platform"
+SERVING_NAMESPACE = "llm-serving"
 SYSTEM_NAMESPACES: tuple[str, ...] = ("kube-system", "monitoring", "gpu-operator", "opencost")
 UNMATCHED_NAMESPACES: tuple[str, ...] = ("default", "sandbox")
 TENANT_PATTERN = r"^team-(?P<tenant>[a-z0-9-]+)$"
@@ -191,6 +192,9 @@ class ClusterSpec:
     batch_jobs: int = 1
     precedence_cases: bool = True
     odd_tenant: str | None = None
+    # Pods (namespace llm-serving, tenant "platform") serving the self-hosted LLM of demo/llm.py:
+    # each holds one whole GPU, busy, so its cost can be measured per token and charged back.
+    serving_pods: tuple[str, ...] = ()
     prometheus_honor_labels: bool = True
     cpu_usd_per_core_hour: float = 0.031611
     ram_usd_per_gib_hour: float = 0.004237
@@ -210,6 +214,7 @@ class ClusterSpec:
                 _l4_pool(1, "timeslice", name="l4-shared"),
                 _cpu_pool(2),
             ),
+            serving_pods=("vllm-llama-0", "vllm-llama-1"),
         )
         return replace(spec, **overrides)
 
@@ -885,6 +890,12 @@ class SimCluster:
             i = pick(single_whole)
             if i is not None:
                 role[i] = "batch"
+        for serving_pod in spec.serving_pods:
+            i = pick(lambda h: single_whole(h) and "H100" in h[0].model)
+            if i is None:
+                i = pick(single_whole)
+            if i is not None:
+                role[i] = f"serving:{serving_pod}"
         if self._pod_label_in_pattern_ns is not None:
             i = pick(lambda h: kinds_of(h) == "none")
             if i is not None:
@@ -908,7 +919,7 @@ class SimCluster:
             if members and not any(busy[i] for i in members):
                 busy[members[-1]] = True
         for i, r in role.items():
-            if r in ("unmapped", "batch"):
+            if r in ("unmapped", "batch") or r.startswith("serving:"):
                 busy[i] = True
 
         # Tenant weights: a few big tenants, a long tail (Zipf-like), as in real clusters.
@@ -942,7 +953,13 @@ class SimCluster:
             elif r == "batch":
                 schedule = Schedule(3600.0, 2400.0, math.floor(rng.uniform(0, 3600)))
             app, kind = _gpu_app(holds, r, rng)
-            name, controller, controller_kind = self._pod_name(app, kind, namespace, rng, names)
+            if r.startswith("serving:"):
+                namespace, labels = SERVING_NAMESPACE, {TENANT_LABEL: PLATFORM_TENANT}
+                app, kind = "vllm-llama", "statefulset"
+                name, controller, controller_kind = r.split(":", 1)[1], app, kind
+                names.add((namespace, name))
+            else:
+                name, controller, controller_kind = self._pod_name(app, kind, namespace, rng, names)
             pod_labels = {"app": app, **labels}
             if controller_kind == "deployment":
                 pod_labels["pod-template-hash"] = name.split("-")[-2]

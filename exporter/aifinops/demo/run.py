@@ -1,12 +1,25 @@
-"""``aifinops-exporter --demo``: start the fake upstreams and point the real sources at them."""
+"""``aifinops-exporter --demo``: start the fake upstreams and point the real sources at them.
+
+The fakes: dcgm-exporter, a Prometheus API and OpenCost over the simulated cluster
+(``demo/cluster.py``), plus a vLLM serving a self-hosted model from the cluster's
+``llm-serving`` pods and a LiteLLM proxy routing tenants to API models (``demo/llm.py``).
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from aifinops.demo.cluster import ClusterSpec, SimCluster
+from aifinops.demo.llm import SERVING_PODS, LlmDemo, llm_app
 from aifinops.demo.upstreams import Upstreams, start_upstreams
 from aifinops.settings import Settings, settings_from_mapping
+
+Clock = Callable[[], float]
 
 # Short windows so a newcomer sees idle GPUs within a minute, not fifteen.
 DEMO_OVERRIDES: dict[str, Any] = {
@@ -15,20 +28,62 @@ DEMO_OVERRIDES: dict[str, Any] = {
 }
 
 
-def demo_settings(base: Settings, upstreams: Upstreams) -> Settings:
-    """``base`` with sources and tenancy taken from the running fakes."""
-    data: dict[str, Any] = base.model_dump(mode="python")
-    demo = upstreams.exporter_config()
-    for section, values in {**DEMO_OVERRIDES, **demo}.items():
-        if section == "sources":
-            for name, source in values.items():
-                data["sources"][name] = {**data["sources"][name], **source, "enabled": True}
-        else:
-            data[section] = {**data[section], **values}
-    return settings_from_mapping(data, "demo configuration")
+@dataclass
+class DemoUpstreams:
+    """Everything the demo started; ``close()`` stops it all."""
+
+    cluster: Upstreams
+    llm: LlmDemo
+    llm_url: str
+    _llm_runner: web.AppRunner
+
+    async def close(self) -> None:
+        await self._llm_runner.cleanup()
+        await self.cluster.close()
+
+    def config(self, **cluster_kwargs: Any) -> dict[str, Any]:
+        """Exporter configuration sections for these fakes."""
+        data = self.cluster.exporter_config(**cluster_kwargs)
+        data["tokens"] = self.llm.tokens_config(self.llm_url)
+        return data
 
 
-async def start_demo(base: Settings, spec: ClusterSpec | None = None) -> tuple[Upstreams, Settings]:
+async def start_demo_upstreams(
+    spec: ClusterSpec | None = None, clock: Clock = time.time, host: str = "127.0.0.1"
+) -> DemoUpstreams:
     sim = SimCluster(spec or ClusterSpec.demo())
-    upstreams = await start_upstreams(sim)
+    cluster = await start_upstreams(sim, host=host, clock=clock)
+    llm = LlmDemo(epoch=clock(), pods=sim.spec.serving_pods or SERVING_PODS)
+    runner = web.AppRunner(llm_app(llm, clock=clock), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return DemoUpstreams(cluster, llm, f"http://{host}:{port}", runner)
+
+
+def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mappings recursively."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def demo_settings(base: Settings, upstreams: DemoUpstreams) -> Settings:
+    """``base`` with sources, tenancy and token analytics taken from the running fakes."""
+    data: dict[str, Any] = base.model_dump(mode="python", exclude_unset=True)
+    demo = merge_config(DEMO_OVERRIDES, upstreams.config())
+    for source in demo["sources"].values():
+        source["enabled"] = True
+    return settings_from_mapping(merge_config(data, demo), "demo configuration")
+
+
+async def start_demo(
+    base: Settings, spec: ClusterSpec | None = None
+) -> tuple[DemoUpstreams, Settings]:
+    upstreams = await start_demo_upstreams(spec)
     return upstreams, demo_settings(base, upstreams)
