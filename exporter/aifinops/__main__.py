@@ -36,6 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run against a built-in simulated cluster (fake dcgm-exporter, Prometheus and "
         "OpenCost on 127.0.0.1); no external services needed",
     )
+    p.add_argument(
+        "--demo-gpus",
+        type=int,
+        default=0,
+        help="with --demo: simulate a cluster of this many GPUs instead of the standard demo",
+    )
+    p.add_argument("--demo-seed", type=int, default=1, help="with --demo-gpus: layout seed")
     p.add_argument("--check-config", action="store_true", help="validate the config and exit")
     p.add_argument("--port", type=int, help="override server.port")
     p.add_argument("--listen-address", help="override server.listen_address")
@@ -52,14 +59,16 @@ def _with_server_overrides(settings: Settings, args: argparse.Namespace) -> Sett
     return settings_from_mapping(data, "command line")
 
 
-async def _serve(settings: Settings, demo: bool) -> None:
+async def _serve(settings: Settings, demo: bool, demo_gpus: int = 0, demo_seed: int = 1) -> None:
     from aifinops.web.app import create_app
 
     upstreams = None
     if demo:
+        from aifinops.demo.cluster import ClusterSpec
         from aifinops.demo.run import start_demo
 
-        upstreams, settings = await start_demo(settings)
+        spec = ClusterSpec.scaled(demo_gpus, seed=demo_seed) if demo_gpus > 0 else None
+        upstreams, settings = await start_demo(settings, spec)
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print("configuration OK")
         return 0
     try:
-        asyncio.run(_serve(settings, args.demo))
+        asyncio.run(_serve(settings, args.demo, args.demo_gpus, args.demo_seed))
     except OSError as exc:
         print(f"aifinops-exporter: cannot start: {exc}", file=sys.stderr)
         return 1
