@@ -13,7 +13,10 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} not found: run `make tools` (Debian packages prometheus, prometheus-alertmanager)"
+    message = (
+        f"{name} not found: run `make tools` "
+        "(Debian packages prometheus, prometheus-alertmanager)"
+    )
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

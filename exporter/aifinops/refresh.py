@@ -148,15 +148,16 @@ class Refresher:
             log.warning("source_down", source=rt.source.name, state=state, **fields)
 
     def _expire(self, rt: SourceRuntime, now: float) -> None:
-        if rt.data is not None and rt.fetched_at is not None:
-            if now - rt.fetched_at > rt.stale_after:
-                rt.data = None
-                rt.stale = True
-                log.warning(
-                    "source_stale_dropped",
-                    source=rt.source.name,
-                    age_seconds=round(now - rt.fetched_at, 1),
-                )
+        if rt.data is None or rt.fetched_at is None:
+            return
+        if now - rt.fetched_at > rt.stale_after:
+            rt.data = None
+            rt.stale = True
+            log.warning(
+                "source_stale_dropped",
+                source=rt.source.name,
+                age_seconds=round(now - rt.fetched_at, 1),
+            )
 
     def _inputs(self) -> tuple[Inputs, float | None]:
         gpus: tuple[GpuSample, ...] | None = None
