@@ -1,6 +1,10 @@
 # AI FinOps exporter — every target installs what it needs by itself.
 #   make run    the exporter on its built-in demo cluster (http://127.0.0.1:9877/)
 #   make test   the whole test suite (unit, sources, web, rules, e2e with real Prometheus)
+#   make stack  the demo exporter + Prometheus (rule bundle) + Alertmanager on 127.0.0.1 (Ctrl-C stops)
+#   make bench  the fleet-scale benchmark table (100, 1k, 10k GPUs)
+#   make lint   ruff and mypy --strict
+#   make generate  regenerate dashboards, rules, deploy files and docs from their sources
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools run test test-fast lint fmt bench generate kustomize clean
+.PHONY: help venv tools run test test-fast lint fmt bench generate kustomize stack clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -49,8 +53,13 @@ fmt: $(STAMP)
 # Regenerate committed derived files (PrometheusRule, dashboard ConfigMaps, series docs);
 # a test fails when they drift from their sources.
 generate: $(STAMP)
+	@$(PY) scripts/render_rules.py
+	@$(PY) scripts/build_dashboards.py
 	@$(PY) scripts/generate.py
 	@$(PY) -m aifinops.exposition.docs > docs/metrics.md
+
+stack: $(STAMP) tools
+	@$(PY) scripts/stack.py
 
 kustomize:
 	@bash scripts/install-kustomize.sh

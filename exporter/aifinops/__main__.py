@@ -2,6 +2,11 @@
 
 Exit codes: 0 on a clean stop, 2 when the configuration is invalid (the message names the
 field and the value), 1 on any other start-up failure.
+
+Signals: SIGTERM and SIGINT stop gracefully (no new connections; requests in flight get
+:data:`SHUTDOWN_TIMEOUT` seconds to finish; the refresh loop is cancelled; exit 0). SIGHUP
+reloads the configuration (``web/lifecycle.py``: validated first, the old one kept on error).
+With ``server.web_config_file`` holding ``tls_server_config``, the exporter serves HTTPS.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _with_server_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
-    data: dict[str, Any] = settings.model_dump(mode="python")
+    data: dict[str, Any] = settings.model_dump(mode="python", exclude_unset=True)
+    data.setdefault("server", {})
     if args.port is not None:
         data["server"]["port"] = args.port
     if args.listen_address is not None:
@@ -59,38 +66,77 @@ def _with_server_overrides(settings: Settings, args: argparse.Namespace) -> Sett
     return settings_from_mapping(data, "command line")
 
 
-async def _serve(settings: Settings, demo: bool, demo_gpus: int = 0, demo_seed: int = 1) -> None:
+SHUTDOWN_TIMEOUT = 10.0
+"""Seconds in-flight requests get to finish on SIGTERM before they are cancelled."""
+
+
+async def _serve(
+    settings: Settings,
+    demo: bool,
+    demo_gpus: int = 0,
+    demo_seed: int = 1,
+    loader: Callable[[], Settings] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; SIGHUP reloads the configuration through ``loader``."""
     from aifinops.web.app import create_app
+    from aifinops.web.lifecycle import RELOADER
+    from aifinops.web.security import WEB_SECURITY
 
     upstreams = None
     if demo:
         from aifinops.demo.cluster import ClusterSpec
-        from aifinops.demo.run import start_demo
+        from aifinops.demo.run import demo_settings, start_demo
 
         spec = ClusterSpec.scaled(demo_gpus, seed=demo_seed) if demo_gpus > 0 else None
         upstreams, settings = await start_demo(settings, spec)
+        if loader is not None:
+            base_loader, fakes = loader, upstreams
+
+            def loader() -> Settings:
+                return demo_settings(base_loader(), fakes)
+
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    reloader = app[RELOADER]
+    if loader is not None:
+        reloader.load = loader
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.listen_address, settings.server.port)
+    tls = app[WEB_SECURITY].server_ssl_context()
+    site = web.TCPSite(
+        runner, settings.server.listen_address, settings.server.port, ssl_context=tls
+    )
     await site.start()
-    url = f"http://{settings.server.listen_address}:{settings.server.port}"
+    scheme = "https" if tls is not None else "http"
+    url = f"{scheme}://{settings.server.listen_address}:{settings.server.port}"
     log.info("listening", url=url, metrics=f"{url}/metrics", demo=demo, version=__version__)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(reloader.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
     finally:
         log.info("stopping")
-        # runner.cleanup lets in-flight requests finish (shutdown_timeout), then runs the
-        # app's cleanup_ctx, which cancels the refresh loop and closes the HTTP client.
+        for task in reloads:
+            task.cancel()
+        # runner.cleanup stops accepting, lets in-flight requests finish (SHUTDOWN_TIMEOUT),
+        # then runs the app's cleanup_ctx, which cancels the refresh loop and closes the HTTP
+        # client.
         await runner.cleanup()
         if upstreams is not None:
             await upstreams.close()
+        log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,14 +153,28 @@ def main(argv: list[str] | None = None) -> int:
         from aifinops.web.app import model_context
 
         model_context(settings)  # compiles tenancy regexes and loads the GPU price catalog
+        if settings.server.web_config_file is not None:
+            from aifinops.web.security import load_web_config
+
+            load_web_config(settings.server.web_config_file)
     except ConfigError as exc:
         print(f"aifinops-exporter: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
         print("configuration OK")
         return 0
+
+    def loader() -> Settings:
+        """The configuration again, as at start-up (SIGHUP, POST /-/reload)."""
+        reloaded = _with_server_overrides(load_settings(args.config), args)
+        if args.demo and args.listen_address is None:
+            reloaded = _with_server_overrides(
+                reloaded, argparse.Namespace(port=None, listen_address="127.0.0.1")
+            )
+        return reloaded
+
     try:
-        asyncio.run(_serve(settings, args.demo, args.demo_gpus, args.demo_seed))
+        asyncio.run(_serve(settings, args.demo, args.demo_gpus, args.demo_seed, loader))
     except OSError as exc:
         print(f"aifinops-exporter: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -15,15 +15,25 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 import structlog
 
+from aifinops.exposition.bounds import cap_families, dropped_samples
+from aifinops.exposition.catalog import SERIES_DROPPED
 from aifinops.exposition.families import BuildInfo, cost_families, self_families
-from aifinops.exposition.render import Exposition, render
-from aifinops.model.inputs import AllocationSet, GpuSample, Inputs, TokenInputs, TokenObservation
+from aifinops.exposition.render import Exposition, Family, render
+from aifinops.model.finance import FinanceInputs, FinanceState, build_finance
+from aifinops.model.inputs import (
+    AllocationSet,
+    DailyAllocationSets,
+    GpuSample,
+    Inputs,
+    TokenInputs,
+    TokenObservation,
+)
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
 from aifinops.sources.base import Source, SourceError
@@ -32,6 +42,8 @@ from aifinops.status import RefreshStatus, SourceStatus
 log = structlog.get_logger("aifinops.refresh")
 
 Clock = Callable[[], float]
+RETRY_SECONDS = 60.0
+"""How soon a source with its own interval is tried again after a failed fetch."""
 
 
 @dataclass(slots=True)
@@ -49,6 +61,17 @@ class SourceRuntime:
     last_error: str | None = None
     duration: float = 0.0
     logged_state: str | None = None
+    attempted_at: float | None = None
+
+    def due(self, now: float) -> bool:
+        """Whether to fetch this cycle: always, unless the source sets
+        ``min_interval_seconds`` (a heavy query such as ``opencost_month``); then once per
+        interval after a success and at most every :data:`RETRY_SECONDS` after a failure."""
+        interval = float(getattr(self.source, "min_interval_seconds", 0.0) or 0.0)
+        if interval <= 0 or self.attempted_at is None:
+            return True
+        wait = interval if self.up else min(interval, RETRY_SECONDS)
+        return now - self.attempted_at >= wait
 
     def status(self, now: float) -> SourceStatus:
         age = None if self.data is None or self.fetched_at is None else now - self.fetched_at
@@ -89,9 +112,13 @@ class Refresher:
         self._client = client
         self._clock = clock
         self._state = ModelState()
+        self._finance_state = FinanceState()
         self._refreshes = 0
         self._unpriced_logged: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
+        self._series_dropped: Counter[str] = Counter()
+        # Families owned outside the loop (config reload status, ...), rendered with each page.
+        self.extra_families: list[Callable[[], Sequence[Family]]] = []
         self.snapshot = Snapshot(
             report=None,
             status=None,
@@ -109,6 +136,7 @@ class Refresher:
 
     async def _fetch_one(self, rt: SourceRuntime) -> None:
         started = time.perf_counter()
+        rt.attempted_at = self._clock()
         try:
             # The source's own HTTP timeout applies per request; this bounds the whole fetch.
             data = await asyncio.wait_for(rt.source.fetch(self._client), rt.timeout * 1.5)
@@ -159,9 +187,10 @@ class Refresher:
                 age_seconds=round(now - rt.fetched_at, 1),
             )
 
-    def _inputs(self) -> tuple[Inputs, float | None]:
+    def _inputs(self) -> tuple[Inputs, float | None, FinanceInputs]:
         gpus: tuple[GpuSample, ...] | None = None
         allocations: AllocationSet | None = None
+        monthly: DailyAllocationSets | None = None
         dcgm_at: float | None = None
         catalog: LlmPriceCatalog | None = None
         observations: list[TokenObservation] = []
@@ -174,6 +203,8 @@ class Refresher:
                 dcgm_at = rt.fetched_at
             elif rt.source.name == "opencost":
                 allocations = rt.data
+            elif rt.source.name == "opencost_month":
+                monthly = rt.data
             elif rt.source.name == "llm_prices":
                 catalog = rt.data
             elif rt.source.name.startswith("tokens:"):
@@ -182,7 +213,26 @@ class Refresher:
         tokens = None
         if self._context.tokens is not None:
             tokens = TokenInputs(tuple(observations), frozenset(token_sources), catalog)
-        return Inputs(gpus=gpus, allocations=allocations, tokens=tokens), dcgm_at
+        finance = FinanceInputs(monthly=monthly, allocations=allocations, catalog=catalog)
+        return Inputs(gpus=gpus, allocations=allocations, tokens=tokens), dcgm_at, finance
+
+    def _with_finance(
+        self, report: Report | None, inputs: FinanceInputs, now: float
+    ) -> Report | None:
+        """``report`` with its finance figures (budgets, ROI, routing, recommendations,
+        month to date) when finance is configured; on a failure the report goes out without
+        them (logged), never the loop down."""
+        ctx = self._context
+        if report is None or ctx.finance is None:
+            return report
+        try:
+            finance, self._finance_state = build_finance(
+                report, inputs, ctx.finance, ctx.resolver, ctx.pricer, self._finance_state, now
+            )
+        except Exception:
+            log.exception("finance_failed")
+            return replace(report, finance=None)
+        return replace(report, finance=finance)
 
     def _log_unpriced(self, report: Report | None) -> None:
         """One warning per model that starts getting tokens without a price."""
@@ -196,11 +246,12 @@ class Refresher:
         """Run one cycle and swap in its snapshot. Never raises (except cancellation)."""
         async with self._lock:
             started = time.perf_counter()
-            await asyncio.gather(*(self._fetch_one(rt) for rt in self._runtimes))
+            at = self._clock()
+            await asyncio.gather(*(self._fetch_one(rt) for rt in self._runtimes if rt.due(at)))
             now = self._clock()
             for rt in self._runtimes:
                 self._expire(rt, now)
-            inputs, dcgm_at = self._inputs()
+            inputs, dcgm_at, finance_inputs = self._inputs()
             report: Report | None
             try:
                 report, state = build_report(inputs, self._context, self._state, now, dcgm_at)
@@ -208,6 +259,7 @@ class Refresher:
                 log.exception("model_failed")
                 report, state = self.snapshot.report, self._state
             self._state = state
+            report = self._with_finance(report, finance_inputs, now)
             self._log_unpriced(report)
             self._refreshes += 1
             status = RefreshStatus(
@@ -216,9 +268,13 @@ class Refresher:
                 completed_at=now,
                 refreshes=self._refreshes,
             )
-            families = cost_families(report) + self_families(status, self._build)
-            exposition = Exposition.from_bytes(render(families))
-            in_use = any(rt.data is not None for rt in self._runtimes)
+            exposition = self._render(report, status, count_dropped=True)
+            # Ready once an upstream gave data: a local source (the bundled price list, the
+            # push store) has data from the start and says nothing about the upstreams.
+            in_use = any(
+                rt.data is not None and not getattr(rt.source, "local", False)
+                for rt in self._runtimes
+            )
             self.snapshot = Snapshot(
                 report=report,
                 status=status,
@@ -234,6 +290,45 @@ class Refresher:
                 exposition_bytes=len(exposition.plain),
             )
             return self.snapshot
+
+    def _render(
+        self, report: Report | None, status: RefreshStatus | None, *, count_dropped: bool
+    ) -> Exposition:
+        """The page: model families capped to ``max_series_per_family`` (counted once per
+        refresh), then self-metrics and the extra families."""
+        families, dropped = cap_families(
+            cost_families(report), self._context.max_series_per_family
+        )
+        if count_dropped:
+            self._series_dropped.update(dropped)
+        families += self_families(status, self._build)
+        families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
+        for extra in self.extra_families:
+            families.extend(extra())
+        return Exposition.from_bytes(render(families))
+
+    def rerender(self) -> None:
+        """Render the current report again (after a change to an extra family, such as a
+        config reload), without fetching anything."""
+        snap = self.snapshot
+        exposition = self._render(snap.report, snap.status, count_dropped=False)
+        self.snapshot = replace(snap, exposition=exposition)
+
+    async def replace_sources(self, sources: Sequence[tuple[Source[Any], float, float]]) -> None:
+        """Use new sources from the next refresh (config reload). A source whose name stays
+        keeps its last good data, error counts and logged state; one that goes away is
+        forgotten. Waits for a refresh in flight."""
+        async with self._lock:
+            old = {rt.source.name: rt for rt in self._runtimes}
+            runtimes = []
+            for source, timeout, stale_after in sources:
+                rt = old.get(source.name)
+                if rt is None:
+                    rt = SourceRuntime(source, timeout, stale_after)
+                else:
+                    rt.source, rt.timeout, rt.stale_after = source, timeout, stale_after
+                runtimes.append(rt)
+            self._runtimes = runtimes
 
     async def run(self, interval: float) -> None:
         """Refresh every ``interval`` seconds until cancelled (start-to-start spacing)."""

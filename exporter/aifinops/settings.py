@@ -20,6 +20,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aifinops.settings_finance import (
+    BudgetsSettings,
+    InitiativeList,
+    RecommendationsSettings,
+    RoutingSettings,
+)
+
 ENV_PREFIX = "AIFINOPS__"
 
 
@@ -32,8 +39,17 @@ class _Strict(BaseModel):
 
 
 class ServerSettings(_Strict):
+    """``web_config_file``: TLS and basic auth in the Prometheus exporter-toolkit's
+    ``--web.config.file`` shape (``web/security.py``). ``enable_lifecycle``: serve
+    ``POST /-/reload`` (as Prometheus' ``--web.enable-lifecycle``); SIGHUP reloads either way.
+    ``max_request_body_bytes``: bodies over it are refused with 413 (the push endpoint has its
+    own ``tokens.push.max_body_bytes``)."""
+
     listen_address: str = "0.0.0.0"
     port: int = Field(9877, ge=1, le=65535)
+    web_config_file: Path | None = None
+    enable_lifecycle: bool = False
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
 class RefreshSettings(_Strict):
@@ -160,7 +176,14 @@ class GpuPricingSettings(_Strict):
 
 
 class LimitsSettings(_Strict):
+    """Cardinality caps. ``max_tenants``: the costliest tenants are kept, the rest folded into
+    ``__other__``. ``max_series_per_family``: a series family over it keeps its largest
+    series; the rest are summed into ``__other__`` series when the family holds dollars,
+    tokens or GPUs (nothing is lost from a total), else dropped; either way counted in
+    ``aifinops_series_dropped_total{family}``."""
+
     max_tenants: int = Field(500, ge=1)
+    max_series_per_family: int = Field(20_000, ge=100)
 
 
 class LoggingSettings(_Strict):
@@ -376,6 +399,10 @@ class UsagePushSettings(_Strict):
     max_series: int = Field(10_000, ge=1)
     idempotency_cache_size: int = Field(100_000, ge=0)
     bearer_token_file: Path | None = None
+    # Token bucket per client (its bearer token, else its address): batches per second and
+    # the burst allowed; over it, 429 with Retry-After. 0 turns the limit off.
+    rate_limit_per_second: float = Field(20.0, ge=0, allow_inf_nan=False)
+    rate_limit_burst: int = Field(40, ge=1)
 
 
 class TokensSettings(_Strict):
@@ -403,6 +430,58 @@ class TokensSettings(_Strict):
         return any(s.enabled for s in self.sources) or self.push.enabled
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ApiSettings(_Strict):
+    """Bearer-token auth for the JSON API (``/api/*``).
+
+    Tokens are read from files (one token per file, surrounding whitespace ignored, re-read
+    when the file changes, e.g. a rotated Kubernetes Secret) or from the environment variables
+    named here — never from the configuration text. Scopes: a ``read`` token allows the GET
+    routes and the what-if calculators (``POST /api/v1/roi/calculate``,
+    ``POST /api/v1/routing/optimize``: they change nothing); a ``write`` token allows those and
+    the routes that change state (``POST /api/v1/usage``). ``require_auth_for_reads: false``
+    leaves the read routes open (a token that is sent must still be valid).
+    ``/api/v1/openapi.json`` is always open: it describes the API and holds no data.
+    """
+
+    require_auth_for_reads: bool = False
+    read_token_files: tuple[Path, ...] = ()
+    write_token_files: tuple[Path, ...] = ()
+    read_token_env: tuple[str, ...] = ()
+    write_token_env: tuple[str, ...] = ()
+
+    @field_validator("read_token_env", "write_token_env")
+    @classmethod
+    def _env_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not _ENV_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not an environment variable name (give the variable's name, "
+                    "never the token itself)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _readable(self) -> ApiSettings:
+        if self.require_auth_for_reads and not self.has_tokens:
+            raise ValueError(
+                "require_auth_for_reads needs at least one token "
+                "(read_token_files, write_token_files, read_token_env or write_token_env)"
+            )
+        return self
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(
+            self.read_token_files
+            or self.write_token_files
+            or self.read_token_env
+            or self.write_token_env
+        )
+
+
 class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
@@ -413,6 +492,11 @@ class Settings(_Strict):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     tokens: TokensSettings = Field(default_factory=TokensSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    budgets: BudgetsSettings = Field(default_factory=BudgetsSettings)
+    initiatives: InitiativeList = ()
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(m|h|d)$")

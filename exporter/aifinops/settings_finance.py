@@ -95,6 +95,9 @@ class BudgetEntry(_Strict):
 class BudgetsSettings(_Strict):
     time_zone: str = "UTC"
     lookback_days: int = Field(28, ge=3, le=366)  # full days the forecast's trend fit uses
+    # How often the month-to-date query (OpenCost daily sets since the month start, and the
+    # lookback before it) runs; the cost rate covers the time since the last one.
+    refresh_interval_seconds: float = Field(600.0, ge=10, le=86_400)
     tenants: tuple[BudgetEntry, ...] = ()
 
     @field_validator("time_zone")

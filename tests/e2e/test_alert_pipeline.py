@@ -10,16 +10,13 @@ folder, resolved relative to it), the PagerDuty endpoint and 1s group timings.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.e2e.harness import (
     Alertmanager,
@@ -27,10 +24,11 @@ from tests.e2e.harness import (
     Processes,
     Prometheus,
     RecordingSink,
-    start_alertmanager,
+    bundled_alertmanager,
     start_prometheus,
     wait_until,
 )
+from tests.e2e.harness import render_rule_files as harness_render_rule_files
 from tests.tools import require_binary
 
 pytestmark = pytest.mark.e2e
@@ -43,24 +41,8 @@ WAIT = 20.0
 ALERT = "AIFinOpsBudgetUsageHigh"
 
 
-def _renderer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "render_rules", ROOT / "scripts" / "render_rules.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def render_rule_files(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in _renderer().render(overrides=RULE_OVERRIDES).items():
-        path = folder / name
-        path.write_text(text)
-        paths.append(path)
-    return paths
+    return harness_render_rule_files(folder, RULE_OVERRIDES)
 
 
 def exposition(used: dict[str, float]) -> str:
@@ -79,17 +61,13 @@ def exposition(used: dict[str, float]) -> str:
 def start_alertmanager_from_repo(
     procs: Processes, workdir: Path, sink: RecordingSink
 ) -> Alertmanager:
-    config: dict[str, Any] = yaml.safe_load((ALERTMANAGER_DIR / "alertmanager.yml").read_text())
-    config["global"]["pagerduty_url"] = f"{sink.url}/pagerduty"
-    config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
-    files: dict[str, str | bytes] = {
-        "secrets/slack_api_url": f"{sink.url}/slack",
-        "secrets/pagerduty_routing_key": "e2e-routing-key",
-    }
-    for template in (ALERTMANAGER_DIR / "templates").glob("*.tmpl"):
-        files[f"templates/{template.name}"] = template.read_bytes()
-    return start_alertmanager(
-        procs, workdir, config, files, binary=require_binary("prometheus-alertmanager")
+    return bundled_alertmanager(
+        procs,
+        workdir,
+        ALERTMANAGER_DIR,
+        sink.url,
+        route_timings={"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+        binary=require_binary("prometheus-alertmanager"),
     )
 
 

@@ -97,7 +97,7 @@ async def test_readiness_and_landing_page(demo):
     resp = await demo.client.get("/readyz")
     assert resp.status == 200
     body = await resp.json()
-    assert {s["source"] for s in body["sources"]} == {"dcgm", "opencost"}
+    assert {s["source"] for s in body["sources"]} == {"dcgm", "opencost", "opencost_month"}
     assert (await demo.client.get("/healthz")).status == 200
     index = await (await demo.client.get("/")).text()
     assert "/metrics" in index and "opencost" in index
@@ -135,7 +135,12 @@ async def test_opencost_failing_keeps_last_good_data_and_dcgm(demo, mode):
     demo.clock.now = T0 + 60
     await demo.refresh()
     page = await demo.metrics()
-    assert series(page, "aifinops_source_up") == {("dcgm",): 1.0, ("opencost",): 0.0}
+    # the month-to-date query is not due again before budgets.refresh_interval_seconds
+    assert series(page, "aifinops_source_up") == {
+        ("dcgm",): 1.0,
+        ("opencost",): 0.0,
+        ("opencost_month",): 1.0,
+    }
     assert series(page, "aifinops_source_age_seconds")[("opencost",)] == 60.0
     errors = series(page, "aifinops_source_errors_total", source="opencost")
     assert sum(errors.values()) == 1
@@ -153,7 +158,11 @@ async def test_stale_data_is_dropped_visibly(aiohttp_client):
         d.clock.now = T0 + 601  # stale_after_seconds defaults to 600
         await d.refresh()
         page = await d.metrics()
-        assert series(page, "aifinops_source_stale") == {("dcgm",): 0.0, ("opencost",): 1.0}
+        assert series(page, "aifinops_source_stale") == {
+            ("dcgm",): 0.0,
+            ("opencost",): 1.0,
+            ("opencost_month",): 0.0,  # stale after 3 x its 600 s interval
+        }
         assert ("opencost",) not in series(page, "aifinops_source_age_seconds")
         assert series(page, RATE) == {}
         # GPUs are still known from DCGM
@@ -166,7 +175,11 @@ async def test_dcgm_down_drops_only_the_usage_basis(demo):
     demo.upstreams.faults.set("prometheus", "error500")
     await demo.refresh()
     page = await demo.metrics()
-    assert series(page, "aifinops_source_up") == {("dcgm",): 0.0, ("opencost",): 1.0}
+    assert series(page, "aifinops_source_up") == {
+        ("dcgm",): 0.0,
+        ("opencost",): 1.0,
+        ("opencost_month",): 1.0,
+    }
     assert series(page, RATE, basis="allocation")
     assert not series(page, RATE, basis="usage")
     gt = demo.sim.ground_truth(T0)

@@ -47,6 +47,7 @@ UTILIZATION_METRICS: tuple[str, ...] = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR
 
 TENANT_LABEL = "aifinops.io/tenant"
 TEAM_LABEL = "team"
+FAULT_TOLERANT_LABEL = "aifinops.io/fault-tolerant"
 PLATFORM_TENANT = "platform"
 SERVING_NAMESPACE = "llm-serving"
 SYSTEM_NAMESPACES: tuple[str, ...] = ("kube-system", "monitoring", "gpu-operator", "opencost")
@@ -521,25 +522,58 @@ def opencost_window_hours(window: str, now: float) -> float:
     """Length in hours of an OpenCost ``window`` ending at ``now``.
 
     Accepts durations (``30m``, ``1h``, ``2d``, ``1w``), ``today`` and ``month`` (UTC calendar,
-    up to ``now``) and ``<unix start>,<unix end>`` (the window must end at ``now``'s second or
-    earlier; only its length is used). Raises ``ValueError`` for anything else.
+    up to ``now``), ``<unix start>,<unix end>`` and ``<RFC 3339 start>,<RFC 3339 end>`` (the
+    window must end at ``now``'s second or earlier; only its length is used). Raises
+    ``ValueError`` for anything else.
     """
+    start, end = opencost_window_bounds(window, now, cap=False)
+    return (end - start) / 3600.0
+
+
+def opencost_duration_hours(text: str) -> float:
+    """An OpenCost duration (``30m``, ``1h``, ``1d``, ``1w``) in hours; ``ValueError`` else."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"illegal duration: {text}")
+    hours = float(m.group(1)) * {"m": 1 / 60, "h": 1.0, "d": 24.0, "w": 168.0}[m.group(2)]
+    if not hours > 0:
+        raise ValueError(f"illegal duration: {text}")
+    return hours
+
+
+def opencost_window_bounds(window: str, now: float, *, cap: bool = True) -> tuple[float, float]:
+    """``(start, end)`` unix seconds of an OpenCost ``window`` at ``now`` (see
+    :func:`opencost_window_hours` for the forms). Durations, ``today`` and ``month`` end at
+    ``now``; a pair is taken as given, its end capped at ``now`` when ``cap`` (OpenCost has no
+    data from the future). Raises ``ValueError`` for an illegal or empty window."""
     text = window.strip()
-    m = _DURATION.match(text)
-    if m:
-        hours = float(m.group(1)) * {"m": 1 / 60, "h": 1.0, "d": 24.0, "w": 168.0}[m.group(2)]
+    if _DURATION.match(text):
+        start, end = now - opencost_duration_hours(text) * 3600.0, now
     elif text in ("today", "month"):
         day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        start = day if text == "today" else day.replace(day=1)
-        hours = (now - start.timestamp()) / 3600.0
+        start, end = (day if text == "today" else day.replace(day=1)).timestamp(), now
     elif re.fullmatch(r"\d+(\.\d+)?,\d+(\.\d+)?", text):
-        a, b = (float(x) for x in text.split(","))
-        hours = (b - a) / 3600.0
+        start, end = (float(x) for x in text.split(","))
+    elif text.count(",") == 1:
+        try:
+            a, b = (_rfc3339_seconds(x) for x in text.split(","))
+        except ValueError:
+            raise ValueError(f"illegal window: {window}") from None
+        start, end = a, b
     else:
         raise ValueError(f"illegal window: {window}")
-    if not hours > 0:
+    if cap:
+        end = min(end, now)
+    if not end > start:
         raise ValueError(f"illegal window: {window}")
-    return hours
+    return start, end
+
+
+def _rfc3339_seconds(text: str) -> float:
+    parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"RFC 3339 time needs a zone: {text}")
+    return parsed.timestamp()
 
 
 def _format_dcgm_float(value: float) -> str:
@@ -961,6 +995,9 @@ class SimCluster:
             else:
                 name, controller, controller_kind = self._pod_name(app, kind, namespace, rng, names)
             pod_labels = {"app": app, **labels}
+            if r == "batch":
+                # Restartable batch work: the spot recommendation's candidate.
+                pod_labels[FAULT_TOLERANT_LABEL] = "true"
             if controller_kind == "deployment":
                 pod_labels["pod-template-hash"] = name.split("-")[-2]
             if namespace == self._decoy_team_ns:

@@ -35,6 +35,8 @@ from typing import Any
 
 from aiohttp import web
 
+from aifinops.demo.upstreams import FAULTS, FaultMode, FaultSwitch, _Body, _serve
+
 SELF_HOSTED_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SELF_HOSTED_ALIAS = "llama-8b"
 SELF_HOSTED_PROVIDER = "vllm"
@@ -322,22 +324,53 @@ def hash_hex(*parts: object) -> str:
     return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
 
 
-def llm_app(demo: LlmDemo, clock: Clock = time.time) -> web.Application:
-    """The fake vLLM pods (``/vllm/{pod}/metrics``) and LiteLLM proxy (``/litellm/metrics``)."""
-    app = web.Application()
+LLM_UPSTREAMS: tuple[str, ...] = ("vllm", "litellm")
+_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
-    async def vllm(request: web.Request) -> web.Response:
+
+def absurd_counters(text: str) -> str:
+    """The page with impossible counter values on its first four samples: −5, NaN, +Inf and
+    1e300 (the fault mode ``absurd``)."""
+    values = ["-5", "NaN", "+Inf", "1e300"]
+    out: list[str] = []
+    for line in text.splitlines():
+        if values and line and not line.startswith("#"):
+            line = line.rsplit(" ", 1)[0] + " " + values.pop(0)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def llm_app(
+    demo: LlmDemo, clock: Clock = time.time, faults: FaultSwitch | None = None
+) -> web.Application:
+    """The fake vLLM pods (``/vllm/{pod}/metrics``) and LiteLLM proxy (``/litellm/metrics``).
+
+    With ``faults`` (a :class:`~aifinops.demo.upstreams.FaultSwitch` built with
+    ``extra=LLM_UPSTREAMS``) the pages obey its modes for ``vllm`` (every pod) and ``litellm``
+    as the cluster fakes do; ``absurd`` writes :func:`absurd_counters`."""
+    app = web.Application()
+    switch = faults if faults is not None else FaultSwitch(extra=LLM_UPSTREAMS)
+    app[FAULTS] = switch
+
+    def page(render_text: Callable[[], str]) -> Callable[[FaultMode], _Body]:
+        def render(mode: FaultMode) -> _Body:
+            if mode == "empty":
+                return _Body(200, b"", _TEXT, "text")
+            text = render_text()
+            if mode == "absurd":
+                text = absurd_counters(text)
+            return _Body(200, text.encode(), _TEXT, "text")
+
+        return render
+
+    async def vllm(request: web.Request) -> web.StreamResponse:
         pod = request.match_info["pod"]
         if pod not in demo.pods:
             raise web.HTTPNotFound()
-        return web.Response(
-            text=demo.vllm_metrics(pod, clock()), content_type="text/plain", charset="utf-8"
-        )
+        return await _serve(request, "vllm", page(lambda: demo.vllm_metrics(pod, clock())))
 
-    async def litellm(request: web.Request) -> web.Response:
-        return web.Response(
-            text=demo.litellm_metrics(clock()), content_type="text/plain", charset="utf-8"
-        )
+    async def litellm(request: web.Request) -> web.StreamResponse:
+        return await _serve(request, "litellm", page(lambda: demo.litellm_metrics(clock())))
 
     app.router.add_get("/vllm/{pod}/metrics", vllm)
     app.router.add_get("/litellm/metrics", litellm)

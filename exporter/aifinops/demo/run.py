@@ -15,8 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from aifinops.demo.cluster import ClusterSpec, SimCluster
-from aifinops.demo.llm import SERVING_PODS, LlmDemo, llm_app
-from aifinops.demo.upstreams import Upstreams, start_upstreams
+from aifinops.demo.finance import finance_config
+from aifinops.demo.llm import LLM_UPSTREAMS, SERVING_PODS, LlmDemo, llm_app
+from aifinops.demo.upstreams import FaultSwitch, Upstreams, start_upstreams
 from aifinops.settings import Settings, settings_from_mapping
 
 Clock = Callable[[], float]
@@ -37,7 +38,14 @@ class DemoUpstreams:
     llm_url: str
     _llm_runner: web.AppRunner
 
+    @property
+    def faults(self) -> FaultSwitch:
+        """The switch of all five fakes (``dcgm``, ``prometheus``, ``opencost``, ``vllm``,
+        ``litellm``)."""
+        return self.cluster.faults
+
     async def close(self) -> None:
+        self.cluster.faults.closing()
         await self._llm_runner.cleanup()
         await self.cluster.close()
 
@@ -52,9 +60,11 @@ async def start_demo_upstreams(
     spec: ClusterSpec | None = None, clock: Clock = time.time, host: str = "127.0.0.1"
 ) -> DemoUpstreams:
     sim = SimCluster(spec or ClusterSpec.demo())
-    cluster = await start_upstreams(sim, host=host, clock=clock)
+    # One fault switch for all five fakes: tests turn any of them bad at runtime.
+    faults = FaultSwitch(extra=LLM_UPSTREAMS)
+    cluster = await start_upstreams(sim, host=host, clock=clock, faults=faults)
     llm = LlmDemo(epoch=clock(), pods=sim.spec.serving_pods or SERVING_PODS)
-    runner = web.AppRunner(llm_app(llm, clock=clock), access_log=None)
+    runner = web.AppRunner(llm_app(llm, clock=clock, faults=faults), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
@@ -73,10 +83,14 @@ def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def demo_settings(base: Settings, upstreams: DemoUpstreams) -> Settings:
-    """``base`` with sources, tenancy and token analytics taken from the running fakes."""
+def demo_settings(base: Settings, upstreams: DemoUpstreams, now: float | None = None) -> Settings:
+    """``base`` with sources, tenancy and token analytics taken from the running fakes, and
+    the demo's budgets, initiatives, routing and recommendations for the sections ``base``
+    does not set itself (a user's ``--config`` wins over the demo's finance sections)."""
     data: dict[str, Any] = base.model_dump(mode="python", exclude_unset=True)
+    finance = finance_config(upstreams.cluster.sim, time.time() if now is None else now)
     demo = merge_config(DEMO_OVERRIDES, upstreams.config())
+    demo.update({k: v for k, v in finance.items() if k not in data})
     for source in demo["sources"].values():
         source["enabled"] = True
     return settings_from_mapping(merge_config(data, demo), "demo configuration")

@@ -39,7 +39,12 @@ from typing import Any, Literal, get_args
 
 from aiohttp import web
 
-from aifinops.demo.cluster import SimCluster, opencost_window_hours
+from aifinops.demo.cluster import (
+    SimCluster,
+    opencost_duration_hours,
+    opencost_window_bounds,
+    opencost_window_hours,
+)
 
 Clock = Callable[[], float]
 FaultMode = Literal[
@@ -83,9 +88,12 @@ class FaultSwitch:
     ``set("dcgm", "huge:5000000")``; ``reset()`` puts every upstream back to ``ok``.
     """
 
-    def __init__(self) -> None:
-        self._faults: dict[str, Fault] = {name: Fault() for name in UPSTREAMS}
-        self._requests: dict[str, int] = dict.fromkeys(UPSTREAMS, 0)
+    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+        # ``extra`` names more upstreams served through the same switch (the demo's vLLM and
+        # LiteLLM fakes: ``demo/llm.py``).
+        self._names: tuple[str, ...] = (*UPSTREAMS, *extra)
+        self._faults: dict[str, Fault] = {name: Fault() for name in self._names}
+        self._requests: dict[str, int] = dict.fromkeys(self._names, 0)
         self._closing = asyncio.Event()
 
     def set(
@@ -116,7 +124,7 @@ class FaultSwitch:
 
     def reset(self, upstream: str | None = None) -> None:
         """Back to ``ok`` (one upstream, or all)."""
-        for name in [upstream] if upstream is not None else list(UPSTREAMS):
+        for name in [upstream] if upstream is not None else list(self._names):
             self._check(name)
             self._faults[name] = Fault()
 
@@ -138,10 +146,9 @@ class FaultSwitch:
         """Wake every ``slow`` handler (the servers are shutting down)."""
         self._closing.set()
 
-    @staticmethod
-    def _check(upstream: str) -> None:
-        if upstream not in UPSTREAMS:
-            raise ValueError(f"unknown upstream {upstream!r}; expected one of {UPSTREAMS}")
+    def _check(self, upstream: str) -> None:
+        if upstream not in self._names:
+            raise ValueError(f"unknown upstream {upstream!r}; expected one of {self._names}")
 
 
 FAULTS: web.AppKey[FaultSwitch] = web.AppKey("aifinops_demo_faults", FaultSwitch)
@@ -201,10 +208,13 @@ async def _stream_huge(request: web.Request, answer: _Body, size: int) -> web.St
     # Comments are valid exposition lines; JSON allows trailing whitespace.
     line = b"# " + b"x" * 1021 + b"\n" if answer.kind == "text" else b" " * 1023 + b"\n"
     chunk = line * 64
-    while sent < size:
-        await response.write(chunk)
-        sent += len(chunk)
-    await response.write_eof()
+    try:
+        while sent < size:
+            await response.write(chunk)
+            sent += len(chunk)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client hung up at its size cap, as it should
     return response
 
 
@@ -376,8 +386,10 @@ def _absurd_allocation(payload: dict[str, Any]) -> dict[str, Any]:
 
 def opencost_app(sim: SimCluster, faults: FaultSwitch, clock: Clock = time.time) -> web.Application:
     """Fake OpenCost: ``GET /allocation/compute`` (and ``/allocation``) honouring ``window``
-    (durations, ``today``, ``month``, unix pairs), ``aggregate`` (``namespace,pod`` or none)
-    and ``includeIdle``; ``GET /healthz``."""
+    (durations, ``today``, ``month``, unix and RFC 3339 pairs), ``aggregate``
+    (``namespace,pod`` or none), ``includeIdle``, and ``step`` with ``accumulate=false``
+    (one set per step from the window start, as OpenCost's ``QueryAllocation`` builds them;
+    the last set ends at ``now``); ``GET /healthz``."""
     app = _base_app(sim, faults, clock)
 
     async def allocation(request: web.Request) -> web.StreamResponse:
@@ -391,10 +403,26 @@ def opencost_app(sim: SimCluster, faults: FaultSwitch, clock: Clock = time.time)
             except ValueError as exc:
                 return _opencost_error(f"Invalid 'window' parameter: {exc}")
             include_idle = params.get("includeIdle", "false").lower() == "true"
+            aggregate = params.get("aggregate", "")
+            step = params.get("step")
+            stepped = step is not None and params.get("accumulate", "false").lower() != "true"
             try:
-                payload = sim.opencost_allocation(
-                    now, hours, aggregate=params.get("aggregate", ""), include_idle=include_idle
-                )
+                if stepped:
+                    try:
+                        step_hours = opencost_duration_hours(step or "")
+                    except ValueError as exc:
+                        return _opencost_error(f"Invalid 'step' parameter: {exc}")
+                    try:
+                        start, end = opencost_window_bounds(window, now)
+                    except ValueError as exc:
+                        return _opencost_error(f"Invalid 'window' parameter: {exc}")
+                    payload = _stepped_allocation(
+                        sim, start, end, step_hours * 3600.0, aggregate, include_idle
+                    )
+                else:
+                    payload = sim.opencost_allocation(
+                        now, hours, aggregate=aggregate, include_idle=include_idle
+                    )
             except ValueError as exc:
                 return _opencost_error(f"Invalid 'aggregate' parameter: {exc}")
             if mode == "empty":
@@ -414,6 +442,36 @@ def opencost_app(sim: SimCluster, faults: FaultSwitch, clock: Clock = time.time)
     app.router.add_get("/allocation", allocation)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+MAX_STEPS = 400
+
+
+def _stepped_allocation(
+    sim: SimCluster,
+    start: float,
+    end: float,
+    step_seconds: float,
+    aggregate: str,
+    include_idle: bool,
+) -> dict[str, Any]:
+    """One allocation set per step over ``[start, end)``: set ``i`` covers
+    ``[start + i·step, min(start + (i+1)·step, end))``."""
+    if (end - start) / step_seconds > MAX_STEPS:
+        raise ValueError(f"more than {MAX_STEPS} steps")
+    sets: list[Any] = []
+    set_start = start
+    while set_start < end:
+        set_end = min(set_start + step_seconds, end)
+        payload = sim.opencost_allocation(
+            set_end,
+            (set_end - set_start) / 3600.0,
+            aggregate=aggregate,
+            include_idle=include_idle,
+        )
+        sets.extend(payload["data"])
+        set_start += step_seconds
+    return {"code": 200, "status": "success", "data": sets}
 
 
 def _base_app(sim: SimCluster, faults: FaultSwitch, clock: Clock) -> web.Application:

@@ -162,6 +162,151 @@ LLM_PRICE_CATALOG_INFO = _spec(
     "experimental",
 )
 
+# --- month to date, budgets ----------------------------------------------------------------
+TENANT_MONTH_TO_DATE = _spec(
+    "aifinops_tenant_month_to_date_cost_usd",
+    "gauge",
+    "Spend per tenant since the calendar month started in budgets.time_zone, in USD, basis "
+    "allocation: OpenCost's daily sets (infrastructure, sentinels included) plus the token "
+    "dollars and self-hosted charge-back this exporter counted since the month start (a "
+    "restart loses the latter). Absent without OpenCost month-to-date data.",
+    ("tenant",),
+    "experimental",
+)
+BUDGET = _spec(
+    "aifinops_budget_usd",
+    "gauge",
+    "Monthly budget in USD per tenant and scope (all, gpu, tokens), from configuration; "
+    'tenant="__all__" is the global budget.',
+    ("tenant", "scope"),
+    "experimental",
+)
+BUDGET_SPEND = _spec(
+    "aifinops_budget_spend_usd",
+    "gauge",
+    "Month-to-date spend in USD counted against the budget (its scope's resources).",
+    ("tenant", "scope"),
+    "experimental",
+)
+BUDGET_USED = _spec(
+    "aifinops_budget_used_ratio",
+    "gauge",
+    "Month-to-date spend / budget (may exceed 1). Absent for a zero budget.",
+    ("tenant", "scope"),
+    "experimental",
+)
+BUDGET_FORECAST = _spec(
+    "aifinops_budget_forecast_usd",
+    "gauge",
+    "Projected month-end spend in USD (Theil-Sen trend over the daily spend; a run rate "
+    "with under 3 days of history), never below the spend so far.",
+    ("tenant", "scope"),
+    "experimental",
+)
+BUDGET_EXHAUSTION = _spec(
+    "aifinops_budget_exhaustion_days",
+    "gauge",
+    "Days from now until the projected spend reaches the budget; 0 once it has. Absent when "
+    "the projection does not reach it this month.",
+    ("tenant", "scope"),
+    "experimental",
+)
+BUDGET_WARNING = _spec(
+    "aifinops_budget_warning_ratio",
+    "gauge",
+    "Configured warning threshold as a fraction of the budget (the alerts join on it).",
+    ("tenant", "scope"),
+    "experimental",
+)
+BUDGET_CRITICAL = _spec(
+    "aifinops_budget_critical_ratio",
+    "gauge",
+    "Configured critical threshold as a fraction of the budget (the alerts join on it).",
+    ("tenant", "scope"),
+    "experimental",
+)
+BUDGET_STATE = _spec(
+    "aifinops_budget_state",
+    "gauge",
+    "Budget state as a state set: one sample per state (ok, warning, critical, exceeded), "
+    "1 for the current one. exceeded: spend > budget; critical: used ratio >= critical; "
+    "warning: used ratio >= warning.",
+    ("tenant", "scope", "state"),
+    "experimental",
+)
+
+# --- ROI -----------------------------------------------------------------------------------
+ROI_RATIO = _spec(
+    "aifinops_roi_ratio",
+    "gauge",
+    "(benefits - ai_cost) / ai_cost per initiative over its period so far (1.5 = +150 %). "
+    "Absent when ai_cost is 0 (undefined; the API says why).",
+    ("initiative",),
+    "experimental",
+)
+ROI_BENEFIT = _spec(
+    "aifinops_roi_benefit_usd",
+    "gauge",
+    "Gross benefit in USD per initiative and kind (productivity, quality, risk), pro-rated "
+    "to the elapsed part of the initiative's period.",
+    ("initiative", "kind"),
+    "experimental",
+)
+ROI_COST = _spec(
+    "aifinops_roi_cost_usd",
+    "gauge",
+    "ai_cost in USD per initiative over its period so far: its tenants' measured GPU, token "
+    "and other infrastructure cost plus configured other cost (pro-rated).",
+    ("initiative",),
+    "experimental",
+)
+ROI_PAYBACK = _spec(
+    "aifinops_roi_payback_days",
+    "gauge",
+    "ai_cost / gross benefit per day: days of benefit that pay the cost so far. Absent "
+    "without benefit.",
+    ("initiative",),
+    "experimental",
+)
+
+# --- routing -------------------------------------------------------------------------------
+ROUTING_SCORE = _spec(
+    "aifinops_routing_score",
+    "gauge",
+    "Routing score in [0, 1] per workload class and eligible candidate model: weighted sum "
+    "of normalized cost, quality and latency. Excluded candidates are absent.",
+    ("workload", "model"),
+    "experimental",
+)
+ROUTING_RECOMMENDED = _spec(
+    "aifinops_routing_recommended",
+    "gauge",
+    "1 for the recommended (best-scoring) model of a workload class, 0 for the other "
+    "eligible candidates.",
+    ("workload", "model"),
+    "experimental",
+)
+ROUTING_SAVINGS = _spec(
+    "aifinops_routing_savings_usd_per_month",
+    "gauge",
+    "USD per month saved by moving the workload's observed token volume from its current "
+    "model to the recommended one (0 when the current model is the best or cheaper). Absent "
+    "without a priced current model.",
+    ("workload",),
+    "experimental",
+)
+
+# --- recommendations -----------------------------------------------------------------------
+RECOMMENDATION_SAVINGS = _spec(
+    "aifinops_recommendation_savings_usd_per_month",
+    "gauge",
+    "Estimated USD per month saved per recommendation kind (idle_gpu, rightsize, spot, "
+    "model_switch; budget_at_risk is a warning worth 0) and tenant; a tenant's savings never "
+    "exceed its monthly spend.",
+    ("kind", "tenant"),
+    "experimental",
+)
+
 # --- self-metrics --------------------------------------------------------------------------
 SOURCE_UP = _spec(
     "aifinops_source_up",
@@ -222,6 +367,25 @@ FOLDED_TENANTS = _spec(
     "gauge",
     "Tenants folded into __other__ because limits.max_tenants was reached (money is kept).",
 )
+SERIES_DROPPED = _spec(
+    "aifinops_series_dropped_total",
+    "counter",
+    "Series over limits.max_series_per_family, per family and refresh: summed into __other__ "
+    "series where the family holds dollars, tokens or GPUs (totals are kept), dropped "
+    "otherwise. Absent until it happens.",
+    ("family",),
+)
+CONFIG_RELOAD_SUCCESS = _spec(
+    "aifinops_config_last_reload_successful",
+    "gauge",
+    "1 if the last configuration reload (SIGHUP or POST /-/reload) succeeded, 0 if it failed "
+    "and the previous configuration is still in force.",
+)
+CONFIG_RELOAD_TIMESTAMP = _spec(
+    "aifinops_config_last_reload_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful configuration load (start-up counts as one).",
+)
 
 CATALOG: tuple[MetricSpec, ...] = (
     TENANT_COST_RATE,
@@ -240,6 +404,23 @@ CATALOG: tuple[MetricSpec, ...] = (
     MODEL_API_EQUIVALENT_PRICE,
     UNPRICED_TOKENS,
     LLM_PRICE_CATALOG_INFO,
+    TENANT_MONTH_TO_DATE,
+    BUDGET,
+    BUDGET_SPEND,
+    BUDGET_USED,
+    BUDGET_FORECAST,
+    BUDGET_EXHAUSTION,
+    BUDGET_WARNING,
+    BUDGET_CRITICAL,
+    BUDGET_STATE,
+    ROI_RATIO,
+    ROI_BENEFIT,
+    ROI_COST,
+    ROI_PAYBACK,
+    ROUTING_SCORE,
+    ROUTING_RECOMMENDED,
+    ROUTING_SAVINGS,
+    RECOMMENDATION_SAVINGS,
     SOURCE_UP,
     SOURCE_AGE,
     SOURCE_STALE,
@@ -250,6 +431,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     REFRESHES,
     BUILD_INFO,
     FOLDED_TENANTS,
+    SERIES_DROPPED,
+    CONFIG_RELOAD_SUCCESS,
+    CONFIG_RELOAD_TIMESTAMP,
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from aifinops.exposition import catalog as c
 from aifinops.exposition.render import Family, Sample
+from aifinops.model.budgets import BUDGET_STATES
+from aifinops.model.finance import FinanceReport
 from aifinops.model.report import Report
+from aifinops.model.roi import BENEFIT_KINDS
 from aifinops.model.tokens import TokenReport
 from aifinops.sources.base import REASONS
 from aifinops.status import RefreshStatus
@@ -59,6 +63,82 @@ def cost_families(report: Report | None) -> list[Family]:
         Family(c.GPU_PRICE, prices),
         Family(c.FOLDED_TENANTS, folded),
         *token_families(report.tokens),
+        *finance_families(report.finance),
+    ]
+
+
+def finance_families(f: FinanceReport | None) -> list[Family]:
+    """Month to date, budgets, ROI, routing and recommendation series; none when the
+    finance step did not run."""
+    if f is None:
+        return []
+    mtd = [((t,), v) for t, v in sorted(f.tenant_month_to_date.items())]
+    budget: list[Sample] = []
+    spend: list[Sample] = []
+    used: list[Sample] = []
+    forecast: list[Sample] = []
+    exhaustion: list[Sample] = []
+    warning: list[Sample] = []
+    critical: list[Sample] = []
+    state: list[Sample] = []
+    for b in sorted(f.budgets, key=lambda b: (b.tenant, b.scope)):
+        key = (b.tenant, b.scope)
+        budget.append((key, b.budget_usd))
+        spend.append((key, b.spend_usd))
+        if b.used_ratio is not None:
+            used.append((key, b.used_ratio))
+        forecast.append((key, b.forecast_usd))
+        if b.days_to_exhaustion is not None:
+            exhaustion.append((key, b.days_to_exhaustion))
+        warning.append((key, b.warning))
+        critical.append((key, b.critical))
+        for s in BUDGET_STATES:
+            state.append(((*key, s), 1.0 if s == b.state else 0.0))
+    roi: list[Sample] = []
+    benefit: list[Sample] = []
+    cost: list[Sample] = []
+    payback: list[Sample] = []
+    for i in sorted(f.initiatives, key=lambda i: i.name):
+        r = i.result
+        if r.roi_ratio is not None:
+            roi.append(((i.name,), r.roi_ratio))
+        for kind in BENEFIT_KINDS:
+            benefit.append(((i.name, kind), r.breakdown[kind]))
+        cost.append(((i.name,), r.ai_cost.total_usd))
+        if r.payback_days is not None:
+            payback.append(((i.name,), r.payback_days))
+    score: list[Sample] = []
+    recommended: list[Sample] = []
+    savings: list[Sample] = []
+    for w in sorted(f.routing, key=lambda w: w.workload):
+        best = w.recommended.model if w.recommended else None
+        for cand in sorted(w.ranked, key=lambda c: c.model):
+            score.append(((w.workload, cand.model), cand.score))
+            recommended.append(((w.workload, cand.model), 1.0 if cand.model == best else 0.0))
+        if w.monthly_savings_usd is not None:
+            savings.append(((w.workload,), w.monthly_savings_usd))
+    by_kind: dict[tuple[str, str], list[float]] = {}
+    for rec in f.recommendations:
+        by_kind.setdefault((rec.kind, rec.tenant), []).append(rec.saving_usd_per_month)
+    rec_savings = [(k, math.fsum(v)) for k, v in sorted(by_kind.items())]
+    return [
+        Family(c.TENANT_MONTH_TO_DATE, mtd),
+        Family(c.BUDGET, budget),
+        Family(c.BUDGET_SPEND, spend),
+        Family(c.BUDGET_USED, used),
+        Family(c.BUDGET_FORECAST, forecast),
+        Family(c.BUDGET_EXHAUSTION, exhaustion),
+        Family(c.BUDGET_WARNING, warning),
+        Family(c.BUDGET_CRITICAL, critical),
+        Family(c.BUDGET_STATE, state),
+        Family(c.ROI_RATIO, roi),
+        Family(c.ROI_BENEFIT, benefit),
+        Family(c.ROI_COST, cost),
+        Family(c.ROI_PAYBACK, payback),
+        Family(c.ROUTING_SCORE, score),
+        Family(c.ROUTING_RECOMMENDED, recommended),
+        Family(c.ROUTING_SAVINGS, savings),
+        Family(c.RECOMMENDATION_SAVINGS, rec_savings),
     ]
 
 

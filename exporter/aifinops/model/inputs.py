@@ -175,3 +175,20 @@ class Inputs:
     gpus: tuple[GpuSample, ...] | None
     allocations: AllocationSet | None
     tokens: TokenInputs | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DailyAllocationSets:
+    """OpenCost allocation sets of one day each (``step=1d``, ``accumulate=false``), for
+    month-to-date spend and the daily series the budget forecast fits.
+
+    ``start``/``end`` bound the query (unix seconds; ``end`` is when it was fetched). Each set
+    is ``(set start, set end, rows)``: the set's dollars are spent over ``[set start, set end)``
+    (``AllocationSet.window_hours`` is that span; the last set ends at ``end``). Sets follow
+    each other from ``start`` in steps of 24 h, so a set boundary falls on the month start when
+    the query was built to (see :mod:`aifinops.sources.opencost`).
+    """
+
+    start: float
+    end: float
+    sets: tuple[tuple[float, float, AllocationSet], ...]

@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from aifinops.exposition.catalog import (
     IDLE_TENANT,
@@ -37,6 +38,9 @@ from aifinops.model.tokens import (
     fold_token_report,
 )
 
+if TYPE_CHECKING:
+    from aifinops.model.finance import FinanceContext, FinanceReport
+
 SECONDS_PER_HOUR = 3600.0
 
 
@@ -50,6 +54,9 @@ class ModelContext:
     idle_window_seconds: float
     max_tenants: int | None = None
     tokens: TokenContext | None = None
+    finance: FinanceContext | None = None
+    # Applied to the rendered families by the refresh loop (exposition/bounds.py).
+    max_series_per_family: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +81,20 @@ class GpuTenantStats:
 
 @dataclass(frozen=True, slots=True)
 class Report:
+    """One refresh's figures. ``charge_back[basis][(tenant, resource)]`` is the USD/hour the
+    self-hosted token charge-back moved on each non-token resource (positive for the tenants
+    that sent tokens, negative for the serving pods' owner; it sums to 0 per resource), already
+    included in ``cost.rates``. ``finance`` holds budgets, ROI, routing, recommendations and
+    month-to-date spend (:mod:`aifinops.model.finance`) when that step ran."""
+
     now: float
     cost: CostBreakdown
     accrued: Mapping[tuple[str, str, str], float]
     gpu_stats: Mapping[tuple[str, str], GpuTenantStats]
     efficiency: Mapping[str, float]
     tokens: TokenReport | None = None
+    charge_back: Mapping[str, Mapping[tuple[str, str], float]] = field(default_factory=dict)
+    finance: FinanceReport | None = None
 
     def tenant_rates(self, basis: str) -> Mapping[tuple[str, str], float]:
         return self.cost.rates.get(basis, {})
@@ -117,7 +132,9 @@ def build_report(
     )
     token_report: TokenReport | None = None
     token_state = state.tokens
+    charge_back: dict[str, dict[tuple[str, str], float]] = {}
     if context.tokens is not None and inputs.tokens is not None:
+        before = cost.rates
         token_report, token_state, token_rates = account_tokens(
             inputs.tokens,
             context.tokens,
@@ -129,6 +146,7 @@ def build_report(
         )
         cost, owner = _with_token_rates(cost, token_rates, context.max_tenants)
         token_report = fold_token_report(token_report, owner)
+        charge_back = _moved(before, cost.rates)
 
     idle_state: Mapping[IdleKey, HoldHistory] = state.idle
     if inputs.gpus is None:
@@ -181,6 +199,7 @@ def build_report(
         gpu_stats=gpu_stats,
         efficiency=efficiency,
         tokens=token_report,
+        charge_back=charge_back,
     )
     new_state = ModelState(
         last_now=now,
@@ -190,6 +209,26 @@ def build_report(
         tokens=token_state,
     )
     return report, new_state
+
+
+def _moved(
+    before: Mapping[str, Mapping[tuple[str, str], float]],
+    after: Mapping[str, Mapping[tuple[str, str], float]],
+) -> dict[str, dict[tuple[str, str], float]]:
+    """Per basis, the change of each non-token (tenant, resource) rate: what charge-back
+    moved (USD/hour); zero changes are left out."""
+    out: dict[str, dict[tuple[str, str], float]] = {}
+    for basis, rates in after.items():
+        old = before.get(basis, {})
+        moved = {}
+        for key in set(rates) | set(old):
+            if key[1] == TOKENS_RESOURCE:
+                continue
+            delta = rates.get(key, 0.0) - old.get(key, 0.0)
+            if delta != 0.0:
+                moved[key] = delta
+        out[basis] = moved
+    return out
 
 
 _SENTINELS = frozenset({IDLE_TENANT, UNALLOCATED_TENANT, OTHER_TENANT})

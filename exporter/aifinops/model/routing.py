@@ -205,6 +205,10 @@ def histogram_quantile(buckets: Iterable[tuple[float, float]], q: float) -> floa
         start = bounds[b - 1]
         count -= counts[b - 1]
         rank -= counts[b - 1]
+    if count <= 0:
+        # An empty bucket reached with rank 0 (q = 0): PromQL divides 0 by 0 here (NaN); the
+        # bucket's lower edge is the value it tends to.
+        return start
     return start + (end - start) * (rank / count)
 
 

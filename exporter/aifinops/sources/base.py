@@ -59,10 +59,12 @@ async def get_bytes(
     The body is streamed so that an oversized response is cut off at the cap instead of
     being held in memory whole. Raises :class:`SourceError` for every failure.
     """
+    responded = False
     try:
         async with client.stream(
             "GET", url, params=params, headers=headers, timeout=timeout
         ) as resp:
+            responded = True
             if resp.status_code != 200:
                 raise SourceError("http_status", f"HTTP {resp.status_code} from {url}")
             declared = resp.headers.get("content-length")
@@ -81,6 +83,9 @@ async def get_bytes(
     except httpx.TimeoutException:
         raise SourceError("timeout", f"timed out after {timeout:g}s: {url}") from None
     except httpx.TransportError as exc:
-        # RemoteProtocolError (a truncated body) is a TransportError too: the peer broke it.
-        kind: Reason = "parse" if isinstance(exc, httpx.RemoteProtocolError) else "connect"
+        # A peer that closes the connection before any response is unreachable ("connect");
+        # one that breaks off a body it started (RemoteProtocolError mid-body) sent a
+        # truncated payload ("parse").
+        truncated = responded and isinstance(exc, httpx.RemoteProtocolError)
+        kind: Reason = "parse" if truncated else "connect"
         raise SourceError(kind, f"{type(exc).__name__} for {url}: {exc}") from None

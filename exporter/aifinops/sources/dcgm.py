@@ -31,7 +31,7 @@ from aifinops.model.inputs import GpuSample
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
-from aifinops.sources.promtext import parse_text
+from aifinops.sources.promtext import decode_page, parse_text
 
 UtilizationMetric = Literal["DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
 
@@ -79,7 +79,7 @@ class DcgmSource:
                 max_bytes=s.max_response_bytes,
                 headers=headers,
             )
-            return gpu_samples_from_series(series, s.utilization_metric)
+            return _not_empty(gpu_samples_from_series(series, s.utilization_metric), s)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
@@ -88,8 +88,11 @@ class DcgmSource:
         except* SourceError as failed:
             # The first failure cancels the other pages; report that one.
             raise failed.exceptions[0] from None
-        return gpu_samples_from_series(
-            (item for task in tasks for item in task.result()), s.utilization_metric
+        return _not_empty(
+            gpu_samples_from_series(
+                (item for task in tasks for item in task.result()), s.utilization_metric
+            ),
+            s,
         )
 
     async def _scrape(
@@ -100,10 +103,22 @@ class DcgmSource:
             client, url, timeout=s.timeout_seconds, max_bytes=s.max_response_bytes, headers=headers
         )
         try:
-            samples = parse_text(body.decode("utf-8"), frozenset((s.utilization_metric,)))
+            samples = parse_text(decode_page(body), frozenset((s.utilization_metric,)))
         except ValueError as exc:  # UnicodeDecodeError is a ValueError too
             raise SourceError("parse", f"{url}: {exc}") from None
         return [(labels, value) for _, labels, value in samples]
+
+
+def _not_empty(samples: tuple[GpuSample, ...], s: DcgmSettings) -> tuple[GpuSample, ...]:
+    """An answer without one usable GPU series is a failure (reason ``invalid``), not an empty
+    cluster: a Prometheus that lost its dcgm-exporter targets, or an exporter restarting,
+    answers that way, and taking it as data would report every GPU dollar as unused. The
+    last good data is kept instead, until it is stale."""
+    if not samples:
+        raise SourceError(
+            "invalid", f"empty answer: no usable {s.utilization_metric} series with a GPU UUID"
+        )
+    return samples
 
 
 def utilization_query(metric: UtilizationMetric, selector: str) -> str:

@@ -92,6 +92,7 @@ class LlmPriceSource:
     """Loads the price list; see the module docstring for when it reads or fetches."""
 
     name = "llm_prices"
+    local = True  # a price list alone does not make the exporter ready (see refresh.py)
 
     def __init__(self, settings: LlmPricesSettings, clock: Clock = time.monotonic) -> None:
         self._settings = settings

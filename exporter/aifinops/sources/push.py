@@ -34,6 +34,7 @@ SOURCE_NAME = "tokens:push"
 TokenCount = Annotated[int, Field(ge=0, strict=True)]
 Reason = Literal[
     "unauthorized",
+    "rate_limited",
     "body_too_large",
     "too_many_records",
     "invalid_json",
@@ -206,6 +207,7 @@ class PushSource:
     """The store as a source of the refresh loop (it never fails)."""
 
     name = SOURCE_NAME
+    local = True  # in-process data: does not make the exporter ready (see refresh.py)
 
     def __init__(self, store: UsageStore) -> None:
         self.store = store

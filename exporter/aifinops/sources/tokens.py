@@ -55,7 +55,7 @@ from aifinops.model.llm_prices import TokenType, normalize_provider
 from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, TokenSourceSettings
 from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
-from aifinops.sources.promtext import parse_text
+from aifinops.sources.promtext import decode_page, parse_text
 
 Sample = tuple[str, Mapping[str, str], float]
 
@@ -256,9 +256,9 @@ def observations_from_samples(
 
     Per metric map: the first of ``metric``/``older_names`` that has samples is read; each
     sample's value minus the ``subtract`` sample with identical labels (0 when none; never
-    below 0). Skipped: NaN/±Inf values, samples whose token type label is unmapped, samples
-    with no model. Tenant, provider and pod follow the mapping (see the module docstring);
-    an email-like label value is never used.
+    below 0). Skipped: NaN/±Inf and negative values, samples whose token type label is
+    unmapped, samples with no model. Tenant, provider and pod follow the mapping (see the
+    module docstring); an email-like label value is never used.
     """
     by_name: dict[str, list[tuple[Mapping[str, str], float]]] = defaultdict(list)
     for name, labels, value in samples:
@@ -274,7 +274,7 @@ def observations_from_samples(
                 _label_key(lbl): v for lbl, v in by_name.get(m.subtract, ()) if math.isfinite(v)
             }
         for labels, raw in by_name[chosen]:
-            if not math.isfinite(raw):
+            if not math.isfinite(raw) or raw < 0:  # a counter is never negative
                 continue
             value = max(0.0, raw - minus.get(_label_key(labels), 0.0)) if minus else raw
             token_type: TokenType | None = m.token_type
@@ -374,7 +374,7 @@ class TokenSource:
             client, url, timeout=s.timeout_seconds, max_bytes=s.max_response_bytes, headers=headers
         )
         try:
-            parsed = parse_text(body.decode("utf-8"), wanted)
+            parsed = parse_text(decode_page(body), wanted)
         except ValueError as exc:
             raise SourceError("parse", f"{url}: {exc}") from None
         if not target_labels:

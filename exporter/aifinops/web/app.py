@@ -4,7 +4,8 @@
 it); it never waits on an upstream or formats a sample. ``/healthz`` answers while the
 process serves; ``/readyz`` turns 200 after the first refresh that had data from a source.
 ``POST /api/v1/usage`` (``web/usage.py``) takes pushed token usage when
-``tokens.push.enabled``.
+``tokens.push.enabled``; the rest of ``/api/v1`` (budgets, ROI, routing, recommendations,
+chargeback, OpenAPI) and its bearer-token auth are in ``web/api.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from aifinops.exposition.families import BuildInfo
 from aifinops.exposition.render import CONTENT_TYPE
+from aifinops.model.finance import FinanceContext
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.report import ModelContext
 from aifinops.model.tenancy import TenantResolver
@@ -32,7 +34,11 @@ from aifinops.sources.base import Source
 from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.push import UsageStore
 from aifinops.version import RULES_VERSION, __version__
-from aifinops.web.usage import USAGE_SETTINGS, USAGE_STORE, handle_usage
+from aifinops.web.api import register_api
+from aifinops.web.lifecycle import install_lifecycle
+from aifinops.web.ratelimit import RateLimiter
+from aifinops.web.security import install_web_security
+from aifinops.web.usage import USAGE_LIMITER, USAGE_SETTINGS, USAGE_STORE, handle_usage
 
 log = structlog.get_logger("aifinops.web")
 
@@ -58,6 +64,8 @@ def model_context(settings: Settings) -> ModelContext:
         idle_window_seconds=settings.idle_gpu.window_seconds,
         max_tenants=settings.limits.max_tenants,
         tokens=TokenContext.from_settings(settings.tokens) if settings.tokens.active else None,
+        finance=FinanceContext.from_settings(settings),
+        max_series_per_family=settings.limits.max_series_per_family,
     )
 
 
@@ -102,11 +110,13 @@ def usage_store(settings: Settings) -> UsageStore | None:
 
 
 def build_sources(
-    settings: Settings, store: UsageStore | None = None
+    settings: Settings, store: UsageStore | None = None, clock: Clock = time.time
 ) -> list[tuple[Source[Any], float, float]]:
-    """The enabled sources with their (timeout, stale_after) settings."""
+    """The enabled sources with their (timeout, stale_after) settings. An enabled OpenCost
+    also gets the month-to-date query (``opencost_month``, every
+    ``budgets.refresh_interval_seconds``, dates by ``clock``)."""
     from aifinops.sources.dcgm import DcgmSource
-    from aifinops.sources.opencost import OpenCostSource
+    from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
 
     out: list[tuple[Source[Any], float, float]] = []
     dcgm = settings.sources.dcgm
@@ -115,6 +125,14 @@ def build_sources(
     oc = settings.sources.opencost
     if oc.enabled:
         out.append((OpenCostSource(oc), oc.timeout_seconds, oc.stale_after_seconds))
+        interval = settings.budgets.refresh_interval_seconds
+        out.append(
+            (
+                OpenCostMonthSource(oc, settings.budgets, clock),
+                month_timeout(oc),
+                max(oc.stale_after_seconds, 3 * interval),
+            )
+        )
     out.extend(token_sources(settings, store))
     return out
 
@@ -170,7 +188,7 @@ def create_app(
 ) -> web.Application:
     """Build the application. ``sources`` replaces the configured ones (tests, demo);
     ``run_loop=False`` leaves refreshing to the caller (``await refresher.refresh_once()``)."""
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=settings.server.max_request_body_bytes)
     app[SETTINGS] = settings
     context = model_context(settings)
     build = BuildInfo(
@@ -180,7 +198,7 @@ def create_app(
     )
     store = usage_store(settings)
     if sources is None:
-        chosen = build_sources(settings, store)
+        chosen = build_sources(settings, store, clock)
     else:
         # Given sources replace the configured upstreams; the price list and the push store
         # are local and always added when token analytics is on.
@@ -212,8 +230,20 @@ def create_app(
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/", handle_index)
+    register_api(
+        app,
+        settings,
+        report=lambda: app[REFRESHER].snapshot.report if REFRESHER in app else None,
+        context=lambda: app[REFRESHER].context.finance if REFRESHER in app else None,
+    )
     if store is not None:
         app[USAGE_STORE] = store
         app[USAGE_SETTINGS] = settings.tokens.push
+        app[USAGE_LIMITER] = RateLimiter(
+            settings.tokens.push.rate_limit_per_second, settings.tokens.push.rate_limit_burst
+        )
         app.router.add_post("/api/v1/usage", handle_usage)
+    # TLS/basic auth (web/security.py) and config reload (web/lifecycle.py)
+    install_web_security(app, settings.server.web_config_file)
+    install_lifecycle(app, settings, clock=clock, explicit_sources=sources is not None)
     return app

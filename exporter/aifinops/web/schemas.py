@@ -17,6 +17,7 @@ endpoint                           request                 response
 ``GET /api/v1/chargeback``         ChargebackQuery         ChargebackResponse (json);
                                                            text/csv for csv and focus
 ``GET /api/v1/summary``            —                       SummaryResponse
+``GET /api/v1/budgets``            —                       BudgetsResponse
 any error                          —                       ErrorResponse
 =================================  ======================  =========================
 """
@@ -74,6 +75,7 @@ ErrorCode = Literal[
     "forbidden",  # 403: the token lacks the scope
     "not_found",  # 404: unknown initiative, workload or route
     "unavailable",  # 503: no report yet (first refresh pending)
+    "internal_error",  # 500: a bug; the request may be retried
 ]
 
 
@@ -125,6 +127,19 @@ class RoiCalculateRequest(_Schema):
     """A what-if. With ``initiative``, its configured benefits, measured cost and period are
     the defaults and any field given here replaces them; without, ``benefits``, ``ai_cost``
     and ``period_days`` describe the whole case (``period_days`` defaults to 30)."""
+
+    # The cross-field rule, stated in the JSON Schema too (clients and fuzzers read it).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["initiative"], "properties": {"initiative": {"type": "string"}}},
+                {
+                    "required": ["benefits", "ai_cost"],
+                    "properties": {"benefits": {"type": "object"}, "ai_cost": {"type": "object"}},
+                },
+            ]
+        }
+    )
 
     initiative: Name | None = None
     benefits: BenefitsIn | None = None
@@ -238,6 +253,15 @@ class RoutingOptimizeRequest(_Schema):
     """Rank candidates for a configured ``workload`` (fields given here replace its
     configuration) or for ad-hoc ``candidates``. ``monthly_tokens`` defaults to the workload's
     observed volume (0 for an ad-hoc request)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["workload"], "properties": {"workload": {"type": "string"}}},
+                {"required": ["candidates"], "properties": {"candidates": {"type": "array"}}},
+            ]
+        }
+    )
 
     workload: Name | None = None
     candidates: tuple[CandidateIn, ...] | None = Field(None, min_length=1, max_length=100)
@@ -497,6 +521,42 @@ class BudgetOut(_Schema):
         )
 
 
+class BudgetsResponse(_Schema):
+    """Every evaluated budget, month-to-date spend per tenant, and why a configured budget
+    was left out (``notes``)."""
+
+    generated_at: AwareDatetime
+    currency: Literal["USD"] = "USD"
+    time_zone: str
+    period: str
+    month_start: AwareDatetime
+    budgets: list[BudgetOut]
+    tenant_month_to_date_usd: dict[str, float]
+    notes: list[str]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        now: float,
+        time_zone: str,
+        period: str,
+        month_start: float,
+        budgets: Iterable[BudgetStatus],
+        tenant_month_to_date: dict[str, float],
+        notes: Iterable[str] = (),
+    ) -> BudgetsResponse:
+        return cls(
+            generated_at=_utc(now),
+            time_zone=time_zone,
+            period=period,
+            month_start=_utc(month_start),
+            budgets=[BudgetOut.from_model(b) for b in budgets],
+            tenant_month_to_date_usd=dict(sorted(tenant_month_to_date.items())),
+            notes=list(notes),
+        )
+
+
 class RoiSummaryOut(_Schema):
     initiative: str
     roi_ratio: float | None
@@ -575,6 +635,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     RecommendationsResponse,
     ChargebackResponse,
     SummaryResponse,
+    BudgetsResponse,
     ErrorResponse,
 )
 

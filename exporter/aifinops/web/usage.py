@@ -7,6 +7,8 @@ Answers ``202 {"accepted": n, "duplicates": d}``, or an error body
 401    ``unauthorized``      ``tokens.push.bearer_token_file`` is set and the request's
                              ``Authorization: Bearer`` token does not match
 413    ``body_too_large``    body over ``max_body_bytes`` (declared or actual)
+429    ``rate_limited``      over ``rate_limit_per_second`` (burst ``rate_limit_burst``) for
+                             this client (its token, else its address); ``Retry-After``
 413    ``too_many_records``  more than ``max_records_per_batch`` records
 400    ``invalid_json``      body is not JSON
 422    ``invalid_record``    schema violation; ``details`` lists ``{"field", "message"}``
@@ -31,11 +33,14 @@ from pydantic import ValidationError
 
 from aifinops.settings import UsagePushSettings
 from aifinops.sources.push import Reason, UsageBatch, UsageRejected, UsageStore
+from aifinops.web.auth import API_SCOPE
+from aifinops.web.ratelimit import RateLimiter, client_key, retry_after
 
 log = structlog.get_logger("aifinops.web.usage")
 
 USAGE_STORE = web.AppKey("usage_store", UsageStore)
 USAGE_SETTINGS = web.AppKey("usage_settings", UsagePushSettings)
+USAGE_LIMITER = web.AppKey("usage_limiter", RateLimiter)
 
 
 def _error(status: int, reason: Reason, message: str, **extra: Any) -> web.Response:
@@ -75,8 +80,16 @@ async def _read_capped(request: web.Request, limit: int) -> bytes | None:
 async def handle_usage(request: web.Request) -> web.Response:
     settings = request.app[USAGE_SETTINGS]
     store = request.app[USAGE_STORE]
-    if not _authorized(request, settings.bearer_token_file):
+    # A write-scope API token (checked by the API middleware) also admits a batch.
+    if request.get(API_SCOPE) != "write" and not _authorized(request, settings.bearer_token_file):
         return _error(401, "unauthorized", "missing or wrong bearer token")
+    limiter = request.app.get(USAGE_LIMITER)
+    if limiter is not None:
+        wait = limiter.take(client_key(request.headers.get("Authorization"), request.remote))
+        if wait > 0:
+            resp = _error(429, "rate_limited", "too many batches; retry after Retry-After seconds")
+            resp.headers["Retry-After"] = retry_after(wait)
+            return resp
     body = await _read_capped(request, settings.max_body_bytes)
     if body is None:
         return _error(413, "body_too_large", f"body over {settings.max_body_bytes} bytes")

@@ -1,0 +1,750 @@
+"""Finance figures from one :class:`~aifinops.model.report.Report`: month-to-date spend,
+budgets and forecast, ROI per initiative, model routing, recommendations, and the exporter's
+own ledger of accrued dollars per calendar period (for chargeback). Pure: ``now``, the time
+zone and every input are arguments; :class:`FinanceState` carries what must survive between
+refreshes and is owned by the refresh loop.
+
+The same :class:`FinanceReport` feeds ``/metrics`` and ``/api/v1/*``, so both always agree.
+
+Month-to-date spend per (tenant, resource), allocation basis, in the configured time zone
+------------------------------------------------------------------------------------------
+* **Infrastructure** (gpu, cpu, ram, storage, network, shared): OpenCost's daily sets since
+  the month start (``opencost_month``: ``window=<start>,<now>``, ``step=1d``,
+  ``accumulate=false``), each pod's row booked to its tenant by the tenancy rules, OpenCost's
+  ``__idle__`` row to ``__idle__``. A set counts for the local date of its midpoint. The time
+  since that query ran (it runs every ``budgets.refresh_interval_seconds``) is covered by the
+  current cost rate (before charge-back) × the elapsed time, booked to today.
+* **Self-hosted charge-back**: the dollars the token charge-back moved from the serving pods'
+  owner to the tenants that sent tokens (``Report.charge_back`` × the time between refreshes),
+  kept on their resource (gpu, cpu, ram) as in ``aifinops_tenant_cost_usd_*``.
+* **Tokens** (resource ``tokens``): API token dollars the exporter counted since the month
+  started (increments of the cumulative API cost).
+
+Restart caveat: charge-back and token dollars are what *this process* saw. After a restart they
+count again from zero (the months' infrastructure part does not: OpenCost keeps it), so token
+and charge-back month-to-date figures are low by what accrued before the restart, and the days
+before it carry no token dollars in the forecast's daily series. Two replicas each keep their
+own figures.
+
+Per-period ledger (chargeback)
+------------------------------
+``FinanceReport.periods[YYYY-MM][(tenant, resource, basis)]`` are the increments of the
+exporter's counters (``aifinops_tenant_cost_usd_total``) accrued in that calendar month (an
+interval that crosses a month boundary is split in proportion to time): exactly what
+``increase()`` over the period shows for a process that ran through it. The current month and
+the ``history_months − 1`` before it are kept (in memory: a restart loses them).
+
+Money is float USD (gauges); sums use :func:`math.fsum`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from aifinops.exposition.catalog import IDLE_TENANT, OTHER_TENANT, TOKENS_RESOURCE
+from aifinops.model.budgets import (
+    GLOBAL_TENANT,
+    Budget,
+    BudgetStatus,
+    evaluate_budget,
+    scope_series,
+    scope_totals,
+)
+from aifinops.model.budgets import evaluate_budgets as _evaluate_budgets
+from aifinops.model.chargeback import current_period
+from aifinops.model.cost import _resource_costs, tenant_of
+from aifinops.model.forecast import month_bounds
+from aifinops.model.gpu_prices import GpuPricer
+from aifinops.model.inputs import AllocationSet, DailyAllocationSets
+from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
+from aifinops.model.recommend import (
+    HOURS_PER_MONTH,
+    GpuSpec,
+    GpuWorkload,
+    IdleGpuFinding,
+    Recommendation,
+    RecommendationPolicy,
+    SpotPrice,
+    build_recommendations,
+    gpu_options,
+)
+from aifinops.model.roi import (
+    AiCost,
+    DateRange,
+    Initiative,
+    InitiativeRoi,
+    RoiWindow,
+    compute_roi,
+    initiative_window,
+)
+from aifinops.model.routing import (
+    LatencyLookup,
+    ModelPrice,
+    PriceLookup,
+    RoutingResult,
+    Workload,
+    optimize_workload,
+)
+from aifinops.model.tenancy import TenantResolver
+
+if TYPE_CHECKING:
+    from aifinops.model.report import Report
+    from aifinops.settings import Settings
+
+SECONDS_PER_HOUR = 3600.0
+SECONDS_PER_MONTH = HOURS_PER_MONTH * SECONDS_PER_HOUR
+PEAK_WINDOW_SECONDS = 7 * 86400.0
+"""Right-sizing looks at the peak utilization of the last seven days (hourly maxima)."""
+DEFAULT_HISTORY_MONTHS = 13
+POD_MODEL_MEMORY_SECONDS = 86400.0
+"""How long a pod's GPU model is remembered after DCGM last showed it (spot candidates)."""
+
+LedgerKey = tuple[str, str, str]  # (tenant, resource, basis)
+TenantResource = tuple[str, str]
+
+
+# --- configuration, inputs, state ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceContext:
+    """The finance configuration compiled for the model (see :mod:`aifinops.settings_finance`)."""
+
+    tz: str = "UTC"
+    lookback_days: int = 28
+    budgets: tuple[Budget, ...] = ()
+    initiatives: tuple[Initiative, ...] = ()
+    workloads: tuple[Workload, ...] = ()
+    policy: RecommendationPolicy = field(default_factory=RecommendationPolicy)
+    gpu_specs: tuple[GpuSpec, ...] = ()
+    idle_window_seconds: float = 900.0
+    history_months: int = DEFAULT_HISTORY_MONTHS
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> FinanceContext:
+        return cls(
+            tz=s.budgets.time_zone,
+            lookback_days=s.budgets.lookback_days,
+            budgets=s.budgets.to_model(),
+            initiatives=tuple(i.to_model() for i in s.initiatives),
+            workloads=s.routing.to_model(),
+            policy=s.recommendations.to_model(),
+            gpu_specs=s.recommendations.gpu_specs(),
+            idle_window_seconds=s.idle_gpu.window_seconds,
+        )
+
+    def workload(self, name: str) -> Workload | None:
+        return next((w for w in self.workloads if w.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceInputs:
+    """What the finance step reads besides the report: OpenCost's daily sets (``None`` when
+    that source has no good data), the rate query's rows (pod labels for spot), the LLM price
+    list, and measured p95 latencies in seconds per (model, provider)."""
+
+    monthly: DailyAllocationSets | None = None
+    allocations: AllocationSet | None = None
+    catalog: LlmPriceCatalog | None = None
+    latencies: Mapping[tuple[str, str], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceState:
+    """What survives between refreshes.
+
+    ``periods``: the per-period ledger (see the module docstring). ``exporter_daily``: token
+    dollars and charge-back moves per (tenant, resource, local date), allocation basis.
+    ``token_volume``: tokens per (tenant, model) counted this month since ``volume_since``.
+    ``util_peaks``: hourly maxima of used/held GPU per (tenant, GPU model), with ``util_since``
+    the first time each was seen.
+    """
+
+    last_now: float | None = None
+    prev_accrued: Mapping[LedgerKey, float] = field(default_factory=dict)
+    periods: Mapping[str, Mapping[LedgerKey, float]] = field(default_factory=dict)
+    exporter_daily: Mapping[tuple[str, str, date], float] = field(default_factory=dict)
+    prev_tokens: Mapping[tuple[str, str, str, str], float] = field(default_factory=dict)
+    token_volume: Mapping[TenantResource, float] = field(default_factory=dict)
+    volume_period: str | None = None
+    volume_since: float | None = None
+    util_peaks: Mapping[TenantResource, Mapping[int, float]] = field(default_factory=dict)
+    util_since: Mapping[TenantResource, float] = field(default_factory=dict)
+    pod_gpu_models: Mapping[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceReport:
+    """Finance figures at ``now`` (see the module docstring for the definitions).
+
+    ``month_to_date[(tenant, resource)]`` and ``tenant_month_to_date[tenant]``: USD since the
+    month start (empty when ``infra_available`` is false: without OpenCost's daily sets the
+    infrastructure part is unknown and no month-to-date figure is published).
+    ``budgets``: the configured budgets that could be evaluated; ``budget_notes`` says why any
+    was left out. ``cluster``: the whole cluster's month-to-date spend and month-end forecast
+    (its ``budget_usd`` is the global all-scope budget, or 0 when there is none).
+    ``routing_window_seconds``: how long this month's token volume was observed.
+    """
+
+    now: float
+    tz: str
+    period: str
+    month_start: float
+    infra_available: bool
+    month_to_date: Mapping[TenantResource, float]
+    tenant_month_to_date: Mapping[str, float]
+    budgets: tuple[BudgetStatus, ...]
+    budget_notes: tuple[str, ...]
+    cluster: BudgetStatus | None
+    initiatives: tuple[InitiativeRoi, ...]
+    routing: tuple[RoutingResult, ...]
+    routing_window_seconds: float
+    recommendations: tuple[Recommendation, ...]
+    periods: Mapping[str, Mapping[LedgerKey, float]]
+    idle_cost_usd_per_hour: float
+    prices: PriceLookup
+    latencies: LatencyLookup
+    monthly_tokens: Mapping[str, float] = field(default_factory=dict)  # per workload
+
+    def initiative(self, name: str) -> InitiativeRoi | None:
+        return next((i for i in self.initiatives if i.name == name), None)
+
+    def routing_result(self, name: str) -> RoutingResult | None:
+        return next((r for r in self.routing if r.workload == name), None)
+
+    def period_dollars(self, period: str, basis: str) -> dict[TenantResource, float] | None:
+        """USD per (tenant, resource) accrued in ``period`` on ``basis``; ``None`` when the
+        exporter holds nothing for that period."""
+        ledger = self.periods.get(period)
+        if ledger is None:
+            return None
+        return {(t, r): v for (t, r, b), v in ledger.items() if b == basis}
+
+
+# --- time helpers --------------------------------------------------------------------------
+
+
+def local_date(ts: float, tz: str) -> date:
+    return datetime.fromtimestamp(ts, ZoneInfo(tz)).date()
+
+
+def local_midnight(d: date, tz: str) -> float:
+    return datetime(d.year, d.month, d.day, tzinfo=ZoneInfo(tz)).timestamp()
+
+
+def _split(start: float, end: float, tz: str, by: str) -> list[tuple[str | date, float]]:
+    """Fractions of ``[start, end]`` per calendar ``by`` (``"month"`` → ``YYYY-MM``,
+    ``"day"`` → a date) in ``tz``; one piece when nothing is crossed."""
+    zone = ZoneInfo(tz)
+
+    def key(ts: float) -> str | date:
+        d = datetime.fromtimestamp(ts, zone).date()
+        return d.strftime("%Y-%m") if by == "month" else d
+
+    if end <= start:
+        return [(key(end), 1.0)]
+    pieces: list[tuple[str | date, float]] = []
+    t = start
+    while t < end:
+        d = datetime.fromtimestamp(t, zone).date()
+        if by == "month":
+            nxt = date(d.year + 1, 1, 1) if d.month == 12 else date(d.year, d.month + 1, 1)
+        else:
+            nxt = d + timedelta(days=1)
+        boundary = min(end, local_midnight(nxt, tz))
+        if boundary <= t:  # pragma: no cover - defensive against a zone quirk
+            boundary = end
+        pieces.append((key(t), (boundary - t) / (end - start)))
+        t = boundary
+    return pieces
+
+
+# --- the step ------------------------------------------------------------------------------
+
+
+def build_finance(
+    report: Report,
+    inputs: FinanceInputs,
+    ctx: FinanceContext,
+    resolver: TenantResolver,
+    pricer: GpuPricer,
+    state: FinanceState,
+    now: float,
+) -> tuple[FinanceReport, FinanceState]:
+    """One refresh of the finance figures from ``report`` (built at ``now``)."""
+    tz = ctx.tz
+    bounds = month_bounds(now, tz)
+    period = current_period(now, tz)
+    today = local_date(now, tz)
+    month_first = local_date(bounds.start, tz)
+    hours = 0.0
+    if state.last_now is not None and now > state.last_now:
+        hours = (now - state.last_now) / SECONDS_PER_HOUR
+    interval_start = state.last_now if state.last_now is not None else now
+
+    # 1. The exporter's own ledger per period, and per day for tokens and charge-back. -----
+    increments = _increments(report.accrued, state.prev_accrued)
+    periods = {p: dict(v) for p, v in state.periods.items()}
+    month_pieces = _split(interval_start, now, tz, "month")
+    for ledger_key, usd in increments.items():
+        for piece, fraction in month_pieces:
+            period_ledger = periods.setdefault(str(piece), {})
+            period_ledger[ledger_key] = period_ledger.get(ledger_key, 0.0) + usd * fraction
+    periods.setdefault(period, {})
+    for old in sorted(periods)[: max(0, len(periods) - ctx.history_months)]:
+        del periods[old]
+
+    keep_from = today - timedelta(days=ctx.lookback_days + 31)
+    daily = {k: v for k, v in state.exporter_daily.items() if k[2] >= keep_from}
+    day_pieces = _split(interval_start, now, tz, "day")
+
+    def book_daily(tenant: str, resource: str, usd: float) -> None:
+        for piece, fraction in day_pieces:
+            assert isinstance(piece, date)
+            k = (tenant, resource, piece)
+            daily[k] = daily.get(k, 0.0) + usd * fraction
+
+    for (tenant, resource, basis), usd in increments.items():
+        if resource == TOKENS_RESOURCE and basis == "allocation" and usd:
+            book_daily(tenant, resource, usd)
+    if hours > 0:
+        for (tenant, resource), rate in report.charge_back.get("allocation", {}).items():
+            book_daily(tenant, resource, rate * hours)
+
+    # 2. Month-to-date per (tenant, resource) and the daily series. ----------------------------
+    kept = {t for rates in report.cost.rates.values() for t, _ in rates}
+    folded = report.cost.folded_tenants > 0
+    ledger: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    infra_start: date | None = None
+    monthly = inputs.monthly
+    if monthly is not None:
+        for set_start, set_end, allocation_set in monthly.sets:
+            day = local_date((set_start + set_end) / 2.0, tz)
+            infra_start = day if infra_start is None else min(infra_start, day)
+            for row in allocation_set.allocations:
+                tenant = tenant_of(row, resolver)
+                if folded and tenant not in kept and tenant not in (IDLE_TENANT, OTHER_TENANT):
+                    tenant = OTHER_TENANT
+                for resource, usd in _resource_costs(row).items():
+                    if usd:
+                        ledger[(tenant, resource)][day].append(usd)
+        gap_hours = max(0.0, now - monthly.end) / SECONDS_PER_HOUR
+        if gap_hours > 0:
+            moved = report.charge_back.get("allocation", {})
+            for (tenant, resource), rate in report.tenant_rates("allocation").items():
+                if resource == TOKENS_RESOURCE:
+                    continue
+                own = rate - moved.get((tenant, resource), 0.0)
+                if own:
+                    ledger[(tenant, resource)][today].append(own * gap_hours)
+    for (tenant, resource, day), usd in daily.items():
+        ledger[(tenant, resource)][day].append(usd)
+
+    by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in ledger.items()}
+    mtd_all = {
+        k: math.fsum(v for d, v in days.items() if month_first <= d <= today)
+        for k, days in by_day.items()
+    }
+    infra_available = monthly is not None
+    month_to_date = {k: v for k, v in mtd_all.items() if infra_available or k[1] == "tokens"}
+    series = {
+        k: [(local_midnight(d, tz), v) for d, v in sorted(days.items())]
+        for k, days in by_day.items()
+        if infra_available or k[1] == TOKENS_RESOURCE
+    }
+    tenant_mtd: dict[str, float] = {}
+    if infra_available:
+        parts: dict[str, list[float]] = defaultdict(list)
+        for (tenant, _), usd in month_to_date.items():
+            parts[tenant].append(usd)
+        tenant_mtd = {t: math.fsum(v) for t, v in parts.items()}
+
+    # 3. Budgets. ---------------------------------------------------------------------------
+    spend = scope_totals(month_to_date)
+    daily_scope = scope_series(series)
+    notes: list[str] = []
+    evaluable = []
+    for b in ctx.budgets:
+        if b.scope != "tokens" and not infra_available:
+            notes.append(
+                f"budget {b.tenant}/{b.scope}: no OpenCost month-to-date data "
+                "(source opencost_month down or stale): not evaluated"
+            )
+            continue
+        evaluable.append(b)
+    budgets = _evaluate_budgets(evaluable, spend, daily_scope, now, tz, ctx.lookback_days)
+    cluster: BudgetStatus | None = None
+    if infra_available:
+        global_all = next(
+            (b for b in ctx.budgets if b.tenant == GLOBAL_TENANT and b.scope == "all"),
+            Budget(GLOBAL_TENANT, 0.0),
+        )
+        cluster = evaluate_budget(
+            global_all,
+            spend.get((GLOBAL_TENANT, "all"), 0.0),
+            daily_scope.get((GLOBAL_TENANT, "all"), ()),
+            now,
+            tz,
+            ctx.lookback_days,
+        )
+
+    # 4. ROI per initiative. ----------------------------------------------------------------
+    initiatives = tuple(
+        _initiative_roi(i, now, tz, by_day, infra_available, infra_start, today)
+        for i in ctx.initiatives
+    )
+
+    # 5. Token volume this month, routing. -------------------------------------------------
+    volume: dict[TenantResource, float] = {}
+    volume_since = state.volume_since
+    prev_tokens = dict(state.prev_tokens)
+    if report.tokens is not None:
+        if state.volume_period == period:
+            volume = dict(state.token_volume)
+        else:
+            volume_since = now
+        for usage_key, n in report.tokens.tokens.items():
+            prev = prev_tokens.get(usage_key)
+            delta = n if prev is None or n < prev else n - prev
+            if delta > 0:
+                vk = (usage_key[0], usage_key[1])
+                volume[vk] = volume.get(vk, 0.0) + delta
+        prev_tokens = dict(report.tokens.tokens)
+        if volume_since is None:
+            volume_since = now
+    observed = max(0.0, now - volume_since) if volume_since is not None else 0.0
+
+    prices = _price_lookup(report, inputs.catalog)
+    latencies = _latency_lookup(inputs.latencies)
+    monthly_tokens = {w.name: _monthly_tokens(w, volume, observed) for w in ctx.workloads}
+    routing = tuple(
+        optimize_workload(w, prices, latencies, monthly_tokens[w.name]) for w in ctx.workloads
+    )
+
+    # 6. Utilization peaks, recommendations. ---------------------------------------------------
+    hour = math.floor(now / SECONDS_PER_HOUR)
+    oldest_hour = hour - math.ceil(PEAK_WINDOW_SECONDS / SECONDS_PER_HOUR)
+    peaks: dict[TenantResource, dict[int, float]] = {}
+    since: dict[TenantResource, float] = {}
+    for gpu_key, stats in report.gpu_stats.items():
+        if stats.held <= 0:
+            continue
+        hourly = {h: v for h, v in state.util_peaks.get(gpu_key, {}).items() if h > oldest_hour}
+        u = min(1.0, max(0.0, stats.used / stats.held))
+        hourly[hour] = max(hourly.get(hour, 0.0), u)
+        peaks[gpu_key] = hourly
+        since[gpu_key] = max(state.util_since.get(gpu_key, now), now - PEAK_WINDOW_SECONDS)
+
+    # GPU model per pod as DCGM last saw it: a batch job that finished within the rate
+    # query's window still has cost there, but no DCGM series any more.
+    pod_models = {
+        k: v for k, v in state.pod_gpu_models.items() if now - v[1] <= POD_MODEL_MEMORY_SECONDS
+    }
+    for share in report.cost.shares:
+        pod_models[(share.idle_key[2], share.idle_key[3])] = (share.gpu_model, now)
+
+    recommendations = _recommendations(
+        report,
+        inputs,
+        ctx,
+        pricer,
+        peaks,
+        since,
+        routing,
+        observed,
+        budgets,
+        now,
+        {k: m for k, (m, _) in pod_models.items()},
+    )
+    idle_cost = math.fsum(s.idle_rate for s in report.gpu_stats.values())
+
+    finance = FinanceReport(
+        now=now,
+        tz=tz,
+        period=period,
+        month_start=bounds.start,
+        infra_available=infra_available,
+        month_to_date=month_to_date,
+        tenant_month_to_date=tenant_mtd,
+        budgets=budgets,
+        budget_notes=tuple(notes),
+        cluster=cluster,
+        initiatives=initiatives,
+        routing=routing,
+        routing_window_seconds=observed,
+        recommendations=recommendations,
+        periods=periods,
+        idle_cost_usd_per_hour=idle_cost,
+        prices=prices,
+        latencies=latencies,
+        monthly_tokens=monthly_tokens,
+    )
+    new_state = FinanceState(
+        last_now=now,
+        prev_accrued=dict(report.accrued),
+        periods=periods,
+        exporter_daily=daily,
+        prev_tokens=prev_tokens,
+        token_volume=volume,
+        volume_period=period if report.tokens is not None else state.volume_period,
+        volume_since=volume_since,
+        util_peaks=peaks,
+        util_since=since,
+        pod_gpu_models=pod_models,
+    )
+    return finance, new_state
+
+
+def _increments(
+    accrued: Mapping[LedgerKey, float], previous: Mapping[LedgerKey, float]
+) -> dict[LedgerKey, float]:
+    """What each counter gained since the previous refresh, as ``increase()`` reads it: a new
+    key's whole value, a decrease (a reset) as the whole new value."""
+    out: dict[LedgerKey, float] = {}
+    for key, value in accrued.items():
+        prev = previous.get(key)
+        delta = value if prev is None or value < prev else value - prev
+        if delta > 0 and math.isfinite(delta):
+            out[key] = delta
+    return out
+
+
+# --- ROI -----------------------------------------------------------------------------------
+
+
+def _initiative_roi(
+    initiative: Initiative,
+    now: float,
+    tz: str,
+    by_day: Mapping[TenantResource, Mapping[date, float]],
+    infra_available: bool,
+    infra_start: date | None,
+    today: date,
+) -> InitiativeRoi:
+    """ROI of ``initiative``: ai_cost = its tenants' measured GPU, token and other
+    infrastructure dollars over ``[period start, now]`` + the configured other cost pro-rated;
+    benefits pro-rated to the elapsed part of the period (:func:`compute_roi`)."""
+    window: RoiWindow = initiative_window(initiative, now, tz)
+    first = local_date(window.start, tz)
+    last = min(local_date(max(window.start, window.as_of - 1e-6), tz), today)
+    gpu: list[float] = []
+    tokens: list[float] = []
+    other: list[float] = []
+    tenants = set(initiative.tenants)
+    if window.as_of > window.start:
+        for (tenant, resource), days in by_day.items():
+            if tenant not in tenants:
+                continue
+            if not infra_available and resource != TOKENS_RESOURCE:
+                continue
+            total = math.fsum(v for d, v in days.items() if first <= d <= last)
+            {"gpu": gpu, TOKENS_RESOURCE: tokens}.get(resource, other).append(total)
+    cost = AiCost(
+        gpu_usd=math.fsum(gpu),
+        tokens_usd=math.fsum(tokens),
+        other_usd=math.fsum(other) + initiative.other_infra_cost_usd * window.realized_fraction,
+    )
+    result = compute_roi(initiative.benefits, cost, window.period_days, window.realized_fraction)
+    extra: list[str] = []
+    if not infra_available:
+        extra.append(
+            "no OpenCost month-to-date data: ai_cost counts token dollars and configured "
+            "other cost only"
+        )
+    elif isinstance(initiative.period, DateRange) and (infra_start is None or first < infra_start):
+        covered = infra_start.isoformat() if infra_start else "nowhere"
+        extra.append(f"measured cost covers only from {covered} (the query's history)")
+    if extra:
+        result = replace(result, reasons=(*result.reasons, *extra))
+    return InitiativeRoi(initiative.name, initiative.tenants, window, result)
+
+
+# --- routing -------------------------------------------------------------------------------
+
+
+def _model_key(name: str) -> str:
+    return strip_route(name).strip().lower()
+
+
+def _monthly_tokens(w: Workload, volume: Mapping[TenantResource, float], observed: float) -> float:
+    """The workload's observed tokens per month: tokens its tenant (any tenant for
+    ``__all__``) sent to its current model this month, per second observed, × a month
+    (730 h). 0 without a current model or before a second of observation."""
+    if w.current_model is None or observed <= 0:
+        return 0.0
+    model = _model_key(w.current_model)
+    n = math.fsum(
+        v
+        for (tenant, m), v in volume.items()
+        if _model_key(m) == model and (w.tenant == GLOBAL_TENANT or tenant == w.tenant)
+    )
+    return n / observed * SECONDS_PER_MONTH
+
+
+def _price_lookup(report: Report, catalog: LlmPriceCatalog | None) -> PriceLookup:
+    """USD per 1M tokens for a candidate: the measured self-hosted price when the model is
+    served here (``source="measured"``), else the price list (``"price_list"``)."""
+    measured: dict[str, dict[str, float]] = defaultdict(dict)
+    listed: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    if report.tokens is not None:
+        for (model, provider, token_type, source), usd in report.tokens.prices.items():
+            if source == "measured":
+                measured[_model_key(model)][token_type] = usd
+            else:
+                listed[(_model_key(model), provider)][token_type] = usd
+
+    def lookup(model: str, provider: str) -> ModelPrice | None:
+        m = measured.get(_model_key(model))
+        if m and "input" in m and "output" in m:
+            return ModelPrice(m["input"], m["output"], "measured")
+        if catalog is not None:
+            found = catalog.lookup(model, provider)
+            if found is not None:
+                return ModelPrice(
+                    _per_million(found.input), _per_million(found.output), "price_list"
+                )
+        seen = listed.get((_model_key(model), provider))
+        if seen and "input" in seen and "output" in seen:
+            return ModelPrice(seen["input"], seen["output"], "price_list")
+        return None
+
+    return lookup
+
+
+def _per_million(usd_per_token: float) -> float:
+    return float(f"{usd_per_token * PER_MILLION:.15g}")
+
+
+def _latency_lookup(measured: Mapping[tuple[str, str], float]) -> LatencyLookup:
+    by_model = {(_model_key(m), p): v for (m, p), v in measured.items()}
+
+    def lookup(model: str, provider: str) -> float | None:
+        return by_model.get((_model_key(model), provider))
+
+    return lookup
+
+
+# --- recommendations -----------------------------------------------------------------------
+
+
+def _recommendations(
+    report: Report,
+    inputs: FinanceInputs,
+    ctx: FinanceContext,
+    pricer: GpuPricer,
+    peaks: Mapping[TenantResource, Mapping[int, float]],
+    since: Mapping[TenantResource, float],
+    routing: Sequence[RoutingResult],
+    routing_window: float,
+    budgets: Iterable[BudgetStatus],
+    now: float,
+    pod_model: Mapping[tuple[str, str], str],
+) -> tuple[Recommendation, ...]:
+    gpu_rate: dict[TenantResource, list[float]] = defaultdict(list)
+    for share in report.cost.shares:
+        gpu_rate[(share.tenant, share.gpu_model)].append(share.alloc_rate)
+    rate = {k: math.fsum(v) for k, v in gpu_rate.items()}
+
+    idle = [
+        IdleGpuFinding(
+            tenant=tenant,
+            gpu_model=model,
+            idle_gpus=s.idle_gpus,
+            idle_usd_per_hour=s.idle_rate,
+            gpu_usd_per_hour=rate.get((tenant, model), 0.0),
+            # At least the idle window: a GPU is idle only after a full window below threshold.
+            idle_for_seconds=ctx.idle_window_seconds,
+        )
+        for (tenant, model), s in sorted(report.gpu_stats.items())
+        if s.idle_gpus > 0
+    ]
+    workloads = [
+        GpuWorkload(
+            tenant=tenant,
+            workload=f"{tenant} on {model}",
+            gpu_model=model,
+            gpus=report.gpu_stats[(tenant, model)].held,
+            usd_per_hour=rate.get((tenant, model), 0.0),
+            window_seconds=max(0.0, now - since.get((tenant, model), now)),
+            peak_utilization=max(hourly.values()) if hourly else None,
+        )
+        for (tenant, model), hourly in sorted(peaks.items())
+        if tenant != IDLE_TENANT
+    ]
+    workloads += _spot_candidates(report, inputs.allocations, ctx.policy, pod_model)
+
+    def price_of(name: str) -> float | None:
+        found = pricer.price(name)
+        return found[0] if found else None
+
+    def spot_price(model: str) -> SpotPrice | None:
+        found = pricer.catalog.lookup(model)
+        if found is None or pricer.purchase_option == "spot":
+            return None
+        return SpotPrice(found[1].on_demand, found[1].spot)
+
+    monthly_spend: dict[str, list[float]] = defaultdict(list)
+    for (tenant, _), r in report.tenant_rates("allocation").items():
+        monthly_spend[tenant].append(r * HOURS_PER_MONTH)
+    return build_recommendations(
+        ctx.policy,
+        {t: math.fsum(v) for t, v in monthly_spend.items()},
+        idle=idle,
+        workloads=workloads,
+        options=gpu_options(ctx.gpu_specs, price_of),
+        spot_prices=spot_price,
+        routing=routing,
+        routing_window_seconds=routing_window,
+        budgets=budgets,
+    )
+
+
+def _sanitized(key: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+
+
+def _spot_candidates(
+    report: Report,
+    allocations: AllocationSet | None,
+    policy: RecommendationPolicy,
+    pod_model: Mapping[tuple[str, str], str],
+) -> list[GpuWorkload]:
+    """Fault-tolerant GPU pods (label ``policy.spot_label_key`` = ``spot_label_value``, raw or
+    as OpenCost sanitizes it) grouped per (tenant, namespace, GPU model); their GPU cost rate
+    from the rate query, their observation window the rate query's window. Rightsizing never
+    sees these (no utilization peak), so the two kinds do not double count a pod."""
+    if allocations is None or not policy.spot:
+        return []
+    keys = {policy.spot_label_key, _sanitized(policy.spot_label_key)}
+    kept = {t for rates in report.cost.rates.values() for t, _ in rates}
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for row in allocations.allocations:
+        if row.gpu_cost <= 0 or not row.namespace or not row.pod:
+            continue
+        if not any(row.labels.get(k) == policy.spot_label_value for k in keys):
+            continue
+        model = pod_model.get((row.namespace, row.pod))
+        tenant = report.cost.pod_tenants.get((row.namespace, row.pod))
+        if model is None or tenant is None:
+            continue
+        if report.cost.folded_tenants and tenant not in kept:
+            tenant = OTHER_TENANT
+        groups[(tenant, row.namespace, model)].append(row.gpu_cost / allocations.window_hours)
+    return [
+        GpuWorkload(
+            tenant=tenant,
+            workload=f"{namespace} ({model})",
+            gpu_model=model,
+            gpus=0.0,
+            usd_per_hour=math.fsum(rates),
+            window_seconds=allocations.window_hours * SECONDS_PER_HOUR,
+            labels={policy.spot_label_key: policy.spot_label_value},
+        )
+        for (tenant, namespace, model), rates in sorted(groups.items())
+    ]

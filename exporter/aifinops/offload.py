@@ -1,0 +1,172 @@
+"""Keep the refresh's CPU-heavy work from stalling scrapes.
+
+The event loop serves ``/metrics`` from prepared bytes in well under a millisecond, but only
+when it gets to run. A refresh at fleet scale spends about a second of CPU in pure Python
+(parsing, the cost model, rendering); run on the loop, that is a second during which every
+scrape waits. Measured with ``make bench`` (10k GPUs, 2 cores), the options were:
+
+* on the loop: scrape p99 during a refresh = the refresh's CPU time (seconds);
+* a worker process: no GIL to share, but the inputs and the Report must cross a pipe, and
+  unpickling them holds the GIL in one call (tens of ms at 10k GPUs) — the stall moves, it
+  does not go away, and the Report the API reads would have to be rebuilt on the loop side;
+* cooperative chunks on the loop: works for code written for it (the renderer yields every
+  5,000 samples), not for the model's plain functions;
+* **a worker thread with a short switch interval** (chosen): pure-Python work is preempted
+  every :data:`SWITCH_INTERVAL_S` while a scrape waits for the GIL, so a scrape waits at most
+  that plus the longest single C call the worker makes (kept short: chunked JSON decoding,
+  chunked rendering, zlib releases the GIL). The refresh itself takes a little longer.
+
+API: ``await run_cpu(fn, *args)`` runs ``fn`` on the one CPU worker thread;
+``await render_exposition(families)`` renders and gzips there (compression overlapped on a
+second thread, since zlib releases the GIL); :func:`tune_gc` once at startup and
+:func:`settle_heap` after each refresh keep the garbage collector from walking the previous
+refresh's data over and over (see their docstrings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import gzip
+import struct
+import sys
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+from aifinops.exposition.render import DEFAULT_CHUNK_SAMPLES, Exposition, Family, iter_render
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# While offloaded work runs, the interpreter asks a running thread to drop the GIL this often
+# when another thread waits for it (CPython's default is 5 ms). 1 ms kept scrape p99 under
+# 4 ms against a pure-Python worker in the bench; lower bought little and costs switches.
+SWITCH_INTERVAL_S = 0.001
+
+_cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aifinops-cpu")
+_gzip = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aifinops-gzip")
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.005
+
+
+@contextmanager
+def short_switch_interval() -> Iterator[None]:
+    """Lower the interpreter's switch interval while at least one caller is inside."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL_S))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
+
+
+async def run_cpu(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)`` on the CPU worker thread; the loop keeps serving meanwhile.
+
+    ``fn`` must not touch the event loop or objects the loop mutates; the refresh's pure
+    functions (parsers, ``build_report``, the family builders) qualify. Calls are serialized
+    (one worker), so two refreshes never compete for the same core.
+    """
+    loop = asyncio.get_running_loop()
+    with short_switch_interval():
+        return await loop.run_in_executor(_cpu, functools.partial(fn, *args, **kwargs))
+
+
+@functools.cache
+def _gzip_header(level: int) -> bytes:
+    # The 10-byte header exactly as this Python's gzip.compress(..., mtime=0) writes it (it
+    # does not depend on the data; its OS byte differs between Python versions).
+    return gzip.compress(b"", compresslevel=level, mtime=0)[:10]
+
+
+def render_and_compress(
+    families: Iterable[Family], level: int = 6, chunk_samples: int = DEFAULT_CHUNK_SAMPLES
+) -> Exposition:
+    """The :class:`Exposition` of ``families`` (byte for byte what
+    ``Exposition.from_bytes(render(families), level)`` gives), rendered here in pieces while
+    the gzip thread compresses the previous ones."""
+    deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
+    pieces: list[bytes] = []
+    compressed: list[Future[bytes]] = []
+    crc = 0
+    size = 0
+    for piece in iter_render(families, chunk_samples):
+        pieces.append(piece)
+        compressed.append(_gzip.submit(deflate.compress, piece))
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+    compressed.append(_gzip.submit(deflate.flush))
+    plain = b"".join(pieces)
+    trailer = struct.pack("<LL", crc, size & 0xFFFFFFFF)
+    body = b"".join(f.result() for f in compressed)
+    return Exposition(plain=plain, gzipped=_gzip_header(level) + body + trailer)
+
+
+async def render_exposition(
+    families: Iterable[Family], level: int = 6, chunk_samples: int = DEFAULT_CHUNK_SAMPLES
+) -> Exposition:
+    """:func:`render_and_compress` on the CPU worker thread."""
+    return await run_cpu(render_and_compress, list(families), level, chunk_samples)
+
+
+# Young-generation size for :func:`tune_gc`: CPython's default (700 allocations) runs a
+# collection every few hundred objects a parser or the model creates; each one is cheap, but
+# they add up to a third of a refresh's CPU time at 10k GPUs (measured with ``make bench``).
+GC_THRESHOLD0 = 50_000
+
+
+def tune_gc(threshold0: int = GC_THRESHOLD0) -> None:
+    """Call once at startup, after configuration is loaded: freezes what exists (modules,
+    configuration: never garbage) and makes young collections rarer. Generations 1 and 2
+    keep their thresholds."""
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(threshold0, gen1, gen2)
+
+
+def settle_heap() -> None:
+    """Call after a refresh swapped its snapshot in: everything alive now (the report, the
+    sources' last good data, the exposition) moves to the collector's permanent generation.
+
+    Why: CPython's cyclic garbage collector walks every tracked object of a generation when it
+    collects it; at 10k GPUs the exporter holds about a million (rows, label maps, tuples), and
+    a refresh allocates as many again, so full collections in the middle of a refresh cost
+    hundreds of milliseconds, holding the GIL. Frozen objects are still freed by reference
+    counting when the next refresh replaces them (the data holds no reference cycles); only
+    cyclic garbage among them would wait, and :func:`settle_heap` unfreezes and collects
+    every :data:`FULL_COLLECT_EVERY` calls to bound that.
+    """
+    global _settled
+    _settled += 1
+    if _settled % FULL_COLLECT_EVERY == 0:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
+
+
+FULL_COLLECT_EVERY = 100
+_settled = 0
+
+
+__all__ = [
+    "SWITCH_INTERVAL_S",
+    "render_and_compress",
+    "render_exposition",
+    "run_cpu",
+    "settle_heap",
+    "short_switch_interval",
+    "tune_gc",
+]

@@ -1,0 +1,463 @@
+"""The JSON API (``/api/v1/...``): executive summary, budgets, recommendations, chargeback,
+what-if ROI and routing, and the OpenAPI document.
+
+Every read route answers from the current :class:`~aifinops.model.report.Report` (its
+``finance`` part), the same object the ``/metrics`` page was rendered from, so the API and
+``/metrics`` always agree. Requests and responses are the pydantic models of
+:mod:`aifinops.web.schemas`; unknown query parameters and body fields are rejected.
+
+Errors are ``{"error": {"code", "message", "field"}}`` (:class:`ErrorResponse`):
+
+=====  ====================  ==========================================================
+400    ``invalid_request``   a query parameter is malformed, unknown or repeated; the body
+                             is not JSON
+404    ``not_found``         unknown route, initiative, workload, or a period the exporter
+                             holds no dollars for
+405    ``invalid_request``   wrong method for the route
+413    ``invalid_request``   body over 1 MiB
+422    ``invalid_request``   the body breaks the schema (``field`` names the first bad one)
+401    ``unauthorized``      see :mod:`aifinops.web.auth`; 403 ``forbidden`` likewise
+503    ``unavailable``       no report yet (the first refresh is pending)
+=====  ====================  ==========================================================
+
+Chargeback (``GET /api/v1/chargeback``): the exporter's accrued dollars per tenant and
+resource in the period (the increments of ``aifinops_tenant_cost_usd_total`` since the period
+start; see :mod:`aifinops.model.finance`), rounded to the cent by the largest-remainder method
+so rows sum exactly to the total; ``format=csv`` is a plain CSV, ``format=focus`` a FOCUS 1.2
+cost-and-usage CSV. The exporter keeps the current month and the twelve before it in memory: a
+restart starts the ledger again, and a period it did not run through is partial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from aifinops.model.chargeback import build_chargeback, chargeback_csv, focus_csv
+from aifinops.model.finance import FinanceContext, FinanceReport
+from aifinops.model.recommend import filter_recommendations
+from aifinops.model.report import Report
+from aifinops.model.roi import compute_roi
+from aifinops.model.routing import optimize_workload
+from aifinops.settings import Settings
+from aifinops.web.auth import API_SCOPE, TokenStore, bearer_token
+from aifinops.web.openapi import openapi_document
+from aifinops.web.schemas import (
+    BudgetsResponse,
+    ChargebackQuery,
+    ChargebackResponse,
+    ErrorCode,
+    ErrorResponse,
+    RecommendationsQuery,
+    RecommendationsResponse,
+    RoiCalculateRequest,
+    RoiResponse,
+    RoutingOptimizeRequest,
+    RoutingResponse,
+    SummaryResponse,
+    error_from_validation,
+)
+
+log = structlog.get_logger("aifinops.web.api")
+
+PREFIX = "/api/v1"
+USAGE_PATH = f"{PREFIX}/usage"
+OPENAPI_PATH = f"{PREFIX}/openapi.json"
+WHAT_IF_PATHS = frozenset({f"{PREFIX}/roi/calculate", f"{PREFIX}/routing/optimize"})
+MAX_BODY_BYTES = 1024 * 1024
+TOP_SAVINGS = 5
+
+ReportGetter = Callable[[], Report | None]
+ContextGetter = Callable[[], FinanceContext | None]
+
+API_REPORT: web.AppKey[ReportGetter] = web.AppKey("api_report")
+API_CONTEXT: web.AppKey[ContextGetter] = web.AppKey("api_finance_context")
+API_TOKENS = web.AppKey("api_tokens", TokenStore)
+API_SETTINGS = web.AppKey("api_settings", Settings)
+PUSH_TOKEN_CONFIGURED = web.AppKey("api_push_token_configured", bool)
+
+CSV_TYPE = "text/csv"
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An answer other than 200, raised by a handler and written by the middleware."""
+
+    def __init__(
+        self,
+        status: int,
+        code: ErrorCode,
+        message: str,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorResponse.of(code, message, field)
+        self.headers = dict(headers or {})
+
+
+def error_response(exc: ApiError) -> web.Response:
+    return web.json_response(
+        exc.body.model_dump(mode="json"), status=exc.status, headers=exc.headers
+    )
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(model.model_dump(mode="json"), status=status)
+
+
+def _all_finite(node: Any) -> bool:
+    if isinstance(node, float):
+        return math.isfinite(node)
+    if isinstance(node, dict):
+        return all(_all_finite(v) for v in node.values())
+    if isinstance(node, list | tuple):
+        return all(_all_finite(v) for v in node)
+    return True
+
+
+def _what_if(compute: Callable[[], BaseModel]) -> web.Response:
+    """A calculator's answer; inputs so large that a figure overflows (schema-valid floats
+    near 1e308) are a 422, never a 5xx or a non-JSON ``Infinity``."""
+    try:
+        model = compute()
+    except (OverflowError, ZeroDivisionError, ValueError) as exc:
+        raise ApiError(422, "invalid_request", f"inputs out of range: {exc}") from None
+    doc = model.model_dump(mode="json")
+    if not _all_finite(doc):
+        raise ApiError(422, "invalid_request", "inputs out of range: a figure overflowed")
+    return web.json_response(doc)
+
+
+# --- auth and errors -------------------------------------------------------------------------
+
+
+def _required_scope(request: web.Request, tokens: TokenStore) -> str | None:
+    path = request.path
+    if path == OPENAPI_PATH:
+        return None
+    if path == USAGE_PATH and request.method == "POST":
+        return "write" if tokens.has_write_tokens else None
+    return "read" if tokens.require_auth_for_reads else None
+
+
+def _unauthorized(message: str, invalid: bool) -> ApiError:
+    challenge = 'Bearer realm="aifinops"'
+    if invalid:
+        challenge += ', error="invalid_token"'
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
+
+
+def _authorize(request: web.Request) -> None:
+    """Check the bearer token against the route's scope (see :mod:`aifinops.web.auth`);
+    records the granted scope in ``request[API_SCOPE]``."""
+    tokens = request.app[API_TOKENS]
+    needed = _required_scope(request, tokens)
+    present, token = bearer_token(request.headers.get("Authorization"))
+    scope = None
+    is_usage = request.path == USAGE_PATH
+    if present and token is None and not is_usage:
+        raise _unauthorized("the Authorization header is not 'Bearer <token>'", invalid=True)
+    if token is not None:
+        scope = tokens.scope_of(token)
+        # /api/v1/usage also takes the push token (tokens.push.bearer_token_file), which the
+        # usage handler checks itself.
+        if scope is None and not (is_usage and request.app[PUSH_TOKEN_CONFIGURED]):
+            raise _unauthorized("unknown bearer token", invalid=True)
+    request[API_SCOPE] = scope or ""
+    if needed is None:
+        return
+    if scope is None:
+        if is_usage and request.app[PUSH_TOKEN_CONFIGURED]:
+            return  # the usage handler checks the push token
+        raise _unauthorized(f"this route needs a bearer token with the {needed} scope", False)
+    if needed == "write" and scope != "write":
+        raise ApiError(403, "forbidden", "this route needs a token with the write scope")
+
+
+@web.middleware
+async def api_middleware(
+    request: web.Request, handler: Callable[[web.Request], Any]
+) -> web.StreamResponse:
+    """Auth and the error model for ``/api/*``; other paths pass through untouched."""
+    if not request.path.startswith("/api/"):
+        response: web.StreamResponse = await handler(request)
+        return response
+    try:
+        _authorize(request)
+        response = await handler(request)
+        return response
+    except ApiError as exc:
+        if exc.status in (401, 403):
+            log.info("api_denied", path=request.path, status=exc.status)
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code: ErrorCode = "not_found" if exc.status == 404 else "invalid_request"
+        message = {
+            404: f"no route {request.path}",
+            405: f"method {request.method} is not allowed on {request.path}",
+            413: "request body too large",
+        }.get(exc.status, exc.reason or "bad request")
+        return error_response(ApiError(exc.status, code, message))
+    except Exception:
+        log.exception("api_failed", path=request.path)
+        return error_response(ApiError(500, "internal_error", "internal error"))
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+
+def _query(request: web.Request, aliases: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Query parameters as a dict, ``aliases`` mapping public names to model fields; a
+    repeated parameter is a 400."""
+    out: dict[str, str] = {}
+    names = aliases or {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) > 1:
+            raise ApiError(400, "invalid_request", f"{key} given more than once", key)
+        out[names.get(key, key)] = values[0]
+    return out
+
+
+def _validate_query(
+    model: type[M], data: Mapping[str, str], public: Mapping[str, str] | None = None
+) -> M:
+    """``data`` validated as ``model``; a 400 naming the (public) parameter otherwise."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        err = error_from_validation(exc).error
+        field = err.field
+        if field is not None and public:
+            field = public.get(field, field)
+        raise ApiError(400, "invalid_request", err.message, field) from None
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    """The JSON body validated as ``model``: 400 when it is not JSON, 413 when too large,
+    422 naming the first bad field."""
+    raw = await request.read()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "invalid_request", f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_request", f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ApiError(422, "invalid_request", "body must be a JSON object")
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        err = error_from_validation(exc).error
+        raise ApiError(422, "invalid_request", err.message, err.field) from None
+
+
+def _finance(request: web.Request) -> tuple[Report, FinanceReport]:
+    report = request.app[API_REPORT]()
+    if report is None or report.finance is None:
+        raise ApiError(
+            503,
+            "unavailable",
+            "no report yet: the first refresh is pending",
+            headers={"Retry-After": "10"},
+        )
+    return report, report.finance
+
+
+def _context(request: web.Request) -> FinanceContext:
+    ctx = request.app[API_CONTEXT]()
+    return ctx if ctx is not None else FinanceContext()
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+async def handle_summary(request: web.Request) -> web.Response:
+    """``GET /api/v1/summary``: spend month to date and its forecast (the whole cluster),
+    budget state per tenant, ROI per initiative, idle GPU cost, the top savings."""
+    _query_empty(request)
+    _, f = _finance(request)
+    spend = f.cluster.spend_usd if f.cluster is not None else math.fsum(f.month_to_date.values())
+    return _json(
+        SummaryResponse.build(
+            now=f.now,
+            spend_month_to_date_usd=spend,
+            idle_cost_usd_per_hour=f.idle_cost_usd_per_hour,
+            budgets=f.budgets,
+            initiatives=f.initiatives,
+            recommendations=f.recommendations,
+            forecast=f.cluster,
+            top=TOP_SAVINGS,
+        )
+    )
+
+
+def _query_empty(request: web.Request) -> None:
+    """A route without parameters rejects any (a typo should not pass silently)."""
+    if request.query:
+        key = next(iter(request.query))
+        raise ApiError(400, "invalid_request", "unknown field", key)
+
+
+async def handle_budgets(request: web.Request) -> web.Response:
+    """``GET /api/v1/budgets``: every evaluated budget and the month to date per tenant."""
+    _query_empty(request)
+    _, f = _finance(request)
+    return _json(
+        BudgetsResponse.build(
+            now=f.now,
+            time_zone=f.tz,
+            period=f.period,
+            month_start=f.month_start,
+            budgets=f.budgets,
+            tenant_month_to_date=dict(f.tenant_month_to_date),
+            notes=f.budget_notes,
+        )
+    )
+
+
+RECOMMENDATION_ALIASES = {"min_saving": "min_saving_usd"}
+RECOMMENDATION_PUBLIC = {"min_saving_usd": "min_saving"}
+
+
+async def handle_recommendations(request: web.Request) -> web.Response:
+    """``GET /api/v1/recommendations?tenant=&kind=&min_saving=`` (USD per month,
+    inclusive). An unknown tenant is no error: the list is empty."""
+    query = _validate_query(
+        RecommendationsQuery,
+        _query(request, RECOMMENDATION_ALIASES),
+        RECOMMENDATION_PUBLIC,
+    )
+    _, f = _finance(request)
+    recs = filter_recommendations(f.recommendations, query.tenant, query.kind, query.min_saving_usd)
+    return _json(RecommendationsResponse.from_model(recs, f.now))
+
+
+async def handle_chargeback(request: web.Request) -> web.Response:
+    """``GET /api/v1/chargeback?period=YYYY-MM&format=json|csv|focus&basis=&share_idle=
+    &share_unallocated=``; ``period`` defaults to the current month."""
+    data = _query(request)
+    _, f = _finance(request)
+    data.setdefault("period", f.period)
+    query = _validate_query(ChargebackQuery, data)
+    dollars = f.period_dollars(query.period, query.basis)
+    if dollars is None:
+        kept = ", ".join(sorted(f.periods)) or "none"
+        raise ApiError(
+            404,
+            "not_found",
+            f"the exporter holds no accrued dollars for {query.period} (periods held: {kept})",
+            "period",
+        )
+    cb = build_chargeback(
+        dollars,
+        query.period,
+        f.tz,
+        basis=query.basis,
+        share_idle=query.share_idle,
+        share_unallocated=query.share_unallocated,
+        now=f.now,
+    )
+    if query.format == "json":
+        return _json(ChargebackResponse.from_model(cb))
+    text = chargeback_csv(cb) if query.format == "csv" else focus_csv(cb)
+    name = f"chargeback-{query.period}{'-focus' if query.format == 'focus' else ''}.csv"
+    return web.Response(
+        text=text,
+        content_type=CSV_TYPE,
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+async def handle_roi(request: web.Request) -> web.Response:
+    """``POST /api/v1/roi/calculate``: a what-if. With ``initiative``, its configured
+    benefits, measured ai_cost (so far), period and elapsed fraction are the defaults and the
+    request's fields replace them; without, the request's ``benefits`` and ``ai_cost`` over
+    ``period_days`` (default 30), fully realized."""
+    req = await _body(request, RoiCalculateRequest)
+    _, f = _finance(request)
+    if req.initiative is None:
+        benefits, ai_cost = req.benefits, req.ai_cost
+        assert benefits is not None and ai_cost is not None  # the schema checks it
+        return _what_if(
+            lambda: RoiResponse.from_result(
+                compute_roi(benefits.to_model(), ai_cost.to_model(), req.period_days or 30.0, 1.0)
+            )
+        )
+    base = f.initiative(req.initiative)
+    configured = next((i for i in _context(request).initiatives if i.name == req.initiative), None)
+    if base is None or configured is None:
+        raise ApiError(404, "not_found", f"no initiative named {req.initiative!r}", "initiative")
+    return _what_if(
+        lambda: RoiResponse.from_result(
+            compute_roi(
+                req.benefits.to_model() if req.benefits else configured.benefits,
+                req.ai_cost.to_model() if req.ai_cost else base.result.ai_cost,
+                req.period_days or base.result.period_days,
+                base.result.realized_fraction,
+            ),
+            base,
+        )
+    )
+
+
+async def handle_routing(request: web.Request) -> web.Response:
+    """``POST /api/v1/routing/optimize``: rank candidates for a configured workload (the
+    request's fields replace its configuration; its observed monthly token volume is the
+    default) or for ad-hoc candidates (volume 0 unless given)."""
+    req = await _body(request, RoutingOptimizeRequest)
+    _, f = _finance(request)
+    base = _context(request).workload(req.workload) if req.workload else None
+    if req.workload is not None and base is None and req.candidates is None:
+        raise ApiError(404, "not_found", f"no workload named {req.workload!r}", "workload")
+    workload = req.to_workload(base)
+    tokens = req.monthly_tokens
+    if tokens is None:
+        tokens = f.monthly_tokens.get(base.name, 0.0) if base is not None else 0.0
+    volume = tokens
+    return _what_if(
+        lambda: RoutingResponse.from_result(
+            optimize_workload(workload, f.prices, f.latencies, volume)
+        )
+    )
+
+
+async def handle_openapi(request: web.Request) -> web.Response:
+    """``GET /api/v1/openapi.json``: the OpenAPI 3.1 document of every route."""
+    return web.json_response(
+        openapi_document(push_enabled=request.app[API_SETTINGS].tokens.push.enabled)
+    )
+
+
+def register_api(
+    app: web.Application,
+    settings: Settings,
+    report: ReportGetter,
+    context: ContextGetter,
+) -> None:
+    """Add the API routes and the auth/error middleware to ``app`` (before it starts).
+    Raises :class:`~aifinops.settings.ConfigError` when a configured token cannot be read."""
+    app[API_TOKENS] = TokenStore.from_settings(settings.api)
+    app[API_REPORT] = report
+    app[API_CONTEXT] = context
+    app[API_SETTINGS] = settings
+    app[PUSH_TOKEN_CONFIGURED] = settings.tokens.push.bearer_token_file is not None
+    app.middlewares.append(api_middleware)
+    app.router.add_get(f"{PREFIX}/summary", handle_summary)
+    app.router.add_get(f"{PREFIX}/budgets", handle_budgets)
+    app.router.add_get(f"{PREFIX}/recommendations", handle_recommendations)
+    app.router.add_get(f"{PREFIX}/chargeback", handle_chargeback)
+    app.router.add_post(f"{PREFIX}/roi/calculate", handle_roi)
+    app.router.add_post(f"{PREFIX}/routing/optimize", handle_routing)
+    app.router.add_get(OPENAPI_PATH, handle_openapi)

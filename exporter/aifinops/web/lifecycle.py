@@ -1,0 +1,177 @@
+"""Configuration reload: SIGHUP (``__main__``) or ``POST /-/reload`` (with
+``server.enable_lifecycle``, as Prometheus' ``--web.enable-lifecycle``).
+
+A reload reads the configuration again and checks all of it first — the settings schema, the
+compiled model context (tenancy regexes, GPU price catalog, finance), the sources, the web
+configuration file — and only then applies it; any error keeps the configuration in force,
+is logged (``config_reload_failed``) and shows in ``aifinops_config_last_reload_successful``
+0. ``aifinops_config_last_reload_success_timestamp_seconds`` is the time of the last good load
+(start-up included).
+
+What a reload changes, from the next refresh on: tenancy, GPU pricing, idle-GPU threshold and
+window, limits, token analytics (sources, price list, self-hosted models, weights), the DCGM
+and OpenCost sources (a source that keeps its name keeps its last good data and counters),
+budgets, initiatives, routing, recommendations, and the log level. What needs a restart
+(a reload that changes it applies the rest and logs ``config_reload_needs_restart`` naming
+the sections): ``server`` (address, port, lifecycle, body limit; the web configuration
+*file's content* is re-read by itself, see ``web/security.py``), ``refresh.interval_seconds``,
+``tokens.push`` and ``api``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from aifinops.exposition.catalog import CONFIG_RELOAD_SUCCESS, CONFIG_RELOAD_TIMESTAMP
+from aifinops.exposition.render import Family
+from aifinops.settings import ConfigError, Settings, load_settings
+from aifinops.sources.base import Source
+
+log = structlog.get_logger("aifinops.web.lifecycle")
+
+Loader = Callable[[], Settings]
+RESTART_ONLY = ("server", "refresh", "api")
+
+
+class Reloader:
+    """Reloads the configuration of one app; see the module docstring."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        explicit_sources: bool = False,
+    ) -> None:
+        self._app = app
+        self.settings = settings
+        # Set by __main__ to read the file it was started with (and apply its overrides).
+        self.load: Loader = lambda: load_settings(None)
+        self._clock = clock
+        self._explicit_sources = explicit_sources
+        self._lock = asyncio.Lock()
+        self.successful = True
+        self.success_timestamp = time.time()
+
+    def families(self) -> Sequence[Family]:
+        return [
+            Family(CONFIG_RELOAD_SUCCESS, [((), 1.0 if self.successful else 0.0)]),
+            Family(CONFIG_RELOAD_TIMESTAMP, [((), self.success_timestamp)]),
+        ]
+
+    async def reload(self) -> tuple[bool, str]:
+        """Reload; ``(True, "")`` or ``(False, the error)``. Never raises (but cancellation)."""
+        from aifinops.web.app import REFRESHER
+
+        async with self._lock:
+            try:
+                new, context, sources = await self._prepare()
+            except ConfigError as exc:
+                return self._failed(str(exc))
+            except Exception as exc:  # a bug must not take the running configuration down
+                log.exception("config_reload_crashed")
+                return self._failed(f"{type(exc).__name__}: {exc}")
+            refresher = self._app[REFRESHER]
+            refresher.replace_context(context)
+            if sources is not None:
+                await refresher.replace_sources(sources)
+            if new.logging != self.settings.logging:
+                from aifinops.logs import configure_logging
+
+                configure_logging(new.logging.level, new.logging.format)
+            restart = [
+                s
+                for s in (*RESTART_ONLY, "tokens.push")
+                if _section(new, s) != _section(self.settings, s)
+            ]
+            if restart:
+                log.warning("config_reload_needs_restart", sections=restart)
+            changed = [
+                name
+                for name in type(new).model_fields
+                if getattr(new, name) != getattr(self.settings, name)
+            ]
+            self.settings = new
+            self.successful = True
+            self.success_timestamp = time.time()
+            refresher.rerender()
+            log.info("config_reloaded", changed=changed)
+            return True, ""
+
+    async def _prepare(
+        self,
+    ) -> tuple[Settings, Any, list[tuple[Source[Any], float, float]] | None]:
+        """Everything the new configuration needs, checked; raises ConfigError."""
+        from aifinops.web.app import build_sources, model_context
+        from aifinops.web.security import load_web_config
+        from aifinops.web.usage import USAGE_STORE
+
+        new = await asyncio.to_thread(self.load)
+        context = model_context(new)
+        if new.server.web_config_file is not None:
+            load_web_config(new.server.web_config_file)
+        sources = None
+        if not self._explicit_sources:
+            try:
+                sources = build_sources(new, self._app.get(USAGE_STORE), self._clock)
+            except ValueError as exc:
+                raise ConfigError(f"invalid source configuration: {exc}") from None
+        return new, context, sources
+
+    def _failed(self, message: str) -> tuple[bool, str]:
+        from aifinops.web.app import REFRESHER
+
+        self.successful = False
+        log.error("config_reload_failed", error=message)
+        if REFRESHER in self._app:
+            self._app[REFRESHER].rerender()
+        return False, message
+
+
+def _section(settings: Settings, dotted: str) -> Any:
+    node: Any = settings
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+RELOADER = web.AppKey("reloader", Reloader)
+
+
+async def handle_reload(request: web.Request) -> web.Response:
+    ok, message = await request.app[RELOADER].reload()
+    if ok:
+        return web.Response(text="configuration reloaded\n")
+    return web.Response(status=500, text=f"failed to reload config: {message}\n")
+
+
+def install_lifecycle(
+    app: web.Application,
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    explicit_sources: bool = False,
+) -> Reloader:
+    """Attach a :class:`Reloader` (and ``POST /-/reload`` when enabled); its status families
+    join the page once the refresher exists."""
+    reloader = Reloader(app, settings, clock=clock, explicit_sources=explicit_sources)
+    app[RELOADER] = reloader
+    if settings.server.enable_lifecycle:
+        app.router.add_post("/-/reload", handle_reload)
+
+    async def attach(app: web.Application) -> None:
+        # on_startup runs after cleanup_ctx's start, which created the refresher
+        from aifinops.web.app import REFRESHER
+
+        app[REFRESHER].extra_families.append(reloader.families)
+        app[REFRESHER].rerender()
+
+    app.on_startup.append(attach)
+    return reloader

@@ -1,0 +1,154 @@
+"""The fast paths (msgspec, decoding in pieces, the wanted-line search, the label cache) give
+exactly what the reference paths give, on the simulator's payloads and on hostile ones."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from aifinops.demo.cluster import ClusterSpec, SimCluster
+from aifinops.model.inputs import AllocationSet
+from aifinops.sources import jsonchunks, opencost, promapi
+from aifinops.sources.promtext import LabelCache, parse_text
+
+T0 = 1_750_000_000.0
+
+
+@pytest.fixture(scope="module")
+def sim() -> SimCluster:
+    return SimCluster(ClusterSpec.scaled(120))
+
+
+def compact(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def reference_allocations(body: bytes, window_hours: float) -> AllocationSet:
+    """parse_allocation_response through the stdlib path only."""
+    rows: dict[str, Any] = {}
+    for allocation_set in opencost._allocation_sets(body):
+        for key, raw in allocation_set.items():
+            row = opencost._row(key, raw)
+            rows[key] = row if key not in rows else opencost._merge(rows[key], row)
+    return AllocationSet(window_hours, tuple(rows.values()))
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonchunks, "PIECE_BYTES", 2048)
+
+
+def test_opencost_fast_path_equals_reference(sim: SimCluster, small_pieces: None) -> None:
+    body = compact(sim.opencost_allocation(T0, 1.0, aggregate="namespace,pod", include_idle=True))
+    assert body.startswith(opencost._ONE_SET_PREFIX)
+    pieces = jsonchunks.decode_pieces(
+        body,
+        opencost._ONE_SET_PREFIX,
+        opencost._ONE_SET_SUFFIX,
+        opencost._row_cut,
+        opencost._decode_rows,
+        (b"{", b"}"),
+    )
+    assert pieces is not None and len(pieces) > 10
+    assert opencost.parse_allocation_response(body, 1.0) == reference_allocations(body, 1.0)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        '":{"name":"',
+        '},"x":{"name":"y"}',
+        '\\",\\"',
+        "},{",
+        '"}]}',
+    ],
+)
+def test_opencost_markers_inside_strings_do_not_cut(hostile: str, small_pieces: None) -> None:
+    rows = {
+        f"ns/p{i}": {
+            "name": f"ns/p{i}",
+            "properties": {"namespace": "ns", "pod": f"p{i}", "labels": {"app": hostile * 30}},
+            "cpuCost": i * 0.25,
+        }
+        for i in range(60)
+    }
+    rows['ns/odd":{"name":"'] = {"name": "x", "properties": {"namespace": "ns"}, "ramCost": 1.0}
+    body = compact({"code": 200, "status": "success", "data": [rows]})
+    assert opencost.parse_allocation_response(body, 2.0) == reference_allocations(body, 2.0)
+
+
+def test_opencost_several_sets_and_odd_shapes_take_the_reference_path() -> None:
+    first = {"ns/a": {"name": "ns/a", "minutes": 30.0, "cpuCost": 1.0}}
+    second = {"ns/a": {"name": "ns/a", "minutes": 30.0, "cpuCost": 2.0}, "ns/b": {"name": "b"}}
+    for doc in (
+        {"code": 200, "status": "success", "data": [first, second]},
+        {"code": 200, "status": "success", "data": [first, None]},
+        {"status": "success", "code": 200, "data": [first]},
+    ):
+        body = compact(doc)
+        assert opencost.parse_allocation_response(body, 1.0) == reference_allocations(body, 1.0)
+
+
+def test_prometheus_vector_fast_path_equals_reference(sim: SimCluster, small_pieces: None) -> None:
+    body = compact(sim.prometheus_vector(T0, "DCGM_FI_DEV_GPU_UTIL"))
+    assert body.startswith(promapi._VECTOR_PREFIX)
+    doc = json.loads(body)
+    reference = [promapi._series(item) for item in doc["data"]["result"]]
+    assert promapi.parse_vector(body) == reference
+    hostile = {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [
+                {"metric": {"a": ',{"metric":' * 50, "i": str(i)}, "value": [T0, str(i)]}
+                for i in range(100)
+            ],
+        },
+    }
+    body = compact(hostile)
+    reference = [promapi._series(item) for item in hostile["data"]["result"]]
+    assert promapi.parse_vector(body) == reference
+
+
+def test_text_wanted_lines_equal_a_full_parse(sim: SimCluster) -> None:
+    text = sim.dcgm_exposition(T0)
+    everything = parse_text(text)
+    for wanted in (
+        frozenset({"DCGM_FI_DEV_GPU_UTIL"}),
+        frozenset({"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"}),
+        frozenset({"DCGM_FI_DEV"}),  # a prefix of many names, the name of none
+    ):
+        assert parse_text(text, wanted) == [s for s in everything if s[0] in wanted]
+
+
+def test_text_wanted_lines_odd_pages() -> None:
+    page = (
+        "# HELP m help mentions m{x} 1\n"
+        "m_longer 5\n"
+        '  m{a="m 2"} 1\n'
+        'other{v="m 3"} 2\n'
+        "m 4\n"
+        "\tm\t5\n"
+        "n 1\n"
+        "m 6"
+    )
+    got = [
+        (name, dict(labels), value) for name, labels, value in parse_text(page, frozenset({"m"}))
+    ]
+    assert got == [("m", {"a": "m 2"}, 1.0), ("m", {}, 4.0), ("m", {}, 5.0), ("m", {}, 6.0)]
+    with pytest.raises(ValueError, match="line 3"):
+        parse_text("a 1\nb 2\nm{x=} 1\n", frozenset({"m"}))
+
+
+def test_label_cache_reuses_label_sets_and_stays_one_page_big() -> None:
+    cache = LabelCache()
+    first = parse_text('a{x="1"} 1\na{x="2"} 2\n', cache=cache)
+    second = parse_text('a{x="1"} 3\nb{y="3"} 4\n', cache=cache)
+    assert second[0][1] is first[0][1]
+    assert set(cache.previous) == {'x="1"', 'y="3"'}
+    assert [(n, dict(labels), v) for n, labels, v in second] == [
+        ("a", {"x": "1"}, 3.0),
+        ("b", {"y": "3"}, 4.0),
+    ]
