@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         return reloaded
 
+    from aifinops.offload import tune_gc
+
+    tune_gc()
     try:
         asyncio.run(_serve(settings, args.demo, args.demo_gpus, args.demo_seed, loader))
     except OSError as exc:

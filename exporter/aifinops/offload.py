@@ -122,19 +122,25 @@ async def render_exposition(
     return await run_cpu(render_and_compress, list(families), level, chunk_samples)
 
 
-# Young-generation size for :func:`tune_gc`: CPython's default (700 allocations) runs a
-# collection every few hundred objects a parser or the model creates; each one is cheap, but
-# they add up to a third of a refresh's CPU time at 10k GPUs (measured with ``make bench``).
-GC_THRESHOLD0 = 50_000
+# :func:`tune_gc`'s thresholds. Young collections stay frequent and short (each walks at most
+# GC_THRESHOLD0 new objects, about a millisecond); the older generations are never collected
+# automatically: settle_heap() freezes what a refresh leaves alive instead. Measured with
+# ``make bench`` at 10k GPUs, CPython's default (700, 10, 10) with freezing ran ~30 full
+# collections per two refreshes (one of 430 ms) — after gc.freeze() its "25 % new objects"
+# rule compares against a stale total — and (50_000, 10, 10) ran gen-1 collections of 150+ ms.
+GC_THRESHOLD0 = 10_000
+GC_NEVER = 1_000_000
 
 
 def tune_gc(threshold0: int = GC_THRESHOLD0) -> None:
-    """Call once at startup, after configuration is loaded: freezes what exists (modules,
-    configuration: never garbage) and makes young collections rarer. Generations 1 and 2
-    keep their thresholds."""
+    """Call once in the process entry point (``aifinops.__main__``), before serving, in a
+    process whose refresh loop calls :func:`settle_heap` after every refresh: freezes what
+    exists (modules, configuration: never garbage), keeps young collections short and leaves
+    the older generations to :func:`settle_heap`."""
+    global _tuned
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(threshold0, gen1, gen2)
+    gc.set_threshold(threshold0, GC_NEVER, GC_NEVER)
+    _tuned = True
 
 
 def settle_heap() -> None:
@@ -142,14 +148,20 @@ def settle_heap() -> None:
     sources' last good data, the exposition) moves to the collector's permanent generation.
 
     Why: CPython's cyclic garbage collector walks every tracked object of a generation when it
-    collects it; at 10k GPUs the exporter holds about a million (rows, label maps, tuples), and
-    a refresh allocates as many again, so full collections in the middle of a refresh cost
-    hundreds of milliseconds, holding the GIL. Frozen objects are still freed by reference
-    counting when the next refresh replaces them (the data holds no reference cycles); only
-    cyclic garbage among them would wait, and :func:`settle_heap` unfreezes and collects
-    every :data:`FULL_COLLECT_EVERY` calls to bound that.
+    collects it; at 10k GPUs a refresh leaves about a million (rows, label maps, tuples), and
+    full collections in the middle of the next refresh cost hundreds of milliseconds, holding
+    the GIL. Frozen objects are still freed by reference counting when a later refresh
+    replaces them (the data holds no reference cycles); only cyclic garbage among them waits,
+    about 60 objects a refresh as measured, and every :data:`FULL_COLLECT_EVERY` calls this
+    unfreezes and runs one full collection (a pause of up to a second at 10k GPUs, once an
+    hour at a 30 s interval) to bound that.
+
+    Does nothing unless :func:`tune_gc` was called (the process entry point opts in; a test
+    process that builds apps and refreshes them keeps CPython's defaults).
     """
     global _settled
+    if not _tuned:
+        return
     _settled += 1
     if _settled % FULL_COLLECT_EVERY == 0:
         gc.unfreeze()
@@ -157,8 +169,9 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-FULL_COLLECT_EVERY = 100
+FULL_COLLECT_EVERY = 120
 _settled = 0
+_tuned = False
 
 
 __all__ = [

@@ -36,6 +36,7 @@ from aifinops.model.inputs import (
 )
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
+from aifinops.offload import render_and_compress, run_cpu, settle_heap
 from aifinops.sources.base import Source, SourceError
 from aifinops.status import RefreshStatus, SourceStatus
 
@@ -254,12 +255,16 @@ class Refresher:
             inputs, dcgm_at, finance_inputs = self._inputs()
             report: Report | None
             try:
-                report, state = build_report(inputs, self._context, self._state, now, dcgm_at)
+                # CPU-heavy steps run on the one CPU worker thread (aifinops.offload) so that
+                # scrapes keep being answered from the previous snapshot meanwhile.
+                report, state = await run_cpu(
+                    build_report, inputs, self._context, self._state, now, dcgm_at
+                )
             except Exception:
                 log.exception("model_failed")
                 report, state = self.snapshot.report, self._state
             self._state = state
-            report = self._with_finance(report, finance_inputs, now)
+            report = await run_cpu(self._with_finance, report, finance_inputs, now)
             self._log_unpriced(report)
             self._refreshes += 1
             status = RefreshStatus(
@@ -268,7 +273,7 @@ class Refresher:
                 completed_at=now,
                 refreshes=self._refreshes,
             )
-            exposition = self._render(report, status, count_dropped=True)
+            exposition = await run_cpu(self._render, report, status, count_dropped=True)
             # Ready once an upstream gave data: a local source (the bundled price list, the
             # push store) has data from the start and says nothing about the upstreams.
             in_use = any(
@@ -289,6 +294,7 @@ class Refresher:
                 tenants=len({t for t, _ in report.tenant_rates("allocation")}) if report else 0,
                 exposition_bytes=len(exposition.plain),
             )
+            settle_heap()
             return self.snapshot
 
     def _render(
@@ -296,16 +302,14 @@ class Refresher:
     ) -> Exposition:
         """The page: model families capped to ``max_series_per_family`` (counted once per
         refresh), then self-metrics and the extra families."""
-        families, dropped = cap_families(
-            cost_families(report), self._context.max_series_per_family
-        )
+        families, dropped = cap_families(cost_families(report), self._context.max_series_per_family)
         if count_dropped:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
         for extra in self.extra_families:
             families.extend(extra())
-        return Exposition.from_bytes(render(families))
+        return render_and_compress(families)
 
     def rerender(self) -> None:
         """Render the current report again (after a change to an extra family, such as a

@@ -40,12 +40,15 @@ def test_run_cpu_passes_exceptions_through() -> None:
 
 def test_tune_gc_and_settle_heap() -> None:
     threshold = gc.get_threshold()
+    offload.settle_heap()  # not tuned: does nothing
+    assert gc.get_freeze_count() == 0
     try:
         offload.tune_gc(12_345)
-        assert gc.get_threshold() == (12_345, threshold[1], threshold[2])
+        assert gc.get_threshold() == (12_345, offload.GC_NEVER, offload.GC_NEVER)
         assert gc.get_freeze_count() > 0
         offload.settle_heap()
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+        offload._tuned = False

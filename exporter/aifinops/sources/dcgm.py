@@ -28,6 +28,7 @@ from typing import Literal
 import httpx
 
 from aifinops.model.inputs import GpuSample
+from aifinops.offload import run_cpu
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
@@ -79,7 +80,8 @@ class DcgmSource:
                 max_bytes=s.max_response_bytes,
                 headers=headers,
             )
-            return _not_empty(gpu_samples_from_series(series, s.utilization_metric), s)
+            samples = await run_cpu(gpu_samples_from_series, series, s.utilization_metric)
+            return _not_empty(samples, s)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
