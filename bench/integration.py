@@ -132,4 +132,4 @@ def apply_offload() -> str:
     offload.tune_gc()
     if skipped:
         return "proposed offload edits, except: " + ", ".join(skipped)
-    return "the code with the proposed offload edits (bench/integration.py)"
+    return "the code as committed (CPU work offloaded: refresh.py, sources/dcgm.py, sources/tokens.py)"
