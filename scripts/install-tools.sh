@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs Prometheus' tools from Debian's packages when they are missing:
-# /usr/bin/promtool, /usr/bin/prometheus, /usr/bin/amtool, /usr/bin/prometheus-alertmanager.
+# /usr/bin/promtool, /usr/bin/prometheus, /usr/bin/amtool, /usr/bin/prometheus-alertmanager,
+# and openssl (the TLS test makes a throwaway certificate with it).
 set -euo pipefail
 need=()
-for bin in promtool prometheus amtool prometheus-alertmanager; do
+for bin in promtool prometheus amtool prometheus-alertmanager openssl; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if [ ${#need[@]} -eq 0 ]; then
@@ -20,5 +21,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-  prometheus prometheus-alertmanager >/dev/null
+  prometheus prometheus-alertmanager openssl >/dev/null
 echo ">> installed: $(promtool --version 2>&1 | head -1)"

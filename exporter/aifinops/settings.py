@@ -37,6 +37,21 @@ class ConfigError(Exception):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*")
+    @classmethod
+    def _paths_usable(cls, v: Any) -> Any:
+        # A path the OS cannot take (a NUL, a lone surrogate) would fail later as a
+        # ValueError where an OSError is handled; refuse it here, with the field named.
+        for path in v if isinstance(v, tuple) else (v,):
+            if isinstance(path, Path):
+                try:
+                    if "\0" in str(path):
+                        raise ValueError
+                    os.fsencode(path)
+                except ValueError:  # UnicodeEncodeError included
+                    raise ValueError("not a usable file path (NUL or invalid character)") from None
+        return v
+
 
 class ServerSettings(_Strict):
     """``web_config_file``: TLS and basic auth in the Prometheus exporter-toolkit's
@@ -581,6 +596,8 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except ValueError as exc:  # a NUL in the path, text that is not UTF-8
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

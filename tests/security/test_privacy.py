@@ -9,7 +9,6 @@ import asyncio
 from typing import Any
 
 import httpx
-
 import pytest
 from structlog.testing import capture_logs
 

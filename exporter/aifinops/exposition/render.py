@@ -20,7 +20,6 @@ from __future__ import annotations
 import gzip
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from operator import itemgetter
 
 import msgspec
@@ -107,15 +106,28 @@ def _render_samples(spec: MetricSpec, template: str, samples: Sequence[Sample]) 
     _check_label_counts(spec, label_sets)
     texts = _value_texts(list(map(float, map(_second, samples))))
     n = len(samples)
-    if not spec.labels:
+    width = len(spec.labels)
+    if not width:
         return (template * n) % tuple(texts)
-    body = (template * n) % tuple(chain.from_iterable(map(tuple.__add__, label_sets, zip(texts))))
+    body = (template * n) % _interleave(label_sets, texts, width)
     # Without escaping, a clean chunk has exactly two quotes per label, one newline per
     # sample and no backslash; anything else means some label value needs escaping.
-    if body.count('"') != 2 * len(spec.labels) * n or body.count("\n") != n or "\\" in body:
+    if body.count('"') != 2 * width * n or body.count("\n") != n or "\\" in body:
         escaped = [tuple(map(escape_label_value, labels)) for labels in label_sets]
-        body = (template * n) % tuple(chain.from_iterable(map(tuple.__add__, escaped, zip(texts))))
+        body = (template * n) % _interleave(escaped, texts, width)
     return body
+
+
+def _interleave(
+    label_sets: Sequence[tuple[str, ...]], texts: list[str], width: int
+) -> tuple[str, ...]:
+    """``(l1, l2, ..., value, l1, l2, ..., value, ...)``, built column by column."""
+    step = width + 1
+    args: list[str] = texts * step  # the right length; every slot is overwritten below
+    for i in range(width):
+        args[i::step] = map(itemgetter(i), label_sets)
+    args[width::step] = texts
+    return tuple(args)
 
 
 def iter_family(family: Family, chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> Iterator[str]:

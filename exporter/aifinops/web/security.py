@@ -126,7 +126,7 @@ def parse_web_config(text: str, source: str) -> WebConfig:
 def load_web_config(path: Path) -> WebConfig:
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, a NUL in the path
         raise ConfigError(f"cannot read web configuration file {path}: {exc}") from None
     return parse_web_config(text, str(path))
 
@@ -143,7 +143,7 @@ def ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
         if tls.client_ca_file is not None:
             ctx.load_verify_locations(tls.client_ca_file)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in a path
         raise ConfigError(f"tls_server_config: cannot load certificate or key: {exc}") from None
     if tls.client_auth_type == "NoClientCert":
         ctx.verify_mode = ssl.CERT_NONE
@@ -163,7 +163,7 @@ def ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
 def _stamp(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         return None
     return (st.st_mtime_ns, st.st_size)
 
