@@ -6,8 +6,7 @@ the fake upstreams and the scrapers run in processes of their own. Everything is
 
 Options: ``--sizes 100,1000,10000`` (GPUs), ``--repeat N`` (steady refreshes and latency
 rounds per size; medians are printed), ``--quick`` (fewer requests: the smoke test),
-``--no-tokens`` (GPU cost only, no LLM token sources), ``--no-offload`` (``refresh.py`` as it
-is, without the proposed :mod:`aifinops.offload` edits), ``--json FILE`` (raw results).
+``--no-tokens`` (GPU cost only, no LLM token sources), ``--json FILE`` (raw results).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from bench.table import render_table
 SIZE_TIMEOUT_S = 600
 
 
-def run_size(gpus: int, repeat: int, quick: bool, tokens: bool, offload: bool) -> dict[str, Any]:
+def run_size(gpus: int, repeat: int, quick: bool, tokens: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [
@@ -44,8 +43,6 @@ def run_size(gpus: int, repeat: int, quick: bool, tokens: bool, offload: bool) -
             cmd.append("--quick")
         if not tokens:
             cmd.append("--no-tokens")
-        if not offload:
-            cmd.append("--no-offload")
         subprocess.run(cmd, check=True, timeout=SIZE_TIMEOUT_S, stdin=subprocess.DEVNULL)
         result: dict[str, Any] = json.loads(out.read_text())
         return result
@@ -57,11 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="steady refreshes/rounds per size")
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke test)")
     parser.add_argument("--no-tokens", action="store_true", help="no LLM token sources")
-    parser.add_argument(
-        "--no-offload",
-        action="store_true",
-        help="measure refresh.py as it is, without the proposed aifinops.offload edits",
-    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -70,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for gpus in sizes:
         print(f">> {gpus} GPUs ...", file=sys.stderr, flush=True)
         size_started = time.monotonic()
-        results.append(
-            run_size(gpus, max(1, args.repeat), args.quick, not args.no_tokens, not args.no_offload)
-        )
+        results.append(run_size(gpus, max(1, args.repeat), args.quick, not args.no_tokens))
         print(f"   done in {time.monotonic() - size_started:.0f}s", file=sys.stderr, flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -34,12 +34,12 @@ from aiohttp import web
 
 from aifinops.exposition.families import BuildInfo, cost_families, self_families
 from aifinops.logs import configure_logging
+from aifinops.offload import tune_gc
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings, settings_from_mapping
 from aifinops.version import RULES_VERSION, __version__
 from aifinops.web.app import REFRESHER, build_sources, create_app
 from bench.compare import compare_render, compare_text_parser
-from bench.integration import apply_offload
 from bench.probe import PhaseProbe
 
 # Endpoints timed besides /metrics; add the JSON API's here as it lands.
@@ -168,7 +168,6 @@ class Run:
     repeat: int
     quick: bool
     tokens: bool
-    offload: bool = True
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -254,7 +253,9 @@ async def during_refreshes(
 async def run_size(run: Run) -> dict[str, Any]:
     configure_logging("error")
     quick = run.quick
-    variant = apply_offload() if run.offload else "refresh.py as it is"
+    # As `aifinops-exporter` does at start-up (see aifinops.offload).
+    tune_gc()
+    variant = "the code as committed"
     async with AsyncExitStack() as stack:
         upstream = await Child.start(
             "bench.upstream", "--gpus", str(run.gpus), *(["--tokens"] if run.tokens else [])
@@ -336,10 +337,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-tokens", action="store_true")
-    parser.add_argument("--no-offload", action="store_true")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    run = Run(args.gpus, args.repeat, args.quick, not args.no_tokens, not args.no_offload)
+    run = Run(args.gpus, args.repeat, args.quick, not args.no_tokens)
     result = asyncio.run(run_size(run))
     Path(args.out).write_text(json.dumps(result, indent=1))
 
