@@ -282,7 +282,7 @@ def attribute_costs(
     if max_tenants is not None:
         rates_by_basis, folded = fold_tenants(rates_by_basis, max_tenants)
         if folded:
-            shares = _fold_shares(shares, rates_by_basis)
+            shares = fold_shares(shares, rates_by_basis)
 
     cluster: dict[str, float] = {}
     if allocation_rates:
@@ -378,7 +378,7 @@ def fold_tenants(
     return out, len(spend) - max_tenants
 
 
-def _fold_shares(
+def fold_shares(
     shares: Iterable[GpuShare], rates_by_basis: Mapping[str, Mapping[tuple[str, str], float]]
 ) -> list[GpuShare]:
     kept = {t for basis in rates_by_basis.values() for (t, _) in basis}

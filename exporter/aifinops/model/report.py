@@ -22,8 +22,8 @@ from aifinops.exposition.catalog import (
 from aifinops.model.cost import (
     CostBreakdown,
     IdleKey,
-    _fold_shares,
     attribute_costs,
+    fold_shares,
     fold_tenants,
 )
 from aifinops.model.gpu_prices import GpuPricer
@@ -246,7 +246,7 @@ def _with_token_rates(
     new_rates = {b: dict(r) for b, r in rates.items()}
     if max_tenants is not None:
         new_rates, folded = fold_tenants(new_rates, max_tenants)
-    shares = _fold_shares(cost.shares, new_rates) if folded else list(cost.shares)
+    shares = fold_shares(cost.shares, new_rates) if folded else list(cost.shares)
     cluster = dict(cost.cluster)
     token_parts = [
         v for (_, r), v in new_rates.get("allocation", {}).items() if r == TOKENS_RESOURCE
