@@ -14,8 +14,7 @@ def require_binary(name: str) -> str:
     if path:
         return path
     message = (
-        f"{name} not found: run `make tools` "
-        "(Debian packages prometheus, prometheus-alertmanager)"
+        f"{name} not found: run `make tools` (Debian packages prometheus, prometheus-alertmanager)"
     )
     if os.environ.get("CI"):
         pytest.fail(message)
