@@ -13,7 +13,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Dependencies have manylinux wheels (numpy, scipy, pydantic-core): no compiler is needed.
+# Dependencies have manylinux wheels (numpy, pydantic-core, msgspec): no compiler is needed.
 COPY pyproject.toml README.md* ./
 COPY exporter ./exporter
 RUN /opt/venv/bin/pip wheel --wheel-dir /wheels . \

@@ -1,14 +1,20 @@
 """Month bounds and the month-end forecast: exact figures on hand-built daily series."""
 
+import warnings
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
 
 from aifinops.model.forecast import (
     MIN_FIT_DAYS,
     elapsed_days,
     forecast_month_end,
     month_bounds,
+    theil_sen,
 )
 
 DAY = 86400.0
@@ -137,3 +143,31 @@ def test_forecast_is_never_below_spend(spend):
     for series in ([], days((2024, 2, 1), [5, 1, 0, 0]), days((2024, 2, 1), [0, 0, 0, 0])):
         fc = forecast_month_end(spend, series, ts(2024, 2, 5, 6), "UTC")
         assert fc.month_end_usd >= spend
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=-60, max_value=0),
+            st.floats(min_value=0, max_value=1e6, allow_nan=False),
+        ),
+        min_size=2,
+        max_size=40,
+    ).filter(lambda pts: len({x for x, _ in pts}) >= 2)
+)
+def test_theil_sen_matches_scipy(points):
+    """The numpy Theil–Sen gives scipy's ``theilslopes`` (default method) figures."""
+    x = np.array([float(p[0]) for p in points])
+    y = np.array([p[1] for p in points])
+    slope, intercept = theil_sen(x, y)
+    with warnings.catch_warnings():  # its confidence interval warns on repeated x
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = scipy_stats.theilslopes(y, x)
+    assert slope == pytest.approx(float(ref[0]), rel=1e-9, abs=1e-9)
+    assert intercept == pytest.approx(float(ref[1]), rel=1e-9, abs=1e-6)
+
+
+def test_theil_sen_needs_two_distinct_x():
+    with pytest.raises(ValueError, match="two distinct"):
+        theil_sen(np.array([1.0, 1.0]), np.array([2.0, 3.0]))
