@@ -90,8 +90,8 @@ class DcgmSource:
         except* SourceError as failed:
             # The first failure cancels the other pages; report that one.
             raise failed.exceptions[0] from None
-        series = [item for task in tasks for item in task.result()]
-        return _not_empty(await run_cpu(gpu_samples_from_series, series, s.utilization_metric), s)
+        scraped = [item for task in tasks for item in task.result()]
+        return _not_empty(await run_cpu(gpu_samples_from_series, scraped, s.utilization_metric), s)
 
     async def _scrape(
         self, client: httpx.AsyncClient, url: str, headers: Mapping[str, str]
