@@ -42,17 +42,27 @@ from aifinops.web.app import REFRESHER, build_sources, create_app
 from bench.compare import compare_render, compare_text_parser
 from bench.probe import PhaseProbe
 
-# Endpoints timed besides /metrics; add the JSON API's here as it lands.
-API_ENDPOINTS: tuple[str, ...] = ("/readyz",)
+# Endpoints timed besides /metrics: readiness and the JSON API's read endpoints.
+API_ENDPOINTS: tuple[str, ...] = (
+    "/readyz",
+    "/api/v1/summary",
+    "/api/v1/recommendations",
+    "/api/v1/chargeback?format=json",
+)
+INITIATIVES = 20  # ROI initiatives, one tenant each
 # Larger than the 10k-GPU OpenCost answer (~44 MB); the default cap is 64 MiB.
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
-PACE_MS = 5.0  # between requests of the scrapers that run during refreshes
+PACE_MS = 5.0  # between /metrics requests of the scraper that runs during refreshes
+# Between requests to each other endpoint during refreshes: slower, so that four API clients
+# do not take the CPU the /metrics figure is about on a 2-core machine.
+API_PACE_MS = 50.0
 
 
-def bench_settings(config: dict[str, Any]) -> Settings:
+def bench_settings(config: dict[str, Any], tenants: int = 0) -> Settings:
     """The exporter configuration for the fakes, with the bench's overrides: every tenant
-    published (``limits.max_tenants`` 2000; the default folds all but 500 into __other__) and
-    a response cap above the largest payload."""
+    published (``limits.max_tenants`` 2000; the default folds all but 500 into __other__), a
+    response cap above the largest payload and, given the cluster's ``tenants``, the finance
+    sections of :func:`bench_finance`."""
     config = json.loads(json.dumps(config))
     for source in config["sources"].values():
         source["max_response_bytes"] = MAX_RESPONSE_BYTES
@@ -60,7 +70,27 @@ def bench_settings(config: dict[str, Any]) -> Settings:
         source["max_response_bytes"] = MAX_RESPONSE_BYTES
     config["limits"] = {"max_tenants": 2000}
     config["logging"] = {"level": "warning"}
+    if tenants:
+        config.update(bench_finance(tenants))
     return settings_from_mapping(config, "bench configuration")
+
+
+def bench_finance(tenants: int) -> dict[str, Any]:
+    """Finance sections at scale: a budget per tenant plus a global one, and
+    :data:`INITIATIVES` ROI initiatives, so that the finance step and the API do their full
+    work (the tenants are ``ClusterSpec.scaled``'s ``tenant-NNNN``)."""
+    names = [f"tenant-{i:04d}" for i in range(tenants)]
+    budgets = [{"tenant": n, "amount_usd": 5_000.0 + 10.0 * i} for i, n in enumerate(names)]
+    budgets.append({"tenant": "__all__", "amount_usd": 1_000.0 * tenants})
+    initiatives = [
+        {
+            "name": f"initiative-{i:02d}",
+            "tenants": [n],
+            "benefits": {"hours_saved": 10 + i, "hourly_rate": 60, "headcount": 5},
+        }
+        for i, n in enumerate(names[:INITIATIVES])
+    ]
+    return {"budgets": {"time_zone": "UTC", "tenants": budgets}, "initiatives": initiatives}
 
 
 def vm_hwm_mib() -> float:
@@ -225,7 +255,7 @@ async def during_refreshes(
                 "--requests",
                 str(requests),
                 "--pace-ms",
-                str(PACE_MS),
+                str(PACE_MS if name == "metrics_gzip" else API_PACE_MS),
                 "--until-eof",
                 *(["--gzip"] if gzip else []),
             )
@@ -262,7 +292,7 @@ async def run_size(run: Run) -> dict[str, Any]:
         )
         stack.callback(upstream.kill)
         info = await upstream.message()
-        settings = bench_settings(info["config"])
+        settings = bench_settings(info["config"], info["tenants"])
 
         app = create_app(settings, sources=bench_sources(settings), run_loop=False)
         runner = web.AppRunner(app, access_log=None)
