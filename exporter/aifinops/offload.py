@@ -87,6 +87,18 @@ async def run_cpu(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T
         return await loop.run_in_executor(_cpu, functools.partial(fn, *args, **kwargs))
 
 
+_side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aifinops-side")
+
+
+async def run_side(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)`` on the side thread: request-time work too large for the event
+    loop (a JSON API answer over thousands of tenants) that must not queue behind a refresh
+    on the CPU worker. The same rules as :func:`run_cpu`."""
+    loop = asyncio.get_running_loop()
+    with short_switch_interval():
+        return await loop.run_in_executor(_side, functools.partial(fn, *args, **kwargs))
+
+
 @functools.cache
 def _gzip_header(level: int) -> bytes:
     # The 10-byte header exactly as this Python's gzip.compress(..., mtime=0) writes it (it
@@ -237,6 +249,7 @@ __all__ = [
     "render_and_compress",
     "render_exposition",
     "run_cpu",
+    "run_side",
     "settle_heap",
     "short_switch_interval",
     "tune_gc",

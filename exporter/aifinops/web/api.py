@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -45,6 +46,7 @@ from aifinops.model.recommend import filter_recommendations
 from aifinops.model.report import Report
 from aifinops.model.roi import compute_roi
 from aifinops.model.routing import optimize_workload
+from aifinops.offload import run_side
 from aifinops.settings import Settings
 from aifinops.web.auth import API_SCOPE, TokenStore, bearer_token
 from aifinops.web.openapi import openapi_document
@@ -78,6 +80,8 @@ ContextGetter = Callable[[], FinanceContext | None]
 
 API_REPORT: web.AppKey[ReportGetter] = web.AppKey("api_report")
 API_CONTEXT: web.AppKey[ContextGetter] = web.AppKey("api_finance_context")
+API_READ_CACHE: web.AppKey[ReadCache] = web.AppKey("api_read_cache")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 API_TOKENS = web.AppKey("api_tokens", TokenStore)
 API_SETTINGS = web.AppKey("api_settings", Settings)
 PUSH_TOKEN_CONFIGURED = web.AppKey("api_push_token_configured", bool)
@@ -282,7 +286,7 @@ def _context(request: web.Request) -> FinanceContext:
 # --- handlers --------------------------------------------------------------------------------
 
 
-async def handle_summary(request: web.Request) -> web.Response:
+def _summary(request: web.Request) -> web.Response:
     """``GET /api/v1/summary``: spend month to date and its forecast (the whole cluster),
     budget state per tenant, ROI per initiative, idle GPU cost, the top savings."""
     _query_empty(request)
@@ -309,7 +313,7 @@ def _query_empty(request: web.Request) -> None:
         raise ApiError(400, "invalid_request", "unknown field", key)
 
 
-async def handle_budgets(request: web.Request) -> web.Response:
+def _budgets(request: web.Request) -> web.Response:
     """``GET /api/v1/budgets``: every evaluated budget and the month to date per tenant."""
     _query_empty(request)
     _, f = _finance(request)
@@ -330,7 +334,7 @@ RECOMMENDATION_ALIASES = {"min_saving": "min_saving_usd"}
 RECOMMENDATION_PUBLIC = {"min_saving_usd": "min_saving"}
 
 
-async def handle_recommendations(request: web.Request) -> web.Response:
+def _recommendations(request: web.Request) -> web.Response:
     """``GET /api/v1/recommendations?tenant=&kind=&min_saving=`` (USD per month,
     inclusive). An unknown tenant is no error: the list is empty."""
     query = _validate_query(
@@ -343,7 +347,7 @@ async def handle_recommendations(request: web.Request) -> web.Response:
     return _json(RecommendationsResponse.from_model(recs, f.now))
 
 
-async def handle_chargeback(request: web.Request) -> web.Response:
+def _chargeback(request: web.Request) -> web.Response:
     """``GET /api/v1/chargeback?period=YYYY-MM&format=json|csv|focus&basis=&share_idle=
     &share_unallocated=``; ``period`` defaults to the current month."""
     data = _query(request)
@@ -440,6 +444,104 @@ async def handle_openapi(request: web.Request) -> web.Response:
     )
 
 
+# Answers kept per report (see ReadCache): at most this many, and this many body bytes.
+READ_CACHE_ENTRIES = 64
+READ_CACHE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    body: bytes
+    content_type: str
+    charset: str | None
+    headers: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, response: web.Response) -> CachedAnswer:
+        body = response.body
+        assert isinstance(body, bytes)
+        extra = tuple(
+            (k, v) for k, v in response.headers.items() if k.lower() == "content-disposition"
+        )
+        return cls(body, response.content_type, response.charset, extra)
+
+    def response(self) -> web.Response:
+        return web.Response(
+            body=self.body,
+            content_type=self.content_type,
+            charset=self.charset,
+            headers=dict(self.headers),
+        )
+
+
+class ReadCache:
+    """The read routes' answers for the current report, keyed by path and query string.
+
+    The read routes are pure functions of the report and the request, and the report changes
+    once per refresh; at fleet scale an answer over 2,000 tenants takes tens of ms of Python
+    to build. So each distinct request is built once per report, on the side thread
+    (:func:`aifinops.offload.run_side`) so that ``/metrics`` keeps being served meanwhile,
+    and later identical requests get the same bytes. A new report empties the cache; it is
+    bounded in entries and bytes (oldest out first). Errors (4xx) are not cached.
+    """
+
+    def __init__(
+        self, max_entries: int = READ_CACHE_ENTRIES, max_bytes: int = READ_CACHE_BYTES
+    ) -> None:
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._report: tuple[int, float] | None = None
+        self._entries: dict[str, CachedAnswer] = {}
+        self._bytes = 0
+
+    async def answer(
+        self, request: web.Request, build: Callable[[web.Request], web.Response]
+    ) -> web.Response:
+        report = request.app[API_REPORT]()
+        if report is None:
+            return build(request)  # 503, no report yet: nothing to cache
+        # id() alone could be reused by the next report once this one is freed; with the
+        # report's timestamp the pair is unique per refresh.
+        key = (id(report), report.now)
+        if key != self._report:
+            self._report, self._entries, self._bytes = key, {}, 0
+        cached = self._entries.get(request.path_qs)
+        if cached is None:
+            built = await run_side(build, request)
+            if built.status != 200 or not isinstance(built.body, bytes):
+                return built
+            cached = CachedAnswer.of(built)
+            if key == self._report:  # not if a refresh swapped the report meanwhile
+                self._store(request.path_qs, cached)
+        return cached.response()
+
+    def _store(self, key: str, answer: CachedAnswer) -> None:
+        if len(answer.body) > self._max_bytes:
+            return
+        self._entries[key] = answer
+        self._bytes += len(answer.body)
+        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+            oldest = next(iter(self._entries))
+            self._bytes -= len(self._entries.pop(oldest).body)
+
+
+def _read_route(build: Callable[[web.Request], web.Response]) -> Handler:
+    """An aiohttp handler answering ``build(request)`` through the app's :class:`ReadCache`."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return await request.app[API_READ_CACHE].answer(request, build)
+
+    handler.__doc__ = build.__doc__
+    handler.__name__ = f"handle{build.__name__}"
+    return handler
+
+
+handle_summary = _read_route(_summary)
+handle_budgets = _read_route(_budgets)
+handle_recommendations = _read_route(_recommendations)
+handle_chargeback = _read_route(_chargeback)
+
+
 def register_api(
     app: web.Application,
     settings: Settings,
@@ -452,6 +554,7 @@ def register_api(
     app[API_REPORT] = report
     app[API_CONTEXT] = context
     app[API_SETTINGS] = settings
+    app[API_READ_CACHE] = ReadCache()
     app[PUSH_TOKEN_CONFIGURED] = settings.tokens.push.bearer_token_file is not None
     app.middlewares.append(api_middleware)
     app.router.add_get(f"{PREFIX}/summary", handle_summary)

@@ -1,0 +1,87 @@
+"""The read routes' per-report answer cache (web.api.ReadCache), through the real app and
+on its own."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from aifinops.web.api import API_READ_CACHE, API_REPORT, ApiError, ReadCache
+
+
+async def test_identical_reads_share_one_answer_per_report(finance_demo: Any) -> None:
+    client = finance_demo.client
+    cache: ReadCache = client.app[API_READ_CACHE]
+    await finance_demo.refresh()
+    first = await client.get("/api/v1/chargeback?format=csv")
+    body = await first.read()
+    assert first.status == 200
+    assert first.headers["Content-Disposition"].startswith("attachment;")
+    assert "/api/v1/chargeback?format=csv" in cache._entries
+    again = await client.get("/api/v1/chargeback?format=csv")
+    assert again.status == 200 and await again.read() == body
+    assert again.headers["Content-Type"].startswith("text/csv")
+    assert again.headers["Content-Disposition"] == first.headers["Content-Disposition"]
+
+    summary = await (await client.get("/api/v1/summary")).json()
+    finance_demo.clock.now += 3600.0
+    await finance_demo.refresh()
+    later = await (await client.get("/api/v1/summary")).json()
+    assert later["generated_at"] != summary["generated_at"]
+    assert set(cache._entries) == {"/api/v1/summary"}
+
+
+async def test_errors_are_not_cached(finance_demo: Any) -> None:
+    client = finance_demo.client
+    await finance_demo.refresh()
+    bad = await client.get("/api/v1/chargeback?period=1999-01")
+    assert bad.status == 404
+    assert (await bad.json())["error"]["field"] == "period"
+    assert client.app[API_READ_CACHE]._entries == {}
+
+
+class FakeReport:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+
+def request_for(app: web.Application, path: str) -> web.Request:
+    return make_mocked_request("GET", path, app=app)
+
+
+async def test_builds_once_per_report_and_path_and_stays_bounded() -> None:
+    app = web.Application()
+    report = FakeReport(1.0)
+    app[API_REPORT] = lambda: report  # type: ignore[assignment,return-value]
+    cache = ReadCache(max_entries=3, max_bytes=250)
+    calls: list[str] = []
+
+    def build(request: web.Request) -> web.Response:
+        calls.append(request.path_qs)
+        if "bad" in request.path_qs:
+            raise ApiError(400, "invalid_request", "bad", "x")
+        return web.json_response({"path": request.path_qs, "pad": "x" * 50})
+
+    for path in ("/a", "/a", "/b", "/a?x=1", "/b"):
+        resp = await cache.answer(request_for(app, path), build)
+        assert json.loads(resp.body)["path"] == path  # type: ignore[arg-type]
+    assert calls == ["/a", "/b", "/a?x=1"]
+    # A fourth distinct answer pushes out the oldest (entries, then bytes: ~80 B each).
+    await cache.answer(request_for(app, "/c"), build)
+    assert list(cache._entries) == ["/b", "/a?x=1", "/c"]
+    assert cache._bytes == sum(len(a.body) for a in cache._entries.values()) <= 250
+    try:
+        await cache.answer(request_for(app, "/bad"), build)
+    except ApiError as exc:
+        assert exc.status == 400
+    else:
+        raise AssertionError("the builder's error must reach the caller")
+    assert "/bad" not in cache._entries
+
+    report = FakeReport(2.0)  # a new report: everything is built again
+    calls.clear()
+    await cache.answer(request_for(app, "/b"), build)
+    assert calls == ["/b"] and list(cache._entries) == ["/b"]
