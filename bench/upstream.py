@@ -10,7 +10,10 @@ Why a process of its own: the fakes render a payload per request (about 2 s of C
 10k-GPU OpenCost answer), which on the exporter's event loop would be counted as the
 exporter's stall. Here every distinct request is rendered once per *phase* and the bytes are
 kept; the fakes' clock alternates between two phases 30 s apart, so consecutive refreshes see
-the same series with new values, as they would in a cluster.
+the same series with new values, as they would in a cluster. A request for an explicit
+window (``window=<start>,<end>``: OpenCost's month-to-date query, asked by the exporter with
+its clock at :data:`T0`) does not depend on the phase and is rendered once: at 10k GPUs that
+is ~30 daily sets aggregated by tenant (about 20 s of CPU, once, before anything is timed).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from aifinops.demo.upstreams import (
     opencost_app,
     prometheus_app,
 )
+from aifinops.logs import configure_logging
 
 T0 = 1_750_000_000.0
 PHASE_SECONDS = 30.0
@@ -73,10 +77,11 @@ def caching_middleware(clock: PhaseClock) -> Any:
     async def cached(request: web.Request, handler: Handler) -> web.StreamResponse:
         key = (request.path, "&".join(sorted(f"{k}={v}" for k, v in request.query.items())))
         counters = request.path.startswith(COUNTER_PATHS)
+        fixed = "," in request.query.get("window", "")  # an explicit window: no phase
         bodies = cache.get(key)
         if bodies is None:
             bodies = []
-            for phase in range(COUNTER_PHASES if counters else GAUGE_PHASES):
+            for phase in range(COUNTER_PHASES if counters else 1 if fixed else GAUGE_PHASES):
                 clock.phase = phase
                 resp = await handler(request)
                 assert isinstance(resp, web.Response) and isinstance(resp.body, bytes)
@@ -84,7 +89,9 @@ def caching_middleware(clock: PhaseClock) -> Any:
             cache[key] = bodies
         n = served[key]
         served[key] += 1
-        status, body, content_type = bodies[min(n, len(bodies) - 1) if counters else n % 2]
+        status, body, content_type = bodies[
+            min(n, len(bodies) - 1) if counters else n % len(bodies)
+        ]
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 
     return cached
@@ -135,6 +142,8 @@ def tokens_config(demo: LlmDemo, base_url: str, priced: list[str]) -> dict[str, 
 
 
 async def serve(n_gpus: int, tokens: bool) -> None:
+    # Logs go to stderr: stdout carries the JSON line the parent reads.
+    configure_logging("warning")
     sim = SimCluster(ClusterSpec.scaled(n_gpus))
     clock = PhaseClock()
     faults = FaultSwitch()
@@ -180,11 +189,18 @@ async def warm(config: dict[str, Any]) -> None:
     """Fetch every source the exporter will read, with the exporter's own source objects,
     so that every answer is rendered before anything is timed (here: the exporter's process
     never holds this warm-up's data, so its peak RSS is its own)."""
+    from aifinops.sources.opencost import OpenCostMonthSource
     from bench.size import bench_settings, bench_sources
 
     settings = bench_settings(config)
     async with httpx.AsyncClient() as client:
         for source, _, _ in bench_sources(settings):
+            if isinstance(source, OpenCostMonthSource):
+                # The fake renders ~30 daily sets at 10k GPUs (~30 s of CPU): longer than the
+                # source's own timeout. Ask once with patience; the source then reads the cache.
+                _, _, params = source.query(T0)
+                url = f"{settings.sources.opencost.url}/allocation/compute"
+                (await client.get(url, params=params, timeout=900)).raise_for_status()
             await source.fetch(client)
 
 

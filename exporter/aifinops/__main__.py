@@ -1,11 +1,13 @@
 """Command line: ``aifinops-exporter [--config FILE] [--demo] [--check-config]``.
 
 Exit codes: 0 on a clean stop, 2 when the configuration is invalid (the message names the
-field and the value), 1 on any other start-up failure.
+field and the value; an unwritable ``state.path`` directory included), 1 on any other
+start-up failure.
 
 Signals: SIGTERM and SIGINT stop gracefully (no new connections; requests in flight get
-:data:`SHUTDOWN_TIMEOUT` seconds to finish; the refresh loop is cancelled; exit 0). SIGHUP
-reloads the configuration (``web/lifecycle.py``: validated first, the old one kept on error).
+:data:`SHUTDOWN_TIMEOUT` seconds to finish; the refresh loop is cancelled; the state file,
+when configured, is written; exit 0). SIGHUP reloads the configuration
+(``web/lifecycle.py``: validated first, the old one kept on error).
 With ``server.web_config_file`` holding ``tls_server_config``, the exporter serves HTTPS.
 """
 
@@ -163,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print("configuration OK")
         return 0
+    try:
+        # Not with --check-config: it validates the text, wherever the file will run.
+        from aifinops.statefile import check_state_dir
+
+        check_state_dir(settings.state)
+    except ConfigError as exc:
+        print(f"aifinops-exporter: {exc}", file=sys.stderr)
+        return 2
 
     def loader() -> Settings:
         """The configuration again, as at start-up (SIGHUP, POST /-/reload)."""

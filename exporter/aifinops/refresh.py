@@ -25,7 +25,7 @@ from aifinops.exposition.bounds import cap_families, dropped_samples
 from aifinops.exposition.catalog import SERIES_DROPPED
 from aifinops.exposition.families import BuildInfo, cost_families, self_families
 from aifinops.exposition.render import Exposition, Family, render
-from aifinops.model.finance import FinanceInputs, FinanceState, build_finance
+from aifinops.model.finance import FinanceContext, FinanceInputs, FinanceState, build_finance
 from aifinops.model.inputs import (
     AllocationSet,
     DailyAllocationSets,
@@ -36,8 +36,9 @@ from aifinops.model.inputs import (
 )
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
-from aifinops.offload import render_and_compress, run_cpu, settle_heap
+from aifinops.offload import release, render_and_compress, run_cpu, settle_heap
 from aifinops.sources.base import Source, SourceError
+from aifinops.statefile import StateStore
 from aifinops.status import RefreshStatus, SourceStatus
 
 log = structlog.get_logger("aifinops.refresh")
@@ -105,8 +106,11 @@ class Refresher:
         build: BuildInfo,
         client: httpx.AsyncClient,
         clock: Clock = time.time,
+        state_store: StateStore | None = None,
     ) -> None:
-        """``sources`` are ``(source, timeout_seconds, stale_after_seconds)`` triples."""
+        """``sources`` are ``(source, timeout_seconds, stale_after_seconds)`` triples;
+        ``state_store``, when given, restores the saved state now and is written after
+        refreshes (:mod:`aifinops.statefile`)."""
         self._runtimes = [SourceRuntime(s, timeout, stale) for s, timeout, stale in sources]
         self._context = context
         self._build = build
@@ -118,8 +122,15 @@ class Refresher:
         self._unpriced_logged: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
         self._series_dropped: Counter[str] = Counter()
+        self._graveyard: list[Any] = []
         # Families owned outside the loop (config reload status, ...), rendered with each page.
         self.extra_families: list[Callable[[], Sequence[Family]]] = []
+        # The state file: the model and finance states of the last completed refresh (one
+        # consistent pair, whatever a cancelled refresh left behind) are what gets written.
+        self._state_store = state_store
+        self._persist: tuple[ModelState, FinanceState] | None = None
+        if state_store is not None:
+            self._restore(state_store)
         self.snapshot = Snapshot(
             report=None,
             status=None,
@@ -149,6 +160,8 @@ class Refresher:
             self._failed(rt, "parse", f"{type(exc).__name__}: {exc}")
             log.exception("source_crashed", source=rt.source.name)
         else:
+            # The previous data is freed after the fetches, a chunk at a time (see _bury).
+            self._graveyard.append(rt.data)
             rt.data = data
             rt.fetched_at = self._clock()
             rt.up = True
@@ -196,6 +209,9 @@ class Refresher:
         catalog: LlmPriceCatalog | None = None
         observations: list[TokenObservation] = []
         token_sources: set[str] = set()
+        # Measured p95 latency per (model, provider) for routing; the first source listed
+        # wins a key. A source down past its staleness has no data: configured figures apply.
+        latencies: dict[tuple[str, str], float] = {}
         for rt in self._runtimes:
             if rt.data is None:
                 continue
@@ -211,10 +227,15 @@ class Refresher:
             elif rt.source.name.startswith("tokens:"):
                 observations.extend(rt.data)
                 token_sources.add(rt.source.name)
+            elif rt.source.name.startswith("latency:"):
+                for key, seconds in rt.data.items():
+                    latencies.setdefault(key, seconds)
         tokens = None
         if self._context.tokens is not None:
             tokens = TokenInputs(tuple(observations), frozenset(token_sources), catalog)
-        finance = FinanceInputs(monthly=monthly, allocations=allocations, catalog=catalog)
+        finance = FinanceInputs(
+            monthly=monthly, allocations=allocations, catalog=catalog, latencies=latencies
+        )
         return Inputs(gpus=gpus, allocations=allocations, tokens=tokens), dcgm_at, finance
 
     def _with_finance(
@@ -249,6 +270,7 @@ class Refresher:
             started = time.perf_counter()
             at = self._clock()
             await asyncio.gather(*(self._fetch_one(rt) for rt in self._runtimes if rt.due(at)))
+            await self._bury()  # the sources' previous data, before the model allocates
             now = self._clock()
             for rt in self._runtimes:
                 self._expire(rt, now)
@@ -263,6 +285,7 @@ class Refresher:
             except Exception:
                 log.exception("model_failed")
                 report, state = self.snapshot.report, self._state
+            self._graveyard.append(self._state)
             self._state = state
             report = await run_cpu(self._with_finance, report, finance_inputs, now)
             self._log_unpriced(report)
@@ -280,6 +303,7 @@ class Refresher:
                 rt.data is not None and not getattr(rt.source, "local", False)
                 for rt in self._runtimes
             )
+            self._graveyard.append(self.snapshot)
             self.snapshot = Snapshot(
                 report=report,
                 status=status,
@@ -294,8 +318,19 @@ class Refresher:
                 tenants=len({t for t, _ in report.tenant_rates("allocation")}) if report else 0,
                 exposition_bytes=len(exposition.plain),
             )
+            del inputs, finance_inputs, report, state, exposition
+            await self._bury()
+            await self._save_state(now)
             settle_heap()
             return self.snapshot
+
+    async def _bury(self) -> None:
+        """Free what :attr:`_graveyard` holds (the sources' previous data, the previous
+        snapshot and model state) on the worker thread, a chunk at a time
+        (:func:`aifinops.offload.release`): dropped whole, 100k objects are one C call of
+        tens of ms that scrapes would wait for."""
+        graveyard, self._graveyard = self._graveyard, []
+        await run_cpu(release, graveyard)
 
     def _render(
         self, report: Report | None, status: RefreshStatus | None, *, count_dropped: bool
@@ -333,6 +368,30 @@ class Refresher:
                     rt.source, rt.timeout, rt.stale_after = source, timeout, stale_after
                 runtimes.append(rt)
             self._runtimes = runtimes
+
+    def _restore(self, store: StateStore) -> None:
+        """Start from the saved state (start-up; a missing or bad file starts empty)."""
+        finance = self._context.finance or FinanceContext()
+        restored = store.load(self._clock(), finance)
+        if restored is not None:
+            self._state, self._finance_state = restored.model, restored.finance
+        self.extra_families.append(store.families)
+
+    async def _save_state(self, now: float) -> None:
+        """After a refresh: remember its state and write it when the interval is due, on the
+        CPU worker thread (file I/O and encoding never run on the event loop)."""
+        store = self._state_store
+        if store is None:
+            return
+        self._persist = (self._state, self._finance_state)
+        if store.due(now):
+            await run_cpu(store.save, *self._persist, now)
+
+    async def save_state(self) -> None:
+        """Write the last completed refresh's state now (on shutdown, after the loop was
+        cancelled). Nothing to write before a first refresh: the file stays as loaded."""
+        if self._state_store is not None and self._persist is not None:
+            await run_cpu(self._state_store.save, *self._persist, self._clock())
 
     async def run(self, interval: float) -> None:
         """Refresh every ``interval`` seconds until cancelled (start-to-start spacing)."""

@@ -110,6 +110,10 @@ class OpenCostSettings(SourceCommon):
     window: str = "1h"
     # Optional extra query parameters (e.g. {"filter": "cluster:\"prod\""}).
     params: Mapping[str, str] = Field(default_factory=dict)
+    # The month-to-date query's aggregation: "tenancy" (namespace plus the tenancy pod label
+    # keys: one row per tenant and namespace, exact for tenancy) or "pod" (one row per pod:
+    # over 1 GB at 10k GPUs by a month's end). See sources/opencost.py month_aggregation.
+    month_aggregation: Literal["tenancy", "pod"] = "tenancy"
 
     @field_validator("window")
     @classmethod
@@ -445,6 +449,99 @@ class TokensSettings(_Strict):
         return any(s.enabled for s in self.sources) or self.push.enabled
 
 
+# --- measured latency for routing ----------------------------------------------------------
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LATENCY_QUERY_PARTS = ("metric", "selector", "window_seconds", "quantile")
+
+
+class LatencySourceSettings(SourceCommon):
+    """One source of measured p95 latency per (model, ``provider``) for the routing
+    candidates, from a latency histogram (vLLM's ``vllm:e2e_request_latency_seconds``;
+    ``sources/latency.py``). Candidates it measures show ``latency_source: measured``; the
+    others, and all of them while it is down or stale, use their configured
+    ``p95_latency_seconds``.
+
+    ``mode: prometheus`` runs one instant query, by default
+    ``histogram_quantile(<quantile>, sum by (le, <model_label>) (rate(<metric>_bucket
+    <selector>[<window_seconds>s])))`` keeping only models with ``min_requests`` requests in
+    the window; ``query`` replaces it whole (it must return one series per model, labelled
+    ``model_label``, valued in seconds). ``mode: scrape`` reads the servers' ``/metrics``
+    pages and computes the same quantile from the bucket increases over ``window_seconds``
+    (``max_snapshots`` cumulative readings per series are kept). ``provider`` is the provider
+    name the routing candidates give the model (``vllm`` in the demo).
+    """
+
+    name: str
+    mode: Literal["prometheus", "scrape"] = "prometheus"
+    prometheus_url: str | None = None
+    query: str | None = Field(None, min_length=1, max_length=4000)
+    metric: str = "vllm:e2e_request_latency_seconds"
+    selector: str = ""
+    window_seconds: int = Field(300, ge=10, le=86_400)
+    quantile: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
+    model_label: str = "model_name"
+    provider: str = Field("vllm", min_length=1, max_length=128)
+    min_requests: int = Field(20, ge=1)
+    scrape_targets: tuple[ScrapeTargetSettings, ...] = ()
+    max_snapshots: int = Field(32, ge=3, le=1024)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_SOURCE_NAME.match(v):
+            raise ValueError("must match [a-z0-9][a-z0-9_-]{0,39}")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if not _METRIC_NAME.match(v):
+            raise ValueError(f"{v!r} is not a Prometheus metric name")
+        if v.endswith(("_bucket", "_count", "_sum")):
+            raise ValueError("give the histogram's name without _bucket/_count/_sum")
+        return v
+
+    @field_validator("model_label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not _LABEL_NAME.match(v) or v == "le":
+            raise ValueError(f"{v!r} is not a usable label name")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> LatencySourceSettings:
+        if self.enabled and self.mode == "prometheus" and not self.prometheus_url:
+            raise ValueError("mode 'prometheus' needs prometheus_url")
+        if self.enabled and self.mode == "scrape" and not self.scrape_targets:
+            raise ValueError("mode 'scrape' needs at least one entry in scrape_targets")
+        if self.query is not None:
+            if self.mode != "prometheus":
+                raise ValueError("query applies to mode 'prometheus' only")
+            clash = [f for f in _LATENCY_QUERY_PARTS if f in self.model_fields_set]
+            if clash:
+                raise ValueError(f"query replaces the built query: drop {', '.join(clash)}")
+        return self
+
+
+class LatencySettings(_Strict):
+    """Measured latency for model routing (``routing.workloads[].candidates``): off until a
+    source is listed; each is named ``latency:<name>`` in the self-metrics. Where two sources
+    measure the same (model, provider), the first listed wins."""
+
+    sources: tuple[LatencySourceSettings, ...] = ()
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(
+        cls, v: tuple[LatencySourceSettings, ...]
+    ) -> tuple[LatencySourceSettings, ...]:
+        names = [s.name for s in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {dupes}")
+        return v
+
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -497,6 +594,32 @@ class ApiSettings(_Strict):
         )
 
 
+class StateSettings(_Strict):
+    """The optional state file (``aifinops/statefile.py``): the exporter's own ledger
+    (charge-back periods, token and charge-back dollars per day, this month's token volume,
+    utilization peaks) and its token counters' last values, so they survive a restart. Off
+    unless ``path`` is set; its directory must be writable at start-up (exit 2 otherwise).
+
+    ``save_interval_seconds``: written after a refresh at most this often, and on SIGTERM.
+    ``max_gap_seconds``: a restart whose gap (saved refresh to the first refresh after it)
+    is at most this long is bridged like one long refresh interval; a longer one is not
+    estimated. ``cluster_name``: part of the file's identity (with ``budgets.time_zone`` and
+    the upstreams' cluster scoping), so a file from another cluster is never loaded.
+    """
+
+    path: Path | None = None
+    save_interval_seconds: float = Field(60.0, ge=1, le=86_400, allow_inf_nan=False)
+    max_gap_seconds: float = Field(900.0, ge=0, le=86_400, allow_inf_nan=False)
+    cluster_name: str = Field("", max_length=256)
+
+    @field_validator("path")
+    @classmethod
+    def _names_a_file(cls, v: Path | None) -> Path | None:
+        if v is not None and (not v.name or v.name in (".", "..") or str(v).endswith("/")):
+            raise ValueError("must name a file (its directory holds the file and temp copies)")
+        return v
+
+
 class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
@@ -512,6 +635,8 @@ class Settings(_Strict):
     initiatives: InitiativeList = ()
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
+    latency: LatencySettings = Field(default_factory=LatencySettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(m|h|d)$")

@@ -66,3 +66,91 @@ async def test_bad_step_and_window(fake):
     assert bad_step.status_code == 400 and "step" in bad_step.text
     assert bad_window.status_code == 400 and "window" in bad_window.text
     assert len(accumulated.json()["data"]) == 1
+
+
+# --- aggregation by namespace and labels, as OpenCost's AggregateBy does it ----------------
+
+AGGREGATE = "namespace,label:aifinops.io/tenant"
+
+
+async def query(fake, **params):
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        resp = await client.get(f"{fake.opencost_url}/allocation/compute", params=params)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["data"]
+
+
+async def test_aggregated_sets_sum_the_pod_rows_per_key(fake):
+    from aifinops.demo.cluster import sanitize_label_key
+
+    window = f"{rfc3339(T0 - 2 * DAY)},{rfc3339(T0)}"
+    common = {"window": window, "step": "1d", "accumulate": "false", "includeIdle": "true"}
+    pods = await query(fake, aggregate="namespace,pod", **common)
+    aggregated = await query(fake, aggregate=AGGREGATE, **common)
+    assert len(pods) == len(aggregated) == 2
+    label = sanitize_label_key("aifinops.io/tenant")
+    for pod_set, agg_set in zip(pods, aggregated, strict=True):
+        expected: dict[str, list[float]] = {}
+        for key, row in pod_set.items():
+            props = row["properties"]
+            value = props.get("labels", {}).get(label, "__unallocated__")
+            name = "__idle__" if key == "__idle__" else f"{props['namespace']}/{value}"
+            expected.setdefault(name, []).append(row["totalCost"])
+        assert set(agg_set) == set(expected)
+        assert len(agg_set) < len(pod_set)
+        for name, parts in expected.items():
+            assert agg_set[name]["name"] == name
+            assert agg_set[name]["totalCost"] == pytest.approx(math.fsum(parts), abs=1e-4)
+            assert agg_set[name]["minutes"] == 1440.0  # start..end of its pods, not a sum
+
+
+async def test_aggregated_properties_are_the_intersection(fake):
+    rows = (await query(fake, window="1d", aggregate=AGGREGATE, includeIdle="true"))[0]
+    meta = (await query(fake, window="1d", aggregate=AGGREGATE, includeAggregatedMetadata="true"))[
+        0
+    ]
+    assert set(rows["__idle__"]["properties"]) == {"cluster"}
+    many = [k for k, r in rows.items() if "pod" not in r["properties"] and k != "__idle__"]
+    assert many, "some keys hold several pods"
+    for key in many:
+        namespace, tenant = key.split("/")
+        props = rows[key]["properties"]
+        # Several pods: no pod name or labels any more; the namespace and its labels stay.
+        assert props["namespace"] == namespace and "labels" not in props
+        assert props["namespaceLabels"]["kubernetes_io_metadata_name"] == namespace
+        # With includeAggregatedMetadata, the labels all of its pods share.
+        shared = meta[key]["properties"]["labels"]
+        assert shared["kubernetes_io_metadata_name"] == namespace
+        assert shared.get("aifinops_io_tenant", "__unallocated__") == tenant
+        assert "pod_template_hash" not in shared  # differs between the pods
+
+
+async def test_lean_rows_carry_the_pod_rows_values():
+    """The fake aggregates cheap pod rows built from the charges; every field they carry is
+    the full pod row's."""
+    from aifinops.demo.upstreams import lean_allocations
+
+    sim = SimCluster(ClusterSpec.demo())
+    full = sim.opencost_allocation(T0, 24.0)["data"][0]
+    lean = lean_allocations(sim, T0, 24.0, include_idle=True)
+    assert lean.keys() == full.keys()
+    for key, row in lean.items():
+        for field, value in row.items():
+            if field == "properties":
+                assert value == {k: full[key][field][k] for k in value}, key
+            else:
+                assert value == full[key][field], (key, field)
+
+
+@pytest.mark.parametrize("aggregate", ["tenant", "label:", "namespace,bogus"])
+async def test_unknown_aggregate_properties_are_rejected(fake, aggregate):
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        resp = await client.get(
+            f"{fake.opencost_url}/allocation/compute",
+            params={"window": "1h", "aggregate": aggregate},
+        )
+    assert resp.status_code == 400 and resp.text.startswith("Invalid 'aggregate' parameter")

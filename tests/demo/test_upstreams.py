@@ -123,7 +123,7 @@ async def test_opencost_defaults_and_errors(up: Upstreams, client: httpx.AsyncCl
         assert bad.headers["content-type"].startswith("text/plain")
         assert bad.text.startswith("Invalid 'window' parameter: illegal window")
     agg = await client.get(
-        up.opencost_url + "/allocation/compute", params={"window": "1h", "aggregate": "label:x"}
+        up.opencost_url + "/allocation/compute", params={"window": "1h", "aggregate": "tenant"}
     )
     assert agg.status_code == 400 and agg.text.startswith("Invalid 'aggregate' parameter")
 

@@ -37,6 +37,7 @@ OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if p.is_dir())
 UID = 65532
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 RBAC_KINDS = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+WRITABLE_MOUNTS = {"/tmp", "/var/lib/aifinops"}
 
 Doc = dict[str, Any]
 
@@ -428,10 +429,14 @@ def test_example_config_in_configmap_is_a_valid_exporter_config(
     example = ROOT / "config/example.yaml"
     if example.exists():
         assert text == example.read_text(encoding="utf-8")
-    settings_from_mapping(yaml.safe_load(text), "ConfigMap config.yaml")
+    settings = settings_from_mapping(yaml.safe_load(text), "ConfigMap config.yaml")
     # The ConfigMap is what the Deployment mounts (kustomize rewrote the hashed name).
     volumes = only(builds[overlay], "Deployment")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "config", "configMap": {"name": config_maps[0]["metadata"]["name"]}} in volumes
+    # A configured state file lies in a writable mount (the root filesystem is read-only).
+    if settings.state.path is not None:
+        mounts = exporter_container(builds[overlay])["volumeMounts"]
+        assert str(settings.state.path.parent) in WRITABLE_MOUNTS & {m["mountPath"] for m in mounts}
 
 
 def test_an_operators_own_overlay_replaces_config_and_extends_egress(
@@ -566,8 +571,11 @@ def test_deployment_security_and_availability(builds: dict[str, list[Doc]], over
     assert mounts["/etc/aifinops/config.yaml"]["subPath"] == "config.yaml"
     secret = volumes[mounts["/etc/aifinops/secrets"]["name"]]["secret"]
     assert secret["optional"] is True
-    # Every other mount is read-only: /tmp is the only writable path.
-    assert all(m.get("readOnly") for p, m in mounts.items() if p != "/tmp")
+    # The state file's directory (state.path in the config) is an emptyDir: per pod, kept
+    # across container restarts.
+    assert "emptyDir" in volumes[mounts["/var/lib/aifinops"]["name"]]
+    # Every other mount is read-only: /tmp and the state directory are the writable paths.
+    assert all(m.get("readOnly") for p, m in mounts.items() if p not in WRITABLE_MOUNTS)
 
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"

@@ -5,7 +5,10 @@
   (``model_name`` and ``engine`` labels; prompt, cached-prompt and generation counters). The
   two pods share the traffic evenly, except that pod 1 is drained for ``drain_seconds`` and
   then restarted at ``reset_at`` seconds after ``epoch``: its counters go back to zero — the
-  counter reset the exporter must neither lose nor double.
+  counter reset the exporter must neither lose nor double. Each page also has the
+  ``vllm:e2e_request_latency_seconds`` histogram with vLLM V1's bucket bounds: every minute of
+  its share of the traffic a pod completes the requests of :data:`REQUEST_LATENCIES` (20, in
+  fixed buckets), so the p95 over any whole minutes is :data:`EXPECTED_P95_SECONDS`.
 * **LiteLLM** (``/litellm/metrics``) routes teams (tenants) to API models (gpt-4o,
   claude-sonnet-4-5, gpt-4.1-mini), to one model the price list does not know
   (``acme-llm-pro``), and to the self-hosted model; every team/model pair is spread over two
@@ -44,6 +47,23 @@ API_EQUIVALENT = "gpt-4o-mini"
 SERVING_NAMESPACE = "llm-serving"
 SERVING_PODS: tuple[str, ...] = ("vllm-llama-0", "vllm-llama-1")
 TOKEN_TYPES = ("input", "output", "cached_input")
+
+LATENCY_METRIC = "vllm:e2e_request_latency_seconds"
+# vLLM V1's bucket bounds for this histogram (vllm/v1/metrics/loggers.py, request_latency_buckets).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+# (bucket upper bound, requests) one pod completes per minute of its share of the traffic; a
+# request counts in the smallest bucket that holds it (the others are empty).
+REQUEST_LATENCIES: tuple[tuple[float, int], ...] = (
+    (0.5, 1), (0.8, 2), (1.0, 3), (1.5, 6), (2.0, 4), (2.5, 4),
+)  # fmt: skip
+REQUESTS_PER_POD_MINUTE = sum(n for _, n in REQUEST_LATENCIES)
+# p95 of any whole number of such minutes, as histogram_quantile interpolates it: rank
+# 0.95 × 20 = 19 falls in the (2.0, 2.5] bucket, which holds the 17th to 20th requests:
+# 2.0 + 0.5 × (19 − 16) / 4.
+EXPECTED_P95_SECONDS = 2.375
 
 UsageKey = tuple[str, str, str, str]  # (tenant, model, provider, token_type)
 Clock = Callable[[], float]
@@ -139,19 +159,55 @@ class LlmDemo:
     def _self_hosted_rate(self, token_type: str) -> int:
         return sum(t.rate(token_type) for t in self.traffic if t.self_hosted)
 
+    def _pod_seconds(self, pod_index: int, now: float) -> int:
+        """Seconds' worth of its half of the traffic pod ``pod_index`` has served since its
+        (re)start: pod 0 serves both halves while pod 1 is drained."""
+        elapsed = self.elapsed(now)
+        start = self.reset_at - self.drain_seconds
+        drained = max(0, min(elapsed, self.reset_at) - start)
+        if pod_index == 0:
+            return elapsed + drained
+        if elapsed < self.reset_at:
+            return elapsed - drained
+        return elapsed - self.reset_at
+
     def _pod_counter(self, pod_index: int, token_type: str, now: float) -> int:
         """Tokens pod ``pod_index`` shows (after its restart: since the restart)."""
         rate = self._self_hosted_rate(token_type)
         if rate % 2:
             raise ValueError("self-hosted rates must be even: two pods share them")
-        half, elapsed = rate // 2, self.elapsed(now)
-        start = self.reset_at - self.drain_seconds
-        drained = max(0, min(elapsed, self.reset_at) - start)
-        if pod_index == 0:
-            return half * elapsed + half * drained
-        if elapsed < self.reset_at:
-            return half * elapsed - half * drained
-        return half * (elapsed - self.reset_at)
+        return rate // 2 * self._pod_seconds(pod_index, now)
+
+    def latency_buckets(self, pod: str, now: float) -> dict[float, int]:
+        """Cumulative request counts per bucket bound (``math.inf`` included) that pod
+        ``pod`` shows: :data:`REQUEST_LATENCIES` times its whole minutes served."""
+        minutes = self._pod_seconds(self.pods.index(pod), now) // 60
+        per_bound = dict(REQUEST_LATENCIES)
+        out: dict[float, int] = {}
+        running = 0
+        for le in (*LATENCY_BUCKETS, math.inf):
+            running += per_bound.get(le, 0) * minutes
+            out[le] = running
+        return out
+
+    def _latency_lines(self, pod: str, labels: str, now: float) -> list[str]:
+        """The e2e latency histogram as prometheus_client writes it (vLLM's exporter)."""
+        buckets = self.latency_buckets(pod, now)
+        minutes = buckets[math.inf] // REQUESTS_PER_POD_MINUTE
+        # _sum: each request at its bucket's midpoint (the lower bound of the first is 0).
+        lower = dict(zip(LATENCY_BUCKETS[1:], LATENCY_BUCKETS, strict=False))
+        per_minute = math.fsum(n * (lower.get(le, 0.0) + le) / 2 for le, n in REQUEST_LATENCIES)
+        name = LATENCY_METRIC
+        lines = [
+            f"# HELP {name} Histogram of e2e request latency in seconds.\n",
+            f"# TYPE {name} histogram\n",
+        ]
+        for le, count in buckets.items():
+            bound = "+Inf" if le == math.inf else repr(le)
+            lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {float(count)}\n')
+        lines.append(f"{name}_count{{{labels}}} {float(buckets[math.inf])}\n")
+        lines.append(f"{name}_sum{{{labels}}} {per_minute * minutes!r}\n")
+        return lines
 
     def vllm_metrics(self, pod: str, now: float) -> str:
         """The ``/metrics`` page of vLLM pod ``pod`` (V1 engine format)."""
@@ -176,6 +232,7 @@ class LlmDemo:
                 "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n",
                 "# TYPE vllm:generation_tokens_total counter\n",
                 f"vllm:generation_tokens_total{{{labels}}} {float(generated)}\n",
+                *self._latency_lines(pod, labels, now),
             ]
         )
 
@@ -303,6 +360,23 @@ class LlmDemo:
             "self_hosted": {"api_equivalents": {SELF_HOSTED_MODEL: API_EQUIVALENT}},
             "push": {"enabled": True},
             "rate_window_seconds": 60,
+        }
+
+    def latency_config(self, base_url: str, window_seconds: int = 300) -> dict[str, Any]:
+        """The ``latency:`` section that measures the self-hosted model's p95 from the vLLM
+        pages of a running :func:`llm_app` (scrape mode; provider as the routing candidates
+        name it)."""
+        base = base_url.rstrip("/")
+        return {
+            "sources": [
+                {
+                    "name": "vllm",
+                    "mode": "scrape",
+                    "provider": SELF_HOSTED_PROVIDER,
+                    "window_seconds": window_seconds,
+                    "scrape_targets": [{"url": f"{base}/vllm/{pod}/metrics"} for pod in self.pods],
+                }
+            ]
         }
 
 

@@ -3,6 +3,7 @@
 The fakes: dcgm-exporter, a Prometheus API and OpenCost over the simulated cluster
 (``demo/cluster.py``), plus a vLLM serving a self-hosted model from the cluster's
 ``llm-serving`` pods and a LiteLLM proxy routing tenants to API models (``demo/llm.py``).
+The vLLM pages also feed the routing's measured latency (``latency:`` section, scrape mode).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class DemoUpstreams:
         """Exporter configuration sections for these fakes."""
         data = self.cluster.exporter_config(**cluster_kwargs)
         data["tokens"] = self.llm.tokens_config(self.llm_url)
+        # Measured p95 of the self-hosted model from the vLLM pages: its routing candidates
+        # show latency_source "measured", the API models their configured figures.
+        data["latency"] = self.llm.latency_config(self.llm_url)
         return data
 
 

@@ -168,8 +168,9 @@ TENANT_MONTH_TO_DATE = _spec(
     "gauge",
     "Spend per tenant since the calendar month started in budgets.time_zone, in USD, basis "
     "allocation: OpenCost's daily sets (infrastructure, sentinels included) plus the token "
-    "dollars and self-hosted charge-back this exporter counted since the month start (a "
-    "restart loses the latter). Absent without OpenCost month-to-date data.",
+    "dollars and self-hosted charge-back this exporter counted since the month start (kept "
+    "across restarts with state.path set, else a restart loses them). Absent without "
+    "OpenCost month-to-date data.",
     ("tenant",),
     "experimental",
 )
@@ -386,6 +387,22 @@ CONFIG_RELOAD_TIMESTAMP = _spec(
     "gauge",
     "Unix time of the last successful configuration load (start-up counts as one).",
 )
+STATE_SAVE_ERRORS = _spec(
+    "aifinops_state_save_errors_total",
+    "counter",
+    "Failed writes of the state file (state.path). The figures stay in memory; the next write "
+    "is tried after state.save_interval_seconds. Present only with a state file configured.",
+    (),
+    "experimental",
+)
+STATE_LAST_SAVE = _spec(
+    "aifinops_state_last_save_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful write of the state file (state.path); absent until the "
+    "first one. What a restart loses grows with the time since.",
+    (),
+    "experimental",
+)
 
 CATALOG: tuple[MetricSpec, ...] = (
     TENANT_COST_RATE,
@@ -434,6 +451,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     SERIES_DROPPED,
     CONFIG_RELOAD_SUCCESS,
     CONFIG_RELOAD_TIMESTAMP,
+    STATE_SAVE_ERRORS,
+    STATE_LAST_SAVE,
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}

@@ -20,32 +20,49 @@ The month-to-date query (:class:`OpenCostMonthSource`, every
 ``budgets.refresh_interval_seconds``): ``window=<start>,<now>`` as an RFC 3339 pair with
 ``step=1d`` and ``accumulate=false``, which OpenCost answers with one allocation set per
 24-hour step from the window start (the last set partial, up to now);
-:func:`parse_allocation_sets` keeps the sets apart.
+:func:`parse_allocation_sets` keeps the sets apart. It is aggregated server-side by what
+tenancy reads (see :func:`month_aggregation`), so its size follows tenants, not pods.
+
+Both fetches decode while the body arrives (:func:`stream_sets`): the answer is cut into
+pieces of whole rows (:class:`~aifinops.sources.jsonchunks.SetStream`), each decoded on the
+CPU worker in one short call, so a 44 MB answer never exists whole in memory and a scrape
+never waits for more than one piece. Any surprise in the body falls back to fetching it
+again and decoding it whole, which gives exactly what the parse functions give.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
+import structlog
 
 from aifinops.model.forecast import month_bounds
 from aifinops.model.inputs import EMPTY_LABELS, Allocation, AllocationSet, DailyAllocationSets
+from aifinops.model.tenancy import sanitize_label_key
 from aifinops.offload import run_cpu
-from aifinops.settings import OpenCostSettings
+from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
-from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
-from aifinops.sources.jsonchunks import decode_pieces
+from aifinops.sources.base import Reason, SourceError, get_bytes, read_bearer_token
+from aifinops.sources.jsonchunks import Buffer, SetStream, Unsplittable, decode_pieces
+
+log = structlog.get_logger("aifinops.sources.opencost")
+T = TypeVar("T")
 
 # The query every refresh sends; settings.params are added on top and may override these.
+# Pod aggregation is needed here: the cost model joins each pod's row with its GPUs' DCGM
+# samples (the usage basis), and selects serving pods and spot-tolerant pods by their labels.
 ALLOCATION_QUERY: dict[str, str] = {
     "aggregate": "namespace,pod",
     "includeIdle": "true",
@@ -61,22 +78,27 @@ class OpenCostSource:
 
     def __init__(self, settings: OpenCostSettings) -> None:
         self._settings = settings
+        self._streamer = _Streamer("opencost")
 
     async def fetch(self, client: httpx.AsyncClient) -> AllocationSet:
         s = self._settings
         if not s.url:
             raise SourceError("invalid", "the opencost source has no url")
-        body = await get_bytes(
-            client,
-            f"{s.url.rstrip('/')}/allocation/compute",
+        request = _Request(
+            url=f"{s.url.rstrip('/')}/allocation/compute",
+            params={"window": s.window, **ALLOCATION_QUERY, **s.params},
             timeout=s.timeout_seconds,
             max_bytes=s.max_response_bytes,
-            params={"window": s.window, **ALLOCATION_QUERY, **s.params},
             # Read on every fetch: Kubernetes rotates projected service-account tokens.
             headers=read_bearer_token(s.bearer_token_file),
         )
-        # On the CPU worker thread: the loop keeps serving scrapes while 20k rows are built.
-        allocations = await run_cpu(parse_allocation_response, body, s.window_hours)
+        hours = s.window_hours
+        allocations = await self._streamer.fetch(
+            client,
+            request,
+            lambda sets: _accumulated(sets.rows, hours),
+            lambda body: parse_allocation_response(body, hours),
+        )
         if not allocations.allocations:
             # OpenCost answers an empty set while it (re)builds its cache after a restart; a
             # cluster with any cost has at least an __idle__ row. Keep the last good data.
@@ -103,17 +125,16 @@ def parse_allocation_response(body: bytes, window_hours: float) -> AllocationSet
     ``code`` other than 200 or JSON of another shape (a number that is a string, labels that
     are not strings, ...).
     """
+    return _accumulated(_whole_sets(body, None, False).rows, window_hours)
+
+
+def _accumulated(sets: list[dict[str, Allocation]], window_hours: float) -> AllocationSet:
+    """One row per key over all sets (a later set's row is merged into an earlier one)."""
+    if len(sets) == 1:
+        return AllocationSet(window_hours=window_hours, allocations=tuple(sets[0].values()))
     rows: dict[str, Allocation] = {}
-    typed = _typed_sets(body)
-    if typed is not None:
-        for typed_set in typed:
-            for key, row in _typed_rows(typed_set):
-                seen = rows.get(key)
-                rows[key] = row if seen is None else _merge(seen, row)
-        return AllocationSet(window_hours=window_hours, allocations=tuple(rows.values()))
-    for allocation_set in _allocation_sets(body):
-        for key, raw in allocation_set.items():
-            row = _row(key, raw)
+    for allocation_set in sets:
+        for key, row in allocation_set.items():
             seen = rows.get(key)
             rows[key] = row if seen is None else _merge(seen, row)
     return AllocationSet(window_hours=window_hours, allocations=tuple(rows.values()))
@@ -147,11 +168,43 @@ def _allocation_sets(body: bytes) -> list[dict[str, Any]]:
     return out
 
 
-def _row(key: str, raw: Any) -> Allocation:
+def _row(key: str, raw: Any, agg: MonthAggregation | None = None) -> Allocation:
     try:
-        return _allocation(key, raw)
+        row = _allocation(key, raw)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SourceError("invalid", f"OpenCost allocation {key[:100]!r}: {exc}") from None
+    ident = agg.identity(key) if agg is not None else None
+    if ident is None:
+        return row
+    name, namespace, labels = ident
+    return dataclasses.replace(
+        row, name=name, namespace=namespace, pod=None, node=None, labels=labels
+    )
+
+
+@dataclass(slots=True)
+class _Sets:
+    """Decoded allocation sets in document order: rows by key, and (when asked for) each
+    row's ``window.start`` text by key, to date the set."""
+
+    rows: list[dict[str, Allocation]]
+    starts: list[dict[str, str]]
+
+
+def _whole_sets(body: bytes, agg: MonthAggregation | None, want_starts: bool) -> _Sets:
+    """Every set of a whole body: the typed fast path, else the stdlib reference path."""
+    out = _Sets([], [])
+    typed = _typed_sets(body)
+    if typed is not None:
+        memo = _Memo()
+        for typed_set in typed:
+            out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
+            out.starts.append(_typed_starts(typed_set) if want_starts else {})
+        return out
+    for raw_set in _allocation_sets(body):
+        out.rows.append({key: _row(key, raw, agg) for key, raw in raw_set.items()})
+        out.starts.append(_raw_starts(raw_set) if want_starts else {})
+    return out
 
 
 # --- month to date ------------------------------------------------------------------------
@@ -159,14 +212,105 @@ def _row(key: str, raw: Any) -> Allocation:
 DAY_SECONDS = 86400.0
 
 # The month-to-date query: one set per day, not accumulated, idle included and not shared.
-# ``window`` is an RFC 3339 pair built per fetch (see :func:`month_query_window`).
+# ``window`` is an RFC 3339 pair built per fetch (see :func:`month_query_window`) and
+# ``aggregate`` comes from the tenancy rules (see :func:`month_aggregation`).
 MONTH_QUERY: dict[str, str] = {
     "step": "1d",
-    "aggregate": "namespace,pod",
     "accumulate": "false",
     "includeIdle": "true",
     "shareIdle": "false",
 }
+UNALLOCATED_PART = "__unallocated__"
+
+
+@dataclass(frozen=True, slots=True)
+class MonthAggregation:
+    """How the month query aggregates, and how its row keys are read back.
+
+    ``labels`` (OpenCost-sanitized label names) means
+    ``aggregate=cluster,namespace,label:<l1>,...``: OpenCost
+    (``AllocationProperties.GenerateKey``) names each row
+    ``<cluster>/<namespace>/<value of l1>/...``, writing ``__unallocated__`` for a label the
+    pods lack (versions before 2023 wrote ``<label>=<value>``; both are read). Pods with
+    equal parts are summed into one row whose ``properties`` are the intersection of theirs
+    (``AllocationProperties.Intersection``): cluster, namespace and, because all its pods
+    share the namespace, ``namespaceLabels`` survive; pod labels do not (hence they are read
+    from the key). The cluster is there because two clusters' namespaces of one name may
+    carry different labels. Idle stays one ``__idle__`` row (not shared, not split).
+    ``labels=None`` is the pod aggregation, ``namespace,pod``. ``reason`` says why this one
+    was chosen.
+    """
+
+    labels: tuple[str, ...] | None
+    reason: str
+
+    @property
+    def aggregate(self) -> str:
+        """The ``aggregate`` query parameter."""
+        if self.labels is None:
+            return "namespace,pod"
+        return ",".join(("cluster", "namespace", *(f"label:{name}" for name in self.labels)))
+
+    def identity(self, key: str) -> tuple[str, str | None, Mapping[str, str]] | None:
+        """``(name, namespace, labels)`` of an aggregated row, for tenancy; ``None`` for a
+        row to keep as OpenCost named it (idle, a key of another shape, pod aggregation).
+
+        Read from the right: namespaces and label values hold no ``/``, a cluster name may
+        (an EKS ARN). The name is ``<cluster>/<namespace>{label=value,...}``: never
+        ``…__unallocated__`` (that would book the row to ``__unallocated__`` whatever its
+        namespace) nor ``…__idle__``. A part that is empty or ``__unallocated__`` is a label
+        the pods lack (tenancy treats a blank value as missing too)."""
+        names = self.labels
+        if names is None or "__idle__" in key:
+            return None
+        parts = key.rsplit("/", len(names) + 1)
+        if len(parts) != len(names) + 2:
+            return None
+        labels: dict[str, str] = {}
+        for name, part in zip(names, parts[2:], strict=True):
+            if part.startswith(name) and part[len(name) : len(name) + 1] == "=":
+                part = part[len(name) + 1 :]
+            if part and part != UNALLOCATED_PART:
+                labels[name] = part
+        shown = ",".join(f"{k}={v}" for k, v in labels.items())
+        name = f"{parts[0]}/{parts[1]}{{{shown}}}"
+        return name, parts[1] or None, labels or EMPTY_LABELS
+
+
+def month_aggregation(
+    tenancy: TenancySettings | None, settings: OpenCostSettings
+) -> MonthAggregation:
+    """The month query's aggregation for these tenancy rules.
+
+    Tenancy reads, per pod: its labels (the configured pod label keys, as OpenCost sanitizes
+    them, also with the ``label_`` prefix), its namespace's labels and its namespace. So
+    ``cluster,namespace`` plus ``label:<key>`` for each of those label names keeps every
+    input of every rule, and each aggregated row resolves to the tenant each of its pods
+    resolves to: the month-to-date per tenant is the pod aggregation's, with one row per
+    (cluster, namespace, tenant labels) instead of one per pod (1,900 rows a day instead of
+    22,000 at 10k GPUs). Idle is not shared, so the ``__idle__`` row does not depend on the
+    aggregation either. (No tenancy rule reads a pod's name; one that did would need pods.)
+
+    Pod aggregation instead, with the reason: when ``settings.month_aggregation`` is
+    ``pod``; without tenancy rules; and with ``shareSplit=even`` in the extra ``params``
+    (shared costs are then split evenly per row, so the rows asked for change the split).
+    """
+    if settings.month_aggregation == "pod":
+        return MonthAggregation(None, "sources.opencost.month_aggregation is pod")
+    if tenancy is None:
+        return MonthAggregation(None, "no tenancy rules were given to the month query")
+    if settings.params.get("shareSplit", "").strip().lower() == "even":
+        return MonthAggregation(
+            None, "params.shareSplit=even splits shared costs per row: pod rows keep it exact"
+        )
+    names: list[str] = []
+    for key in tenancy.pod_label_keys:
+        sanitized = sanitize_label_key(key)
+        names += [sanitized, f"label_{sanitized}"]
+    labels = tuple(dict.fromkeys(names))
+    return MonthAggregation(
+        labels, "cluster, namespace and the tenancy pod label keys keep tenancy exact"
+    )
 
 
 def rfc3339_utc(ts: float) -> str:
@@ -191,7 +335,11 @@ def month_query_window(now: float, tz: str, lookback_days: int) -> tuple[float, 
 
 
 def parse_allocation_sets(
-    body: bytes, start: float, end: float, step_seconds: float = DAY_SECONDS
+    body: bytes,
+    start: float,
+    end: float,
+    step_seconds: float = DAY_SECONDS,
+    aggregation: MonthAggregation | None = None,
 ) -> DailyAllocationSets:
     """Parse an ``/allocation/compute`` body asked with ``step`` and ``accumulate=false``:
     one :class:`AllocationSet` per step, in order.
@@ -201,49 +349,68 @@ def parse_allocation_sets(
     ``start + index × step``. Each set ends one step later or at ``end`` (the last, partial
     day), and its ``window_hours`` is that span. Rows are parsed as
     :func:`parse_allocation_response` parses them; a set with no rows stays (a day with no
-    spend is 0, not unknown). Raises :class:`SourceError` like that function.
+    spend is 0, not unknown). With an ``aggregation`` by labels, rows are named and labelled
+    from their keys (:meth:`MonthAggregation.identity`). Raises :class:`SourceError` like
+    that function.
     """
+    return _daily_sets(_whole_sets(body, aggregation, True), start, end, step_seconds)
+
+
+def _daily_sets(sets: _Sets, start: float, end: float, step_seconds: float) -> DailyAllocationSets:
     out: list[tuple[float, float, AllocationSet]] = []
-    typed = _typed_sets(body)
-    sets: list[dict[str, Any]] | list[dict[str, _Row]]
-    sets = typed if typed is not None else _allocation_sets(body)
-    for index, allocation_set in enumerate(sets):
-        set_start = _set_start(allocation_set)
+    for index, (rows, starts) in enumerate(zip(sets.rows, sets.starts, strict=True)):
+        set_start = _set_start(rows, starts)
         if set_start is None:
             set_start = start + index * step_seconds
         set_end = min(set_start + step_seconds, end)
         if set_end <= set_start:
             continue
-        if typed is not None:
-            rows = tuple(row for _, row in _typed_rows(allocation_set))
-        else:
-            rows = tuple(_row(key, raw) for key, raw in allocation_set.items())
-        out.append((set_start, set_end, AllocationSet((set_end - set_start) / 3600.0, rows)))
+        allocations = tuple(rows.values())
+        out.append((set_start, set_end, AllocationSet((set_end - set_start) / 3600.0, allocations)))
     out.sort(key=lambda s: s[0])
     return DailyAllocationSets(start=start, end=end, sets=tuple(out))
 
 
-def _set_start(allocation_set: Mapping[str, Any]) -> float | None:
-    for raw in allocation_set.values():
-        if isinstance(raw, _Row):
-            text = raw.window.start if raw.window is not None else None
-        else:
-            window = raw.get("window") if isinstance(raw, dict) else None
-            text = window.get("start") if isinstance(window, dict) else None
-        if isinstance(text, str):
-            try:
-                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                return None
-            if parsed.tzinfo is None:
-                return None
-            return parsed.timestamp()
+def _set_start(rows: Mapping[str, Allocation], starts: Mapping[str, str]) -> float | None:
+    """The ``window.start`` of the set's first row (in key order) that has one."""
+    if not starts:
+        return None
+    for key in rows:
+        text = starts.get(key)
+        if text is None:
+            continue
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None
+        return parsed.timestamp()
     return None
+
+
+def _raw_starts(raw_set: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, raw in raw_set.items():
+        window = raw.get("window") if isinstance(raw, dict) else None
+        text = window.get("start") if isinstance(window, dict) else None
+        if isinstance(text, str):
+            out[key] = text
+    return out
+
+
+def _typed_starts(typed_set: Mapping[str, _Row]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, r in typed_set.items():
+        if r.window is not None and r.window.start is not None:
+            out[key] = r.window.start
+    return out
 
 
 class OpenCostMonthSource:
     """``GET {url}/allocation/compute`` for the month to date in daily sets (see
-    :func:`month_query_window` and :func:`parse_allocation_sets`), named ``opencost_month``.
+    :func:`month_query_window` and :func:`parse_allocation_sets`), named ``opencost_month``,
+    aggregated as :func:`month_aggregation` decides for ``tenancy`` (logged once).
 
     The refresh loop runs it at most every ``min_interval_seconds``
     (``budgets.refresh_interval_seconds``): it covers weeks, where the rate query covers an
@@ -257,11 +424,19 @@ class OpenCostMonthSource:
         settings: OpenCostSettings,
         budgets: BudgetsSettings,
         clock: Callable[[], float] = time.time,
+        tenancy: TenancySettings | None = None,
     ) -> None:
         self._settings = settings
         self._budgets = budgets
         self._clock = clock
         self.min_interval_seconds = budgets.refresh_interval_seconds
+        self.aggregation = month_aggregation(tenancy, settings)
+        self._streamer = _Streamer(self.name)
+        log.info(
+            "opencost_month_aggregation",
+            aggregate=self.aggregation.aggregate,
+            reason=self.aggregation.reason,
+        )
 
     def query(self, now: float) -> tuple[float, float, dict[str, str]]:
         """``(start, end, params)`` of the request at ``now``; configured ``params`` (e.g. a
@@ -271,6 +446,7 @@ class OpenCostMonthSource:
         params = {
             **self._settings.params,
             **MONTH_QUERY,
+            "aggregate": self.aggregation.aggregate,
             "window": f"{rfc3339_utc(start)},{rfc3339_utc(end)}",
         }
         return start, end, params
@@ -280,21 +456,239 @@ class OpenCostMonthSource:
         if not s.url:
             raise SourceError("invalid", "the opencost source has no url")
         start, end, params = self.query(self._clock())
-        body = await get_bytes(
-            client,
-            f"{s.url.rstrip('/')}/allocation/compute",
+        request = _Request(
+            url=f"{s.url.rstrip('/')}/allocation/compute",
+            params=params,
             timeout=month_timeout(s),
             max_bytes=s.max_response_bytes,
-            params=params,
             headers=read_bearer_token(s.bearer_token_file),
         )
-        return await run_cpu(parse_allocation_sets, body, start, end)
+        agg = self.aggregation
+        return await self._streamer.fetch(
+            client,
+            request,
+            lambda sets: _daily_sets(sets, start, end, DAY_SECONDS),
+            lambda body: parse_allocation_sets(body, start, end, DAY_SECONDS, agg),
+            agg,
+            want_starts=True,
+        )
 
 
 def month_timeout(s: OpenCostSettings) -> float:
     """The month query covers weeks of daily sets: three times the rate query's timeout
     (at most 300 s)."""
     return min(300.0, 3.0 * s.timeout_seconds)
+
+
+# --- streaming ----------------------------------------------------------------------------
+
+# How many pieces may wait for the CPU worker while the body keeps arriving (each about
+# jsonchunks.PIECE_BYTES, so at most ~16 MB): the one worker also parses the other sources'
+# answers, and the transfer should go on meanwhile rather than wait for it (measured at 10k
+# GPUs: with 2, the rate query took twice as long inside a refresh as alone).
+MAX_PENDING_PIECES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    url: str
+    params: Mapping[str, str]
+    timeout: float
+    max_bytes: int
+    headers: Mapping[str, str]
+
+
+class _Restream(Exception):
+    """The streamed body could not be decoded piecewise (see :func:`stream_sets`)."""
+
+
+def _decode_piece(
+    piece: bytes, agg: MonthAggregation | None, want_starts: bool, memo: _Memo
+) -> tuple[dict[str, Allocation], dict[str, str]]:
+    """One piece (a JSON object of whole rows): the typed fast path, else the reference
+    path. Raises :class:`_Restream` for a piece that is not a JSON object of rows, and for a
+    row the reference path rejects (the whole body decides which error is reported)."""
+    if _POSITIONAL:
+        try:
+            typed = _decode_rows(piece)
+        except ValueError:
+            pass
+        else:
+            rows = dict(_typed_rows(typed, agg, memo))
+            return rows, _typed_starts(typed) if want_starts else {}
+    try:
+        raw = json.loads(piece)
+        if not isinstance(raw, dict):
+            raise _Restream("a piece is not a JSON object")
+        rows = {key: _row(key, value, agg) for key, value in raw.items()}
+    except (ValueError, RecursionError, SourceError) as exc:
+        raise _Restream(str(exc)) from None
+    return rows, _raw_starts(raw) if want_starts else {}
+
+
+async def stream_sets(
+    client: httpx.AsyncClient,
+    request: _Request,
+    agg: MonthAggregation | None,
+    want_starts: bool,
+) -> _Sets | bytes:
+    """GET an ``/allocation/compute`` answer and decode it while it arrives.
+
+    Each piece :class:`SetStream` cuts is decoded on the CPU worker (at most
+    :data:`MAX_PENDING_PIECES` queued) and the rows land in their set in document order,
+    a later duplicate key replacing an earlier one as in a JSON object. Returns the sets, or
+    the whole body when its first bytes are not the compact ``{"code":200,...`` shape (the
+    caller decodes it whole). Raises :class:`_Restream` when the shape breaks later, or a
+    piece does not decode: the bytes before are gone, so the caller fetches it again.
+    HTTP failures, the size cap and timeouts raise :class:`SourceError` as
+    :func:`~aifinops.sources.base.get_bytes` raises them.
+    """
+    # accumulate=true: OpenCost answers one set (a second one would fail to decode).
+    one_set = request.params.get("accumulate", "").strip().lower() == "true"
+    stream = SetStream(_SETS_PREFIX, _ROW_START, one_set=one_set)
+    memo = _Memo()
+    head: list[bytes] = []  # the bytes until the prefix matched (or all of them, if not)
+    whole = False
+    sets = _Sets([], [])
+    pending: deque[asyncio.Future[tuple[int, tuple[dict[str, Allocation], dict[str, str]]]]]
+    pending = deque()
+
+    async def settle(keep: int) -> None:
+        while len(pending) > keep:
+            index, (rows, starts) = await pending.popleft()
+            while len(sets.rows) <= index:
+                sets.rows.append({})
+                sets.starts.append({})
+            sets.rows[index].update(rows)
+            sets.starts[index].update(starts)
+
+    async def decode(
+        index: int, piece: bytes
+    ) -> tuple[int, tuple[dict[str, Allocation], dict[str, str]]]:
+        return index, await run_cpu(_decode_piece, piece, agg, want_starts, memo)
+
+    def submit(pieces: list[tuple[int, bytes]]) -> None:
+        for index, piece in pieces:
+            pending.append(asyncio.ensure_future(decode(index, piece)))
+
+    responded = False
+    try:
+        async with client.stream(
+            "GET",
+            request.url,
+            params=request.params,
+            headers=request.headers,
+            timeout=request.timeout,
+        ) as resp:
+            responded = True
+            _check_response(resp, request)
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > request.max_bytes:
+                    raise SourceError(
+                        "too_large", f"{request.url} sent over the {request.max_bytes}-byte cap"
+                    )
+                if whole or not stream.started:
+                    head.append(chunk)
+                    if whole:
+                        continue
+                    try:
+                        pieces = stream.feed(chunk)
+                    except Unsplittable:
+                        whole = True  # nothing was released: keep every byte instead
+                        continue
+                    if stream.started:
+                        head.clear()
+                else:
+                    pieces = stream.feed(chunk)
+                submit(pieces)
+                await settle(MAX_PENDING_PIECES)
+        if whole or not stream.started:
+            return b"".join(head)
+        submit(stream.close())
+        await settle(0)
+    except httpx.TimeoutException:
+        raise SourceError(
+            "timeout", f"timed out after {request.timeout:g}s: {request.url}"
+        ) from None
+    except httpx.TransportError as exc:
+        truncated = responded and isinstance(exc, httpx.RemoteProtocolError)
+        kind: Reason = "parse" if truncated else "connect"
+        raise SourceError(kind, f"{type(exc).__name__} for {request.url}: {exc}") from None
+    except Unsplittable as exc:
+        raise _Restream(str(exc)) from None
+    finally:
+        # On any failure, let the pieces already handed to the worker finish (pure, short).
+        for future in pending:
+            future.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    while len(sets.rows) < stream.sets:
+        sets.rows.append({})
+        sets.starts.append({})
+    return sets
+
+
+def _check_response(resp: httpx.Response, request: _Request) -> None:
+    """HTTP status and declared size, as :func:`~aifinops.sources.base.get_bytes` checks them."""
+    if resp.status_code != 200:
+        raise SourceError("http_status", f"HTTP {resp.status_code} from {request.url}")
+    declared = resp.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > request.max_bytes:
+        raise SourceError(
+            "too_large",
+            f"{request.url} declares {declared} bytes, over the {request.max_bytes} cap",
+        )
+
+
+class _Streamer:
+    """Streamed fetch and decode, with the whole-body fallback and its memory.
+
+    A body that breaks the streamed shape midway (or has a row the reference path rejects)
+    is fetched again and decoded whole by ``parse_whole``, so the result or the error is
+    always exactly that function's. When that second decode succeeds, the upstream's answers
+    have a shape streaming cannot cut (extra fields, unusual keys): this source then fetches
+    whole bodies from now on (logged once), rather than every answer twice.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._whole = False
+
+    async def fetch(
+        self,
+        client: httpx.AsyncClient,
+        request: _Request,
+        assemble: Callable[[_Sets], T],
+        parse_whole: Callable[[bytes], T],
+        agg: MonthAggregation | None = None,
+        want_starts: bool = False,
+    ) -> T:
+        if not self._whole:
+            try:
+                got = await stream_sets(client, request, agg, want_starts)
+            except _Restream as exc:
+                reason = str(exc)
+            else:
+                if isinstance(got, bytes):
+                    return await run_cpu(parse_whole, got)
+                return await run_cpu(assemble, got)
+        else:
+            reason = ""
+        body = await get_bytes(
+            client,
+            request.url,
+            timeout=request.timeout,
+            max_bytes=request.max_bytes,
+            params=request.params,
+            headers=request.headers,
+        )
+        result = await run_cpu(parse_whole, body)
+        if not self._whole:
+            self._whole = True
+            log.warning("opencost_whole_bodies", source=self._name, reason=reason[:200])
+        return result
 
 
 # --- the fast path: typed decoding ---------------------------------------------------------
@@ -359,17 +753,21 @@ _NO_GPU = _Gpu()
 # OpenCost's compact answer with one accumulated set, as Go's encoding/json writes it.
 _ONE_SET_PREFIX = b'{"code":200,"status":"success","data":[{'
 _ONE_SET_SUFFIX = b"}]}"
+# The same with any number of sets (the month query's daily sets), cut while streaming.
+_SETS_PREFIX = _ONE_SET_PREFIX[:-1]
 # Every allocation object OpenCost writes starts with its "name" field.
 _ROW_START = b'":{"name":"'
 
 
-def _row_cut(body: bytes, at: int, end: int) -> int:
+def _row_cut(body: Buffer, at: int, end: int) -> int:
     """The comma before the allocation key of the first row starting at or after ``at``."""
-    marker = body.find(_ROW_START, at, end)
-    if marker == -1:
-        return -1
-    # A key holds no unescaped quote, so the last ',"' before the marker opens this key.
-    return body.rfind(b',"', at, marker)
+    while (marker := body.find(_ROW_START, at, end)) != -1:
+        # A key holds no unescaped quote, so the last ',"' before the marker opens this key.
+        cut = body.rfind(b',"', at, marker)
+        if cut != -1:
+            return cut
+        at = marker + 1  # ``at`` fell inside this row's key: cut before the next row
+    return -1
 
 
 def _typed_sets(body: bytes) -> list[dict[str, _Row]] | None:
@@ -400,7 +798,26 @@ def _typed_sets(body: bytes) -> list[dict[str, _Row]] | None:
 
 
 def _nn(value: float) -> float:
-    return value if 0.0 <= value < math.inf else 0.0
+    # Zero (and a clamped value) is the one 0.0 constant: most rows' pv, network, shared and
+    # external costs are zero, and one float object instead of 20k saves memory for nothing.
+    return value if 0.0 < value < math.inf else 0.0
+
+
+class _Memo:
+    """One object for equal values across the rows of one fetch: namespaces and nodes, a
+    namespace's label map (the same on each of its pods), and the month query's read-back
+    keys (the same every day: one name, namespace and label map for all its days).
+
+    At 10k GPUs this keeps a quarter of the rate answer's rows' memory (33 → 25 MB) and
+    over half of the month's, for a dictionary lookup or two per row. Used from one thread
+    at a time (the CPU worker decodes a fetch's pieces one after another)."""
+
+    __slots__ = ("identities", "namespace_labels", "text")
+
+    def __init__(self) -> None:
+        self.text: dict[str, str] = {}
+        self.namespace_labels: dict[str, Mapping[str, str]] = {}
+        self.identities: dict[str, tuple[str, str | None, Mapping[str, str]] | None] = {}
 
 
 # The fields _typed_rows fills, in order: rows are built positionally (a frozen dataclass
@@ -429,10 +846,21 @@ _ROW_FIELDS = (
 _POSITIONAL = tuple(f.name for f in dataclasses.fields(Allocation)) == _ROW_FIELDS
 
 
-def _typed_rows(allocation_set: dict[str, _Row]) -> list[tuple[str, Allocation]]:
-    """:func:`_allocation` for typed rows (the same fields, defaults and clamps)."""
+def _typed_rows(
+    allocation_set: dict[str, _Row],
+    agg: MonthAggregation | None = None,
+    memo: _Memo | None = None,
+) -> list[tuple[str, Allocation]]:
+    """:func:`_allocation` for typed rows (the same fields, defaults and clamps); with an
+    aggregation by labels, named and labelled as :meth:`MonthAggregation.identity` says.
+    Equal strings and label maps are shared through ``memo`` (see :class:`_Memo`)."""
     out: list[tuple[str, Allocation]] = []
     append = out.append
+    memo = memo if memo is not None else _Memo()
+    text = memo.text.setdefault
+    ns_maps = memo.namespace_labels
+    identities = memo.identities
+    relabel = agg is not None and agg.labels is not None
     for key, r in allocation_set.items():
         p = r.properties or _NO_PROPS
         g = r.gpuAllocation or _NO_GPU
@@ -444,11 +872,39 @@ def _typed_rows(allocation_set: dict[str, _Row]) -> list[tuple[str, Allocation]]
         usage = g.gpuUsageAverage
         if usage is None:
             usage = r.gpuUsageAverage
+        name: str = key
+        namespace = p.namespace or None
+        if namespace is not None:
+            namespace = text(namespace, namespace)
+        pod = p.pod or None
+        node = p.node or None
+        if node is not None:
+            node = text(node, node)
+        # Label values are not shared: rebuilding 20k maps to do so costs more CPU (~40 ms
+        # at 10k GPUs) than the 8 MB it saves is worth; their keys are (msgspec's key cache).
+        labels: Mapping[str, str] = p.labels or EMPTY_LABELS
+        ns_labels: Mapping[str, str] = EMPTY_LABELS
+        if p.namespaceLabels:
+            ns_labels = p.namespaceLabels
+            shared = ns_maps.get(namespace or "")
+            if shared == ns_labels:
+                ns_labels = shared
+            else:
+                ns_maps[namespace or ""] = ns_labels
+        if relabel:
+            assert agg is not None
+            if key in identities:
+                ident = identities[key]
+            else:
+                ident = identities[key] = agg.identity(key)
+            if ident is not None:
+                name, namespace, labels = ident
+                pod = node = None
         values = (
-            key,
-            p.namespace or None,
-            p.pod or None,
-            p.node or None,
+            name,
+            namespace,
+            pod,
+            node,
             _nn(r.minutes or 0.0),
             _nn((r.cpuCost or 0.0) + (r.cpuCostAdjustment or 0.0)),
             _nn((r.gpuCost or 0.0) + (r.gpuCostAdjustment or 0.0)),
@@ -461,8 +917,8 @@ def _typed_rows(allocation_set: dict[str, _Row]) -> list[tuple[str, Allocation]]
             _nn(r.gpuHours or 0.0),
             _nn(count),
             None if usage is None else _nn(usage),
-            p.labels or EMPTY_LABELS,
-            p.namespaceLabels or EMPTY_LABELS,
+            labels,
+            ns_labels,
         )
         append((key, Allocation(*values)))
     return out
@@ -566,7 +1022,7 @@ def _number(obj: dict[str, Any], key: str) -> float:
 
 
 def _non_negative(value: float) -> float:
-    return value if 0.0 <= value < math.inf else 0.0
+    return value if 0.0 < value < math.inf else 0.0
 
 
 def _text(props: dict[str, Any], key: str) -> str | None:

@@ -33,6 +33,7 @@ from aifinops.settings import Settings
 from aifinops.sources.base import Source
 from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.push import UsageStore
+from aifinops.statefile import StateStore
 from aifinops.version import RULES_VERSION, __version__
 from aifinops.web.api import register_api
 from aifinops.web.lifecycle import install_lifecycle
@@ -114,7 +115,7 @@ def build_sources(
 ) -> list[tuple[Source[Any], float, float]]:
     """The enabled sources with their (timeout, stale_after) settings. An enabled OpenCost
     also gets the month-to-date query (``opencost_month``, every
-    ``budgets.refresh_interval_seconds``, dates by ``clock``)."""
+    ``budgets.refresh_interval_seconds``, dates by ``clock``); latency sources come last."""
     from aifinops.sources.dcgm import DcgmSource
     from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
 
@@ -128,13 +129,28 @@ def build_sources(
         interval = settings.budgets.refresh_interval_seconds
         out.append(
             (
-                OpenCostMonthSource(oc, settings.budgets, clock),
+                OpenCostMonthSource(oc, settings.budgets, clock, settings.tenancy),
                 month_timeout(oc),
                 max(oc.stale_after_seconds, 3 * interval),
             )
         )
     out.extend(token_sources(settings, store))
+    out.extend(latency_sources(settings, clock))
     return out
+
+
+def latency_sources(
+    settings: Settings, clock: Clock = time.time
+) -> list[tuple[Source[Any], float, float]]:
+    """The enabled ``latency.sources`` (measured p95 latency for routing); ``clock`` dates
+    the readings of the scrape mode's window."""
+    from aifinops.sources.latency import LatencySource
+
+    return [
+        (LatencySource(s, clock), s.timeout_seconds, s.stale_after_seconds)
+        for s in settings.latency.sources
+        if s.enabled
+    ]
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -210,7 +226,8 @@ def create_app(
             follow_redirects=False,
         )
         app[HTTP_CLIENT] = client
-        app[REFRESHER] = Refresher(chosen, context, build, client, clock=clock)
+        store = StateStore.from_settings(settings)
+        app[REFRESHER] = Refresher(chosen, context, build, client, clock=clock, state_store=store)
         if run_loop:
             app[REFRESH_TASK] = asyncio.create_task(
                 app[REFRESHER].run(settings.refresh.interval_seconds)
@@ -223,6 +240,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # The state file's last write (SIGTERM): the last completed refresh.
+            await app[REFRESHER].save_state()
             await client.aclose()
 
     app.cleanup_ctx.append(lifecycle)

@@ -15,7 +15,7 @@ budgets, initiatives, routing, recommendations, and the log level. What needs a 
 (a reload that changes it applies the rest and logs ``config_reload_needs_restart`` naming
 the sections): ``server`` (address, port, lifecycle, body limit; the web configuration
 *file's content* is re-read by itself, see ``web/security.py``), ``refresh.interval_seconds``,
-``tokens.push`` and ``api``.
+``tokens.push``, ``api`` and ``state`` (the state file is read once, at start-up).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from aifinops.sources.base import Source
 log = structlog.get_logger("aifinops.web.lifecycle")
 
 Loader = Callable[[], Settings]
-RESTART_ONLY = ("server", "refresh", "api")
+RESTART_ONLY = ("server", "refresh", "api", "state")
 
 
 class Reloader:
