@@ -24,6 +24,7 @@ PROBES: tuple[tuple[str, str, str], ...] = (
     ("aifinops.refresh", "build_report", "model"),
     ("aifinops.refresh", "cost_families", "families"),
     ("aifinops.refresh", "self_families", "families"),
+    ("aifinops.refresh", "cap_families", "cap"),
     ("aifinops.refresh", "render", "render"),
     ("aifinops.refresh", "Exposition.from_bytes", "gzip"),
     ("aifinops.refresh", "Refresher._with_finance", "finance"),

@@ -93,9 +93,14 @@ def rows(results: Sequence[Result]) -> list[Row]:
         for src in ("dcgm", "opencost", "tokens")
         if any(src in r["steady"]["sources"] for r in results)
     ]
+    if any("opencost_month" in r["first"]["sources"] for r in results):
+        # Fetched once per budgets interval, so only in the first cycle.
+        phase_rows.append(
+            Row("  fetch+parse opencost_month (first)", sec("first", "sources", "opencost_month"))
+        )
     phase_rows += [
         Row(f"  {phase}", sec("steady", "phases", phase))
-        for phase in ("model", "finance", "families", "render", "gzip", "render+gzip")
+        for phase in ("model", "finance", "families", "cap", "render", "gzip", "render+gzip")
         if any(phase in r["steady"]["phases"] for r in results)
     ]
     return [

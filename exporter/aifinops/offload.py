@@ -141,8 +141,6 @@ async def render_exposition(
 RELEASE_CHUNK = 2_000
 # Containers smaller than this are freed whole (one short C call).
 _RELEASE_SPLIT = 512
-# Dataclass instances this close to the top are taken apart (snapshot → report → parts).
-_RELEASE_DATACLASS_DEPTH = 4
 
 
 def release(garbage: list[object], chunk: int = RELEASE_CHUNK) -> None:
@@ -160,35 +158,57 @@ def release(garbage: list[object], chunk: int = RELEASE_CHUNK) -> None:
     dropped ``chunk`` at a time from a Python loop, between which the interpreter can switch
     threads. Objects still referenced elsewhere simply lose one reference.
     """
-    work: list[tuple[list[object], int]] = [(garbage, 0)]
+    # Each list to free comes with whether dataclass instances in it are taken apart: yes
+    # at the top (a snapshot, its report, the report's parts), no for the rows of a large
+    # container (100k observations are better freed one by one than split into fields).
+    work: list[tuple[list[object], bool]] = [(garbage, True)]
     while work:
-        items, depth = work[-1]
+        items, structs = work[-1]
         if not items:
             work.pop()
             continue
         batch = items[-chunk:]
         del items[-chunk:]
         for i, obj in enumerate(batch):
-            parts = _parts(obj, depth)
-            if parts is not None:
-                work.append((parts, depth + 1))
-                batch[i] = None  # the shell goes now; its parts are freed chunk by chunk
+            shape = _shape_of(type(obj))
+            if shape is None:
+                continue
+            if shape == "map" or shape == "seq":
+                if len(obj) < _RELEASE_SPLIT:  # type: ignore[arg-type]
+                    continue
+                parts = (
+                    [*obj.keys(), *obj.values()]  # type: ignore[attr-defined]
+                    if shape == "map"
+                    else list(obj)  # type: ignore[call-overload]
+                )
+                work.append((parts, False))
+            elif structs:
+                work.append(([getattr(obj, name) for name in shape], True))
+            else:
+                continue
+            batch[i] = None  # the shell goes now; its parts are freed chunk by chunk
         del batch
 
 
-def _parts(obj: object, depth: int) -> list[object] | None:
-    """The references ``obj`` holds, when it is worth taking apart; else ``None``. Dataclass
-    instances are taken apart near the top only (a snapshot, its report, the report's parts),
-    not the rows inside large containers, which free quickly one by one."""
-    if isinstance(obj, (tuple, list, set, frozenset)):
-        return list(obj) if len(obj) >= _RELEASE_SPLIT else None
-    if isinstance(obj, dict):
-        return [*obj.keys(), *obj.values()] if len(obj) >= _RELEASE_SPLIT else None
-    if depth < _RELEASE_DATACLASS_DEPTH and dataclasses.is_dataclass(obj):
-        if isinstance(obj, type):
-            return None
-        return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
-    return None
+_SHAPES: dict[type, str | tuple[str, ...] | None] = {}
+
+
+def _shape_of(kind: type) -> str | tuple[str, ...] | None:
+    """How :func:`release` takes an instance of ``kind`` apart, cached per type: ``"map"``
+    (dict and subclasses), ``"seq"`` (tuple, list, set, frozenset and subclasses), the field
+    names of a dataclass, or ``None`` (freed whole)."""
+    try:
+        return _SHAPES[kind]
+    except KeyError:
+        shape: str | tuple[str, ...] | None = None
+        if issubclass(kind, dict):
+            shape = "map"
+        elif issubclass(kind, (tuple, list, set, frozenset)):
+            shape = "seq"
+        elif dataclasses.is_dataclass(kind):
+            shape = tuple(f.name for f in dataclasses.fields(kind))
+        _SHAPES[kind] = shape
+        return shape
 
 
 # :func:`tune_gc`'s thresholds. Young collections stay frequent and short (each walks at most

@@ -1,9 +1,19 @@
-"""Map a Report and the refresh status to catalog families (samples sorted, deterministic)."""
+"""Map a Report and the refresh status to catalog families (samples sorted, deterministic).
+
+The large families (per tenant × resource × basis, per tenant × model × token type: tens of
+thousands of samples at fleet scale) are built without a Python loop per sample: a mapping's
+items are sorted by key alone (``key=`` the first item, so the sort compares label tuples of
+strings, about twice as fast as comparing ``(labels, value)`` pairs) and the samples are
+zipped from C-level maps.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
+from operator import add, attrgetter, itemgetter
 
 from aifinops.exposition import catalog as c
 from aifinops.exposition.render import Family, Sample
@@ -23,30 +33,43 @@ class BuildInfo:
     gpu_price_catalog_version: str
 
 
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+
+def _sorted_samples(items: Iterable[Sample]) -> list[Sample]:
+    """A mapping's ``items()`` as samples sorted by labels (the labels are unique keys, so
+    the order is the one ``sorted(items)`` gives)."""
+    return sorted(items, key=_first)
+
+
+def _with_label(samples: Iterable[Sample], label: str) -> Iterable[Sample]:
+    """``samples`` with ``label`` appended to every label tuple."""
+    pairs = list(samples)
+    return zip(map(add, map(_first, pairs), repeat((label,))), map(_second, pairs), strict=True)
+
+
 def cost_families(report: Report | None) -> list[Family]:
     if report is None:
         return []
     rate: list[Sample] = []
-    total: list[Sample] = []
     for basis in c.BASES:
-        for (tenant, resource), value in sorted(report.tenant_rates(basis).items()):
-            rate.append(((tenant, resource, basis), value))
-    for (tenant, resource, basis), value in sorted(report.accrued.items()):
-        total.append(((tenant, resource, basis), value))
+        rate.extend(_with_label(_sorted_samples(report.tenant_rates(basis).items()), basis))
+    total = _sorted_samples(report.accrued.items())
     cluster = [((r,), v) for r, v in sorted(report.cost.cluster.items())]
 
-    held: list[Sample] = []
-    used: list[Sample] = []
-    unused: list[Sample] = []
-    idle_n: list[Sample] = []
-    idle_cost: list[Sample] = []
-    for (tenant, model), s in sorted(report.gpu_stats.items()):
-        key = (tenant, model)
-        held.append((key, s.held))
-        used.append((key, s.used))
-        unused.append((key, s.unused_rate))
-        idle_n.append((key, s.idle_gpus))
-        idle_cost.append((key, s.idle_rate))
+    stats = sorted(report.gpu_stats.items(), key=_first)
+    keys = list(map(_first, stats))
+    rows = list(map(_second, stats))
+
+    def gpu_samples(field: str) -> list[Sample]:
+        return list(zip(keys, map(attrgetter(field), rows), strict=True))
+
+    held = gpu_samples("held")
+    used = gpu_samples("used")
+    unused = gpu_samples("unused_rate")
+    idle_n = gpu_samples("idle_gpus")
+    idle_cost = gpu_samples("idle_rate")
     eff = [((t,), v) for t, v in sorted(report.efficiency.items())]
     prices = [((m, src), v) for (m, src), v in sorted(report.cost.gpu_prices.items())]
     folded = [((), float(report.cost.folded_tenants))]
@@ -148,14 +171,11 @@ def token_families(tokens: TokenReport | None) -> list[Family]:
         return []
     info = [((tokens.catalog_version,), 1.0)] if tokens.catalog_version else []
     return [
-        Family(c.TOKENS, sorted(((k, v) for k, v in tokens.tokens.items()))),
-        Family(c.TOKEN_COST, sorted(((k, v) for k, v in tokens.cost.items()))),
-        Family(c.MODEL_TOKEN_PRICE, sorted(((k, v) for k, v in tokens.prices.items()))),
-        Family(
-            c.MODEL_API_EQUIVALENT_PRICE,
-            sorted(((k, v) for k, v in tokens.api_equivalent.items())),
-        ),
-        Family(c.UNPRICED_TOKENS, sorted(((k, v) for k, v in tokens.unpriced.items()))),
+        Family(c.TOKENS, _sorted_samples(tokens.tokens.items())),
+        Family(c.TOKEN_COST, _sorted_samples(tokens.cost.items())),
+        Family(c.MODEL_TOKEN_PRICE, _sorted_samples(tokens.prices.items())),
+        Family(c.MODEL_API_EQUIVALENT_PRICE, _sorted_samples(tokens.api_equivalent.items())),
+        Family(c.UNPRICED_TOKENS, _sorted_samples(tokens.unpriced.items())),
         Family(c.LLM_PRICE_CATALOG_INFO, info),
     ]
 

@@ -5,18 +5,23 @@ format requires (backslash, double quote, newline), so a tenant named ``a"b\\c``
 newline cannot break the page. Families with no samples are left out, so a series that
 disappears upstream disappears here.
 
-Why it is fast (about 0.5 µs a sample, 10× and more ``prometheus_client.generate_latest`` on
-the same samples): a chunk of a family is formatted by one ``%`` over its line template
-repeated once per sample (no Python-level loop per sample); the values are written by
-msgspec's shortest round-trip float encoder in one call (``repr``'s digits and form for
-1e-4 <= |v| < 1e16, the rest one by one); label values are checked for characters that need
-escaping by counting quotes and newlines in the chunk, and only a chunk that has one takes the
-slow path. :func:`iter_render` yields the page in pieces of a bounded number of samples, so a
-caller can interleave other work (see :mod:`aifinops.offload`).
+Why it is fast (about 0.4 µs a sample, 14× and more ``prometheus_client.generate_latest`` on
+the same samples): a chunk of a family is one ``str.join`` over a list laid out as its lines
+are — the constant pieces of a line (``name{tenant="``, ``",model="``, ``"} ``, newline) repeated
+once per sample, the label columns (one transposing ``zip``) and the value texts copied into
+their slots by strided slice assignment — so there is no Python-level loop per sample and no
+format string to parse (``%`` over a repeated line template, the previous way, cost about
+half as much again); the values are written by msgspec's shortest round-trip float encoder
+in one call (``repr``'s digits and form for 1e-4 <= |v| < 1e16, the rest one by one, each
+distinct one formatted once); each label column is checked for characters that need escaping
+in one pass over its concatenation, and only a column that has one takes the slow path.
+:func:`iter_render` yields the page in pieces of a bounded number of samples, so a caller can
+interleave other work (see :mod:`aifinops.offload`).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -70,13 +75,20 @@ def _value_texts(values: list[float]) -> list[str]:
     digits as ``repr`` several times faster, in the same form for 0 and 1e-4 <= |v| < 1e16;
     the values outside that range (and NaN, ±Inf) are formatted one by one."""
     text = _encode_json(values)[1:-1].decode("ascii")
-    parts = (text + ",").replace(".0,", ",").split(",")
+    trimmed = (text + ",").replace(".0,", ",")
+    parts = trimmed.split(",")
     parts.pop()
     if "e" in text or "n" in text or "0.0000" in text:
+        # Counters of small sums repeat the same tiny values many times, and repr is the
+        # costly part (a few thousand instructions a value): format each distinct one once.
+        done: dict[float, str] = {}
         for i, v in enumerate(values):
             if v != 0.0 and not 1e-4 <= abs(v) < 1e16:
-                parts[i] = format_value(v)
-    if "-0" in parts:
+                formatted = done.get(v)
+                if formatted is None:
+                    formatted = done[v] = format_value(v)
+                parts[i] = formatted
+    if "-0," in trimmed:  # -0.0 (no other value's text holds "-0,")
         parts = ["0" if p == "-0" else p for p in parts]
     return parts
 
@@ -85,49 +97,66 @@ _first = itemgetter(0)
 _second = itemgetter(1)
 
 
-def _template(spec: MetricSpec) -> str:
+@functools.lru_cache(maxsize=512)
+def _line_pieces(spec: MetricSpec) -> tuple[str, str, tuple[str, ...]]:
+    """The family's ``# HELP``/``# TYPE`` lines, the first line's opening, and the constant
+    pieces of a line in :func:`_render_samples`' layout: ``(before label 0, before label 1,
+    ..., before the value)``, where the piece before label 0 also ends the previous line.
+    Cached: the catalog's specs are a few dozen constants."""
+    header = f"# HELP {spec.name} {_escape_help(spec.help)}\n# TYPE {spec.name} {spec.type}\n"
     if not spec.labels:
-        return f"{spec.name} %s\n"
-    pairs = ",".join(f'{name}="%s"' for name in spec.labels)
-    return f"{spec.name}{{{pairs}}} %s\n"
+        return header, f"{spec.name} ", (f"\n{spec.name} ",)
+    first = f'{spec.name}{{{spec.labels[0]}="'
+    between = tuple(f'",{name}="' for name in spec.labels[1:])
+    return header, first, (f"\n{first}", *between, '"} ')
 
 
-def _check_label_counts(spec: MetricSpec, label_sets: Sequence[tuple[str, ...]]) -> None:
-    width = len(spec.labels)
-    if set(map(len, label_sets)) - {width}:
-        bad = next(v for v in label_sets if len(v) != width)
+def _label_columns(spec: MetricSpec, samples: Sequence[Sample]) -> list[Sequence[str]]:
+    """The label values of ``samples`` column by column (one transposing ``zip``, which also
+    proves every label tuple has the same width), as written on the page."""
+    try:
+        columns: list[Sequence[str]] = list(zip(*map(_first, samples), strict=True))
+    except ValueError:
+        columns = []  # tuples of different widths: reported below
+    if len(columns) != len(spec.labels) or (not columns and any(map(_first, samples))):
+        bad = next(labels for labels, _ in samples if len(labels) != len(spec.labels))
         raise ValueError(f"{spec.name}: expected labels {spec.labels}, got {bad}")
+    return [_label_texts(column) for column in columns]
 
 
-def _render_samples(spec: MetricSpec, template: str, samples: Sequence[Sample]) -> str:
-    """The sample lines of ``samples`` (one chunk of one family), formatted by one ``%`` over
-    the line template repeated once per sample."""
-    label_sets: Sequence[tuple[str, ...]] = list(map(_first, samples))
-    _check_label_counts(spec, label_sets)
+def _label_texts(column: Sequence[str]) -> Sequence[str]:
+    """One column of label values as written on the page: escaped where they need it
+    (rarely: one pass over their concatenation says whether any does)."""
+    try:
+        joined = "".join(column)
+    except TypeError:  # a non-string label value: written as str() writes it
+        column = list(map(str, column))
+        joined = "".join(column)
+    if "\\" in joined or '"' in joined or "\n" in joined:
+        return list(map(escape_label_value, column))
+    return column
+
+
+def _render_samples(
+    spec: MetricSpec, opening: str, row: tuple[str, ...], samples: Sequence[Sample]
+) -> str:
+    """The sample lines of ``samples`` (one chunk of one family), after ``opening`` (the
+    first line's opening, with the family's HELP and TYPE lines before it in a first chunk):
+    one ``join`` over ``[opening, label 0, piece, label 1, ..., piece, value, newline +
+    opening, label 0, ...]``, the constant pieces laid out by repeating one line's worth
+    (``row``), the labels and values copied in column by column."""
+    columns = _label_columns(spec, samples)
     texts = _value_texts(list(map(float, map(_second, samples))))
-    n = len(samples)
-    width = len(spec.labels)
-    if not width:
-        return (template * n) % tuple(texts)
-    body = (template * n) % _interleave(label_sets, texts, width)
-    # Without escaping, a clean chunk has exactly two quotes per label, one newline per
-    # sample and no backslash; anything else means some label value needs escaping.
-    if body.count('"') != 2 * width * n or body.count("\n") != n or "\\" in body:
-        escaped = [tuple(map(escape_label_value, labels)) for labels in label_sets]
-        body = (template * n) % _interleave(escaped, texts, width)
-    return body
-
-
-def _interleave(
-    label_sets: Sequence[tuple[str, ...]], texts: list[str], width: int
-) -> tuple[str, ...]:
-    """``(l1, l2, ..., value, l1, l2, ..., value, ...)``, built column by column."""
-    step = width + 1
-    args: list[str] = texts * step  # the right length; every slot is overwritten below
-    for i in range(width):
-        args[i::step] = map(itemgetter(i), label_sets)
-    args[width::step] = texts
-    return tuple(args)
+    step = 2 * (len(columns) + 1)
+    parts: list[str] = [opening] * step  # the right length; every slot is overwritten below
+    parts[0::2] = row
+    parts *= len(samples)
+    for i, column in enumerate(columns):
+        parts[2 * i + 1 :: step] = column
+    parts[step - 1 :: step] = texts
+    parts[0] = opening
+    parts.append("\n")
+    return "".join(parts)
 
 
 def iter_family(family: Family, chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> Iterator[str]:
@@ -137,11 +166,11 @@ def iter_family(family: Family, chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> I
     if not samples:
         return
     spec = family.spec
-    yield f"# HELP {spec.name} {_escape_help(spec.help)}\n# TYPE {spec.name} {spec.type}\n"
-    template = _template(spec)
+    header, first, row = _line_pieces(spec)
     step = max(1, chunk_samples)
     for start in range(0, len(samples), step):
-        yield _render_samples(spec, template, samples[start : start + step])
+        opening = first if start else header + first
+        yield _render_samples(spec, opening, row, samples[start : start + step])
 
 
 def iter_render(

@@ -1,0 +1,641 @@
+"""The token sources' fast path (a :class:`SeriesReader` per scrape target, series worked out
+once, observations made from them) gives exactly what the straightforward path gives:
+``parse_text(decode_page(body))``, target labels merged, and the mapping as first written
+(kept here verbatim as the reference), refresh after refresh, on varied and hostile pages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+from aifinops.model.inputs import TokenObservation
+from aifinops.model.llm_prices import normalize_provider
+from aifinops.settings import TokenSourceSettings
+from aifinops.sources import promtext
+from aifinops.sources.base import SourceError
+from aifinops.sources.promapi import parse_vector
+from aifinops.sources.promtext import SeriesEntry, SeriesReader, decode_page, parse_text
+from aifinops.sources.tokens import (
+    TokenMapping,
+    TokenSource,
+    _new_observation,
+    clean_value,
+    observations_from_samples,
+    series_digest,
+)
+
+Sample = tuple[str, Mapping[str, str], float]
+
+
+# --- the reference: the mapping as it was before the fast path, verbatim -------------------
+
+
+def reference_digest(name: str, labels: Mapping[str, str]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    h.update(name.encode())
+    for k, v in sorted(labels.items()):
+        if k != "__name__":
+            h.update(b"\0" + k.encode() + b"=" + v.encode())
+    return h.hexdigest()
+
+
+def _first(labels: Mapping[str, str], keys: Iterable[str]) -> str | None:
+    for key in keys:
+        v = clean_value(labels.get(key))
+        if v:
+            return v
+    return None
+
+
+def _label_key(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in labels.items() if k != "__name__"))
+
+
+def reference_observations(
+    source: str, samples: Iterable[Sample], mapping: TokenMapping, *, from_zero: bool = False
+) -> tuple[TokenObservation, ...]:
+    by_name: dict[str, list[tuple[Mapping[str, str], float]]] = defaultdict(list)
+    for name, labels, value in samples:
+        by_name[name].append((labels, value))
+    out: list[TokenObservation] = []
+    for m in mapping.metrics:
+        chosen = next((n for n in (m.metric, *m.older_names) if by_name.get(n)), None)
+        if chosen is None:
+            continue
+        minus: dict[tuple[tuple[str, str], ...], float] = {}
+        if m.subtract:
+            minus = {
+                _label_key(lbl): v for lbl, v in by_name.get(m.subtract, ()) if math.isfinite(v)
+            }
+        for labels, raw in by_name[chosen]:
+            if not math.isfinite(raw) or raw < 0:
+                continue
+            value = max(0.0, raw - minus.get(_label_key(labels), 0.0)) if minus else raw
+            token_type = m.token_type
+            if m.token_type_label is not None:
+                tt = labels.get(m.token_type_label, "").strip().lower()
+                token_type = m.token_type_values.get(tt)
+            if token_type is None:
+                continue
+            model = clean_value(mapping.model) or _first(labels, mapping.model_labels)
+            if model is None:
+                continue
+            provider = mapping.provider or _first(labels, mapping.provider_labels)
+            out.append(
+                TokenObservation(
+                    source=source,
+                    series=reference_digest(chosen, labels),
+                    role=mapping.role,
+                    token_type=token_type,
+                    model=model,
+                    value=value,
+                    provider=normalize_provider(provider),
+                    tenant=clean_value(mapping.tenant) or _first(labels, mapping.tenant_labels),
+                    namespace=_first(labels, mapping.namespace_labels),
+                    pod=_first(labels, mapping.pod_labels),
+                    kind="spend_usd" if m.kind == "spend_usd" else "tokens",
+                    from_zero=from_zero,
+                )
+            )
+    return tuple(out)
+
+
+def reference_scrape(
+    source: TokenSource, bodies: Sequence[bytes]
+) -> tuple[TokenObservation, ...] | str:
+    """What the scrape path gave before: the observations, or the SourceError's message."""
+    samples: list[Sample] = []
+    wanted = source.mapping.wanted()
+    for target, body in zip(source._settings.scrape_targets, bodies, strict=True):
+        try:
+            parsed = parse_text(decode_page(body), wanted)
+        except ValueError as exc:
+            return f"{target.url}: {exc}"
+        if target.labels:
+            parsed = [(n, {**target.labels, **lbl}, v) for n, lbl, v in parsed]
+        samples.extend(parsed)
+    return reference_observations(source.name, samples, source.mapping)
+
+
+class Upstream:
+    """Serves the current body of each URL to the source under test."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, bytes] = {}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=self.bodies[str(request.url)])
+
+
+async def fast_scrape(
+    source: TokenSource, upstream: Upstream, bodies: Sequence[bytes]
+) -> tuple[TokenObservation, ...] | str:
+    for target, body in zip(source._settings.scrape_targets, bodies, strict=True):
+        upstream.bodies[target.url] = body
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream.handler)) as client:
+        try:
+            return await source.fetch(client)
+        except SourceError as exc:
+            assert exc.reason == "parse"
+            return str(exc)
+
+
+# --- random pages ------------------------------------------------------------------------
+
+ODD_VALUES = [
+    'quote"inside',
+    "back\\slash",
+    "new\nline",
+    "alice@example.com",
+    " bob@corp.example.org ",
+    "",
+    "None",
+    "null",
+    "N/A",
+    "  padded  ",
+    "x" * 300,
+    "équipe-ü",
+    "my team",
+    "brace} 5",
+    "{open",
+    "# hash",
+    "tab\tin",
+    "a=b,c=d",
+]
+
+
+def pick(rng: random.Random, common: Sequence[str]) -> str:
+    return rng.choice(ODD_VALUES) if rng.random() < 0.15 else rng.choice(common)
+
+
+def escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_value(rng: random.Random, value: float) -> str:
+    r = rng.random()
+    if r < 0.03:
+        return rng.choice(["NaN", "+Inf", "-Inf", "-3", "-0"])
+    if r < 0.06:
+        return f"{value:.6e}"
+    if r < 0.1 and value == int(value):
+        return str(int(value))
+    return repr(value)
+
+
+def render_line(
+    rng: random.Random, name: str, labels: Sequence[tuple[str, str]], value: str
+) -> str:
+    body = ",".join(f'{k}="{escape(v)}"' for k, v in labels)
+    if labels and rng.random() < 0.05:
+        body += ","
+    r = rng.random()
+    line = f"{name}{{{body}}} {value}" if labels else f"{name} {value}"
+    if r < 0.04:
+        line += " 1700000000000"  # a timestamp
+    elif r < 0.06:
+        line = line.rpartition(" ")[0] + "\t" + value
+    elif r < 0.08:
+        line = "  " + line
+    elif r < 0.10 and labels:
+        line = f"{name} {{{body}}} {value}"
+    elif r < 0.12:
+        line = line.rpartition(" ")[0] + "  " + value
+    return line
+
+
+class Fleet:
+    """Series of one target that live across refreshes: values grow, series come and go,
+    labels change, families reorder, formatting varies."""
+
+    def __init__(self, rng: random.Random, names: Sequence[str], label_pool: dict[str, list[str]]):
+        self.rng = rng
+        self.names = list(names)
+        self.pool = label_pool
+        self.series: list[tuple[str, list[tuple[str, str]], float]] = []
+        for _ in range(rng.randint(5, 40)):
+            self.add()
+
+    def labels(self) -> list[tuple[str, str]]:
+        keys = [k for k in self.pool if self.rng.random() < 0.7]
+        if self.rng.random() < 0.03:
+            keys.append("__name__")
+        out = [(k, pick(self.rng, self.pool.get(k, ["v"]))) for k in keys]
+        self.rng.shuffle(out)
+        return out
+
+    def add(self) -> None:
+        rng = self.rng
+        name = rng.choice(self.names)
+        labels = self.labels()
+        self.series.insert(
+            rng.randint(0, len(self.series)), (name, labels, float(rng.randint(0, 10**6)))
+        )
+        if rng.random() < 0.5:  # the same label set under another name (subtract partners)
+            other = rng.choice(self.names)
+            lbl = list(labels)
+            if rng.random() < 0.3:
+                rng.shuffle(lbl)  # same labels, other order
+            self.series.append((other, lbl, float(rng.randint(0, 10**6))))
+
+    def step(self) -> None:
+        rng = self.rng
+        self.series = [
+            (n, lbl, v + (rng.randint(0, 5000) if rng.random() < 0.8 else 0))
+            for n, lbl, v in self.series
+        ]
+        if rng.random() < 0.4:
+            self.add()
+        if rng.random() < 0.3 and self.series:
+            del self.series[rng.randrange(len(self.series))]
+        if rng.random() < 0.2 and self.series:
+            i = rng.randrange(len(self.series))
+            n, _, v = self.series[i]
+            self.series[i] = (n, self.labels(), v)  # a series whose labels change
+        if rng.random() < 0.1:
+            rng.shuffle(self.series)
+
+    def page(self) -> bytes:
+        rng = self.rng
+        by_name: dict[str, list[str]] = defaultdict(list)
+        for name, labels, value in self.series:
+            lbl = labels
+            if rng.random() < 0.02:
+                lbl = [(k, v) for k, v in labels if k != "__name__"]
+            by_name[name].append(render_line(rng, name, lbl, render_value(rng, value)))
+        lines: list[str] = []
+        families = list(by_name)
+        rng.shuffle(families)
+        for name in families:
+            if rng.random() < 0.3:  # another metric's lines in between
+                lines += [f"# TYPE {name}_other counter", f'{name}_other{{a="1"}} 3', "unwanted 1"]
+            lines += [f"# HELP {name} Some help.", f"# TYPE {name} counter"]
+            lines += by_name[name]
+            if rng.random() < 0.1:
+                lines.append("")
+        text = "\n".join(lines) + "\n" if lines else ""
+        if rng.random() < 0.1:
+            text = text.replace("\n", "\r\n")
+        return text.encode()
+
+
+PRESET_LABELS: dict[str, dict[str, list[str]]] = {
+    "litellm": {
+        "team_alias": ["tenant-a", "tenant-b", "tenant-c"],
+        "team": ["team-1", "team-2"],
+        "model": ["gpt-4o", "claude-3", "bench-llm-001"],
+        "litellm_model_name": ["azure/gpt-4o"],
+        "requested_model": ["gpt-4o"],
+        "api_provider": ["openai", "Azure", "bedrock_converse"],
+        "hashed_api_key": ["88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b"],
+        "user": ["u-1", "u-2"],
+        "user_email": ["alice@example.com"],
+    },
+    "vllm": {
+        "model_name": ["llama-8b", "qwen-7b"],
+        "engine": ["0", "1"],
+        "pod": ["own-pod"],
+    },
+    "otel_genai": {
+        "gen_ai_token_type": ["input", "output", "prompt", "completion", "weird", " Input "],
+        "gen_ai_request_model": ["gpt-4o", ""],
+        "gen_ai_response_model": ["gpt-4o-2024"],
+        "gen_ai_provider_name": ["openai"],
+        "gen_ai_system": ["aws.bedrock"],
+        "tenant": ["t1", "t2"],
+        "k8s_namespace_name": ["ns-a", "ns-b"],
+        "k8s_pod_name": ["p-0"],
+    },
+}
+
+
+def make_source(preset: str, rng: random.Random) -> TokenSource:
+    n_targets = rng.randint(1, 3)
+    targets = [
+        {
+            "url": f"http://up{i}/metrics",
+            "labels": ({"namespace": f"ns-{i}", "pod": f"pod-{i}"} if preset == "vllm" else {}),
+        }
+        for i in range(n_targets)
+    ]
+    if preset == "litellm" and rng.random() < 0.5:
+        targets[0]["labels"] = {"team_alias": "from-target", "cluster": "c1"}
+    return TokenSource(
+        TokenSourceSettings.model_validate(
+            {"name": "t", "preset": preset, "mode": "scrape", "scrape_targets": targets}
+        )
+    )
+
+
+def names_for(source: TokenSource, rng: random.Random) -> list[str]:
+    names = sorted(source.mapping.wanted())
+    if rng.random() < 0.3:  # only the older names, or some missing
+        names = [n for n in names if rng.random() < 0.6] or names
+    return names
+
+
+@pytest.fixture(params=[1 << 18, 300, 64], ids=["default-span", "small-span", "tiny-span"])
+def span(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(promtext, "READ_CHUNK_BYTES", request.param)
+    return int(request.param)
+
+
+@pytest.mark.parametrize("preset", ["litellm", "vllm", "otel_genai"])
+@pytest.mark.parametrize("seed", range(12))
+async def test_fast_path_equals_reference_refresh_after_refresh(
+    preset: str, seed: int, span: int
+) -> None:
+    rng = random.Random(f"{preset}-{seed}-{span}")
+    source = make_source(preset, rng)
+    fleets = [
+        Fleet(rng, names_for(source, rng), PRESET_LABELS[preset])
+        for _ in source._settings.scrape_targets
+    ]
+    upstream = Upstream()
+    for _ in range(8):
+        bodies = [f.page() for f in fleets]
+        want = reference_scrape(source, bodies)
+        got = await fast_scrape(source, upstream, bodies)
+        assert got == want
+        for f in fleets:
+            f.step()
+
+
+# --- errors --------------------------------------------------------------------------------
+
+GOOD = (
+    "# TYPE litellm_input_tokens_metric_total counter\n"
+    'litellm_input_tokens_metric_total{model="m",team_alias="a"} 10\n'
+    'litellm_input_tokens_metric_total{model="m",team_alias="b"} 20\n'
+    'litellm_input_tokens_metric_total{model="m",team_alias="c"} 30\n'
+    'litellm_input_tokens_metric_total{model="m",team_alias="d"} 40\n'
+    'other_metric{x="y"} 1\n'
+)
+
+BAD_PAGES = [
+    GOOD.replace("} 20", "} 2_0"),
+    GOOD.replace("} 30", "} abc"),
+    GOOD.replace("} 30", "} 30 ts"),
+    GOOD.replace('team_alias="b"}', 'team_alias="b"'),
+    GOOD.replace('team_alias="b"', 'team_alias="b",team_alias="c"'),
+    GOOD.replace('team_alias="c"', 'team_alias="\\q"'),
+    GOOD.replace('team_alias="d"', "team_alias=d"),
+    GOOD + "litellm_input_tokens_metric_total\n",
+    GOOD[:-1],  # truncated
+]
+
+
+@pytest.mark.parametrize("bad", BAD_PAGES)
+async def test_bad_pages_fail_with_the_same_message_and_the_next_read_recovers(
+    bad: str, span: int
+) -> None:
+    source = make_source("litellm", random.Random(0))
+    upstream = Upstream()
+    n = len(source._settings.scrape_targets)
+    for page in (GOOD, bad, GOOD.replace("} 10", "} 11"), bad, GOOD):
+        bodies = [page.encode()] * n
+        want = reference_scrape(source, bodies)
+        got = await fast_scrape(source, upstream, bodies)
+        assert got == want
+    assert isinstance(want, tuple) and len(want) == 4 * n
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        GOOD.encode().replace(b"other_metric", b"other_\xff"),
+        b"\xc3" + GOOD.encode(),
+        GOOD.encode()[:-1] + b"\xe2\x82",
+    ],
+)
+async def test_a_page_that_is_not_utf8_fails_as_before(body: bytes) -> None:
+    source = make_source("litellm", random.Random(0))
+    bodies = [body] * len(source._settings.scrape_targets)
+    want = reference_scrape(source, bodies)
+    assert isinstance(want, str)
+    assert await fast_scrape(source, Upstream(), bodies) == want
+
+
+async def test_a_bad_line_of_an_unwanted_metric_does_not_fail() -> None:
+    source = make_source("litellm", random.Random(0))
+    page = GOOD + "other_metric{x=} 1\nbroken line here\n"
+    bodies = [page.encode()] * len(source._settings.scrape_targets)
+    got = await fast_scrape(source, Upstream(), bodies)
+    assert isinstance(got, tuple) and got == reference_scrape(source, bodies)
+
+
+# --- the reader itself ---------------------------------------------------------------------
+
+
+class Entry(SeriesEntry):
+    __slots__ = ("labels", "name")
+
+    def __init__(self, name: str, labels: Mapping[str, str]) -> None:
+        super().__init__()
+        self.name = name
+        self.labels = dict(labels)
+
+
+def page_of(n: int, step: int, drop: int | None = None) -> bytes:
+    lines = ["# HELP m Tokens.", "# TYPE m counter"]
+    lines += [f'm{{team="t{i}",model="x"}} {float(i * 10 + step)}' for i in range(n) if i != drop]
+    return ("\n".join(lines) + "\n").encode()
+
+
+class CountingFindall:
+    """Stands in for the reader's value regex, counting the spans read whole."""
+
+    def __init__(self) -> None:
+        self.pattern = promtext._VALUE_AT_END
+        self.calls = 0
+
+    def findall(self, body: bytes, pos: int, end: int) -> list[bytes]:
+        self.calls += 1
+        found: list[bytes] = self.pattern.findall(body, pos, end)
+        return found
+
+
+def test_steady_page_is_read_whole_spans_and_hands_back_the_same_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(promtext, "READ_CHUNK_BYTES", 256)
+    spy = CountingFindall()
+    monkeypatch.setattr(promtext, "_VALUE_AT_END", spy)
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    derived: list[str] = []
+
+    def derive(name: str, labels: Mapping[str, str]) -> Entry:
+        derived.append(labels["team"])
+        return Entry(name, labels)
+
+    first, values = reader.read(page_of(200, 0), derive)
+    assert len(derived) == 200 and values[:2] == [0.0, 10.0]
+    second, values = reader.read(page_of(200, 1), derive)
+    assert len(derived) == 200  # nothing parsed again
+    assert second is first and values[:2] == [1.0, 11.0]
+    assert spy.calls > 10  # whole spans, not lines one by one
+    want = [(e.name, e.labels, v) for e, v in zip(second, values, strict=True)]
+    assert want == [(n, dict(lbl), v) for n, lbl, v in parse_text(page_of(200, 1).decode())]
+
+
+def test_series_that_go_away_are_dropped_and_new_ones_parsed_once() -> None:
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    derived: list[str] = []
+
+    def derive(name: str, labels: Mapping[str, str]) -> Entry:
+        derived.append(labels["team"])
+        return Entry(name, labels)
+
+    reader.read(page_of(50, 0), derive)
+    assert len(reader) == 50
+    entries, values = reader.read(page_of(50, 1, drop=17), derive)
+    assert len(reader) == 49 and len(entries) == 49 and len(derived) == 50
+    assert [e.labels["team"] for e in entries] == [f"t{i}" for i in range(50) if i != 17]
+    assert values == [float(i * 10 + 1) for i in range(50) if i != 17]
+    entries, _ = reader.read(page_of(50, 2), derive)
+    assert derived[-1] == "t17" and len(derived) == 51 and len(reader) == 50
+    entries, _ = reader.read(page_of(3, 3), derive)  # memory follows the page
+    assert len(reader) == 3 and len(entries) == 3
+
+
+def test_a_prefix_that_does_not_fix_the_series_is_never_kept() -> None:
+    # Here the text before the last blank holds the value; the next page's would not.
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    page1 = b'm{a="1"} 5 1000\n m 7\n'
+    page2 = b'm{a="1"} 5 2000\n m 8\n'
+    for page in (page1, page2, page2):
+        entries, values = reader.read(page, Entry)
+        want = parse_text(page.decode(), frozenset({"m"}))
+        assert [(e.name, e.labels, v) for e, v in zip(entries, values, strict=True)] == [
+            (n, dict(lbl), v) for n, lbl, v in want
+        ]
+    assert len(reader) == 0
+
+
+# --- the mapping on its own ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_observations_from_samples_equals_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    preset = rng.choice(sorted(PRESET_LABELS))
+    source = make_source(preset, rng)
+    fleet = Fleet(rng, names_for(source, rng), PRESET_LABELS[preset])
+    samples: list[Sample] = []
+    for name, labels, value in fleet.series:
+        lbl = dict(labels)
+        if rng.random() < 0.2:
+            lbl["__name__"] = name  # as the Prometheus API gives them
+        if rng.random() < 0.1:
+            value = rng.choice([math.nan, math.inf, -math.inf, -1.0, -0.0])
+        samples.append((name, lbl, value))
+    for from_zero in (False, True):
+        got = observations_from_samples("tokens:x", samples, source.mapping, from_zero=from_zero)
+        assert got == reference_observations(
+            "tokens:x", samples, source.mapping, from_zero=from_zero
+        )
+
+
+def test_a_nul_in_a_value_does_not_pair_other_labels_for_subtraction() -> None:
+    source = make_source("litellm", random.Random(0))
+    samples: list[Sample] = [
+        ("litellm_input_tokens_metric_total", {"model": "m", "a": "x\0b=y"}, 10.0),
+        ("litellm_input_tokens_metric_total", {"model": "m", "a": "x", "b": "y"}, 10.0),
+        ("litellm_input_cached_tokens_metric_total", {"model": "m", "a": "x", "b": "y"}, 4.0),
+    ]
+    got = observations_from_samples("tokens:x", samples, source.mapping)
+    assert got == reference_observations("tokens:x", samples, source.mapping)
+    assert [o.value for o in got if o.token_type == "input"] == [10.0, 6.0]
+
+
+def test_series_digest_is_unchanged() -> None:
+    for labels in ({}, {"a": "1", "b": "2"}, {"b": "é\0x", "__name__": "m", "a": ""}):
+        assert series_digest("m", labels) == reference_digest("m", labels)
+
+
+def test_fast_observation_equals_the_dataclass() -> None:
+    args: tuple[Any, ...] = (
+        "tokens:x", "0123456789abcdef", "usage", "input", "m", 1.5,
+        "openai", "t", None, None, "spend_usd", True,
+    )  # fmt: skip
+    made = _new_observation(*args)
+    plain = TokenObservation(*args)
+    assert type(made) is TokenObservation
+    assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+    with pytest.raises(AttributeError):
+        made.value = 2.0  # type: ignore[misc]
+
+
+async def test_litellm_personal_labels_never_leave_the_fast_path() -> None:
+    source = make_source("litellm", random.Random(1))
+    personal = "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b"
+    page = (
+        "litellm_input_tokens_metric_total{"
+        f'hashed_api_key="{personal}",user="u-secret",user_email="alice@example.com",'
+        'end_user="bob@example.com",team_alias="alice@example.com",team="team-1",'
+        'model="gpt-4o"} 5\n'
+    )
+    upstream = Upstream()
+    for step in range(3):
+        bodies = [page.replace("} 5", "} " + str(5 + step)).encode()] * len(
+            source._settings.scrape_targets
+        )
+        got = await fast_scrape(source, upstream, bodies)
+        assert isinstance(got, tuple) and got == reference_scrape(source, bodies)
+        for obs in got:
+            text = repr(obs)
+            for secret in (personal, "u-secret", "alice@example.com", "bob@example.com"):
+                assert secret not in text
+            assert obs.tenant in ("team-1", "from-target") and len(obs.series) == 16
+
+
+# --- mode: prometheus ------------------------------------------------------------------------
+
+
+def vector_answer(fleet: Fleet) -> bytes:
+    result = []
+    for name, labels, value in fleet.series:
+        metric = {k: v for k, v in labels if k != "__name__"}
+        metric["__name__"] = name
+        text = render_value(fleet.rng, value).replace("-0", "-0.0")
+        result.append({"metric": metric, "value": [1_750_000_000.0, text]})
+    doc = {"status": "success", "data": {"resultType": "vector", "result": result}}
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("preset", ["litellm", "vllm", "otel_genai"])
+@pytest.mark.parametrize("seed", range(8))
+async def test_prometheus_mode_equals_reference_refresh_after_refresh(
+    preset: str, seed: int
+) -> None:
+    rng = random.Random(f"prom-{preset}-{seed}")
+    source = TokenSource(
+        TokenSourceSettings.model_validate(
+            {"name": "t", "preset": preset, "mode": "prometheus", "prometheus_url": "http://p"}
+        )
+    )
+    fleet = Fleet(rng, names_for(source, rng), PRESET_LABELS[preset])
+    answer = b""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=answer)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        for _ in range(6):
+            answer = vector_answer(fleet)
+            samples = [
+                (labels.get("__name__", ""), labels, value)
+                for labels, value in parse_vector(answer)
+            ]
+            want = reference_observations(source.name, samples, source.mapping)
+            assert await source.fetch(client) == want
+            fleet.step()
+    assert len(source._queried) <= len(fleet.series) + 3
