@@ -20,11 +20,13 @@ Month-to-date spend per (tenant, resource), allocation basis, in the configured 
 * **Tokens** (resource ``tokens``): API token dollars the exporter counted since the month
   started (increments of the cumulative API cost).
 
-Restart caveat: charge-back and token dollars are what *this process* saw. After a restart they
-count again from zero (the months' infrastructure part does not: OpenCost keeps it), so token
-and charge-back month-to-date figures are low by what accrued before the restart, and the days
-before it carry no token dollars in the forecast's daily series. Two replicas each keep their
-own figures.
+Restarts: charge-back and token dollars are what the exporter counted. Without a state file
+they count again from zero after a restart (the months' infrastructure part does not: OpenCost
+keeps it), so token and charge-back month-to-date figures are low by what accrued before the
+restart, and the days before it carry no token dollars in the forecast's daily series. With
+``state.path`` the refresh loop restores :class:`FinanceState` (and the token counters' last
+values) at start-up; :mod:`aifinops.statefile` states what that guarantees. Two replicas each
+keep their own figures.
 
 Per-period ledger (chargeback)
 ------------------------------
@@ -32,13 +34,14 @@ Per-period ledger (chargeback)
 exporter's counters (``aifinops_tenant_cost_usd_total``) accrued in that calendar month (an
 interval that crosses a month boundary is split in proportion to time): exactly what
 ``increase()`` over the period shows for a process that ran through it. The current month and
-the ``history_months − 1`` before it are kept (in memory: a restart loses them).
+the ``history_months − 1`` before it are kept (in memory, and in the state file when configured).
 
 Money is float USD (gauges); sums use :func:`math.fsum`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -234,7 +237,11 @@ def local_date(ts: float, tz: str) -> date:
     return datetime.fromtimestamp(ts, ZoneInfo(tz)).date()
 
 
+@functools.lru_cache(maxsize=4096)
 def local_midnight(d: date, tz: str) -> float:
+    """Unix seconds of local midnight starting ``d`` in ``tz``. Cached: a refresh asks for
+    the same few dozen days once per (tenant, resource) series — 350k calls at 2,000
+    tenants."""
     return datetime(d.year, d.month, d.day, tzinfo=ZoneInfo(tz)).timestamp()
 
 
