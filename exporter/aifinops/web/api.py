@@ -24,8 +24,9 @@ Chargeback (``GET /api/v1/chargeback``): the exporter's accrued dollars per tena
 resource in the period (the increments of ``aifinops_tenant_cost_usd_total`` since the period
 start; see :mod:`aifinops.model.finance`), rounded to the cent by the largest-remainder method
 so rows sum exactly to the total; ``format=csv`` is a plain CSV, ``format=focus`` a FOCUS 1.2
-cost-and-usage CSV. The exporter keeps the current month and the twelve before it in memory: a
-restart starts the ledger again, and a period it did not run through is partial.
+cost-and-usage CSV. The exporter keeps the current month and the twelve before it in memory
+and, with ``state.path`` set, in its state file (:mod:`aifinops.statefile`); without one a
+restart starts the ledger again. A period the exporter did not run through is partial.
 """
 
 from __future__ import annotations
