@@ -99,3 +99,35 @@ def test_history_is_bounded():
         report, state = report_at(now, state, {"a": 1.0})
         f, fstate = build_finance(report, FinanceInputs(), ctx, resolver(), pricer(), fstate, now)
     assert sorted(f.periods) == ["2025-03", "2025-04"]
+
+
+def test_daily_sets_are_folded_once_per_answer():
+    """The month's sets are folded again only when a new answer (or tenancy) arrives; the
+    figures are the same either way."""
+    now = JUNE + 10 * DAY + DAY / 2
+    monthly = daily(JUNE, 11, now, {"a": 24.0, "b": 48.0})
+    ctx = FinanceContext(budgets=(Budget("a", 300.0),))
+    res = resolver()
+    report, state = report_at(now, ModelState(), {"a": 1.0, "b": 2.0})
+    _, s1 = build_finance(
+        report, FinanceInputs(monthly=monthly), ctx, res, pricer(), FinanceState(), now
+    )
+    assert s1.infra is not None and s1.infra.sets is monthly
+    later = now + 300
+    report2, _ = report_at(later, state, {"a": 1.0, "b": 2.0})
+    f2, s2 = build_finance(report2, FinanceInputs(monthly=monthly), ctx, res, pricer(), s1, later)
+    assert s2.infra is s1.infra  # reused
+    fresh, _ = build_finance(
+        report2, FinanceInputs(monthly=monthly), ctx, res, pricer(), FinanceState(), later
+    )
+    assert f2.tenant_month_to_date == fresh.tenant_month_to_date
+    # a new answer (one more dollar for a) is folded again
+    monthly2 = daily(JUNE, 11, now, {"a": 25.0, "b": 48.0})
+    f3, s3 = build_finance(report2, FinanceInputs(monthly=monthly2), ctx, res, pricer(), s2, later)
+    assert s3.infra is not s2.infra and s3.infra is not None and s3.infra.sets is monthly2
+    assert f3.tenant_month_to_date["a"] > f2.tenant_month_to_date["a"]
+    # another tenancy resolver (a config reload) too
+    _, s4 = build_finance(
+        report2, FinanceInputs(monthly=monthly2), ctx, resolver(), pricer(), s3, later
+    )
+    assert s4.infra is not s3.infra

@@ -180,6 +180,7 @@ class FinanceState:
     util_peaks: Mapping[TenantResource, Mapping[int, float]] = field(default_factory=dict)
     util_since: Mapping[TenantResource, float] = field(default_factory=dict)
     pod_gpu_models: Mapping[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+    infra: InfraMonth | None = None  # a cache, never persisted (see InfraMonth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,22 +326,19 @@ def build_finance(
             book_daily(tenant, resource, rate * hours)
 
     # 2. Month-to-date per (tenant, resource) and the daily series. ----------------------------
-    kept = {t for rates in report.cost.rates.values() for t, _ in rates}
-    folded = report.cost.folded_tenants > 0
+    kept: frozenset[str] | None = None
+    if report.cost.folded_tenants > 0:
+        kept = frozenset(t for rates in report.cost.rates.values() for t, _ in rates)
     ledger: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
     infra_start: date | None = None
     monthly = inputs.monthly
+    infra: InfraMonth | None = None
     if monthly is not None:
-        for set_start, set_end, allocation_set in monthly.sets:
-            day = local_date((set_start + set_end) / 2.0, tz)
-            infra_start = day if infra_start is None else min(infra_start, day)
-            for row in allocation_set.allocations:
-                tenant = tenant_of(row, resolver)
-                if folded and tenant not in kept and tenant not in (IDLE_TENANT, OTHER_TENANT):
-                    tenant = OTHER_TENANT
-                for resource, usd in _resource_costs(row).items():
-                    if usd:
-                        ledger[(tenant, resource)][day].append(usd)
+        infra = infra_month(state.infra, monthly, resolver, kept, tz)
+        infra_start = infra.start
+        for key, days in infra.by_day.items():
+            for day, usd in days.items():
+                ledger[key][day].append(usd)
         gap_hours = max(0.0, now - monthly.end) / SECONDS_PER_HOUR
         if gap_hours > 0:
             moved = report.charge_back.get("allocation", {})
@@ -504,8 +502,63 @@ def build_finance(
         util_peaks=peaks,
         util_since=since,
         pod_gpu_models=pod_models,
+        infra=infra,
     )
     return finance, new_state
+
+
+@dataclass(frozen=True, slots=True)
+class InfraMonth:
+    """OpenCost's daily sets folded to USD per (tenant, resource) and local date, with the
+    inputs it was folded from. The sets change once per ``budgets.refresh_interval_seconds``
+    and the rates every refresh: at 2,000 tenants folding 40k rows is most of the finance
+    step, so it is redone only when the sets, the tenancy resolver, the folded tenants or the
+    time zone change (compared by identity/equality in :func:`infra_month`)."""
+
+    sets: DailyAllocationSets
+    resolver: TenantResolver
+    kept: frozenset[str] | None
+    tz: str
+    by_day: Mapping[TenantResource, Mapping[date, float]]
+    start: date | None
+
+
+def infra_month(
+    cached: InfraMonth | None,
+    monthly: DailyAllocationSets,
+    resolver: TenantResolver,
+    kept: frozenset[str] | None,
+    tz: str,
+) -> InfraMonth:
+    """``cached`` when it was folded from the same inputs, else the sets folded again.
+    ``kept``: the tenants the report publishes when it folds the rest into ``__other__``
+    (``None`` when it folds none)."""
+    if (
+        cached is not None
+        and cached.sets is monthly
+        and cached.resolver is resolver
+        and cached.kept == kept
+        and cached.tz == tz
+    ):
+        return cached
+    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    start: date | None = None
+    for set_start, set_end, allocation_set in monthly.sets:
+        day = local_date((set_start + set_end) / 2.0, tz)
+        start = day if start is None else min(start, day)
+        for row in allocation_set.allocations:
+            tenant = tenant_of(row, resolver)
+            if (
+                kept is not None
+                and tenant not in kept
+                and tenant not in (IDLE_TENANT, OTHER_TENANT)
+            ):
+                tenant = OTHER_TENANT
+            for resource, usd in _resource_costs(row).items():
+                if usd:
+                    parts[(tenant, resource)][day].append(usd)
+    by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
+    return InfraMonth(monthly, resolver, kept, tz, by_day, start)
 
 
 def _increments(
