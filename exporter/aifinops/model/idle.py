@@ -33,15 +33,35 @@ def observe(
     threshold: float,
 ) -> dict[IdleKey, HoldHistory]:
     """New state after one DCGM observation taken at ``observed_at`` (unix seconds)."""
+    return observe_holds(state, shares, observed_at, threshold)[0]
+
+
+def observe_holds(
+    state: IdleState,
+    shares: Iterable[GpuShare],
+    observed_at: float,
+    threshold: float,
+) -> tuple[dict[IdleKey, HoldHistory], list[HoldHistory]]:
+    """:func:`observe`, and each share's new history in the order of ``shares`` (so the
+    caller need not look 12k holds up again to ask :func:`is_idle`).
+
+    A hold whose history does not change (seen before, not busy now) keeps its previous
+    (immutable) record rather than a new equal one: most holds, most refreshes."""
     out: dict[IdleKey, HoldHistory] = {}
+    histories: list[HoldHistory] = []
+    get = state.get
     for share in shares:
-        prev = state.get(share.idle_key)
-        first = prev.first_seen if prev is not None else observed_at
-        busy = prev.last_busy if prev is not None else NEVER
+        key = share.idle_key
+        prev = get(key)
         if share.utilization >= threshold:
-            busy = observed_at
-        out[share.idle_key] = HoldHistory(first, busy)
-    return out
+            history = HoldHistory(prev.first_seen if prev is not None else observed_at, observed_at)
+        elif prev is not None:
+            history = prev
+        else:
+            history = HoldHistory(observed_at, NEVER)
+        out[key] = history
+        histories.append(history)
+    return out, histories
 
 
 def is_idle(history: HoldHistory | None, now: float, window_seconds: float) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from aifinops.model.cost import (
     fold_tenants,
 )
 from aifinops.model.gpu_prices import GpuPricer
-from aifinops.model.idle import HoldHistory, is_idle, observe
+from aifinops.model.idle import HoldHistory, is_idle, observe_holds
 from aifinops.model.inputs import Inputs
 from aifinops.model.tenancy import TenantResolver
 from aifinops.model.tokens import (
@@ -111,10 +111,12 @@ def accrue(
     its first increment, so a counter never decreases while it exists.
     """
     out: dict[tuple[str, str, str], float] = {}
+    get = previous.get
     for basis, basis_rates in rates.items():
         for (tenant, resource), rate in basis_rates.items():
             key = (tenant, resource, basis)
-            out[key] = previous.get(key, 0.0) + max(0.0, rate) * hours
+            # max(0.0, rate) without the call (NaN and -0.0 give 0.0 either way)
+            out[key] = get(key, 0.0) + (rate if rate > 0.0 else 0.0) * hours
     return out
 
 
@@ -149,29 +151,35 @@ def build_report(
         charge_back = _moved(before, cost.rates)
 
     idle_state: Mapping[IdleKey, HoldHistory] = state.idle
+    histories: Iterable[HoldHistory | None]
     if inputs.gpus is None:
         idle_state = {}
+        histories = [None] * len(cost.shares)
     elif dcgm_observed_at is not None and dcgm_observed_at != state.dcgm_observed_at:
-        idle_state = observe(state.idle, cost.shares, dcgm_observed_at, context.idle_threshold)
-
-    parts: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for share in cost.shares:
-        p = parts[(share.tenant, share.gpu_model)]
-        p["held"].append(share.held)
-        p["used"].append(share.used)
-        p["unused"].append(share.unused_rate)
-        if is_idle(idle_state.get(share.idle_key), now, context.idle_window_seconds):
-            p["idle_gpus"].append(share.held)
-            p["idle_rate"].append(share.alloc_rate)
-    gpu_stats = {
-        key: GpuTenantStats(
-            held=math.fsum(p["held"]),
-            used=math.fsum(p["used"]),
-            unused_rate=math.fsum(p["unused"]),
-            idle_gpus=math.fsum(p["idle_gpus"]),
-            idle_rate=math.fsum(p["idle_rate"]),
+        idle_state, histories = observe_holds(
+            state.idle, cost.shares, dcgm_observed_at, context.idle_threshold
         )
-        for key, p in parts.items()
+    else:
+        histories = map(idle_state.get, (s.idle_key for s in cost.shares))
+
+    # Per (tenant, GPU model): held, used, unused rate, idle GPUs, idle rate (parts to fsum).
+    parts: dict[tuple[str, str], tuple[list[float], ...]] = {}
+    window = context.idle_window_seconds
+    for share, history in zip(cost.shares, histories, strict=False):
+        key = (share.tenant, share.gpu_model)
+        p = parts.get(key)
+        if p is None:
+            p = parts[key] = ([], [], [], [], [])
+        p[0].append(share.held)
+        p[1].append(share.used)
+        p[2].append(share.unused_rate)
+        if is_idle(history, now, window):
+            p[3].append(share.held)
+            p[4].append(share.alloc_rate)
+    fsum = math.fsum
+    gpu_stats = {
+        key: GpuTenantStats(fsum(held), fsum(used), fsum(unused), fsum(idle), fsum(idle_rate))
+        for key, (held, used, unused, idle, idle_rate) in parts.items()
     }
     held_by_tenant: dict[str, float] = defaultdict(float)
     used_by_tenant: dict[str, float] = defaultdict(float)
@@ -216,17 +224,22 @@ def _moved(
     after: Mapping[str, Mapping[tuple[str, str], float]],
 ) -> dict[str, dict[tuple[str, str], float]]:
     """Per basis, the change of each non-token (tenant, resource) rate: what charge-back
-    moved (USD/hour); zero changes are left out."""
+    moved (USD/hour); zero changes are left out. Keys in ``after``'s order, then those only
+    in ``before``."""
     out: dict[str, dict[tuple[str, str], float]] = {}
     for basis, rates in after.items():
         old = before.get(basis, {})
         moved = {}
-        for key in set(rates) | set(old):
-            if key[1] == TOKENS_RESOURCE:
-                continue
-            delta = rates.get(key, 0.0) - old.get(key, 0.0)
-            if delta != 0.0:
-                moved[key] = delta
+        for key, value in rates.items():
+            if key[1] != TOKENS_RESOURCE:
+                delta = value - old.get(key, 0.0)
+                if delta != 0.0:
+                    moved[key] = delta
+        for key, value in old.items():
+            if key[1] != TOKENS_RESOURCE and key not in rates:
+                delta = 0.0 - value
+                if delta != 0.0:
+                    moved[key] = delta
         out[basis] = moved
     return out
 

@@ -60,9 +60,11 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import is_
+from typing import Any, TypeVar
 
 from aifinops.exposition.catalog import IDLE_TENANT, OTHER_TENANT, UNALLOCATED_TENANT
-from aifinops.model.cost import CostBreakdown
+from aifinops.model.cost import CostBreakdown, remap_tenants
 from aifinops.model.inputs import Allocation, AllocationSet, TokenInputs, TokenObservation
 from aifinops.model.llm_prices import (
     PER_MILLION,
@@ -79,6 +81,7 @@ UsageKey = tuple[str, str, str, str]  # (tenant, model, provider, token_type)
 CounterKey = tuple[str, str, str, str]  # (source, series, kind, token_type)
 PodKey = tuple[str, str]  # (namespace, pod)
 ShKey = tuple[str, str, str]  # (tenant, self-hosted model, token_type)
+K = TypeVar("K")
 
 UNKNOWN_PROVIDER = "unknown"
 OTHER_MODEL = "__other__"
@@ -258,22 +261,60 @@ def counter_increments(
     is new again (its series would have been forgotten, so they re-baseline instead of being
     counted twice).
     """
+    counted, deltas, last, seen, source_seen = _count(observations, state, now, retention_seconds)
+    return CounterUpdate(tuple(zip(counted, deltas, strict=True)), last, seen, source_seen)
+
+
+_INF = float("inf")
+
+
+def _unexpired(at: Mapping[K, float], now: float, retention_seconds: float) -> dict[K, float]:
+    """``at`` without the keys last seen more than the retention before ``now``. Usually
+    nothing has expired: one pass for the oldest time then, instead of a filtered copy."""
+    if not at or now - min(at.values()) <= retention_seconds:
+        return dict(at)
+    return {k: t for k, t in at.items() if now - t <= retention_seconds}
+
+
+def _count(
+    observations: Iterable[TokenObservation],
+    state: TokenState,
+    now: float,
+    retention_seconds: float,
+) -> tuple[
+    list[TokenObservation],
+    list[float],
+    dict[CounterKey, float],
+    dict[CounterKey, float],
+    dict[str, float],
+]:
+    """:func:`counter_increments` as parallel lists (the observations with new tokens and
+    their increments): one tight pass over every upstream series (113k at fleet scale)."""
     # Forget series unseen for longer than the retention first, so a series back after a long
     # gap is judged like a new one.
-    seen = {k: at for k, at in state.seen_at.items() if now - at <= retention_seconds}
-    last = {k: v for k, v in state.last.items() if k in seen}
+    seen = _unexpired(state.seen_at, now, retention_seconds)
+    if (len(state.last) == len(seen) and all(map(is_, state.last, seen))) or (
+        state.last.keys() <= seen.keys()
+    ):
+        # The first test is the usual case, without hashing 100k keys: nothing expired and
+        # the two maps hold the same key objects in the same order (as this function leaves
+        # them: it adds each key to both).
+        last = dict(state.last)
+    else:
+        last = {k: v for k, v in state.last.items() if k in seen}
     known_sources = {
         src for src, at in state.source_seen_at.items() if now - at <= retention_seconds
     }
-    out: list[tuple[TokenObservation, float]] = []
-    present: set[str] = set()
-    for obs in observations:
+    obs_list = observations if isinstance(observations, tuple | list) else tuple(observations)
+    counted: list[TokenObservation] = []
+    deltas: list[float] = []
+    get = last.get
+    for obs in obs_list:
         v = obs.value
-        present.add(obs.source)
-        if not math.isfinite(v) or v < 0:
+        if not 0.0 <= v < _INF:  # NaN, ±Inf or negative: keep the previous value
             continue
         key = (obs.source, obs.series, obs.kind, obs.token_type)
-        prev = last.get(key)
+        prev = get(key)
         if prev is None:
             delta = v if obs.from_zero or obs.source in known_sources else 0.0
         elif v >= prev:
@@ -283,11 +324,12 @@ def counter_increments(
         last[key] = v
         seen[key] = now
         if delta > 0:
-            out.append((obs, delta))
+            counted.append(obs)
+            deltas.append(delta)
     source_seen = {s: at for s, at in state.source_seen_at.items() if now - at <= retention_seconds}
-    for s in present:
+    for s in {obs.source for obs in obs_list}:
         source_seen[s] = now
-    return CounterUpdate(tuple(out), last, seen, source_seen)
+    return counted, deltas, last, seen, source_seen
 
 
 # --- name resolution -------------------------------------------------------------------------
@@ -349,6 +391,21 @@ def _self_hosted_specs(
     return index, found, pods
 
 
+class _PairPrice:
+    """The price of the API names of one (label, provider) pair this refresh; ``mixed`` once
+    two of its names priced differently (see :func:`account_tokens`)."""
+
+    __slots__ = ("mixed", "price", "units")
+
+    def __init__(self, price: LlmPrice | None) -> None:
+        self.price = price
+        self.mixed = False
+        self.units: dict[str, float] = {}  # price.per_token by token type, filled as used
+
+
+_ApiName = tuple[str, str, LlmPrice | None, _PairPrice]  # label, provider label, price, pair
+
+
 # --- the accounting --------------------------------------------------------------------------
 def _tenant(obs: TokenObservation, pod_tenants: Mapping[PodKey, str], r: TenantResolver) -> str:
     if obs.tenant:
@@ -388,9 +445,12 @@ def account_tokens(
     is the core's breakdown of this refresh (its per-pod rates and pod tenants are read).
     """
     catalog = inputs.catalog
-    update = counter_increments(inputs.observations, state, now, ctx.retention_seconds)
+    counted, deltas, last, seen_at, source_seen_at = _count(
+        inputs.observations, state, now, ctx.retention_seconds
+    )
     index, discovered, serving_pods = _self_hosted_specs(ctx, inputs.observations, state.discovered)
-    kept = {t for rates in cost.rates.values() for t, _ in rates}
+    # The tenants the core kept (only needed when it folded some).
+    kept = {t for rates in cost.rates.values() for t, _ in rates} if cost.folded_tenants else set()
 
     def pod_owner(pod: PodKey) -> str:
         tenant = cost.pod_tenants.get(pod, UNALLOCATED_TENANT)
@@ -415,54 +475,96 @@ def account_tokens(
         return name
 
     # 1. Increments → usage keys; API prices; served tokens. -----------------------------
+    # What a model name resolves to (self-hosted spec; API label, provider and price) is
+    # looked up once per distinct (name, provider) this refresh, not once per series: a fleet
+    # has a few hundred models and 100k series. A name's label is fixed once first given (the
+    # model set only grows and, once full, stays full), so the memo returns what a fresh
+    # call would.
     sh_deltas: list[tuple[UsageKey, str, float]] = []  # (key, self-hosted model, tokens)
-    api_deltas: dict[UsageKey, list[float]] = defaultdict(list)
-    api_price: dict[UsageKey, LlmPrice | None] = {}
+    # Per API usage key: [its pair's price, token increments...].
+    api_deltas: dict[UsageKey, list[Any]] = {}
     spend: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for obs, delta in update.increments:
-        spec = index.match(obs.model)
-        if obs.role != "usage" and obs.kind == "tokens" and spec is not None:
-            served[(spec.model, obs.token_type)] = (
-                served.get((spec.model, obs.token_type), 0.0) + delta
-            )
-        if obs.role == "serving":
-            continue
-        tenant = _tenant(obs, cost.pod_tenants, resolver)
+    # model -> (self-hosted spec or None, {raw provider: (label, provider label, price, pair)})
+    routes: dict[str, tuple[SelfHostedSpec | None, dict[str | None, _ApiName]]] = {}
+    # A usage key's price is that of the name its last increment came from. The names of
+    # one (label, provider) pair nearly always share one price, kept per pair; only once two
+    # of them differ are prices kept per key (from then on, which is all the last one needs).
+    pair_prices: dict[tuple[str, str], _PairPrice] = {}
+    key_price: dict[UsageKey, LlmPrice | None] = {}
+    pod_tenants = cost.pod_tenants
+
+    def api_name(model: str, raw_provider: str | None) -> _ApiName:
+        price = catalog.lookup(model, raw_provider) if catalog else None
+        provider = normalize_provider(raw_provider) or (price.provider if price else None)
+        label = model_label(strip_route(model))
+        provider_label = provider or UNKNOWN_PROVIDER
+        pair = pair_prices.get((label, provider_label))
+        if pair is None:
+            pair = pair_prices[(label, provider_label)] = _PairPrice(price)
+        elif pair.price is not price:
+            pair.mixed = True
+        return label, provider_label, price, pair
+
+    for obs, delta in zip(counted, deltas, strict=True):
+        route = routes.get(obs.model)
+        if route is None:
+            route = routes[obs.model] = (index.match(obs.model), {})
+        spec = route[0]
         if spec is not None:
+            if obs.role != "usage" and obs.kind == "tokens":
+                k2 = (spec.model, obs.token_type)
+                served[k2] = served.get(k2, 0.0) + delta
+            if obs.role == "serving":
+                continue
+            tenant = obs.tenant or _tenant(obs, pod_tenants, resolver)
             key: UsageKey = (tenant, model_label(spec.model), spec.provider, obs.token_type)
             if obs.kind == "tokens":
                 sh_deltas.append((key, spec.model, delta))
                 sh_key = (tenant, spec.model, obs.token_type)
                 sh_usage[sh_key] = sh_usage.get(sh_key, 0.0) + delta
             continue
-        price = catalog.lookup(obs.model, obs.provider) if catalog else None
-        provider = normalize_provider(obs.provider) or (price.provider if price else None)
-        label = model_label(strip_route(obs.model))
-        key = (tenant, label, provider or UNKNOWN_PROVIDER, obs.token_type)
-        if obs.kind == "spend_usd":
-            spend[key[:3]].append(delta)
+        if obs.role == "serving":
             continue
-        api_deltas[key].append(delta)
-        api_price[key] = price
+        tenant = obs.tenant or _tenant(obs, pod_tenants, resolver)
+        names = route[1]
+        resolved = names.get(obs.provider)
+        if resolved is None:
+            resolved = names[obs.provider] = api_name(obs.model, obs.provider)
+        label, provider_label, price, pair = resolved
+        if obs.kind == "spend_usd":
+            spend[(tenant, label, provider_label)].append(delta)
+            continue
+        key = (tenant, label, provider_label, obs.token_type)
+        parts = api_deltas.get(key)
+        if parts is None:
+            api_deltas[key] = [pair, delta]
+        else:
+            parts.append(delta)
+        if pair.mixed:
+            key_price[key] = price
 
-    for key, parts in api_deltas.items():
-        n = math.fsum(parts)
-        tokens[key] = tokens.get(key, 0.0) + n
-    for key, _, n in sh_deltas:
-        tokens[key] = tokens.get(key, 0.0) + n
-
-    # 2. API token dollars (price list; LiteLLM's spend for models the list lacks). ---------
+    # 2. API tokens and dollars (price list; LiteLLM's spend for models the list lacks). ----
     api_cost_parts: dict[str, list[float]] = defaultdict(list)
     unpriced_by_key: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     for key, parts in api_deltas.items():
-        n = math.fsum(parts)
-        price = api_price[key]
+        n = math.fsum(parts[1:])
+        tokens[key] = tokens.get(key, 0.0) + n
+        pair = parts[0]
+        price = key_price[key] if key_price and key in key_price else pair.price
         if price is None:
             unpriced_by_key[key[:3]][key[3]] = n
             continue
-        usd = n * price.per_token(_token_type(key[3]))
+        if price is pair.price:
+            unit = pair.units.get(key[3])
+            if unit is None:
+                unit = pair.units[key[3]] = price.per_token(_token_type(key[3]))
+        else:
+            unit = price.per_token(_token_type(key[3]))
+        usd = n * unit
         cost_cum[key] = cost_cum.get(key, 0.0) + usd
         api_cost_parts[key[0]].append(usd)
+    for key, _, n in sh_deltas:
+        tokens[key] = tokens.get(key, 0.0) + n
     for k3, by_type in unpriced_by_key.items():
         reported = math.fsum(spend.get(k3, ()))
         total = math.fsum(by_type.values())
@@ -497,11 +599,15 @@ def account_tokens(
     serving: dict[str, ModelServing] = {}
     measured: dict[str, dict[str, float]] = {}
     active_specs = {s.model: s for s in index.specs}
+    usage_by_model: dict[str, list[tuple[ShKey, float]]] = defaultdict(list)
+    for usage_key, n in sh_usage.items():
+        usage_by_model[usage_key[1]].append((usage_key, n))
     for spec in active_specs.values():
         pods = set(serving_pods.get(spec.model, ()))
-        for a in rows:
-            if spec.selects(a) and a.namespace and a.pod:
-                pods.add((a.namespace, a.pod))
+        if spec.has_selector:  # discovered models select no rows: skip the 20k-row scan
+            for a in rows:
+                if spec.selects(a) and a.namespace and a.pod:
+                    pods.add((a.namespace, a.pod))
         served_rate: dict[str, float] = {}
         used_w: dict[str, float] = defaultdict(float)
         if hours > 0 and anchor is not None:
@@ -509,11 +615,10 @@ def account_tokens(
                 k2 = (spec.model, t)
                 if k2 in served:
                     served_rate[t] = _slope(served[k2], anchor.served.get(k2, 0.0), hours)
-            for (tenant, model, kind), n in sh_usage.items():
-                if model == spec.model:
-                    used_w[tenant] += w.get(kind, 0.0) * _slope(
-                        n, anchor.self_hosted_usage.get((tenant, model, kind), 0.0), hours
-                    )
+            for usage_key, n in usage_by_model.get(spec.model, ()):
+                used_w[usage_key[0]] += w.get(usage_key[2], 0.0) * _slope(
+                    n, anchor.self_hosted_usage.get(usage_key, 0.0), hours
+                )
         weighted_served = math.fsum(w.get(t, 0.0) * r for t, r in served_rate.items())
         weighted_used = math.fsum(used_w.values())
         denominator = max(weighted_served, weighted_used)
@@ -613,9 +718,9 @@ def account_tokens(
         catalog_version=catalog.version if catalog else None,
     )
     new_state = TokenState(
-        last=update.last,
-        seen_at=update.seen_at,
-        source_seen_at=update.source_seen_at,
+        last=last,
+        seen_at=seen_at,
+        source_seen_at=source_seen_at,
         tokens=tokens,
         cost=cost_cum,
         unpriced=unpriced,
@@ -644,23 +749,22 @@ def _token_type(value: str) -> TokenType:
 
 
 def fold_token_report(report: TokenReport, owner: Callable[[str], str]) -> TokenReport:
-    """``report`` with every tenant mapped through ``owner`` (tenant folding), sums kept."""
+    """``report`` with every tenant mapped through ``owner`` (tenant folding), sums kept.
 
-    def fold4(d: Mapping[UsageKey, float]) -> dict[UsageKey, float]:
-        parts: dict[UsageKey, list[float]] = defaultdict(list)
-        for (t, m, p, k), v in d.items():
-            parts[(owner(t), m, p, k)].append(v)
-        return {k: math.fsum(v) for k, v in parts.items()}
+    ``owner`` is asked once per distinct tenant, not once per series: folding moves a few
+    tenants among the 40k token series of a fleet (see :func:`remap_tenants`)."""
+    tenants = {k[0] for k in report.tokens}
+    tenants.update(k[0] for k in report.cost)
+    tenants.update(report.api_cost)
+    tenants.update(report.api_cost_rate)
+    moved = {t: o for t in tenants if (o := owner(t)) != t}
 
     def fold1(d: Mapping[str, float]) -> dict[str, float]:
-        parts: dict[str, list[float]] = defaultdict(list)
-        for t, v in d.items():
-            parts[owner(t)].append(v)
-        return {k: math.fsum(v) for k, v in parts.items()}
+        return {k[0]: v for k, v in remap_tenants({(t,): v for t, v in d.items()}, moved).items()}
 
     return TokenReport(
-        tokens=fold4(report.tokens),
-        cost=fold4(report.cost),
+        tokens=remap_tenants(report.tokens, moved),
+        cost=remap_tenants(report.cost, moved),
         unpriced=report.unpriced,
         prices=report.prices,
         api_equivalent=report.api_equivalent,
