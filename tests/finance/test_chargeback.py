@@ -1,5 +1,5 @@
 """Chargeback: sharing, largest-remainder cents, CSV, and FOCUS 1.2 conformance checked
-against the column table in ../shared/fixtures."""
+against the FOCUS 1.2 column table in tests/fixtures."""
 
 import csv
 import io
@@ -29,7 +29,7 @@ from aifinops.model.chargeback import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-FOCUS_TSV = ROOT.parent / "shared" / "fixtures" / "focus_v1.2_cost_and_usage_columns.tsv"
+FOCUS_TSV = ROOT / "tests" / "fixtures" / "focus_v1.2_cost_and_usage_columns.tsv"
 
 DOLLARS = {
     ("a", "gpu"): 6.0,

@@ -26,7 +26,7 @@ from aifinops.sources.latency import (
 )
 from aifinops.sources.promtext import parse_text
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BUCKET = "vllm:e2e_request_latency_seconds_bucket"
 WANTED = frozenset({BUCKET})
 QWEN = "Qwen/Qwen2.5-Coder-1.5B-Instruct"

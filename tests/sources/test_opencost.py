@@ -19,7 +19,7 @@ from aifinops.settings import OpenCostSettings
 from aifinops.sources.base import SourceError
 from aifinops.sources.opencost import OpenCostSource, parse_allocation_response
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SWAGGER = (FIXTURES / "opencost_swagger_allocation_compute_example.json").read_bytes()
 
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aifinops.sources.promtext import parse_text
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def dcgm_exporter_payload(nodes: int = 3, gpus: int = 8) -> str:

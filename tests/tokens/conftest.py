@@ -10,14 +10,8 @@ import pytest
 
 from aifinops.model.llm_prices import LlmPriceCatalog, build_catalog, parse_litellm_prices
 
-FIXTURES = Path("/work/shared/fixtures")
-if not FIXTURES.is_dir():  # a checkout without the shared folder: the bundled copy is identical
-    FIXTURES = Path(__file__).resolve().parents[2] / "exporter" / "aifinops" / "data"
-PRICE_SUBSET = (
-    FIXTURES / "litellm_model_prices_subset.json"
-    if (FIXTURES / "litellm_model_prices_subset.json").exists()
-    else FIXTURES / "llm_prices.json"
-)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+PRICE_SUBSET = FIXTURES / "litellm_model_prices_subset.json"
 VLLM_SAMPLE = FIXTURES / "vllm_metrics_v0_aibrix_runtime_doc.txt"
 
 
