@@ -57,8 +57,10 @@ def test_usage_basis_splits_each_unit_by_measured_use():
 def test_unused_gpu_cost_is_attributed_to_the_holders():
     shares = {s.idle_key[3]: s for s in breakdown().shares}
     assert shares["a"].unused_rate == approx(3.0)
-    assert shares["b1"].unused_rate == approx(0.1)  # L4 remainder 0.2 split by billed rate
-    assert shares["b2"].unused_rate == approx(0.1)
+    # The L4's unused 0.2 is what each holder left of its request: b1 used its half, b2 a
+    # quarter of the device (0.8/h × (0.5 − 0.25)).
+    assert shares["b1"].unused_rate == approx(0.0)
+    assert shares["b2"].unused_rate == approx(0.2)
     assert shares["c"].unused_rate == approx(1.0)
     assert shares["c"].held == approx(3 / 7)
     assert shares["b1"].held == 0.5 and shares["b1"].used == 0.5
