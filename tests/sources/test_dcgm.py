@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import socket
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -66,7 +67,8 @@ def series_of(page: str, metric: str = "DCGM_FI_DEV_GPU_UTIL") -> list[tuple[Any
 
 def test_recorded_page_maps_every_label() -> None:
     samples = gpu_samples_from_series(series_of(RECORDED_PAGE), "DCGM_FI_DEV_GPU_UTIL")
-    assert samples == (
+    assert {s.metric for s in samples} == {"DCGM_FI_DEV_GPU_UTIL"}
+    assert tuple(replace(s, metric="") for s in samples) == (
         GpuSample(
             uuid=H100_0,
             gpu_index="0",
@@ -182,7 +184,7 @@ BASE = {"gpu": "3", "UUID": "GPU-a", "device": "nvidia3", "modelName": "NVIDIA A
     ],
 )
 def test_label_sets(labels: dict[str, str], value: float, metric: Any, expected: GpuSample) -> None:
-    assert gpu_samples_from_series([(labels, value)], metric) == (expected,)
+    assert gpu_samples_from_series([(labels, value)], metric) == (replace(expected, metric=metric),)
 
 
 def test_time_sliced_gpu_is_one_sample_per_pod() -> None:
@@ -284,7 +286,12 @@ async def upstream_handler(request: web.Request) -> web.StreamResponse:
     if kind == "ok":
         if is_api:
             request.app[QUERIES].append(request)
-            return web.json_response(OK_VECTOR)
+            # Only the ≤ 4.8 device metric has data, as on a fleet of old exporters.
+            if request.query["query"].startswith("DCGM_FI_DEV_GPU_UTIL{"):
+                return web.json_response(OK_VECTOR)
+            return web.json_response(
+                {"status": "success", "data": {"resultType": "vector", "result": []}}
+            )
         return web.Response(text=RECORDED_PAGE)
     if kind == "ok2":
         return web.Response(text=PAGE_2)
@@ -348,9 +355,15 @@ async def test_prometheus_mode_queries_the_metric_with_selector_and_token(
     async with httpx.AsyncClient() as client:
         samples = await source.fetch(client)
     assert [(s.uuid, s.pod, s.utilization) for s in samples] == [("GPU-a", "p", 0.25)]
-    [request] = upstream.app[QUERIES]
-    assert request.query["query"] == 'DCGM_FI_DEV_GPU_UTIL{cluster="prod"}'
-    assert request.headers["Authorization"] == "Bearer s3cret"
+    # auto: both generations' names of both metrics, each scoped by the selector
+    queries = sorted(r.query["query"] for r in upstream.app[QUERIES])
+    assert queries == [
+        'DCGM_FI_DEV_GPU_UTIL_RATIO{cluster="prod"}',
+        'DCGM_FI_DEV_GPU_UTIL{cluster="prod"}',
+        'DCGM_FI_PROF_GR_ENGINE_ACTIVE{cluster="prod"}',
+        'DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO{cluster="prod"}',
+    ]
+    assert {r.headers["Authorization"] for r in upstream.app[QUERIES]} == {"Bearer s3cret"}
     assert source.name == "dcgm"
 
 

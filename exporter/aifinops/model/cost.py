@@ -93,6 +93,8 @@ class CostBreakdown:
     # Token charge-back reads them to move a serving pod's cost to the tenants it served.
     pod_rates: Mapping[str, Mapping[PodKey, Mapping[str, float]]] = field(default_factory=dict)
     pod_tenants: Mapping[PodKey, str] = field(default_factory=dict)
+    # GPU units (whole GPUs and MIG instances) per DCGM metric their utilization came from.
+    utilization_metrics: Mapping[str, int] = field(default_factory=dict)
 
 
 def _resource_costs(a: Allocation) -> dict[str, float]:
@@ -221,6 +223,9 @@ def attribute_costs(
     by_unit: dict[UnitKey, list[GpuSample]] = defaultdict(list)
     for s in samples:
         by_unit[(s.uuid, s.mig_instance or "")].append(s)
+    metric_units: dict[str, int] = defaultdict(int)
+    for unit_samples in by_unit.values():
+        metric_units[unit_samples[0].metric or "unknown"] += 1
 
     mig_fractions: dict[tuple[str, str], float] = {}
 
@@ -464,6 +469,7 @@ def attribute_costs(
         unpriced_gpu_models=tuple(sorted(unpriced)) if catalog_priced else (),
         pod_rates=pod_rates,
         pod_tenants=pod_tenants,
+        utilization_metrics=dict(metric_units),
     )
 
 
