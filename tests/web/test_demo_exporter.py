@@ -48,11 +48,12 @@ async def test_per_tenant_dollars_match_ground_truth(aiohttp_client, cfg):
     try:
         await d.refresh()
         page = await d.metrics()
-        gt = d.sim.ground_truth(T0, metric=cfg.get("utilization_metric", "DCGM_FI_DEV_GPU_UTIL"))
+        gt = d.sim.ground_truth(T0, metric=cfg.get("utilization_metric", "auto"))
         assert_matches_ground_truth(page, gt)
+        # GPU counts are the requested share; OpenCost prints it to 5 decimals (1/7 → 0.14286)
         held = series(page, "aifinops_tenant_gpus")  # keyed (gpu_model, tenant)
         for (tenant, model), value in gt.gpus_allocated.items():
-            assert held[(model, tenant)] == pytest.approx(value, rel=1e-9)
+            assert held[(model, tenant)] == pytest.approx(value, rel=1e-3)
         unused = series(page, "aifinops_tenant_gpu_unused_cost_usd_per_hour")
         for (tenant, model), value in gt.gpu_unused_cost.items():
             assert unused[(model, tenant)] == pytest.approx(value, rel=1e-3, abs=1e-9)
@@ -71,7 +72,7 @@ async def test_idle_gpus_after_the_window(demo):
     gt = demo.sim.ground_truth(T0 + 960)
     idle = series(page, "aifinops_idle_gpus")
     want = {(m, t): v for (t, m), v in gt.idle_gpus.items() if v}
-    assert {k: v for k, v in idle.items() if v} == pytest.approx(want)
+    assert {k: v for k, v in idle.items() if v} == pytest.approx(want, rel=1e-3)
     cost = series(page, "aifinops_idle_gpu_cost_usd_per_hour")
     for (tenant, model), value in gt.idle_gpu_cost.items():
         assert cost.get((model, tenant), 0.0) == pytest.approx(value, rel=1e-3, abs=1e-9)

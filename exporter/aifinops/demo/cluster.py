@@ -17,11 +17,20 @@ utilization as a 0–1 ratio, memory in bytes unless a name says GiB or MiB.
 
 Simplifications, stated so nobody mistakes them for upstream behaviour:
 
-* Under MIG, real DCGM reports ``DCGM_FI_DEV_GPU_UTIL`` only per physical GPU; the sim emits it
-  per MIG instance too, so both utilization metrics exercise the MIG path.
-* A time-sliced GPU reports each pod's own share by default (``timeslice_util="per_pod"``, as
-  vGPU/HAMi-style exporters do); ``"device"`` repeats the device figure for every pod, as
-  stock dcgm-exporter does, which exercises the ``Σu > 1`` rule.
+* MIG instances carry only the profiling metric (``DCGM_FI_PROF_GR_ENGINE_ACTIVE``), as real
+  DCGM does; a GPU model without profiling counters (``Tesla T4``) carries only
+  ``DCGM_FI_DEV_GPU_UTIL``.
+* GPU nodes speak the dcgm-exporter generations of ``dcgm_generations`` in turn: ``"4.8"``
+  (legacy names, utilization in percent, ``Hostname``/``DCGM_FI_DRIVER_VERSION`` labels) or
+  ``"4.9"`` (DCGM 4.7 names, utilization as a 0–1 ratio, ``hostname`` and
+  ``DCGM_FI_SYSTEM_DRIVER_VERSION``). A 4.9 page carries only the families whose new names the
+  sources this project read name (see tests/fixtures/PROVENANCE.md); SM clock, energy and
+  framebuffer are left out there.
+* A time-sliced GPU has ``timeslice_replicas`` replicas; on a ``timeslice_partly_requested``
+  share of them only half the replicas are requested (the rest is OpenCost's ``__idle__``).
+  It reports each pod's own share by default (``timeslice_util="per_pod"``, as vGPU/HAMi-style
+  exporters do); ``"device"`` repeats the device figure for every pod, as stock dcgm-exporter
+  does, which the exporter splits by request.
 * Every pod has one container; OpenCost's ``totalCost`` and per-field rounding (5 decimals, as
   its ``formatFloat64ForResponse``) are reproduced, and the ground truth uses the rounded
   numbers, exactly as a reader of the JSON sees them.
@@ -43,7 +52,11 @@ IDLE_TENANT = "__idle__"
 UNALLOCATED_TENANT = "__unallocated__"
 RESOURCES: tuple[str, ...] = ("gpu", "cpu", "ram", "storage", "network", "shared")
 BASES: tuple[str, ...] = ("allocation", "usage")
-UTILIZATION_METRICS: tuple[str, ...] = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+UTILIZATION_METRICS: tuple[str, ...] = (
+    "auto",
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+)
 
 TENANT_LABEL = "aifinops.io/tenant"
 TEAM_LABEL = "team"
@@ -81,6 +94,7 @@ class GpuModel:
     max_sm_clock_mhz: int
     max_power_w: float
     mig_slices: int
+    profiling: bool = True  # DCGM profiling (DCP) counters: not on a T4
 
 
 GPU_MODELS: Mapping[str, GpuModel] = {
@@ -89,11 +103,13 @@ GPU_MODELS: Mapping[str, GpuModel] = {
         GpuModel("NVIDIA H100 80GB HBM3", 4.50, 81559, 1980, 700.0, 7),
         GpuModel("NVIDIA A100-SXM4-80GB", 2.75, 81920, 1410, 400.0, 7),
         GpuModel("NVIDIA L4", 0.80, 23034, 2040, 72.0, 0),
+        GpuModel("Tesla T4", 0.526, 15360, 1590, 70.0, 0, profiling=False),
     )
 }
 H100 = "NVIDIA H100 80GB HBM3"
 A100 = "NVIDIA A100-SXM4-80GB"
 L4 = "NVIDIA L4"
+T4 = "Tesla T4"
 
 # MIG profiles of a 7-slice 80 GB GPU: compute slices, and the first GPU instance id NVIDIA's
 # placement gives each profile (instances of one profile count up from there).
@@ -146,6 +162,10 @@ def _l4_pool(
     return NodePoolSpec(name, nodes, L4, gpus, sharing, "g6.12xlarge", 48.0, 192.0, "us-east-1c")
 
 
+def _t4_pool(nodes: int, gpus: int = 2) -> NodePoolSpec:
+    return NodePoolSpec("t4", nodes, T4, gpus, "none", "g4dn.12xlarge", 48.0, 192.0, "us-east-1c")
+
+
 def _cpu_pool(nodes: int) -> NodePoolSpec:
     return NodePoolSpec("general", nodes, None, 0, "none", "m7i.8xlarge", 32.0, 128.0)
 
@@ -184,7 +204,9 @@ class ClusterSpec:
     idle_fraction: float = 0.25
     unallocated_gpu_fraction: float = 0.1
     mig_unassigned_fraction: float = 0.15
-    timeslice_replicas: int = 3
+    timeslice_replicas: int = 4
+    timeslice_partly_requested: float = 0.5
+    dcgm_generations: tuple[str, ...] = ("4.8", "4.9")
     timeslice_util: Literal["per_pod", "device"] = "per_pod"
     unmatched_fraction: float = 0.04
     cpu_pods_per_node: int = 3
@@ -214,6 +236,7 @@ class ClusterSpec:
                 _l4_pool(1),
                 _l4_pool(1, "timeslice", name="l4-shared"),
                 _cpu_pool(2),
+                _t4_pool(1),
             ),
             serving_pods=("vllm-llama-0", "vllm-llama-1"),
         )
@@ -426,11 +449,13 @@ class GroundTruth:
     :data:`RESOURCES`; tenants include ``__idle__`` and ``__unallocated__``; missing keys are 0.
     ``cluster[resource]`` is the total every basis sums to.
 
-    GPU-equivalents are instantaneous at ``now`` and count only holds DCGM attributes to a pod:
-    ``gpus_allocated`` adds the fraction held (1, slices/7, or 1/k on a GPU time-sliced by k
-    pods), ``gpus_used`` adds fraction × u' (time-sliced: u' of the physical GPU), keyed by
-    ``(tenant, gpu_model)``. ``gpu_unused_cost`` is each hold's share of its unit's unused
-    remainder (booked to ``__idle__`` under the usage basis), USD/h. ``idle_gpus`` /
+    GPU-equivalents are instantaneous at ``now`` and count only holds DCGM attributes to a pod
+    and measures with ``metric``: ``gpus_allocated`` adds the request (1, slices/7, or 1/k for
+    one of k time-slice replicas), ``gpus_used`` the hold's share of the physical GPU's time,
+    keyed by ``(tenant, gpu_model)``. Usage basis, GPU: a hold costs its device's price × that
+    share; ``gpu_unused_cost`` is price × what the hold left of its request (bounded by the
+    unit's unused time), booked to ``__idle__``; ``__idle__`` is the cluster's GPU dollars no
+    tenant pays. ``idle_gpus`` /
     ``idle_gpu_cost`` sum the holds whose own sample is under ``idle_threshold`` (held
     GPU-equivalents; their allocation-basis GPU rate in USD/h). ``unmeasured_pods`` have GPU
     cost in the window but no DCGM sample at ``now``; they keep their allocation GPU cost.
@@ -636,11 +661,19 @@ class _Sample:
     util_pct: int
     engine_milli: int
 
-    def utilization(self, metric: str) -> float:
-        """The sample as the exporter reads it, as a 0–1 ratio."""
+    def utilization(self, metric: str) -> float | None:
+        """The sample as the exporter reads it, as a 0–1 ratio; ``None`` where DCGM has no
+        such figure (device utilization of a MIG instance, profiling on a T4). ``auto``: the
+        profiling figure where the GPU has one, else the device's."""
+        if metric == "auto":
+            metric = (
+                "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
+                if self.gpu.model.profiling
+                else "DCGM_FI_DEV_GPU_UTIL"
+            )
         if metric == "DCGM_FI_DEV_GPU_UTIL":
-            return self.util_pct / 100.0
-        return self.engine_milli / 1000.0
+            return None if self.mig is not None else self.util_pct / 100.0
+        return self.engine_milli / 1000.0 if self.gpu.model.profiling else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -708,6 +741,11 @@ class SimCluster:
         self.nodes: tuple[SimNode, ...] = tuple(self._build_nodes(rng))
         self.pods: tuple[SimPod, ...] = self._build_pods(rng)
         self._node_by_name: dict[str, SimNode] = {n.name: n for n in self.nodes}
+        generations = self.spec.dcgm_generations or ("4.8",)
+        gpu_nodes = [n.name for n in self.nodes if n.gpus]
+        self._generation: dict[str, str] = {
+            name: generations[i % len(generations)] for i, name in enumerate(gpu_nodes)
+        }
         self._tenant_cache: dict[tuple[str, str], str] = {}
         self._unit_pods: dict[UnitKey, list[tuple[SimPod, GpuHold]]] = defaultdict(list)
         for pod in self.pods:
@@ -874,7 +912,9 @@ class SimCluster:
                 for gpu in node.gpus:
                     if rng.random() < spec.unallocated_gpu_fraction:
                         continue
-                    for _ in range(k):
+                    # A hash, not the rng: the rest of the layout stays as it was.
+                    partly = _hash_unit(gpu.uuid, "partly") < spec.timeslice_partly_requested
+                    for _ in range(max(1, k // 2) if partly and k > 1 else k):
                         slots.append((node, (GpuHold(gpu.uuid, "", 1.0 / k, model.name),)))
         if spec.mig_unassigned_fraction > 0:
             self._ensure_unassigned_mig(slots)
@@ -1128,6 +1168,7 @@ class SimCluster:
         self, rng: random.Random, names: set[tuple[str, str]], existing: int
     ) -> list[SimPod]:
         spec = self.spec
+        any_external = False
         if spec.target_pods is not None:
             count = max(0, spec.target_pods - existing)
         else:
@@ -1170,8 +1211,10 @@ class SimCluster:
                 pod_labels["pod-template-hash"] = name.split("-")[-2]
             pv = float(rng.choice((20, 50, 200))) if kind == "statefulset" else 0.0
             external = 0.0
-            if app == "etl" and rng.random() < 0.5:
+            # The first ETL pod always has one, so every OpenCost field has data.
+            if app == "etl" and (rng.random() < 0.5 or not any_external):
                 external = round(rng.uniform(0.02, 0.3), 4)  # e.g. an S3 bucket tagged to it
+                any_external = True
             pods.append(
                 SimPod(
                     namespace=namespace,
@@ -1350,8 +1393,10 @@ class SimCluster:
         if s.mig is not None:
             parts.append(f'GPU_I_PROFILE="{s.mig.profile}"')
             parts.append(f'GPU_I_ID="{s.mig.gi_id}"')
-        parts.append(f'Hostname="{gpu.node}"')
-        parts.append(f'DCGM_FI_DRIVER_VERSION="{self.spec.driver_version}"')
+        new = self.dcgm_generation(gpu.node) != "4.8"
+        parts.append(f'hostname="{gpu.node}"' if new else f'Hostname="{gpu.node}"')
+        driver = "DCGM_FI_SYSTEM_DRIVER_VERSION" if new else "DCGM_FI_DRIVER_VERSION"
+        parts.append(f'{driver}="{self.spec.driver_version}"')
         if s.run is not None:
             pod = s.run.pod
             parts.append(f'container="{_escape_label_value(pod.container)}"')
@@ -1383,6 +1428,31 @@ class SimCluster:
             "DCGM_FI_PROF_GR_ENGINE_ACTIVE": _format_dcgm_float(s.engine_milli / 1000.0),
         }
 
+    def dcgm_generation(self, node: str) -> str:
+        """The dcgm-exporter generation the GPU node ``node`` runs (``"4.8"`` or ``"4.9"``)."""
+        return self._generation.get(node, "4.8")
+
+    def _dcgm_emitted(self, s: _Sample, now: float) -> dict[str, str]:
+        """The families this sample's exporter writes, by the name it writes them under: a MIG
+        instance has no device utilization, a GPU without profiling counters no profiling
+        metric, and a 4.9 exporter writes DCGM 4.7 names (utilization as a ratio)."""
+        values = self._dcgm_values(s, now)
+        if s.mig is not None:
+            del values["DCGM_FI_DEV_GPU_UTIL"]
+        if not s.gpu.model.profiling:
+            del values["DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
+        if self.dcgm_generation(s.gpu.node) == "4.8":
+            return values
+        out: dict[str, str] = {}
+        for legacy, value in values.items():
+            name = DCGM_4_9_NAMES.get(legacy)
+            if name is None:
+                continue
+            if legacy == "DCGM_FI_DEV_GPU_UTIL":
+                value = _format_dcgm_float(s.util_pct / 100.0)
+            out[name] = value
+        return out
+
     def dcgm_exposition(self, now: float, *, node: str | None = None) -> str:
         """dcgm-exporter ``/metrics`` text at ``now``: every node's GPUs, or one ``node``'s.
 
@@ -1404,12 +1474,19 @@ class SimCluster:
         return {n.name: self._render_dcgm(by_node[n.name], now) for n in self.nodes if n.gpus}
 
     def _render_dcgm(self, samples: Sequence[_Sample], now: float) -> str:
-        rendered = [(self._dcgm_labels(s), self._dcgm_values(s, now)) for s in samples]
+        rendered = [(self._dcgm_labels(s), self._dcgm_emitted(s, now)) for s in samples]
         lines: list[str] = []
-        for name, type_, help_ in DCGM_FAMILIES:
+        for name, type_, help_ in DCGM_FAMILIES + DCGM_4_9_FAMILIES:
+            series = [
+                f"{name}{{{labels}}} {values[name]}"
+                for labels, values in rendered
+                if name in values
+            ]
+            if not series:
+                continue
             lines.append(f"# HELP {name} {help_}")
             lines.append(f"# TYPE {name} {type_}")
-            lines.extend(f"{name}{{{labels}}} {values[name]}" for labels, values in rendered)
+            lines.extend(series)
         return "\n".join(lines) + "\n"
 
     # --- renderers: Prometheus ------------------------------------------------------------
@@ -1423,7 +1500,11 @@ class SimCluster:
             return []
         out: list[tuple[dict[str, str], str]] = []
         for s in self._samples(now):
+            emitted = self._dcgm_emitted(s, now)
+            if metric not in emitted:
+                continue
             gpu = s.gpu
+            new = self.dcgm_generation(gpu.node) != "4.8"
             node = self._node_by_name[gpu.node]
             labels = {
                 "__name__": metric,
@@ -1436,8 +1517,9 @@ class SimCluster:
             if s.mig is not None:
                 labels["GPU_I_PROFILE"] = s.mig.profile
                 labels["GPU_I_ID"] = s.mig.gi_id
-            labels["Hostname"] = gpu.node
-            labels["DCGM_FI_DRIVER_VERSION"] = self.spec.driver_version
+            labels["hostname" if new else "Hostname"] = gpu.node
+            driver = "DCGM_FI_SYSTEM_DRIVER_VERSION" if new else "DCGM_FI_DRIVER_VERSION"
+            labels[driver] = self.spec.driver_version
             pod_labels: dict[str, str] = {}
             if s.run is not None:
                 pod_labels = {
@@ -1461,7 +1543,7 @@ class SimCluster:
             labels["instance"] = f"{node.ip}:9400"
             labels["job"] = "nvidia-dcgm-exporter"
             labels["cluster"] = self.spec.cluster_name
-            value = float(self._dcgm_values(s, now)[metric])
+            value = float(emitted[metric])
             out.append((labels, _prom_value(value)))
         return out
 
@@ -1818,7 +1900,7 @@ class SimCluster:
         now: float,
         window_hours: float = 1.0,
         *,
-        metric: str = "DCGM_FI_DEV_GPU_UTIL",
+        metric: str = "auto",
         idle_threshold: float = 0.05,
     ) -> GroundTruth:
         """The answer key at ``now`` for an OpenCost window of ``window_hours`` and DCGM
@@ -1851,13 +1933,15 @@ class SimCluster:
             add("allocation", IDLE_TENANT, resource, value / wh)
             add("usage", IDLE_TENANT, resource, value / wh)
 
-        # --- usage basis, GPU --------------------------------------------------------------
+        # --- usage basis, GPU: the physical-device rule ----------------------------------
+        # A hold costs its device's price × its share of the device's time; what a holder
+        # left of its request is its unused cost; __idle__ is whatever the tenants do not pay.
         gpu_rate = {c.run.name + "\x00" + c.run.pod.namespace: c.gpu / wh for c in charges}
-        samples = self._samples(now)
-        sampled: dict[UnitKey, list[_Sample]] = defaultdict(list)
-        for s in samples:
-            if s.run is not None:
-                sampled[(s.gpu.uuid, s.mig.gi_id if s.mig else "")].append(s)
+        sampled: dict[UnitKey, list[tuple[_Sample, float]]] = defaultdict(list)
+        for s in self._samples(now):
+            u_read = s.utilization(metric)
+            if s.run is not None and u_read is not None:
+                sampled[(s.gpu.uuid, s.mig.gi_id if s.mig else "")].append((s, u_read))
         measured: set[str] = set()
         allocated: dict[tuple[str, str], list[float]] = defaultdict(list)
         used: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -1866,31 +1950,50 @@ class SimCluster:
         idle_cost: dict[tuple[str, str], list[float]] = defaultdict(list)
         idle_holds: list[IdleHold] = []
         for unit, unit_samples in sampled.items():
-            holds: list[tuple[_Sample, float, float, str]] = []  # sample, held, rate, tenant
-            for s in unit_samples:
+            first = unit_samples[0][0]
+            model_ = first.gpu.model
+            # The unit's part of its physical GPU: a MIG instance's slices, else all of it.
+            part = first.mig.slices / model_.mig_slices if first.mig else 1.0
+            holds = []  # sample, utilization read, request, billed USD/h, tenant, price
+            for s, u_read in unit_samples:
                 assert s.run is not None
                 pod = s.run.pod
                 run_key = s.run.name + "\x00" + pod.namespace
                 measured.add(run_key)
                 hold = next(h for h in pod.holds if h.unit == unit)
-                rate = gpu_rate.get(run_key, 0.0) * hold.fraction / pod.gpu_count
-                held = hold.fraction if s.gpu.sharing != "timeslice" else 1.0 / len(unit_samples)
-                holds.append((s, held, rate, self.tenant_of(pod)))
-            utils = [s.utilization(metric) for s, _, _, _ in holds]
-            total_u = math.fsum(utils)
-            norm = utils if total_u <= 1.0 else [u * max(utils) / total_u for u in utils]
-            unit_rate = math.fsum(h[2] for h in holds)
-            left = 1.0 - math.fsum(norm)
-            for (s, held, rate, tenant), u_raw, u in zip(holds, utils, norm, strict=True):
-                model = s.gpu.model.name
-                add("usage", tenant, "gpu", unit_rate * u)
-                unused[(tenant, model)].append(rate * left)
-                allocated[(tenant, model)].append(held)
-                used[(tenant, model)].append(u if s.gpu.sharing == "timeslice" else held * u_raw)
+                billed = gpu_rate.get(run_key, 0.0) * hold.fraction / pod.gpu_count
+                tenant = self.tenant_of(pod)
+                price = model_.usd_per_hour * self._scale.get(tenant, 1.0)
+                holds.append((s, u_read, hold.fraction, billed, tenant, price))
+            price = math.fsum(h[5] for h in holds) / len(holds)
+            reads = [h[1] for h in holds]
+            if len(holds) == 1:
+                fractions = reads  # of the unit's time
+            elif max(reads) == min(reads):
+                # The device's figure on every pod: split by request (the exporter's rule).
+                req_total = math.fsum(h[2] for h in holds)
+                fractions = [reads[0] * h[2] / req_total for h in holds]
+            elif math.fsum(reads) > 1.0:
+                fractions = [u / math.fsum(reads) for u in reads]
+            else:
+                fractions = reads
+            device_share = [part * f for f in fractions]  # of the physical GPU's time
+            rest = part * (1.0 - math.fsum(fractions))
+            short = [max(0.0, h[2] - m) for h, m in zip(holds, device_share, strict=True)]
+            unused_total = price * min(math.fsum(short), max(0.0, rest))
+            for h, m, d in zip(holds, device_share, short, strict=True):
+                s, u_raw, req, billed, tenant, _ = h
+                model = model_.name
+                add("usage", tenant, "gpu", price * m)
+                unused[(tenant, model)].append(
+                    unused_total * d / math.fsum(short) if math.fsum(short) > 0 else 0.0
+                )
+                allocated[(tenant, model)].append(req)
+                used[(tenant, model)].append(m)
                 if u_raw < idle_threshold:
                     assert s.run is not None
-                    idle_n[(tenant, model)].append(held)
-                    idle_cost[(tenant, model)].append(rate)
+                    idle_n[(tenant, model)].append(req)
+                    idle_cost[(tenant, model)].append(billed)
                     idle_holds.append(
                         IdleHold(
                             tenant=tenant,
@@ -1901,18 +2004,28 @@ class SimCluster:
                             mig_profile=s.mig.profile if s.mig else None,
                             namespace=s.run.pod.namespace,
                             pod=s.run.name,
-                            held=held,
+                            held=req,
                             utilization=u_raw,
-                            cost_usd_per_hour=rate,
+                            cost_usd_per_hour=billed,
                         )
                     )
-            add("usage", IDLE_TENANT, "gpu", unit_rate * left)
         unmeasured: list[tuple[str, str]] = []
         for c in charges:
             run_key = c.run.name + "\x00" + c.run.pod.namespace
             if c.gpu and run_key not in measured:
                 add("usage", c.tenant, "gpu", c.gpu / wh)
                 unmeasured.append((c.run.pod.namespace, c.run.name))
+        # __idle__ (usage, GPU): the cluster's GPU dollars no tenant pays under this basis.
+        paid = math.fsum(
+            v
+            for (b, t, r_), vs in parts.items()
+            if b == "usage" and r_ == "gpu" and t != IDLE_TENANT
+            for v in vs
+        )
+        all_gpu = math.fsum(
+            v for (b, _, r_), vs in parts.items() if b == "allocation" and r_ == "gpu" for v in vs
+        )
+        parts[("usage", IDLE_TENANT, "gpu")] = [all_gpu - paid]
 
         cost = {k: math.fsum(v) for k, v in parts.items()}
         cluster = {
@@ -1971,7 +2084,24 @@ DCGM_FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
     ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge", "Ratio of time the graphics engine is active."),
 )
-DCGM_FAMILY_NAMES: frozenset[str] = frozenset(name for name, _, _ in DCGM_FAMILIES)
+# dcgm-exporter ≥ 4.9 names (DCGM 4.7's) of the legacy families whose new name the sources
+# read for this project give (DCGM's dcgm_fields.h deprecation aliases): see
+# tests/fixtures/PROVENANCE.md. Help texts here are the sim's own.
+DCGM_4_9_NAMES: Mapping[str, str] = {
+    "DCGM_FI_DEV_GPU_TEMP": "DCGM_FI_DEV_GPU_TEMP_CELSIUS",
+    "DCGM_FI_DEV_POWER_USAGE": "DCGM_FI_DEV_BOARD_POWER_WATTS",
+    "DCGM_FI_DEV_GPU_UTIL": "DCGM_FI_DEV_GPU_UTIL_RATIO",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO",
+}
+DCGM_4_9_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("DCGM_FI_DEV_GPU_TEMP_CELSIUS", "gauge", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_BOARD_POWER_WATTS", "gauge", "Power draw (in W)."),
+    ("DCGM_FI_DEV_GPU_UTIL_RATIO", "gauge", "GPU utilization (ratio)."),
+    ("DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "gauge", "Ratio of time the graphics engine is active."),
+)
+DCGM_FAMILY_NAMES: frozenset[str] = frozenset(
+    name for name, _, _ in DCGM_FAMILIES + DCGM_4_9_FAMILIES
+)
 
 
 def _zipf_cum_weights(n: int) -> list[float]:
