@@ -407,3 +407,57 @@ async def test_unreadable_token_file_is_invalid(upstream: TestServer, tmp_path: 
         with pytest.raises(SourceError) as info:
             await source.fetch(client)
     assert info.value.reason == "invalid"
+
+
+# --- both dcgm-exporter generations, utilization per unit, duplicates ---------------------
+
+NEW_PAGE = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "dcgm_exporter_4.9_names_sample_page.txt"
+)
+
+
+def test_auto_reads_4_9_names_profiling_where_it_exists_device_metric_elsewhere() -> None:
+    from aifinops.sources.dcgm import gpu_samples, metric_names
+
+    text = NEW_PAGE.read_text()
+    samples = gpu_samples(parse_text(text, frozenset(metric_names("auto"))), "auto")
+    got = {(s.model_name, s.mig_instance): (s.metric, s.utilization) for s in samples}
+    assert got == {
+        # the H100 has both: the profiling figure is the one read
+        ("NVIDIA H100 80GB HBM3", None): ("DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", 0.61),
+        # a MIG instance has only the profiling metric
+        ("NVIDIA A100-SXM4-80GB", "7"): ("DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", 0.25),
+        # a T4 has no profiling counters; 4.9's device utilization is a ratio, not percent
+        ("Tesla T4", None): ("DCGM_FI_DEV_GPU_UTIL_RATIO", 0.03),
+    }
+    assert {s.node for s in samples} == {"node-a", "node-t4"}
+
+
+def test_a_named_metric_reads_both_generations_and_skips_units_without_it() -> None:
+    from aifinops.sources.dcgm import gpu_samples, metric_names
+
+    text = NEW_PAGE.read_text() + RECORDED_PAGE
+    names = frozenset(metric_names("DCGM_FI_PROF_GR_ENGINE_ACTIVE"))
+    samples = gpu_samples(parse_text(text, names), "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+    assert {s.model_name for s in samples} == {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"}
+    device = gpu_samples(
+        parse_text(text, frozenset(metric_names("DCGM_FI_DEV_GPU_UTIL"))), "DCGM_FI_DEV_GPU_UTIL"
+    )
+    by_uuid = {(s.uuid, s.metric): s.utilization for s in device}
+    assert (
+        by_uuid[("GPU-8f1f4d06-07fd-27a7-52d5-e58aa060d256", "DCGM_FI_DEV_GPU_UTIL_RATIO")] == 0.03
+    )
+    assert by_uuid[(H100_0, "DCGM_FI_DEV_GPU_UTIL")] == 0.87  # 87 % on the 4.8 page
+
+
+def test_the_same_series_from_two_prometheus_jobs_counts_once() -> None:
+    from aifinops.sources.dcgm import gpu_samples
+
+    labels = {**BASE, "Hostname": "n1", "namespace": "ml", "pod": "p", "container": "c"}
+    twice = [
+        ("DCGM_FI_DEV_GPU_UTIL", {**labels, "job": "dcgm"}, 40.0),
+        ("DCGM_FI_DEV_GPU_UTIL", {**labels, "job": "gpu-operator"}, 42.0),
+    ]
+    for order in (twice, twice[::-1]):
+        samples = gpu_samples(order, "auto")
+        assert [(s.pod, s.utilization) for s in samples] == [("p", 0.42)]
