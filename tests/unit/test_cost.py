@@ -206,6 +206,7 @@ def test_usage_over_the_request_without_an_idle_row_is_scaled_so_sums_hold():
     assert u[("a", "gpu")] == approx(1.6)  # 1.0 billed + B's 0.6 left, not 3.2
     assert u.get(("__idle__", "gpu"), 0.0) == approx(0.0)
     assert math.fsum(v for k, v in u.items() if k[1] == "gpu") == approx(b.cluster["gpu"])
+    assert all(s.unused_rate == 0.0 for s in b.shares)  # no unused money is left in __idle__
 
 
 def test_catalog_pricing_books_a_mig_gpus_unrequested_slices_to_idle():

@@ -15,8 +15,9 @@ Two bases, both published with a ``basis`` label:
   device never costs more than its price. Each holder's *unused* cost is
   ``P · max(0, request − m)`` (bounded by the device's unused time), booked to ``__idle__``
   and reported per tenant; capacity nobody requested stays ``__idle__``. Usage above what a
-  hold was billed is paid from its device's idle money (OpenCost's ``__idle__`` row); where
-  that row lacks it, the excess is scaled down so sums still reconcile. Pods with GPU cost but
+  hold was billed is paid from idle money (OpenCost's ``__idle__`` row and what other holds
+  left unused); where there is not enough (OpenCost queried without its idle row), the excess
+  is scaled down to what there is and no unused cost is reported, so sums still reconcile. Pods with GPU cost but
   no DCGM series keep their allocation cost (unmeasured). Non-GPU resources are the same on
   both bases.
 
@@ -367,8 +368,11 @@ def attribute_costs(
     measured_by_tenant: dict[str, list[float]] = defaultdict(list)  # alloc rate of holds
     pod_shares: dict[PodKey, list[float]] = {}  # per hold: alloc rate, usage rate, ...
     for s, key, tenant, req, used, billed, usage, unused in measured:
-        if usage > billed and scale < 1.0:
-            usage = billed + (usage - billed) * scale
+        if scale < 1.0:
+            # Every idle dollar paid someone's use: no unused money is left in __idle__.
+            unused = 0.0
+            if usage > billed:
+                usage = billed + (usage - billed) * scale
         if catalog_priced:
             extra_alloc_gpu[tenant].append(billed)
         usage_gpu[tenant].append(usage)
