@@ -169,11 +169,12 @@ def test_time_sliced_hold_costs_the_physical_device_price_times_its_share():
     assert shares["b"].unused_rate == approx(0.60)  # (0.25 − 0.10) x $4
     assert math.fsum(u[k] for k in u if k[1] == "gpu") == approx(b.cluster["gpu"])
     # The same pod at the same utilization costs the same whoever holds the free replicas.
-    allocs_full = allocs[:2] + [
+    allocs_full = [
+        *allocs[:2],
         pod("team-c", "c", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
         pod("team-c", "d", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
     ]
-    gpus_full = gpus + [gpu("G", H100, 0.0, "team-c", "c"), gpu("G", H100, 0.2, "team-c", "d")]
+    gpus_full = [*gpus, gpu("G", H100, 0.0, "team-c", "c"), gpu("G", H100, 0.2, "team-c", "d")]
     full = breakdown(allocs=allocs_full, gpus=gpus_full).rates["usage"]
     assert full[("a", "gpu")] == approx(1.48)
 

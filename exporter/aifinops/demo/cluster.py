@@ -219,6 +219,9 @@ class ClusterSpec:
     # each holds one whole GPU, busy, so its cost can be measured per token and charged back.
     serving_pods: tuple[str, ...] = ()
     prometheus_honor_labels: bool = True
+    # Two Prometheus jobs scrape every dcgm-exporter (a ServiceMonitor beside a static job):
+    # each DCGM series is stored twice, differing only in ``job``.
+    prometheus_duplicate_jobs: bool = False
     cpu_usd_per_core_hour: float = 0.031611
     ram_usd_per_gib_hour: float = 0.004237
     pv_usd_per_gib_hour: float = 0.04 / 730
@@ -1545,6 +1548,10 @@ class SimCluster:
             labels["cluster"] = self.spec.cluster_name
             value = float(emitted[metric])
             out.append((labels, _prom_value(value)))
+            if self.spec.prometheus_duplicate_jobs:
+                out.append(
+                    ({**labels, "job": "gpu-operator/nvidia-dcgm-exporter"}, _prom_value(value))
+                )
         return out
 
     def prometheus_vector(self, now: float, promql: str) -> dict[str, Any]:

@@ -17,9 +17,9 @@ Two bases, both published with a ``basis`` label:
   and reported per tenant; capacity nobody requested stays ``__idle__``. Usage above what a
   hold was billed is paid from idle money (OpenCost's ``__idle__`` row and what other holds
   left unused); where there is not enough (OpenCost queried without its idle row), the excess
-  is scaled down to what there is and no unused cost is reported, so sums still reconcile. Pods with GPU cost but
-  no DCGM series keep their allocation cost (unmeasured). Non-GPU resources are the same on
-  both bases.
+  is scaled down to what there is and no unused cost is reported, so sums still reconcile.
+  Pods with GPU cost but no DCGM series keep their allocation cost (unmeasured). Non-GPU
+  resources are the same on both bases.
 
   Worked example: a $4/h H100 time-sliced into 4 replicas, pods A and B request one each
   (OpenCost bills $1/h each; $2/h is ``__idle__``). A uses 37 %, B 10 % of the device: A
@@ -322,24 +322,28 @@ def attribute_costs(
     # Per hold: (sample, pod, tenant, requested, used, billed USD/h, usage USD/h, unused USD/h).
     measured: list[tuple[GpuSample, PodKey, str, float, float, float, float, float]] = []
     for capacity, holds in unit_pods:
-        parts = []
+        unit_parts: list[tuple[GpuSample, PodKey, float, float, float]] = []
         for s, weight, key in holds:
             req = requested(key, weight)
             billed, price = hold_rates(key, weight, s.model_name, req)
             if price > 0 and not s.mig_profile and len(holds) == 1 and weight == 1.0:
                 price_obs[s.model_name].append(price)
-            parts.append((s, key, req, billed, price))
+            unit_parts.append((s, key, req, billed, price))
             device_requested[s.uuid].append(req)
         # The physical device's price: its holders' (one node, one price; a mean guards
         # against OpenCost rounding each pod's figures).
-        price = math.fsum(p[4] for p in parts) / len(parts)
-        shares = _unit_time_shares([p[0].utilization for p in parts], [p[2] for p in parts])
-        left = max(0.0, 1.0 - math.fsum(shares))
-        deficits = [max(0.0, p[2] - capacity * sh) for p, sh in zip(parts, shares, strict=True)]
+        price = math.fsum(p[4] for p in unit_parts) / len(unit_parts)
+        time_shares = _unit_time_shares(
+            [p[0].utilization for p in unit_parts], [p[2] for p in unit_parts]
+        )
+        left = max(0.0, 1.0 - math.fsum(time_shares))
+        deficits = [
+            max(0.0, p[2] - capacity * sh) for p, sh in zip(unit_parts, time_shares, strict=True)
+        ]
         total_deficit = math.fsum(deficits)
         # Holders' unused time: what each left of its request, bounded by the unit's rest.
         unused_total = price * min(total_deficit, capacity * left)
-        for (s, key, req, billed, _), sh, d in zip(parts, shares, deficits, strict=True):
+        for (s, key, req, billed, _), sh, d in zip(unit_parts, time_shares, deficits, strict=True):
             tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
             used = capacity * sh
             unused = unused_total * d / total_deficit if total_deficit > 0 else 0.0
