@@ -223,3 +223,17 @@ def test_catalog_pricing_books_a_mig_gpus_unrequested_slices_to_idle():
     assert b.rates["allocation"][("__idle__", "gpu")] == approx(4.0 * 4 / 7)
     assert b.rates["usage"][("a", "gpu")] == approx(4.0 * 3 / 7 * 0.5)
     assert b.cluster["gpu"] == approx(4.0)
+
+
+def test_per_pod_figures_over_the_whole_device_are_scaled_to_it():
+    # Two pods' own figures, 0.8 and 0.6 of the device: more than all of its time.
+    allocs = [
+        pod("team-a", "a", gpu_cost=2.0, gpu_count=0.5, gpu_hours=0.5),
+        pod("team-b", "b", gpu_cost=2.0, gpu_count=0.5, gpu_hours=0.5),
+    ]
+    gpus = [gpu("G", H100, 0.8, "team-a", "a"), gpu("G", H100, 0.6, "team-b", "b")]
+    b = breakdown(allocs=allocs, gpus=gpus)
+    u = b.rates["usage"]
+    assert u[("a", "gpu")] == approx(4.0 * 0.8 / 1.4)
+    assert u[("b", "gpu")] == approx(4.0 * 0.6 / 1.4)
+    assert math.fsum(s.used for s in b.shares) == approx(1.0)  # never over the device

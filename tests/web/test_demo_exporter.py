@@ -66,10 +66,17 @@ async def test_per_tenant_dollars_match_ground_truth(aiohttp_client, cfg):
     "spec",
     [
         ClusterSpec.demo(timeslice_util="device"),
+        # the issue's case: 4 replicas, 2 requested on every time-sliced GPU
+        ClusterSpec.demo(timeslice_replicas=4, timeslice_partly_requested=1.0),
         ClusterSpec.demo(prometheus_duplicate_jobs=True),
         ClusterSpec.demo(dcgm_generations=("4.9",), prometheus_honor_labels=False),
     ],
-    ids=["device-figure-on-every-pod", "two-prometheus-jobs", "all-4.9-renamed-pod-labels"],
+    ids=[
+        "device-figure-on-every-pod",
+        "4-replicas-2-requested",
+        "two-prometheus-jobs",
+        "all-4.9-renamed-pod-labels",
+    ],
 )
 async def test_usage_basis_with_only_urls_and_tenancy_matches_the_answer_key(aiohttp_client, spec):
     """Defaults only (URLs and tenancy): per-tenant usage GPU dollars, GPU counts and unused

@@ -146,6 +146,9 @@ class NodePoolSpec:
     cpu_cores: float = 32.0
     ram_gib: float = 128.0
     zone: str = "us-east-1a"
+    # Built after the rest of the cluster from its own random stream (seed, pool name), so
+    # adding such a pool leaves every other node and pod as it was.
+    own_rng: bool = False
 
 
 def _h100_pool(nodes: int, name: str = "h100") -> NodePoolSpec:
@@ -163,7 +166,9 @@ def _l4_pool(
 
 
 def _t4_pool(nodes: int, gpus: int = 2) -> NodePoolSpec:
-    return NodePoolSpec("t4", nodes, T4, gpus, "none", "g4dn.12xlarge", 48.0, 192.0, "us-east-1c")
+    return NodePoolSpec(
+        "t4", nodes, T4, gpus, "none", "g4dn.12xlarge", 48.0, 192.0, "us-east-1c", own_rng=True
+    )
 
 
 def _cpu_pool(nodes: int) -> NodePoolSpec:
@@ -204,7 +209,7 @@ class ClusterSpec:
     idle_fraction: float = 0.25
     unallocated_gpu_fraction: float = 0.1
     mig_unassigned_fraction: float = 0.15
-    timeslice_replicas: int = 4
+    timeslice_replicas: int = 3
     timeslice_partly_requested: float = 0.5
     dcgm_generations: tuple[str, ...] = ("4.8", "4.9")
     timeslice_util: Literal["per_pod", "device"] = "per_pod"
@@ -741,8 +746,17 @@ class SimCluster:
         rng = random.Random(self.spec.seed)
         self._gpu_used_cpu: dict[str, float] = {}  # cores GPU pods request, per node
         self._gpu_used_ram: dict[str, float] = {}  # bytes GPU pods request, per node
-        self.nodes: tuple[SimNode, ...] = tuple(self._build_nodes(rng))
+        self._surplus_slots: set[int] = set()  # id() of time-slice replica slots nobody requests
+        main = tuple(p for p in self.spec.pools if not p.own_rng)
+        self.nodes: tuple[SimNode, ...] = tuple(self._build_nodes(rng, main))
         self.pods: tuple[SimPod, ...] = self._build_pods(rng)
+        for pool in (p for p in self.spec.pools if p.own_rng):
+            own = random.Random(f"{self.spec.seed}:{pool.name}")
+            taken_ips = {n.ip for n in self.nodes}
+            nodes = tuple(self._build_nodes(own, (pool,), taken_ips))
+            self.nodes += nodes
+            names = {(p.namespace, p.name) for p in self.pods}
+            self.pods += tuple(self._build_gpu_pods(own, names, nodes, forced_roles=False))
         self._node_by_name: dict[str, SimNode] = {n.name: n for n in self.nodes}
         generations = self.spec.dcgm_generations or ("4.8",)
         gpu_nodes = [n.name for n in self.nodes if n.gpus]
@@ -820,10 +834,15 @@ class SimCluster:
             self.namespaces["legal"] = {"kubernetes.io/metadata.name": "legal"}
             self.namespace_map["legal"] = spec.odd_tenant
 
-    def _build_nodes(self, rng: random.Random) -> list[SimNode]:
+    def _build_nodes(
+        self,
+        rng: random.Random,
+        pools: Sequence[NodePoolSpec],
+        taken_ips: Iterable[str] = (),
+    ) -> list[SimNode]:
         nodes: list[SimNode] = []
-        used_ips: set[str] = set()
-        for pool in self.spec.pools:
+        used_ips: set[str] = set(taken_ips)
+        for pool in pools:
             model = GPU_MODELS[pool.gpu_model] if pool.gpu_model else None
             for _ in range(pool.nodes):
                 while True:
@@ -880,12 +899,17 @@ class SimCluster:
                 )
         return nodes
 
-    def _gpu_slots(self, rng: random.Random) -> list[tuple[SimNode, tuple[GpuHold, ...]]]:
-        """Where GPU pods go: one entry per pod, with the units it holds."""
+    def _gpu_slots(
+        self, rng: random.Random, nodes: Sequence[SimNode]
+    ) -> list[tuple[SimNode, tuple[GpuHold, ...]]]:
+        """Where GPU pods go: one entry per pod, with the units it holds. On a partly
+        requested time-sliced GPU the replicas nobody requests are slots too (their ids in
+        ``_surplus_slots``): their pods are drawn and then left out, so the rest of the layout
+        is the same with or without partial requests."""
         spec = self.spec
         slots: list[tuple[SimNode, tuple[GpuHold, ...]]] = []
         unallocated_left_out = False
-        for node in self.nodes:
+        for node in nodes:
             if not node.gpus:
                 continue
             sharing = node.gpus[0].sharing
@@ -917,8 +941,12 @@ class SimCluster:
                         continue
                     # A hash, not the rng: the rest of the layout stays as it was.
                     partly = _hash_unit(gpu.uuid, "partly") < spec.timeslice_partly_requested
-                    for _ in range(max(1, k // 2) if partly and k > 1 else k):
-                        slots.append((node, (GpuHold(gpu.uuid, "", 1.0 / k, model.name),)))
+                    requested = k - k // 2 if partly else k  # 2 of 3, 2 of 4
+                    for replica in range(k):
+                        slot = (node, (GpuHold(gpu.uuid, "", 1.0 / k, model.name),))
+                        if replica >= requested:
+                            self._surplus_slots.add(id(slot))
+                        slots.append(slot)
         if spec.mig_unassigned_fraction > 0:
             self._ensure_unassigned_mig(slots)
         return slots
@@ -930,9 +958,18 @@ class SimCluster:
         if mig_slots and len(held) == total:
             del slots[mig_slots[-1]]
 
-    def _build_gpu_pods(self, rng: random.Random, names: set[tuple[str, str]]) -> list[SimPod]:
+    def _build_gpu_pods(
+        self,
+        rng: random.Random,
+        names: set[tuple[str, str]],
+        nodes: Sequence[SimNode] | None = None,
+        *,
+        forced_roles: bool = True,
+    ) -> list[SimPod]:
+        """GPU pods on ``nodes`` (default: every node); ``forced_roles`` places the special
+        pods (unmatched, unmapped, batch, serving, ...) — once per cluster."""
         spec = self.spec
-        slots = self._gpu_slots(rng)
+        slots = self._gpu_slots(rng, self.nodes if nodes is None else nodes)
         kinds = {i: _slot_kind(holds) for i, (_, holds) in enumerate(slots)}
         # Forced roles first, each on a distinct slot chosen deterministically.
         taken: set[int] = set()
@@ -951,42 +988,43 @@ class SimCluster:
             return kinds_of(holds) == "none" and len(holds) == 1
 
         role: dict[int, str] = {}
-        cheapest = min(
-            (h[0].model for _, h in slots), key=lambda m: GPU_MODELS[m].usd_per_hour, default=""
-        )
-        i = pick(lambda h: single_whole(h) and h[0].model == cheapest)
-        if i is None:
-            i = pick(single_whole)
-        if i is not None:
-            role[i] = "unmatched"
-        for _ in range(spec.unmapped_dcgm_pods):
-            i = pick(single_whole)
-            if i is not None:
-                role[i] = "unmapped"
-        for _ in range(spec.batch_jobs):
-            i = pick(single_whole)
-            if i is not None:
-                role[i] = "batch"
-        for serving_pod in spec.serving_pods:
-            i = pick(lambda h: single_whole(h) and "H100" in h[0].model)
+        if forced_roles:
+            cheapest = min(
+                (h[0].model for _, h in slots), key=lambda m: GPU_MODELS[m].usd_per_hour, default=""
+            )
+            i = pick(lambda h: single_whole(h) and h[0].model == cheapest)
             if i is None:
                 i = pick(single_whole)
             if i is not None:
-                role[i] = f"serving:{serving_pod}"
-        if self._pod_label_in_pattern_ns is not None:
-            i = pick(lambda h: kinds_of(h) == "none")
-            if i is not None:
-                role[i] = "pod_label_in_pattern"
-        if self._labelled_pattern_ns is not None:
-            i = pick(lambda h: kinds_of(h) == "mig")
-            if i is not None:
-                role[i] = "labelled_pattern"
-        if spec.odd_tenant is not None:
-            i = pick(lambda h: kinds_of(h) == "timeslice")
-            if i is None:
-                i = pick(lambda h: True)
-            if i is not None:
-                role[i] = "odd"
+                role[i] = "unmatched"
+            for _ in range(spec.unmapped_dcgm_pods):
+                i = pick(single_whole)
+                if i is not None:
+                    role[i] = "unmapped"
+            for _ in range(spec.batch_jobs):
+                i = pick(single_whole)
+                if i is not None:
+                    role[i] = "batch"
+            for serving_pod in spec.serving_pods:
+                i = pick(lambda h: single_whole(h) and "H100" in h[0].model)
+                if i is None:
+                    i = pick(single_whole)
+                if i is not None:
+                    role[i] = f"serving:{serving_pod}"
+            if self._pod_label_in_pattern_ns is not None:
+                i = pick(lambda h: kinds_of(h) == "none")
+                if i is not None:
+                    role[i] = "pod_label_in_pattern"
+            if self._labelled_pattern_ns is not None:
+                i = pick(lambda h: kinds_of(h) == "mig")
+                if i is not None:
+                    role[i] = "labelled_pattern"
+            if spec.odd_tenant is not None:
+                i = pick(lambda h: kinds_of(h) == "timeslice")
+                if i is None:
+                    i = pick(lambda h: True)
+                if i is not None:
+                    role[i] = "odd"
 
         busy = {i: rng.random() >= spec.idle_fraction for i in range(len(slots))}
         for kind in ("none", "mig", "timeslice"):
@@ -1076,7 +1114,12 @@ class SimCluster:
             )
         self._gpu_used_cpu.update(used_cpu)
         self._gpu_used_ram.update(used_ram)
-        return pods
+        # Replicas nobody requested: no pod (their draws were made, so nothing else moved).
+        return [
+            pod
+            for i, pod in enumerate(pods)
+            if id(slots[i]) not in self._surplus_slots or i in role
+        ]
 
     def _placement(self, tenant: str, rng: random.Random) -> tuple[str, dict[str, str]]:
         """Namespace and tenant-carrying pod labels for a pod of ``tenant`` ("" = unmatched)."""
