@@ -269,7 +269,13 @@ OK_VECTOR = {
         "resultType": "vector",
         "result": [
             {
-                "metric": {**BASE, "Hostname": "n1", "namespace": "ml", "pod": "p"},
+                "metric": {
+                    "__name__": "DCGM_FI_DEV_GPU_UTIL",
+                    **BASE,
+                    "Hostname": "n1",
+                    "namespace": "ml",
+                    "pod": "p",
+                },
                 "value": [1, "25"],
             }
         ],
@@ -286,12 +292,7 @@ async def upstream_handler(request: web.Request) -> web.StreamResponse:
     if kind == "ok":
         if is_api:
             request.app[QUERIES].append(request)
-            # Only the ≤ 4.8 device metric has data, as on a fleet of old exporters.
-            if request.query["query"].startswith("DCGM_FI_DEV_GPU_UTIL{"):
-                return web.json_response(OK_VECTOR)
-            return web.json_response(
-                {"status": "success", "data": {"resultType": "vector", "result": []}}
-            )
+            return web.json_response(OK_VECTOR)
         return web.Response(text=RECORDED_PAGE)
     if kind == "ok2":
         return web.Response(text=PAGE_2)
@@ -355,15 +356,13 @@ async def test_prometheus_mode_queries_the_metric_with_selector_and_token(
     async with httpx.AsyncClient() as client:
         samples = await source.fetch(client)
     assert [(s.uuid, s.pod, s.utilization) for s in samples] == [("GPU-a", "p", 0.25)]
-    # auto: both generations' names of both metrics, each scoped by the selector
-    queries = sorted(r.query["query"] for r in upstream.app[QUERIES])
-    assert queries == [
-        'DCGM_FI_DEV_GPU_UTIL_RATIO{cluster="prod"}',
-        'DCGM_FI_DEV_GPU_UTIL{cluster="prod"}',
-        'DCGM_FI_PROF_GR_ENGINE_ACTIVE{cluster="prod"}',
-        'DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO{cluster="prod"}',
-    ]
-    assert {r.headers["Authorization"] for r in upstream.app[QUERIES]} == {"Bearer s3cret"}
+    # auto: one query for both generations' names of both metrics, scoped by the selector
+    [request] = upstream.app[QUERIES]
+    assert request.query["query"] == (
+        '{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_GPU_UTIL_RATIO|'
+        'DCGM_FI_PROF_GR_ENGINE_ACTIVE|DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO",cluster="prod"}'
+    )
+    assert request.headers["Authorization"] == "Bearer s3cret"
     assert source.name == "dcgm"
 
 
@@ -461,3 +460,19 @@ def test_the_same_series_from_two_prometheus_jobs_counts_once() -> None:
     for order in (twice, twice[::-1]):
         samples = gpu_samples(order, "auto")
         assert [(s.pod, s.utilization) for s in samples] == [("p", 0.42)]
+
+
+@pytest.mark.parametrize(
+    ("selector", "query"),
+    [
+        ("", '{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_GPU_UTIL_RATIO"}'),
+        (
+            '{cluster="x"}',
+            '{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_GPU_UTIL_RATIO",cluster="x"}',
+        ),
+    ],
+)
+def test_utilization_query_for_several_names(selector: str, query: str) -> None:
+    from aifinops.sources.dcgm import metric_names
+
+    assert utilization_query(metric_names("DCGM_FI_DEV_GPU_UTIL"), selector) == query

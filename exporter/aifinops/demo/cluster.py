@@ -1601,7 +1601,8 @@ class SimCluster:
         """The Prometheus HTTP API JSON for an instant query at ``now``.
 
         Understands a vector selector: a metric name optionally followed by ``{l="v",...}``
-        matchers (``=``, ``!=``, ``=~``, ``!~``), or ``{__name__="...",...}``. A valid selector of
+        matchers (``=``, ``!=``, ``=~``, ``!~``), or ``{__name__="...",...}`` /
+        ``{__name__=~"A|B",...}``. A valid selector of
         a metric the sim does not have answers an empty vector, as Prometheus does; anything
         else (functions, operators, syntax errors) answers Prometheus' ``bad_data`` error JSON,
         which the fake server sends with status 400.
@@ -1615,9 +1616,10 @@ class SimCluster:
                 "error": f'invalid parameter "query": {exc}',
             }
         result: list[dict[str, Any]] = []
-        if name is not None:
-            ts = round(now, 3)
-            for labels, value in self.prometheus_series(now, name):
+        ts = round(now, 3)
+        # A selector without a name (``{__name__=~"A|B",...}``) reads every DCGM family.
+        for family in [name] if name is not None else sorted(DCGM_FAMILY_NAMES):
+            for labels, value in self.prometheus_series(now, family):
                 if all(_matches(labels.get(k, ""), op, v) for k, op, v in matchers):
                     result.append({"metric": labels, "value": [ts, value]})
         return {"status": "success", "data": {"resultType": "vector", "result": result}}
@@ -2237,7 +2239,8 @@ Matcher = tuple[str, str, str]
 def parse_selector(promql: str) -> tuple[str | None, list[Matcher]]:
     """Parse ``name{l="v",...}`` / ``{__name__="name",...}`` into (name, matchers).
 
-    Returns name ``None`` when no equality on ``__name__`` pins the metric. Raises
+    Returns name ``None`` when no equality on ``__name__`` pins the metric (then a
+    ``__name__=~"a|b"`` matcher, if any, is among the matchers). Raises
     ``ValueError`` (with a Prometheus-like message) for anything that is not a plain selector.
     """
     text = promql.strip()
@@ -2303,7 +2306,9 @@ def parse_selector(promql: str) -> tuple[str | None, list[Matcher]]:
         raise ValueError(
             "1:1: parse error: vector selector must contain at least one non-empty matcher"
         )
-    return name, [x for x in matchers if x[0] != "__name__"]
+    # An equality on __name__ is the name; any other __name__ matcher (``=~``, ``!=``) stays
+    # a matcher, applied to every family.
+    return name, [x for x in matchers if not (x[0] == "__name__" and x[1] == "=")]
 
 
 def _unescape(text: str) -> str:

@@ -2,8 +2,8 @@
 
 Two ways to read it, chosen by ``sources.dcgm.mode``:
 
-* ``prometheus``: one instant query of the utilization metric against a Prometheus (or Thanos,
-  Mimir) that scrapes dcgm-exporter;
+* ``prometheus``: one instant query of the utilization metrics (``{__name__=~"…"}``) against a
+  Prometheus (or Thanos, Mimir) that scrapes dcgm-exporter;
 * ``scrape``: the dcgm-exporter ``/metrics`` pages themselves, all fetched concurrently.
 
 Either way the series end up in :func:`gpu_samples_from_series`, the pure mapping from
@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import httpx
@@ -102,30 +103,19 @@ class DcgmSource:
         if s.mode == "prometheus":
             if not s.prometheus_url:
                 raise SourceError("invalid", "dcgm mode 'prometheus' has no prometheus_url")
-            url = s.prometheus_url
-            # One plain selector per name: any Prometheus-compatible API answers it, and a
-            # name no exporter serves (the other generation's) answers an empty vector.
-            try:
-                async with asyncio.TaskGroup() as group:
-                    queries = [
-                        group.create_task(
-                            instant_query(
-                                client,
-                                url,
-                                utilization_query(name, s.selector),
-                                timeout=s.timeout_seconds,
-                                max_bytes=s.max_response_bytes,
-                                headers=headers,
-                            )
-                        )
-                        for name in names
-                    ]
-            except* SourceError as failed:
-                raise failed.exceptions[0] from None
+            # One query for every name (both generations, both metrics): one round trip and
+            # one response; each series says its metric in __name__.
+            series = await instant_query(
+                client,
+                s.prometheus_url,
+                utilization_query(names, s.selector),
+                timeout=s.timeout_seconds,
+                max_bytes=s.max_response_bytes,
+                headers=headers,
+            )
+            default = names[0]
             triples = [
-                (name, labels, value)
-                for name, task in zip(names, queries, strict=True)
-                for labels, value in task.result()
+                (labels.get("__name__") or default, labels, value) for labels, value in series
             ]
             samples = await run_cpu(gpu_samples, triples, s.utilization_metric)
             return _not_empty(samples, names)
@@ -175,17 +165,21 @@ def _not_empty(samples: tuple[GpuSample, ...], names: tuple[str, ...]) -> tuple[
     return samples
 
 
-def utilization_query(metric: str, selector: str) -> str:
-    """The PromQL for ``metric`` scoped by ``selector``.
+def utilization_query(metric: str | Sequence[str], selector: str) -> str:
+    """The PromQL for ``metric`` (one name, or several) scoped by ``selector``.
 
     ``selector`` is extra matchers, with or without braces: ``{cluster="prod"}`` and
     ``cluster="prod"`` both give ``DCGM_FI_DEV_GPU_UTIL{cluster="prod"}``; empty gives the bare
-    metric name.
+    metric name. Several names give ``{__name__=~"A|B",cluster="prod"}``.
     """
-    selector = selector.strip()
-    if selector and not selector.startswith("{"):
-        selector = "{" + selector + "}"
-    return metric + selector
+    names = [metric] if isinstance(metric, str) else list(metric)
+    body = selector.strip()
+    if body.startswith("{") and body.endswith("}"):
+        body = body[1:-1].strip()
+    if len(names) == 1:
+        return names[0] + ("{" + body + "}" if body else "")
+    pattern = "|".join(re.escape(n) for n in names)
+    return "{" + ",".join([f'__name__=~"{pattern}"', *([body] if body else [])]) + "}"
 
 
 def gpu_samples_from_series(
