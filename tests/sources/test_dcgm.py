@@ -476,3 +476,23 @@ def test_utilization_query_for_several_names(selector: str, query: str) -> None:
     from aifinops.sources.dcgm import metric_names
 
     assert utilization_query(metric_names("DCGM_FI_DEV_GPU_UTIL"), selector) == query
+
+
+def test_utilization_names_are_the_ones_dcgm_renamed_them_to() -> None:
+    # The ≥ 4.9 names the source reads and the demo writes are DCGM's own renames (fixture
+    # derived from dcgm_fields.h), not guesses.
+    from aifinops.demo.cluster import DCGM_4_9_NAMES
+    from aifinops.sources.dcgm import UTILIZATION_NAMES
+
+    table = Path(__file__).resolve().parents[1] / "fixtures"
+    renames = {}
+    for line in (table / "dcgm_fields_renames_of_default_counters.tsv").read_text().splitlines():
+        if line and not line.startswith("#"):
+            legacy, new, _ = line.split("\t")
+            if new:
+                renames[legacy] = new
+    for legacy in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"):
+        assert legacy in UTILIZATION_NAMES and renames[legacy] in UTILIZATION_NAMES
+        assert UTILIZATION_NAMES[legacy][0] == UTILIZATION_NAMES[renames[legacy]][0]
+    assert renames["DCGM_FI_DRIVER_VERSION"] == "DCGM_FI_SYSTEM_DRIVER_VERSION"
+    assert all(renames[legacy] == new for legacy, new in DCGM_4_9_NAMES.items())
