@@ -70,8 +70,8 @@ class GpuShare:
     used: float  # GPU-equivalents of the physical device's time used (m)
     utilization: float  # raw 0-1 utilization of this series
     alloc_rate: float  # USD/h billed (allocation basis) for this hold
-    usage_rate: float  # USD/h charged under the usage basis
-    unused_rate: float  # USD/h of this hold's share of the unit's unused remainder
+    usage_rate: float  # USD/h charged under the usage basis (device price x used)
+    unused_rate: float  # USD/h of its request left unused (device price x (held - used), bounded)
     idle_key: IdleKey
 
 
