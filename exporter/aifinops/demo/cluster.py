@@ -1542,59 +1542,74 @@ class SimCluster:
         the exposition labels plus ``instance``, ``job`` and ``cluster``; with
         ``prometheus_honor_labels=False`` the pod labels become ``exported_*`` and the target's
         own ``namespace``/``pod``/``container`` take their place."""
-        if metric not in DCGM_FAMILY_NAMES:
+        return self._prometheus_series(now, (metric,))
+
+    def _prometheus_series(
+        self, now: float, metrics: Sequence[str]
+    ) -> list[tuple[dict[str, str], str]]:
+        """:meth:`prometheus_series` of several families, each sample rendered once."""
+        wanted = [m for m in metrics if m in DCGM_FAMILY_NAMES]
+        if not wanted:
             return []
+        rendered = [(s, self._dcgm_emitted(s, now)) for s in self._samples(now)]
+        return [
+            row
+            for metric in wanted
+            for s, emitted in rendered
+            if metric in emitted
+            for row in self._prometheus_rows(s, metric, emitted[metric])
+        ]
+
+    def _prometheus_rows(
+        self, s: _Sample, metric: str, text: str
+    ) -> list[tuple[dict[str, str], str]]:
+        """One sample's series of ``metric`` (value ``text``) as Prometheus stores it: once,
+        or twice with ``prometheus_duplicate_jobs``."""
         out: list[tuple[dict[str, str], str]] = []
-        for s in self._samples(now):
-            emitted = self._dcgm_emitted(s, now)
-            if metric not in emitted:
-                continue
-            gpu = s.gpu
-            new = self.dcgm_generation(gpu.node) != "4.8"
-            node = self._node_by_name[gpu.node]
-            labels = {
-                "__name__": metric,
-                "gpu": str(gpu.index),
-                "UUID": gpu.uuid,
-                "pci_bus_id": gpu.pci_bus_id,
-                "device": f"nvidia{gpu.index}",
-                "modelName": gpu.model.name,
+        gpu = s.gpu
+        new = self.dcgm_generation(gpu.node) != "4.8"
+        node = self._node_by_name[gpu.node]
+        labels = {
+            "__name__": metric,
+            "gpu": str(gpu.index),
+            "UUID": gpu.uuid,
+            "pci_bus_id": gpu.pci_bus_id,
+            "device": f"nvidia{gpu.index}",
+            "modelName": gpu.model.name,
+        }
+        if s.mig is not None:
+            labels["GPU_I_PROFILE"] = s.mig.profile
+            labels["GPU_I_ID"] = s.mig.gi_id
+        labels["hostname" if new else "Hostname"] = gpu.node
+        driver = "DCGM_FI_SYSTEM_DRIVER_VERSION" if new else "DCGM_FI_DRIVER_VERSION"
+        labels[driver] = self.spec.driver_version
+        pod_labels: dict[str, str] = {}
+        if s.run is not None:
+            pod_labels = {
+                "container": s.run.pod.container,
+                "namespace": s.run.pod.namespace,
+                "pod": s.run.name,
             }
-            if s.mig is not None:
-                labels["GPU_I_PROFILE"] = s.mig.profile
-                labels["GPU_I_ID"] = s.mig.gi_id
-            labels["hostname" if new else "Hostname"] = gpu.node
-            driver = "DCGM_FI_SYSTEM_DRIVER_VERSION" if new else "DCGM_FI_DRIVER_VERSION"
-            labels[driver] = self.spec.driver_version
-            pod_labels: dict[str, str] = {}
-            if s.run is not None:
-                pod_labels = {
-                    "container": s.run.pod.container,
-                    "namespace": s.run.pod.namespace,
-                    "pod": s.run.name,
+        if self.spec.prometheus_honor_labels:
+            labels.update(pod_labels)
+        else:
+            labels.update({f"exported_{k}": v for k, v in pod_labels.items()})
+            labels.update(
+                {
+                    "container": "nvidia-dcgm-exporter",
+                    "namespace": "gpu-operator",
+                    "pod": f"nvidia-dcgm-exporter-{node.provider_id[-5:]}",
+                    "service": "nvidia-dcgm-exporter",
+                    "endpoint": "gpu-metrics",
                 }
-            if self.spec.prometheus_honor_labels:
-                labels.update(pod_labels)
-            else:
-                labels.update({f"exported_{k}": v for k, v in pod_labels.items()})
-                labels.update(
-                    {
-                        "container": "nvidia-dcgm-exporter",
-                        "namespace": "gpu-operator",
-                        "pod": f"nvidia-dcgm-exporter-{node.provider_id[-5:]}",
-                        "service": "nvidia-dcgm-exporter",
-                        "endpoint": "gpu-metrics",
-                    }
-                )
-            labels["instance"] = f"{node.ip}:9400"
-            labels["job"] = "nvidia-dcgm-exporter"
-            labels["cluster"] = self.spec.cluster_name
-            value = float(emitted[metric])
-            out.append((labels, _prom_value(value)))
-            if self.spec.prometheus_duplicate_jobs:
-                out.append(
-                    ({**labels, "job": "gpu-operator/nvidia-dcgm-exporter"}, _prom_value(value))
-                )
+            )
+        labels["instance"] = f"{node.ip}:9400"
+        labels["job"] = "nvidia-dcgm-exporter"
+        labels["cluster"] = self.spec.cluster_name
+        value = float(text)
+        out.append((labels, _prom_value(value)))
+        if self.spec.prometheus_duplicate_jobs:
+            out.append(({**labels, "job": "gpu-operator/nvidia-dcgm-exporter"}, _prom_value(value)))
         return out
 
     def prometheus_vector(self, now: float, promql: str) -> dict[str, Any]:
@@ -1617,11 +1632,13 @@ class SimCluster:
             }
         result: list[dict[str, Any]] = []
         ts = round(now, 3)
-        # A selector without a name (``{__name__=~"A|B",...}``) reads every DCGM family.
-        for family in [name] if name is not None else sorted(DCGM_FAMILY_NAMES):
-            for labels, value in self.prometheus_series(now, family):
-                if all(_matches(labels.get(k, ""), op, v) for k, op, v in matchers):
-                    result.append({"metric": labels, "value": [ts, value]})
+        # A selector without a name (``{__name__=~"A|B",...}``): the families it matches.
+        families = [name] if name is not None else sorted(DCGM_FAMILY_NAMES)
+        name_matchers = [(op, v) for k, op, v in matchers if k == "__name__"]
+        families = [f for f in families if all(_matches(f, op, v) for op, v in name_matchers)]
+        for labels, value in self._prometheus_series(now, families):
+            if all(_matches(labels.get(k, ""), op, v) for k, op, v in matchers):
+                result.append({"metric": labels, "value": [ts, value]})
         return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
     # --- OpenCost -------------------------------------------------------------------------
