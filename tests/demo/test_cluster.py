@@ -631,3 +631,19 @@ def test_scaled_cluster(n: int) -> None:
         for resource in RESOURCES:
             assert close(gt.basis_total(basis, resource), gt.cluster[resource])
     assert {g.sharing for node in sim.nodes for g in node.gpus} == {"none", "mig", "timeslice"}
+
+
+def test_the_answer_key_shares_no_code_with_the_exporter() -> None:
+    # The ground truth must be computed without the model's (or the sources') code.
+    import ast
+
+    import aifinops.demo.cluster as cluster_module
+
+    tree = ast.parse(Path(cluster_module.__file__).read_text())
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported and not {m for m in imported if m.startswith("aifinops")}, imported
