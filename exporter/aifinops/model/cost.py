@@ -322,14 +322,28 @@ def attribute_costs(
     # Per hold: (sample, pod, tenant, requested, used, billed USD/h, usage USD/h, unused USD/h).
     measured: list[tuple[GpuSample, PodKey, str, float, float, float, float, float]] = []
     for capacity, holds in unit_pods:
+        if len(holds) == 1:
+            # One pod on the unit (most units): the general path below without its lists.
+            s, weight, key = holds[0]
+            req = requested(key, weight)
+            billed, price = hold_rates(key, weight, s.model_name, req)
+            if price > 0 and not s.mig_profile and weight == 1.0:
+                price_obs[s.model_name].append(price)
+            if catalog_priced:
+                device_requested[s.uuid].append(req)
+            used = capacity * s.utilization
+            deficit = req - used if req > used else 0.0
+            unused = price * min(deficit, capacity * max(0.0, 1.0 - s.utilization))
+            tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
+            measured.append((s, key, tenant, req, used, billed, price * used, unused))
+            continue
         unit_parts: list[tuple[GpuSample, PodKey, float, float, float]] = []
         for s, weight, key in holds:
             req = requested(key, weight)
             billed, price = hold_rates(key, weight, s.model_name, req)
-            if price > 0 and not s.mig_profile and len(holds) == 1 and weight == 1.0:
-                price_obs[s.model_name].append(price)
             unit_parts.append((s, key, req, billed, price))
-            device_requested[s.uuid].append(req)
+            if catalog_priced:
+                device_requested[s.uuid].append(req)
         # The physical device's price: its holders' (one node, one price; a mean guards
         # against OpenCost rounding each pod's figures).
         price = math.fsum(p[4] for p in unit_parts) / len(unit_parts)
