@@ -89,8 +89,11 @@ class DcgmSettings(SourceCommon):
     mode: Literal["prometheus", "scrape"] = "prometheus"
     prometheus_url: str | None = None
     scrape_urls: tuple[str, ...] = ()
-    utilization_metric: Literal["DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"] = (
-        "DCGM_FI_DEV_GPU_UTIL"
+    # "auto": per GPU (or MIG instance), the profiling metric where DCGM has it (MIG instances
+    # have only it), the device metric elsewhere. Naming one metric reads only it (by either
+    # dcgm-exporter generation's name); GPUs without it are then unmeasured.
+    utilization_metric: Literal["auto", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"] = (
+        "auto"
     )
     # Extra PromQL matchers for mode=prometheus, e.g. '{cluster="prod"}' scoping.
     selector: str = ""

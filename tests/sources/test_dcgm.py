@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +67,8 @@ def series_of(page: str, metric: str = "DCGM_FI_DEV_GPU_UTIL") -> list[tuple[Any
 
 def test_recorded_page_maps_every_label() -> None:
     samples = gpu_samples_from_series(series_of(RECORDED_PAGE), "DCGM_FI_DEV_GPU_UTIL")
-    assert samples == (
+    assert {s.metric for s in samples} == {"DCGM_FI_DEV_GPU_UTIL"}
+    assert tuple(replace(s, metric="") for s in samples) == (
         GpuSample(
             uuid=H100_0,
             gpu_index="0",
@@ -182,7 +184,7 @@ BASE = {"gpu": "3", "UUID": "GPU-a", "device": "nvidia3", "modelName": "NVIDIA A
     ],
 )
 def test_label_sets(labels: dict[str, str], value: float, metric: Any, expected: GpuSample) -> None:
-    assert gpu_samples_from_series([(labels, value)], metric) == (expected,)
+    assert gpu_samples_from_series([(labels, value)], metric) == (replace(expected, metric=metric),)
 
 
 def test_time_sliced_gpu_is_one_sample_per_pod() -> None:
@@ -267,7 +269,13 @@ OK_VECTOR = {
         "resultType": "vector",
         "result": [
             {
-                "metric": {**BASE, "Hostname": "n1", "namespace": "ml", "pod": "p"},
+                "metric": {
+                    "__name__": "DCGM_FI_DEV_GPU_UTIL",
+                    **BASE,
+                    "Hostname": "n1",
+                    "namespace": "ml",
+                    "pod": "p",
+                },
                 "value": [1, "25"],
             }
         ],
@@ -348,8 +356,12 @@ async def test_prometheus_mode_queries_the_metric_with_selector_and_token(
     async with httpx.AsyncClient() as client:
         samples = await source.fetch(client)
     assert [(s.uuid, s.pod, s.utilization) for s in samples] == [("GPU-a", "p", 0.25)]
+    # auto: one query for both generations' names of both metrics, scoped by the selector
     [request] = upstream.app[QUERIES]
-    assert request.query["query"] == 'DCGM_FI_DEV_GPU_UTIL{cluster="prod"}'
+    assert request.query["query"] == (
+        '{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_GPU_UTIL_RATIO|'
+        'DCGM_FI_PROF_GR_ENGINE_ACTIVE|DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO",cluster="prod"}'
+    )
     assert request.headers["Authorization"] == "Bearer s3cret"
     assert source.name == "dcgm"
 
@@ -394,3 +406,93 @@ async def test_unreadable_token_file_is_invalid(upstream: TestServer, tmp_path: 
         with pytest.raises(SourceError) as info:
             await source.fetch(client)
     assert info.value.reason == "invalid"
+
+
+# --- both dcgm-exporter generations, utilization per unit, duplicates ---------------------
+
+NEW_PAGE = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "dcgm_exporter_4.9_names_sample_page.txt"
+)
+
+
+def test_auto_reads_4_9_names_profiling_where_it_exists_device_metric_elsewhere() -> None:
+    from aifinops.sources.dcgm import gpu_samples, metric_names
+
+    text = NEW_PAGE.read_text()
+    samples = gpu_samples(parse_text(text, frozenset(metric_names("auto"))), "auto")
+    got = {(s.model_name, s.mig_instance): (s.metric, s.utilization) for s in samples}
+    assert got == {
+        # the H100 has both: the profiling figure is the one read
+        ("NVIDIA H100 80GB HBM3", None): ("DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", 0.61),
+        # a MIG instance has only the profiling metric
+        ("NVIDIA A100-SXM4-80GB", "7"): ("DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", 0.25),
+        # a T4 has no profiling counters; 4.9's device utilization is a ratio, not percent
+        ("Tesla T4", None): ("DCGM_FI_DEV_GPU_UTIL_RATIO", 0.03),
+    }
+    assert {s.node for s in samples} == {"node-a", "node-t4"}
+
+
+def test_a_named_metric_reads_both_generations_and_skips_units_without_it() -> None:
+    from aifinops.sources.dcgm import gpu_samples, metric_names
+
+    text = NEW_PAGE.read_text() + RECORDED_PAGE
+    names = frozenset(metric_names("DCGM_FI_PROF_GR_ENGINE_ACTIVE"))
+    samples = gpu_samples(parse_text(text, names), "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+    assert {s.model_name for s in samples} == {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"}
+    device = gpu_samples(
+        parse_text(text, frozenset(metric_names("DCGM_FI_DEV_GPU_UTIL"))), "DCGM_FI_DEV_GPU_UTIL"
+    )
+    by_uuid = {(s.uuid, s.metric): s.utilization for s in device}
+    assert (
+        by_uuid[("GPU-8f1f4d06-07fd-27a7-52d5-e58aa060d256", "DCGM_FI_DEV_GPU_UTIL_RATIO")] == 0.03
+    )
+    assert by_uuid[(H100_0, "DCGM_FI_DEV_GPU_UTIL")] == 0.87  # 87 % on the 4.8 page
+
+
+def test_the_same_series_from_two_prometheus_jobs_counts_once() -> None:
+    from aifinops.sources.dcgm import gpu_samples
+
+    labels = {**BASE, "Hostname": "n1", "namespace": "ml", "pod": "p", "container": "c"}
+    twice = [
+        ("DCGM_FI_DEV_GPU_UTIL", {**labels, "job": "dcgm"}, 40.0),
+        ("DCGM_FI_DEV_GPU_UTIL", {**labels, "job": "gpu-operator"}, 42.0),
+    ]
+    for order in (twice, twice[::-1]):
+        samples = gpu_samples(order, "auto")
+        assert [(s.pod, s.utilization) for s in samples] == [("p", 0.42)]
+
+
+@pytest.mark.parametrize(
+    ("selector", "query"),
+    [
+        ("", '{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_GPU_UTIL_RATIO"}'),
+        (
+            '{cluster="x"}',
+            '{__name__=~"DCGM_FI_DEV_GPU_UTIL|DCGM_FI_DEV_GPU_UTIL_RATIO",cluster="x"}',
+        ),
+    ],
+)
+def test_utilization_query_for_several_names(selector: str, query: str) -> None:
+    from aifinops.sources.dcgm import metric_names
+
+    assert utilization_query(metric_names("DCGM_FI_DEV_GPU_UTIL"), selector) == query
+
+
+def test_utilization_names_are_the_ones_dcgm_renamed_them_to() -> None:
+    # The ≥ 4.9 names the source reads and the demo writes are DCGM's own renames (fixture
+    # derived from dcgm_fields.h), not guesses.
+    from aifinops.demo.cluster import DCGM_4_9_NAMES
+    from aifinops.sources.dcgm import UTILIZATION_NAMES
+
+    table = Path(__file__).resolve().parents[1] / "fixtures"
+    renames = {}
+    for line in (table / "dcgm_fields_renames_of_default_counters.tsv").read_text().splitlines():
+        if line and not line.startswith("#"):
+            legacy, new, _ = line.split("\t")
+            if new:
+                renames[legacy] = new
+    for legacy in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"):
+        assert legacy in UTILIZATION_NAMES and renames[legacy] in UTILIZATION_NAMES
+        assert UTILIZATION_NAMES[legacy][0] == UTILIZATION_NAMES[renames[legacy]][0]
+    assert renames["DCGM_FI_DRIVER_VERSION"] == "DCGM_FI_SYSTEM_DRIVER_VERSION"
+    assert all(renames[legacy] == new for legacy, new in DCGM_4_9_NAMES.items())

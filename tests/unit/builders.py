@@ -83,6 +83,8 @@ def gpu(
         pod=pod,
         mig_profile=mig,
         mig_instance=mig_id,
+        # As the DCGM source reads it by default: MIG instances have only the profiling metric.
+        metric="DCGM_FI_PROF_GR_ENGINE_ACTIVE" if mig else "DCGM_FI_DEV_GPU_UTIL",
     )
 
 

@@ -21,6 +21,11 @@ def clusters(draw):
     for i in range(n_pods):
         ns = draw(namespaces)
         labels = draw(st.sampled_from([{}, {"aifinops_io_tenant": "lab"}]))
+        # OpenCost's GPU request: none (older OpenCost), one of 4 time-slice replicas, a 1g
+        # MIG slice, whole GPUs; GPU-hours over all or part of the window, or none.
+        request = draw(st.sampled_from([0.0, 0.25, 0.5, 1 / 7, 3 / 7, 1.0, 2.0]))
+        run = draw(st.sampled_from([0.0, 0.5, 1.0]))
+        window_h = draw(st.sampled_from([0.5, 1.0, 24.0]))
         allocs.append(
             pod(
                 ns,
@@ -30,6 +35,8 @@ def clusters(draw):
                 cpu_cost=draw(money),
                 ram_cost=draw(money),
                 pv_cost=draw(money),
+                gpu_count=request,
+                gpu_hours=request * run * window_h,
             )
         )
         for j in range(draw(st.integers(0, 2))):
@@ -67,6 +74,14 @@ def test_tenants_idle_and_unallocated_sum_to_the_cluster_total(cluster):
             parts = math.fsum(v for (_, r), v in rates.items() if r == resource)
             assert math.isclose(parts, total, rel_tol=1e-9, abs_tol=1e-9), (basis, resource)
         assert all(v >= -1e-9 for v in rates.values()), basis
+    # A physical GPU (not MIG-partitioned) never gives more than all of its time; holds are
+    # counted by their request; nothing is negative.
+    used: dict[str, float] = {}
+    for s in b.shares:
+        assert s.held > 0 and s.used >= 0 and s.usage_rate >= -1e-9 and s.unused_rate >= 0
+        if not s.idle_key[1]:
+            used[s.idle_key[0]] = used.get(s.idle_key[0], 0.0) + s.used
+    assert all(u <= 1.0 + 1e-9 for u in used.values()), used
     # the cluster total is what OpenCost billed (or the catalog where OpenCost priced no GPU)
     billed = math.fsum(a.total_cost for a in allocs) / window
     if any(a.gpu_cost > 0 for a in allocs):

@@ -57,8 +57,10 @@ def test_usage_basis_splits_each_unit_by_measured_use():
 def test_unused_gpu_cost_is_attributed_to_the_holders():
     shares = {s.idle_key[3]: s for s in breakdown().shares}
     assert shares["a"].unused_rate == approx(3.0)
-    assert shares["b1"].unused_rate == approx(0.1)  # L4 remainder 0.2 split by billed rate
-    assert shares["b2"].unused_rate == approx(0.1)
+    # The L4's unused 0.2 is what each holder left of its request: b1 used its half, b2 a
+    # quarter of the device (0.8/h × (0.5 − 0.25)).
+    assert shares["b1"].unused_rate == approx(0.0)
+    assert shares["b2"].unused_rate == approx(0.2)
     assert shares["c"].unused_rate == approx(1.0)
     assert shares["c"].held == approx(3 / 7)
     assert shares["b1"].held == 0.5 and shares["b1"].used == 0.5
@@ -145,3 +147,93 @@ def test_folding_keeps_money_and_sentinels():
         ("__idle__", "cpu"): 1.0,
     }
     assert b.folded_tenants == 2
+
+
+def test_time_sliced_hold_costs_the_physical_device_price_times_its_share():
+    # README's worked example: a $4/h H100 with 4 replicas, A and B request one each (OpenCost:
+    # gpuCount 0.25, $1/h each; the two free replicas, $2/h, are its __idle__ row).
+    allocs = [
+        pod("team-a", "a", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
+        pod("team-b", "b", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
+        idle_row(gpu_cost=2.0),
+    ]
+    gpus = [gpu("G", H100, 0.37, "team-a", "a"), gpu("G", H100, 0.10, "team-b", "b")]
+    b = breakdown(allocs=allocs, gpus=gpus)
+    u = b.rates["usage"]
+    assert u[("a", "gpu")] == approx(1.48)  # 0.37 x $4, not 0.37 x $2 billed to the pair
+    assert u[("b", "gpu")] == approx(0.40)
+    assert u[("__idle__", "gpu")] == approx(2.12)
+    shares = {s.idle_key[3]: s for s in b.shares}
+    assert shares["a"].held == approx(0.25) and shares["b"].held == approx(0.25)
+    assert shares["a"].unused_rate == approx(0.0)
+    assert shares["b"].unused_rate == approx(0.60)  # (0.25 − 0.10) x $4
+    assert math.fsum(u[k] for k in u if k[1] == "gpu") == approx(b.cluster["gpu"])
+    # The same pod at the same utilization costs the same whoever holds the free replicas.
+    allocs_full = [
+        *allocs[:2],
+        pod("team-c", "c", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
+        pod("team-c", "d", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
+    ]
+    gpus_full = [*gpus, gpu("G", H100, 0.0, "team-c", "c"), gpu("G", H100, 0.2, "team-c", "d")]
+    full = breakdown(allocs=allocs_full, gpus=gpus_full).rates["usage"]
+    assert full[("a", "gpu")] == approx(1.48)
+
+
+def test_device_figure_on_every_pod_is_split_by_request():
+    # Stock dcgm-exporter repeats the device's 60 % on each pod: 1 and 2 replicas of 4.
+    allocs = [
+        pod("team-a", "a", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
+        pod("team-b", "b", gpu_cost=2.0, gpu_count=0.5, gpu_hours=0.5),
+        idle_row(gpu_cost=1.0),
+    ]
+    gpus = [gpu("G", H100, 0.6, "team-a", "a"), gpu("G", H100, 0.6, "team-b", "b")]
+    u = breakdown(allocs=allocs, gpus=gpus).rates["usage"]
+    assert u[("a", "gpu")] == approx(0.8)  # 4 x 0.6 x 1/3
+    assert u[("b", "gpu")] == approx(1.6)  # 4 x 0.6 x 2/3
+    assert u[("__idle__", "gpu")] == approx(1.6)
+
+
+def test_usage_over_the_request_without_an_idle_row_is_scaled_so_sums_hold():
+    # OpenCost queried without its idle row: nothing pays for A's use beyond its request
+    # except B's unused part.
+    allocs = [
+        pod("team-a", "a", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
+        pod("team-b", "b", gpu_cost=1.0, gpu_count=0.25, gpu_hours=0.25),
+    ]
+    gpus = [gpu("G", H100, 0.8, "team-a", "a"), gpu("G", H100, 0.1, "team-b", "b")]
+    b = breakdown(allocs=allocs, gpus=gpus)
+    u = b.rates["usage"]
+    assert u[("b", "gpu")] == approx(0.4)
+    assert u[("a", "gpu")] == approx(1.6)  # 1.0 billed + B's 0.6 left, not 3.2
+    assert u.get(("__idle__", "gpu"), 0.0) == approx(0.0)
+    assert math.fsum(v for k, v in u.items() if k[1] == "gpu") == approx(b.cluster["gpu"])
+    assert all(s.unused_rate == 0.0 for s in b.shares)  # no unused money is left in __idle__
+
+
+def test_catalog_pricing_books_a_mig_gpus_unrequested_slices_to_idle():
+    # One 3g slice of a catalog-priced H100 ($4/h) is held; the rest of the GPU is idle, and
+    # an unassigned 1g instance is not priced as a whole GPU.
+    allocs = [pod("team-a", "p", cpu_cost=1.0)]
+    gpus = [
+        gpu("G", H100, 0.5, "team-a", "p", mig="3g.40gb", mig_id="1"),
+        gpu("G", H100, 0.0, mig="1g.10gb", mig_id="9"),
+    ]
+    b = breakdown(allocs=allocs, gpus=gpus)
+    assert b.rates["allocation"][("a", "gpu")] == approx(4.0 * 3 / 7)
+    assert b.rates["allocation"][("__idle__", "gpu")] == approx(4.0 * 4 / 7)
+    assert b.rates["usage"][("a", "gpu")] == approx(4.0 * 3 / 7 * 0.5)
+    assert b.cluster["gpu"] == approx(4.0)
+
+
+def test_per_pod_figures_over_the_whole_device_are_scaled_to_it():
+    # Two pods' own figures, 0.8 and 0.6 of the device: more than all of its time.
+    allocs = [
+        pod("team-a", "a", gpu_cost=2.0, gpu_count=0.5, gpu_hours=0.5),
+        pod("team-b", "b", gpu_cost=2.0, gpu_count=0.5, gpu_hours=0.5),
+    ]
+    gpus = [gpu("G", H100, 0.8, "team-a", "a"), gpu("G", H100, 0.6, "team-b", "b")]
+    b = breakdown(allocs=allocs, gpus=gpus)
+    u = b.rates["usage"]
+    assert u[("a", "gpu")] == approx(4.0 * 0.8 / 1.4)
+    assert u[("b", "gpu")] == approx(4.0 * 0.6 / 1.4)
+    assert math.fsum(s.used for s in b.shares) == approx(1.0)  # never over the device

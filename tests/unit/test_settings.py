@@ -17,6 +17,7 @@ def test_example_config_loads_and_says_what_it_shows():
     assert s.sources.opencost.window_hours == 1.0
     assert s.tenancy.namespaces["ml-research"] == "research"
     assert s.gpu_pricing.overrides["NVIDIA A100-SXM4-80GB"] == 3.40
+    assert s.sources.dcgm.utilization_metric == "auto"
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,10 @@ def test_example_config_loads_and_says_what_it_shows():
         ("server: {port: 70000}", "server.port"),
         ("sources: {opencost: {url: 'http://x', window: 1 week}}", "sources.opencost.window"),
         ("sources: {dcgm: {mode: scrape}}", "scrape_urls"),
+        (
+            "sources: {dcgm: {prometheus_url: 'http://p', utilization_metric: GPU_UTIL}}",
+            "sources.dcgm.utilization_metric",
+        ),
         (
             "tenancy: {namespace_patterns: [{regex: '(unclosed'}]}",
             "tenancy.namespace_patterns.0.regex",

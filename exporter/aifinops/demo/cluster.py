@@ -17,11 +17,20 @@ utilization as a 0–1 ratio, memory in bytes unless a name says GiB or MiB.
 
 Simplifications, stated so nobody mistakes them for upstream behaviour:
 
-* Under MIG, real DCGM reports ``DCGM_FI_DEV_GPU_UTIL`` only per physical GPU; the sim emits it
-  per MIG instance too, so both utilization metrics exercise the MIG path.
-* A time-sliced GPU reports each pod's own share by default (``timeslice_util="per_pod"``, as
-  vGPU/HAMi-style exporters do); ``"device"`` repeats the device figure for every pod, as
-  stock dcgm-exporter does, which exercises the ``Σu > 1`` rule.
+* MIG instances carry only the profiling metric (``DCGM_FI_PROF_GR_ENGINE_ACTIVE``), as real
+  DCGM does; a GPU model without profiling counters (``Tesla T4``) carries only
+  ``DCGM_FI_DEV_GPU_UTIL``.
+* GPU nodes speak the dcgm-exporter generations of ``dcgm_generations`` in turn: ``"4.8"``
+  (legacy names, utilization in percent, ``Hostname``/``DCGM_FI_DRIVER_VERSION`` labels) or
+  ``"4.9"`` (DCGM 4.7 names, utilization as a 0–1 ratio, ``hostname`` and
+  ``DCGM_FI_SYSTEM_DRIVER_VERSION``). A 4.9 page carries only the families whose new names the
+  sources this project read name (see tests/fixtures/PROVENANCE.md); SM clock, energy and
+  framebuffer are left out there.
+* A time-sliced GPU has ``timeslice_replicas`` replicas; on a ``timeslice_partly_requested``
+  share of them only half the replicas are requested (the rest is OpenCost's ``__idle__``).
+  It reports each pod's own share by default (``timeslice_util="per_pod"``, as vGPU/HAMi-style
+  exporters do); ``"device"`` repeats the device figure for every pod, as stock dcgm-exporter
+  does, which the exporter splits by request.
 * Every pod has one container; OpenCost's ``totalCost`` and per-field rounding (5 decimals, as
   its ``formatFloat64ForResponse``) are reproduced, and the ground truth uses the rounded
   numbers, exactly as a reader of the JSON sees them.
@@ -43,7 +52,11 @@ IDLE_TENANT = "__idle__"
 UNALLOCATED_TENANT = "__unallocated__"
 RESOURCES: tuple[str, ...] = ("gpu", "cpu", "ram", "storage", "network", "shared")
 BASES: tuple[str, ...] = ("allocation", "usage")
-UTILIZATION_METRICS: tuple[str, ...] = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+UTILIZATION_METRICS: tuple[str, ...] = (
+    "auto",
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+)
 
 TENANT_LABEL = "aifinops.io/tenant"
 TEAM_LABEL = "team"
@@ -81,6 +94,7 @@ class GpuModel:
     max_sm_clock_mhz: int
     max_power_w: float
     mig_slices: int
+    profiling: bool = True  # DCGM profiling (DCP) counters: not on a T4
 
 
 GPU_MODELS: Mapping[str, GpuModel] = {
@@ -89,11 +103,13 @@ GPU_MODELS: Mapping[str, GpuModel] = {
         GpuModel("NVIDIA H100 80GB HBM3", 4.50, 81559, 1980, 700.0, 7),
         GpuModel("NVIDIA A100-SXM4-80GB", 2.75, 81920, 1410, 400.0, 7),
         GpuModel("NVIDIA L4", 0.80, 23034, 2040, 72.0, 0),
+        GpuModel("Tesla T4", 0.526, 15360, 1590, 70.0, 0, profiling=False),
     )
 }
 H100 = "NVIDIA H100 80GB HBM3"
 A100 = "NVIDIA A100-SXM4-80GB"
 L4 = "NVIDIA L4"
+T4 = "Tesla T4"
 
 # MIG profiles of a 7-slice 80 GB GPU: compute slices, and the first GPU instance id NVIDIA's
 # placement gives each profile (instances of one profile count up from there).
@@ -130,6 +146,9 @@ class NodePoolSpec:
     cpu_cores: float = 32.0
     ram_gib: float = 128.0
     zone: str = "us-east-1a"
+    # Built after the rest of the cluster from its own random stream (seed, pool name), so
+    # adding such a pool leaves every other node and pod as it was.
+    own_rng: bool = False
 
 
 def _h100_pool(nodes: int, name: str = "h100") -> NodePoolSpec:
@@ -144,6 +163,12 @@ def _l4_pool(
     nodes: int, sharing: Sharing = "none", name: str = "l4", gpus: int = 4
 ) -> NodePoolSpec:
     return NodePoolSpec(name, nodes, L4, gpus, sharing, "g6.12xlarge", 48.0, 192.0, "us-east-1c")
+
+
+def _t4_pool(nodes: int, gpus: int = 2) -> NodePoolSpec:
+    return NodePoolSpec(
+        "t4", nodes, T4, gpus, "none", "g4dn.12xlarge", 48.0, 192.0, "us-east-1c", own_rng=True
+    )
 
 
 def _cpu_pool(nodes: int) -> NodePoolSpec:
@@ -185,6 +210,8 @@ class ClusterSpec:
     unallocated_gpu_fraction: float = 0.1
     mig_unassigned_fraction: float = 0.15
     timeslice_replicas: int = 3
+    timeslice_partly_requested: float = 0.5
+    dcgm_generations: tuple[str, ...] = ("4.8", "4.9")
     timeslice_util: Literal["per_pod", "device"] = "per_pod"
     unmatched_fraction: float = 0.04
     cpu_pods_per_node: int = 3
@@ -197,6 +224,9 @@ class ClusterSpec:
     # each holds one whole GPU, busy, so its cost can be measured per token and charged back.
     serving_pods: tuple[str, ...] = ()
     prometheus_honor_labels: bool = True
+    # Two Prometheus jobs scrape every dcgm-exporter (a ServiceMonitor beside a static job):
+    # each DCGM series is stored twice, differing only in ``job``.
+    prometheus_duplicate_jobs: bool = False
     cpu_usd_per_core_hour: float = 0.031611
     ram_usd_per_gib_hour: float = 0.004237
     pv_usd_per_gib_hour: float = 0.04 / 730
@@ -214,6 +244,7 @@ class ClusterSpec:
                 _l4_pool(1),
                 _l4_pool(1, "timeslice", name="l4-shared"),
                 _cpu_pool(2),
+                _t4_pool(1),
             ),
             serving_pods=("vllm-llama-0", "vllm-llama-1"),
         )
@@ -426,11 +457,13 @@ class GroundTruth:
     :data:`RESOURCES`; tenants include ``__idle__`` and ``__unallocated__``; missing keys are 0.
     ``cluster[resource]`` is the total every basis sums to.
 
-    GPU-equivalents are instantaneous at ``now`` and count only holds DCGM attributes to a pod:
-    ``gpus_allocated`` adds the fraction held (1, slices/7, or 1/k on a GPU time-sliced by k
-    pods), ``gpus_used`` adds fraction × u' (time-sliced: u' of the physical GPU), keyed by
-    ``(tenant, gpu_model)``. ``gpu_unused_cost`` is each hold's share of its unit's unused
-    remainder (booked to ``__idle__`` under the usage basis), USD/h. ``idle_gpus`` /
+    GPU-equivalents are instantaneous at ``now`` and count only holds DCGM attributes to a pod
+    and measures with ``metric``: ``gpus_allocated`` adds the request (1, slices/7, or 1/k for
+    one of k time-slice replicas), ``gpus_used`` the hold's share of the physical GPU's time,
+    keyed by ``(tenant, gpu_model)``. Usage basis, GPU: a hold costs its device's price × that
+    share; ``gpu_unused_cost`` is price × what the hold left of its request (bounded by the
+    unit's unused time), booked to ``__idle__``; ``__idle__`` is the cluster's GPU dollars no
+    tenant pays. ``idle_gpus`` /
     ``idle_gpu_cost`` sum the holds whose own sample is under ``idle_threshold`` (held
     GPU-equivalents; their allocation-basis GPU rate in USD/h). ``unmeasured_pods`` have GPU
     cost in the window but no DCGM sample at ``now``; they keep their allocation GPU cost.
@@ -636,11 +669,19 @@ class _Sample:
     util_pct: int
     engine_milli: int
 
-    def utilization(self, metric: str) -> float:
-        """The sample as the exporter reads it, as a 0–1 ratio."""
+    def utilization(self, metric: str) -> float | None:
+        """The sample as the exporter reads it, as a 0–1 ratio; ``None`` where DCGM has no
+        such figure (device utilization of a MIG instance, profiling on a T4). ``auto``: the
+        profiling figure where the GPU has one, else the device's."""
+        if metric == "auto":
+            metric = (
+                "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
+                if self.gpu.model.profiling
+                else "DCGM_FI_DEV_GPU_UTIL"
+            )
         if metric == "DCGM_FI_DEV_GPU_UTIL":
-            return self.util_pct / 100.0
-        return self.engine_milli / 1000.0
+            return None if self.mig is not None else self.util_pct / 100.0
+        return self.engine_milli / 1000.0 if self.gpu.model.profiling else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -705,9 +746,23 @@ class SimCluster:
         rng = random.Random(self.spec.seed)
         self._gpu_used_cpu: dict[str, float] = {}  # cores GPU pods request, per node
         self._gpu_used_ram: dict[str, float] = {}  # bytes GPU pods request, per node
-        self.nodes: tuple[SimNode, ...] = tuple(self._build_nodes(rng))
+        self._surplus_slots: set[int] = set()  # id() of time-slice replica slots nobody requests
+        main = tuple(p for p in self.spec.pools if not p.own_rng)
+        self.nodes: tuple[SimNode, ...] = tuple(self._build_nodes(rng, main))
         self.pods: tuple[SimPod, ...] = self._build_pods(rng)
+        for pool in (p for p in self.spec.pools if p.own_rng):
+            own = random.Random(f"{self.spec.seed}:{pool.name}")
+            taken_ips = {n.ip for n in self.nodes}
+            nodes = tuple(self._build_nodes(own, (pool,), taken_ips))
+            self.nodes += nodes
+            names = {(p.namespace, p.name) for p in self.pods}
+            self.pods += tuple(self._build_gpu_pods(own, names, nodes, forced_roles=False))
         self._node_by_name: dict[str, SimNode] = {n.name: n for n in self.nodes}
+        generations = self.spec.dcgm_generations or ("4.8",)
+        gpu_nodes = [n.name for n in self.nodes if n.gpus]
+        self._generation: dict[str, str] = {
+            name: generations[i % len(generations)] for i, name in enumerate(gpu_nodes)
+        }
         self._tenant_cache: dict[tuple[str, str], str] = {}
         self._unit_pods: dict[UnitKey, list[tuple[SimPod, GpuHold]]] = defaultdict(list)
         for pod in self.pods:
@@ -779,10 +834,15 @@ class SimCluster:
             self.namespaces["legal"] = {"kubernetes.io/metadata.name": "legal"}
             self.namespace_map["legal"] = spec.odd_tenant
 
-    def _build_nodes(self, rng: random.Random) -> list[SimNode]:
+    def _build_nodes(
+        self,
+        rng: random.Random,
+        pools: Sequence[NodePoolSpec],
+        taken_ips: Iterable[str] = (),
+    ) -> list[SimNode]:
         nodes: list[SimNode] = []
-        used_ips: set[str] = set()
-        for pool in self.spec.pools:
+        used_ips: set[str] = set(taken_ips)
+        for pool in pools:
             model = GPU_MODELS[pool.gpu_model] if pool.gpu_model else None
             for _ in range(pool.nodes):
                 while True:
@@ -839,12 +899,17 @@ class SimCluster:
                 )
         return nodes
 
-    def _gpu_slots(self, rng: random.Random) -> list[tuple[SimNode, tuple[GpuHold, ...]]]:
-        """Where GPU pods go: one entry per pod, with the units it holds."""
+    def _gpu_slots(
+        self, rng: random.Random, nodes: Sequence[SimNode]
+    ) -> list[tuple[SimNode, tuple[GpuHold, ...]]]:
+        """Where GPU pods go: one entry per pod, with the units it holds. On a partly
+        requested time-sliced GPU the replicas nobody requests are slots too (their ids in
+        ``_surplus_slots``): their pods are drawn and then left out, so the rest of the layout
+        is the same with or without partial requests."""
         spec = self.spec
         slots: list[tuple[SimNode, tuple[GpuHold, ...]]] = []
         unallocated_left_out = False
-        for node in self.nodes:
+        for node in nodes:
             if not node.gpus:
                 continue
             sharing = node.gpus[0].sharing
@@ -874,8 +939,14 @@ class SimCluster:
                 for gpu in node.gpus:
                     if rng.random() < spec.unallocated_gpu_fraction:
                         continue
-                    for _ in range(k):
-                        slots.append((node, (GpuHold(gpu.uuid, "", 1.0 / k, model.name),)))
+                    # A hash, not the rng: the rest of the layout stays as it was.
+                    partly = _hash_unit(gpu.uuid, "partly") < spec.timeslice_partly_requested
+                    requested = k - k // 2 if partly else k  # 2 of 3, 2 of 4
+                    for replica in range(k):
+                        slot = (node, (GpuHold(gpu.uuid, "", 1.0 / k, model.name),))
+                        if replica >= requested:
+                            self._surplus_slots.add(id(slot))
+                        slots.append(slot)
         if spec.mig_unassigned_fraction > 0:
             self._ensure_unassigned_mig(slots)
         return slots
@@ -887,9 +958,18 @@ class SimCluster:
         if mig_slots and len(held) == total:
             del slots[mig_slots[-1]]
 
-    def _build_gpu_pods(self, rng: random.Random, names: set[tuple[str, str]]) -> list[SimPod]:
+    def _build_gpu_pods(
+        self,
+        rng: random.Random,
+        names: set[tuple[str, str]],
+        nodes: Sequence[SimNode] | None = None,
+        *,
+        forced_roles: bool = True,
+    ) -> list[SimPod]:
+        """GPU pods on ``nodes`` (default: every node); ``forced_roles`` places the special
+        pods (unmatched, unmapped, batch, serving, ...) — once per cluster."""
         spec = self.spec
-        slots = self._gpu_slots(rng)
+        slots = self._gpu_slots(rng, self.nodes if nodes is None else nodes)
         kinds = {i: _slot_kind(holds) for i, (_, holds) in enumerate(slots)}
         # Forced roles first, each on a distinct slot chosen deterministically.
         taken: set[int] = set()
@@ -908,42 +988,43 @@ class SimCluster:
             return kinds_of(holds) == "none" and len(holds) == 1
 
         role: dict[int, str] = {}
-        cheapest = min(
-            (h[0].model for _, h in slots), key=lambda m: GPU_MODELS[m].usd_per_hour, default=""
-        )
-        i = pick(lambda h: single_whole(h) and h[0].model == cheapest)
-        if i is None:
-            i = pick(single_whole)
-        if i is not None:
-            role[i] = "unmatched"
-        for _ in range(spec.unmapped_dcgm_pods):
-            i = pick(single_whole)
-            if i is not None:
-                role[i] = "unmapped"
-        for _ in range(spec.batch_jobs):
-            i = pick(single_whole)
-            if i is not None:
-                role[i] = "batch"
-        for serving_pod in spec.serving_pods:
-            i = pick(lambda h: single_whole(h) and "H100" in h[0].model)
+        if forced_roles:
+            cheapest = min(
+                (h[0].model for _, h in slots), key=lambda m: GPU_MODELS[m].usd_per_hour, default=""
+            )
+            i = pick(lambda h: single_whole(h) and h[0].model == cheapest)
             if i is None:
                 i = pick(single_whole)
             if i is not None:
-                role[i] = f"serving:{serving_pod}"
-        if self._pod_label_in_pattern_ns is not None:
-            i = pick(lambda h: kinds_of(h) == "none")
-            if i is not None:
-                role[i] = "pod_label_in_pattern"
-        if self._labelled_pattern_ns is not None:
-            i = pick(lambda h: kinds_of(h) == "mig")
-            if i is not None:
-                role[i] = "labelled_pattern"
-        if spec.odd_tenant is not None:
-            i = pick(lambda h: kinds_of(h) == "timeslice")
-            if i is None:
-                i = pick(lambda h: True)
-            if i is not None:
-                role[i] = "odd"
+                role[i] = "unmatched"
+            for _ in range(spec.unmapped_dcgm_pods):
+                i = pick(single_whole)
+                if i is not None:
+                    role[i] = "unmapped"
+            for _ in range(spec.batch_jobs):
+                i = pick(single_whole)
+                if i is not None:
+                    role[i] = "batch"
+            for serving_pod in spec.serving_pods:
+                i = pick(lambda h: single_whole(h) and "H100" in h[0].model)
+                if i is None:
+                    i = pick(single_whole)
+                if i is not None:
+                    role[i] = f"serving:{serving_pod}"
+            if self._pod_label_in_pattern_ns is not None:
+                i = pick(lambda h: kinds_of(h) == "none")
+                if i is not None:
+                    role[i] = "pod_label_in_pattern"
+            if self._labelled_pattern_ns is not None:
+                i = pick(lambda h: kinds_of(h) == "mig")
+                if i is not None:
+                    role[i] = "labelled_pattern"
+            if spec.odd_tenant is not None:
+                i = pick(lambda h: kinds_of(h) == "timeslice")
+                if i is None:
+                    i = pick(lambda h: True)
+                if i is not None:
+                    role[i] = "odd"
 
         busy = {i: rng.random() >= spec.idle_fraction for i in range(len(slots))}
         for kind in ("none", "mig", "timeslice"):
@@ -1033,7 +1114,12 @@ class SimCluster:
             )
         self._gpu_used_cpu.update(used_cpu)
         self._gpu_used_ram.update(used_ram)
-        return pods
+        # Replicas nobody requested: no pod (their draws were made, so nothing else moved).
+        return [
+            pod
+            for i, pod in enumerate(pods)
+            if id(slots[i]) not in self._surplus_slots or i in role
+        ]
 
     def _placement(self, tenant: str, rng: random.Random) -> tuple[str, dict[str, str]]:
         """Namespace and tenant-carrying pod labels for a pod of ``tenant`` ("" = unmatched)."""
@@ -1128,6 +1214,7 @@ class SimCluster:
         self, rng: random.Random, names: set[tuple[str, str]], existing: int
     ) -> list[SimPod]:
         spec = self.spec
+        any_external = False
         if spec.target_pods is not None:
             count = max(0, spec.target_pods - existing)
         else:
@@ -1170,8 +1257,10 @@ class SimCluster:
                 pod_labels["pod-template-hash"] = name.split("-")[-2]
             pv = float(rng.choice((20, 50, 200))) if kind == "statefulset" else 0.0
             external = 0.0
-            if app == "etl" and rng.random() < 0.5:
+            # The first ETL pod always has one, so every OpenCost field has data.
+            if app == "etl" and (rng.random() < 0.5 or not any_external):
                 external = round(rng.uniform(0.02, 0.3), 4)  # e.g. an S3 bucket tagged to it
+                any_external = True
             pods.append(
                 SimPod(
                     namespace=namespace,
@@ -1350,8 +1439,10 @@ class SimCluster:
         if s.mig is not None:
             parts.append(f'GPU_I_PROFILE="{s.mig.profile}"')
             parts.append(f'GPU_I_ID="{s.mig.gi_id}"')
-        parts.append(f'Hostname="{gpu.node}"')
-        parts.append(f'DCGM_FI_DRIVER_VERSION="{self.spec.driver_version}"')
+        new = self.dcgm_generation(gpu.node) != "4.8"
+        parts.append(f'hostname="{gpu.node}"' if new else f'Hostname="{gpu.node}"')
+        driver = "DCGM_FI_SYSTEM_DRIVER_VERSION" if new else "DCGM_FI_DRIVER_VERSION"
+        parts.append(f'{driver}="{self.spec.driver_version}"')
         if s.run is not None:
             pod = s.run.pod
             parts.append(f'container="{_escape_label_value(pod.container)}"')
@@ -1383,6 +1474,31 @@ class SimCluster:
             "DCGM_FI_PROF_GR_ENGINE_ACTIVE": _format_dcgm_float(s.engine_milli / 1000.0),
         }
 
+    def dcgm_generation(self, node: str) -> str:
+        """The dcgm-exporter generation the GPU node ``node`` runs (``"4.8"`` or ``"4.9"``)."""
+        return self._generation.get(node, "4.8")
+
+    def _dcgm_emitted(self, s: _Sample, now: float) -> dict[str, str]:
+        """The families this sample's exporter writes, by the name it writes them under: a MIG
+        instance has no device utilization, a GPU without profiling counters no profiling
+        metric, and a 4.9 exporter writes DCGM 4.7 names (utilization as a ratio)."""
+        values = self._dcgm_values(s, now)
+        if s.mig is not None:
+            del values["DCGM_FI_DEV_GPU_UTIL"]
+        if not s.gpu.model.profiling:
+            del values["DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
+        if self.dcgm_generation(s.gpu.node) == "4.8":
+            return values
+        out: dict[str, str] = {}
+        for legacy, value in values.items():
+            name = DCGM_4_9_NAMES.get(legacy)
+            if name is None:
+                continue
+            if legacy == "DCGM_FI_DEV_GPU_UTIL":
+                value = _format_dcgm_float(s.util_pct / 100.0)
+            out[name] = value
+        return out
+
     def dcgm_exposition(self, now: float, *, node: str | None = None) -> str:
         """dcgm-exporter ``/metrics`` text at ``now``: every node's GPUs, or one ``node``'s.
 
@@ -1404,12 +1520,19 @@ class SimCluster:
         return {n.name: self._render_dcgm(by_node[n.name], now) for n in self.nodes if n.gpus}
 
     def _render_dcgm(self, samples: Sequence[_Sample], now: float) -> str:
-        rendered = [(self._dcgm_labels(s), self._dcgm_values(s, now)) for s in samples]
+        rendered = [(self._dcgm_labels(s), self._dcgm_emitted(s, now)) for s in samples]
         lines: list[str] = []
-        for name, type_, help_ in DCGM_FAMILIES:
+        for name, type_, help_ in DCGM_FAMILIES + DCGM_4_9_FAMILIES:
+            series = [
+                f"{name}{{{labels}}} {values[name]}"
+                for labels, values in rendered
+                if name in values
+            ]
+            if not series:
+                continue
             lines.append(f"# HELP {name} {help_}")
             lines.append(f"# TYPE {name} {type_}")
-            lines.extend(f"{name}{{{labels}}} {values[name]}" for labels, values in rendered)
+            lines.extend(series)
         return "\n".join(lines) + "\n"
 
     # --- renderers: Prometheus ------------------------------------------------------------
@@ -1419,57 +1542,82 @@ class SimCluster:
         the exposition labels plus ``instance``, ``job`` and ``cluster``; with
         ``prometheus_honor_labels=False`` the pod labels become ``exported_*`` and the target's
         own ``namespace``/``pod``/``container`` take their place."""
-        if metric not in DCGM_FAMILY_NAMES:
+        return self._prometheus_series(now, (metric,))
+
+    def _prometheus_series(
+        self, now: float, metrics: Sequence[str]
+    ) -> list[tuple[dict[str, str], str]]:
+        """:meth:`prometheus_series` of several families, each sample rendered once."""
+        wanted = [m for m in metrics if m in DCGM_FAMILY_NAMES]
+        if not wanted:
             return []
+        rendered = [(s, self._dcgm_emitted(s, now)) for s in self._samples(now)]
+        return [
+            row
+            for metric in wanted
+            for s, emitted in rendered
+            if metric in emitted
+            for row in self._prometheus_rows(s, metric, emitted[metric])
+        ]
+
+    def _prometheus_rows(
+        self, s: _Sample, metric: str, text: str
+    ) -> list[tuple[dict[str, str], str]]:
+        """One sample's series of ``metric`` (value ``text``) as Prometheus stores it: once,
+        or twice with ``prometheus_duplicate_jobs``."""
         out: list[tuple[dict[str, str], str]] = []
-        for s in self._samples(now):
-            gpu = s.gpu
-            node = self._node_by_name[gpu.node]
-            labels = {
-                "__name__": metric,
-                "gpu": str(gpu.index),
-                "UUID": gpu.uuid,
-                "pci_bus_id": gpu.pci_bus_id,
-                "device": f"nvidia{gpu.index}",
-                "modelName": gpu.model.name,
+        gpu = s.gpu
+        new = self.dcgm_generation(gpu.node) != "4.8"
+        node = self._node_by_name[gpu.node]
+        labels = {
+            "__name__": metric,
+            "gpu": str(gpu.index),
+            "UUID": gpu.uuid,
+            "pci_bus_id": gpu.pci_bus_id,
+            "device": f"nvidia{gpu.index}",
+            "modelName": gpu.model.name,
+        }
+        if s.mig is not None:
+            labels["GPU_I_PROFILE"] = s.mig.profile
+            labels["GPU_I_ID"] = s.mig.gi_id
+        labels["hostname" if new else "Hostname"] = gpu.node
+        driver = "DCGM_FI_SYSTEM_DRIVER_VERSION" if new else "DCGM_FI_DRIVER_VERSION"
+        labels[driver] = self.spec.driver_version
+        pod_labels: dict[str, str] = {}
+        if s.run is not None:
+            pod_labels = {
+                "container": s.run.pod.container,
+                "namespace": s.run.pod.namespace,
+                "pod": s.run.name,
             }
-            if s.mig is not None:
-                labels["GPU_I_PROFILE"] = s.mig.profile
-                labels["GPU_I_ID"] = s.mig.gi_id
-            labels["Hostname"] = gpu.node
-            labels["DCGM_FI_DRIVER_VERSION"] = self.spec.driver_version
-            pod_labels: dict[str, str] = {}
-            if s.run is not None:
-                pod_labels = {
-                    "container": s.run.pod.container,
-                    "namespace": s.run.pod.namespace,
-                    "pod": s.run.name,
+        if self.spec.prometheus_honor_labels:
+            labels.update(pod_labels)
+        else:
+            labels.update({f"exported_{k}": v for k, v in pod_labels.items()})
+            labels.update(
+                {
+                    "container": "nvidia-dcgm-exporter",
+                    "namespace": "gpu-operator",
+                    "pod": f"nvidia-dcgm-exporter-{node.provider_id[-5:]}",
+                    "service": "nvidia-dcgm-exporter",
+                    "endpoint": "gpu-metrics",
                 }
-            if self.spec.prometheus_honor_labels:
-                labels.update(pod_labels)
-            else:
-                labels.update({f"exported_{k}": v for k, v in pod_labels.items()})
-                labels.update(
-                    {
-                        "container": "nvidia-dcgm-exporter",
-                        "namespace": "gpu-operator",
-                        "pod": f"nvidia-dcgm-exporter-{node.provider_id[-5:]}",
-                        "service": "nvidia-dcgm-exporter",
-                        "endpoint": "gpu-metrics",
-                    }
-                )
-            labels["instance"] = f"{node.ip}:9400"
-            labels["job"] = "nvidia-dcgm-exporter"
-            labels["cluster"] = self.spec.cluster_name
-            value = float(self._dcgm_values(s, now)[metric])
-            out.append((labels, _prom_value(value)))
+            )
+        labels["instance"] = f"{node.ip}:9400"
+        labels["job"] = "nvidia-dcgm-exporter"
+        labels["cluster"] = self.spec.cluster_name
+        value = float(text)
+        out.append((labels, _prom_value(value)))
+        if self.spec.prometheus_duplicate_jobs:
+            out.append(({**labels, "job": "gpu-operator/nvidia-dcgm-exporter"}, _prom_value(value)))
         return out
 
     def prometheus_vector(self, now: float, promql: str) -> dict[str, Any]:
         """The Prometheus HTTP API JSON for an instant query at ``now``.
 
         Understands a vector selector: a metric name optionally followed by ``{l="v",...}``
-        matchers (``=``, ``!=``, ``=~``, ``!~``), or ``{__name__="...",...}``. A valid selector of
+        matchers (``=``, ``!=``, ``=~``, ``!~``), or ``{__name__="...",...}`` /
+        ``{__name__=~"A|B",...}``. A valid selector of
         a metric the sim does not have answers an empty vector, as Prometheus does; anything
         else (functions, operators, syntax errors) answers Prometheus' ``bad_data`` error JSON,
         which the fake server sends with status 400.
@@ -1483,11 +1631,14 @@ class SimCluster:
                 "error": f'invalid parameter "query": {exc}',
             }
         result: list[dict[str, Any]] = []
-        if name is not None:
-            ts = round(now, 3)
-            for labels, value in self.prometheus_series(now, name):
-                if all(_matches(labels.get(k, ""), op, v) for k, op, v in matchers):
-                    result.append({"metric": labels, "value": [ts, value]})
+        ts = round(now, 3)
+        # A selector without a name (``{__name__=~"A|B",...}``): the families it matches.
+        families = [name] if name is not None else sorted(DCGM_FAMILY_NAMES)
+        name_matchers = [(op, v) for k, op, v in matchers if k == "__name__"]
+        families = [f for f in families if all(_matches(f, op, v) for op, v in name_matchers)]
+        for labels, value in self._prometheus_series(now, families):
+            if all(_matches(labels.get(k, ""), op, v) for k, op, v in matchers):
+                result.append({"metric": labels, "value": [ts, value]})
         return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
     # --- OpenCost -------------------------------------------------------------------------
@@ -1818,7 +1969,7 @@ class SimCluster:
         now: float,
         window_hours: float = 1.0,
         *,
-        metric: str = "DCGM_FI_DEV_GPU_UTIL",
+        metric: str = "auto",
         idle_threshold: float = 0.05,
     ) -> GroundTruth:
         """The answer key at ``now`` for an OpenCost window of ``window_hours`` and DCGM
@@ -1851,13 +2002,15 @@ class SimCluster:
             add("allocation", IDLE_TENANT, resource, value / wh)
             add("usage", IDLE_TENANT, resource, value / wh)
 
-        # --- usage basis, GPU --------------------------------------------------------------
+        # --- usage basis, GPU: the physical-device rule ----------------------------------
+        # A hold costs its device's price × its share of the device's time; what a holder
+        # left of its request is its unused cost; __idle__ is whatever the tenants do not pay.
         gpu_rate = {c.run.name + "\x00" + c.run.pod.namespace: c.gpu / wh for c in charges}
-        samples = self._samples(now)
-        sampled: dict[UnitKey, list[_Sample]] = defaultdict(list)
-        for s in samples:
-            if s.run is not None:
-                sampled[(s.gpu.uuid, s.mig.gi_id if s.mig else "")].append(s)
+        sampled: dict[UnitKey, list[tuple[_Sample, float]]] = defaultdict(list)
+        for s in self._samples(now):
+            u_read = s.utilization(metric)
+            if s.run is not None and u_read is not None:
+                sampled[(s.gpu.uuid, s.mig.gi_id if s.mig else "")].append((s, u_read))
         measured: set[str] = set()
         allocated: dict[tuple[str, str], list[float]] = defaultdict(list)
         used: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -1866,31 +2019,50 @@ class SimCluster:
         idle_cost: dict[tuple[str, str], list[float]] = defaultdict(list)
         idle_holds: list[IdleHold] = []
         for unit, unit_samples in sampled.items():
-            holds: list[tuple[_Sample, float, float, str]] = []  # sample, held, rate, tenant
-            for s in unit_samples:
+            first = unit_samples[0][0]
+            model_ = first.gpu.model
+            # The unit's part of its physical GPU: a MIG instance's slices, else all of it.
+            part = first.mig.slices / model_.mig_slices if first.mig else 1.0
+            holds = []  # sample, utilization read, request, billed USD/h, tenant, price
+            for s, u_read in unit_samples:
                 assert s.run is not None
                 pod = s.run.pod
                 run_key = s.run.name + "\x00" + pod.namespace
                 measured.add(run_key)
                 hold = next(h for h in pod.holds if h.unit == unit)
-                rate = gpu_rate.get(run_key, 0.0) * hold.fraction / pod.gpu_count
-                held = hold.fraction if s.gpu.sharing != "timeslice" else 1.0 / len(unit_samples)
-                holds.append((s, held, rate, self.tenant_of(pod)))
-            utils = [s.utilization(metric) for s, _, _, _ in holds]
-            total_u = math.fsum(utils)
-            norm = utils if total_u <= 1.0 else [u * max(utils) / total_u for u in utils]
-            unit_rate = math.fsum(h[2] for h in holds)
-            left = 1.0 - math.fsum(norm)
-            for (s, held, rate, tenant), u_raw, u in zip(holds, utils, norm, strict=True):
-                model = s.gpu.model.name
-                add("usage", tenant, "gpu", unit_rate * u)
-                unused[(tenant, model)].append(rate * left)
-                allocated[(tenant, model)].append(held)
-                used[(tenant, model)].append(u if s.gpu.sharing == "timeslice" else held * u_raw)
+                billed = gpu_rate.get(run_key, 0.0) * hold.fraction / pod.gpu_count
+                tenant = self.tenant_of(pod)
+                price = model_.usd_per_hour * self._scale.get(tenant, 1.0)
+                holds.append((s, u_read, hold.fraction, billed, tenant, price))
+            price = math.fsum(h[5] for h in holds) / len(holds)
+            reads = [h[1] for h in holds]
+            if len(holds) == 1:
+                fractions = reads  # of the unit's time
+            elif max(reads) == min(reads):
+                # The device's figure on every pod: split by request (the exporter's rule).
+                req_total = math.fsum(h[2] for h in holds)
+                fractions = [reads[0] * h[2] / req_total for h in holds]
+            elif math.fsum(reads) > 1.0:
+                fractions = [u / math.fsum(reads) for u in reads]
+            else:
+                fractions = reads
+            device_share = [part * f for f in fractions]  # of the physical GPU's time
+            rest = part * (1.0 - math.fsum(fractions))
+            short = [max(0.0, h[2] - m) for h, m in zip(holds, device_share, strict=True)]
+            unused_total = price * min(math.fsum(short), max(0.0, rest))
+            for h, m, d in zip(holds, device_share, short, strict=True):
+                s, u_raw, req, billed, tenant, _ = h
+                model = model_.name
+                add("usage", tenant, "gpu", price * m)
+                unused[(tenant, model)].append(
+                    unused_total * d / math.fsum(short) if math.fsum(short) > 0 else 0.0
+                )
+                allocated[(tenant, model)].append(req)
+                used[(tenant, model)].append(m)
                 if u_raw < idle_threshold:
                     assert s.run is not None
-                    idle_n[(tenant, model)].append(held)
-                    idle_cost[(tenant, model)].append(rate)
+                    idle_n[(tenant, model)].append(req)
+                    idle_cost[(tenant, model)].append(billed)
                     idle_holds.append(
                         IdleHold(
                             tenant=tenant,
@@ -1901,18 +2073,28 @@ class SimCluster:
                             mig_profile=s.mig.profile if s.mig else None,
                             namespace=s.run.pod.namespace,
                             pod=s.run.name,
-                            held=held,
+                            held=req,
                             utilization=u_raw,
-                            cost_usd_per_hour=rate,
+                            cost_usd_per_hour=billed,
                         )
                     )
-            add("usage", IDLE_TENANT, "gpu", unit_rate * left)
         unmeasured: list[tuple[str, str]] = []
         for c in charges:
             run_key = c.run.name + "\x00" + c.run.pod.namespace
             if c.gpu and run_key not in measured:
                 add("usage", c.tenant, "gpu", c.gpu / wh)
                 unmeasured.append((c.run.pod.namespace, c.run.name))
+        # __idle__ (usage, GPU): the cluster's GPU dollars no tenant pays under this basis.
+        paid = math.fsum(
+            v
+            for (b, t, r_), vs in parts.items()
+            if b == "usage" and r_ == "gpu" and t != IDLE_TENANT
+            for v in vs
+        )
+        all_gpu = math.fsum(
+            v for (b, _, r_), vs in parts.items() if b == "allocation" and r_ == "gpu" for v in vs
+        )
+        parts[("usage", IDLE_TENANT, "gpu")] = [all_gpu - paid]
 
         cost = {k: math.fsum(v) for k, v in parts.items()}
         cluster = {
@@ -1971,7 +2153,24 @@ DCGM_FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
     ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge", "Ratio of time the graphics engine is active."),
 )
-DCGM_FAMILY_NAMES: frozenset[str] = frozenset(name for name, _, _ in DCGM_FAMILIES)
+# dcgm-exporter ≥ 4.9 names (DCGM 4.7's) of the legacy families whose new name the sources
+# read for this project give (DCGM's dcgm_fields.h deprecation aliases): see
+# tests/fixtures/PROVENANCE.md. Help texts here are the sim's own.
+DCGM_4_9_NAMES: Mapping[str, str] = {
+    "DCGM_FI_DEV_GPU_TEMP": "DCGM_FI_DEV_GPU_TEMP_CELSIUS",
+    "DCGM_FI_DEV_POWER_USAGE": "DCGM_FI_DEV_BOARD_POWER_WATTS",
+    "DCGM_FI_DEV_GPU_UTIL": "DCGM_FI_DEV_GPU_UTIL_RATIO",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO",
+}
+DCGM_4_9_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("DCGM_FI_DEV_GPU_TEMP_CELSIUS", "gauge", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_BOARD_POWER_WATTS", "gauge", "Power draw (in W)."),
+    ("DCGM_FI_DEV_GPU_UTIL_RATIO", "gauge", "GPU utilization (ratio)."),
+    ("DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "gauge", "Ratio of time the graphics engine is active."),
+)
+DCGM_FAMILY_NAMES: frozenset[str] = frozenset(
+    name for name, _, _ in DCGM_FAMILIES + DCGM_4_9_FAMILIES
+)
 
 
 def _zipf_cum_weights(n: int) -> list[float]:
@@ -2057,7 +2256,8 @@ Matcher = tuple[str, str, str]
 def parse_selector(promql: str) -> tuple[str | None, list[Matcher]]:
     """Parse ``name{l="v",...}`` / ``{__name__="name",...}`` into (name, matchers).
 
-    Returns name ``None`` when no equality on ``__name__`` pins the metric. Raises
+    Returns name ``None`` when no equality on ``__name__`` pins the metric (then a
+    ``__name__=~"a|b"`` matcher, if any, is among the matchers). Raises
     ``ValueError`` (with a Prometheus-like message) for anything that is not a plain selector.
     """
     text = promql.strip()
@@ -2123,7 +2323,9 @@ def parse_selector(promql: str) -> tuple[str | None, list[Matcher]]:
         raise ValueError(
             "1:1: parse error: vector selector must contain at least one non-empty matcher"
         )
-    return name, [x for x in matchers if x[0] != "__name__"]
+    # An equality on __name__ is the name; any other __name__ matcher (``=~``, ``!=``) stays
+    # a matcher, applied to every family.
+    return name, [x for x in matchers if not (x[0] == "__name__" and x[1] == "=")]
 
 
 def _unescape(text: str) -> str:

@@ -774,7 +774,7 @@ class Upstreams:
         dcgm_mode: Literal["prometheus", "scrape"] = "prometheus",
         per_node: bool = True,
         window: str = "1h",
-        utilization_metric: str = "DCGM_FI_DEV_GPU_UTIL",
+        utilization_metric: str | None = None,
     ) -> dict[str, Any]:
         """See :func:`exporter_config`."""
         return exporter_config(
@@ -805,12 +805,16 @@ def exporter_config(
     dcgm_mode: Literal["prometheus", "scrape"] = "prometheus",
     per_node: bool = True,
     window: str = "1h",
-    utilization_metric: str = "DCGM_FI_DEV_GPU_UTIL",
+    utilization_metric: str | None = None,
 ) -> dict[str, Any]:
     """The exporter configuration mapping (``settings.Settings`` shape) for these fakes:
     ``sources.dcgm`` (via the fake Prometheus, or scraping the per-node pages — or the single
     all-nodes page with ``per_node=False``), ``sources.opencost`` and the sim's ``tenancy``."""
-    dcgm: dict[str, Any] = {"mode": dcgm_mode, "utilization_metric": utilization_metric}
+    # Only URLs and tenancy by default: the exporter's own defaults read the sim's mixed fleet
+    # (utilization_metric "auto"); a test may still name a metric.
+    dcgm: dict[str, Any] = {"mode": dcgm_mode}
+    if utilization_metric is not None:
+        dcgm["utilization_metric"] = utilization_metric
     if dcgm_mode == "prometheus":
         dcgm["prometheus_url"] = upstreams.prometheus_url
     else:

@@ -65,14 +65,15 @@ CLUSTER_COST_RATE = _spec(
 TENANT_GPUS = _spec(
     "aifinops_tenant_gpus",
     "gauge",
-    "GPUs allocated to a tenant's pods, in whole-GPU equivalents (a MIG slice or a time-sliced "
-    "share counts as its fraction).",
+    "GPUs a tenant's pods requested, in whole-GPU equivalents: OpenCost's request (a 1g MIG "
+    "slice of a 7-slice GPU counts 1/7, one of 4 time-slice replicas 0.25).",
     ("tenant", "gpu_model"),
 )
 TENANT_GPUS_USED = _spec(
     "aifinops_tenant_gpus_used",
     "gauge",
-    "GPU-equivalents a tenant actually used: allocated fraction x measured utilization.",
+    "GPU-equivalents of physical device time a tenant used: utilization on a whole GPU, MIG "
+    "fraction x utilization on a slice, its share of the device on a time-sliced GPU.",
     ("tenant", "gpu_model"),
 )
 TENANT_GPU_EFFICIENCY = _spec(
@@ -84,8 +85,10 @@ TENANT_GPU_EFFICIENCY = _spec(
 TENANT_GPU_UNUSED_COST = _spec(
     "aifinops_tenant_gpu_unused_cost_usd_per_hour",
     "gauge",
-    "The unused share of the GPUs a tenant holds, in USD per hour: under basis=usage this "
-    "money is booked to __idle__; this series says whose GPUs it came from.",
+    "What a tenant's GPU holds left unused of their request, in USD per hour: device price x "
+    "(requested - used GPU-equivalents), bounded by the device's unused time. Under "
+    "basis=usage (each hold costs device price x its share of the device's time) this money is "
+    "booked to __idle__; this series says whose GPUs it came from.",
     ("tenant", "gpu_model"),
 )
 IDLE_GPUS = _spec(
@@ -368,6 +371,14 @@ FOLDED_TENANTS = _spec(
     "gauge",
     "Tenants folded into __other__ because limits.max_tenants was reached (money is kept).",
 )
+DCGM_UTILIZATION_GPUS = _spec(
+    "aifinops_dcgm_utilization_gpus",
+    "gauge",
+    "GPU units (whole GPUs and MIG instances) whose utilization was read from each DCGM metric "
+    "in the DCGM data in use: with sources.dcgm.utilization_metric=auto the profiling metric "
+    "where a unit has it, the device metric elsewhere (either dcgm-exporter generation's name).",
+    ("metric",),
+)
 SERIES_DROPPED = _spec(
     "aifinops_series_dropped_total",
     "counter",
@@ -448,6 +459,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     REFRESHES,
     BUILD_INFO,
     FOLDED_TENANTS,
+    DCGM_UTILIZATION_GPUS,
     SERIES_DROPPED,
     CONFIG_RELOAD_SUCCESS,
     CONFIG_RELOAD_TIMESTAMP,

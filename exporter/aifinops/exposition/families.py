@@ -73,6 +73,7 @@ def cost_families(report: Report | None) -> list[Family]:
     eff = [((t,), v) for t, v in sorted(report.efficiency.items())]
     prices = [((m, src), v) for (m, src), v in sorted(report.cost.gpu_prices.items())]
     folded = [((), float(report.cost.folded_tenants))]
+    dcgm_metrics = [((m,), float(n)) for m, n in sorted(report.cost.utilization_metrics.items())]
     return [
         Family(c.TENANT_COST_RATE, rate),
         Family(c.TENANT_COST_TOTAL, total),
@@ -85,6 +86,7 @@ def cost_families(report: Report | None) -> list[Family]:
         Family(c.IDLE_GPU_COST, idle_cost),
         Family(c.GPU_PRICE, prices),
         Family(c.FOLDED_TENANTS, folded),
+        Family(c.DCGM_UTILIZATION_GPUS, dcgm_metrics),
         *token_families(report.tokens),
         *finance_families(report.finance),
     ]

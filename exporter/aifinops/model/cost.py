@@ -5,23 +5,39 @@ Two bases, both published with a ``basis`` label:
 * ``allocation`` — what OpenCost billed: each pod's window cost / window length goes to its
   tenant, OpenCost's ``__idle__`` row to ``__idle__``, pods no rule matches to
   ``__unallocated__``.
-* ``usage`` — GPU dollars re-split by measured use. A *unit* is a whole GPU, one MIG
-  instance, or one physical GPU time-sliced among pods. Its rate ``R`` is the sum of the
-  allocation-basis GPU rates of the pods on it (a pod's GPU rate is split over its units by
-  the fraction of a GPU each holds). Pod ``i`` on the unit with utilization ``u_i`` is charged
-  ``R · u_i'`` where ``u_i' = u_i`` if ``Σu ≤ 1`` else ``u_i · max(u) / Σu`` (time-sliced GPUs
-  where DCGM repeats the device figure for every pod split it evenly). The remainder
-  ``R · (1 − Σu')`` goes to ``__idle__`` and is reported as *unused* GPU cost of the pods'
-  tenants, in proportion to their allocation rates on the unit. Pods with GPU cost but no DCGM
-  series keep their allocation cost (unmeasured). Non-GPU resources are the same on both bases.
+* ``usage`` — GPU dollars re-split by measured use of the *physical* device. A hold (one pod
+  on a whole GPU, a MIG instance, or a time-slice replica) costs ``P · m``: ``P`` is the
+  device's price per GPU-hour (OpenCost's ``gpuCost / gpuHours`` of its pods, or the catalog)
+  and ``m`` the hold's share of the device's time — its utilization on a whole GPU, the MIG
+  fraction × the instance's utilization on a MIG slice, its own figure on a time-sliced GPU
+  (scaled down if the pods' figures sum over 1), or, where DCGM repeats the device figure on
+  every pod (all equal), that figure split by the pods' requests. So ``Σ m ≤ 1`` per device: a
+  device never costs more than its price. Each holder's *unused* cost is
+  ``P · max(0, request − m)`` (bounded by the device's unused time), booked to ``__idle__``
+  and reported per tenant; capacity nobody requested stays ``__idle__``. Usage above what a
+  hold was billed is paid from idle money (OpenCost's ``__idle__`` row and what other holds
+  left unused); where there is not enough (OpenCost queried without its idle row), the excess
+  is scaled down to what there is and no unused cost is reported, so sums still reconcile.
+  Pods with GPU cost but no DCGM series keep their allocation cost (unmeasured). Non-GPU
+  resources are the same on both bases.
+
+  Worked example: a $4/h H100 time-sliced into 4 replicas, pods A and B request one each
+  (OpenCost bills $1/h each; $2/h is ``__idle__``). A uses 37 %, B 10 % of the device: A
+  costs 0.37 × 4 = $1.48/h, B $0.40/h; B's unused is (0.25 − 0.10) × 4 = $0.60/h, A's 0;
+  ``__idle__`` is 4 − 1.48 − 0.40 = $2.12/h (of which $0.60/h is B's unused).
+
+GPU counts (``held``) are the requested share: OpenCost's request split over a pod's holds
+(0.25 for one of 4 replicas, 1/7 for a 1g slice), or what DCGM alone says where OpenCost has
+none (1, the MIG fraction, 1/k of a GPU shared by k pods).
 
 Conservation holds by construction: for each basis and resource, the tenants (including
 ``__idle__`` and ``__unallocated__``) sum to the cluster total. The usage basis is published
 only when DCGM data is present.
 
 GPU prices: OpenCost's ``gpuCost`` when the cluster's OpenCost rows carry any GPU cost;
-otherwise (OpenCost without GPU pricing) every held GPU unit is priced from the catalog
-(``price × fraction held``) and unallocated GPUs seen by DCGM are priced into ``__idle__``.
+otherwise (OpenCost without GPU pricing) every hold is priced from the catalog
+(``price × request``) and the rest of every GPU DCGM sees (its unrequested part, or all of it)
+is priced into ``__idle__``.
 
 All rates are floats in USD per hour (gauges); sums use :func:`math.fsum`.
 """
@@ -50,12 +66,12 @@ class GpuShare:
 
     tenant: str
     gpu_model: str
-    held: float  # GPU-equivalents held (1, a MIG fraction, or 1/k when time-sliced)
-    used: float  # GPU-equivalents used (held x utilization; time-sliced: u' of the device)
+    held: float  # GPU-equivalents requested (OpenCost's request: 1, 1/7, 0.25, ...)
+    used: float  # GPU-equivalents of the physical device's time used (m)
     utilization: float  # raw 0-1 utilization of this series
     alloc_rate: float  # USD/h billed (allocation basis) for this hold
-    usage_rate: float  # USD/h charged under the usage basis
-    unused_rate: float  # USD/h of this hold's share of the unit's unused remainder
+    usage_rate: float  # USD/h charged under the usage basis (device price x used)
+    unused_rate: float  # USD/h of its request left unused (device price x (held - used), bounded)
     idle_key: IdleKey
 
 
@@ -78,6 +94,8 @@ class CostBreakdown:
     # Token charge-back reads them to move a serving pod's cost to the tenants it served.
     pod_rates: Mapping[str, Mapping[PodKey, Mapping[str, float]]] = field(default_factory=dict)
     pod_tenants: Mapping[PodKey, str] = field(default_factory=dict)
+    # GPU units (whole GPUs and MIG instances) per DCGM metric their utilization came from.
+    utilization_metrics: Mapping[str, int] = field(default_factory=dict)
 
 
 def _resource_costs(a: Allocation) -> dict[str, float]:
@@ -99,12 +117,26 @@ def tenant_of(a: Allocation, resolver: TenantResolver) -> str:
     return resolver.resolve(a.namespace, a.labels, a.namespace_labels)
 
 
-def _normalized_utilizations(utils: list[float]) -> list[float]:
+def _unit_time_shares(utils: list[float], requests: list[float]) -> list[float]:
+    """Each hold's share (0–1) of its unit's time, from the holds' DCGM utilizations.
+
+    One hold: its utilization. Several pods on one unit (time-slicing): stock dcgm-exporter
+    repeats the device's figure on every pod, so equal figures are read as the device's and
+    split by the pods' requests (0.25 and 0.25 of a 60 % device: 30 % each); different
+    figures are each pod's own share, scaled down if they sum over 1 (a device never
+    exceeds all of its time).
+    """
+    if len(utils) == 1:
+        return utils
+    if max(utils) - min(utils) <= 1e-9:
+        total_req = math.fsum(requests)
+        if total_req <= 0:
+            return [utils[0] / len(utils)] * len(utils)
+        return [utils[0] * r / total_req for r in requests]
     total = math.fsum(utils)
     if total <= 1.0:
         return utils
-    peak = max(utils)
-    return [u * peak / total for u in utils]
+    return [u / total for u in utils]
 
 
 def attribute_costs(
@@ -132,6 +164,9 @@ def attribute_costs(
     pod_tenant: dict[PodKey, str] = {}
     # Per pod and resource, USD/hour. Its "gpu" (0.0 when absent) is the pod's GPU rate.
     pod_alloc: dict[PodKey, dict[str, float]] = {}
+    # Per pod: OpenCost's GPU request (GPU-equivalents) and GPU-hours over the window.
+    pod_gpu_count: dict[PodKey, float] = {}
+    pod_gpu_hours: dict[PodKey, float] = {}
     opencost_prices_gpus = False
     resolve = resolver.resolve
     for a in rows:
@@ -164,6 +199,10 @@ def attribute_costs(
                     alloc_parts[(tenant, resource)].append(cost / window_h)
             continue
         pod_tenant[pod_key] = tenant
+        if a.gpu_count > 0 or a.gpu_hours > 0:
+            # A pod with two rows (restarted) requests the same GPUs in both: max, not sum.
+            pod_gpu_count[pod_key] = max(pod_gpu_count.get(pod_key, 0.0), a.gpu_count)
+            pod_gpu_hours[pod_key] = pod_gpu_hours.get(pod_key, 0.0) + a.gpu_hours
         per_pod = pod_alloc.get(pod_key)
         if per_pod is None:  # the usual case: one row per pod
             per_pod = pod_alloc[pod_key] = {}
@@ -185,8 +224,10 @@ def attribute_costs(
     by_unit: dict[UnitKey, list[GpuSample]] = defaultdict(list)
     for s in samples:
         by_unit[(s.uuid, s.mig_instance or "")].append(s)
+    metric_units: dict[str, int] = defaultdict(int)
+    for unit_samples in by_unit.values():
+        metric_units[unit_samples[0].metric or "unknown"] += 1
 
-    # Fraction held per (pod, unit), and per pod the total held (to split its GPU rate).
     mig_fractions: dict[tuple[str, str], float] = {}
 
     def mig_held(profile: str, model: str) -> float:
@@ -196,10 +237,12 @@ def attribute_costs(
             mig_fractions[key] = mig_fraction(profile, model)
         return mig_fractions[key]
 
-    # Per unit, its holds: (sample, fraction held, pod).
-    unit_pods: list[list[tuple[GpuSample, float, PodKey]]] = []
-    pod_held_total: dict[PodKey, float] = defaultdict(float)
-    unallocated_units: list[GpuSample] = []
+    # Per unit: its physical capacity (1, or a MIG instance's fraction of the device) and its
+    # holds (sample, weight, pod). The weight is what DCGM alone says a hold is (the MIG
+    # fraction, 1, or 1/k of a GPU time-sliced by k pods); it splits a pod's OpenCost GPU rate
+    # and request over its holds, and is the request where OpenCost gives none.
+    unit_pods: list[tuple[float, list[tuple[GpuSample, float, PodKey]]]] = []
+    pod_weight_total: dict[PodKey, float] = defaultdict(float)
     for unit_samples in by_unit.values():
         with_pod: dict[PodKey, GpuSample] = {}
         for s in unit_samples:
@@ -209,44 +252,58 @@ def attribute_costs(
                 if key not in with_pod or s.utilization > with_pod[key].utilization:
                     with_pod[key] = s
         if not with_pod:
-            unallocated_units.append(unit_samples[0])
-            continue
-        holds = [
-            (
-                s,
-                mig_held(s.mig_profile, s.model_name) if s.mig_profile else 1.0 / len(with_pod),
-                key,
-            )
-            for key, s in with_pod.items()
-        ]
-        unit_pods.append(holds)
-        for _, held, key in holds:
-            pod_held_total[key] += held
+            continue  # an unassigned unit: OpenCost's __idle__ row (or the catalog) prices it
+        first = next(iter(with_pod.values()))
+        capacity = mig_held(first.mig_profile, first.model_name) if first.mig_profile else 1.0
+        weight = capacity / len(with_pod)
+        holds = [(s, weight, key) for key, s in with_pod.items()]
+        unit_pods.append((capacity, holds))
+        for _, w, key in holds:
+            pod_weight_total[key] += w
 
     unpriced: set[str] = set()
     prices: dict[str, tuple[float, str] | None] = {}  # pricer.price per model, this call
 
-    def catalog_rate(model: str, held: float) -> float:
+    def catalog_price(model: str) -> float:
         if model not in prices:
             prices[model] = pricer.price(model)
         found = prices[model]
         if found is None:
             unpriced.add(model)
             return 0.0
-        return found[0] * held
+        return found[0]
 
-    def hold_rate(s: GpuSample, held: float, key: PodKey, single: bool) -> float:
-        """The allocation-basis USD/hour of one hold: the catalog price of the fraction held,
-        or the pod's OpenCost GPU rate split over its holds by fraction held."""
+    def requested(key: PodKey, weight: float) -> float:
+        """GPU-equivalents the pod requested on this hold: OpenCost's request (0.25 for one
+        of four time-slice replicas, 1/7 for a 1g slice) split over the pod's holds by
+        weight; the weight itself where OpenCost gives no request."""
+        count = pod_gpu_count.get(key, 0.0)
+        if count > 0:
+            return count * weight / pod_weight_total[key]
+        return weight
+
+    def hold_rates(key: PodKey, weight: float, model: str, req: float) -> tuple[float, float]:
+        """(allocation-basis USD/hour of one hold, the physical device's USD per GPU-hour).
+
+        Catalog-priced: the catalog price, and that price × the request. OpenCost-priced: the
+        pod's GPU rate split over its holds by weight, and OpenCost's own price per GPU-hour
+        (``gpuCost / gpuHours``; else rate per requested GPU; else rate per weight)."""
         if catalog_priced:
-            return catalog_rate(s.model_name, held)
-        total_held = pod_held_total[key]
+            price = catalog_price(model)
+            return price * req, price
         row = pod_alloc.get(key)
         pod_rate = row.get("gpu", 0.0) if row is not None else 0.0
-        rate = pod_rate * held / total_held if total_held else 0.0
-        if rate > 0 and held > 0 and not s.mig_profile and single:
-            price_obs[s.model_name].append(rate / held)
-        return rate
+        total_w = pod_weight_total[key]
+        rate = pod_rate * weight / total_w if total_w else 0.0
+        hours = pod_gpu_hours.get(key, 0.0)
+        count = pod_gpu_count.get(key, 0.0)
+        if hours > 0:
+            price = pod_rate * window_h / hours
+        elif count > 0:
+            price = pod_rate / count
+        else:
+            price = pod_rate / total_w if total_w else 0.0
+        return rate, price
 
     namespace_tenant: dict[str | None, str] = {}  # pods DCGM saw but OpenCost did not
 
@@ -258,66 +315,109 @@ def attribute_costs(
         pod_tenants.setdefault(key, tenant)
         return tenant
 
-    shares: list[GpuShare] = []
+    pod_tenants = dict(pod_tenant)
+    price_obs: dict[str, list[float]] = defaultdict(list)
+    # Requested GPU-equivalents per physical GPU (catalog pricing books the rest to __idle__).
+    device_requested: dict[str, list[float]] = defaultdict(list)
+    # Per hold: (sample, pod, tenant, requested, used, billed USD/h, usage USD/h, unused USD/h).
+    measured: list[tuple[GpuSample, PodKey, str, float, float, float, float, float]] = []
+    for capacity, holds in unit_pods:
+        if len(holds) == 1:
+            # One pod on the unit (most units): the general path below without its lists.
+            s, weight, key = holds[0]
+            req = requested(key, weight)
+            billed, price = hold_rates(key, weight, s.model_name, req)
+            if price > 0 and not s.mig_profile and weight == 1.0:
+                price_obs[s.model_name].append(price)
+            if catalog_priced:
+                device_requested[s.uuid].append(req)
+            used = capacity * s.utilization
+            deficit = req - used if req > used else 0.0
+            unused = price * min(deficit, capacity * max(0.0, 1.0 - s.utilization))
+            tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
+            measured.append((s, key, tenant, req, used, billed, price * used, unused))
+            continue
+        unit_parts: list[tuple[GpuSample, PodKey, float, float, float]] = []
+        for s, weight, key in holds:
+            req = requested(key, weight)
+            billed, price = hold_rates(key, weight, s.model_name, req)
+            unit_parts.append((s, key, req, billed, price))
+            if catalog_priced:
+                device_requested[s.uuid].append(req)
+        # The physical device's price: its holders' (one node, one price; a mean guards
+        # against OpenCost rounding each pod's figures).
+        price = math.fsum(p[4] for p in unit_parts) / len(unit_parts)
+        time_shares = _unit_time_shares(
+            [p[0].utilization for p in unit_parts], [p[2] for p in unit_parts]
+        )
+        left = max(0.0, 1.0 - math.fsum(time_shares))
+        deficits = [
+            max(0.0, p[2] - capacity * sh) for p, sh in zip(unit_parts, time_shares, strict=True)
+        ]
+        total_deficit = math.fsum(deficits)
+        # Holders' unused time: what each left of its request, bounded by the unit's rest.
+        unused_total = price * min(total_deficit, capacity * left)
+        for (s, key, req, billed, _), sh, d in zip(unit_parts, time_shares, deficits, strict=True):
+            tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
+            used = capacity * sh
+            unused = unused_total * d / total_deficit if total_deficit > 0 else 0.0
+            measured.append((s, key, tenant, req, used, billed, price * used, unused))
+
+    # Usage above what a hold was billed is paid from the money its device's idle time holds
+    # (OpenCost's __idle__ row, and holds that used less than billed). Where OpenCost's rows
+    # do not carry that time (no __idle__ row), the excess is scaled to what there is, so
+    # every basis still sums to the cluster total and no bucket goes negative.
+    idle_alloc_gpu = math.fsum(alloc_parts.get((IDLE_TENANT, "gpu"), ()))
+    catalog_idle: list[float] = []
+    if catalog_priced:
+        models = {s.uuid: s.model_name for s in samples}
+        for uuid, model in models.items():
+            rest = 1.0 - math.fsum(device_requested.get(uuid, ()))
+            if rest > 1e-12:
+                catalog_idle.append(catalog_price(model) * rest)
+        idle_alloc_gpu += math.fsum(catalog_idle)
+    excess = math.fsum(max(0.0, m[6] - m[5]) for m in measured)
+    pool = idle_alloc_gpu + math.fsum(max(0.0, m[5] - m[6]) for m in measured)
+    scale = 1.0 if excess <= pool else max(0.0, pool) / excess
+
+    shares_out: list[GpuShare] = []
     usage_gpu: dict[str, list[float]] = defaultdict(list)
     extra_alloc_gpu: dict[str, list[float]] = defaultdict(list)  # catalog-priced GPU cost
     measured_by_tenant: dict[str, list[float]] = defaultdict(list)  # alloc rate of holds
     pod_shares: dict[PodKey, list[float]] = {}  # per hold: alloc rate, usage rate, ...
-    pod_tenants = dict(pod_tenant)
-    price_obs: dict[str, list[float]] = defaultdict(list)
-    for holds in unit_pods:
-        if len(holds) == 1:
-            # One pod on the unit (a whole GPU or a MIG instance): the sums below over one
-            # part, without the lists (fsum([x]) is x + 0.0).
-            s, held, key = holds[0]
-            rate = hold_rate(s, held, key, True)
-            unit_rate = rate + 0.0
-            u = s.utilization
-            u_norm = u if u + 0.0 <= 1.0 else u * u / (u + 0.0)
-            remainder = unit_rate * max(0.0, 1.0 - (u_norm + 0.0))
-            unit = [(s, held, key, rate, u_norm, held * u)]
-        else:
-            rates = [hold_rate(s, held, key, False) for s, held, key in holds]
-            unit_rate = math.fsum(rates)
-            normalized = _normalized_utilizations([s.utilization for s, _, _ in holds])
-            remainder = unit_rate * max(0.0, 1.0 - math.fsum(normalized))
-            unit = [
-                (s, held, key, rate, u_norm, held * s.utilization if s.mig_profile else u_norm)
-                for (s, held, key), rate, u_norm in zip(holds, rates, normalized, strict=True)
-            ]
-        for s, held, key, rate, u_norm, used in unit:
-            tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
-            if catalog_priced:
-                extra_alloc_gpu[tenant].append(rate)
-            usage = unit_rate * u_norm
-            unused = remainder * (rate / unit_rate) if unit_rate else 0.0
-            usage_gpu[tenant].append(usage)
-            shares.append(
-                GpuShare(
-                    tenant,
-                    s.model_name,
-                    held,
-                    used,
-                    s.utilization,
-                    rate,
-                    usage,
-                    unused,
-                    (s.uuid, s.mig_instance or "", key[0], key[1]),
-                )
+    for s, key, tenant, req, used, billed, usage, unused in measured:
+        if scale < 1.0:
+            # Every idle dollar paid someone's use: no unused money is left in __idle__.
+            unused = 0.0
+            if usage > billed:
+                usage = billed + (usage - billed) * scale
+        if catalog_priced:
+            extra_alloc_gpu[tenant].append(billed)
+        usage_gpu[tenant].append(usage)
+        usage_gpu[IDLE_TENANT].append(billed - usage)
+        shares_out.append(
+            GpuShare(
+                tenant,
+                s.model_name,
+                req,
+                used,
+                s.utilization,
+                billed,
+                usage,
+                unused,
+                (s.uuid, s.mig_instance or "", key[0], key[1]),
             )
-            measured_by_tenant[tenant].append(rate)
-            pod_parts = pod_shares.get(key)
-            if pod_parts is None:
-                pod_shares[key] = [rate, usage]
-            else:
-                pod_parts += (rate, usage)
-        if remainder:
-            usage_gpu[IDLE_TENANT].append(remainder)
-    if catalog_priced:
-        for s in unallocated_units:
-            rate = catalog_rate(s.model_name, 1.0)
-            extra_alloc_gpu[IDLE_TENANT].append(rate)
-            usage_gpu[IDLE_TENANT].append(rate)
+        )
+        measured_by_tenant[tenant].append(billed)
+        pod_parts = pod_shares.get(key)
+        if pod_parts is None:
+            pod_shares[key] = [billed, usage]
+        else:
+            pod_parts += (billed, usage)
+    if catalog_idle:
+        extra_alloc_gpu[IDLE_TENANT].extend(catalog_idle)
+        usage_gpu[IDLE_TENANT].extend(catalog_idle)
+    shares = shares_out
 
     # --- assemble both bases ---------------------------------------------------------------
     allocation_rates: dict[tuple[str, str], float] = {
@@ -391,6 +491,7 @@ def attribute_costs(
         unpriced_gpu_models=tuple(sorted(unpriced)) if catalog_priced else (),
         pod_rates=pod_rates,
         pod_tenants=pod_tenants,
+        utilization_metrics=dict(metric_units),
     )
 
 

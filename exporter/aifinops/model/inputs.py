@@ -31,7 +31,9 @@ class GpuSample:
     ``uuid`` and no MIG fields, one per pod sharing it.
 
     ``utilization`` is a 0–1 ratio already (the DCGM source converts ``DCGM_FI_DEV_GPU_UTIL``
-    percent to a ratio); it is clamped to [0, 1] by the parser.
+    percent to a ratio); it is clamped to [0, 1] by the parser. ``metric`` names the DCGM
+    metric it was read from (empty when unknown); on a time-sliced GPU the figure may be each
+    pod's own or the device's repeated on every pod (the cost model tells them apart).
     """
 
     uuid: str
@@ -44,6 +46,7 @@ class GpuSample:
     container: str | None = None
     mig_profile: str | None = None
     mig_instance: str | None = None
+    metric: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,8 @@
 
 Two ways to read it, chosen by ``sources.dcgm.mode``:
 
-* ``prometheus``: one instant query of the utilization metric against a Prometheus (or Thanos,
-  Mimir) that scrapes dcgm-exporter;
+* ``prometheus``: one instant query of the utilization metrics (``{__name__=~"…"}``) against a
+  Prometheus (or Thanos, Mimir) that scrapes dcgm-exporter;
 * ``scrape``: the dcgm-exporter ``/metrics`` pages themselves, all fetched concurrently.
 
 Either way the series end up in :func:`gpu_samples_from_series`, the pure mapping from
@@ -16,13 +16,28 @@ dcgm-exporter's (``internal/pkg/transformation/const.go`` and its exposition tem
 * ``GPU_I_PROFILE`` (e.g. ``1g.10gb``) and ``GPU_I_ID``: the MIG instance;
 * ``pod``, ``namespace``, ``container`` (``pod_name``, ``pod_namespace``, ``container_name``
   with ``--use-old-namespace``): the pod the device is assigned to, empty when none.
+
+Metric names, both dcgm-exporter generations, recognised without configuration (see
+tests/fixtures/PROVENANCE.md for where each name was looked up):
+
+* ≤ 4.8: ``DCGM_FI_DEV_GPU_UTIL`` (percent, 0–100) and ``DCGM_FI_PROF_GR_ENGINE_ACTIVE``
+  (ratio), driver label ``DCGM_FI_DRIVER_VERSION``;
+* ≥ 4.9 (DCGM 4.7 field names): ``DCGM_FI_DEV_GPU_UTIL_RATIO`` (a 0–1 ratio now) and
+  ``DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO``, driver label ``DCGM_FI_SYSTEM_DRIVER_VERSION``.
+
+``utilization_metric: auto`` (the default) picks per unit (a GPU, or a MIG instance): the
+profiling metric where any series of the unit has it (MIG instances have only it), else the
+device metric. A GPU without profiling counters (a T4) is measured by the device metric and
+never fails the source. The same series read twice (two Prometheus jobs scraping one
+dcgm-exporter) counts once: the highest value of each (unit, pod, container, metric) is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import httpx
@@ -34,11 +49,26 @@ from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
 from aifinops.sources.promtext import decode_page, parse_text
 
-UtilizationMetric = Literal["DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
+UtilizationMetric = Literal["auto", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
 
-# Multiplier from the metric's unit to a 0–1 ratio: GPU_UTIL is a percent, GR_ENGINE_ACTIVE a
-# ratio already.
-_TO_RATIO: dict[str, float] = {"DCGM_FI_DEV_GPU_UTIL": 0.01, "DCGM_FI_PROF_GR_ENGINE_ACTIVE": 1.0}
+# Per metric name: (kind, multiplier from its unit to a 0–1 ratio). dcgm-exporter ≥ 4.9 renamed
+# the fields to DCGM 4.7's names and reports device utilization as a ratio.
+UTILIZATION_NAMES: Mapping[str, tuple[Literal["device", "profiling"], float]] = {
+    "DCGM_FI_DEV_GPU_UTIL": ("device", 0.01),
+    "DCGM_FI_DEV_GPU_UTIL_RATIO": ("device", 1.0),
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ("profiling", 1.0),
+    "DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO": ("profiling", 1.0),
+}
+_KIND_OF_CHOICE = {"DCGM_FI_DEV_GPU_UTIL": "device", "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "profiling"}
+
+
+def metric_names(choice: UtilizationMetric) -> tuple[str, ...]:
+    """The DCGM metric names read for ``choice`` (both generations' names)."""
+    if choice == "auto":
+        return tuple(UTILIZATION_NAMES)
+    kind = _KIND_OF_CHOICE[choice]
+    return tuple(n for n, (k, _) in UTILIZATION_NAMES.items() if k == kind)
+
 
 # Where the pod a device is assigned to can be found, most specific first. A Prometheus job
 # that does not honor the target's labels renames dcgm-exporter's pod/namespace/container to
@@ -67,103 +97,150 @@ class DcgmSource:
 
     async def fetch(self, client: httpx.AsyncClient) -> tuple[GpuSample, ...]:
         s = self._settings
+        names = metric_names(s.utilization_metric)
         # Read on every fetch: Kubernetes rotates projected service-account tokens.
         headers = read_bearer_token(s.bearer_token_file)
         if s.mode == "prometheus":
             if not s.prometheus_url:
                 raise SourceError("invalid", "dcgm mode 'prometheus' has no prometheus_url")
+            # One query for every name (both generations, both metrics): one round trip and
+            # one response; each series says its metric in __name__.
             series = await instant_query(
                 client,
                 s.prometheus_url,
-                utilization_query(s.utilization_metric, s.selector),
+                utilization_query(names, s.selector),
                 timeout=s.timeout_seconds,
                 max_bytes=s.max_response_bytes,
                 headers=headers,
             )
-            samples = await run_cpu(gpu_samples_from_series, series, s.utilization_metric)
-            return _not_empty(samples, s)
+            default = names[0]
+            triples = [
+                (labels.get("__name__") or default, labels, value) for labels, value in series
+            ]
+            samples = await run_cpu(gpu_samples, triples, s.utilization_metric)
+            return _not_empty(samples, names)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._scrape(client, url, headers)) for url in s.scrape_urls
+                    group.create_task(self._scrape(client, url, headers, names))
+                    for url in s.scrape_urls
                 ]
         except* SourceError as failed:
             # The first failure cancels the other pages; report that one.
             raise failed.exceptions[0] from None
         scraped = [item for task in tasks for item in task.result()]
-        return _not_empty(await run_cpu(gpu_samples_from_series, scraped, s.utilization_metric), s)
+        return _not_empty(await run_cpu(gpu_samples, scraped, s.utilization_metric), names)
 
     async def _scrape(
-        self, client: httpx.AsyncClient, url: str, headers: Mapping[str, str]
-    ) -> list[tuple[Mapping[str, str], float]]:
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        headers: Mapping[str, str],
+        names: tuple[str, ...],
+    ) -> list[tuple[str, Mapping[str, str], float]]:
         s = self._settings
         body = await get_bytes(
             client, url, timeout=s.timeout_seconds, max_bytes=s.max_response_bytes, headers=headers
         )
         try:
             # Tens of ms per 1,000-GPU page: on the worker thread, not the event loop.
-            return await run_cpu(_parse_page, body, s.utilization_metric)
+            return await run_cpu(_parse_page, body, names)
         except ValueError as exc:  # UnicodeDecodeError is a ValueError too
             raise SourceError("parse", f"{url}: {exc}") from None
 
 
-def _parse_page(body: bytes, metric: str) -> list[tuple[Mapping[str, str], float]]:
-    samples = parse_text(decode_page(body), frozenset((metric,)))
-    return [(labels, value) for _, labels, value in samples]
+def _parse_page(body: bytes, names: tuple[str, ...]) -> list[tuple[str, Mapping[str, str], float]]:
+    return list(parse_text(decode_page(body), frozenset(names)))
 
 
-def _not_empty(samples: tuple[GpuSample, ...], s: DcgmSettings) -> tuple[GpuSample, ...]:
+def _not_empty(samples: tuple[GpuSample, ...], names: tuple[str, ...]) -> tuple[GpuSample, ...]:
     """An answer without one usable GPU series is a failure (reason ``invalid``), not an empty
     cluster: a Prometheus that lost its dcgm-exporter targets, or an exporter restarting,
     answers that way, and taking it as data would report every GPU dollar as unused. The
     last good data is kept instead, until it is stale."""
     if not samples:
         raise SourceError(
-            "invalid", f"empty answer: no usable {s.utilization_metric} series with a GPU UUID"
+            "invalid", f"empty answer: no usable {'/'.join(names)} series with a GPU UUID"
         )
     return samples
 
 
-def utilization_query(metric: UtilizationMetric, selector: str) -> str:
-    """The PromQL for ``metric`` scoped by ``selector``.
+def utilization_query(metric: str | Sequence[str], selector: str) -> str:
+    """The PromQL for ``metric`` (one name, or several) scoped by ``selector``.
 
     ``selector`` is extra matchers, with or without braces: ``{cluster="prod"}`` and
     ``cluster="prod"`` both give ``DCGM_FI_DEV_GPU_UTIL{cluster="prod"}``; empty gives the bare
-    metric name.
+    metric name. Several names give ``{__name__=~"A|B",cluster="prod"}``.
     """
-    selector = selector.strip()
-    if selector and not selector.startswith("{"):
-        selector = "{" + selector + "}"
-    return metric + selector
+    names = [metric] if isinstance(metric, str) else list(metric)
+    body = selector.strip()
+    if body.startswith("{") and body.endswith("}"):
+        body = body[1:-1].strip()
+    if len(names) == 1:
+        return names[0] + ("{" + body + "}" if body else "")
+    pattern = "|".join(re.escape(n) for n in names)
+    return "{" + ",".join([f'__name__=~"{pattern}"', *([body] if body else [])]) + "}"
 
 
 def gpu_samples_from_series(
     series: Iterable[tuple[Mapping[str, str], float]], metric: UtilizationMetric
 ) -> tuple[GpuSample, ...]:
-    """Map dcgm-exporter series of ``metric`` to :class:`GpuSample` records, in input order.
+    """:func:`gpu_samples` of ``(labels, value)`` pairs: each series' metric is its
+    ``__name__`` label, else ``metric`` (``DCGM_FI_DEV_GPU_UTIL`` for ``auto``)."""
+    default = "DCGM_FI_DEV_GPU_UTIL" if metric == "auto" else metric
+    return gpu_samples(
+        ((labels.get("__name__") or default, labels, value) for labels, value in series), metric
+    )
 
-    ``DCGM_FI_DEV_GPU_UTIL`` (percent) is divided by 100; ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` is
-    a ratio already. Utilization is clamped to [0, 1]. Skipped: NaN and ±Inf values, and series
-    without a GPU UUID (nothing to join them on). An empty label value reads as absent (``None``
-    for the optional fields, ``""`` for ``gpu_index``, ``model_name`` and ``node``).
+
+def gpu_samples(
+    series: Iterable[tuple[str, Mapping[str, str], float]], choice: UtilizationMetric
+) -> tuple[GpuSample, ...]:
+    """Map dcgm-exporter series ``(metric name, labels, value)`` to :class:`GpuSample`
+    records, in input order.
+
+    Each name's unit becomes a 0–1 ratio (``DCGM_FI_DEV_GPU_UTIL`` percent / 100; the rest
+    are ratios), clamped to [0, 1]. Per unit (a GPU, or a MIG instance) one kind of metric is
+    kept: with ``choice="auto"`` the profiling metric where the unit has it, else the device
+    metric; with a named metric only that kind. The same (unit, pod, container, kind) seen
+    twice keeps its highest value. Skipped: unknown names, NaN and ±Inf values, and series
+    without a GPU UUID (nothing to join them on). An empty label value reads as absent
+    (``None`` for the optional fields, ``""`` for ``gpu_index``, ``model_name`` and ``node``).
 
     The pod is read from ``exported_*`` labels first (Prometheus renamed dcgm-exporter's own),
     then the ``--use-old-namespace`` names, then ``pod``/``namespace``/``container``. When any
     series of the input carries one of the first two forms, plain ``pod``/``namespace`` are
     the scrape target's labels (the dcgm-exporter pod) and are ignored on every series: an
     unassigned GPU has no pod labels of its own for Prometheus to rename. A time-sliced GPU is
-    one sample per pod, each with the GPU's whole utilization; a MIG instance is one sample
-    with ``mig_profile``/``mig_instance`` set.
+    one sample per pod, each with the figure DCGM gives it; a MIG instance is one sample with
+    ``mig_profile``/``mig_instance`` set.
     """
-    scale = _TO_RATIO[metric]
-    rows = [(labels, value) for labels, value in series if math.isfinite(value)]
-    renamed = any(labels.get(k) for labels, _ in rows for k in _RENAMED_POD_KEYS)
-    sources = _POD_LABELS[:2] if renamed else _POD_LABELS
-    out: list[GpuSample] = []
-    for labels, value in rows:
+    wanted = None if choice == "auto" else _KIND_OF_CHOICE[choice]
+    rows = []
+    for name, labels, value in series:
+        known = UTILIZATION_NAMES.get(name)
+        if known is None or not math.isfinite(value):
+            continue
+        kind, scale = known
+        if wanted is not None and kind != wanted:
+            continue
         uuid = labels.get("UUID") or labels.get("uuid")
         if not uuid:
             continue
+        rows.append((name, kind, scale, uuid, labels, value))
+    renamed = any(labels.get(k) for *_, labels, _ in rows for k in _RENAMED_POD_KEYS)
+    sources = _POD_LABELS[:2] if renamed else _POD_LABELS
+    profiled_units = {
+        (uuid, labels.get("GPU_I_ID", "") if labels.get("GPU_I_PROFILE") else "")
+        for _, kind, _, uuid, labels, _ in rows
+        if kind == "profiling"
+    }
+    kept: dict[tuple[str, ...], GpuSample] = {}
+    for name, kind, scale, uuid, labels, value in rows:
+        profile = labels.get("GPU_I_PROFILE") or None
+        instance = (labels.get("GPU_I_ID") or None) if profile else None
+        if kind == "device" and (uuid, instance or "") in profiled_units:
+            continue  # this unit has the profiling metric: it is the one read
         namespace = pod = container = None
         for ns_key, pod_key, container_key in sources:
             namespace = labels.get(ns_key) or None
@@ -171,19 +248,21 @@ def gpu_samples_from_series(
             if namespace or pod:
                 container = labels.get(container_key) or None
                 break
-        profile = labels.get("GPU_I_PROFILE") or None
-        out.append(
-            GpuSample(
-                uuid=uuid,
-                gpu_index=labels.get("gpu", ""),
-                model_name=labels.get("modelName", ""),
-                node=labels.get("hostname") or labels.get("Hostname") or "",
-                utilization=min(max(value * scale, 0.0), 1.0),
-                namespace=namespace,
-                pod=pod,
-                container=container,
-                mig_profile=profile,
-                mig_instance=(labels.get("GPU_I_ID") or None) if profile else None,
-            )
+        sample = GpuSample(
+            uuid=uuid,
+            gpu_index=labels.get("gpu", ""),
+            model_name=labels.get("modelName", ""),
+            node=labels.get("hostname") or labels.get("Hostname") or "",
+            utilization=min(max(value * scale, 0.0), 1.0),
+            namespace=namespace,
+            pod=pod,
+            container=container,
+            mig_profile=profile,
+            mig_instance=instance,
+            metric=name,
         )
-    return tuple(out)
+        key = (uuid, instance or "", namespace or "", pod or "", container or "", kind)
+        seen = kept.get(key)
+        if seen is None or sample.utilization > seen.utilization:
+            kept[key] = sample  # a duplicate keeps the first position, the highest value
+    return tuple(kept.values())
