@@ -133,17 +133,18 @@ LITELLM = "".join(
 def test_litellm_tenant_from_team_and_no_personal_values():
     obs = observe("litellm", LITELLM)
     tokens = [o for o in obs if o.kind == "tokens"]
+    # The tenant is the team id; team_alias ("search") is a display name, never a tenant.
     assert sorted((o.token_type, o.tenant or "-", o.model, o.value) for o in tokens) == [
-        ("cached_input", "search", "gpt-4o", 200.0),
+        ("cached_input", "t-1", "gpt-4o", 200.0),
         ("input", "-", "gpt-4o", 10.0),  # an email-like team is never a tenant
-        ("input", "search", "gpt-4o", 800.0),
-        ("input", "search", "gpt-4o", 1000.0),  # 1200 input - 200 cached
-        ("input", "t-2", "claude-sonnet-4-5", 100.0),  # team_alias "None": the team id
+        ("input", "t-1", "gpt-4o", 800.0),
+        ("input", "t-1", "gpt-4o", 1000.0),  # 1200 input - 200 cached
+        ("input", "t-2", "claude-sonnet-4-5", 100.0),
         # the newer output metric is present, so the older name is not read (no doubling)
-        ("output", "search", "gpt-4o", 300.0),
+        ("output", "t-1", "gpt-4o", 300.0),
     ]
     spend = [o for o in obs if o.kind == "spend_usd"]
-    assert [(o.tenant, o.value) for o in spend] == [("search", 0.0055)]
+    assert [(o.tenant, o.value) for o in spend] == [("t-1", 0.0055)]
     text = repr(obs)
     for secret in ("88dc28", "99aa01", "alice@example.com", "bob@corp.example", "u1", "k1"):
         assert secret not in text
@@ -157,8 +158,8 @@ litellm_output_tokens_total{hashed_api_key="1",model="gpt-4o-mini",team="t",team
 """
     obs = observe("litellm", page)
     assert sorted((o.token_type, o.tenant, o.value) for o in obs) == [
-        ("input", "ads", 40.0),
-        ("output", "ads", 4.0),
+        ("input", "t", 40.0),
+        ("output", "t", 4.0),
     ]
 
 
