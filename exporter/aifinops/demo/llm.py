@@ -323,8 +323,7 @@ class LlmDemo:
                         f"{float(n['cached_input'])}\n"
                     )
                 families["litellm_output_tokens_metric_total"].append(
-                    f"litellm_output_tokens_metric_total{{{tokens_labels}}} "
-                    f"{float(n['output'])}\n"
+                    f"litellm_output_tokens_metric_total{{{tokens_labels}}} {float(n['output'])}\n"
                 )
                 spend = _usd(prices, t.price_key, n) if t.price_key else 0.0
                 families["litellm_spend_metric_total"].append(
