@@ -277,7 +277,7 @@ async def test_one_unreachable_target_marks_only_that_target_down() -> None:
         await server.close()
     assert [(o.value, o.pod) for o in got] == [(7.0, "a")]
     # a's origin was read; b's was not (it never gave a page): its first read is a baseline.
-    assert got.origins == {f"tokens:v@127.0.0.1:{port}/a/metrics"}
+    assert got.origins == {f"tokens:v#127.0.0.1:{port}/a/metrics"}
     assert err.value.reason == "http_status"
     up, _ = token_source_families([both, dead])
     assert dict(up.samples) == {

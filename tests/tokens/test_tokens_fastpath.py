@@ -168,7 +168,7 @@ class ReferenceScrape:
         wanted = source.mapping.wanted()
         for i, (target, body) in enumerate(zip(targets, bodies, strict=True)):
             shown = target_display(target.url)
-            origin = f"{source.name}@{shown}" if several else source.name
+            origin = f"{source.name}#{shown}" if several else source.name
             try:
                 parsed = parse_text(decode_page(body), wanted)
             except ValueError as exc:
@@ -633,7 +633,7 @@ def test_series_digest_is_unchanged() -> None:
 def test_fast_observation_equals_the_dataclass() -> None:
     args: tuple[Any, ...] = (
         "tokens:x", "0123456789abcdef", "usage", "input", "m", 1.5,
-        "openai", "t", None, None, "spend_usd", True, "tokens:x@up0/metrics",
+        "openai", "t", None, None, "spend_usd", True, "tokens:x#up0/metrics",
     )  # fmt: skip
     made = _new_observation(*args)
     plain = TokenObservation(*args)

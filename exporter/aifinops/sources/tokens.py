@@ -850,7 +850,7 @@ class TokenSource:
             _Target(
                 t.url,
                 t.labels,
-                f"{self.name}@{target_display(t.url)}" if several else self.name,
+                f"{self.name}#{target_display(t.url)}" if several else self.name,
                 target_display(t.url),
             )
             for t in settings.scrape_targets
