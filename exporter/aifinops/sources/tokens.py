@@ -876,6 +876,7 @@ class TokenSource:
                 raise SourceError(
                     "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
                 )
+            malformed = [0]
             series = await instant_query(
                 client,
                 s.prometheus_url,
@@ -883,10 +884,11 @@ class TokenSource:
                 timeout=s.timeout_seconds,
                 max_bytes=s.max_response_bytes,
                 headers=headers,
+                skipped=malformed,
             )
             samples = [(labels.get("__name__", ""), labels, value) for labels, value in series]
             # Pure Python over every series: off the event loop (see aifinops.offload).
-            observed = await run_cpu(self._observe_query, samples)
+            observed = await run_cpu(self._observe_query, samples, malformed[0])
             return TokenRead(observed, (self.name,))
         results = await asyncio.gather(
             *(
@@ -957,7 +959,9 @@ class TokenSource:
         except ValueError as exc:
             raise SourceError("parse", f"{target_display(url)}: {exc}") from None
 
-    def _observe_query(self, samples: Iterable[Sample]) -> tuple[TokenObservation, ...]:
+    def _observe_query(
+        self, samples: Iterable[Sample], malformed: int = 0
+    ) -> tuple[TokenObservation, ...]:
         """``observations_from_samples`` for an instant query's answer, reusing the series of
         the last answer: a steady answer costs a ``join`` and a look-up per sample, not the
         mapping. A series is known by its labels as they came (``name=value``, NUL-separated,
@@ -968,7 +972,7 @@ class TokenSource:
         kept: dict[str, _Series] = {}
         series: list[_Series] = []
         values: list[float] = []
-        skipped = 0
+        skipped = malformed  # elements the answer's parse left out
         for name, labels, value in samples:
             try:
                 key = "\0".join(map("=".join, labels.items()))
