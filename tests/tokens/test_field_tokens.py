@@ -14,6 +14,7 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from aifinops.model.tokens import TokenState, counter_increments
 from aifinops.settings import TokenSourceSettings
@@ -277,12 +278,19 @@ async def test_one_unreachable_target_marks_only_that_target_down() -> None:
             TokenSourceSettings(name="w", preset="vllm", mode="scrape", scrape_targets=[b])  # type: ignore[list-item]
         )
         async with httpx.AsyncClient() as client:
-            got = await both.fetch(client)
+            with capture_logs() as logs:
+                for _ in range(3):
+                    got = await both.fetch(client)
             with pytest.raises(SourceError) as err:
                 await dead.fetch(client)
     finally:
         await server.close()
     assert [(o.value, o.pod) for o in got] == [(7.0, "a")]
+    # one line when the target goes down, not one per refresh; no traceback
+    assert [(e["event"], e["target"]) for e in logs] == [
+        ("token_target_down", f"127.0.0.1:{port}/b/metrics")
+    ]
+    assert not any("exc_info" in e for e in logs)
     # a's origin was read; b's was not (it never gave a page): its first read is a baseline.
     assert got.origins == {f"tokens:v#127.0.0.1:{port}/a/metrics"}
     assert err.value.reason == "http_status"

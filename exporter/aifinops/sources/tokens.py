@@ -813,6 +813,7 @@ class _Target:
     good: Group | None = None
     good_at: float = 0.0
     skipped: int = 0
+    logged: str | None = None
 
 
 class TokenSource:
@@ -903,13 +904,6 @@ class TokenSource:
         for t, result in zip(self._targets, results, strict=True):
             if isinstance(result, SourceError):
                 failed.append(result)
-                if t.up or t.reason != result.reason:
-                    log.warning(
-                        "token_target_down",
-                        source=self.name,
-                        target=t.display,
-                        reason=result.reason,
-                    )
                 t.up, t.reason = False, result.reason
                 if t.good is not None and now - t.good_at <= s.stale_after_seconds:
                     groups.append(t.good)
@@ -919,17 +913,34 @@ class TokenSource:
             if isinstance(result, BaseException):
                 raise result
             read, values, spans, skipped = result
-            if not t.up and t.reason is not None:
-                log.info("token_target_up", source=self.name, target=t.display)
             t.up, t.reason = True, None
             good: Group = (read, values, spans, t.origin)
             t.good, t.good_at, t.skipped = good, now, skipped
             groups.append(good)
         if failed and len(failed) == len(self._targets):
+            for t in self._targets:
+                t.logged = None  # the refresh loop logs the source's own state change
             raise failed[0]
+        self._log_targets()
         self._count_skipped(sum(t.skipped for t in self._targets if t.up))
         observed = await run_cpu(_observe, self.name, groups, self._mapping)
         return TokenRead(observed, (g[3] or self.name for g in groups))
+
+    def _log_targets(self) -> None:
+        """One line per change of a target's state while the source is up (a source that is
+        down as a whole is logged by the refresh loop)."""
+        for t in self._targets:
+            state = "up" if t.up else f"down:{t.reason}"
+            if state == t.logged or (t.logged is None and t.up):
+                t.logged = state
+                continue
+            if t.up:
+                log.info("token_target_up", source=self.name, target=t.display)
+            else:
+                log.warning(
+                    "token_target_down", source=self.name, target=t.display, reason=t.reason
+                )
+            t.logged = state
 
     def _count_skipped(self, skipped: int) -> None:
         """Count this read's unreadable series; log when their number changes (a line, not a
