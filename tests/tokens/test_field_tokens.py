@@ -326,3 +326,53 @@ def test_otel_openai_v2_provider_comes_from_server_address() -> None:
     )
     assert got[(None, "meta-llama/Llama-3.1-8B-Instruct", "vllm", "input")] == 1920.0
     assert (None, "gpt-4o", OPENAI_COMPATIBLE, "input") in got  # Azure no longer listed
+
+
+async def test_an_apps_first_llm_call_after_the_exporters_first_read_is_counted(
+    aiohttp_client: Any,
+) -> None:
+    """Issue 12, item 10, through the real app: the OpenTelemetry page of an app is empty at
+    the exporter's first reads; its first calls then show up and are all counted."""
+    from aifinops.settings import settings_from_mapping
+    from aifinops.web.app import REFRESHER, create_app
+    from tests.web.conftest import parse_page, series
+
+    body = ["# no LLM call yet\n"]
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=body[0])
+
+    server = await serve({"/metrics": page})
+    now = [T0]
+    try:
+        cfg = {
+            "name": "shop",
+            "preset": "otel_genai",
+            "mode": "scrape",
+            "tenant": "shop",
+            "scrape_targets": [{"url": str(server.make_url("/metrics"))}],
+        }
+        settings = settings_from_mapping({"tokens": {"sources": [cfg]}})
+        source = TokenSource(settings.tokens.sources[0])
+        client = await aiohttp_client(
+            create_app(
+                settings,
+                sources=[(source, 5.0, 600.0)],
+                clock=lambda: now[0],
+                run_loop=False,
+            )
+        )
+        refresher = client.app[REFRESHER]
+        await refresher.refresh_once()
+        now[0] += 30
+        await refresher.refresh_once()
+        body[0] = OTEL_PAGE.read_text()  # the first calls
+        now[0] += 30
+        await refresher.refresh_once()
+        text = await (await client.get("/metrics")).text()
+    finally:
+        await server.close()
+    got = series(parse_page(text), "aifinops_tokens_total", tenant="shop")
+    assert got[("gpt-4o-mini", "openai", "input")] == 1250.0
+    assert got[("meta-llama/Llama-3.1-8B-Instruct", OPENAI_COMPATIBLE, "output")] == 480.0
+    assert sum(got.values()) == 1250 + 310 + 900 + 200 + 1920 + 480
