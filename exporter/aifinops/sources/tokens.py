@@ -322,8 +322,11 @@ class _LabelSet:
         while the pages keep their label names, so the key is worked out once, not per
         refresh."""
         if self._on is not on:
-            mine = dict(zip(self.names, self.values, strict=True))
-            self._key = tuple([mine.get(n, "") for n in on])
+            if self.names == on:  # the usual partner's case: its own values, no new tuple
+                self._key = self.values
+            else:
+                mine = dict(zip(self.names, self.values, strict=True))
+                self._key = tuple([mine.get(n, "") for n in on])
             self._on = on
         return self._key
 
@@ -366,7 +369,10 @@ class _SeriesBuilder:
         self._target = dict(target_labels)
         # One str object per wanted name, so that series of one name share it (cheap `is`).
         self._names = {n: n for n in mapping.wanted()}
-        self._subtracts = any(m.subtract for m in mapping.metrics)
+        # The names whose series pair with a partner: a subtracting metric and its partner.
+        self._pairing = frozenset(
+            n for m in mapping.metrics if m.subtract for n in (m.metric, *m.older_names, m.subtract)
+        )
         self._label_names: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._strs: dict[str, str] = {}
         self._hosts: dict[tuple[str, str | None], str | None] = {}
@@ -404,6 +410,8 @@ class _SeriesBuilder:
             # The labels object is kept in the memo, so its id cannot be reused meanwhile.
             memo = (labels, label_set, tail)
             self._sets[id(labels)] = memo
+        if name in self._pairing and not memo[1].names:
+            self._add_pairs(memo[1], {**self._target, **labels} if self._target else labels)
         name = self._names.get(name, name)
         return _Series(name, _digest(name, memo[2]), memo[1])
 
@@ -412,6 +420,8 @@ class _SeriesBuilder:
         try:
             tail = _digest_tail(labels)
             label_set = self._label_set_of(labels, tail)
+            if name in self._pairing and not label_set.names:
+                self._add_pairs(label_set, labels)
             name = self._names.get(name, name)
             return _Series(name, _digest(name, tail), label_set)
         except _MALFORMED:
@@ -464,19 +474,17 @@ class _SeriesBuilder:
             self._first(labels, m.namespace_labels),
             self._first(labels, m.pod_labels),
             self._token_types.setdefault(types, types),
-            *self._pairs(labels),
         )
 
-    def _pairs(self, labels: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The sorted label names and their values, where a metric subtracts another (else
-        empty); equal name tuples and values shared within the read."""
-        if not self._subtracts:
-            return (), ()
+    def _add_pairs(self, label_set: _LabelSet, labels: Mapping[str, str]) -> None:
+        """Keep the sorted label names and values of a label set that a series of a
+        subtracting metric or of its partner has (only those pair on them; LiteLLM's spend
+        series keep none); equal name tuples and values shared within the read."""
         items = sorted((k, v) for k, v in labels.items() if k != "__name__")
         names = tuple([k for k, _ in items])
-        names = self._label_names.setdefault(names, names)
         strs = self._strs
-        return names, tuple([strs.setdefault(v, v) for _, v in items])
+        label_set.values = tuple([strs.setdefault(v, v) for _, v in items])
+        label_set.names = self._label_names.setdefault(names, names)
 
     def _provider(self, labels: Mapping[str, str], provider: str | None) -> str | None:
         """``provider`` (normalized), or the one ``server_address_providers`` names for the
