@@ -15,15 +15,25 @@ are the upstreams' own:
   ``litellm_input_tokens_total``), ``litellm_input_cached_tokens_metric_total`` (provider
   prompt-cache reads, newer releases), ``litellm_output_tokens_metric_total`` (older
   ``litellm_output_tokens_total``), ``litellm_spend_metric_total`` (LiteLLM's own dollars,
-  used only for models our price list lacks); labels ``team_alias``/``team`` → tenant,
-  ``model`` (else ``litellm_model_name``, ``requested_model``) → model. ``hashed_api_key``,
-  ``api_key_alias``, ``user``, ``user_email``, ``end_user`` are never read.
+  used only for models our price list lacks); label ``team`` (the team id) → tenant —
+  ``team_alias`` is a display name, and LiteLLM writes a missing value as ``"None"`` (no
+  tenant); ``model`` (else ``litellm_model_name``, ``requested_model``) → model;
+  ``api_provider`` → provider. The input counter includes cached tokens; the cached counter
+  lacks ``org_id``/``org_alias`` (v1.108; LIT-2825 adds them), so the two pair on the labels
+  both carry. ``hashed_api_key``, ``api_key_alias``, ``user``, ``user_email``, ``end_user``
+  are never read. The proxy answers ``/metrics`` with a 307 to ``/metrics/`` (followed on
+  the same host, :func:`~aifinops.sources.base.same_host_redirect`) and wants a key on it
+  (``bearer_token_file``).
 * **otel_genai** — the OpenTelemetry ``gen_ai.client.token.usage`` histogram as the
   collector's Prometheus exporter writes it: ``gen_ai_client_token_usage_sum`` with
   ``gen_ai_token_type`` (``input``/``output``; older ``prompt``/``completion``),
   ``gen_ai_request_model`` (else ``gen_ai_response_model``), ``gen_ai_provider_name`` (older
   ``gen_ai_system``). Tenant: a ``tenant`` label if the app sets one, else the namespace in
   ``k8s_namespace_name`` (resource attributes promoted to labels) by the tenancy rules.
+  ``opentelemetry-instrumentation-openai-v2`` always says ``openai``, whatever server the
+  SDK talks to: the provider is named from ``server_address`` by
+  ``server_address_providers`` (glob → provider, first match; :data:`OTEL_SERVER_PROVIDERS`
+  by default), an unnamed server being :data:`OPENAI_COMPATIBLE`.
 * **tgi** — Hugging Face TGI's ``tgi_request_input_length_sum`` and
   ``tgi_request_generated_tokens_sum`` histogram sums; TGI labels no model, so ``model`` is
   configured. Role ``both``, like vLLM.
@@ -31,11 +41,13 @@ are the upstreams' own:
 Every field of a preset can be replaced in configuration (``preset: custom`` starts empty).
 
 Reading: ``mode: prometheus`` runs one instant query ``{__name__=~"<names>"<selector>}``;
-``mode: scrape`` reads the ``/metrics`` pages directly (all concurrently; one failure fails
-the fetch, and the refresh loop keeps the last good data). :func:`observations_from_samples`
-is the pure mapping the tests feed with literal payloads. Each upstream series is identified
-by a digest of its name and labels: raw label values other than the mapped ones never leave
-this module.
+``mode: scrape`` reads the ``/metrics`` pages directly, all concurrently, each target its own
+origin (:class:`TokenSource`): one that fails keeps its last good read and is marked down
+alone; the fetch fails only when all do (the refresh loop then keeps the last good data). A
+series that cannot be read is skipped and counted, never the source down.
+:func:`observations_from_samples` is the pure mapping the tests feed with literal payloads.
+Each upstream series is identified by a digest of its name and labels: raw label values other
+than the mapped ones never leave this module.
 """
 
 from __future__ import annotations
