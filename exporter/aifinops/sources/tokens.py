@@ -537,10 +537,13 @@ def observations_from_samples(
     """Map parsed samples to token observations.
 
     Per metric map: the first of ``metric``/``older_names`` that has samples is read; each
-    sample's value minus the ``subtract`` sample with identical labels (0 when none; never
-    below 0). Skipped: NaN/±Inf and negative values, samples whose token type label is
-    unmapped, samples with no model. Tenant, provider and pod follow the mapping (see the
-    module docstring); an email-like label value is never used.
+    sample's value minus its ``subtract`` partner: the partner samples (summed) whose values
+    of the labels both families carry are the sample's, an absent label counting as ``""``
+    (0 when none; never below 0). A partner met by several samples is split among them in
+    proportion to their values. Skipped: NaN/±Inf and negative values, samples whose token
+    type label is unmapped, samples with no model, malformed samples. Tenant, provider and
+    pod follow the mapping (see the module docstring); an email-like label value is never
+    used.
     """
     build = _SeriesBuilder(mapping, {})
     series: list[_Series] = []
