@@ -376,3 +376,32 @@ async def test_an_apps_first_llm_call_after_the_exporters_first_read_is_counted(
     assert got[("gpt-4o-mini", "openai", "input")] == 1250.0
     assert got[("meta-llama/Llama-3.1-8B-Instruct", OPENAI_COMPATIBLE, "output")] == 480.0
     assert sum(got.values()) == 1250 + 310 + 900 + 200 + 1920 + 480
+
+
+async def test_redirect_loops_stop_and_the_query_survives_a_redirect() -> None:
+    from aifinops.sources.base import get_bytes
+
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("/loop")
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/prom/api/v1/query")
+
+    async def query(request: web.Request) -> web.Response:
+        return web.Response(text=request.query.get("query", "missing"))
+
+    server = await serve({"/loop": loop, "/api/v1/query": moved, "/prom/api/v1/query": query})
+    try:
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(SourceError, match="HTTP 307"):
+                await get_bytes(client, str(server.make_url("/loop")), timeout=5, max_bytes=100)
+            body = await get_bytes(
+                client,
+                str(server.make_url("/api/v1/query")),
+                timeout=5,
+                max_bytes=100,
+                params={"query": "up"},
+            )
+    finally:
+        await server.close()
+    assert body == b"up"

@@ -92,12 +92,14 @@ async def get_bytes(
             if resp.status_code != 200:
                 target = same_host_redirect(url, resp)
                 if target is not None and redirects < MAX_REDIRECTS:
-                    # The Location carries its own query; the redirect's body is not read.
+                    # A Location with a query keeps it; one without gets the request's again.
+                    # The redirect's own body is not read.
                     return await get_bytes(
                         client,
                         target,
                         timeout=timeout,
                         max_bytes=max_bytes,
+                        params=None if httpx.URL(target).query else params,
                         headers=headers,
                         redirects=redirects + 1,
                     )
