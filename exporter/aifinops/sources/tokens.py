@@ -61,6 +61,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from operator import attrgetter
 from typing import Literal
 
 import httpx
@@ -665,9 +666,8 @@ def _pairing(
     theirs: dict[int, tuple[str, ...]] = {}
     for runs, names in ((minuends, mine), (subtrahends, theirs)):
         for series, _ in runs:
-            for s in series:
-                n = s.labels.names
-                names[id(n)] = n
+            found = list(map(_label_names, series))  # a few distinct tuples, by identity
+            names.update(zip(map(id, found), found, strict=True))
     shared = {n for t in mine.values() for n in t} & {n for t in theirs.values() for n in t}
     on = tuple(sorted(shared))
     on = _PAIRINGS.setdefault(on, on)
@@ -682,6 +682,7 @@ def _pairing(
     return on, minus
 
 
+_label_names = attrgetter("labels.names")
 # Pairing label tuples by value, so that each _LabelSet's key memo is kept between refreshes.
 _PAIRINGS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
