@@ -405,3 +405,38 @@ async def test_redirect_loops_stop_and_the_query_survives_a_redirect() -> None:
     finally:
         await server.close()
     assert body == b"up"
+
+
+async def test_replicas_with_identical_pages_are_separate_counters() -> None:
+    # Two LiteLLM replicas scraped directly, no target labels to tell them apart: the same
+    # series text on both is still two counters (one would jump between their values).
+    value = [100.0, 500.0]
+
+    def make(i: int) -> Any:
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(
+                text=f'litellm_output_tokens_metric_total{{model="m",team="t"}} {value[i]}\n'
+            )
+
+        return page
+
+    server = await serve({"/r0/metrics": make(0), "/r1/metrics": make(1)})
+    targets = [{"url": str(server.make_url(f"/r{i}/metrics"))} for i in (0, 1)]
+    state = TokenState()
+    counted = []
+    try:
+        source = TokenSource(
+            TokenSourceSettings(name="l", preset="litellm", mode="scrape", scrape_targets=targets)  # type: ignore[arg-type]
+        )
+        async with httpx.AsyncClient() as client:
+            for step in range(3):
+                got = await source.fetch(client)
+                u = counter_increments(got, state, T0 + 30 * step, 3600, got.origins, 0.1)
+                state = TokenState(last=u.last, seen_at=u.seen_at, source_seen_at=u.source_seen_at)
+                counted.append(sum(d for _, d in u.increments))
+                value[0] += 10
+                value[1] += 5
+    finally:
+        await server.close()
+    assert len({o.series for o in got}) == 2
+    assert counted == [0.0, 15.0, 15.0]

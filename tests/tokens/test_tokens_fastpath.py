@@ -39,12 +39,14 @@ Sample = tuple[str, Mapping[str, str], float]
 # --- the reference: the mapping as it was before the fast path, verbatim -------------------
 
 
-def reference_digest(name: str, labels: Mapping[str, str]) -> str:
+def reference_digest(name: str, labels: Mapping[str, str], target: str = "") -> str:
     h = hashlib.blake2b(digest_size=8)
     h.update(name.encode())
     for k, v in sorted(labels.items()):
         if k != "__name__":
             h.update(b"\0" + k.encode() + b"=" + v.encode())
+    if target:  # one of several scrape targets: its series are its own
+        h.update(b"\0\0target=" + target.encode())
     return h.hexdigest()
 
 
@@ -68,7 +70,7 @@ def reference_observations(
     from_zero: bool = False,
     origin: str | None = None,
 ) -> tuple[TokenObservation, ...]:
-    return reference_groups(source, [(list(samples), origin)], mapping, from_zero=from_zero)
+    return reference_groups(source, [(list(samples), origin, "")], mapping, from_zero=from_zero)
 
 
 def _names(labels: Mapping[str, str]) -> set[str]:
@@ -77,7 +79,7 @@ def _names(labels: Mapping[str, str]) -> set[str]:
 
 def reference_groups(
     source: str,
-    groups: Sequence[tuple[Sequence[Sample], str | None]],
+    groups: Sequence[tuple[Sequence[Sample], str | None, str]],
     mapping: TokenMapping,
     *,
     from_zero: bool = False,
@@ -85,13 +87,13 @@ def reference_groups(
     """Per metric map, per group (a scrape target) in order: the observations. A metric and
     its ``subtract`` partner are paired within a group on the labels both families carry;
     a partner met by several series is split in proportion to their values."""
-    present = {name for samples, _ in groups for name, _, _ in samples}
+    present = {name for samples, _, _ in groups for name, _, _ in samples}
     out: list[TokenObservation] = []
     for m in mapping.metrics:
         chosen = next((n for n in (m.metric, *m.older_names) if n in present), None)
         if chosen is None:
             continue
-        for samples, origin in groups:
+        for samples, origin, target in groups:
             mine = [(lbl, v) for n, lbl, v in samples if n == chosen]
             if not mine:
                 continue
@@ -133,7 +135,7 @@ def reference_groups(
                 out.append(
                     TokenObservation(
                         source=source,
-                        series=reference_digest(chosen, labels),
+                        series=reference_digest(chosen, labels, target),
                         role=mapping.role,
                         token_type=token_type,
                         model=model,
@@ -163,7 +165,7 @@ class ReferenceScrape:
     ) -> tuple[TokenObservation, ...] | str:
         targets = source._settings.scrape_targets
         several = len(targets) > 1
-        groups: list[tuple[Sequence[Sample], str | None]] = []
+        groups: list[tuple[Sequence[Sample], str | None, str]] = []
         errors: list[str] = []
         wanted = source.mapping.wanted()
         for i, (target, body) in enumerate(zip(targets, bodies, strict=True)):
@@ -174,12 +176,12 @@ class ReferenceScrape:
             except ValueError as exc:
                 errors.append(f"{shown}: {exc}")
                 if i in self.good:
-                    groups.append((self.good[i], origin))
+                    groups.append((self.good[i], origin, shown if several else ""))
                 continue
             if target.labels:
                 parsed = [(n, {**target.labels, **lbl}, v) for n, lbl, v in parsed]
             self.good[i] = parsed
-            groups.append((parsed, origin))
+            groups.append((parsed, origin, shown if several else ""))
         if len(errors) == len(targets):
             return errors[0]
         return reference_groups(source.name, groups, source.mapping)

@@ -375,11 +375,17 @@ class _SeriesBuilder:
     """Makes the :class:`_Series` of (name, labels) by the rules of
     :func:`observations_from_samples`' docstring, with the target labels under the sample's
     own (Prometheus' ``honor_labels: true``). One per read (or call): it memoizes cleaned
-    values and, per label mapping object, the :class:`_LabelSet`."""
+    values and, per label mapping object, the :class:`_LabelSet`. ``target`` (a scrape
+    target as shown, given when a source has several) goes into each series' digest: two
+    replicas' pages with the same labels are two counters, never one that jumps between
+    them."""
 
-    def __init__(self, mapping: TokenMapping, target_labels: Mapping[str, str]) -> None:
+    def __init__(
+        self, mapping: TokenMapping, target_labels: Mapping[str, str], target: str = ""
+    ) -> None:
         self._mapping = mapping
         self._target = dict(target_labels)
+        self._salt = f"\0\0target={target}".encode() if target else b""
         # One str object per wanted name, so that series of one name share it (cheap `is`).
         self._names = {n: n for n in mapping.wanted()}
         # The names whose series pair with a partner: a subtracting metric and its partner.
@@ -421,7 +427,7 @@ class _SeriesBuilder:
             except _MALFORMED:
                 return self._skipped(name)
             # The labels object is kept in the memo, so its id cannot be reused meanwhile.
-            memo = (labels, label_set, tail)
+            memo = (labels, label_set, tail + self._salt)
             self._sets[id(labels)] = memo
         if name in self._pairing and not memo[1].names:
             self._add_pairs(memo[1], {**self._target, **labels} if self._target else labels)
@@ -1034,7 +1040,10 @@ class TokenSource:
     def _read(
         self, index: int, body: bytes, target_labels: Mapping[str, str]
     ) -> tuple[list[_Series], list[float], NameRuns, int]:
-        builder = _SeriesBuilder(self._mapping, target_labels)
+        several = len(self._targets) > 1
+        builder = _SeriesBuilder(
+            self._mapping, target_labels, self._targets[index].display if several else ""
+        )
         series, values = self._readers[index].read(body, builder)
         known, runs, skipped = self._runs[index]
         if series is not known:
