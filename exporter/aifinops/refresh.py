@@ -38,6 +38,7 @@ from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
 from aifinops.offload import release, render_and_compress, run_cpu, settle_heap
 from aifinops.sources.base import Source, SourceError
+from aifinops.sources.tokens import token_source_families
 from aifinops.statefile import StateStore
 from aifinops.status import RefreshStatus, SourceStatus
 
@@ -226,7 +227,8 @@ class Refresher:
                 catalog = rt.data
             elif rt.source.name.startswith("tokens:"):
                 observations.extend(rt.data)
-                token_sources.add(rt.source.name)
+                # The origins read (a source's scrape targets), empty reads included.
+                token_sources.update(getattr(rt.data, "origins", (rt.source.name,)))
             elif rt.source.name.startswith("latency:"):
                 for key, seconds in rt.data.items():
                     latencies.setdefault(key, seconds)
@@ -342,6 +344,7 @@ class Refresher:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
+        families += token_source_families(rt.source for rt in self._runtimes)
         for extra in self.extra_families:
             families.extend(extra())
         return render_and_compress(families)

@@ -240,7 +240,9 @@ class TokenMetricSettings(_Strict):
     ``token_type`` fixes the type, or ``token_type_label`` reads it from a label through
     ``token_type_values`` (unlisted values are skipped). ``older_names`` are read only when
     ``metric`` has no series (renamed upstream metrics). ``subtract`` names a series family
-    with the same labels whose value is subtracted (prompt tokens minus cached prompt tokens).
+    whose value is subtracted (prompt tokens minus cached prompt tokens), paired on the labels
+    both families carry (LiteLLM's cached counter has fewer labels than its input counter);
+    where one partner meets several series it is split in proportion to their values.
     ``kind: spend_usd`` reads dollars an upstream computed (LiteLLM's spend), used only to
     price models the price list does not know.
     """
@@ -300,6 +302,11 @@ class TokenSourceSettings(SourceCommon):
     tenant_labels: tuple[str, ...] | None = None
     namespace_labels: tuple[str, ...] | None = None
     pod_labels: tuple[str, ...] | None = None
+    # The provider from the server a client talked to (OpenTelemetry's server.address): the
+    # first glob pattern (fnmatch, case-insensitive) matching the host names the provider;
+    # an unmatched host is "openai_compatible" where the labels say openai or nothing.
+    server_address_labels: tuple[str, ...] | None = None
+    server_address_providers: Mapping[str, str] | None = None
 
     @field_validator("name")
     @classmethod
@@ -436,6 +443,10 @@ class TokensSettings(_Strict):
     push: UsagePushSettings = Field(default_factory=UsagePushSettings)
     rate_window_seconds: float = Field(300.0, gt=0, le=86_400)
     series_retention_seconds: float = Field(3600.0, gt=0)
+    # A decrease of an upstream counter by at most this fraction of its highest value is read
+    # jitter (HA Prometheus pairs, Thanos deduplication), not a reset: the highest value is
+    # kept and only what passes it counts. A larger drop is a reset, counted from zero.
+    counter_dip_tolerance_ratio: float = Field(0.1, ge=0, lt=1, allow_inf_nan=False)
     max_models: int = Field(200, ge=1)
 
     @field_validator("sources")

@@ -136,7 +136,9 @@ async def test_api_token_dollars_are_exact(run):
     got = series(page, "aifinops_token_cost_usd_total")
     for (tenant, model, provider, token_type), usd in truth(run).api_cost.items():
         assert got[(model, provider, tenant, token_type)] == pytest.approx(usd, rel=1e-9)
-    for tenant in ("search", "chatbot", "ads"):
+    # Per tenant: LiteLLM's team id, never its display name; the key of no team (team="None")
+    # is __unallocated__.
+    for tenant in ("search", "chatbot", "ads", "__unallocated__"):
         total = series(page, "aifinops_tenant_cost_usd_total", tenant=tenant, resource="tokens")
         assert total[("allocation",)] == pytest.approx(truth(run).tenant_api_cost(tenant), rel=1e-9)
     assert series(page, "aifinops_unpriced_tokens_total") == {
@@ -173,7 +175,7 @@ async def test_measured_price_and_charge_back_match_ground_truth(run):
 
 async def test_no_personal_values_and_promtool_is_clean(run):
     text = run.texts[-1]
-    for needle in ("hashed_api_key", "alice@example.com", "user_email", "key-0", "team-"):
+    for needle in ("hashed_api_key", "alice@example.com", "user_email", "key-0", " Team", "None"):
         assert needle not in text
     promtool = require_binary("promtool")
     proc = subprocess.run(

@@ -30,6 +30,7 @@ from aifinops.sources.tokens import (
     clean_value,
     observations_from_samples,
     series_digest,
+    target_display,
 )
 
 Sample = tuple[str, Mapping[str, str], float]
@@ -38,12 +39,14 @@ Sample = tuple[str, Mapping[str, str], float]
 # --- the reference: the mapping as it was before the fast path, verbatim -------------------
 
 
-def reference_digest(name: str, labels: Mapping[str, str]) -> str:
+def reference_digest(name: str, labels: Mapping[str, str], target: str = "") -> str:
     h = hashlib.blake2b(digest_size=8)
     h.update(name.encode())
     for k, v in sorted(labels.items()):
         if k != "__name__":
             h.update(b"\0" + k.encode() + b"=" + v.encode())
+    if target:  # one of several scrape targets: its series are its own
+        h.update(b"\0\0target=" + target.encode())
     return h.hexdigest()
 
 
@@ -60,69 +63,135 @@ def _label_key(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def reference_observations(
-    source: str, samples: Iterable[Sample], mapping: TokenMapping, *, from_zero: bool = False
+    source: str,
+    samples: Iterable[Sample],
+    mapping: TokenMapping,
+    *,
+    from_zero: bool = False,
+    origin: str | None = None,
 ) -> tuple[TokenObservation, ...]:
-    by_name: dict[str, list[tuple[Mapping[str, str], float]]] = defaultdict(list)
-    for name, labels, value in samples:
-        by_name[name].append((labels, value))
+    return reference_groups(source, [(list(samples), origin, "")], mapping, from_zero=from_zero)
+
+
+def _names(labels: Mapping[str, str]) -> set[str]:
+    return {k for k in labels if k != "__name__"}
+
+
+def reference_groups(
+    source: str,
+    groups: Sequence[tuple[Sequence[Sample], str | None, str]],
+    mapping: TokenMapping,
+    *,
+    from_zero: bool = False,
+) -> tuple[TokenObservation, ...]:
+    """Per metric map, per group (a scrape target) in order: the observations. A metric and
+    its ``subtract`` partner are paired within a group on the labels both families carry;
+    a partner met by several series is split in proportion to their values."""
+    present = {name for samples, _, _ in groups for name, _, _ in samples}
     out: list[TokenObservation] = []
     for m in mapping.metrics:
-        chosen = next((n for n in (m.metric, *m.older_names) if by_name.get(n)), None)
+        chosen = next((n for n in (m.metric, *m.older_names) if n in present), None)
         if chosen is None:
             continue
-        minus: dict[tuple[tuple[str, str], ...], float] = {}
-        if m.subtract:
-            minus = {
-                _label_key(lbl): v for lbl, v in by_name.get(m.subtract, ()) if math.isfinite(v)
-            }
-        for labels, raw in by_name[chosen]:
-            if not math.isfinite(raw) or raw < 0:
+        for samples, origin, target in groups:
+            mine = [(lbl, v) for n, lbl, v in samples if n == chosen]
+            if not mine:
                 continue
-            value = max(0.0, raw - minus.get(_label_key(labels), 0.0)) if minus else raw
-            token_type = m.token_type
-            if m.token_type_label is not None:
-                tt = labels.get(m.token_type_label, "").strip().lower()
-                token_type = m.token_type_values.get(tt)
-            if token_type is None:
-                continue
-            model = clean_value(mapping.model) or _first(labels, mapping.model_labels)
-            if model is None:
-                continue
-            provider = mapping.provider or _first(labels, mapping.provider_labels)
-            out.append(
-                TokenObservation(
-                    source=source,
-                    series=reference_digest(chosen, labels),
-                    role=mapping.role,
-                    token_type=token_type,
-                    model=model,
-                    value=value,
-                    provider=normalize_provider(provider),
-                    tenant=clean_value(mapping.tenant) or _first(labels, mapping.tenant_labels),
-                    namespace=_first(labels, mapping.namespace_labels),
-                    pod=_first(labels, mapping.pod_labels),
-                    kind="spend_usd" if m.kind == "spend_usd" else "tokens",
-                    from_zero=from_zero,
+            partner = [(lbl, v) for n, lbl, v in samples if m.subtract and n == m.subtract]
+            on: list[str] = []
+            minus: dict[tuple[str, ...], float] = {}
+            if partner:
+                on = sorted(
+                    set().union(*(_names(lbl) for lbl, _ in mine))
+                    & set().union(*(_names(lbl) for lbl, _ in partner))
                 )
-            )
+                for lbl, v in partner:
+                    if math.isfinite(v) and v >= 0:
+                        k = tuple(lbl.get(n, "") for n in on)
+                        minus[k] = minus.get(k, 0.0) + v
+            rows = []
+            for labels, raw in mine:
+                if not math.isfinite(raw) or raw < 0:
+                    continue
+                token_type = m.token_type
+                if m.token_type_label is not None:
+                    tt = labels.get(m.token_type_label, "").strip().lower()
+                    token_type = m.token_type_values.get(tt)
+                if token_type is None:
+                    continue
+                model = clean_value(mapping.model) or _first(labels, mapping.model_labels)
+                if model is None:
+                    continue
+                rows.append((labels, raw, token_type, model, tuple(labels.get(n, "") for n in on)))
+            totals: dict[tuple[str, ...], float] = defaultdict(float)
+            for _, raw, _, _, k in rows:
+                if k in minus:
+                    totals[k] += raw
+            for labels, raw, token_type, model, k in rows:
+                value = raw
+                if k in minus:
+                    value = max(0.0, raw - minus[k] * (raw / totals[k])) if totals[k] > 0 else 0.0
+                provider = mapping.provider or _first(labels, mapping.provider_labels)
+                out.append(
+                    TokenObservation(
+                        source=source,
+                        series=reference_digest(chosen, labels, target),
+                        role=mapping.role,
+                        token_type=token_type,
+                        model=model,
+                        value=value,
+                        provider=normalize_provider(provider),
+                        tenant=clean_value(mapping.tenant) or _first(labels, mapping.tenant_labels),
+                        namespace=_first(labels, mapping.namespace_labels),
+                        pod=_first(labels, mapping.pod_labels),
+                        kind="spend_usd" if m.kind == "spend_usd" else "tokens",
+                        from_zero=from_zero,
+                        origin=origin,
+                    )
+                )
     return tuple(out)
+
+
+class ReferenceScrape:
+    """What the scrape path gives: each target's page parsed (target labels merged); a target
+    that fails keeps its last good page while the others are read; the source fails (the
+    first failing target's message) only when every target does."""
+
+    def __init__(self) -> None:
+        self.good: dict[int, Sequence[Sample]] = {}
+
+    def __call__(
+        self, source: TokenSource, bodies: Sequence[bytes]
+    ) -> tuple[TokenObservation, ...] | str:
+        targets = source._settings.scrape_targets
+        several = len(targets) > 1
+        groups: list[tuple[Sequence[Sample], str | None, str]] = []
+        errors: list[str] = []
+        wanted = source.mapping.wanted()
+        for i, (target, body) in enumerate(zip(targets, bodies, strict=True)):
+            shown = target_display(target.url)
+            origin = f"{source.name}#{shown}" if several else source.name
+            try:
+                parsed = parse_text(decode_page(body), wanted)
+            except ValueError as exc:
+                errors.append(f"{shown}: {exc}")
+                if i in self.good:
+                    groups.append((self.good[i], origin, shown if several else ""))
+                continue
+            if target.labels:
+                parsed = [(n, {**target.labels, **lbl}, v) for n, lbl, v in parsed]
+            self.good[i] = parsed
+            groups.append((parsed, origin, shown if several else ""))
+        if len(errors) == len(targets):
+            return errors[0]
+        return reference_groups(source.name, groups, source.mapping)
 
 
 def reference_scrape(
     source: TokenSource, bodies: Sequence[bytes]
 ) -> tuple[TokenObservation, ...] | str:
-    """What the scrape path gave before: the observations, or the SourceError's message."""
-    samples: list[Sample] = []
-    wanted = source.mapping.wanted()
-    for target, body in zip(source._settings.scrape_targets, bodies, strict=True):
-        try:
-            parsed = parse_text(decode_page(body), wanted)
-        except ValueError as exc:
-            return f"{target.url}: {exc}"
-        if target.labels:
-            parsed = [(n, {**target.labels, **lbl}, v) for n, lbl, v in parsed]
-        samples.extend(parsed)
-    return reference_observations(source.name, samples, source.mapping)
+    """:class:`ReferenceScrape` of one read, with no earlier read."""
+    return ReferenceScrape()(source, bodies)
 
 
 class Upstream:
@@ -360,9 +429,10 @@ async def test_fast_path_equals_reference_refresh_after_refresh(
         for _ in source._settings.scrape_targets
     ]
     upstream = Upstream()
+    reference = ReferenceScrape()
     for _ in range(8):
         bodies = [f.page() for f in fleets]
-        want = reference_scrape(source, bodies)
+        want = reference(source, bodies)
         got = await fast_scrape(source, upstream, bodies)
         assert got == want
         for f in fleets:
@@ -400,9 +470,10 @@ async def test_bad_pages_fail_with_the_same_message_and_the_next_read_recovers(
     source = make_source("litellm", random.Random(0))
     upstream = Upstream()
     n = len(source._settings.scrape_targets)
+    reference = ReferenceScrape()
     for page in (GOOD, bad, GOOD.replace("} 10", "} 11"), bad, GOOD):
         bodies = [page.encode()] * n
-        want = reference_scrape(source, bodies)
+        want = reference(source, bodies)
         got = await fast_scrape(source, upstream, bodies)
         assert got == want
     assert isinstance(want, tuple) and len(want) == 4 * n
@@ -564,7 +635,7 @@ def test_series_digest_is_unchanged() -> None:
 def test_fast_observation_equals_the_dataclass() -> None:
     args: tuple[Any, ...] = (
         "tokens:x", "0123456789abcdef", "usage", "input", "m", 1.5,
-        "openai", "t", None, None, "spend_usd", True,
+        "openai", "t", None, None, "spend_usd", True, "tokens:x#up0/metrics",
     )  # fmt: skip
     made = _new_observation(*args)
     plain = TokenObservation(*args)

@@ -13,6 +13,12 @@
   claude-sonnet-4-5, gpt-4.1-mini), to one model the price list does not know
   (``acme-llm-pro``), and to the self-hosted model; every team/model pair is spread over two
   API keys, and one series carries a ``user_email`` — neither may reach the exporter's series.
+  The page has LiteLLM's real label set (``litellm/types/integrations/prometheus.py``, as
+  tests/fixtures/litellm_proxy_metrics.txt records it): ``team`` is the team id (the
+  tenant), ``team_alias`` its display name ("Search Team"); the token and spend counters
+  carry ``org_id``/``org_alias`` while the cached-token counter does not; a missing value is
+  the string ``"None"`` — one key belongs to no team (its tokens are ``__unallocated__``).
+  Input tokens include the cached ones.
 
 Counters grow linearly with ``now``: a series with rate ``r`` tokens/second shows
 ``r · floor(now − epoch)`` (integers, so ground truth is exact). :meth:`LlmDemo.truth` gives
@@ -101,7 +107,24 @@ DEMO_TRAFFIC: tuple[Traffic, ...] = (
     Traffic("search", SELF_HOSTED_MODEL, SELF_HOSTED_PROVIDER, 60, 20, 20, None, True),
     Traffic("chatbot", SELF_HOSTED_MODEL, SELF_HOSTED_PROVIDER, 120, 60, 40, None, True),
     Traffic("speech", SELF_HOSTED_MODEL, SELF_HOSTED_PROVIDER, 20, 20, 0, None, True),
+    # A key that belongs to no team: LiteLLM writes team="None", team_alias="None".
+    Traffic("__unallocated__", "gpt-4.1-mini", "openai", 6, 2, 0, "gpt-4.1-mini"),
 )
+NO_TEAM = "__unallocated__"
+# LiteLLM's api_provider per model of DEMO_TRAFFIC ("None": LiteLLM did not name one).
+API_PROVIDERS: Mapping[str, str] = {
+    "gpt-4o": "openai",
+    "gpt-4.1-mini": "openai",
+    "claude-sonnet-4-5": "anthropic",
+    "acme-llm-pro": "None",
+    SELF_HOSTED_MODEL: "hosted_vllm",
+}
+# Teams that belong to an organization (the others: org_id="None").
+ORGS: Mapping[str, tuple[str, str]] = {
+    "search": ("org-7f3a", "Retail"),
+    "ads": ("org-7f3a", "Retail"),
+    "research": ("org-19c2", "R&D"),
+}
 
 
 def bundled_prices() -> dict[str, Any]:
@@ -242,11 +265,18 @@ class LlmDemo:
 
     # --- LiteLLM ----------------------------------------------------------------------------
     def _team_id(self, tenant: str) -> str:
-        return self.team_ids.get(tenant) or f"team-{hash_hex(tenant)[:8]}"
+        if tenant == NO_TEAM:
+            return "None"
+        return self.team_ids.get(tenant) or tenant
+
+    @staticmethod
+    def team_alias(tenant: str) -> str:
+        """The team's display name (``"None"`` for no team): never a tenant."""
+        return "None" if tenant == NO_TEAM else f"{tenant.capitalize()} Team"
 
     def litellm_metrics(self, now: float) -> str:
         """The proxy's ``/metrics`` page: input (cached included), cached input, output and
-        spend per team, model and API key."""
+        spend per team, model and API key, with LiteLLM's label names in its order."""
         elapsed = self.elapsed(now)
         prices = bundled_prices()
         families: dict[str, list[str]] = {
@@ -260,31 +290,44 @@ class LlmDemo:
                 share: Callable[[int], int] = (
                     (lambda r: r // 2) if key_index == 0 else (lambda r: r - r // 2)
                 )
-                email = ',user_email="alice@example.com"' if key_index == 1 else ""
-                labels = (
-                    f'api_key_alias="{t.tenant}-key-{key_index}",end_user="None",'
-                    f'hashed_api_key="{hash_hex(t.tenant, t.model, key_index)}",'
-                    f'model="{t.model}",requested_model="'
-                    f'{SELF_HOSTED_ALIAS if t.self_hosted else t.model}",'
-                    f'team="{self._team_id(t.tenant)}",team_alias="{t.tenant}",'
-                    f'user="u-{key_index}"{email}'
+                email = "alice@example.com" if key_index == 1 else "None"
+                org_id, org_alias = ORGS.get(t.tenant, ("None", "None"))
+                key = (
+                    f'end_user="None",hashed_api_key="{hash_hex(t.tenant, t.model, key_index)}",'
+                    f'api_key_alias="{t.tenant}-key-{key_index}",model="{t.model}",'
+                    f'team="{self._team_id(t.tenant)}",team_alias="{self.team_alias(t.tenant)}",'
+                    f'user="u-{key_index}",user_email="{email}"'
+                )
+                requested = SELF_HOSTED_ALIAS if t.self_hosted else t.model
+                deployment = (
+                    f'model_id="{hash_hex("deployment", t.model)[:12]}",'
+                    f'api_provider="{API_PROVIDERS.get(t.model, "None")}"'
+                )
+                org = f'org_id="{org_id}",org_alias="{org_alias}"'
+                # litellm_input_tokens_metric's labels (org_* appended for _org_label_metrics);
+                # the cached-token detail counter shares them but for org_*.
+                tokens_labels = f'{key},requested_model="{requested}",{deployment},{org}'
+                cached_labels = f'{key},requested_model="{requested}",{deployment}'
+                spend_labels = (
+                    f'{key},client_ip="10.0.0.{key_index + 1}",user_agent="OpenAI/Python 1.99.9",'
+                    f"{deployment},{org}"
                 )
                 n = {k: share(t.rate(k)) * elapsed for k in TOKEN_TYPES}
                 families["litellm_input_tokens_metric_total"].append(
-                    f"litellm_input_tokens_metric_total{{{labels}}} "
+                    f"litellm_input_tokens_metric_total{{{tokens_labels}}} "
                     f"{float(n['input'] + n['cached_input'])}\n"
                 )
                 if t.cached_input:
                     families["litellm_input_cached_tokens_metric_total"].append(
-                        f"litellm_input_cached_tokens_metric_total{{{labels}}} "
+                        f"litellm_input_cached_tokens_metric_total{{{cached_labels}}} "
                         f"{float(n['cached_input'])}\n"
                     )
                 families["litellm_output_tokens_metric_total"].append(
-                    f"litellm_output_tokens_metric_total{{{labels}}} {float(n['output'])}\n"
+                    f"litellm_output_tokens_metric_total{{{tokens_labels}}} {float(n['output'])}\n"
                 )
                 spend = _usd(prices, t.price_key, n) if t.price_key else 0.0
                 families["litellm_spend_metric_total"].append(
-                    f"litellm_spend_metric_total{{{labels}}} {spend!r}\n"
+                    f"litellm_spend_metric_total{{{spend_labels}}} {spend!r}\n"
                 )
         out = []
         for name, lines in families.items():

@@ -387,6 +387,23 @@ SERIES_DROPPED = _spec(
     "otherwise. Absent until it happens.",
     ("family",),
 )
+TOKEN_TARGET_UP = _spec(
+    "aifinops_token_target_up",
+    "gauge",
+    "1 if the last read of a token source's scrape target worked, 0 if it failed (that target "
+    "keeps its last good read until the source's stale_after_seconds; the source is down only "
+    "when every target is). target is host, port and path of the URL.",
+    ("source", "target"),
+    "experimental",
+)
+TOKEN_SERIES_SKIPPED = _spec(
+    "aifinops_token_series_skipped_total",
+    "counter",
+    "Token series skipped as unreadable (a label value that is not text or cannot be "
+    "encoded), counted once per read; the rest of the source is read as usual.",
+    ("source",),
+    "experimental",
+)
 CONFIG_RELOAD_SUCCESS = _spec(
     "aifinops_config_last_reload_successful",
     "gauge",
@@ -461,6 +478,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     FOLDED_TENANTS,
     DCGM_UTILIZATION_GPUS,
     SERIES_DROPPED,
+    TOKEN_TARGET_UP,
+    TOKEN_SERIES_SKIPPED,
     CONFIG_RELOAD_SUCCESS,
     CONFIG_RELOAD_TIMESTAMP,
     STATE_SAVE_ERRORS,

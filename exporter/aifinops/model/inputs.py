@@ -135,7 +135,9 @@ class TokenObservation:
     ``namespace`` (the pod's tenant) or books ``__unallocated__``. ``namespace``/``pod`` are
     the model server's pod for ``serving`` observations. ``from_zero`` marks counters that
     started inside this process (the push API): their first reading is all new tokens, where
-    a scraped counter's first reading is only a baseline.
+    a scraped counter's first reading is only a baseline. ``origin`` is what was read
+    (one scrape target of a source; ``None``: the source as a whole): a series new to an
+    origin already read counts from zero, one in the first read of an origin is a baseline.
     """
 
     source: str
@@ -150,14 +152,17 @@ class TokenObservation:
     pod: str | None = None
     kind: Literal["tokens", "spend_usd"] = "tokens"
     from_zero: bool = False
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TokenInputs:
     """Token counters from every token source with data this refresh, and the price list.
 
-    ``sources`` names the token sources whose data is present (a source whose data is absent
-    keeps its counters' last values in the model state until they expire). ``catalog`` is
+    ``sources`` names the origins whose data is present — the token sources, or a source's
+    scrape targets (:attr:`TokenObservation.origin`) — empty reads included: a series that
+    appears later in an origin read before counts from zero. A source whose data is absent
+    keeps its counters' last values in the model state until they expire. ``catalog`` is
     ``None`` when no price list was ever loaded: every API token is then unpriced.
     """
 

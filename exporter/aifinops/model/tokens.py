@@ -4,13 +4,19 @@ Pure: the refresh loop passes the token observations, the price list, the core's
 breakdown, the previous :class:`TokenState` and ``now``; nothing here reads a clock or the
 network.
 
-**Counters.** Each upstream series is tracked by its own last value. An increase is new
-tokens; a decrease is a counter reset (a vLLM or LiteLLM restart) and the whole current value
-is new (what Prometheus' ``increase()`` does), so a restart never produces negative or doubled
-tokens. The first reading of a scraped series is only a baseline when its source is seen for
-the first time (tokens counted before this process started are not ours to count); a series
-that appears later (a new pod, a new team) counts from zero. Push counters (``from_zero``)
-always count from zero. A series not seen for ``retention_seconds`` is forgotten.
+**Counters.** Each upstream series is tracked by its highest value. An increase is new
+tokens. A decrease by at most ``dip_tolerance`` of the highest value is read jitter — HA
+Prometheus replicas or Thanos deduplication answer from replicas a few seconds apart — and
+counts nothing, the highest value kept (reads 1,000,000 → 1,001,000 → 1,000,500 → 1,002,000
+are 2,000 tokens, not a re-billed history). A larger decrease is a counter reset (a vLLM or
+LiteLLM restart) and the whole current value is new (what Prometheus' ``increase()`` does),
+so a restart never produces negative or doubled tokens. The first reading of a scraped series
+is only a baseline when its origin (a source, or one of its scrape targets) is read for the
+first time (tokens counted before this process started are not ours to count); a series that
+appears in an origin read before — an empty read included — counts from zero (a new pod, a
+new team, an app's first LLM call after the exporter's first read of its empty page). Push
+counters (``from_zero``) always count from zero. A series not seen for ``retention_seconds``
+is forgotten.
 
 **Prices.** API models: the price list (USD per token, tolerant name matching). Models the
 list does not know are *unpriced*: their tokens are counted in ``unpriced`` and never costed
@@ -132,6 +138,7 @@ class TokenContext:
     rate_window_seconds: float = 300.0
     retention_seconds: float = 3600.0
     max_models: int = 200
+    dip_tolerance: float = 0.1
 
     @classmethod
     def from_settings(cls, s: TokensSettings) -> TokenContext:
@@ -160,6 +167,7 @@ class TokenContext:
             rate_window_seconds=s.rate_window_seconds,
             retention_seconds=s.series_retention_seconds,
             max_models=s.max_models,
+            dip_tolerance=s.counter_dip_tolerance_ratio,
         )
 
 
@@ -251,17 +259,23 @@ def counter_increments(
     state: TokenState,
     now: float,
     retention_seconds: float,
+    origins: Iterable[str] = (),
+    dip_tolerance: float = 0.0,
 ) -> CounterUpdate:
     """New tokens (or dollars) per observation since the previous refresh, never negative.
 
-    ``value >= previous``: the difference; ``value < previous``: a reset, the whole value;
-    no previous value: the whole value for a ``from_zero`` counter or a series that appeared
-    while its source was already known, else 0 (a baseline). NaN, ±Inf and negative values
-    are ignored (the previous value is kept). A source unseen for longer than the retention
-    is new again (its series would have been forgotten, so they re-baseline instead of being
-    counted twice).
+    ``previous`` is the series' highest value. ``value >= previous``: the difference;
+    ``value >= previous × (1 − dip_tolerance)``: jitter, 0 (the highest value kept); lower: a
+    reset, the whole value; no previous value: the whole value for a ``from_zero`` counter or
+    a series whose origin (``obs.origin``, else ``obs.source``) was already read, else 0 (a
+    baseline). ``origins`` are the origins read this refresh, empty ones included. NaN, ±Inf
+    and negative values are ignored (the previous value is kept). An origin unread for longer
+    than the retention is new again (its series would have been forgotten, so they
+    re-baseline instead of being counted twice).
     """
-    counted, deltas, last, seen, source_seen = _count(observations, state, now, retention_seconds)
+    counted, deltas, last, seen, source_seen = _count(
+        observations, state, now, retention_seconds, origins, dip_tolerance
+    )
     return CounterUpdate(tuple(zip(counted, deltas, strict=True)), last, seen, source_seen)
 
 
@@ -281,6 +295,8 @@ def _count(
     state: TokenState,
     now: float,
     retention_seconds: float,
+    origins: Iterable[str] = (),
+    dip_tolerance: float = 0.0,
 ) -> tuple[
     list[TokenObservation],
     list[float],
@@ -309,6 +325,7 @@ def _count(
     counted: list[TokenObservation] = []
     deltas: list[float] = []
     get = last.get
+    keep = 1.0 - dip_tolerance
     for obs in obs_list:
         v = obs.value
         if not 0.0 <= v < _INF:  # NaN, ±Inf or negative: keep the previous value
@@ -316,9 +333,12 @@ def _count(
         key = (obs.source, obs.series, obs.kind, obs.token_type)
         prev = get(key)
         if prev is None:
-            delta = v if obs.from_zero or obs.source in known_sources else 0.0
+            delta = v if obs.from_zero or (obs.origin or obs.source) in known_sources else 0.0
         elif v >= prev:
             delta = v - prev
+        elif v >= prev * keep:
+            delta = 0.0  # a dip: jitter between replicas, not a reset
+            v = prev
         else:
             delta = v
         last[key] = v
@@ -327,7 +347,7 @@ def _count(
             counted.append(obs)
             deltas.append(delta)
     source_seen = {s: at for s, at in state.source_seen_at.items() if now - at <= retention_seconds}
-    for s in {obs.source for obs in obs_list}:
+    for s in {obs.origin or obs.source for obs in obs_list}.union(origins):
         source_seen[s] = now
     return counted, deltas, last, seen, source_seen
 
@@ -446,7 +466,7 @@ def account_tokens(
     """
     catalog = inputs.catalog
     counted, deltas, last, seen_at, source_seen_at = _count(
-        inputs.observations, state, now, ctx.retention_seconds
+        inputs.observations, state, now, ctx.retention_seconds, inputs.sources, ctx.dip_tolerance
     )
     index, discovered, serving_pods = _self_hosted_specs(ctx, inputs.observations, state.discovered)
     # The tenants the core kept (only needed when it folded some).

@@ -45,6 +45,27 @@ def read_bearer_token(path: Path | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+MAX_REDIRECTS = 3
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def same_host_redirect(url: str, resp: httpx.Response) -> str | None:
+    """Where a redirect answer points, when that is the same scheme, host and port as
+    ``url``; else ``None``. LiteLLM answers ``/metrics`` with a 307 to ``/metrics/``; a
+    redirect elsewhere is refused: the request's credentials would go with it, and an
+    upstream could point the exporter at any address (SSRF)."""
+    location = resp.headers.get("location")
+    if resp.status_code not in _REDIRECT_STATUSES or not location:
+        return None
+    try:
+        origin = httpx.URL(url)
+        target = origin.join(location)
+    except (httpx.InvalidURL, ValueError):
+        return None
+    same = (target.scheme, target.host, target.port) == (origin.scheme, origin.host, origin.port)
+    return str(target) if same and not target.userinfo else None
+
+
 async def get_bytes(
     client: httpx.AsyncClient,
     url: str,
@@ -53,11 +74,14 @@ async def get_bytes(
     max_bytes: int,
     params: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
+    redirects: int = 0,
 ) -> bytes:
     """GET ``url`` and return the body, refusing bodies over ``max_bytes``.
 
     The body is streamed so that an oversized response is cut off at the cap instead of
-    being held in memory whole. Raises :class:`SourceError` for every failure.
+    being held in memory whole. A redirect is followed only to the same scheme, host and
+    port (:func:`same_host_redirect`), at most :data:`MAX_REDIRECTS` times. Raises
+    :class:`SourceError` for every failure.
     """
     responded = False
     try:
@@ -66,6 +90,19 @@ async def get_bytes(
         ) as resp:
             responded = True
             if resp.status_code != 200:
+                target = same_host_redirect(url, resp)
+                if target is not None and redirects < MAX_REDIRECTS:
+                    # A Location with a query keeps it; one without gets the request's again.
+                    # The redirect's own body is not read.
+                    return await get_bytes(
+                        client,
+                        target,
+                        timeout=timeout,
+                        max_bytes=max_bytes,
+                        params=None if httpx.URL(target).query else params,
+                        headers=headers,
+                        redirects=redirects + 1,
+                    )
                 raise SourceError("http_status", f"HTTP {resp.status_code} from {url}")
             declared = resp.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:

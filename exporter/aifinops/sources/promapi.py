@@ -27,12 +27,14 @@ async def instant_query(
     timeout: float,
     max_bytes: int,
     headers: Mapping[str, str] | None = None,
+    skipped: list[int] | None = None,
 ) -> list[tuple[dict[str, str], float]]:
     """Evaluate ``promql`` at the server's current time; return its instant vector.
 
     ``base_url`` is the Prometheus root (``http://prometheus:9090``, with a path prefix if it is
     served under one). ``timeout`` is in seconds, ``max_bytes`` caps the response body.
-    Raises :class:`SourceError` for every failure; see :func:`parse_vector` for the result.
+    Raises :class:`SourceError` for every failure; see :func:`parse_vector` for the result
+    and ``skipped``.
     """
     body = await get_bytes(
         client,
@@ -43,7 +45,7 @@ async def instant_query(
         headers=headers,
     )
     # On the CPU worker thread: at 10k GPUs the answer is 14k series (a few MB).
-    return await run_cpu(parse_vector, body)
+    return await run_cpu(parse_vector, body, skipped)
 
 
 # --- the fast path: msgspec, in pieces --------------------------------------------------
@@ -102,7 +104,9 @@ def _typed_vector(body: bytes) -> list[tuple[dict[str, str], float]] | None:
         return None
 
 
-def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
+def parse_vector(
+    body: bytes, skipped: list[int] | None = None
+) -> list[tuple[dict[str, str], float]]:
     """Parse a ``/api/v1/query`` response whose result is an instant vector.
 
     Expects ``{"status": "success", "data": {"resultType": "vector", "result": [{"metric":
@@ -113,7 +117,9 @@ def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
 
     Raises :class:`SourceError` with reason ``parse`` when the body is not JSON, and
     ``invalid`` when it is JSON of another shape: an error status, a result type other than
-    ``vector``, a series without a numeric value or with non-string label values.
+    ``vector``, a series without a numeric value or with non-string label values. With
+    ``skipped`` (the token sources: one bad series must not hide the others) such a series is
+    left out and counted in ``skipped[0]`` instead.
     """
     typed = _typed_vector(body)
     if typed is not None:
@@ -134,7 +140,15 @@ def parse_vector(body: bytes) -> list[tuple[dict[str, str], float]]:
     result = data.get("result")
     if not isinstance(result, list):
         raise SourceError("invalid", "Prometheus API data.result is not a list")
-    return [_series(item) for item in result]
+    if skipped is None:
+        return [_series(item) for item in result]
+    out = []
+    for item in result:
+        try:
+            out.append(_series(item))
+        except SourceError:
+            skipped[0] += 1
+    return out
 
 
 def _series(item: Any) -> tuple[dict[str, str], float]:

@@ -15,15 +15,25 @@ are the upstreams' own:
   ``litellm_input_tokens_total``), ``litellm_input_cached_tokens_metric_total`` (provider
   prompt-cache reads, newer releases), ``litellm_output_tokens_metric_total`` (older
   ``litellm_output_tokens_total``), ``litellm_spend_metric_total`` (LiteLLM's own dollars,
-  used only for models our price list lacks); labels ``team_alias``/``team`` → tenant,
-  ``model`` (else ``litellm_model_name``, ``requested_model``) → model. ``hashed_api_key``,
-  ``api_key_alias``, ``user``, ``user_email``, ``end_user`` are never read.
+  used only for models our price list lacks); label ``team`` (the team id) → tenant —
+  ``team_alias`` is a display name, and LiteLLM writes a missing value as ``"None"`` (no
+  tenant); ``model`` (else ``litellm_model_name``, ``requested_model``) → model;
+  ``api_provider`` → provider. The input counter includes cached tokens; the cached counter
+  lacks ``org_id``/``org_alias`` (v1.108; LIT-2825 adds them), so the two pair on the labels
+  both carry. ``hashed_api_key``, ``api_key_alias``, ``user``, ``user_email``, ``end_user``
+  are never read. The proxy answers ``/metrics`` with a 307 to ``/metrics/`` (followed on
+  the same host, :func:`~aifinops.sources.base.same_host_redirect`) and wants a key on it
+  (``bearer_token_file``).
 * **otel_genai** — the OpenTelemetry ``gen_ai.client.token.usage`` histogram as the
   collector's Prometheus exporter writes it: ``gen_ai_client_token_usage_sum`` with
   ``gen_ai_token_type`` (``input``/``output``; older ``prompt``/``completion``),
   ``gen_ai_request_model`` (else ``gen_ai_response_model``), ``gen_ai_provider_name`` (older
   ``gen_ai_system``). Tenant: a ``tenant`` label if the app sets one, else the namespace in
   ``k8s_namespace_name`` (resource attributes promoted to labels) by the tenancy rules.
+  ``opentelemetry-instrumentation-openai-v2`` always says ``openai``, whatever server the
+  SDK talks to: the provider is named from ``server_address`` by
+  ``server_address_providers`` (glob → provider, first match; :data:`OTEL_SERVER_PROVIDERS`
+  by default), an unnamed server being :data:`OPENAI_COMPATIBLE`.
 * **tgi** — Hugging Face TGI's ``tgi_request_input_length_sum`` and
   ``tgi_request_generated_tokens_sum`` histogram sums; TGI labels no model, so ``model`` is
   configured. Role ``both``, like vLLM.
@@ -31,11 +41,13 @@ are the upstreams' own:
 Every field of a preset can be replaced in configuration (``preset: custom`` starts empty).
 
 Reading: ``mode: prometheus`` runs one instant query ``{__name__=~"<names>"<selector>}``;
-``mode: scrape`` reads the ``/metrics`` pages directly (all concurrently; one failure fails
-the fetch, and the refresh loop keeps the last good data). :func:`observations_from_samples`
-is the pure mapping the tests feed with literal payloads. Each upstream series is identified
-by a digest of its name and labels: raw label values other than the mapped ones never leave
-this module.
+``mode: scrape`` reads the ``/metrics`` pages directly, all concurrently, each target its own
+origin (:class:`TokenSource`): one that fails keeps its last good read and is marked down
+alone; the fetch fails only when all do (the refresh loop then keeps the last good data). A
+series that cannot be read is skipped and counted, never the source down.
+:func:`observations_from_samples` is the pure mapping the tests feed with literal payloads.
+Each upstream series is identified by a digest of its name and labels: raw label values other
+than the mapped ones never leave this module.
 """
 
 from __future__ import annotations
@@ -45,12 +57,18 @@ import dataclasses
 import hashlib
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+from operator import attrgetter
 from typing import Literal
 
 import httpx
+import structlog
 
+from aifinops.exposition.catalog import TOKEN_SERIES_SKIPPED, TOKEN_TARGET_UP
+from aifinops.exposition.render import Family
 from aifinops.model.inputs import TokenObservation, TokenRole
 from aifinops.model.llm_prices import TokenType, normalize_provider
 from aifinops.offload import run_cpu
@@ -60,10 +78,14 @@ from aifinops.sources.promapi import instant_query
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
 
 Sample = tuple[str, Mapping[str, str], float]
+log = structlog.get_logger("aifinops.sources.tokens")
 
 MAX_LABEL_VALUE = 256
 _EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _EMPTY_VALUES = frozenset({"", "none", "null", "undefined", "n/a"})
+# What reading a malformed series raises (a label value that is not text: the Prometheus API
+# path; one that cannot be encoded: a lone surrogate from a JSON escape).
+_MALFORMED = (UnicodeError, TypeError, AttributeError, ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +127,8 @@ class TokenMapping:
     tenant_labels: tuple[str, ...] = ()
     namespace_labels: tuple[str, ...] = ()
     pod_labels: tuple[str, ...] = ()
+    server_address_labels: tuple[str, ...] = ()
+    server_address_providers: tuple[tuple[str, str], ...] = ()
 
     def wanted(self) -> frozenset[str]:
         """Every metric name this mapping reads (current and older names, subtrahends)."""
@@ -116,6 +140,18 @@ class TokenMapping:
                 names.add(m.subtract)
         return frozenset(names)
 
+
+OTEL_SERVER_PROVIDERS: tuple[tuple[str, str], ...] = (
+    ("api.openai.com", "openai"),
+    ("*.openai.azure.com", "azure"),
+    ("*.cognitiveservices.azure.com", "azure"),
+    ("*.services.ai.azure.com", "azure"),
+)
+"""The otel_genai preset's ``server_address_providers``: the OpenAI SDK instrumentation writes
+``gen_ai.system``/``gen_ai.provider.name`` = ``openai`` whatever server the client talks to;
+only ``server.address`` says it is Azure, vLLM or another OpenAI-compatible server."""
+OPENAI_COMPATIBLE = "openai_compatible"
+"""The provider of an OpenAI SDK's tokens sent to a server no pattern names."""
 
 PRESETS: Mapping[str, TokenMapping] = {
     "vllm": TokenMapping(
@@ -151,7 +187,9 @@ PRESETS: Mapping[str, TokenMapping] = {
         role="usage",
         model_labels=("model", "litellm_model_name", "requested_model"),
         provider_labels=("api_provider",),
-        tenant_labels=("team_alias", "team"),
+        # The team id: ``team_alias`` is a display name (two spellings of one tenant), and
+        # LiteLLM writes a missing team as the string "None" (no tenant: clean_value).
+        tenant_labels=("team",),
     ),
     "otel_genai": TokenMapping(
         metrics=(
@@ -172,6 +210,8 @@ PRESETS: Mapping[str, TokenMapping] = {
         tenant_labels=("tenant",),
         namespace_labels=("k8s_namespace_name",),
         pod_labels=("k8s_pod_name",),
+        server_address_labels=("server_address",),
+        server_address_providers=OTEL_SERVER_PROVIDERS,
     ),
     "tgi": TokenMapping(
         metrics=(
@@ -203,10 +243,13 @@ def mapping_for(s: TokenSourceSettings) -> TokenMapping:
         "tenant_labels",
         "namespace_labels",
         "pod_labels",
+        "server_address_labels",
     ):
         value = getattr(s, name)
         if value is not None:
             changes[name] = value
+    if s.server_address_providers is not None:
+        changes["server_address_providers"] = tuple(s.server_address_providers.items())
     mapping = replace(base, **changes)  # type: ignore[arg-type]
     if set(mapping.tenant_labels) & FORBIDDEN_TENANT_LABELS:
         raise ValueError("tenant_labels name a person or an API key")
@@ -240,25 +283,27 @@ def _digest(name: str, tail: bytes) -> str:
     return hashlib.blake2b(name.encode() + tail, digest_size=8).hexdigest()
 
 
-def _subtract_key(labels: Mapping[str, str], tail: bytes) -> bytes:
-    """The identity under which a sample meets its ``subtract`` partner: every label but
-    ``__name__`` (``tail`` is their :func:`_digest_tail`). A 128-bit digest rather than the
-    pairs themselves: it is kept per label set between refreshes (~30k of them at 10k GPUs).
-    The tail is hashed where it is unambiguous (no value holds a NUL, so it splits back into
-    its pairs); otherwise the sorted pairs' ``repr``, marked so the two cannot meet."""
-    if _unambiguous(labels, tail):
-        data = tail
-    else:
-        data = b"\1" + repr(sorted((k, v) for k, v in labels.items() if k != "__name__")).encode()
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
 class _LabelSet:
     """What one label set gives, whatever the series' name (LiteLLM repeats each over its
     four counters). ``token_types[i]`` is the token type metric map ``i`` gives it (``None``:
-    unmapped); ``subtract_key`` pairs a sample with its ``subtract`` partner. Read-only."""
+    unmapped); ``names``/``values`` are its labels (sorted, ``__name__`` left out), kept only
+    where a metric subtracts another, to pair the two on the labels they share
+    (:meth:`key_on`). ``skipped`` names why the series cannot be read (malformed), else
+    ``None``. Read-only but for the pairing key's memo."""
 
-    __slots__ = ("model", "namespace", "pod", "provider", "subtract_key", "tenant", "token_types")
+    __slots__ = (
+        "_key",
+        "_on",
+        "model",
+        "names",
+        "namespace",
+        "pod",
+        "provider",
+        "skipped",
+        "tenant",
+        "token_types",
+        "values",
+    )
 
     def __init__(
         self,
@@ -268,7 +313,9 @@ class _LabelSet:
         namespace: str | None,
         pod: str | None,
         token_types: tuple[TokenType | None, ...],
-        subtract_key: bytes | None,
+        names: tuple[str, ...] = (),
+        values: tuple[str, ...] = (),
+        skipped: str | None = None,
     ) -> None:
         self.model = model
         self.provider = provider
@@ -276,7 +323,30 @@ class _LabelSet:
         self.namespace = namespace
         self.pod = pod
         self.token_types = token_types
-        self.subtract_key = subtract_key
+        self.names = names
+        self.values = values
+        self.skipped = skipped
+        self._on: tuple[str, ...] | None = None
+        self._key: tuple[str, ...] = ()
+
+    def key_on(self, on: tuple[str, ...]) -> tuple[str, ...]:
+        """The values of labels ``on`` (sorted names; an absent label is ``""``, as in
+        PromQL): what pairs a sample with its ``subtract`` partner. ``on`` is the same object
+        while the pages keep their label names, so the key is worked out once, not per
+        refresh."""
+        if self._on is not on:
+            if self.names == on:  # the usual partner's case: its own values, no new tuple
+                self._key = self.values
+            else:
+                mine = dict(zip(self.names, self.values, strict=True))
+                self._key = tuple([mine.get(n, "") for n in on])
+            self._on = on
+        return self._key
+
+
+_SKIPPED = _LabelSet(None, None, None, None, None, (), skipped="malformed")
+"""The label set of a series that could not be read (a label value that is not text, or not
+encodable): skipped and counted, never the whole source down."""
 
 
 def _unambiguous(labels: Mapping[str, str], tail: bytes) -> bool:
@@ -305,14 +375,27 @@ class _SeriesBuilder:
     """Makes the :class:`_Series` of (name, labels) by the rules of
     :func:`observations_from_samples`' docstring, with the target labels under the sample's
     own (Prometheus' ``honor_labels: true``). One per read (or call): it memoizes cleaned
-    values and, per label mapping object, the :class:`_LabelSet`."""
+    values and, per label mapping object, the :class:`_LabelSet`. ``target`` (a scrape
+    target as shown, given when a source has several) goes into each series' digest: two
+    replicas' pages with the same labels are two counters, never one that jumps between
+    them."""
 
-    def __init__(self, mapping: TokenMapping, target_labels: Mapping[str, str]) -> None:
+    def __init__(
+        self, mapping: TokenMapping, target_labels: Mapping[str, str], target: str = ""
+    ) -> None:
         self._mapping = mapping
         self._target = dict(target_labels)
+        self._salt = f"\0\0target={target}".encode() if target else b""
         # One str object per wanted name, so that series of one name share it (cheap `is`).
         self._names = {n: n for n in mapping.wanted()}
-        self._subtracts = any(m.subtract for m in mapping.metrics)
+        # The names whose series pair with a partner: a subtracting metric and its partner.
+        self._pairing = frozenset(
+            n for m in mapping.metrics if m.subtract for n in (m.metric, *m.older_names, m.subtract)
+        )
+        self._label_names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._strs: dict[str, str] = {}
+        self._hosts: dict[tuple[str, str | None], str | None] = {}
+        self.skipped = 0
         self._model = clean_value(mapping.model)
         self._tenant = clean_value(mapping.tenant)
         self._clean: dict[str, str | None] = {}
@@ -333,22 +416,39 @@ class _SeriesBuilder:
 
     def __call__(self, name: str, labels: Mapping[str, str]) -> _Series:
         """The series of a sample whose labels mapping may be shared with other samples (a
-        parsed page shares one per label text): worked out once per mapping object."""
+        parsed page shares one per label text): worked out once per mapping object. A
+        series that cannot be read is given the :data:`_SKIPPED` label set (counted)."""
         memo = self._sets.get(id(labels))
         if memo is None or memo[0] is not labels:
-            merged = {**self._target, **labels} if self._target else labels
-            tail = _digest_tail(merged)
+            try:
+                merged = {**self._target, **labels} if self._target else labels
+                tail = _digest_tail(merged)
+                label_set = self._label_set_of(merged, tail)
+            except _MALFORMED:
+                return self._skipped(name)
             # The labels object is kept in the memo, so its id cannot be reused meanwhile.
-            memo = (labels, self._label_set_of(merged, tail), tail)
+            memo = (labels, label_set, tail + self._salt)
             self._sets[id(labels)] = memo
+        if name in self._pairing and not memo[1].names:
+            self._add_pairs(memo[1], {**self._target, **labels} if self._target else labels)
         name = self._names.get(name, name)
         return _Series(name, _digest(name, memo[2]), memo[1])
 
     def own(self, name: str, labels: Mapping[str, str]) -> _Series:
         """The series of a sample with a labels mapping of its own (the Prometheus API's)."""
-        tail = _digest_tail(labels)
-        name = self._names.get(name, name)
-        return _Series(name, _digest(name, tail), self._label_set_of(labels, tail))
+        try:
+            tail = _digest_tail(labels)
+            label_set = self._label_set_of(labels, tail)
+            if name in self._pairing and not label_set.names:
+                self._add_pairs(label_set, labels)
+            name = self._names.get(name, name)
+            return _Series(name, _digest(name, tail), label_set)
+        except _MALFORMED:
+            return self._skipped(name)
+
+    def _skipped(self, name: object) -> _Series:
+        self.skipped += 1
+        return _Series(name if isinstance(name, str) else "", "", _SKIPPED)
 
     def _label_set_of(self, labels: Mapping[str, str], tail: bytes) -> _LabelSet:
         by_tail = self._by_tail
@@ -387,14 +487,51 @@ class _SeriesBuilder:
             token_types.append(token_type)
         types = tuple(token_types)
         return _LabelSet(
-            model=self._model or self._first(labels, m.model_labels),
-            provider=normalized,
-            tenant=self._tenant or self._first(labels, m.tenant_labels),
-            namespace=self._first(labels, m.namespace_labels),
-            pod=self._first(labels, m.pod_labels),
-            token_types=self._token_types.setdefault(types, types),
-            subtract_key=_subtract_key(labels, tail) if self._subtracts else None,
+            self._model or self._first(labels, m.model_labels),
+            self._provider(labels, normalized),
+            self._tenant or self._first(labels, m.tenant_labels),
+            self._first(labels, m.namespace_labels),
+            self._first(labels, m.pod_labels),
+            self._token_types.setdefault(types, types),
         )
+
+    def _add_pairs(self, label_set: _LabelSet, labels: Mapping[str, str]) -> None:
+        """Keep the sorted label names and values of a label set that a series of a
+        subtracting metric or of its partner has (only those pair on them; LiteLLM's spend
+        series keep none); equal name tuples and values shared within the read."""
+        items = sorted((k, v) for k, v in labels.items() if k != "__name__")
+        names = tuple([k for k, _ in items])
+        strs = self._strs
+        label_set.values = tuple([strs.setdefault(v, v) for _, v in items])
+        label_set.names = self._label_names.setdefault(names, names)
+
+    def _provider(self, labels: Mapping[str, str], provider: str | None) -> str | None:
+        """``provider`` (normalized), or the one ``server_address_providers`` names for the
+        server the sample went to (first matching pattern); a server no pattern names is
+        :data:`OPENAI_COMPATIBLE` where the labels say ``openai`` (the OpenAI SDK's fixed
+        value) or nothing."""
+        m = self._mapping
+        host = self._first(labels, m.server_address_labels) if m.server_address_labels else None
+        if host is None:
+            return provider
+        memo = self._hosts.get((host, provider), "")
+        if memo == "":
+            found = next(
+                (
+                    p
+                    for pattern, p in m.server_address_providers
+                    if fnmatchcase(host.lower(), pattern.lower())
+                ),
+                None,
+            )
+            if found is not None:
+                memo = normalize_provider(found)
+            elif provider in (None, "openai"):
+                memo = OPENAI_COMPATIBLE
+            else:
+                memo = provider
+            self._hosts[(host, provider)] = memo
+        return memo
 
 
 def observations_from_samples(
@@ -407,10 +544,13 @@ def observations_from_samples(
     """Map parsed samples to token observations.
 
     Per metric map: the first of ``metric``/``older_names`` that has samples is read; each
-    sample's value minus the ``subtract`` sample with identical labels (0 when none; never
-    below 0). Skipped: NaN/±Inf and negative values, samples whose token type label is
-    unmapped, samples with no model. Tenant, provider and pod follow the mapping (see the
-    module docstring); an email-like label value is never used.
+    sample's value minus its ``subtract`` partner: the partner samples (summed) whose values
+    of the labels both families carry are the sample's, an absent label counting as ``""``
+    (0 when none; never below 0). A partner met by several samples is split among them in
+    proportion to their values. Skipped: NaN/±Inf and negative values, samples whose token
+    type label is unmapped, samples with no model, malformed samples. Tenant, provider and
+    pod follow the mapping (see the module docstring); an email-like label value is never
+    used.
     """
     build = _SeriesBuilder(mapping, {})
     series: list[_Series] = []
@@ -418,7 +558,7 @@ def observations_from_samples(
     for name, labels, value in samples:
         series.append(build(name, labels))
         values.append(value)
-    return _observe(source, ((series, values, name_runs(series)),), mapping, from_zero)
+    return _observe(source, ((series, values, name_runs(series), None),), mapping, from_zero)
 
 
 def _fast_observation() -> Callable[
@@ -435,6 +575,7 @@ def _fast_observation() -> Callable[
         str | None,
         Literal["tokens", "spend_usd"],
         bool,
+        str | None,
     ],
     TokenObservation,
 ]:
@@ -447,7 +588,7 @@ def _fast_observation() -> Callable[
     params = getattr(TokenObservation, "__dataclass_params__", None)
     if (
         getattr(TokenObservation, "__slots__", None) != names
-        or len(names) != 12
+        or len(names) != 13
         or not all(f.init for f in fields)
         or hasattr(TokenObservation, "__post_init__")
         or params is None
@@ -456,7 +597,7 @@ def _fast_observation() -> Callable[
         return TokenObservation
     new = object.__new__
     cls = TokenObservation
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = (getattr(cls, n).__set__ for n in names)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12 = (getattr(cls, n).__set__ for n in names)
 
     def make(
         source: str,
@@ -471,6 +612,7 @@ def _fast_observation() -> Callable[
         pod: str | None,
         kind: Literal["tokens", "spend_usd"],
         from_zero: bool,
+        origin: str | None,
     ) -> TokenObservation:
         o = new(cls)
         s0(o, source)
@@ -485,6 +627,7 @@ def _fast_observation() -> Callable[
         s9(o, pod)
         s10(o, kind)
         s11(o, from_zero)
+        s12(o, origin)
         return o
 
     return make
@@ -514,19 +657,57 @@ def name_runs(series: Sequence[_Series]) -> NameRuns:
     return runs
 
 
+Group = tuple[Sequence[_Series], Sequence[float], NameRuns, str | None]
+"""One scrape target's (or the one query's) series, values, :func:`name_runs` and origin."""
+
+
+def _pairing(
+    minuends: Sequence[tuple[Sequence[_Series], Sequence[float]]],
+    subtrahends: Sequence[tuple[Sequence[_Series], Sequence[float]]],
+) -> tuple[tuple[str, ...], dict[tuple[str, ...], float]]:
+    """The labels a metric and its ``subtract`` partner are paired on — those both families
+    carry (LiteLLM's cached-token counter lacks ``org_id``/``org_alias``; target labels are
+    on both) — and the partner's values summed per key (finite, non-negative ones)."""
+    mine: dict[int, tuple[str, ...]] = {}
+    theirs: dict[int, tuple[str, ...]] = {}
+    for runs, names in ((minuends, mine), (subtrahends, theirs)):
+        for series, _ in runs:
+            found = list(map(_label_names, series))  # a few distinct tuples, by identity
+            names.update(zip(map(id, found), found, strict=True))
+    shared = {n for t in mine.values() for n in t} & {n for t in theirs.values() for n in t}
+    on = tuple(sorted(shared))
+    on = _PAIRINGS.setdefault(on, on)
+    if len(_PAIRINGS) > 256:  # label names change rarely; never let the memo grow unbounded
+        _PAIRINGS.clear()
+    minus: dict[tuple[str, ...], float] = {}
+    for series, values in subtrahends:
+        for s, v in zip(series, values, strict=True):
+            if 0.0 <= v < _INF and s.labels.skipped is None:
+                k = s.labels.key_on(on)
+                minus[k] = minus.get(k, 0.0) + v
+    return on, minus
+
+
+_label_names = attrgetter("labels.names")
+# Pairing label tuples by value, so that each _LabelSet's key memo is kept between refreshes.
+_PAIRINGS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
 def _observe(
     source: str,
-    groups: Iterable[tuple[Sequence[_Series], Sequence[float], NameRuns]],
+    groups: Iterable[Group],
     mapping: TokenMapping,
     from_zero: bool = False,
 ) -> tuple[TokenObservation, ...]:
     """:func:`observations_from_samples` on series worked out beforehand: ``groups`` are the
-    series, values and :func:`name_runs` of each scrape target (or of the one query), in
-    order."""
-    by_name: dict[str, list[tuple[Sequence[_Series], Sequence[float]]]] = {}
-    for series, values, runs in groups:
-        for name, start, stop in runs:
-            by_name.setdefault(name, []).append((series[start:stop], values[start:stop]))
+    series, values, :func:`name_runs` and origin of each scrape target (or of the one query),
+    in order. A metric is paired with its ``subtract`` partner within one group."""
+    by_name: dict[str, list[tuple[Sequence[_Series], Sequence[float], int]]] = {}
+    origins: list[str | None] = []
+    for g, (series, values, name_spans, origin) in enumerate(groups):
+        origins.append(origin)
+        for name, start, stop in name_spans:
+            by_name.setdefault(name, []).append((series[start:stop], values[start:stop], g))
     out: list[TokenObservation] = []
     append = out.append
     role = mapping.role
@@ -535,50 +716,80 @@ def _observe(
         chosen = next((n for n in (m.metric, *m.older_names) if n in by_name), None)
         if chosen is None:
             continue
-        minus: dict[bytes | None, float] = {}
-        if m.subtract:
-            for series, values in by_name.get(m.subtract, ()):
-                for s, v in zip(series, values, strict=True):
-                    if math.isfinite(v):
-                        minus[s.labels.subtract_key] = v
         kind: Literal["tokens", "spend_usd"] = "spend_usd" if m.kind == "spend_usd" else "tokens"
-        for series, values in by_name[chosen]:
-            for s, raw in zip(series, values, strict=True):
-                if not 0.0 <= raw < _INF:  # NaN, ±Inf; a counter is never negative
-                    continue
-                labels = s.labels
-                token_type = labels.token_types[i]
-                if token_type is None or labels.model is None:
-                    continue
-                value = max(0.0, raw - minus.get(labels.subtract_key, 0.0)) if minus else raw
-                last = s.last
-                if (
-                    last is not None
-                    and last.value == value
-                    and last.token_type == token_type
-                    and last.kind == kind
-                    and last.role == role
-                    and last.source == source
-                    and last.from_zero is from_zero
-                    and (value or math.copysign(1.0, value) == math.copysign(1.0, last.value))
-                ):
-                    append(last)
-                    continue
-                s.last = obs = new_observation(
-                    source,
-                    s.digest,
-                    role,
-                    token_type,
-                    labels.model,
-                    value,
-                    labels.provider,
-                    labels.tenant,
-                    labels.namespace,
-                    labels.pod,
-                    kind,
-                    from_zero,
-                )
-                append(obs)
+        for g, origin in enumerate(origins):
+            mine = [(s, v) for s, v, gg in by_name[chosen] if gg == g]
+            if not mine:
+                continue
+            minus: dict[tuple[str, ...], float] = {}
+            on: tuple[str, ...] = ()
+            if m.subtract:
+                partner = [(s, v) for s, v, gg in by_name.get(m.subtract, ()) if gg == g]
+                if partner:
+                    on, minus = _pairing(mine, partner)
+            shares: dict[tuple[str, ...], float] = {}
+            if minus:
+                # Where several series meet one partner (the partner has fewer labels than
+                # the labels that tell them apart), it is split in proportion to their values.
+                for series, values in mine:
+                    for s, raw in zip(series, values, strict=True):
+                        labels = s.labels
+                        if (
+                            0.0 <= raw < _INF
+                            and labels.skipped is None
+                            and labels.token_types[i]
+                            and labels.model
+                        ):
+                            k = labels.key_on(on)
+                            if k in minus:
+                                shares[k] = shares.get(k, 0.0) + raw
+            for series, values in mine:
+                for s, raw in zip(series, values, strict=True):
+                    if not 0.0 <= raw < _INF:  # NaN, ±Inf; a counter is never negative
+                        continue
+                    labels = s.labels
+                    if labels.skipped is not None:
+                        continue
+                    token_type = labels.token_types[i]
+                    if token_type is None or labels.model is None:
+                        continue
+                    value = raw
+                    if minus:
+                        k = labels.key_on(on)
+                        c = minus.get(k)
+                        if c is not None:
+                            total = shares[k]
+                            value = max(0.0, raw - c * (raw / total)) if total > 0 else 0.0
+                    last = s.last
+                    if (
+                        last is not None
+                        and last.value == value
+                        and last.token_type == token_type
+                        and last.kind == kind
+                        and last.role == role
+                        and last.source == source
+                        and last.from_zero is from_zero
+                        and last.origin == origin
+                        and (value or math.copysign(1.0, value) == math.copysign(1.0, last.value))
+                    ):
+                        append(last)
+                        continue
+                    s.last = obs = new_observation(
+                        source,
+                        s.digest,
+                        role,
+                        token_type,
+                        labels.model,
+                        value,
+                        labels.provider,
+                        labels.tenant,
+                        labels.namespace,
+                        labels.pod,
+                        kind,
+                        from_zero,
+                        origin,
+                    )
+                    append(obs)
     return tuple(out)
 
 
@@ -594,36 +805,101 @@ def token_query(names: Iterable[str], selector: str) -> str:
     return "{" + ",".join(matchers) + "}"
 
 
+class TokenRead(tuple[TokenObservation, ...]):
+    """A token source's observations, with the origins it read (:class:`TokenInputs`
+    ``sources``): a target read empty is an origin all the same."""
+
+    origins: frozenset[str]
+
+    def __new__(cls, observations: Iterable[TokenObservation], origins: Iterable[str]) -> TokenRead:
+        self = super().__new__(cls, observations)
+        self.origins = frozenset(origins)
+        return self
+
+
+def target_display(url: str) -> str:
+    """A scrape target as shown in self-metrics and logs: host, port and path, never the
+    user info or the query (where credentials hide)."""
+    try:
+        u = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return "invalid-url"
+    port = f":{u.port}" if u.port is not None else ""
+    return f"{u.host}{port}{u.path}"
+
+
+@dataclass(slots=True)
+class _Target:
+    """One scrape target's state: its origin, what it last gave and whether that read
+    worked. A failed target keeps giving its last good read for the source's
+    ``stale_after_seconds``; the others are read as usual."""
+
+    url: str
+    labels: Mapping[str, str]
+    origin: str
+    display: str
+    up: bool = False
+    reason: str | None = None
+    good: Group | None = None
+    good_at: float = 0.0
+    skipped: int = 0
+    logged: str | None = None
+
+
 class TokenSource:
     """One configured token source (``tokens.sources[]``), named ``tokens:<name>``.
 
     In ``mode: scrape`` each target's page is read by a :class:`SeriesReader` kept for the
     life of the source: a series is parsed and mapped (digest, model, tenant, ...) when it
     first appears, and a later refresh only reads its new value. At 10k GPUs (a LiteLLM page
-    of ~110k series) that takes a refresh from ~2 s of CPU to ~0.2 s.
+    of ~110k series) that takes a refresh from ~2 s of CPU to ~0.2 s. Each target is its own
+    origin (with more than one): one that cannot be read is marked down alone
+    (``aifinops_token_target_up``) and keeps its last good read until the source's
+    ``stale_after_seconds``; the source fails only when every target does. A series that
+    cannot be read is skipped and counted (``aifinops_token_series_skipped_total``), once per
+    read, never the source down.
     """
 
-    def __init__(self, settings: TokenSourceSettings) -> None:
+    def __init__(
+        self, settings: TokenSourceSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = settings
         self._mapping = mapping_for(settings)
+        self._clock = clock
         self.name = f"tokens:{settings.name}"
         wanted = self._mapping.wanted()
         self._readers: list[SeriesReader[_Series]] = [
             SeriesReader(wanted) for _ in settings.scrape_targets
         ]
-        # Per target: the series list of the last read and its name runs (a reader hands
-        # back the same list while the page holds the same series).
-        self._runs: list[tuple[list[_Series], NameRuns]] = [
-            ([], []) for _ in settings.scrape_targets
+        # Per target: the series list of the last read, its name runs and skipped series (a
+        # reader hands back the same list while the page holds the same series).
+        self._runs: list[tuple[list[_Series], NameRuns, int]] = [
+            ([], [], 0) for _ in settings.scrape_targets
+        ]
+        several = len(settings.scrape_targets) > 1
+        self._targets = [
+            _Target(
+                t.url,
+                t.labels,
+                f"{self.name}#{target_display(t.url)}" if several else self.name,
+                target_display(t.url),
+            )
+            for t in settings.scrape_targets
         ]
         # mode: prometheus: the series of the last answer, by their labels' text.
         self._queried: dict[str, _Series] = {}
+        self.skipped_total = 0
+        self._skipped_logged = 0
 
     @property
     def mapping(self) -> TokenMapping:
         return self._mapping
 
-    async def fetch(self, client: httpx.AsyncClient) -> tuple[TokenObservation, ...]:
+    def target_status(self) -> list[tuple[str, bool]]:
+        """(target as shown, whether its last read worked) per scrape target."""
+        return [(t.display, t.up) for t in self._targets]
+
+    async def fetch(self, client: httpx.AsyncClient) -> TokenRead:
         s = self._settings
         headers = read_bearer_token(s.bearer_token_file)
         if s.mode == "prometheus":
@@ -631,6 +907,7 @@ class TokenSource:
                 raise SourceError(
                     "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
                 )
+            malformed = [0]
             series = await instant_query(
                 client,
                 s.prometheus_url,
@@ -638,19 +915,70 @@ class TokenSource:
                 timeout=s.timeout_seconds,
                 max_bytes=s.max_response_bytes,
                 headers=headers,
+                skipped=malformed,
             )
             samples = [(labels.get("__name__", ""), labels, value) for labels, value in series]
             # Pure Python over every series: off the event loop (see aifinops.offload).
-            return await run_cpu(self._observe_query, samples)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._scrape(client, i, t.url, t.labels, headers))
-                    for i, t in enumerate(s.scrape_targets)
-                ]
-        except* SourceError as failed:
-            raise failed.exceptions[0] from None
-        return await run_cpu(_observe, self.name, [t.result() for t in tasks], self._mapping)
+            observed = await run_cpu(self._observe_query, samples, malformed[0])
+            return TokenRead(observed, (self.name,))
+        results = await asyncio.gather(
+            *(
+                self._scrape(client, i, t.url, t.labels, headers)
+                for i, t in enumerate(self._targets)
+            ),
+            return_exceptions=True,
+        )
+        now = self._clock()
+        groups: list[Group] = []
+        failed: list[SourceError] = []
+        for t, result in zip(self._targets, results, strict=True):
+            if isinstance(result, SourceError):
+                failed.append(result)
+                t.up, t.reason = False, result.reason
+                if t.good is not None and now - t.good_at <= s.stale_after_seconds:
+                    groups.append(t.good)
+                else:
+                    t.good = None
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            read, values, spans, skipped = result
+            t.up, t.reason = True, None
+            good: Group = (read, values, spans, t.origin)
+            t.good, t.good_at, t.skipped = good, now, skipped
+            groups.append(good)
+        if failed and len(failed) == len(self._targets):
+            for t in self._targets:
+                t.logged = None  # the refresh loop logs the source's own state change
+            raise failed[0]
+        self._log_targets()
+        self._count_skipped(sum(t.skipped for t in self._targets if t.up))
+        observed = await run_cpu(_observe, self.name, groups, self._mapping)
+        return TokenRead(observed, (g[3] or self.name for g in groups))
+
+    def _log_targets(self) -> None:
+        """One line per change of a target's state while the source is up (a source that is
+        down as a whole is logged by the refresh loop)."""
+        for t in self._targets:
+            state = "up" if t.up else f"down:{t.reason}"
+            if state == t.logged or (t.logged is None and t.up):
+                t.logged = state
+                continue
+            if t.up:
+                log.info("token_target_up", source=self.name, target=t.display)
+            else:
+                log.warning(
+                    "token_target_down", source=self.name, target=t.display, reason=t.reason
+                )
+            t.logged = state
+
+    def _count_skipped(self, skipped: int) -> None:
+        """Count this read's unreadable series; log when their number changes (a line, not a
+        traceback per refresh)."""
+        self.skipped_total += skipped
+        if skipped != self._skipped_logged:
+            log.warning("token_series_skipped", source=self.name, series=skipped)
+            self._skipped_logged = skipped
 
     async def _scrape(
         self,
@@ -659,7 +987,7 @@ class TokenSource:
         url: str,
         target_labels: Mapping[str, str],
         headers: Mapping[str, str],
-    ) -> tuple[list[_Series], list[float], NameRuns]:
+    ) -> tuple[list[_Series], list[float], NameRuns, int]:
         s = self._settings
         body = await get_bytes(
             client, url, timeout=s.timeout_seconds, max_bytes=s.max_response_bytes, headers=headers
@@ -670,9 +998,11 @@ class TokenSource:
         try:
             return await run_cpu(self._read, index, body, target_labels)
         except ValueError as exc:
-            raise SourceError("parse", f"{url}: {exc}") from None
+            raise SourceError("parse", f"{target_display(url)}: {exc}") from None
 
-    def _observe_query(self, samples: Iterable[Sample]) -> tuple[TokenObservation, ...]:
+    def _observe_query(
+        self, samples: Iterable[Sample], malformed: int = 0
+    ) -> tuple[TokenObservation, ...]:
         """``observations_from_samples`` for an instant query's answer, reusing the series of
         the last answer: a steady answer costs a ``join`` and a look-up per sample, not the
         mapping. A series is known by its labels as they came (``name=value``, NUL-separated,
@@ -683,8 +1013,15 @@ class TokenSource:
         kept: dict[str, _Series] = {}
         series: list[_Series] = []
         values: list[float] = []
+        skipped = malformed  # elements the answer's parse left out
         for name, labels, value in samples:
-            key = "\0".join(map("=".join, labels.items()))
+            try:
+                key = "\0".join(map("=".join, labels.items()))
+            except _MALFORMED:
+                series.append(build._skipped(name))
+                values.append(value)
+                skipped += 1
+                continue
             found = known.get(key)
             if found is None:
                 found = build.own(name, labels)
@@ -693,18 +1030,40 @@ class TokenSource:
                     kept[key] = found
             else:
                 kept[key] = found
+            skipped += found.labels is _SKIPPED
             series.append(found)
             values.append(value)
         self._queried = kept
-        return _observe(self.name, ((series, values, name_runs(series)),), self._mapping)
+        self._count_skipped(skipped)
+        return _observe(self.name, ((series, values, name_runs(series), None),), self._mapping)
 
     def _read(
         self, index: int, body: bytes, target_labels: Mapping[str, str]
-    ) -> tuple[list[_Series], list[float], NameRuns]:
-        builder = _SeriesBuilder(self._mapping, target_labels)
+    ) -> tuple[list[_Series], list[float], NameRuns, int]:
+        several = len(self._targets) > 1
+        builder = _SeriesBuilder(
+            self._mapping, target_labels, self._targets[index].display if several else ""
+        )
         series, values = self._readers[index].read(body, builder)
-        known, runs = self._runs[index]
+        known, runs, skipped = self._runs[index]
         if series is not known:
             runs = name_runs(series)
-            self._runs[index] = (series, runs)
-        return series, values, runs
+            skipped = sum(1 for s in series if s.labels is _SKIPPED)
+            self._runs[index] = (series, runs, skipped)
+        return series, values, runs, skipped
+
+
+def token_source_families(sources: Iterable[object]) -> list[Family]:
+    """The token sources' own self-metrics: each scrape target's state and the series
+    skipped as unreadable (the refresh loop renders them with its own)."""
+    up: list[tuple[tuple[str, ...], float]] = []
+    skipped: list[tuple[tuple[str, ...], float]] = []
+    for source in sources:
+        if not isinstance(source, TokenSource):
+            continue
+        for display, ok in source.target_status():
+            up.append(((source.name, display), 1.0 if ok else 0.0))
+        skipped.append(((source.name,), float(source.skipped_total)))
+    if not skipped:
+        return []
+    return [Family(TOKEN_TARGET_UP, up), Family(TOKEN_SERIES_SKIPPED, skipped)]
