@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aifinops.settings_finance import (
     BudgetsSettings,
+    ChargebackSettings,
     InitiativeList,
     RecommendationsSettings,
     RoutingSettings,
@@ -639,6 +640,7 @@ class Settings(_Strict):
     tokens: TokensSettings = Field(default_factory=TokensSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     budgets: BudgetsSettings = Field(default_factory=BudgetsSettings)
+    chargeback: ChargebackSettings = Field(default_factory=ChargebackSettings)
     initiatives: InitiativeList = ()
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
