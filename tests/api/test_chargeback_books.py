@@ -90,7 +90,7 @@ async def test_last_month_answers_from_opencost_with_gpu_hours(finance_demo):
         assert row["ChargePeriodStart"] == "2025-05-01T00:00:00Z"
         assert row["ChargePeriodEnd"] == "2025-06-01T00:00:00Z"
     units = {r["x_Resource"]: r["PricingUnit"] for r in focus if r["x_Tenant"] not in SENTINELS}
-    assert units["cpu"] == "vCPU-Hours" and units["ram"] == "GiB-Hours"
+    assert units["cpu"] == "Core-Hours" and units["ram"] == "GiB-Hours"
     assert all(r["BillingAccountId"] == "aifinops" for r in focus)
 
     # two months back: neither OpenCost's window (history_months=1) nor the ledger holds it

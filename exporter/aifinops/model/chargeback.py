@@ -30,7 +30,7 @@ month in the configured time zone, converted to UTC; the charge period is the sp
 covers (``charge_start`` to ``charge_end``: OpenCost's first daily set in the month to its
 last, or ``now`` for the month in progress). Usage on a ``Usage`` row must not be null:
 ``PricingQuantity``/``ConsumedQuantity`` are the measured quantity when known (OpenCost's
-``gpuHours`` in ``GPU-Hours``, ``cpuCoreHours`` in ``vCPU-Hours``, ``ramByteHours`` and
+``gpuHours`` in ``GPU-Hours``, ``cpuCoreHours`` in ``Core-Hours`` (vCPU-hours), ``ramByteHours`` and
 ``pvByteHours`` in ``GiB-Hours``, API tokens in ``Tokens``) and otherwise the hours of the
 charge period (unit ``Hours``, "this share of the resource over N hours": network and shared
 cost, shares of idle), which ``x_QuantitySource`` says.
@@ -263,6 +263,9 @@ def _plain(x: float) -> str:
     return text
 
 
+# RFC 4180's CRLF: the csv module then quotes a field holding a CR as well as a LF (with
+# "\n" alone, a bare CR in a tenant name would be written unquoted and break the row).
+CSV_LINE_END = "\r\n"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -308,7 +311,7 @@ CSV_COLUMNS = (
 def chargeback_csv(cb: Chargeback) -> str:
     """A plain CSV (header :data:`CSV_COLUMNS`), amounts with two decimals."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator=CSV_LINE_END)
     w.writerow(CSV_COLUMNS)
     for r in cb.rows:
         w.writerow(
@@ -480,7 +483,7 @@ def focus_rows(cb: Chargeback, parties: FocusParties = FocusParties()) -> list[d
 def focus_csv(cb: Chargeback, parties: FocusParties = FocusParties()) -> str:
     """The FOCUS 1.2 cost-and-usage CSV (header :data:`FOCUS_COLUMNS`; null = empty field)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FOCUS_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=FOCUS_COLUMNS, lineterminator=CSV_LINE_END)
     w.writeheader()
     w.writerows(focus_rows(cb, parties))
     return buf.getvalue()

@@ -256,7 +256,7 @@ class PeriodBooks:
 GIB = float(1 << 30)
 QUANTITY_UNITS: Mapping[str, str] = {
     "gpu": "GPU-Hours",
-    "cpu": "vCPU-Hours",
+    "cpu": "Core-Hours",  # FOCUS Unit Format: "Core" is its recommended count unit
     "ram": "GiB-Hours",
     "storage": "GiB-Hours",
     TOKENS_RESOURCE: "Tokens",
