@@ -26,9 +26,7 @@ from aifinops.demo.cluster import (
 )
 
 SWAGGER_EXAMPLE = (
-    Path(__file__).resolve().parents[1]
-    / "fixtures"
-    / "opencost_swagger_allocation_compute_example.json"
+    Path(__file__).resolve().parents[1] / "fixtures" / "opencost_swagger_allocation_compute_example.json"
 )
 NOW = 1_750_000_000.0  # 2025-06-15T15:06:40Z
 TIMES = [NOW + k * 3917.0 for k in range(0, 26, 5)]  # spread over a day, odd offsets
