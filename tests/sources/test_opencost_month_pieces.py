@@ -6,6 +6,7 @@ answers like ``QueryAllocation`` (one set per 24 h step from the window start, r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from datetime import datetime
@@ -153,3 +154,26 @@ async def test_sets_dated_after_the_window_are_a_reason_not_dropped_silently() -
     # a few seconds of skew at most shortens the day it falls on: no error
     got = await fetch(source([T0], history_months=0), FakeOpenCost(shift=30.0))
     assert len(got.sets) == 15
+
+
+async def test_a_fetch_cut_short_resumes_with_the_pieces_it_got() -> None:
+    """The refresh loop bounds a fetch (1.5 × the source's timeout): a first fetch of weeks
+    cut there keeps the settled pieces it read, so the next attempt asks only the rest."""
+    fake = FakeOpenCost()
+    asked: list[str] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params["window"])
+        await asyncio.sleep(0.05)
+        return fake(request)
+
+    src = source([T0], month_piece_days=7)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(src.fetch(client), 0.18)
+        first = len(asked)
+        assert 2 <= first < 8
+        asked.clear()
+        got = await src.fetch(client)
+    assert len(got.sets) == 46
+    assert len(asked) <= 8 - (first - 1)  # at most the piece in flight is asked again

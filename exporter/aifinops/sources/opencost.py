@@ -551,19 +551,21 @@ class OpenCostMonthSource:
         segments = self.segments(now)
         start, end = segments[0][0], segments[-1][1]
         days = self.piece_days
+        pieces = month_pieces(segments, days)
+        # Settled pieces are kept as soon as each arrives: a first fetch of weeks that runs
+        # past the refresh loop's bound goes on where it stopped at the next attempt.
+        wanted = set(pieces)
+        self._settled = {k: v for k, v in self._settled.items() if k in wanted}
         sets: list[tuple[float, float, AllocationSet]] = []
-        settled: dict[tuple[float, float], tuple[float, DailyAllocationSets]] = {}
-        for piece in month_pieces(segments, days):
+        for piece in pieces:
             cached = self._settled.get(piece)
             if cached is not None and now - cached[0] < CLOSED_REFETCH_SECONDS:
                 got = cached[1]
             else:
                 got = await self._piece(client, piece[0], piece[1])
-                cached = (now, got)
-            if piece[1] <= now - SETTLED_AFTER_SECONDS and self.piece_days == days:
-                settled[piece] = cached
+                if piece[1] <= now - SETTLED_AFTER_SECONDS and self.piece_days == days:
+                    self._settled[piece] = (now, got)
             sets.extend(got.sets)
-        self._settled = settled
         sets.sort(key=lambda item: item[0])
         return DailyAllocationSets(start=start, end=end, sets=tuple(sets))
 
