@@ -521,9 +521,7 @@ def build_finance(
 
     books: dict[str, PeriodBooks] = {}
     if infra is not None:
-        books = period_books(
-            infra, by_day, month_to_date, period, bounds.start, now, _api_tokens(report, volume)
-        )
+        books = period_books(infra, by_day, month_to_date, period, now, _api_tokens(report, volume))
 
     finance = FinanceReport(
         now=now,
@@ -637,7 +635,6 @@ def period_books(
     by_day: Mapping[TenantResource, Mapping[date, float]],
     month_to_date: Mapping[TenantResource, float],
     period: str,
-    month_start: float,
     now: float,
     tokens: Mapping[str, float],
 ) -> dict[str, PeriodBooks]:
@@ -645,10 +642,11 @@ def period_books(
     dollars per (tenant, resource) are ``by_day`` (OpenCost's infrastructure dollars plus the
     exporter's own token and charge-back dollars per day) summed over the month, and for
     the month in progress exactly ``month_to_date`` (the figure budgets and the summary
-    show). Quantities are OpenCost's usage of each tenant's own pods over the same days (plus
-    ``tokens``, API tokens per tenant, this month only). A month whose sets start after its
-    first day (OpenCost no longer holds all of it, or only the look-back reached it) is left
-    out rather than shown short."""
+    show, over whatever part of it OpenCost holds). Quantities are OpenCost's usage of each
+    tenant's own pods over the same days (plus ``tokens``, API tokens per tenant, this month
+    only; dollars moved by self-hosted charge-back carry no quantity of their own). A past
+    month whose sets start after its first day (OpenCost no longer holds all of it, or only
+    the look-back reached it) is left out rather than shown short."""
     tz = infra.tz
     months: dict[str, list[date]] = defaultdict(list)
     for day in infra.spans:
@@ -658,13 +656,12 @@ def period_books(
         covered_start = min(infra.spans[d][0] for d in days)
         covered_end = max(infra.spans[d][1] for d in days)
         first = min(days)
-        if first.day != 1 or covered_start > local_midnight(first, tz) + 1.0:
-            continue
         if name == period:
+            # Whatever OpenCost holds of it: the month to date is computed from the same.
             dollars: Mapping[TenantResource, float] = month_to_date
             covered_end = max(covered_end, now)
-        elif name > period:
-            continue
+        elif name > period or first.day != 1 or covered_start > local_midnight(first, tz) + 1:
+            continue  # a later month (none), or one OpenCost holds only part of
         else:
             wanted = set(days)
             dollars = {
@@ -675,8 +672,6 @@ def period_books(
                 )
                 if v
             }
-        if name == period and covered_start > month_start + 1.0:
-            continue
         qty: dict[TenantResource, Quantity] = {}
         wanted_days = set(days)
         for (tenant, resource), per_day in infra.quantities.items():
