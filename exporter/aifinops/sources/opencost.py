@@ -17,11 +17,14 @@ JSON that OpenCost's ``AllocationJSON`` (``core/pkg/opencost/allocation_json.go`
 * numbers that were NaN or ±Inf inside OpenCost are written as ``null``.
 
 The month-to-date query (:class:`OpenCostMonthSource`, every
-``budgets.refresh_interval_seconds``): ``window=<start>,<now>`` as an RFC 3339 pair with
+``budgets.refresh_interval_seconds``): ``window=<start>,<end>`` as an RFC 3339 pair with
 ``step=1d`` and ``accumulate=false``, which OpenCost answers with one allocation set per
 24-hour step from the window start (the last set partial, up to now);
 :func:`parse_allocation_sets` keeps the sets apart. It is aggregated server-side by what
-tenancy reads (see :func:`month_aggregation`), so its size follows tenants, not pods.
+tenancy reads (see :func:`month_aggregation`), so its size follows tenants, not pods, and it
+is asked a few days at a time (:func:`month_query_segments`, :func:`month_pieces`): the
+current month, ``history_months`` whole months before it (chargeback) and the forecast's
+look-back, each piece far under ``max_response_bytes``.
 
 Both fetches decode while the body arrives (:func:`stream_sets`): the answer is cut into
 pieces of whole rows (:class:`~aifinops.sources.jsonchunks.SetStream`), each decoded on the
