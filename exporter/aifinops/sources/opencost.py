@@ -746,7 +746,9 @@ async def stream_sets(
                 size += len(chunk)
                 if size > request.max_bytes:
                     raise SourceError(
-                        "too_large", f"{request.url} sent over the {request.max_bytes}-byte cap"
+                        "too_large",
+                        f"{request.url} sent over the {request.max_bytes}-byte cap "
+                        "(sources.opencost.max_response_bytes)",
                     )
                 if whole or not stream.started:
                     head.append(chunk)
@@ -797,7 +799,8 @@ def _check_response(resp: httpx.Response, request: _Request) -> None:
     if declared is not None and declared.isdigit() and int(declared) > request.max_bytes:
         raise SourceError(
             "too_large",
-            f"{request.url} declares {declared} bytes, over the {request.max_bytes} cap",
+            f"{request.url} declares {declared} bytes, over the {request.max_bytes} cap "
+            "(sources.opencost.max_response_bytes)",
         )
 
 
