@@ -94,3 +94,18 @@ def test_a_month_opencost_holds_only_part_of_is_left_out() -> None:
     # the look-back reaching back into May, or OpenCost's retention ending mid-May
     books = books_of(sets(MAY_1 + 20 * DAY, NOW), {})
     assert set(books) == {"2025-06"}
+
+
+def test_books_reused_from_the_same_sets_are_the_books_computed_again() -> None:
+    monthly = sets(MAY_1, NOW)
+    infra = infra_month(None, monthly, RESOLVER, None, "UTC")
+    by_day = infra.by_day
+    first = period_books(infra, by_day, {("ml", "gpu"): 1.0}, "2025-06", NOW, {"ml": 10.0})
+    # a refresh later: the month to date and the token count moved, the sets did not
+    again = period_books(
+        infra, by_day, {("ml", "gpu"): 2.0}, "2025-06", NOW + 60, {"ml": 20.0}, first
+    )
+    fresh = period_books(infra, by_day, {("ml", "gpu"): 2.0}, "2025-06", NOW + 60, {"ml": 20.0})
+    assert again == fresh
+    assert again["2025-05"] is first["2025-05"]
+    assert again["2025-06"].quantities[("ml", "tokens")].value == 20.0

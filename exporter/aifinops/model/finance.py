@@ -186,6 +186,8 @@ class FinanceState:
     util_since: Mapping[TenantResource, float] = field(default_factory=dict)
     pod_gpu_models: Mapping[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     infra: InfraMonth | None = None  # a cache, never persisted (see InfraMonth)
+    # likewise: (the sets folded, the month in progress then, the books from them)
+    books: tuple[InfraMonth, str, Mapping[str, PeriodBooks]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,7 +523,12 @@ def build_finance(
 
     books: dict[str, PeriodBooks] = {}
     if infra is not None:
-        books = period_books(infra, by_day, month_to_date, period, now, _api_tokens(report, volume))
+        reuse = None
+        if state.books is not None and state.books[0] is infra and state.books[1] == period:
+            reuse = state.books[2]
+        books = period_books(
+            infra, by_day, month_to_date, period, now, _api_tokens(report, volume), reuse
+        )
 
     finance = FinanceReport(
         now=now,
@@ -558,6 +565,7 @@ def build_finance(
         util_since=since,
         pod_gpu_models=pod_models,
         infra=infra,
+        books=(infra, period, books) if infra is not None else None,
     )
     return finance, new_state
 
@@ -637,6 +645,7 @@ def period_books(
     period: str,
     now: float,
     tokens: Mapping[str, float],
+    cached: Mapping[str, PeriodBooks] | None = None,
 ) -> dict[str, PeriodBooks]:
     """The books of every calendar month OpenCost's daily sets cover from its first day:
     dollars per (tenant, resource) are ``by_day`` (OpenCost's infrastructure dollars plus the
@@ -646,13 +655,22 @@ def period_books(
     tenant's own pods over the same days (plus ``tokens``, API tokens per tenant, this month
     only; dollars moved by self-hosted charge-back carry no quantity of their own). A past
     month whose sets start after its first day (OpenCost no longer holds all of it, or only
-    the look-back reached it) is left out rather than shown short."""
+    the look-back reached it) is left out rather than shown short.
+
+    ``cached``: a previous answer from the same ``infra`` and ``period`` (summing weeks of
+    days per key costs ~0.1 s a month at 2,000 tenants): its past months are reused as they
+    are, and its month in progress for OpenCost's quantities. A past month's own dollars are
+    booked when its days are, so they change only with the sets (the cache's key)."""
     tz = infra.tz
     months: dict[str, list[date]] = defaultdict(list)
     for day in infra.spans:
         months[day.strftime("%Y-%m")].append(day)
     out: dict[str, PeriodBooks] = {}
     for name, days in months.items():
+        hit = cached.get(name) if cached is not None else None
+        if hit is not None and name != period:
+            out[name] = hit
+            continue
         covered_start = min(infra.spans[d][0] for d in days)
         covered_end = max(infra.spans[d][1] for d in days)
         first = min(days)
@@ -673,11 +691,14 @@ def period_books(
                 if v
             }
         qty: dict[TenantResource, Quantity] = {}
-        wanted_days = set(days)
-        for (tenant, resource), per_day in infra.quantities.items():
-            value = math.fsum(q for d, q in per_day.items() if d in wanted_days)
-            if value:
-                qty[(tenant, resource)] = Quantity(value, QUANTITY_UNITS[resource])
+        if hit is not None:
+            qty = {k: v for k, v in hit.quantities.items() if k[1] != TOKENS_RESOURCE}
+        else:
+            wanted_days = set(days)
+            for (tenant, resource), per_day in infra.quantities.items():
+                value = math.fsum(q for d, q in per_day.items() if d in wanted_days)
+                if value:
+                    qty[(tenant, resource)] = Quantity(value, QUANTITY_UNITS[resource])
         if name == period:
             for tenant, n in tokens.items():
                 if n > 0:
