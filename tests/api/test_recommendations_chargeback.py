@@ -131,6 +131,8 @@ async def test_chargeback_reconciles_to_the_cent_with_the_counters(finance_demo)
         assert cb["source"] == "exporter_ledger"
         assert cb["period_start"] == "2025-06-01T00:00:00Z"
         assert cb["charge_period_end"] == "2025-06-15T15:36:40Z"
+        # the ledger holds what this process accrued: from its first refresh, not the 1st
+        assert cb["charge_period_start"] == "2025-06-15T15:06:40Z"
         rows = {(r["tenant"], r["resource"]): r["amount_usd"] for r in cb["rows"]}
         want = {(t, r): v for (r, t), v in counters.items() if v}
         assert rows.keys() == want.keys()

@@ -60,7 +60,7 @@ from aifinops.model.budgets import (
     scope_totals,
 )
 from aifinops.model.budgets import evaluate_budgets as _evaluate_budgets
-from aifinops.model.chargeback import Quantity, current_period
+from aifinops.model.chargeback import Quantity, current_period, parse_period
 from aifinops.model.cost import _resource_costs, tenant_of
 from aifinops.model.forecast import month_bounds
 from aifinops.model.gpu_prices import GpuPricer
@@ -186,6 +186,7 @@ class FinanceState:
     util_since: Mapping[TenantResource, float] = field(default_factory=dict)
     pod_gpu_models: Mapping[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     infra: InfraMonth | None = None  # a cache, never persisted (see InfraMonth)
+    ledger_since: Mapping[str, float] = field(default_factory=dict)  # not persisted yet
     # likewise: (the sets folded, the month in progress then, the books from them)
     books: tuple[InfraMonth, str, Mapping[str, PeriodBooks]] | None = None
 
@@ -223,6 +224,7 @@ class FinanceReport:
     latencies: LatencyLookup
     monthly_tokens: Mapping[str, float] = field(default_factory=dict)  # per workload
     books: Mapping[str, PeriodBooks] = field(default_factory=dict)
+    ledger_since: Mapping[str, float] = field(default_factory=dict)
 
     def initiative(self, name: str) -> InitiativeRoi | None:
         return next((i for i in self.initiatives if i.name == name), None)
@@ -357,6 +359,12 @@ def build_finance(
             period_ledger = periods.setdefault(str(piece), {})
             period_ledger[ledger_key] = period_ledger.get(ledger_key, 0.0) + usd * fraction
     periods.setdefault(period, {})
+    # When this process's ledger began each period it holds (a restored state file's periods
+    # have no known start: None, read as the period start).
+    ledger_since = {p: t for p, t in state.ledger_since.items() if p in periods}
+    for name in periods:
+        if name not in state.periods and name not in ledger_since:
+            ledger_since[name] = max(interval_start, parse_period(name, tz)[0])
     for old in sorted(periods)[: max(0, len(periods) - ctx.history_months)]:
         del periods[old]
 
@@ -551,6 +559,7 @@ def build_finance(
         latencies=latencies,
         monthly_tokens=monthly_tokens,
         books=books,
+        ledger_since=ledger_since,
     )
     new_state = FinanceState(
         last_now=now,
@@ -566,6 +575,7 @@ def build_finance(
         pod_gpu_models=pod_models,
         infra=infra,
         books=(infra, period, books) if infra is not None else None,
+        ledger_since=ledger_since,
     )
     return finance, new_state
 

@@ -30,7 +30,9 @@ is exactly the month to date of ``/api/v1/summary`` and ``/api/v1/budgets``, and
 month ``sources.opencost.history_months`` reaches back is answered. The usage basis, and any
 month OpenCost's sets do not cover, come from the exporter's accrued counters
 (``source: exporter_ledger``: the increments of ``aifinops_tenant_cost_usd_total``, which
-hold only what this process, and its state file, saw).
+hold only what this process, and its state file, saw; the charge period starts when this
+process's ledger began the month, or at the month start for a ledger restored from a state
+file, whose start is not recorded).
 """
 
 from __future__ import annotations
@@ -368,6 +370,9 @@ def _chargeback(request: web.Request) -> web.Response:
     else:
         dollars = f.period_dollars(query.period, query.basis)
         quantities, covered, source = {}, None, "exporter_ledger"
+        since = f.ledger_since.get(query.period)
+        if since is not None:  # the charge period is what this process's ledger holds
+            covered = (since, f.now)
     if dollars is None:
         kept = ", ".join(sorted({*f.periods, *f.books})) or "none"
         raise ApiError(
