@@ -35,7 +35,8 @@ figure that is not finite, a negative token dollar, a date that is not a date) â
 with the reason, the file is moved aside as ``<name>.corrupt-<unix time>`` (the newest
 :data:`KEEP_CORRUPT` are kept) and the exporter starts empty; it never fails to start
 because of the file. Entries outside what the model keeps (periods older than
-``history_months``, days before the forecast's look-back, anything dated after today) are
+``history_months``, days before the forecast's look-back or the chargeback's months
+(``exporter_daily_keep_from``), anything dated after today) are
 dropped and counted in the log line.
 
 What a restart keeps: the guarantee
