@@ -196,11 +196,12 @@ async def warm(config: dict[str, Any]) -> None:
     async with httpx.AsyncClient() as client:
         for source, _, _ in bench_sources(settings):
             if isinstance(source, OpenCostMonthSource):
-                # The fake renders ~30 daily sets at 10k GPUs (~30 s of CPU): longer than the
-                # source's own timeout. Ask once with patience; the source then reads the cache.
-                _, _, params = source.query(T0)
+                # The fake renders ~46 daily sets at 10k GPUs (~1 s of CPU each): longer than
+                # the source's own timeout. Ask each piece once with patience; the source
+                # then reads the cache.
                 url = f"{settings.sources.opencost.url}/allocation/compute"
-                (await client.get(url, params=params, timeout=900)).raise_for_status()
+                for _, _, params in source.pieces(T0):
+                    (await client.get(url, params=params, timeout=900)).raise_for_status()
             await source.fetch(client)
 
 

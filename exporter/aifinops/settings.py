@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aifinops.settings_finance import (
     BudgetsSettings,
+    ChargebackSettings,
     InitiativeList,
     RecommendationsSettings,
     RoutingSettings,
@@ -117,6 +118,13 @@ class OpenCostSettings(SourceCommon):
     # keys: one row per tenant and namespace, exact for tenancy) or "pod" (one row per pod:
     # over 1 GB at 10k GPUs by a month's end). See sources/opencost.py month_aggregation.
     month_aggregation: Literal["tenancy", "pod"] = "tenancy"
+    # The month query asks for this many days per request (each answer stays well under
+    # max_response_bytes: ~4 MB a day at 10k GPUs / 2k tenants); a piece over the cap is split
+    # in halves down to one day, and one day over it is an error naming this cap.
+    month_piece_days: int = Field(7, ge=1, le=31)
+    # Whole calendar months before the current one the month query also reads, so that
+    # /api/v1/chargeback answers for them from OpenCost (0: this month only).
+    history_months: int = Field(1, ge=0, le=12)
 
     @field_validator("window")
     @classmethod
@@ -646,6 +654,7 @@ class Settings(_Strict):
     tokens: TokensSettings = Field(default_factory=TokensSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     budgets: BudgetsSettings = Field(default_factory=BudgetsSettings)
+    chargeback: ChargebackSettings = Field(default_factory=ChargebackSettings)
     initiatives: InitiativeList = ()
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)

@@ -121,6 +121,20 @@ class BudgetsSettings(_Strict):
         return tuple(b.to_model() for b in self.tenants)
 
 
+class ChargebackSettings(_Strict):
+    """Who bills whom in the chargeback's FOCUS export (``/api/v1/chargeback?format=focus``):
+    the billing account the rows are invoiced to, the names of the provider, publisher and
+    invoice issuer (an internal platform team, usually), and the cluster named in each row's
+    ``x_Cluster`` (empty: ``state.cluster_name``; both empty: null)."""
+
+    billing_account_id: str = Field("aifinops", min_length=1, max_length=256)
+    billing_account_name: str = Field("AI FinOps chargeback", min_length=1, max_length=256)
+    provider_name: str = Field("Internal AI platform", min_length=1, max_length=256)
+    publisher_name: str = Field("Internal AI platform", min_length=1, max_length=256)
+    invoice_issuer_name: str = Field("Internal AI platform", min_length=1, max_length=256)
+    cluster: str = Field("", max_length=256)
+
+
 # --- initiatives ---------------------------------------------------------------------------
 
 

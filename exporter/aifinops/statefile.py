@@ -35,7 +35,8 @@ figure that is not finite, a negative token dollar, a date that is not a date) â
 with the reason, the file is moved aside as ``<name>.corrupt-<unix time>`` (the newest
 :data:`KEEP_CORRUPT` are kept) and the exporter starts empty; it never fails to start
 because of the file. Entries outside what the model keeps (periods older than
-``history_months``, days before the forecast's look-back, anything dated after today) are
+``history_months``, days before the forecast's look-back or the chargeback's months
+(``exporter_daily_keep_from``), anything dated after today) are
 dropped and counted in the log line.
 
 What a restart keeps: the guarantee
@@ -89,7 +90,7 @@ import os
 import tempfile
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -99,7 +100,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from aifinops.exposition.catalog import STATE_LAST_SAVE, STATE_SAVE_ERRORS, TOKENS_RESOURCE
 from aifinops.exposition.render import Family
 from aifinops.model.chargeback import current_period
-from aifinops.model.finance import PEAK_WINDOW_SECONDS, FinanceContext, FinanceState, local_date
+from aifinops.model.finance import (
+    PEAK_WINDOW_SECONDS,
+    FinanceContext,
+    FinanceState,
+    exporter_daily_keep_from,
+    local_date,
+)
 from aifinops.model.report import ModelState
 from aifinops.model.tokens import RateSample, TokenState
 from aifinops.settings import ConfigError, Settings, StateSettings
@@ -485,7 +492,7 @@ def decode_state(
             key = (tenant, resource, basis)
             ledger[key] = ledger.get(key, 0.0) + usd
     today = local_date(now, tz)
-    keep_from = today - timedelta(days=ctx.lookback_days + 31)
+    keep_from = exporter_daily_keep_from(today, ctx.lookback_days, ctx.books_months)
     daily: dict[tuple[str, str, date], float] = {}
     for i, (tenant, resource, day_text, usd) in enumerate(payload.finance.daily):
         try:

@@ -20,6 +20,7 @@ from aifinops.model.chargeback import (
     Quantity,
     build_chargeback,
     chargeback_csv,
+    chargeback_json,
     chargeback_json_rows,
     current_period,
     focus_csv,
@@ -219,8 +220,56 @@ def test_focus_header_has_every_mandatory_column():
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_focus_values_follow_the_column_constraints(shared):
+    assert_focus_rules(*focus_export(share_idle=shared, share_unallocated=shared))
+
+
+def test_a_books_export_follows_the_column_constraints():
+    """As the API builds it from OpenCost's books: every resource with its measured unit, and
+    a charge period that is the data's span inside the billing period."""
+    units = {
+        "gpu": "GPU-Hours",
+        "cpu": "Core-Hours",
+        "ram": "GiB-Hours",
+        "storage": "GiB-Hours",
+        "tokens": "Tokens",
+    }
+    quantities = {(t, r): Quantity(3.25, units[r]) for t, r in DOLLARS if r in units}
+    covered = (ts(2024, 2, 3), ts(2024, 2, 10, 12))
+    cb = build_chargeback(
+        DOLLARS, "2024-02", "Europe/Paris", quantities=quantities, covered=covered
+    )
+    rows = list(csv.DictReader(io.StringIO(focus_csv(cb))))
+    assert_focus_rules(cb, rows)
+    assert {(r["ChargePeriodStart"], r["ChargePeriodEnd"]) for r in rows} == {
+        ("2024-02-03T00:00:00Z", "2024-02-10T12:00:00Z")
+    }
+    measured = [r for r in rows if r["x_QuantitySource"] == "measured"]
+    assert {r["PricingUnit"] for r in measured} == {units[r] for _, r in quantities}
+
+
+def test_csv_and_focus_cells_cannot_be_formulas():
+    """OWASP CSV injection: tenant names (from labels, LiteLLM teams, pushes) starting with
+    = + - @, a tab or a carriage return are written with a leading quote in both formats;
+    the JSON keeps them as they are."""
+    hostile = ['=HYPERLINK("http://x")', "+1+2", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
+    dollars = {(name, "gpu"): 1.25 for name in hostile} | {("plain-team", "gpu"): 1.0}
+    cb = build_chargeback(dollars, "2024-02", "UTC", now=ts(2024, 2, 10))
+    plain = list(csv.DictReader(io.StringIO(chargeback_csv(cb), newline="")))
+    focus = list(csv.DictReader(io.StringIO(focus_csv(cb), newline="")))
+    assert {r["tenant"] for r in plain} == {"'" + n for n in hostile} | {"plain-team"}
+    for row in focus:
+        for column, value in row.items():
+            assert not value.startswith(("=", "+", "@", "\t", "\r")), (column, value)
+            if value.startswith("-"):  # only our own numbers may, and none is negative here
+                pytest.fail(f"{column}={value!r}")
+    assert {r["SubAccountId"] for r in focus} == {"'" + n for n in hostile} | {"plain-team"}
+    assert {r["tenant"] for r in json.loads(chargeback_json(cb))["rows"]} == set(hostile) | {
+        "plain-team"
+    }
+
+
+def assert_focus_rules(cb, rows):
     spec = focus_spec()
-    cb, rows = focus_export(share_idle=shared, share_unallocated=shared)
     assert rows
     for row in rows:
         for column, value in row.items():

@@ -31,8 +31,11 @@ async def _run(aiohttp_client: Any, config: dict[str, Any], clock: Clock, times:
 
 
 async def _figures(client: Any) -> tuple[dict[str, Any], dict[tuple[str, str], float], Any]:
-    resp = await client.get("/api/v1/chargeback?period=2025-06")
+    # The exporter's own ledger (the usage basis comes only from it): what the state file
+    # must carry across the restart. (The allocation basis is OpenCost's books, refetched.)
+    resp = await client.get("/api/v1/chargeback?period=2025-06&basis=usage")
     assert resp.status == 200, await resp.text()
+    assert (await resp.json())["source"] == "exporter_ledger"
     report = client.app[REFRESHER].snapshot.report
     assert report is not None and report.finance is not None
     tokens = {k: v for k, v in report.finance.month_to_date.items() if k[1] == "tokens"}

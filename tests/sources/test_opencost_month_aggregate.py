@@ -156,14 +156,19 @@ def daily_spend(sets: DailyAllocationSets, resolver: TenantResolver) -> Daily:
     return {k: math.fsum(v) for k, v in parts.items()}
 
 
-async def both_ways(sim: SimCluster, budgets: BudgetsSettings) -> tuple[Daily, Daily]:
+async def both_ways(
+    sim: SimCluster, budgets: BudgetsSettings, history_months: int = 1
+) -> tuple[Daily, Daily]:
     tenancy = TenancySettings.model_validate(sim.tenancy_config())
     resolver = TenantResolver.from_settings(tenancy)
     async with await start_upstreams(sim, clock=lambda: T0) as up:
         got = []
         for how in ("tenancy", "pod"):
             source = OpenCostMonthSource(
-                oc_for(up, month_aggregation=how), budgets, lambda: T0, tenancy
+                oc_for(up, month_aggregation=how, history_months=history_months),
+                budgets,
+                lambda: T0,
+                tenancy,
             )
             async with httpx.AsyncClient() as client:
                 got.append(daily_spend(await source.fetch(client), resolver))
@@ -184,13 +189,15 @@ def assert_same_to_the_cent(aggregated: Daily, pods: Daily) -> None:
 async def test_demo_month_aggregated_equals_pod_level() -> None:
     sim = SimCluster(ClusterSpec.demo())
     aggregated, pods = await both_ways(sim, BudgetsSettings(lookback_days=28))
-    assert len({day for _, _, day in pods}) == 29  # 28 full days before today, and today
+    # All of May (history_months=1: 31 days) and June to date (14 full days and today), in
+    # pieces of a week: the lookback's 28 days lie inside those.
+    assert len({day for _, _, day in pods}) == 31 + 15
     assert_same_to_the_cent(aggregated, pods)
 
 
 async def test_bench_sized_month_aggregated_equals_pod_level() -> None:
     sim = SimCluster(ClusterSpec.scaled(1000))
-    aggregated, pods = await both_ways(sim, BudgetsSettings(lookback_days=3))
+    aggregated, pods = await both_ways(sim, BudgetsSettings(lookback_days=3), history_months=0)
     assert len({day for _, _, day in pods}) == 15  # the month so far: 14 days and today
     assert len({t for t, _, _ in pods}) > 150
     assert_same_to_the_cent(aggregated, pods)

@@ -103,7 +103,7 @@ def month_body(sim: SimCluster, start: float, days: int, by: str | None) -> byte
 async def test_streamed_month_equals_the_whole_body_parse(sim: SimCluster, how: str) -> None:
     tenancy = TenancySettings.model_validate(sim.tenancy_config())
     source = OpenCostMonthSource(
-        OpenCostSettings(url=URL, month_aggregation=how),  # type: ignore[arg-type]
+        OpenCostSettings(url=URL, month_aggregation=how, history_months=0, month_piece_days=31),  # type: ignore[arg-type]
         BudgetsSettings(lookback_days=3),
         lambda: T0,
         tenancy,

@@ -81,6 +81,31 @@ def sim_month_to_date(
     return {t: math.fsum(v) for t, v in parts.items()}
 
 
+def sim_period_usage(
+    sim: SimCluster, start: float, end: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The answer key of a past period ``[start, end)`` in the fake OpenCost's daily sets:
+    ``(USD per tenant, GPU-hours per tenant)``, sentinels left out of the GPU-hours (the
+    idle row's are capacity, not a pod's). USD from :func:`sim_daily_costs`; GPU-hours from
+    the pod runs themselves (requested GPUs × hours run), not from the served JSON."""
+    usd: dict[str, list[float]] = defaultdict(list)
+    for _, _, day in sim_daily_costs(sim, start, end):
+        for tenant, v in day.items():
+            usd[tenant].append(v)
+    gpu_hours: dict[str, list[float]] = defaultdict(list)
+    t = start
+    while t < end:
+        e = min(t + DAY_SECONDS, end)
+        for charge in sim._charges(e, (e - t) / 3600.0):
+            if charge.run.pod.gpu_count:
+                gpu_hours[charge.tenant].append(charge.run.pod.gpu_count * charge.hours)
+        t = e
+    return (
+        {k: math.fsum(v) for k, v in usd.items()},
+        {k: math.fsum(v) for k, v in gpu_hours.items()},
+    )
+
+
 def budgets_config(sim: SimCluster, now: float, tz: str = "UTC") -> dict[str, Any]:
     """The ``budgets:`` section sized from the month to date at ``now`` (see the module
     docstring)."""

@@ -498,6 +498,7 @@ AGGREGATE_PROPERTIES = (
     "controllerKind",
 )
 UNALLOCATED = "__unallocated__"
+GIB_BYTES = float(1 << 30)
 # Summed when rows are aggregated (OpenCost's Allocation.Add); the aggregated row's minutes
 # span its members' start..end, and gpuCount is gpuHours over that span.
 SUMMED_FIELDS = (
@@ -506,6 +507,9 @@ SUMMED_FIELDS = (
     "gpuCost",
     "gpuCostAdjustment",
     "gpuHours",
+    "cpuCoreHours",
+    "ramByteHours",
+    "pvByteHours",
     "ramCost",
     "ramCostAdjustment",
     "pvCost",
@@ -718,6 +722,10 @@ def lean_allocations(
             "gpuCost": c.gpu,
             "gpuCostAdjustment": 0.0,
             "gpuHours": r(gpus * c.hours),
+            # usage as OpenCost's AllocationJSON writes it (core-hours, byte-hours)
+            "cpuCoreHours": r(pod.cpu_cores * c.multiplier * c.hours),
+            "ramByteHours": r(pod.ram_bytes * c.multiplier * c.hours),
+            "pvByteHours": r(pod.pv_gib * GIB_BYTES * c.multiplier * c.hours),
             "ramCost": c.ram,
             "ramCostAdjustment": c.ram_adj,
             "pvCost": c.pv,

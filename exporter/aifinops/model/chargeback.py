@@ -22,14 +22,26 @@ FOCUS
 :func:`focus_csv` emits every Mandatory column of FOCUS 1.2 and the Conditional ones that
 apply (usage is measured: ``ConsumedQuantity``/``ConsumedUnit``; tenants are sub accounts:
 ``SubAccountId``/``SubAccountName``), the Recommended ``ChargeFrequency`` and
-``ServiceSubcategory``, and ``x_``-prefixed columns of our own. Every row is ``ChargeCategory``
-``Usage`` with a null ``ChargeClass``; ``BilledCost = EffectiveCost = ListCost = ContractedCost``
-(no discounts are modelled); datetimes are ISO 8601 UTC (``YYYY-MM-DDTHH:MM:SSZ``); the billing
-period is the calendar month in the configured time zone, converted to UTC, and the charge
-period ends at ``now`` for the month in progress. Usage on a ``Usage`` row must not be null:
-``PricingQuantity``/``ConsumedQuantity`` are the measured quantity when given (e.g.
-``GPU-Hours``, ``Tokens``) and otherwise the hours of the charge period (unit ``Hours``,
-"this share of the resource over N hours"), which ``x_QuantitySource`` says.
+``ServiceSubcategory``, and ``x_``-prefixed columns of our own (``x_Cluster`` names the
+cluster). Every row is ``ChargeCategory`` ``Usage`` with a null ``ChargeClass``;
+``BilledCost = EffectiveCost = ListCost = ContractedCost`` (no discounts are modelled);
+datetimes are ISO 8601 UTC (``YYYY-MM-DDTHH:MM:SSZ``); the billing period is the calendar
+month in the configured time zone, converted to UTC; the charge period is the span the data
+covers (``charge_start`` to ``charge_end``: OpenCost's first daily set in the month to its
+last, or ``now`` for the month in progress). Usage on a ``Usage`` row must not be null:
+``PricingQuantity``/``ConsumedQuantity`` are the measured quantity when known (OpenCost's
+``gpuHours`` in ``GPU-Hours``, ``cpuCoreHours`` in ``Core-Hours`` (vCPU-hours), ``ramByteHours`` and
+``pvByteHours`` in ``GiB-Hours``, API tokens in ``Tokens``) and otherwise the hours of the
+charge period (unit ``Hours``, "this share of the resource over N hours": network and shared
+cost, shares of idle), which ``x_QuantitySource`` says.
+
+Spreadsheet safety
+------------------
+Text cells of the CSV and FOCUS files (tenant names come from pod labels, LiteLLM teams and
+pushed usage) are neutralised as OWASP's CSV-injection guidance says: a cell starting with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` so a spreadsheet
+shows it as text instead of running it as a formula; quoting is the csv module's. Numbers and
+dates are ours and never start with those. JSON is not altered.
 """
 
 from __future__ import annotations
@@ -82,7 +94,8 @@ class ChargebackRow:
 @dataclass(frozen=True, slots=True)
 class Chargeback:
     """One month's chargeback. ``start``/``end`` bound the calendar month (unix seconds, end
-    exclusive); ``charge_end`` is ``min(end, now)`` for the month in progress."""
+    exclusive); ``charge_end`` is ``min(end, now)`` for the month in progress, or the end of
+    the data; ``charge_start`` the start of the data when later than ``start``."""
 
     period: str
     start: float
@@ -94,6 +107,12 @@ class Chargeback:
     share_idle: bool
     share_unallocated: bool
     currency: str = CURRENCY
+    charge_start: float | None = None  # when the data starts; None: the period start
+    source: str = "opencost"  # "opencost" (books of record) or "exporter_ledger"
+
+    @property
+    def charge_from(self) -> float:
+        return self.start if self.charge_start is None else max(self.start, self.charge_start)
 
     def tenant_totals(self) -> dict[str, Decimal]:
         """Rounded USD per tenant (sums of its rounded rows)."""
@@ -189,13 +208,20 @@ def build_chargeback(
     share_unallocated: bool = False,
     quantities: Mapping[tuple[str, str], Quantity] | None = None,
     now: float | None = None,
+    covered: tuple[float, float] | None = None,
+    source: str = "opencost",
 ) -> Chargeback:
     """Chargeback rows for ``period`` (``YYYY-MM`` in ``tz``) from the period's accrued USD per
     ``(tenant, resource)``. ``quantities`` optionally gives measured usage per direct row.
-    Rows with an exact amount of 0 are dropped. Raises :class:`ValueError` on a bad period or
+    Rows with an exact amount of 0 are dropped. ``covered``: the ``(start, end)`` the data
+    covers, which bounds the charge period. Raises :class:`ValueError` on a bad period or
     a non-finite amount."""
     start, end = parse_period(period, tz)
     charge_end = end if now is None or now <= start else min(end, now)
+    charge_start: float | None = None
+    if covered is not None:
+        charge_start = max(start, min(covered[0], charge_end))
+        charge_end = max(charge_start, min(charge_end, covered[1]))
     items = sorted(
         ((k, v) for k, v in share_out(dollars, share_idle, share_unallocated).items() if v != 0),
         key=lambda kv: kv[0],
@@ -223,6 +249,8 @@ def build_chargeback(
         total_usd=total,
         share_idle=share_idle,
         share_unallocated=share_unallocated,
+        charge_start=charge_start,
+        source=source,
     )
 
 
@@ -233,6 +261,19 @@ def _plain(x: float) -> str:
     """A float as a plain decimal (no exponent, no ``+``), per FOCUS Numeric Format."""
     text = format(Decimal(repr(x)), "f")
     return text
+
+
+# RFC 4180's CRLF: the csv module then quotes a field holding a CR as well as a LF (with
+# "\n" alone, a bare CR in a tenant name would be written unquoted and break the row).
+CSV_LINE_END = "\r\n"
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would read it as a formula (it starts
+    with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return): OWASP's CSV injection
+    defence. Other text is returned as it is."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def iso_utc(ts: float) -> str:
@@ -270,19 +311,19 @@ CSV_COLUMNS = (
 def chargeback_csv(cb: Chargeback) -> str:
     """A plain CSV (header :data:`CSV_COLUMNS`), amounts with two decimals."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator=CSV_LINE_END)
     w.writerow(CSV_COLUMNS)
     for r in cb.rows:
         w.writerow(
             [
                 cb.period,
-                r.tenant,
-                r.resource,
+                spreadsheet_safe(r.tenant),
+                spreadsheet_safe(r.resource),
                 r.allocation,
                 cb.basis,
                 str(r.amount_usd),
                 _plain(r.quantity.value) if r.quantity else "",
-                r.quantity.unit if r.quantity else "",
+                spreadsheet_safe(r.quantity.unit) if r.quantity else "",
             ]
         )
     return buf.getvalue()
@@ -297,6 +338,7 @@ class FocusParties:
     provider_name: str = "Internal AI platform"
     publisher_name: str = "Internal AI platform"
     invoice_issuer_name: str = "Internal AI platform"
+    cluster: str = ""
 
 
 # resource -> (ServiceCategory, ServiceSubcategory, ServiceName)
@@ -349,6 +391,24 @@ FOCUS_COLUMNS: tuple[str, ...] = (
     "x_Allocation",
     "x_Period",
     "x_QuantitySource",
+    "x_Cluster",
+    "x_Source",
+)
+# Columns holding numbers and dates we format ourselves; every other cell is text and is
+# neutralised (see spreadsheet_safe).
+_FOCUS_NUMERIC = frozenset(
+    {
+        "BilledCost",
+        "ContractedCost",
+        "EffectiveCost",
+        "ListCost",
+        "PricingQuantity",
+        "ConsumedQuantity",
+        "BillingPeriodEnd",
+        "BillingPeriodStart",
+        "ChargePeriodEnd",
+        "ChargePeriodStart",
+    }
 )
 
 
@@ -365,7 +425,7 @@ def _describe(r: ChargebackRow, basis: str) -> str:
 
 def focus_rows(cb: Chargeback, parties: FocusParties = FocusParties()) -> list[dict[str, str]]:
     """FOCUS rows as ``column → text`` (``""`` is null), in :data:`FOCUS_COLUMNS` order."""
-    hours = (cb.charge_end - cb.start) / 3600.0
+    hours = (cb.charge_end - cb.charge_from) / 3600.0
     out = []
     for r in cb.rows:
         category, subcategory, service = SERVICES.get(r.resource, _OTHER_SERVICE)
@@ -385,7 +445,7 @@ def focus_rows(cb: Chargeback, parties: FocusParties = FocusParties()) -> list[d
             "ChargeClass": "",
             "ChargeDescription": _describe(r, cb.basis),
             "ChargePeriodEnd": iso_utc(cb.charge_end),
-            "ChargePeriodStart": iso_utc(cb.start),
+            "ChargePeriodStart": iso_utc(cb.charge_from),
             "ContractedCost": amount,
             "EffectiveCost": amount,
             "InvoiceIssuerName": parties.invoice_issuer_name,
@@ -408,15 +468,22 @@ def focus_rows(cb: Chargeback, parties: FocusParties = FocusParties()) -> list[d
             "x_Allocation": r.allocation,
             "x_Period": cb.period,
             "x_QuantitySource": source,
+            "x_Cluster": parties.cluster,
+            "x_Source": cb.source,
         }
-        out.append({c: values[c] for c in FOCUS_COLUMNS})
+        out.append(
+            {
+                c: values[c] if c in _FOCUS_NUMERIC else spreadsheet_safe(values[c])
+                for c in FOCUS_COLUMNS
+            }
+        )
     return out
 
 
 def focus_csv(cb: Chargeback, parties: FocusParties = FocusParties()) -> str:
     """The FOCUS 1.2 cost-and-usage CSV (header :data:`FOCUS_COLUMNS`; null = empty field)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FOCUS_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=FOCUS_COLUMNS, lineterminator=CSV_LINE_END)
     w.writeheader()
     w.writerows(focus_rows(cb, parties))
     return buf.getvalue()

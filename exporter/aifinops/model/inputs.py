@@ -63,6 +63,10 @@ class Allocation:
     ``gpuRequestAverage``, else ``gpuCount``); ``gpu_usage_average`` likewise (0–n GPUs).
     ``labels`` are pod labels as OpenCost reports them (keys sanitized by Prometheus' rules, e.g.
     ``aifinops_io_tenant``); ``namespace_labels`` likewise.
+
+    Usage over the window, for chargeback quantities (OpenCost's ``cpuCoreHours``,
+    ``ramByteHours``, ``pvByteHours``; GPU-hours are ``gpu_hours``): core-hours and
+    byte-hours, 0 where OpenCost does not say.
     """
 
     name: str
@@ -83,6 +87,9 @@ class Allocation:
     gpu_usage_average: float | None = None
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
     namespace_labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
+    cpu_core_hours: float = 0.0
+    ram_byte_hours: float = 0.0
+    pv_byte_hours: float = 0.0
 
     @property
     def is_idle(self) -> bool:

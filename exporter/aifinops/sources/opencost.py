@@ -17,11 +17,14 @@ JSON that OpenCost's ``AllocationJSON`` (``core/pkg/opencost/allocation_json.go`
 * numbers that were NaN or ±Inf inside OpenCost are written as ``null``.
 
 The month-to-date query (:class:`OpenCostMonthSource`, every
-``budgets.refresh_interval_seconds``): ``window=<start>,<now>`` as an RFC 3339 pair with
+``budgets.refresh_interval_seconds``): ``window=<start>,<end>`` as an RFC 3339 pair with
 ``step=1d`` and ``accumulate=false``, which OpenCost answers with one allocation set per
 24-hour step from the window start (the last set partial, up to now);
 :func:`parse_allocation_sets` keeps the sets apart. It is aggregated server-side by what
-tenancy reads (see :func:`month_aggregation`), so its size follows tenants, not pods.
+tenancy reads (see :func:`month_aggregation`), so its size follows tenants, not pods, and it
+is asked a few days at a time (:func:`month_query_segments`, :func:`month_pieces`): the
+current month, ``history_months`` whole months before it (chargeback) and the forecast's
+look-back, each piece far under ``max_response_bytes``.
 
 Both fetches decode while the body arrives (:func:`stream_sets`): the answer is cut into
 pieces of whole rows (:class:`~aifinops.sources.jsonchunks.SetStream`), each decoded on the
@@ -356,7 +359,17 @@ def parse_allocation_sets(
     return _daily_sets(_whole_sets(body, aggregation, True), start, end, step_seconds)
 
 
-def _daily_sets(sets: _Sets, start: float, end: float, step_seconds: float) -> DailyAllocationSets:
+def _daily_sets(
+    sets: _Sets,
+    start: float,
+    end: float,
+    step_seconds: float,
+    late: list[tuple[float, float]] | None = None,
+) -> DailyAllocationSets:
+    """The sets dated (see :func:`parse_allocation_sets`). A set that starts at or after
+    ``end`` holds no time of the window: it is left out, and when it starts over
+    :data:`LATE_TOLERANCE_SECONDS` after ``end`` with dollars in it, ``(its start, its
+    dollars)`` is appended to ``late`` for the caller to report."""
     out: list[tuple[float, float, AllocationSet]] = []
     for index, (rows, starts) in enumerate(zip(sets.rows, sets.starts, strict=True)):
         set_start = _set_start(rows, starts)
@@ -364,6 +377,10 @@ def _daily_sets(sets: _Sets, start: float, end: float, step_seconds: float) -> D
             set_start = start + index * step_seconds
         set_end = min(set_start + step_seconds, end)
         if set_end <= set_start:
+            if late is not None and set_start > end + LATE_TOLERANCE_SECONDS:
+                usd = math.fsum(row.total_cost for row in rows.values())
+                if usd > 0:
+                    late.append((set_start, usd))
             continue
         allocations = tuple(rows.values())
         out.append((set_start, set_end, AllocationSet((set_end - set_start) / 3600.0, allocations)))
@@ -407,10 +424,70 @@ def _typed_starts(typed_set: Mapping[str, _Row]) -> dict[str, str]:
     return out
 
 
+def previous_month_start(month_start: float, tz: str) -> float:
+    """Local midnight on the 1st of the month before the one starting at ``month_start``."""
+    first = datetime.fromtimestamp(month_start, ZoneInfo(tz)).date()
+    year, month = (first.year - 1, 12) if first.month == 1 else (first.year, first.month - 1)
+    prev = first.replace(year=year, month=month, day=1)
+    return datetime(prev.year, prev.month, 1, tzinfo=ZoneInfo(tz)).timestamp()
+
+
+def month_query_segments(
+    now: float, tz: str, lookback_days: int, history_months: int
+) -> list[tuple[float, float]]:
+    """The windows the month query covers, oldest first, each asked with its own ``window``
+    so that a set boundary falls on every month start: ``history_months`` whole calendar
+    months before the current one (for chargeback), the current month to ``now``, and in
+    front the lookback days (:func:`month_query_window`) that reach before all of those."""
+    lookback_start, end = month_query_window(now, tz, lookback_days)
+    current = month_bounds(now, tz).start
+    starts = [current]
+    for _ in range(history_months):
+        starts.insert(0, previous_month_start(starts[0], tz))
+    segments: list[tuple[float, float]] = []
+    if lookback_start < starts[0]:
+        segments.append((lookback_start, starts[0]))
+    segments += list(zip(starts, [*starts[1:], end], strict=True))
+    return [(a, b) for a, b in segments if b > a]
+
+
+def month_pieces(segments: list[tuple[float, float]], days: int) -> list[tuple[float, float]]:
+    """Each segment cut into requests of ``days`` 24-hour steps from its start (the last one
+    shorter): the sets of the pieces are the segment's own sets."""
+    out: list[tuple[float, float]] = []
+    span = days * DAY_SECONDS
+    for start, end in segments:
+        t = start
+        while t < end:
+            out.append((t, min(t + span, end)))
+            t += span
+    return out
+
+
+# A set dated this far after the end of the window asked for is not clock jitter.
+LATE_TOLERANCE_SECONDS = 300.0
+# A piece that ended this long ago is settled (OpenCost's ETL and reconciliation are done):
+# its sets are kept and asked again only every CLOSED_REFETCH_SECONDS.
+SETTLED_AFTER_SECONDS = 2 * DAY_SECONDS
+CLOSED_REFETCH_SECONDS = 6 * 3600.0
+
+
 class OpenCostMonthSource:
-    """``GET {url}/allocation/compute`` for the month to date in daily sets (see
-    :func:`month_query_window` and :func:`parse_allocation_sets`), named ``opencost_month``,
-    aggregated as :func:`month_aggregation` decides for ``tenancy`` (logged once).
+    """``GET {url}/allocation/compute`` for the month to date and ``history_months`` whole
+    months before it, in daily sets (see :func:`month_query_segments`,
+    :func:`parse_allocation_sets`), named ``opencost_month``, aggregated as
+    :func:`month_aggregation` decides for ``tenancy`` (logged once).
+
+    Asked in pieces of ``month_piece_days`` days, one after another, each answer decoded
+    while it streams: at 10k GPUs / 2k tenants a whole month is ~130 MB (over the default
+    64 MiB ``max_response_bytes``) while a week is ~30 MB. A piece over the cap is split in
+    halves (and later pieces are that size, logged once); a single day over the cap fails
+    the fetch with reason ``too_large`` and a message naming the setting. Pieces that ended
+    over two days ago are kept and asked again every six hours only, so a steady refresh
+    reads the last days. A set dated after the end of its piece (OpenCost's clock or time
+    zone ahead of ours) fails the fetch with reason ``invalid`` saying so: such dollars
+    cannot be dated within the month, so they are never counted, and the last good data
+    stays in use meanwhile.
 
     The refresh loop runs it at most every ``min_interval_seconds``
     (``budgets.refresh_interval_seconds``): it covers weeks, where the rate query covers an
@@ -432,46 +509,128 @@ class OpenCostMonthSource:
         self.min_interval_seconds = budgets.refresh_interval_seconds
         self.aggregation = month_aggregation(tenancy, settings)
         self._streamer = _Streamer(self.name)
+        self.piece_days = settings.month_piece_days
+        # (piece start, piece end) -> (fetched at, its sets): settled pieces only.
+        self._settled: dict[tuple[float, float], tuple[float, DailyAllocationSets]] = {}
         log.info(
             "opencost_month_aggregation",
             aggregate=self.aggregation.aggregate,
             reason=self.aggregation.reason,
         )
 
-    def query(self, now: float) -> tuple[float, float, dict[str, str]]:
-        """``(start, end, params)`` of the request at ``now``; configured ``params`` (e.g. a
-        filter) are kept, the month query's own parameters win."""
-        b = self._budgets
-        start, end = month_query_window(now, b.time_zone, b.lookback_days)
-        params = {
+    def _params(self, start: float, end: float) -> dict[str, str]:
+        # Configured params (e.g. a filter) are kept; the month query's own ones win.
+        return {
             **self._settings.params,
             **MONTH_QUERY,
             "aggregate": self.aggregation.aggregate,
             "window": f"{rfc3339_utc(start)},{rfc3339_utc(end)}",
         }
-        return start, end, params
+
+    def query(self, now: float) -> tuple[float, float, dict[str, str]]:
+        """``(start, end, params)`` of the whole window at ``now`` as one request (the
+        fetch asks for it in :meth:`pieces`)."""
+        segments = self.segments(now)
+        start, end = segments[0][0], segments[-1][1]
+        return start, end, self._params(start, end)
+
+    def segments(self, now: float) -> list[tuple[float, float]]:
+        b = self._budgets
+        return month_query_segments(
+            now, b.time_zone, b.lookback_days, self._settings.history_months
+        )
+
+    def pieces(self, now: float) -> list[tuple[float, float, dict[str, str]]]:
+        """``(start, end, params)`` of each request of the fetch at ``now``, oldest first."""
+        return [
+            (a, b, self._params(a, b)) for a, b in month_pieces(self.segments(now), self.piece_days)
+        ]
 
     async def fetch(self, client: httpx.AsyncClient) -> DailyAllocationSets:
         s = self._settings
         if not s.url:
             raise SourceError("invalid", "the opencost source has no url")
-        start, end, params = self.query(self._clock())
+        now = self._clock()
+        segments = self.segments(now)
+        start, end = segments[0][0], segments[-1][1]
+        days = self.piece_days
+        pieces = month_pieces(segments, days)
+        # Settled pieces are kept as soon as each arrives: a first fetch of weeks that runs
+        # past the refresh loop's bound goes on where it stopped at the next attempt.
+        wanted = set(pieces)
+        self._settled = {k: v for k, v in self._settled.items() if k in wanted}
+        sets: list[tuple[float, float, AllocationSet]] = []
+        for piece in pieces:
+            cached = self._settled.get(piece)
+            if cached is not None and now - cached[0] < CLOSED_REFETCH_SECONDS:
+                got = cached[1]
+            else:
+                got = await self._piece(client, piece[0], piece[1])
+                if piece[1] <= now - SETTLED_AFTER_SECONDS and self.piece_days == days:
+                    self._settled[piece] = (now, got)
+            sets.extend(got.sets)
+        sets.sort(key=lambda item: item[0])
+        return DailyAllocationSets(start=start, end=end, sets=tuple(sets))
+
+    async def _piece(
+        self, client: httpx.AsyncClient, start: float, end: float
+    ) -> DailyAllocationSets:
+        """One piece, split in halves while its answer is over the size cap."""
+        s = self._settings
         request = _Request(
-            url=f"{s.url.rstrip('/')}/allocation/compute",
-            params=params,
+            url=f"{(s.url or '').rstrip('/')}/allocation/compute",
+            params=self._params(start, end),
             timeout=month_timeout(s),
             max_bytes=s.max_response_bytes,
             headers=read_bearer_token(s.bearer_token_file),
         )
         agg = self.aggregation
-        return await self._streamer.fetch(
-            client,
-            request,
-            lambda sets: _daily_sets(sets, start, end, DAY_SECONDS),
-            lambda body: parse_allocation_sets(body, start, end, DAY_SECONDS, agg),
-            agg,
-            want_starts=True,
-        )
+        late: list[tuple[float, float]] = []
+        try:
+            got = await self._streamer.fetch(
+                client,
+                request,
+                lambda sets: _daily_sets(sets, start, end, DAY_SECONDS, late),
+                lambda body: _daily_sets(
+                    _whole_sets(body, agg, True), start, end, DAY_SECONDS, late
+                ),
+                agg,
+                want_starts=True,
+            )
+        except SourceError as exc:
+            if exc.reason != "too_large":
+                raise
+            days = math.ceil((end - start) / DAY_SECONDS - 1e-9)
+            if days <= 1:
+                raise SourceError(
+                    "too_large",
+                    f"one day of the month query ({rfc3339_utc(start)}) is over "
+                    f"sources.opencost.max_response_bytes ({s.max_response_bytes} bytes) "
+                    f"with aggregate={agg.aggregate}: raise that cap ({exc})",
+                ) from None
+            half = days // 2
+            if half < self.piece_days:
+                self.piece_days = half
+                log.warning(
+                    "opencost_month_pieces_shrunk",
+                    piece_days=half,
+                    max_response_bytes=s.max_response_bytes,
+                    reason=str(exc)[:200],
+                )
+            middle = start + half * DAY_SECONDS
+            first = await self._piece(client, start, middle)
+            second = await self._piece(client, middle, end)
+            return DailyAllocationSets(start, end, first.sets + second.sets)
+        if late:
+            usd = math.fsum(v for _, v in late)
+            raise SourceError(
+                "invalid",
+                f"OpenCost answered {len(late)} daily set(s) dated after the window asked for "
+                f"(first at {rfc3339_utc(min(t for t, _ in late))}, window end "
+                f"{rfc3339_utc(end)}, ${usd:.2f}): its clock or time zone is ahead of the "
+                "exporter's; such sets are not counted and the last good month data stays",
+            )
+        return got
 
 
 def month_timeout(s: OpenCostSettings) -> float:
@@ -587,7 +746,9 @@ async def stream_sets(
                 size += len(chunk)
                 if size > request.max_bytes:
                     raise SourceError(
-                        "too_large", f"{request.url} sent over the {request.max_bytes}-byte cap"
+                        "too_large",
+                        f"{request.url} sent over the {request.max_bytes}-byte cap "
+                        "(sources.opencost.max_response_bytes)",
                     )
                 if whole or not stream.started:
                     head.append(chunk)
@@ -638,7 +799,8 @@ def _check_response(resp: httpx.Response, request: _Request) -> None:
     if declared is not None and declared.isdigit() and int(declared) > request.max_bytes:
         raise SourceError(
             "too_large",
-            f"{request.url} declares {declared} bytes, over the {request.max_bytes} cap",
+            f"{request.url} declares {declared} bytes, over the {request.max_bytes} cap "
+            "(sources.opencost.max_response_bytes)",
         )
 
 
@@ -721,6 +883,9 @@ class _Row(msgspec.Struct, gc=False):
     window: _Window | None = None
     minutes: float | None = None
     gpuHours: float | None = None
+    cpuCoreHours: float | None = None
+    ramByteHours: float | None = None
+    pvByteHours: float | None = None
     gpuCount: float | None = None
     gpuRequestAverage: float | None = None
     gpuUsageAverage: float | None = None
@@ -842,6 +1007,9 @@ _ROW_FIELDS = (
     "gpu_usage_average",
     "labels",
     "namespace_labels",
+    "cpu_core_hours",
+    "ram_byte_hours",
+    "pv_byte_hours",
 )
 _POSITIONAL = tuple(f.name for f in dataclasses.fields(Allocation)) == _ROW_FIELDS
 
@@ -919,6 +1087,9 @@ def _typed_rows(
             None if usage is None else _nn(usage),
             labels,
             ns_labels,
+            _nn(r.cpuCoreHours or 0.0),
+            _nn(r.ramByteHours or 0.0),
+            _nn(r.pvByteHours or 0.0),
         )
         append((key, Allocation(*values)))
     return out
@@ -972,6 +1143,9 @@ def _allocation(key: str, raw: Any) -> Allocation:
         external_cost=cost("externalCost"),
         labels=_labels(props, "labels"),
         namespace_labels=_labels(props, "namespaceLabels"),
+        cpu_core_hours=_non_negative(_number(raw, "cpuCoreHours")),
+        ram_byte_hours=_non_negative(_number(raw, "ramByteHours")),
+        pv_byte_hours=_non_negative(_number(raw, "pvByteHours")),
     )
 
 
@@ -1004,6 +1178,9 @@ def _merge(a: Allocation, b: Allocation) -> Allocation:
         external_cost=a.external_cost + b.external_cost,
         labels=b.labels or a.labels,
         namespace_labels=b.namespace_labels or a.namespace_labels,
+        cpu_core_hours=a.cpu_core_hours + b.cpu_core_hours,
+        ram_byte_hours=a.ram_byte_hours + b.ram_byte_hours,
+        pv_byte_hours=a.pv_byte_hours + b.pv_byte_hours,
     )
 
 

@@ -20,13 +20,19 @@ Errors are ``{"error": {"code", "message", "field"}}`` (:class:`ErrorResponse`):
 503    ``unavailable``       no report yet (the first refresh is pending)
 =====  ====================  ==========================================================
 
-Chargeback (``GET /api/v1/chargeback``): the exporter's accrued dollars per tenant and
-resource in the period (the increments of ``aifinops_tenant_cost_usd_total`` since the period
-start; see :mod:`aifinops.model.finance`), rounded to the cent by the largest-remainder method
-so rows sum exactly to the total; ``format=csv`` is a plain CSV, ``format=focus`` a FOCUS 1.2
-cost-and-usage CSV. The exporter keeps the current month and the twelve before it in memory
-and, with ``state.path`` set, in its state file (:mod:`aifinops.statefile`); without one a
-restart starts the ledger again. A period the exporter did not run through is partial.
+Chargeback (``GET /api/v1/chargeback``): dollars per tenant and resource in the period,
+rounded to the cent by the largest-remainder method so rows sum exactly to the total;
+``format=csv`` is a plain CSV, ``format=focus`` a FOCUS 1.2 cost-and-usage CSV. On the
+allocation basis they come from the books of record (``source: opencost``): OpenCost's daily
+allocation sets for infrastructure and the exporter's own ledger for API tokens and
+self-hosted charge-back (:func:`aifinops.model.finance.period_books`); the month in progress
+is exactly the month to date of ``/api/v1/summary`` and ``/api/v1/budgets``, and every whole
+month ``sources.opencost.history_months`` reaches back is answered. The usage basis, and any
+month OpenCost's sets do not cover, come from the exporter's accrued counters
+(``source: exporter_ledger``: the increments of ``aifinops_tenant_cost_usd_total``, which
+hold only what this process, and its state file, saw; the charge period starts when this
+process's ledger began the month, or at the month start for a ledger restored from a state
+file, whose start is not recorded).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from aifinops.model.chargeback import build_chargeback, chargeback_csv, focus_csv
+from aifinops.model.chargeback import FocusParties, build_chargeback, chargeback_csv, focus_csv
 from aifinops.model.finance import FinanceContext, FinanceReport
 from aifinops.model.recommend import filter_recommendations
 from aifinops.model.report import Report
@@ -355,13 +361,25 @@ def _chargeback(request: web.Request) -> web.Response:
     _, f = _finance(request)
     data.setdefault("period", f.period)
     query = _validate_query(ChargebackQuery, data)
-    dollars = f.period_dollars(query.period, query.basis)
+    books = f.books.get(query.period) if query.basis == "allocation" else None
+    if books is not None:
+        dollars: Mapping[tuple[str, str], float] | None = books.dollars
+        quantities = books.quantities
+        covered: tuple[float, float] | None = (books.covered_start, books.covered_end)
+        source = "opencost"
+    else:
+        dollars = f.period_dollars(query.period, query.basis)
+        quantities, covered, source = {}, None, "exporter_ledger"
+        since = f.ledger_since.get(query.period)
+        if since is not None:  # the charge period is what this process's ledger holds
+            covered = (since, f.now)
     if dollars is None:
-        kept = ", ".join(sorted(f.periods)) or "none"
+        kept = ", ".join(sorted({*f.periods, *f.books})) or "none"
         raise ApiError(
             404,
             "not_found",
-            f"the exporter holds no accrued dollars for {query.period} (periods held: {kept})",
+            f"neither OpenCost's history nor the exporter's ledger holds {query.period} "
+            f"(periods held: {kept})",
             "period",
         )
     cb = build_chargeback(
@@ -371,17 +389,34 @@ def _chargeback(request: web.Request) -> web.Response:
         basis=query.basis,
         share_idle=query.share_idle,
         share_unallocated=query.share_unallocated,
+        quantities=quantities,
         now=f.now,
+        covered=covered,
+        source=source,
     )
     if query.format == "json":
         return _json(ChargebackResponse.from_model(cb))
-    text = chargeback_csv(cb) if query.format == "csv" else focus_csv(cb)
+    text = chargeback_csv(cb) if query.format == "csv" else focus_csv(cb, _parties(request))
     name = f"chargeback-{query.period}{'-focus' if query.format == 'focus' else ''}.csv"
     return web.Response(
         text=text,
         content_type=CSV_TYPE,
         charset="utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def _parties(request: web.Request) -> FocusParties:
+    """The FOCUS export's billing account, provider and cluster from ``chargeback``."""
+    settings = request.app[API_SETTINGS]
+    c = settings.chargeback
+    return FocusParties(
+        billing_account_id=c.billing_account_id,
+        billing_account_name=c.billing_account_name,
+        provider_name=c.provider_name,
+        publisher_name=c.publisher_name,
+        invoice_issuer_name=c.invoice_issuer_name,
+        cluster=c.cluster or settings.state.cluster_name,
     )
 
 

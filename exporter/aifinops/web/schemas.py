@@ -454,7 +454,11 @@ class ChargebackResponse(_Schema):
     currency: str
     period_start: AwareDatetime
     period_end: AwareDatetime
+    charge_period_start: AwareDatetime  # when the data starts (OpenCost's first set)
     charge_period_end: AwareDatetime
+    # "opencost": the books of record (OpenCost's history + the exporter's token and
+    # charge-back ledger); "exporter_ledger": only what this process accrued.
+    source: Literal["opencost", "exporter_ledger"]
     share_idle: bool
     share_unallocated: bool
     total_usd: float
@@ -468,7 +472,9 @@ class ChargebackResponse(_Schema):
             currency=cb.currency,
             period_start=_utc(cb.start),
             period_end=_utc(cb.end),
+            charge_period_start=_utc(cb.charge_from),
             charge_period_end=_utc(cb.charge_end),
+            source="opencost" if cb.source == "opencost" else "exporter_ledger",
             share_idle=cb.share_idle,
             share_unallocated=cb.share_unallocated,
             total_usd=float(cb.total_usd),
