@@ -23,7 +23,6 @@ A rejected batch adds nothing. The body is read from the stream with its own cap
 from __future__ import annotations
 
 import hmac
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from pydantic import ValidationError
 
 from aifinops.settings import UsagePushSettings
 from aifinops.sources.push import Reason, UsageBatch, UsageRejected, UsageStore
+from aifinops.sources.text import loads_json
 from aifinops.web.auth import API_SCOPE
 from aifinops.web.ratelimit import RateLimiter, client_key, retry_after
 
@@ -94,7 +94,7 @@ async def handle_usage(request: web.Request) -> web.Response:
     if body is None:
         return _error(413, "body_too_large", f"body over {settings.max_body_bytes} bytes")
     try:
-        doc = json.loads(body)
+        doc = loads_json(body)
     except (ValueError, RecursionError) as exc:
         return _error(400, "invalid_json", f"body is not JSON: {exc}")
     records = doc.get("records") if isinstance(doc, dict) else None
