@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         return reloaded
 
-    from aifinops.offload import tune_gc
+    from aifinops.offload import apply_runtime_settings
 
-    tune_gc()
+    apply_runtime_settings()
     try:
         asyncio.run(_serve(settings, args.demo, args.demo_gpus, args.demo_seed, loader))
     except OSError as exc:

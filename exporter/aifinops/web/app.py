@@ -11,7 +11,6 @@ chargeback, OpenAPI) and its bearer-token auth are in ``web/api.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import time
 from collections.abc import AsyncIterator, Callable
@@ -168,13 +167,18 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    snap = request.app[REFRESHER].snapshot
+    refresher = request.app[REFRESHER]
+    snap = refresher.snapshot
     sources = [
         {"source": s.name, "up": s.up, "stale": s.stale, "error": s.last_error}
         for s in (snap.status.sources if snap.status else ())
     ]
-    body = {"ready": snap.ready, "sources": sources}
-    return web.json_response(body, status=200 if snap.ready else 503)
+    # Not ready while the refresh loop is stalled (refresh.py's watchdog): the figures served
+    # are getting older and nothing else would say so.
+    stalled = refresher.stalled()
+    ready = snap.ready and not stalled
+    body = {"ready": ready, "stalled": stalled, "sources": sources}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def handle_index(request: web.Request) -> web.Response:
@@ -227,7 +231,15 @@ def create_app(
         )
         app[HTTP_CLIENT] = client
         store = StateStore.from_settings(settings)
-        app[REFRESHER] = Refresher(chosen, context, build, client, clock=clock, state_store=store)
+        app[REFRESHER] = Refresher(
+            chosen,
+            context,
+            build,
+            client,
+            clock=clock,
+            state_store=store,
+            interval=settings.refresh.interval_seconds,
+        )
         if run_loop:
             app[REFRESH_TASK] = asyncio.create_task(
                 app[REFRESHER].run(settings.refresh.interval_seconds)
@@ -238,8 +250,12 @@ def create_app(
             if run_loop:
                 task = app[REFRESH_TASK]
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # the loop never raises; if it did, still save and close
+                    log.exception("refresh_loop_failed")
             # The state file's last write (SIGTERM): the last completed refresh.
             await app[REFRESHER].save_state()
             await client.aclose()
