@@ -423,7 +423,9 @@ class Refresher:
         stage ``render``) the previous report with this cycle's self-metrics; else the
         previous page as it was."""
         try:
-            exposition = await run_cpu(self._render, report, status, count_dropped=True)
+            exposition = await run_cpu(
+                self._render, report, status, count_dropped=True, publishing=fresh
+            )
         except Exception as exc:
             self._stage_failed("render", exc)
         else:
@@ -484,16 +486,22 @@ class Refresher:
             graveyard.clear()
 
     def _render(
-        self, report: Report | None, status: RefreshStatus | None, *, count_dropped: bool
+        self,
+        report: Report | None,
+        status: RefreshStatus | None,
+        *,
+        count_dropped: bool,
+        publishing: bool = False,
     ) -> Exposition:
         """The page: model families capped to ``max_series_per_family`` (counted once per
-        refresh), then self-metrics and the extra families."""
+        refresh), then self-metrics and the extra families. ``publishing``: the page of a
+        cycle that publishes its report (so not stalled, whatever the time since the last)."""
         families, dropped = cap_families(cost_families(report), self._context.max_series_per_family)
         if count_dropped:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
-        families += self._watchdog_families()
+        families += self._watchdog_families(publishing)
         for extra in self.extra_families:
             families.extend(extra())
         return render_and_compress(families)
@@ -596,10 +604,10 @@ class Refresher:
             if self.snapshot is snap:
                 self.snapshot = replace(snap, exposition=exposition)
 
-    def _watchdog_families(self) -> list[Family]:
+    def _watchdog_families(self, publishing: bool) -> list[Family]:
         """``aifinops_refresh_failures_total{stage}`` (every stage, 0 until it fails) and
         ``aifinops_refresh_stalled``; remembers which stall state went on the page."""
-        stalled = self.stalled()
+        stalled = not publishing and self.stalled()
         self._stalled_on_page = stalled
         return [
             Family(
