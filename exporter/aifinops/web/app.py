@@ -36,6 +36,7 @@ from aifinops.statefile import StateStore
 from aifinops.version import RULES_VERSION, __version__
 from aifinops.web.api import register_api
 from aifinops.web.lifecycle import install_lifecycle
+from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.ratelimit import RateLimiter
 from aifinops.web.security import install_web_security
 from aifinops.web.usage import USAGE_LIMITER, USAGE_SETTINGS, USAGE_STORE, handle_usage
@@ -208,7 +209,10 @@ def create_app(
 ) -> web.Application:
     """Build the application. ``sources`` replaces the configured ones (tests, demo);
     ``run_loop=False`` leaves refreshing to the caller (``await refresher.refresh_once()``)."""
-    app = web.Application(client_max_size=settings.server.max_request_body_bytes)
+    # request_limits (web/limits.py): compressed bodies refused or capped, body deadline.
+    app = web.Application(
+        client_max_size=settings.server.max_request_body_bytes, middlewares=[request_limits]
+    )
     app[SETTINGS] = settings
     context = model_context(settings)
     build = BuildInfo(
@@ -277,7 +281,7 @@ def create_app(
         app[USAGE_LIMITER] = RateLimiter(
             settings.tokens.push.rate_limit_per_second, settings.tokens.push.rate_limit_burst
         )
-        app.router.add_post("/api/v1/usage", handle_usage)
+        app.router.add_post("/api/v1/usage", accepts_compressed_body(handle_usage))
     # TLS/basic auth (web/security.py) and config reload (web/lifecycle.py)
     install_web_security(app, settings.server.web_config_file)
     install_lifecycle(app, settings, clock=clock, explicit_sources=sources is not None)
