@@ -210,10 +210,8 @@ def decode_page(body: bytes) -> str:
     The format requires every line, the last included, to end with ``\\n`` (Prometheus
     rejects a page that does not: "unexpected end of input stream"); a page cut off in the
     middle of a line is a truncated answer, not a shorter one. Raises :class:`ValueError`.
-    Invalid UTF-8 becomes U+FFFD (``sources/text.py``): one bad byte in a label value costs
-    that value, not the page, and nothing unencodable reaches the renderer.
     """
-    text = body.decode("utf-8", "replace")
+    text = body.decode("utf-8")
     if text and not text.endswith("\n"):
         raise ValueError("the page does not end with a newline (truncated?)")
     return text
