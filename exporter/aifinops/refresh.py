@@ -149,6 +149,7 @@ class Refresher:
         # logging once), and when a cycle last published its report.
         self.interval = interval
         self.watchdog_intervals = watchdog_intervals
+        self.stall_after: float | None = None  # seconds; None: from the interval (tests set it)
         self._monotonic = monotonic
         self._started = monotonic()
         self._last_success: float | None = None
@@ -466,11 +467,21 @@ class Refresher:
             log.info("refresh_stage_recovered", stage=stage)
 
     def stalled(self) -> bool:
-        """Whether no refresh has published a report for :attr:`watchdog_intervals`
-        refresh intervals (counted from start-up before the first one), by the monotonic
-        clock: the watchdog behind ``/readyz`` 503 and ``aifinops_refresh_stalled``."""
+        """Whether no refresh has published a report for :meth:`stall_seconds` (counted
+        from start-up before the first one), by the monotonic clock: the watchdog behind
+        ``/readyz`` 503 and ``aifinops_refresh_stalled``."""
         since = self._last_success if self._last_success is not None else self._started
-        return self._monotonic() - since > self.watchdog_intervals * self.interval
+        return self._monotonic() - since > self.stall_seconds()
+
+    def stall_seconds(self) -> float:
+        """How long without a published report is a stall: :attr:`watchdog_intervals`
+        refresh intervals, or as many times the longest a fetch may take (1.5 × its
+        timeout) when that is longer, so that a slow upstream is not a stalled loop; or
+        :attr:`stall_after` when set."""
+        if self.stall_after is not None:
+            return self.stall_after
+        longest = max((rt.timeout * 1.5 for rt in self._runtimes), default=0.0)
+        return self.watchdog_intervals * max(self.interval, longest)
 
     async def _bury(self) -> None:
         """Free what :attr:`_graveyard` holds (the sources' previous data, the previous
@@ -585,11 +596,7 @@ class Refresher:
             if stalled == self._stalled_on_page:
                 continue
             if stalled:
-                log.error(
-                    "refresh_stalled",
-                    intervals=self.watchdog_intervals,
-                    interval_seconds=self.interval,
-                )
+                log.error("refresh_stalled", after_seconds=round(self.stall_seconds(), 1))
             else:
                 log.info("refresh_resumed")
             snap = self.snapshot

@@ -151,7 +151,8 @@ async def test_a_failing_stage_is_counted_and_the_previous_report_served(
         # No report published for 3 intervals: the watchdog says so.
         status, body = await readyz(rig)
         assert (status, body["stalled"]) == (200, False)  # 3 intervals of 30 s: not yet
-        rig.refresher.interval = 0.05
+        assert rig.refresher.stall_seconds() >= 3 * 30.0  # or 3 x the longest fetch bound
+        rig.refresher.stall_after = 0.15
         await asyncio.sleep(0.2)
         status, body = await readyz(rig)
         assert (status, body["ready"], body["stalled"]) == (503, False, True)
@@ -181,7 +182,8 @@ async def test_the_watchdog_marks_a_wedged_loop(aiohttp_client: Any) -> None:
     try:
         await rig.refresh(T0)
         assert value(await rig.page(), "aifinops_refresh_stalled") == 0.0
-        rig.refresher.interval = 0.05
+        rig.refresher.interval = 0.05  # the watchdog looks every half interval
+        rig.refresher.stall_after = 0.15
         with capture_logs() as logs:
             watchdog = asyncio.create_task(rig.refresher.watch())
             try:

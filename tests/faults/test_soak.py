@@ -55,7 +55,7 @@ async def test_soak_under_rotating_faults(aiohttp_client: Any) -> None:
         },
     }
     rig = await start_rig(aiohttp_client, extra=extra, hostile=True, run_loop=True)
-    rig.refresher.watchdog_intervals = 100  # 2 s without a published report: a stall
+    rig.refresher.stall_after = 2.0  # 2 s without a published report: a stall
     latencies: list[float] = []
     gaps: list[float] = []
     rss: list[float] = []

@@ -415,8 +415,9 @@ REFRESH_FAILURES = _spec(
 REFRESH_STALLED = _spec(
     "aifinops_refresh_stalled",
     "gauge",
-    "1 when no refresh has published a new report for 3 refresh intervals (the page then "
-    "shows older figures and /readyz answers 503), else 0.",
+    "1 when no refresh has published a new report for 3 refresh intervals (or 3 times the "
+    "longest source fetch bound, 1.5 x its timeout, when longer); the page then shows older "
+    "figures and /readyz answers 503. Else 0.",
     (),
     "experimental",
 )
