@@ -6,7 +6,10 @@ until it is older than the source's ``stale_after_seconds``, when it is dropped 
 source is marked stale. The model then runs on a frozen :class:`Inputs`, the exposition is
 rendered to bytes once, and the new :class:`Snapshot` replaces the old one in a single
 assignment, so a scrape or an API call always sees one consistent report. Nothing a source
-or the model raises ends the loop.
+or the model raises ends the loop: each stage of a cycle is isolated and counted
+(:data:`STAGES`), the previous report is kept when the model or the render fails, and a
+watchdog (:meth:`Refresher.watch`) marks the loop stalled (``/readyz`` 503,
+``aifinops_refresh_stalled``) when no cycle has published a report for a while.
 """
 
 from __future__ import annotations
