@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from aifinops.model.inputs import AllocationSet
 from aifinops.refresh import STAGES
+from aifinops.web.app import REFRESH_TASK
 from tests.faults.hostile import SURROGATE_TENANT, TENANT_KEY, bomb
 from tests.faults.rig import Page, Rig, errors, money_problems, start_rig, value
 from tests.web.conftest import T0, parse_page
@@ -203,6 +204,37 @@ async def test_the_watchdog_marks_a_wedged_loop(aiohttp_client: Any) -> None:
         await rig.close()
 
 
+async def test_the_loop_survives_a_refresh_that_raises(aiohttp_client: Any) -> None:
+    """The last net: were a refresh itself to raise (outside every stage), the loop counts it
+    (stage ``loop``) and runs the next one; it used to end the loop task for good."""
+    rig = await start_rig(aiohttp_client)
+    real = rig.refresher.refresh_once
+    calls = 0
+
+    async def flaky() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise RuntimeError("a bug outside every stage")
+        return await real()
+
+    rig.refresher.refresh_once = flaky  # type: ignore[method-assign]
+    loop = asyncio.create_task(rig.refresher.run(0.01))
+    try:
+        deadline = time.monotonic() + 20
+        while calls < 4:
+            assert not loop.done(), loop
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        page = await rig.page()
+        assert failures(page) == {"loop": 2.0}
+        assert value(page, "aifinops_refresh_stalled") == 0.0
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await rig.close()
+
+
 async def test_shutdown_after_failed_refreshes_saves_the_state(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
@@ -230,7 +262,7 @@ async def test_shutdown_after_failed_refreshes_saves_the_state(
         while not failures(await rig.page()).get("render", 0) >= 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
-        assert not rig.app["refresh_task"].done() if "refresh_task" in rig.app else True
+        assert not rig.app[REFRESH_TASK].done()  # the loop goes on after failures
         with capture_logs() as logs:
             await rig.client.close()  # the app's cleanup, as on SIGTERM
         assert path.exists() and path.stat().st_mtime_ns > saved_before

@@ -163,7 +163,8 @@ async def request_limits(request: web.Request, handler: Handler) -> web.StreamRe
     that carry a body (408)."""
     encoding = _encoding(request)
     inflates = getattr(getattr(request.match_info, "handler", None), _INFLATES, False)
-    if encoding != "identity" and not (inflates and encoding in ("gzip", "deflate")):
+    refused = encoding != "identity" and not (inflates and encoding in ("gzip", "deflate"))
+    if refused and request.body_exists:
         resp = web.json_response(
             {"error": "unsupported_encoding", "message": "compressed request bodies are refused"},
             status=415,
