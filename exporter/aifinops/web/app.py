@@ -2,7 +2,8 @@
 
 ``/metrics`` writes the bytes prepared by the last refresh (gzip when the scraper accepts
 it); it never waits on an upstream or formats a sample. ``/healthz`` answers while the
-process serves; ``/readyz`` turns 200 after the first refresh that had data from a source.
+process serves; ``/readyz`` turns 200 after the first refresh that had data from a source,
+and 503 while the refresh loop is stalled (``Refresher.stalled``).
 ``POST /api/v1/usage`` (``web/usage.py``) takes pushed token usage when
 ``tokens.push.enabled``; the rest of ``/api/v1`` (budgets, ROI, routing, recommendations,
 chargeback, OpenAPI) and its bearer-token auth are in ``web/api.py``.
