@@ -8,15 +8,18 @@ import json
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from aifinops.settings import settings_from_mapping
 from aifinops.sources.base import SourceError, read_body
 from aifinops.sources.opencost import parse_allocation_response
 from aifinops.sources.promapi import parse_vector
 from aifinops.sources.promtext import decode_page
 from aifinops.sources.text import clean_json_text, loads_json
+from aifinops.web.app import REFRESHER, create_app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -124,3 +127,19 @@ async def test_bodies_are_inflated_in_pieces_under_the_cap() -> None:
         with pytest.raises(SourceError) as err:
             await body(chunks, encoding, 1 << 20)
         assert err.value.reason == "parse"
+
+
+async def test_pushed_usage_with_a_lone_surrogate_is_replaced(aiohttp_client: Any) -> None:
+    """The push endpoint's JSON goes through the same point: a tenant ``"a\\ud800"`` is
+    counted as ``a\\ufffd`` and the page renders (it used to stop the refresh loop)."""
+    settings = settings_from_mapping({"tokens": {"push": {"enabled": True}}})
+    client = await aiohttp_client(create_app(settings, sources=[], run_loop=False))
+    body = b'{"records": [{"tenant": "a\\ud800", "model": "gpt-4o", "input_tokens": 5}]}'
+    resp = await client.post(
+        "/api/v1/usage", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 202, await resp.text()
+    await client.app[REFRESHER].refresh_once()
+    text = await (await client.get("/metrics")).text()
+    assert 'tenant="a\ufffd"' in text
+    assert 'aifinops_refresh_failures_total{stage="render"} 0' in text
