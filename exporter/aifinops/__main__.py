@@ -82,6 +82,7 @@ async def _serve(
     """Serve until SIGINT/SIGTERM; SIGHUP reloads the configuration through ``loader``."""
     from aifinops.web.app import create_app
     from aifinops.web.lifecycle import RELOADER
+    from aifinops.web.limits import limit_connections, runner_options
     from aifinops.web.security import WEB_SECURITY
 
     upstreams = None
@@ -101,8 +102,11 @@ async def _serve(
     reloader = app[RELOADER]
     if loader is not None:
         reloader.load = loader
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, **runner_options()
+    )
     await runner.setup()
+    limit_connections(runner)  # web/limits.py: connection cap, header and keep-alive timeouts
     tls = app[WEB_SECURITY].server_ssl_context()
     site = web.TCPSite(
         runner, settings.server.listen_address, settings.server.port, ssl_context=tls
@@ -183,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         return reloaded
 
-    from aifinops.offload import tune_gc
+    from aifinops.offload import apply_runtime_settings
 
-    tune_gc()
+    apply_runtime_settings()
     try:
         asyncio.run(_serve(settings, args.demo, args.demo_gpus, args.demo_seed, loader))
     except OSError as exc:

@@ -263,8 +263,29 @@ _settled = 0
 _tuned = False
 
 
+def apply_runtime_settings() -> Callable[[], None]:
+    """Put this process in the exporter's production runtime settings (today: the GC tuning
+    of :func:`tune_gc`, which :func:`settle_heap` then follows); returns a function that
+    undoes them. The one place those settings are decided: ``aifinops.__main__`` applies
+    them for the process's life, and the fault tests (``tests/faults/conftest.py``) for each
+    test, so that they run the exporter as production runs it."""
+    previous = gc.get_threshold()
+    tune_gc()
+
+    def undo() -> None:
+        global _tuned, _settled
+        _tuned = False
+        _settled = 0
+        gc.set_threshold(*previous)
+        gc.unfreeze()
+        gc.collect()
+
+    return undo
+
+
 __all__ = [
     "SWITCH_INTERVAL_S",
+    "apply_runtime_settings",
     "release",
     "render_and_compress",
     "render_exposition",

@@ -6,13 +6,17 @@ until it is older than the source's ``stale_after_seconds``, when it is dropped 
 source is marked stale. The model then runs on a frozen :class:`Inputs`, the exposition is
 rendered to bytes once, and the new :class:`Snapshot` replaces the old one in a single
 assignment, so a scrape or an API call always sees one consistent report. Nothing a source
-or the model raises ends the loop.
+or the model raises ends the loop: each stage of a cycle is isolated and counted
+(:data:`STAGES`), the previous report is kept when the model or the render fails, and a
+watchdog (:meth:`Refresher.watch`) marks the loop stalled (``/readyz`` 503,
+``aifinops_refresh_stalled``) when no cycle has published a report for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +26,7 @@ import httpx
 import structlog
 
 from aifinops.exposition.bounds import cap_families, dropped_samples
-from aifinops.exposition.catalog import SERIES_DROPPED
+from aifinops.exposition.catalog import REFRESH_FAILURES, REFRESH_STALLED, SERIES_DROPPED
 from aifinops.exposition.families import BuildInfo, cost_families, self_families
 from aifinops.exposition.render import Exposition, Family, render
 from aifinops.model.finance import FinanceContext, FinanceInputs, FinanceState, build_finance
@@ -36,7 +40,7 @@ from aifinops.model.inputs import (
 )
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
-from aifinops.offload import release, render_and_compress, run_cpu, settle_heap
+from aifinops.offload import release, render_and_compress, run_cpu, run_side, settle_heap
 from aifinops.sources.base import Source, SourceError
 from aifinops.sources.tokens import token_source_families
 from aifinops.statefile import StateStore
@@ -47,6 +51,21 @@ log = structlog.get_logger("aifinops.refresh")
 Clock = Callable[[], float]
 RETRY_SECONDS = 60.0
 """How soon a source with its own interval is tried again after a failed fetch."""
+WATCHDOG_INTERVALS = 3
+"""Refresh intervals without a published report after which the loop counts as stalled:
+``/readyz`` 503, ``aifinops_refresh_stalled`` 1, the AIFinOpsRefreshStalled alert."""
+STAGES: tuple[str, ...] = (
+    "fetch",
+    "release",
+    "inputs",
+    "model",
+    "finance",
+    "report",
+    "render",
+    "state",
+    "loop",
+)
+"""The refresh's stages, as ``aifinops_refresh_failures_total{stage}`` names them."""
 
 
 @dataclass(slots=True)
@@ -108,10 +127,16 @@ class Refresher:
         client: httpx.AsyncClient,
         clock: Clock = time.time,
         state_store: StateStore | None = None,
+        *,
+        interval: float = 30.0,
+        watchdog_intervals: int = WATCHDOG_INTERVALS,
+        monotonic: Clock = time.monotonic,
     ) -> None:
         """``sources`` are ``(source, timeout_seconds, stale_after_seconds)`` triples;
         ``state_store``, when given, restores the saved state now and is written after
-        refreshes (:mod:`aifinops.statefile`)."""
+        refreshes (:mod:`aifinops.statefile`). ``interval`` (seconds, :meth:`run` sets it
+        too) times ``watchdog_intervals`` without a published report is a stall
+        (:meth:`stalled`), measured on ``monotonic``."""
         self._runtimes = [SourceRuntime(s, timeout, stale) for s, timeout, stale in sources]
         self._context = context
         self._build = build
@@ -124,6 +149,18 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._series_dropped: Counter[str] = Counter()
         self._graveyard: list[Any] = []
+        # The watchdog's state: failures per stage, which stages are failing (and how, for
+        # logging once), and when a cycle last published its report.
+        self.interval = interval
+        self.watchdog_intervals = watchdog_intervals
+        self.stall_after: float | None = None  # seconds; None: from the interval (tests set it)
+        self._monotonic = monotonic
+        self._started = monotonic()
+        self._last_success: float | None = None
+        self._last_success_at = 0.0
+        self._stage_failures: Counter[str] = Counter()
+        self._failing: dict[str, str] = {}
+        self._stalled_on_page = False
         # Families owned outside the loop (config reload status, ...), rendered with each page.
         self.extra_families: list[Callable[[], Sequence[Family]]] = []
         # The state file: the model and finance states of the last completed refresh (one
@@ -155,11 +192,14 @@ class Refresher:
             data = await asyncio.wait_for(rt.source.fetch(self._client), rt.timeout * 1.5)
         except SourceError as exc:
             self._failed(rt, exc.reason, str(exc))
-        except TimeoutError:
+            forget_frames(exc)
+        except TimeoutError as exc:
             self._failed(rt, "timeout", f"fetch exceeded {rt.timeout * 1.5:g}s")
+            forget_frames(exc)
         except Exception as exc:  # a bug in a parser must not stop the loop
             self._failed(rt, "parse", f"{type(exc).__name__}: {exc}")
             log.exception("source_crashed", source=rt.source.name)
+            forget_frames(exc)
         else:
             # The previous data is freed after the fetches, a chunk at a time (see _bury).
             self._graveyard.append(rt.data)
@@ -244,18 +284,14 @@ class Refresher:
         self, report: Report | None, inputs: FinanceInputs, now: float
     ) -> Report | None:
         """``report`` with its finance figures (budgets, ROI, routing, recommendations,
-        month to date) when finance is configured; on a failure the report goes out without
-        them (logged), never the loop down."""
+        month to date) when finance is configured (on the CPU worker; a failure is the
+        ``finance`` stage's, see :meth:`_finance`)."""
         ctx = self._context
         if report is None or ctx.finance is None:
             return report
-        try:
-            finance, self._finance_state = build_finance(
-                report, inputs, ctx.finance, ctx.resolver, ctx.pricer, self._finance_state, now
-            )
-        except Exception:
-            log.exception("finance_failed")
-            return replace(report, finance=None)
+        finance, self._finance_state = build_finance(
+            report, inputs, ctx.finance, ctx.resolver, ctx.pricer, self._finance_state, now
+        )
         return replace(report, finance=finance)
 
     def _log_unpriced(self, report: Report | None) -> None:
@@ -267,51 +303,85 @@ class Refresher:
         self._unpriced_logged |= set(report.tokens.unpriced)
 
     async def refresh_once(self) -> Snapshot:
-        """Run one cycle and swap in its snapshot. Never raises (except cancellation)."""
+        """Run one cycle and swap in its snapshot. Never raises (except cancellation).
+
+        Every stage is isolated (:data:`STAGES`): an unexpected exception is counted in
+        ``aifinops_refresh_failures_total{stage}``, logged once per stage until the stage
+        works again, and the cycle goes on with what it has: the previous report when the
+        model or the render fails, the report without finance figures when finance fails.
+        A cycle that publishes a new report is a success (:meth:`stalled`)."""
         async with self._lock:
             started = time.perf_counter()
             at = self._clock()
-            await asyncio.gather(*(self._fetch_one(rt) for rt in self._runtimes if rt.due(at)))
+            try:
+                await asyncio.gather(*(self._fetch_one(rt) for rt in self._runtimes if rt.due(at)))
+            except Exception as exc:  # _fetch_one catches a source's own errors
+                self._stage_failed("fetch", exc)
+            else:
+                self._stage_ok("fetch")
             await self._bury()  # the sources' previous data, before the model allocates
             now = self._clock()
-            for rt in self._runtimes:
-                self._expire(rt, now)
-            inputs, dcgm_at, finance_inputs = self._inputs()
-            report: Report | None
+            previous = self.snapshot
+            report: Report | None = previous.report
+            fresh = False
             try:
-                # CPU-heavy steps run on the one CPU worker thread (aifinops.offload) so that
-                # scrapes keep being answered from the previous snapshot meanwhile.
-                report, state = await run_cpu(
-                    build_report, inputs, self._context, self._state, now, dcgm_at
-                )
-            except Exception:
-                log.exception("model_failed")
-                report, state = self.snapshot.report, self._state
-            self._graveyard.append(self._state)
-            self._state = state
-            report = await run_cpu(self._with_finance, report, finance_inputs, now)
-            self._log_unpriced(report)
+                for rt in self._runtimes:
+                    self._expire(rt, now)
+                inputs, dcgm_at, finance_inputs = self._inputs()
+            except Exception as exc:
+                self._stage_failed("inputs", exc)
+            else:
+                self._stage_ok("inputs")
+                try:
+                    # CPU-heavy steps run on the one CPU worker thread (aifinops.offload) so
+                    # that scrapes keep being answered from the previous snapshot meanwhile.
+                    report, state = await run_cpu(
+                        build_report, inputs, self._context, self._state, now, dcgm_at
+                    )
+                except Exception as exc:
+                    self._stage_failed("model", exc)
+                else:
+                    self._stage_ok("model")
+                    fresh = True
+                    self._graveyard.append(self._state)
+                    self._state = state
+                    report = await self._finance(report, finance_inputs, now)
+                    del state
+                del inputs, finance_inputs
+            if fresh:
+                try:
+                    self._log_unpriced(report)
+                except Exception as exc:
+                    self._stage_failed("report", exc)
             self._refreshes += 1
             status = RefreshStatus(
                 sources=tuple(rt.status(now) for rt in self._runtimes),
                 duration_seconds=time.perf_counter() - started,
-                completed_at=now,
+                # aifinops_last_refresh_timestamp_seconds: the last cycle that published
+                # its own report (0 before the first), so it stops when the model does.
+                completed_at=now if fresh else self._last_success_at,
                 refreshes=self._refreshes,
             )
-            exposition = await run_cpu(self._render, report, status, count_dropped=True)
+            exposition, published = await self._render_page(report, fresh, status, previous)
+            done = fresh and published is report
+            if fresh and not done:
+                status = replace(status, completed_at=self._last_success_at)
             # Ready once an upstream gave data: a local source (the bundled price list, the
             # push store) has data from the start and says nothing about the upstreams.
             in_use = any(
                 rt.data is not None and not getattr(rt.source, "local", False)
                 for rt in self._runtimes
             )
-            self._graveyard.append(self.snapshot)
+            self._graveyard.append(previous)
             self.snapshot = Snapshot(
-                report=report,
+                report=published,
                 status=status,
                 exposition=exposition,
-                ready=self.snapshot.ready or in_use,
+                ready=previous.ready or in_use,
             )
+            if done:
+                self._last_success = self._monotonic()
+                self._last_success_at = now
             log.info(
                 "refresh",
                 seconds=round(status.duration_seconds, 4),
@@ -319,12 +389,104 @@ class Refresher:
                 sources=len(self._runtimes),
                 tenants=len({t for t, _ in report.tenant_rates("allocation")}) if report else 0,
                 exposition_bytes=len(exposition.plain),
+                published=done,
             )
-            del inputs, finance_inputs, report, state, exposition
+            del report, exposition, published, previous
             await self._bury()
-            await self._save_state(now)
-            settle_heap()
+            try:
+                await self._save_state(now)
+            except Exception as exc:
+                self._stage_failed("state", exc)
+            else:
+                self._stage_ok("state")
+            try:
+                settle_heap()
+            except Exception as exc:
+                self._stage_failed("release", exc)
             return self.snapshot
+
+    async def _finance(
+        self, report: Report | None, inputs: FinanceInputs, now: float
+    ) -> Report | None:
+        """``report`` with its finance figures; without them (stage ``finance`` counted) when
+        building them fails."""
+        try:
+            out = await run_cpu(self._with_finance, report, inputs, now)
+        except Exception as exc:
+            self._stage_failed("finance", exc)
+            return None if report is None else replace(report, finance=None)
+        self._stage_ok("finance")
+        return out
+
+    async def _render_page(
+        self,
+        report: Report | None,
+        fresh: bool,
+        status: RefreshStatus,
+        previous: Snapshot,
+    ) -> tuple[Exposition, Report | None]:
+        """The page and the report it shows: this cycle's report; else (its render failed,
+        stage ``render``) the previous report with this cycle's self-metrics; else the
+        previous page as it was."""
+        try:
+            exposition = await run_cpu(
+                self._render, report, status, count_dropped=True, publishing=fresh
+            )
+        except Exception as exc:
+            self._stage_failed("render", exc)
+        else:
+            self._stage_ok("render")
+            return exposition, report
+        if fresh:
+            try:
+                exposition = await run_cpu(
+                    self._render,
+                    previous.report,
+                    replace(status, completed_at=self._last_success_at),
+                    count_dropped=False,
+                )
+            except Exception as exc:
+                self._stage_failed("render", exc)
+            else:
+                return exposition, previous.report
+        return previous.exposition, previous.report
+
+    def _stage_failed(self, stage: str, exc: BaseException) -> None:
+        """Count a failed stage; log it (with its traceback) when the stage was working or
+        failed differently before; then drop the exception's frames (see
+        :func:`forget_frames`)."""
+        self._stage_failures[stage] += 1
+        kind = type(exc).__name__
+        if self._failing.get(stage) != kind:
+            self._failing[stage] = kind
+            log.error(
+                "refresh_stage_failed",
+                stage=stage,
+                error=f"{kind}: {str(exc)[:200]}",
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        forget_frames(exc)
+
+    def _stage_ok(self, stage: str) -> None:
+        if self._failing.pop(stage, None) is not None:
+            log.info("refresh_stage_recovered", stage=stage)
+
+    def stalled(self) -> bool:
+        """Whether no refresh has published a report for :meth:`stall_seconds` (counted
+        from start-up before the first one), by the monotonic clock: the watchdog behind
+        ``/readyz`` 503 and ``aifinops_refresh_stalled``."""
+        since = self._last_success if self._last_success is not None else self._started
+        return self._monotonic() - since > self.stall_seconds()
+
+    def stall_seconds(self) -> float:
+        """How long without a published report is a stall: :attr:`watchdog_intervals`
+        refresh intervals, or as many times the longest a fetch may take (1.5 × its
+        timeout) when that is longer, so that a slow upstream is not a stalled loop; or
+        :attr:`stall_after` when set."""
+        if self.stall_after is not None:
+            return self.stall_after
+        longest = max((rt.timeout * 1.5 for rt in self._runtimes), default=0.0)
+        return self.watchdog_intervals * max(self.interval, longest)
 
     async def _bury(self) -> None:
         """Free what :attr:`_graveyard` holds (the sources' previous data, the previous
@@ -332,19 +494,31 @@ class Refresher:
         (:func:`aifinops.offload.release`): dropped whole, 100k objects are one C call of
         tens of ms that scrapes would wait for."""
         graveyard, self._graveyard = self._graveyard, []
-        await run_cpu(release, graveyard)
+        try:
+            await run_cpu(release, graveyard)
+        except Exception as exc:
+            self._stage_failed("release", exc)
+        finally:
+            graveyard.clear()
 
     def _render(
-        self, report: Report | None, status: RefreshStatus | None, *, count_dropped: bool
+        self,
+        report: Report | None,
+        status: RefreshStatus | None,
+        *,
+        count_dropped: bool,
+        publishing: bool = False,
     ) -> Exposition:
         """The page: model families capped to ``max_series_per_family`` (counted once per
-        refresh), then self-metrics and the extra families."""
+        refresh), then self-metrics and the extra families. ``publishing``: the page of a
+        cycle that publishes its report (so not stalled, whatever the time since the last)."""
         families, dropped = cap_families(cost_families(report), self._context.max_series_per_family)
         if count_dropped:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
         families += token_source_families(rt.source for rt in self._runtimes)
+        families += self._watchdog_families(publishing)
         for extra in self.extra_families:
             families.extend(extra())
         return render_and_compress(families)
@@ -392,13 +566,92 @@ class Refresher:
 
     async def save_state(self) -> None:
         """Write the last completed refresh's state now (on shutdown, after the loop was
-        cancelled). Nothing to write before a first refresh: the file stays as loaded."""
+        cancelled). Nothing to write before a first refresh: the file stays as loaded.
+        Never raises: a failure is logged and counted (stage ``state``)."""
         if self._state_store is not None and self._persist is not None:
-            await run_cpu(self._state_store.save, *self._persist, self._clock())
+            try:
+                await run_cpu(self._state_store.save, *self._persist, self._clock())
+            except Exception as exc:
+                self._stage_failed("state", exc)
 
     async def run(self, interval: float) -> None:
-        """Refresh every ``interval`` seconds until cancelled (start-to-start spacing)."""
+        """Refresh every ``interval`` seconds until cancelled (start-to-start spacing), with
+        the watchdog (:meth:`watch`) beside it. Nothing a refresh raises ends the loop."""
+        self.interval = interval
+        watchdog = asyncio.create_task(self.watch())
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self.refresh_once()
+                except Exception as exc:  # refresh_once isolates its stages; the last net
+                    self._stage_failed("loop", exc)
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        finally:
+            watchdog.cancel()
+
+    async def watch(self) -> None:
+        """Every half interval: when :meth:`stalled` changed, log it and put it on the page.
+
+        A wedged refresh never renders again, so the page is re-rendered here, on the side
+        thread (the CPU worker may be the thing that is stuck); a refresh that runs renders
+        the flag itself."""
         while True:
-            started = time.monotonic()
-            await self.refresh_once()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            await asyncio.sleep(max(self.interval / 2, 0.05))
+            stalled = self.stalled()
+            if stalled == self._stalled_on_page:
+                continue
+            if stalled:
+                log.error("refresh_stalled", after_seconds=round(self.stall_seconds(), 1))
+            else:
+                log.info("refresh_resumed")
+            snap = self.snapshot
+            try:
+                exposition = await run_side(
+                    self._render, snap.report, snap.status, count_dropped=False
+                )
+            except Exception as exc:
+                self._stage_failed("render", exc)
+                self._stalled_on_page = stalled  # not again every half interval
+                continue
+            if self.snapshot is snap:
+                self.snapshot = replace(snap, exposition=exposition)
+
+    def _watchdog_families(self, publishing: bool) -> list[Family]:
+        """``aifinops_refresh_failures_total{stage}`` (every stage, 0 until it fails) and
+        ``aifinops_refresh_stalled``; remembers which stall state went on the page."""
+        stalled = not publishing and self.stalled()
+        self._stalled_on_page = stalled
+        return [
+            Family(
+                REFRESH_FAILURES,
+                [((stage,), float(self._stage_failures.get(stage, 0))) for stage in STAGES],
+            ),
+            Family(REFRESH_STALLED, [((), 1.0 if stalled else 0.0)]),
+        ]
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Drop what a handled exception keeps alive: the local variables of the frames in its
+    traceback, and of its cause and context, recursively.
+
+    Why: a failed fetch's traceback holds the frames that read and parsed the body (their
+    ``body`` locals: up to ``max_response_bytes``), and ``asyncio.wait_for``'s frame holds
+    the task that holds the exception, a reference cycle that only the cyclic collector
+    frees. With the production GC settings (:func:`aifinops.offload.tune_gc`) it never
+    does: :func:`~aifinops.offload.settle_heap` freezes it after the refresh, and every
+    failed fetch of a large answer kept its body (RSS 78 MiB to 2 GiB in 16 refreshes).
+    Frames still running (the caller's) are left alone."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.__traceback__ is not None:
+            traceback.clear_frames(e.__traceback__)
+            e.__traceback__ = None
+        todo += [e.__cause__, e.__context__]
+        if isinstance(e, BaseExceptionGroup):
+            todo += e.exceptions

@@ -9,6 +9,7 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from aifinops.demo.upstreams import FaultSwitch, Upstreams, start_upstreams
 from aifinops.refresh import Refresher
 from aifinops.settings import settings_from_mapping
 from aifinops.web.app import REFRESHER, build_sources, create_app
+from tests.faults.hostile import HostileProxy
 from tests.web.conftest import T0, Clock, parse_page
 
 # Short enough that the slow faults cost little wall time, long enough for a loaded CI core.
@@ -140,12 +142,35 @@ class Fakes:
         self._cluster_loop.stop()
 
 
+class Hostile:
+    """A :class:`~tests.faults.hostile.HostileProxy` in front of the fake OpenCost, on a loop
+    of its own; set :attr:`mode` from the test."""
+
+    def __init__(self, target: str) -> None:
+        self._loop = LoopThread()
+        self.proxy = HostileProxy(target)
+        self.url: str = self._loop.call(self.proxy.start())
+
+    @property
+    def mode(self) -> str:
+        return self.proxy.mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self.proxy.mode = mode
+
+    def close(self) -> None:
+        self._loop.call(self.proxy.close())
+        self._loop.stop()
+
+
 @dataclass
 class Rig:
     fakes: Fakes
     clock: Clock
     client: TestClient[Any, Any]
     app: web.Application
+    hostile: Hostile | None = None
 
     @property
     def refresher(self) -> Refresher:
@@ -165,6 +190,8 @@ class Rig:
         return parse_page(await self.text())
 
     async def close(self) -> None:
+        if self.hostile is not None:
+            await asyncio.to_thread(self.hostile.close)
         await asyncio.to_thread(self.fakes.close)
 
 
@@ -176,14 +203,22 @@ async def start_rig(
     run_loop: bool = False,
     month: bool = False,
     short_timeout: str | None = None,
+    hostile: bool = False,
+    wrap: Callable[[Any], Any] | None = None,
 ) -> Rig:
     """The exporter on fresh fakes. ``month``: include OpenCost's month-to-date query, whose
     answer the fake takes about a second to build (left out unless a test is about it).
-    ``short_timeout``: the source under test (see :meth:`Fakes.config`)."""
+    ``short_timeout``: the source under test (see :meth:`Fakes.config`). ``hostile``: OpenCost
+    is read through a :class:`Hostile` proxy (``rig.hostile.mode``). ``wrap``: applied to each
+    configured source (a test's stand-in around the real one)."""
     gc.collect()  # not in the middle of a timed fetch
     clock = Clock(T0)
     fakes = await asyncio.to_thread(Fakes, clock)
+    proxy: Hostile | None = None
     try:
+        if hostile:
+            proxy = await asyncio.to_thread(Hostile, fakes.cluster.opencost_url)
+            extra = merge_config({"sources": {"opencost": {"url": proxy.url}}}, extra or {})
         if month:
             extra = merge_config(
                 {"sources": {"opencost": {"max_response_bytes": MONTH_MAX_BYTES}}}, extra or {}
@@ -195,12 +230,17 @@ async def start_rig(
             sources = [
                 s for s in build_sources(settings) if s[0].name not in ("opencost_month", *LOCAL)
             ]
+        if wrap is not None:
+            chosen = sources or [s for s in build_sources(settings) if s[0].name not in LOCAL]
+            sources = [(wrap(s), t, st) for s, t, st in chosen]
         app = create_app(settings, clock=clock, run_loop=run_loop, sources=sources)
         client = await aiohttp_client(app)
     except BaseException:
+        if proxy is not None:
+            await asyncio.to_thread(proxy.close)
         await asyncio.to_thread(fakes.close)
         raise
-    return Rig(fakes, clock, client, app)
+    return Rig(fakes, clock, client, app, proxy)
 
 
 # --- reading the page ------------------------------------------------------------------------

@@ -431,6 +431,24 @@ STATE_LAST_SAVE = _spec(
     (),
     "experimental",
 )
+REFRESH_FAILURES = _spec(
+    "aifinops_refresh_failures_total",
+    "counter",
+    "Unexpected failures of a refresh stage (fetch, release, inputs, model, finance, report, "
+    "render, state, loop); the cycle goes on with the previous report. Every stage is "
+    "present from the start (0).",
+    ("stage",),
+    "experimental",
+)
+REFRESH_STALLED = _spec(
+    "aifinops_refresh_stalled",
+    "gauge",
+    "1 when no refresh has published a new report for 3 refresh intervals (or 3 times the "
+    "longest source fetch bound, 1.5 x its timeout, when longer); the page then shows older "
+    "figures and /readyz answers 503. Else 0.",
+    (),
+    "experimental",
+)
 
 CATALOG: tuple[MetricSpec, ...] = (
     TENANT_COST_RATE,
@@ -484,6 +502,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     CONFIG_RELOAD_TIMESTAMP,
     STATE_SAVE_ERRORS,
     STATE_LAST_SAVE,
+    REFRESH_FAILURES,
+    REFRESH_STALLED,
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}

@@ -8,7 +8,8 @@ the I/O and calls its module's pure ``parse_*`` function. Every failure is raise
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import zlib
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -78,15 +79,16 @@ async def get_bytes(
 ) -> bytes:
     """GET ``url`` and return the body, refusing bodies over ``max_bytes``.
 
-    The body is streamed so that an oversized response is cut off at the cap instead of
-    being held in memory whole. A redirect is followed only to the same scheme, host and
-    port (:func:`same_host_redirect`), at most :data:`MAX_REDIRECTS` times. Raises
-    :class:`SourceError` for every failure.
+    The body is streamed (and inflated, :func:`read_body`) so that an oversized response is
+    cut off at the cap instead of being held in memory whole. A redirect is followed only to
+    the same scheme, host and port (:func:`same_host_redirect`), at most
+    :data:`MAX_REDIRECTS` times. Raises :class:`SourceError` for every failure.
     """
     responded = False
+    chunks: list[bytes] = []
     try:
         async with client.stream(
-            "GET", url, params=params, headers=headers, timeout=timeout
+            "GET", url, params=params, headers=accept_encoding(headers), timeout=timeout
         ) as resp:
             responded = True
             if resp.status_code != 200:
@@ -103,26 +105,154 @@ async def get_bytes(
                         headers=headers,
                         redirects=redirects + 1,
                     )
-                raise SourceError("http_status", f"HTTP {resp.status_code} from {url}")
-            declared = resp.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                raise SourceError(
-                    "too_large", f"{url} declares {declared} bytes, over the {max_bytes} cap"
-                )
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise SourceError("too_large", f"{url} sent over the {max_bytes}-byte cap")
+            check_response(resp, url, max_bytes)
+            async for chunk in read_body(resp, url, max_bytes):
                 chunks.append(chunk)
             return b"".join(chunks)
     except httpx.TimeoutException:
         raise SourceError("timeout", f"timed out after {timeout:g}s: {url}") from None
     except httpx.TransportError as exc:
-        # A peer that closes the connection before any response is unreachable ("connect");
-        # one that breaks off a body it started (RemoteProtocolError mid-body) sent a
-        # truncated payload ("parse").
-        truncated = responded and isinstance(exc, httpx.RemoteProtocolError)
-        kind: Reason = "parse" if truncated else "connect"
-        raise SourceError(kind, f"{type(exc).__name__} for {url}: {exc}") from None
+        raise transport_error(exc, url, responded) from None
+    finally:
+        # A failure after reading part of the body must not keep it: the exception's
+        # traceback holds this frame, and the frame these chunks, until the exception dies.
+        chunks.clear()
+
+
+def transport_error(exc: httpx.TransportError, url: str, responded: bool) -> SourceError:
+    """The :class:`SourceError` for a transport failure: a peer that closes the connection
+    before any response is unreachable ("connect"); one that breaks off a body it started
+    (RemoteProtocolError mid-body) sent a truncated payload ("parse")."""
+    truncated = responded and isinstance(exc, httpx.RemoteProtocolError)
+    kind: Reason = "parse" if truncated else "connect"
+    return SourceError(kind, f"{type(exc).__name__} for {url}: {exc}")
+
+
+def check_response(resp: httpx.Response, url: str, max_bytes: int) -> None:
+    """HTTP status 200 and a declared size within ``max_bytes`` (:class:`SourceError`)."""
+    if resp.status_code != 200:
+        raise SourceError("http_status", f"HTTP {resp.status_code} from {url}")
+    declared = resp.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise SourceError("too_large", f"{url} declares {declared} bytes, over the {max_bytes} cap")
+
+
+# --- bodies: read raw, inflated here with a cap -------------------------------------------
+# httpx inflates each received chunk whole: one 64 KiB chunk of a gzip bomb becomes 64 MiB
+# before any cap can look at it (a 78 KB answer reached 1.85 GiB). Bodies are read raw and
+# inflated here, at most INFLATE_CHUNK bytes per call, so a body is cut at the cap while it
+# inflates and memory never exceeds the cap plus one chunk.
+ACCEPT_ENCODING = "gzip, deflate"
+INFLATE_CHUNK = 256 * 1024
+MAX_ENCODING_LAYERS = 2
+
+
+def accept_encoding(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """``headers`` asking for the encodings :func:`read_body` inflates (and no others)."""
+    out = dict(headers or {})
+    if not any(k.lower() == "accept-encoding" for k in out):
+        out["Accept-Encoding"] = ACCEPT_ENCODING
+    return out
+
+
+class Inflater:
+    """One ``gzip`` or ``deflate`` layer, inflated ``INFLATE_CHUNK`` bytes at a time.
+
+    ``deflate`` is zlib-wrapped by the RFC and raw in practice (both accepted, as httpx and
+    browsers do); concatenated gzip members are read one after another.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self._encoding = encoding
+        self._first = True
+        self._d = self._new(b"")
+
+    def _new(self, head: bytes) -> Any:
+        if self._encoding == "gzip":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        # RFC 1950 header: compression method 8 in the low nibble of the first byte.
+        raw = bool(head) and head[0] & 0x0F != 8
+        return zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The inflated bytes of ``data``, in pieces of at most :data:`INFLATE_CHUNK`.
+        Raises :class:`zlib.error` for a corrupt stream."""
+        if self._first and data:
+            self._first = False
+            self._d = self._new(data)
+        while data:
+            if self._d.eof:
+                # Another gzip member; trailing bytes after a deflate stream are ignored.
+                if self._encoding != "gzip" or not data.strip(b"\0"):
+                    return
+                self._d = self._new(data)
+            out = self._d.decompress(data, INFLATE_CHUNK)
+            data = self._d.unconsumed_tail or self._d.unused_data
+            if out:
+                yield out
+            while len(out) == INFLATE_CHUNK and not self._d.eof and not self._d.unconsumed_tail:
+                # Output still pending for input zlib has already taken.
+                out = self._d.decompress(b"", INFLATE_CHUNK)
+                if out:
+                    yield out
+
+    def finished(self) -> bool:
+        """Whether the stream ended where it should (else the body was cut off)."""
+        return self._first or bool(self._d.eof)
+
+
+def encodings(resp: httpx.Response, url: str) -> list[str]:
+    """The response's ``Content-Encoding`` layers in the order to undo them."""
+    header = resp.headers.get("content-encoding", "")
+    layers = [e.strip().lower() for e in header.split(",") if e.strip()]
+    layers = [e for e in layers if e != "identity"]
+    if len(layers) > MAX_ENCODING_LAYERS or any(e not in ("gzip", "deflate") for e in layers):
+        raise SourceError("parse", f"unsupported Content-Encoding {header[:60]!r} from {url}")
+    return layers[::-1]
+
+
+async def read_body(resp: httpx.Response, url: str, max_bytes: int) -> AsyncIterator[bytes]:
+    """The body of ``resp`` in chunks, inflated (``gzip``, ``deflate``) while it arrives;
+    :class:`SourceError` ``too_large`` as soon as the inflated size passes ``max_bytes``
+    (or the raw size does), ``parse`` for a corrupt or cut-off compressed stream."""
+    if resp.is_stream_consumed:
+        # A response built in memory (httpx.MockTransport in tests): httpx holds its
+        # content already; only the cap applies.
+        content = resp.content
+        if len(content) > max_bytes:
+            raise SourceError("too_large", f"{url} sent over the {max_bytes}-byte cap")
+        if content:
+            yield content
+        return
+    layers = [Inflater(e) for e in encodings(resp, url)]
+    size = 0
+    raw = 0
+
+    def count(piece: bytes) -> bytes:
+        nonlocal size
+        size += len(piece)
+        if size > max_bytes:
+            raise SourceError("too_large", f"{url} sent over the {max_bytes}-byte cap")
+        return piece
+
+    try:
+        async for chunk in resp.aiter_raw():
+            raw += len(chunk)
+            if raw > max_bytes:
+                raise SourceError("too_large", f"{url} sent over the {max_bytes}-byte cap")
+            for piece in _through(layers, chunk):
+                yield count(piece)
+        if not all(layer.finished() for layer in layers):
+            raise SourceError("parse", f"compressed body from {url} is cut off")
+    except zlib.error as exc:
+        raise SourceError("parse", f"corrupt compressed body from {url}: {exc}") from None
+
+
+def _through(layers: list[Inflater], chunk: bytes) -> Iterator[bytes]:
+    """``chunk`` through every layer (outermost first), a piece at a time."""
+    if not layers:
+        if chunk:
+            yield chunk
+        return
+    for piece in layers[0].feed(chunk):
+        yield from _through(layers[1:], piece)

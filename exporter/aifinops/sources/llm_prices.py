@@ -19,7 +19,6 @@ declared ``version`` or ``sha256:<12 hex>`` of the bytes (see
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
@@ -38,6 +37,7 @@ from aifinops.model.llm_prices import (
 )
 from aifinops.settings import LlmPricesSettings, PriceOverrideSettings
 from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
+from aifinops.sources.text import loads_json
 
 BUNDLED = "llm_prices.json"
 BUNDLED_VERSION = "litellm-1.109.1-subset"
@@ -73,7 +73,7 @@ def load_catalog(
     or URL in the message.
     """
     try:
-        data = json.loads(content)
+        data = loads_json(content)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise SourceError("parse", f"price list {origin} is not JSON: {exc}") from None
     try:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
 import time
 from collections import deque
@@ -57,8 +56,17 @@ from aifinops.model.tenancy import sanitize_label_key
 from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
-from aifinops.sources.base import Reason, SourceError, get_bytes, read_bearer_token
+from aifinops.sources.base import (
+    SourceError,
+    accept_encoding,
+    check_response,
+    get_bytes,
+    read_bearer_token,
+    read_body,
+    transport_error,
+)
 from aifinops.sources.jsonchunks import Buffer, SetStream, Unsplittable, decode_pieces
+from aifinops.sources.text import loads_json
 
 log = structlog.get_logger("aifinops.sources.opencost")
 T = TypeVar("T")
@@ -147,7 +155,7 @@ def _allocation_sets(body: bytes) -> list[dict[str, Any]]:
     """The ``data`` sets of an ``/allocation/compute`` body, in order (``null`` sets are
     empty ones); raises :class:`SourceError` like :func:`parse_allocation_response`."""
     try:
-        doc = json.loads(body)
+        doc = loads_json(body)
     except (ValueError, RecursionError) as exc:
         raise SourceError("parse", f"OpenCost response is not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -676,7 +684,7 @@ def _decode_piece(
             rows = dict(_typed_rows(typed, agg, memo))
             return rows, _typed_starts(typed) if want_starts else {}
     try:
-        raw = json.loads(piece)
+        raw = loads_json(piece)
         if not isinstance(raw, dict):
             raise _Restream("a piece is not a JSON object")
         rows = {key: _row(key, value, agg) for key, value in raw.items()}
@@ -736,20 +744,13 @@ async def stream_sets(
             "GET",
             request.url,
             params=request.params,
-            headers=request.headers,
+            headers=accept_encoding(request.headers),
             timeout=request.timeout,
         ) as resp:
             responded = True
-            _check_response(resp, request)
-            size = 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > request.max_bytes:
-                    raise SourceError(
-                        "too_large",
-                        f"{request.url} sent over the {request.max_bytes}-byte cap "
-                        "(sources.opencost.max_response_bytes)",
-                    )
+            check_response(resp, request.url, request.max_bytes)
+            # Inflated here with the cap applied while inflating (sources/base.py).
+            async for chunk in read_body(resp, request.url, request.max_bytes):
                 if whole or not stream.started:
                     head.append(chunk)
                     if whole:
@@ -774,12 +775,11 @@ async def stream_sets(
             "timeout", f"timed out after {request.timeout:g}s: {request.url}"
         ) from None
     except httpx.TransportError as exc:
-        truncated = responded and isinstance(exc, httpx.RemoteProtocolError)
-        kind: Reason = "parse" if truncated else "connect"
-        raise SourceError(kind, f"{type(exc).__name__} for {request.url}: {exc}") from None
+        raise transport_error(exc, request.url, responded) from None
     except Unsplittable as exc:
         raise _Restream(str(exc)) from None
     finally:
+        head.clear()  # a failure must not keep the body alive through its traceback
         # On any failure, let the pieces already handed to the worker finish (pure, short).
         for future in pending:
             future.cancel()
@@ -789,19 +789,6 @@ async def stream_sets(
         sets.rows.append({})
         sets.starts.append({})
     return sets
-
-
-def _check_response(resp: httpx.Response, request: _Request) -> None:
-    """HTTP status and declared size, as :func:`~aifinops.sources.base.get_bytes` checks them."""
-    if resp.status_code != 200:
-        raise SourceError("http_status", f"HTTP {resp.status_code} from {request.url}")
-    declared = resp.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > request.max_bytes:
-        raise SourceError(
-            "too_large",
-            f"{request.url} declares {declared} bytes, over the {request.max_bytes} cap "
-            "(sources.opencost.max_response_bytes)",
-        )
 
 
 class _Streamer:

@@ -7,7 +7,6 @@ with recorded bodies. Thanos Query and Mimir serve the same API and are read the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ import msgspec
 from aifinops.offload import run_cpu
 from aifinops.sources.base import SourceError, get_bytes
 from aifinops.sources.jsonchunks import decode_pieces
+from aifinops.sources.text import loads_json
 
 
 async def instant_query(
@@ -125,7 +125,7 @@ def parse_vector(
     if typed is not None:
         return typed
     try:
-        doc = json.loads(body)
+        doc = loads_json(body)
     except (ValueError, RecursionError) as exc:
         raise SourceError("parse", f"Prometheus API response is not JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -2,7 +2,8 @@
 
 ``/metrics`` writes the bytes prepared by the last refresh (gzip when the scraper accepts
 it); it never waits on an upstream or formats a sample. ``/healthz`` answers while the
-process serves; ``/readyz`` turns 200 after the first refresh that had data from a source.
+process serves; ``/readyz`` turns 200 after the first refresh that had data from a source,
+and 503 while the refresh loop is stalled (``Refresher.stalled``).
 ``POST /api/v1/usage`` (``web/usage.py``) takes pushed token usage when
 ``tokens.push.enabled``; the rest of ``/api/v1`` (budgets, ROI, routing, recommendations,
 chargeback, OpenAPI) and its bearer-token auth are in ``web/api.py``.
@@ -11,7 +12,6 @@ chargeback, OpenAPI) and its bearer-token auth are in ``web/api.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +37,7 @@ from aifinops.statefile import StateStore
 from aifinops.version import RULES_VERSION, __version__
 from aifinops.web.api import register_api
 from aifinops.web.lifecycle import install_lifecycle
+from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.ratelimit import RateLimiter
 from aifinops.web.security import install_web_security
 from aifinops.web.usage import USAGE_LIMITER, USAGE_SETTINGS, USAGE_STORE, handle_usage
@@ -168,13 +169,18 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    snap = request.app[REFRESHER].snapshot
+    refresher = request.app[REFRESHER]
+    snap = refresher.snapshot
     sources = [
         {"source": s.name, "up": s.up, "stale": s.stale, "error": s.last_error}
         for s in (snap.status.sources if snap.status else ())
     ]
-    body = {"ready": snap.ready, "sources": sources}
-    return web.json_response(body, status=200 if snap.ready else 503)
+    # Not ready while the refresh loop is stalled (refresh.py's watchdog): the figures served
+    # are getting older and nothing else would say so.
+    stalled = refresher.stalled()
+    ready = snap.ready and not stalled
+    body = {"ready": ready, "stalled": stalled, "sources": sources}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def handle_index(request: web.Request) -> web.Response:
@@ -204,7 +210,10 @@ def create_app(
 ) -> web.Application:
     """Build the application. ``sources`` replaces the configured ones (tests, demo);
     ``run_loop=False`` leaves refreshing to the caller (``await refresher.refresh_once()``)."""
-    app = web.Application(client_max_size=settings.server.max_request_body_bytes)
+    # request_limits (web/limits.py): compressed bodies refused or capped, body deadline.
+    app = web.Application(
+        client_max_size=settings.server.max_request_body_bytes, middlewares=[request_limits]
+    )
     app[SETTINGS] = settings
     context = model_context(settings)
     build = BuildInfo(
@@ -227,7 +236,15 @@ def create_app(
         )
         app[HTTP_CLIENT] = client
         store = StateStore.from_settings(settings)
-        app[REFRESHER] = Refresher(chosen, context, build, client, clock=clock, state_store=store)
+        app[REFRESHER] = Refresher(
+            chosen,
+            context,
+            build,
+            client,
+            clock=clock,
+            state_store=store,
+            interval=settings.refresh.interval_seconds,
+        )
         if run_loop:
             app[REFRESH_TASK] = asyncio.create_task(
                 app[REFRESHER].run(settings.refresh.interval_seconds)
@@ -238,8 +255,12 @@ def create_app(
             if run_loop:
                 task = app[REFRESH_TASK]
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # the loop never raises; if it did, still save and close
+                    log.exception("refresh_loop_failed")
             # The state file's last write (SIGTERM): the last completed refresh.
             await app[REFRESHER].save_state()
             await client.aclose()
@@ -261,7 +282,7 @@ def create_app(
         app[USAGE_LIMITER] = RateLimiter(
             settings.tokens.push.rate_limit_per_second, settings.tokens.push.rate_limit_burst
         )
-        app.router.add_post("/api/v1/usage", handle_usage)
+        app.router.add_post("/api/v1/usage", accepts_compressed_body(handle_usage))
     # TLS/basic auth (web/security.py) and config reload (web/lifecycle.py)
     install_web_security(app, settings.server.web_config_file)
     install_lifecycle(app, settings, clock=clock, explicit_sources=sources is not None)

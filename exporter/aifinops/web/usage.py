@@ -17,13 +17,14 @@ Answers ``202 {"accepted": n, "duplicates": d}``, or an error body
 =====  ====================  ===========================================================
 
 A rejected batch adds nothing. The body is read from the stream with its own cap, so
-``max_body_bytes`` may exceed the app's ``client_max_size``.
+``max_body_bytes`` may exceed the app's ``client_max_size``; a ``gzip`` or ``deflate`` body
+(``Content-Encoding``) is inflated under the same cap, any other encoding is refused with 415
+(``web/limits.py``).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ from pydantic import ValidationError
 
 from aifinops.settings import UsagePushSettings
 from aifinops.sources.push import Reason, UsageBatch, UsageRejected, UsageStore
+from aifinops.sources.text import loads_json
 from aifinops.web.auth import API_SCOPE
+from aifinops.web.limits import BodyRefused, read_body
 from aifinops.web.ratelimit import RateLimiter, client_key, retry_after
 
 log = structlog.get_logger("aifinops.web.usage")
@@ -62,21 +65,6 @@ def _authorized(request: web.Request, token_file: Path | None) -> bool:
     return hmac.compare_digest(token.strip().encode(), expected.encode())
 
 
-async def _read_capped(request: web.Request, limit: int) -> bytes | None:
-    """The body, or ``None`` when it is over ``limit`` bytes."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def handle_usage(request: web.Request) -> web.Response:
     settings = request.app[USAGE_SETTINGS]
     store = request.app[USAGE_STORE]
@@ -90,11 +78,15 @@ async def handle_usage(request: web.Request) -> web.Response:
             resp = _error(429, "rate_limited", "too many batches; retry after Retry-After seconds")
             resp.headers["Retry-After"] = retry_after(wait)
             return resp
-    body = await _read_capped(request, settings.max_body_bytes)
+    try:
+        # gzip / deflate accepted, inflated under the same cap (web/limits.py)
+        body = await read_body(request, settings.max_body_bytes)
+    except BodyRefused as exc:  # a corrupt or cut-off compressed body
+        return _error(exc.status, "invalid_json", str(exc))
     if body is None:
         return _error(413, "body_too_large", f"body over {settings.max_body_bytes} bytes")
     try:
-        doc = json.loads(body)
+        doc = loads_json(body)
     except (ValueError, RecursionError) as exc:
         return _error(400, "invalid_json", f"body is not JSON: {exc}")
     records = doc.get("records") if isinstance(doc, dict) else None
