@@ -26,7 +26,13 @@ import structlog
 from aiohttp import web
 
 from aifinops.logs import configure_logging
-from aifinops.settings import ConfigError, Settings, load_settings, settings_from_mapping
+from aifinops.settings import (
+    ConfigError,
+    Settings,
+    check_has_sources,
+    load_settings,
+    settings_from_mapping,
+)
 from aifinops.version import __version__
 
 log = structlog.get_logger("aifinops")
@@ -152,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 settings, argparse.Namespace(port=None, listen_address="127.0.0.1")
             )
         configure_logging(settings.logging.level, settings.logging.format)
+        if not args.demo:  # the demo adds its own fake upstreams
+            check_has_sources(settings)
         from aifinops.web.app import model_context
 
         model_context(settings)  # compiles tenancy regexes and loads the GPU price catalog

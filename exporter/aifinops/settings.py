@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aifinops.safefile import read_bounded
+from aifinops.status import redact_text
 from aifinops.settings_finance import (
     BudgetsSettings,
     InitiativeList,
@@ -28,6 +30,9 @@ from aifinops.settings_finance import (
 )
 
 ENV_PREFIX = "AIFINOPS__"
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""A larger configuration file is refused (a big one, with thousands of tenant rules, is
+well under 1 MB)."""
 
 
 class ConfigError(Exception):
@@ -637,6 +642,37 @@ class Settings(_Strict):
     recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
     latency: LatencySettings = Field(default_factory=LatencySettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    # A configuration without a source publishes no cost series: refused at start-up, by
+    # --check-config and by a reload (check_has_sources), unless this says it is meant.
+    allow_no_sources: bool = False
+
+
+def enabled_sources(settings: Settings) -> list[str]:
+    """The configured sources of cost or token data that are enabled (the price list and
+    latency sources only refine them)."""
+    out = [
+        name
+        for name, on in (
+            ("sources.dcgm", settings.sources.dcgm.enabled),
+            ("sources.opencost", settings.sources.opencost.enabled),
+            ("tokens.push", settings.tokens.push.enabled),
+        )
+        if on
+    ]
+    out += [f"tokens.sources.{s.name}" for s in settings.tokens.sources if s.enabled]
+    return out
+
+
+def check_has_sources(settings: Settings) -> None:
+    """Raise :class:`ConfigError` when no source is enabled and ``allow_no_sources`` is not
+    set: an empty or source-less file would otherwise blank every series and still be
+    "ready"."""
+    if not settings.allow_no_sources and not enabled_sources(settings):
+        raise ConfigError(
+            "invalid configuration: no source is enabled (sources.dcgm, sources.opencost, "
+            "tokens.sources, tokens.push): the exporter would publish no cost series; enable "
+            "one, or set allow_no_sources: true if this is meant"
+        )
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(m|h|d)$")
@@ -658,7 +694,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
-        shown = repr(value)
+        shown = redact_text(repr(value))  # a URL's credentials never reach stderr
         if len(shown) > 80:
             shown = shown[:77] + "..."
         msg = err["msg"]
@@ -718,7 +754,9 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     if path is not None:
         source = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            # A regular file within a bound: a FIFO would hang start-up or a reload, a link to
+            # /dev/zero would read until memory runs out (safefile.py).
+            text = read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
         except ValueError as exc:  # a NUL in the path, text that is not UTF-8
@@ -727,9 +765,13 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:
+            # An empty file (a truncated ConfigMap, a failed template) would run on defaults:
+            # no source, every series gone. Refused, even where allow_no_sources would pass.
+            raise ConfigError(f"configuration file {path} is empty")
+        if not isinstance(loaded, dict):
             raise ConfigError(f"invalid configuration in {path}: top level must be a mapping")
-        data = loaded or {}
+        data = loaded
     data = apply_env_overrides(data, env)
     if any(k.startswith(ENV_PREFIX) for k in env):
         source += " (with AIFINOPS__ environment overrides)"

@@ -86,6 +86,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ from aifinops.model.chargeback import current_period
 from aifinops.model.finance import PEAK_WINDOW_SECONDS, FinanceContext, FinanceState, local_date
 from aifinops.model.report import ModelState
 from aifinops.model.tokens import RateSample, TokenState
+from aifinops.safefile import file_kind, read_bounded
 from aifinops.settings import ConfigError, Settings, StateSettings
 from aifinops.sources.push import SOURCE_NAME as PUSH_SOURCE
 from aifinops.version import __version__
@@ -593,6 +595,13 @@ def check_state_dir(settings: StateSettings) -> None:
     try:
         if path.is_dir():
             raise ConfigError(f"invalid configuration: state.path: {path} is a directory")
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.stat().st_mode  # follows a symlink: /dev/zero, a FIFO behind one
+            if not stat.S_ISREG(mode):
+                raise ConfigError(
+                    f"invalid configuration: state.path: {path} is {file_kind(mode)}, not a "
+                    "regular file (reading it would hang or never end); remove it"
+                )
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
         os.close(fd)
@@ -650,11 +659,8 @@ class StateStore:
         docstring)."""
         self._remove_stale_temps()
         try:
-            size = self.path.stat().st_size
-            if size > MAX_STATE_BYTES:
-                self._discard(f"{size} bytes, more than {MAX_STATE_BYTES}", now)
-                return None
-            data = self.path.read_bytes()
+            # Never blocks on a FIFO, never reads past the bound (a link to /dev/zero).
+            data = read_bounded(self.path, MAX_STATE_BYTES)
         except FileNotFoundError:
             log.info("state_file_absent", path=str(self.path))
             return None

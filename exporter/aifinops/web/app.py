@@ -38,7 +38,7 @@ from aifinops.version import RULES_VERSION, __version__
 from aifinops.web.api import register_api
 from aifinops.web.lifecycle import install_lifecycle
 from aifinops.web.ratelimit import RateLimiter
-from aifinops.web.security import install_web_security
+from aifinops.web.security import install_web_security, may_see_detail
 from aifinops.web.usage import USAGE_LIMITER, USAGE_SETTINGS, USAGE_STORE, handle_usage
 
 log = structlog.get_logger("aifinops.web")
@@ -168,13 +168,18 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
+    """200/503 for probes, open to all; the per-source detail (error messages name upstream
+    hosts) only for a client that passes the same basic auth as ``/metrics``."""
     snap = request.app[REFRESHER].snapshot
+    status = 200 if snap.ready else 503
+    if not await may_see_detail(request):
+        return web.json_response({"ready": snap.ready}, status=status)
     sources = [
         {"source": s.name, "up": s.up, "stale": s.stale, "error": s.last_error}
         for s in (snap.status.sources if snap.status else ())
     ]
     body = {"ready": snap.ready, "sources": sources}
-    return web.json_response(body, status=200 if snap.ready else 503)
+    return web.json_response(body, status=status)
 
 
 async def handle_index(request: web.Request) -> web.Response:

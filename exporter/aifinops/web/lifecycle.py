@@ -30,7 +30,7 @@ from aiohttp import web
 
 from aifinops.exposition.catalog import CONFIG_RELOAD_SUCCESS, CONFIG_RELOAD_TIMESTAMP
 from aifinops.exposition.render import Family
-from aifinops.settings import ConfigError, Settings, load_settings
+from aifinops.settings import ConfigError, Settings, check_has_sources, load_settings
 from aifinops.sources.base import Source
 
 log = structlog.get_logger("aifinops.web.lifecycle")
@@ -114,6 +114,8 @@ class Reloader:
         from aifinops.web.usage import USAGE_STORE
 
         new = await asyncio.to_thread(self.load)
+        if not self._explicit_sources:  # given sources (tests, embedding) are not the file's
+            check_has_sources(new)
         context = model_context(new)
         if new.server.web_config_file is not None:
             load_web_config(new.server.web_config_file)

@@ -34,6 +34,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -61,8 +62,6 @@ ClientAuthType = Literal[
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 OPEN_PREFIXES = ("/api/",)
 CACHE_SIZE = 1024
-# bcrypt of a random password: checked for unknown users, so they cost as much as known ones.
-_DUMMY_HASH = b"$2b$10$3euPcmQFCiblsZeEu5s7p.9OVHgeHWFDk9nhMqZ0m/3pd/lhwZgES"
 
 
 class _Strict(BaseModel):
@@ -248,7 +247,11 @@ class WebSecurity:
         user, password = credentials
         hashed = users.get(user)
         known = hashed is not None
-        target = hashed.encode() if hashed is not None else _DUMMY_HASH
+        if hashed is not None:
+            target = hashed.encode()
+        else:
+            # As costly as the dearest real hash: the time must not tell that a user is unknown.
+            target = await asyncio.to_thread(_dummy_hash, max(_cost(h) for h in users.values()))
         key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), target))).digest()
         cached = self._cache.get(key)
         if cached is None:
@@ -259,6 +262,24 @@ class WebSecurity:
         else:
             self._cache.move_to_end(key)
         return cached and known
+
+
+def _cost(hashed: str) -> int:
+    """The work factor of a ``$2b$NN$...`` hash (validated by :class:`WebConfig`)."""
+    digits = hashed[4:6]
+    return int(digits) if digits.isdigit() else 10
+
+
+_DUMMIES: dict[int, bytes] = {}
+
+
+def _dummy_hash(cost: int) -> bytes:
+    """A hash of a random password at ``cost``, made once per cost (one bcrypt)."""
+    dummy = _DUMMIES.get(cost)
+    if dummy is None:
+        secret = secrets.token_hex(16).encode()
+        dummy = _DUMMIES[cost] = bcrypt.hashpw(secret, bcrypt.gensalt(rounds=min(max(cost, 4), 31)))
+    return dummy
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
@@ -283,6 +304,13 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 
 WEB_SECURITY = web.AppKey("web_security", WebSecurity)
+
+
+async def may_see_detail(request: web.Request) -> bool:
+    """Whether ``request`` passes the basic auth that guards ``/metrics`` (always, with no
+    users): ``/readyz`` stays open for probes but shows its per-source detail only then."""
+    security = request.app.get(WEB_SECURITY)
+    return security is None or await security.allowed(request.headers.get("Authorization"))
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

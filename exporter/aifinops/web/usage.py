@@ -33,7 +33,8 @@ from pydantic import ValidationError
 
 from aifinops.settings import UsagePushSettings
 from aifinops.sources.push import Reason, UsageBatch, UsageRejected, UsageStore
-from aifinops.web.auth import API_SCOPE
+from aifinops.safefile import read_secret_file
+from aifinops.web.auth import API_SCOPE, bearer_token
 from aifinops.web.ratelimit import RateLimiter, client_key, retry_after
 
 log = structlog.get_logger("aifinops.web.usage")
@@ -47,19 +48,24 @@ def _error(status: int, reason: Reason, message: str, **extra: Any) -> web.Respo
     return web.json_response({"error": reason, "message": message, **extra}, status=status)
 
 
-def _authorized(request: web.Request, token_file: Path | None) -> bool:
+def _authenticated(request: web.Request, token_file: Path | None) -> tuple[bool, str | None]:
+    """``(allowed, identity)``: the bearer token that passed a check (the API middleware's
+    write scope, or ``tokens.push.bearer_token_file``), else ``None`` (an open endpoint)."""
+    _, token = bearer_token(request.headers.get("Authorization"))
+    if request.get(API_SCOPE) == "write":
+        return True, token
     if token_file is None:
-        return True
+        return True, None
     try:
-        expected = token_file.read_text(encoding="utf-8").strip()
-    except OSError:
+        expected = read_secret_file(token_file).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError, ValueError):
         log.error("usage_token_file_unreadable", path=str(token_file))
-        return False
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not expected:
-        return False
-    return hmac.compare_digest(token.strip().encode(), expected.encode())
+        return False, None
+    if token is None or not expected:
+        return False, None
+    if hmac.compare_digest(token.encode(), expected.encode()):
+        return True, token
+    return False, None
 
 
 async def _read_capped(request: web.Request, limit: int) -> bytes | None:
@@ -81,11 +87,12 @@ async def handle_usage(request: web.Request) -> web.Response:
     settings = request.app[USAGE_SETTINGS]
     store = request.app[USAGE_STORE]
     # A write-scope API token (checked by the API middleware) also admits a batch.
-    if request.get(API_SCOPE) != "write" and not _authorized(request, settings.bearer_token_file):
+    allowed, identity = _authenticated(request, settings.bearer_token_file)
+    if not allowed:
         return _error(401, "unauthorized", "missing or wrong bearer token")
     limiter = request.app.get(USAGE_LIMITER)
     if limiter is not None:
-        wait = limiter.take(client_key(request.headers.get("Authorization"), request.remote))
+        wait = limiter.take(client_key(identity, request.remote))
         if wait > 0:
             resp = _error(429, "rate_limited", "too many batches; retry after Retry-After seconds")
             resp.headers["Retry-After"] = retry_after(wait)
