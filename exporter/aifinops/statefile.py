@@ -106,6 +106,7 @@ from aifinops.model.tokens import RateSample, TokenState
 from aifinops.safefile import file_kind, read_bounded
 from aifinops.settings import ConfigError, Settings, StateSettings
 from aifinops.sources.push import SOURCE_NAME as PUSH_SOURCE
+from aifinops.sources.push import PushExport, PushJournal, UsageStore
 from aifinops.version import __version__
 
 log = structlog.get_logger("aifinops.statefile")
@@ -235,10 +236,23 @@ class FinanceDoc(_Doc):
     util_peaks: list[PeakDoc]
 
 
+class PushDoc(_Doc):
+    """Pushed usage (``sources/push.py``): the last journal entry included, the pushed
+    tokens the saved ledger has not counted, the remembered record ids (oldest first)."""
+
+    seq: Annotated[int, Field(ge=0)]
+    uncounted: list[
+        tuple[Name, Name, Annotated[StrictStr, Field(max_length=4096)], TokenTypeName, int]
+    ]
+    seen: list[Annotated[StrictStr, Field(min_length=1, max_length=128)]]
+
+
 class PayloadDoc(_Doc):
     refreshed_at: Time | None
     tokens: TokensDoc | None
     finance: FinanceDoc
+    # Absent in files written before pushes were durable (then the journal alone is replayed).
+    push: PushDoc | None = None
 
 
 class DocumentDoc(_Doc):
@@ -327,9 +341,14 @@ def _finance_json(f: FinanceState, saved_at: float) -> dict[str, Any]:
 
 
 def encode_state(
-    model: ModelState, finance: FinanceState, identity: Identity, saved_at: float
+    model: ModelState,
+    finance: FinanceState,
+    identity: Identity,
+    saved_at: float,
+    push: PushExport | None = None,
 ) -> bytes:
-    """The document for ``model`` and ``finance`` (one refresh's state). Pure."""
+    """The document for ``model`` and ``finance`` (one refresh's state) and, with push
+    enabled, the push store's export. Pure."""
     doc = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -340,9 +359,18 @@ def encode_state(
             "refreshed_at": model.last_now,
             "tokens": _tokens_json(model.tokens) if model.tokens is not None else None,
             "finance": _finance_json(finance, saved_at),
+            **({} if push is None else {"push": _push_json(push)}),
         },
     }
     return _dumps(doc).encode("utf-8")
+
+
+def _push_json(push: PushExport) -> dict[str, Any]:
+    return {
+        "seq": push.seq,
+        "uncounted": [list(row) for row in push.uncounted],
+        "seen": list(push.seen),
+    }
 
 
 DUMP_CHUNK = 2000
@@ -377,6 +405,7 @@ class Restored:
     dropped: int
     saved_at: float
     exporter_version: str
+    push: PushExport | None = None
 
 
 def _parse(data: bytes, identity: Identity) -> dict[str, Any]:
@@ -555,6 +584,13 @@ def decode_state(
         dropped=dropped,
         saved_at=doc.saved_at,
         exporter_version=doc.exporter_version,
+        push=None
+        if payload.push is None
+        else PushExport(
+            payload.push.seq,
+            tuple((t, m, p, k, n) for t, m, p, k, n in payload.push.uncounted if n > 0),
+            tuple(payload.push.seen),
+        ),
     )
 
 
@@ -619,10 +655,16 @@ class StateStore:
     event loop); ``load`` once at start-up. Neither raises: a problem is logged, and a failed
     write is counted for ``aifinops_state_save_errors_total``."""
 
-    def __init__(self, settings: StateSettings, identity: Identity) -> None:
+    def __init__(
+        self, settings: StateSettings, identity: Identity, usage: UsageStore | None = None
+    ) -> None:
         if settings.path is None:
             raise ValueError("StateStore needs state.path")
         self.path: Path = settings.path
+        # The push store (tokens.push): exported with each save, restored (with its journal)
+        # at load.
+        self.usage = usage
+        self.journal = PushJournal(settings.path) if usage is not None else None
         self.save_interval = settings.save_interval_seconds
         self.max_gap = settings.max_gap_seconds
         self.identity = identity
@@ -631,8 +673,10 @@ class StateStore:
         self._last_attempt: float | None = None
 
     @classmethod
-    def from_settings(cls, s: Settings) -> StateStore | None:
-        return cls(s.state, Identity.from_settings(s)) if s.state.path is not None else None
+    def from_settings(cls, s: Settings, usage: UsageStore | None = None) -> StateStore | None:
+        if s.state.path is None:
+            return None
+        return cls(s.state, Identity.from_settings(s), usage)
 
     def due(self, now: float) -> bool:
         """Whether a periodic write is due (a failed write is retried an interval later)."""
@@ -642,8 +686,14 @@ class StateStore:
         """Write the state of one refresh; ``False`` (logged, counted) when it failed."""
         self._last_attempt = now
         try:
-            data = encode_state(model, finance, self.identity, now)
+            push = None
+            if self.usage is not None:
+                # Rotates the journal: what follows this export goes to a new segment.
+                push = self.usage.export(model.tokens.last if model.tokens is not None else {})
+            data = encode_state(model, finance, self.identity, now, push)
             write_atomically(self.path, data)
+            if push is not None and self.journal is not None:
+                self.journal.discard_through(push.seq)
         except Exception as exc:  # never into the refresh loop or the shutdown
             self.save_errors += 1
             log.warning(
@@ -656,7 +706,17 @@ class StateStore:
 
     def load(self, now: float, ctx: FinanceContext) -> Restored | None:
         """The saved state, or ``None`` (no file, or one that was discarded: see the module
-        docstring)."""
+        docstring). The push store, when there is one, is restored in any case: from the
+        file's export and the journal's later batches, or from the journal alone."""
+        restored = self._load(now, ctx)
+        if self.usage is not None:
+            replayed = self.usage.restore(restored.push if restored else None, self.journal)
+            skipped = self.journal.skipped if self.journal is not None else 0
+            if replayed or skipped:
+                log.info("push_journal_replayed", batches=replayed, unreadable_lines=skipped)
+        return restored
+
+    def _load(self, now: float, ctx: FinanceContext) -> Restored | None:
         self._remove_stale_temps()
         try:
             # Never blocks on a FIFO, never reads past the bound (a link to /dev/zero).

@@ -44,7 +44,9 @@ def redact_url(url: str) -> str:
     if "?" not in out and ";" not in out:
         return out
     return _PARAM.sub(
-        lambda m: f"{m.group(1)}{m.group(2)}={REDACTED}" if _secret_name(m.group(2)) else m.group(0),
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}={REDACTED}" if _secret_name(m.group(2)) else m.group(0)
+        ),
         out,
     )
 

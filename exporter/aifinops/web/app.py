@@ -231,8 +231,9 @@ def create_app(
             follow_redirects=False,
         )
         app[HTTP_CLIENT] = client
-        store = StateStore.from_settings(settings)
-        app[REFRESHER] = Refresher(chosen, context, build, client, clock=clock, state_store=store)
+        # With a state file, pushes are journalled before their 202 (sources/push.py).
+        state = StateStore.from_settings(settings, usage=store)
+        app[REFRESHER] = Refresher(chosen, context, build, client, clock=clock, state_store=state)
         if run_loop:
             app[REFRESH_TASK] = asyncio.create_task(
                 app[REFRESHER].run(settings.refresh.interval_seconds)
@@ -247,6 +248,8 @@ def create_app(
                     await task
             # The state file's last write (SIGTERM): the last completed refresh.
             await app[REFRESHER].save_state()
+            if state is not None and state.journal is not None:
+                state.journal.close()
             await client.aclose()
 
     app.cleanup_ctx.append(lifecycle)

@@ -312,6 +312,7 @@ async def may_see_detail(request: web.Request) -> bool:
     security = request.app.get(WEB_SECURITY)
     return security is None or await security.allowed(request.headers.get("Authorization"))
 
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

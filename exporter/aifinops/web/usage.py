@@ -8,13 +8,19 @@ Answers ``202 {"accepted": n, "duplicates": d}``, or an error body
                              ``Authorization: Bearer`` token does not match
 413    ``body_too_large``    body over ``max_body_bytes`` (declared or actual)
 429    ``rate_limited``      over ``rate_limit_per_second`` (burst ``rate_limit_burst``) for
-                             this client (its token, else its address); ``Retry-After``
+                             this client (its verified token, else its address)
 413    ``too_many_records``  more than ``max_records_per_batch`` records
 400    ``invalid_json``      body is not JSON
 422    ``invalid_record``    schema violation; ``details`` lists ``{"field", "message"}``
 422    ``too_many_tokens``   a count over ``max_tokens_per_record``
 422    ``series_limit``      the batch would create series past ``max_series``
+503    ``not_durable``       the push journal (beside ``state.path``) cannot be written;
+                             nothing was added, retry (``Retry-After``)
 =====  ====================  ===========================================================
+
+A 202 means the batch is durable: with ``state.path`` it was written to the push journal
+and ``fsync``-ed first (``sources/push.py``), so it survives SIGTERM and a crash, and its
+record ids stay remembered across the restart.
 
 A rejected batch adds nothing. The body is read from the stream with its own cap, so
 ``max_body_bytes`` may exceed the app's ``client_max_size``.
@@ -22,6 +28,7 @@ A rejected batch adds nothing. The body is read from the stream with its own cap
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from pathlib import Path
@@ -31,9 +38,9 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from aifinops.safefile import read_secret_file
 from aifinops.settings import UsagePushSettings
 from aifinops.sources.push import Reason, UsageBatch, UsageRejected, UsageStore
-from aifinops.safefile import read_secret_file
 from aifinops.web.auth import API_SCOPE, bearer_token
 from aifinops.web.ratelimit import RateLimiter, client_key, retry_after
 
@@ -120,9 +127,15 @@ async def handle_usage(request: web.Request) -> web.Response:
         ]
         return _error(422, "invalid_record", "the batch does not match the schema", details=details)
     try:
-        result = store.apply(batch)
+        if store.journal is None:
+            result = store.apply(batch)
+        else:  # waits for the journal's fsync: durable before the 202, off the event loop
+            result = await asyncio.to_thread(store.apply, batch)
     except UsageRejected as exc:
-        return _error(exc.status, exc.reason, str(exc))
+        resp = _error(exc.status, exc.reason, str(exc))
+        if exc.status == 503:
+            resp.headers["Retry-After"] = "5"
+        return resp
     return web.json_response(
         {"accepted": result.accepted, "duplicates": result.duplicates}, status=202
     )
