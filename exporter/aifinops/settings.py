@@ -21,15 +21,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aifinops.safefile import read_bounded
-from aifinops.status import redact_text
 from aifinops.settings_finance import (
     BudgetsSettings,
     InitiativeList,
     RecommendationsSettings,
     RoutingSettings,
 )
+from aifinops.status import redact_text
 
 ENV_PREFIX = "AIFINOPS__"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 """A larger configuration file is refused (a big one, with thousands of tenant rules, is
 well under 1 MB)."""
@@ -76,12 +77,101 @@ class RefreshSettings(_Strict):
     interval_seconds: float = Field(30.0, gt=0, le=3600)
 
 
-class SourceCommon(_Strict):
+class UpstreamTlsSettings(_Strict):
+    """TLS to one upstream (as Prometheus' ``tls_config``). Verification is on by default:
+    ``ca_file`` replaces the system's CAs for this upstream; ``cert_file`` and ``key_file``
+    (together) present a client certificate; ``server_name`` is the name sent (SNI) and
+    checked against the server's certificate instead of the URL's host;
+    ``insecure_skip_verify`` turns verification off (never in production)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = Field(None, min_length=1, max_length=253)
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        return self == UpstreamTlsSettings()
+
+
+class UpstreamBasicAuthSettings(_Strict):
+    """HTTP basic auth to an upstream: ``username`` and the password from a file
+    (``password_file``, re-read when it changes: a rotated Secret) or an environment variable
+    (``password_env``, its name) — never the password itself in the configuration."""
+
+    username: str = Field(min_length=1, max_length=256)
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, v: str) -> str:
+        if ":" in v:
+            raise ValueError("a basic-auth user name holds no ':'")
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError("give the environment variable's name, never the password")
+        return v
+
+    @model_validator(mode="after")
+    def _one_password(self) -> UpstreamBasicAuthSettings:
+        if (self.password_file is None) == (self.password_env is None):
+            raise ValueError("set exactly one of password_file or password_env")
+        return self
+
+
+class UpstreamHttpSettings(_Strict):
+    """Credentials and TLS for an HTTP upstream (``sources/upstream.py`` applies them to
+    every request to the upstream's URLs). Credentials come from a file or the environment,
+    at most one kind per upstream: ``bearer_token_file``, ``bearer_token_env`` (a variable's
+    name) or ``basic_auth``. Credentials written into a URL (``https://user:pass@host``,
+    ``?api_key=``) still work, and are never shown (``status.redact_text``), but a file is
+    the place for them."""
+
+    bearer_token_file: Path | None = None
+    bearer_token_env: str | None = None
+    basic_auth: UpstreamBasicAuthSettings | None = None
+    tls: UpstreamTlsSettings = Field(default_factory=UpstreamTlsSettings)
+
+    @field_validator("bearer_token_env")
+    @classmethod
+    def _bearer_env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError("give the environment variable's name, never the token")
+        return v
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> UpstreamHttpSettings:
+        given = [
+            name
+            for name, v in (
+                ("bearer_token_file", self.bearer_token_file),
+                ("bearer_token_env", self.bearer_token_env),
+                ("basic_auth", self.basic_auth),
+            )
+            if v is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"set at most one credential, got {' and '.join(given)}")
+        return self
+
+
+class SourceCommon(UpstreamHttpSettings):
     enabled: bool = True
     timeout_seconds: float = Field(10.0, gt=0, le=300)
     stale_after_seconds: float = Field(600.0, gt=0)
     max_response_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    bearer_token_file: Path | None = None
 
 
 class DcgmSettings(SourceCommon):
@@ -340,7 +430,7 @@ class PriceOverrideSettings(_Strict):
     provider: str | None = None
 
 
-class LlmPricesSettings(_Strict):
+class LlmPricesSettings(UpstreamHttpSettings):
     """The LLM price list (LiteLLM's model_prices_and_context_window.json format): the bundled
     file, ``file`` (re-read when its mtime or size changes) or ``url`` (fetched every
     ``refresh_interval_seconds``); the last good copy is kept when a read or fetch fails."""
@@ -351,7 +441,6 @@ class LlmPricesSettings(_Strict):
     refresh_interval_seconds: float = Field(3600.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0, le=300)
     max_response_bytes: int = Field(32 * 1024 * 1024, gt=0)
-    bearer_token_file: Path | None = None
     overrides: Mapping[str, PriceOverrideSettings] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -545,9 +634,6 @@ class LatencySettings(_Strict):
         if dupes:
             raise ValueError(f"source names must be unique, repeated: {dupes}")
         return v
-
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ApiSettings(_Strict):

@@ -108,7 +108,7 @@ async def test_a_push_that_cannot_be_journalled_is_refused_and_adds_nothing(
     clock = Clock(T0)
     state = tmp_path / "state.json"
     client = await _app(aiohttp_client, state, clock)
-    journal = client.app[REFRESHER]._state_store.journal  # noqa: SLF001
+    journal = client.app[REFRESHER]._state_store.journal
     assert journal is not None
     # the next segment's name is taken by a directory: the journal write fails
     (tmp_path / f"{journal.prefix}{1:012d}").mkdir()

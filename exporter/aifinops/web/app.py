@@ -33,6 +33,7 @@ from aifinops.settings import Settings
 from aifinops.sources.base import Source
 from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.push import UsageStore
+from aifinops.sources.upstream import UpstreamTransport, build_client, upstream_routes
 from aifinops.statefile import StateStore
 from aifinops.version import RULES_VERSION, __version__
 from aifinops.web.api import register_api
@@ -46,6 +47,7 @@ log = structlog.get_logger("aifinops.web")
 SETTINGS = web.AppKey("settings", Settings)
 REFRESHER = web.AppKey("refresher", Refresher)
 HTTP_CLIENT = web.AppKey("http_client", httpx.AsyncClient)
+UPSTREAM_TRANSPORT = web.AppKey("upstream_transport", UpstreamTransport)
 REFRESH_TASK = web.AppKey("refresh_task", asyncio.Task[None])
 
 Clock = Callable[[], float]
@@ -225,12 +227,13 @@ def create_app(
         # are local and always added when token analytics is on.
         chosen = [*sources, *token_sources(settings, store, configured=False)]
 
+    # Each upstream's TLS and credentials (raises ConfigError naming the field).
+    routes = upstream_routes(settings)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            follow_redirects=False,
-        )
+        client, transport = build_client(routes)
         app[HTTP_CLIENT] = client
+        app[UPSTREAM_TRANSPORT] = transport
         # With a state file, pushes are journalled before their 202 (sources/push.py).
         state = StateStore.from_settings(settings, usage=store)
         app[REFRESHER] = Refresher(chosen, context, build, client, clock=clock, state_store=state)

@@ -32,6 +32,7 @@ from aifinops.exposition.catalog import CONFIG_RELOAD_SUCCESS, CONFIG_RELOAD_TIM
 from aifinops.exposition.render import Family
 from aifinops.settings import ConfigError, Settings, check_has_sources, load_settings
 from aifinops.sources.base import Source
+from aifinops.sources.upstream import Route, upstream_routes
 
 log = structlog.get_logger("aifinops.web.lifecycle")
 
@@ -68,11 +69,11 @@ class Reloader:
 
     async def reload(self) -> tuple[bool, str]:
         """Reload; ``(True, "")`` or ``(False, the error)``. Never raises (but cancellation)."""
-        from aifinops.web.app import REFRESHER
+        from aifinops.web.app import REFRESHER, UPSTREAM_TRANSPORT
 
         async with self._lock:
             try:
-                new, context, sources = await self._prepare()
+                new, context, sources, routes = await self._prepare()
             except ConfigError as exc:
                 return self._failed(str(exc))
             except Exception as exc:  # a bug must not take the running configuration down
@@ -82,6 +83,9 @@ class Reloader:
             refresher.replace_context(context)
             if sources is not None:
                 await refresher.replace_sources(sources)
+            if UPSTREAM_TRANSPORT in self._app:
+                # No fetch is in flight here: replace_sources waited for the refresh.
+                await self._app[UPSTREAM_TRANSPORT].replace(routes)
             if new.logging != self.settings.logging:
                 from aifinops.logs import configure_logging
 
@@ -107,7 +111,7 @@ class Reloader:
 
     async def _prepare(
         self,
-    ) -> tuple[Settings, Any, list[tuple[Source[Any], float, float]] | None]:
+    ) -> tuple[Settings, Any, list[tuple[Source[Any], float, float]] | None, list[Route]]:
         """Everything the new configuration needs, checked; raises ConfigError."""
         from aifinops.web.app import build_sources, model_context
         from aifinops.web.security import load_web_config
@@ -125,7 +129,8 @@ class Reloader:
                 sources = build_sources(new, self._app.get(USAGE_STORE), self._clock)
             except ValueError as exc:
                 raise ConfigError(f"invalid source configuration: {exc}") from None
-        return new, context, sources
+        routes = upstream_routes(new)  # CA, certificates, credentials: loadable
+        return new, context, sources, routes
 
     def _failed(self, message: str) -> tuple[bool, str]:
         from aifinops.web.app import REFRESHER

@@ -1,10 +1,11 @@
 """A token bucket per client, for ``POST /api/v1/usage``.
 
-Each client (the digest of the bearer token it authenticated with, else its address) has a bucket of ``burst``
-tokens refilled at ``rate`` per second; a request takes one. An empty bucket answers 429 with
-``Retry-After`` (whole seconds until a token is back). Buckets are kept for the
-:data:`MAX_CLIENTS` most recent clients (least recently used dropped: a dropped client starts
-again with a full bucket, which only ever errs on the side of letting a request through).
+Each client (the digest of the bearer token it authenticated with, else its address) has a
+bucket of ``burst`` tokens refilled at ``rate`` per second; a request takes one. An empty
+bucket answers 429 with ``Retry-After`` (whole seconds until a token is back). Buckets are
+kept for the :data:`MAX_CLIENTS` most recent clients (least recently used dropped: a dropped
+client starts again with a full bucket, which only ever errs on the side of letting a request
+through).
 The clock is a parameter (monotonic seconds).
 """
 
