@@ -780,14 +780,15 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
-        shown = redact_text(repr(value))  # a URL's credentials never reach stderr
+        shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         lines.append(f"  {path}: {msg} (got {shown})")
-    return "\n".join(lines)
+    # A URL's credentials never reach stderr, in the value shown or in the message.
+    return redact_text("\n".join(lines))
 
 
 def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

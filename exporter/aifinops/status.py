@@ -24,9 +24,9 @@ SECRET_PARAMS = frozenset(
     {"auth", "authorization", "code", "pass", "passwd", "pwd", "sig", "sign", "session", "jwt"}
 )
 _SECRET_WORDS = ("token", "secret", "password", "key", "signature", "credential", "apikey")
-# scheme://[userinfo@]rest, up to whitespace, a quote or an angle bracket: URLs in messages,
-# reprs (URL('...')) and HTML.
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>`]+")
+# scheme://[userinfo@]rest, up to whitespace, a quote or an angle bracket, without a trailing
+# punctuation mark: URLs in messages, reprs (URL('...')) and HTML.
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>`]*[^\s\"'<>`.,:;)\]]")
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
 _PARAM = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -293,11 +292,12 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     if not header:
         return None
     scheme, _, encoded = header.partition(" ")
-    if not hmac.compare_digest(scheme.lower().encode(), b"basic"):
+    # surrogateescape: a header's invalid UTF-8 arrives as surrogates; a 401, never a 500.
+    if not hmac.compare_digest(scheme.lower().encode("utf-8", "surrogateescape"), b"basic"):
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, a non-ASCII str
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
