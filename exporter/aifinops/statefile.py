@@ -29,7 +29,9 @@ counters): a 9 MB file, ~0.25 s of CPU to encode on the worker thread in pieces 
 :data:`DUMP_CHUNK` rows (the event loop is never held for more than one piece), ~0.2 s to
 decode at start-up.
 
-At start-up: no file → start empty. A file that cannot be read, is not JSON, has another
+At start-up: no file → start empty. A path that is not a regular file (a FIFO, a link to
+``/dev/zero``) stops start-up (:func:`check_state_dir`) and is never read: reads go through
+:func:`aifinops.safefile.read_bounded`. A file that cannot be read, is not JSON, has another
 format or schema version, a foreign identity, or a value that fails validation (a dollar
 figure that is not finite, a negative token dollar, a date that is not a date) → a warning
 with the reason, the file is moved aside as ``<name>.corrupt-<unix time>`` (the newest
@@ -51,8 +53,10 @@ value of every upstream token counter it was computed from.
   meanwhile (a lower value) is counted from zero, as always, so what it counted between the
   save and its reset is lost (Prometheus' ``increase()`` loses the same); a series unseen for
   ``tokens.series_retention_seconds`` is forgotten and its next reading is a baseline
-  (nothing doubled, the gap lost). Pushed usage (``POST /api/v1/usage``) lives in the
-  process: a push not yet counted by a refresh before the stop is lost.
+  (nothing doubled, the gap lost). Pushed usage (``POST /api/v1/usage``): each save holds
+  what the ledger has not counted yet and the remembered record ids (``payload.push``);
+  batches after it are in the push journal beside the file (``sources/push.py``), written
+  before their 202 and replayed at start-up, so an acknowledged push is counted once.
 * **Rate-based dollars** — the ledger's infrastructure dollars (rate × time) and the
   charge-back moves — exist only while a process measures. A restart whose gap (the saved
   refresh to the first refresh after it) is at most ``state.max_gap_seconds`` is bridged like

@@ -1,11 +1,13 @@
 """Configuration reload: SIGHUP (``__main__``) or ``POST /-/reload`` (with
 ``server.enable_lifecycle``, as Prometheus' ``--web.enable-lifecycle``).
 
-A reload reads the configuration again and checks all of it first — the settings schema, the
-compiled model context (tenancy regexes, GPU price catalog, finance), the sources, the web
-configuration file — and only then applies it; any error keeps the configuration in force,
-is logged (``config_reload_failed``) and shows in ``aifinops_config_last_reload_successful``
-0. ``aifinops_config_last_reload_success_timestamp_seconds`` is the time of the last good load
+A reload reads the configuration again and checks all of it first — the settings schema (an
+empty file, or one without a source unless ``allow_no_sources``, is refused: it would blank
+every series), the compiled model context (tenancy regexes, GPU price catalog, finance), the
+sources and their TLS and credentials, the web configuration file — and only then applies
+it; any error keeps the configuration in force, is logged (``config_reload_failed``) and shows
+in ``aifinops_config_last_reload_successful`` 0.
+``aifinops_config_last_reload_success_timestamp_seconds`` is the time of the last good load
 (start-up included).
 
 What a reload changes, from the next refresh on: tenancy, GPU pricing, idle-GPU threshold and

@@ -19,9 +19,11 @@ key is an error (as in the toolkit). As in the toolkit, the file is re-read when
 so users are added or removed without a restart; the certificate and key files are re-read on
 the next TLS handshake after they change (a renewed cert-manager Secret).
 
-Basic auth covers every route except ``/healthz`` and ``/readyz`` (probes) and ``/api/``
+Basic auth covers every route except ``/healthz`` and ``/readyz`` (probes; ``/readyz`` shows
+its per-source detail only to a client that passes, :func:`may_see_detail`) and ``/api/``
 (its own bearer tokens, ``web/auth.py``). A check runs bcrypt in a worker thread, also for an
-unknown user (against a dummy hash), so the answer time does not tell whether a user exists;
+unknown user (against a dummy hash of the configured users' highest cost), so the answer time
+does not tell whether a user exists;
 results are cached by a digest of (user, password, hash) as the toolkit does, so a scrape
 every few seconds costs one bcrypt per password change, not one per scrape. A failure is a
 401 with ``WWW-Authenticate: Basic``; passwords and hashes are never logged.
