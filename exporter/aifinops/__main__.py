@@ -1,8 +1,9 @@
 """Command line: ``aifinops-exporter [--config FILE] [--demo] [--check-config]``.
 
 Exit codes: 0 on a clean stop, 2 when the configuration is invalid (the message names the
-field and the value; an unwritable ``state.path`` directory included), 1 on any other
-start-up failure.
+field and the value; an unwritable ``state.path`` directory, a configuration or state path
+that is not a regular file, an empty file and one without any source — unless
+``allow_no_sources`` — included), 1 on any other start-up failure.
 
 Signals: SIGTERM and SIGINT stop gracefully (no new connections; requests in flight get
 :data:`SHUTDOWN_TIMEOUT` seconds to finish; the refresh loop is cancelled; the state file,
