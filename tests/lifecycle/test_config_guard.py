@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -172,3 +173,40 @@ async def test_reload_refuses_empty_sourceless_fifo_and_dev_zero(
     allowed.write_text(yaml.safe_dump({**GOOD, "sources": {}, "allow_no_sources": True}))
     status, text, ok = await _reload_with(client, allowed)
     assert status == 200 and ok == 1.0, text
+
+
+def test_secret_files_that_are_fifos_fail_fast(tmp_path: Path) -> None:
+    """An upstream bearer token file, an API token file: a FIFO is refused, not waited on.
+    (On a regression the reader blocks: the test then opens the FIFO's other end so that
+    it fails instead of hanging.)"""
+    import threading
+
+    from aifinops.sources.base import SourceError, read_bearer_token
+    from aifinops.web.auth import TokenStore
+
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_bearer_token(fifo))
+        except SourceError as exc:
+            outcome.append(exc)
+        with pytest.raises(ConfigError, match="missing, unreadable or empty"):
+            TokenStore.from_settings(
+                settings_from_mapping({"api": {"read_token_files": [fifo]}}).api
+            )
+        outcome.append("api refused")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        for _ in range(50):  # release the blocked reader(s): a writer that comes and goes
+            with contextlib.suppress(OSError):  # ENXIO: no reader at this instant
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(0.1)
+        pytest.fail("reading a FIFO token file blocked")
+    assert isinstance(outcome[0], SourceError) and "FIFO" in str(outcome[0])
+    assert outcome[1] == "api refused"
