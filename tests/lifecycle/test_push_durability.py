@@ -8,6 +8,7 @@ app still runs, then the app abandoned) or a retry after either never loses nor 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,73 @@ def test_journal_replay_skips_a_torn_line_and_what_the_state_file_holds(tmp_path
     assert third.restore(partial, PushJournal(state)) == 2
     (obs,) = [o for o in third.snapshot() if o.token_type == "input"]
     assert obs.value == 111
+
+
+def test_the_real_cli_keeps_a_push_across_sigterm_and_kill_9(tmp_path: Path) -> None:
+    """The CLI with a refresh interval of an hour: every push lands after the one refresh at
+    start, so only the journal and the state file can carry it to the next process."""
+    import signal
+
+    import httpx
+    import yaml
+
+    from tests.lifecycle.proc import assert_clean_stderr, start_exporter
+    from tests.lifecycle.test_process import sample
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "refresh": {"interval_seconds": 3600},
+                "tokens": {"push": {"enabled": True}},
+                "state": {"path": str(tmp_path / "state" / "state.json")},
+            }
+        )
+    )
+
+    def refreshed(exporter: Any) -> str:
+        """/metrics once the one refresh at start has completed."""
+        deadline = time.monotonic() + 30
+        while True:
+            page: str = exporter.wait_until("/metrics", 200).text
+            if sample(page, "aifinops_refreshes_total"):
+                return page
+            assert time.monotonic() < deadline, exporter.stderr()[-2000:]
+            time.sleep(0.1)
+
+    def counted(exporter: Any) -> float | None:
+        page = refreshed(exporter)
+        return sample(page, "aifinops_tokens_total", tenant="search", token_type="input")
+
+    def push(exporter: Any, n: int, record_id: str) -> httpx.Response:
+        refreshed(exporter)  # so that no refresh of this process counts the push
+        body = {"records": [_rec(n, record_id)]}
+        return httpx.post(exporter.url + "/api/v1/usage", json=body, timeout=10)
+
+    first = start_exporter(tmp_path, "--config", str(config))
+    try:
+        assert push(first, 1000, "a").status_code == 202
+        first.signal(signal.SIGTERM)  # long before the next refresh
+        assert first.proc.wait(timeout=30) == 0
+        assert_clean_stderr(first.stderr())
+    finally:
+        first.stop()
+
+    second = start_exporter(tmp_path, "--config", str(config))
+    try:
+        assert push(second, 1000, "a").json() == {"accepted": 0, "duplicates": 1}  # a retry
+        assert push(second, 20, "b").status_code == 202
+        assert counted(second) == 1000  # its refresh at start counted the first process's
+        second.proc.kill()  # kill -9: no final save
+        second.proc.wait(timeout=30)
+    finally:
+        second.stop()
+
+    third = start_exporter(tmp_path, "--config", str(config))
+    try:
+        # 1000 is in the ledger the second process saved after its refresh; 20 only in the
+        # journal
+        assert counted(third) == 20
+        assert push(third, 20, "b").json() == {"accepted": 0, "duplicates": 1}
+    finally:
+        third.stop()
