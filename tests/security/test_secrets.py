@@ -165,7 +165,8 @@ async def test_unknown_users_cost_a_bcrypt_of_the_known_users_cost(
     for i in range(3):
         known.append(await timed("prometheus", f"wrong{i}"))
         unknown.append(await timed(f"nobody{i}", "wrong"))
-    assert 0.6 < min(unknown) / min(known) < 1.67, (unknown, known)
+    # the old dummy (cost 10) made the ratio 0.25; wide bounds, as the machine is shared
+    assert 0.45 < min(unknown) / min(known) < 2.2, (unknown, known)
 
 
 async def _raw(port: int, request: bytes) -> bytes:
