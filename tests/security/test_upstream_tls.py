@@ -203,3 +203,35 @@ def test_unusable_tls_or_credentials_stop_start_up_naming_the_field(
 def test_settings_refuse_ambiguous_credentials(opencost: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         settings_from_mapping(_config("https://opencost:9003", **opencost))
+
+
+async def test_a_reload_swaps_the_tls_settings_and_refuses_unusable_ones(
+    aiohttp_client: Any, upstream: Upstream, pki: Pki
+) -> None:
+    from aifinops.web.lifecycle import RELOADER
+
+    good = {
+        "ca_file": str(pki.ca),
+        "cert_file": str(pki.client[0]),
+        "key_file": str(pki.client[1]),
+        "server_name": SERVER_NAME,
+    }
+    app = create_app(settings_from_mapping(_config(upstream.url)), run_loop=False)
+    client = await aiohttp_client(app)
+    reloader = client.app[RELOADER]
+
+    async def errors() -> dict[str, int]:
+        snap = await client.app[REFRESHER].refresh_once()
+        assert snap.status is not None
+        (status,) = [s for s in snap.status.sources if s.name == "opencost"]
+        return dict(status.errors)
+
+    assert await errors() == {"connect": 1}  # the test CA is not trusted by default
+    reloader.load = lambda: settings_from_mapping(_config(upstream.url, tls=good))
+    assert await reloader.reload() == (True, "")
+    assert await errors() == {"connect": 1, "invalid": 1}  # reached through the new pool
+    bad = {**good, "ca_file": "/nonexistent/ca.pem"}
+    reloader.load = lambda: settings_from_mapping(_config(upstream.url, tls=bad))
+    ok, message = await reloader.reload()
+    assert not ok and "sources.opencost.tls" in message
+    assert await errors() == {"connect": 1, "invalid": 2}  # the old settings still apply
