@@ -176,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         # Not with --check-config: it validates the text, wherever the file will run.
+        from aifinops.sources.upstream import upstream_routes
         from aifinops.statefile import check_state_dir
 
         check_state_dir(settings.state)
+        # Upstream CAs, client certificates, password files and variables: where it runs.
+        upstream_routes(settings)
     except ConfigError as exc:
         print(f"aifinops-exporter: {exc}", file=sys.stderr)
         return 2

@@ -235,3 +235,24 @@ async def test_a_reload_swaps_the_tls_settings_and_refuses_unusable_ones(
     ok, message = await reloader.reload()
     assert not ok and "sources.opencost.tls" in message
     assert await errors() == {"connect": 1, "invalid": 2}  # the old settings still apply
+
+
+def test_the_cli_exits_2_naming_an_unusable_ca(tmp_path: Path) -> None:
+    import subprocess as sp
+    import sys
+
+    import yaml
+
+    from tests.lifecycle.proc import free_port
+
+    config = tmp_path / "config.yaml"
+    tls = {"ca_file": str(tmp_path / "missing-ca.pem")}
+    config.write_text(yaml.safe_dump(_config("https://opencost:9003", tls=tls)))
+    proc = sp.run(
+        [sys.executable, "-m", "aifinops", "--config", str(config), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "sources.opencost.tls" in proc.stderr and "Traceback" not in proc.stderr
