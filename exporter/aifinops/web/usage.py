@@ -8,7 +8,8 @@ Answers ``202 {"accepted": n, "duplicates": d}``, or an error body
                              ``Authorization: Bearer`` token does not match
 413    ``body_too_large``    body over ``max_body_bytes`` (declared or actual)
 429    ``rate_limited``      over ``rate_limit_per_second`` (burst ``rate_limit_burst``) for
-                             this client (its verified token, else its address)
+                             this client (its verified token, else its address);
+                             ``Retry-After``
 413    ``too_many_records``  more than ``max_records_per_batch`` records
 400    ``invalid_json``      body is not JSON
 422    ``invalid_record``    schema violation; ``details`` lists ``{"field", "message"}``
