@@ -187,6 +187,9 @@ class WebSecurity:
         if path is not None:
             sec.config = load_web_config(path)
             sec._stamp = _stamp(path)
+            users = sec.config.basic_auth_users
+            if users:  # made now, so the first unknown user does not pay for it (timing)
+                _dummy_hash(max(_cost(h) for h in users.values()))
         return sec
 
     def current(self) -> WebConfig:
