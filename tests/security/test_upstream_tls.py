@@ -256,3 +256,31 @@ def test_the_cli_exits_2_naming_an_unusable_ca(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "sources.opencost.tls" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_credentials_stay_with_their_upstreams_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from aifinops.sources.upstream import UpstreamTransport
+
+    monkeypatch.setenv("OC_PASSWORD", "pw")
+    auth = {"username": "oc", "password_env": "OC_PASSWORD"}
+    litellm = {"name": "gw", "preset": "litellm", "prometheus_url": "http://h:9003/prom"}
+    settings = settings_from_mapping(
+        {**_config("http://h:9003", basic_auth=auth), "tokens": {"sources": [litellm]}}
+    )
+    transport = UpstreamTransport(upstream_routes(settings))
+    oc = transport.route_for(httpx.URL("http://h:9003/allocation/compute?window=1h"))
+    assert oc is not None and oc.authorization() == "Basic b2M6cHc="  # oc:pw
+    # the token source's URL lies under OpenCost's: its requests do not borrow the password
+    gw = transport.route_for(httpx.URL("http://h:9003/prom/api/v1/query"))
+    assert gw is not None and gw.transport is None and gw.authorization() is None
+    assert transport.route_for(httpx.URL("https://h:9003/allocation/compute")) is None
+
+    litellm["prometheus_url"] = "http://h:9003"
+    with pytest.raises(ConfigError, match="use the same URL"):
+        upstream_routes(
+            settings_from_mapping(
+                {**_config("http://h:9003", basic_auth=auth), "tokens": {"sources": [litellm]}}
+            )
+        )

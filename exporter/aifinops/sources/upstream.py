@@ -105,7 +105,7 @@ class Route:
     origin: Origin
     path: str
     tls: UpstreamTlsSettings
-    transport: httpx.AsyncHTTPTransport
+    transport: httpx.AsyncHTTPTransport | None  # None: the default pool, no credentials
     bearer: _Secret | None = None
     basic_user: str | None = None
     basic_password: _Secret | None = None
@@ -177,13 +177,12 @@ def _credentials(
 
 
 def upstream_routes(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Route]:
-    """A route for every upstream URL with TLS settings or credentials of its own (others go
-    through the default pool). Raises :class:`ConfigError` naming the field."""
+    """A route for every upstream URL: its own pool when it has TLS settings or credentials,
+    else the default pool. Raises :class:`ConfigError` naming the field, also when two
+    upstreams give the same URL different TLS settings or credentials."""
     env = os.environ if environ is None else environ
     routes: dict[tuple[Origin, str], Route] = {}
     for where, raw, up in upstream_urls(settings):
-        if up.tls.is_default and up.bearer_token_env is None and up.basic_auth is None:
-            continue
         try:
             url = httpx.URL(raw)
         except (httpx.InvalidURL, TypeError) as exc:
@@ -197,11 +196,16 @@ def upstream_routes(settings: Settings, environ: Mapping[str, str] | None = None
                     f"{redact_url(raw)} with different tls or credentials"
                 )
             continue
+        # Every upstream URL has a route, those without settings of their own too: a longer
+        # or shorter prefix of another upstream's URL never borrows its credentials.
+        plain = up.tls.is_default and up.bearer_token_env is None and up.basic_auth is None
         bearer, user, password = _credentials(up, where, env)
-        transport = httpx.AsyncHTTPTransport(
-            verify=client_ssl_context(up.tls, where),
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
-        )
+        transport = None
+        if not plain:
+            transport = httpx.AsyncHTTPTransport(
+                verify=client_ssl_context(up.tls, where),
+                limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
+            )
         routes[key] = Route(
             where, key[0], key[1], up.tls, transport, bearer, user, password, identity
         )
@@ -228,7 +232,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         route = self.route_for(request.url)
-        if route is None:
+        if route is None or route.transport is None:
             return await self._default.handle_async_request(request)
         if route.tls.server_name:
             request.extensions = {**request.extensions, "sni_hostname": route.tls.server_name}
@@ -243,11 +247,13 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         no fetch is in flight (after the refresher swapped its sources)."""
         old, self._routes = self._routes, self._ordered(routes)
         for r in old:
-            await r.transport.aclose()
+            if r.transport is not None:
+                await r.transport.aclose()
 
     async def aclose(self) -> None:
         for r in self._routes:
-            await r.transport.aclose()
+            if r.transport is not None:
+                await r.transport.aclose()
         await self._default.aclose()
 
 
