@@ -54,8 +54,11 @@ class _RedactingFilter(logging.Filter):
     """Standard-library records (aiohttp, httpx) through :func:`redact_text` as well."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(record.getMessage())
-        record.args = None
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format: the handler reports it, as without this filter
+            return True
+        record.msg, record.args = redact_text(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
