@@ -135,19 +135,29 @@ def test_journal_replay_skips_a_torn_line_and_what_the_state_file_holds(tmp_path
     with segment.open("ab") as f:
         f.write(b'{"seq":4,"records":[["search","gpt-4o","",99')
     journal.close()
+    # a write of batch 4 that failed in a new segment (torn line, then a 503), and the
+    # client's retry: the reopened segment's torn line does not swallow the retried batch
+    torn = tmp_path / f"{journal.prefix}{4:012d}"
+    torn.write_bytes(b'{"seq":4,"records":[["search","gpt-4o","",1000,0,0,"id3"]')
+    store.apply(UsageBatch.model_validate({"records": [_rec(1000, "id3")]}))
+    # and one whose line reached the disk although its fsync failed, retried as seq 5
+    with torn.open("ab") as f:
+        f.write(b'{"seq":5,"records":[["search","gpt-4o","",7,0,0,"id4"]]}\n')
+    store.apply(UsageBatch.model_validate({"records": [_rec(7, "id4")]}))
+    journal.close()
 
     again = UsageStore()
-    assert again.restore(None, PushJournal(state)) == 3
+    assert again.restore(None, PushJournal(state)) == 6
     (obs,) = [o for o in again.snapshot() if o.token_type == "input"]
-    assert obs.value == 111
+    assert obs.value == 1118  # 1 + 10 + 100 + 1000 + 7: id4 once
     # a state file that holds the first batch: only the later two are replayed
     saved = store.export({})
-    assert saved.seq == 3
+    assert saved.seq == 5
     partial = type(saved)(1, (("search", "gpt-4o", "", "input", 1),), ("id0",))
     third = UsageStore()
-    assert third.restore(partial, PushJournal(state)) == 2
+    assert third.restore(partial, PushJournal(state)) == 5
     (obs,) = [o for o in third.snapshot() if o.token_type == "input"]
-    assert obs.value == 111
+    assert obs.value == 1118
 
 
 def test_the_real_cli_keeps_a_push_across_sigterm_and_kill_9(tmp_path: Path) -> None:

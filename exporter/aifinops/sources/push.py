@@ -144,7 +144,9 @@ class PushJournal:
     ``{"seq": n, "records": [JournalRecord, ...]}``, each ``fsync``-ed before the batch is
     acknowledged. A state save rotates to a new segment when it exports the store (under the
     store's lock) and, once the state file is written, deletes the segments it covers. A line
-    that does not parse (a write cut by a crash) is skipped.
+    that does not parse (a write cut by a crash) is skipped. A batch whose write or ``fsync``
+    failed is answered 503 and not applied, though its line may still reach the disk and be
+    replayed: a client that retries with its ``record_id`` is never counted twice.
     """
 
     def __init__(self, state_path: Path) -> None:
@@ -173,6 +175,9 @@ class PushJournal:
                     path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
                 )
                 self._open_first = seq
+                if os.fstat(self._fd).st_size > 0:
+                    # The segment of a failed write, reopened: end its torn line first.
+                    line = b"\n" + line
                 _fsync_dir(self.directory)  # the new name survives a power loss too
             view = memoryview(line)
             while view:
@@ -212,6 +217,8 @@ class PushJournal:
                     self.skipped += 1
                     continue
                 for raw in f:
+                    if not raw.strip():
+                        continue
                     entry = _journal_line(raw)
                     if entry is None:
                         self.skipped += 1
@@ -381,7 +388,9 @@ class UsageStore:
             replayed = 0
             if journal is not None:
                 for seq, records in journal.entries(self.seq):
-                    self._commit(records)
+                    # A batch answered 503 whose line still reached the disk, then retried:
+                    # its record ids count once.
+                    self._commit([r for r in records if r[6] is None or r[6] not in self._seen])
                     self.seq = max(self.seq, seq)
                     replayed += 1
             self.journal = journal
