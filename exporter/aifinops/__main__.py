@@ -1,8 +1,9 @@
 """Command line: ``aifinops-exporter [--config FILE] [--demo] [--check-config]``.
 
 Exit codes: 0 on a clean stop, 2 when the configuration is invalid (the message names the
-field and the value; an unwritable ``state.path`` directory included), 1 on any other
-start-up failure.
+field and the value; an unwritable ``state.path`` directory, a configuration or state path
+that is not a regular file, an empty file and one without any source — unless
+``allow_no_sources`` — included), 1 on any other start-up failure.
 
 Signals: SIGTERM and SIGINT stop gracefully (no new connections; requests in flight get
 :data:`SHUTDOWN_TIMEOUT` seconds to finish; the refresh loop is cancelled; the state file,
@@ -26,7 +27,13 @@ import structlog
 from aiohttp import web
 
 from aifinops.logs import configure_logging
-from aifinops.settings import ConfigError, Settings, load_settings, settings_from_mapping
+from aifinops.settings import (
+    ConfigError,
+    Settings,
+    check_has_sources,
+    load_settings,
+    settings_from_mapping,
+)
 from aifinops.version import __version__
 
 log = structlog.get_logger("aifinops")
@@ -156,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 settings, argparse.Namespace(port=None, listen_address="127.0.0.1")
             )
         configure_logging(settings.logging.level, settings.logging.format)
+        if not args.demo:  # the demo adds its own fake upstreams
+            check_has_sources(settings)
         from aifinops.web.app import model_context
 
         model_context(settings)  # compiles tenancy regexes and loads the GPU price catalog
@@ -171,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         # Not with --check-config: it validates the text, wherever the file will run.
+        from aifinops.sources.upstream import upstream_routes
         from aifinops.statefile import check_state_dir
 
         check_state_dir(settings.state)
+        # Upstream CAs, client certificates, password files and variables: where it runs.
+        upstream_routes(settings)
     except ConfigError as exc:
         print(f"aifinops-exporter: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ import sys
 
 import structlog
 
+from aifinops.status import redact_event, redact_text
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -30,6 +32,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_event,  # upstream URLs may hold credentials (status.redact_text)
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -37,8 +40,27 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=_LEVELS[level], stream=sys.stderr, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
+            handler.addFilter(_RedactingFilter())
     # aiohttp's access log would print every scrape; keep it at warning.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # httpx logs every request at info; the refresh line already says what was fetched.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+class _RedactingFilter(logging.Filter):
+    """Standard-library records (aiohttp, httpx) through :func:`redact_text` as well."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format: the handler reports it, as without this filter
+            return True
+        record.msg, record.args = redact_text(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aifinops.safefile import read_bounded
 from aifinops.settings_finance import (
     BudgetsSettings,
     ChargebackSettings,
@@ -27,8 +28,13 @@ from aifinops.settings_finance import (
     RecommendationsSettings,
     RoutingSettings,
 )
+from aifinops.status import redact_text
 
 ENV_PREFIX = "AIFINOPS__"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""A larger configuration file is refused (a big one, with thousands of tenant rules, is
+well under 1 MB)."""
 
 
 class ConfigError(Exception):
@@ -72,12 +78,101 @@ class RefreshSettings(_Strict):
     interval_seconds: float = Field(30.0, gt=0, le=3600)
 
 
-class SourceCommon(_Strict):
+class UpstreamTlsSettings(_Strict):
+    """TLS to one upstream (as Prometheus' ``tls_config``). Verification is on by default:
+    ``ca_file`` replaces the system's CAs for this upstream; ``cert_file`` and ``key_file``
+    (together) present a client certificate; ``server_name`` is the name sent (SNI) and
+    checked against the server's certificate instead of the URL's host;
+    ``insecure_skip_verify`` turns verification off (never in production)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = Field(None, min_length=1, max_length=253)
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        return self == UpstreamTlsSettings()
+
+
+class UpstreamBasicAuthSettings(_Strict):
+    """HTTP basic auth to an upstream: ``username`` and the password from a file
+    (``password_file``, re-read when it changes: a rotated Secret) or an environment variable
+    (``password_env``, its name) — never the password itself in the configuration."""
+
+    username: str = Field(min_length=1, max_length=256)
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, v: str) -> str:
+        if ":" in v:
+            raise ValueError("a basic-auth user name holds no ':'")
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError("give the environment variable's name, never the password")
+        return v
+
+    @model_validator(mode="after")
+    def _one_password(self) -> UpstreamBasicAuthSettings:
+        if (self.password_file is None) == (self.password_env is None):
+            raise ValueError("set exactly one of password_file or password_env")
+        return self
+
+
+class UpstreamHttpSettings(_Strict):
+    """Credentials and TLS for an HTTP upstream (``sources/upstream.py`` applies them to
+    every request to the upstream's URLs). Credentials come from a file or the environment,
+    at most one kind per upstream: ``bearer_token_file``, ``bearer_token_env`` (a variable's
+    name) or ``basic_auth``. Credentials written into a URL (``https://user:pass@host``,
+    ``?api_key=``) still work, and are never shown (``status.redact_text``), but a file is
+    the place for them."""
+
+    bearer_token_file: Path | None = None
+    bearer_token_env: str | None = None
+    basic_auth: UpstreamBasicAuthSettings | None = None
+    tls: UpstreamTlsSettings = Field(default_factory=UpstreamTlsSettings)
+
+    @field_validator("bearer_token_env")
+    @classmethod
+    def _bearer_env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            raise ValueError("give the environment variable's name, never the token")
+        return v
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> UpstreamHttpSettings:
+        given = [
+            name
+            for name, v in (
+                ("bearer_token_file", self.bearer_token_file),
+                ("bearer_token_env", self.bearer_token_env),
+                ("basic_auth", self.basic_auth),
+            )
+            if v is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"set at most one credential, got {' and '.join(given)}")
+        return self
+
+
+class SourceCommon(UpstreamHttpSettings):
     enabled: bool = True
     timeout_seconds: float = Field(10.0, gt=0, le=300)
     stale_after_seconds: float = Field(600.0, gt=0)
     max_response_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    bearer_token_file: Path | None = None
 
 
 class DcgmSettings(SourceCommon):
@@ -353,7 +448,7 @@ class PriceOverrideSettings(_Strict):
     provider: str | None = None
 
 
-class LlmPricesSettings(_Strict):
+class LlmPricesSettings(UpstreamHttpSettings):
     """The LLM price list (LiteLLM's model_prices_and_context_window.json format): the bundled
     file, ``file`` (re-read when its mtime or size changes) or ``url`` (fetched every
     ``refresh_interval_seconds``); the last good copy is kept when a read or fetch fails."""
@@ -364,7 +459,6 @@ class LlmPricesSettings(_Strict):
     refresh_interval_seconds: float = Field(3600.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0, le=300)
     max_response_bytes: int = Field(32 * 1024 * 1024, gt=0)
-    bearer_token_file: Path | None = None
     overrides: Mapping[str, PriceOverrideSettings] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -564,9 +658,6 @@ class LatencySettings(_Strict):
         return v
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
 class ApiSettings(_Strict):
     """Bearer-token auth for the JSON API (``/api/*``).
 
@@ -660,6 +751,37 @@ class Settings(_Strict):
     recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
     latency: LatencySettings = Field(default_factory=LatencySettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    # A configuration without a source publishes no cost series: refused at start-up, by
+    # --check-config and by a reload (check_has_sources), unless this says it is meant.
+    allow_no_sources: bool = False
+
+
+def enabled_sources(settings: Settings) -> list[str]:
+    """The configured sources of cost or token data that are enabled (the price list and
+    latency sources only refine them)."""
+    out = [
+        name
+        for name, on in (
+            ("sources.dcgm", settings.sources.dcgm.enabled),
+            ("sources.opencost", settings.sources.opencost.enabled),
+            ("tokens.push", settings.tokens.push.enabled),
+        )
+        if on
+    ]
+    out += [f"tokens.sources.{s.name}" for s in settings.tokens.sources if s.enabled]
+    return out
+
+
+def check_has_sources(settings: Settings) -> None:
+    """Raise :class:`ConfigError` when no source is enabled and ``allow_no_sources`` is not
+    set: an empty or source-less file would otherwise blank every series and still be
+    "ready"."""
+    if not settings.allow_no_sources and not enabled_sources(settings):
+        raise ConfigError(
+            "invalid configuration: no source is enabled (sources.dcgm, sources.opencost, "
+            "tokens.sources, tokens.push): the exporter would publish no cost series; enable "
+            "one, or set allow_no_sources: true if this is meant"
+        )
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(m|h|d)$")
@@ -688,7 +810,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         lines.append(f"  {path}: {msg} (got {shown})")
-    return "\n".join(lines)
+    # A URL's credentials never reach stderr, in the value shown or in the message.
+    return redact_text("\n".join(lines))
 
 
 def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -741,7 +864,9 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     if path is not None:
         source = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            # A regular file within a bound: a FIFO would hang start-up or a reload, a link to
+            # /dev/zero would read until memory runs out (safefile.py).
+            text = read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
         except ValueError as exc:  # a NUL in the path, text that is not UTF-8
@@ -750,9 +875,13 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:
+            # An empty file (a truncated ConfigMap, a failed template) would run on defaults:
+            # no source, every series gone. Refused, even where allow_no_sources would pass.
+            raise ConfigError(f"configuration file {path} is empty")
+        if not isinstance(loaded, dict):
             raise ConfigError(f"invalid configuration in {path}: top level must be a mapping")
-        data = loaded or {}
+        data = loaded
     data = apply_env_overrides(data, env)
     if any(k.startswith(ENV_PREFIX) for k in env):
         source += " (with AIFINOPS__ environment overrides)"

@@ -29,7 +29,9 @@ counters): a 9 MB file, ~0.25 s of CPU to encode on the worker thread in pieces 
 :data:`DUMP_CHUNK` rows (the event loop is never held for more than one piece), ~0.2 s to
 decode at start-up.
 
-At start-up: no file → start empty. A file that cannot be read, is not JSON, has another
+At start-up: no file → start empty. A path that is not a regular file (a FIFO, a link to
+``/dev/zero``) stops start-up (:func:`check_state_dir`) and is never read: reads go through
+:func:`aifinops.safefile.read_bounded`. A file that cannot be read, is not JSON, has another
 format or schema version, a foreign identity, or a value that fails validation (a dollar
 figure that is not finite, a negative token dollar, a date that is not a date) → a warning
 with the reason, the file is moved aside as ``<name>.corrupt-<unix time>`` (the newest
@@ -52,8 +54,10 @@ value of every upstream token counter it was computed from.
   meanwhile (a lower value) is counted from zero, as always, so what it counted between the
   save and its reset is lost (Prometheus' ``increase()`` loses the same); a series unseen for
   ``tokens.series_retention_seconds`` is forgotten and its next reading is a baseline
-  (nothing doubled, the gap lost). Pushed usage (``POST /api/v1/usage``) lives in the
-  process: a push not yet counted by a refresh before the stop is lost.
+  (nothing doubled, the gap lost). Pushed usage (``POST /api/v1/usage``): each save holds
+  what the ledger has not counted yet and the remembered record ids (``payload.push``);
+  batches after it are in the push journal beside the file (``sources/push.py``), written
+  before their 202 and replayed at start-up, so an acknowledged push is counted once.
 * **Rate-based dollars** — the ledger's infrastructure dollars (rate × time) and the
   charge-back moves — exist only while a process measures. A restart whose gap (the saved
   refresh to the first refresh after it) is at most ``state.max_gap_seconds`` is bridged like
@@ -87,6 +91,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,8 +114,10 @@ from aifinops.model.finance import (
 )
 from aifinops.model.report import ModelState
 from aifinops.model.tokens import RateSample, TokenState
+from aifinops.safefile import file_kind, read_bounded
 from aifinops.settings import ConfigError, Settings, StateSettings
 from aifinops.sources.push import SOURCE_NAME as PUSH_SOURCE
+from aifinops.sources.push import PushExport, PushJournal, UsageStore
 from aifinops.version import __version__
 
 log = structlog.get_logger("aifinops.statefile")
@@ -240,10 +247,23 @@ class FinanceDoc(_Doc):
     util_peaks: list[PeakDoc]
 
 
+class PushDoc(_Doc):
+    """Pushed usage (``sources/push.py``): the last journal entry included, the pushed
+    tokens the saved ledger has not counted, the remembered record ids (oldest first)."""
+
+    seq: Annotated[int, Field(ge=0)]
+    uncounted: list[
+        tuple[Name, Name, Annotated[StrictStr, Field(max_length=4096)], TokenTypeName, int]
+    ]
+    seen: list[Annotated[StrictStr, Field(min_length=1, max_length=128)]]
+
+
 class PayloadDoc(_Doc):
     refreshed_at: Time | None
     tokens: TokensDoc | None
     finance: FinanceDoc
+    # Absent in files written before pushes were durable (then the journal alone is replayed).
+    push: PushDoc | None = None
 
 
 class DocumentDoc(_Doc):
@@ -332,9 +352,14 @@ def _finance_json(f: FinanceState, saved_at: float) -> dict[str, Any]:
 
 
 def encode_state(
-    model: ModelState, finance: FinanceState, identity: Identity, saved_at: float
+    model: ModelState,
+    finance: FinanceState,
+    identity: Identity,
+    saved_at: float,
+    push: PushExport | None = None,
 ) -> bytes:
-    """The document for ``model`` and ``finance`` (one refresh's state). Pure."""
+    """The document for ``model`` and ``finance`` (one refresh's state) and, with push
+    enabled, the push store's export. Pure."""
     doc = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -345,9 +370,18 @@ def encode_state(
             "refreshed_at": model.last_now,
             "tokens": _tokens_json(model.tokens) if model.tokens is not None else None,
             "finance": _finance_json(finance, saved_at),
+            **({} if push is None else {"push": _push_json(push)}),
         },
     }
     return _dumps(doc).encode("utf-8")
+
+
+def _push_json(push: PushExport) -> dict[str, Any]:
+    return {
+        "seq": push.seq,
+        "uncounted": [list(row) for row in push.uncounted],
+        "seen": list(push.seen),
+    }
 
 
 DUMP_CHUNK = 2000
@@ -382,6 +416,7 @@ class Restored:
     dropped: int
     saved_at: float
     exporter_version: str
+    push: PushExport | None = None
 
 
 def _parse(data: bytes, identity: Identity) -> dict[str, Any]:
@@ -560,6 +595,13 @@ def decode_state(
         dropped=dropped,
         saved_at=doc.saved_at,
         exporter_version=doc.exporter_version,
+        push=None
+        if payload.push is None
+        else PushExport(
+            payload.push.seq,
+            tuple((t, m, p, k, n) for t, m, p, k, n in payload.push.uncounted if n > 0),
+            tuple(payload.push.seen),
+        ),
     )
 
 
@@ -600,6 +642,13 @@ def check_state_dir(settings: StateSettings) -> None:
     try:
         if path.is_dir():
             raise ConfigError(f"invalid configuration: state.path: {path} is a directory")
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.stat().st_mode  # follows a symlink: /dev/zero, a FIFO behind one
+            if not stat.S_ISREG(mode):
+                raise ConfigError(
+                    f"invalid configuration: state.path: {path} is {file_kind(mode)}, not a "
+                    "regular file (reading it would hang or never end); remove it"
+                )
         directory.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
         os.close(fd)
@@ -617,10 +666,16 @@ class StateStore:
     event loop); ``load`` once at start-up. Neither raises: a problem is logged, and a failed
     write is counted for ``aifinops_state_save_errors_total``."""
 
-    def __init__(self, settings: StateSettings, identity: Identity) -> None:
+    def __init__(
+        self, settings: StateSettings, identity: Identity, usage: UsageStore | None = None
+    ) -> None:
         if settings.path is None:
             raise ValueError("StateStore needs state.path")
         self.path: Path = settings.path
+        # The push store (tokens.push): exported with each save, restored (with its journal)
+        # at load.
+        self.usage = usage
+        self.journal = PushJournal(settings.path) if usage is not None else None
         self.save_interval = settings.save_interval_seconds
         self.max_gap = settings.max_gap_seconds
         self.identity = identity
@@ -629,8 +684,10 @@ class StateStore:
         self._last_attempt: float | None = None
 
     @classmethod
-    def from_settings(cls, s: Settings) -> StateStore | None:
-        return cls(s.state, Identity.from_settings(s)) if s.state.path is not None else None
+    def from_settings(cls, s: Settings, usage: UsageStore | None = None) -> StateStore | None:
+        if s.state.path is None:
+            return None
+        return cls(s.state, Identity.from_settings(s), usage)
 
     def due(self, now: float) -> bool:
         """Whether a periodic write is due (a failed write is retried an interval later)."""
@@ -640,8 +697,14 @@ class StateStore:
         """Write the state of one refresh; ``False`` (logged, counted) when it failed."""
         self._last_attempt = now
         try:
-            data = encode_state(model, finance, self.identity, now)
+            push = None
+            if self.usage is not None:
+                # Rotates the journal: what follows this export goes to a new segment.
+                push = self.usage.export(model.tokens.last if model.tokens is not None else {})
+            data = encode_state(model, finance, self.identity, now, push)
             write_atomically(self.path, data)
+            if push is not None and self.journal is not None:
+                self.journal.discard_through(push.seq)
         except Exception as exc:  # never into the refresh loop or the shutdown
             self.save_errors += 1
             log.warning(
@@ -654,14 +717,21 @@ class StateStore:
 
     def load(self, now: float, ctx: FinanceContext) -> Restored | None:
         """The saved state, or ``None`` (no file, or one that was discarded: see the module
-        docstring)."""
+        docstring). The push store, when there is one, is restored in any case: from the
+        file's export and the journal's later batches, or from the journal alone."""
+        restored = self._load(now, ctx)
+        if self.usage is not None:
+            replayed = self.usage.restore(restored.push if restored else None, self.journal)
+            skipped = self.journal.skipped if self.journal is not None else 0
+            if replayed or skipped:
+                log.info("push_journal_replayed", batches=replayed, unreadable_lines=skipped)
+        return restored
+
+    def _load(self, now: float, ctx: FinanceContext) -> Restored | None:
         self._remove_stale_temps()
         try:
-            size = self.path.stat().st_size
-            if size > MAX_STATE_BYTES:
-                self._discard(f"{size} bytes, more than {MAX_STATE_BYTES}", now)
-                return None
-            data = self.path.read_bytes()
+            # Never blocks on a FIFO, never reads past the bound (a link to /dev/zero).
+            data = read_bounded(self.path, MAX_STATE_BYTES)
         except FileNotFoundError:
             log.info("state_file_absent", path=str(self.path))
             return None

@@ -72,7 +72,9 @@ def test_unwritable_state_directory_exits_2_naming_the_field(tmp_path: Path) -> 
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"state": {"path": str(blocker / "state.json")}}))
+    config.write_text(
+        yaml.safe_dump({"state": {"path": str(blocker / "state.json")}, "allow_no_sources": True})
+    )
     exporter = start_exporter(tmp_path, "--config", str(config))
     try:
         assert exporter.proc.wait(timeout=60) == 2

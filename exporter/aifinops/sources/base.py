@@ -15,6 +15,8 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import httpx
 
+from aifinops.safefile import read_secret_file
+
 Reason = Literal["connect", "timeout", "http_status", "too_large", "parse", "invalid"]
 REASONS: tuple[Reason, ...] = ("connect", "timeout", "http_status", "too_large", "parse", "invalid")
 
@@ -40,7 +42,8 @@ def read_bearer_token(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        # A regular file within a bound: a FIFO here would stall the refresh (safefile.py).
+        token = read_secret_file(path).decode("utf-8", "replace").strip()
     except OSError as exc:
         raise SourceError("invalid", f"cannot read bearer token file: {exc.strerror}") from None
     return {"Authorization": f"Bearer {token}"} if token else {}

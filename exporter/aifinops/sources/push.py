@@ -9,17 +9,32 @@ recently used evicted) is counted as a duplicate and not added again, so a clien
 batch safely. ``timestamp`` (unix seconds or ISO 8601) is validated and otherwise unused: the
 counters are cumulative by arrival, and Prometheus dates them when it scrapes.
 
-:class:`UsageStore` keeps one cumulative counter per (tenant, model, provider, token_type)
-since this process started; :class:`PushSource` hands them to the refresh loop as
-observations that count from zero. A batch is applied whole or not at all.
+:class:`UsageStore` keeps one cumulative counter per (tenant, model, provider, token_type);
+:class:`PushSource` hands them to the refresh loop as observations that count from zero. A
+batch is applied whole or not at all.
+
+Durability (with ``state.path``): a batch is written to the :class:`PushJournal` (appended and
+``fsync``-ed) *before* it is applied and answered 202, so an acknowledged push survives
+SIGTERM, a crash or a power loss. The state file (``statefile.py``) holds, from each save,
+what pushes the ledger has not counted yet and the remembered record ids; at start-up
+those are restored and the journal's later entries replayed, so a retry after a restart is a
+duplicate and nothing is counted twice or lost. Without ``state.path`` pushes live in the
+process only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
+import stat
+import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
 import httpx
@@ -41,6 +56,7 @@ Reason = Literal[
     "invalid_record",
     "too_many_tokens",
     "series_limit",
+    "not_durable",
 ]
 
 
@@ -105,11 +121,144 @@ class ApplyResult:
 SeriesKey = tuple[str, str, str, TokenType]  # (tenant, model, provider or "", token_type)
 
 
+CounterKey = tuple[str, str, str, str]  # the token model's (source, series, kind, token_type)
+JournalRecord = tuple[str, str, str, int, int, int, str | None]
+"""(tenant, model, provider or "", input, output, cached_input, record_id)"""
+
+
+@dataclass(frozen=True, slots=True)
+class PushExport:
+    """What the state file keeps of the store: ``seq`` (the last journal entry it includes),
+    the pushed tokens the ledger has not counted yet, and the remembered record ids (oldest
+    first)."""
+
+    seq: int
+    uncounted: tuple[tuple[str, str, str, TokenType, int], ...]
+    seen: tuple[str, ...]
+
+
+class PushJournal:
+    """Append-only journal of accepted batches beside the state file.
+
+    Segments ``<state>.push-journal.<first seq>``, one JSON line per batch
+    ``{"seq": n, "records": [JournalRecord, ...]}``, each ``fsync``-ed before the batch is
+    acknowledged. A state save rotates to a new segment when it exports the store (under the
+    store's lock) and, once the state file is written, deletes the segments it covers. A line
+    that does not parse (a write cut by a crash) is skipped. A batch whose write or ``fsync``
+    failed is answered 503 and not applied, though its line may still reach the disk and be
+    replayed: a client that retries with its ``record_id`` is never counted twice.
+    """
+
+    def __init__(self, state_path: Path) -> None:
+        self.directory = state_path.parent
+        self.prefix = f"{state_path.name}.push-journal."
+        self._fd: int | None = None
+        self._open_first: int | None = None
+        self.skipped = 0
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        out = []
+        with contextlib.suppress(OSError):
+            for p in self.directory.iterdir():
+                tail = p.name[len(self.prefix) :]
+                if p.name.startswith(self.prefix) and tail.isdigit():
+                    out.append((int(tail), p))
+        return sorted(out)
+
+    def append(self, seq: int, records: list[JournalRecord]) -> None:
+        """Write one batch durably; raises OSError (then nothing may be acknowledged)."""
+        line = (json.dumps({"seq": seq, "records": records}, separators=(",", ":")) + "\n").encode()
+        try:
+            if self._fd is None:
+                path = self.directory / f"{self.prefix}{seq:012d}"
+                self._fd = os.open(
+                    path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+                )
+                self._open_first = seq
+                if os.fstat(self._fd).st_size > 0:
+                    # The segment of a failed write, reopened: end its torn line first.
+                    line = b"\n" + line
+                _fsync_dir(self.directory)  # the new name survives a power loss too
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError:
+            self.rotate()  # a half-written line is skipped on replay; start a clean segment
+            raise
+
+    def rotate(self) -> None:
+        """Close the open segment: the next batch starts a new one."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._open_first = None, None
+
+    def discard_through(self, seq: int) -> None:
+        """Delete the closed segments whose batches are all at or before ``seq`` (in a state
+        file now)."""
+        for first, path in self._segments():
+            if first <= seq and first != self._open_first:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def entries(self, after: int) -> Iterator[tuple[int, list[JournalRecord]]]:
+        """The batches after ``after``, in order; unreadable lines and non-regular files are
+        skipped (counted in :attr:`skipped`)."""
+        self.skipped = 0
+        for _, path in self._segments():
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                self.skipped += 1
+                continue
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    self.skipped += 1
+                    continue
+                for raw in f:
+                    if not raw.strip():
+                        continue
+                    entry = _journal_line(raw)
+                    if entry is None:
+                        self.skipped += 1
+                    elif entry[0] > after:
+                        yield entry
+
+    def close(self) -> None:
+        self.rotate()
+
+
+def _journal_line(raw: bytes) -> tuple[int, list[JournalRecord]] | None:
+    try:
+        doc = json.loads(raw)
+        seq = doc["seq"]
+        records = [
+            (str(t), str(m), str(p), int(i), int(o), int(c), None if r is None else str(r))
+            for t, m, p, i, o, c, r in doc["records"]
+        ]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(seq, int) or any(min(r[3:6]) < 0 for r in records):
+        return None
+    return seq, records
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class UsageStore:
     """Cumulative pushed tokens, bounded in series, per-record size and remembered ids.
 
-    Not thread-safe; used from the event loop only (``apply`` does not await, so a batch is
-    atomic with respect to a refresh reading :meth:`snapshot`).
+    Thread-safe: with a :attr:`journal`, :meth:`apply` runs on a worker thread (it waits for
+    an ``fsync``) and the state save exports from the CPU worker; one lock makes a batch's
+    check, journal write and update atomic against both and against :meth:`snapshot`.
     """
 
     def __init__(
@@ -124,10 +273,19 @@ class UsageStore:
         self.idempotency_cache_size = idempotency_cache_size
         self._counters: dict[SeriesKey, int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.seq = 0
+        """The last batch applied (journal entries are numbered by it)."""
+        self.journal: PushJournal | None = None
 
     def apply(self, batch: UsageBatch) -> ApplyResult:
         """Add a batch; raise :class:`UsageRejected` (nothing added) when a record exceeds
-        ``max_tokens_per_record`` or the batch would create series past ``max_series``."""
+        ``max_tokens_per_record``, the batch would create series past ``max_series``, or the
+        journal cannot be written (``not_durable``, 503)."""
+        with self._lock:
+            return self._apply(batch)
+
+    def _apply(self, batch: UsageBatch) -> ApplyResult:
         fresh: list[UsageRecord] = []
         ids_in_batch: set[str] = set()
         duplicates = 0
@@ -159,13 +317,84 @@ class UsageStore:
                 f"the batch would create {len(new_keys)} new series; the store holds "
                 f"{len(self._counters)} of at most {self.max_series}",
             )
-        for rec in fresh:
-            for key, n in self._keys(rec):
-                if n > 0:
-                    self._counters[key] = self._counters.get(key, 0) + n
-            if rec.record_id is not None:
-                self._remember(rec.record_id)
+        records: list[JournalRecord] = [
+            (
+                r.tenant,
+                r.model,
+                normalize_provider(r.provider) or "",
+                r.input_tokens,
+                r.output_tokens,
+                r.cached_input_tokens,
+                r.record_id,
+            )
+            for r in fresh
+        ]
+        if records and self.journal is not None:
+            try:
+                self.journal.append(self.seq + 1, records)
+            except OSError as exc:
+                raise UsageRejected(
+                    503, "not_durable", f"the push journal cannot be written ({exc.strerror})"
+                ) from None
+        if records:
+            self._commit(records)
+            self.seq += 1
         return ApplyResult(accepted=len(fresh), duplicates=duplicates)
+
+    def _commit(self, records: list[JournalRecord]) -> None:
+        counters = self._counters
+        for tenant, model, provider, i, o, c, record_id in records:
+            counts: tuple[tuple[TokenType, int], ...] = (
+                ("input", i),
+                ("output", o),
+                ("cached_input", c),
+            )
+            for token_type, n in counts:
+                if n > 0:
+                    key: SeriesKey = (tenant, model, provider, token_type)
+                    counters[key] = counters.get(key, 0) + n
+            if record_id is not None:
+                self._remember(record_id)
+
+    # --- persistence (statefile.py) ---------------------------------------------------------
+    def export(self, counted: Mapping[CounterKey, float]) -> PushExport:
+        """The store for the state file, rotating the journal at the same instant: per
+        series, what the ledger has not counted (the store's value less ``counted``, the
+        token model's last value of the series), and the remembered ids."""
+        with self._lock:
+            if self.journal is not None:
+                self.journal.rotate()
+            uncounted: list[tuple[str, str, str, TokenType, int]] = []
+            for key, n in self._counters.items():
+                done = counted.get(_counter_key(key), 0.0)
+                left = n - int(done) if 0 <= done <= n else n
+                if left > 0:
+                    uncounted.append((key[0], key[1], key[2], key[3], left))
+            return PushExport(self.seq, tuple(uncounted), tuple(self._seen))
+
+    def restore(self, saved: PushExport | None, journal: PushJournal | None) -> int:
+        """Start from a state file's export (or nothing) plus the journal's later batches;
+        then journal from here on. Returns the batches replayed."""
+        with self._lock:
+            self._counters.clear()
+            self._seen.clear()
+            self.seq = 0
+            if saved is not None:
+                for tenant, model, provider, token_type, n in saved.uncounted:
+                    self._counters[(tenant, model, provider, token_type)] = n
+                for record_id in saved.seen:
+                    self._remember(record_id)
+                self.seq = saved.seq
+            replayed = 0
+            if journal is not None:
+                for seq, records in journal.entries(self.seq):
+                    # A batch answered 503 whose line still reached the disk, then retried:
+                    # its record ids count once.
+                    self._commit([r for r in records if r[6] is None or r[6] not in self._seen])
+                    self.seq = max(self.seq, seq)
+                    replayed += 1
+            self.journal = journal
+            return replayed
 
     @staticmethod
     def _keys(rec: UsageRecord) -> list[tuple[SeriesKey, int]]:
@@ -182,11 +411,11 @@ class UsageStore:
 
     def snapshot(self) -> tuple[TokenObservation, ...]:
         """Every counter as an observation that counts from zero."""
+        with self._lock:
+            items = sorted(self._counters.items())
         out = []
-        for (tenant, model, provider, token_type), n in sorted(self._counters.items()):
-            digest = hashlib.blake2b(
-                "\0".join((tenant, model, provider, token_type)).encode(), digest_size=8
-            ).hexdigest()
+        for (tenant, model, provider, token_type), n in items:
+            digest = _series_digest((tenant, model, provider, token_type))
             out.append(
                 TokenObservation(
                     source=SOURCE_NAME,
@@ -201,6 +430,15 @@ class UsageStore:
                 )
             )
         return tuple(out)
+
+
+def _series_digest(key: SeriesKey) -> str:
+    return hashlib.blake2b("\0".join(key).encode(), digest_size=8).hexdigest()
+
+
+def _counter_key(key: SeriesKey) -> CounterKey:
+    """The token model's key of a store series (as :meth:`UsageStore.snapshot` names it)."""
+    return (SOURCE_NAME, _series_digest(key), "tokens", key[3])
 
 
 class PushSource:

@@ -33,13 +33,14 @@ from aifinops.settings import Settings
 from aifinops.sources.base import Source
 from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.push import UsageStore
+from aifinops.sources.upstream import UpstreamTransport, build_client, upstream_routes
 from aifinops.statefile import StateStore
 from aifinops.version import RULES_VERSION, __version__
 from aifinops.web.api import register_api
 from aifinops.web.lifecycle import install_lifecycle
 from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.ratelimit import RateLimiter
-from aifinops.web.security import install_web_security
+from aifinops.web.security import install_web_security, may_see_detail
 from aifinops.web.usage import USAGE_LIMITER, USAGE_SETTINGS, USAGE_STORE, handle_usage
 
 log = structlog.get_logger("aifinops.web")
@@ -47,6 +48,7 @@ log = structlog.get_logger("aifinops.web")
 SETTINGS = web.AppKey("settings", Settings)
 REFRESHER = web.AppKey("refresher", Refresher)
 HTTP_CLIENT = web.AppKey("http_client", httpx.AsyncClient)
+UPSTREAM_TRANSPORT = web.AppKey("upstream_transport", UpstreamTransport)
 REFRESH_TASK = web.AppKey("refresh_task", asyncio.Task[None])
 
 Clock = Callable[[], float]
@@ -169,18 +171,23 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
+    """200/503 for probes, open to all; 503 too while the refresh loop is stalled (refresh.py's
+    watchdog: the figures served are getting older and nothing else would say so). The
+    per-source detail (error messages name upstream hosts) only for a client that passes the
+    same basic auth as ``/metrics``."""
     refresher = request.app[REFRESHER]
     snap = refresher.snapshot
+    stalled = refresher.stalled()
+    ready = snap.ready and not stalled
+    status = 200 if ready else 503
+    if not await may_see_detail(request):
+        return web.json_response({"ready": ready, "stalled": stalled}, status=status)
     sources = [
         {"source": s.name, "up": s.up, "stale": s.stale, "error": s.last_error}
         for s in (snap.status.sources if snap.status else ())
     ]
-    # Not ready while the refresh loop is stalled (refresh.py's watchdog): the figures served
-    # are getting older and nothing else would say so.
-    stalled = refresher.stalled()
-    ready = snap.ready and not stalled
     body = {"ready": ready, "stalled": stalled, "sources": sources}
-    return web.json_response(body, status=200 if ready else 503)
+    return web.json_response(body, status=status)
 
 
 async def handle_index(request: web.Request) -> web.Response:
@@ -229,20 +236,22 @@ def create_app(
         # are local and always added when token analytics is on.
         chosen = [*sources, *token_sources(settings, store, configured=False)]
 
+    # Each upstream's TLS and credentials (raises ConfigError naming the field).
+    routes = upstream_routes(settings)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            follow_redirects=False,
-        )
+        client, transport = build_client(routes)
         app[HTTP_CLIENT] = client
-        store = StateStore.from_settings(settings)
+        app[UPSTREAM_TRANSPORT] = transport
+        # With a state file, pushes are journalled before their 202 (sources/push.py).
+        state = StateStore.from_settings(settings, usage=store)
         app[REFRESHER] = Refresher(
             chosen,
             context,
             build,
             client,
             clock=clock,
-            state_store=store,
+            state_store=state,
             interval=settings.refresh.interval_seconds,
         )
         if run_loop:
@@ -263,6 +272,8 @@ def create_app(
                     log.exception("refresh_loop_failed")
             # The state file's last write (SIGTERM): the last completed refresh.
             await app[REFRESHER].save_state()
+            if state is not None and state.journal is not None:
+                state.journal.close()
             await client.aclose()
 
     app.cleanup_ctx.append(lifecycle)

@@ -33,6 +33,7 @@ from typing import Literal
 import structlog
 from aiohttp import web
 
+from aifinops.safefile import read_secret_file
 from aifinops.settings import ApiSettings, ConfigError
 
 log = structlog.get_logger("aifinops.web.auth")
@@ -62,8 +63,8 @@ class _FileToken:
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self.stamp:
             try:
-                self.token = self.path.read_text(encoding="utf-8").strip().encode()
-            except (OSError, UnicodeDecodeError):
+                self.token = read_secret_file(self.path).decode("utf-8").strip().encode()
+            except (OSError, UnicodeDecodeError):  # a FIFO or a device included (safefile)
                 log.error("api_token_file_unreadable", path=str(self.path))
                 self.token = b""
             self.stamp = stamp
@@ -108,7 +109,8 @@ class TokenStore:
     def scope_of(self, presented: str) -> Scope | None:
         """The widest scope of the configured tokens equal to ``presented``; ``None`` when none
         is. Every configured token is compared (constant time per comparison, no early exit)."""
-        given = presented.encode()
+        # surrogateescape: a header's undecodable bytes never raise here (they match nothing).
+        given = presented.encode("utf-8", "surrogateescape")
         matched: set[Scope] = set()
         candidates = [(tok, scope) for tok, scope in self.env]
         candidates += [(f.current(), f.scope) for f in self.files]
@@ -129,6 +131,12 @@ def bearer_token(header: str | None) -> tuple[bool, str | None]:
         return False, None
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    if scheme.lower() != "bearer" or not token or " " in token or not _b64token(token):
         return True, None
     return True, token
+
+
+def _b64token(token: str) -> bool:
+    """RFC 6750's token68 characters: printable ASCII without spaces (a header's invalid
+    UTF-8 arrives as surrogates and is refused here, a 401, never a 500)."""
+    return token.isascii() and token.isprintable()

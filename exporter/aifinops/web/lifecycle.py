@@ -1,11 +1,13 @@
 """Configuration reload: SIGHUP (``__main__``) or ``POST /-/reload`` (with
 ``server.enable_lifecycle``, as Prometheus' ``--web.enable-lifecycle``).
 
-A reload reads the configuration again and checks all of it first — the settings schema, the
-compiled model context (tenancy regexes, GPU price catalog, finance), the sources, the web
-configuration file — and only then applies it; any error keeps the configuration in force,
-is logged (``config_reload_failed``) and shows in ``aifinops_config_last_reload_successful``
-0. ``aifinops_config_last_reload_success_timestamp_seconds`` is the time of the last good load
+A reload reads the configuration again and checks all of it first — the settings schema (an
+empty file, or one without a source unless ``allow_no_sources``, is refused: it would blank
+every series), the compiled model context (tenancy regexes, GPU price catalog, finance), the
+sources and their TLS and credentials, the web configuration file — and only then applies
+it; any error keeps the configuration in force, is logged (``config_reload_failed``) and shows
+in ``aifinops_config_last_reload_successful`` 0.
+``aifinops_config_last_reload_success_timestamp_seconds`` is the time of the last good load
 (start-up included).
 
 What a reload changes, from the next refresh on: tenancy, GPU pricing, idle-GPU threshold and
@@ -30,8 +32,9 @@ from aiohttp import web
 
 from aifinops.exposition.catalog import CONFIG_RELOAD_SUCCESS, CONFIG_RELOAD_TIMESTAMP
 from aifinops.exposition.render import Family
-from aifinops.settings import ConfigError, Settings, load_settings
+from aifinops.settings import ConfigError, Settings, check_has_sources, load_settings
 from aifinops.sources.base import Source
+from aifinops.sources.upstream import Route, upstream_routes
 
 log = structlog.get_logger("aifinops.web.lifecycle")
 
@@ -68,11 +71,11 @@ class Reloader:
 
     async def reload(self) -> tuple[bool, str]:
         """Reload; ``(True, "")`` or ``(False, the error)``. Never raises (but cancellation)."""
-        from aifinops.web.app import REFRESHER
+        from aifinops.web.app import REFRESHER, UPSTREAM_TRANSPORT
 
         async with self._lock:
             try:
-                new, context, sources = await self._prepare()
+                new, context, sources, routes = await self._prepare()
             except ConfigError as exc:
                 return self._failed(str(exc))
             except Exception as exc:  # a bug must not take the running configuration down
@@ -82,6 +85,9 @@ class Reloader:
             refresher.replace_context(context)
             if sources is not None:
                 await refresher.replace_sources(sources)
+            if UPSTREAM_TRANSPORT in self._app:
+                # No fetch is in flight here: replace_sources waited for the refresh.
+                await self._app[UPSTREAM_TRANSPORT].replace(routes)
             if new.logging != self.settings.logging:
                 from aifinops.logs import configure_logging
 
@@ -107,13 +113,15 @@ class Reloader:
 
     async def _prepare(
         self,
-    ) -> tuple[Settings, Any, list[tuple[Source[Any], float, float]] | None]:
+    ) -> tuple[Settings, Any, list[tuple[Source[Any], float, float]] | None, list[Route]]:
         """Everything the new configuration needs, checked; raises ConfigError."""
         from aifinops.web.app import build_sources, model_context
         from aifinops.web.security import load_web_config
         from aifinops.web.usage import USAGE_STORE
 
         new = await asyncio.to_thread(self.load)
+        if not self._explicit_sources:  # given sources (tests, embedding) are not the file's
+            check_has_sources(new)
         context = model_context(new)
         if new.server.web_config_file is not None:
             load_web_config(new.server.web_config_file)
@@ -123,7 +131,8 @@ class Reloader:
                 sources = build_sources(new, self._app.get(USAGE_STORE), self._clock)
             except ValueError as exc:
                 raise ConfigError(f"invalid source configuration: {exc}") from None
-        return new, context, sources
+        routes = upstream_routes(new)  # CA, certificates, credentials: loadable
+        return new, context, sources, routes
 
     def _failed(self, message: str) -> tuple[bool, str]:
         from aifinops.web.app import REFRESHER

@@ -245,7 +245,8 @@ def openapi_document(push_enabled: bool = True) -> dict[str, Any]:
                 },
                 "responses": {
                     "202": {
-                        "description": "batch applied",
+                        "description": "batch applied (with state.path: journalled first, "
+                        "so it survives a restart or a crash)",
                         "content": _json_content(_ref("UsageAccepted")),
                     },
                     **{
@@ -256,6 +257,8 @@ def openapi_document(push_enabled: bool = True) -> dict[str, Any]:
                             (403, "the token lacks the write scope"),
                             (413, "body or batch too large"),
                             (422, "schema violation, token count or series limit"),
+                            (429, "over the push rate limit; retry after Retry-After"),
+                            (503, "the push journal cannot be written; nothing added, retry"),
                         )
                     },
                 },

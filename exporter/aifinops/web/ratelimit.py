@@ -1,10 +1,11 @@
 """A token bucket per client, for ``POST /api/v1/usage``.
 
-Each client (the digest of its bearer token, else its address) has a bucket of ``burst``
-tokens refilled at ``rate`` per second; a request takes one. An empty bucket answers 429 with
-``Retry-After`` (whole seconds until a token is back). Buckets are kept for the
-:data:`MAX_CLIENTS` most recent clients (least recently used dropped: a dropped client starts
-again with a full bucket, which only ever errs on the side of letting a request through).
+Each client (the digest of the bearer token it authenticated with, else its address) has a
+bucket of ``burst`` tokens refilled at ``rate`` per second; a request takes one. An empty
+bucket answers 429 with ``Retry-After`` (whole seconds until a token is back). Buckets are
+kept for the :data:`MAX_CLIENTS` most recent clients (least recently used dropped: a dropped
+client starts again with a full bucket, which only ever errs on the side of letting a request
+through).
 The clock is a parameter (monotonic seconds).
 """
 
@@ -46,11 +47,14 @@ class RateLimiter:
         return wait
 
 
-def client_key(authorization: str | None, remote: str | None) -> str:
-    """A client's bucket key: a digest of its credentials (never the token itself), else its
-    address."""
-    if authorization:
-        return "t:" + hashlib.sha256(authorization.encode()).hexdigest()[:32]
+def client_key(identity: str | None, remote: str | None) -> str:
+    """A client's bucket key: a digest of the credential it authenticated with (never the
+    token itself), else its address. Only a *verified* credential may name a bucket: keyed
+    on the raw ``Authorization`` header, a client could take a fresh bucket per request by
+    varying the header (case, spaces, junk where no auth is configured)."""
+    if identity:
+        digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()
+        return "t:" + digest[:32]
     return "a:" + (remote or "?")
 
 

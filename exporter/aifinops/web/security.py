@@ -19,9 +19,11 @@ key is an error (as in the toolkit). As in the toolkit, the file is re-read when
 so users are added or removed without a restart; the certificate and key files are re-read on
 the next TLS handshake after they change (a renewed cert-manager Secret).
 
-Basic auth covers every route except ``/healthz`` and ``/readyz`` (probes) and ``/api/``
+Basic auth covers every route except ``/healthz`` and ``/readyz`` (probes; ``/readyz`` shows
+its per-source detail only to a client that passes, :func:`may_see_detail`) and ``/api/``
 (its own bearer tokens, ``web/auth.py``). A check runs bcrypt in a worker thread, also for an
-unknown user (against a dummy hash), so the answer time does not tell whether a user exists;
+unknown user (against a dummy hash of the configured users' highest cost), so the answer time
+does not tell whether a user exists;
 results are cached by a digest of (user, password, hash) as the toolkit does, so a scrape
 every few seconds costs one bcrypt per password change, not one per scrape. A failure is a
 401 with ``WWW-Authenticate: Basic``; passwords and hashes are never logged.
@@ -31,9 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
+import secrets
 import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -61,8 +63,6 @@ ClientAuthType = Literal[
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 OPEN_PREFIXES = ("/api/",)
 CACHE_SIZE = 1024
-# bcrypt of a random password: checked for unknown users, so they cost as much as known ones.
-_DUMMY_HASH = b"$2b$10$3euPcmQFCiblsZeEu5s7p.9OVHgeHWFDk9nhMqZ0m/3pd/lhwZgES"
 
 
 class _Strict(BaseModel):
@@ -187,6 +187,9 @@ class WebSecurity:
         if path is not None:
             sec.config = load_web_config(path)
             sec._stamp = _stamp(path)
+            users = sec.config.basic_auth_users
+            if users:  # made now, so the first unknown user does not pay for it (timing)
+                _dummy_hash(max(_cost(h) for h in users.values()))
         return sec
 
     def current(self) -> WebConfig:
@@ -248,7 +251,11 @@ class WebSecurity:
         user, password = credentials
         hashed = users.get(user)
         known = hashed is not None
-        target = hashed.encode() if hashed is not None else _DUMMY_HASH
+        if hashed is not None:
+            target = hashed.encode()
+        else:
+            # As costly as the dearest real hash: the time must not tell that a user is unknown.
+            target = await asyncio.to_thread(_dummy_hash, max(_cost(h) for h in users.values()))
         key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), target))).digest()
         cached = self._cache.get(key)
         if cached is None:
@@ -259,6 +266,24 @@ class WebSecurity:
         else:
             self._cache.move_to_end(key)
         return cached and known
+
+
+def _cost(hashed: str) -> int:
+    """The work factor of a ``$2b$NN$...`` hash (validated by :class:`WebConfig`)."""
+    digits = hashed[4:6]
+    return int(digits) if digits.isdigit() else 10
+
+
+_DUMMIES: dict[int, bytes] = {}
+
+
+def _dummy_hash(cost: int) -> bytes:
+    """A hash of a random password at ``cost``, made once per cost (one bcrypt)."""
+    dummy = _DUMMIES.get(cost)
+    if dummy is None:
+        secret = secrets.token_hex(16).encode()
+        dummy = _DUMMIES[cost] = bcrypt.hashpw(secret, bcrypt.gensalt(rounds=min(max(cost, 4), 31)))
+    return dummy
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
@@ -272,17 +297,26 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     if not header:
         return None
     scheme, _, encoded = header.partition(" ")
-    if not hmac.compare_digest(scheme.lower().encode(), b"basic"):
+    # surrogateescape: a header's invalid UTF-8 arrives as surrogates; a 401, never a 500.
+    if not hmac.compare_digest(scheme.lower().encode("utf-8", "surrogateescape"), b"basic"):
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, a non-ASCII str
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
 
 
 WEB_SECURITY = web.AppKey("web_security", WebSecurity)
+
+
+async def may_see_detail(request: web.Request) -> bool:
+    """Whether ``request`` passes the basic auth that guards ``/metrics`` (always, with no
+    users): ``/readyz`` stays open for probes but shows its per-source detail only then."""
+    security = request.app.get(WEB_SECURITY)
+    return security is None or await security.allowed(request.headers.get("Authorization"))
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
