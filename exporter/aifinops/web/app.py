@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import html
 import time
 from collections.abc import AsyncIterator, Callable
@@ -157,12 +156,11 @@ def latency_sources(
 
 async def handle_metrics(request: web.Request) -> web.Response:
     exposition = request.app[REFRESHER].snapshot.exposition
-    # process_* is read now; the rest was rendered by the last refresh. With gzip, a second
-    # gzip member (RFC 1952 allows several; Prometheus' Go reader reads them all) keeps the
-    # prepared bytes as they are.
+    # process_* is read now, the rest was rendered by the last refresh; with gzip, its few
+    # hundred bytes are compressed onto the prepared deflate blocks (one gzip member).
     process = process_exposition()
     if "gzip" in request.headers.get("Accept-Encoding", ""):
-        body = exposition.gzipped + gzip.compress(process, compresslevel=1)
+        body = exposition.gzipped_with(process)
         resp = web.Response(body=body, headers={"Content-Encoding": "gzip"})
     else:
         resp = web.Response(body=exposition.plain + process)

@@ -64,6 +64,7 @@ import os
 import re
 import ssl
 import tempfile
+import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -401,8 +402,11 @@ def ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
     a PEM text is invalid or the key does not match the certificate."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
-        ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
+        with warnings.catch_warnings():
+            # TLS10/TLS11 are deprecated in Python but the toolkit accepts them; asked for.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+            ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
         openssl_names = [n for c in tls.cipher_suites if (n := GO_CIPHER_SUITES[c]) is not None]
         if openssl_names:
             # Only TLS 1.2 and below, as in Go: TLS 1.3 suites are OpenSSL's defaults.
