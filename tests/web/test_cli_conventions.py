@@ -331,3 +331,35 @@ def test_main_rejects_an_unknown_log_format(capsys: pytest.CaptureFixture[str]) 
         main(["--log.format=console"])
     assert info.value.code == 2
     assert "--log.format" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_prometheus_reads_the_whole_gzip_page(tmp_path: Path) -> None:
+    """A real Prometheus (Go's gzip reader; it always asks for gzip) scrapes the demo
+    exporter: the prepared series and the per-scrape process_* series both arrive."""
+    from aifinops.devstack import (
+        EXPORTER_JOB,
+        Processes,
+        start_demo_exporter,
+        start_prometheus,
+        wait_until,
+    )
+    from tests.tools import require_binary
+
+    binary = require_binary("prometheus")
+    with Processes() as procs:
+        exporter = start_demo_exporter(procs, tmp_path / "exporter")
+        prom = start_prometheus(
+            procs, tmp_path / "prom", {EXPORTER_JOB: [exporter.host_port]}, binary=binary
+        )
+
+        def scraped() -> bool:
+            return bool(prom.query("process_cpu_seconds_total")) and bool(
+                prom.query("aifinops_build_info")
+            )
+
+        wait_until(scraped, 20.0, "process_* and aifinops_build_info in Prometheus")
+        (up,) = prom.query(f'up{{job="{EXPORTER_JOB}"}}')
+        assert up["value"][1] == "1"
+        (fds,) = prom.query("process_open_fds")
+        assert float(fds["value"][1]) > 0
