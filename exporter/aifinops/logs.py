@@ -113,6 +113,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 def _log_uncaught(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):  # Ctrl-C before the signal handlers exist
+        structlog.get_logger("aifinops").info("interrupted")
+        return
     structlog.get_logger("aifinops").critical("uncaught_exception", exc_info=(exc_type, exc, tb))
 
 

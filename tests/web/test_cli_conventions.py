@@ -363,3 +363,20 @@ def test_prometheus_reads_the_whole_gzip_page(tmp_path: Path) -> None:
         assert up["value"][1] == "1"
         (fds,) = prom.query("process_open_fds")
         assert float(fds["value"][1]) > 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "logfmt"])
+def test_an_uncaught_exception_is_one_line(fmt: str) -> None:
+    code = (
+        "from aifinops.logs import configure_logging\n"
+        f"configure_logging('info', '{fmt}')\n"
+        "raise ValueError('first\\nsecond')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert "uncaught_exception" in line and "Traceback" in line and "second" in line
+    if fmt == "json":
+        assert "ValueError: first\nsecond" in json.loads(line)["exception"]
+    else:
+        assert LOGFMT_LINE.match(line), line
