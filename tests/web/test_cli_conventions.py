@@ -66,6 +66,13 @@ def test_help_lists_every_flag_and_its_config_field(capsys: pytest.CaptureFixtur
     assert "logfmt" in out and "json" in out
 
 
+def test_readme_documents_every_flag_and_the_precedence() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for flag in FLAGS:
+        assert f"`{flag} " in readme, flag
+    assert "Precedence:" in readme
+
+
 def settings(data: dict[str, Any]) -> Settings:
     return settings_from_mapping(data)
 
