@@ -112,8 +112,9 @@ _TLS_VERSIONS = {
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
-# The names Go's tls.CipherSuites() gives (what the toolkit accepts), with OpenSSL's name.
-# TLS 1.3 suites are not configurable in Go either: accepted, nothing to set (None).
+# Go's cipher suite names (the toolkit accepts those of tls.CipherSuites(); the RSA key
+# exchange and the legacy CHACHA20 names of older Go versions are accepted too), with
+# OpenSSL's name. TLS 1.3 suites are not configurable in Go either: nothing to set (None).
 GO_CIPHER_SUITES: Mapping[str, str | None] = {
     "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
     "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
