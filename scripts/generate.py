@@ -313,6 +313,12 @@ def operator_paths(config: str) -> str:
     """``config`` with its relative template globs and secret files moved to where
     prometheus-operator mounts them (the text and comments otherwise unchanged)."""
     config = _TEMPLATE_GLOB.sub(lambda m: f"{m[1]}{OPERATOR_CONFIG_DIR}/{m[2]}", config)
+    config = config.replace(
+        "Relative paths are resolved against this file's\n"
+        "# directory: mount a Kubernetes Secret at <config dir>/secrets/ with the keys",
+        "Under prometheus-operator: the Secret\n"
+        "# aifinops-alertmanager in the Alertmanager's spec.secrets, with the keys",
+    )
     return _SECRET_FILE.sub(lambda m: f"{m[1]}{OPERATOR_SECRETS_DIR}/{m[2]}", config)
 
 
