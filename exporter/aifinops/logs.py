@@ -81,11 +81,10 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.stdlib.add_log_level,
             _logger_name,
             timestamper,
-            # "%s" arguments of library calls, then the record's exc_info as one field.
-            structlog.stdlib.PositionalArgumentsFormatter(),
         ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # the record's exc_info (aiohttp's "Error handling request") as one field
             structlog.processors.format_exc_info,
             renderer,
         ],
