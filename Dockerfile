@@ -27,15 +27,20 @@ FROM python:3.11-slim
 
 # Set by `make generate` from exporter/aifinops/version.py.
 ARG VERSION=0.1.0
+# The source commit, published as aifinops_build_info{revision}:
+#   docker build --build-arg REVISION=$(git rev-parse HEAD) .
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="ai-finops-exporter" \
       org.opencontainers.image.description="Prometheus exporter for GPU and LLM token cost per tenant" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
 
 # Bytecode is compiled at build time; nothing is written outside /tmp at run time, so the
 # container runs with a read-only root filesystem (Kubernetes: readOnlyRootFilesystem).
 ENV PATH=/opt/venv/bin:$PATH \
+    AIFINOPS_REVISION=${REVISION} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \

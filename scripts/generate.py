@@ -296,6 +296,32 @@ def config_copy(root: Path) -> bytes:
     return data
 
 
+# Where prometheus-operator mounts what the configuration reads (pkg/alertmanager/
+# statefulset.go): the configuration Secret's other keys in /etc/alertmanager/config/, each of
+# spec.secrets in /etc/alertmanager/secrets/<name>/. Relative paths would resolve against
+# /etc/alertmanager/config_out/, where only the configuration itself is.
+OPERATOR_TEMPLATES = Path("alertmanager/templates")
+OPERATOR_CONFIG_DIR = "/etc/alertmanager/config"
+OPERATOR_SECRETS_DIR = "/etc/alertmanager/secrets/aifinops-alertmanager"
+_TEMPLATE_GLOB = re.compile(r"^([ \t]*-[ \t]*)['\"]?templates/([^'\"\s]*)['\"]?[ \t]*$", re.M)
+_SECRET_FILE = re.compile(
+    r"^([ \t]*(?:-[ \t]+)?[a-z_]*_file:[ \t]*)['\"]?secrets/([^'\"\s]+)['\"]?", re.M
+)
+
+
+def operator_paths(config: str) -> str:
+    """``config`` with its relative template globs and secret files moved to where
+    prometheus-operator mounts them (the text and comments otherwise unchanged)."""
+    config = _TEMPLATE_GLOB.sub(lambda m: f"{m[1]}{OPERATOR_CONFIG_DIR}/{m[2]}", config)
+    config = config.replace(
+        "Relative paths are resolved against this file's\n"
+        "# directory: mount a Kubernetes Secret at <config dir>/secrets/ with the keys",
+        "Under prometheus-operator: the Secret\n"
+        "# aifinops-alertmanager in the Alertmanager's spec.secrets, with the keys",
+    )
+    return _SECRET_FILE.sub(lambda m: f"{m[1]}{OPERATOR_SECRETS_DIR}/{m[2]}", config)
+
+
 def alertmanager_secret(root: Path) -> bytes | None:
     source = next(
         (
@@ -316,8 +342,12 @@ def alertmanager_secret(root: Path) -> bytes | None:
         yaml.safe_load(config)
     except yaml.YAMLError as exc:
         raise GenerateError(f"{rel}: not valid YAML: {exc}") from None
-    string_data = {"alertmanager.yaml": config}
-    for tmpl in sorted((root / "alertmanager").glob("*.tmpl")):
+    string_data = {"alertmanager.yaml": operator_paths(config)}
+    templates = [
+        *(root / "alertmanager").glob("*.tmpl"),
+        *(root / OPERATOR_TEMPLATES).glob("*.tmpl"),
+    ]
+    for tmpl in sorted(templates):
         string_data[tmpl.name] = tmpl.read_text(encoding="utf-8")
     doc = {
         "apiVersion": "v1",
@@ -331,10 +361,13 @@ def alertmanager_secret(root: Path) -> bytes | None:
         "stringData": string_data,
     }
     header = _header(rel) + (
-        "# EXAMPLE, in no kustomization. prometheus-operator: apply it, then set\n"
-        "# `spec.configSecret: alertmanager-aifinops` on your Alertmanager object (or merge the\n"
-        "# routes into the configuration you already have). Replace every placeholder URL and\n"
-        "# key with your own before applying; templates are mounted in /etc/alertmanager/config/.\n"
+        "# EXAMPLE, in no kustomization: the WHOLE Alertmanager configuration, for an\n"
+        "# Alertmanager that has none yet. prometheus-operator: apply it, set\n"
+        "# `spec.configSecret: alertmanager-aifinops` and `spec.secrets: [aifinops-alertmanager]`\n"
+        "# (the Secret with the receivers' keys) on your Alertmanager. To add the AI FinOps\n"
+        "# routes to a configuration: alertmanager/operator/alertmanagerconfig.yaml.\n"
+        "# The operator mounts this Secret's keys in /etc/alertmanager/config/ (the templates)\n"
+        "# and reads the configuration from /etc/alertmanager/config_out/, so paths are absolute.\n"
     )
     return dump_yaml(doc, header)
 

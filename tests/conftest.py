@@ -1,8 +1,9 @@
 """Suite-wide guard: a test reads only what a plain clone has.
 
-`git clone … && make test` must pass with nothing beside the clone, so opening a path that lies
-beside the repository (the shared folder or any other sibling of the checkout) fails at once, naming the
-path. Temporary files, the virtual environment and the system are not beside the clone.
+`git clone … && make test` must pass with nothing beside the clone, so opening a path that
+lies beside the repository (the shared folder or any other sibling of the checkout) fails at
+once, naming the path. Temporary files, the virtual environment and the system are not beside
+the clone.
 """
 
 from __future__ import annotations

@@ -1,9 +1,14 @@
 """Command line: ``aifinops-exporter [--config FILE] [--demo] [--check-config]``.
 
-Exit codes: 0 on a clean stop, 2 when the configuration is invalid (the message names the
-field and the value; an unwritable ``state.path`` directory, a configuration or state path
-that is not a regular file, an empty file and one without any source — unless
-``allow_no_sources`` — included), 1 on any other start-up failure.
+Flags follow the Prometheus exporter-toolkit (``--web.listen-address``, repeatable,
+``--web.config.file``, ``--web.telemetry-path``, ``--log.level``, ``--log.format``); each
+overrides its configuration field (:data:`FLAGS_HELP`).
+
+Exit codes: 0 on a clean stop, 2 when the configuration or a flag is invalid (the message
+names the field and the value; an unwritable ``state.path`` directory, a configuration or
+state path that is not a regular file, an empty file and one without any source — unless
+``allow_no_sources`` — included), 1 on any
+other start-up failure (an address in use: one ``cannot_start`` log line).
 
 Signals: SIGTERM and SIGINT stop gracefully (no new connections; requests in flight get
 :data:`SHUTDOWN_TIMEOUT` seconds to finish; the refresh loop is cancelled; the state file,
@@ -17,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +33,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from aifinops.logs import configure_logging
+from aifinops.logs import LEVELS, configure_logging
 from aifinops.settings import (
     ConfigError,
     Settings,
@@ -34,17 +41,69 @@ from aifinops.settings import (
     load_settings,
     settings_from_mapping,
 )
-from aifinops.version import __version__
+from aifinops.version import __version__, revision
 
 log = structlog.get_logger("aifinops")
+
+
+FLAGS_HELP = """\
+Flags follow the Prometheus exporter-toolkit. Precedence: a flag, then the configuration
+file (and its AIFINOPS__ environment overrides), then the default.
+
+  --web.listen-address   server.listen_address + server.port   (0.0.0.0:9877)
+  --web.config.file      server.web_config_file                (none: HTTP, no auth)
+  --web.telemetry-path   server.telemetry_path                 (/metrics)
+  --log.level            logging.level                         (info)
+  --log.format           logging.format                        (auto: json unless a terminal)
+
+Exit codes: 0 clean stop, 2 invalid configuration or flags, 1 any other start-up failure
+(an address already in use included).
+"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="aifinops-exporter",
         description="Prometheus exporter for GPU and LLM token cost per tenant.",
+        epilog=FLAGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, help="YAML configuration file (see config/example.yaml)")
+    p.add_argument(
+        "--web.listen-address",
+        dest="web_listen_addresses",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on; repeat it to listen on several ([::1]:9877 for IPv6, "
+        ":9877 for every interface). Default: server.listen_address:server.port",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic-auth configuration in the exporter-toolkit format. "
+        "Default: server.web_config_file",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        help="path of the Prometheus page. Default: server.telemetry_path (/metrics)",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=tuple(LEVELS),
+        help="only log events at this level or above. Default: logging.level (info)",
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=("logfmt", "json"),
+        help="one line per event in this format. Default: logging.format (auto: json, or "
+        "readable text on a terminal)",
+    )
     p.add_argument(
         "--demo",
         action="store_true",
@@ -59,20 +118,97 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--demo-seed", type=int, default=1, help="with --demo-gpus: layout seed")
     p.add_argument("--check-config", action="store_true", help="validate the config and exit")
-    p.add_argument("--port", type=int, help="override server.port")
-    p.add_argument("--listen-address", help="override server.listen_address")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "--port", type=int, help="override server.port (older form of --web.listen-address)"
+    )
+    p.add_argument(
+        "--listen-address",
+        help="override server.listen_address (older form of --web.listen-address)",
+    )
+    p.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__} (revision {revision()})"
+    )
     return p.parse_args(argv)
 
 
-def _with_server_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (every interface) as ``(host, port)``;
+    raises :class:`ConfigError` naming the flag."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"--web.listen-address {text!r}: expected HOST:PORT, e.g. 0.0.0.0:9877")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"--web.listen-address {text!r}: write an IPv6 host in brackets")
+    return host, int(port_text)
+
+
+def listen_addresses(settings: Settings, args: argparse.Namespace) -> list[tuple[str, int]]:
+    """Where to listen: every ``--web.listen-address``, else the configured one."""
+    if args.web_listen_addresses:
+        out = [parse_listen_address(a) for a in args.web_listen_addresses]
+        return list(dict.fromkeys(out))  # the same address twice would fail to bind
+    return [(settings.server.listen_address, settings.server.port)]
+
+
+def _with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``settings`` with the flags applied (flags win over the file and the environment)."""
     data: dict[str, Any] = settings.model_dump(mode="python", exclude_unset=True)
-    data.setdefault("server", {})
+    server = data.setdefault("server", {})
     if args.port is not None:
-        data["server"]["port"] = args.port
+        server["port"] = args.port
     if args.listen_address is not None:
-        data["server"]["listen_address"] = args.listen_address
-    return settings_from_mapping(data, "command line")
+        server["listen_address"] = args.listen_address
+    if args.demo and args.listen_address is None:
+        # The demo's fake upstreams and exporter stay on loopback unless asked otherwise.
+        server["listen_address"] = "127.0.0.1"
+    if args.web_config_file is not None:
+        server["web_config_file"] = args.web_config_file
+    if args.telemetry_path is not None:
+        server["telemetry_path"] = args.telemetry_path
+    logging_ = data.setdefault("logging", {})
+    if args.log_level is not None:
+        logging_["level"] = args.log_level
+    if args.log_format is not None:
+        logging_["format"] = args.log_format
+    return settings_from_mapping(data, "configuration with command-line flags")
+
+
+def bind(addresses: list[tuple[str, int]]) -> list[socket.socket]:
+    """Listening sockets for ``addresses``, bound before anything starts, so an address in
+    use fails start-up at once; raises :class:`OSError` naming the address."""
+    socks: list[socket.socket] = []
+    try:
+        for host, port in addresses:
+            try:
+                if host == "" and socket.has_dualstack_ipv6():
+                    sock = socket.create_server(
+                        ("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128
+                    )
+                else:
+                    family, *_, sockaddr = socket.getaddrinfo(
+                        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                    )[0]
+                    sock = socket.create_server(sockaddr[:2], family=family, backlog=128)
+            except OSError as exc:
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(exc.errno, f"cannot listen on {where}: {reason}") from exc
+            sock.setblocking(False)
+            socks.append(sock)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _url(sock: socket.socket, scheme: str) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
 
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -81,12 +217,14 @@ SHUTDOWN_TIMEOUT = 10.0
 
 async def _serve(
     settings: Settings,
+    socks: list[socket.socket],
     demo: bool,
     demo_gpus: int = 0,
     demo_seed: int = 1,
     loader: Callable[[], Settings] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; SIGHUP reloads the configuration through ``loader``."""
+    """Serve on ``socks`` until SIGINT/SIGTERM; SIGHUP reloads the configuration through
+    ``loader``."""
     from aifinops.web.app import create_app
     from aifinops.web.lifecycle import RELOADER
     from aifinops.web.limits import limit_connections, runner_options
@@ -114,14 +252,27 @@ async def _serve(
     )
     await runner.setup()
     limit_connections(runner)  # web/limits.py: connection cap, header and keep-alive timeouts
-    tls = app[WEB_SECURITY].server_ssl_context()
-    site = web.TCPSite(
-        runner, settings.server.listen_address, settings.server.port, ssl_context=tls
-    )
-    await site.start()
+    try:
+        tls = app[WEB_SECURITY].server_ssl_context()
+        for sock in socks:
+            await web.SockSite(runner, sock, ssl_context=tls).start()
+    except BaseException:
+        await runner.cleanup()
+        if upstreams is not None:
+            await upstreams.close()
+        raise
     scheme = "https" if tls is not None else "http"
-    url = f"{scheme}://{settings.server.listen_address}:{settings.server.port}"
-    log.info("listening", url=url, metrics=f"{url}/metrics", demo=demo, version=__version__)
+    telemetry = settings.server.telemetry_path
+    for sock in socks:
+        url = _url(sock, scheme)
+        log.info(
+            "listening",
+            url=url,
+            metrics=f"{url}{telemetry}",
+            demo=demo,
+            version=__version__,
+            revision=revision(),
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -154,14 +305,11 @@ async def _serve(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Flags first, so a configuration error is logged in the format they ask for.
+    configure_logging(args.log_level or "info", args.log_format or "auto")
     try:
-        settings = load_settings(args.config)
-        settings = _with_server_overrides(settings, args)
-        if args.demo and args.listen_address is None:
-            # The demo's fake upstreams and exporter stay on loopback unless asked otherwise.
-            settings = _with_server_overrides(
-                settings, argparse.Namespace(port=None, listen_address="127.0.0.1")
-            )
+        settings = _with_overrides(load_settings(args.config), args)
+        addresses = listen_addresses(settings, args)
         configure_logging(settings.logging.level, settings.logging.format)
         if not args.demo:  # the demo adds its own fake upstreams
             check_has_sources(settings)
@@ -173,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 
             load_web_config(settings.server.web_config_file)
     except ConfigError as exc:
-        print(f"aifinops-exporter: {exc}", file=sys.stderr)
+        # One event; the message names every bad field (newlines escaped in json/logfmt).
+        log.error("invalid_configuration", error=str(exc))
         return 2
     if args.check_config:
         print("configuration OK")
@@ -187,26 +336,30 @@ def main(argv: list[str] | None = None) -> int:
         # Upstream CAs, client certificates, password files and variables: where it runs.
         upstream_routes(settings)
     except ConfigError as exc:
-        print(f"aifinops-exporter: {exc}", file=sys.stderr)
+        log.error("invalid_configuration", error=str(exc))
         return 2
 
     def loader() -> Settings:
         """The configuration again, as at start-up (SIGHUP, POST /-/reload)."""
-        reloaded = _with_server_overrides(load_settings(args.config), args)
-        if args.demo and args.listen_address is None:
-            reloaded = _with_server_overrides(
-                reloaded, argparse.Namespace(port=None, listen_address="127.0.0.1")
-            )
-        return reloaded
+        return _with_overrides(load_settings(args.config), args)
+
+    try:
+        socks = bind(addresses)
+    except OSError as exc:
+        log.error("cannot_start", error=exc.strerror or str(exc))
+        return 1
 
     from aifinops.offload import apply_runtime_settings
 
     apply_runtime_settings()
     try:
-        asyncio.run(_serve(settings, args.demo, args.demo_gpus, args.demo_seed, loader))
+        asyncio.run(_serve(settings, socks, args.demo, args.demo_gpus, args.demo_seed, loader))
     except OSError as exc:
-        print(f"aifinops-exporter: cannot start: {exc}", file=sys.stderr)
+        log.error("cannot_start", error=str(exc))
         return 1
+    finally:
+        for sock in socks:
+            sock.close()
     return 0
 
 

@@ -40,7 +40,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
-from aifinops.exposition.render import DEFAULT_CHUNK_SAMPLES, Exposition, Family, iter_render
+from aifinops.exposition.render import (
+    DEFAULT_CHUNK_SAMPLES,
+    FINAL_EMPTY_BLOCK,
+    Exposition,
+    Family,
+    iter_render,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -122,10 +128,11 @@ def render_and_compress(
         compressed.append(_gzip.submit(deflate.compress, piece))
         crc = zlib.crc32(piece, crc)
         size += len(piece)
-    compressed.append(_gzip.submit(deflate.flush))
+    # A sync flush and an empty final block, as render.gzip_member: a scrape appends to it.
+    compressed.append(_gzip.submit(deflate.flush, zlib.Z_SYNC_FLUSH))
     plain = b"".join(pieces)
     trailer = struct.pack("<LL", crc, size & 0xFFFFFFFF)
-    body = b"".join(f.result() for f in compressed)
+    body = b"".join(f.result() for f in compressed) + FINAL_EMPTY_BLOCK
     return Exposition(plain=plain, gzipped=_gzip_header(level) + body + trailer)
 
 

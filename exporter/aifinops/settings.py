@@ -65,13 +65,25 @@ class ServerSettings(_Strict):
     ``--web.config.file`` shape (``web/security.py``). ``enable_lifecycle``: serve
     ``POST /-/reload`` (as Prometheus' ``--web.enable-lifecycle``); SIGHUP reloads either way.
     ``max_request_body_bytes``: bodies over it are refused with 413 (the push endpoint has its
-    own ``tokens.push.max_body_bytes``)."""
+    own ``tokens.push.max_body_bytes``). ``telemetry_path``: where the Prometheus page is
+    served (``--web.telemetry-path``). Flags override these (``__main__``)."""
 
     listen_address: str = "0.0.0.0"
     port: int = Field(9877, ge=1, le=65535)
     web_config_file: Path | None = None
+    telemetry_path: str = "/metrics"
     enable_lifecycle: bool = False
     max_request_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+    @field_validator("telemetry_path")
+    @classmethod
+    def _own_path(cls, v: str) -> str:
+        # The other routes keep their paths; a clash would hide one of them.
+        if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", v) or "//" in v:
+            raise ValueError("must be an absolute URL path such as /metrics")
+        if v in ("/", "/healthz", "/readyz", "/-/reload") or v.startswith(("/api/", "/-/")):
+            raise ValueError(f"{v} is one of the exporter's own routes")
+        return v
 
 
 class RefreshSettings(_Strict):
@@ -313,7 +325,8 @@ class LimitsSettings(_Strict):
 
 class LoggingSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    # logfmt and json are one line per event (tracebacks included); console is for a terminal.
+    format: Literal["auto", "json", "logfmt", "console"] = "auto"
 
 
 # --- LLM tokens ----------------------------------------------------------------------------

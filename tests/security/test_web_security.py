@@ -93,7 +93,7 @@ async def test_users_change_without_a_restart(aiohttp_client: Any, tmp_path: Pat
         ("basic_auth_users: {prometheus: plaintext-password}", "bcrypt hash"),
         ("basic_auth_users: {prometheus: $2b$12$tooshort}", "malformed"),
         ("tls_server_config: {cert_file: /nonexistent.crt, key_file: /nonexistent.key}", "cannot"),
-        ("http_server_config: {http2: true}", "unknown field"),
+        ("http_server_config: {http3: true}", "unknown field"),
         ("[1, 2]", "mapping"),
         ("basic_auth_users: {'a:b': $2b$04$abcdefghijklmnopqrstuu}", "':'"),
     ],

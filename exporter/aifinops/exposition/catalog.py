@@ -362,9 +362,9 @@ REFRESHES = _spec(
 BUILD_INFO = _spec(
     "aifinops_build_info",
     "gauge",
-    "Always 1; labels carry the exporter version, the rule bundle version and the GPU price "
-    "catalog version.",
-    ("version", "rules_version", "gpu_price_catalog_version"),
+    "Always 1; labels carry the exporter version, the rule bundle version, the GPU price "
+    "catalog version and the source revision (git commit, or unknown: aifinops/version.py).",
+    ("version", "rules_version", "gpu_price_catalog_version", "revision"),
 )
 FOLDED_TENANTS = _spec(
     "aifinops_folded_tenants",
@@ -448,6 +448,18 @@ REFRESH_STALLED = _spec(
     "figures and /readyz answers 503. Else 0.",
     (),
     "experimental",
+)
+
+# The process collector's series (prometheus_client's ProcessCollector, the names and meanings
+# every Prometheus client library uses), read when /metrics is scraped
+# (aifinops/exposition/process.py). Not aifinops_-prefixed, so listed apart from CATALOG.
+PROCESS: tuple[MetricSpec, ...] = (
+    _spec("process_cpu_seconds_total", "counter", "Total user and system CPU time, in seconds."),
+    _spec("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+    _spec("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
+    _spec("process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch."),
+    _spec("process_open_fds", "gauge", "Number of open file descriptors."),
+    _spec("process_max_fds", "gauge", "Maximum number of open file descriptors."),
 )
 
 CATALOG: tuple[MetricSpec, ...] = (

@@ -5,7 +5,7 @@ A test fails when the committed ``docs/metrics.md`` differs from this output.
 
 from __future__ import annotations
 
-from aifinops.exposition.catalog import CATALOG
+from aifinops.exposition.catalog import CATALOG, PROCESS
 
 
 def catalog_markdown() -> str:
@@ -22,7 +22,7 @@ def catalog_markdown() -> str:
         "| series | type | labels | stability | meaning |",
         "|---|---|---|---|---|",
     ]
-    for m in CATALOG:
+    for m in (*CATALOG, *PROCESS):
         labels = ", ".join(f"`{label}`" for label in m.labels) or "-"
         help_text = m.help.replace("|", "\\|")
         lines.append(f"| `{m.name}` | {m.type} | {labels} | {m.stability} | {help_text} |")

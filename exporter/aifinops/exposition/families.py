@@ -31,6 +31,7 @@ class BuildInfo:
     version: str
     rules_version: str
     gpu_price_catalog_version: str
+    revision: str = "unknown"  # the source commit (aifinops.version.revision)
 
 
 _first = itemgetter(0)
@@ -186,7 +187,17 @@ def self_families(status: RefreshStatus | None, build: BuildInfo) -> list[Family
     families = [
         Family(
             c.BUILD_INFO,
-            [((build.version, build.rules_version, build.gpu_price_catalog_version), 1.0)],
+            [
+                (
+                    (
+                        build.version,
+                        build.rules_version,
+                        build.gpu_price_catalog_version,
+                        build.revision,
+                    ),
+                    1.0,
+                )
+            ],
         )
     ]
     if status is None:

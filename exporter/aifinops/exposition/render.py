@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import struct
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -192,6 +194,22 @@ def render(families: Iterable[Family]) -> bytes:
     return b"".join(iter_render(families))
 
 
+# A deflate stream's last block, empty (BFINAL=1, fixed Huffman, end of block). The prepared
+# gzip ends its data with a sync flush and then this block, so a scrape can put more deflate
+# blocks in its place (the process_* series) and still send one gzip member.
+FINAL_EMPTY_BLOCK = b"\x03\x00"
+_GZIP_TAIL = len(FINAL_EMPTY_BLOCK) + 8  # + CRC32 and size
+
+
+def gzip_member(plain: bytes, level: int = 6) -> bytes:
+    """``plain`` as one gzip member whose deflate data ends with a sync flush and an empty
+    final block (what :meth:`Exposition.gzipped_with` relies on); any gzip reader reads it."""
+    deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
+    body = deflate.compress(plain) + deflate.flush(zlib.Z_SYNC_FLUSH) + FINAL_EMPTY_BLOCK
+    header = gzip.compress(b"", compresslevel=level, mtime=0)[:10]
+    return header + body + struct.pack("<LL", zlib.crc32(plain), len(plain) & 0xFFFFFFFF)
+
+
 @dataclass(frozen=True, slots=True)
 class Exposition:
     """Prepared bytes for one report: plain and gzip-compressed."""
@@ -201,7 +219,19 @@ class Exposition:
 
     @classmethod
     def from_bytes(cls, plain: bytes, level: int = 6) -> Exposition:
-        return cls(plain=plain, gzipped=gzip.compress(plain, compresslevel=level, mtime=0))
+        return cls(plain=plain, gzipped=gzip_member(plain, level))
+
+    def gzipped_with(self, tail: bytes) -> bytes:
+        """The gzip of ``plain + tail`` as one member, without compressing ``plain`` again:
+        the prepared deflate blocks, then ``tail``'s (level 1), then a new trailer."""
+        gz = self.gzipped
+        if gz[-_GZIP_TAIL:-8] != FINAL_EMPTY_BLOCK:
+            return gzip.compress(self.plain + tail, compresslevel=1, mtime=0)
+        (crc,) = struct.unpack("<L", gz[-8:-4])
+        deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+        blocks = deflate.compress(tail) + deflate.flush()
+        size = (len(self.plain) + len(tail)) & 0xFFFFFFFF
+        return gz[:-_GZIP_TAIL] + blocks + struct.pack("<LL", zlib.crc32(tail, crc), size)
 
 
 __all__ = [

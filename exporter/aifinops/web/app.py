@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from aifinops.exposition.families import BuildInfo
+from aifinops.exposition.process import process_exposition
 from aifinops.exposition.render import CONTENT_TYPE
 from aifinops.model.finance import FinanceContext
 from aifinops.model.gpu_prices import GpuPricer
@@ -35,7 +36,7 @@ from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.push import UsageStore
 from aifinops.sources.upstream import UpstreamTransport, build_client, upstream_routes
 from aifinops.statefile import StateStore
-from aifinops.version import RULES_VERSION, __version__
+from aifinops.version import RULES_VERSION, __version__, revision
 from aifinops.web.api import register_api
 from aifinops.web.lifecycle import install_lifecycle
 from aifinops.web.limits import accepts_compressed_body, request_limits
@@ -158,10 +159,14 @@ def latency_sources(
 
 async def handle_metrics(request: web.Request) -> web.Response:
     exposition = request.app[REFRESHER].snapshot.exposition
+    # process_* is read now, the rest was rendered by the last refresh; with gzip, its few
+    # hundred bytes are compressed onto the prepared deflate blocks (one gzip member).
+    process = process_exposition()
     if "gzip" in request.headers.get("Accept-Encoding", ""):
-        resp = web.Response(body=exposition.gzipped, headers={"Content-Encoding": "gzip"})
+        body = exposition.gzipped_with(process)
+        resp = web.Response(body=body, headers={"Content-Encoding": "gzip"})
     else:
-        resp = web.Response(body=exposition.plain)
+        resp = web.Response(body=exposition.plain + process)
     resp.headers["Content-Type"] = CONTENT_TYPE
     return resp
 
@@ -192,6 +197,7 @@ async def handle_readyz(request: web.Request) -> web.Response:
 
 async def handle_index(request: web.Request) -> web.Response:
     snap = request.app[REFRESHER].snapshot
+    telemetry = request.app[SETTINGS].server.telemetry_path
     rows = "".join(
         f"<tr><td>{html.escape(s.name)}</td><td>{'up' if s.up else 'down'}</td>"
         f"<td>{'' if s.age_seconds is None else f'{s.age_seconds:.0f}s'}</td>"
@@ -201,7 +207,8 @@ async def handle_index(request: web.Request) -> web.Response:
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>AI FinOps exporter</title></head><body>
 <h1>AI FinOps exporter {html.escape(__version__)}</h1>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot;
+<p><a href="{html.escape(telemetry)}">{html.escape(telemetry)}</a> &middot;
+<a href="/healthz">/healthz</a> &middot;
 <a href="/readyz">/readyz</a></p>
 <table border="1" cellpadding="4"><tr><th>source</th><th>state</th><th>data age</th>
 <th>last error</th></tr>{rows}</table></body></html>"""
@@ -227,6 +234,7 @@ def create_app(
         version=__version__,
         rules_version=RULES_VERSION,
         gpu_price_catalog_version=context.pricer.catalog.version,
+        revision=revision(),
     )
     store = usage_store(settings)
     if sources is None:
@@ -277,7 +285,7 @@ def create_app(
             await client.aclose()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get(settings.server.telemetry_path, handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/", handle_index)

@@ -1,23 +1,47 @@
 """TLS and HTTP basic auth for the exporter's pages, configured the Prometheus way.
 
-``server.web_config_file`` names a file in the shape of the Prometheus exporter-toolkit's
-``--web.config.file`` (https://prometheus.io/docs/prometheus/latest/configuration/https/)::
+``server.web_config_file`` (or ``--web.config.file``) names a file in the shape of the
+Prometheus exporter-toolkit's web configuration
+(https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md)::
 
     tls_server_config:
-      cert_file: /etc/aifinops/tls/tls.crt
-      key_file: /etc/aifinops/tls/tls.key
-      # client_ca_file: /etc/aifinops/tls/ca.crt
+      cert_file: /etc/aifinops/tls/tls.crt      # or cert: <PEM text>
+      key_file: /etc/aifinops/tls/tls.key       # or key: <PEM text>
+      # client_ca_file: /etc/aifinops/tls/ca.crt   (or client_ca: <PEM text>)
       # client_auth_type: RequireAndVerifyClientCert
+      # client_allowed_sans: [prometheus.monitoring.svc]
       # min_version: TLS12
+      # max_version: TLS13
+      # cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]   (TLS 1.2 and below)
+      # prefer_server_cipher_suites: true
+    http_server_config:
+      headers: {X-Content-Type-Options: nosniff, X-Frame-Options: deny}
     basic_auth_users:
       prometheus: $2b$12$...   # bcrypt hash, e.g. `htpasswd -nBC 12 "" | tr -d ':\\n'`
+    rate_limit: {interval: 100ms, burst: 20}
 
-The subset supported: ``tls_server_config`` (``cert_file``, ``key_file``, ``client_ca_file``,
-``client_auth_type`` NoClientCert / RequireAnyClientCert / VerifyClientCertIfGiven /
-RequireAndVerifyClientCert, ``min_version`` TLS12 / TLS13) and ``basic_auth_users``; any other
-key is an error (as in the toolkit). As in the toolkit, the file is re-read when it changes,
-so users are added or removed without a restart; the certificate and key files are re-read on
-the next TLS handshake after they change (a renewed cert-manager Secret).
+Every key the toolkit accepts is accepted; any other key is an error (as in the toolkit).
+Relative file paths are read from the web configuration file's folder (as in the toolkit).
+Where Python's ``ssl`` module or aiohttp cannot do what the toolkit does, the key is accepted
+and one warning is logged when the file is loaded (:meth:`WebConfig.unsupported`):
+
+* ``curve_preferences``: Python's ``ssl`` (3.11) has no call to set the key-exchange group
+  list (``set_ecdh_curve`` takes one curve); OpenSSL's default groups are used.
+* ``http_server_config.http2: true``: aiohttp serves HTTP/1.1 only (``false`` is what it does).
+* ``client_auth_type: RequestClientCert``: Python's ``ssl`` cannot ask for a certificate
+  without verifying it; it behaves as ``VerifyClientCertIfGiven`` (and needs a client CA).
+
+``client_allowed_sans`` is checked on each request (Python's ``ssl`` has no verify callback at
+the handshake): a verified client certificate without an allowed SAN (DNS, IP, e-mail, URI) is
+answered 403 and the connection closed. ``rate_limit`` is one token bucket for the whole
+server, as in the toolkit (429 when empty), except the probes ``/healthz`` and ``/readyz``,
+which a kubelet must always reach. ``http_server_config.headers`` takes the toolkit's five
+headers (Strict-Transport-Security, X-Content-Type-Options: nosniff, X-Frame-Options:
+deny|sameorigin, X-XSS-Protection, Content-Security-Policy) and sets them on every response.
+
+As in the toolkit, the file is re-read when it changes, so users are added or removed without
+a restart; the certificate and key files are re-read on the next TLS handshake after they
+change (a renewed cert-manager Secret).
 
 Basic auth covers every route except ``/healthz`` and ``/readyz`` (probes; ``/readyz`` shows
 its per-source detail only to a client that passes, :func:`may_see_detail`) and ``/api/``
@@ -33,36 +57,115 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import ipaddress
+import os
+import re
 import secrets
 import ssl
+import tempfile
+import warnings
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import bcrypt
 import structlog
 import yaml
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aifinops.settings import ConfigError
+from aifinops.web.ratelimit import RateLimiter, retry_after
 
 log = structlog.get_logger("aifinops.web.security")
 
 ClientAuthType = Literal[
     "NoClientCert",
+    "RequestClientCert",
     "RequireAnyClientCert",
+    "RequireClientCert",  # the toolkit's older name of RequireAnyClientCert
     "VerifyClientCertIfGiven",
     "RequireAndVerifyClientCert",
 ]
+TlsVersionName = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 # Routes that stay open: Kubernetes probes, and the API, which has its own bearer tokens.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 OPEN_PREFIXES = ("/api/",)
 CACHE_SIZE = 1024
+
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+# Go's cipher suite names (the toolkit accepts those of tls.CipherSuites(); the RSA key
+# exchange and the legacy CHACHA20 names of older Go versions are accepted too), with
+# OpenSSL's name. TLS 1.3 suites are not configurable in Go either: nothing to set (None).
+GO_CIPHER_SUITES: Mapping[str, str | None] = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_AES_128_GCM_SHA256": None,
+    "TLS_AES_256_GCM_SHA384": None,
+    "TLS_CHACHA20_POLY1305_SHA256": None,
+}
+GO_CURVES = ("CurveP256", "CurveP384", "CurveP521", "X25519")
+# http_server_config.headers: the toolkit's list, with the values it allows (None: any).
+EXTRA_HEADERS: Mapping[str, tuple[str, ...] | None] = {
+    "Strict-Transport-Security": None,
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": None,
+    "Content-Security-Policy": None,
+}
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+_GO_UNITS["h"] = 3600.0
+
+
+def parse_go_duration(value: object) -> float:
+    """A Go duration (``100ms``, ``1m30s``, ``0``) in seconds; raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected a duration such as '100ms' or '1s', got {value!r}")
+    text = str(value).strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _GO_DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"expected a duration such as '100ms' or '1s', got {value!r}")
+    return total
 
 
 class _Strict(BaseModel):
@@ -70,18 +173,116 @@ class _Strict(BaseModel):
 
 
 class TlsServerConfig(_Strict):
-    cert_file: Path
-    key_file: Path
+    """``tls_server_config``: a certificate and key from files or inline PEM (one of each)."""
+
+    cert: str | None = None
+    key: SecretStr | None = None  # never printed
+    client_ca: str | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
     client_ca_file: Path | None = None
     client_auth_type: ClientAuthType = "NoClientCert"
-    min_version: Literal["TLS12", "TLS13"] = "TLS12"
+    client_allowed_sans: tuple[str, ...] | None = None
+    min_version: TlsVersionName = "TLS12"
+    max_version: TlsVersionName = "TLS13"
+    cipher_suites: tuple[str, ...] = ()
+    prefer_server_cipher_suites: bool = True
+    curve_preferences: tuple[str, ...] = ()
+
+    @field_validator("cipher_suites")
+    @classmethod
+    def _go_ciphers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in v if c not in GO_CIPHER_SUITES]
+        if unknown:
+            raise ValueError(f"unknown cipher {unknown[0]!r} (Go's tls.CipherSuites() names)")
+        return v
+
+    @field_validator("curve_preferences")
+    @classmethod
+    def _go_curves(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in v if c not in GO_CURVES]
+        if unknown:
+            raise ValueError(f"unknown curve {unknown[0]!r} (one of {', '.join(GO_CURVES)})")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> TlsServerConfig:
+        for inline, path in (("cert", "cert_file"), ("key", "key_file")):
+            given = [n for n in (inline, path) if getattr(self, n) is not None]
+            if not given:
+                raise ValueError(f"missing one of {inline} or {path}")
+            if len(given) == 2:
+                raise ValueError(f"set {inline} or {path}, not both")
+        if self.client_ca is not None and self.client_ca_file is not None:
+            raise ValueError("set client_ca or client_ca_file, not both")
+        if _TLS_VERSIONS[self.min_version] > _TLS_VERSIONS[self.max_version]:
+            raise ValueError(f"min_version {self.min_version} is above max_version")
+        has_ca = self.client_ca is not None or self.client_ca_file is not None
+        if has_ca and self.client_auth_type == "NoClientCert":
+            # The toolkit's own check: a CA without a policy would silently verify nothing.
+            raise ValueError("client CA's have been configured without a client_auth_type")
+        if self.client_allowed_sans is not None and self.client_auth_type in (
+            "NoClientCert",
+            "RequestClientCert",
+        ):
+            raise ValueError(
+                "client_allowed_sans needs client_auth_type RequireAndVerifyClientCert "
+                "(or another mode that verifies client certificates)"
+            )
+        return self
+
+    def relative_to(self, folder: Path) -> TlsServerConfig:
+        """File paths joined with ``folder`` when relative (the toolkit's SetDirectory)."""
+        changes = {
+            name: folder / p
+            for name in ("cert_file", "key_file", "client_ca_file")
+            if (p := getattr(self, name)) is not None and not p.is_absolute()
+        }
+        return self.model_copy(update=changes) if changes else self
+
+
+class HttpServerConfig(_Strict):
+    http2: bool = True
+    headers: Mapping[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _toolkit_headers(cls, v: Mapping[str, str]) -> Mapping[str, str]:
+        for name, value in v.items():
+            if name not in EXTRA_HEADERS:
+                raise ValueError(f"HTTP header {name!r} can not be configured")
+            allowed = EXTRA_HEADERS[name]
+            if allowed is not None and value not in allowed:
+                raise ValueError(f"invalid value for {name}: expected one of {list(allowed)}")
+        return v
+
+
+class RateLimitConfig(_Strict):
+    """One token bucket for the server: a request every ``interval`` seconds, ``burst`` at
+    once; ``interval: 0`` turns it off."""
+
+    interval: float = 0.0
+    burst: int = Field(0, ge=0)
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _go_duration(cls, v: Any) -> float:
+        return parse_go_duration(v)
+
+    @model_validator(mode="after")
+    def _burst_when_on(self) -> RateLimitConfig:
+        if self.interval > 0 and self.burst < 1:
+            raise ValueError("burst must be at least 1 when interval is set (else nothing passes)")
+        return self
 
 
 class WebConfig(_Strict):
     """The parsed web configuration file (see the module docstring)."""
 
     tls_server_config: TlsServerConfig | None = None
+    http_server_config: HttpServerConfig = Field(default_factory=HttpServerConfig)
     basic_auth_users: Mapping[str, str] = Field(default_factory=dict)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
     @field_validator("basic_auth_users")
     @classmethod
@@ -98,9 +299,37 @@ class WebConfig(_Strict):
                 raise ValueError(f"the bcrypt hash of {user!r} is malformed") from None
         return v
 
+    def unsupported(self) -> list[tuple[str, str]]:
+        """``(key, why)`` for each key set here that Python's ssl or aiohttp cannot apply."""
+        out: list[tuple[str, str]] = []
+        tls = self.tls_server_config
+        if tls is not None and tls.curve_preferences:
+            out.append(
+                (
+                    "tls_server_config.curve_preferences",
+                    "Python's ssl module has no call to set the key-exchange group list; "
+                    "OpenSSL's default groups are used",
+                )
+            )
+        if tls is not None and tls.client_auth_type == "RequestClientCert":
+            out.append(
+                (
+                    "tls_server_config.client_auth_type",
+                    "Python's ssl cannot request a client certificate without verifying it; "
+                    "RequestClientCert acts as VerifyClientCertIfGiven",
+                )
+            )
+        http = self.http_server_config
+        if "http2" in http.model_fields_set and http.http2:
+            out.append(
+                ("http_server_config.http2", "aiohttp serves HTTP/1.1 only; http2 is ignored")
+            )
+        return out
 
-def parse_web_config(text: str, source: str) -> WebConfig:
-    """Validate web configuration text; raise :class:`ConfigError` naming the field."""
+
+def parse_web_config(text: str, source: str, folder: Path | None = None) -> WebConfig:
+    """Validate web configuration text; raise :class:`ConfigError` naming the field.
+    Relative certificate paths are read from ``folder`` (the file's own folder)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -118,8 +347,12 @@ def parse_web_config(text: str, source: str) -> WebConfig:
             msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"  {path}: {msg}")
         raise ConfigError("\n".join(lines)) from None
-    if config.tls_server_config is not None:
-        ssl_context(config.tls_server_config)  # the files exist and match
+    tls = config.tls_server_config
+    if tls is not None:
+        if folder is not None:
+            tls = tls.relative_to(folder)
+            config = config.model_copy(update={"tls_server_config": tls})
+        ssl_context(tls)  # the files exist and match
     return config
 
 
@@ -128,36 +361,103 @@ def load_web_config(path: Path) -> WebConfig:
         text = path.read_text(encoding="utf-8")
     except (OSError, ValueError) as exc:  # UnicodeDecodeError, a NUL in the path
         raise ConfigError(f"cannot read web configuration file {path}: {exc}") from None
-    return parse_web_config(text, str(path))
+    return parse_web_config(text, str(path), path.parent)
 
 
-_TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+@contextlib.contextmanager
+def _pem_path(pem: str) -> Iterator[str]:
+    """A path holding ``pem`` for as long as the block runs (``load_cert_chain`` takes paths
+    only): an anonymous memory file on Linux, else a private temporary file."""
+    data = pem.encode()
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("aifinops-tls", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory() as folder:  # mode 0700
+        path = Path(folder) / "pem"
+        path.write_bytes(data)
+        yield str(path)
+
+
+def _load_chain(ctx: ssl.SSLContext, tls: TlsServerConfig) -> None:
+    with contextlib.ExitStack() as stack:
+        cert = (
+            str(tls.cert_file)
+            if tls.cert_file is not None
+            else stack.enter_context(_pem_path(tls.cert or ""))
+        )
+        key = (
+            str(tls.key_file)
+            if tls.key_file is not None
+            else stack.enter_context(_pem_path(tls.key.get_secret_value() if tls.key else ""))
+        )
+        ctx.load_cert_chain(cert, key)
 
 
 def ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
-    """A server context for ``tls``; raises :class:`ConfigError` when a file is unreadable
-    or the key does not match the certificate."""
+    """A server context for ``tls``; raises :class:`ConfigError` when a file is unreadable,
+    a PEM text is invalid or the key does not match the certificate."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
     try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        with warnings.catch_warnings():
+            # TLS10/TLS11 are deprecated in Python but the toolkit accepts them; asked for.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+            ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
+        openssl_names = [n for c in tls.cipher_suites if (n := GO_CIPHER_SUITES[c]) is not None]
+        if openssl_names:
+            # Only TLS 1.2 and below, as in Go: TLS 1.3 suites are OpenSSL's defaults.
+            ctx.set_ciphers(":".join(openssl_names))
+        if tls.prefer_server_cipher_suites:
+            ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        else:
+            ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+        _load_chain(ctx, tls)
         if tls.client_ca_file is not None:
             ctx.load_verify_locations(tls.client_ca_file)
+        elif tls.client_ca is not None:
+            ctx.load_verify_locations(cadata=tls.client_ca)
     except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in a path
         raise ConfigError(f"tls_server_config: cannot load certificate or key: {exc}") from None
+    has_ca = tls.client_ca_file is not None or tls.client_ca is not None
     if tls.client_auth_type == "NoClientCert":
         ctx.verify_mode = ssl.CERT_NONE
-    elif tls.client_auth_type == "VerifyClientCertIfGiven":
+    elif tls.client_auth_type in ("VerifyClientCertIfGiven", "RequestClientCert"):
+        if not has_ca:
+            ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
         ctx.verify_mode = ssl.CERT_OPTIONAL
     else:
-        if tls.client_ca_file is None and tls.client_auth_type == "RequireAndVerifyClientCert":
+        if not has_ca and tls.client_auth_type == "RequireAndVerifyClientCert":
             raise ConfigError("tls_server_config: RequireAndVerifyClientCert needs client_ca_file")
         # RequireAnyClientCert has no exact equivalent in OpenSSL's server modes: require and
-        # verify against client_ca_file (or the system store when none is given).
-        if tls.client_ca_file is None:
+        # verify against the client CA (or the system store when none is given).
+        if not has_ca:
             ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def san_allowed(peercert: Mapping[str, Any] | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a verified client certificate (``getpeercert()``) has a Subject Alternative
+    Name in ``allowed`` (exact match, as the toolkit; IP addresses compared as addresses)."""
+    if not peercert:
+        return False
+    allowed_ips = set()
+    for a in allowed:
+        with contextlib.suppress(ValueError):
+            allowed_ips.add(ipaddress.ip_address(a))
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == "IP Address":
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(value.strip()) in allowed_ips:
+                    return True
+        elif value in allowed:
+            return True
+    return False
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -179,6 +479,9 @@ class WebSecurity:
     _cache: OrderedDict[bytes, bool] = field(default_factory=OrderedDict)
     _tls_stamps: tuple[tuple[int, int] | None, ...] = ()
     _tls_context: ssl.SSLContext | None = None
+    _tls_source: TlsServerConfig | None = None
+    _limiter: RateLimiter | None = None
+    _limiter_config: RateLimitConfig | None = None
 
     @classmethod
     def from_file(cls, path: Path | None) -> WebSecurity:
@@ -190,6 +493,7 @@ class WebSecurity:
             users = sec.config.basic_auth_users
             if users:  # made now, so the first unknown user does not pay for it (timing)
                 _dummy_hash(max(_cost(h) for h in users.values()))
+            _warn_unsupported(sec.config, path)
         return sec
 
     def current(self) -> WebConfig:
@@ -202,6 +506,7 @@ class WebSecurity:
                 self.config = load_web_config(self.path)
                 self._cache.clear()
                 log.info("web_config_reloaded", path=str(self.path))
+                _warn_unsupported(self.config, self.path)
             except ConfigError as exc:
                 log.error("web_config_reload_failed", path=str(self.path), error=str(exc))
         return self.config
@@ -217,12 +522,15 @@ class WebSecurity:
         outer = ssl_context(tls)
         self._tls_context = outer
         self._tls_stamps = self._tls_file_stamps(tls)
+        self._tls_source = tls
 
         def pick(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: object) -> None:
             current = self.config.tls_server_config or tls
             stamps = self._tls_file_stamps(current)
-            if stamps != self._tls_stamps:
+            # A changed file, or a reloaded web configuration (inline PEM, versions, ciphers).
+            if stamps != self._tls_stamps or current is not self._tls_source:
                 self._tls_stamps = stamps
+                self._tls_source = current
                 try:
                     self._tls_context = ssl_context(current)
                     log.info("tls_certificate_reloaded", cert_file=str(current.cert_file))
@@ -340,5 +648,55 @@ def install_web_security(app: web.Application, path: Path | None) -> WebSecurity
     auth; the caller serves with :meth:`WebSecurity.server_ssl_context`."""
     security = WebSecurity.from_file(path)
     app[WEB_SECURITY] = security
+    # Outermost first, as the toolkit orders them: rate limit, then headers, then auth.
+    app.middlewares.append(toolkit_middleware)
     app.middlewares.append(basic_auth_middleware)
     return security
+
+
+# --- the toolkit's rate limit, response headers and client SAN check ---------------------
+
+
+def _warn_unsupported(config: WebConfig, path: Path) -> None:
+    for key, why in config.unsupported():
+        log.warning("web_config_key_not_applied", path=str(path), key=key, reason=why)
+
+
+def _rate_limited(security: WebSecurity, config: WebConfig) -> float:
+    """Seconds to wait when the server's bucket is empty, else 0.0."""
+    limit = config.rate_limit
+    if limit.interval <= 0:
+        return 0.0
+    if security._limiter is None or security._limiter_config != limit:
+        security._limiter = RateLimiter(1.0 / limit.interval, limit.burst)
+        security._limiter_config = limit
+    return security._limiter.take("server")
+
+
+@web.middleware
+async def toolkit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``rate_limit`` (not for the probes), ``client_allowed_sans`` and
+    ``http_server_config.headers`` (on every answer, errors included)."""
+    security = request.app[WEB_SECURITY]
+    config = security.current()
+    headers = config.http_server_config.headers
+    try:
+        if request.path not in OPEN_PATHS:
+            wait = _rate_limited(security, config)
+            if wait > 0:
+                raise web.HTTPTooManyRequests(headers={"Retry-After": retry_after(wait)})
+        tls = config.tls_server_config
+        if tls is not None and tls.client_allowed_sans is not None:
+            peercert = request.transport.get_extra_info("peercert") if request.transport else None
+            if not san_allowed(peercert, tls.client_allowed_sans):
+                # Go ends the handshake; without a verify callback, refuse and hang up.
+                raise web.HTTPForbidden(
+                    text="client certificate has no allowed SAN\n",
+                    headers={"Connection": "close"},
+                )
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(headers)
+        raise
+    response.headers.update(headers)
+    return response
