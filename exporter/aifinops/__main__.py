@@ -175,28 +175,44 @@ def _with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
     return settings_from_mapping(data, "configuration with command-line flags")
 
 
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)``, not yet listening: asyncio calls listen() when
+    the site starts, so until the app is set up a client is refused (as before), not queued.
+    ``""`` is every interface (IPv4 and IPv6 where the system has both)."""
+    sockaddr: tuple[Any, ...]
+    if host == "" and socket.has_dualstack_ipv6():
+        family, sockaddr = socket.AF_INET6, ("", port)
+    else:
+        family, *_, addr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sockaddr = addr[:2]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # "" listens on IPv4 too; an explicit IPv6 address only on IPv6 (as Go does).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "" else 1)
+        sock.bind(sockaddr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def bind(addresses: list[tuple[str, int]]) -> list[socket.socket]:
-    """Listening sockets for ``addresses``, bound before anything starts, so an address in
-    use fails start-up at once; raises :class:`OSError` naming the address."""
+    """Sockets bound to ``addresses`` before anything starts, so an address in use fails
+    start-up at once; raises :class:`OSError` naming the address."""
     socks: list[socket.socket] = []
     try:
         for host, port in addresses:
             try:
-                if host == "" and socket.has_dualstack_ipv6():
-                    sock = socket.create_server(
-                        ("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128
-                    )
-                else:
-                    family, *_, sockaddr = socket.getaddrinfo(
-                        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-                    )[0]
-                    sock = socket.create_server(sockaddr[:2], family=family, backlog=128)
+                socks.append(_bound_socket(host, port))
             except OSError as exc:
                 where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise OSError(exc.errno, f"cannot listen on {where}: {reason}") from exc
-            sock.setblocking(False)
-            socks.append(sock)
     except BaseException:
         for sock in socks:
             sock.close()
