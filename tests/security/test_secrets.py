@@ -131,7 +131,8 @@ async def test_readyz_detail_follows_the_metrics_auth(aiohttp_client: Any, tmp_p
     for headers in ({}, _basic("prometheus", "wrong"), _basic("nobody", "pw")):
         resp = await client.get("/readyz", headers=headers)
         assert resp.status == 503  # the probe's answer, open to all
-        assert await resp.json() == {"ready": False}
+        # ready and the watchdog's stalled flag (refresh.py): no detail, nothing secret
+        assert await resp.json() == {"ready": False, "stalled": False}
     resp = await client.get("/readyz", headers=_basic("prometheus", "pw"))
     assert resp.status == 503
     body = await resp.json()
