@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aifinops.model.inputs import TokenObservation
 from aifinops.model.llm_prices import TokenType, normalize_provider
+from aifinops.sources.text import loads_json
 from aifinops.sources.tokens import clean_value
 
 SOURCE_NAME = "tokens:push"
@@ -231,7 +232,7 @@ class PushJournal:
 
 def _journal_line(raw: bytes) -> tuple[int, list[JournalRecord]] | None:
     try:
-        doc = json.loads(raw)
+        doc = loads_json(raw)  # sources/text.py: nothing unencodable reaches a label
         seq = doc["seq"]
         records = [
             (str(t), str(m), str(p), int(i), int(o), int(c), None if r is None else str(r))
