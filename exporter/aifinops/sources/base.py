@@ -11,14 +11,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
 from aifinops.safefile import read_secret_file
 
-Reason = Literal["connect", "timeout", "http_status", "too_large", "parse", "invalid"]
-REASONS: tuple[Reason, ...] = ("connect", "timeout", "http_status", "too_large", "parse", "invalid")
+# The reasons live with the source health the exposition reads (status.py).
+from aifinops.status import REASONS as REASONS
+from aifinops.status import Reason as Reason
 
 T_co = TypeVar("T_co", covariant=True)
 

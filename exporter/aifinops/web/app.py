@@ -24,11 +24,8 @@ from aiohttp import web
 from aifinops.exposition.families import BuildInfo
 from aifinops.exposition.process import process_exposition
 from aifinops.exposition.render import CONTENT_TYPE
-from aifinops.model.finance import FinanceContext
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.report import ModelContext
-from aifinops.model.tenancy import TenantResolver
-from aifinops.model.tokens import TokenContext
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings
 from aifinops.sources.base import Source
@@ -59,7 +56,7 @@ def model_context(settings: Settings) -> ModelContext:
     """Compile configuration into what the pure model needs (raises ConfigError)."""
     catalog = load_gpu_catalog(settings.gpu_pricing.catalog_file)
     return ModelContext(
-        resolver=TenantResolver.from_settings(settings.tenancy),
+        resolver=settings.tenancy.to_model(),
         pricer=GpuPricer(
             catalog=catalog,
             purchase_option=settings.gpu_pricing.purchase_option,
@@ -68,8 +65,8 @@ def model_context(settings: Settings) -> ModelContext:
         idle_threshold=settings.idle_gpu.utilization_threshold,
         idle_window_seconds=settings.idle_gpu.window_seconds,
         max_tenants=settings.limits.max_tenants,
-        tokens=TokenContext.from_settings(settings.tokens) if settings.tokens.active else None,
-        finance=FinanceContext.from_settings(settings),
+        tokens=settings.tokens.to_model() if settings.tokens.active else None,
+        finance=settings.finance_to_model(),
         max_series_per_family=settings.limits.max_series_per_family,
     )
 
