@@ -21,10 +21,7 @@ SETTINGS_MODULES = frozenset({"aifinops.settings", "aifinops.settings_finance"})
 # (importer, imported) pairs per rule.
 ALLOWED: dict[str, dict[tuple[str, str], str]] = {
     "model": {},
-    "sources": {
-        ("aifinops.sources.tokens", "aifinops.exposition.catalog"): "renders its per-target series",
-        ("aifinops.sources.tokens", "aifinops.exposition.render"): "renders its per-target series",
-    },
+    "sources": {},
     "exposition": {},
     "web": {
         ("aifinops.web.openapi", "aifinops.sources.push"): "push body limits in the schema",
@@ -34,16 +31,8 @@ ALLOWED: dict[str, dict[tuple[str, str], str]] = {
 }
 # Import cycles, as the set of modules in one strongly connected component.
 ALLOWED_CYCLES: dict[frozenset[str], str] = {}
-# Source-name matches in refresh.py (the stripped line) → reason: inputs have no typed slots.
-_ROUTING = "refresh._inputs routes data by source name (typed input slots not built yet)"
-ALLOWED_NAME_MATCHES: dict[str, str] = {
-    'if rt.source.name == "dcgm":': _ROUTING,
-    'elif rt.source.name == "opencost":': _ROUTING,
-    'elif rt.source.name == "opencost_month":': _ROUTING,
-    'elif rt.source.name == "llm_prices":': _ROUTING,
-    'elif rt.source.name.startswith("tokens:"):': _ROUTING,
-    'elif rt.source.name.startswith("latency:"):': _ROUTING,
-}
+# Source-name matches in refresh.py (the stripped line) → reason.
+ALLOWED_NAME_MATCHES: dict[str, str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from aifinops.exposition.targets import token_source_families
 from aifinops.model.tokens import TokenState, counter_increments
 from aifinops.settings import TokenSourceSettings
 from aifinops.sources.base import SourceError
@@ -25,7 +26,6 @@ from aifinops.sources.tokens import (
     TokenSource,
     mapping_for,
     observations_from_samples,
-    token_source_families,
 )
 from tests.tokens.builders import Runner, obs, token_context
 
