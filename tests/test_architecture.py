@@ -24,9 +24,9 @@ ALLOWED: dict[str, dict[tuple[str, str], str]] = {
     "sources": {},
     "exposition": {},
     "web": {
-        ("aifinops.web.openapi", "aifinops.sources.push"): "push body limits in the schema",
-        ("aifinops.web.usage", "aifinops.sources.push"): "the push receiver decodes bodies",
-        ("aifinops.web.usage", "aifinops.sources.text"): "the push receiver decodes bodies",
+        ("aifinops.web.openapi", "aifinops.sources.push"): "the push body's UsageBatch schema",
+        ("aifinops.web.usage", "aifinops.sources.push"): "push schema + store live in sources/push",
+        ("aifinops.web.usage", "aifinops.sources.text"): "parses the body with loads_json",
     },
 }
 # Import cycles, as the set of modules in one strongly connected component.
