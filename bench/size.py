@@ -32,13 +32,14 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from aifinops.assemble import build_sources
 from aifinops.exposition.families import BuildInfo, cost_families, self_families
 from aifinops.logs import configure_logging
 from aifinops.offload import tune_gc
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings, settings_from_mapping
 from aifinops.version import RULES_VERSION, __version__
-from aifinops.web.app import REFRESHER, build_sources, create_app
+from aifinops.web.app import REFRESHER, create_app
 from bench.compare import compare_render, compare_text_parser
 from bench.probe import PhaseProbe
 

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.logging.level, settings.logging.format)
         if not args.demo:  # the demo adds its own fake upstreams
             check_has_sources(settings)
-        from aifinops.web.app import model_context
+        from aifinops.assemble import model_context
 
         model_context(settings)  # compiles tenancy regexes and loads the GPU price catalog
         if settings.server.web_config_file is not None:

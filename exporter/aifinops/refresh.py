@@ -29,6 +29,7 @@ from aifinops.exposition.bounds import cap_families, dropped_samples
 from aifinops.exposition.catalog import REFRESH_FAILURES, REFRESH_STALLED, SERIES_DROPPED
 from aifinops.exposition.families import BuildInfo, cost_families, self_families
 from aifinops.exposition.render import Exposition, Family, render
+from aifinops.exposition.targets import token_source_families
 from aifinops.model.finance import FinanceContext, FinanceInputs, FinanceState, build_finance
 from aifinops.model.inputs import (
     AllocationSet,
@@ -41,8 +42,8 @@ from aifinops.model.inputs import (
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
 from aifinops.offload import release, render_and_compress, run_cpu, run_side, settle_heap
-from aifinops.sources.base import Source, SourceError
-from aifinops.sources.tokens import token_source_families
+from aifinops.sources.base import Slot, Source, SourceError
+from aifinops.sources.tokens import TokenSource
 from aifinops.statefile import StateStore
 from aifinops.status import RefreshStatus, SourceStatus
 
@@ -256,20 +257,21 @@ class Refresher:
         for rt in self._runtimes:
             if rt.data is None:
                 continue
-            if rt.source.name == "dcgm":
+            slot = rt.source.slot
+            if slot is Slot.GPUS:
                 gpus = rt.data
                 dcgm_at = rt.fetched_at
-            elif rt.source.name == "opencost":
+            elif slot is Slot.ALLOCATIONS:
                 allocations = rt.data
-            elif rt.source.name == "opencost_month":
+            elif slot is Slot.MONTHLY:
                 monthly = rt.data
-            elif rt.source.name == "llm_prices":
+            elif slot is Slot.PRICES:
                 catalog = rt.data
-            elif rt.source.name.startswith("tokens:"):
+            elif slot is Slot.TOKENS:
                 observations.extend(rt.data)
                 # The origins read (a source's scrape targets), empty reads included.
                 token_sources.update(getattr(rt.data, "origins", (rt.source.name,)))
-            elif rt.source.name.startswith("latency:"):
+            elif slot is Slot.LATENCY:
                 for key, seconds in rt.data.items():
                     latencies.setdefault(key, seconds)
         tokens = None
@@ -517,7 +519,9 @@ class Refresher:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
-        families += token_source_families(rt.source for rt in self._runtimes)
+        families += token_source_families(
+            rt.source for rt in self._runtimes if isinstance(rt.source, TokenSource)
+        )
         families += self._watchdog_families(publishing)
         for extra in self.extra_families:
             families.extend(extra())

@@ -20,6 +20,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aifinops.model.finance import FinanceContext
+from aifinops.model.llm_prices import normalize_provider
+from aifinops.model.tenancy import TenantResolver
+from aifinops.model.tokens import SelfHostedSpec, TokenContext
 from aifinops.safefile import read_bounded
 from aifinops.settings_finance import (
     BudgetsSettings,
@@ -288,6 +292,14 @@ class TenancySettings(_Strict):
     namespace_label_keys: tuple[str, ...] = ("aifinops.io/tenant", "team")
     namespaces: Mapping[str, str] = Field(default_factory=dict)
     namespace_patterns: tuple[NamespacePattern, ...] = ()
+
+    def to_model(self) -> TenantResolver:
+        return TenantResolver.compile(
+            self.pod_label_keys,
+            self.namespace_label_keys,
+            self.namespaces,
+            ((p.regex, p.tenant) for p in self.namespace_patterns),
+        )
 
 
 class IdleGpuSettings(_Strict):
@@ -564,6 +576,36 @@ class TokensSettings(_Strict):
     counter_dip_tolerance_ratio: float = Field(0.1, ge=0, lt=1, allow_inf_nan=False)
     max_models: int = Field(200, ge=1)
 
+    def to_model(self) -> TokenContext:
+        specs = []
+        equivalents = self.self_hosted.api_equivalents
+        for m in self.self_hosted.models:
+            sel = m.serving_pods
+            specs.append(
+                SelfHostedSpec(
+                    model=m.model,
+                    provider=normalize_provider(m.provider) or "self_hosted",
+                    aliases=m.aliases,
+                    api_equivalent=m.api_equivalent or equivalents.get(m.model),
+                    namespaces=frozenset(sel.namespaces) if sel else frozenset(),
+                    pod_regex=re.compile(sel.pod_regex) if sel and sel.pod_regex else None,
+                    pod_labels=dict(sel.pod_labels) if sel else {},
+                    has_selector=sel is not None,
+                )
+            )
+        w = self.self_hosted.cost_weights
+        return TokenContext(
+            models=tuple(specs),
+            discover=self.self_hosted.discover_from_serving_sources,
+            api_equivalents=dict(self.self_hosted.api_equivalents),
+            weights={"input": w.input, "cached_input": w.cached_input, "output": w.output},
+            charge_back_resources=tuple(self.self_hosted.charge_back_resources),
+            rate_window_seconds=self.rate_window_seconds,
+            retention_seconds=self.series_retention_seconds,
+            max_models=self.max_models,
+            dip_tolerance=self.counter_dip_tolerance_ratio,
+        )
+
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, v: tuple[TokenSourceSettings, ...]) -> tuple[TokenSourceSettings, ...]:
@@ -767,6 +809,20 @@ class Settings(_Strict):
     # A configuration without a source publishes no cost series: refused at start-up, by
     # --check-config and by a reload (check_has_sources), unless this says it is meant.
     allow_no_sources: bool = False
+
+    def finance_to_model(self) -> FinanceContext:
+        """The finance configuration, which spans several sections, compiled."""
+        return FinanceContext(
+            tz=self.budgets.time_zone,
+            lookback_days=self.budgets.lookback_days,
+            budgets=self.budgets.to_model(),
+            initiatives=tuple(i.to_model() for i in self.initiatives),
+            workloads=self.routing.to_model(),
+            policy=self.recommendations.to_model(),
+            gpu_specs=self.recommendations.gpu_specs(),
+            idle_window_seconds=self.idle_gpu.window_seconds,
+            books_months=self.sources.opencost.history_months,
+        )
 
 
 def enabled_sources(settings: Settings) -> list[str]:

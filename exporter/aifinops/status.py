@@ -17,7 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+# Why a source's fetch failed: the bounded ``reason`` label of ``aifinops_source_errors_total``
+# (sources raise them in ``SourceError``, the exposition lists them all).
+Reason = Literal["connect", "timeout", "http_status", "too_large", "parse", "invalid"]
+REASONS: tuple[Reason, ...] = ("connect", "timeout", "http_status", "too_large", "parse", "invalid")
 
 REDACTED = "REDACTED"
 SECRET_PARAMS = frozenset(

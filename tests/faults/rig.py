@@ -16,13 +16,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from aifinops.assemble import build_sources
 from aifinops.demo.cluster import ClusterSpec, SimCluster
 from aifinops.demo.llm import LLM_UPSTREAMS, SERVING_PODS, LlmDemo, llm_app
 from aifinops.demo.run import merge_config
 from aifinops.demo.upstreams import FaultSwitch, Upstreams, start_upstreams
 from aifinops.refresh import Refresher
 from aifinops.settings import settings_from_mapping
-from aifinops.web.app import REFRESHER, build_sources, create_app
+from aifinops.web.app import REFRESHER, create_app
 from tests.faults.hostile import HostileProxy
 from tests.web.conftest import T0, Clock, parse_page
 

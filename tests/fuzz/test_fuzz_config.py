@@ -14,6 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from aifinops.assemble import model_context
 from aifinops.settings import (
     ConfigError,
     Settings,
@@ -21,7 +22,6 @@ from aifinops.settings import (
     load_settings,
     settings_from_mapping,
 )
-from aifinops.web.app import model_context
 from tests.fuzz.conftest import FUZZ, tried
 from tests.fuzz.strategies import json_scalars, json_values
 

@@ -122,13 +122,11 @@ def test_a_namespace_whose_pods_lack_the_labels_is_not_unallocated() -> None:
     }
     body = json.dumps({"code": 200, "status": "success", "data": [rows]}).encode()
     [(_, _, day)] = parse_allocation_sets(body, start, start + DAY, aggregation=AGG).sets
-    resolver = TenantResolver.from_settings(
-        TenancySettings(
-            pod_label_keys=("aifinops.io/tenant",),
-            namespace_label_keys=("team",),
-            namespaces={"team-b": "bee"},
-        )
-    )
+    resolver = TenancySettings(
+        pod_label_keys=("aifinops.io/tenant",),
+        namespace_label_keys=("team",),
+        namespaces={"team-b": "bee"},
+    ).to_model()
     tenants = {a.name: tenant_of(a, resolver) for a in day.allocations}
     assert tenants == {
         "c/team-a{}": "ns-owner",
@@ -160,7 +158,7 @@ async def both_ways(
     sim: SimCluster, budgets: BudgetsSettings, history_months: int = 1
 ) -> tuple[Daily, Daily]:
     tenancy = TenancySettings.model_validate(sim.tenancy_config())
-    resolver = TenantResolver.from_settings(tenancy)
+    resolver = tenancy.to_model()
     async with await start_upstreams(sim, clock=lambda: T0) as up:
         got = []
         for how in ("tenancy", "pod"):

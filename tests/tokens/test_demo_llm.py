@@ -26,6 +26,7 @@ from aifinops.demo.llm import (
 from aifinops.model.inputs import AllocationSet
 from aifinops.model.llm_prices import PER_MILLION
 from aifinops.settings import settings_from_mapping
+from aifinops.sources.base import Slot
 from aifinops.sources.tokens import TokenSource
 from aifinops.web.app import REFRESHER, create_app
 from tests.tools import require_binary
@@ -49,6 +50,7 @@ class FakeOpenCost:
     """The two vLLM pods (tenant ``platform`` by pod label) and a search app pod."""
 
     name = "opencost"
+    slot = Slot.ALLOCATIONS
 
     async def fetch(self, client: httpx.AsyncClient) -> AllocationSet:
         return AllocationSet(

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from aifinops.exposition.targets import token_source_families
 from aifinops.model.tokens import TokenState, counter_increments
 from aifinops.settings import TokenSourceSettings
 from aifinops.sources.base import SourceError
@@ -25,7 +26,6 @@ from aifinops.sources.tokens import (
     TokenSource,
     mapping_for,
     observations_from_samples,
-    token_source_families,
 )
 from tests.tokens.builders import Runner, obs, token_context
 
@@ -212,11 +212,10 @@ def test_ha_prometheus_dips_are_jitter_and_a_real_reset_still_counts() -> None:
 
 
 def test_the_dip_tolerance_is_configured_and_validated() -> None:
-    from aifinops.model.tokens import TokenContext
     from aifinops.settings import ConfigError, settings_from_mapping
 
     s = settings_from_mapping({"tokens": {"counter_dip_tolerance_ratio": 0.02}})
-    assert TokenContext.from_settings(s.tokens).dip_tolerance == 0.02
+    assert s.tokens.to_model().dip_tolerance == 0.02
     with pytest.raises(ConfigError, match="counter_dip_tolerance_ratio"):
         settings_from_mapping({"tokens": {"counter_dip_tolerance_ratio": 1.5}})
 

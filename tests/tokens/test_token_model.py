@@ -345,24 +345,22 @@ def test_discovered_model_and_routed_names(catalog):
 
 
 def test_configured_selector_finds_serving_pods_without_a_serving_source(catalog):
-    from aifinops.model.tokens import TokenContext
+    from aifinops.settings import TokensSettings
 
-    ctx = TokenContext.from_settings(
-        __import__("aifinops.settings", fromlist=["TokensSettings"]).TokensSettings.model_validate(
-            {
-                "self_hosted": {
-                    "models": [
-                        {
-                            "model": LLAMA,
-                            "aliases": ["llama-8b"],
-                            "provider": "vllm",
-                            "serving_pods": {"namespaces": ["llm-serving"], "pod_regex": "vllm-.*"},
-                        }
-                    ]
-                }
+    ctx = TokensSettings.model_validate(
+        {
+            "self_hosted": {
+                "models": [
+                    {
+                        "model": LLAMA,
+                        "aliases": ["llama-8b"],
+                        "provider": "vllm",
+                        "serving_pods": {"namespaces": ["llm-serving"], "pod_regex": "vllm-.*"},
+                    }
+                ]
             }
-        )
-    )
+        }
+    ).to_model()
     r = Runner(token_context(), catalog)
     r.ctx = __import__("dataclasses").replace(r.ctx, tokens=ctx)
     allocs = serving_cluster()

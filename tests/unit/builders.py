@@ -14,14 +14,12 @@ A100 = "NVIDIA A100-SXM4-80GB"
 
 
 def resolver() -> TenantResolver:
-    return TenantResolver.from_settings(
-        TenancySettings(
-            pod_label_keys=("aifinops.io/tenant",),
-            namespace_label_keys=("team",),
-            namespaces={"ml-research": "research"},
-            namespace_patterns=(NamespacePattern(regex=r"^team-(?P<tenant>[a-z]+)$"),),
-        )
-    )
+    return TenancySettings(
+        pod_label_keys=("aifinops.io/tenant",),
+        namespace_label_keys=("team",),
+        namespaces={"ml-research": "research"},
+        namespace_patterns=(NamespacePattern(regex=r"^team-(?P<tenant>[a-z]+)$"),),
+    ).to_model()
 
 
 def pricer(**prices: float) -> GpuPricer:

@@ -15,6 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# The label vocabulary has its home in the model; re-exported for the series' readers.
+from aifinops.model.vocabulary import BASES as BASES
+from aifinops.model.vocabulary import IDLE_TENANT as IDLE_TENANT
+from aifinops.model.vocabulary import OTHER_TENANT as OTHER_TENANT
+from aifinops.model.vocabulary import RESOURCES as RESOURCES
+from aifinops.model.vocabulary import TOKEN_TYPES as TOKEN_TYPES
+from aifinops.model.vocabulary import TOKENS_RESOURCE as TOKENS_RESOURCE
+from aifinops.model.vocabulary import UNALLOCATED_TENANT as UNALLOCATED_TENANT
+
 MetricType = Literal["gauge", "counter"]
 Stability = Literal["stable", "experimental"]
 
@@ -519,13 +528,3 @@ CATALOG: tuple[MetricSpec, ...] = (
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}
-
-# Sentinel tenants: ordinary rows, as in OpenCost.
-IDLE_TENANT = "__idle__"
-UNALLOCATED_TENANT = "__unallocated__"
-OTHER_TENANT = "__other__"
-RESOURCES = ("gpu", "cpu", "ram", "storage", "network", "shared")
-BASES = ("allocation", "usage")
-# API token dollars in the per-tenant cost series (not in RESOURCES: the core never has it).
-TOKENS_RESOURCE = "tokens"
-TOKEN_TYPES = ("input", "output", "cached_input")

@@ -22,8 +22,7 @@ from aifinops.model.finance import FinanceReport
 from aifinops.model.report import Report
 from aifinops.model.roi import BENEFIT_KINDS
 from aifinops.model.tokens import TokenReport
-from aifinops.sources.base import REASONS
-from aifinops.status import RefreshStatus
+from aifinops.status import REASONS, RefreshStatus
 
 
 @dataclass(frozen=True, slots=True)

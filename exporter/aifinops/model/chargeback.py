@@ -59,7 +59,7 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from aifinops.exposition.catalog import IDLE_TENANT, UNALLOCATED_TENANT
+from aifinops.model.vocabulary import IDLE_TENANT, UNALLOCATED_TENANT
 
 ChargeAllocation = Literal["direct", "idle_share", "unallocated_share"]
 CURRENCY = "USD"

@@ -50,10 +50,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
-from aifinops.exposition.catalog import IDLE_TENANT, OTHER_TENANT, RESOURCES, UNALLOCATED_TENANT
 from aifinops.model.gpu_prices import GpuPricer, mig_fraction
 from aifinops.model.inputs import Allocation, AllocationSet, GpuSample
 from aifinops.model.tenancy import TenantResolver
+from aifinops.model.vocabulary import IDLE_TENANT, OTHER_TENANT, RESOURCES, UNALLOCATED_TENANT
 
 PodKey = tuple[str, str]  # (namespace, pod)
 UnitKey = tuple[str, str]  # (gpu uuid, MIG instance id or "")

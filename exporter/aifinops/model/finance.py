@@ -47,10 +47,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from aifinops.exposition.catalog import IDLE_TENANT, OTHER_TENANT, TOKENS_RESOURCE
 from aifinops.model.budgets import (
     GLOBAL_TENANT,
     Budget,
@@ -62,13 +60,20 @@ from aifinops.model.budgets import (
 from aifinops.model.budgets import evaluate_budgets as _evaluate_budgets
 from aifinops.model.chargeback import Quantity, current_period, parse_period
 from aifinops.model.cost import _resource_costs, tenant_of
+
+# Re-exported: the finance step's types are read from here by its callers.
+from aifinops.model.finance_types import DEFAULT_HISTORY_MONTHS as DEFAULT_HISTORY_MONTHS
+from aifinops.model.finance_types import FinanceContext as FinanceContext
+from aifinops.model.finance_types import FinanceReport as FinanceReport
+from aifinops.model.finance_types import LedgerKey as LedgerKey
+from aifinops.model.finance_types import PeriodBooks as PeriodBooks
+from aifinops.model.finance_types import TenantResource as TenantResource
 from aifinops.model.forecast import month_bounds
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
 from aifinops.model.recommend import (
     HOURS_PER_MONTH,
-    GpuSpec,
     GpuWorkload,
     IdleGpuFinding,
     Recommendation,
@@ -77,6 +82,7 @@ from aifinops.model.recommend import (
     build_recommendations,
     gpu_options,
 )
+from aifinops.model.report import Report
 from aifinops.model.roi import (
     AiCost,
     DateRange,
@@ -95,60 +101,17 @@ from aifinops.model.routing import (
     optimize_workload,
 )
 from aifinops.model.tenancy import TenantResolver
-
-if TYPE_CHECKING:
-    from aifinops.model.report import Report
-    from aifinops.settings import Settings
+from aifinops.model.vocabulary import IDLE_TENANT, OTHER_TENANT, TOKENS_RESOURCE
 
 SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_MONTH = HOURS_PER_MONTH * SECONDS_PER_HOUR
 PEAK_WINDOW_SECONDS = 7 * 86400.0
 """Right-sizing looks at the peak utilization of the last seven days (hourly maxima)."""
-DEFAULT_HISTORY_MONTHS = 13
 POD_MODEL_MEMORY_SECONDS = 86400.0
 """How long a pod's GPU model is remembered after DCGM last showed it (spot candidates)."""
 
-LedgerKey = tuple[str, str, str]  # (tenant, resource, basis)
-TenantResource = tuple[str, str]
-
 
 # --- configuration, inputs, state ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FinanceContext:
-    """The finance configuration compiled for the model (see :mod:`aifinops.settings_finance`)."""
-
-    tz: str = "UTC"
-    lookback_days: int = 28
-    budgets: tuple[Budget, ...] = ()
-    initiatives: tuple[Initiative, ...] = ()
-    workloads: tuple[Workload, ...] = ()
-    policy: RecommendationPolicy = field(default_factory=RecommendationPolicy)
-    gpu_specs: tuple[GpuSpec, ...] = ()
-    idle_window_seconds: float = 900.0
-    history_months: int = DEFAULT_HISTORY_MONTHS
-    # Whole months before the current one that OpenCost's daily sets cover (the month
-    # query's ``sources.opencost.history_months``): the exporter keeps its own daily ledger
-    # (tokens, charge-back) that far back too, so those months' chargeback is complete.
-    books_months: int = 1
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> FinanceContext:
-        return cls(
-            tz=s.budgets.time_zone,
-            lookback_days=s.budgets.lookback_days,
-            budgets=s.budgets.to_model(),
-            initiatives=tuple(i.to_model() for i in s.initiatives),
-            workloads=s.routing.to_model(),
-            policy=s.recommendations.to_model(),
-            gpu_specs=s.recommendations.gpu_specs(),
-            idle_window_seconds=s.idle_gpu.window_seconds,
-            books_months=s.sources.opencost.history_months,
-        )
-
-    def workload(self, name: str) -> Workload | None:
-        return next((w for w in self.workloads if w.name == name), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,70 +152,6 @@ class FinanceState:
     ledger_since: Mapping[str, float] = field(default_factory=dict)  # not persisted yet
     # likewise: (the sets folded, the month in progress then, the books from them)
     books: tuple[InfraMonth, str, Mapping[str, PeriodBooks]] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FinanceReport:
-    """Finance figures at ``now`` (see the module docstring for the definitions).
-
-    ``month_to_date[(tenant, resource)]`` and ``tenant_month_to_date[tenant]``: USD since the
-    month start (empty when ``infra_available`` is false: without OpenCost's daily sets the
-    infrastructure part is unknown and no month-to-date figure is published).
-    ``budgets``: the configured budgets that could be evaluated; ``budget_notes`` says why any
-    was left out. ``cluster``: the whole cluster's month-to-date spend and month-end forecast
-    (its ``budget_usd`` is the global all-scope budget, or 0 when there is none).
-    ``routing_window_seconds``: how long this month's token volume was observed.
-    """
-
-    now: float
-    tz: str
-    period: str
-    month_start: float
-    infra_available: bool
-    month_to_date: Mapping[TenantResource, float]
-    tenant_month_to_date: Mapping[str, float]
-    budgets: tuple[BudgetStatus, ...]
-    budget_notes: tuple[str, ...]
-    cluster: BudgetStatus | None
-    initiatives: tuple[InitiativeRoi, ...]
-    routing: tuple[RoutingResult, ...]
-    routing_window_seconds: float
-    recommendations: tuple[Recommendation, ...]
-    periods: Mapping[str, Mapping[LedgerKey, float]]
-    idle_cost_usd_per_hour: float
-    prices: PriceLookup
-    latencies: LatencyLookup
-    monthly_tokens: Mapping[str, float] = field(default_factory=dict)  # per workload
-    books: Mapping[str, PeriodBooks] = field(default_factory=dict)
-    ledger_since: Mapping[str, float] = field(default_factory=dict)
-
-    def initiative(self, name: str) -> InitiativeRoi | None:
-        return next((i for i in self.initiatives if i.name == name), None)
-
-    def routing_result(self, name: str) -> RoutingResult | None:
-        return next((r for r in self.routing if r.workload == name), None)
-
-    def period_dollars(self, period: str, basis: str) -> dict[TenantResource, float] | None:
-        """USD per (tenant, resource) accrued in ``period`` on ``basis``; ``None`` when the
-        exporter holds nothing for that period."""
-        ledger = self.periods.get(period)
-        if ledger is None:
-            return None
-        return {(t, r): v for (t, r, b), v in ledger.items() if b == basis}
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodBooks:
-    """A calendar month's allocation-basis dollars from the books of record (see
-    :func:`period_books`): USD per (tenant, resource), measured usage per (tenant,
-    resource), and ``[covered_start, covered_end)``, the span OpenCost's daily sets cover
-    (unix seconds; the end is ``now`` for the month in progress)."""
-
-    period: str
-    dollars: Mapping[TenantResource, float]
-    quantities: Mapping[TenantResource, Quantity]
-    covered_start: float
-    covered_end: float
 
 
 # OpenCost's usage fields per resource and the FOCUS unit they are given in (Allocation's

@@ -11,14 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
-from aifinops.exposition.catalog import (
-    IDLE_TENANT,
-    OTHER_TENANT,
-    TOKENS_RESOURCE,
-    UNALLOCATED_TENANT,
-)
 from aifinops.model.cost import (
     CostBreakdown,
     IdleKey,
@@ -26,6 +19,7 @@ from aifinops.model.cost import (
     fold_shares,
     fold_tenants,
 )
+from aifinops.model.finance_types import FinanceContext, FinanceReport
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.idle import HoldHistory, is_idle, observe_holds
 from aifinops.model.inputs import Inputs
@@ -37,9 +31,12 @@ from aifinops.model.tokens import (
     account_tokens,
     fold_token_report,
 )
-
-if TYPE_CHECKING:
-    from aifinops.model.finance import FinanceContext, FinanceReport
+from aifinops.model.vocabulary import (
+    IDLE_TENANT,
+    OTHER_TENANT,
+    TOKENS_RESOURCE,
+    UNALLOCATED_TENANT,
+)
 
 SECONDS_PER_HOUR = 3600.0
 

@@ -10,11 +10,10 @@ No match → ``__unallocated__``. OpenCost reports label keys sanitized the Prom
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from aifinops.exposition.catalog import UNALLOCATED_TENANT
-from aifinops.settings import TenancySettings
+from aifinops.model.vocabulary import UNALLOCATED_TENANT
 
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -41,12 +40,20 @@ class TenantResolver:
     patterns: tuple[tuple[re.Pattern[str], str | None], ...]
 
     @classmethod
-    def from_settings(cls, settings: TenancySettings) -> TenantResolver:
+    def compile(
+        cls,
+        pod_label_keys: Iterable[str],
+        namespace_label_keys: Iterable[str],
+        namespaces: Mapping[str, str],
+        namespace_patterns: Iterable[tuple[str, str | None]],
+    ) -> TenantResolver:
+        """The rules as configured (``TenancySettings.to_model`` calls this): label keys in
+        every spelling OpenCost may report, regexes compiled."""
         return cls(
-            pod_keys=tuple(_key_variants(k) for k in settings.pod_label_keys),
-            namespace_keys=tuple(_key_variants(k) for k in settings.namespace_label_keys),
-            namespaces=dict(settings.namespaces),
-            patterns=tuple((re.compile(p.regex), p.tenant) for p in settings.namespace_patterns),
+            pod_keys=tuple(_key_variants(k) for k in pod_label_keys),
+            namespace_keys=tuple(_key_variants(k) for k in namespace_label_keys),
+            namespaces=dict(namespaces),
+            patterns=tuple((re.compile(rx), tenant) for rx, tenant in namespace_patterns),
         )
 
     def resolve(

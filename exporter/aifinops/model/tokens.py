@@ -69,7 +69,6 @@ from dataclasses import dataclass, field
 from operator import is_
 from typing import Any, TypeVar
 
-from aifinops.exposition.catalog import IDLE_TENANT, OTHER_TENANT, UNALLOCATED_TENANT
 from aifinops.model.cost import CostBreakdown, remap_tenants
 from aifinops.model.inputs import Allocation, AllocationSet, TokenInputs, TokenObservation
 from aifinops.model.llm_prices import (
@@ -81,7 +80,7 @@ from aifinops.model.llm_prices import (
     strip_route,
 )
 from aifinops.model.tenancy import TenantResolver
-from aifinops.settings import TokensSettings
+from aifinops.model.vocabulary import IDLE_TENANT, OTHER_TENANT, UNALLOCATED_TENANT
 
 UsageKey = tuple[str, str, str, str]  # (tenant, model, provider, token_type)
 CounterKey = tuple[str, str, str, str]  # (source, series, kind, token_type)
@@ -128,7 +127,7 @@ class SelfHostedSpec:
 
 @dataclass(frozen=True, slots=True)
 class TokenContext:
-    """Token configuration compiled for the model (see :class:`TokensSettings`)."""
+    """Token configuration compiled for the model (``TokensSettings.to_model``)."""
 
     models: tuple[SelfHostedSpec, ...] = ()
     discover: bool = True
@@ -139,36 +138,6 @@ class TokenContext:
     retention_seconds: float = 3600.0
     max_models: int = 200
     dip_tolerance: float = 0.1
-
-    @classmethod
-    def from_settings(cls, s: TokensSettings) -> TokenContext:
-        specs = []
-        for m in s.self_hosted.models:
-            sel = m.serving_pods
-            specs.append(
-                SelfHostedSpec(
-                    model=m.model,
-                    provider=normalize_provider(m.provider) or "self_hosted",
-                    aliases=m.aliases,
-                    api_equivalent=m.api_equivalent or s.self_hosted.api_equivalents.get(m.model),
-                    namespaces=frozenset(sel.namespaces) if sel else frozenset(),
-                    pod_regex=re.compile(sel.pod_regex) if sel and sel.pod_regex else None,
-                    pod_labels=dict(sel.pod_labels) if sel else {},
-                    has_selector=sel is not None,
-                )
-            )
-        w = s.self_hosted.cost_weights
-        return cls(
-            models=tuple(specs),
-            discover=s.self_hosted.discover_from_serving_sources,
-            api_equivalents=dict(s.self_hosted.api_equivalents),
-            weights={"input": w.input, "cached_input": w.cached_input, "output": w.output},
-            charge_back_resources=tuple(s.self_hosted.charge_back_resources),
-            rate_window_seconds=s.rate_window_seconds,
-            retention_seconds=s.series_retention_seconds,
-            max_models=s.max_models,
-            dip_tolerance=s.counter_dip_tolerance_ratio,
-        )
 
 
 # --- state and report ------------------------------------------------------------------------

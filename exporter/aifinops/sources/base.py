@@ -8,17 +8,19 @@ the I/O and calls its module's pure ``parse_*`` function. Every failure is raise
 
 from __future__ import annotations
 
+import enum
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
 from aifinops.safefile import read_secret_file
 
-Reason = Literal["connect", "timeout", "http_status", "too_large", "parse", "invalid"]
-REASONS: tuple[Reason, ...] = ("connect", "timeout", "http_status", "too_large", "parse", "invalid")
+# The reasons live with the source health the exposition reads (status.py).
+from aifinops.status import REASONS as REASONS
+from aifinops.status import Reason as Reason
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -31,8 +33,21 @@ class SourceError(Exception):
         self.reason: Reason = reason
 
 
+class Slot(enum.Enum):
+    """Which part of the refresh's inputs a source's data fills: the loop routes by this,
+    never by a source's name (docs/architecture.md)."""
+
+    GPUS = "gpus"  # tuple[GpuSample, ...]: DCGM's device readings
+    ALLOCATIONS = "allocations"  # AllocationSet: OpenCost's rate window
+    MONTHLY = "monthly"  # DailyAllocationSets: OpenCost's month to date
+    PRICES = "prices"  # LlmPriceCatalog: the LLM price list
+    TOKENS = "tokens"  # a sequence of TokenObservation (with ``origins`` when it has them)
+    LATENCY = "latency"  # Mapping[(model, provider), p95 seconds]
+
+
 class Source(Protocol, Generic[T_co]):
     name: str
+    slot: Slot
 
     async def fetch(self, client: httpx.AsyncClient) -> T_co: ...
 

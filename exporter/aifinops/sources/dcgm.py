@@ -45,7 +45,7 @@ import httpx
 from aifinops.model.inputs import GpuSample
 from aifinops.offload import run_cpu
 from aifinops.settings import DcgmSettings
-from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
+from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
 from aifinops.sources.promtext import decode_page, parse_text
 
@@ -91,6 +91,7 @@ class DcgmSource:
     """
 
     name = "dcgm"
+    slot = Slot.GPUS
 
     def __init__(self, settings: DcgmSettings) -> None:
         self._settings = settings

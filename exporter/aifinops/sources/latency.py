@@ -52,7 +52,7 @@ import httpx
 from aifinops.model.routing import histogram_quantile
 from aifinops.offload import run_cpu
 from aifinops.settings import LatencySourceSettings
-from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
+from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
 from aifinops.sources.promtext import Sample, decode_page, parse_text
 from aifinops.sources.tokens import clean_value
@@ -331,6 +331,7 @@ class LatencySource:
         self._window = HistogramWindow(float(settings.window_seconds), settings.max_snapshots)
         self._bucket = f"{settings.metric}_bucket"
         self.name = f"latency:{settings.name}"
+        self.slot = Slot.LATENCY
 
     @property
     def window(self) -> HistogramWindow:

@@ -36,7 +36,7 @@ from aifinops.model.llm_prices import (
     parse_litellm_prices,
 )
 from aifinops.settings import LlmPricesSettings, PriceOverrideSettings
-from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
+from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
 from aifinops.sources.text import loads_json
 
 BUNDLED = "llm_prices.json"
@@ -92,6 +92,7 @@ class LlmPriceSource:
     """Loads the price list; see the module docstring for when it reads or fetches."""
 
     name = "llm_prices"
+    slot = Slot.PRICES
     local = True  # a price list alone does not make the exporter ready (see refresh.py)
 
     def __init__(self, settings: LlmPricesSettings, clock: Clock = time.monotonic) -> None:

@@ -57,6 +57,7 @@ from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources.base import (
+    Slot,
     SourceError,
     accept_encoding,
     check_response,
@@ -86,6 +87,7 @@ class OpenCostSource:
     """``GET {url}/allocation/compute`` for the configured window; see the module doc."""
 
     name = "opencost"
+    slot = Slot.ALLOCATIONS
 
     def __init__(self, settings: OpenCostSettings) -> None:
         self._settings = settings
@@ -503,6 +505,7 @@ class OpenCostMonthSource:
     """
 
     name = "opencost_month"
+    slot = Slot.MONTHLY
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aifinops.model.inputs import TokenObservation
 from aifinops.model.llm_prices import TokenType, normalize_provider
+from aifinops.sources.base import Slot
 from aifinops.sources.text import loads_json
 from aifinops.sources.tokens import clean_value
 
@@ -446,6 +447,7 @@ class PushSource:
     """The store as a source of the refresh loop (it never fails)."""
 
     name = SOURCE_NAME
+    slot = Slot.TOKENS
     local = True  # in-process data: does not make the exporter ready (see refresh.py)
 
     def __init__(self, store: UsageStore) -> None:

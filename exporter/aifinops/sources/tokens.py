@@ -67,13 +67,11 @@ from typing import Literal
 import httpx
 import structlog
 
-from aifinops.exposition.catalog import TOKEN_SERIES_SKIPPED, TOKEN_TARGET_UP
-from aifinops.exposition.render import Family
 from aifinops.model.inputs import TokenObservation, TokenRole
 from aifinops.model.llm_prices import TokenType, normalize_provider
 from aifinops.offload import run_cpu
 from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, TokenSourceSettings
-from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
+from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
 
@@ -867,6 +865,7 @@ class TokenSource:
         self._mapping = mapping_for(settings)
         self._clock = clock
         self.name = f"tokens:{settings.name}"
+        self.slot = Slot.TOKENS
         wanted = self._mapping.wanted()
         self._readers: list[SeriesReader[_Series]] = [
             SeriesReader(wanted) for _ in settings.scrape_targets
@@ -1051,19 +1050,3 @@ class TokenSource:
             skipped = sum(1 for s in series if s.labels is _SKIPPED)
             self._runs[index] = (series, runs, skipped)
         return series, values, runs, skipped
-
-
-def token_source_families(sources: Iterable[object]) -> list[Family]:
-    """The token sources' own self-metrics: each scrape target's state and the series
-    skipped as unreadable (the refresh loop renders them with its own)."""
-    up: list[tuple[tuple[str, ...], float]] = []
-    skipped: list[tuple[tuple[str, ...], float]] = []
-    for source in sources:
-        if not isinstance(source, TokenSource):
-            continue
-        for display, ok in source.target_status():
-            up.append(((source.name, display), 1.0 if ok else 0.0))
-        skipped.append(((source.name,), float(source.skipped_total)))
-    if not skipped:
-        return []
-    return [Family(TOKEN_TARGET_UP, up), Family(TOKEN_SERIES_SKIPPED, skipped)]

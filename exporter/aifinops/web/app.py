@@ -14,30 +14,27 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
-import httpx
 import structlog
 from aiohttp import web
 
+from aifinops import assemble
+from aifinops.assemble import Clock, SourceSpec
 from aifinops.exposition.families import BuildInfo
 from aifinops.exposition.process import process_exposition
 from aifinops.exposition.render import CONTENT_TYPE
-from aifinops.model.finance import FinanceContext
-from aifinops.model.gpu_prices import GpuPricer
-from aifinops.model.report import ModelContext
-from aifinops.model.tenancy import TenantResolver
-from aifinops.model.tokens import TokenContext
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings
-from aifinops.sources.base import Source
-from aifinops.sources.gpu_catalog import load_gpu_catalog
-from aifinops.sources.push import UsageStore
-from aifinops.sources.upstream import UpstreamTransport, build_client, upstream_routes
-from aifinops.statefile import StateStore
 from aifinops.version import RULES_VERSION, __version__, revision
 from aifinops.web.api import register_api
+
+# The keys live in web/keys.py (the reload path reads them); re-exported for the app's users.
+from aifinops.web.keys import HTTP_CLIENT as HTTP_CLIENT
+from aifinops.web.keys import REFRESH_TASK as REFRESH_TASK
+from aifinops.web.keys import REFRESHER as REFRESHER
+from aifinops.web.keys import SETTINGS as SETTINGS
+from aifinops.web.keys import UPSTREAM_TRANSPORT as UPSTREAM_TRANSPORT
 from aifinops.web.lifecycle import install_lifecycle
 from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.ratelimit import RateLimiter
@@ -45,116 +42,6 @@ from aifinops.web.security import install_web_security, may_see_detail
 from aifinops.web.usage import USAGE_LIMITER, USAGE_SETTINGS, USAGE_STORE, handle_usage
 
 log = structlog.get_logger("aifinops.web")
-
-SETTINGS = web.AppKey("settings", Settings)
-REFRESHER = web.AppKey("refresher", Refresher)
-HTTP_CLIENT = web.AppKey("http_client", httpx.AsyncClient)
-UPSTREAM_TRANSPORT = web.AppKey("upstream_transport", UpstreamTransport)
-REFRESH_TASK = web.AppKey("refresh_task", asyncio.Task[None])
-
-Clock = Callable[[], float]
-
-
-def model_context(settings: Settings) -> ModelContext:
-    """Compile configuration into what the pure model needs (raises ConfigError)."""
-    catalog = load_gpu_catalog(settings.gpu_pricing.catalog_file)
-    return ModelContext(
-        resolver=TenantResolver.from_settings(settings.tenancy),
-        pricer=GpuPricer(
-            catalog=catalog,
-            purchase_option=settings.gpu_pricing.purchase_option,
-            overrides=dict(settings.gpu_pricing.overrides),
-        ),
-        idle_threshold=settings.idle_gpu.utilization_threshold,
-        idle_window_seconds=settings.idle_gpu.window_seconds,
-        max_tenants=settings.limits.max_tenants,
-        tokens=TokenContext.from_settings(settings.tokens) if settings.tokens.active else None,
-        finance=FinanceContext.from_settings(settings),
-        max_series_per_family=settings.limits.max_series_per_family,
-    )
-
-
-# The price list is never dropped for age: the last good copy beats no prices at all.
-PRICES_NEVER_STALE = 10.0 * 365 * 24 * 3600
-
-
-def token_sources(
-    settings: Settings, store: UsageStore | None, *, configured: bool = True
-) -> list[tuple[Source[Any], float, float]]:
-    """Token analytics sources: the price list, the configured token sources (unless
-    ``configured`` is false) and the push store; none when token analytics is off."""
-    from aifinops.sources.llm_prices import LlmPriceSource
-    from aifinops.sources.push import PushSource
-    from aifinops.sources.tokens import TokenSource
-
-    t = settings.tokens
-    if not t.active:
-        return []
-    out: list[tuple[Source[Any], float, float]] = [
-        (LlmPriceSource(t.prices), t.prices.timeout_seconds, PRICES_NEVER_STALE)
-    ]
-    if configured:
-        for s in t.sources:
-            if s.enabled:
-                out.append((TokenSource(s), s.timeout_seconds, s.stale_after_seconds))
-    if store is not None:
-        out.append((PushSource(store), 1.0, PRICES_NEVER_STALE))
-    return out
-
-
-def usage_store(settings: Settings) -> UsageStore | None:
-    """The push store when ``tokens.push.enabled``."""
-    push = settings.tokens.push
-    if not push.enabled:
-        return None
-    return UsageStore(
-        max_series=push.max_series,
-        max_tokens_per_record=push.max_tokens_per_record,
-        idempotency_cache_size=push.idempotency_cache_size,
-    )
-
-
-def build_sources(
-    settings: Settings, store: UsageStore | None = None, clock: Clock = time.time
-) -> list[tuple[Source[Any], float, float]]:
-    """The enabled sources with their (timeout, stale_after) settings. An enabled OpenCost
-    also gets the month-to-date query (``opencost_month``, every
-    ``budgets.refresh_interval_seconds``, dates by ``clock``); latency sources come last."""
-    from aifinops.sources.dcgm import DcgmSource
-    from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
-
-    out: list[tuple[Source[Any], float, float]] = []
-    dcgm = settings.sources.dcgm
-    if dcgm.enabled:
-        out.append((DcgmSource(dcgm), dcgm.timeout_seconds, dcgm.stale_after_seconds))
-    oc = settings.sources.opencost
-    if oc.enabled:
-        out.append((OpenCostSource(oc), oc.timeout_seconds, oc.stale_after_seconds))
-        interval = settings.budgets.refresh_interval_seconds
-        out.append(
-            (
-                OpenCostMonthSource(oc, settings.budgets, clock, settings.tenancy),
-                month_timeout(oc),
-                max(oc.stale_after_seconds, 3 * interval),
-            )
-        )
-    out.extend(token_sources(settings, store))
-    out.extend(latency_sources(settings, clock))
-    return out
-
-
-def latency_sources(
-    settings: Settings, clock: Clock = time.time
-) -> list[tuple[Source[Any], float, float]]:
-    """The enabled ``latency.sources`` (measured p95 latency for routing); ``clock`` dates
-    the readings of the scrape mode's window."""
-    from aifinops.sources.latency import LatencySource
-
-    return [
-        (LatencySource(s, clock), s.timeout_seconds, s.stale_after_seconds)
-        for s in settings.latency.sources
-        if s.enabled
-    ]
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -218,7 +105,7 @@ async def handle_index(request: web.Request) -> web.Response:
 def create_app(
     settings: Settings,
     *,
-    sources: list[tuple[Source[Any], float, float]] | None = None,
+    sources: list[SourceSpec] | None = None,
     clock: Clock = time.time,
     run_loop: bool = True,
 ) -> web.Application:
@@ -229,30 +116,30 @@ def create_app(
         client_max_size=settings.server.max_request_body_bytes, middlewares=[request_limits]
     )
     app[SETTINGS] = settings
-    context = model_context(settings)
+    context = assemble.model_context(settings)
     build = BuildInfo(
         version=__version__,
         rules_version=RULES_VERSION,
         gpu_price_catalog_version=context.pricer.catalog.version,
         revision=revision(),
     )
-    store = usage_store(settings)
+    store = assemble.usage_store(settings)
     if sources is None:
-        chosen = build_sources(settings, store, clock)
+        chosen = assemble.build_sources(settings, store, clock)
     else:
         # Given sources replace the configured upstreams; the price list and the push store
         # are local and always added when token analytics is on.
-        chosen = [*sources, *token_sources(settings, store, configured=False)]
+        chosen = [*sources, *assemble.token_sources(settings, store, configured=False)]
 
     # Each upstream's TLS and credentials (raises ConfigError naming the field).
-    routes = upstream_routes(settings)
+    routes = assemble.routes(settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        client, transport = build_client(routes)
+        client, transport = assemble.build_client(routes)
         app[HTTP_CLIENT] = client
         app[UPSTREAM_TRANSPORT] = transport
         # With a state file, pushes are journalled before their 202 (sources/push.py).
-        state = StateStore.from_settings(settings, usage=store)
+        state = assemble.state_store(settings, store)
         app[REFRESHER] = Refresher(
             chosen,
             context,

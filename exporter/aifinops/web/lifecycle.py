@@ -30,11 +30,16 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from aifinops import assemble
+from aifinops.assemble import Route, SourceSpec
 from aifinops.exposition.catalog import CONFIG_RELOAD_SUCCESS, CONFIG_RELOAD_TIMESTAMP
 from aifinops.exposition.render import Family
+from aifinops.logs import configure_logging
+from aifinops.model.report import ModelContext
 from aifinops.settings import ConfigError, Settings, check_has_sources, load_settings
-from aifinops.sources.base import Source
-from aifinops.sources.upstream import Route, upstream_routes
+from aifinops.web.keys import REFRESHER, UPSTREAM_TRANSPORT
+from aifinops.web.security import load_web_config
+from aifinops.web.usage import USAGE_STORE
 
 log = structlog.get_logger("aifinops.web.lifecycle")
 
@@ -71,8 +76,6 @@ class Reloader:
 
     async def reload(self) -> tuple[bool, str]:
         """Reload; ``(True, "")`` or ``(False, the error)``. Never raises (but cancellation)."""
-        from aifinops.web.app import REFRESHER, UPSTREAM_TRANSPORT
-
         async with self._lock:
             try:
                 new, context, sources, routes = await self._prepare()
@@ -89,8 +92,6 @@ class Reloader:
                 # No fetch is in flight here: replace_sources waited for the refresh.
                 await self._app[UPSTREAM_TRANSPORT].replace(routes)
             if new.logging != self.settings.logging:
-                from aifinops.logs import configure_logging
-
                 configure_logging(new.logging.level, new.logging.format)
             restart = [
                 s
@@ -113,30 +114,24 @@ class Reloader:
 
     async def _prepare(
         self,
-    ) -> tuple[Settings, Any, list[tuple[Source[Any], float, float]] | None, list[Route]]:
+    ) -> tuple[Settings, ModelContext, list[SourceSpec] | None, list[Route]]:
         """Everything the new configuration needs, checked; raises ConfigError."""
-        from aifinops.web.app import build_sources, model_context
-        from aifinops.web.security import load_web_config
-        from aifinops.web.usage import USAGE_STORE
-
         new = await asyncio.to_thread(self.load)
         if not self._explicit_sources:  # given sources (tests, embedding) are not the file's
             check_has_sources(new)
-        context = model_context(new)
+        context = assemble.model_context(new)
         if new.server.web_config_file is not None:
             load_web_config(new.server.web_config_file)
         sources = None
         if not self._explicit_sources:
             try:
-                sources = build_sources(new, self._app.get(USAGE_STORE), self._clock)
+                sources = assemble.build_sources(new, self._app.get(USAGE_STORE), self._clock)
             except ValueError as exc:
                 raise ConfigError(f"invalid source configuration: {exc}") from None
-        routes = upstream_routes(new)  # CA, certificates, credentials: loadable
+        routes = assemble.routes(new)  # CA, certificates, credentials: loadable
         return new, context, sources, routes
 
     def _failed(self, message: str) -> tuple[bool, str]:
-        from aifinops.web.app import REFRESHER
-
         self.successful = False
         log.error("config_reload_failed", error=message)
         if REFRESHER in self._app:
@@ -177,8 +172,6 @@ def install_lifecycle(
 
     async def attach(app: web.Application) -> None:
         # on_startup runs after cleanup_ctx's start, which created the refresher
-        from aifinops.web.app import REFRESHER
-
         app[REFRESHER].extra_families.append(reloader.families)
         app[REFRESHER].rerender()
 

@@ -1,0 +1,172 @@
+"""The composition root: the one module that turns the settings into runtime objects.
+
+It builds the sources (a registry: configuration section → factory), the model context (each
+settings section compiles itself with ``to_model()``; the GPU price catalog is read here),
+the push store, the state store and the upstream routes. The web app and the reload path
+call it; neither builds a source nor compiles configuration itself (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aifinops.model.gpu_prices import GpuPricer
+from aifinops.model.report import ModelContext
+from aifinops.settings import Settings
+from aifinops.sources.base import Source
+from aifinops.sources.dcgm import DcgmSource
+from aifinops.sources.gpu_catalog import load_gpu_catalog
+from aifinops.sources.latency import LatencySource
+from aifinops.sources.llm_prices import LlmPriceSource
+from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
+from aifinops.sources.push import PushSource, UsageStore
+from aifinops.sources.tokens import TokenSource
+
+# What the web side holds without importing a source module: the upstream client's pieces.
+from aifinops.sources.upstream import Route as Route
+from aifinops.sources.upstream import UpstreamTransport as UpstreamTransport
+from aifinops.sources.upstream import build_client as build_client
+from aifinops.sources.upstream import upstream_routes
+from aifinops.statefile import StateStore
+
+Clock = Callable[[], float]
+# A source with its fetch timeout and the age past which its data is dropped (seconds).
+SourceSpec = tuple[Source[Any], float, float]
+
+# The price list is never dropped for age: the last good copy beats no prices at all.
+PRICES_NEVER_STALE = 10.0 * 365 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What a source factory gets besides the settings: the push store (``None`` when
+    ``tokens.push`` is off) and the clock that dates windowed queries."""
+
+    store: UsageStore | None = None
+    clock: Clock = time.time
+
+
+SourceFactory = Callable[[Settings, Wiring], Iterable[SourceSpec]]
+
+
+def model_context(settings: Settings) -> ModelContext:
+    """Compile configuration into what the pure model needs (raises ConfigError)."""
+    catalog = load_gpu_catalog(settings.gpu_pricing.catalog_file)
+    return ModelContext(
+        resolver=settings.tenancy.to_model(),
+        pricer=GpuPricer(
+            catalog=catalog,
+            purchase_option=settings.gpu_pricing.purchase_option,
+            overrides=dict(settings.gpu_pricing.overrides),
+        ),
+        idle_threshold=settings.idle_gpu.utilization_threshold,
+        idle_window_seconds=settings.idle_gpu.window_seconds,
+        max_tenants=settings.limits.max_tenants,
+        tokens=settings.tokens.to_model() if settings.tokens.active else None,
+        finance=settings.finance_to_model(),
+        max_series_per_family=settings.limits.max_series_per_family,
+    )
+
+
+def usage_store(settings: Settings) -> UsageStore | None:
+    """The push store when ``tokens.push.enabled``."""
+    push = settings.tokens.push
+    if not push.enabled:
+        return None
+    return UsageStore(
+        max_series=push.max_series,
+        max_tokens_per_record=push.max_tokens_per_record,
+        idempotency_cache_size=push.idempotency_cache_size,
+    )
+
+
+def state_store(settings: Settings, store: UsageStore | None) -> StateStore | None:
+    """The state file when ``state.path`` is set; pushes are journalled through it."""
+    return StateStore.from_settings(settings, usage=store)
+
+
+def routes(settings: Settings) -> list[Route]:
+    """Each upstream's TLS and credentials (raises ConfigError naming the field)."""
+    return upstream_routes(settings)
+
+
+# --- the source registry -------------------------------------------------------------------
+
+
+def _dcgm(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
+    dcgm = settings.sources.dcgm
+    if dcgm.enabled:
+        yield DcgmSource(dcgm), dcgm.timeout_seconds, dcgm.stale_after_seconds
+
+
+def _opencost(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
+    """The rate query, and the month-to-date query (``opencost_month``, every
+    ``budgets.refresh_interval_seconds``, dates by the clock)."""
+    oc = settings.sources.opencost
+    if not oc.enabled:
+        return
+    yield OpenCostSource(oc), oc.timeout_seconds, oc.stale_after_seconds
+    interval = settings.budgets.refresh_interval_seconds
+    yield (
+        OpenCostMonthSource(oc, settings.budgets, wiring.clock, settings.tenancy),
+        month_timeout(oc),
+        max(oc.stale_after_seconds, 3 * interval),
+    )
+
+
+def _tokens(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
+    return token_sources(settings, wiring.store)
+
+
+def _latency(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
+    return latency_sources(settings, wiring.clock)
+
+
+# In refresh order: the latency sources come last.
+SOURCES: dict[str, SourceFactory] = {
+    "dcgm": _dcgm,
+    "opencost": _opencost,
+    "tokens": _tokens,
+    "latency": _latency,
+}
+
+
+def build_sources(
+    settings: Settings, store: UsageStore | None = None, clock: Clock = time.time
+) -> list[SourceSpec]:
+    """The enabled sources with their (timeout, stale_after) settings, registry order."""
+    wiring = Wiring(store, clock)
+    return [spec for factory in SOURCES.values() for spec in factory(settings, wiring)]
+
+
+def token_sources(
+    settings: Settings, store: UsageStore | None, *, configured: bool = True
+) -> list[SourceSpec]:
+    """Token analytics sources: the price list, the configured token sources (unless
+    ``configured`` is false) and the push store; none when token analytics is off."""
+    t = settings.tokens
+    if not t.active:
+        return []
+    out: list[SourceSpec] = [
+        (LlmPriceSource(t.prices), t.prices.timeout_seconds, PRICES_NEVER_STALE)
+    ]
+    if configured:
+        for s in t.sources:
+            if s.enabled:
+                out.append((TokenSource(s), s.timeout_seconds, s.stale_after_seconds))
+    if store is not None:
+        out.append((PushSource(store), 1.0, PRICES_NEVER_STALE))
+    return out
+
+
+def latency_sources(settings: Settings, clock: Clock = time.time) -> list[SourceSpec]:
+    """The enabled ``latency.sources`` (measured p95 latency for routing); ``clock`` dates
+    the readings of the scrape mode's window."""
+    return [
+        (LatencySource(s, clock), s.timeout_seconds, s.stale_after_seconds)
+        for s in settings.latency.sources
+        if s.enabled
+    ]
