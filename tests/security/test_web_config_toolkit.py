@@ -4,7 +4,9 @@ aiohttp can, else accepted with one logged warning. Served over real TLS sockets
 
 from __future__ import annotations
 
+import os
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -250,3 +252,19 @@ async def test_rate_limit_and_headers(aiohttp_client: Any, tmp_path: Path) -> No
     for resp in (ok, denied, limited, missing):
         assert resp.headers["X-Frame-Options"] == "deny", resp.status
         assert resp.headers["X-Content-Type-Options"] == "nosniff", resp.status
+
+
+def test_a_fifo_or_dev_zero_web_config_fails_fast(tmp_path: Path) -> None:
+    """A web configuration path that is a FIFO (no writer) or a symlink to /dev/zero is refused
+    at once, naming the file, instead of blocking start-up or reading until memory runs out."""
+    from aifinops.web.security import load_web_config
+
+    fifo = tmp_path / "web.fifo"
+    os.mkfifo(fifo)
+    zero = tmp_path / "web-zero.yml"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_web_config(path)
+        assert time.monotonic() - started < 2

@@ -87,6 +87,7 @@ from pydantic import (
     model_validator,
 )
 
+from aifinops.safefile import read_bounded
 from aifinops.settings import ConfigError
 from aifinops.web.ratelimit import RateLimiter, retry_after
 
@@ -356,9 +357,13 @@ def parse_web_config(text: str, source: str, folder: Path | None = None) -> WebC
     return config
 
 
+MAX_WEB_CONFIG_BYTES = 4 * 1024 * 1024
+"""A web configuration (inline PEM included) is kilobytes; a FIFO or /dev/zero is refused."""
+
+
 def load_web_config(path: Path) -> WebConfig:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_WEB_CONFIG_BYTES).decode("utf-8")
     except (OSError, ValueError) as exc:  # UnicodeDecodeError, a NUL in the path
         raise ConfigError(f"cannot read web configuration file {path}: {exc}") from None
     return parse_web_config(text, str(path), path.parent)
