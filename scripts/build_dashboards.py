@@ -39,7 +39,6 @@ TAG = "aifinops"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 CLUSTER = 'cluster=~"$cluster"'
 TENANT = 'tenant="$tenant"'
-ALLOCATION = 'basis="allocation"'
 SCOPE_ALL = 'scope="all"'
 GPU = 'resource="gpu"'
 API_TOKENS = 'resource="tokens"'
@@ -448,7 +447,7 @@ def _variables(tenant: bool) -> list[Json]:
         },
     ]
     if tenant:
-        query = f"label_values({sel('tenant_basis:aifinops_tenant_cost_usd_per_hour:sum')}, tenant)"
+        query = f"label_values({sel('tenant:aifinops_tenant_cost_usd_per_hour:sum')}, tenant)"
         variables.append(
             {
                 "name": "tenant",
@@ -524,11 +523,15 @@ BY_TENANT = "{{tenant}} {{cluster}}"
 BY_MODEL = "{{model}} ({{provider}})"
 
 # Recording rules of rules/*.rules.yaml the panels read.
-COST_RATE = "tenant_resource_basis:aifinops_tenant_cost_usd_per_hour:max"
-TENANT_COST_RATE = "tenant_basis:aifinops_tenant_cost_usd_per_hour:sum"
-COST_1D = "tenant_resource_basis:aifinops_tenant_cost_usd:increase1d"
-TENANT_COST_1D = "tenant_basis:aifinops_tenant_cost_usd:increase1d"
-TENANT_COST_30D = "tenant_basis:aifinops_tenant_cost_usd:increase30d"
+# One family per basis (sum-safe): allocation (as billed) and usage (GPU by measured use).
+COST_RATE = "tenant_resource:aifinops_tenant_cost_usd_per_hour:max"
+USAGE_COST_RATE = "tenant_resource:aifinops_tenant_usage_basis_cost_usd_per_hour:max"
+TENANT_COST_RATE = "tenant:aifinops_tenant_cost_usd_per_hour:sum"
+TENANT_USAGE_COST_RATE = "tenant:aifinops_tenant_usage_basis_cost_usd_per_hour:sum"
+COST_1D = "tenant_resource:aifinops_tenant_cost_usd:increase1d"
+USAGE_COST_1D = "tenant_resource:aifinops_tenant_usage_basis_cost_usd:increase1d"
+TENANT_COST_1D = "tenant:aifinops_tenant_cost_usd:increase1d"
+TENANT_COST_30D = "tenant:aifinops_tenant_cost_usd:increase30d"
 MTD = "tenant:aifinops_tenant_month_to_date_cost_usd:max"
 BURN_RATE = "tenant_scope:aifinops_budget_burn_rate:ratio"
 FORECAST_RATIO = "tenant_scope:aifinops_budget_forecast:ratio"
@@ -557,10 +560,15 @@ def max_by(labels: str, selector: str) -> str:
 
 def executive() -> Json:
     mtd = sel(MTD)
-    rate = sel(TENANT_COST_RATE, ALLOCATION)
+    rate = sel(TENANT_COST_RATE)
 
     def budget(metric: str) -> str:
+        """A per-(tenant, scope) series, scope all."""
         return max_by("tenant", sel(metric, SCOPE_ALL))
+
+    def budget_usd(metric: str) -> str:
+        """A scope-all money family (one per scope: no scope label)."""
+        return max_by("tenant", sel(metric))
 
     roi = max_by("initiative", sel("aifinops_roi_ratio"))
     savings = max_by("kind, tenant", sel("aifinops_recommendation_savings_usd_per_month"))
@@ -575,9 +583,7 @@ def executive() -> Json:
         stat(
             "Month-end forecast (budgeted tenants)",
             "Sum of the month-end spend forecasts of the tenants with an all-resources budget.",
-            "sum("
-            + max_by("tenant", sel("aifinops_budget_forecast_usd", SCOPE_ALL, 'tenant!="__all__"'))
-            + ")",
+            "sum(" + max_by("tenant", sel("aifinops_tenant_budget_forecast_usd")) + ")",
             USD,
         ),
         stat(
@@ -603,9 +609,7 @@ def executive() -> Json:
         stat(
             "Budgets at or over 100%",
             "Tenant budgets (all scopes) whose month-to-date spend reached the amount.",
-            "sum("
-            + max_by("tenant, scope", sel("aifinops_budget_used_ratio", 'tenant!="__all__"'))
-            + " >= bool 1)",
+            "sum(" + max_by("tenant, scope", sel("aifinops_budget_used_ratio")) + " >= bool 1)",
             "none",
             thresholds=(("red", 1),),
         ),
@@ -624,14 +628,14 @@ def executive() -> Json:
     versus = table(
         "Spend vs budget per tenant",
         "This month's spend, budget (scope all), month-end forecast, forecast / budget, burn "
-        "rate (1 = on pace to spend exactly the budget) and days until it is exhausted.",
+        "rate (1 = on pace to spend exactly the budget) and the time until it is exhausted.",
         [
             (mtd, "Spend this month", USD),
-            (budget("aifinops_budget_usd"), "Budget", USD),
-            (budget("aifinops_budget_forecast_usd"), "Forecast", USD),
+            (budget_usd("aifinops_tenant_budget_usd"), "Budget", USD),
+            (budget_usd("aifinops_tenant_budget_forecast_usd"), "Forecast", USD),
             (budget(FORECAST_RATIO), "Forecast / budget", PERCENT),
             (budget(BURN_RATE), "Burn rate", "none"),
-            (budget("aifinops_budget_exhaustion_days"), "Days to exhaustion", "d"),
+            (budget("aifinops_budget_exhaustion_seconds"), "Time to exhaustion", "s"),
         ],
         width=14,
         sort_by="Spend this month",
@@ -716,7 +720,7 @@ def executive() -> Json:
 
 
 def tenant_chargeback() -> Json:
-    tenant_rate = sel(TENANT_COST_RATE, TENANT, ALLOCATION)
+    tenant_rate = sel(TENANT_COST_RATE, TENANT)
     headline = [
         stat(
             "Cost rate now (USD/h)",
@@ -733,19 +737,19 @@ def tenant_chargeback() -> Json:
         stat(
             "Spend last 24 h",
             "Dollars accrued over the last 24 hours (basis allocation).",
-            f"sum({sel(TENANT_COST_1D, TENANT, ALLOCATION)})",
+            f"sum({sel(TENANT_COST_1D, TENANT)})",
             USD,
         ),
         stat(
             "Spend last 30 days",
             "Dollars accrued over the last 30 days (basis allocation).",
-            f"sum({sel(TENANT_COST_30D, TENANT, ALLOCATION)})",
+            f"sum({sel(TENANT_COST_30D, TENANT)})",
             USD,
         ),
         stat(
             "Share of cluster cost",
             "The tenant's part of the cost rate of the selected clusters (basis allocation).",
-            f"sum({tenant_rate}) / sum({sel(TENANT_COST_RATE, ALLOCATION)})",
+            f"sum({tenant_rate}) / sum({sel(TENANT_COST_RATE)})",
             PERCENT,
         ),
         stat(
@@ -760,7 +764,7 @@ def tenant_chargeback() -> Json:
         "Cost rate by resource (USD/h)",
         "gpu, cpu, ram, storage, network, shared and tokens (API token dollars; a self-hosted "
         "model's cost is in gpu, cpu and ram).",
-        [(f"sum by (resource) ({sel(COST_RATE, TENANT, ALLOCATION)})", "{{resource}}")],
+        [(f"sum by (resource) ({sel(COST_RATE, TENANT)})", "{{resource}}")],
         USD,
         stacked=True,
     )
@@ -769,8 +773,8 @@ def tenant_chargeback() -> Json:
         "Dollars accrued in the dashboard's time range, per resource.",
         "sum by (resource) ("
         + max_by(
-            "tenant, resource, basis",
-            f"increase({sel('aifinops_tenant_cost_usd_total', TENANT, ALLOCATION)}[$__range])",
+            "tenant, resource",
+            f"increase({sel('aifinops_tenant_cost_usd_total', TENANT)}[$__range])",
         )
         + ")",
         "{{resource}}",
@@ -781,15 +785,20 @@ def tenant_chargeback() -> Json:
         "Chargeback last 24 h (USD)",
         "Dollars over the last 24 hours per resource on both bases: allocation (as billed) and "
         "usage (GPU cost by measured use).",
-        [(f"sum by (resource, basis) ({sel(COST_1D, TENANT)})", "USD", USD)],
+        [
+            (f"sum by (resource) ({sel(COST_1D, TENANT)})", "Allocation", USD),
+            (f"sum by (resource) ({sel(USAGE_COST_1D, TENANT)})", "Usage", USD),
+        ],
         width=6,
-        pivot=("resource", "basis"),
     )
     bases = timeseries(
         "Allocation vs usage basis (USD/h)",
         "The tenant's cost rate as billed (allocation) and as used (usage: the unused GPU share "
         "goes to __idle__).",
-        [(f"sum by (basis) ({sel(TENANT_COST_RATE, TENANT)})", "{{basis}}")],
+        [
+            (f"sum({sel(TENANT_COST_RATE, TENANT)})", "allocation"),
+            (f"sum({sel(TENANT_USAGE_COST_RATE, TENANT)})", "usage"),
+        ],
         USD,
     )
     efficiency = timeseries(
@@ -947,9 +956,11 @@ def gpu_efficiency() -> Json:
         "GPU cost per tenant: allocation vs usage (USD/h)",
         "allocation: requested GPUs x hours x price, as billed. usage: each GPU's cost split by "
         "measured use; the unused rest is __idle__.",
-        [(f"sum by (tenant, basis) ({sel(COST_RATE, GPU)})", "USD/h", USD)],
+        [
+            (f"sum by (tenant) ({sel(COST_RATE, GPU)})", "Allocation", USD),
+            (f"sum by (tenant) ({sel(USAGE_COST_RATE, GPU)})", "Usage", USD),
+        ],
         width=8,
-        pivot=("tenant", "basis"),
     )
     unused_series = timeseries(
         "Unused GPU cost per tenant (USD/h)",
@@ -995,7 +1006,7 @@ def tokens_routing() -> Json:
         stat(
             "API token cost (USD/h)",
             "Dollars paid to API providers (resource tokens of the chargeback).",
-            f"sum({sel(COST_RATE, API_TOKENS, ALLOCATION)})",
+            f"sum({sel(COST_RATE, API_TOKENS)})",
             USD,
         ),
         stat(

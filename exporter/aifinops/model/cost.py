@@ -475,7 +475,9 @@ def attribute_costs(
     for model, obs in price_obs.items():
         obs.sort()
         gpu_prices[(model, "opencost")] = obs[len(obs) // 2]
-    for model in {s.model_name for s in samples}:
+    # The catalog (or an override) prices GPUs only where OpenCost prices none: publish it
+    # as in use only then, never beside OpenCost's price.
+    for model in {s.model_name for s in samples} if catalog_priced else ():
         if model not in prices:
             prices[model] = pricer.price(model)
         found = prices[model]
