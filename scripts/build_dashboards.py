@@ -28,6 +28,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"
+sys.path.insert(0, str(ROOT / "scripts"))
+from render_rules import evaluate_mixin  # noqa: E402  (the script's sibling, not a package)
+
+# The monitoring mixin's _config (mixin/config.libsonnet: rules/thresholds.yaml's values, the
+# exporter selector): panels colour at the values the alerts fire at.
+THRESHOLDS: dict[str, Any] = evaluate_mixin("mixin._config")
 
 # Grafana 12.0-12.1 save schemaVersion 41; 42 (Grafana 12.2+) only moves hideFrom.viz
 # overrides, which these dashboards do not use, so newer Grafana upgrades them unchanged and
@@ -42,7 +48,7 @@ TENANT = 'tenant="$tenant"'
 SCOPE_ALL = 'scope="all"'
 GPU = 'resource="gpu"'
 API_TOKENS = 'resource="tokens"'
-EXPORTER_JOB = 'job=~".*aifinops.*"'  # the rules' exporter_job_regex
+EXPORTER_JOB = THRESHOLDS["exporterSelector"]  # as AIFinOpsExporterAbsent selects them
 
 Json = dict[str, Any]
 
@@ -69,6 +75,8 @@ def _target(ref: str, expr: str, legend: str, instant: bool, table: bool) -> Jso
 
 
 Steps = Sequence[tuple[str, float | None]]
+IDLE_COST_STEPS: Steps = (("orange", THRESHOLDS["idle_gpu_cost_usd_per_hour"]),)
+EFFICIENCY_LOW: Steps = (("red", THRESHOLDS["gpu_efficiency_low_ratio"]),)
 
 
 def _thresholds(steps: Steps) -> Json:
@@ -518,7 +526,11 @@ def dashboard(
 USD = "currencyUSD"
 PERCENT = "percentunit"
 BUDGET_STEPS: Steps = (("orange", 0.8), ("red", 1.0))
-EFFICIENCY_STEPS: Steps = (("red", None), ("orange", 0.3), ("green", 0.6))
+EFFICIENCY_STEPS: Steps = (
+    ("red", None),
+    ("orange", THRESHOLDS["gpu_efficiency_low_ratio"]),
+    ("green", 2 * THRESHOLDS["gpu_efficiency_low_ratio"]),
+)
 BY_TENANT = "{{tenant}} {{cluster}}"
 BY_MODEL = "{{model}} ({{provider}})"
 
@@ -597,7 +609,7 @@ def executive() -> Json:
             "Cost rate of allocated GPUs that stayed idle for the whole idle window.",
             f"sum({sel(TENANT_IDLE_COST)})",
             USD,
-            thresholds=(("orange", 10),),
+            thresholds=IDLE_COST_STEPS,
         ),
         stat(
             "Savings found (USD/month)",
@@ -689,7 +701,7 @@ def executive() -> Json:
         "{{tenant}}",
         USD,
         width=8,
-        thresholds=(("orange", 10),),
+        thresholds=IDLE_COST_STEPS,
     )
     top_savings = table(
         "Top savings (USD/month)",
@@ -806,7 +818,7 @@ def tenant_chargeback() -> Json:
         "Used / allocated GPU-equivalents of the tenant per GPU model.",
         [(sel(EFFICIENCY, TENANT), "{{gpu_model}} {{cluster}}")],
         PERCENT,
-        thresholds=(("red", 0.3),),
+        thresholds=EFFICIENCY_LOW,
     )
     token_cost = timeseries(
         "Token cost by model (USD/h)",
@@ -912,7 +924,7 @@ def gpu_efficiency() -> Json:
         "Used / allocated GPU-equivalents per tenant, all GPU models.",
         [(sel(TENANT_EFFICIENCY), BY_TENANT)],
         PERCENT,
-        thresholds=(("red", 0.3),),
+        thresholds=EFFICIENCY_LOW,
     )
     per_model = bargauge(
         "GPU efficiency per tenant and GPU model",

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTMANAGER_DIR = ROOT / "alertmanager"
-RUNBOOK = "https://github.com/ai-finops/ai-finops-exporter/blob/main/rules/runbook.md"
+RUNBOOK = "https://aifinops.example.com/runbook.md"
 RULE_OVERRIDES = {"budget_usage_for": "0s"}
 WAIT = 20.0
 ALERT = "AIFinOpsBudgetUsageHigh"

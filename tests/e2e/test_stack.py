@@ -66,7 +66,7 @@ from tests.tools import require_binary
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNBOOK = "https://github.com/ai-finops/ai-finops-exporter/blob/main/rules/runbook.md"
+RUNBOOK = "https://aifinops.example.com/runbook.md"
 RULE_OVERRIDES = {"budget_usage_for": "0s", "budget_exceeded_for": "0s"}
 WAIT = 30.0
 REPLICAS = 2
@@ -78,6 +78,8 @@ FINANCE: dict[str, Any] = {
             # speech spent about 900 USD this month in the demo: 1 cent is long gone.
             {"tenant": TENANT, "amount_usd": 0.01},
             {"tenant": "search", "amount_usd": 1_000_000},
+            # the global budget: its own families and rules need data too
+            {"tenant": "__all__", "amount_usd": 1_000_000_000},
         ]
     },
     "initiatives": [
@@ -379,7 +381,7 @@ def test_tenant_over_budget_pages_and_posts_then_resolves_after_a_raised_budget(
     firing = page.body["payload"]["custom_details"]["firing"]
     assert re.fullmatch(
         rf"\[critical\] Tenant {TENANT} has spent more than its monthly budget \(scope all\): "
-        r"[0-9.]+[kM]?% of it\. "
+        r"[0-9.e+]+% of it\. "
         rf"Runbook: {re.escape(RUNBOOK)}#aifinopsbudgetexceeded\n",
         firing,
     ), firing
@@ -391,8 +393,7 @@ def test_tenant_over_budget_pages_and_posts_then_resolves_after_a_raised_budget(
     assert slack.body["channel"] == "#aifinops-alerts"
     assert _attachment(slack.body)["color"] == "danger"
     assert _attachment(slack.body)["text"].startswith(
-        "*Month-to-date spend is above a monthly budget.*\n"
-        f"• [critical] Tenant {TENANT} has spent "
+        f"*Month-to-date spend is above a monthly budget.*\n• [critical] Tenant {TENANT} has spent "
     )
 
     # Both tiers of AIFinOpsBudgetUsageHigh fire and are inhibited by the exceeded budget.
