@@ -28,12 +28,25 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"
+TEMPLATES_DIR = ROOT / "mixin" / "dashboards"
 sys.path.insert(0, str(ROOT / "scripts"))
 from render_rules import evaluate_mixin  # noqa: E402  (the script's sibling, not a package)
 
 # The monitoring mixin's _config (mixin/config.libsonnet: rules/thresholds.yaml's values, the
-# exporter selector): panels colour at the values the alerts fire at.
+# cluster label, the exporter selector). The panels are built here with `@@name@@` in place
+# of those values; the mixin fills them (mixin/dashboards.libsonnet), so the dashboards colour
+# at the values the alerts fire at and follow a user's _config.
 THRESHOLDS: dict[str, Any] = evaluate_mixin("mixin._config")
+
+
+def cfg(name: str) -> Any:
+    """A placeholder the mixin fills with ``_config[name]`` (a number stays a number)."""
+    if name not in THRESHOLDS:
+        raise KeyError(f"{name!r} is not in the mixin's _config")
+    return f"@@{name}@@"
+
+
+CLUSTER_LABEL = cfg("clusterLabel")
 
 # Grafana 12.0-12.1 save schemaVersion 41; 42 (Grafana 12.2+) only moves hideFrom.viz
 # overrides, which these dashboards do not use, so newer Grafana upgrades them unchanged and
@@ -43,12 +56,12 @@ GRID_WIDTH = 24
 TAG = "aifinops"
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-CLUSTER = 'cluster=~"$cluster"'
+CLUSTER = f'{CLUSTER_LABEL}=~"$cluster"'
 TENANT = 'tenant="$tenant"'
 SCOPE_ALL = 'scope="all"'
 GPU = 'resource="gpu"'
 API_TOKENS = 'resource="tokens"'
-EXPORTER_JOB = THRESHOLDS["exporterSelector"]  # as AIFinOpsExporterAbsent selects them
+EXPORTER_JOB = cfg("exporterSelector")  # as AIFinOpsExporterAbsent selects them
 
 Json = dict[str, Any]
 
@@ -75,8 +88,8 @@ def _target(ref: str, expr: str, legend: str, instant: bool, table: bool) -> Jso
 
 
 Steps = Sequence[tuple[str, float | None]]
-IDLE_COST_STEPS: Steps = (("orange", THRESHOLDS["idle_gpu_cost_usd_per_hour"]),)
-EFFICIENCY_LOW: Steps = (("red", THRESHOLDS["gpu_efficiency_low_ratio"]),)
+IDLE_COST_STEPS: Steps = (("orange", cfg("idle_gpu_cost_usd_per_hour")),)
+EFFICIENCY_LOW: Steps = (("red", cfg("gpu_efficiency_low_ratio")),)
 
 
 def _thresholds(steps: Steps) -> Json:
@@ -441,8 +454,8 @@ def _variables(tenant: bool) -> list[Json]:
             "label": "Cluster",
             "type": "query",
             "datasource": DATASOURCE,
-            "query": "label_values(aifinops_build_info, cluster)",
-            "definition": "label_values(aifinops_build_info, cluster)",
+            "query": f"label_values(aifinops_build_info, {CLUSTER_LABEL})",
+            "definition": f"label_values(aifinops_build_info, {CLUSTER_LABEL})",
             "current": {},
             "hide": 0,
             "includeAll": True,
@@ -528,10 +541,10 @@ PERCENT = "percentunit"
 BUDGET_STEPS: Steps = (("orange", 0.8), ("red", 1.0))
 EFFICIENCY_STEPS: Steps = (
     ("red", None),
-    ("orange", THRESHOLDS["gpu_efficiency_low_ratio"]),
-    ("green", 2 * THRESHOLDS["gpu_efficiency_low_ratio"]),
+    ("orange", cfg("gpu_efficiency_low_ratio")),
+    ("green", cfg("gpuEfficiencyGoodRatio")),
 )
-BY_TENANT = "{{tenant}} {{cluster}}"
+BY_TENANT = "{{tenant}} {{" + CLUSTER_LABEL + "}}"
 BY_MODEL = "{{model}} ({{provider}})"
 
 # Recording rules of rules/*.rules.yaml the panels read.
@@ -567,7 +580,7 @@ SOURCE_ERRORS = "source_reason:aifinops_source_errors:rate5m"
 def max_by(labels: str, selector: str) -> str:
     """``max by (cluster, <labels>) (<selector>)``: one value per series whatever the number
     of exporter replicas (a ``sum`` would count every dollar once per replica)."""
-    return f"max by (cluster, {labels}) ({selector})"
+    return f"max by ({CLUSTER_LABEL}, {labels}) ({selector})"
 
 
 def executive() -> Json:
@@ -671,7 +684,7 @@ def executive() -> Json:
         "(benefits - AI cost) / AI cost over each initiative's period; absent while its AI "
         "cost is zero.",
         roi,
-        "{{initiative}} {{cluster}}",
+        "{{initiative}} {{" + CLUSTER_LABEL + "}}",
         PERCENT,
         width=8,
         thresholds=(("red", None), ("green", 0)),
@@ -683,7 +696,7 @@ def executive() -> Json:
         [
             (max_by("initiative", sel("aifinops_roi_cost_usd")), "AI cost", USD),
             (
-                "sum by (cluster, initiative) ("
+                f"sum by ({CLUSTER_LABEL}, initiative) ("
                 + max_by("initiative, kind", sel("aifinops_roi_benefit_usd"))
                 + ")",
                 "Benefit",
@@ -816,7 +829,7 @@ def tenant_chargeback() -> Json:
     efficiency = timeseries(
         "GPU efficiency by GPU model",
         "Used / allocated GPU-equivalents of the tenant per GPU model.",
-        [(sel(EFFICIENCY, TENANT), "{{gpu_model}} {{cluster}}")],
+        [(sel(EFFICIENCY, TENANT), "{{gpu_model}} {{" + CLUSTER_LABEL + "}}")],
         PERCENT,
         thresholds=EFFICIENCY_LOW,
     )
@@ -1270,21 +1283,47 @@ DASHBOARDS = {
 }
 
 
-def render() -> dict[str, str]:
-    """``{file name: JSON text}`` of every dashboard."""
+def templates() -> dict[str, str]:
+    """``{file name: JSON text}`` of every dashboard as built here, placeholders unfilled:
+    the mixin's dashboard sources (mixin/dashboards/*.json)."""
     return {name: json.dumps(build(), indent=2) + "\n" for name, build in DASHBOARDS.items()}
+
+
+def render(sources: dict[str, str] | None = None) -> dict[str, str]:
+    """``{file name: JSON text}`` of every dashboard as the mixin renders ``sources`` (by
+    default :func:`templates`) with its default _config: the committed dashboards/*.json."""
+    sources = templates() if sources is None else sources
+    rendered: dict[str, Any] = evaluate_mixin(
+        "(mixin + { dashboardTemplates:: std.parseJson(std.extVar('templates')) })"
+        ".renderedDashboards",
+        ext={"templates": json.dumps({n: json.loads(t) for n, t in sources.items()})},
+    )
+    return {name: json.dumps(rendered[name], indent=2) + "\n" for name in sources}
+
+
+ERR = sys.stderr
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if committed files drift")
     args = parser.parse_args(argv)
-    rendered = render()
+    sources = templates()
+    rendered = render(sources)
+    stale_sources = [n for n, t in sources.items() if _read(TEMPLATES_DIR / n) != t]
     stale = [n for n, t in rendered.items() if _read(DASHBOARDS_DIR / n) != t]
     if args.check:
+        for name in stale_sources:
+            print(
+                f"build_dashboards: mixin/dashboards/{name} differs from its build", file=sys.stderr
+            )
         for name in stale:
             print(f"build_dashboards: dashboards/{name} differs from its build", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if stale or stale_sources else 0
+    TEMPLATES_DIR.mkdir(parents=True, exist_ok=True)
+    for name in stale_sources:
+        (TEMPLATES_DIR / name).write_text(sources[name])
+        print(f"wrote mixin/dashboards/{name}")
     DASHBOARDS_DIR.mkdir(exist_ok=True)
     for name in stale:
         (DASHBOARDS_DIR / name).write_text(rendered[name])

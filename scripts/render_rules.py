@@ -143,9 +143,13 @@ def render(
     return rendered
 
 
-def evaluate_mixin(expression: str, config: Mapping[str, Any] | None = None) -> Any:
+def evaluate_mixin(
+    expression: str,
+    config: Mapping[str, Any] | None = None,
+    ext: Mapping[str, str] | None = None,
+) -> Any:
     """Evaluate ``expression`` with ``mixin`` bound to mixin/mixin.libsonnet whose ``_config``
-    is extended by ``config``; return the JSON value."""
+    is extended by ``config`` (``ext``: more ``std.extVar`` strings); return the JSON value."""
     import _jsonnet  # the PyPI package `jsonnet` (test extra); imported here, used only here
 
     snippet = (
@@ -156,7 +160,7 @@ def evaluate_mixin(expression: str, config: Mapping[str, Any] | None = None) -> 
         out = _jsonnet.evaluate_snippet(
             str(ROOT / "render.jsonnet"),
             snippet,
-            ext_vars={"config": json.dumps(dict(config or {}))},
+            ext_vars={"config": json.dumps(dict(config or {})), **(ext or {})},
         )
     except RuntimeError as exc:
         raise RenderError(f"mixin: {exc}") from exc

@@ -54,7 +54,9 @@ def test_the_mixin_has_the_kube_prometheus_fields() -> None:
     assert fields["alerts"]["groups"] and fields["rules"]["groups"]
     assert all("alert" in r for g in fields["alerts"]["groups"] for r in g["rules"])
     assert all("record" in r for g in fields["rules"]["groups"] for r in g["rules"])
-    assert len(fields["dashboards"]) == len(list((ROOT / "dashboards").glob("*.json")))
+    assert sorted(fields["dashboards"]) == sorted(
+        f"aifinops-{p.name}" for p in (ROOT / "dashboards").glob("*.json")
+    )
 
 
 def test_the_mixins_rules_equal_the_committed_rule_files() -> None:
@@ -121,3 +123,25 @@ def test_dashboards_colour_at_the_alerts_thresholds() -> None:
     assert config["gpu_efficiency_low_ratio"] in steps("GPU efficiency by GPU model")
     exporter = json.dumps(dashboards["exporter-health.json"])
     assert json.dumps(config["exporterSelector"])[1:-1] in exporter
+
+
+def test_config_reaches_the_dashboards() -> None:
+    """The dashboards are rendered by the mixin too: a user's _config changes them."""
+    config = {"clusterLabel": "k8s_cluster", "idle_gpu_cost_usd_per_hour": 25}
+    boards = mixin("mixin.grafanaDashboards", config)
+    text = json.dumps(boards)
+    assert "@@" not in text
+    assert 'k8s_cluster=~\\"$cluster\\"' in text and 'cluster=~\\"$cluster\\"' not in text.replace(
+        "k8s_cluster", ""
+    )
+    idle = [
+        step["value"]
+        for panel in boards["aifinops-executive.json"]["panels"]
+        if panel.get("title") == "Idle GPU cost (USD/h)"
+        for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    ]
+    assert 25 in idle
+    # and the committed dashboards are the mixin's rendering with the default _config
+    build = _script("build_dashboards")
+    for name, text in build.render().items():
+        assert (ROOT / "dashboards" / name).read_text() == text, name
