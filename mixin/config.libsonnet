@@ -18,6 +18,9 @@ local thresholds = std.parseYaml(importstr '../rules/thresholds.yaml').threshold
     clusterLabel: 'cluster',
     // Selects the exporter's scrape targets (AIFinOpsExporterAbsent).
     exporterSelector: 'job=~"%s"' % self.exporter_job_regex,
+    // Added to every aifinops_* series the rules read, e.g. 'job="aifinops-exporter"' where
+    // another job exports the same names. Empty (the default): the series are read as is.
+    aifinopsSelector: '',
     // Where rules/runbook.md is served; %s is the alert's anchor (its name in lower case).
     // Set it to where your copy of the runbook lives (a fork, a wiki, a docs site).
     runbookURLPattern: 'https://aifinops.example.com/runbook.md#%s',

@@ -6,6 +6,9 @@
 //   ${name|percent}    a 0-1 ratio of _config printed as a percentage (0.1 -> 10%)
 //   ${cluster}         _config.clusterLabel
 //   ${exporter}        _config.exporterSelector
+//   ${selector:braces} after a bare aifinops_* series: {_config.aifinopsSelector}, or nothing
+//   ${selector:comma}  first inside an aifinops_* series' braces: `<aifinopsSelector>, `, or
+//                      nothing (every raw series of an expr carries one of the two)
 //   ${runbook:Alert}   _config.runbookURLPattern with the alert's anchor (its name, lower case)
 //
 // renderedFiles is what scripts/render_rules.py writes to rules/*.rules.yaml (header, then the
@@ -33,6 +36,10 @@ local value(key, cfg, where) =
     cfg.runbookURLPattern % std.asciiLower(std.substr(key, 8, std.length(key) - 8))
   else if key == 'cluster' then cfg.clusterLabel
   else if key == 'exporter' then cfg.exporterSelector
+  else if key == 'selector:braces' then
+    (if cfg.aifinopsSelector == '' then '' else '{%s}' % cfg.aifinopsSelector)
+  else if key == 'selector:comma' then
+    (if cfg.aifinopsSelector == '' then '' else '%s, ' % cfg.aifinopsSelector)
   else if !std.objectHas(cfg, name) then
     error '%s: ${%s} is not in _config (rules/thresholds.yaml)' % [where, name]
   else if std.length(parts) == 1 then std.toString(cfg[name])

@@ -8,9 +8,11 @@ rule files; they are declared once, in ``rules/thresholds.yaml``, read into the 
 is what kube-prometheus users import. A template names a value as ``${name}``;
 ``${name|percent}`` prints a 0-1 ratio as a percentage for descriptions (0.1 → ``10%``);
 ``${cluster}``, ``${exporter}`` and ``${runbook:anchor}`` are the mixin's cluster label,
-exporter selector and runbook URL pattern. Go-template text such as ``{{ $value }}`` is left
-alone (it has no ``${``). This script checks the names (declared, used) and writes the files;
-jsonnet (the ``jsonnet`` package's ``_jsonnet``) renders them.
+exporter selector and runbook URL pattern; ``${selector:braces}`` / ``${selector:comma}``
+put its ``aifinopsSelector`` on a raw series (see mixin/rules.libsonnet). Go-template text
+such as ``{{ $value }}`` is left alone (it has no ``${``). This script checks the names
+(declared, used) and writes the files; jsonnet (the ``jsonnet`` package's ``_jsonnet``)
+renders them.
 
 Usage::
 
@@ -40,7 +42,9 @@ THRESHOLDS_FILE = RULES_DIR / "thresholds.yaml"
 
 PLACEHOLDER = re.compile(r"\$\{([a-z][a-z0-9_]*)(?:\|([a-z]+))?\}")
 # Placeholders the mixin fills from its own _config fields, not from thresholds.yaml.
-MIXIN_NAMES = re.compile(r"\$\{(?:cluster|exporter|runbook:[a-z]+)\}")
+MIXIN_NAMES = re.compile(
+    r"\$\{(?:cluster|exporter|selector:braces|selector:comma|runbook:[a-z]+)\}"
+)
 MIXIN = ROOT / "mixin"
 FILTERS = ("percent",)
 

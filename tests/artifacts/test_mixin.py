@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,36 @@ def test_the_rendered_mixin_passes_promtool(tmp_path: Path) -> None:
     doc = mixin("{ groups: mixin.prometheusRules.groups + mixin.prometheusAlerts.groups }")
     path = tmp_path / "mixin.rules.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+RAW_SERIES = re.compile(r"(?<![:\w])aifinops_[a-z0-9_]+(?![:\w])")
+
+
+def test_the_aifinops_selector_reaches_every_raw_series_and_passes_promtool(
+    tmp_path: Path,
+) -> None:
+    """Every aifinops_* series an expression reads carries _config.aifinopsSelector (a new
+    rule without ${selector:braces} / ${selector:comma} fails here), and the result is valid."""
+    selector = 'job="finops"'
+    groups = mixin(
+        "mixin.prometheusRules.groups + mixin.prometheusAlerts.groups",
+        {"aifinopsSelector": selector},
+    )
+    missing = [
+        (rule.get("record") or rule.get("alert"), m.group(0))
+        for g in groups
+        for rule in g["rules"]
+        for m in RAW_SERIES.finditer(rule["expr"])
+        if not rule["expr"][m.end() :].startswith("{" + selector)
+    ]
+    assert not missing
+    promtool = require_binary("promtool")
+    path = tmp_path / "selected.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     proc = subprocess.run(
         [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
     )
