@@ -169,7 +169,8 @@ MODEL_TOKEN_PRICE = _spec(
     "gauge",
     "USD per 1M tokens per model and token type; source=price_list (price file or override) "
     "or measured (self-hosted: serving pods' cost / tokens over the rate window, split between "
-    "token types by the configured cost weights).",
+    "token types by the configured cost weights). A price, not an amount: its sum() means "
+    "nothing.",
     ("model", "provider", "token_type", "source"),
     "experimental",
 )
@@ -177,7 +178,8 @@ MODEL_API_EQUIVALENT_PRICE = _spec(
     "aifinops_model_api_equivalent_cost_per_million_tokens_usd",
     "gauge",
     "Price-list USD per 1M tokens of the API model configured as a self-hosted model's "
-    "equivalent, labelled with the self-hosted model (compare with source=measured).",
+    "equivalent, labelled with the self-hosted model (compare with source=measured). A "
+    "price: its sum() means nothing.",
     ("model", "provider", "token_type"),
     "experimental",
 )
@@ -205,8 +207,8 @@ TENANT_MONTH_TO_DATE = _spec(
     "Spend per tenant since the calendar month started in budgets.time_zone, in USD, basis "
     "allocation: OpenCost's daily sets (infrastructure, sentinels included) plus the token "
     "dollars and self-hosted charge-back this exporter counted since the month start (kept "
-    "across restarts with state.path set, else a restart loses them). Absent without "
-    "OpenCost month-to-date data.",
+    "across restarts with state.path set, else a restart loses them): sum() is the cluster's "
+    "month to date. Absent without OpenCost month-to-date data.",
     ("tenant",),
     "experimental",
 )
