@@ -123,3 +123,56 @@ def test_gpu_price_is_published_only_from_the_source_in_use():
         0.0,
     )
     assert catalog_priced.cost.gpu_prices == {(H100, "catalog"): 4.0}
+
+
+def test_each_budget_lands_in_the_family_of_its_owner_and_scope():
+    """Budgets of every scope, for tenants and for the cluster: one family per (owner, scope)
+    for the money, no tenant="__all__" row, durations in seconds."""
+    from aifinops.exposition.families import finance_families
+    from aifinops.model.budgets import Budget, evaluate_budgets
+    from aifinops.model.finance import FinanceReport
+
+    now = 1_750_000_000.0  # 2025-06-15
+    budgets = [
+        Budget("a", 100.0),
+        Budget("b", 50.0, scope="gpu"),
+        Budget("c", 10.0, scope="tokens"),
+    ]
+    budgets += [Budget("__all__", 1000.0, scope="gpu")]
+    spend = {
+        ("a", "all"): 60.0,
+        ("b", "gpu"): 20.0,
+        ("c", "tokens"): 10.0,
+        ("__all__", "gpu"): 300.0,
+    }
+    statuses = evaluate_budgets(budgets, spend, {}, now, "UTC")
+    # Only what the budget families read; the rest empty (no prices or latencies needed).
+    report = FinanceReport(
+        now=now,
+        tz="UTC",
+        period="2025-06",
+        month_start=now - 14 * 86400,
+        infra_available=True,
+        month_to_date={},
+        tenant_month_to_date={},
+        budgets=statuses,
+        budget_notes=(),
+        cluster=None,
+        initiatives=(),
+        routing=(),
+        routing_window_seconds=0.0,
+        recommendations=(),
+        periods={},
+        idle_cost_usd_per_hour=0.0,
+        prices=None,  # type: ignore[arg-type]
+        latencies=None,  # type: ignore[arg-type]
+    )
+    got = {f.spec.name: f.samples for f in finance_families(report) if f.samples}
+    assert got["aifinops_tenant_budget_spend_usd"] == [(("a",), 60.0)]
+    assert got["aifinops_tenant_gpu_budget_spend_usd"] == [(("b",), 20.0)]
+    assert got["aifinops_tenant_token_budget_spend_usd"] == [(("c",), 10.0)]
+    assert got["aifinops_cluster_gpu_budget_usd"] == [((), 1000.0)]
+    assert "aifinops_cluster_budget_usd" not in got
+    assert got["aifinops_cluster_budget_used_ratio"] == [(("gpu",), 0.3)]
+    assert got["aifinops_budget_exhaustion_seconds"][-1] == (("c", "tokens"), 0.0)
+    assert all("__all__" not in labels for samples in got.values() for labels, _ in samples)
