@@ -117,8 +117,7 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
         "sum(aifinops_cluster_budget_spend_usd)",
         "<=",
     ),
-    # A tenant's scoped budgets' forecasts never exceed the whole cluster's forecast... only
-    # when the global budget exists; the forecast is never below the spend.
+    # A month-end forecast is never below the spend so far.
     "aifinops_tenant_budget_forecast_usd": (
         "sum(aifinops_tenant_budget_spend_usd)",
         "sum(aifinops_tenant_budget_forecast_usd)",
