@@ -327,7 +327,8 @@ def attribute_costs(
             s, weight, key = holds[0]
             req = requested(key, weight)
             billed, price = hold_rates(key, weight, s.model_name, req)
-            if price > 0 and not s.mig_profile and weight == 1.0:
+            # OpenCost's own price, observed; a catalog price is published as such below.
+            if price > 0 and not s.mig_profile and weight == 1.0 and not catalog_priced:
                 price_obs[s.model_name].append(price)
             if catalog_priced:
                 device_requested[s.uuid].append(req)
