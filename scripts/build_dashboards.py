@@ -28,6 +28,25 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"
+TEMPLATES_DIR = ROOT / "mixin" / "dashboards"
+sys.path.insert(0, str(ROOT / "scripts"))
+from render_rules import evaluate_mixin  # noqa: E402  (the script's sibling, not a package)
+
+# The monitoring mixin's _config (mixin/config.libsonnet: rules/thresholds.yaml's values, the
+# cluster label, the exporter selector). The panels are built here with `@@name@@` in place
+# of those values; the mixin fills them (mixin/dashboards.libsonnet), so the dashboards colour
+# at the values the alerts fire at and follow a user's _config.
+THRESHOLDS: dict[str, Any] = evaluate_mixin("mixin._config")
+
+
+def cfg(name: str) -> Any:
+    """A placeholder the mixin fills with ``_config[name]`` (a number stays a number)."""
+    if name not in THRESHOLDS:
+        raise KeyError(f"{name!r} is not in the mixin's _config")
+    return f"@@{name}@@"
+
+
+CLUSTER_LABEL = cfg("clusterLabel")
 
 # Grafana 12.0-12.1 save schemaVersion 41; 42 (Grafana 12.2+) only moves hideFrom.viz
 # overrides, which these dashboards do not use, so newer Grafana upgrades them unchanged and
@@ -37,13 +56,12 @@ GRID_WIDTH = 24
 TAG = "aifinops"
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-CLUSTER = 'cluster=~"$cluster"'
+CLUSTER = f'{CLUSTER_LABEL}=~"$cluster"'
 TENANT = 'tenant="$tenant"'
-ALLOCATION = 'basis="allocation"'
 SCOPE_ALL = 'scope="all"'
 GPU = 'resource="gpu"'
 API_TOKENS = 'resource="tokens"'
-EXPORTER_JOB = 'job=~".*aifinops.*"'  # the rules' exporter_job_regex
+EXPORTER_JOB = cfg("exporterSelector")  # as AIFinOpsExporterAbsent selects them
 
 Json = dict[str, Any]
 
@@ -70,6 +88,8 @@ def _target(ref: str, expr: str, legend: str, instant: bool, table: bool) -> Jso
 
 
 Steps = Sequence[tuple[str, float | None]]
+IDLE_COST_STEPS: Steps = (("orange", cfg("idle_gpu_cost_usd_per_hour")),)
+EFFICIENCY_LOW: Steps = (("red", cfg("gpu_efficiency_low_ratio")),)
 
 
 def _thresholds(steps: Steps) -> Json:
@@ -434,8 +454,8 @@ def _variables(tenant: bool) -> list[Json]:
             "label": "Cluster",
             "type": "query",
             "datasource": DATASOURCE,
-            "query": "label_values(aifinops_build_info, cluster)",
-            "definition": "label_values(aifinops_build_info, cluster)",
+            "query": f"label_values(aifinops_build_info, {CLUSTER_LABEL})",
+            "definition": f"label_values(aifinops_build_info, {CLUSTER_LABEL})",
             "current": {},
             "hide": 0,
             "includeAll": True,
@@ -448,7 +468,7 @@ def _variables(tenant: bool) -> list[Json]:
         },
     ]
     if tenant:
-        query = f"label_values({sel('tenant_basis:aifinops_tenant_cost_usd_per_hour:sum')}, tenant)"
+        query = f"label_values({sel('tenant:aifinops_tenant_cost_usd_per_hour:sum')}, tenant)"
         variables.append(
             {
                 "name": "tenant",
@@ -519,16 +539,24 @@ def dashboard(
 USD = "currencyUSD"
 PERCENT = "percentunit"
 BUDGET_STEPS: Steps = (("orange", 0.8), ("red", 1.0))
-EFFICIENCY_STEPS: Steps = (("red", None), ("orange", 0.3), ("green", 0.6))
-BY_TENANT = "{{tenant}} {{cluster}}"
+EFFICIENCY_STEPS: Steps = (
+    ("red", None),
+    ("orange", cfg("gpu_efficiency_low_ratio")),
+    ("green", cfg("gpuEfficiencyGoodRatio")),
+)
+BY_TENANT = "{{tenant}} {{" + CLUSTER_LABEL + "}}"
 BY_MODEL = "{{model}} ({{provider}})"
 
 # Recording rules of rules/*.rules.yaml the panels read.
-COST_RATE = "tenant_resource_basis:aifinops_tenant_cost_usd_per_hour:max"
-TENANT_COST_RATE = "tenant_basis:aifinops_tenant_cost_usd_per_hour:sum"
-COST_1D = "tenant_resource_basis:aifinops_tenant_cost_usd:increase1d"
-TENANT_COST_1D = "tenant_basis:aifinops_tenant_cost_usd:increase1d"
-TENANT_COST_30D = "tenant_basis:aifinops_tenant_cost_usd:increase30d"
+# One family per basis (sum-safe): allocation (as billed) and usage (GPU by measured use).
+COST_RATE = "tenant_resource:aifinops_tenant_cost_usd_per_hour:max"
+USAGE_COST_RATE = "tenant_resource:aifinops_tenant_usage_basis_cost_usd_per_hour:max"
+TENANT_COST_RATE = "tenant:aifinops_tenant_cost_usd_per_hour:sum"
+TENANT_USAGE_COST_RATE = "tenant:aifinops_tenant_usage_basis_cost_usd_per_hour:sum"
+COST_1D = "tenant_resource:aifinops_tenant_cost_usd:increase1d"
+USAGE_COST_1D = "tenant_resource:aifinops_tenant_usage_basis_cost_usd:increase1d"
+TENANT_COST_1D = "tenant:aifinops_tenant_cost_usd:increase1d"
+TENANT_COST_30D = "tenant:aifinops_tenant_cost_usd:increase30d"
 MTD = "tenant:aifinops_tenant_month_to_date_cost_usd:max"
 BURN_RATE = "tenant_scope:aifinops_budget_burn_rate:ratio"
 FORECAST_RATIO = "tenant_scope:aifinops_budget_forecast:ratio"
@@ -552,15 +580,20 @@ SOURCE_ERRORS = "source_reason:aifinops_source_errors:rate5m"
 def max_by(labels: str, selector: str) -> str:
     """``max by (cluster, <labels>) (<selector>)``: one value per series whatever the number
     of exporter replicas (a ``sum`` would count every dollar once per replica)."""
-    return f"max by (cluster, {labels}) ({selector})"
+    return f"max by ({CLUSTER_LABEL}, {labels}) ({selector})"
 
 
 def executive() -> Json:
     mtd = sel(MTD)
-    rate = sel(TENANT_COST_RATE, ALLOCATION)
+    rate = sel(TENANT_COST_RATE)
 
     def budget(metric: str) -> str:
+        """A per-(tenant, scope) series, scope all."""
         return max_by("tenant", sel(metric, SCOPE_ALL))
+
+    def budget_usd(metric: str) -> str:
+        """A scope-all money family (one per scope: no scope label)."""
+        return max_by("tenant", sel(metric))
 
     roi = max_by("initiative", sel("aifinops_roi_ratio"))
     savings = max_by("kind, tenant", sel("aifinops_recommendation_savings_usd_per_month"))
@@ -575,9 +608,7 @@ def executive() -> Json:
         stat(
             "Month-end forecast (budgeted tenants)",
             "Sum of the month-end spend forecasts of the tenants with an all-resources budget.",
-            "sum("
-            + max_by("tenant", sel("aifinops_budget_forecast_usd", SCOPE_ALL, 'tenant!="__all__"'))
-            + ")",
+            "sum(" + max_by("tenant", sel("aifinops_tenant_budget_forecast_usd")) + ")",
             USD,
         ),
         stat(
@@ -591,7 +622,7 @@ def executive() -> Json:
             "Cost rate of allocated GPUs that stayed idle for the whole idle window.",
             f"sum({sel(TENANT_IDLE_COST)})",
             USD,
-            thresholds=(("orange", 10),),
+            thresholds=IDLE_COST_STEPS,
         ),
         stat(
             "Savings found (USD/month)",
@@ -603,9 +634,7 @@ def executive() -> Json:
         stat(
             "Budgets at or over 100%",
             "Tenant budgets (all scopes) whose month-to-date spend reached the amount.",
-            "sum("
-            + max_by("tenant, scope", sel("aifinops_budget_used_ratio", 'tenant!="__all__"'))
-            + " >= bool 1)",
+            "sum(" + max_by("tenant, scope", sel("aifinops_budget_used_ratio")) + " >= bool 1)",
             "none",
             thresholds=(("red", 1),),
         ),
@@ -624,14 +653,14 @@ def executive() -> Json:
     versus = table(
         "Spend vs budget per tenant",
         "This month's spend, budget (scope all), month-end forecast, forecast / budget, burn "
-        "rate (1 = on pace to spend exactly the budget) and days until it is exhausted.",
+        "rate (1 = on pace to spend exactly the budget) and the time until it is exhausted.",
         [
             (mtd, "Spend this month", USD),
-            (budget("aifinops_budget_usd"), "Budget", USD),
-            (budget("aifinops_budget_forecast_usd"), "Forecast", USD),
+            (budget_usd("aifinops_tenant_budget_usd"), "Budget", USD),
+            (budget_usd("aifinops_tenant_budget_forecast_usd"), "Forecast", USD),
             (budget(FORECAST_RATIO), "Forecast / budget", PERCENT),
             (budget(BURN_RATE), "Burn rate", "none"),
-            (budget("aifinops_budget_exhaustion_days"), "Days to exhaustion", "d"),
+            (budget("aifinops_budget_exhaustion_seconds"), "Time to exhaustion", "s"),
         ],
         width=14,
         sort_by="Spend this month",
@@ -655,7 +684,7 @@ def executive() -> Json:
         "(benefits - AI cost) / AI cost over each initiative's period; absent while its AI "
         "cost is zero.",
         roi,
-        "{{initiative}} {{cluster}}",
+        "{{initiative}} {{" + CLUSTER_LABEL + "}}",
         PERCENT,
         width=8,
         thresholds=(("red", None), ("green", 0)),
@@ -667,7 +696,7 @@ def executive() -> Json:
         [
             (max_by("initiative", sel("aifinops_roi_cost_usd")), "AI cost", USD),
             (
-                "sum by (cluster, initiative) ("
+                f"sum by ({CLUSTER_LABEL}, initiative) ("
                 + max_by("initiative, kind", sel("aifinops_roi_benefit_usd"))
                 + ")",
                 "Benefit",
@@ -685,7 +714,7 @@ def executive() -> Json:
         "{{tenant}}",
         USD,
         width=8,
-        thresholds=(("orange", 10),),
+        thresholds=IDLE_COST_STEPS,
     )
     top_savings = table(
         "Top savings (USD/month)",
@@ -716,7 +745,7 @@ def executive() -> Json:
 
 
 def tenant_chargeback() -> Json:
-    tenant_rate = sel(TENANT_COST_RATE, TENANT, ALLOCATION)
+    tenant_rate = sel(TENANT_COST_RATE, TENANT)
     headline = [
         stat(
             "Cost rate now (USD/h)",
@@ -733,19 +762,19 @@ def tenant_chargeback() -> Json:
         stat(
             "Spend last 24 h",
             "Dollars accrued over the last 24 hours (basis allocation).",
-            f"sum({sel(TENANT_COST_1D, TENANT, ALLOCATION)})",
+            f"sum({sel(TENANT_COST_1D, TENANT)})",
             USD,
         ),
         stat(
             "Spend last 30 days",
             "Dollars accrued over the last 30 days (basis allocation).",
-            f"sum({sel(TENANT_COST_30D, TENANT, ALLOCATION)})",
+            f"sum({sel(TENANT_COST_30D, TENANT)})",
             USD,
         ),
         stat(
             "Share of cluster cost",
             "The tenant's part of the cost rate of the selected clusters (basis allocation).",
-            f"sum({tenant_rate}) / sum({sel(TENANT_COST_RATE, ALLOCATION)})",
+            f"sum({tenant_rate}) / sum({sel(TENANT_COST_RATE)})",
             PERCENT,
         ),
         stat(
@@ -760,7 +789,7 @@ def tenant_chargeback() -> Json:
         "Cost rate by resource (USD/h)",
         "gpu, cpu, ram, storage, network, shared and tokens (API token dollars; a self-hosted "
         "model's cost is in gpu, cpu and ram).",
-        [(f"sum by (resource) ({sel(COST_RATE, TENANT, ALLOCATION)})", "{{resource}}")],
+        [(f"sum by (resource) ({sel(COST_RATE, TENANT)})", "{{resource}}")],
         USD,
         stacked=True,
     )
@@ -769,8 +798,8 @@ def tenant_chargeback() -> Json:
         "Dollars accrued in the dashboard's time range, per resource.",
         "sum by (resource) ("
         + max_by(
-            "tenant, resource, basis",
-            f"increase({sel('aifinops_tenant_cost_usd_total', TENANT, ALLOCATION)}[$__range])",
+            "tenant, resource",
+            f"increase({sel('aifinops_tenant_cost_usd_total', TENANT)}[$__range])",
         )
         + ")",
         "{{resource}}",
@@ -781,23 +810,28 @@ def tenant_chargeback() -> Json:
         "Chargeback last 24 h (USD)",
         "Dollars over the last 24 hours per resource on both bases: allocation (as billed) and "
         "usage (GPU cost by measured use).",
-        [(f"sum by (resource, basis) ({sel(COST_1D, TENANT)})", "USD", USD)],
+        [
+            (f"sum by (resource) ({sel(COST_1D, TENANT)})", "Allocation", USD),
+            (f"sum by (resource) ({sel(USAGE_COST_1D, TENANT)})", "Usage", USD),
+        ],
         width=6,
-        pivot=("resource", "basis"),
     )
     bases = timeseries(
         "Allocation vs usage basis (USD/h)",
         "The tenant's cost rate as billed (allocation) and as used (usage: the unused GPU share "
         "goes to __idle__).",
-        [(f"sum by (basis) ({sel(TENANT_COST_RATE, TENANT)})", "{{basis}}")],
+        [
+            (f"sum({sel(TENANT_COST_RATE, TENANT)})", "allocation"),
+            (f"sum({sel(TENANT_USAGE_COST_RATE, TENANT)})", "usage"),
+        ],
         USD,
     )
     efficiency = timeseries(
         "GPU efficiency by GPU model",
         "Used / allocated GPU-equivalents of the tenant per GPU model.",
-        [(sel(EFFICIENCY, TENANT), "{{gpu_model}} {{cluster}}")],
+        [(sel(EFFICIENCY, TENANT), "{{gpu_model}} {{" + CLUSTER_LABEL + "}}")],
         PERCENT,
-        thresholds=(("red", 0.3),),
+        thresholds=EFFICIENCY_LOW,
     )
     token_cost = timeseries(
         "Token cost by model (USD/h)",
@@ -903,7 +937,7 @@ def gpu_efficiency() -> Json:
         "Used / allocated GPU-equivalents per tenant, all GPU models.",
         [(sel(TENANT_EFFICIENCY), BY_TENANT)],
         PERCENT,
-        thresholds=(("red", 0.3),),
+        thresholds=EFFICIENCY_LOW,
     )
     per_model = bargauge(
         "GPU efficiency per tenant and GPU model",
@@ -947,9 +981,11 @@ def gpu_efficiency() -> Json:
         "GPU cost per tenant: allocation vs usage (USD/h)",
         "allocation: requested GPUs x hours x price, as billed. usage: each GPU's cost split by "
         "measured use; the unused rest is __idle__.",
-        [(f"sum by (tenant, basis) ({sel(COST_RATE, GPU)})", "USD/h", USD)],
+        [
+            (f"sum by (tenant) ({sel(COST_RATE, GPU)})", "Allocation", USD),
+            (f"sum by (tenant) ({sel(USAGE_COST_RATE, GPU)})", "Usage", USD),
+        ],
         width=8,
-        pivot=("tenant", "basis"),
     )
     unused_series = timeseries(
         "Unused GPU cost per tenant (USD/h)",
@@ -995,7 +1031,7 @@ def tokens_routing() -> Json:
         stat(
             "API token cost (USD/h)",
             "Dollars paid to API providers (resource tokens of the chargeback).",
-            f"sum({sel(COST_RATE, API_TOKENS, ALLOCATION)})",
+            f"sum({sel(COST_RATE, API_TOKENS)})",
             USD,
         ),
         stat(
@@ -1247,21 +1283,47 @@ DASHBOARDS = {
 }
 
 
-def render() -> dict[str, str]:
-    """``{file name: JSON text}`` of every dashboard."""
+def templates() -> dict[str, str]:
+    """``{file name: JSON text}`` of every dashboard as built here, placeholders unfilled:
+    the mixin's dashboard sources (mixin/dashboards/*.json)."""
     return {name: json.dumps(build(), indent=2) + "\n" for name, build in DASHBOARDS.items()}
+
+
+def render(sources: dict[str, str] | None = None) -> dict[str, str]:
+    """``{file name: JSON text}`` of every dashboard as the mixin renders ``sources`` (by
+    default :func:`templates`) with its default _config: the committed dashboards/*.json."""
+    sources = templates() if sources is None else sources
+    rendered: dict[str, Any] = evaluate_mixin(
+        "(mixin + { dashboardTemplates:: std.parseJson(std.extVar('templates')) })"
+        ".renderedDashboards",
+        ext={"templates": json.dumps({n: json.loads(t) for n, t in sources.items()})},
+    )
+    return {name: json.dumps(rendered[name], indent=2) + "\n" for name in sources}
+
+
+ERR = sys.stderr
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if committed files drift")
     args = parser.parse_args(argv)
-    rendered = render()
+    sources = templates()
+    rendered = render(sources)
+    stale_sources = [n for n, t in sources.items() if _read(TEMPLATES_DIR / n) != t]
     stale = [n for n, t in rendered.items() if _read(DASHBOARDS_DIR / n) != t]
     if args.check:
+        for name in stale_sources:
+            print(
+                f"build_dashboards: mixin/dashboards/{name} differs from its build", file=sys.stderr
+            )
         for name in stale:
             print(f"build_dashboards: dashboards/{name} differs from its build", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if stale or stale_sources else 0
+    TEMPLATES_DIR.mkdir(parents=True, exist_ok=True)
+    for name in stale_sources:
+        (TEMPLATES_DIR / name).write_text(sources[name])
+        print(f"wrote mixin/dashboards/{name}")
     DASHBOARDS_DIR.mkdir(exist_ok=True)
     for name in stale:
         (DASHBOARDS_DIR / name).write_text(rendered[name])

@@ -112,22 +112,48 @@ async def test_budgets_match_the_ground_truth_and_the_metrics(finance_demo):
             else:
                 assert b["days_to_exhaustion"] == pytest.approx(expected, rel=1e-9)
 
-    # /metrics says the same, number for number
-    for name, field in (
-        ("aifinops_budget_usd", "budget_usd"),
-        ("aifinops_budget_spend_usd", "spend_usd"),
-        ("aifinops_budget_used_ratio", "used_ratio"),
-        ("aifinops_budget_forecast_usd", "forecast_usd"),
-        ("aifinops_budget_exhaustion_days", "days_to_exhaustion"),
-        ("aifinops_budget_warning_ratio", "warning"),
-        ("aifinops_budget_critical_ratio", "critical"),
-    ):
-        got = {(labels["tenant"], labels["scope"]): v for labels, v in page[name]}
-        want_api = {k: b[field] for k, b in budgets.items() if b[field] is not None}
-        assert got == want_api, name
+    # /metrics says the same, number for number: money in one family per (owner, scope),
+    # the ratios per (tenant, scope), the global budget in the aifinops_cluster_* families.
+    from aifinops.exposition.catalog import BUDGET_MONEY, BUDGET_RATIOS
+
+    for (owner, scope, what), spec in BUDGET_MONEY.items():
+        field = {"budget": "budget_usd", "spend": "spend_usd", "forecast": "forecast_usd"}[what]
+        got = {labels.get("tenant", "__all__"): v for labels, v in page.get(spec.name, [])}
+        want_api = {
+            t: b[field]
+            for (t, sc), b in budgets.items()
+            if sc == scope and (t == "__all__") == (owner == "cluster")
+        }
+        assert got == want_api, spec.name
+    for (owner, what), spec in BUDGET_RATIOS.items():
+        if what == "state":
+            continue
+        field, unit = {
+            "used": ("used_ratio", 1.0),
+            "exhaustion": ("days_to_exhaustion", 86_400.0),
+            "warning": ("warning", 1.0),
+            "critical": ("critical", 1.0),
+        }[what]
+        got = {
+            (labels.get("tenant", "__all__"), labels["scope"]): v
+            for labels, v in page.get(spec.name, [])
+        }
+        want_api = {
+            k: b[field] * unit
+            for k, b in budgets.items()
+            if b[field] is not None and (k[0] == "__all__") == (owner == "cluster")
+        }
+        assert got == pytest.approx(want_api, rel=1e-12), spec.name
+    assert all(
+        labels["tenant"] != "__all__"
+        for name, samples in page.items()
+        if name.startswith("aifinops_budget")
+        for labels, _ in samples
+    )
     states = {}
-    for labels, v in page["aifinops_budget_state"]:
-        states.setdefault((labels["tenant"], labels["scope"]), {})[labels["state"]] = v
+    for labels, v in page["aifinops_budget_state"] + page["aifinops_cluster_budget_state"]:
+        key = (labels.get("tenant", "__all__"), labels["scope"])
+        states.setdefault(key, {})[labels["state"]] = v
     for key, by_state in states.items():
         assert set(by_state) == {"ok", "warning", "critical", "exceeded"}
         assert [s for s, v in by_state.items() if v == 1.0] == [budgets[key]["state"]]
@@ -199,7 +225,7 @@ async def test_tokens_and_charge_back_in_the_month_to_date(full_demo):
     )
     api = math.fsum(truth.api_cost.values())
     assert math.fsum(mtd.values()) == pytest.approx(infra + api, rel=1e-9)
-    spend = series(page, "aifinops_budget_spend_usd", tenant="chatbot", scope="tokens")
+    spend = series(page, "aifinops_tenant_token_budget_spend_usd", tenant="chatbot")
     assert spend[()] == pytest.approx(truth.tenant_api_cost("chatbot"), rel=1e-9)
     # the serving pods' owner paid less than its own pods cost, the senders more
     before = sim_month_to_date(sim, T0 + 60)

@@ -16,6 +16,9 @@ from tests.web.conftest import series
 
 HOURS_PER_MONTH = 730.0
 
+# One counter family per basis (sum-safe families).
+BASIS_WORD = {"allocation": "", "usage": "usage_basis_"}
+
 
 async def test_recommendations_match_the_ground_truth_and_stay_in_bounds(finance_demo):
     await finance_demo.refresh()
@@ -32,9 +35,7 @@ async def test_recommendations_match_the_ground_truth_and_stay_in_bounds(finance
 
     # savings never exceed their source, and a tenant's never exceed its monthly spend
     spend: dict[str, float] = {}
-    for (_, tenant), rate in series(
-        page, "aifinops_tenant_cost_usd_per_hour", basis="allocation"
-    ).items():
+    for (_, tenant), rate in series(page, "aifinops_tenant_cost_usd_per_hour").items():
         spend[tenant] = spend.get(tenant, 0.0) + rate * HOURS_PER_MONTH
     per_tenant: dict[str, float] = {}
     for r in recs:
@@ -123,7 +124,7 @@ async def test_chargeback_reconciles_to_the_cent_with_the_counters(finance_demo)
     # The usage basis comes from the exporter's ledger: the counters' increments. (The
     # allocation basis is OpenCost's books: tests/api/test_chargeback_books.py.)
     for basis in ("usage",):
-        counters = series(page, "aifinops_tenant_cost_usd_total", basis=basis)
+        counters = series(page, f"aifinops_tenant_{BASIS_WORD[basis]}cost_usd_total")
         resp = await client.get(f"/api/v1/chargeback?period=2025-06&basis={basis}")
         assert resp.status == 200
         cb = await resp.json()

@@ -28,7 +28,7 @@ RULES = ROOT / "rules"
 RULE_FILES = sorted(RULES.glob("*.rules.yaml"))
 TEST_FILES = sorted((RULES / "tests").glob("*.yaml"))
 RUNBOOK = RULES / "runbook.md"
-RUNBOOK_URL = "https://github.com/ai-finops/ai-finops-exporter/blob/main/rules/runbook.md"
+RUNBOOK_URL = "https://aifinops.example.com/runbook.md"
 SEVERITIES = {"critical", "warning", "info"}
 
 # Series of the metric contract that rules use before the exporter publishes them; the lead

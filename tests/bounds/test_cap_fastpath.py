@@ -7,6 +7,7 @@ duplicate series, label tuples of the wrong width)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,6 +19,10 @@ from aifinops.exposition import catalog as c
 from aifinops.exposition.bounds import _cap_selected, _cap_sorted, cap_family
 from aifinops.exposition.render import Family, Sample
 from tests.fuzz.conftest import FUZZ, tried
+
+# A money family with a third label that splits totals (a basis, as the cost family had
+# before one family per basis): folding and rendering must handle any such dimension.
+COST3 = replace(c.TENANT_COST_RATE, labels=("tenant", "resource", "basis"))
 
 # Few distinct values, so that ties at the cut are the common case.
 tie_values = st.sampled_from([0.0, -0.0, 1.0, 2.5, 1e-5, 7.0, 3])
@@ -43,7 +48,7 @@ def same(a: tuple[Family, int], b: tuple[Family, int]) -> bool:
 # __other__ row), one first (kind); then two families that are cut, never summed.
 SPECS = [
     (c.TOKENS, 4),
-    (c.TENANT_COST_RATE, 3),
+    (COST3, 3),
     (c.TENANT_GPUS, 2),
     (c.RECOMMENDATION_SAVINGS, 2),
     (c.TENANT_GPU_EFFICIENCY, 1),
@@ -80,14 +85,14 @@ def test_fast_path_is_the_definition(spec_width: Any, raw: list[Any], cap: int) 
 )
 def test_inputs_the_fast_path_declines_still_follow_the_definition(odd: list[Sample]) -> None:
     rows: list[Sample] = [((f"t{i}", "gpu", "usage"), float(i % 5)) for i in range(30)]
-    family = Family(c.TENANT_COST_RATE, rows + odd)
+    family = Family(COST3, rows + odd)
     assert _cap_selected(family, 10) is None
     assert same(cap_family(family, 10), _cap_sorted(family, 10))
 
 
 def test_a_label_tuple_of_the_wrong_width_is_an_error_not_a_silent_fold() -> None:
     rows: list[Sample] = [((f"t{i}", "gpu", "usage"), 1.0) for i in range(30)]
-    family = Family(c.TENANT_COST_RATE, [*rows, (("t", "gpu"), 2.0)])
+    family = Family(COST3, [*rows, (("t", "gpu"), 2.0)])
     with pytest.raises(ValueError):
         cap_family(family, 10)
 
@@ -98,7 +103,7 @@ def test_ties_at_the_cut_keep_the_first_labels() -> None:
     rows: list[Sample] = [
         ((f"t{i:02d}", r, "usage"), 1.0) for i in range(15) for r in ("cpu", "gpu")
     ]
-    capped, lost = cap_family(Family(c.TENANT_COST_RATE, rows[::-1]), 12)
+    capped, lost = cap_family(Family(COST3, rows[::-1]), 12)
     kept = [labels for labels, _ in capped.samples if labels[0] != c.OTHER_TENANT]
     assert kept == sorted(labels for labels, _ in rows)[:10]
     assert lost == 20
@@ -111,7 +116,7 @@ def test_an_existing_other_row_absorbs_the_fold() -> None:
     # its place, and the series folded now add to it instead of making a second one.
     rows: list[Sample] = [((c.OTHER_TENANT, "gpu", "usage"), 100.0)]
     rows += [((f"t{i}", "gpu", "usage"), float(i)) for i in range(1, 20)]
-    capped, _ = cap_family(Family(c.TENANT_COST_RATE, rows), 5)
+    capped, _ = cap_family(Family(COST3, rows), 5)
     others = [v for labels, v in capped.samples if labels[0] == c.OTHER_TENANT]
     assert others == [100.0 + sum(range(1, 17))]  # kept: __other__, t19, t18, t17
     assert math.fsum(v for _, v in capped.samples) == math.fsum(v for _, v in rows)

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTMANAGER_DIR = ROOT / "alertmanager"
-RUNBOOK = "https://github.com/ai-finops/ai-finops-exporter/blob/main/rules/runbook.md"
+RUNBOOK = "https://aifinops.example.com/runbook.md"
 RULE_OVERRIDES = {"budget_usage_for": "0s"}
 WAIT = 20.0
 ALERT = "AIFinOpsBudgetUsageHigh"
@@ -137,7 +137,7 @@ def test_budget_alert_reaches_slack_and_pagerduty_inhibits_and_resolves(
         )
         attachment = slack_attachment(acme_warning.body)
         assert attachment["text"] == (
-            "*A tenant's month-to-date spend reached the warning ratio of its budget.*\n"
+            "*Month-to-date spend reached the warning ratio of a budget.*\n"
             "• [warning] Tenant acme has spent 90% of its monthly budget (scope all); "
             f"warning at 80%. <{RUNBOOK}#aifinopsbudgetusagehigh|Runbook>\n"
         )
@@ -167,7 +167,7 @@ def test_budget_alert_reaches_slack_and_pagerduty_inhibits_and_resolves(
         assert page.body["payload"]["severity"] == "critical"
         assert page.body["payload"]["summary"] == (
             f"[FIRING:1] {ALERT} · acme: "
-            "A tenant's month-to-date spend reached the critical ratio of its budget."
+            "Month-to-date spend reached the critical ratio of a budget."
         )
         assert page.body["links"] == [
             {"href": f"{RUNBOOK}#aifinopsbudgetusagehigh", "text": "Runbook"}

@@ -78,9 +78,14 @@ async def test_bad_config_is_refused_and_the_old_one_kept(aiohttp_client: Any) -
 
 
 def _rates(page: Any) -> set[tuple[str, str, str]]:
+    """(tenant, resource, basis) of the cost rates; one family per basis."""
     return {
-        (lbl["tenant"], lbl["resource"], lbl["basis"])
-        for lbl, _ in page.get("aifinops_tenant_cost_usd_per_hour", [])
+        (lbl["tenant"], lbl["resource"], basis)
+        for name, basis in (
+            ("aifinops_tenant_cost_usd_per_hour", "allocation"),
+            ("aifinops_tenant_usage_basis_cost_usd_per_hour", "usage"),
+        )
+        for lbl, _ in page.get(name, [])
     }
 
 

@@ -19,7 +19,7 @@ def _chatbot_token_mtd(exporter: Exporter) -> float:
     """The demo's chatbot ``tokens`` budget's spend: its token dollars this month, unrounded."""
     resp = exporter.get("/metrics")
     assert resp.status_code == 200
-    value = sample(resp.text, "aifinops_budget_spend_usd", tenant="chatbot", scope="tokens")
+    value = sample(resp.text, "aifinops_tenant_token_budget_spend_usd", tenant="chatbot")
     return 0.0 if value is None else value
 
 

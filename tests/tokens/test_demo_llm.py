@@ -142,7 +142,7 @@ async def test_api_token_dollars_are_exact(run):
     # is __unallocated__.
     for tenant in ("search", "chatbot", "ads", "__unallocated__"):
         total = series(page, "aifinops_tenant_cost_usd_total", tenant=tenant, resource="tokens")
-        assert total[("allocation",)] == pytest.approx(truth(run).tenant_api_cost(tenant), rel=1e-9)
+        assert total[()] == pytest.approx(truth(run).tenant_api_cost(tenant), rel=1e-9)
     assert series(page, "aifinops_unpriced_tokens_total") == {
         ("acme-llm-pro", "unknown"): sum(truth(run).unpriced.values())
     }
@@ -160,7 +160,7 @@ async def test_measured_price_and_charge_back_match_ground_truth(run):
         )
     eq = series(page, "aifinops_model_api_equivalent_cost_per_million_tokens_usd")
     assert eq[(SELF_HOSTED_MODEL, SELF_HOSTED_PROVIDER, "output")] == pytest.approx(0.6)
-    rates = series(page, "aifinops_tenant_cost_usd_per_hour", basis="allocation")
+    rates = series(page, "aifinops_tenant_cost_usd_per_hour")
     shares = run.demo.weighted_shares(WEIGHTS)
     for resource, per_pod in (("gpu", 6.0), ("cpu", 0.75), ("ram", 0.25)):
         for tenant, share in shares.items():

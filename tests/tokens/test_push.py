@@ -74,7 +74,7 @@ async def test_accepted_batch_shows_up_priced_in_metrics(aiohttp_client):
         400 * p["cache_read_input_token_cost"]
     )
     total = series(page, "aifinops_tenant_cost_usd_total", tenant="search", resource="tokens")
-    assert total[("allocation",)] == pytest.approx(
+    assert total[()] == pytest.approx(
         1000 * p["input_cost_per_token"]
         + 200 * p["output_cost_per_token"]
         + 400 * p["cache_read_input_token_cost"]

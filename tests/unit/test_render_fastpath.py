@@ -5,6 +5,8 @@ times (formatted once each), and chunk boundaries anywhere."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,10 @@ from hypothesis import strategies as st
 from aifinops.exposition import catalog as c
 from aifinops.exposition.render import Family, Sample, format_value, iter_render, render
 from tests.unit.test_render_bulk import label_values, reference_render, values
+
+# A money family with a third label that splits totals (a basis, as the cost family had
+# before one family per basis): folding and rendering must handle any such dimension.
+COST3 = replace(c.TENANT_COST_RATE, labels=("tenant", "resource", "basis"))
 
 # Values that msgspec writes in another form than repr, repeated (the formatted-once cache).
 tiny = st.sampled_from([1.2e-05, -3e-07, 5e-324, 2.5e16, 1e-4, 0.0, -0.0])
@@ -30,7 +36,7 @@ def test_three_and_four_labels_match_one_sample_at_a_time(
 ) -> None:
     families = [
         Family(c.TOKENS, [(tuple(labels), v) for labels, v in rows]),
-        Family(c.TENANT_COST_RATE, [(tuple(labels[1:]), v) for labels, v in rows]),
+        Family(COST3, [(tuple(labels[1:]), v) for labels, v in rows]),
         Family(c.FOLDED_TENANTS, [((), v) for _, v in rows[:3]]),
     ]
     expected = reference_render(families)
@@ -46,7 +52,7 @@ def test_an_escape_in_one_column_of_a_large_chunk(column: int) -> None:
         if i == 2345:
             labels[column] = 'a"b\\c\nd'
         rows.append((tuple(labels), 1.2e-05 if i % 2 else float(i)))
-    family = Family(c.TENANT_COST_RATE, rows)
+    family = Family(COST3, rows)
     page = render([family])
     assert page == reference_render([family])
     assert b'a\\"b\\\\c\\nd' in page
@@ -65,6 +71,6 @@ def test_a_non_string_label_value_is_written_as_str_writes_it() -> None:
 
 
 def test_a_label_tuple_of_the_wrong_width_is_an_error() -> None:
-    family = Family(c.TENANT_COST_RATE, [(("t", "gpu", "usage"), 1.0), (("t", "gpu"), 2.0)])
+    family = Family(COST3, [(("t", "gpu", "usage"), 1.0), (("t", "gpu"), 2.0)])
     with pytest.raises(ValueError, match="expected labels"):
         render([family])

@@ -56,7 +56,7 @@ async def test_serving_cost_moves_to_the_senders_and_totals_still_reconcile(full
     await refresh_at(T0 + 60)
     page = await refresh_at(T0 + 360)
     gt = ups.cluster.sim.ground_truth(T0 + 360)
-    rates = series(page, RATE, basis="allocation")  # keyed (resource, tenant)
+    rates = series(page, RATE)  # keyed (resource, tenant)
     cluster = series(page, "aifinops_cluster_cost_usd_per_hour")
     for (resource,), total in cluster.items():
         parts = math.fsum(v for (r, _), v in rates.items() if r == resource)

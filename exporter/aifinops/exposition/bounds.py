@@ -53,6 +53,8 @@ ADDITIVE = frozenset(
     {
         "aifinops_tenant_cost_usd_per_hour",
         "aifinops_tenant_cost_usd_total",
+        "aifinops_tenant_usage_basis_cost_usd_per_hour",
+        "aifinops_tenant_usage_basis_cost_usd_total",
         "aifinops_tenant_gpus",
         "aifinops_tenant_gpus_used",
         "aifinops_tenant_gpu_unused_cost_usd_per_hour",

@@ -48,25 +48,44 @@ def _spec(
 
 
 # --- cost per tenant -----------------------------------------------------------------------
+# Sum-safe: sum() over any money family equals the total its HELP names. Each basis has a
+# family of its own (a `basis` label would make sum() count every dollar twice).
 TENANT_COST_RATE = _spec(
     "aifinops_tenant_cost_usd_per_hour",
     "gauge",
-    "Cost rate per tenant and resource in USD per hour, averaged over the OpenCost window. "
-    "Tenants include the sentinels __idle__ and __unallocated__; for each basis the tenants sum "
-    "to aifinops_cluster_cost_usd_per_hour.",
-    ("tenant", "resource", "basis"),
+    "Cost rate per tenant and resource in USD per hour, basis allocation (as billed), averaged "
+    "over the OpenCost window. Tenants include the sentinels __idle__ and __unallocated__: "
+    "sum() equals sum(aifinops_cluster_cost_usd_per_hour), by resource too.",
+    ("tenant", "resource"),
 )
 TENANT_COST_TOTAL = _spec(
     "aifinops_tenant_cost_usd_total",
     "counter",
-    "Dollars accrued per tenant and resource since the exporter started (rate integrated "
-    "between refreshes).",
-    ("tenant", "resource", "basis"),
+    "Dollars accrued per tenant and resource since the exporter started, basis allocation "
+    "(rate integrated between refreshes): sum() is the cluster's dollars over that time.",
+    ("tenant", "resource"),
+)
+TENANT_USAGE_COST_RATE = _spec(
+    "aifinops_tenant_usage_basis_cost_usd_per_hour",
+    "gauge",
+    "Cost rate per tenant and resource in USD per hour, basis usage: GPU dollars follow "
+    "measured use and the unused rest goes to __idle__; other resources as billed. sum() "
+    "equals sum(aifinops_cluster_cost_usd_per_hour), by resource too. Published only while "
+    "DCGM data is available.",
+    ("tenant", "resource"),
+)
+TENANT_USAGE_COST_TOTAL = _spec(
+    "aifinops_tenant_usage_basis_cost_usd_total",
+    "counter",
+    "Dollars accrued per tenant and resource since the exporter started, basis usage: sum() "
+    "is the cluster's dollars over the time DCGM data was available.",
+    ("tenant", "resource"),
 )
 CLUSTER_COST_RATE = _spec(
     "aifinops_cluster_cost_usd_per_hour",
     "gauge",
-    "Whole-cluster cost rate per resource in USD per hour (the sum every basis reconciles to).",
+    "Whole-cluster cost rate per resource in USD per hour: sum() is the cluster's cost rate, "
+    "which each basis' tenants sum to.",
     ("resource",),
 )
 
@@ -95,9 +114,10 @@ TENANT_GPU_UNUSED_COST = _spec(
     "aifinops_tenant_gpu_unused_cost_usd_per_hour",
     "gauge",
     "What a tenant's GPU holds left unused of their request, in USD per hour: device price x "
-    "(requested - used GPU-equivalents), bounded by the device's unused time. Under "
-    "basis=usage (each hold costs device price x its share of the device's time) this money is "
-    "booked to __idle__; this series says whose GPUs it came from.",
+    "(requested - used GPU-equivalents), bounded by the device's unused time. The usage basis "
+    "(each hold costs device price x its share of the device's time) books this money to "
+    "__idle__; this series says whose GPUs it came from. sum() is the unused cost of every "
+    "held GPU.",
     ("tenant", "gpu_model"),
 )
 IDLE_GPUS = _spec(
@@ -110,14 +130,17 @@ IDLE_GPUS = _spec(
 IDLE_GPU_COST = _spec(
     "aifinops_idle_gpu_cost_usd_per_hour",
     "gauge",
-    "Cost rate of the idle GPUs in aifinops_idle_gpus, in USD per hour.",
+    "Cost rate of the idle GPUs in aifinops_idle_gpus, in USD per hour (basis allocation): "
+    "sum() is the cost rate of every idle GPU.",
     ("tenant", "gpu_model"),
 )
 GPU_PRICE = _spec(
     "aifinops_gpu_price_usd_per_hour",
     "gauge",
-    "Price per whole GPU-hour in use for a GPU model; source is opencost (derived from its "
-    "gpuCost/gpuHours), catalog (bundled price list) or override (configuration).",
+    "Price per whole GPU-hour in use for a GPU model, one series per model: source is "
+    "opencost (derived from its gpuCost/gpuHours) where OpenCost prices GPUs, else catalog "
+    "(bundled price list) or override (configuration). A price, not an amount: its sum() "
+    "means nothing.",
     ("gpu_model", "source"),
 )
 
@@ -136,7 +159,8 @@ TOKEN_COST = _spec(
     "counter",
     "Dollars of those tokens: API models at their price-list price, self-hosted models at "
     "their measured price (that money is already in the tenant's gpu/cpu/ram cost through "
-    "charge-back; API token money is resource=tokens).",
+    "charge-back; API token money is resource=tokens). sum() is the dollars of every token "
+    "counted, both kinds.",
     ("tenant", "model", "provider", "token_type"),
     "experimental",
 )
@@ -145,7 +169,8 @@ MODEL_TOKEN_PRICE = _spec(
     "gauge",
     "USD per 1M tokens per model and token type; source=price_list (price file or override) "
     "or measured (self-hosted: serving pods' cost / tokens over the rate window, split between "
-    "token types by the configured cost weights).",
+    "token types by the configured cost weights). A price, not an amount: its sum() means "
+    "nothing.",
     ("model", "provider", "token_type", "source"),
     "experimental",
 )
@@ -153,7 +178,8 @@ MODEL_API_EQUIVALENT_PRICE = _spec(
     "aifinops_model_api_equivalent_cost_per_million_tokens_usd",
     "gauge",
     "Price-list USD per 1M tokens of the API model configured as a self-hosted model's "
-    "equivalent, labelled with the self-hosted model (compare with source=measured).",
+    "equivalent, labelled with the self-hosted model (compare with source=measured). A "
+    "price: its sum() means nothing.",
     ("model", "provider", "token_type"),
     "experimental",
 )
@@ -181,72 +207,98 @@ TENANT_MONTH_TO_DATE = _spec(
     "Spend per tenant since the calendar month started in budgets.time_zone, in USD, basis "
     "allocation: OpenCost's daily sets (infrastructure, sentinels included) plus the token "
     "dollars and self-hosted charge-back this exporter counted since the month start (kept "
-    "across restarts with state.path set, else a restart loses them). Absent without "
-    "OpenCost month-to-date data.",
+    "across restarts with state.path set, else a restart loses them): sum() is the cluster's "
+    "month to date. Absent without OpenCost month-to-date data.",
     ("tenant",),
     "experimental",
 )
-BUDGET = _spec(
-    "aifinops_budget_usd",
-    "gauge",
-    "Monthly budget in USD per tenant and scope (all, gpu, tokens), from configuration; "
-    'tenant="__all__" is the global budget.',
-    ("tenant", "scope"),
-    "experimental",
-)
-BUDGET_SPEND = _spec(
-    "aifinops_budget_spend_usd",
-    "gauge",
-    "Month-to-date spend in USD counted against the budget (its scope's resources).",
-    ("tenant", "scope"),
-    "experimental",
-)
-BUDGET_USED = _spec(
-    "aifinops_budget_used_ratio",
-    "gauge",
-    "Month-to-date spend / budget (may exceed 1). Absent for a zero budget.",
-    ("tenant", "scope"),
-    "experimental",
-)
-BUDGET_FORECAST = _spec(
-    "aifinops_budget_forecast_usd",
-    "gauge",
-    "Projected month-end spend in USD (Theil-Sen trend over the daily spend; a run rate "
-    "with under 3 days of history), never below the spend so far.",
-    ("tenant", "scope"),
-    "experimental",
-)
-BUDGET_EXHAUSTION = _spec(
-    "aifinops_budget_exhaustion_days",
-    "gauge",
-    "Days from now until the projected spend reaches the budget; 0 once it has. Absent when "
-    "the projection does not reach it this month.",
-    ("tenant", "scope"),
-    "experimental",
-)
-BUDGET_WARNING = _spec(
-    "aifinops_budget_warning_ratio",
-    "gauge",
-    "Configured warning threshold as a fraction of the budget (the alerts join on it).",
-    ("tenant", "scope"),
-    "experimental",
-)
-BUDGET_CRITICAL = _spec(
-    "aifinops_budget_critical_ratio",
-    "gauge",
-    "Configured critical threshold as a fraction of the budget (the alerts join on it).",
-    ("tenant", "scope"),
-    "experimental",
-)
-BUDGET_STATE = _spec(
-    "aifinops_budget_state",
-    "gauge",
-    "Budget state as a state set: one sample per state (ok, warning, critical, exceeded), "
-    "1 for the current one. exceeded: spend > budget; critical: used ratio >= critical; "
-    "warning: used ratio >= warning.",
-    ("tenant", "scope", "state"),
-    "experimental",
-)
+# Budget families are sum-safe: one family per scope for the money (scopes overlap: all
+# includes gpu and tokens) and the global budget in families of its own (no tenant="__all__"
+# row beside the tenants). The ratio and state families keep a scope label: their sum() is
+# meaningless anyway, and the alerts join on it.
+_SCOPE_WORD = {"all": "", "gpu": "gpu_", "tokens": "token_"}
+_SCOPE_TEXT = {
+    "all": "scope all (every resource)",
+    "gpu": "scope gpu (resource gpu)",
+    "tokens": "scope tokens (resource tokens)",
+}
+
+
+def _budget_money(owner: str, scope: str, what: str) -> MetricSpec:
+    """One budget money family: ``owner`` tenant (per tenant) or cluster (the global budget),
+    ``what`` budget, spend or forecast."""
+    part = "" if what == "budget" else f"_{what}"
+    name = f"aifinops_{owner}_{_SCOPE_WORD[scope]}budget{part}_usd"
+    whose = "per tenant" if owner == "tenant" else "of the global budget (the whole cluster)"
+    text = {
+        "budget": "Monthly budget in USD",
+        "spend": "Month-to-date spend in USD counted against the budget",
+        "forecast": "Projected month-end spend in USD against the budget (Theil-Sen trend over "
+        "the daily spend; a run rate with under 3 days of history), never below the spend so "
+        "far,",
+    }[what]
+    total = (
+        "sum() is the budgeted tenants' total"
+        if owner == "tenant"
+        else "one series; nothing to sum"
+    )
+    return _spec(
+        name,
+        "gauge",
+        f"{text} {whose}, {_SCOPE_TEXT[scope]}: {total}.",
+        ("tenant",) if owner == "tenant" else (),
+        "experimental",
+    )
+
+
+BUDGET_OWNERS = ("tenant", "cluster")
+BUDGET_SCOPE_NAMES = ("all", "gpu", "tokens")
+# BUDGET_MONEY[(owner, scope, what)] with what in budget, spend, forecast.
+BUDGET_MONEY: dict[tuple[str, str, str], MetricSpec] = {
+    (o, sc, w): _budget_money(o, sc, w)
+    for o in BUDGET_OWNERS
+    for w in ("budget", "spend", "forecast")
+    for sc in BUDGET_SCOPE_NAMES
+}
+
+
+def _budget_other(owner: str, suffix: str, help_: str, extra: tuple[str, ...] = ()) -> MetricSpec:
+    prefix = "aifinops_budget" if owner == "tenant" else "aifinops_cluster_budget"
+    whose = "per tenant and scope" if owner == "tenant" else "of the global budget, per scope"
+    labels = ("tenant", "scope") if owner == "tenant" else ("scope",)
+    help_text = f"{help_} ({whose})."
+    return _spec(f"{prefix}_{suffix}", "gauge", help_text, labels + extra, "experimental")
+
+
+BUDGET_RATIOS: dict[tuple[str, str], MetricSpec] = {}
+for _o in BUDGET_OWNERS:
+    BUDGET_RATIOS[(_o, "used")] = _budget_other(
+        _o, "used_ratio", "Month-to-date spend / budget (may exceed 1); absent for a zero budget"
+    )
+    BUDGET_RATIOS[(_o, "exhaustion")] = _budget_other(
+        _o,
+        "exhaustion_seconds",
+        "Seconds from now until the projected spend reaches the budget; 0 once it has; absent "
+        "when the projection does not reach it this month",
+    )
+    BUDGET_RATIOS[(_o, "warning")] = _budget_other(
+        _o,
+        "warning_ratio",
+        "Configured warning threshold as a fraction of the budget (the alerts join on it)",
+    )
+    BUDGET_RATIOS[(_o, "critical")] = _budget_other(
+        _o,
+        "critical_ratio",
+        "Configured critical threshold as a fraction of the budget (the alerts join on it)",
+    )
+    BUDGET_RATIOS[(_o, "state")] = _budget_other(
+        _o,
+        "state",
+        "Budget state as a state set: one sample per state (ok, warning, critical, exceeded), 1 "
+        "for the current one. exceeded: spend > budget; critical: used ratio >= critical; "
+        "warning: used ratio >= warning",
+        ("state",),
+    )
 
 # --- ROI -----------------------------------------------------------------------------------
 ROI_RATIO = _spec(
@@ -261,7 +313,8 @@ ROI_BENEFIT = _spec(
     "aifinops_roi_benefit_usd",
     "gauge",
     "Gross benefit in USD per initiative and kind (productivity, quality, risk), pro-rated "
-    "to the elapsed part of the initiative's period.",
+    "to the elapsed part of the initiative's period: sum() is every initiative's benefit "
+    "(initiatives sharing a tenant each count it).",
     ("initiative", "kind"),
     "experimental",
 )
@@ -269,15 +322,16 @@ ROI_COST = _spec(
     "aifinops_roi_cost_usd",
     "gauge",
     "ai_cost in USD per initiative over its period so far: its tenants' measured GPU, token "
-    "and other infrastructure cost plus configured other cost (pro-rated).",
+    "and other infrastructure cost plus configured other cost (pro-rated): sum() is every "
+    "initiative's ai_cost (initiatives sharing a tenant each count its cost).",
     ("initiative",),
     "experimental",
 )
 ROI_PAYBACK = _spec(
-    "aifinops_roi_payback_days",
+    "aifinops_roi_payback_seconds",
     "gauge",
-    "ai_cost / gross benefit per day: days of benefit that pay the cost so far. Absent "
-    "without benefit.",
+    "ai_cost / gross benefit per second: the time of benefit that pays the cost so far, in "
+    "seconds. Absent without benefit.",
     ("initiative",),
     "experimental",
 )
@@ -304,7 +358,7 @@ ROUTING_SAVINGS = _spec(
     "gauge",
     "USD per month saved by moving the workload's observed token volume from its current "
     "model to the recommended one (0 when the current model is the best or cheaper). Absent "
-    "without a priced current model.",
+    "without a priced current model. sum() is the saving of following every recommendation.",
     ("workload",),
     "experimental",
 )
@@ -314,8 +368,10 @@ RECOMMENDATION_SAVINGS = _spec(
     "aifinops_recommendation_savings_usd_per_month",
     "gauge",
     "Estimated USD per month saved per recommendation kind (idle_gpu, rightsize, spot, "
-    "model_switch; budget_at_risk is a warning worth 0) and tenant; a tenant's savings never "
-    "exceed its monthly spend.",
+    "model_switch; budget_at_risk is a warning worth 0) and tenant. Kinds can overlap (an "
+    "idle GPU's workload may also be a spot candidate), so sum() is an upper bound of what "
+    "following every recommendation saves; a tenant's savings are scaled to at most its "
+    "monthly spend.",
     ("kind", "tenant"),
     "experimental",
 )
@@ -474,6 +530,8 @@ PROCESS: tuple[MetricSpec, ...] = (
 CATALOG: tuple[MetricSpec, ...] = (
     TENANT_COST_RATE,
     TENANT_COST_TOTAL,
+    TENANT_USAGE_COST_RATE,
+    TENANT_USAGE_COST_TOTAL,
     CLUSTER_COST_RATE,
     TENANT_GPUS,
     TENANT_GPUS_USED,
@@ -489,14 +547,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     UNPRICED_TOKENS,
     LLM_PRICE_CATALOG_INFO,
     TENANT_MONTH_TO_DATE,
-    BUDGET,
-    BUDGET_SPEND,
-    BUDGET_USED,
-    BUDGET_FORECAST,
-    BUDGET_EXHAUSTION,
-    BUDGET_WARNING,
-    BUDGET_CRITICAL,
-    BUDGET_STATE,
+    *BUDGET_MONEY.values(),
+    *BUDGET_RATIOS.values(),
     ROI_RATIO,
     ROI_BENEFIT,
     ROI_COST,

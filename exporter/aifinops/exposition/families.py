@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import repeat
-from operator import add, attrgetter, itemgetter
+from operator import attrgetter, itemgetter
 
 from aifinops.exposition import catalog as c
 from aifinops.exposition.render import Family, Sample
-from aifinops.model.budgets import BUDGET_STATES
+from aifinops.model.budgets import BUDGET_STATES, GLOBAL_TENANT
 from aifinops.model.finance import FinanceReport
 from aifinops.model.report import Report
 from aifinops.model.roi import BENEFIT_KINDS
@@ -33,6 +32,9 @@ class BuildInfo:
     revision: str = "unknown"  # the source commit (aifinops.version.revision)
 
 
+# The model keeps days (its API answers in days); series are in seconds, the base unit.
+SECONDS_PER_DAY = 86_400.0
+
 _first = itemgetter(0)
 _second = itemgetter(1)
 
@@ -43,19 +45,17 @@ def _sorted_samples(items: Iterable[Sample]) -> list[Sample]:
     return sorted(items, key=_first)
 
 
-def _with_label(samples: Iterable[Sample], label: str) -> Iterable[Sample]:
-    """``samples`` with ``label`` appended to every label tuple."""
-    pairs = list(samples)
-    return zip(map(add, map(_first, pairs), repeat((label,))), map(_second, pairs), strict=True)
-
-
 def cost_families(report: Report | None) -> list[Family]:
     if report is None:
         return []
-    rate: list[Sample] = []
-    for basis in c.BASES:
-        rate.extend(_with_label(_sorted_samples(report.tenant_rates(basis).items()), basis))
-    total = _sorted_samples(report.accrued.items())
+    # One family per basis: sum() over a family is the cluster total (see the catalog).
+    rate = _sorted_samples(report.tenant_rates("allocation").items())
+    usage_rate = _sorted_samples(report.tenant_rates("usage").items())
+    accrued: dict[str, list[Sample]] = {basis: [] for basis in c.BASES}
+    for (tenant, resource, basis), usd in report.accrued.items():
+        accrued[basis].append(((tenant, resource), usd))
+    total = _sorted_samples(accrued["allocation"])
+    usage_total = _sorted_samples(accrued["usage"])
     cluster = [((r,), v) for r, v in sorted(report.cost.cluster.items())]
 
     stats = sorted(report.gpu_stats.items(), key=_first)
@@ -77,6 +77,8 @@ def cost_families(report: Report | None) -> list[Family]:
     return [
         Family(c.TENANT_COST_RATE, rate),
         Family(c.TENANT_COST_TOTAL, total),
+        Family(c.TENANT_USAGE_COST_RATE, usage_rate),
+        Family(c.TENANT_USAGE_COST_TOTAL, usage_total),
         Family(c.CLUSTER_COST_RATE, cluster),
         Family(c.TENANT_GPUS, held),
         Family(c.TENANT_GPUS_USED, used),
@@ -98,27 +100,27 @@ def finance_families(f: FinanceReport | None) -> list[Family]:
     if f is None:
         return []
     mtd = [((t,), v) for t, v in sorted(f.tenant_month_to_date.items())]
-    budget: list[Sample] = []
-    spend: list[Sample] = []
-    used: list[Sample] = []
-    forecast: list[Sample] = []
-    exhaustion: list[Sample] = []
-    warning: list[Sample] = []
-    critical: list[Sample] = []
-    state: list[Sample] = []
+    # Per family: budget, spend and forecast per (owner, scope); the ratio families per owner
+    # (tenant budgets, or the global budget's own families: see the catalog).
+    money: dict[tuple[str, str, str], list[Sample]] = {k: [] for k in c.BUDGET_MONEY}
+    other: dict[tuple[str, str], list[Sample]] = {k: [] for k in c.BUDGET_RATIOS}
     for b in sorted(f.budgets, key=lambda b: (b.tenant, b.scope)):
-        key = (b.tenant, b.scope)
-        budget.append((key, b.budget_usd))
-        spend.append((key, b.spend_usd))
+        owner = "cluster" if b.tenant == GLOBAL_TENANT else "tenant"
+        who: tuple[str, ...] = () if owner == "cluster" else (b.tenant,)
+        money[(owner, b.scope, "budget")].append((who, b.budget_usd))
+        money[(owner, b.scope, "spend")].append((who, b.spend_usd))
+        money[(owner, b.scope, "forecast")].append((who, b.forecast_usd))
+        key = (*who, b.scope)
         if b.used_ratio is not None:
-            used.append((key, b.used_ratio))
-        forecast.append((key, b.forecast_usd))
+            other[(owner, "used")].append((key, b.used_ratio))
         if b.days_to_exhaustion is not None:
-            exhaustion.append((key, b.days_to_exhaustion))
-        warning.append((key, b.warning))
-        critical.append((key, b.critical))
+            other[(owner, "exhaustion")].append((key, b.days_to_exhaustion * SECONDS_PER_DAY))
+        other[(owner, "warning")].append((key, b.warning))
+        other[(owner, "critical")].append((key, b.critical))
         for s in BUDGET_STATES:
-            state.append(((*key, s), 1.0 if s == b.state else 0.0))
+            other[(owner, "state")].append(((*key, s), 1.0 if s == b.state else 0.0))
+    budget_families = [Family(spec, money[k]) for k, spec in c.BUDGET_MONEY.items()]
+    budget_families += [Family(spec, sorted(other[k])) for k, spec in c.BUDGET_RATIOS.items()]
     roi: list[Sample] = []
     benefit: list[Sample] = []
     cost: list[Sample] = []
@@ -131,7 +133,7 @@ def finance_families(f: FinanceReport | None) -> list[Family]:
             benefit.append(((i.name, kind), r.breakdown[kind]))
         cost.append(((i.name,), r.ai_cost.total_usd))
         if r.payback_days is not None:
-            payback.append(((i.name,), r.payback_days))
+            payback.append(((i.name,), r.payback_days * SECONDS_PER_DAY))
     score: list[Sample] = []
     recommended: list[Sample] = []
     savings: list[Sample] = []
@@ -148,14 +150,7 @@ def finance_families(f: FinanceReport | None) -> list[Family]:
     rec_savings = [(k, math.fsum(v)) for k, v in sorted(by_kind.items())]
     return [
         Family(c.TENANT_MONTH_TO_DATE, mtd),
-        Family(c.BUDGET, budget),
-        Family(c.BUDGET_SPEND, spend),
-        Family(c.BUDGET_USED, used),
-        Family(c.BUDGET_FORECAST, forecast),
-        Family(c.BUDGET_EXHAUSTION, exhaustion),
-        Family(c.BUDGET_WARNING, warning),
-        Family(c.BUDGET_CRITICAL, critical),
-        Family(c.BUDGET_STATE, state),
+        *budget_families,
         Family(c.ROI_RATIO, roi),
         Family(c.ROI_BENEFIT, benefit),
         Family(c.ROI_COST, cost),

@@ -327,7 +327,8 @@ def attribute_costs(
             s, weight, key = holds[0]
             req = requested(key, weight)
             billed, price = hold_rates(key, weight, s.model_name, req)
-            if price > 0 and not s.mig_profile and weight == 1.0:
+            # OpenCost's own price, observed; a catalog price is published as such below.
+            if price > 0 and not s.mig_profile and weight == 1.0 and not catalog_priced:
                 price_obs[s.model_name].append(price)
             if catalog_priced:
                 device_requested[s.uuid].append(req)
@@ -475,7 +476,9 @@ def attribute_costs(
     for model, obs in price_obs.items():
         obs.sort()
         gpu_prices[(model, "opencost")] = obs[len(obs) // 2]
-    for model in {s.model_name for s in samples}:
+    # The catalog (or an override) prices GPUs only where OpenCost prices none: publish it
+    # as in use only then, never beside OpenCost's price.
+    for model in {s.model_name for s in samples} if catalog_priced else ():
         if model not in prices:
             prices[model] = pricer.price(model)
         found = prices[model]

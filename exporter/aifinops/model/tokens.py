@@ -631,7 +631,14 @@ def account_tokens(
                 owner = pod_owner(p)
                 shares = [(u, amount * wt / denominator) for u, wt in used_w.items() if wt > 0]
                 out = math.fsum(v for _, v in shares)
-                basis_rates[(owner, r)] = basis_rates.get((owner, r), 0.0) - out
+                have = basis_rates.get((owner, r), 0.0)
+                if out > have:
+                    # A full charge-back can round a hair above what the owner holds: move
+                    # exactly what it has, so its rate ends at 0, never at -1e-16.
+                    have = max(have, 0.0)
+                    shares = [(u, v * have / out) for u, v in shares]
+                    out = have
+                basis_rates[(owner, r)] = have - out
                 for u, v in shares:
                     basis_rates[(u, r)] = basis_rates.get((u, r), 0.0) + v
                 moved_parts.append(out)
