@@ -10,6 +10,7 @@ and read up to its bound.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -68,3 +69,14 @@ def read_bounded(path: Path, max_bytes: int) -> bytes:
 def read_secret_file(path: Path) -> bytes:
     """A token or password file (:data:`MAX_SECRET_BYTES` at most)."""
     return read_bounded(path, MAX_SECRET_BYTES)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` survive a power loss (some file systems cannot fsync a
+    directory: then nothing more can be done, and it is not an error)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

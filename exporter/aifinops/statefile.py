@@ -114,7 +114,7 @@ from aifinops.model.finance import (
 )
 from aifinops.model.report import ModelState
 from aifinops.model.tokens import RateSample, TokenState
-from aifinops.safefile import file_kind, read_bounded
+from aifinops.safefile import file_kind, fsync_dir, read_bounded
 from aifinops.settings import ConfigError, Settings, StateSettings
 from aifinops.sources.push import SOURCE_NAME as PUSH_SOURCE
 from aifinops.sources.push import PushExport, PushJournal, UsageStore
@@ -623,12 +623,7 @@ def write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    fsync_dir(directory)
 
 
 def check_state_dir(settings: StateSettings) -> None:

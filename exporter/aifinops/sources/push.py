@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aifinops.model.inputs import TokenObservation
 from aifinops.model.llm_prices import TokenType, normalize_provider
+from aifinops.safefile import fsync_dir
 from aifinops.sources.base import Slot
 from aifinops.sources.text import loads_json
 from aifinops.sources.tokens import clean_value
@@ -180,7 +181,7 @@ class PushJournal:
                 if os.fstat(self._fd).st_size > 0:
                     # The segment of a failed write, reopened: end its torn line first.
                     line = b"\n" + line
-                _fsync_dir(self.directory)  # the new name survives a power loss too
+                fsync_dir(self.directory)  # the new name survives a power loss too
             view = memoryview(line)
             while view:
                 view = view[os.write(self._fd, view) :]
@@ -244,15 +245,6 @@ def _journal_line(raw: bytes) -> tuple[int, list[JournalRecord]] | None:
     if not isinstance(seq, int) or any(min(r[3:6]) < 0 for r in records):
         return None
     return seq, records
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class UsageStore:
