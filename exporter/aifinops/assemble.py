@@ -22,7 +22,7 @@ from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.latency import LatencySource
 from aifinops.sources.llm_prices import LlmPriceSource
 from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
-from aifinops.sources.push import PushSource, UsageStore
+from aifinops.sources.push import PushSource
 from aifinops.sources.tokens import TokenSource
 
 # What the web side holds without importing a source module: the upstream client's pieces.
@@ -31,6 +31,7 @@ from aifinops.sources.upstream import UpstreamTransport as UpstreamTransport
 from aifinops.sources.upstream import build_client as build_client
 from aifinops.sources.upstream import upstream_routes
 from aifinops.statefile import StateStore
+from aifinops.usage import UsageStore
 
 Clock = Callable[[], float]
 # A source with its fetch timeout and the age past which its data is dropped (seconds).

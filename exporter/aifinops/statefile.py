@@ -56,7 +56,7 @@ value of every upstream token counter it was computed from.
   ``tokens.series_retention_seconds`` is forgotten and its next reading is a baseline
   (nothing doubled, the gap lost). Pushed usage (``POST /api/v1/usage``): each save holds
   what the ledger has not counted yet and the remembered record ids (``payload.push``);
-  batches after it are in the push journal beside the file (``sources/push.py``), written
+  batches after it are in the push journal beside the file (``usage.py``), written
   before their 202 and replayed at start-up, so an acknowledged push is counted once.
 * **Rate-based dollars** — the ledger's infrastructure dollars (rate × time) and the
   charge-back moves — exist only while a process measures. A restart whose gap (the saved
@@ -116,8 +116,8 @@ from aifinops.model.report import ModelState
 from aifinops.model.tokens import RateSample, TokenState
 from aifinops.safefile import file_kind, fsync_dir, read_bounded
 from aifinops.settings import ConfigError, Settings, StateSettings
-from aifinops.sources.push import SOURCE_NAME as PUSH_SOURCE
-from aifinops.sources.push import PushExport, PushJournal, UsageStore
+from aifinops.usage import SOURCE_NAME as PUSH_SOURCE
+from aifinops.usage import PushExport, PushJournal, UsageStore
 from aifinops.version import __version__
 
 log = structlog.get_logger("aifinops.statefile")
@@ -248,7 +248,7 @@ class FinanceDoc(_Doc):
 
 
 class PushDoc(_Doc):
-    """Pushed usage (``sources/push.py``): the last journal entry included, the pushed
+    """Pushed usage (``usage.py``): the last journal entry included, the pushed
     tokens the saved ledger has not counted, the remembered record ids (oldest first)."""
 
     seq: Annotated[int, Field(ge=0)]

@@ -55,7 +55,7 @@ from aifinops.settings import LatencySourceSettings
 from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
 from aifinops.sources.promtext import Sample, decode_page, parse_text
-from aifinops.sources.tokens import clean_value
+from aifinops.text import clean_value
 
 LatencyFigures: TypeAlias = Mapping[tuple[str, str], float]
 """Seconds per (model, provider): what the source gives the routing model."""

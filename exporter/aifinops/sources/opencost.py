@@ -67,7 +67,7 @@ from aifinops.sources.base import (
     transport_error,
 )
 from aifinops.sources.jsonchunks import Buffer, SetStream, Unsplittable, decode_pieces
-from aifinops.sources.text import loads_json
+from aifinops.text import loads_json
 
 log = structlog.get_logger("aifinops.sources.opencost")
 T = TypeVar("T")

@@ -16,7 +16,7 @@ import msgspec
 from aifinops.offload import run_cpu
 from aifinops.sources.base import SourceError, get_bytes
 from aifinops.sources.jsonchunks import decode_pieces
-from aifinops.sources.text import loads_json
+from aifinops.text import loads_json
 
 
 async def instant_query(

@@ -56,7 +56,6 @@ import asyncio
 import dataclasses
 import hashlib
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -74,13 +73,11 @@ from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, Toke
 from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
+from aifinops.text import clean_value  # the label sanitiser, shared with the push schema
 
 Sample = tuple[str, Mapping[str, str], float]
 log = structlog.get_logger("aifinops.sources.tokens")
 
-MAX_LABEL_VALUE = 256
-_EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-_EMPTY_VALUES = frozenset({"", "none", "null", "undefined", "n/a"})
 # What reading a malformed series raises (a label value that is not text: the Prometheus API
 # path; one that cannot be encoded: a lone surrogate from a JSON escape).
 _MALFORMED = (UnicodeError, TypeError, AttributeError, ValueError)
@@ -252,17 +249,6 @@ def mapping_for(s: TokenSourceSettings) -> TokenMapping:
     if set(mapping.tenant_labels) & FORBIDDEN_TENANT_LABELS:
         raise ValueError("tenant_labels name a person or an API key")
     return mapping
-
-
-def clean_value(value: str | None) -> str | None:
-    """A label value fit to keep: ``None`` for empty/``None``-like or email-like values;
-    trimmed and capped at :data:`MAX_LABEL_VALUE` characters."""
-    if value is None:
-        return None
-    v = value.strip()
-    if v.lower() in _EMPTY_VALUES or _EMAIL_LIKE.search(v):
-        return None
-    return v[:MAX_LABEL_VALUE]
 
 
 def series_digest(name: str, labels: Mapping[str, str]) -> str:
