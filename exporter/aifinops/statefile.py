@@ -93,7 +93,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -102,8 +102,6 @@ from typing import Annotated, Any, Literal, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from aifinops.exposition.catalog import STATE_LAST_SAVE, STATE_SAVE_ERRORS, TOKENS_RESOURCE
-from aifinops.exposition.render import Family
 from aifinops.model.chargeback import current_period
 from aifinops.model.finance import (
     PEAK_WINDOW_SECONDS,
@@ -114,6 +112,7 @@ from aifinops.model.finance import (
 )
 from aifinops.model.report import ModelState
 from aifinops.model.tokens import RateSample, TokenState
+from aifinops.model.vocabulary import TOKENS_RESOURCE
 from aifinops.safefile import file_kind, fsync_dir, read_bounded
 from aifinops.settings import ConfigError, Settings, StateSettings
 from aifinops.usage import SOURCE_NAME as PUSH_SOURCE
@@ -661,6 +660,9 @@ class StateStore:
     event loop); ``load`` once at start-up. Neither raises: a problem is logged, and a failed
     write is counted for ``aifinops_state_save_errors_total``."""
 
+    # ``save_errors`` and ``last_save`` are its self-metrics; the exposition renders them
+    # (``exposition.families.state_families``).
+
     def __init__(
         self, settings: StateSettings, identity: Identity, usage: UsageStore | None = None
     ) -> None:
@@ -800,12 +802,6 @@ class StateStore:
             return list(self.path.parent.glob(f".{glob.escape(self.path.name)}.*{suffix}"))
         except OSError:
             return []
-
-    def families(self) -> Sequence[Family]:
-        out = [Family(STATE_SAVE_ERRORS, [((), float(self.save_errors))])]
-        if self.last_save is not None:
-            out.append(Family(STATE_LAST_SAVE, [((), self.last_save)]))
-        return out
 
 
 __all__ = [
