@@ -132,6 +132,12 @@ def test_sources_import_no_web_or_exposition() -> None:
     _check("sources", _violations("aifinops.sources", ("aifinops.web", "aifinops.exposition")))
 
 
+def test_sources_receive_the_cpu_worker() -> None:
+    # The composition root hands each source its runner (sources.base.CpuRunner); a source
+    # that imported aifinops.offload would decide for itself where its parsing runs.
+    _check("sources", _violations("aifinops.sources", ("aifinops.offload",)))
+
+
 def test_exposition_imports_no_sources_or_settings() -> None:
     forbidden = ("aifinops.sources", *sorted(SETTINGS_MODULES))
     _check("exposition", _violations("aifinops.exposition", forbidden))

@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from aifinops.offload import run_cpu
 from aifinops.settings import DcgmSettings, LatencySourceSettings, TokenSourceSettings
 from aifinops.sources.base import SourceError
 from aifinops.sources.dcgm import DcgmSource
@@ -31,15 +32,17 @@ async def test_a_url_httpx_refuses_is_reason_invalid_for_every_source() -> None:
     # It used to escape dcgm and tokens as a crash (counted "parse", with a traceback);
     # latency already reported it as "invalid".
     sources = [
-        DcgmSource(DcgmSettings(mode="scrape", scrape_urls=(BAD_URL,))),
+        DcgmSource(DcgmSettings(mode="scrape", scrape_urls=(BAD_URL,)), run=run_cpu),
         TokenSource(
             TokenSourceSettings(
                 name="t", preset="litellm", mode="scrape", scrape_targets=[{"url": BAD_URL}]
-            )
+            ),
+            run=run_cpu,
         ),
         LatencySource(
             LatencySourceSettings(name="l", mode="scrape", scrape_targets=[{"url": BAD_URL}]),
             clock=lambda: 0.0,
+            run=run_cpu,
         ),
     ]
     async with httpx.AsyncClient() as client:
@@ -54,7 +57,7 @@ async def test_read_page_names_the_page_that_does_not_parse() -> None:
         return body.decode(encoding)
 
     settings = DcgmSettings(mode="scrape", scrape_urls=("http://x/metrics",))
-    transport = Transport("dcgm", settings)
+    transport = Transport("dcgm", settings, run_cpu)
     async with TestServer(_page("caf\xe9 1\n")) as server, httpx.AsyncClient() as client:
         url = str(server.make_url("/metrics"))
         assert await transport.read_page(client, url, {}, parse, "latin-1", where=url) == "café 1\n"
@@ -69,6 +72,6 @@ async def test_query_without_a_prometheus_url_is_invalid() -> None:
     settings = DcgmSettings.model_construct(mode="prometheus", prometheus_url=None)
     async with httpx.AsyncClient() as client:
         with pytest.raises(SourceError) as info:
-            await Transport("dcgm", settings).query(client, "up", {})
+            await Transport("dcgm", settings, run_cpu).query(client, "up", {})
     assert info.value.reason == "invalid"
     assert "prometheus_url" in str(info.value)

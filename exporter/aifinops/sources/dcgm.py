@@ -43,9 +43,8 @@ from typing import Literal
 import httpx
 
 from aifinops.model.inputs import GpuSample
-from aifinops.offload import run_cpu
 from aifinops.settings import DcgmSettings
-from aifinops.sources.base import Slot, SourceError
+from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.promtext import decode_page, parse_text
 from aifinops.sources.transport import Transport
 
@@ -93,9 +92,10 @@ class DcgmSource:
     name = "dcgm"
     slot = Slot.GPUS
 
-    def __init__(self, settings: DcgmSettings) -> None:
+    def __init__(self, settings: DcgmSettings, *, run: CpuRunner) -> None:
         self._settings = settings
-        self._transport = Transport(self.name, settings)
+        self._run = run
+        self._transport = Transport(self.name, settings, run)
 
     async def fetch(self, client: httpx.AsyncClient) -> tuple[GpuSample, ...]:
         s = self._settings
@@ -111,7 +111,7 @@ class DcgmSource:
             triples = [
                 (labels.get("__name__") or default, labels, value) for labels, value in series
             ]
-            samples = await run_cpu(gpu_samples, triples, s.utilization_metric)
+            samples = await self._run(gpu_samples, triples, s.utilization_metric)
             return _not_empty(samples, names)
         try:
             async with asyncio.TaskGroup() as group:
@@ -128,7 +128,7 @@ class DcgmSource:
             # The first failure cancels the other pages; report that one.
             raise failed.exceptions[0] from None
         scraped = [item for task in tasks for item in task.result()]
-        return _not_empty(await run_cpu(gpu_samples, scraped, s.utilization_metric), names)
+        return _not_empty(await self._run(gpu_samples, scraped, s.utilization_metric), names)
 
 
 def _parse_page(body: bytes, names: tuple[str, ...]) -> list[tuple[str, Mapping[str, str], float]]:

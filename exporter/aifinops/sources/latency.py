@@ -50,9 +50,8 @@ from typing import TypeAlias
 import httpx
 
 from aifinops.model.routing import histogram_quantile
-from aifinops.offload import run_cpu
 from aifinops.settings import LatencySourceSettings
-from aifinops.sources.base import Slot, SourceError
+from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.promtext import Sample, decode_page, parse_text
 from aifinops.sources.transport import Transport
 from aifinops.text import clean_value
@@ -325,14 +324,14 @@ class LatencySource:
     (and ``min_requests`` requests between them) before it has figures again.
     """
 
-    def __init__(self, settings: LatencySourceSettings, clock: Clock) -> None:
+    def __init__(self, settings: LatencySourceSettings, clock: Clock, *, run: CpuRunner) -> None:
         self._settings = settings
         self._clock = clock
         self._window = HistogramWindow(float(settings.window_seconds), settings.max_snapshots)
         self._bucket = f"{settings.metric}_bucket"
         self.name = f"latency:{settings.name}"
         self.slot = Slot.LATENCY
-        self._transport = Transport(self.name, settings)
+        self._transport = Transport(self.name, settings, run)
 
     @property
     def window(self) -> HistogramWindow:
@@ -357,7 +356,7 @@ class LatencySource:
                 pages.append((target.url, target.labels, body))
             else:  # a bug, or cancellation: not a fetch failure to count
                 raise body
-        figures, error = await run_cpu(self._update, pages, now)
+        figures, error = await self._transport.run(self._update, pages, now)
         if error is not None:
             raise error
         return figures

@@ -69,9 +69,8 @@ import structlog
 
 from aifinops.model.inputs import TokenObservation, TokenRole
 from aifinops.model.llm_prices import TokenType, normalize_provider
-from aifinops.offload import run_cpu
 from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, TokenSourceSettings
-from aifinops.sources.base import Slot, SourceError
+from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
 from aifinops.text import clean_value  # the label sanitiser, shared with the push schema
@@ -846,14 +845,18 @@ class TokenSource:
     """
 
     def __init__(
-        self, settings: TokenSourceSettings, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: TokenSourceSettings,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        run: CpuRunner,
     ) -> None:
         self._settings = settings
         self._mapping = mapping_for(settings)
         self._clock = clock
         self.name = f"tokens:{settings.name}"
         self.slot = Slot.TOKENS
-        self._transport = Transport(self.name, settings)
+        self._transport = Transport(self.name, settings, run)
         wanted = self._mapping.wanted()
         self._readers: list[SeriesReader[_Series]] = [
             SeriesReader(wanted) for _ in settings.scrape_targets
@@ -896,7 +899,7 @@ class TokenSource:
             )
             samples = [(labels.get("__name__", ""), labels, value) for labels, value in series]
             # Pure Python over every series: off the event loop (see aifinops.offload).
-            observed = await run_cpu(self._observe_query, samples, malformed[0])
+            observed = await self._transport.run(self._observe_query, samples, malformed[0])
             return TokenRead(observed, (self.name,))
         results = await asyncio.gather(
             *(
@@ -930,7 +933,7 @@ class TokenSource:
             raise failed[0]
         self._log_targets()
         self._count_skipped(sum(t.skipped for t in self._targets if t.up))
-        observed = await run_cpu(_observe, self.name, groups, self._mapping)
+        observed = await self._transport.run(_observe, self.name, groups, self._mapping)
         return TokenRead(observed, (g[3] or self.name for g in groups))
 
     def _log_targets(self) -> None:

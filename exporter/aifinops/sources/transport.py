@@ -19,8 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from aifinops.offload import run_cpu
-from aifinops.sources.base import SourceError, get_bytes, read_bearer_token
+from aifinops.sources.base import CpuRunner, SourceError, get_bytes, read_bearer_token
 from aifinops.sources.promapi import instant_query
 
 T = TypeVar("T")
@@ -44,11 +43,13 @@ class ReadSettings(Protocol):
 
 
 class Transport:
-    """How the source ``name`` reads its upstream with ``settings``."""
+    """How the source ``name`` reads its upstream with ``settings``; pages and answers are
+    parsed by ``run`` (the CPU worker the source was given)."""
 
-    def __init__(self, name: str, settings: ReadSettings) -> None:
+    def __init__(self, name: str, settings: ReadSettings, run: CpuRunner) -> None:
         self.name = name
         self._settings = settings
+        self.run = run
 
     def headers(self) -> dict[str, str]:
         """The request headers of one fetch: read every time, since Kubernetes rotates
@@ -75,6 +76,7 @@ class Transport:
             max_bytes=s.max_response_bytes,
             headers=headers,
             skipped=skipped,
+            run=self.run,
         )
 
     async def page(self, client: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> bytes:
@@ -105,7 +107,7 @@ class Transport:
         (``UnicodeDecodeError`` included) is reason ``parse``, named by ``where``."""
         body = await self.page(client, url, headers)
         try:
-            return await run_cpu(parse, body, *args)
+            return await self.run(parse, body, *args)
         except ValueError as exc:
             raise SourceError("parse", f"{where}: {exc}") from None
 
