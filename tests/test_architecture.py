@@ -23,11 +23,7 @@ ALLOWED: dict[str, dict[tuple[str, str], str]] = {
     "model": {},
     "sources": {},
     "exposition": {},
-    "web": {
-        ("aifinops.web.openapi", "aifinops.sources.push"): "the push body's UsageBatch schema",
-        ("aifinops.web.usage", "aifinops.sources.push"): "push schema + store live in sources/push",
-        ("aifinops.web.usage", "aifinops.sources.text"): "parses the body with loads_json",
-    },
+    "web": {},
 }
 # Import cycles, as the set of modules in one strongly connected component.
 ALLOWED_CYCLES: dict[frozenset[str], str] = {}
@@ -134,6 +130,12 @@ def test_model_imports_only_model_stdlib_and_numpy() -> None:
 
 def test_sources_import_no_web_or_exposition() -> None:
     _check("sources", _violations("aifinops.sources", ("aifinops.web", "aifinops.exposition")))
+
+
+def test_sources_receive_the_cpu_worker() -> None:
+    # The composition root hands each source its runner (sources.base.CpuRunner); a source
+    # that imported aifinops.offload would decide for itself where its parsing runs.
+    _check("sources", _violations("aifinops.sources", ("aifinops.offload",)))
 
 
 def test_exposition_imports_no_sources_or_settings() -> None:

@@ -15,14 +15,15 @@ from typing import Any
 
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.report import ModelContext
+from aifinops.offload import run_cpu
 from aifinops.settings import Settings
-from aifinops.sources.base import Source
+from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
 from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.latency import LatencySource
 from aifinops.sources.llm_prices import LlmPriceSource
 from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
-from aifinops.sources.push import PushSource, UsageStore
+from aifinops.sources.push import PushSource
 from aifinops.sources.tokens import TokenSource
 
 # What the web side holds without importing a source module: the upstream client's pieces.
@@ -31,6 +32,7 @@ from aifinops.sources.upstream import UpstreamTransport as UpstreamTransport
 from aifinops.sources.upstream import build_client as build_client
 from aifinops.sources.upstream import upstream_routes
 from aifinops.statefile import StateStore
+from aifinops.usage import UsageStore
 
 Clock = Callable[[], float]
 # A source with its fetch timeout and the age past which its data is dropped (seconds).
@@ -43,10 +45,12 @@ PRICES_NEVER_STALE = 10.0 * 365 * 24 * 3600
 @dataclass(frozen=True, slots=True)
 class Wiring:
     """What a source factory gets besides the settings: the push store (``None`` when
-    ``tokens.push`` is off) and the clock that dates windowed queries."""
+    ``tokens.push`` is off), the clock that dates windowed queries, and the CPU worker that
+    parses what a source fetched (sources do not import it: ``sources.base.CpuRunner``)."""
 
     store: UsageStore | None = None
     clock: Clock = time.time
+    run: CpuRunner = run_cpu
 
 
 SourceFactory = Callable[[Settings, Wiring], Iterable[SourceSpec]]
@@ -99,7 +103,7 @@ def routes(settings: Settings) -> list[Route]:
 def _dcgm(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
     dcgm = settings.sources.dcgm
     if dcgm.enabled:
-        yield DcgmSource(dcgm), dcgm.timeout_seconds, dcgm.stale_after_seconds
+        yield DcgmSource(dcgm, run=wiring.run), dcgm.timeout_seconds, dcgm.stale_after_seconds
 
 
 def _opencost(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
@@ -108,21 +112,21 @@ def _opencost(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
     oc = settings.sources.opencost
     if not oc.enabled:
         return
-    yield OpenCostSource(oc), oc.timeout_seconds, oc.stale_after_seconds
+    yield OpenCostSource(oc, run=wiring.run), oc.timeout_seconds, oc.stale_after_seconds
     interval = settings.budgets.refresh_interval_seconds
     yield (
-        OpenCostMonthSource(oc, settings.budgets, wiring.clock, settings.tenancy),
+        OpenCostMonthSource(oc, settings.budgets, wiring.clock, settings.tenancy, run=wiring.run),
         month_timeout(oc),
         max(oc.stale_after_seconds, 3 * interval),
     )
 
 
 def _tokens(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
-    return token_sources(settings, wiring.store)
+    return token_sources(settings, wiring.store, run=wiring.run)
 
 
 def _latency(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
-    return latency_sources(settings, wiring.clock)
+    return latency_sources(settings, wiring.clock, run=wiring.run)
 
 
 # In refresh order: the latency sources come last.
@@ -143,7 +147,11 @@ def build_sources(
 
 
 def token_sources(
-    settings: Settings, store: UsageStore | None, *, configured: bool = True
+    settings: Settings,
+    store: UsageStore | None,
+    *,
+    configured: bool = True,
+    run: CpuRunner = run_cpu,
 ) -> list[SourceSpec]:
     """Token analytics sources: the price list, the configured token sources (unless
     ``configured`` is false) and the push store; none when token analytics is off."""
@@ -156,17 +164,19 @@ def token_sources(
     if configured:
         for s in t.sources:
             if s.enabled:
-                out.append((TokenSource(s), s.timeout_seconds, s.stale_after_seconds))
+                out.append((TokenSource(s, run=run), s.timeout_seconds, s.stale_after_seconds))
     if store is not None:
         out.append((PushSource(store), 1.0, PRICES_NEVER_STALE))
     return out
 
 
-def latency_sources(settings: Settings, clock: Clock = time.time) -> list[SourceSpec]:
+def latency_sources(
+    settings: Settings, clock: Clock = time.time, *, run: CpuRunner = run_cpu
+) -> list[SourceSpec]:
     """The enabled ``latency.sources`` (measured p95 latency for routing); ``clock`` dates
     the readings of the scrape mode's window."""
     return [
-        (LatencySource(s, clock), s.timeout_seconds, s.stale_after_seconds)
+        (LatencySource(s, clock, run=run), s.timeout_seconds, s.stale_after_seconds)
         for s in settings.latency.sources
         if s.enabled
     ]

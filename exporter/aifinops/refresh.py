@@ -27,7 +27,12 @@ import structlog
 
 from aifinops.exposition.bounds import cap_families, dropped_samples
 from aifinops.exposition.catalog import REFRESH_FAILURES, REFRESH_STALLED, SERIES_DROPPED
-from aifinops.exposition.families import BuildInfo, cost_families, self_families
+from aifinops.exposition.families import (
+    BuildInfo,
+    cost_families,
+    self_families,
+    state_families,
+)
 from aifinops.exposition.render import Exposition, Family, render
 from aifinops.exposition.targets import token_source_families
 from aifinops.model.finance import FinanceContext, FinanceInputs, FinanceState, build_finance
@@ -556,7 +561,7 @@ class Refresher:
         restored = store.load(self._clock(), finance)
         if restored is not None:
             self._state, self._finance_state = restored.model, restored.finance
-        self.extra_families.append(store.families)
+        self.extra_families.append(lambda: state_families(store))
 
     async def _save_state(self, now: float) -> None:
         """After a refresh: remember its state and write it when the interval is due, on the

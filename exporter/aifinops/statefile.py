@@ -56,7 +56,7 @@ value of every upstream token counter it was computed from.
   ``tokens.series_retention_seconds`` is forgotten and its next reading is a baseline
   (nothing doubled, the gap lost). Pushed usage (``POST /api/v1/usage``): each save holds
   what the ledger has not counted yet and the remembered record ids (``payload.push``);
-  batches after it are in the push journal beside the file (``sources/push.py``), written
+  batches after it are in the push journal beside the file (``usage.py``), written
   before their 202 and replayed at start-up, so an acknowledged push is counted once.
 * **Rate-based dollars** — the ledger's infrastructure dollars (rate × time) and the
   charge-back moves — exist only while a process measures. A restart whose gap (the saved
@@ -93,7 +93,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -102,8 +102,6 @@ from typing import Annotated, Any, Literal, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from aifinops.exposition.catalog import STATE_LAST_SAVE, STATE_SAVE_ERRORS, TOKENS_RESOURCE
-from aifinops.exposition.render import Family
 from aifinops.model.chargeback import current_period
 from aifinops.model.finance import (
     PEAK_WINDOW_SECONDS,
@@ -114,10 +112,11 @@ from aifinops.model.finance import (
 )
 from aifinops.model.report import ModelState
 from aifinops.model.tokens import RateSample, TokenState
+from aifinops.model.vocabulary import TOKENS_RESOURCE
 from aifinops.safefile import file_kind, fsync_dir, read_bounded
 from aifinops.settings import ConfigError, Settings, StateSettings
-from aifinops.sources.push import SOURCE_NAME as PUSH_SOURCE
-from aifinops.sources.push import PushExport, PushJournal, UsageStore
+from aifinops.usage import SOURCE_NAME as PUSH_SOURCE
+from aifinops.usage import PushExport, PushJournal, UsageStore
 from aifinops.version import __version__
 
 log = structlog.get_logger("aifinops.statefile")
@@ -248,7 +247,7 @@ class FinanceDoc(_Doc):
 
 
 class PushDoc(_Doc):
-    """Pushed usage (``sources/push.py``): the last journal entry included, the pushed
+    """Pushed usage (``usage.py``): the last journal entry included, the pushed
     tokens the saved ledger has not counted, the remembered record ids (oldest first)."""
 
     seq: Annotated[int, Field(ge=0)]
@@ -661,6 +660,9 @@ class StateStore:
     event loop); ``load`` once at start-up. Neither raises: a problem is logged, and a failed
     write is counted for ``aifinops_state_save_errors_total``."""
 
+    # ``save_errors`` and ``last_save`` are its self-metrics; the exposition renders them
+    # (``exposition.families.state_families``).
+
     def __init__(
         self, settings: StateSettings, identity: Identity, usage: UsageStore | None = None
     ) -> None:
@@ -800,12 +802,6 @@ class StateStore:
             return list(self.path.parent.glob(f".{glob.escape(self.path.name)}.*{suffix}"))
         except OSError:
             return []
-
-    def families(self) -> Sequence[Family]:
-        out = [Family(STATE_SAVE_ERRORS, [((), float(self.save_errors))])]
-        if self.last_save is not None:
-            out.append(Family(STATE_LAST_SAVE, [((), self.last_save)]))
-        return out
 
 
 __all__ = [

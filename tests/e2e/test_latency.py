@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from aifinops.demo.llm import EXPECTED_P95_SECONDS, SELF_HOSTED_MODEL, LlmDemo
+from aifinops.offload import run_cpu
 from aifinops.settings import LatencySourceSettings
 from aifinops.sources.latency import LatencySource
 from tests.e2e.harness import ExpositionServer, Processes, start_prometheus, wait_until
@@ -61,6 +62,7 @@ def test_default_query_on_real_prometheus_matches_scrape_mode(tmp_path: Path) ->
         by_query = LatencySource(
             LatencySourceSettings(name="q", prometheus_url=prom.url, window_seconds=WINDOW),
             clock=time.time,
+            run=run_cpu,
         )
         by_scrape = LatencySource(
             LatencySourceSettings(
@@ -70,6 +72,7 @@ def test_default_query_on_real_prometheus_matches_scrape_mode(tmp_path: Path) ->
                 scrape_targets=[{"url": f"{s.url}/metrics"} for s in (a, b)],
             ),
             clock=time.time,
+            run=run_cpu,
         )
 
         def measured(source: LatencySource) -> Any:

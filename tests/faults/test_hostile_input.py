@@ -4,7 +4,7 @@ their bodies in memory for good, through the real app with the production runtim
 
 * A lone UTF-16 surrogate in an OpenCost label used to make the renderer raise
   ``UnicodeEncodeError``: the loop died, ``/metrics`` froze, ``/readyz`` stayed 200. It is now
-  replaced where the text enters (``sources/text.py``); and were anything to get past that,
+  replaced where the text enters (``text.py``); and were anything to get past that,
   the failing stage is counted, the previous report served, the next refresh runs, and the
   watchdog turns ``/readyz`` 503 while nothing is published.
 * A failed fetch of a large answer (over the cap, unparsable, a gzip bomb) used to stay alive

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from aifinops.exposition.families import state_families
 from aifinops.model.finance import (
     FinanceContext,
     FinanceInputs,
@@ -460,7 +461,7 @@ def test_writes_are_atomic_and_failures_are_counted_never_raised(catalog, tmp_pa
     assert store.due(TIMES[0]) and store.save(run.state, run.fstate, TIMES[0])
     assert not store.due(TIMES[0] + 59) and store.due(TIMES[0] + 60)
     assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]
-    names = {f.spec.name: f.samples for f in store.families()}
+    names = {f.spec.name: f.samples for f in state_families(store)}
     assert names["aifinops_state_last_save_timestamp_seconds"] == [((), TIMES[0])]
     assert names["aifinops_state_save_errors_total"] == [((), 0.0)]
 
@@ -469,7 +470,7 @@ def test_writes_are_atomic_and_failures_are_counted_never_raised(catalog, tmp_pa
     with structlog.testing.capture_logs() as logs:
         assert not store.save(run.state, run.fstate, TIMES[1])
     assert [e["event"] for e in logs] == ["state_save_failed"]
-    names = {f.spec.name: f.samples for f in store.families()}
+    names = {f.spec.name: f.samples for f in state_families(store)}
     assert names["aifinops_state_save_errors_total"] == [((), 1.0)]
     assert names["aifinops_state_last_save_timestamp_seconds"] == [((), TIMES[0])]
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from aifinops.settings import ConfigError, settings_from_mapping
-from aifinops.sources.push import UsageBatch, UsageRejected, UsageStore
+from aifinops.usage import UsageBatch, UsageRejected, UsageStore
 from aifinops.web.app import create_app
 from aifinops.web.security import parse_web_config
 from tests.faults.rig import LoopThread

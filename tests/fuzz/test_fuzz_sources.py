@@ -11,6 +11,7 @@ import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aifinops.offload import run_cpu
 from aifinops.settings import (
     DcgmSettings,
     LlmPricesSettings,
@@ -67,7 +68,7 @@ DCGM = [
 @given(st.sampled_from(DCGM), answers(text_pages | json_vectors))
 def test_dcgm_fetch(settings: DcgmSettings, answer: tuple[int, bytes]) -> None:
     tried("dcgm.fetch")
-    samples = outcome(DcgmSource(settings), *answer)
+    samples = outcome(DcgmSource(settings, run=run_cpu), *answer)
     for s in samples or ():
         assert 0.0 <= s.utilization <= 1.0
 
@@ -76,7 +77,9 @@ def test_dcgm_fetch(settings: DcgmSettings, answer: tuple[int, bytes]) -> None:
 @given(answers(allocation_docs.map(dumps)))
 def test_opencost_fetch(answer: tuple[int, bytes]) -> None:
     tried("opencost.fetch")
-    result = outcome(OpenCostSource(OpenCostSettings(url=URL, max_response_bytes=4096)), *answer)
+    result = outcome(
+        OpenCostSource(OpenCostSettings(url=URL, max_response_bytes=4096), run=run_cpu), *answer
+    )
     if result is not None:
         assert result.allocations, "an empty answer is an error, not an empty cluster"
 
@@ -100,7 +103,7 @@ TOKEN_SETTINGS = [
 @given(st.sampled_from(TOKEN_SETTINGS), answers(text_pages | json_vectors))
 def test_token_fetch(settings: TokenSourceSettings, answer: tuple[int, bytes]) -> None:
     tried("tokens.fetch")
-    for obs in outcome(TokenSource(settings), *answer) or ():
+    for obs in outcome(TokenSource(settings, run=run_cpu), *answer) or ():
         assert math.isfinite(obs.value) and obs.value >= 0
 
 

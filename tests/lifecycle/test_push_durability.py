@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aifinops.settings import settings_from_mapping
-from aifinops.sources.push import PushJournal, UsageBatch, UsageStore
+from aifinops.usage import PushJournal, UsageBatch, UsageStore
 from aifinops.web.app import REFRESHER, create_app
 from tests.web.conftest import T0, Clock, parse_page, series
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from aifinops.model.inputs import GpuSample
+from aifinops.offload import run_cpu
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import SourceError
 from aifinops.sources.dcgm import DcgmSource, gpu_samples_from_series, utilization_query
@@ -351,7 +352,8 @@ async def test_prometheus_mode_queries_the_metric_with_selector_and_token(
             [str(upstream.make_url("/ok"))],
             selector='{cluster="prod"}',
             bearer_token_file=token,
-        )
+        ),
+        run=run_cpu,
     )
     async with httpx.AsyncClient() as client:
         samples = await source.fetch(client)
@@ -369,7 +371,7 @@ async def test_prometheus_mode_queries_the_metric_with_selector_and_token(
 async def test_scrape_mode_reads_every_page(upstream: TestServer) -> None:
     urls = [str(upstream.make_url("/ok/metrics")), str(upstream.make_url("/ok2/metrics"))]
     async with httpx.AsyncClient() as client:
-        samples = await DcgmSource(settings_for("scrape", urls)).fetch(client)
+        samples = await DcgmSource(settings_for("scrape", urls), run=run_cpu).fetch(client)
     assert [s.uuid for s in samples] == [
         H100_0,
         "GPU-15338f3e-5fd9-962d-921a-979b820520f0",
@@ -390,7 +392,7 @@ async def test_failures_have_a_reason(upstream: TestServer, mode: Mode, kind: st
     urls = [url] if mode == "prometheus" else [str(upstream.make_url("/ok/metrics")), url]
     async with httpx.AsyncClient() as client:
         with pytest.raises(SourceError) as info:
-            await DcgmSource(settings_for(mode, urls)).fetch(client)
+            await DcgmSource(settings_for(mode, urls), run=run_cpu).fetch(client)
     assert info.value.reason == kind.removesuffix("_chunked")
 
 
@@ -400,7 +402,8 @@ async def test_unreadable_token_file_is_invalid(upstream: TestServer, tmp_path: 
             "scrape",
             [str(upstream.make_url("/ok/metrics"))],
             bearer_token_file=tmp_path / "missing",
-        )
+        ),
+        run=run_cpu,
     )
     async with httpx.AsyncClient() as client:
         with pytest.raises(SourceError) as info:

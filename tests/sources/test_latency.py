@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from aifinops.offload import run_cpu
 from aifinops.settings import ConfigError, LatencySourceSettings, settings_from_mapping
 from aifinops.sources.base import SourceError
 from aifinops.sources.latency import (
@@ -385,7 +386,7 @@ async def test_prometheus_mode_through_the_http_api() -> None:
 
     server = await serve({"/prom/api/v1/query": query})
     s = settings(prometheus_url=str(server.make_url("/prom")), provider="self_hosted")
-    src = LatencySource(s, clock=lambda: 0.0)
+    src = LatencySource(s, clock=lambda: 0.0, run=run_cpu)
     try:
         async with httpx.AsyncClient() as client:
             figures = await src.fetch(client)
@@ -426,7 +427,7 @@ async def test_scrape_mode_over_http_with_a_failing_page() -> None:
         ],
         min_requests=40,
     )
-    src = LatencySource(s, clock=lambda: clock[0])
+    src = LatencySource(s, clock=lambda: clock[0], run=run_cpu)
     try:
         async with httpx.AsyncClient() as client:
             assert await src.fetch(client) == {}  # baselines
@@ -460,6 +461,7 @@ async def test_scrape_mode_unparsable_page_is_a_parse_error() -> None:
     src = LatencySource(
         settings(mode="scrape", scrape_targets=[{"url": str(server.make_url("/metrics"))}]),
         clock=lambda: 0.0,
+        run=run_cpu,
     )
     try:
         async with httpx.AsyncClient() as client:

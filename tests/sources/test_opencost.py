@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from aifinops.model.inputs import Allocation
+from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings
 from aifinops.sources.base import SourceError
 from aifinops.sources.opencost import OpenCostSource, parse_allocation_response
@@ -301,7 +302,8 @@ async def test_fetch_sends_the_allocation_query(opencost: TestServer, tmp_path: 
             window="2d",
             params={"filter": 'cluster:"cluster-one"'},
             bearer_token_file=token,
-        )
+        ),
+        run=run_cpu,
     )
     async with httpx.AsyncClient() as client:
         parsed = await source.fetch(client)
@@ -332,5 +334,5 @@ async def test_fetch_failures_have_a_reason(opencost: TestServer, kind: str) -> 
     url = closed_port_url() if kind == "connect" else str(opencost.make_url(f"/{kind}"))
     async with httpx.AsyncClient() as client:
         with pytest.raises(SourceError) as info:
-            await OpenCostSource(settings_for(url)).fetch(client)
+            await OpenCostSource(settings_for(url), run=run_cpu).fetch(client)
     assert info.value.reason == kind

@@ -17,6 +17,7 @@ from aifinops.exposition.catalog import IDLE_TENANT, UNALLOCATED_TENANT
 from aifinops.model.cost import _resource_costs, tenant_of
 from aifinops.model.inputs import DailyAllocationSets
 from aifinops.model.tenancy import TenantResolver
+from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources.opencost import (
@@ -65,6 +66,7 @@ def test_the_query_asks_for_the_aggregation() -> None:
         oc(params={"aggregate": "cluster", "filter": 'cluster:"a"'}),
         BudgetsSettings(),
         tenancy=TenancySettings(pod_label_keys=("team",)),
+        run=run_cpu,
     )
     _, _, params = source.query(T0)
     assert params["aggregate"] == "cluster,namespace,label:team,label:label_team"
@@ -167,6 +169,7 @@ async def both_ways(
                 budgets,
                 lambda: T0,
                 tenancy,
+                run=run_cpu,
             )
             async with httpx.AsyncClient() as client:
                 got.append(daily_spend(await source.fetch(client), resolver))

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources.base import SourceError
@@ -71,7 +72,9 @@ class FakeOpenCost:
 
 def source(clock: list[float], **oc: Any) -> OpenCostMonthSource:
     settings = OpenCostSettings(url=URL, month_aggregation="pod", **oc)
-    return OpenCostMonthSource(settings, BudgetsSettings(lookback_days=3), lambda: clock[0])
+    return OpenCostMonthSource(
+        settings, BudgetsSettings(lookback_days=3), lambda: clock[0], run=run_cpu
+    )
 
 
 async def fetch(src: OpenCostMonthSource, fake: FakeOpenCost) -> Any:

@@ -15,6 +15,7 @@ import pytest
 
 from aifinops.demo.cluster import ClusterSpec, SimCluster
 from aifinops.demo.upstreams import aggregate_allocations, lean_allocations, parse_aggregate
+from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources import jsonchunks
@@ -73,7 +74,7 @@ class Upstream:
 
 
 def rate_source(**kw: Any) -> OpenCostSource:
-    return OpenCostSource(OpenCostSettings(url=URL, window="1h", **kw))
+    return OpenCostSource(OpenCostSettings(url=URL, window="1h", **kw), run=run_cpu)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -107,6 +108,7 @@ async def test_streamed_month_equals_the_whole_body_parse(sim: SimCluster, how: 
         BudgetsSettings(lookback_days=3),
         lambda: T0,
         tenancy,
+        run=run_cpu,
     )
     start, end, params = source.query(T0)
     by = None if how == "pod" else params["aggregate"]

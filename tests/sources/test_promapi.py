@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from aifinops.offload import run_cpu
 from aifinops.sources.base import SourceError
 from aifinops.sources.promapi import instant_query, parse_vector
 
@@ -101,10 +102,16 @@ async def test_instant_query_round_trip() -> None:
             timeout=5,
             max_bytes=10_000,
             headers={"Authorization": "Bearer t0k"},
+            run=run_cpu,
         )
         with pytest.raises(SourceError) as info:
             await instant_query(
-                client, str(server.make_url("/down")), "up", timeout=5, max_bytes=10_000
+                client,
+                str(server.make_url("/down")),
+                "up",
+                timeout=5,
+                max_bytes=10_000,
+                run=run_cpu,
             )
     assert result == [({"gpu": "0"}, 12.5)]
     assert seen[0].query["query"] == 'sum by (gpu) (DCGM_FI_DEV_GPU_UTIL{cluster="a b"})'

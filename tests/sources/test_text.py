@@ -1,4 +1,4 @@
-"""The sanitising point for upstream text (``sources/text.py``) and the body reader's
+"""The sanitising point for upstream text (``text.py``) and the body reader's
 inflation with a cap (``sources/base.py``): issue 14, items 1 and 2."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aifinops.sources.base import SourceError, read_body
 from aifinops.sources.opencost import parse_allocation_response
 from aifinops.sources.promapi import parse_vector
 from aifinops.sources.promtext import decode_page
-from aifinops.sources.text import clean_json_text, loads_json
+from aifinops.text import clean_json_text, loads_json
 from aifinops.web.app import REFRESHER, create_app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -25,6 +25,7 @@ from aifinops.demo.llm import (
 )
 from aifinops.model.inputs import AllocationSet
 from aifinops.model.llm_prices import PER_MILLION
+from aifinops.offload import run_cpu
 from aifinops.settings import settings_from_mapping
 from aifinops.sources.base import Slot
 from aifinops.sources.tokens import TokenSource
@@ -92,7 +93,7 @@ async def run(aiohttp_client) -> AsyncIterator[Run]:
             }
         )
         sources = [(FakeOpenCost(), 5.0, 600.0)] + [
-            (TokenSource(s), 5.0, 600.0) for s in settings.tokens.sources
+            (TokenSource(s, run=run_cpu), 5.0, 600.0) for s in settings.tokens.sources
         ]
         client = await aiohttp_client(
             create_app(settings, sources=sources, clock=clock, run_loop=False)

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from aifinops.exposition.targets import token_source_families
 from aifinops.model.tokens import TokenState, counter_increments
+from aifinops.offload import run_cpu
 from aifinops.settings import TokenSourceSettings
 from aifinops.sources.base import SourceError
 from aifinops.sources.promtext import parse_text
@@ -136,7 +137,8 @@ async def test_litellm_307_to_metrics_slash_is_followed_with_the_bearer_token(
                 mode="scrape",
                 scrape_targets=[{"url": str(server.make_url("/metrics"))}],  # type: ignore[list-item]
                 bearer_token_file=token,
-            )
+            ),
+            run=run_cpu,
         )
         async with httpx.AsyncClient() as client:
             got = await source.fetch(client)
@@ -168,7 +170,8 @@ async def test_a_redirect_to_another_host_is_refused_and_nothing_is_sent_there()
                 preset="litellm",
                 mode="scrape",
                 scrape_targets=[{"url": str(server.make_url("/metrics"))}],  # type: ignore[list-item]
-            )
+            ),
+            run=run_cpu,
         )
         async with httpx.AsyncClient() as client:
             with pytest.raises(SourceError) as err:
@@ -242,7 +245,8 @@ async def test_a_malformed_series_is_skipped_and_counted_not_the_source_down() -
         return httpx.Response(200, content=answer)
 
     source = TokenSource(
-        TokenSourceSettings(name="l", preset="litellm", prometheus_url="http://prometheus")
+        TokenSourceSettings(name="l", preset="litellm", prometheus_url="http://prometheus"),
+        run=run_cpu,
     )
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         for _ in range(3):
@@ -271,10 +275,12 @@ async def test_one_unreachable_target_marks_only_that_target_down() -> None:
     b = {"url": str(server.make_url("/b/metrics")), "labels": {"namespace": "llm", "pod": "b"}}
     try:
         both = TokenSource(
-            TokenSourceSettings(name="v", preset="vllm", mode="scrape", scrape_targets=[a, b])  # type: ignore[list-item]
+            TokenSourceSettings(name="v", preset="vllm", mode="scrape", scrape_targets=[a, b]),  # type: ignore[list-item]
+            run=run_cpu,
         )
         dead = TokenSource(
-            TokenSourceSettings(name="w", preset="vllm", mode="scrape", scrape_targets=[b])  # type: ignore[list-item]
+            TokenSourceSettings(name="w", preset="vllm", mode="scrape", scrape_targets=[b]),  # type: ignore[list-item]
+            run=run_cpu,
         )
         async with httpx.AsyncClient() as client:
             with capture_logs() as logs:
@@ -352,7 +358,7 @@ async def test_an_apps_first_llm_call_after_the_exporters_first_read_is_counted(
             "scrape_targets": [{"url": str(server.make_url("/metrics"))}],
         }
         settings = settings_from_mapping({"tokens": {"sources": [cfg]}})
-        source = TokenSource(settings.tokens.sources[0])
+        source = TokenSource(settings.tokens.sources[0], run=run_cpu)
         client = await aiohttp_client(
             create_app(
                 settings,
@@ -425,7 +431,8 @@ async def test_replicas_with_identical_pages_are_separate_counters() -> None:
     counted = []
     try:
         source = TokenSource(
-            TokenSourceSettings(name="l", preset="litellm", mode="scrape", scrape_targets=targets)  # type: ignore[arg-type]
+            TokenSourceSettings(name="l", preset="litellm", mode="scrape", scrape_targets=targets),  # type: ignore[arg-type]
+            run=run_cpu,
         )
         async with httpx.AsyncClient() as client:
             for step in range(3):

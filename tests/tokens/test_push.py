@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from aifinops.settings import settings_from_mapping
-from aifinops.sources.push import UsageBatch, UsageRecord, UsageStore
+from aifinops.usage import UsageBatch, UsageRecord, UsageStore
 from aifinops.web.app import REFRESHER, create_app
 from tests.tokens.conftest import price_subset
 from tests.web.conftest import parse_page, series
@@ -177,7 +177,7 @@ def test_store_series_limit_and_lru():
     store = UsageStore(max_series=2, idempotency_cache_size=2)
     ok = UsageBatch(records=[UsageRecord(tenant="a", model="m", input_tokens=1, output_tokens=1)])
     assert store.apply(ok).accepted == 1
-    from aifinops.sources.push import UsageRejected
+    from aifinops.usage import UsageRejected
 
     with pytest.raises(UsageRejected) as err:
         store.apply(UsageBatch(records=[UsageRecord(tenant="b", model="m", input_tokens=1)]))

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from aifinops.model.inputs import TokenObservation
+from aifinops.offload import run_cpu
 from aifinops.settings import ConfigError, TokenSourceSettings, settings_from_mapping
 from aifinops.sources.promtext import parse_text
 from aifinops.sources.tokens import (
@@ -338,7 +339,8 @@ async def test_prometheus_mode_one_query():
                 preset="vllm",
                 prometheus_url=str(server.make_url("")),
                 selector='cluster="a"',
-            )
+            ),
+            run=run_cpu,
         )
         async with httpx.AsyncClient() as client:
             obs = await src.fetch(client)
@@ -365,7 +367,8 @@ async def test_scrape_mode_adds_target_labels():
             "labels": {"namespace": "llm", "pod": "a"},
         }
         src = TokenSource(
-            TokenSourceSettings(name="v", preset="vllm", mode="scrape", scrape_targets=[good])
+            TokenSourceSettings(name="v", preset="vllm", mode="scrape", scrape_targets=[good]),
+            run=run_cpu,
         )
         async with httpx.AsyncClient() as client:
             obs = await src.fetch(client)

@@ -18,6 +18,7 @@ import pytest
 
 from aifinops.model.inputs import TokenObservation
 from aifinops.model.llm_prices import normalize_provider
+from aifinops.offload import run_cpu
 from aifinops.settings import TokenSourceSettings
 from aifinops.sources import promtext
 from aifinops.sources.base import SourceError
@@ -400,7 +401,8 @@ def make_source(preset: str, rng: random.Random) -> TokenSource:
     return TokenSource(
         TokenSourceSettings.model_validate(
             {"name": "t", "preset": preset, "mode": "scrape", "scrape_targets": targets}
-        )
+        ),
+        run=run_cpu,
     )
 
 
@@ -691,7 +693,8 @@ async def test_prometheus_mode_equals_reference_refresh_after_refresh(
     source = TokenSource(
         TokenSourceSettings.model_validate(
             {"name": "t", "preset": preset, "mode": "prometheus", "prometheus_url": "http://p"}
-        )
+        ),
+        run=run_cpu,
     )
     fleet = Fleet(rng, names_for(source, rng), PRESET_LABELS[preset])
     answer = b""

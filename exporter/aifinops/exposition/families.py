@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
+from typing import Protocol
 
 from aifinops.exposition import catalog as c
 from aifinops.exposition.render import Family, Sample
@@ -175,6 +176,25 @@ def token_families(tokens: TokenReport | None) -> list[Family]:
         Family(c.UNPRICED_TOKENS, _sorted_samples(tokens.unpriced.items())),
         Family(c.LLM_PRICE_CATALOG_INFO, info),
     ]
+
+
+class StateSaves(Protocol):
+    """The state file's record of its writes (``statefile.StateStore``), known by shape only."""
+
+    @property
+    def save_errors(self) -> int: ...
+
+    @property
+    def last_save(self) -> float | None: ...
+
+
+def state_families(store: StateSaves) -> list[Family]:
+    """The state file's self-metrics: failed writes, and the time of the last good one once
+    there has been one."""
+    out = [Family(c.STATE_SAVE_ERRORS, [((), float(store.save_errors))])]
+    if store.last_save is not None:
+        out.append(Family(c.STATE_LAST_SAVE, [((), store.last_save)]))
+    return out
 
 
 def self_families(status: RefreshStatus | None, build: BuildInfo) -> list[Family]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 import zlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 import httpx
 
@@ -23,6 +23,20 @@ from aifinops.status import REASONS as REASONS
 from aifinops.status import Reason as Reason
 
 T_co = TypeVar("T_co", covariant=True)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class CpuRunner(Protocol):
+    """Runs ``fn(*args, **kwargs)`` off the event loop and awaits its result. The composition
+    root (``assemble.py``) hands each source the CPU worker (``offload.run_cpu``); a source
+    never imports it, so what runs where is decided in one place."""
+
+    def __call__(
+        self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Awaitable[_R]: ...
 
 
 class SourceError(Exception):

@@ -43,11 +43,10 @@ from typing import Literal
 import httpx
 
 from aifinops.model.inputs import GpuSample
-from aifinops.offload import run_cpu
 from aifinops.settings import DcgmSettings
-from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
-from aifinops.sources.promapi import instant_query
+from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.promtext import decode_page, parse_text
+from aifinops.sources.transport import Transport
 
 UtilizationMetric = Literal["auto", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
 
@@ -93,61 +92,43 @@ class DcgmSource:
     name = "dcgm"
     slot = Slot.GPUS
 
-    def __init__(self, settings: DcgmSettings) -> None:
+    def __init__(self, settings: DcgmSettings, *, run: CpuRunner) -> None:
         self._settings = settings
+        self._run = run
+        self._transport = Transport(self.name, settings, run)
 
     async def fetch(self, client: httpx.AsyncClient) -> tuple[GpuSample, ...]:
         s = self._settings
         names = metric_names(s.utilization_metric)
-        # Read on every fetch: Kubernetes rotates projected service-account tokens.
-        headers = read_bearer_token(s.bearer_token_file)
+        headers = self._transport.headers()
         if s.mode == "prometheus":
-            if not s.prometheus_url:
-                raise SourceError("invalid", "dcgm mode 'prometheus' has no prometheus_url")
             # One query for every name (both generations, both metrics): one round trip and
             # one response; each series says its metric in __name__.
-            series = await instant_query(
-                client,
-                s.prometheus_url,
-                utilization_query(names, s.selector),
-                timeout=s.timeout_seconds,
-                max_bytes=s.max_response_bytes,
-                headers=headers,
+            series = await self._transport.query(
+                client, utilization_query(names, s.selector), headers
             )
             default = names[0]
             triples = [
                 (labels.get("__name__") or default, labels, value) for labels, value in series
             ]
-            samples = await run_cpu(gpu_samples, triples, s.utilization_metric)
+            samples = await self._run(gpu_samples, triples, s.utilization_metric)
             return _not_empty(samples, names)
         try:
             async with asyncio.TaskGroup() as group:
+                # Tens of ms per 1,000-GPU page: parsed on the worker thread.
                 tasks = [
-                    group.create_task(self._scrape(client, url, headers, names))
+                    group.create_task(
+                        self._transport.read_page(
+                            client, url, headers, _parse_page, names, where=url
+                        )
+                    )
                     for url in s.scrape_urls
                 ]
         except* SourceError as failed:
             # The first failure cancels the other pages; report that one.
             raise failed.exceptions[0] from None
         scraped = [item for task in tasks for item in task.result()]
-        return _not_empty(await run_cpu(gpu_samples, scraped, s.utilization_metric), names)
-
-    async def _scrape(
-        self,
-        client: httpx.AsyncClient,
-        url: str,
-        headers: Mapping[str, str],
-        names: tuple[str, ...],
-    ) -> list[tuple[str, Mapping[str, str], float]]:
-        s = self._settings
-        body = await get_bytes(
-            client, url, timeout=s.timeout_seconds, max_bytes=s.max_response_bytes, headers=headers
-        )
-        try:
-            # Tens of ms per 1,000-GPU page: on the worker thread, not the event loop.
-            return await run_cpu(_parse_page, body, names)
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
-            raise SourceError("parse", f"{url}: {exc}") from None
+        return _not_empty(await self._run(gpu_samples, scraped, s.utilization_metric), names)
 
 
 def _parse_page(body: bytes, names: tuple[str, ...]) -> list[tuple[str, Mapping[str, str], float]]:

@@ -50,12 +50,11 @@ from typing import TypeAlias
 import httpx
 
 from aifinops.model.routing import histogram_quantile
-from aifinops.offload import run_cpu
 from aifinops.settings import LatencySourceSettings
-from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
-from aifinops.sources.promapi import instant_query
+from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.promtext import Sample, decode_page, parse_text
-from aifinops.sources.tokens import clean_value
+from aifinops.sources.transport import Transport
+from aifinops.text import clean_value
 
 LatencyFigures: TypeAlias = Mapping[tuple[str, str], float]
 """Seconds per (model, provider): what the source gives the routing model."""
@@ -325,13 +324,14 @@ class LatencySource:
     (and ``min_requests`` requests between them) before it has figures again.
     """
 
-    def __init__(self, settings: LatencySourceSettings, clock: Clock) -> None:
+    def __init__(self, settings: LatencySourceSettings, clock: Clock, *, run: CpuRunner) -> None:
         self._settings = settings
         self._clock = clock
         self._window = HistogramWindow(float(settings.window_seconds), settings.max_snapshots)
         self._bucket = f"{settings.metric}_bucket"
         self.name = f"latency:{settings.name}"
         self.slot = Slot.LATENCY
+        self._transport = Transport(self.name, settings, run)
 
     @property
     def window(self) -> HistogramWindow:
@@ -339,44 +339,24 @@ class LatencySource:
 
     async def fetch(self, client: httpx.AsyncClient) -> LatencyFigures:
         s = self._settings
-        headers = read_bearer_token(s.bearer_token_file)
+        headers = self._transport.headers()
         if s.mode == "prometheus":
-            if not s.prometheus_url:
-                raise SourceError(
-                    "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
-                )
-            series = await instant_query(
-                client,
-                s.prometheus_url,
-                latency_query(s),
-                timeout=s.timeout_seconds,
-                max_bytes=s.max_response_bytes,
-                headers=headers,
-            )
+            series = await self._transport.query(client, latency_query(s), headers)
             return figures_from_vector(series, s.model_label, s.provider)
         now = self._clock()
+        # Every page is fetched (one that fails does not cancel the others), then all are
+        # parsed into the window in one go on the CPU worker.
         bodies = await asyncio.gather(
-            *(
-                get_bytes(
-                    client,
-                    t.url,
-                    timeout=s.timeout_seconds,
-                    max_bytes=s.max_response_bytes,
-                    headers=headers,
-                )
-                for t in s.scrape_targets
-            ),
+            *(self._transport.page(client, t.url, headers) for t in s.scrape_targets),
             return_exceptions=True,
         )
         pages: list[tuple[str, Mapping[str, str], bytes | SourceError]] = []
         for target, body in zip(s.scrape_targets, bodies, strict=True):
             if isinstance(body, SourceError | bytes):
                 pages.append((target.url, target.labels, body))
-            elif isinstance(body, httpx.InvalidURL):  # configured, so reported, not raised
-                pages.append((target.url, target.labels, SourceError("invalid", f"{body}")))
             else:  # a bug, or cancellation: not a fetch failure to count
                 raise body
-        figures, error = await run_cpu(self._update, pages, now)
+        figures, error = await self._transport.run(self._update, pages, now)
         if error is not None:
             raise error
         return figures

@@ -37,7 +37,7 @@ from aifinops.model.llm_prices import (
 )
 from aifinops.settings import LlmPricesSettings, PriceOverrideSettings
 from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
-from aifinops.sources.text import loads_json
+from aifinops.text import loads_json
 
 BUNDLED = "llm_prices.json"
 BUNDLED_VERSION = "litellm-1.109.1-subset"

@@ -53,10 +53,10 @@ import structlog
 from aifinops.model.forecast import month_bounds
 from aifinops.model.inputs import EMPTY_LABELS, Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.tenancy import sanitize_label_key
-from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources.base import (
+    CpuRunner,
     Slot,
     SourceError,
     accept_encoding,
@@ -67,7 +67,7 @@ from aifinops.sources.base import (
     transport_error,
 )
 from aifinops.sources.jsonchunks import Buffer, SetStream, Unsplittable, decode_pieces
-from aifinops.sources.text import loads_json
+from aifinops.text import loads_json
 
 log = structlog.get_logger("aifinops.sources.opencost")
 T = TypeVar("T")
@@ -89,9 +89,9 @@ class OpenCostSource:
     name = "opencost"
     slot = Slot.ALLOCATIONS
 
-    def __init__(self, settings: OpenCostSettings) -> None:
+    def __init__(self, settings: OpenCostSettings, *, run: CpuRunner) -> None:
         self._settings = settings
-        self._streamer = _Streamer("opencost")
+        self._streamer = _Streamer("opencost", run)
 
     async def fetch(self, client: httpx.AsyncClient) -> AllocationSet:
         s = self._settings
@@ -513,13 +513,15 @@ class OpenCostMonthSource:
         budgets: BudgetsSettings,
         clock: Callable[[], float] = time.time,
         tenancy: TenancySettings | None = None,
+        *,
+        run: CpuRunner,
     ) -> None:
         self._settings = settings
         self._budgets = budgets
         self._clock = clock
         self.min_interval_seconds = budgets.refresh_interval_seconds
         self.aggregation = month_aggregation(tenancy, settings)
-        self._streamer = _Streamer(self.name)
+        self._streamer = _Streamer(self.name, run)
         self.piece_days = settings.month_piece_days
         # (piece start, piece end) -> (fetched at, its sets): settled pieces only.
         self._settled: dict[tuple[float, float], tuple[float, DailyAllocationSets]] = {}
@@ -701,10 +703,11 @@ async def stream_sets(
     request: _Request,
     agg: MonthAggregation | None,
     want_starts: bool,
+    run: CpuRunner,
 ) -> _Sets | bytes:
     """GET an ``/allocation/compute`` answer and decode it while it arrives.
 
-    Each piece :class:`SetStream` cuts is decoded on the CPU worker (at most
+    Each piece :class:`SetStream` cuts is decoded by ``run``, the CPU worker (at most
     :data:`MAX_PENDING_PIECES` queued) and the rows land in their set in document order,
     a later duplicate key replacing an earlier one as in a JSON object. Returns the sets, or
     the whole body when its first bytes are not the compact ``{"code":200,...`` shape (the
@@ -735,7 +738,7 @@ async def stream_sets(
     async def decode(
         index: int, piece: bytes
     ) -> tuple[int, tuple[dict[str, Allocation], dict[str, str]]]:
-        return index, await run_cpu(_decode_piece, piece, agg, want_starts, memo)
+        return index, await run(_decode_piece, piece, agg, want_starts, memo)
 
     def submit(pieces: list[tuple[int, bytes]]) -> None:
         for index, piece in pieces:
@@ -804,8 +807,9 @@ class _Streamer:
     whole bodies from now on (logged once), rather than every answer twice.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, run: CpuRunner) -> None:
         self._name = name
+        self._run = run
         self._whole = False
 
     async def fetch(
@@ -819,13 +823,13 @@ class _Streamer:
     ) -> T:
         if not self._whole:
             try:
-                got = await stream_sets(client, request, agg, want_starts)
+                got = await stream_sets(client, request, agg, want_starts, self._run)
             except _Restream as exc:
                 reason = str(exc)
             else:
                 if isinstance(got, bytes):
-                    return await run_cpu(parse_whole, got)
-                return await run_cpu(assemble, got)
+                    return await self._run(parse_whole, got)
+                return await self._run(assemble, got)
         else:
             reason = ""
         body = await get_bytes(
@@ -836,7 +840,7 @@ class _Streamer:
             params=request.params,
             headers=request.headers,
         )
-        result = await run_cpu(parse_whole, body)
+        result = await self._run(parse_whole, body)
         if not self._whole:
             self._whole = True
             log.warning("opencost_whole_bodies", source=self._name, reason=reason[:200])

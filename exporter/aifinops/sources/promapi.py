@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import msgspec
 
-from aifinops.offload import run_cpu
-from aifinops.sources.base import SourceError, get_bytes
+from aifinops.sources.base import CpuRunner, SourceError, get_bytes
 from aifinops.sources.jsonchunks import decode_pieces
-from aifinops.sources.text import loads_json
+from aifinops.text import loads_json
 
 
 async def instant_query(
@@ -28,13 +27,14 @@ async def instant_query(
     max_bytes: int,
     headers: Mapping[str, str] | None = None,
     skipped: list[int] | None = None,
+    run: CpuRunner,
 ) -> list[tuple[dict[str, str], float]]:
     """Evaluate ``promql`` at the server's current time; return its instant vector.
 
     ``base_url`` is the Prometheus root (``http://prometheus:9090``, with a path prefix if it is
     served under one). ``timeout`` is in seconds, ``max_bytes`` caps the response body.
     Raises :class:`SourceError` for every failure; see :func:`parse_vector` for the result
-    and ``skipped``.
+    and ``skipped``. The answer is parsed by ``run`` (the CPU worker).
     """
     body = await get_bytes(
         client,
@@ -45,7 +45,7 @@ async def instant_query(
         headers=headers,
     )
     # On the CPU worker thread: at 10k GPUs the answer is 14k series (a few MB).
-    return await run_cpu(parse_vector, body, skipped)
+    return await run(parse_vector, body, skipped)
 
 
 # --- the fast path: msgspec, in pieces --------------------------------------------------

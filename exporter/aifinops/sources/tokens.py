@@ -54,9 +54,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,18 +69,15 @@ import structlog
 
 from aifinops.model.inputs import TokenObservation, TokenRole
 from aifinops.model.llm_prices import TokenType, normalize_provider
-from aifinops.offload import run_cpu
 from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, TokenSourceSettings
-from aifinops.sources.base import Slot, SourceError, get_bytes, read_bearer_token
-from aifinops.sources.promapi import instant_query
+from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
+from aifinops.sources.transport import Transport
+from aifinops.text import clean_value  # the label sanitiser, shared with the push schema
 
 Sample = tuple[str, Mapping[str, str], float]
 log = structlog.get_logger("aifinops.sources.tokens")
 
-MAX_LABEL_VALUE = 256
-_EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-_EMPTY_VALUES = frozenset({"", "none", "null", "undefined", "n/a"})
 # What reading a malformed series raises (a label value that is not text: the Prometheus API
 # path; one that cannot be encoded: a lone surrogate from a JSON escape).
 _MALFORMED = (UnicodeError, TypeError, AttributeError, ValueError)
@@ -252,17 +249,6 @@ def mapping_for(s: TokenSourceSettings) -> TokenMapping:
     if set(mapping.tenant_labels) & FORBIDDEN_TENANT_LABELS:
         raise ValueError("tenant_labels name a person or an API key")
     return mapping
-
-
-def clean_value(value: str | None) -> str | None:
-    """A label value fit to keep: ``None`` for empty/``None``-like or email-like values;
-    trimmed and capped at :data:`MAX_LABEL_VALUE` characters."""
-    if value is None:
-        return None
-    v = value.strip()
-    if v.lower() in _EMPTY_VALUES or _EMAIL_LIKE.search(v):
-        return None
-    return v[:MAX_LABEL_VALUE]
 
 
 def series_digest(name: str, labels: Mapping[str, str]) -> str:
@@ -859,13 +845,18 @@ class TokenSource:
     """
 
     def __init__(
-        self, settings: TokenSourceSettings, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: TokenSourceSettings,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        run: CpuRunner,
     ) -> None:
         self._settings = settings
         self._mapping = mapping_for(settings)
         self._clock = clock
         self.name = f"tokens:{settings.name}"
         self.slot = Slot.TOKENS
+        self._transport = Transport(self.name, settings, run)
         wanted = self._mapping.wanted()
         self._readers: list[SeriesReader[_Series]] = [
             SeriesReader(wanted) for _ in settings.scrape_targets
@@ -900,25 +891,15 @@ class TokenSource:
 
     async def fetch(self, client: httpx.AsyncClient) -> TokenRead:
         s = self._settings
-        headers = read_bearer_token(s.bearer_token_file)
+        headers = self._transport.headers()
         if s.mode == "prometheus":
-            if not s.prometheus_url:
-                raise SourceError(
-                    "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
-                )
             malformed = [0]
-            series = await instant_query(
-                client,
-                s.prometheus_url,
-                token_query(self._mapping.wanted(), s.selector),
-                timeout=s.timeout_seconds,
-                max_bytes=s.max_response_bytes,
-                headers=headers,
-                skipped=malformed,
+            series = await self._transport.query(
+                client, token_query(self._mapping.wanted(), s.selector), headers, skipped=malformed
             )
             samples = [(labels.get("__name__", ""), labels, value) for labels, value in series]
             # Pure Python over every series: off the event loop (see aifinops.offload).
-            observed = await run_cpu(self._observe_query, samples, malformed[0])
+            observed = await self._transport.run(self._observe_query, samples, malformed[0])
             return TokenRead(observed, (self.name,))
         results = await asyncio.gather(
             *(
@@ -952,7 +933,7 @@ class TokenSource:
             raise failed[0]
         self._log_targets()
         self._count_skipped(sum(t.skipped for t in self._targets if t.up))
-        observed = await run_cpu(_observe, self.name, groups, self._mapping)
+        observed = await self._transport.run(_observe, self.name, groups, self._mapping)
         return TokenRead(observed, (g[3] or self.name for g in groups))
 
     def _log_targets(self) -> None:
@@ -987,17 +968,16 @@ class TokenSource:
         target_labels: Mapping[str, str],
         headers: Mapping[str, str],
     ) -> tuple[list[_Series], list[float], NameRuns, int]:
-        s = self._settings
-        body = await get_bytes(
-            client, url, timeout=s.timeout_seconds, max_bytes=s.max_response_bytes, headers=headers
+        # On the CPU worker as soon as it arrives (a LiteLLM page at 10k GPUs: ~0.07 s
+        # steady, ~1 s the first time, when every series is parsed).
+        return await self._transport.read_page(
+            client,
+            url,
+            headers,
+            functools.partial(self._read, index),
+            target_labels,
+            where=target_display(url),
         )
-        # Read as soon as it arrives, so the body is not held while other targets are
-        # fetched; on the CPU worker (a LiteLLM page at 10k GPUs: ~0.07 s steady, ~1 s the
-        # first time, when every series is parsed).
-        try:
-            return await run_cpu(self._read, index, body, target_labels)
-        except ValueError as exc:
-            raise SourceError("parse", f"{target_display(url)}: {exc}") from None
 
     def _observe_query(
         self, samples: Iterable[Sample], malformed: int = 0

@@ -138,7 +138,7 @@ def create_app(
         client, transport = assemble.build_client(routes)
         app[HTTP_CLIENT] = client
         app[UPSTREAM_TRANSPORT] = transport
-        # With a state file, pushes are journalled before their 202 (sources/push.py).
+        # With a state file, pushes are journalled before their 202 (usage.py).
         state = assemble.state_store(settings, store)
         app[REFRESHER] = Refresher(
             chosen,

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from aifinops.sources.push import UsageBatch
+from aifinops.usage import UsageBatch
 from aifinops.version import __version__
 from aifinops.web.schemas import ChargebackQuery, RecommendationsQuery, openapi_components
 

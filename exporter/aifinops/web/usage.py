@@ -1,4 +1,4 @@
-"""``POST /api/v1/usage``: pushed token usage (schema and store in ``sources/push.py``).
+"""``POST /api/v1/usage``: pushed token usage (schema and store in ``usage.py``).
 
 Answers ``202 {"accepted": n, "duplicates": d}``, or an error body
 ``{"error": <reason>, "message": ..., "details": [...]}`` with a machine-readable reason:
@@ -20,7 +20,7 @@ Answers ``202 {"accepted": n, "duplicates": d}``, or an error body
 =====  ====================  ===========================================================
 
 A 202 means the batch is durable: with ``state.path`` it was written to the push journal
-and ``fsync``-ed first (``sources/push.py``), so it survives SIGTERM and a crash, and its
+and ``fsync``-ed first (``usage.py``), so it survives SIGTERM and a crash, and its
 record ids stay remembered across the restart.
 
 A rejected batch adds nothing. The body is read from the stream with its own cap, so
@@ -42,8 +42,8 @@ from pydantic import ValidationError
 
 from aifinops.safefile import read_secret_file
 from aifinops.settings import UsagePushSettings
-from aifinops.sources.push import Reason, UsageBatch, UsageRejected, UsageStore
-from aifinops.sources.text import loads_json
+from aifinops.text import loads_json
+from aifinops.usage import Reason, UsageBatch, UsageRejected, UsageStore
 from aifinops.web.auth import API_SCOPE, bearer_token
 from aifinops.web.limits import BodyRefused, read_body
 from aifinops.web.ratelimit import RateLimiter, client_key, retry_after

@@ -1,4 +1,6 @@
-"""Text from upstreams enters here: JSON decoded with invalid Unicode replaced.
+"""Text from upstreams and pushes enters here: JSON decoded with invalid Unicode replaced,
+and label values kept or dropped (:func:`clean_value`). A neutral module: the sources and the
+push endpoint (``web/usage.py``) both use it, and neither imports the other.
 
 Why one place: every string the exporter publishes (a tenant, a model, a label value) is
 encoded to UTF-8 when the page is rendered, and a string that cannot be encoded there (a
@@ -19,6 +21,10 @@ import re
 from typing import Any
 
 REPLACEMENT = "\\ufffd"
+
+MAX_LABEL_VALUE = 256
+_EMAIL_LIKE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_EMPTY_VALUES = frozenset({"", "none", "null", "undefined", "n/a"})
 
 # An escaped backslash (skipped, so that ``\\\\ud800`` stays the text "\\ud800"), a valid
 # surrogate pair (kept), or a lone surrogate escape (replaced).
@@ -50,4 +56,15 @@ def loads_json(data: bytes | bytearray | memoryview | str) -> Any:
     return json.loads(clean_json_text(text))
 
 
-__all__ = ["clean_json_text", "loads_json"]
+def clean_value(value: str | None) -> str | None:
+    """A label value fit to keep: ``None`` for empty/``None``-like or email-like values;
+    trimmed and capped at :data:`MAX_LABEL_VALUE` characters."""
+    if value is None:
+        return None
+    v = value.strip()
+    if v.lower() in _EMPTY_VALUES or _EMAIL_LIKE.search(v):
+        return None
+    return v[:MAX_LABEL_VALUE]
+
+
+__all__ = ["MAX_LABEL_VALUE", "clean_json_text", "clean_value", "loads_json"]
