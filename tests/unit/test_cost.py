@@ -237,3 +237,29 @@ def test_per_pod_figures_over_the_whole_device_are_scaled_to_it():
     assert u[("a", "gpu")] == approx(4.0 * 0.8 / 1.4)
     assert u[("b", "gpu")] == approx(4.0 * 0.6 / 1.4)
     assert math.fsum(s.used for s in b.shares) == approx(1.0)  # never over the device
+
+
+def test_unused_cost_covers_what_the_usage_basis_moves_to_idle_despite_rounded_requests():
+    # OpenCost prints requests to 5 decimals: a 1g slice of an A100 is 0.14286 (> 1/7), billed
+    # 0.39286 $/h at 2.75 $/GPU-h, a hair more than price x slice. The unused cost must still
+    # cover every dollar the usage basis books to __idle__ (sum() in tests/e2e/test_sums.py).
+    allocs = [
+        pod("team-a", "a", gpu_cost=0.39286, gpu_count=0.14286, gpu_hours=0.14286),
+        pod("team-b", "b", gpu_cost=0.39286, gpu_count=0.14286, gpu_hours=0.14286),
+        pod("team-c", "c", gpu_cost=0.39286, gpu_count=0.14286, gpu_hours=0.14286),
+        idle_row(gpu_cost=0.0),
+    ]
+    gpus = [
+        gpu("M", A100, 0.02, "team-a", "a", mig="1g.10gb", mig_id="7"),
+        # two pods time-sliced on one slice, each with its own figure
+        gpu("N", A100, 0.30, "team-b", "b", mig="1g.10gb", mig_id="8"),
+        gpu("N", A100, 0.10, "team-c", "c", mig="1g.10gb", mig_id="8"),
+    ]
+    b = breakdown(allocs=allocs, gpus=gpus)
+    idle = ("__idle__", "gpu")
+    moved = b.rates["usage"].get(idle, 0.0) - b.rates["allocation"].get(idle, 0.0)
+    unused = math.fsum(s.unused_rate for s in b.shares)
+    assert moved > 0.5
+    assert unused >= moved - 1e-12
+    # and never more than the holders were billed beyond their use
+    assert unused <= math.fsum(max(0.0, s.alloc_rate - s.usage_rate) for s in b.shares) + 1e-12

@@ -333,10 +333,13 @@ def attribute_costs(
             if catalog_priced:
                 device_requested[s.uuid].append(req)
             used = capacity * s.utilization
+            usage = price * used
             deficit = req - used if req > used else 0.0
             unused = price * min(deficit, capacity * max(0.0, 1.0 - s.utilization))
+            # Never less than what the usage basis moves to __idle__ for it (see below).
+            unused = max(unused, billed - usage)
             tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
-            measured.append((s, key, tenant, req, used, billed, price * used, unused))
+            measured.append((s, key, tenant, req, used, billed, usage, unused))
             continue
         unit_parts: list[tuple[GpuSample, PodKey, float, float, float]] = []
         for s, weight, key in holds:
@@ -352,12 +355,20 @@ def attribute_costs(
             [p[0].utilization for p in unit_parts], [p[2] for p in unit_parts]
         )
         left = max(0.0, 1.0 - math.fsum(time_shares))
+        # Holders' unused time: what each left of its request, bounded by the unit's rest.
+        # In dollars, never less than what a hold was billed beyond its use: OpenCost's
+        # rounded request (0.14286 for 1/7) bills a hair more than price x request, and the
+        # unused cost must cover every dollar the usage basis moves to __idle__.
         deficits = [
-            max(0.0, p[2] - capacity * sh) for p, sh in zip(unit_parts, time_shares, strict=True)
+            max(0.0, price * (p[2] - capacity * sh), p[3] - price * capacity * sh)
+            for p, sh in zip(unit_parts, time_shares, strict=True)
         ]
         total_deficit = math.fsum(deficits)
-        # Holders' unused time: what each left of its request, bounded by the unit's rest.
-        unused_total = price * min(total_deficit, capacity * left)
+        rest = max(
+            price * capacity * left,
+            math.fsum(p[3] for p in unit_parts) - price * capacity * math.fsum(time_shares),
+        )
+        unused_total = min(total_deficit, rest)
         for (s, key, req, billed, _), sh, d in zip(unit_parts, time_shares, deficits, strict=True):
             tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
             used = capacity * sh
