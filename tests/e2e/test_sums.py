@@ -135,6 +135,7 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
 # these the test checks the structure that makes sum() safe (below), not a second source.
 DEFINITIONAL = {
     "aifinops_gpu_price_usd_per_hour",
+    "aifinops_owned_gpu_price_usd_per_hour",
     "aifinops_model_cost_per_million_tokens_usd",
     "aifinops_model_api_equivalent_cost_per_million_tokens_usd",
     "aifinops_roi_benefit_usd",

@@ -295,3 +295,12 @@ def test_unknown_gpu_model_and_duplicate_pool_fail_at_start_up() -> None:
 def test_the_owned_series_are_in_the_catalog() -> None:
     assert c.OWNED_GPU_PRICE.name == "aifinops_owned_gpu_price_usd_per_hour"
     assert "precedence" in c.OWNED_GPU_PRICE_INFO.labels
+
+
+def test_the_commented_example_in_example_yaml_compiles() -> None:
+    text = (ROOT / "config" / "example.yaml").read_text(encoding="utf-8")
+    block = text[text.index("  # owned:") :].split("\n\n")[0]
+    lines = [line.replace("  # ", "  ", 1) for line in block.splitlines() if line.startswith("  #")]
+    data = yaml.safe_load("gpu_pricing:\n" + "\n".join(lines))
+    spec = assemble.model_context(settings_from_mapping(data)).pricer.owned.entries[0]
+    assert (spec.pool, spec.node_pattern, spec.life_years) == ("h100-onprem", "gpu-onprem-.*", 4)

@@ -138,9 +138,10 @@ GPU_PRICE = _spec(
     "aifinops_gpu_price_usd_per_hour",
     "gauge",
     "Price per whole GPU-hour in use for a GPU model, one series per model: source is "
-    "opencost (derived from its gpuCost/gpuHours) where OpenCost prices GPUs, else catalog "
-    "(bundled price list) or override (configuration). A price, not an amount: its sum() "
-    "means nothing.",
+    "opencost (derived from its gpuCost/gpuHours) where OpenCost prices GPUs, else owned "
+    "(gpu_pricing.owned: depreciation, support, hosting; also where it takes precedence over "
+    "OpenCost), catalog (bundled price list) or override (configuration). A price, not an "
+    "amount: its sum() means nothing.",
     ("gpu_model", "source"),
 )
 OWNED_GPU_PRICE = _spec(
@@ -570,6 +571,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     IDLE_GPUS,
     IDLE_GPU_COST,
     GPU_PRICE,
+    OWNED_GPU_PRICE,
+    OWNED_GPU_PRICE_INFO,
     TOKENS,
     TOKEN_COST,
     MODEL_TOKEN_PRICE,
