@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -304,3 +306,36 @@ def test_the_commented_example_in_example_yaml_compiles() -> None:
     data = yaml.safe_load("gpu_pricing:\n" + "\n".join(lines))
     spec = assemble.model_context(settings_from_mapping(data)).pricer.owned.entries[0]
     assert (spec.pool, spec.node_pattern, spec.life_years) == ("h100-onprem", "gpu-onprem-.*", 4)
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        (
+            "{gpu_model: H1OO, purchase_price_usd: 1, purchase_date: 2025-01-01, "
+            "depreciation_life_years: 1}",
+            "gpu_pricing.owned.gpus.0.gpu_model",
+        ),
+        (
+            "{gpu_model: H100, purchase_price_usd: 1, purchase_date: 2025-01-01, "
+            "depreciation_life_years: 0}",
+            "gpu_pricing.owned.gpus.0.depreciation_life_years",
+        ),
+    ],
+)
+def test_check_config_exits_2_naming_the_owned_field(
+    tmp_path: Path, entry: str, needle: str
+) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "sources: {dcgm: {mode: scrape, scrape_urls: ['http://127.0.0.1:9/metrics']}}\n"
+        f"gpu_pricing: {{owned: {{gpus: [{entry}]}}}}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "aifinops", "--config", str(f), "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
