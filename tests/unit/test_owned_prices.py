@@ -14,16 +14,20 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aifinops import assemble
 from aifinops.exposition import catalog as c
 from aifinops.exposition.families import cost_families
 from aifinops.exposition.render import render_family
+from aifinops.model.cost import attribute_costs
 from aifinops.model.inputs import AllocationSet, Inputs
 from aifinops.model.owned_prices import OwnedGpuSpec, owned_hourly_cost
 from aifinops.model.report import ModelState, build_report
 from aifinops.settings import ConfigError, settings_from_mapping
-from tests.unit.builders import H100, L4, gpu, idle_row, pod, pricer
+from tests.unit.builders import H100, L4, gpu, idle_row, pod, pricer, resolver
+from tests.unit.test_conservation import clusters
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "owned-gpus.md"
@@ -339,3 +343,29 @@ def test_check_config_exits_2_naming_the_owned_field(
     )
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr
+
+
+@settings(max_examples=150, deadline=None)
+@given(clusters(), st.sampled_from(["opencost", "owned"]))
+def test_owned_prices_conserve_every_dollar(cluster: Any, precedence: str) -> None:
+    """On the conservation test's random clusters: with owned H100s the buckets still sum to
+    the cluster total per basis and resource; precedence opencost changes no billed dollar
+    where OpenCost prices GPUs; precedence owned prices every GPU DCGM sees at least once."""
+    allocs, gpus, window = cluster
+    rows = AllocationSet(window, tuple(allocs))
+    owned = _owned_pricer(precedence).at(_ts("2025-06-01"))  # H100 at $2/h, L4 catalog $0.5
+    b = attribute_costs(rows, tuple(gpus), resolver(), owned)
+    for basis, rates in b.rates.items():
+        for resource, total in b.cluster.items():
+            parts = math.fsum(v for (_, r), v in rates.items() if r == resource)
+            assert math.isclose(parts, total, rel_tol=1e-9, abs_tol=1e-9), (basis, resource)
+        assert all(v >= -1e-9 for v in rates.values()), basis
+    opencost_prices = any(a.gpu_cost > 0 for a in allocs)
+    if precedence == "opencost" and opencost_prices:
+        plain = attribute_costs(rows, tuple(gpus), resolver(), pricer())
+        assert b.rates == plain.rates
+    if precedence == "owned":
+        device_price = {s.uuid: 2.0 if s.model_name == H100 else 0.5 for s in gpus}
+        floor = math.fsum(device_price.values())
+        assert b.cluster.get("gpu", 0.0) >= floor - 1e-9
+        assert all(src != "opencost" for _, src in b.gpu_prices)
