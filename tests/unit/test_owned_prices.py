@@ -108,7 +108,12 @@ def test_docs_worked_example_to_the_cent_through_settings_model_and_series() -> 
         'hosting_usd_per_gpu_month="150",precedence="opencost"} 1' in text
     )
 
-    # After the life (from 2029-01-01): support and hosting only, $275 a GPU-month.
+    # The life ends 4 × 365 days in, on 2028-12-31 (the docs say so): capital stops there.
+    spec = ctx.pricer.owned.entries[0]
+    assert owned_hourly_cost(spec, _ts("2028-12-30")).capital > 0
+    assert owned_hourly_cost(spec, _ts("2028-12-31")).capital == 0.0
+    assert "on 2028-12-31" in DOC.read_text(encoding="utf-8")
+    # After the life: support and hosting only, $275 a GPU-month.
     later, _ = build_report(_doc_cluster(), ctx, ModelState(), _ts("2029-03-01"))
     rates = later.tenant_rates("allocation")
     assert round(later.cost.gpu_prices[(H100, "owned")] * 730, 2) == 275.00
