@@ -997,8 +997,8 @@ def gpu_efficiency() -> Json:
     )
     prices = table(
         "GPU price per hour",
-        "Price per whole GPU-hour per GPU model and where it comes from (opencost, catalog, "
-        "override).",
+        "Price per whole GPU-hour per GPU model and where it comes from (opencost, owned, "
+        "catalog, override; docs/owned-gpus.md).",
         [(max_by("gpu_model, source", sel("aifinops_gpu_price_usd_per_hour")), "USD/h", USD)],
         width=8,
     )

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aifinops.model.gpu_prices import GpuPricer
+from aifinops.model.gpu_prices import GpuPriceCatalog, GpuPricer, normalize_gpu_model
 from aifinops.model.report import ModelContext
 from aifinops.offload import run_cpu
-from aifinops.settings import Settings
+from aifinops.settings import ConfigError, Settings
 from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
 from aifinops.sources.gpu_catalog import load_gpu_catalog
@@ -59,12 +59,14 @@ SourceFactory = Callable[[Settings, Wiring], Iterable[SourceSpec]]
 def model_context(settings: Settings) -> ModelContext:
     """Compile configuration into what the pure model needs (raises ConfigError)."""
     catalog = load_gpu_catalog(settings.gpu_pricing.catalog_file)
+    check_owned_models(settings, catalog)
     return ModelContext(
         resolver=settings.tenancy.to_model(),
         pricer=GpuPricer(
             catalog=catalog,
             purchase_option=settings.gpu_pricing.purchase_option,
             overrides=dict(settings.gpu_pricing.overrides),
+            owned=settings.gpu_pricing.owned.to_model(),
         ),
         idle_threshold=settings.idle_gpu.utilization_threshold,
         idle_window_seconds=settings.idle_gpu.window_seconds,
@@ -73,6 +75,19 @@ def model_context(settings: Settings) -> ModelContext:
         finance=settings.finance_to_model(),
         max_series_per_family=settings.limits.max_series_per_family,
     )
+
+
+def check_owned_models(settings: Settings, catalog: GpuPriceCatalog) -> None:
+    """Raise ConfigError for an owned entry whose GPU model neither the catalog nor
+    ``gpu_pricing.overrides`` knows: a misspelt name would match no GPU and price nothing."""
+    known = {normalize_gpu_model(k) for k in settings.gpu_pricing.overrides}
+    for i, g in enumerate(settings.gpu_pricing.owned.gpus):
+        if catalog.lookup(g.gpu_model) is None and normalize_gpu_model(g.gpu_model) not in known:
+            raise ConfigError(
+                f"invalid configuration: gpu_pricing.owned.gpus.{i}.gpu_model: unknown GPU "
+                f"model (got {g.gpu_model!r}; not in the GPU price catalog {catalog.version} "
+                "nor in gpu_pricing.overrides; use DCGM's modelName or a catalog name or alias)"
+            )
 
 
 def usage_store(settings: Settings) -> UsageStore | None:

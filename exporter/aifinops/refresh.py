@@ -296,8 +296,10 @@ class Refresher:
         ctx = self._context
         if report is None or ctx.finance is None:
             return report
+        # The pricer at now: an owned GPU model is priced as owned in the recommendations too.
+        pricer = ctx.pricer.at(now)
         finance, self._finance_state = build_finance(
-            report, inputs, ctx.finance, ctx.resolver, ctx.pricer, self._finance_state, now
+            report, inputs, ctx.finance, ctx.resolver, pricer, self._finance_state, now
         )
         return replace(report, finance=finance)
 

@@ -11,9 +11,11 @@ offending value; ``__main__`` prints it and exits with status 2.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aifinops.model.finance import FinanceContext
 from aifinops.model.llm_prices import normalize_provider
+from aifinops.model.owned_prices import OwnedGpuSpec, OwnedPricing
 from aifinops.model.tenancy import TenantResolver
 from aifinops.model.tokens import SelfHostedSpec, TokenContext
 from aifinops.safefile import read_bounded
@@ -307,13 +310,127 @@ class IdleGpuSettings(_Strict):
     window_seconds: float = Field(900.0, gt=0)
 
 
+def _finite_non_negative(v: float) -> float:
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"must be a finite number >= 0, got {v}")
+    return v
+
+
+class OwnedGpuSettings(_Strict):
+    """One owned GPU model (or node pool of it): what a GPU cost and costs to run, per GPU.
+    The formula, the hours counted and what happens after the life ends:
+    :mod:`aifinops.model.owned_prices` and docs/owned-gpus.md."""
+
+    gpu_model: str = Field(min_length=1)
+    # A name for the pool (a label); defaults to the GPU model.
+    pool: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    node_pattern: str | None = None
+    purchase_price_usd: float
+    purchase_date: date
+    depreciation_life_years: float
+    depreciation_method: Literal["straight_line", "declining_balance"] = "straight_line"
+    residual_value_usd: float = 0.0
+    support_usd_per_year: float = 0.0
+    hosting_usd_per_gpu_month: float = 0.0
+
+    @field_validator(
+        "purchase_price_usd",
+        "residual_value_usd",
+        "support_usd_per_year",
+        "hosting_usd_per_gpu_month",
+    )
+    @classmethod
+    def _money(cls, v: float) -> float:
+        return _finite_non_negative(v)
+
+    @field_validator("depreciation_life_years")
+    @classmethod
+    def _life(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"must be a finite number of years > 0, got {v}")
+        return v
+
+    @field_validator("purchase_date")
+    @classmethod
+    def _not_future(cls, v: date) -> date:
+        # Start-up's own date (the settings side may read a clock; the model never does).
+        today = datetime.now(UTC).date()
+        if v > today:
+            raise ValueError(f"is in the future ({v} > today, {today} UTC)")
+        return v
+
+    @field_validator("node_pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OwnedGpuSettings:
+        if self.residual_value_usd > self.purchase_price_usd:
+            raise ValueError(
+                f"residual_value_usd ({self.residual_value_usd}) is more than "
+                f"purchase_price_usd ({self.purchase_price_usd})"
+            )
+        life = self.depreciation_life_years
+        if self.depreciation_method == "declining_balance" and life != int(life):
+            raise ValueError(
+                f"depreciation_life_years must be whole years with declining_balance, got {life}"
+            )
+        return self
+
+    def to_model(self) -> OwnedGpuSpec:
+        start = datetime(self.purchase_date.year, self.purchase_date.month, self.purchase_date.day)
+        return OwnedGpuSpec(
+            pool=self.pool or self.gpu_model,
+            gpu_model=self.gpu_model,
+            purchase_usd=self.purchase_price_usd,
+            purchase_date=self.purchase_date.isoformat(),
+            purchased_at=start.replace(tzinfo=UTC).timestamp(),
+            life_years=self.depreciation_life_years,
+            residual_usd=self.residual_value_usd,
+            support_usd_per_year=self.support_usd_per_year,
+            hosting_usd_per_gpu_month=self.hosting_usd_per_gpu_month,
+            method=self.depreciation_method,
+            node_pattern=self.node_pattern,
+        )
+
+
+class OwnedGpuPricingSettings(_Strict):
+    """Owned GPUs. ``precedence`` decides where OpenCost also prices GPUs: ``opencost`` keeps
+    OpenCost's price billed (owned prices published beside it), ``owned`` bills owned prices
+    (model/cost.py says how the sums still hold)."""
+
+    precedence: Literal["opencost", "owned"] = "opencost"
+    gpus: tuple[OwnedGpuSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> OwnedGpuPricingSettings:
+        seen: set[str] = set()
+        for i, g in enumerate(self.gpus):
+            pool = g.pool or g.gpu_model
+            if pool in seen:
+                raise ValueError(f"gpus[{i}].pool: {pool!r} is used twice (set pool to tell apart)")
+            seen.add(pool)
+        return self
+
+    def to_model(self) -> OwnedPricing:
+        return OwnedPricing(tuple(g.to_model() for g in self.gpus), self.precedence)
+
+
 class GpuPricingSettings(_Strict):
     """GPU prices used where OpenCost has none. ``overrides`` maps a GPU model name (as DCGM's
-    ``modelName`` reports it, or a catalog key) to dollars per GPU-hour."""
+    ``modelName`` reports it, or a catalog key) to dollars per GPU-hour. ``owned``: GPUs the
+    company bought, priced from their purchase (first match per model and node wins)."""
 
     purchase_option: Literal["on_demand", "spot"] = "on_demand"
     catalog_file: Path | None = None
     overrides: Mapping[str, float] = Field(default_factory=dict)
+    owned: OwnedGpuPricingSettings = Field(default_factory=OwnedGpuPricingSettings)
 
     @field_validator("overrides")
     @classmethod

@@ -135,6 +135,7 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
 # these the test checks the structure that makes sum() safe (below), not a second source.
 DEFINITIONAL = {
     "aifinops_gpu_price_usd_per_hour",
+    "aifinops_owned_gpu_price_usd_per_hour",
     "aifinops_model_cost_per_million_tokens_usd",
     "aifinops_model_api_equivalent_cost_per_million_tokens_usd",
     "aifinops_roi_benefit_usd",
@@ -164,7 +165,24 @@ BUDGETS = {
             {"tenant": "chatbot", "amount_usd": 1e7, "scope": "tokens"},
             {"tenant": "__all__", "amount_usd": 1e8, "scope": "all"},
         ]
-    }
+    },
+    # Owned H100s beside OpenCost's price (default precedence): the owned price family is
+    # published, OpenCost's price stays the one in use (one per GPU model, checked below).
+    "gpu_pricing": {
+        "owned": {
+            "gpus": [
+                {
+                    "gpu_model": "NVIDIA H100 80GB HBM3",
+                    "purchase_price_usd": 30000,
+                    "purchase_date": "2025-01-01",
+                    "depreciation_life_years": 4,
+                    "residual_value_usd": 2000,
+                    "support_usd_per_year": 1500,
+                    "hosting_usd_per_gpu_month": 150,
+                }
+            ]
+        }
+    },
 }
 # The global budget has one scope: the other scopes' global families stay empty here (the
 # unit tests in tests/api/test_budgets.py cover them).
@@ -271,7 +289,7 @@ def test_money_families_have_no_overlapping_rows(scraped: tuple[Prometheus, str]
         dup = _series(
             prom,
             f"count by (tenant, model, provider, token_type, resource, kind, "
-            f"initiative, workload, gpu_model, source) ({name}) > 1",
+            f"initiative, workload, gpu_model, source, pool, component) ({name}) > 1",
             at,
         )
         assert not dup, (name, dup)

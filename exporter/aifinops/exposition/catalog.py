@@ -138,10 +138,41 @@ GPU_PRICE = _spec(
     "aifinops_gpu_price_usd_per_hour",
     "gauge",
     "Price per whole GPU-hour in use for a GPU model, one series per model: source is "
-    "opencost (derived from its gpuCost/gpuHours) where OpenCost prices GPUs, else catalog "
-    "(bundled price list) or override (configuration). A price, not an amount: its sum() "
-    "means nothing.",
+    "opencost (derived from its gpuCost/gpuHours) where OpenCost prices GPUs, else owned "
+    "(gpu_pricing.owned: depreciation, support, hosting; also where it takes precedence over "
+    "OpenCost), catalog (bundled price list) or override (configuration). A price, not an "
+    "amount: its sum() means nothing.",
     ("gpu_model", "source"),
+)
+OWNED_GPU_PRICE = _spec(
+    "aifinops_owned_gpu_price_usd_per_hour",
+    "gauge",
+    "Hourly cost of one owned GPU (gpu_pricing.owned) by pool, GPU model and component: "
+    "capital (depreciation; 0 after the depreciation life), support, hosting; their sum is the "
+    "owned price. Published wherever configured, billed or not (the price in use is "
+    "aifinops_gpu_price_usd_per_hour). A price, not an amount: its sum() means nothing.",
+    ("pool", "gpu_model", "component"),
+    "experimental",
+)
+OWNED_GPU_PRICE_INFO = _spec(
+    "aifinops_owned_gpu_price_info",
+    "gauge",
+    "Always 1 per owned GPU pool; labels carry the configured inputs of its price (USD per "
+    "GPU; purchase_date in UTC) and the precedence against OpenCost's GPU price.",
+    (
+        "pool",
+        "gpu_model",
+        "node_pattern",
+        "purchase_date",
+        "purchase_price_usd",
+        "depreciation_method",
+        "depreciation_life_years",
+        "residual_value_usd",
+        "support_usd_per_year",
+        "hosting_usd_per_gpu_month",
+        "precedence",
+    ),
+    "experimental",
 )
 
 # --- LLM tokens ----------------------------------------------------------------------------
@@ -540,6 +571,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     IDLE_GPUS,
     IDLE_GPU_COST,
     GPU_PRICE,
+    OWNED_GPU_PRICE,
+    OWNED_GPU_PRICE_INFO,
     TOKENS,
     TOKEN_COST,
     MODEL_TOKEN_PRICE,

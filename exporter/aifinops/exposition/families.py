@@ -19,6 +19,7 @@ from aifinops.exposition import catalog as c
 from aifinops.exposition.render import Family, Sample
 from aifinops.model.budgets import BUDGET_STATES, GLOBAL_TENANT
 from aifinops.model.finance import FinanceReport
+from aifinops.model.owned_prices import OwnedHourlyCost
 from aifinops.model.report import Report
 from aifinops.model.roi import BENEFIT_KINDS
 from aifinops.model.tokens import TokenReport
@@ -73,6 +74,7 @@ def cost_families(report: Report | None) -> list[Family]:
     idle_cost = gpu_samples("idle_rate")
     eff = [((t,), v) for t, v in sorted(report.efficiency.items())]
     prices = [((m, src), v) for (m, src), v in sorted(report.cost.gpu_prices.items())]
+    owned, owned_info = _owned_samples(report.cost.owned_prices)
     folded = [((), float(report.cost.folded_tenants))]
     dcgm_metrics = [((m,), float(n)) for m, n in sorted(report.cost.utilization_metrics.items())]
     return [
@@ -88,11 +90,41 @@ def cost_families(report: Report | None) -> list[Family]:
         Family(c.IDLE_GPUS, idle_n),
         Family(c.IDLE_GPU_COST, idle_cost),
         Family(c.GPU_PRICE, prices),
+        Family(c.OWNED_GPU_PRICE, owned),
+        Family(c.OWNED_GPU_PRICE_INFO, owned_info),
         Family(c.FOLDED_TENANTS, folded),
         Family(c.DCGM_UTILIZATION_GPUS, dcgm_metrics),
         *token_families(report.tokens),
         *finance_families(report.finance),
     ]
+
+
+def _owned_samples(rows: Iterable[OwnedHourlyCost]) -> tuple[list[Sample], list[Sample]]:
+    """The owned price by component, and the inputs as labels (numbers as %g: 30000, 0.5)."""
+    price: list[Sample] = []
+    info: list[Sample] = []
+    for r in rows:
+        s = r.spec
+        price += [
+            ((s.pool, s.gpu_model, "capital"), r.capital),
+            ((s.pool, s.gpu_model, "hosting"), r.hosting),
+            ((s.pool, s.gpu_model, "support"), r.support),
+        ]
+        labels = (
+            s.pool,
+            s.gpu_model,
+            s.node_pattern or "",
+            s.purchase_date,
+            f"{s.purchase_usd:.12g}",
+            s.method,
+            f"{s.life_years:.12g}",
+            f"{s.residual_usd:.12g}",
+            f"{s.support_usd_per_year:.12g}",
+            f"{s.hosting_usd_per_gpu_month:.12g}",
+            r.precedence,
+        )
+        info.append((labels, 1.0))
+    return _sorted_samples(price), _sorted_samples(info)
 
 
 def finance_families(f: FinanceReport | None) -> list[Family]:

@@ -39,6 +39,15 @@ otherwise (OpenCost without GPU pricing) every hold is priced from the catalog
 (``price × request``) and the rest of every GPU DCGM sees (its unrequested part, or all of it)
 is priced into ``__idle__``.
 
+Owned GPUs (``gpu_pricing.owned``, :mod:`aifinops.model.owned_prices`): where the catalog would
+price a GPU, an owned entry matching its model (and node) prices it instead. Where OpenCost
+prices GPUs, ``precedence`` decides: ``opencost`` (default) keeps OpenCost's price as the
+billed basis (owned prices are published beside it, billed nowhere), so every dollar still
+reconciles with OpenCost's totals; ``owned`` drops OpenCost's ``gpuCost`` from every row and
+prices every GPU DCGM sees as above (owned, override, catalog): held parts to their tenants,
+the rest to ``__idle__``, so the buckets still sum to the cluster GPU total, which is then the
+owned fleet's cost rather than OpenCost's (non-GPU resources are OpenCost's either way).
+
 All rates are floats in USD per hour (gauges); sums use :func:`math.fsum`.
 """
 
@@ -52,6 +61,7 @@ from typing import TypeVar, cast
 
 from aifinops.model.gpu_prices import GpuPricer, mig_fraction
 from aifinops.model.inputs import Allocation, AllocationSet, GpuSample
+from aifinops.model.owned_prices import OwnedHourlyCost
 from aifinops.model.tenancy import TenantResolver
 from aifinops.model.vocabulary import IDLE_TENANT, OTHER_TENANT, RESOURCES, UNALLOCATED_TENANT
 
@@ -96,6 +106,8 @@ class CostBreakdown:
     pod_tenants: Mapping[PodKey, str] = field(default_factory=dict)
     # GPU units (whole GPUs and MIG instances) per DCGM metric their utilization came from.
     utilization_metrics: Mapping[str, int] = field(default_factory=dict)
+    # Each configured owned-GPU entry's price at this refresh (billed or not: see above).
+    owned_prices: tuple[OwnedHourlyCost, ...] = ()
 
 
 def _resource_costs(a: Allocation) -> dict[str, float]:
@@ -168,6 +180,9 @@ def attribute_costs(
     pod_gpu_count: dict[PodKey, float] = {}
     pod_gpu_hours: dict[PodKey, float] = {}
     opencost_prices_gpus = False
+    # Owned prices preferred over OpenCost's: OpenCost's GPU dollars are not billed (see above).
+    owned_basis = pricer.now is not None and pricer.owned.precedence == "owned"
+    owned_basis = owned_basis and bool(pricer.owned.entries)
     resolve = resolver.resolve
     for a in rows:
         name = a.name
@@ -181,7 +196,7 @@ def attribute_costs(
             tenant = resolve(ns, a.labels, a.namespace_labels)
             if ns and pod_name:
                 pod_key = (ns, pod_name)
-        gpu_cost = a.gpu_cost
+        gpu_cost = 0.0 if owned_basis else a.gpu_cost
         if gpu_cost > 0:
             opencost_prices_gpus = True
         # _resource_costs(a), in RESOURCES order.
@@ -262,12 +277,14 @@ def attribute_costs(
             pod_weight_total[key] += w
 
     unpriced: set[str] = set()
-    prices: dict[str, tuple[float, str] | None] = {}  # pricer.price per model, this call
+    # pricer.price per (model, node), this call (a node matters only for owned node pools).
+    prices: dict[tuple[str, str], tuple[float, str] | None] = {}
 
-    def catalog_price(model: str) -> float:
-        if model not in prices:
-            prices[model] = pricer.price(model)
-        found = prices[model]
+    def catalog_price(model: str, node: str) -> float:
+        key = (model, node if pricer.owned.entries else "")
+        if key not in prices:
+            prices[key] = pricer.price(model, node)
+        found = prices[key]
         if found is None:
             unpriced.add(model)
             return 0.0
@@ -282,14 +299,14 @@ def attribute_costs(
             return count * weight / pod_weight_total[key]
         return weight
 
-    def hold_rates(key: PodKey, weight: float, model: str, req: float) -> tuple[float, float]:
+    def hold_rates(key: PodKey, weight: float, s: GpuSample, req: float) -> tuple[float, float]:
         """(allocation-basis USD/hour of one hold, the physical device's USD per GPU-hour).
 
         Catalog-priced: the catalog price, and that price × the request. OpenCost-priced: the
         pod's GPU rate split over its holds by weight, and OpenCost's own price per GPU-hour
         (``gpuCost / gpuHours``; else rate per requested GPU; else rate per weight)."""
         if catalog_priced:
-            price = catalog_price(model)
+            price = catalog_price(s.model_name, s.node)
             return price * req, price
         row = pod_alloc.get(key)
         pod_rate = row.get("gpu", 0.0) if row is not None else 0.0
@@ -326,7 +343,7 @@ def attribute_costs(
             # One pod on the unit (most units): the general path below without its lists.
             s, weight, key = holds[0]
             req = requested(key, weight)
-            billed, price = hold_rates(key, weight, s.model_name, req)
+            billed, price = hold_rates(key, weight, s, req)
             # OpenCost's own price, observed; a catalog price is published as such below.
             if price > 0 and not s.mig_profile and weight == 1.0 and not catalog_priced:
                 price_obs[s.model_name].append(price)
@@ -344,7 +361,7 @@ def attribute_costs(
         unit_parts: list[tuple[GpuSample, PodKey, float, float, float]] = []
         for s, weight, key in holds:
             req = requested(key, weight)
-            billed, price = hold_rates(key, weight, s.model_name, req)
+            billed, price = hold_rates(key, weight, s, req)
             unit_parts.append((s, key, req, billed, price))
             if catalog_priced:
                 device_requested[s.uuid].append(req)
@@ -382,11 +399,11 @@ def attribute_costs(
     idle_alloc_gpu = math.fsum(alloc_parts.get((IDLE_TENANT, "gpu"), ()))
     catalog_idle: list[float] = []
     if catalog_priced:
-        models = {s.uuid: s.model_name for s in samples}
-        for uuid, model in models.items():
+        devices = {s.uuid: s for s in samples}
+        for uuid, dev in devices.items():
             rest = 1.0 - math.fsum(device_requested.get(uuid, ()))
             if rest > 1e-12:
-                catalog_idle.append(catalog_price(model) * rest)
+                catalog_idle.append(catalog_price(dev.model_name, dev.node) * rest)
         idle_alloc_gpu += math.fsum(catalog_idle)
     excess = math.fsum(max(0.0, m[6] - m[5]) for m in measured)
     pool = idle_alloc_gpu + math.fsum(max(0.0, m[5] - m[6]) for m in measured)
@@ -487,14 +504,19 @@ def attribute_costs(
     for model, obs in price_obs.items():
         obs.sort()
         gpu_prices[(model, "opencost")] = obs[len(obs) // 2]
-    # The catalog (or an override) prices GPUs only where OpenCost prices none: publish it
-    # as in use only then, never beside OpenCost's price.
-    for model in {s.model_name for s in samples} if catalog_priced else ():
-        if model not in prices:
-            prices[model] = pricer.price(model)
-        found = prices[model]
+    # The catalog (an override, an owned entry) prices GPUs only where OpenCost prices none:
+    # publish it as in use only then, never beside OpenCost's price. Owned node pools may price
+    # one model differently per node: the median device's price (and its source) is published.
+    by_model: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for s in {s.uuid: s for s in samples}.values() if catalog_priced else ():
+        catalog_price(s.model_name, s.node)
+        found = prices[(s.model_name, s.node if pricer.owned.entries else "")]
         if found is not None:
-            gpu_prices[(model, found[1])] = found[0]
+            by_model[s.model_name].append(found)
+    for model, found_prices in by_model.items():
+        found_prices.sort()
+        value, source = found_prices[len(found_prices) // 2]
+        gpu_prices[(model, source)] = value
 
     return CostBreakdown(
         rates=rates_by_basis,
@@ -506,6 +528,7 @@ def attribute_costs(
         pod_rates=pod_rates,
         pod_tenants=pod_tenants,
         utilization_metrics=dict(metric_units),
+        owned_prices=pricer.owned_prices(),
     )
 
 

@@ -2,7 +2,9 @@
 
 The catalog is data (``aifinops/data/gpu_prices.yaml`` or a user file, loaded by
 :func:`aifinops.sources.gpu_catalog.load_gpu_catalog`); this module only looks prices up.
-Lookup order: configuration override, then catalog entry for the configured purchase option.
+Lookup order: an owned-GPU entry (``gpu_pricing.owned``, priced at the pricer's ``now`` by
+:mod:`aifinops.model.owned_prices`), then the configuration override, then the catalog entry
+for the configured purchase option.
 Names match case-insensitively after dropping an ``NVIDIA``/``Tesla`` prefix and collapsing
 separators, so ``"NVIDIA A100-SXM4-80GB"``, ``"a100 sxm4 80gb"`` and an alias all match.
 """
@@ -11,10 +13,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-PriceSource = Literal["override", "catalog"]
+from aifinops.model.owned_prices import (
+    OwnedGpuSpec,
+    OwnedHourlyCost,
+    OwnedPricing,
+    owned_hourly_cost,
+)
+
+PriceSource = Literal["owned", "override", "catalog"]
 
 _PREFIX = re.compile(r"^(nvidia|tesla)\s+")
 _SEPARATORS = re.compile(r"[\s_\-]+")
@@ -51,8 +60,35 @@ class GpuPricer:
     catalog: GpuPriceCatalog
     purchase_option: Literal["on_demand", "spot"] = "on_demand"
     overrides: Mapping[str, float] = field(default_factory=dict)
+    owned: OwnedPricing = field(default_factory=OwnedPricing)
+    # The instant owned prices are computed for; None until the model sets it (``at``): then
+    # owned entries are not used (a price needs the GPU's age).
+    now: float | None = None
 
-    def price(self, model_name: str) -> tuple[float, PriceSource] | None:
+    def at(self, now: float) -> GpuPricer:
+        """This pricer with owned prices computed at ``now`` (unix seconds)."""
+        return self if not self.owned.entries else replace(self, now=now)
+
+    def owned_spec(self, model_name: str, node: str = "") -> OwnedGpuSpec | None:
+        """The first owned entry for this GPU model whose ``node_pattern`` (a full match on
+        the node name; none: every node) matches."""
+        wanted = normalize_gpu_model(model_name)
+        for spec in self.owned.entries:
+            if normalize_gpu_model(spec.gpu_model) != wanted:
+                continue
+            if spec.node_pattern is None or re.fullmatch(spec.node_pattern, node):
+                return spec
+        return None
+
+    def owned_prices(self) -> tuple[OwnedHourlyCost, ...]:
+        """Every owned entry's price at ``now`` (none before ``at``)."""
+        return () if self.now is None else self.owned.at(self.now)
+
+    def price(self, model_name: str, node: str = "") -> tuple[float, PriceSource] | None:
+        if self.now is not None:
+            spec = self.owned_spec(model_name, node)
+            if spec is not None:
+                return owned_hourly_cost(spec, self.now).total, "owned"
         wanted = normalize_gpu_model(model_name)
         for name, value in self.overrides.items():
             if normalize_gpu_model(name) == wanted:

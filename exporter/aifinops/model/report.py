@@ -127,7 +127,11 @@ def build_report(
     """One refresh of the model. ``dcgm_observed_at`` is when the GPU samples were fetched
     (unix seconds); the idle history only advances on a new observation."""
     cost = attribute_costs(
-        inputs.allocations, inputs.gpus, context.resolver, context.pricer, context.max_tenants
+        inputs.allocations,
+        inputs.gpus,
+        context.resolver,
+        context.pricer.at(now),  # owned GPUs are priced by their age at now
+        context.max_tenants,
     )
     token_report: TokenReport | None = None
     token_state = state.tokens
