@@ -275,6 +275,19 @@ def start_alertmanager(
         path.write_bytes(content.encode() if isinstance(content, str) else content)
     config_file = workdir / "alertmanager.yml"
     config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    return run_alertmanager(procs, workdir, config_file, timeout, binary, port)
+
+
+def run_alertmanager(
+    procs: Processes,
+    workdir: Path,
+    config_file: Path,
+    timeout: float = 20.0,
+    binary: str = ALERTMANAGER,
+    port: int | None = None,
+) -> Alertmanager:
+    """Start Alertmanager on an existing ``config_file`` (a layout of the caller's, e.g. the
+    prometheus-operator's mounts), its data in ``workdir/data``; wait until it is ready."""
     port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
     process = procs.start(

@@ -32,7 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
-from aifinops.devstack import LOOPBACK, Processes, RecordingSink, free_port, http_get, wait_until
+from aifinops.devstack import Processes, RecordingSink, http_get, run_alertmanager, wait_until
 from tests.tools import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -319,28 +319,8 @@ def sink() -> Iterator[RecordingSink]:
 
 
 def start(procs: Processes, workdir: Path, config_file: Path) -> str:
-    port = free_port()
-    url = f"http://{LOOPBACK}:{port}"
     binary = require_binary("prometheus-alertmanager")
-    process = procs.start(
-        "alertmanager",
-        [
-            binary,
-            f"--config.file={config_file}",
-            f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address={LOOPBACK}:{port}",
-            f"--web.external-url={url}",
-            "--cluster.listen-address=",
-        ],
-        cwd=workdir,
-    )
-
-    def ready() -> bool:
-        process.check_alive()
-        return http_get(f"{url}/-/ready").strip() == b"OK"
-
-    wait_until(ready, 20.0, "Alertmanager /-/ready", on_timeout=process.log_tail)
-    return url
+    return run_alertmanager(procs, workdir, config_file, binary=binary).url
 
 
 def fire(url: str, labels: dict[str, str]) -> None:
