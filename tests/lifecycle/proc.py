@@ -14,6 +14,19 @@ from pathlib import Path
 import httpx
 
 
+def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m aifinops *args`` to its end (a check, or a start-up that must fail)."""
+    return subprocess.run(
+        [sys.executable, "-m", "aifinops", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from aifinops.settings import ConfigError, load_settings, settings_from_mapping
 from aifinops.web.app import REFRESHER, create_app
 from aifinops.web.lifecycle import RELOADER
 from tests.faults.rig import closed_port_url
-from tests.lifecycle.proc import free_port
+from tests.lifecycle.proc import free_port, run_cli
 from tests.web.conftest import parse_page
 
 GOOD: dict[str, Any] = {
@@ -37,10 +36,10 @@ GOOD: dict[str, Any] = {
 
 
 def _check(config: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aifinops", "--config", str(config), "--check-config"],
-        capture_output=True,
-        text=True,
+    return run_cli(
+        "--config",
+        str(config),
+        "--check-config",
         timeout=timeout,
         env={k: v for k, v in os.environ.items() if not k.startswith("AIFINOPS__")},
     )
@@ -98,12 +97,7 @@ def test_a_fifo_or_dev_zero_state_path_stops_start_up(tmp_path: Path, kind: str)
             {"sources": {"opencost": {"url": closed_port_url()}}, "state": {"path": str(state)}}
         )
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "aifinops", "--config", str(config), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("--config", str(config), "--port", str(free_port()))
     assert proc.returncode == 2, proc.stderr
     assert "state.path" in proc.stderr and "not a regular file" in proc.stderr
 

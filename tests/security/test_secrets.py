@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from aifinops.status import REDACTED, redact_text, redact_url
 from aifinops.web.app import REFRESHER, create_app
 from aifinops.web.security import WEB_SECURITY, _dummy_hash
 from tests.faults.rig import closed_port_url
-from tests.lifecycle.proc import start_exporter
+from tests.lifecycle.proc import run_cli, start_exporter
 
 PASSWORD = "hunter2-PASSWORD"
 API_KEY = "sk-live-APIKEY"
@@ -98,12 +96,7 @@ def test_upstream_credentials_never_shown_by_the_running_exporter(tmp_path: Path
 
     # a configuration error shows the bad value, redacted
     config.write_text(yaml.safe_dump({"sources": {"opencost": {"url": opencost, "window": prom}}}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "aifinops", "--config", str(config), "--check-config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("--config", str(config), "--check-config")
     assert proc.returncode == 2 and "sources.opencost.window" in proc.stderr
     assert PASSWORD not in proc.stderr and API_KEY not in proc.stderr
 

@@ -238,22 +238,15 @@ async def test_a_reload_swaps_the_tls_settings_and_refuses_unusable_ones(
 
 
 def test_the_cli_exits_2_naming_an_unusable_ca(tmp_path: Path) -> None:
-    import subprocess as sp
-    import sys
 
     import yaml
 
-    from tests.lifecycle.proc import free_port
+    from tests.lifecycle.proc import free_port, run_cli
 
     config = tmp_path / "config.yaml"
     tls = {"ca_file": str(tmp_path / "missing-ca.pem")}
     config.write_text(yaml.safe_dump(_config("https://opencost:9003", tls=tls)))
-    proc = sp.run(
-        [sys.executable, "-m", "aifinops", "--config", str(config), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("--config", str(config), "--port", str(free_port()))
     assert proc.returncode == 2, proc.stderr
     assert "sources.opencost.tls" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -26,6 +24,7 @@ from aifinops.model.inputs import AllocationSet, Inputs
 from aifinops.model.owned_prices import OwnedGpuSpec, owned_hourly_cost
 from aifinops.model.report import ModelState, build_report
 from aifinops.settings import ConfigError, settings_from_mapping
+from tests.lifecycle.proc import run_cli
 from tests.unit.builders import H100, L4, gpu, idle_row, pod, pricer, resolver
 from tests.unit.test_conservation import clusters
 
@@ -340,12 +339,7 @@ def test_check_config_exits_2_naming_the_owned_field(
         "sources: {dcgm: {mode: scrape, scrape_urls: ['http://127.0.0.1:9/metrics']}}\n"
         f"gpu_pricing: {{owned: {{gpus: [{entry}]}}}}\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "aifinops", "--config", str(f), "--check-config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("--config", str(f), "--check-config")
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr
 

@@ -1,13 +1,12 @@
 """Configuration: the example loads, bad input names the field, env overrides apply."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from aifinops.settings import ConfigError, apply_env_overrides, load_settings
 from aifinops.version import RULES_VERSION
+from tests.lifecycle.proc import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,12 +63,7 @@ def test_env_overrides_nest_and_parse_yaml_values():
 def test_cli_exits_2_with_the_field_named(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("refresh: {interval_seconds: -1}\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "aifinops", "--config", str(f), "--check-config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("--config", str(f), "--check-config")
     assert proc.returncode == 2
     assert "refresh.interval_seconds" in proc.stderr and "-1" in proc.stderr
 
