@@ -12,6 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
+from aifinops.model.llm_prices import LlmPriceCatalog
+from tests.upstream_data import price_catalog
+
 REPO = Path(__file__).resolve().parents[1]
 _BESIDE = str(REPO.parent) + os.sep
 _INSIDE = str(REPO) + os.sep
@@ -34,3 +39,9 @@ def _guard(event: str, args: tuple[object, ...]) -> None:
 
 
 sys.addaudithook(_guard)
+
+
+@pytest.fixture(scope="session")
+def catalog() -> LlmPriceCatalog:
+    """LiteLLM's recorded price subset as a catalog (model and source tests share it)."""
+    return price_catalog()

@@ -185,7 +185,7 @@ BUDGETS = {
     },
 }
 # The global budget has one scope: the other scopes' global families stay empty here (the
-# unit tests in tests/api/test_budgets.py cover them).
+# unit tests in tests/web/api/test_budgets.py cover them).
 UNPUBLISHED = {
     f"aifinops_cluster_{scope}_budget{what}_usd"
     for scope in ("gpu", "token")
