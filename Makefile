@@ -48,13 +48,13 @@ test-fast: $(TEST_STAMP) ## the test suite without the end-to-end tests (no Prom
 	@$(PY) -m pytest -q -m 'not e2e' $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP) ## ruff and mypy --strict
-	@$(VENV)/bin/ruff check exporter tests bench scripts
-	@$(VENV)/bin/ruff format --check exporter tests bench scripts
+	@$(VENV)/bin/ruff check exporter devtools tests bench scripts
+	@$(VENV)/bin/ruff format --check exporter devtools tests bench scripts
 	@$(VENV)/bin/mypy
 
 fmt: $(TEST_STAMP) ## format the code and apply ruff's safe fixes
-	@$(VENV)/bin/ruff format exporter tests bench scripts
-	@$(VENV)/bin/ruff check --fix exporter tests bench scripts
+	@$(VENV)/bin/ruff format exporter devtools tests bench scripts
+	@$(VENV)/bin/ruff check --fix exporter devtools tests bench scripts
 
 # A test fails when a committed derived file drifts from its sources.
 generate: $(RUN_STAMP) ## regenerate dashboards, rules, deploy files and docs from their sources

@@ -24,7 +24,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from aifinops.devstack import (
+ROOT = Path(__file__).resolve().parent.parent
+# devtools/ (beside exporter/, not installed) is imported from the repository root.
+sys.path.insert(0, str(ROOT))
+from devtools.devstack import (  # noqa: E402
     ALERTMANAGER,
     EXPORTER_JOB,
     LOOPBACK,
@@ -39,7 +42,6 @@ from aifinops.devstack import (
     start_prometheus,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRAPE_INTERVAL = "5s"
 # Notifications within seconds instead of the bundle's 30s / 5m, so a newcomer sees them.
 ROUTE_TIMINGS = {"group_wait": "10s", "group_interval": "1m", "repeat_interval": "4h"}

@@ -15,7 +15,7 @@ _OUTSIDE = re.compile(r"""\.\./shared|["']/work/|parent\s*/\s*["']shared["']""")
 def test_no_test_or_benchmark_names_a_path_beside_the_clone() -> None:
     offenders = [
         f"{p.relative_to(REPO)}:{n}"
-        for top in ("tests", "bench", "scripts", ".ci")
+        for top in ("tests", "bench", "scripts", "devtools", ".ci")
         for p in sorted((REPO / top).rglob("*"))
         if p.is_file() and p.suffix in {".py", ".sh", ""} and p.name != "test_repository_bounds.py"
         for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)

@@ -32,7 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
-from aifinops.devstack import Processes, RecordingSink, http_get, run_alertmanager, wait_until
+from devtools.devstack import Processes, RecordingSink, http_get, run_alertmanager, wait_until
 from tests.tools import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """A process harness for end-to-end tests: real Prometheus and Alertmanager on 127.0.0.1.
 
-The process code is shared with ``make stack`` and lives in :mod:`aifinops.devstack`
+The process code is shared with ``make stack`` and lives in :mod:`devtools.devstack`
 (re-exported here, so tests import from one place):
 
 - :class:`Processes` starts binaries with their logs in files and stops them by PID, newest
@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from aifinops.devstack import (
+from devtools.devstack import (
     ALERTMANAGER,
     EXPORTER_JOB,
     LOOPBACK,
@@ -55,7 +55,7 @@ from aifinops.devstack import (
     wait_ready,
     wait_until,
 )
-from aifinops.devstack import StackError as HarnessError
+from devtools.devstack import StackError as HarnessError
 
 __all__ = [
     "ALERTMANAGER",

@@ -344,7 +344,7 @@ def test_main_rejects_an_unknown_log_format(capsys: pytest.CaptureFixture[str]) 
 def test_prometheus_reads_the_whole_gzip_page(tmp_path: Path) -> None:
     """A real Prometheus (Go's gzip reader; it always asks for gzip) scrapes the demo
     exporter: the prepared series and the per-scrape process_* series both arrive."""
-    from aifinops.devstack import (
+    from devtools.devstack import (
         EXPORTER_JOB,
         Processes,
         start_demo_exporter,

@@ -25,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aifinops.demo.cluster import RESOURCES, SimCluster
+from aifinops.demo.cluster.opencost import pod_charges
 from aifinops.demo.llm import SELF_HOSTED_MODEL
 
 DAY_SECONDS = 86400.0
@@ -96,7 +97,7 @@ def sim_period_usage(
     t = start
     while t < end:
         e = min(t + DAY_SECONDS, end)
-        for charge in sim._charges(e, (e - t) / 3600.0):
+        for charge in pod_charges(sim, e, (e - t) / 3600.0):
             if charge.run.pod.gpu_count:
                 gpu_hours[charge.tenant].append(charge.run.pod.gpu_count * charge.hours)
         t = e

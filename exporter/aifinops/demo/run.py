@@ -1,7 +1,7 @@
 """``aifinops-exporter --demo``: start the fake upstreams and point the real sources at them.
 
 The fakes: dcgm-exporter, a Prometheus API and OpenCost over the simulated cluster
-(``demo/cluster.py``), plus a vLLM serving a self-hosted model from the cluster's
+(``demo/cluster/``), plus a vLLM serving a self-hosted model from the cluster's
 ``llm-serving`` pods and a LiteLLM proxy routing tenants to API models (``demo/llm.py``).
 The vLLM pages also feed the routing's measured latency (``latency:`` section, scrape mode).
 """

@@ -49,6 +49,7 @@ from aifinops.demo.cluster import (
     rfc3339,
     sanitize_label_key,
 )
+from aifinops.demo.cluster.opencost import idle_json, pod_charges
 
 Clock = Callable[[], float]
 FaultMode = Literal[
@@ -696,7 +697,7 @@ def lean_allocations(
             text = times[t] = rfc3339(t)
         return text
 
-    charges = sim._charges(now, window_hours)
+    charges = pod_charges(sim, now, window_hours)
     cluster = sim.spec.cluster_name
     r = opencost_round
     rows: dict[str, dict[str, Any]] = {}
@@ -742,7 +743,7 @@ def lean_allocations(
             "totalCost": c.total,
         }
     if include_idle:
-        rows["__idle__"] = sim._idle_json(charges, window_hours, window)
+        rows["__idle__"] = idle_json(sim, charges, window_hours, window)
     return rows
 
 

@@ -15,7 +15,8 @@ Prometheus and a real Alertmanager on 127.0.0.1.
   Events API v2, generic webhook).
 
 Only the standard library and PyYAML; every wait has a timeout and reports the process log on
-failure. Nothing here is used by the exporter itself.
+failure. Nothing here is used by the exporter itself, so it lives outside the installed
+package (``exporter/``).
 """
 
 from __future__ import annotations

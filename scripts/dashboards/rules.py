@@ -1,0 +1,30 @@
+"""The recording rules of rules/*.rules.yaml the panels read (a panel reads a raw series only
+where no rule records it, or where it needs a label the rule drops)."""
+
+# One family per basis (sum-safe): allocation (as billed) and usage (GPU by measured use).
+COST_RATE = "tenant_resource:aifinops_tenant_cost_usd_per_hour:max"
+USAGE_COST_RATE = "tenant_resource:aifinops_tenant_usage_basis_cost_usd_per_hour:max"
+TENANT_COST_RATE = "tenant:aifinops_tenant_cost_usd_per_hour:sum"
+TENANT_USAGE_COST_RATE = "tenant:aifinops_tenant_usage_basis_cost_usd_per_hour:sum"
+COST_1D = "tenant_resource:aifinops_tenant_cost_usd:increase1d"
+USAGE_COST_1D = "tenant_resource:aifinops_tenant_usage_basis_cost_usd:increase1d"
+TENANT_COST_1D = "tenant:aifinops_tenant_cost_usd:increase1d"
+TENANT_COST_30D = "tenant:aifinops_tenant_cost_usd:increase30d"
+MTD = "tenant:aifinops_tenant_month_to_date_cost_usd:max"
+BURN_RATE = "tenant_scope:aifinops_budget_burn_rate:ratio"
+FORECAST_RATIO = "tenant_scope:aifinops_budget_forecast:ratio"
+GPUS = "tenant_gpu_model:aifinops_tenant_gpus:max"
+GPUS_USED = "tenant_gpu_model:aifinops_tenant_gpus_used:max"
+EFFICIENCY = "tenant_gpu_model:aifinops_tenant_gpu_efficiency:ratio"
+TENANT_EFFICIENCY = "tenant:aifinops_tenant_gpu_efficiency:ratio"
+IDLE_GPUS = "tenant_gpu_model:aifinops_idle_gpus:max"
+IDLE_COST = "tenant_gpu_model:aifinops_idle_gpu_cost_usd_per_hour:max"
+TENANT_IDLE_COST = "tenant:aifinops_idle_gpu_cost_usd_per_hour:sum"
+TOKENS = "tenant_model_provider_token_type:aifinops_tokens:rate1h"
+TOKEN_COST = "tenant_model_provider:aifinops_token_cost_usd_per_hour:rate1h"
+MODEL_TOKEN_COST = "model_provider:aifinops_token_cost_usd_per_hour:rate1h"
+API_RATIO = (
+    "model_provider_token_type:aifinops_model_cost_per_million_tokens_usd:api_equivalent_ratio"
+)
+SOURCE_UP = "source:aifinops_source_up:max"
+SOURCE_ERRORS = "source_reason:aifinops_source_errors:rate5m"
