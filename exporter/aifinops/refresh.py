@@ -35,7 +35,13 @@ from aifinops.exposition.families import (
 )
 from aifinops.exposition.render import Exposition, Family, render
 from aifinops.exposition.targets import token_source_families
-from aifinops.model.finance import FinanceContext, FinanceInputs, FinanceState, build_finance
+from aifinops.model.finance import (
+    FinanceContext,
+    FinanceInputs,
+    FinanceReport,
+    FinanceState,
+    build_finance,
+)
 from aifinops.model.inputs import (
     AllocationSet,
     DailyAllocationSets,
@@ -116,7 +122,12 @@ class SourceRuntime:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """What one refresh publishes. ``finance`` is built from ``report`` (the same cycle's,
+    or both the previous cycle's) and travels beside it; it is None when finance is not
+    configured or its step failed."""
+
     report: Report | None
+    finance: FinanceReport | None
     status: RefreshStatus | None
     exposition: Exposition
     ready: bool
@@ -177,6 +188,7 @@ class Refresher:
             self._restore(state_store)
         self.snapshot = Snapshot(
             report=None,
+            finance=None,
             status=None,
             exposition=Exposition.from_bytes(render(self_families(None, build))),
             ready=False,
@@ -287,21 +299,21 @@ class Refresher:
         )
         return Inputs(gpus=gpus, allocations=allocations, tokens=tokens), dcgm_at, finance
 
-    def _with_finance(
+    def _build_finance(
         self, report: Report | None, inputs: FinanceInputs, now: float
-    ) -> Report | None:
-        """``report`` with its finance figures (budgets, ROI, routing, recommendations,
-        month to date) when finance is configured (on the CPU worker; a failure is the
-        ``finance`` stage's, see :meth:`_finance`)."""
+    ) -> FinanceReport | None:
+        """``report``'s finance figures (budgets, ROI, routing, recommendations, month to
+        date) when finance is configured (on the CPU worker; a failure is the ``finance``
+        stage's, see :meth:`_finance`)."""
         ctx = self._context
         if report is None or ctx.finance is None:
-            return report
+            return None
         # The pricer at now: an owned GPU model is priced as owned in the recommendations too.
         pricer = ctx.pricer.at(now)
         finance, self._finance_state = build_finance(
             report, inputs, ctx.finance, ctx.resolver, pricer, self._finance_state, now
         )
-        return replace(report, finance=finance)
+        return finance
 
     def _log_unpriced(self, report: Report | None) -> None:
         """One warning per model that starts getting tokens without a price."""
@@ -332,6 +344,7 @@ class Refresher:
             now = self._clock()
             previous = self.snapshot
             report: Report | None = previous.report
+            finance: FinanceReport | None = previous.finance
             fresh = False
             try:
                 for rt in self._runtimes:
@@ -354,7 +367,7 @@ class Refresher:
                     fresh = True
                     self._graveyard.append(self._state)
                     self._state = state
-                    report = await self._finance(report, finance_inputs, now)
+                    finance = await self._finance(report, finance_inputs, now)
                     del state
                 del inputs, finance_inputs
             if fresh:
@@ -371,7 +384,9 @@ class Refresher:
                 completed_at=now if fresh else self._last_success_at,
                 refreshes=self._refreshes,
             )
-            exposition, published = await self._render_page(report, fresh, status, previous)
+            exposition, published, published_finance = await self._render_page(
+                report, finance, fresh, status, previous
+            )
             done = fresh and published is report
             if fresh and not done:
                 status = replace(status, completed_at=self._last_success_at)
@@ -384,6 +399,7 @@ class Refresher:
             self._graveyard.append(previous)
             self.snapshot = Snapshot(
                 report=published,
+                finance=published_finance,
                 status=status,
                 exposition=exposition,
                 ready=previous.ready or in_use,
@@ -400,7 +416,7 @@ class Refresher:
                 exposition_bytes=len(exposition.plain),
                 published=done,
             )
-            del report, exposition, published, previous
+            del report, finance, exposition, published, published_finance, previous
             await self._bury()
             try:
                 await self._save_state(now)
@@ -416,49 +432,51 @@ class Refresher:
 
     async def _finance(
         self, report: Report | None, inputs: FinanceInputs, now: float
-    ) -> Report | None:
-        """``report`` with its finance figures; without them (stage ``finance`` counted) when
-        building them fails."""
+    ) -> FinanceReport | None:
+        """``report``'s finance figures; None (stage ``finance`` counted) when building them
+        fails."""
         try:
-            out = await run_cpu(self._with_finance, report, inputs, now)
+            out = await run_cpu(self._build_finance, report, inputs, now)
         except Exception as exc:
             self._stage_failed("finance", exc)
-            return None if report is None else replace(report, finance=None)
+            return None
         self._stage_ok("finance")
         return out
 
     async def _render_page(
         self,
         report: Report | None,
+        finance: FinanceReport | None,
         fresh: bool,
         status: RefreshStatus,
         previous: Snapshot,
-    ) -> tuple[Exposition, Report | None]:
-        """The page and the report it shows: this cycle's report; else (its render failed,
-        stage ``render``) the previous report with this cycle's self-metrics; else the
-        previous page as it was."""
+    ) -> tuple[Exposition, Report | None, FinanceReport | None]:
+        """The page and the report and finance figures it shows: this cycle's; else (its
+        render failed, stage ``render``) the previous ones with this cycle's self-metrics;
+        else the previous page as it was."""
         try:
             exposition = await run_cpu(
-                self._render, report, status, count_dropped=True, publishing=fresh
+                self._render, report, finance, status, count_dropped=True, publishing=fresh
             )
         except Exception as exc:
             self._stage_failed("render", exc)
         else:
             self._stage_ok("render")
-            return exposition, report
+            return exposition, report, finance
         if fresh:
             try:
                 exposition = await run_cpu(
                     self._render,
                     previous.report,
+                    previous.finance,
                     replace(status, completed_at=self._last_success_at),
                     count_dropped=False,
                 )
             except Exception as exc:
                 self._stage_failed("render", exc)
             else:
-                return exposition, previous.report
-        return previous.exposition, previous.report
+                return exposition, previous.report, previous.finance
+        return previous.exposition, previous.report, previous.finance
 
     def _stage_failed(self, stage: str, exc: BaseException) -> None:
         """Count a failed stage; log it (with its traceback) when the stage was working or
@@ -513,6 +531,7 @@ class Refresher:
     def _render(
         self,
         report: Report | None,
+        finance: FinanceReport | None,
         status: RefreshStatus | None,
         *,
         count_dropped: bool,
@@ -521,7 +540,9 @@ class Refresher:
         """The page: model families capped to ``max_series_per_family`` (counted once per
         refresh), then self-metrics and the extra families. ``publishing``: the page of a
         cycle that publishes its report (so not stalled, whatever the time since the last)."""
-        families, dropped = cap_families(cost_families(report), self._context.max_series_per_family)
+        families, dropped = cap_families(
+            cost_families(report, finance), self._context.max_series_per_family
+        )
         if count_dropped:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
@@ -538,7 +559,7 @@ class Refresher:
         """Render the current report again (after a change to an extra family, such as a
         config reload), without fetching anything."""
         snap = self.snapshot
-        exposition = self._render(snap.report, snap.status, count_dropped=False)
+        exposition = self._render(snap.report, snap.finance, snap.status, count_dropped=False)
         self.snapshot = replace(snap, exposition=exposition)
 
     async def replace_sources(self, sources: Sequence[tuple[Source[Any], float, float]]) -> None:
@@ -619,7 +640,7 @@ class Refresher:
             snap = self.snapshot
             try:
                 exposition = await run_side(
-                    self._render, snap.report, snap.status, count_dropped=False
+                    self._render, snap.report, snap.finance, snap.status, count_dropped=False
                 )
             except Exception as exc:
                 self._stage_failed("render", exc)

@@ -47,7 +47,9 @@ def _sorted_samples(items: Iterable[Sample]) -> list[Sample]:
     return sorted(items, key=_first)
 
 
-def cost_families(report: Report | None) -> list[Family]:
+def cost_families(report: Report | None, finance: FinanceReport | None = None) -> list[Family]:
+    """The model's families: ``report``'s, then ``finance``'s (built from that report, and
+    absent when the finance step did not run or failed)."""
     if report is None:
         return []
     # One family per basis: sum() over a family is the cluster total (see the catalog).
@@ -95,7 +97,7 @@ def cost_families(report: Report | None) -> list[Family]:
         Family(c.FOLDED_TENANTS, folded),
         Family(c.DCGM_UTILIZATION_GPUS, dcgm_metrics),
         *token_families(report.tokens),
-        *finance_families(report.finance),
+        *finance_families(finance),
     ]
 
 

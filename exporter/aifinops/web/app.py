@@ -179,7 +179,7 @@ def create_app(
     register_api(
         app,
         settings,
-        report=lambda: app[REFRESHER].snapshot.report if REFRESHER in app else None,
+        finance=lambda: app[REFRESHER].snapshot.finance if REFRESHER in app else None,
         context=lambda: app[REFRESHER].context.finance if REFRESHER in app else None,
     )
     if store is not None:
