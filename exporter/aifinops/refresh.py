@@ -54,7 +54,6 @@ from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
 from aifinops.offload import release, render_and_compress, run_cpu, run_side, settle_heap
 from aifinops.sources.base import Slot, Source, SourceError
-from aifinops.sources.tokens import TokenSource
 from aifinops.statefile import StateStore
 from aifinops.status import RefreshStatus, SourceStatus
 
@@ -101,7 +100,7 @@ class SourceRuntime:
         """Whether to fetch this cycle: always, unless the source sets
         ``min_interval_seconds`` (a heavy query such as ``opencost_month``); then once per
         interval after a success and at most every :data:`RETRY_SECONDS` after a failure."""
-        interval = float(getattr(self.source, "min_interval_seconds", 0.0) or 0.0)
+        interval = self.source.min_interval_seconds
         if interval <= 0 or self.attempted_at is None:
             return True
         wait = interval if self.up else min(interval, RETRY_SECONDS)
@@ -392,10 +391,7 @@ class Refresher:
                 status = replace(status, completed_at=self._last_success_at)
             # Ready once an upstream gave data: a local source (the bundled price list, the
             # push store) has data from the start and says nothing about the upstreams.
-            in_use = any(
-                rt.data is not None and not getattr(rt.source, "local", False)
-                for rt in self._runtimes
-            )
+            in_use = any(rt.data is not None and not rt.source.local for rt in self._runtimes)
             self._graveyard.append(previous)
             self.snapshot = Snapshot(
                 report=published,
@@ -548,7 +544,7 @@ class Refresher:
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
         families += token_source_families(
-            rt.source for rt in self._runtimes if isinstance(rt.source, TokenSource)
+            rt.source.targets for rt in self._runtimes if rt.source.targets is not None
         )
         families += self._watchdog_families(publishing)
         for extra in self.extra_families:

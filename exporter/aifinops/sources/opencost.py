@@ -88,6 +88,9 @@ class OpenCostSource:
 
     name = "opencost"
     slot = Slot.ALLOCATIONS
+    local = False
+    min_interval_seconds = 0.0
+    targets = None
 
     def __init__(self, settings: OpenCostSettings, *, run: CpuRunner) -> None:
         self._settings = settings
@@ -506,6 +509,8 @@ class OpenCostMonthSource:
 
     name = "opencost_month"
     slot = Slot.MONTHLY
+    local = False
+    targets = None
 
     def __init__(
         self,
@@ -519,7 +524,7 @@ class OpenCostMonthSource:
         self._settings = settings
         self._budgets = budgets
         self._clock = clock
-        self.min_interval_seconds = budgets.refresh_interval_seconds
+        self.min_interval_seconds = float(budgets.refresh_interval_seconds)
         self.aggregation = month_aggregation(tenancy, settings)
         self._streamer = _Streamer(self.name, run)
         self.piece_days = settings.month_piece_days

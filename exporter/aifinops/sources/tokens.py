@@ -73,6 +73,7 @@ from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, Toke
 from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
+from aifinops.status import ScrapeTargets
 from aifinops.text import clean_value  # the label sanitiser, shared with the push schema
 
 Sample = tuple[str, Mapping[str, str], float]
@@ -856,6 +857,10 @@ class TokenSource:
         self._clock = clock
         self.name = f"tokens:{settings.name}"
         self.slot = Slot.TOKENS
+        self.local = False
+        self.min_interval_seconds = 0.0
+        # Its scrape targets' health (aifinops_token_target_up): this source reports it.
+        self.targets: ScrapeTargets | None = self
         self._transport = Transport(self.name, settings, run)
         wanted = self._mapping.wanted()
         self._readers: list[SeriesReader[_Series]] = [
