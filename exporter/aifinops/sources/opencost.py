@@ -22,7 +22,7 @@ The month-to-date query (:class:`OpenCostMonthSource`, every
 24-hour step from the window start (the last set partial, up to now);
 :func:`parse_allocation_sets` keeps the sets apart. It is aggregated server-side by what
 tenancy reads (see :func:`month_aggregation`), so its size follows tenants, not pods, and it
-is asked a few days at a time (:func:`month_query_segments`, :func:`month_pieces`): the
+is asked a few days at a time (:mod:`aifinops.model.calendar`: its segments and pieces): the
 current month, ``history_months`` whole months before it (chargeback) and the forecast's
 look-back, each piece far under ``max_response_bytes``.
 
@@ -44,15 +44,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
 import structlog
 
-from aifinops.model.forecast import month_bounds
+from aifinops.model.calendar import DAY_SECONDS, month_pieces, month_query_segments
 from aifinops.model.inputs import EMPTY_LABELS, Allocation, AllocationSet, DailyAllocationSets
-from aifinops.model.tenancy import sanitize_label_key
+from aifinops.model.tenancy import MonthAggregation
+from aifinops.model.tenancy import month_aggregation as tenancy_aggregation
 from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources.base import (
@@ -225,8 +225,6 @@ def _whole_sets(body: bytes, agg: MonthAggregation | None, want_starts: bool) ->
 
 # --- month to date ------------------------------------------------------------------------
 
-DAY_SECONDS = 86400.0
-
 # The month-to-date query: one set per day, not accumulated, idle included and not shared.
 # ``window`` is an RFC 3339 pair built per fetch (see :func:`month_query_window`) and
 # ``aggregate`` comes from the tenancy rules (see :func:`month_aggregation`).
@@ -236,118 +234,23 @@ MONTH_QUERY: dict[str, str] = {
     "includeIdle": "true",
     "shareIdle": "false",
 }
-UNALLOCATED_PART = "__unallocated__"
-
-
-@dataclass(frozen=True, slots=True)
-class MonthAggregation:
-    """How the month query aggregates, and how its row keys are read back.
-
-    ``labels`` (OpenCost-sanitized label names) means
-    ``aggregate=cluster,namespace,label:<l1>,...``: OpenCost
-    (``AllocationProperties.GenerateKey``) names each row
-    ``<cluster>/<namespace>/<value of l1>/...``, writing ``__unallocated__`` for a label the
-    pods lack (versions before 2023 wrote ``<label>=<value>``; both are read). Pods with
-    equal parts are summed into one row whose ``properties`` are the intersection of theirs
-    (``AllocationProperties.Intersection``): cluster, namespace and, because all its pods
-    share the namespace, ``namespaceLabels`` survive; pod labels do not (hence they are read
-    from the key). The cluster is there because two clusters' namespaces of one name may
-    carry different labels. Idle stays one ``__idle__`` row (not shared, not split).
-    ``labels=None`` is the pod aggregation, ``namespace,pod``. ``reason`` says why this one
-    was chosen.
-    """
-
-    labels: tuple[str, ...] | None
-    reason: str
-
-    @property
-    def aggregate(self) -> str:
-        """The ``aggregate`` query parameter."""
-        if self.labels is None:
-            return "namespace,pod"
-        return ",".join(("cluster", "namespace", *(f"label:{name}" for name in self.labels)))
-
-    def identity(self, key: str) -> tuple[str, str | None, Mapping[str, str]] | None:
-        """``(name, namespace, labels)`` of an aggregated row, for tenancy; ``None`` for a
-        row to keep as OpenCost named it (idle, a key of another shape, pod aggregation).
-
-        Read from the right: namespaces and label values hold no ``/``, a cluster name may
-        (an EKS ARN). The name is ``<cluster>/<namespace>{label=value,...}``: never
-        ``…__unallocated__`` (that would book the row to ``__unallocated__`` whatever its
-        namespace) nor ``…__idle__``. A part that is empty or ``__unallocated__`` is a label
-        the pods lack (tenancy treats a blank value as missing too)."""
-        names = self.labels
-        if names is None or "__idle__" in key:
-            return None
-        parts = key.rsplit("/", len(names) + 1)
-        if len(parts) != len(names) + 2:
-            return None
-        labels: dict[str, str] = {}
-        for name, part in zip(names, parts[2:], strict=True):
-            if part.startswith(name) and part[len(name) : len(name) + 1] == "=":
-                part = part[len(name) + 1 :]
-            if part and part != UNALLOCATED_PART:
-                labels[name] = part
-        shown = ",".join(f"{k}={v}" for k, v in labels.items())
-        name = f"{parts[0]}/{parts[1]}{{{shown}}}"
-        return name, parts[1] or None, labels or EMPTY_LABELS
 
 
 def month_aggregation(
     tenancy: TenancySettings | None, settings: OpenCostSettings
 ) -> MonthAggregation:
-    """The month query's aggregation for these tenancy rules.
-
-    Tenancy reads, per pod: its labels (the configured pod label keys, as OpenCost sanitizes
-    them, also with the ``label_`` prefix), its namespace's labels and its namespace. So
-    ``cluster,namespace`` plus ``label:<key>`` for each of those label names keeps every
-    input of every rule, and each aggregated row resolves to the tenant each of its pods
-    resolves to: the month-to-date per tenant is the pod aggregation's, with one row per
-    (cluster, namespace, tenant labels) instead of one per pod (1,900 rows a day instead of
-    22,000 at 10k GPUs). Idle is not shared, so the ``__idle__`` row does not depend on the
-    aggregation either. (No tenancy rule reads a pod's name; one that did would need pods.)
-
-    Pod aggregation instead, with the reason: when ``settings.month_aggregation`` is
-    ``pod``; without tenancy rules; and with ``shareSplit=even`` in the extra ``params``
-    (shared costs are then split evenly per row, so the rows asked for change the split).
-    """
-    if settings.month_aggregation == "pod":
-        return MonthAggregation(None, "sources.opencost.month_aggregation is pod")
-    if tenancy is None:
-        return MonthAggregation(None, "no tenancy rules were given to the month query")
-    if settings.params.get("shareSplit", "").strip().lower() == "even":
-        return MonthAggregation(
-            None, "params.shareSplit=even splits shared costs per row: pod rows keep it exact"
-        )
-    names: list[str] = []
-    for key in tenancy.pod_label_keys:
-        sanitized = sanitize_label_key(key)
-        names += [sanitized, f"label_{sanitized}"]
-    labels = tuple(dict.fromkeys(names))
-    return MonthAggregation(
-        labels, "cluster, namespace and the tenancy pod label keys keep tenancy exact"
+    """The month query's aggregation for these tenancy rules and this source's settings
+    (the rules themselves: :func:`aifinops.model.tenancy.month_aggregation`)."""
+    return tenancy_aggregation(
+        None if tenancy is None else tenancy.pod_label_keys,
+        pod=settings.month_aggregation == "pod",
+        share_split_even=settings.params.get("shareSplit", "").strip().lower() == "even",
     )
 
 
 def rfc3339_utc(ts: float) -> str:
     """Unix seconds → ``YYYY-MM-DDTHH:MM:SSZ`` (whole seconds, rounded down)."""
     return datetime.fromtimestamp(math.floor(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def month_query_window(now: float, tz: str, lookback_days: int) -> tuple[float, float]:
-    """``(start, end)`` unix seconds of the month-to-date query at ``now``.
-
-    ``start`` is the calendar month's start in time zone ``tz`` moved back by whole 24-hour
-    days until ``lookback_days`` full days before today are covered (so the forecast has a
-    trend on the 1st); a set boundary therefore falls exactly on the month start, and the
-    month-to-date spend is the sum of the sets from there. Around a DST change the sets
-    before the month start are offset by the hour from local midnights (they only feed the
-    trend). ``end`` is ``now`` rounded down to the second.
-    """
-    bounds = month_bounds(now, tz)
-    day_of_month = datetime.fromtimestamp(now, ZoneInfo(tz)).day
-    extra = max(0, lookback_days - (day_of_month - 1))
-    return bounds.start - extra * DAY_SECONDS, float(math.floor(now))
 
 
 def parse_allocation_sets(
@@ -437,46 +340,6 @@ def _typed_starts(typed_set: Mapping[str, _Row]) -> dict[str, str]:
     return out
 
 
-def previous_month_start(month_start: float, tz: str) -> float:
-    """Local midnight on the 1st of the month before the one starting at ``month_start``."""
-    first = datetime.fromtimestamp(month_start, ZoneInfo(tz)).date()
-    year, month = (first.year - 1, 12) if first.month == 1 else (first.year, first.month - 1)
-    prev = first.replace(year=year, month=month, day=1)
-    return datetime(prev.year, prev.month, 1, tzinfo=ZoneInfo(tz)).timestamp()
-
-
-def month_query_segments(
-    now: float, tz: str, lookback_days: int, history_months: int
-) -> list[tuple[float, float]]:
-    """The windows the month query covers, oldest first, each asked with its own ``window``
-    so that a set boundary falls on every month start: ``history_months`` whole calendar
-    months before the current one (for chargeback), the current month to ``now``, and in
-    front the lookback days (:func:`month_query_window`) that reach before all of those."""
-    lookback_start, end = month_query_window(now, tz, lookback_days)
-    current = month_bounds(now, tz).start
-    starts = [current]
-    for _ in range(history_months):
-        starts.insert(0, previous_month_start(starts[0], tz))
-    segments: list[tuple[float, float]] = []
-    if lookback_start < starts[0]:
-        segments.append((lookback_start, starts[0]))
-    segments += list(zip(starts, [*starts[1:], end], strict=True))
-    return [(a, b) for a, b in segments if b > a]
-
-
-def month_pieces(segments: list[tuple[float, float]], days: int) -> list[tuple[float, float]]:
-    """Each segment cut into requests of ``days`` 24-hour steps from its start (the last one
-    shorter): the sets of the pieces are the segment's own sets."""
-    out: list[tuple[float, float]] = []
-    span = days * DAY_SECONDS
-    for start, end in segments:
-        t = start
-        while t < end:
-            out.append((t, min(t + span, end)))
-            t += span
-    return out
-
-
 # A set dated this far after the end of the window asked for is not clock jitter.
 LATE_TOLERANCE_SECONDS = 300.0
 # A piece that ended this long ago is settled (OpenCost's ETL and reconciliation are done):
@@ -487,7 +350,7 @@ CLOSED_REFETCH_SECONDS = 6 * 3600.0
 
 class OpenCostMonthSource:
     """``GET {url}/allocation/compute`` for the month to date and ``history_months`` whole
-    months before it, in daily sets (see :func:`month_query_segments`,
+    months before it, in daily sets (see :func:`~aifinops.model.calendar.month_query_segments`,
     :func:`parse_allocation_sets`), named ``opencost_month``, aggregated as
     :func:`month_aggregation` decides for ``tenancy`` (logged once).
 
