@@ -231,6 +231,25 @@ def state_families(store: StateSaves) -> list[Family]:
     return out
 
 
+class ReloadState(Protocol):
+    """The configuration reload's outcome (``web.lifecycle.Reloader``), known by shape only."""
+
+    @property
+    def successful(self) -> bool: ...
+
+    @property
+    def success_timestamp(self) -> float: ...
+
+
+def reload_families(reload: ReloadState) -> list[Family]:
+    """Whether the last configuration reload worked, and when the configuration in force
+    was loaded (start-up or the last good reload)."""
+    return [
+        Family(c.CONFIG_RELOAD_SUCCESS, [((), 1.0 if reload.successful else 0.0)]),
+        Family(c.CONFIG_RELOAD_TIMESTAMP, [((), reload.success_timestamp)]),
+    ]
+
+
 def self_families(status: RefreshStatus | None, build: BuildInfo) -> list[Family]:
     families = [
         Family(
