@@ -332,3 +332,12 @@ def test_refresh_matches_no_source_class() -> None:
     assert not _type_matches(text, classes), "refresh.py asks for a source's class"
     imported = {i for i in IMPORTS["aifinops.refresh"] if _in(i, "aifinops.sources")}
     assert imported <= {"aifinops.sources.base"}, f"refresh.py imports a source: {imported}"
+
+
+def test_refresh_loop_knows_no_garbage_collector() -> None:
+    # GC tuning is a runtime setting (offload.apply_runtime_settings), handed to the loop as
+    # its after-refresh step by the composition root; the loop itself never names it.
+    text = MODULES["aifinops.refresh"].read_text(encoding="utf-8")
+    names = {n.id for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name)}
+    assert "gc" not in IMPORTS["aifinops.refresh"]
+    assert not names & {"settle_heap", "tune_gc", "apply_runtime_settings"}

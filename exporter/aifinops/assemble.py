@@ -15,7 +15,7 @@ from typing import Any
 
 from aifinops.model.gpu_prices import GpuPriceCatalog, GpuPricer, normalize_gpu_model
 from aifinops.model.report import ModelContext
-from aifinops.offload import run_cpu
+from aifinops.offload import run_cpu, settle_heap
 from aifinops.settings import ConfigError, Settings
 from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
@@ -37,6 +37,11 @@ from aifinops.usage import UsageStore
 Clock = Callable[[], float]
 # A source with its fetch timeout and the age past which its data is dropped (seconds).
 SourceSpec = tuple[Source[Any], float, float]
+
+# What the process's runtime does after each refresh: with the GC settings of
+# offload.apply_runtime_settings (the CLI applies them), freeze what the refresh left alive;
+# without them, nothing. The refresh loop itself knows no garbage collector.
+AFTER_REFRESH: Callable[[], None] = settle_heap
 
 # The price list is never dropped for age: the last good copy beats no prices at all.
 PRICES_NEVER_STALE = 10.0 * 365 * 24 * 3600

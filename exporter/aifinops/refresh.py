@@ -52,7 +52,7 @@ from aifinops.model.inputs import (
 )
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
-from aifinops.offload import release, render_and_compress, run_cpu, run_side, settle_heap
+from aifinops.offload import release, render_and_compress, run_cpu, run_side
 from aifinops.sources.base import Slot, Source, SourceError
 from aifinops.statefile import StateStore
 from aifinops.status import RefreshStatus, SourceStatus
@@ -147,12 +147,15 @@ class Refresher:
         interval: float = 30.0,
         watchdog_intervals: int = WATCHDOG_INTERVALS,
         monotonic: Clock = time.monotonic,
+        after_refresh: Callable[[], None] | None = None,
     ) -> None:
         """``sources`` are ``(source, timeout_seconds, stale_after_seconds)`` triples;
         ``state_store``, when given, restores the saved state now and is written after
         refreshes (:mod:`aifinops.statefile`). ``interval`` (seconds, :meth:`run` sets it
         too) times ``watchdog_intervals`` without a published report is a stall
-        (:meth:`stalled`), measured on ``monotonic``."""
+        (:meth:`stalled`), measured on ``monotonic``. ``after_refresh`` runs after each
+        cycle's snapshot swap (the process's runtime settings decide what: see
+        ``assemble.AFTER_REFRESH``); a failure there counts as stage ``release``."""
         self._runtimes = [SourceRuntime(s, timeout, stale) for s, timeout, stale in sources]
         self._context = context
         self._build = build
@@ -171,6 +174,7 @@ class Refresher:
         self.watchdog_intervals = watchdog_intervals
         self.stall_after: float | None = None  # seconds; None: from the interval (tests set it)
         self._monotonic = monotonic
+        self._after_refresh = after_refresh
         self._started = monotonic()
         self._last_success: float | None = None
         self._last_success_at = 0.0
@@ -420,10 +424,11 @@ class Refresher:
                 self._stage_failed("state", exc)
             else:
                 self._stage_ok("state")
-            try:
-                settle_heap()
-            except Exception as exc:
-                self._stage_failed("release", exc)
+            if self._after_refresh is not None:
+                try:
+                    self._after_refresh()
+                except Exception as exc:
+                    self._stage_failed("release", exc)
             return self.snapshot
 
     async def _finance(
@@ -667,7 +672,7 @@ def forget_frames(exc: BaseException) -> None:
     ``body`` locals: up to ``max_response_bytes``), and ``asyncio.wait_for``'s frame holds
     the task that holds the exception, a reference cycle that only the cyclic collector
     frees. With the production GC settings (:func:`aifinops.offload.tune_gc`) it never
-    does: :func:`~aifinops.offload.settle_heap` freezes it after the refresh, and every
+    does: the runtime's after-refresh step (``assemble.AFTER_REFRESH``) freezes it, and every
     failed fetch of a large answer kept its body (RSS 78 MiB to 2 GiB in 16 refreshes).
     Frames still running (the caller's) are left alone."""
     seen: set[int] = set()

@@ -148,6 +148,7 @@ def create_app(
             clock=clock,
             state_store=state,
             interval=settings.refresh.interval_seconds,
+            after_refresh=assemble.AFTER_REFRESH,
         )
         if run_loop:
             app[REFRESH_TASK] = asyncio.create_task(
