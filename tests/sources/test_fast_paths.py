@@ -1,5 +1,6 @@
 """The fast paths (msgspec, decoding in pieces, the wanted-line search, the label cache) give
-exactly what the reference paths give, on the simulator's payloads and on hostile ones."""
+exactly what the reference paths give, on the simulator's payloads and on hostile ones. For
+OpenCost the reference decoder is in the tests only (opencost_reference.py), as the oracle."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 import pytest
 
 from aifinops.demo.cluster import ClusterSpec, SimCluster
-from aifinops.model.inputs import AllocationSet
 from aifinops.sources import jsonchunks, opencost, promapi
 from aifinops.sources.promtext import LabelCache, parse_text
+from tests.sources.opencost_reference import reference_allocations, reference_sets
 
 T0 = 1_750_000_000.0
 
@@ -23,16 +24,6 @@ def sim() -> SimCluster:
 
 def compact(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def reference_allocations(body: bytes, window_hours: float) -> AllocationSet:
-    """parse_allocation_response through the stdlib path only."""
-    rows: dict[str, Any] = {}
-    for allocation_set in opencost._allocation_sets(body):
-        for key, raw in allocation_set.items():
-            row = opencost._row(key, raw)
-            rows[key] = row if key not in rows else opencost._merge(rows[key], row)
-    return AllocationSet(window_hours, tuple(rows.values()))
 
 
 @pytest.fixture
@@ -79,16 +70,75 @@ def test_opencost_markers_inside_strings_do_not_cut(hostile: str, small_pieces: 
     assert opencost.parse_allocation_response(body, 2.0) == reference_allocations(body, 2.0)
 
 
-def test_opencost_several_sets_and_odd_shapes_take_the_reference_path() -> None:
+def test_opencost_several_sets_and_odd_shapes_decode_as_the_reference_does() -> None:
     first = {"ns/a": {"name": "ns/a", "minutes": 30.0, "cpuCost": 1.0}}
     second = {"ns/a": {"name": "ns/a", "minutes": 30.0, "cpuCost": 2.0}, "ns/b": {"name": "b"}}
     for doc in (
         {"code": 200, "status": "success", "data": [first, second]},
         {"code": 200, "status": "success", "data": [first, None]},
         {"status": "success", "code": 200, "data": [first]},
+        # OpenCost's answer before its cache is warm, and null numbers (NaN in Go)
+        {"code": 200, "status": "success", "data": None},
+        {"code": 200, "data": [{"ns/a": {"name": "ns/a", "cpuCost": None, "gpuCount": 2}}]},
+        # older OpenCost: GPU averages at the top level; an adjustment beyond its cost
+        {
+            "code": 200,
+            "data": [
+                {
+                    "ns/a": {
+                        "gpuRequestAverage": 0.5,
+                        "gpuUsageAverage": 0.25,
+                        "cpuCost": 1.0,
+                        "cpuCostAdjustment": -3.0,
+                    }
+                }
+            ],
+        },
+        # a window start of another type is ignored, not an error
+        {"code": 200, "data": [{"ns/a": {"window": {"start": 5}, "cpuCost": 1.0}}]},
+        # invalid Unicode in a label: replaced, as the reference does
+        {"code": 200, "data": [{"ns/a": {"properties": {"labels": {"a": "\ud800x"}}}}]},
     ):
         body = compact(doc)
         assert opencost.parse_allocation_response(body, 1.0) == reference_allocations(body, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "parse"),
+        (b"[]", "invalid"),
+        (b'"\x80"', "invalid"),
+        (b'{"code":500,"message":"boom"}', "invalid"),
+        (b'{"code":200,"data":{}}', "invalid"),
+        (b'{"code":200,"data":[3]}', "invalid"),
+        (b'{"code":200,"data":[{"a":{"cpuCost":"1.0"}}]}', "invalid"),
+        (b'{"code":200,"data":[{"a":{"cpuCost":true}}]}', "invalid"),
+        (b'{"code":200,"data":[{"a":{"properties":{"labels":{"x":1}}}}]}', "invalid"),
+        (b'{"code":200,"data":[{"a":{"properties":{"namespace":3}}}]}', "invalid"),
+    ],
+)
+def test_opencost_refuses_what_the_reference_refuses(body: bytes, reason: str) -> None:
+    for decode in (
+        lambda: opencost.parse_allocation_response(body, 1.0),
+        lambda: reference_allocations(body, 1.0),
+    ):
+        with pytest.raises(opencost.SourceError) as caught:
+            decode()
+        assert caught.value.reason == reason
+
+
+def test_opencost_daily_sets_equal_the_reference(sim: SimCluster, small_pieces: None) -> None:
+    # Three daily sets, as OpenCost answers step=1d&accumulate=false (the month query).
+    start = T0 - 3 * 86400.0
+    days = [sim.opencost_allocation(start + (i + 1) * 86400.0, 24.0)["data"][0] for i in range(3)]
+    body = compact({"code": 200, "status": "success", "data": days})
+    got = opencost.parse_allocation_sets(body, start, T0)
+    assert len(got.sets) == 3
+    expected = reference_sets(body)
+    assert [tuple(rows.values()) for rows, _ in expected] == [
+        allocations.allocations for _, _, allocations in got.sets
+    ]
 
 
 def test_prometheus_vector_fast_path_equals_reference(sim: SimCluster, small_pieces: None) -> None:

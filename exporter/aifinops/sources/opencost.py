@@ -31,6 +31,10 @@ pieces of whole rows (:class:`~aifinops.sources.jsonchunks.SetStream`), each dec
 CPU worker in one short call, so a 44 MB answer never exists whole in memory and a scrape
 never waits for more than one piece. Any surprise in the body falls back to fetching it
 again and decoding it whole, which gives exactly what the parse functions give.
+
+One decoder reads the format: msgspec into the typed rows below (:func:`_decode_document`,
+:func:`_typed_rows`), whole or a piece at a time. The stdlib reference decoder it was checked
+against lives in the tests (``tests/sources/opencost_reference.py``), as the oracle.
 """
 
 from __future__ import annotations
@@ -156,48 +160,6 @@ def _accumulated(sets: list[dict[str, Allocation]], window_hours: float) -> Allo
     return AllocationSet(window_hours=window_hours, allocations=tuple(rows.values()))
 
 
-def _allocation_sets(body: bytes) -> list[dict[str, Any]]:
-    """The ``data`` sets of an ``/allocation/compute`` body, in order (``null`` sets are
-    empty ones); raises :class:`SourceError` like :func:`parse_allocation_response`."""
-    try:
-        doc = loads_json(body)
-    except (ValueError, RecursionError) as exc:
-        raise SourceError("parse", f"OpenCost response is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise SourceError("invalid", "OpenCost response is not a JSON object")
-    if doc.get("code") != 200:
-        message = str(doc.get("message", ""))[:200]
-        raise SourceError("invalid", f"OpenCost answered code {doc.get('code')!r}: {message}")
-    sets = doc.get("data")
-    if sets is None:
-        sets = []
-    if not isinstance(sets, list):
-        raise SourceError("invalid", "OpenCost data is not a list of allocation sets")
-    out: list[dict[str, Any]] = []
-    for allocation_set in sets:
-        if allocation_set is None:
-            out.append({})
-            continue
-        if not isinstance(allocation_set, dict):
-            raise SourceError("invalid", "an OpenCost allocation set is not an object")
-        out.append(allocation_set)
-    return out
-
-
-def _row(key: str, raw: Any, agg: MonthAggregation | None = None) -> Allocation:
-    try:
-        row = _allocation(key, raw)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SourceError("invalid", f"OpenCost allocation {key[:100]!r}: {exc}") from None
-    ident = agg.identity(key) if agg is not None else None
-    if ident is None:
-        return row
-    name, namespace, labels = ident
-    return dataclasses.replace(
-        row, name=name, namespace=namespace, pod=None, node=None, labels=labels
-    )
-
-
 @dataclass(slots=True)
 class _Sets:
     """Decoded allocation sets in document order: rows by key, and (when asked for) each
@@ -208,18 +170,13 @@ class _Sets:
 
 
 def _whole_sets(body: bytes, agg: MonthAggregation | None, want_starts: bool) -> _Sets:
-    """Every set of a whole body: the typed fast path, else the stdlib reference path."""
+    """Every set of a whole body, decoded (raises :class:`SourceError` like
+    :func:`parse_allocation_response`)."""
     out = _Sets([], [])
-    typed = _typed_sets(body)
-    if typed is not None:
-        memo = _Memo()
-        for typed_set in typed:
-            out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
-            out.starts.append(_typed_starts(typed_set) if want_starts else {})
-        return out
-    for raw_set in _allocation_sets(body):
-        out.rows.append({key: _row(key, raw, agg) for key, raw in raw_set.items()})
-        out.starts.append(_raw_starts(raw_set) if want_starts else {})
+    memo = _Memo()
+    for typed_set in _typed_sets(body):
+        out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
+        out.starts.append(_typed_starts(typed_set) if want_starts else {})
     return out
 
 
@@ -322,20 +279,11 @@ def _set_start(rows: Mapping[str, Allocation], starts: Mapping[str, str]) -> flo
     return None
 
 
-def _raw_starts(raw_set: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, raw in raw_set.items():
-        window = raw.get("window") if isinstance(raw, dict) else None
-        text = window.get("start") if isinstance(window, dict) else None
-        if isinstance(text, str):
-            out[key] = text
-    return out
-
-
 def _typed_starts(typed_set: Mapping[str, _Row]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, r in typed_set.items():
-        if r.window is not None and r.window.start is not None:
+        # A start that is not a string does not date its set (the step grid does).
+        if r.window is not None and isinstance(r.window.start, str):
             out[key] = r.window.start
     return out
 
@@ -545,25 +493,15 @@ class _Restream(Exception):
 def _decode_piece(
     piece: bytes, agg: MonthAggregation | None, want_starts: bool, memo: _Memo
 ) -> tuple[dict[str, Allocation], dict[str, str]]:
-    """One piece (a JSON object of whole rows): the typed fast path, else the reference
-    path. Raises :class:`_Restream` for a piece that is not a JSON object of rows, and for a
-    row the reference path rejects (the whole body decides which error is reported)."""
-    if _POSITIONAL:
-        try:
-            typed = _decode_rows(piece)
-        except ValueError:
-            pass
-        else:
-            rows = dict(_typed_rows(typed, agg, memo))
-            return rows, _typed_starts(typed) if want_starts else {}
+    """One piece (a JSON object of whole rows), decoded. Raises :class:`_Restream` for a
+    piece that does not decode: the whole body decides the result or which error is
+    reported (:func:`_whole_sets`, which also reads text with invalid Unicode)."""
     try:
-        raw = loads_json(piece)
-        if not isinstance(raw, dict):
-            raise _Restream("a piece is not a JSON object")
-        rows = {key: _row(key, value, agg) for key, value in raw.items()}
-    except (ValueError, RecursionError, SourceError) as exc:
-        raise _Restream(str(exc)) from None
-    return rows, _raw_starts(raw) if want_starts else {}
+        typed = _decode_rows(piece)
+    except ValueError as exc:  # msgspec's DecodeError and ValidationError, UnicodeDecodeError
+        raise _Restream(str(exc)[:200]) from None
+    rows = dict(_typed_rows(typed, agg, memo))
+    return rows, _typed_starts(typed) if want_starts else {}
 
 
 async def stream_sets(
@@ -668,17 +606,20 @@ async def stream_sets(
 class _Streamer:
     """Streamed fetch and decode, with the whole-body fallback and its memory.
 
-    A body that breaks the streamed shape midway (or has a row the reference path rejects)
-    is fetched again and decoded whole by ``parse_whole``, so the result or the error is
+    A body that breaks the streamed shape midway (or has a piece that does not decode) is
+    fetched again and decoded whole by ``parse_whole``, so the result or the error is
     always exactly that function's. When that second decode succeeds, the upstream's answers
     have a shape streaming cannot cut (extra fields, unusual keys): this source then fetches
-    whole bodies from now on (logged once), rather than every answer twice.
+    whole bodies from now on (logged once), rather than every answer twice. A body that does
+    not start as Go's compact encoding writes it (:data:`_SETS_PREFIX`) is decoded whole at
+    once, and that is logged once too.
     """
 
     def __init__(self, name: str, run: CpuRunner) -> None:
         self._name = name
         self._run = run
         self._whole = False
+        self._not_compact_logged = False
 
     async def fetch(
         self,
@@ -696,6 +637,9 @@ class _Streamer:
                 reason = str(exc)
             else:
                 if isinstance(got, bytes):
+                    if not self._not_compact_logged:
+                        self._not_compact_logged = True
+                        log.info("opencost_not_streamed", source=self._name, bytes=len(got))
                     return await self._run(parse_whole, got)
                 return await self._run(assemble, got)
         else:
@@ -715,12 +659,10 @@ class _Streamer:
         return result
 
 
-# --- the fast path: typed decoding ---------------------------------------------------------
-# msgspec decodes straight into these (unknown fields are skipped without building objects):
-# on the 10k-GPU answer (44 MB, 20k rows) about 6x faster than json.loads + dict walking, and
-# it never holds the whole document as Python dicts. Any body these types do not fit (a
-# string where a number belongs, NaN literals, a code other than 200, ...) goes through the
-# stdlib path below instead, which gives the same result or the same error as before.
+# --- the decoder: typed rows ----------------------------------------------------------------
+# msgspec decodes straight into these (unknown fields are skipped without building objects),
+# so the whole document never exists as Python dicts (figures: bench/README.md). A body these
+# types do not fit is OpenCost's error or another shape: SourceError, reason ``invalid``.
 
 
 class _Gpu(msgspec.Struct, gc=False):
@@ -737,7 +679,7 @@ class _Props(msgspec.Struct, gc=False):
 
 
 class _Window(msgspec.Struct, gc=False):
-    start: str | None = None
+    start: Any = None  # a string to date the set by; anything else is ignored
 
 
 class _Row(msgspec.Struct, gc=False):
@@ -770,6 +712,7 @@ class _Row(msgspec.Struct, gc=False):
 
 class _Doc(msgspec.Struct, gc=False):
     code: Any = None
+    message: Any = None
     data: list[dict[str, _Row] | None] | None = None
 
 
@@ -797,14 +740,15 @@ def _row_cut(body: Buffer, at: int, end: int) -> int:
     return -1
 
 
-def _typed_sets(body: bytes) -> list[dict[str, _Row]] | None:
-    """The allocation sets of a well-formed ``code: 200`` body; ``None`` for anything else
-    (and always when :data:`_POSITIONAL` is false).
+def _typed_sets(body: bytes) -> list[dict[str, _Row]]:
+    """The allocation sets of a ``code: 200`` body, in order (a ``null`` set or ``data`` is
+    an empty one). Raises :class:`SourceError` ``parse`` for a body that is not JSON and
+    ``invalid`` for another code or another shape.
 
-    A one-set answer is decoded in pieces of about 1 MB (see :mod:`.jsonchunks`), so that a
-    scrape waits for one piece, not for the whole 44 MB of a 10k-GPU cluster."""
-    if not _POSITIONAL:
-        return None
+    A one-set answer in Go's compact encoding is decoded in pieces of about 1 MB (see
+    :mod:`.jsonchunks`), so that a scrape waits for one piece, not for the whole answer;
+    any other body (or a piece that does not decode) is decoded whole, which gives the same
+    rows."""
     pieces = decode_pieces(
         body, _ONE_SET_PREFIX, _ONE_SET_SUFFIX, _row_cut, _decode_rows, (b"{", b"}")
     )
@@ -813,15 +757,36 @@ def _typed_sets(body: bytes) -> list[dict[str, _Row]] | None:
         for piece in pieces:
             merged.update(piece)
         return [merged]
-    try:
-        doc = _decode_doc(body)
-    # ValidationError, DecodeError, and UnicodeDecodeError for a string with invalid UTF-8
-    # (msgspec raises it as is; found by tests/fuzz): all ValueErrors.
-    except ValueError:
-        return None
+    doc = _decode_document(body)
     if doc.code != 200:
-        return None
+        message = "" if doc.message is None else str(doc.message)[:200]
+        raise SourceError("invalid", f"OpenCost answered code {doc.code!r}: {message}")
     return [s if s is not None else {} for s in doc.data or ()]
+
+
+def _decode_document(body: bytes) -> _Doc:
+    """The whole body decoded into the typed rows. msgspec's reader is strict; text it
+    refuses that Python's ``json`` reads (``NaN`` and ``Infinity`` tokens; invalid UTF-8 and
+    lone surrogate escapes, replaced by U+FFFD in :func:`aifinops.text.loads_json`) is read
+    by the latter and converted to the same types, so the rows and the checks are the same."""
+    try:
+        return _decode_doc(body)
+    except msgspec.ValidationError as exc:
+        raise SourceError(
+            "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
+        ) from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    try:
+        doc = loads_json(body)
+    except (ValueError, RecursionError) as exc:
+        raise SourceError("parse", f"OpenCost response is not JSON: {str(exc)[:200]}") from None
+    try:
+        return msgspec.convert(doc, _Doc)
+    except msgspec.ValidationError as exc:
+        raise SourceError(
+            "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
+        ) from None
 
 
 def _nn(value: float) -> float:
@@ -847,9 +812,9 @@ class _Memo:
         self.identities: dict[str, tuple[str, str | None, Mapping[str, str]] | None] = {}
 
 
-# The fields _typed_rows fills, in order: rows are built positionally (a frozen dataclass
-# with 18 keyword arguments costs about 6 µs a row, positional about 3.5). Should Allocation
-# ever declare other fields or another order, the fast path is off and the stdlib path runs.
+# The fields _typed_rows fills, in order: rows are built positionally (keyword arguments cost
+# nearly twice as much per row: bench/README.md). Allocation must declare exactly these, in
+# this order; the import fails loudly otherwise, rather than filling the wrong fields.
 _ROW_FIELDS = (
     "name",
     "namespace",
@@ -873,7 +838,11 @@ _ROW_FIELDS = (
     "ram_byte_hours",
     "pv_byte_hours",
 )
-_POSITIONAL = tuple(f.name for f in dataclasses.fields(Allocation)) == _ROW_FIELDS
+if tuple(f.name for f in dataclasses.fields(Allocation)) != _ROW_FIELDS:
+    raise RuntimeError(
+        "model.inputs.Allocation's fields changed: update sources/opencost.py _ROW_FIELDS and "
+        "_typed_rows, which build its rows positionally"
+    )
 
 
 def _typed_rows(
@@ -957,58 +926,7 @@ def _typed_rows(
     return out
 
 
-# --- the reference path: stdlib json ------------------------------------------------------
-
-
-def _allocation(key: str, raw: Any) -> Allocation:
-    if not isinstance(raw, dict):
-        raise TypeError("not an object")
-    props = raw.get("properties", {})
-    if props is None:
-        props = {}
-    if not isinstance(props, dict):
-        raise TypeError("properties is not an object")
-
-    def cost(field: str, adjustment: str | None = None) -> float:
-        total = _number(raw, field) + (_number(raw, adjustment) if adjustment else 0.0)
-        return _non_negative(total)
-
-    gpu = raw.get("gpuAllocation")
-    if gpu is None:
-        gpu = {}
-    if not isinstance(gpu, dict):
-        raise TypeError("gpuAllocation is not an object")
-    gpu_count = _optional_number(gpu, "gpuRequestAverage")
-    if gpu_count is None:
-        gpu_count = _optional_number(raw, "gpuRequestAverage")
-    if gpu_count is None:
-        gpu_count = _number(raw, "gpuCount")
-    gpu_usage = _optional_number(gpu, "gpuUsageAverage")
-    if gpu_usage is None:
-        gpu_usage = _optional_number(raw, "gpuUsageAverage")
-    return Allocation(
-        name=key,
-        namespace=_text(props, "namespace"),
-        pod=_text(props, "pod"),
-        node=_text(props, "node"),
-        minutes=_non_negative(_number(raw, "minutes")),
-        gpu_hours=_non_negative(_number(raw, "gpuHours")),
-        gpu_count=_non_negative(gpu_count),
-        gpu_usage_average=None if gpu_usage is None else _non_negative(gpu_usage),
-        cpu_cost=cost("cpuCost", "cpuCostAdjustment"),
-        gpu_cost=cost("gpuCost", "gpuCostAdjustment"),
-        ram_cost=cost("ramCost", "ramCostAdjustment"),
-        pv_cost=cost("pvCost", "pvCostAdjustment"),
-        network_cost=cost("networkCost", "networkCostAdjustment"),
-        load_balancer_cost=cost("loadBalancerCost", "loadBalancerCostAdjustment"),
-        shared_cost=cost("sharedCost"),
-        external_cost=cost("externalCost"),
-        labels=_labels(props, "labels"),
-        namespace_labels=_labels(props, "namespaceLabels"),
-        cpu_core_hours=_non_negative(_number(raw, "cpuCoreHours")),
-        ram_byte_hours=_non_negative(_number(raw, "ramByteHours")),
-        pv_byte_hours=_non_negative(_number(raw, "pvByteHours")),
-    )
+# --- accumulation ---------------------------------------------------------------------
 
 
 def _merge(a: Allocation, b: Allocation) -> Allocation:
@@ -1044,39 +962,3 @@ def _merge(a: Allocation, b: Allocation) -> Allocation:
         ram_byte_hours=a.ram_byte_hours + b.ram_byte_hours,
         pv_byte_hours=a.pv_byte_hours + b.pv_byte_hours,
     )
-
-
-def _optional_number(obj: dict[str, Any], key: str) -> float | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if type(value) not in (int, float):  # bool is an int subclass, and not a number here
-        raise TypeError(f"{key} is {type(value).__name__}, not a number")
-    return float(value)
-
-
-def _number(obj: dict[str, Any], key: str) -> float:
-    value = _optional_number(obj, key)
-    return 0.0 if value is None else value
-
-
-def _non_negative(value: float) -> float:
-    return value if 0.0 < value < math.inf else 0.0
-
-
-def _text(props: dict[str, Any], key: str) -> str | None:
-    value = props.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"properties.{key} is not a string")
-    return value
-
-
-def _labels(props: dict[str, Any], key: str) -> Mapping[str, str]:
-    labels = props.get(key)
-    if labels is None:
-        return EMPTY_LABELS
-    if not isinstance(labels, dict) or not all(type(v) is str for v in labels.values()):
-        raise TypeError(f"properties.{key} is not a map of strings")
-    return labels or EMPTY_LABELS
