@@ -35,7 +35,7 @@ from aifinops.assemble import Route, SourceSpec
 from aifinops.exposition.families import reload_families
 from aifinops.logs import configure_logging
 from aifinops.model.report import ModelContext
-from aifinops.settings import ConfigError, Settings, check_has_sources, load_settings
+from aifinops.settings import ConfigError, Settings, load_settings
 from aifinops.web.keys import REFRESHER, UPSTREAM_TRANSPORT
 from aifinops.web.security import load_web_config
 from aifinops.web.usage import USAGE_STORE
@@ -111,7 +111,7 @@ class Reloader:
         """Everything the new configuration needs, checked; raises ConfigError."""
         new = await asyncio.to_thread(self.load)
         if not self._explicit_sources:  # given sources (tests, embedding) are not the file's
-            check_has_sources(new)
+            assemble.check_has_sources(new)
         context = assemble.model_context(new)
         if new.server.web_config_file is not None:
             load_web_config(new.server.web_config_file)
