@@ -21,7 +21,6 @@ from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
 from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.latency import LatencySource
-from aifinops.sources.latency_json import LatencyJsonSource
 from aifinops.sources.llm_prices import LlmPriceSource
 from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
 from aifinops.sources.push import PushSource
@@ -247,24 +246,6 @@ SOURCES: dict[str, SourceEntry] = {
     "opencost": SourceEntry(_opencost, _opencost_upstreams, _opencost_data),
     "tokens": SourceEntry(_tokens, _tokens_upstreams, _tokens_data),
     "latency": SourceEntry(_latency, _latency_upstreams),
-    "latency_json": SourceEntry(
-        lambda s, w: (
-            [
-                (
-                    LatencyJsonSource(s.sources.latency_json),
-                    s.sources.latency_json.timeout_seconds,
-                    s.sources.latency_json.stale_after_seconds,
-                )
-            ]
-            if s.sources.latency_json.enabled
-            else []
-        ),
-        lambda s: (
-            [("sources.latency_json", s.sources.latency_json.url or "", s.sources.latency_json)]
-            if s.sources.latency_json.enabled
-            else []
-        ),
-    ),
 }
 
 

@@ -257,16 +257,9 @@ class OpenCostSettings(SourceCommon):
         return parse_duration_hours(self.window)
 
 
-class LatencyJsonSettings(SourceCommon):
-    url: str | None = None
-
-
 class SourcesSettings(_Strict):
     dcgm: DcgmSettings = Field(default_factory=lambda: DcgmSettings(enabled=False))
     opencost: OpenCostSettings = Field(default_factory=lambda: OpenCostSettings(enabled=False))
-    latency_json: LatencyJsonSettings = Field(
-        default_factory=lambda: LatencyJsonSettings(enabled=False)
-    )
 
 
 class NamespacePattern(_Strict):
