@@ -303,8 +303,9 @@ class OpenCostMonthSource:
     :func:`month_aggregation` decides for ``tenancy`` (logged once).
 
     Asked in pieces of ``month_piece_days`` days, one after another, each answer decoded
-    while it streams: at 10k GPUs / 2k tenants a whole month is ~130 MB (over the default
-    64 MiB ``max_response_bytes``) while a week is ~30 MB. A piece over the cap is split in
+    while it streams: at fleet scale a whole month is over the default
+    ``max_response_bytes`` while a week is well under it (sizes: bench/README.md). A piece
+    over the cap is split in
     halves (and later pieces are that size, logged once); a single day over the cap fails
     the fetch with reason ``too_large`` and a message naming the setting. Pieces that ended
     over two days ago are kept and asked again every six hours only, so a steady refresh
@@ -471,9 +472,8 @@ def month_timeout(s: OpenCostSettings) -> float:
 # --- streaming ----------------------------------------------------------------------------
 
 # How many pieces may wait for the CPU worker while the body keeps arriving (each about
-# jsonchunks.PIECE_BYTES, so at most ~16 MB): the one worker also parses the other sources'
-# answers, and the transfer should go on meanwhile rather than wait for it (measured at 10k
-# GPUs: with 2, the rate query took twice as long inside a refresh as alone).
+# jsonchunks.PIECE_BYTES): the one worker also parses the other sources' answers, and the
+# transfer should go on meanwhile rather than wait for it (bench/README.md).
 MAX_PENDING_PIECES = 16
 
 
@@ -800,9 +800,9 @@ class _Memo:
     namespace's label map (the same on each of its pods), and the month query's read-back
     keys (the same every day: one name, namespace and label map for all its days).
 
-    At 10k GPUs this keeps a quarter of the rate answer's rows' memory (33 → 25 MB) and
-    over half of the month's, for a dictionary lookup or two per row. Used from one thread
-    at a time (the CPU worker decodes a fetch's pieces one after another)."""
+    It saves a good part of the rows' memory for a dictionary lookup or two per row
+    (bench/README.md). Used from one thread at a time (the CPU worker decodes a fetch's
+    pieces one after another)."""
 
     __slots__ = ("identities", "namespace_labels", "text")
 
@@ -879,8 +879,8 @@ def _typed_rows(
         node = p.node or None
         if node is not None:
             node = text(node, node)
-        # Label values are not shared: rebuilding 20k maps to do so costs more CPU (~40 ms
-        # at 10k GPUs) than the 8 MB it saves is worth; their keys are (msgspec's key cache).
+        # Label values are not shared: rebuilding every map to do so costs more CPU than the
+        # memory it saves is worth (bench/README.md); their keys are (msgspec's key cache).
         labels: Mapping[str, str] = p.labels or EMPTY_LABELS
         ns_labels: Mapping[str, str] = EMPTY_LABELS
         if p.namespaceLabels:
