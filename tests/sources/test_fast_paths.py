@@ -13,6 +13,7 @@ from aifinops.demo.cluster import ClusterSpec, SimCluster
 from aifinops.sources import jsonchunks, opencost, promapi
 from aifinops.sources.promtext import LabelCache, parse_text
 from tests.sources.opencost_reference import reference_allocations, reference_sets
+from tests.sources.promapi_reference import reference_vector
 
 T0 = 1_750_000_000.0
 
@@ -144,9 +145,7 @@ def test_opencost_daily_sets_equal_the_reference(sim: SimCluster, small_pieces: 
 def test_prometheus_vector_fast_path_equals_reference(sim: SimCluster, small_pieces: None) -> None:
     body = compact(sim.prometheus_vector(T0, "DCGM_FI_DEV_GPU_UTIL"))
     assert body.startswith(promapi._VECTOR_PREFIX)
-    doc = json.loads(body)
-    reference = [promapi._series(item) for item in doc["data"]["result"]]
-    assert promapi.parse_vector(body) == reference
+    assert promapi.parse_vector(body) == reference_vector(body)
     hostile = {
         "status": "success",
         "data": {
@@ -158,8 +157,69 @@ def test_prometheus_vector_fast_path_equals_reference(sim: SimCluster, small_pie
         },
     }
     body = compact(hostile)
-    reference = [promapi._series(item) for item in hostile["data"]["result"]]
-    assert promapi.parse_vector(body) == reference
+    assert promapi.parse_vector(body) == reference_vector(body)
+
+
+def vector_body(*elements: Any, pretty: bool = False) -> bytes:
+    doc = {"status": "success", "data": {"resultType": "vector", "result": list(elements)}}
+    return json.dumps(doc).encode() if pretty else compact(doc)
+
+
+GOOD = {"metric": {"gpu": "0"}, "value": [T0, "1.5"]}
+
+
+@pytest.mark.parametrize("pretty", [False, True])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"metric": {"gpu": 1}, "value": [T0, "2"]},
+        {"metric": {}, "value": [T0, "twelve"]},
+        {"metric": {}, "value": [T0, 2]},
+        {"metric": {}, "value": [T0]},
+        {"metric": {"a": "b"}},
+        "x",
+        {"metric": {"a": "\ud800"}, "value": [T0, "3"]},
+    ],
+)
+def test_prometheus_vector_bad_series_as_the_reference(bad: Any, pretty: bool) -> None:
+    # The token sources skip a bad series and count it; the others fail with its reason.
+    body = vector_body(GOOD, bad, GOOD, pretty=pretty)
+    skipped, expected_skipped = [0], [0]
+    assert promapi.parse_vector(body, skipped) == reference_vector(body, expected_skipped)
+    assert skipped == expected_skipped
+    outcomes = []
+    for decode in (promapi.parse_vector, reference_vector):
+        try:
+            outcomes.append(decode(body))
+        except opencost.SourceError as exc:
+            outcomes.append(exc.reason)
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>gateway</html>",
+        b"\xff\xfe\x00garbage",
+        b"[]",
+        b'{"status":"error","errorType":"bad_data","error":"x"}',
+        b'{"status":"success","data":{"resultType":"matrix","result":[]}}',
+        b'{"status":"success"}',
+        b'{"status":"success","data":{"resultType":"vector","result":{}}}',
+        b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}',
+    ],
+)
+def test_prometheus_answers_as_the_reference(body: bytes) -> None:
+    outcomes: list[Any] = []
+    for decode in (promapi.parse_vector, reference_vector):
+        try:
+            outcomes.append(decode(body))
+        except opencost.SourceError as exc:
+            outcomes.append((exc.reason, str(exc)))
+    if isinstance(outcomes[0], list):
+        assert repr(outcomes[0]) == repr(outcomes[1])  # NaN compares by its text
+    else:
+        assert outcomes[0] == outcomes[1]
 
 
 def test_text_wanted_lines_equal_a_full_parse(sim: SimCluster) -> None:
