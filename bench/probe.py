@@ -27,7 +27,7 @@ PROBES: tuple[tuple[str, str, str], ...] = (
     ("aifinops.refresh", "cap_families", "cap"),
     ("aifinops.refresh", "render", "render"),
     ("aifinops.refresh", "Exposition.from_bytes", "gzip"),
-    ("aifinops.refresh", "Refresher._with_finance", "finance"),
+    ("aifinops.refresh", "Refresher._build_finance", "finance"),
     # With aifinops.offload: rendering and gzip overlap on two threads, timed together.
     ("aifinops.refresh", "render_and_compress", "render+gzip"),
 )

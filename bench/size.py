@@ -333,10 +333,9 @@ async def run_size(run: Run) -> dict[str, Any]:
         )
         rss = vm_hwm_mib()
 
-        report = refresher.snapshot.report
-        status = refresher.snapshot.status
+        snap = refresher.snapshot
         build = BuildInfo(__version__, RULES_VERSION, "bench")
-        families = cost_families(report) + self_families(status, build)
+        families = cost_families(snap.report, snap.finance) + self_families(snap.status, build)
         render_cmp = compare_render(families, runs=1 if quick else 3)
         async with httpx.AsyncClient() as client:
             page = await client.get(f"{info['dcgm_url']}/metrics", timeout=120)

@@ -37,7 +37,6 @@ from aifinops.logs import LEVELS, configure_logging
 from aifinops.settings import (
     ConfigError,
     Settings,
-    check_has_sources,
     load_settings,
     settings_from_mapping,
 )
@@ -327,11 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = _with_overrides(load_settings(args.config), args)
         addresses = listen_addresses(settings, args)
         configure_logging(settings.logging.level, settings.logging.format)
-        if not args.demo:  # the demo adds its own fake upstreams
-            check_has_sources(settings)
-        from aifinops.assemble import model_context
+        from aifinops import assemble
 
-        model_context(settings)  # compiles tenancy regexes and loads the GPU price catalog
+        if not args.demo:  # the demo adds its own fake upstreams
+            assemble.check_has_sources(settings)
+        assemble.model_context(settings)  # compiles tenancy regexes and loads the GPU price catalog
         if settings.server.web_config_file is not None:
             from aifinops.web.security import load_web_config
 
@@ -345,12 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         # Not with --check-config: it validates the text, wherever the file will run.
-        from aifinops.sources.upstream import upstream_routes
         from aifinops.statefile import check_state_dir
 
         check_state_dir(settings.state)
         # Upstream CAs, client certificates, password files and variables: where it runs.
-        upstream_routes(settings)
+        assemble.routes(settings)
     except ConfigError as exc:
         log.error("invalid_configuration", error=str(exc))
         return 2

@@ -9,14 +9,14 @@ call it; neither builds a source nor compiles configuration itself (docs/archite
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aifinops.model.gpu_prices import GpuPriceCatalog, GpuPricer, normalize_gpu_model
 from aifinops.model.report import ModelContext
-from aifinops.offload import run_cpu
-from aifinops.settings import ConfigError, Settings
+from aifinops.offload import run_cpu, settle_heap
+from aifinops.settings import ConfigError, Settings, UpstreamHttpSettings
 from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
 from aifinops.sources.gpu_catalog import load_gpu_catalog
@@ -28,15 +28,20 @@ from aifinops.sources.tokens import TokenSource
 
 # What the web side holds without importing a source module: the upstream client's pieces.
 from aifinops.sources.upstream import Route as Route
+from aifinops.sources.upstream import Upstream, upstream_routes
 from aifinops.sources.upstream import UpstreamTransport as UpstreamTransport
 from aifinops.sources.upstream import build_client as build_client
-from aifinops.sources.upstream import upstream_routes
 from aifinops.statefile import StateStore
 from aifinops.usage import UsageStore
 
 Clock = Callable[[], float]
 # A source with its fetch timeout and the age past which its data is dropped (seconds).
 SourceSpec = tuple[Source[Any], float, float]
+
+# What the process's runtime does after each refresh: with the GC settings of
+# offload.apply_runtime_settings (the CLI applies them), freeze what the refresh left alive;
+# without them, nothing. The refresh loop itself knows no garbage collector.
+AFTER_REFRESH: Callable[[], None] = settle_heap
 
 # The price list is never dropped for age: the last good copy beats no prices at all.
 PRICES_NEVER_STALE = 10.0 * 365 * 24 * 3600
@@ -54,6 +59,23 @@ class Wiring:
 
 
 SourceFactory = Callable[[Settings, Wiring], Iterable[SourceSpec]]
+UpstreamList = Callable[[Settings], Iterable[Upstream]]
+
+
+def _none(settings: Settings) -> Iterable[Any]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntry:
+    """One configuration section's entry in the registry: ``build`` makes its sources;
+    ``upstreams`` lists the URLs they call, each with its field and HTTP settings (their
+    TLS and credentials routes, :func:`routes`); ``data`` names its enabled sources of cost or
+    token data (a configuration with none is refused, :func:`check_has_sources`)."""
+
+    build: SourceFactory
+    upstreams: UpstreamList = _none
+    data: Callable[[Settings], Iterable[str]] = _none
 
 
 def model_context(settings: Settings) -> ModelContext:
@@ -108,8 +130,22 @@ def state_store(settings: Settings, store: UsageStore | None) -> StateStore | No
 
 
 def routes(settings: Settings) -> list[Route]:
-    """Each upstream's TLS and credentials (raises ConfigError naming the field)."""
-    return upstream_routes(settings)
+    """Each upstream's TLS and credentials (raises ConfigError naming the field), for the
+    URLs the registry's entries list, in registry order."""
+    return upstream_routes(u for entry in SOURCES.values() for u in entry.upstreams(settings))
+
+
+def check_has_sources(settings: Settings) -> None:
+    """Raise :class:`ConfigError` when no source of cost or token data is enabled and
+    ``allow_no_sources`` is not set: an empty or source-less file would otherwise blank every
+    series and still be "ready"."""
+    enabled = [name for entry in SOURCES.values() for name in entry.data(settings)]
+    if not settings.allow_no_sources and not enabled:
+        raise ConfigError(
+            "invalid configuration: no source is enabled (sources.dcgm, sources.opencost, "
+            "tokens.sources, tokens.push): the exporter would publish no cost series; enable "
+            "one, or set allow_no_sources: true if this is meant"
+        )
 
 
 # --- the source registry -------------------------------------------------------------------
@@ -144,12 +180,72 @@ def _latency(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
     return latency_sources(settings, wiring.clock, run=wiring.run)
 
 
-# In refresh order: the latency sources come last.
-SOURCES: dict[str, SourceFactory] = {
-    "dcgm": _dcgm,
-    "opencost": _opencost,
-    "tokens": _tokens,
-    "latency": _latency,
+def _query_or_pages(
+    where: str, url: str | None, pages: Iterable[str], mode: str, up: UpstreamHttpSettings
+) -> Iterator[Upstream]:
+    """A PromQL source's URLs: its Prometheus in ``mode: prometheus``, its pages in
+    ``mode: scrape``."""
+    if mode == "prometheus" and url:
+        yield where, url, up
+    if mode == "scrape":
+        for page in pages:
+            yield where, page, up
+
+
+def _dcgm_upstreams(settings: Settings) -> Iterator[Upstream]:
+    d = settings.sources.dcgm
+    if d.enabled:
+        yield from _query_or_pages("sources.dcgm", d.prometheus_url, d.scrape_urls, d.mode, d)
+
+
+def _opencost_upstreams(settings: Settings) -> Iterator[Upstream]:
+    oc = settings.sources.opencost
+    if oc.enabled and oc.url:
+        yield "sources.opencost", oc.url, oc
+
+
+def _tokens_upstreams(settings: Settings) -> Iterator[Upstream]:
+    t = settings.tokens
+    if t.prices.url:
+        yield "tokens.prices", t.prices.url, t.prices
+    for s in t.sources:
+        if s.enabled:
+            urls = [target.url for target in s.scrape_targets]
+            yield from _query_or_pages(
+                f"tokens.sources.{s.name}", s.prometheus_url, urls, s.mode, s
+            )
+
+
+def _latency_upstreams(settings: Settings) -> Iterator[Upstream]:
+    for s in settings.latency.sources:
+        if s.enabled:
+            urls = [target.url for target in s.scrape_targets]
+            yield from _query_or_pages(
+                f"latency.sources.{s.name}", s.prometheus_url, urls, s.mode, s
+            )
+
+
+def _dcgm_data(settings: Settings) -> list[str]:
+    return ["sources.dcgm"] if settings.sources.dcgm.enabled else []
+
+
+def _opencost_data(settings: Settings) -> list[str]:
+    return ["sources.opencost"] if settings.sources.opencost.enabled else []
+
+
+def _tokens_data(settings: Settings) -> list[str]:
+    t = settings.tokens
+    pushed = ["tokens.push"] if t.push.enabled else []
+    return pushed + [f"tokens.sources.{s.name}" for s in t.sources if s.enabled]
+
+
+# In refresh order: the latency sources come last. (The price list and the latency sources
+# only refine the data of the others: they list no data source of their own.)
+SOURCES: dict[str, SourceEntry] = {
+    "dcgm": SourceEntry(_dcgm, _dcgm_upstreams, _dcgm_data),
+    "opencost": SourceEntry(_opencost, _opencost_upstreams, _opencost_data),
+    "tokens": SourceEntry(_tokens, _tokens_upstreams, _tokens_data),
+    "latency": SourceEntry(_latency, _latency_upstreams),
 }
 
 
@@ -158,7 +254,7 @@ def build_sources(
 ) -> list[SourceSpec]:
     """The enabled sources with their (timeout, stale_after) settings, registry order."""
     wiring = Wiring(store, clock)
-    return [spec for factory in SOURCES.values() for spec in factory(settings, wiring)]
+    return [spec for entry in SOURCES.values() for spec in entry.build(settings, wiring)]
 
 
 def token_sources(

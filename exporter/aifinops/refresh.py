@@ -35,7 +35,13 @@ from aifinops.exposition.families import (
 )
 from aifinops.exposition.render import Exposition, Family, render
 from aifinops.exposition.targets import token_source_families
-from aifinops.model.finance import FinanceContext, FinanceInputs, FinanceState, build_finance
+from aifinops.model.finance import (
+    FinanceContext,
+    FinanceInputs,
+    FinanceReport,
+    FinanceState,
+    build_finance,
+)
 from aifinops.model.inputs import (
     AllocationSet,
     DailyAllocationSets,
@@ -46,9 +52,8 @@ from aifinops.model.inputs import (
 )
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
-from aifinops.offload import release, render_and_compress, run_cpu, run_side, settle_heap
+from aifinops.offload import release, render_and_compress, run_cpu, run_side
 from aifinops.sources.base import Slot, Source, SourceError
-from aifinops.sources.tokens import TokenSource
 from aifinops.statefile import StateStore
 from aifinops.status import RefreshStatus, SourceStatus
 
@@ -95,7 +100,7 @@ class SourceRuntime:
         """Whether to fetch this cycle: always, unless the source sets
         ``min_interval_seconds`` (a heavy query such as ``opencost_month``); then once per
         interval after a success and at most every :data:`RETRY_SECONDS` after a failure."""
-        interval = float(getattr(self.source, "min_interval_seconds", 0.0) or 0.0)
+        interval = self.source.min_interval_seconds
         if interval <= 0 or self.attempted_at is None:
             return True
         wait = interval if self.up else min(interval, RETRY_SECONDS)
@@ -116,7 +121,12 @@ class SourceRuntime:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """What one refresh publishes. ``finance`` is built from ``report`` (the same cycle's,
+    or both the previous cycle's) and travels beside it; it is None when finance is not
+    configured or its step failed."""
+
     report: Report | None
+    finance: FinanceReport | None
     status: RefreshStatus | None
     exposition: Exposition
     ready: bool
@@ -137,12 +147,15 @@ class Refresher:
         interval: float = 30.0,
         watchdog_intervals: int = WATCHDOG_INTERVALS,
         monotonic: Clock = time.monotonic,
+        after_refresh: Callable[[], None] | None = None,
     ) -> None:
         """``sources`` are ``(source, timeout_seconds, stale_after_seconds)`` triples;
         ``state_store``, when given, restores the saved state now and is written after
         refreshes (:mod:`aifinops.statefile`). ``interval`` (seconds, :meth:`run` sets it
         too) times ``watchdog_intervals`` without a published report is a stall
-        (:meth:`stalled`), measured on ``monotonic``."""
+        (:meth:`stalled`), measured on ``monotonic``. ``after_refresh`` runs after each
+        cycle's snapshot swap (the process's runtime settings decide what: see
+        ``assemble.AFTER_REFRESH``); a failure there counts as stage ``release``."""
         self._runtimes = [SourceRuntime(s, timeout, stale) for s, timeout, stale in sources]
         self._context = context
         self._build = build
@@ -161,6 +174,7 @@ class Refresher:
         self.watchdog_intervals = watchdog_intervals
         self.stall_after: float | None = None  # seconds; None: from the interval (tests set it)
         self._monotonic = monotonic
+        self._after_refresh = after_refresh
         self._started = monotonic()
         self._last_success: float | None = None
         self._last_success_at = 0.0
@@ -177,6 +191,7 @@ class Refresher:
             self._restore(state_store)
         self.snapshot = Snapshot(
             report=None,
+            finance=None,
             status=None,
             exposition=Exposition.from_bytes(render(self_families(None, build))),
             ready=False,
@@ -287,21 +302,21 @@ class Refresher:
         )
         return Inputs(gpus=gpus, allocations=allocations, tokens=tokens), dcgm_at, finance
 
-    def _with_finance(
+    def _build_finance(
         self, report: Report | None, inputs: FinanceInputs, now: float
-    ) -> Report | None:
-        """``report`` with its finance figures (budgets, ROI, routing, recommendations,
-        month to date) when finance is configured (on the CPU worker; a failure is the
-        ``finance`` stage's, see :meth:`_finance`)."""
+    ) -> FinanceReport | None:
+        """``report``'s finance figures (budgets, ROI, routing, recommendations, month to
+        date) when finance is configured (on the CPU worker; a failure is the ``finance``
+        stage's, see :meth:`_finance`)."""
         ctx = self._context
         if report is None or ctx.finance is None:
-            return report
+            return None
         # The pricer at now: an owned GPU model is priced as owned in the recommendations too.
         pricer = ctx.pricer.at(now)
         finance, self._finance_state = build_finance(
             report, inputs, ctx.finance, ctx.resolver, pricer, self._finance_state, now
         )
-        return replace(report, finance=finance)
+        return finance
 
     def _log_unpriced(self, report: Report | None) -> None:
         """One warning per model that starts getting tokens without a price."""
@@ -332,6 +347,7 @@ class Refresher:
             now = self._clock()
             previous = self.snapshot
             report: Report | None = previous.report
+            finance: FinanceReport | None = previous.finance
             fresh = False
             try:
                 for rt in self._runtimes:
@@ -354,7 +370,7 @@ class Refresher:
                     fresh = True
                     self._graveyard.append(self._state)
                     self._state = state
-                    report = await self._finance(report, finance_inputs, now)
+                    finance = await self._finance(report, finance_inputs, now)
                     del state
                 del inputs, finance_inputs
             if fresh:
@@ -371,19 +387,19 @@ class Refresher:
                 completed_at=now if fresh else self._last_success_at,
                 refreshes=self._refreshes,
             )
-            exposition, published = await self._render_page(report, fresh, status, previous)
+            exposition, published, published_finance = await self._render_page(
+                report, finance, fresh, status, previous
+            )
             done = fresh and published is report
             if fresh and not done:
                 status = replace(status, completed_at=self._last_success_at)
             # Ready once an upstream gave data: a local source (the bundled price list, the
             # push store) has data from the start and says nothing about the upstreams.
-            in_use = any(
-                rt.data is not None and not getattr(rt.source, "local", False)
-                for rt in self._runtimes
-            )
+            in_use = any(rt.data is not None and not rt.source.local for rt in self._runtimes)
             self._graveyard.append(previous)
             self.snapshot = Snapshot(
                 report=published,
+                finance=published_finance,
                 status=status,
                 exposition=exposition,
                 ready=previous.ready or in_use,
@@ -400,7 +416,7 @@ class Refresher:
                 exposition_bytes=len(exposition.plain),
                 published=done,
             )
-            del report, exposition, published, previous
+            del report, finance, exposition, published, published_finance, previous
             await self._bury()
             try:
                 await self._save_state(now)
@@ -408,57 +424,60 @@ class Refresher:
                 self._stage_failed("state", exc)
             else:
                 self._stage_ok("state")
-            try:
-                settle_heap()
-            except Exception as exc:
-                self._stage_failed("release", exc)
+            if self._after_refresh is not None:
+                try:
+                    self._after_refresh()
+                except Exception as exc:
+                    self._stage_failed("release", exc)
             return self.snapshot
 
     async def _finance(
         self, report: Report | None, inputs: FinanceInputs, now: float
-    ) -> Report | None:
-        """``report`` with its finance figures; without them (stage ``finance`` counted) when
-        building them fails."""
+    ) -> FinanceReport | None:
+        """``report``'s finance figures; None (stage ``finance`` counted) when building them
+        fails."""
         try:
-            out = await run_cpu(self._with_finance, report, inputs, now)
+            out = await run_cpu(self._build_finance, report, inputs, now)
         except Exception as exc:
             self._stage_failed("finance", exc)
-            return None if report is None else replace(report, finance=None)
+            return None
         self._stage_ok("finance")
         return out
 
     async def _render_page(
         self,
         report: Report | None,
+        finance: FinanceReport | None,
         fresh: bool,
         status: RefreshStatus,
         previous: Snapshot,
-    ) -> tuple[Exposition, Report | None]:
-        """The page and the report it shows: this cycle's report; else (its render failed,
-        stage ``render``) the previous report with this cycle's self-metrics; else the
-        previous page as it was."""
+    ) -> tuple[Exposition, Report | None, FinanceReport | None]:
+        """The page and the report and finance figures it shows: this cycle's; else (its
+        render failed, stage ``render``) the previous ones with this cycle's self-metrics;
+        else the previous page as it was."""
         try:
             exposition = await run_cpu(
-                self._render, report, status, count_dropped=True, publishing=fresh
+                self._render, report, finance, status, count_dropped=True, publishing=fresh
             )
         except Exception as exc:
             self._stage_failed("render", exc)
         else:
             self._stage_ok("render")
-            return exposition, report
+            return exposition, report, finance
         if fresh:
             try:
                 exposition = await run_cpu(
                     self._render,
                     previous.report,
+                    previous.finance,
                     replace(status, completed_at=self._last_success_at),
                     count_dropped=False,
                 )
             except Exception as exc:
                 self._stage_failed("render", exc)
             else:
-                return exposition, previous.report
-        return previous.exposition, previous.report
+                return exposition, previous.report, previous.finance
+        return previous.exposition, previous.report, previous.finance
 
     def _stage_failed(self, stage: str, exc: BaseException) -> None:
         """Count a failed stage; log it (with its traceback) when the stage was working or
@@ -513,6 +532,7 @@ class Refresher:
     def _render(
         self,
         report: Report | None,
+        finance: FinanceReport | None,
         status: RefreshStatus | None,
         *,
         count_dropped: bool,
@@ -521,13 +541,15 @@ class Refresher:
         """The page: model families capped to ``max_series_per_family`` (counted once per
         refresh), then self-metrics and the extra families. ``publishing``: the page of a
         cycle that publishes its report (so not stalled, whatever the time since the last)."""
-        families, dropped = cap_families(cost_families(report), self._context.max_series_per_family)
+        families, dropped = cap_families(
+            cost_families(report, finance), self._context.max_series_per_family
+        )
         if count_dropped:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
         families += token_source_families(
-            rt.source for rt in self._runtimes if isinstance(rt.source, TokenSource)
+            rt.source.targets for rt in self._runtimes if rt.source.targets is not None
         )
         families += self._watchdog_families(publishing)
         for extra in self.extra_families:
@@ -538,7 +560,7 @@ class Refresher:
         """Render the current report again (after a change to an extra family, such as a
         config reload), without fetching anything."""
         snap = self.snapshot
-        exposition = self._render(snap.report, snap.status, count_dropped=False)
+        exposition = self._render(snap.report, snap.finance, snap.status, count_dropped=False)
         self.snapshot = replace(snap, exposition=exposition)
 
     async def replace_sources(self, sources: Sequence[tuple[Source[Any], float, float]]) -> None:
@@ -619,7 +641,7 @@ class Refresher:
             snap = self.snapshot
             try:
                 exposition = await run_side(
-                    self._render, snap.report, snap.status, count_dropped=False
+                    self._render, snap.report, snap.finance, snap.status, count_dropped=False
                 )
             except Exception as exc:
                 self._stage_failed("render", exc)
@@ -650,7 +672,7 @@ def forget_frames(exc: BaseException) -> None:
     ``body`` locals: up to ``max_response_bytes``), and ``asyncio.wait_for``'s frame holds
     the task that holds the exception, a reference cycle that only the cyclic collector
     frees. With the production GC settings (:func:`aifinops.offload.tune_gc`) it never
-    does: :func:`~aifinops.offload.settle_heap` freezes it after the refresh, and every
+    does: the runtime's after-refresh step (``assemble.AFTER_REFRESH``) freezes it, and every
     failed fetch of a large answer kept its body (RSS 78 MiB to 2 GiB in 16 refreshes).
     Frames still running (the caller's) are left alone."""
     seen: set[int] = set()

@@ -942,34 +942,6 @@ class Settings(_Strict):
         )
 
 
-def enabled_sources(settings: Settings) -> list[str]:
-    """The configured sources of cost or token data that are enabled (the price list and
-    latency sources only refine them)."""
-    out = [
-        name
-        for name, on in (
-            ("sources.dcgm", settings.sources.dcgm.enabled),
-            ("sources.opencost", settings.sources.opencost.enabled),
-            ("tokens.push", settings.tokens.push.enabled),
-        )
-        if on
-    ]
-    out += [f"tokens.sources.{s.name}" for s in settings.tokens.sources if s.enabled]
-    return out
-
-
-def check_has_sources(settings: Settings) -> None:
-    """Raise :class:`ConfigError` when no source is enabled and ``allow_no_sources`` is not
-    set: an empty or source-less file would otherwise blank every series and still be
-    "ready"."""
-    if not settings.allow_no_sources and not enabled_sources(settings):
-        raise ConfigError(
-            "invalid configuration: no source is enabled (sources.dcgm, sources.opencost, "
-            "tokens.sources, tokens.push): the exporter would publish no cost series; enable "
-            "one, or set allow_no_sources: true if this is meant"
-        )
-
-
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(m|h|d)$")
 
 

@@ -24,10 +24,8 @@ SIGTERM (the last completed refresh), on the CPU worker thread, atomically: a te
 the same directory, ``fsync``, ``os.replace``, then ``fsync`` of the directory. A reader
 sees the old file or the new one, never a mix. A failed write is logged, counted
 (``aifinops_state_save_errors_total``) and tried again an interval later; the figures stay in
-memory. Cost, measured at 500 tenants × 13 months (91k ledger rows, 118k daily entries, 10k
-counters): a 9 MB file, ~0.25 s of CPU to encode on the worker thread in pieces of
-:data:`DUMP_CHUNK` rows (the event loop is never held for more than one piece), ~0.2 s to
-decode at start-up.
+memory. It is encoded on the worker thread in pieces of :data:`DUMP_CHUNK` rows, so the event
+loop is never held for more than one piece (its size and cost: bench/README.md).
 
 At start-up: no file → start empty. A path that is not a regular file (a FIFO, a link to
 ``/dev/zero``) stops start-up (:func:`check_state_dir`) and is never read: reads go through

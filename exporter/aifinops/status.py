@@ -15,9 +15,9 @@ redacted too.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 # Why a source's fetch failed: the bounded ``reason`` label of ``aifinops_source_errors_total``
 # (sources raise them in ``SourceError``, the exposition lists them all).
@@ -79,6 +79,21 @@ def redact_event(_logger: Any, _method: str, event: MutableMapping[str, Any]) ->
     for key, value in event.items():
         event[key] = _redact_value(value)
     return event
+
+
+class ScrapeTargets(Protocol):
+    """A source over several scrape targets, as its self-metrics need it: each target's
+    state at the last read, and the series skipped as unreadable since start. A source
+    declares it (``Source.targets``); the exposition renders it
+    (``exposition.targets.token_source_families``) without knowing the source's class."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def skipped_total(self) -> int: ...
+
+    def target_status(self) -> Iterable[tuple[str, bool]]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,9 @@ class FakeOpenCost:
 
     name = "opencost"
     slot = Slot.ALLOCATIONS
+    local = False
+    min_interval_seconds = 0.0
+    targets = None
 
     async def fetch(self, client: httpx.AsyncClient) -> AllocationSet:
         return AllocationSet(

@@ -36,9 +36,9 @@ async def _figures(client: Any) -> tuple[dict[str, Any], dict[tuple[str, str], f
     resp = await client.get("/api/v1/chargeback?period=2025-06&basis=usage")
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["source"] == "exporter_ledger"
-    report = client.app[REFRESHER].snapshot.report
-    assert report is not None and report.finance is not None
-    tokens = {k: v for k, v in report.finance.month_to_date.items() if k[1] == "tokens"}
+    finance = client.app[REFRESHER].snapshot.finance
+    assert finance is not None
+    tokens = {k: v for k, v in finance.month_to_date.items() if k[1] == "tokens"}
     page = parse_page(await (await client.get("/metrics")).text())
     return await resp.json(), tokens, page
 

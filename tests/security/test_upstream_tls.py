@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from aifinops.assemble import routes as upstream_routes
 from aifinops.settings import ConfigError, settings_from_mapping
-from aifinops.sources.upstream import build_client, upstream_routes
+from aifinops.sources.upstream import build_client
 from aifinops.web.app import REFRESHER, create_app
 from tests.tools import require_binary
 

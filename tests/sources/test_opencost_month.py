@@ -1,45 +1,21 @@
-"""The month-to-date query: its window and the parse of daily sets (literal payloads)."""
+"""The month-to-date query: the parse of daily sets (literal payloads). Its window is
+the model's calendar (tests/model/test_calendar.py)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 import pytest
 
 from aifinops.sources.base import SourceError
-from aifinops.sources.opencost import month_query_window, parse_allocation_sets, rfc3339_utc
+from aifinops.sources.opencost import parse_allocation_sets, rfc3339_utc
 
 DAY = 86400.0
 
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
-
-
-@pytest.mark.parametrize(
-    ("now", "tz", "lookback", "start"),
-    [
-        # mid-month: 14 days in, 28-day lookback -> 14 more days before the 1st
-        ("2025-06-15T15:06:40+00:00", "UTC", 28, "2025-05-18T00:00:00+00:00"),
-        # the lookback already inside the month: the month start itself
-        ("2025-06-30T10:00:00+00:00", "UTC", 7, "2025-06-01T00:00:00+00:00"),
-        # the 1st: a full lookback before it
-        ("2025-07-01T00:30:00+00:00", "UTC", 3, "2025-06-28T00:00:00+00:00"),
-        # local midnight in Paris (UTC+2 in summer) is 22:00 UTC the day before
-        ("2025-06-15T12:00:00+00:00", "Europe/Paris", 14, "2025-05-31T22:00:00+00:00"),
-        # across the spring DST change: whole 24 h steps back from the 1st (23:00 local)
-        ("2025-04-02T12:00:00+00:00", "Europe/Paris", 3, "2025-03-29T22:00:00+00:00"),
-    ],
-)
-def test_window_starts_on_a_step_boundary_at_the_month_start(now, tz, lookback, start):
-    n = ts(now)
-    s, e = month_query_window(n, tz, lookback)
-    assert s == ts(start) and e == float(int(n))
-    local = datetime.fromtimestamp(n, ZoneInfo(tz))
-    first = datetime(local.year, local.month, 1, tzinfo=ZoneInfo(tz)).timestamp()
-    assert (first - s) % DAY == 0  # a set boundary falls exactly on the month start
 
 
 def row(name: str, start: float, end: float, gpu: float, cpu: float = 0.0) -> dict:

@@ -16,12 +16,11 @@ from aifinops.demo.upstreams import Upstreams, start_upstreams
 from aifinops.exposition.catalog import IDLE_TENANT, UNALLOCATED_TENANT
 from aifinops.model.cost import _resource_costs, tenant_of
 from aifinops.model.inputs import DailyAllocationSets
-from aifinops.model.tenancy import TenantResolver
+from aifinops.model.tenancy import MonthAggregation, TenantResolver
 from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources.opencost import (
-    MonthAggregation,
     OpenCostMonthSource,
     month_aggregation,
     parse_allocation_sets,

@@ -15,14 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from aifinops.model.calendar import DAY_SECONDS
 from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources.base import SourceError
 from aifinops.sources.opencost import (
-    DAY_SECONDS,
     OpenCostMonthSource,
-    month_query_segments,
     rfc3339_utc,
 )
 
@@ -80,16 +79,6 @@ def source(clock: list[float], **oc: Any) -> OpenCostMonthSource:
 async def fetch(src: OpenCostMonthSource, fake: FakeOpenCost) -> Any:
     async with httpx.AsyncClient(transport=httpx.MockTransport(fake)) as client:
         return await src.fetch(client)
-
-
-def test_segments_start_on_month_boundaries() -> None:
-    assert month_query_segments(T0, "UTC", 3, 1) == [(MAY_1, JUNE_1), (JUNE_1, math.floor(T0))]
-    # the look-back reaching before the history is a segment of its own, in front
-    early = JUNE_1 + 3600.0  # June 1st, 01:00: 3 full days back reach into May
-    assert month_query_segments(early, "UTC", 3, 0) == [
-        (JUNE_1 - 3 * DAY_SECONDS, JUNE_1),
-        (JUNE_1, early),
-    ]
 
 
 async def test_pieces_cover_the_window_and_settled_ones_are_kept() -> None:

@@ -25,16 +25,15 @@ Which series are "largest": by value, descending (NaN last), ties broken by labe
 (and of a kept series already named like it: an ``__other__`` row the model folded). The
 capped family is sorted by labels (additive) or in rank order (the others).
 
-At fleet scale several families are over the cap at once (tens of thousands of samples each,
-every refresh), so :func:`cap_family` does not rank them with a Python key (that cost ~0.5 s
-a refresh at 10k GPUs): it finds the value of the last kept series from a sort of the bare
-floats, selects the kept series with C-level comparisons, counts the fold groups by
-projecting the labels onto the dimension labels (:func:`operator.itemgetter`), builds fold
-keys per group rather than per sample and never hashes a kept series' labels (duplicates and
-kept rows named like a fold show up as neighbours after the final sort). Its output is
-exactly that of the plain definition, :func:`_cap_sorted`, which still handles the inputs
-where the shortcuts do not hold: NaN or infinite values, a series listed twice, label tuples
-of the wrong width.
+At fleet scale several families are over the cap at once (tens of thousands of samples each, every
+refresh), so :func:`cap_family` does not rank them with a Python key (that cost a noticeable share
+of a refresh at fleet scale: bench/README.md): it finds the value of the last kept series from a
+sort of the bare floats, selects the kept series with C-level comparisons, counts the fold groups by
+projecting the labels onto the dimension labels (:func:`operator.itemgetter`), builds fold keys per
+group rather than per sample and never hashes a kept series' labels (duplicates and kept rows named
+like a fold show up as neighbours after the final sort). Its output is exactly that of the plain
+definition, :func:`_cap_sorted`, which still handles the inputs where the shortcuts do not hold: NaN
+or infinite values, a series listed twice, label tuples of the wrong width.
 """
 
 from __future__ import annotations

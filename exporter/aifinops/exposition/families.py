@@ -47,7 +47,9 @@ def _sorted_samples(items: Iterable[Sample]) -> list[Sample]:
     return sorted(items, key=_first)
 
 
-def cost_families(report: Report | None) -> list[Family]:
+def cost_families(report: Report | None, finance: FinanceReport | None = None) -> list[Family]:
+    """The model's families: ``report``'s, then ``finance``'s (built from that report, and
+    absent when the finance step did not run or failed)."""
     if report is None:
         return []
     # One family per basis: sum() over a family is the cluster total (see the catalog).
@@ -95,7 +97,7 @@ def cost_families(report: Report | None) -> list[Family]:
         Family(c.FOLDED_TENANTS, folded),
         Family(c.DCGM_UTILIZATION_GPUS, dcgm_metrics),
         *token_families(report.tokens),
-        *finance_families(report.finance),
+        *finance_families(finance),
     ]
 
 
@@ -227,6 +229,25 @@ def state_families(store: StateSaves) -> list[Family]:
     if store.last_save is not None:
         out.append(Family(c.STATE_LAST_SAVE, [((), store.last_save)]))
     return out
+
+
+class ReloadState(Protocol):
+    """The configuration reload's outcome (``web.lifecycle.Reloader``), known by shape only."""
+
+    @property
+    def successful(self) -> bool: ...
+
+    @property
+    def success_timestamp(self) -> float: ...
+
+
+def reload_families(reload: ReloadState) -> list[Family]:
+    """Whether the last configuration reload worked, and when the configuration in force
+    was loaded (start-up or the last good reload)."""
+    return [
+        Family(c.CONFIG_RELOAD_SUCCESS, [((), 1.0 if reload.successful else 0.0)]),
+        Family(c.CONFIG_RELOAD_TIMESTAMP, [((), reload.success_timestamp)]),
+    ]
 
 
 def self_families(status: RefreshStatus | None, build: BuildInfo) -> list[Family]:

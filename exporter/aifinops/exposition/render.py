@@ -5,13 +5,13 @@ format requires (backslash, double quote, newline), so a tenant named ``a"b\\c``
 newline cannot break the page. Families with no samples are left out, so a series that
 disappears upstream disappears here.
 
-Why it is fast (about 0.4 µs a sample, 14× and more ``prometheus_client.generate_latest`` on
-the same samples): a chunk of a family is one ``str.join`` over a list laid out as its lines
+Why it is fast (figures against ``prometheus_client.generate_latest`` on the same samples:
+bench/README.md): a chunk of a family is one ``str.join`` over a list laid out as its lines
 are — the constant pieces of a line (``name{tenant="``, ``",model="``, ``"} ``, newline) repeated
 once per sample, the label columns (one transposing ``zip``) and the value texts copied into
 their slots by strided slice assignment — so there is no Python-level loop per sample and no
-format string to parse (``%`` over a repeated line template, the previous way, cost about
-half as much again); the values are written by msgspec's shortest round-trip float encoder
+format string to parse (``%`` over a repeated line template, the previous way, was slower);
+the values are written by msgspec's shortest round-trip float encoder
 in one call (``repr``'s digits and form for 1e-4 <= |v| < 1e16, the rest one by one, each
 distinct one formatted once); each label column is checked for characters that need escaping
 in one pass over its concatenation, and only a column that has one takes the slow path.

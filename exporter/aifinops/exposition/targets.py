@@ -1,29 +1,17 @@
 """Self-metrics of the sources that read several scrape targets (the token sources).
 
-The exposition knows such a source only by the shape below, never by its class, so it
-imports no source module (docs/architecture.md).
+The exposition knows such a source only by the shape a source declares
+(:class:`aifinops.status.ScrapeTargets`), never by its class, so it imports no source module
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
 
 from aifinops.exposition.catalog import TOKEN_SERIES_SKIPPED, TOKEN_TARGET_UP
 from aifinops.exposition.render import Family
-
-
-class ScrapeTargets(Protocol):
-    """A source over several scrape targets: each target's state at the last read, and the
-    series skipped as unreadable since start."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def skipped_total(self) -> int: ...
-
-    def target_status(self) -> Iterable[tuple[str, bool]]: ...
+from aifinops.status import ScrapeTargets as ScrapeTargets
 
 
 def token_source_families(sources: Iterable[ScrapeTargets]) -> list[Family]:

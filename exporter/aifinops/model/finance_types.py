@@ -1,9 +1,9 @@
 """The finance step's configuration and result types, apart from the step itself.
 
-:class:`~aifinops.model.report.ModelContext` carries a :class:`FinanceContext` and the
-:class:`~aifinops.model.report.Report` a :class:`FinanceReport`, while the finance step
-(:mod:`aifinops.model.finance`) reads a report: the types live here so the report module and
-the finance module need not import each other.
+:class:`~aifinops.model.report.ModelContext` carries a :class:`FinanceContext`, while the
+finance step (:mod:`aifinops.model.finance`) reads a report and returns a
+:class:`FinanceReport` that travels beside it (the refresh's snapshot): the types live here so
+the report module and the finance module need not import each other.
 """
 
 from __future__ import annotations

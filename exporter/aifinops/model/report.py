@@ -19,7 +19,7 @@ from aifinops.model.cost import (
     fold_shares,
     fold_tenants,
 )
-from aifinops.model.finance_types import FinanceContext, FinanceReport
+from aifinops.model.finance_types import FinanceContext
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.idle import HoldHistory, is_idle, observe_holds
 from aifinops.model.inputs import Inputs
@@ -81,8 +81,9 @@ class Report:
     """One refresh's figures. ``charge_back[basis][(tenant, resource)]`` is the USD/hour the
     self-hosted token charge-back moved on each non-token resource (positive for the tenants
     that sent tokens, negative for the serving pods' owner; it sums to 0 per resource), already
-    included in ``cost.rates``. ``finance`` holds budgets, ROI, routing, recommendations and
-    month-to-date spend (:mod:`aifinops.model.finance`) when that step ran."""
+    included in ``cost.rates``. The finance figures (budgets, ROI, routing, recommendations,
+    month to date: :mod:`aifinops.model.finance`) are built from a report, not carried in it:
+    the refresh's snapshot holds the two side by side."""
 
     now: float
     cost: CostBreakdown
@@ -91,7 +92,6 @@ class Report:
     efficiency: Mapping[str, float]
     tokens: TokenReport | None = None
     charge_back: Mapping[str, Mapping[tuple[str, str], float]] = field(default_factory=dict)
-    finance: FinanceReport | None = None
 
     def tenant_rates(self, basis: str) -> Mapping[tuple[str, str], float]:
         return self.cost.rates.get(basis, {})

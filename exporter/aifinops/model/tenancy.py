@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from aifinops.model.inputs import EMPTY_LABELS
 from aifinops.model.vocabulary import UNALLOCATED_TENANT
 
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
@@ -88,3 +89,100 @@ class TenantResolver:
                 if tenant:
                     return tenant
         return UNALLOCATED_TENANT
+
+
+# --- OpenCost's month query aggregated by what tenancy reads ------------------------------
+
+UNALLOCATED_PART = "__unallocated__"  # OpenCost's key part for a label the pods lack
+
+
+@dataclass(frozen=True, slots=True)
+class MonthAggregation:
+    """How the month query aggregates, and how its row keys are read back.
+
+    ``labels`` (OpenCost-sanitized label names) means
+    ``aggregate=cluster,namespace,label:<l1>,...``: OpenCost
+    (``AllocationProperties.GenerateKey``) names each row
+    ``<cluster>/<namespace>/<value of l1>/...``, writing ``__unallocated__`` for a label the
+    pods lack (versions before 2023 wrote ``<label>=<value>``; both are read). Pods with
+    equal parts are summed into one row whose ``properties`` are the intersection of theirs
+    (``AllocationProperties.Intersection``): cluster, namespace and, because all its pods
+    share the namespace, ``namespaceLabels`` survive; pod labels do not (hence they are read
+    from the key). The cluster is there because two clusters' namespaces of one name may
+    carry different labels. Idle stays one ``__idle__`` row (not shared, not split).
+    ``labels=None`` is the pod aggregation, ``namespace,pod``. ``reason`` says why this one
+    was chosen (:func:`month_aggregation`).
+    """
+
+    labels: tuple[str, ...] | None
+    reason: str
+
+    @property
+    def aggregate(self) -> str:
+        """The ``aggregate`` query parameter."""
+        if self.labels is None:
+            return "namespace,pod"
+        return ",".join(("cluster", "namespace", *(f"label:{name}" for name in self.labels)))
+
+    def identity(self, key: str) -> tuple[str, str | None, Mapping[str, str]] | None:
+        """``(name, namespace, labels)`` of an aggregated row, for tenancy; ``None`` for a
+        row to keep as OpenCost named it (idle, a key of another shape, pod aggregation).
+
+        Read from the right: namespaces and label values hold no ``/``, a cluster name may
+        (an EKS ARN). The name is ``<cluster>/<namespace>{label=value,...}``: never
+        ``…__unallocated__`` (that would book the row to ``__unallocated__`` whatever its
+        namespace) nor ``…__idle__``. A part that is empty or ``__unallocated__`` is a label
+        the pods lack (tenancy treats a blank value as missing too)."""
+        names = self.labels
+        if names is None or "__idle__" in key:
+            return None
+        parts = key.rsplit("/", len(names) + 1)
+        if len(parts) != len(names) + 2:
+            return None
+        labels: dict[str, str] = {}
+        for name, part in zip(names, parts[2:], strict=True):
+            if part.startswith(name) and part[len(name) : len(name) + 1] == "=":
+                part = part[len(name) + 1 :]
+            if part and part != UNALLOCATED_PART:
+                labels[name] = part
+        shown = ",".join(f"{k}={v}" for k, v in labels.items())
+        name = f"{parts[0]}/{parts[1]}{{{shown}}}"
+        return name, parts[1] or None, labels or EMPTY_LABELS
+
+
+def month_aggregation(
+    pod_label_keys: Iterable[str] | None, *, pod: bool = False, share_split_even: bool = False
+) -> MonthAggregation:
+    """The month query's aggregation for tenancy rules with these pod label keys (``None``:
+    no tenancy rules were given).
+
+    Tenancy reads, per pod: its labels (the configured pod label keys, as OpenCost sanitizes
+    them, also with the ``label_`` prefix), its namespace's labels and its namespace. So
+    ``cluster,namespace`` plus ``label:<key>`` for each of those label names keeps every
+    input of every rule, and each aggregated row resolves to the tenant each of its pods
+    resolves to: the month-to-date per tenant is the pod aggregation's, with one row per
+    (cluster, namespace, tenant labels) instead of one per pod. Idle is not shared, so the
+    ``__idle__`` row does not depend on the aggregation either. (No tenancy rule reads a
+    pod's name; one that did would need pods.)
+
+    Pod aggregation instead, with the reason: when ``pod`` is asked for
+    (``sources.opencost.month_aggregation: pod``); without tenancy rules; and with
+    ``share_split_even`` (``shareSplit=even`` in the extra ``params``: shared costs are then
+    split evenly per row, so the rows asked for change the split).
+    """
+    if pod:
+        return MonthAggregation(None, "sources.opencost.month_aggregation is pod")
+    if pod_label_keys is None:
+        return MonthAggregation(None, "no tenancy rules were given to the month query")
+    if share_split_even:
+        return MonthAggregation(
+            None, "params.shareSplit=even splits shared costs per row: pod rows keep it exact"
+        )
+    names: list[str] = []
+    for key in pod_label_keys:
+        sanitized = sanitize_label_key(key)
+        names += [sanitized, f"label_{sanitized}"]
+    labels = tuple(dict.fromkeys(names))
+    return MonthAggregation(
+        labels, "cluster, namespace and the tenancy pod label keys keep tenancy exact"
+    )

@@ -75,6 +75,7 @@ from aifinops.model.llm_prices import (
     PER_MILLION,
     TOKEN_TYPES,
     LlmPrice,
+    LlmPriceCatalog,
     TokenType,
     normalize_provider,
     strip_route,
@@ -418,74 +419,85 @@ def _slope(now_value: float, then_value: float, hours: float) -> float:
     return max(0.0, now_value - then_value) / hours
 
 
-def account_tokens(
-    inputs: TokenInputs,
-    ctx: TokenContext,
-    state: TokenState,
-    now: float,
-    cost: CostBreakdown,
-    allocations: AllocationSet | None,
-    resolver: TenantResolver,
-) -> tuple[TokenReport, TokenState, dict[str, dict[tuple[str, str], float]]]:
-    """One refresh of token accounting.
+@dataclass(slots=True)
+class _Ledger:
+    """The cumulative figures one refresh starts from (copies of the state's) and updates in
+    place, phase by phase; the report and the new state share them at the end."""
 
-    Returns the report, the new state and the per-basis tenant rates after charge-back, with
-    resource ``tokens`` added (USD/hour; before tenant folding — the caller folds). ``cost``
-    is the core's breakdown of this refresh (its per-pod rates and pod tenants are read).
-    """
-    catalog = inputs.catalog
-    counted, deltas, last, seen_at, source_seen_at = _count(
-        inputs.observations, state, now, ctx.retention_seconds, inputs.sources, ctx.dip_tolerance
-    )
-    index, discovered, serving_pods = _self_hosted_specs(ctx, inputs.observations, state.discovered)
-    # The tenants the core kept (only needed when it folded some).
-    kept = {t for rates in cost.rates.values() for t, _ in rates} if cost.folded_tenants else set()
+    tokens: dict[UsageKey, float]
+    cost: dict[UsageKey, float]
+    unpriced: dict[tuple[str, str], float]
+    api_cost: dict[str, float]
+    sh_usage: dict[ShKey, float]
+    served: dict[tuple[str, str], float]
+    models: set[str]
+    max_models: int
 
-    def pod_owner(pod: PodKey) -> str:
-        tenant = cost.pod_tenants.get(pod, UNALLOCATED_TENANT)
-        if cost.folded_tenants and tenant not in kept and tenant not in _SENTINELS:
-            return OTHER_TENANT
-        return tenant
+    @classmethod
+    def of(cls, state: TokenState, max_models: int) -> _Ledger:
+        return cls(
+            dict(state.tokens),
+            dict(state.cost),
+            dict(state.unpriced),
+            dict(state.api_cost),
+            dict(state.self_hosted_usage),
+            dict(state.served),
+            set(state.models),
+            max_models,
+        )
 
-    tokens = dict(state.tokens)
-    cost_cum = dict(state.cost)
-    unpriced = dict(state.unpriced)
-    api_cost = dict(state.api_cost)
-    sh_usage = dict(state.self_hosted_usage)
-    served = dict(state.served)
-    models = set(state.models)
-
-    def model_label(name: str) -> str:
-        if name in models:
+    def model_label(self, name: str) -> str:
+        """``name``, or ``__other__`` once ``max_models`` labels are given (a label, once
+        given, stays: the set only grows)."""
+        if name in self.models:
             return name
-        if len(models) >= ctx.max_models:
+        if len(self.models) >= self.max_models:
             return OTHER_MODEL
-        models.add(name)
+        self.models.add(name)
         return name
 
-    # 1. Increments → usage keys; API prices; served tokens. -----------------------------
-    # What a model name resolves to (self-hosted spec; API label, provider and price) is
-    # looked up once per distinct (name, provider) this refresh, not once per series: a fleet
-    # has a few hundred models and 100k series. A name's label is fixed once first given (the
-    # model set only grows and, once full, stays full), so the memo returns what a fresh
-    # call would.
-    sh_deltas: list[tuple[UsageKey, str, float]] = []  # (key, self-hosted model, tokens)
-    # Per API usage key: [its pair's price, token increments...].
-    api_deltas: dict[UsageKey, list[Any]] = {}
-    spend: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+
+@dataclass(slots=True)
+class _Routed:
+    """This refresh's increments, routed: self-hosted ``(key, model, tokens)``; per API
+    usage key ``[its pair's price, token increments...]``; LiteLLM's own spend per (tenant,
+    label, provider); and per-key prices once a pair's names priced differently."""
+
+    sh_deltas: list[tuple[UsageKey, str, float]]
+    api_deltas: dict[UsageKey, list[Any]]
+    spend: dict[tuple[str, str, str], list[float]]
+    key_price: dict[UsageKey, LlmPrice | None]
+
+
+def _route_increments(
+    counted: list[TokenObservation],
+    deltas: list[float],
+    index: SelfHostedIndex,
+    catalog: LlmPriceCatalog | None,
+    pod_tenants: Mapping[PodKey, str],
+    resolver: TenantResolver,
+    ledger: _Ledger,
+) -> _Routed:
+    """Phase 1: each increment to its usage key — self-hosted (served and used tokens added
+    to the ledger) or API (with its price-list price) — or to LiteLLM's reported spend.
+
+    What a model name resolves to (self-hosted spec; API label, provider and price) is
+    looked up once per distinct (name, provider) this refresh, not once per series: a fleet
+    has a few hundred models and 100k series. A name's label is fixed once first given, so
+    the memo returns what a fresh call would."""
+    routed = _Routed([], {}, defaultdict(list), {})
+    served, sh_usage = ledger.served, ledger.sh_usage
     # model -> (self-hosted spec or None, {raw provider: (label, provider label, price, pair)})
     routes: dict[str, tuple[SelfHostedSpec | None, dict[str | None, _ApiName]]] = {}
     # A usage key's price is that of the name its last increment came from. The names of
     # one (label, provider) pair nearly always share one price, kept per pair; only once two
     # of them differ are prices kept per key (from then on, which is all the last one needs).
     pair_prices: dict[tuple[str, str], _PairPrice] = {}
-    key_price: dict[UsageKey, LlmPrice | None] = {}
-    pod_tenants = cost.pod_tenants
 
     def api_name(model: str, raw_provider: str | None) -> _ApiName:
         price = catalog.lookup(model, raw_provider) if catalog else None
         provider = normalize_provider(raw_provider) or (price.provider if price else None)
-        label = model_label(strip_route(model))
+        label = ledger.model_label(strip_route(model))
         provider_label = provider or UNKNOWN_PROVIDER
         pair = pair_prices.get((label, provider_label))
         if pair is None:
@@ -506,9 +518,9 @@ def account_tokens(
             if obs.role == "serving":
                 continue
             tenant = obs.tenant or _tenant(obs, pod_tenants, resolver)
-            key: UsageKey = (tenant, model_label(spec.model), spec.provider, obs.token_type)
+            key: UsageKey = (tenant, ledger.model_label(spec.model), spec.provider, obs.token_type)
             if obs.kind == "tokens":
-                sh_deltas.append((key, spec.model, delta))
+                routed.sh_deltas.append((key, spec.model, delta))
                 sh_key = (tenant, spec.model, obs.token_type)
                 sh_usage[sh_key] = sh_usage.get(sh_key, 0.0) + delta
             continue
@@ -521,21 +533,27 @@ def account_tokens(
             resolved = names[obs.provider] = api_name(obs.model, obs.provider)
         label, provider_label, price, pair = resolved
         if obs.kind == "spend_usd":
-            spend[(tenant, label, provider_label)].append(delta)
+            routed.spend[(tenant, label, provider_label)].append(delta)
             continue
         key = (tenant, label, provider_label, obs.token_type)
-        parts = api_deltas.get(key)
+        parts = routed.api_deltas.get(key)
         if parts is None:
-            api_deltas[key] = [pair, delta]
+            routed.api_deltas[key] = [pair, delta]
         else:
             parts.append(delta)
         if pair.mixed:
-            key_price[key] = price
+            routed.key_price[key] = price
+    return routed
 
-    # 2. API tokens and dollars (price list; LiteLLM's spend for models the list lacks). ----
+
+def _book_api_dollars(routed: _Routed, ledger: _Ledger) -> None:
+    """Phase 2: API tokens and dollars (the price list; LiteLLM's spend for models the list
+    lacks, split over token types by tokens; else unpriced), and the self-hosted tokens."""
+    tokens, cost_cum, unpriced = ledger.tokens, ledger.cost, ledger.unpriced
+    key_price = routed.key_price
     api_cost_parts: dict[str, list[float]] = defaultdict(list)
     unpriced_by_key: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
-    for key, parts in api_deltas.items():
+    for key, parts in routed.api_deltas.items():
         n = math.fsum(parts[1:])
         tokens[key] = tokens.get(key, 0.0) + n
         pair = parts[0]
@@ -552,10 +570,10 @@ def account_tokens(
         usd = n * unit
         cost_cum[key] = cost_cum.get(key, 0.0) + usd
         api_cost_parts[key[0]].append(usd)
-    for key, _, n in sh_deltas:
+    for key, _, n in routed.sh_deltas:
         tokens[key] = tokens.get(key, 0.0) + n
     for k3, by_type in unpriced_by_key.items():
-        reported = math.fsum(spend.get(k3, ()))
+        reported = math.fsum(routed.spend.get(k3, ()))
         total = math.fsum(by_type.values())
         if reported > 0 and total > 0:
             for token_type, n in by_type.items():
@@ -566,104 +584,186 @@ def account_tokens(
         else:
             um = (k3[1], k3[2])
             unpriced[um] = unpriced.get(um, 0.0) + total
+    api_cost = ledger.api_cost
     for tenant, parts in api_cost_parts.items():
         api_cost[tenant] = api_cost.get(tenant, 0.0) + math.fsum(parts)
 
-    # 3. Slopes over the rate window. ------------------------------------------------------
-    sample = RateSample(now, dict(sh_usage), dict(served), dict(api_cost))
-    history = [s for s in state.history if s.at < now]
-    anchor = _rate_anchor(history, now, ctx.rate_window_seconds)
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """Phase 3's result: the kept history (this refresh's sample last), the anchor sample at
+    or before the window start, and the hours from it to now (0 without one)."""
+
+    history: tuple[RateSample, ...]
+    anchor: RateSample | None
+    hours: float
+
+
+def _rate_window(
+    previous: Iterable[RateSample], ledger: _Ledger, now: float, window_seconds: float
+) -> _Window:
+    """Phase 3: this refresh's cumulative sample joins the history; the anchor of the
+    slopes over the rate window."""
+    sample = RateSample(now, dict(ledger.sh_usage), dict(ledger.served), dict(ledger.api_cost))
+    history = [s for s in previous if s.at < now]
+    anchor = _rate_anchor(history, now, window_seconds)
     history.append(sample)
     hours = (now - anchor.at) / SECONDS_PER_HOUR if anchor is not None else 0.0
+    return _Window(tuple(history), anchor, hours)
 
-    api_cost_rate: dict[str, float] = {}
+
+def _api_cost_rates(api_cost: Mapping[str, float], window: _Window) -> dict[str, float]:
+    """API token USD/hour per tenant: the slope of its cumulative cost over the window."""
+    anchor, hours = window.anchor, window.hours
+    out: dict[str, float] = {}
     for tenant, usd in api_cost.items():
         then = anchor.api_cost.get(tenant, 0.0) if anchor else usd
-        api_cost_rate[tenant] = _slope(usd, then, hours) if hours > 0 else 0.0
+        out[tenant] = _slope(usd, then, hours) if hours > 0 else 0.0
+    return out
 
-    # 4. Self-hosted: measured price and charge-back. --------------------------------------
+
+def _pod_owner(cost: CostBreakdown) -> Callable[[PodKey], str]:
+    """A serving pod's tenant as the core left it (``__other__`` when the core folded it)."""
+    # The tenants the core kept (only needed when it folded some).
+    kept = {t for rates in cost.rates.values() for t, _ in rates} if cost.folded_tenants else set()
+
+    def owner(pod: PodKey) -> str:
+        tenant = cost.pod_tenants.get(pod, UNALLOCATED_TENANT)
+        if cost.folded_tenants and tenant not in kept and tenant not in _SENTINELS:
+            return OTHER_TENANT
+        return tenant
+
+    return owner
+
+
+def _serve_model(
+    spec: SelfHostedSpec,
+    pods: set[PodKey],
+    usage: Iterable[tuple[ShKey, float]],
+    ledger: _Ledger,
+    window: _Window,
+    ctx: TokenContext,
+    cost: CostBreakdown,
+    rates: dict[str, dict[tuple[str, str], float]],
+    pod_owner: Callable[[PodKey], str],
+) -> tuple[ModelServing | None, dict[str, float]]:
+    """Phase 4, one self-hosted model: its serving cost per basis, moved from its pods'
+    tenants to the tenants that sent it tokens (``rates`` updated in place), and its measured
+    price per 1M tokens by type (empty when not measurable). ``None`` for a model with no
+    pods and no tokens this window."""
+    w = ctx.weights
+    anchor, hours = window.anchor, window.hours
+    served_rate: dict[str, float] = {}
+    used_w: dict[str, float] = defaultdict(float)
+    if hours > 0 and anchor is not None:
+        for t in TOKEN_TYPES:
+            k2 = (spec.model, t)
+            if k2 in ledger.served:
+                served_rate[t] = _slope(ledger.served[k2], anchor.served.get(k2, 0.0), hours)
+        for usage_key, n in usage:
+            used_w[usage_key[0]] += w.get(usage_key[2], 0.0) * _slope(
+                n, anchor.self_hosted_usage.get(usage_key, 0.0), hours
+            )
+    weighted_served = math.fsum(w.get(t, 0.0) * r for t, r in served_rate.items())
+    weighted_used = math.fsum(used_w.values())
+    denominator = max(weighted_served, weighted_used)
+    pod_list = tuple(sorted(pods))
+    cost_rate: dict[str, float] = {}
+    moved: dict[str, float] = {}
+    for basis, basis_pods in cost.pod_rates.items():
+        per_pod = [
+            (p, r, basis_pods.get(p, {}).get(r, 0.0))
+            for p in pod_list
+            for r in ctx.charge_back_resources
+        ]
+        cost_rate[basis] = math.fsum(v for _, _, v in per_pod)
+        if denominator <= 0 or basis not in rates:
+            continue
+        basis_rates = rates[basis]
+        moved_parts: list[float] = []
+        for p, r, amount in per_pod:
+            if amount == 0:
+                continue
+            owner = pod_owner(p)
+            shares = [(u, amount * wt / denominator) for u, wt in used_w.items() if wt > 0]
+            out = math.fsum(v for _, v in shares)
+            have = basis_rates.get((owner, r), 0.0)
+            if out > have:
+                # A full charge-back can round a hair above what the owner holds: move
+                # exactly what it has, so its rate ends at 0, never at -1e-16.
+                have = max(have, 0.0)
+                shares = [(u, v * have / out) for u, v in shares]
+                out = have
+            basis_rates[(owner, r)] = have - out
+            for u, v in shares:
+                basis_rates[(u, r)] = basis_rates.get((u, r), 0.0) + v
+            moved_parts.append(out)
+        moved[basis] = math.fsum(moved_parts)
+    measured_price: dict[str, float] = {}
+    c_alloc = cost_rate.get("allocation", 0.0)
+    if denominator > 0 and c_alloc > 0:
+        measured_price = {
+            t: c_alloc * w.get(t, 0.0) / denominator * PER_MILLION for t in TOKEN_TYPES
+        }
+    if not (pod_list or served_rate or used_w):
+        return None, measured_price
+    serving = ModelServing(
+        model=spec.model,
+        provider=spec.provider,
+        pods=pod_list,
+        cost_rate=cost_rate,
+        weighted_token_rate=denominator,
+        served_rate=served_rate,
+        price_per_million=measured_price,
+        charged_back=moved,
+    )
+    return serving, measured_price
+
+
+def _charge_back(
+    specs: Iterable[SelfHostedSpec],
+    serving_pods: Mapping[str, set[PodKey]],
+    allocations: AllocationSet | None,
+    ledger: _Ledger,
+    window: _Window,
+    ctx: TokenContext,
+    cost: CostBreakdown,
+) -> tuple[
+    dict[str, dict[tuple[str, str], float]], dict[str, ModelServing], dict[str, dict[str, float]]
+]:
+    """Phase 4: every self-hosted model's serving cost charged back (:func:`_serve_model`).
+    Returns the per-basis tenant rates after charge-back, the models served and their
+    measured prices."""
     rates: dict[str, dict[tuple[str, str], float]] = {b: dict(r) for b, r in cost.rates.items()}
     rows = allocations.allocations if allocations else ()
-    w = ctx.weights
     serving: dict[str, ModelServing] = {}
     measured: dict[str, dict[str, float]] = {}
-    active_specs = {s.model: s for s in index.specs}
+    owner = _pod_owner(cost)
     usage_by_model: dict[str, list[tuple[ShKey, float]]] = defaultdict(list)
-    for usage_key, n in sh_usage.items():
+    for usage_key, n in ledger.sh_usage.items():
         usage_by_model[usage_key[1]].append((usage_key, n))
-    for spec in active_specs.values():
+    for spec in specs:
         pods = set(serving_pods.get(spec.model, ()))
         if spec.has_selector:  # discovered models select no rows: skip the 20k-row scan
             for a in rows:
                 if spec.selects(a) and a.namespace and a.pod:
                     pods.add((a.namespace, a.pod))
-        served_rate: dict[str, float] = {}
-        used_w: dict[str, float] = defaultdict(float)
-        if hours > 0 and anchor is not None:
-            for t in TOKEN_TYPES:
-                k2 = (spec.model, t)
-                if k2 in served:
-                    served_rate[t] = _slope(served[k2], anchor.served.get(k2, 0.0), hours)
-            for usage_key, n in usage_by_model.get(spec.model, ()):
-                used_w[usage_key[0]] += w.get(usage_key[2], 0.0) * _slope(
-                    n, anchor.self_hosted_usage.get(usage_key, 0.0), hours
-                )
-        weighted_served = math.fsum(w.get(t, 0.0) * r for t, r in served_rate.items())
-        weighted_used = math.fsum(used_w.values())
-        denominator = max(weighted_served, weighted_used)
-        pod_list = tuple(sorted(pods))
-        cost_rate: dict[str, float] = {}
-        moved: dict[str, float] = {}
-        for basis, basis_pods in cost.pod_rates.items():
-            per_pod = [
-                (p, r, basis_pods.get(p, {}).get(r, 0.0))
-                for p in pod_list
-                for r in ctx.charge_back_resources
-            ]
-            cost_rate[basis] = math.fsum(v for _, _, v in per_pod)
-            if denominator <= 0 or basis not in rates:
-                continue
-            basis_rates = rates[basis]
-            moved_parts: list[float] = []
-            for p, r, amount in per_pod:
-                if amount == 0:
-                    continue
-                owner = pod_owner(p)
-                shares = [(u, amount * wt / denominator) for u, wt in used_w.items() if wt > 0]
-                out = math.fsum(v for _, v in shares)
-                have = basis_rates.get((owner, r), 0.0)
-                if out > have:
-                    # A full charge-back can round a hair above what the owner holds: move
-                    # exactly what it has, so its rate ends at 0, never at -1e-16.
-                    have = max(have, 0.0)
-                    shares = [(u, v * have / out) for u, v in shares]
-                    out = have
-                basis_rates[(owner, r)] = have - out
-                for u, v in shares:
-                    basis_rates[(u, r)] = basis_rates.get((u, r), 0.0) + v
-                moved_parts.append(out)
-            moved[basis] = math.fsum(moved_parts)
-        measured_price: dict[str, float] = {}
-        c_alloc = cost_rate.get("allocation", 0.0)
-        if denominator > 0 and c_alloc > 0:
-            measured_price = {
-                t: c_alloc * w.get(t, 0.0) / denominator * PER_MILLION for t in TOKEN_TYPES
-            }
-        measured[spec.model] = measured_price
-        if pod_list or served_rate or used_w:
-            serving[spec.model] = ModelServing(
-                model=spec.model,
-                provider=spec.provider,
-                pods=pod_list,
-                cost_rate=cost_rate,
-                weighted_token_rate=denominator,
-                served_rate=served_rate,
-                price_per_million=measured_price,
-                charged_back=moved,
-            )
+        served, measured[spec.model] = _serve_model(
+            spec, pods, usage_by_model.get(spec.model, ()), ledger, window, ctx, cost, rates, owner
+        )
+        if served is not None:
+            serving[spec.model] = served
+    return rates, serving, measured
 
-    # 5. Self-hosted token dollars at the measured price (informational: the money itself
-    #    moved through the charge-back). No price yet → unpriced, never zero.
+
+def _book_self_hosted_dollars(
+    sh_deltas: Iterable[tuple[UsageKey, str, float]],
+    measured: Mapping[str, Mapping[str, float]],
+    ledger: _Ledger,
+) -> None:
+    """Phase 5: self-hosted token dollars at the measured price (informational: the money
+    itself moved through the charge-back). No price yet → unpriced, never zero."""
+    cost_cum, unpriced = ledger.cost, ledger.unpriced
     for key, model, n in sh_deltas:
         spec_price = measured.get(model, {})
         if key[3] in spec_price:
@@ -672,15 +772,18 @@ def account_tokens(
             um = (key[1], key[2])
             unpriced[um] = unpriced.get(um, 0.0) + n
 
-    # 6. Resource "tokens": API token dollars per tenant, as a rate. -----------------------
-    for basis_rates in rates.values():
-        for tenant, value in api_cost_rate.items():
-            basis_rates[(tenant, "tokens")] = value
 
-    # Price-list prices of every API model that has tokens (looked up again each refresh, so
-    # a reloaded price list shows at once).
+def _published_prices(
+    tokens: Iterable[UsageKey],
+    specs: Mapping[str, SelfHostedSpec],
+    measured: Mapping[str, Mapping[str, float]],
+    catalog: LlmPriceCatalog | None,
+) -> tuple[dict[tuple[str, str, str, str], float], dict[tuple[str, str, str], float]]:
+    """Phase 7: USD per 1M tokens per (model, provider, type, source): the price list's for
+    every API model that has tokens (looked up again each refresh, so a reloaded price list
+    shows at once) and the measured ones; and each self-hosted model's API equivalent."""
     prices: dict[tuple[str, str, str, str], float] = {}
-    self_hosted_labels = {(s.model, s.provider) for s in active_specs.values()}
+    self_hosted_labels = {(s.model, s.provider) for s in specs.values()}
     for model, provider in {(k[1], k[2]) for k in tokens} - self_hosted_labels:
         found = (
             catalog.lookup(model, None if provider == UNKNOWN_PROVIDER else provider)
@@ -691,24 +794,62 @@ def account_tokens(
             for t in TOKEN_TYPES:
                 prices[(model, provider, t, "price_list")] = per_million(found.per_token(t))
     for model, by_type in measured.items():
-        spec = active_specs[model]
+        spec = specs[model]
         for kind, v in by_type.items():
             prices[(model, spec.provider, kind, "measured")] = v
     api_eq: dict[tuple[str, str, str], float] = {}
-    for spec in active_specs.values():
+    for spec in specs.values():
         if spec.api_equivalent and catalog is not None:
             ref = catalog.lookup(spec.api_equivalent)
             if ref is not None:
                 for t in TOKEN_TYPES:
                     api_eq[(spec.model, spec.provider, t)] = per_million(ref.per_token(t))
+    return prices, api_eq
+
+
+def account_tokens(
+    inputs: TokenInputs,
+    ctx: TokenContext,
+    state: TokenState,
+    now: float,
+    cost: CostBreakdown,
+    allocations: AllocationSet | None,
+    resolver: TenantResolver,
+) -> tuple[TokenReport, TokenState, dict[str, dict[tuple[str, str], float]]]:
+    """One refresh of token accounting, in named phases (see each).
+
+    Returns the report, the new state and the per-basis tenant rates after charge-back, with
+    resource ``tokens`` added (USD/hour; before tenant folding — the caller folds). ``cost``
+    is the core's breakdown of this refresh (its per-pod rates and pod tenants are read).
+    """
+    catalog = inputs.catalog
+    counted, deltas, last, seen_at, source_seen_at = _count(
+        inputs.observations, state, now, ctx.retention_seconds, inputs.sources, ctx.dip_tolerance
+    )
+    index, discovered, serving_pods = _self_hosted_specs(ctx, inputs.observations, state.discovered)
+    ledger = _Ledger.of(state, ctx.max_models)
+    routed = _route_increments(counted, deltas, index, catalog, cost.pod_tenants, resolver, ledger)
+    _book_api_dollars(routed, ledger)
+    window = _rate_window(state.history, ledger, now, ctx.rate_window_seconds)
+    api_cost_rate = _api_cost_rates(ledger.api_cost, window)
+    active_specs = {s.model: s for s in index.specs}
+    rates, serving, measured = _charge_back(
+        active_specs.values(), serving_pods, allocations, ledger, window, ctx, cost
+    )
+    _book_self_hosted_dollars(routed.sh_deltas, measured, ledger)
+    # Phase 6: resource "tokens", API token dollars per tenant as a rate.
+    for basis_rates in rates.values():
+        for tenant, value in api_cost_rate.items():
+            basis_rates[(tenant, "tokens")] = value
+    prices, api_eq = _published_prices(ledger.tokens, active_specs, measured, catalog)
 
     report = TokenReport(
-        tokens=tokens,
-        cost=cost_cum,
-        unpriced=unpriced,
+        tokens=ledger.tokens,
+        cost=ledger.cost,
+        unpriced=ledger.unpriced,
         prices=prices,
         api_equivalent=api_eq,
-        api_cost=api_cost,
+        api_cost=ledger.api_cost,
         api_cost_rate=api_cost_rate,
         self_hosted=serving,
         catalog_version=catalog.version if catalog else None,
@@ -717,14 +858,14 @@ def account_tokens(
         last=last,
         seen_at=seen_at,
         source_seen_at=source_seen_at,
-        tokens=tokens,
-        cost=cost_cum,
-        unpriced=unpriced,
-        api_cost=api_cost,
-        self_hosted_usage=sh_usage,
-        served=served,
-        history=tuple(history),
-        models=frozenset(models),
+        tokens=ledger.tokens,
+        cost=ledger.cost,
+        unpriced=ledger.unpriced,
+        api_cost=ledger.api_cost,
+        self_hosted_usage=ledger.sh_usage,
+        served=ledger.served,
+        history=window.history,
+        models=frozenset(ledger.models),
         discovered=discovered,
     )
     return report, new_state, rates

@@ -21,6 +21,7 @@ from aifinops.safefile import read_secret_file
 # The reasons live with the source health the exposition reads (status.py).
 from aifinops.status import REASONS as REASONS
 from aifinops.status import Reason as Reason
+from aifinops.status import ScrapeTargets
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -60,8 +61,26 @@ class Slot(enum.Enum):
 
 
 class Source(Protocol, Generic[T_co]):
+    """What the refresh loop knows of a source: all of it declared here, so the loop never
+    asks for a source's class or name (docs/architecture.md).
+
+    ``slot``: the part of the inputs its data fills. ``local``: its data is in-process (the
+    bundled price list, the push store), so having it does not make the exporter ready.
+    ``min_interval_seconds``: fetch at most this often (0: every refresh; a heavy query such
+    as the month to date sets it). ``targets``: its scrape targets' health for the
+    self-metrics, None for a source without several targets."""
+
     name: str
     slot: Slot
+
+    @property
+    def local(self) -> bool: ...
+
+    @property
+    def min_interval_seconds(self) -> float: ...
+
+    @property
+    def targets(self) -> ScrapeTargets | None: ...
 
     async def fetch(self, client: httpx.AsyncClient) -> T_co: ...
 

@@ -91,6 +91,9 @@ class DcgmSource:
 
     name = "dcgm"
     slot = Slot.GPUS
+    local = False
+    min_interval_seconds = 0.0
+    targets = None
 
     def __init__(self, settings: DcgmSettings, *, run: CpuRunner) -> None:
         self._settings = settings

@@ -1,7 +1,7 @@
 """Decode a large JSON answer in pieces of whole members, each one short C call.
 
-msgspec decodes a 44 MB OpenCost answer in one call that holds the GIL for 100–300 ms; a
-scrape that arrives meanwhile waits that long, even when the decode runs on a worker thread.
+msgspec decodes a large OpenCost answer in one call that holds the GIL throughout; a scrape
+that arrives meanwhile waits that long, even when the decode runs on a worker thread.
 Cut into pieces of about :data:`PIECE_BYTES`, the same work yields the GIL between pieces.
 
 Where to cut is found with a byte search for a marker that starts a member (``,{"metric":``
@@ -100,7 +100,7 @@ class Unsplittable(Exception):
 
 _PREFIX, _SET_START, _IN_SET, _AFTER_SET, _END = range(5)
 # A set boundary is ``,{"``; searched as ``,{`` (then the quote checked): a needle ending in a
-# quote makes bytes.find crawl through JSON, where quotes are everywhere (5x slower).
+# quote makes bytes.find crawl through JSON, where quotes are everywhere (bench/README.md).
 _NEW_SET = b",{"
 
 

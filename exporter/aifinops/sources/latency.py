@@ -331,6 +331,9 @@ class LatencySource:
         self._bucket = f"{settings.metric}_bucket"
         self.name = f"latency:{settings.name}"
         self.slot = Slot.LATENCY
+        self.local = False
+        self.min_interval_seconds = 0.0
+        self.targets = None
         self._transport = Transport(self.name, settings, run)
 
     @property

@@ -94,6 +94,8 @@ class LlmPriceSource:
     name = "llm_prices"
     slot = Slot.PRICES
     local = True  # a price list alone does not make the exporter ready (see refresh.py)
+    min_interval_seconds = 0.0
+    targets = None
 
     def __init__(self, settings: LlmPricesSettings, clock: Clock = time.monotonic) -> None:
         self._settings = settings

@@ -22,7 +22,7 @@ The month-to-date query (:class:`OpenCostMonthSource`, every
 24-hour step from the window start (the last set partial, up to now);
 :func:`parse_allocation_sets` keeps the sets apart. It is aggregated server-side by what
 tenancy reads (see :func:`month_aggregation`), so its size follows tenants, not pods, and it
-is asked a few days at a time (:func:`month_query_segments`, :func:`month_pieces`): the
+is asked a few days at a time (:mod:`aifinops.model.calendar`: its segments and pieces): the
 current month, ``history_months`` whole months before it (chargeback) and the forecast's
 look-back, each piece far under ``max_response_bytes``.
 
@@ -31,6 +31,10 @@ pieces of whole rows (:class:`~aifinops.sources.jsonchunks.SetStream`), each dec
 CPU worker in one short call, so a 44 MB answer never exists whole in memory and a scrape
 never waits for more than one piece. Any surprise in the body falls back to fetching it
 again and decoding it whole, which gives exactly what the parse functions give.
+
+One decoder reads the format: msgspec into the typed rows below (:func:`_decode_document`,
+:func:`_typed_rows`), whole or a piece at a time. The stdlib reference decoder it was checked
+against lives in the tests (``tests/sources/opencost_reference.py``), as the oracle.
 """
 
 from __future__ import annotations
@@ -44,15 +48,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
 import structlog
 
-from aifinops.model.forecast import month_bounds
+from aifinops.model.calendar import DAY_SECONDS, month_pieces, month_query_segments
 from aifinops.model.inputs import EMPTY_LABELS, Allocation, AllocationSet, DailyAllocationSets
-from aifinops.model.tenancy import sanitize_label_key
+from aifinops.model.tenancy import MonthAggregation
+from aifinops.model.tenancy import month_aggregation as tenancy_aggregation
 from aifinops.settings import OpenCostSettings, TenancySettings
 from aifinops.settings_finance import BudgetsSettings
 from aifinops.sources.base import (
@@ -88,6 +92,9 @@ class OpenCostSource:
 
     name = "opencost"
     slot = Slot.ALLOCATIONS
+    local = False
+    min_interval_seconds = 0.0
+    targets = None
 
     def __init__(self, settings: OpenCostSettings, *, run: CpuRunner) -> None:
         self._settings = settings
@@ -153,48 +160,6 @@ def _accumulated(sets: list[dict[str, Allocation]], window_hours: float) -> Allo
     return AllocationSet(window_hours=window_hours, allocations=tuple(rows.values()))
 
 
-def _allocation_sets(body: bytes) -> list[dict[str, Any]]:
-    """The ``data`` sets of an ``/allocation/compute`` body, in order (``null`` sets are
-    empty ones); raises :class:`SourceError` like :func:`parse_allocation_response`."""
-    try:
-        doc = loads_json(body)
-    except (ValueError, RecursionError) as exc:
-        raise SourceError("parse", f"OpenCost response is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise SourceError("invalid", "OpenCost response is not a JSON object")
-    if doc.get("code") != 200:
-        message = str(doc.get("message", ""))[:200]
-        raise SourceError("invalid", f"OpenCost answered code {doc.get('code')!r}: {message}")
-    sets = doc.get("data")
-    if sets is None:
-        sets = []
-    if not isinstance(sets, list):
-        raise SourceError("invalid", "OpenCost data is not a list of allocation sets")
-    out: list[dict[str, Any]] = []
-    for allocation_set in sets:
-        if allocation_set is None:
-            out.append({})
-            continue
-        if not isinstance(allocation_set, dict):
-            raise SourceError("invalid", "an OpenCost allocation set is not an object")
-        out.append(allocation_set)
-    return out
-
-
-def _row(key: str, raw: Any, agg: MonthAggregation | None = None) -> Allocation:
-    try:
-        row = _allocation(key, raw)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SourceError("invalid", f"OpenCost allocation {key[:100]!r}: {exc}") from None
-    ident = agg.identity(key) if agg is not None else None
-    if ident is None:
-        return row
-    name, namespace, labels = ident
-    return dataclasses.replace(
-        row, name=name, namespace=namespace, pod=None, node=None, labels=labels
-    )
-
-
 @dataclass(slots=True)
 class _Sets:
     """Decoded allocation sets in document order: rows by key, and (when asked for) each
@@ -205,24 +170,17 @@ class _Sets:
 
 
 def _whole_sets(body: bytes, agg: MonthAggregation | None, want_starts: bool) -> _Sets:
-    """Every set of a whole body: the typed fast path, else the stdlib reference path."""
+    """Every set of a whole body, decoded (raises :class:`SourceError` like
+    :func:`parse_allocation_response`)."""
     out = _Sets([], [])
-    typed = _typed_sets(body)
-    if typed is not None:
-        memo = _Memo()
-        for typed_set in typed:
-            out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
-            out.starts.append(_typed_starts(typed_set) if want_starts else {})
-        return out
-    for raw_set in _allocation_sets(body):
-        out.rows.append({key: _row(key, raw, agg) for key, raw in raw_set.items()})
-        out.starts.append(_raw_starts(raw_set) if want_starts else {})
+    memo = _Memo()
+    for typed_set in _typed_sets(body):
+        out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
+        out.starts.append(_typed_starts(typed_set) if want_starts else {})
     return out
 
 
 # --- month to date ------------------------------------------------------------------------
-
-DAY_SECONDS = 86400.0
 
 # The month-to-date query: one set per day, not accumulated, idle included and not shared.
 # ``window`` is an RFC 3339 pair built per fetch (see :func:`month_query_window`) and
@@ -233,118 +191,23 @@ MONTH_QUERY: dict[str, str] = {
     "includeIdle": "true",
     "shareIdle": "false",
 }
-UNALLOCATED_PART = "__unallocated__"
-
-
-@dataclass(frozen=True, slots=True)
-class MonthAggregation:
-    """How the month query aggregates, and how its row keys are read back.
-
-    ``labels`` (OpenCost-sanitized label names) means
-    ``aggregate=cluster,namespace,label:<l1>,...``: OpenCost
-    (``AllocationProperties.GenerateKey``) names each row
-    ``<cluster>/<namespace>/<value of l1>/...``, writing ``__unallocated__`` for a label the
-    pods lack (versions before 2023 wrote ``<label>=<value>``; both are read). Pods with
-    equal parts are summed into one row whose ``properties`` are the intersection of theirs
-    (``AllocationProperties.Intersection``): cluster, namespace and, because all its pods
-    share the namespace, ``namespaceLabels`` survive; pod labels do not (hence they are read
-    from the key). The cluster is there because two clusters' namespaces of one name may
-    carry different labels. Idle stays one ``__idle__`` row (not shared, not split).
-    ``labels=None`` is the pod aggregation, ``namespace,pod``. ``reason`` says why this one
-    was chosen.
-    """
-
-    labels: tuple[str, ...] | None
-    reason: str
-
-    @property
-    def aggregate(self) -> str:
-        """The ``aggregate`` query parameter."""
-        if self.labels is None:
-            return "namespace,pod"
-        return ",".join(("cluster", "namespace", *(f"label:{name}" for name in self.labels)))
-
-    def identity(self, key: str) -> tuple[str, str | None, Mapping[str, str]] | None:
-        """``(name, namespace, labels)`` of an aggregated row, for tenancy; ``None`` for a
-        row to keep as OpenCost named it (idle, a key of another shape, pod aggregation).
-
-        Read from the right: namespaces and label values hold no ``/``, a cluster name may
-        (an EKS ARN). The name is ``<cluster>/<namespace>{label=value,...}``: never
-        ``…__unallocated__`` (that would book the row to ``__unallocated__`` whatever its
-        namespace) nor ``…__idle__``. A part that is empty or ``__unallocated__`` is a label
-        the pods lack (tenancy treats a blank value as missing too)."""
-        names = self.labels
-        if names is None or "__idle__" in key:
-            return None
-        parts = key.rsplit("/", len(names) + 1)
-        if len(parts) != len(names) + 2:
-            return None
-        labels: dict[str, str] = {}
-        for name, part in zip(names, parts[2:], strict=True):
-            if part.startswith(name) and part[len(name) : len(name) + 1] == "=":
-                part = part[len(name) + 1 :]
-            if part and part != UNALLOCATED_PART:
-                labels[name] = part
-        shown = ",".join(f"{k}={v}" for k, v in labels.items())
-        name = f"{parts[0]}/{parts[1]}{{{shown}}}"
-        return name, parts[1] or None, labels or EMPTY_LABELS
 
 
 def month_aggregation(
     tenancy: TenancySettings | None, settings: OpenCostSettings
 ) -> MonthAggregation:
-    """The month query's aggregation for these tenancy rules.
-
-    Tenancy reads, per pod: its labels (the configured pod label keys, as OpenCost sanitizes
-    them, also with the ``label_`` prefix), its namespace's labels and its namespace. So
-    ``cluster,namespace`` plus ``label:<key>`` for each of those label names keeps every
-    input of every rule, and each aggregated row resolves to the tenant each of its pods
-    resolves to: the month-to-date per tenant is the pod aggregation's, with one row per
-    (cluster, namespace, tenant labels) instead of one per pod (1,900 rows a day instead of
-    22,000 at 10k GPUs). Idle is not shared, so the ``__idle__`` row does not depend on the
-    aggregation either. (No tenancy rule reads a pod's name; one that did would need pods.)
-
-    Pod aggregation instead, with the reason: when ``settings.month_aggregation`` is
-    ``pod``; without tenancy rules; and with ``shareSplit=even`` in the extra ``params``
-    (shared costs are then split evenly per row, so the rows asked for change the split).
-    """
-    if settings.month_aggregation == "pod":
-        return MonthAggregation(None, "sources.opencost.month_aggregation is pod")
-    if tenancy is None:
-        return MonthAggregation(None, "no tenancy rules were given to the month query")
-    if settings.params.get("shareSplit", "").strip().lower() == "even":
-        return MonthAggregation(
-            None, "params.shareSplit=even splits shared costs per row: pod rows keep it exact"
-        )
-    names: list[str] = []
-    for key in tenancy.pod_label_keys:
-        sanitized = sanitize_label_key(key)
-        names += [sanitized, f"label_{sanitized}"]
-    labels = tuple(dict.fromkeys(names))
-    return MonthAggregation(
-        labels, "cluster, namespace and the tenancy pod label keys keep tenancy exact"
+    """The month query's aggregation for these tenancy rules and this source's settings
+    (the rules themselves: :func:`aifinops.model.tenancy.month_aggregation`)."""
+    return tenancy_aggregation(
+        None if tenancy is None else tenancy.pod_label_keys,
+        pod=settings.month_aggregation == "pod",
+        share_split_even=settings.params.get("shareSplit", "").strip().lower() == "even",
     )
 
 
 def rfc3339_utc(ts: float) -> str:
     """Unix seconds → ``YYYY-MM-DDTHH:MM:SSZ`` (whole seconds, rounded down)."""
     return datetime.fromtimestamp(math.floor(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def month_query_window(now: float, tz: str, lookback_days: int) -> tuple[float, float]:
-    """``(start, end)`` unix seconds of the month-to-date query at ``now``.
-
-    ``start`` is the calendar month's start in time zone ``tz`` moved back by whole 24-hour
-    days until ``lookback_days`` full days before today are covered (so the forecast has a
-    trend on the 1st); a set boundary therefore falls exactly on the month start, and the
-    month-to-date spend is the sum of the sets from there. Around a DST change the sets
-    before the month start are offset by the hour from local midnights (they only feed the
-    trend). ``end`` is ``now`` rounded down to the second.
-    """
-    bounds = month_bounds(now, tz)
-    day_of_month = datetime.fromtimestamp(now, ZoneInfo(tz)).day
-    extra = max(0, lookback_days - (day_of_month - 1))
-    return bounds.start - extra * DAY_SECONDS, float(math.floor(now))
 
 
 def parse_allocation_sets(
@@ -416,61 +279,12 @@ def _set_start(rows: Mapping[str, Allocation], starts: Mapping[str, str]) -> flo
     return None
 
 
-def _raw_starts(raw_set: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, raw in raw_set.items():
-        window = raw.get("window") if isinstance(raw, dict) else None
-        text = window.get("start") if isinstance(window, dict) else None
-        if isinstance(text, str):
-            out[key] = text
-    return out
-
-
 def _typed_starts(typed_set: Mapping[str, _Row]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, r in typed_set.items():
-        if r.window is not None and r.window.start is not None:
+        # A start that is not a string does not date its set (the step grid does).
+        if r.window is not None and isinstance(r.window.start, str):
             out[key] = r.window.start
-    return out
-
-
-def previous_month_start(month_start: float, tz: str) -> float:
-    """Local midnight on the 1st of the month before the one starting at ``month_start``."""
-    first = datetime.fromtimestamp(month_start, ZoneInfo(tz)).date()
-    year, month = (first.year - 1, 12) if first.month == 1 else (first.year, first.month - 1)
-    prev = first.replace(year=year, month=month, day=1)
-    return datetime(prev.year, prev.month, 1, tzinfo=ZoneInfo(tz)).timestamp()
-
-
-def month_query_segments(
-    now: float, tz: str, lookback_days: int, history_months: int
-) -> list[tuple[float, float]]:
-    """The windows the month query covers, oldest first, each asked with its own ``window``
-    so that a set boundary falls on every month start: ``history_months`` whole calendar
-    months before the current one (for chargeback), the current month to ``now``, and in
-    front the lookback days (:func:`month_query_window`) that reach before all of those."""
-    lookback_start, end = month_query_window(now, tz, lookback_days)
-    current = month_bounds(now, tz).start
-    starts = [current]
-    for _ in range(history_months):
-        starts.insert(0, previous_month_start(starts[0], tz))
-    segments: list[tuple[float, float]] = []
-    if lookback_start < starts[0]:
-        segments.append((lookback_start, starts[0]))
-    segments += list(zip(starts, [*starts[1:], end], strict=True))
-    return [(a, b) for a, b in segments if b > a]
-
-
-def month_pieces(segments: list[tuple[float, float]], days: int) -> list[tuple[float, float]]:
-    """Each segment cut into requests of ``days`` 24-hour steps from its start (the last one
-    shorter): the sets of the pieces are the segment's own sets."""
-    out: list[tuple[float, float]] = []
-    span = days * DAY_SECONDS
-    for start, end in segments:
-        t = start
-        while t < end:
-            out.append((t, min(t + span, end)))
-            t += span
     return out
 
 
@@ -484,13 +298,14 @@ CLOSED_REFETCH_SECONDS = 6 * 3600.0
 
 class OpenCostMonthSource:
     """``GET {url}/allocation/compute`` for the month to date and ``history_months`` whole
-    months before it, in daily sets (see :func:`month_query_segments`,
+    months before it, in daily sets (see :func:`~aifinops.model.calendar.month_query_segments`,
     :func:`parse_allocation_sets`), named ``opencost_month``, aggregated as
     :func:`month_aggregation` decides for ``tenancy`` (logged once).
 
     Asked in pieces of ``month_piece_days`` days, one after another, each answer decoded
-    while it streams: at 10k GPUs / 2k tenants a whole month is ~130 MB (over the default
-    64 MiB ``max_response_bytes``) while a week is ~30 MB. A piece over the cap is split in
+    while it streams: at fleet scale a whole month is over the default
+    ``max_response_bytes`` while a week is well under it (sizes: bench/README.md). A piece
+    over the cap is split in
     halves (and later pieces are that size, logged once); a single day over the cap fails
     the fetch with reason ``too_large`` and a message naming the setting. Pieces that ended
     over two days ago are kept and asked again every six hours only, so a steady refresh
@@ -506,6 +321,8 @@ class OpenCostMonthSource:
 
     name = "opencost_month"
     slot = Slot.MONTHLY
+    local = False
+    targets = None
 
     def __init__(
         self,
@@ -519,7 +336,7 @@ class OpenCostMonthSource:
         self._settings = settings
         self._budgets = budgets
         self._clock = clock
-        self.min_interval_seconds = budgets.refresh_interval_seconds
+        self.min_interval_seconds = float(budgets.refresh_interval_seconds)
         self.aggregation = month_aggregation(tenancy, settings)
         self._streamer = _Streamer(self.name, run)
         self.piece_days = settings.month_piece_days
@@ -655,9 +472,8 @@ def month_timeout(s: OpenCostSettings) -> float:
 # --- streaming ----------------------------------------------------------------------------
 
 # How many pieces may wait for the CPU worker while the body keeps arriving (each about
-# jsonchunks.PIECE_BYTES, so at most ~16 MB): the one worker also parses the other sources'
-# answers, and the transfer should go on meanwhile rather than wait for it (measured at 10k
-# GPUs: with 2, the rate query took twice as long inside a refresh as alone).
+# jsonchunks.PIECE_BYTES): the one worker also parses the other sources' answers, and the
+# transfer should go on meanwhile rather than wait for it (bench/README.md).
 MAX_PENDING_PIECES = 16
 
 
@@ -677,25 +493,15 @@ class _Restream(Exception):
 def _decode_piece(
     piece: bytes, agg: MonthAggregation | None, want_starts: bool, memo: _Memo
 ) -> tuple[dict[str, Allocation], dict[str, str]]:
-    """One piece (a JSON object of whole rows): the typed fast path, else the reference
-    path. Raises :class:`_Restream` for a piece that is not a JSON object of rows, and for a
-    row the reference path rejects (the whole body decides which error is reported)."""
-    if _POSITIONAL:
-        try:
-            typed = _decode_rows(piece)
-        except ValueError:
-            pass
-        else:
-            rows = dict(_typed_rows(typed, agg, memo))
-            return rows, _typed_starts(typed) if want_starts else {}
+    """One piece (a JSON object of whole rows), decoded. Raises :class:`_Restream` for a
+    piece that does not decode: the whole body decides the result or which error is
+    reported (:func:`_whole_sets`, which also reads text with invalid Unicode)."""
     try:
-        raw = loads_json(piece)
-        if not isinstance(raw, dict):
-            raise _Restream("a piece is not a JSON object")
-        rows = {key: _row(key, value, agg) for key, value in raw.items()}
-    except (ValueError, RecursionError, SourceError) as exc:
-        raise _Restream(str(exc)) from None
-    return rows, _raw_starts(raw) if want_starts else {}
+        typed = _decode_rows(piece)
+    except ValueError as exc:  # msgspec's DecodeError and ValidationError, UnicodeDecodeError
+        raise _Restream(str(exc)[:200]) from None
+    rows = dict(_typed_rows(typed, agg, memo))
+    return rows, _typed_starts(typed) if want_starts else {}
 
 
 async def stream_sets(
@@ -800,17 +606,20 @@ async def stream_sets(
 class _Streamer:
     """Streamed fetch and decode, with the whole-body fallback and its memory.
 
-    A body that breaks the streamed shape midway (or has a row the reference path rejects)
-    is fetched again and decoded whole by ``parse_whole``, so the result or the error is
+    A body that breaks the streamed shape midway (or has a piece that does not decode) is
+    fetched again and decoded whole by ``parse_whole``, so the result or the error is
     always exactly that function's. When that second decode succeeds, the upstream's answers
     have a shape streaming cannot cut (extra fields, unusual keys): this source then fetches
-    whole bodies from now on (logged once), rather than every answer twice.
+    whole bodies from now on (logged once), rather than every answer twice. A body that does
+    not start as Go's compact encoding writes it (:data:`_SETS_PREFIX`) is decoded whole at
+    once, and that is logged once too.
     """
 
     def __init__(self, name: str, run: CpuRunner) -> None:
         self._name = name
         self._run = run
         self._whole = False
+        self._not_compact_logged = False
 
     async def fetch(
         self,
@@ -828,6 +637,9 @@ class _Streamer:
                 reason = str(exc)
             else:
                 if isinstance(got, bytes):
+                    if not self._not_compact_logged:
+                        self._not_compact_logged = True
+                        log.info("opencost_not_streamed", source=self._name, bytes=len(got))
                     return await self._run(parse_whole, got)
                 return await self._run(assemble, got)
         else:
@@ -847,12 +659,10 @@ class _Streamer:
         return result
 
 
-# --- the fast path: typed decoding ---------------------------------------------------------
-# msgspec decodes straight into these (unknown fields are skipped without building objects):
-# on the 10k-GPU answer (44 MB, 20k rows) about 6x faster than json.loads + dict walking, and
-# it never holds the whole document as Python dicts. Any body these types do not fit (a
-# string where a number belongs, NaN literals, a code other than 200, ...) goes through the
-# stdlib path below instead, which gives the same result or the same error as before.
+# --- the decoder: typed rows ----------------------------------------------------------------
+# msgspec decodes straight into these (unknown fields are skipped without building objects),
+# so the whole document never exists as Python dicts (figures: bench/README.md). A body these
+# types do not fit is OpenCost's error or another shape: SourceError, reason ``invalid``.
 
 
 class _Gpu(msgspec.Struct, gc=False):
@@ -869,7 +679,7 @@ class _Props(msgspec.Struct, gc=False):
 
 
 class _Window(msgspec.Struct, gc=False):
-    start: str | None = None
+    start: Any = None  # a string to date the set by; anything else is ignored
 
 
 class _Row(msgspec.Struct, gc=False):
@@ -902,6 +712,7 @@ class _Row(msgspec.Struct, gc=False):
 
 class _Doc(msgspec.Struct, gc=False):
     code: Any = None
+    message: Any = None
     data: list[dict[str, _Row] | None] | None = None
 
 
@@ -929,14 +740,15 @@ def _row_cut(body: Buffer, at: int, end: int) -> int:
     return -1
 
 
-def _typed_sets(body: bytes) -> list[dict[str, _Row]] | None:
-    """The allocation sets of a well-formed ``code: 200`` body; ``None`` for anything else
-    (and always when :data:`_POSITIONAL` is false).
+def _typed_sets(body: bytes) -> list[dict[str, _Row]]:
+    """The allocation sets of a ``code: 200`` body, in order (a ``null`` set or ``data`` is
+    an empty one). Raises :class:`SourceError` ``parse`` for a body that is not JSON and
+    ``invalid`` for another code or another shape.
 
-    A one-set answer is decoded in pieces of about 1 MB (see :mod:`.jsonchunks`), so that a
-    scrape waits for one piece, not for the whole 44 MB of a 10k-GPU cluster."""
-    if not _POSITIONAL:
-        return None
+    A one-set answer in Go's compact encoding is decoded in pieces of about 1 MB (see
+    :mod:`.jsonchunks`), so that a scrape waits for one piece, not for the whole answer;
+    any other body (or a piece that does not decode) is decoded whole, which gives the same
+    rows."""
     pieces = decode_pieces(
         body, _ONE_SET_PREFIX, _ONE_SET_SUFFIX, _row_cut, _decode_rows, (b"{", b"}")
     )
@@ -945,15 +757,36 @@ def _typed_sets(body: bytes) -> list[dict[str, _Row]] | None:
         for piece in pieces:
             merged.update(piece)
         return [merged]
-    try:
-        doc = _decode_doc(body)
-    # ValidationError, DecodeError, and UnicodeDecodeError for a string with invalid UTF-8
-    # (msgspec raises it as is; found by tests/fuzz): all ValueErrors.
-    except ValueError:
-        return None
+    doc = _decode_document(body)
     if doc.code != 200:
-        return None
+        message = "" if doc.message is None else str(doc.message)[:200]
+        raise SourceError("invalid", f"OpenCost answered code {doc.code!r}: {message}")
     return [s if s is not None else {} for s in doc.data or ()]
+
+
+def _decode_document(body: bytes) -> _Doc:
+    """The whole body decoded into the typed rows. msgspec's reader is strict; text it
+    refuses that Python's ``json`` reads (``NaN`` and ``Infinity`` tokens; invalid UTF-8 and
+    lone surrogate escapes, replaced by U+FFFD in :func:`aifinops.text.loads_json`) is read
+    by the latter and converted to the same types, so the rows and the checks are the same."""
+    try:
+        return _decode_doc(body)
+    except msgspec.ValidationError as exc:
+        raise SourceError(
+            "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
+        ) from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    try:
+        doc = loads_json(body)
+    except (ValueError, RecursionError) as exc:
+        raise SourceError("parse", f"OpenCost response is not JSON: {str(exc)[:200]}") from None
+    try:
+        return msgspec.convert(doc, _Doc)
+    except msgspec.ValidationError as exc:
+        raise SourceError(
+            "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
+        ) from None
 
 
 def _nn(value: float) -> float:
@@ -967,9 +800,9 @@ class _Memo:
     namespace's label map (the same on each of its pods), and the month query's read-back
     keys (the same every day: one name, namespace and label map for all its days).
 
-    At 10k GPUs this keeps a quarter of the rate answer's rows' memory (33 → 25 MB) and
-    over half of the month's, for a dictionary lookup or two per row. Used from one thread
-    at a time (the CPU worker decodes a fetch's pieces one after another)."""
+    It saves a good part of the rows' memory for a dictionary lookup or two per row
+    (bench/README.md). Used from one thread at a time (the CPU worker decodes a fetch's
+    pieces one after another)."""
 
     __slots__ = ("identities", "namespace_labels", "text")
 
@@ -979,9 +812,9 @@ class _Memo:
         self.identities: dict[str, tuple[str, str | None, Mapping[str, str]] | None] = {}
 
 
-# The fields _typed_rows fills, in order: rows are built positionally (a frozen dataclass
-# with 18 keyword arguments costs about 6 µs a row, positional about 3.5). Should Allocation
-# ever declare other fields or another order, the fast path is off and the stdlib path runs.
+# The fields _typed_rows fills, in order: rows are built positionally (keyword arguments cost
+# nearly twice as much per row: bench/README.md). Allocation must declare exactly these, in
+# this order; the import fails loudly otherwise, rather than filling the wrong fields.
 _ROW_FIELDS = (
     "name",
     "namespace",
@@ -1005,7 +838,11 @@ _ROW_FIELDS = (
     "ram_byte_hours",
     "pv_byte_hours",
 )
-_POSITIONAL = tuple(f.name for f in dataclasses.fields(Allocation)) == _ROW_FIELDS
+if tuple(f.name for f in dataclasses.fields(Allocation)) != _ROW_FIELDS:
+    raise RuntimeError(
+        "model.inputs.Allocation's fields changed: update sources/opencost.py _ROW_FIELDS and "
+        "_typed_rows, which build its rows positionally"
+    )
 
 
 def _typed_rows(
@@ -1042,8 +879,8 @@ def _typed_rows(
         node = p.node or None
         if node is not None:
             node = text(node, node)
-        # Label values are not shared: rebuilding 20k maps to do so costs more CPU (~40 ms
-        # at 10k GPUs) than the 8 MB it saves is worth; their keys are (msgspec's key cache).
+        # Label values are not shared: rebuilding every map to do so costs more CPU than the
+        # memory it saves is worth (bench/README.md); their keys are (msgspec's key cache).
         labels: Mapping[str, str] = p.labels or EMPTY_LABELS
         ns_labels: Mapping[str, str] = EMPTY_LABELS
         if p.namespaceLabels:
@@ -1089,58 +926,7 @@ def _typed_rows(
     return out
 
 
-# --- the reference path: stdlib json ------------------------------------------------------
-
-
-def _allocation(key: str, raw: Any) -> Allocation:
-    if not isinstance(raw, dict):
-        raise TypeError("not an object")
-    props = raw.get("properties", {})
-    if props is None:
-        props = {}
-    if not isinstance(props, dict):
-        raise TypeError("properties is not an object")
-
-    def cost(field: str, adjustment: str | None = None) -> float:
-        total = _number(raw, field) + (_number(raw, adjustment) if adjustment else 0.0)
-        return _non_negative(total)
-
-    gpu = raw.get("gpuAllocation")
-    if gpu is None:
-        gpu = {}
-    if not isinstance(gpu, dict):
-        raise TypeError("gpuAllocation is not an object")
-    gpu_count = _optional_number(gpu, "gpuRequestAverage")
-    if gpu_count is None:
-        gpu_count = _optional_number(raw, "gpuRequestAverage")
-    if gpu_count is None:
-        gpu_count = _number(raw, "gpuCount")
-    gpu_usage = _optional_number(gpu, "gpuUsageAverage")
-    if gpu_usage is None:
-        gpu_usage = _optional_number(raw, "gpuUsageAverage")
-    return Allocation(
-        name=key,
-        namespace=_text(props, "namespace"),
-        pod=_text(props, "pod"),
-        node=_text(props, "node"),
-        minutes=_non_negative(_number(raw, "minutes")),
-        gpu_hours=_non_negative(_number(raw, "gpuHours")),
-        gpu_count=_non_negative(gpu_count),
-        gpu_usage_average=None if gpu_usage is None else _non_negative(gpu_usage),
-        cpu_cost=cost("cpuCost", "cpuCostAdjustment"),
-        gpu_cost=cost("gpuCost", "gpuCostAdjustment"),
-        ram_cost=cost("ramCost", "ramCostAdjustment"),
-        pv_cost=cost("pvCost", "pvCostAdjustment"),
-        network_cost=cost("networkCost", "networkCostAdjustment"),
-        load_balancer_cost=cost("loadBalancerCost", "loadBalancerCostAdjustment"),
-        shared_cost=cost("sharedCost"),
-        external_cost=cost("externalCost"),
-        labels=_labels(props, "labels"),
-        namespace_labels=_labels(props, "namespaceLabels"),
-        cpu_core_hours=_non_negative(_number(raw, "cpuCoreHours")),
-        ram_byte_hours=_non_negative(_number(raw, "ramByteHours")),
-        pv_byte_hours=_non_negative(_number(raw, "pvByteHours")),
-    )
+# --- accumulation ---------------------------------------------------------------------
 
 
 def _merge(a: Allocation, b: Allocation) -> Allocation:
@@ -1176,39 +962,3 @@ def _merge(a: Allocation, b: Allocation) -> Allocation:
         ram_byte_hours=a.ram_byte_hours + b.ram_byte_hours,
         pv_byte_hours=a.pv_byte_hours + b.pv_byte_hours,
     )
-
-
-def _optional_number(obj: dict[str, Any], key: str) -> float | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if type(value) not in (int, float):  # bool is an int subclass, and not a number here
-        raise TypeError(f"{key} is {type(value).__name__}, not a number")
-    return float(value)
-
-
-def _number(obj: dict[str, Any], key: str) -> float:
-    value = _optional_number(obj, key)
-    return 0.0 if value is None else value
-
-
-def _non_negative(value: float) -> float:
-    return value if 0.0 < value < math.inf else 0.0
-
-
-def _text(props: dict[str, Any], key: str) -> str | None:
-    value = props.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"properties.{key} is not a string")
-    return value
-
-
-def _labels(props: dict[str, Any], key: str) -> Mapping[str, str]:
-    labels = props.get(key)
-    if labels is None:
-        return EMPTY_LABELS
-    if not isinstance(labels, dict) or not all(type(v) is str for v in labels.values()):
-        raise TypeError(f"properties.{key} is not a map of strings")
-    return labels or EMPTY_LABELS

@@ -48,9 +48,13 @@ async def instant_query(
     return await run(parse_vector, body, skipped)
 
 
-# --- the fast path: msgspec, in pieces --------------------------------------------------
-# A vector element decoded straight into a struct; any body these types do not fit goes
-# through the stdlib path below, which gives the same result or the same error as before.
+# --- the decoder: msgspec --------------------------------------------------------------------
+# One typed decoder. Prometheus' compact answer is decoded a piece of elements at a time
+# (jsonchunks), so a scrape waits for one piece, not the whole answer; any other body, or one
+# with an element these types refuse, is decoded whole and its elements one by one, so one
+# bad series can be skipped (``skipped``) or named. Text msgspec's strict reader refuses
+# (invalid UTF-8, lone surrogates, NaN tokens) is read by the stdlib (aifinops.text) and
+# converted to the same types. The stdlib reference decoder is in the tests, as the oracle.
 
 
 class _Element(msgspec.Struct, gc=False):
@@ -59,12 +63,14 @@ class _Element(msgspec.Struct, gc=False):
 
 
 class _Data(msgspec.Struct, gc=False):
-    resultType: str
-    result: list[_Element]
+    resultType: Any = None
+    result: Any = None  # a list of elements, each decoded as an _Element on its own
 
 
 class _Answer(msgspec.Struct, gc=False):
-    status: str
+    status: Any = None
+    errorType: Any = "?"
+    error: Any = "?"
     data: _Data | None = None
 
 
@@ -80,28 +86,46 @@ def _element_cut(body: bytes, at: int, end: int) -> int:
     return body.find(_ELEMENT_START, at, end)
 
 
-def _typed_vector(body: bytes) -> list[tuple[dict[str, str], float]] | None:
-    """The vector of a well-formed success answer, decoded in pieces of about 1 MB when it
-    has Prometheus' compact form; ``None`` for anything else."""
-    pieces = decode_pieces(
-        body, _VECTOR_PREFIX, _VECTOR_SUFFIX, _element_cut, _decode_elements, (b"[", b"]")
-    )
-    if pieces is not None:
-        elements = [e for piece in pieces for e in piece]
-    else:
-        try:
-            answer = _decode_answer(body)
-        # DecodeError (ValidationError included), and UnicodeDecodeError: msgspec raises that
-        # for a string with invalid UTF-8 (found by tests/fuzz).
-        except ValueError:
-            return None
-        if answer.status != "success" or answer.data is None or answer.data.resultType != "vector":
-            return None
-        elements = answer.data.result
+def _answer(body: bytes) -> _Answer:
+    """The whole answer, its elements left as decoded JSON values; raises SourceError."""
     try:
-        return [(e.metric, float(e.value[1])) for e in elements]
+        return _decode_answer(body)
+    except msgspec.ValidationError as exc:
+        raise _shape_error(exc) from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    try:
+        doc = loads_json(body)
+    except (ValueError, RecursionError) as exc:
+        raise SourceError("parse", f"Prometheus API response is not JSON: {exc}") from None
+    try:
+        return msgspec.convert(doc, _Answer)
+    except msgspec.ValidationError as exc:
+        raise _shape_error(exc) from None
+
+
+def _shape_error(exc: msgspec.ValidationError) -> SourceError:
+    text = str(exc)
+    if " - at `" not in text:
+        return SourceError("invalid", "Prometheus API response is not a JSON object")
+    return SourceError("invalid", f"Prometheus API response of another shape: {text[:200]}")
+
+
+def _series(item: Any) -> tuple[dict[str, str], float]:
+    """One ``{"metric": {...}, "value": [ts, "v"]}`` element."""
+    try:
+        e = msgspec.convert(item, _Element)
+    except msgspec.ValidationError:
+        if not isinstance(item, dict):
+            raise SourceError("invalid", "a vector element is not an object") from None
+        # Not the element itself: its labels may hold an API key hash or an email address.
+        raise SourceError(
+            "invalid", "malformed vector element (labels or value of a wrong type)"
+        ) from None
+    try:
+        return e.metric, float(e.value[1])
     except ValueError:
-        return None
+        raise SourceError("invalid", f"sample value {e.value[1][:40]!r} is not a number") from None
 
 
 def parse_vector(
@@ -121,23 +145,23 @@ def parse_vector(
     ``skipped`` (the token sources: one bad series must not hide the others) such a series is
     left out and counted in ``skipped[0]`` instead.
     """
-    typed = _typed_vector(body)
-    if typed is not None:
-        return typed
-    try:
-        doc = loads_json(body)
-    except (ValueError, RecursionError) as exc:
-        raise SourceError("parse", f"Prometheus API response is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise SourceError("invalid", "Prometheus API response is not a JSON object")
-    if doc.get("status") != "success":
-        detail = f"{doc.get('errorType', '?')}: {doc.get('error', '?')}"
-        raise SourceError("invalid", f"Prometheus API status {doc.get('status')!r} ({detail:.200})")
-    data = doc.get("data")
-    if not isinstance(data, dict) or data.get("resultType") != "vector":
-        kind = data.get("resultType") if isinstance(data, dict) else None
+    pieces = decode_pieces(
+        body, _VECTOR_PREFIX, _VECTOR_SUFFIX, _element_cut, _decode_elements, (b"[", b"]")
+    )
+    if pieces is not None:
+        try:
+            return [(e.metric, float(e.value[1])) for piece in pieces for e in piece]
+        except ValueError:
+            pass  # a value that is no number: decided element by element below
+    answer = _answer(body)
+    if answer.status != "success":
+        detail = f"{answer.errorType}: {answer.error}"
+        raise SourceError("invalid", f"Prometheus API status {answer.status!r} ({detail:.200})")
+    data = answer.data
+    if data is None or data.resultType != "vector":
+        kind = data.resultType if data is not None else None
         raise SourceError("invalid", f"expected an instant vector, got resultType {kind!r}")
-    result = data.get("result")
+    result = data.result
     if not isinstance(result, list):
         raise SourceError("invalid", "Prometheus API data.result is not a list")
     if skipped is None:
@@ -149,24 +173,3 @@ def parse_vector(
         except SourceError:
             skipped[0] += 1
     return out
-
-
-def _series(item: Any) -> tuple[dict[str, str], float]:
-    """One ``{"metric": {...}, "value": [ts, "v"]}`` element."""
-    if not isinstance(item, dict):
-        raise SourceError("invalid", "a vector element is not an object")
-    metric = item.get("metric")
-    value = item.get("value")
-    if (
-        not isinstance(metric, dict)
-        or not all(type(v) is str for v in metric.values())
-        or not isinstance(value, list)
-        or len(value) != 2
-        or not isinstance(value[1], str)
-    ):
-        # Not the element itself: its labels may hold an API key hash or an email address.
-        raise SourceError("invalid", "malformed vector element (labels or value of a wrong type)")
-    try:
-        return metric, float(value[1])
-    except ValueError:
-        raise SourceError("invalid", f"sample value {value[1][:40]!r} is not a number") from None

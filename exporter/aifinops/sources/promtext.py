@@ -326,16 +326,16 @@ E = TypeVar("E", bound=SeriesEntry)
 class SeriesReader(Generic[E]):
     """Reads one scrape target's page again and again, doing the work per *series* once.
 
-    The page of a LiteLLM proxy at 10k GPUs holds ~110k counter lines (34 MB), and the next
-    scrape brings back the same series, in the same order, with new values. The reader keeps
-    per series the bytes of its line before the value (its *prefix*) and an entry the caller
-    derives once from the parsed name and labels. A span of the page is read whole when it
-    is exactly the prefixes expected next, each followed by one value token: one regex call
+    The page of a LiteLLM proxy at fleet scale holds a hundred thousand counter lines and more
+    (bench/README.md), and the next scrape brings back the same series, in the same order, with new
+    values. The reader keeps per series the bytes of its line before the value (its *prefix*) and an
+    entry the caller derives once from the parsed name and labels. A span of the page is read whole
+    when it is exactly the prefixes expected next, each followed by one value token: one regex call
     finds the tokens, one ``join`` and one ``startswith`` prove the span is those lines, and
-    ``map(float, ...)`` reads the values. Elsewhere lines are taken one by one: compared with
-    the prefix expected next, else looked up by prefix; only a series never seen before is
-    parsed. The entries are those of the last read (series gone from the page are dropped),
-    so memory follows the page.
+    ``map(float, ...)`` reads the values. Elsewhere lines are taken one by one: compared with the
+    prefix expected next, else looked up by prefix; only a series never seen before is parsed. The
+    entries are those of the last read (series gone from the page are dropped), so memory follows
+    the page.
 
     :meth:`read` gives what ``parse_text(decode_page(body), wanted)`` gives — the same
     samples in the same order, and the same :class:`ValueError` for a bad page — with each

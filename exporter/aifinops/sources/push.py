@@ -19,6 +19,8 @@ class PushSource:
     name = SOURCE_NAME
     slot = Slot.TOKENS
     local = True  # in-process data: does not make the exporter ready (see refresh.py)
+    min_interval_seconds = 0.0
+    targets = None
 
     def __init__(self, store: UsageStore) -> None:
         self.store = store

@@ -73,6 +73,7 @@ from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, Toke
 from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
+from aifinops.status import ScrapeTargets
 from aifinops.text import clean_value  # the label sanitiser, shared with the push schema
 
 Sample = tuple[str, Mapping[str, str], float]
@@ -565,8 +566,9 @@ def _fast_observation() -> Callable[
 ]:
     """``TokenObservation(*fields)`` made the way its frozen dataclass ``__init__`` makes it
     (an empty instance, then each slot set past the frozen ``__setattr__``), without the
-    ``object.__setattr__`` look-up per field: ~30% less time, and a refresh at 10k GPUs makes
-    ~110k of them. Checked against the class' shape; the plain class where it differs."""
+    ``object.__setattr__`` look-up per field (a refresh makes one per series; figures:
+    bench/README.md). Checked against the class' shape at import: a change there fails
+    loudly here rather than switching paths unseen."""
     fields = dataclasses.fields(TokenObservation)
     names = tuple(f.name for f in fields)
     params = getattr(TokenObservation, "__dataclass_params__", None)
@@ -578,7 +580,10 @@ def _fast_observation() -> Callable[
         or params is None
         or not params.frozen
     ):
-        return TokenObservation
+        raise RuntimeError(
+            "model.inputs.TokenObservation's shape changed: update sources/tokens.py "
+            "_fast_observation, which builds it slot by slot"
+        )
     new = object.__new__
     cls = TokenObservation
     s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12 = (getattr(cls, n).__set__ for n in names)
@@ -835,8 +840,8 @@ class TokenSource:
 
     In ``mode: scrape`` each target's page is read by a :class:`SeriesReader` kept for the
     life of the source: a series is parsed and mapped (digest, model, tenant, ...) when it
-    first appears, and a later refresh only reads its new value. At 10k GPUs (a LiteLLM page
-    of ~110k series) that takes a refresh from ~2 s of CPU to ~0.2 s. Each target is its own
+    first appears, and a later refresh only reads its new value (an order of magnitude less
+    CPU on a large LiteLLM page: bench/README.md). Each target is its own
     origin (with more than one): one that cannot be read is marked down alone
     (``aifinops_token_target_up``) and keeps its last good read until the source's
     ``stale_after_seconds``; the source fails only when every target does. A series that
@@ -856,6 +861,10 @@ class TokenSource:
         self._clock = clock
         self.name = f"tokens:{settings.name}"
         self.slot = Slot.TOKENS
+        self.local = False
+        self.min_interval_seconds = 0.0
+        # Its scrape targets' health (aifinops_token_target_up): this source reports it.
+        self.targets: ScrapeTargets | None = self
         self._transport = Transport(self.name, settings, run)
         wanted = self._mapping.wanted()
         self._readers: list[SeriesReader[_Series]] = [
@@ -968,8 +977,8 @@ class TokenSource:
         target_labels: Mapping[str, str],
         headers: Mapping[str, str],
     ) -> tuple[list[_Series], list[float], NameRuns, int]:
-        # On the CPU worker as soon as it arrives (a LiteLLM page at 10k GPUs: ~0.07 s
-        # steady, ~1 s the first time, when every series is parsed).
+        # On the CPU worker as soon as it arrives (the first read of a large page parses
+        # every series; later ones only read new values).
         return await self._transport.read_page(
             client,
             url,

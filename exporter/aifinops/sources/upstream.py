@@ -10,7 +10,7 @@ credentials (``bearer_token_env``, ``basic_auth`` with a password file or variab
 an ``Authorization`` header. Every other URL goes through the default pool: system CAs,
 verification on.
 
-Built from :class:`~aifinops.settings.Settings` by :func:`upstream_routes`, which raises
+Built from the configured upstream URLs by :func:`upstream_routes`, which raises
 :class:`~aifinops.settings.ConfigError` naming the field when a CA, certificate or key cannot
 be loaded, a password file cannot be read or a variable is unset — at start-up, and before a
 reload applies (``web/lifecycle.py`` swaps the routes with :meth:`UpstreamTransport.replace`).
@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import os
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import httpx
 import structlog
 
 from aifinops.safefile import read_secret_file
-from aifinops.settings import ConfigError, Settings, UpstreamHttpSettings, UpstreamTlsSettings
+from aifinops.settings import ConfigError, UpstreamHttpSettings, UpstreamTlsSettings
 from aifinops.status import redact_url
 
 log = structlog.get_logger("aifinops.sources.upstream")
@@ -37,34 +37,9 @@ log = structlog.get_logger("aifinops.sources.upstream")
 Origin = tuple[str, str, int]  # scheme, host, port
 
 
-def upstream_urls(settings: Settings) -> Iterator[tuple[str, str, UpstreamHttpSettings]]:
-    """``(field, url, its settings)`` for every URL of every enabled HTTP upstream."""
-    s = settings
-    dcgm = s.sources.dcgm
-    if dcgm.enabled:
-        if dcgm.mode == "prometheus" and dcgm.prometheus_url:
-            yield "sources.dcgm", dcgm.prometheus_url, dcgm
-        if dcgm.mode == "scrape":
-            for url in dcgm.scrape_urls:
-                yield "sources.dcgm", url, dcgm
-    oc = s.sources.opencost
-    if oc.enabled and oc.url:
-        yield "sources.opencost", oc.url, oc
-    if s.tokens.prices.url:
-        yield "tokens.prices", s.tokens.prices.url, s.tokens.prices
-    for section, sources in (
-        ("tokens.sources", s.tokens.sources),
-        ("latency.sources", s.latency.sources),
-    ):
-        for src in sources:
-            if not src.enabled:
-                continue
-            name = f"{section}.{src.name}"
-            if src.mode == "prometheus" and src.prometheus_url:
-                yield name, src.prometheus_url, src
-            if src.mode == "scrape":
-                for target in src.scrape_targets:
-                    yield name, target.url, src
+# (the configuration field, one URL of it, its HTTP settings): each registry entry of the
+# composition root (assemble.SOURCES) lists its section's.
+Upstream = tuple[str, str, UpstreamHttpSettings]
 
 
 def _origin(url: httpx.URL) -> Origin:
@@ -176,13 +151,16 @@ def _credentials(
     return None, None, None
 
 
-def upstream_routes(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Route]:
-    """A route for every upstream URL: its own pool when it has TLS settings or credentials,
-    else the default pool. Raises :class:`ConfigError` naming the field, also when two
-    upstreams give the same URL different TLS settings or credentials."""
+def upstream_routes(
+    upstreams: Iterable[Upstream], environ: Mapping[str, str] | None = None
+) -> list[Route]:
+    """A route for every upstream URL (``assemble.routes`` gathers them from the sources'
+    registry): its own pool when it has TLS settings or credentials, else the default pool.
+    Raises :class:`ConfigError` naming the field, also when two upstreams give the same URL
+    different TLS settings or credentials."""
     env = os.environ if environ is None else environ
     routes: dict[tuple[Origin, str], Route] = {}
-    for where, raw, up in upstream_urls(settings):
+    for where, raw, up in upstreams:
         try:
             url = httpx.URL(raw)
         except (httpx.InvalidURL, TypeError) as exc:

@@ -1,9 +1,10 @@
 """The JSON API (``/api/v1/...``): executive summary, budgets, recommendations, chargeback,
 what-if ROI and routing, and the OpenAPI document.
 
-Every read route answers from the current :class:`~aifinops.model.report.Report` (its
-``finance`` part), the same object the ``/metrics`` page was rendered from, so the API and
-``/metrics`` always agree. Requests and responses are the pydantic models of
+Every read route answers from the current finance figures
+(:class:`~aifinops.model.finance.FinanceReport`, which the refresh's snapshot holds beside its
+report), the same object the ``/metrics`` page was rendered from, so the API and ``/metrics``
+always agree. Requests and responses are the pydantic models of
 :mod:`aifinops.web.schemas`; unknown query parameters and body fields are rejected.
 
 Errors are ``{"error": {"code", "message", "field"}}`` (:class:`ErrorResponse`):
@@ -50,7 +51,6 @@ from pydantic import BaseModel, ValidationError
 from aifinops.model.chargeback import FocusParties, build_chargeback, chargeback_csv, focus_csv
 from aifinops.model.finance import FinanceContext, FinanceReport
 from aifinops.model.recommend import filter_recommendations
-from aifinops.model.report import Report
 from aifinops.model.roi import compute_roi
 from aifinops.model.routing import optimize_workload
 from aifinops.offload import run_side
@@ -82,10 +82,10 @@ WHAT_IF_PATHS = frozenset({f"{PREFIX}/roi/calculate", f"{PREFIX}/routing/optimiz
 MAX_BODY_BYTES = 1024 * 1024
 TOP_SAVINGS = 5
 
-ReportGetter = Callable[[], Report | None]
+FinanceGetter = Callable[[], FinanceReport | None]
 ContextGetter = Callable[[], FinanceContext | None]
 
-API_REPORT: web.AppKey[ReportGetter] = web.AppKey("api_report")
+API_FINANCE: web.AppKey[FinanceGetter] = web.AppKey("api_finance")
 API_CONTEXT: web.AppKey[ContextGetter] = web.AppKey("api_finance_context")
 API_READ_CACHE: web.AppKey[ReadCache] = web.AppKey("api_read_cache")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -273,16 +273,16 @@ async def _body(request: web.Request, model: type[M]) -> M:
         raise ApiError(422, "invalid_request", err.message, err.field) from None
 
 
-def _finance(request: web.Request) -> tuple[Report, FinanceReport]:
-    report = request.app[API_REPORT]()
-    if report is None or report.finance is None:
+def _finance(request: web.Request) -> FinanceReport:
+    finance = request.app[API_FINANCE]()
+    if finance is None:
         raise ApiError(
             503,
             "unavailable",
             "no report yet: the first refresh is pending",
             headers={"Retry-After": "10"},
         )
-    return report, report.finance
+    return finance
 
 
 def _context(request: web.Request) -> FinanceContext:
@@ -297,7 +297,7 @@ def _summary(request: web.Request) -> web.Response:
     """``GET /api/v1/summary``: spend month to date and its forecast (the whole cluster),
     budget state per tenant, ROI per initiative, idle GPU cost, the top savings."""
     _query_empty(request)
-    _, f = _finance(request)
+    f = _finance(request)
     spend = f.cluster.spend_usd if f.cluster is not None else math.fsum(f.month_to_date.values())
     return _json(
         SummaryResponse.build(
@@ -323,7 +323,7 @@ def _query_empty(request: web.Request) -> None:
 def _budgets(request: web.Request) -> web.Response:
     """``GET /api/v1/budgets``: every evaluated budget and the month to date per tenant."""
     _query_empty(request)
-    _, f = _finance(request)
+    f = _finance(request)
     return _json(
         BudgetsResponse.build(
             now=f.now,
@@ -349,7 +349,7 @@ def _recommendations(request: web.Request) -> web.Response:
         _query(request, RECOMMENDATION_ALIASES),
         RECOMMENDATION_PUBLIC,
     )
-    _, f = _finance(request)
+    f = _finance(request)
     recs = filter_recommendations(f.recommendations, query.tenant, query.kind, query.min_saving_usd)
     return _json(RecommendationsResponse.from_model(recs, f.now))
 
@@ -358,7 +358,7 @@ def _chargeback(request: web.Request) -> web.Response:
     """``GET /api/v1/chargeback?period=YYYY-MM&format=json|csv|focus&basis=&share_idle=
     &share_unallocated=``; ``period`` defaults to the current month."""
     data = _query(request)
-    _, f = _finance(request)
+    f = _finance(request)
     data.setdefault("period", f.period)
     query = _validate_query(ChargebackQuery, data)
     books = f.books.get(query.period) if query.basis == "allocation" else None
@@ -426,7 +426,7 @@ async def handle_roi(request: web.Request) -> web.Response:
     request's fields replace them; without, the request's ``benefits`` and ``ai_cost`` over
     ``period_days`` (default 30), fully realized."""
     req = await _body(request, RoiCalculateRequest)
-    _, f = _finance(request)
+    f = _finance(request)
     if req.initiative is None:
         benefits, ai_cost = req.benefits, req.ai_cost
         assert benefits is not None and ai_cost is not None  # the schema checks it
@@ -457,7 +457,7 @@ async def handle_routing(request: web.Request) -> web.Response:
     request's fields replace its configuration; its observed monthly token volume is the
     default) or for ad-hoc candidates (volume 0 unless given)."""
     req = await _body(request, RoutingOptimizeRequest)
-    _, f = _finance(request)
+    f = _finance(request)
     base = _context(request).workload(req.workload) if req.workload else None
     if req.workload is not None and base is None and req.candidates is None:
         raise ApiError(404, "not_found", f"no workload named {req.workload!r}", "workload")
@@ -533,12 +533,12 @@ class ReadCache:
     async def answer(
         self, request: web.Request, build: Callable[[web.Request], web.Response]
     ) -> web.Response:
-        report = request.app[API_REPORT]()
-        if report is None:
+        finance = request.app[API_FINANCE]()
+        if finance is None:
             return build(request)  # 503, no report yet: nothing to cache
         # id() alone could be reused by the next report once this one is freed; with the
         # report's timestamp the pair is unique per refresh.
-        key = (id(report), report.now)
+        key = (id(finance), finance.now)
         if key != self._report:
             self._report, self._entries, self._bytes = key, {}, 0
         cached = self._entries.get(request.path_qs)
@@ -581,13 +581,13 @@ handle_chargeback = _read_route(_chargeback)
 def register_api(
     app: web.Application,
     settings: Settings,
-    report: ReportGetter,
+    finance: FinanceGetter,
     context: ContextGetter,
 ) -> None:
     """Add the API routes and the auth/error middleware to ``app`` (before it starts).
     Raises :class:`~aifinops.settings.ConfigError` when a configured token cannot be read."""
     app[API_TOKENS] = TokenStore.from_settings(settings.api)
-    app[API_REPORT] = report
+    app[API_FINANCE] = finance
     app[API_CONTEXT] = context
     app[API_SETTINGS] = settings
     app[API_READ_CACHE] = ReadCache()

@@ -148,6 +148,7 @@ def create_app(
             clock=clock,
             state_store=state,
             interval=settings.refresh.interval_seconds,
+            after_refresh=assemble.AFTER_REFRESH,
         )
         if run_loop:
             app[REFRESH_TASK] = asyncio.create_task(
@@ -179,7 +180,7 @@ def create_app(
     register_api(
         app,
         settings,
-        report=lambda: app[REFRESHER].snapshot.report if REFRESHER in app else None,
+        finance=lambda: app[REFRESHER].snapshot.finance if REFRESHER in app else None,
         context=lambda: app[REFRESHER].context.finance if REFRESHER in app else None,
     )
     if store is not None:

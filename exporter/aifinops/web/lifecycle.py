@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -32,11 +32,10 @@ from aiohttp import web
 
 from aifinops import assemble
 from aifinops.assemble import Route, SourceSpec
-from aifinops.exposition.catalog import CONFIG_RELOAD_SUCCESS, CONFIG_RELOAD_TIMESTAMP
-from aifinops.exposition.render import Family
+from aifinops.exposition.families import reload_families
 from aifinops.logs import configure_logging
 from aifinops.model.report import ModelContext
-from aifinops.settings import ConfigError, Settings, check_has_sources, load_settings
+from aifinops.settings import ConfigError, Settings, load_settings
 from aifinops.web.keys import REFRESHER, UPSTREAM_TRANSPORT
 from aifinops.web.security import load_web_config
 from aifinops.web.usage import USAGE_STORE
@@ -67,12 +66,6 @@ class Reloader:
         self._lock = asyncio.Lock()
         self.successful = True
         self.success_timestamp = time.time()
-
-    def families(self) -> Sequence[Family]:
-        return [
-            Family(CONFIG_RELOAD_SUCCESS, [((), 1.0 if self.successful else 0.0)]),
-            Family(CONFIG_RELOAD_TIMESTAMP, [((), self.success_timestamp)]),
-        ]
 
     async def reload(self) -> tuple[bool, str]:
         """Reload; ``(True, "")`` or ``(False, the error)``. Never raises (but cancellation)."""
@@ -118,7 +111,7 @@ class Reloader:
         """Everything the new configuration needs, checked; raises ConfigError."""
         new = await asyncio.to_thread(self.load)
         if not self._explicit_sources:  # given sources (tests, embedding) are not the file's
-            check_has_sources(new)
+            assemble.check_has_sources(new)
         context = assemble.model_context(new)
         if new.server.web_config_file is not None:
             load_web_config(new.server.web_config_file)
@@ -163,8 +156,8 @@ def install_lifecycle(
     clock: Callable[[], float] = time.time,
     explicit_sources: bool = False,
 ) -> Reloader:
-    """Attach a :class:`Reloader` (and ``POST /-/reload`` when enabled); its status families
-    join the page once the refresher exists."""
+    """Attach a :class:`Reloader` (and ``POST /-/reload`` when enabled); its status
+    (``exposition.families.reload_families``) joins the page once the refresher exists."""
     reloader = Reloader(app, settings, clock=clock, explicit_sources=explicit_sources)
     app[RELOADER] = reloader
     if settings.server.enable_lifecycle:
@@ -172,7 +165,7 @@ def install_lifecycle(
 
     async def attach(app: web.Application) -> None:
         # on_startup runs after cleanup_ctx's start, which created the refresher
-        app[REFRESHER].extra_families.append(reloader.families)
+        app[REFRESHER].extra_families.append(lambda: reload_families(reloader))
         app[REFRESHER].rerender()
 
     app.on_startup.append(attach)

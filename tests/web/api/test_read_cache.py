@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from aifinops.web.api import API_READ_CACHE, API_REPORT, ApiError, ReadCache
+from aifinops.web.api import API_FINANCE, API_READ_CACHE, ApiError, ReadCache
 
 
 async def test_identical_reads_share_one_answer_per_report(finance_demo: Any) -> None:
@@ -55,7 +55,7 @@ def request_for(app: web.Application, path: str) -> web.Request:
 async def test_builds_once_per_report_and_path_and_stays_bounded() -> None:
     app = web.Application()
     report = FakeReport(1.0)
-    app[API_REPORT] = lambda: report  # type: ignore[assignment,return-value]
+    app[API_FINANCE] = lambda: report  # type: ignore[assignment,return-value]
     cache = ReadCache(max_entries=3, max_bytes=250)
     calls: list[str] = []
 
