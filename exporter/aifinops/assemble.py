@@ -74,6 +74,7 @@ def model_context(settings: Settings) -> ModelContext:
         tokens=settings.tokens.to_model() if settings.tokens.active else None,
         finance=settings.finance_to_model(),
         max_series_per_family=settings.limits.max_series_per_family,
+        hami_core_weight=settings.sources.hami.to_model(),
     )
 
 

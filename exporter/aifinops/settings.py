@@ -241,6 +241,11 @@ class HamiSettings(SourceCommon):
     billing_share: Literal["cores", "memory", "mix"] = "cores"
     core_weight: float = Field(0.5, ge=0.0, le=1.0)
 
+    def to_model(self) -> float:
+        """The model's core weight (``ModelContext.hami_core_weight``): 1 for ``cores``, 0 for
+        ``memory``, ``core_weight`` for ``mix``."""
+        return {"cores": 1.0, "memory": 0.0}.get(self.billing_share, self.core_weight)
+
     @model_validator(mode="after")
     def _target_present(self) -> HamiSettings:
         if self.enabled and self.mode == "prometheus" and not self.prometheus_url:

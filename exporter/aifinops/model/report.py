@@ -54,6 +54,8 @@ class ModelContext:
     finance: FinanceContext | None = None
     # Applied to the rendered families by the refresh loop (exposition/bounds.py).
     max_series_per_family: int | None = None
+    # A HAMi pod's billing share: this weight x its cores share + the rest x its memory share.
+    hami_core_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,8 @@ def build_report(
         context.resolver,
         context.pricer.at(now),  # owned GPUs are priced by their age at now
         context.max_tenants,
+        inputs.shared,
+        context.hami_core_weight,
     )
     token_report: TokenReport | None = None
     token_state = state.tokens
