@@ -20,6 +20,7 @@ from aifinops.settings import ConfigError, Settings
 from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
 from aifinops.sources.gpu_catalog import load_gpu_catalog
+from aifinops.sources.hami import HamiSource
 from aifinops.sources.latency import LatencySource
 from aifinops.sources.llm_prices import LlmPriceSource
 from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
@@ -122,6 +123,12 @@ def _dcgm(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
         yield DcgmSource(dcgm, run=wiring.run), dcgm.timeout_seconds, dcgm.stale_after_seconds
 
 
+def _hami(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
+    hami = settings.sources.hami
+    if hami.enabled:
+        yield HamiSource(hami, run=wiring.run), hami.timeout_seconds, hami.stale_after_seconds
+
+
 def _opencost(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
     """The rate query, and the month-to-date query (``opencost_month``, every
     ``budgets.refresh_interval_seconds``, dates by the clock)."""
@@ -148,6 +155,7 @@ def _latency(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
 # In refresh order: the latency sources come last.
 SOURCES: dict[str, SourceFactory] = {
     "dcgm": _dcgm,
+    "hami": _hami,
     "opencost": _opencost,
     "tokens": _tokens,
     "latency": _latency,

@@ -47,6 +47,13 @@ def upstream_urls(settings: Settings) -> Iterator[tuple[str, str, UpstreamHttpSe
         if dcgm.mode == "scrape":
             for url in dcgm.scrape_urls:
                 yield "sources.dcgm", url, dcgm
+    hami = s.sources.hami
+    if hami.enabled:
+        if hami.mode == "prometheus" and hami.prometheus_url:
+            yield "sources.hami", hami.prometheus_url, hami
+        if hami.mode == "scrape":
+            for url in hami.scrape_urls:
+                yield "sources.hami", url, hami
     oc = s.sources.opencost
     if oc.enabled and oc.url:
         yield "sources.opencost", oc.url, oc
