@@ -509,7 +509,7 @@ def attribute_costs(
     # (OpenCost's __idle__ row, and holds that used less than billed). Where OpenCost's rows
     # do not carry that time (no __idle__ row), the excess is scaled to what there is, so
     # every basis still sums to the cluster total and no bucket goes negative.
-    hami_idle = -math.fsum(hami_moved.get(IDLE_TENANT, ()))  # what OpenCost overbilled
+    hami_idle = math.fsum(hami_moved.get(IDLE_TENANT, ()))  # what OpenCost overbilled
     for tenant, changes in hami_moved.items():
         alloc_parts[(tenant, "gpu")].extend(changes)
     idle_alloc_gpu = math.fsum(alloc_parts.get((IDLE_TENANT, "gpu"), ()))
@@ -678,20 +678,28 @@ def _method_rates(
 ) -> dict[tuple[str, str], float]:
     """Each tenant's GPU USD/hour on one basis by split method: what its holds carried
     (``parts``), and the rest of its GPU rate (OpenCost's idle row, pods DCGM does not see,
-    unrequested capacity) as ``request_share``. Per tenant the methods sum to its GPU rate."""
-    out: dict[tuple[str, str], float] = {}
-    carried: dict[str, list[float]] = defaultdict(list)
+    unrequested capacity) as ``request_share``. Per tenant the methods sum to its GPU rate.
+
+    A method can carry less than nothing into ``__idle__`` (use above what a hold was billed
+    is paid from idle money): its dollars are taken from the tenant's other methods in
+    proportion, so every figure is >= 0 and the sum is unchanged."""
+    by_tenant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (tenant, method), values in parts.items():
-        value = math.fsum(values)
-        carried[tenant].extend(values)
-        if value > 1e-12:
-            out[(tenant, method)] = value
+        by_tenant[tenant][method].extend(values)
+    out: dict[tuple[str, str], float] = {}
     for (tenant, resource), value in rates.items():
-        if resource != "gpu":
+        if resource != "gpu" or value <= 0:
             continue
-        rest = value - math.fsum(carried.get(tenant, ()))
-        if rest > 1e-12:
-            out[(tenant, "request_share")] = out.get((tenant, "request_share"), 0.0) + rest
+        methods = {m: math.fsum(v) for m, v in by_tenant.get(tenant, {}).items()}
+        rest = value - math.fsum(math.fsum(v) for v in by_tenant.get(tenant, {}).values())
+        methods["request_share"] = methods.get("request_share", 0.0) + rest
+        positive = {m: v for m, v in methods.items() if v > 1e-12}
+        total = math.fsum(positive.values())
+        if total <= 0:
+            continue
+        k = value / total
+        for m, v in positive.items():
+            out[(tenant, m)] = v * k
     return out
 
 

@@ -67,12 +67,13 @@ _LEGACY = frozenset(
     }
 )
 
-# Label names, most specific first (exported_*: renamed by a Prometheus job; then the current
-# generation's; then the legacy one's).
+# Label names, most specific first: exported_* (a Prometheus job renamed HAMi's own), then
+# the legacy generation's (no clash with a scrape target's labels), then the current one's
+# (on a legacy series a plain namespace/pod/node is the target's, never HAMi's).
 _UUID = ("device_uuid", "deviceuuid")
-_NAMESPACE = ("exported_namespace", "namespace", "podnamespace")
-_POD = ("exported_pod", "pod", "podname")
-_NODE = ("exported_node", "node", "nodename", "nodeid")
+_NAMESPACE = ("exported_namespace", "podnamespace", "namespace")
+_POD = ("exported_pod", "podname", "pod")
+_NODE = ("exported_node", "nodename", "nodeid", "node")
 _CONTAINER = ("container_index", "containeridx", "exported_container", "container", "ctrname")
 _INDEX = ("device_index", "deviceidx")
 _TYPE = ("device_type", "devicetype")
