@@ -78,6 +78,23 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
         'sum(aifinops_tenant_cost_usd_total{resource="tokens"})',
         "=",
     ),
+    # GPU dollars by split method (docs/shared-gpus.md): each basis' methods sum to the
+    # cluster's GPU cost, and so does the self-metric.
+    "aifinops_tenant_gpu_cost_by_method_usd_per_hour": (
+        "sum(aifinops_tenant_gpu_cost_by_method_usd_per_hour)",
+        'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"})',
+        "=",
+    ),
+    "aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour": (
+        "sum(aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour)",
+        'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"})',
+        "=",
+    ),
+    "aifinops_gpu_split_cost_usd_per_hour": (
+        "sum(aifinops_gpu_split_cost_usd_per_hour)",
+        'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"})',
+        "=",
+    ),
     # The global budget (scope all) counts every tenant's month to date, sentinels included.
     "aifinops_tenant_month_to_date_cost_usd": (
         "sum(aifinops_tenant_month_to_date_cost_usd)",

@@ -18,6 +18,9 @@ Two bases, both published with a ``basis`` label:
   hold was billed is paid from idle money (OpenCost's ``__idle__`` row and what other holds
   left unused); where there is not enough (OpenCost queried without its idle row), the excess
   is scaled down to what there is and no unused cost is reported, so sums still reconcile.
+  HAMi-shared devices (``shared``) are split by HAMi's allocations and live use instead (see
+  :func:`attribute_costs`); each hold's split is :func:`holding_shares`, which also names
+  its ``method`` (docs/shared-gpus.md).
   Pods with GPU cost but no DCGM series keep their allocation cost (unmeasured). Non-GPU
   resources are the same on both bases.
 
@@ -32,7 +35,7 @@ none (1, the MIG fraction, 1/k of a GPU shared by k pods).
 
 Conservation holds by construction: for each basis and resource, the tenants (including
 ``__idle__`` and ``__unallocated__``) sum to the cluster total. The usage basis is published
-only when DCGM data is present.
+only when DCGM (or HAMi) data is present.
 
 GPU prices: OpenCost's ``gpuCost`` when the cluster's OpenCost rows carry any GPU cost;
 otherwise (OpenCost without GPU pricing) every hold is priced from the catalog
@@ -592,7 +595,7 @@ def attribute_costs(
         allocation_rates = {}
 
     rates_by_basis: dict[str, dict[tuple[str, str], float]] = {"allocation": allocation_rates}
-    if gpus is not None and allocations is not None:
+    if (gpus is not None or shared is not None) and allocations is not None:
         usage_rates = {k: v for k, v in allocation_rates.items() if k[1] != "gpu"}
         gpu_parts: dict[str, list[float]] = defaultdict(list)
         for tenant, parts in usage_gpu.items():
