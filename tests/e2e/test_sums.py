@@ -301,12 +301,13 @@ def test_money_families_have_no_overlapping_rows(scraped: tuple[Prometheus, str]
     )
     assert not _series(prom, f"{money} < 0", at)
     assert not _series(prom, "count by (gpu_model) (aifinops_gpu_price_usd_per_hour) > 1", at)
-    # A family per scope: one sample per tenant (one exporter scraped).
+    # A family per scope: one sample per tenant (one exporter scraped); split methods are a
+    # partition of a tenant's GPU dollars, not overlapping rows.
     for name in MONEY:
         dup = _series(
             prom,
             f"count by (tenant, model, provider, token_type, resource, kind, "
-            f"initiative, workload, gpu_model, source, pool, component) ({name}) > 1",
+            f"initiative, workload, gpu_model, source, pool, component, method) ({name}) > 1",
             at,
         )
         assert not dup, (name, dup)
