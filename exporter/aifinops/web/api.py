@@ -358,9 +358,15 @@ def _chargeback(request: web.Request) -> web.Response:
     """``GET /api/v1/chargeback?period=YYYY-MM&format=json|csv|focus&basis=&share_idle=
     &share_unallocated=``; ``period`` defaults to the current month."""
     data = _query(request)
-    _, f = _finance(request)
+    report, f = _finance(request)
     data.setdefault("period", f.period)
     query = _validate_query(ChargebackQuery, data)
+    # How each tenant's GPU dollars are split now: said for the month in progress only (the
+    # books of record do not carry it for past months).
+    splits: dict[str, dict[str, float]] = {}
+    if query.period == f.period:
+        for (tenant, method), usd in report.cost.method_rates.get(query.basis, {}).items():
+            splits.setdefault(tenant, {})[method] = usd
     books = f.books.get(query.period) if query.basis == "allocation" else None
     if books is not None:
         dollars: Mapping[tuple[str, str], float] | None = books.dollars
@@ -393,6 +399,7 @@ def _chargeback(request: web.Request) -> web.Response:
         now=f.now,
         covered=covered,
         source=source,
+        splits=splits,
     )
     if query.format == "json":
         return _json(ChargebackResponse.from_model(cb))
