@@ -478,8 +478,10 @@ def attribute_costs(
             utils = [p[0].utilization for p in unit_parts]
         # The physical device's price: its holders' (one node, one price; a mean guards
         # against OpenCost rounding each pod's figures).
-        priced = [p[4] for p in unit_parts if p[4] > 0]
-        price = math.fsum(priced) / len(priced) if priced else 0.0
+        if hami_unit is not None:  # _hami_parts gave every hold the device's price
+            price = unit_parts[0][4]
+        else:
+            price = math.fsum(p[4] for p in unit_parts) / len(unit_parts)
         time_shares, method = holding_shares(
             utils,
             [p[2] for p in unit_parts],
