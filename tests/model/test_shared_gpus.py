@@ -15,7 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aifinops.model.cost import attribute_costs, hami_billing_share, holding_shares
+from aifinops.model.cost import (
+    attribute_costs,
+    follow_gpu_rates,
+    hami_billing_share,
+    holding_shares,
+)
 from aifinops.model.idle import is_idle, observe
 from aifinops.model.inputs import AllocationSet, GpuSample, SharedHold
 from aifinops.model.vocabulary import SPLIT_METHODS
@@ -231,3 +236,37 @@ def test_every_dollar_lands_once_and_says_how_it_was_split(cluster) -> None:
         assert s.used >= 0 and s.unused_rate >= 0
         used[s.idle_key[0]] = used.get(s.idle_key[0], 0.0) + s.used
     assert all(u <= 1.0 + 1e-9 for u in used.values()), used
+
+
+def test_split_methods_follow_the_gpu_dollars_a_charge_back_moved() -> None:
+    before = {
+        "usage": {
+            ("serving", "exclusive"): 3.0,
+            ("serving", "even_split"): 1.0,
+            ("b", "hami"): 2.0,
+            ("gone", "mig"): 1.0,
+            ("__idle__", "request_share"): 1.0,
+        }
+    }
+    # Charge-back moved $2/h of serving's GPU cost to the sender "a"; "gone" was folded into
+    # __other__.
+    rates = {
+        "usage": {
+            ("serving", "gpu"): 2.0,
+            ("a", "gpu"): 2.0,
+            ("b", "gpu"): 2.0,
+            ("__other__", "gpu"): 1.0,
+            ("__idle__", "gpu"): 1.0,
+            ("a", "cpu"): 5.0,
+        }
+    }
+    after = {k: round(v, 9) for k, v in follow_gpu_rates(before, rates)["usage"].items()}
+    assert after == {
+        ("serving", "exclusive"): 1.5,
+        ("serving", "even_split"): 0.5,
+        ("a", "exclusive"): 1.5,
+        ("a", "even_split"): 0.5,
+        ("b", "hami"): 2.0,
+        ("__other__", "mig"): 1.0,
+        ("__idle__", "request_share"): 1.0,
+    }

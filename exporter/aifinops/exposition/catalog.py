@@ -128,8 +128,9 @@ TENANT_GPU_COST_BY_METHOD = _spec(
     "gauge",
     "GPU cost rate per tenant in USD per hour, basis allocation, by how its devices were split "
     "(method: exclusive, mig, per_process, hami, even_split, request_share). sum() equals "
-    'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"}); per tenant it is the GPU '
-    "dollars as split on the devices, before the self-hosted token charge-back.",
+    'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"}), and per tenant its '
+    'aifinops_tenant_cost_usd_per_hour{resource="gpu"} (the self-hosted token charge-back '
+    "moves GPU dollars with their methods).",
     ("tenant", "method"),
     "experimental",
 )
@@ -139,8 +140,8 @@ TENANT_USAGE_GPU_COST_BY_METHOD = _spec(
     "GPU cost rate per tenant in USD per hour, basis usage, by how its devices were split "
     "(method as in aifinops_tenant_gpu_cost_by_method_usd_per_hour; even_split: DCGM repeated "
     "the device figure on every pod, a guess). sum() equals "
-    'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"}). Published only while DCGM or '
-    "HAMi data is available.",
+    'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"}), and per tenant its usage-basis '
+    "GPU rate. Published only while DCGM or HAMi data is available.",
     ("tenant", "method"),
     "experimental",
 )

@@ -708,6 +708,55 @@ def _method_rates(
     return out
 
 
+def follow_gpu_rates(
+    method_rates: Mapping[str, Mapping[tuple[str, str], float]],
+    rates: Mapping[str, Mapping[tuple[str, str], float]],
+) -> dict[str, dict[tuple[str, str], float]]:
+    """``method_rates`` made to follow each tenant's final GPU rate in ``rates`` after the
+    token charge-back moved serving pods' GPU cost between tenants (and folding merged some):
+    a tenant whose GPU dollars fell keeps its method mix, scaled down; the dollars it gave
+    up, with their methods, go to the tenants whose GPU dollars rose, in proportion to the
+    rise. Per basis the total is unchanged; per tenant the methods sum to its GPU rate."""
+    out: dict[str, dict[tuple[str, str], float]] = {}
+    for basis, by_method in method_rates.items():
+        final = {t: v for (t, r), v in rates.get(basis, {}).items() if r == "gpu" and v > 0}
+        mix: dict[str, dict[str, float]] = defaultdict(dict)
+        for (tenant, method), usd in by_method.items():
+            # A tenant folded away since: its dollars are __other__'s now.
+            owner = tenant if tenant in final or tenant in _SENTINELS else OTHER_TENANT
+            mix[owner][method] = mix[owner].get(method, 0.0) + usd
+        pool: dict[str, list[float]] = defaultdict(list)
+        rises: dict[str, float] = {}
+        result: dict[tuple[str, str], float] = {}
+        for tenant in {*mix, *final}:
+            methods = mix.get(tenant, {})
+            had = math.fsum(methods.values())
+            now = final.get(tenant, 0.0)
+            if now > had + 1e-12:
+                rises[tenant] = now - had
+                k = 1.0
+            else:
+                k = now / had if had > 0 else 0.0
+            for method, usd in methods.items():
+                if usd * k > 1e-12:
+                    result[(tenant, method)] = usd * k
+                if k < 1.0:
+                    pool[method].append(usd * (1.0 - k))
+        pooled = {m: math.fsum(v) for m, v in pool.items()}
+        pool_total = math.fsum(pooled.values())
+        for tenant, rise in rises.items():
+            shares = (
+                {m: v / pool_total for m, v in pooled.items() if v > 0}
+                if pool_total > 0
+                else {"request_share": 1.0}
+            )
+            for method, share in shares.items():
+                key = (tenant, method)
+                result[key] = result.get(key, 0.0) + rise * share
+        out[basis] = result
+    return out
+
+
 HoldRates = Callable[[PodKey, float, GpuSample, float], tuple[float, float]]
 
 

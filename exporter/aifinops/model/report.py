@@ -18,6 +18,7 @@ from aifinops.model.cost import (
     attribute_costs,
     fold_shares,
     fold_tenants,
+    follow_gpu_rates,
 )
 from aifinops.model.finance_types import FinanceContext, FinanceReport
 from aifinops.model.gpu_prices import GpuPricer
@@ -152,6 +153,8 @@ def build_report(
             context.resolver,
         )
         cost, owner = _with_token_rates(cost, token_rates, context.max_tenants)
+        # The split methods follow the GPU dollars the charge-back moved.
+        cost = replace(cost, method_rates=follow_gpu_rates(cost.method_rates, cost.rates))
         token_report = fold_token_report(token_report, owner)
         charge_back = _moved(before, cost.rates)
 

@@ -204,6 +204,11 @@ async def test_chargeback_gpu_rows_say_how_each_tenants_dollars_were_split(finan
     family = "aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour"
     for (method, tenant), usd in series(page, family).items():  # labels sorted by name
         published.setdefault(tenant, {})[method] = usd
+    # Per tenant the methods sum to its usage-basis GPU rate (charge-back included).
+    gpu = series(page, "aifinops_tenant_usage_basis_cost_usd_per_hour", resource="gpu")
+    assert {t: math.fsum(m.values()) for t, m in published.items()} == pytest.approx(
+        {t: v for (t,), v in gpu.items() if v > 0}
+    )
     cb = await (await finance_demo.client.get("/api/v1/chargeback?basis=usage")).json()
     gpu_rows = [r for r in cb["rows"] if r["resource"] == "gpu" and r["allocation"] == "direct"]
     assert gpu_rows and all(r["split_methods"] for r in gpu_rows)
