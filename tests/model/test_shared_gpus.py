@@ -270,3 +270,10 @@ def test_split_methods_follow_the_gpu_dollars_a_charge_back_moved() -> None:
         ("__other__", "mig"): 1.0,
         ("__idle__", "request_share"): 1.0,
     }
+
+
+def test_a_device_dcgm_reports_as_mig_instances_keeps_its_mig_split() -> None:
+    rows = [pod("team-a", "trainer-0", gpu_cost=4 / 7, gpu_count=1 / 7, gpu_hours=1 / 7)]
+    mig = (gpu(DEV, H100, 0.5, "team-a", "trainer-0", mig="1g.10gb", mig_id="1"),)
+    b = attribute_costs(AllocationSet(1.0, tuple(rows)), mig, resolver(), pricer(), shared=HOLDS)
+    assert [(s.tenant, s.method, round(s.held, 6)) for s in b.shares] == [("a", "mig", 0.142857)]

@@ -306,7 +306,12 @@ def attribute_costs(
     # HAMi-shared devices: per device, each pod's (billing share, live use or None).
     hami: dict[str, dict[PodKey, tuple[float, float | None]]] = defaultdict(dict)
     hami_device: dict[str, SharedHold] = {}
+    # A device DCGM reports as MIG instances is split by its slices (HAMi's MIG mode hands
+    # out whole instances, which DCGM attributes exactly): HAMi's figures are not used there.
+    mig_devices = {uuid for uuid, instance in by_unit if instance}
     for h in shared or ():
+        if h.uuid in mig_devices:
+            continue
         share = hami_billing_share(h, hami_core_weight)
         hami[h.uuid][(h.namespace, h.pod)] = (share, h.utilization)
         hami_device.setdefault(h.uuid, h)
