@@ -20,6 +20,7 @@ from aifinops.settings import ConfigError, Settings, UpstreamHttpSettings
 from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
 from aifinops.sources.gpu_catalog import load_gpu_catalog
+from aifinops.sources.hami import HamiSource
 from aifinops.sources.latency import LatencySource
 from aifinops.sources.llm_prices import LlmPriceSource
 from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
@@ -96,6 +97,7 @@ def model_context(settings: Settings) -> ModelContext:
         tokens=settings.tokens.to_model() if settings.tokens.active else None,
         finance=settings.finance_to_model(),
         max_series_per_family=settings.limits.max_series_per_family,
+        hami_core_weight=settings.sources.hami.to_model(),
     )
 
 
@@ -157,6 +159,12 @@ def _dcgm(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
         yield DcgmSource(dcgm, run=wiring.run), dcgm.timeout_seconds, dcgm.stale_after_seconds
 
 
+def _hami(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
+    hami = settings.sources.hami
+    if hami.enabled:
+        yield HamiSource(hami, run=wiring.run), hami.timeout_seconds, hami.stale_after_seconds
+
+
 def _opencost(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
     """The rate query, and the month-to-date query (``opencost_month``, every
     ``budgets.refresh_interval_seconds``, dates by the clock)."""
@@ -198,6 +206,12 @@ def _dcgm_upstreams(settings: Settings) -> Iterator[Upstream]:
         yield from _query_or_pages("sources.dcgm", d.prometheus_url, d.scrape_urls, d.mode, d)
 
 
+def _hami_upstreams(settings: Settings) -> Iterator[Upstream]:
+    h = settings.sources.hami
+    if h.enabled:
+        yield from _query_or_pages("sources.hami", h.prometheus_url, h.scrape_urls, h.mode, h)
+
+
 def _opencost_upstreams(settings: Settings) -> Iterator[Upstream]:
     oc = settings.sources.opencost
     if oc.enabled and oc.url:
@@ -229,6 +243,10 @@ def _dcgm_data(settings: Settings) -> list[str]:
     return ["sources.dcgm"] if settings.sources.dcgm.enabled else []
 
 
+def _hami_data(settings: Settings) -> list[str]:
+    return ["sources.hami"] if settings.sources.hami.enabled else []
+
+
 def _opencost_data(settings: Settings) -> list[str]:
     return ["sources.opencost"] if settings.sources.opencost.enabled else []
 
@@ -243,6 +261,7 @@ def _tokens_data(settings: Settings) -> list[str]:
 # only refine the data of the others: they list no data source of their own.)
 SOURCES: dict[str, SourceEntry] = {
     "dcgm": SourceEntry(_dcgm, _dcgm_upstreams, _dcgm_data),
+    "hami": SourceEntry(_hami, _hami_upstreams, _hami_data),
     "opencost": SourceEntry(_opencost, _opencost_upstreams, _opencost_data),
     "tokens": SourceEntry(_tokens, _tokens_upstreams, _tokens_data),
     "latency": SourceEntry(_latency, _latency_upstreams),

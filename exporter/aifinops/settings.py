@@ -222,6 +222,39 @@ class DcgmSettings(SourceCommon):
         return self
 
 
+class HamiSettings(SourceCommon):
+    """HAMi (Project-HAMi/HAMi) fractional GPUs: what each container was allocated on a
+    device (the scheduler's metrics, ``:9395``, Service port 31993) and what it uses live (the
+    device plugin's vGPU monitor, ``:9394`` on every node, Service port 31992).
+
+    ``mode: prometheus`` reads both from a Prometheus that scrapes them; ``mode: scrape``
+    reads the pages in ``scrape_urls`` (the scheduler's and every node's monitor). A device's
+    billing share per container is its allocated ``cores`` share, its ``memory`` share, or
+    ``mix``: ``core_weight`` × cores + (1 − ``core_weight``) × memory. See docs/shared-gpus.md.
+    """
+
+    mode: Literal["prometheus", "scrape"] = "prometheus"
+    prometheus_url: str | None = None
+    scrape_urls: tuple[str, ...] = ()
+    # Extra PromQL matchers for mode=prometheus, e.g. '{cluster="prod"}' scoping.
+    selector: str = ""
+    billing_share: Literal["cores", "memory", "mix"] = "cores"
+    core_weight: float = Field(0.5, ge=0.0, le=1.0)
+
+    def to_model(self) -> float:
+        """The model's core weight (``ModelContext.hami_core_weight``): 1 for ``cores``, 0 for
+        ``memory``, ``core_weight`` for ``mix``."""
+        return {"cores": 1.0, "memory": 0.0}.get(self.billing_share, self.core_weight)
+
+    @model_validator(mode="after")
+    def _target_present(self) -> HamiSettings:
+        if self.enabled and self.mode == "prometheus" and not self.prometheus_url:
+            raise ValueError("mode 'prometheus' needs prometheus_url")
+        if self.enabled and self.mode == "scrape" and not self.scrape_urls:
+            raise ValueError("mode 'scrape' needs at least one entry in scrape_urls")
+        return self
+
+
 class OpenCostSettings(SourceCommon):
     url: str | None = None
     # OpenCost duration window: the cost rate is the window's cost / its length.
@@ -260,6 +293,7 @@ class OpenCostSettings(SourceCommon):
 class SourcesSettings(_Strict):
     dcgm: DcgmSettings = Field(default_factory=lambda: DcgmSettings(enabled=False))
     opencost: OpenCostSettings = Field(default_factory=lambda: OpenCostSettings(enabled=False))
+    hami: HamiSettings = Field(default_factory=lambda: HamiSettings(enabled=False))
 
 
 class NamespacePattern(_Strict):

@@ -78,6 +78,23 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
         'sum(aifinops_tenant_cost_usd_total{resource="tokens"})',
         "=",
     ),
+    # GPU dollars by split method (docs/shared-gpus.md): each basis' methods sum to the
+    # cluster's GPU cost, and so does the self-metric.
+    "aifinops_tenant_gpu_cost_by_method_usd_per_hour": (
+        "sum(aifinops_tenant_gpu_cost_by_method_usd_per_hour)",
+        'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"})',
+        "=",
+    ),
+    "aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour": (
+        "sum(aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour)",
+        'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"})',
+        "=",
+    ),
+    "aifinops_gpu_split_cost_usd_per_hour": (
+        "sum(aifinops_gpu_split_cost_usd_per_hour)",
+        'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"})',
+        "=",
+    ),
     # The global budget (scope all) counts every tenant's month to date, sentinels included.
     "aifinops_tenant_month_to_date_cost_usd": (
         "sum(aifinops_tenant_month_to_date_cost_usd)",
@@ -284,12 +301,13 @@ def test_money_families_have_no_overlapping_rows(scraped: tuple[Prometheus, str]
     )
     assert not _series(prom, f"{money} < 0", at)
     assert not _series(prom, "count by (gpu_model) (aifinops_gpu_price_usd_per_hour) > 1", at)
-    # A family per scope: one sample per tenant (one exporter scraped).
+    # A family per scope: one sample per tenant (one exporter scraped); split methods are a
+    # partition of a tenant's GPU dollars, not overlapping rows.
     for name in MONEY:
         dup = _series(
             prom,
             f"count by (tenant, model, provider, token_type, resource, kind, "
-            f"initiative, workload, gpu_model, source, pool, component) ({name}) > 1",
+            f"initiative, workload, gpu_model, source, pool, component, method) ({name}) > 1",
             at,
         )
         assert not dup, (name, dup)

@@ -24,6 +24,7 @@ from aifinops.model.chargeback import (
     chargeback_json_rows,
     current_period,
     focus_csv,
+    focus_rows,
     parse_period,
     round_cents,
     share_out,
@@ -153,6 +154,7 @@ def test_json_and_csv():
         "amount_usd": 6.0,
         "quantity": 12.5,
         "unit": "GPU-Hours",
+        "split_methods": None,
     }
     parsed = list(csv.reader(io.StringIO(chargeback_csv(cb))))
     assert tuple(parsed[0]) == CSV_COLUMNS
@@ -337,3 +339,17 @@ def test_focus_periods_quantities_and_categories():
         "direct",
         "allocation",
     )
+
+
+def test_gpu_rows_say_how_the_tenants_gpu_dollars_were_split():
+    splits = {"a": {"exclusive": 3.0, "even_split": 1.0}, "b": {"hami": 0.0}}
+    cb = build_chargeback(DOLLARS, "2024-02", "UTC", splits=splits)
+    by_row = {(r.tenant, r.resource, r.allocation): r.split for r in cb.rows}
+    assert by_row[("a", "gpu", "direct")] == (("even_split", 0.25), ("exclusive", 0.75))
+    # Only a direct GPU row: other resources, and a tenant with nothing to split, say nothing.
+    assert all(split == () for key, split in by_row.items() if key != ("a", "gpu", "direct"))
+    focus = {(r["x_Tenant"], r["x_Resource"]): r["x_GpuSplitMethods"] for r in focus_rows(cb)}
+    assert focus[("a", "gpu")] == "even_split=0.2500;exclusive=0.7500"
+    assert {v for k, v in focus.items() if k != ("a", "gpu")} == {""}
+    [row] = [r for r in chargeback_json_rows(cb) if (r["tenant"], r["resource"]) == ("a", "gpu")]
+    assert row["split_methods"] == {"even_split": 0.25, "exclusive": 0.75}

@@ -20,6 +20,7 @@ from aifinops.model.vocabulary import BASES as BASES
 from aifinops.model.vocabulary import IDLE_TENANT as IDLE_TENANT
 from aifinops.model.vocabulary import OTHER_TENANT as OTHER_TENANT
 from aifinops.model.vocabulary import RESOURCES as RESOURCES
+from aifinops.model.vocabulary import SPLIT_METHODS as SPLIT_METHODS
 from aifinops.model.vocabulary import TOKEN_TYPES as TOKEN_TYPES
 from aifinops.model.vocabulary import TOKENS_RESOURCE as TOKENS_RESOURCE
 from aifinops.model.vocabulary import UNALLOCATED_TENANT as UNALLOCATED_TENANT
@@ -119,6 +120,48 @@ TENANT_GPU_UNUSED_COST = _spec(
     "__idle__; this series says whose GPUs it came from. sum() is the unused cost of every "
     "held GPU.",
     ("tenant", "gpu_model"),
+)
+# How each GPU dollar was split among a device's holds (vocabulary.SPLIT_METHODS; see
+# docs/shared-gpus.md). Families of their own, so the tenant cost families keep their labels.
+TENANT_GPU_COST_BY_METHOD = _spec(
+    "aifinops_tenant_gpu_cost_by_method_usd_per_hour",
+    "gauge",
+    "GPU cost rate per tenant in USD per hour, basis allocation, by how its devices were split "
+    "(method: exclusive, mig, per_process, hami, even_split, request_share). sum() equals "
+    'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"}), and per tenant its '
+    'aifinops_tenant_cost_usd_per_hour{resource="gpu"} (the self-hosted token charge-back '
+    "moves GPU dollars with their methods).",
+    ("tenant", "method"),
+    "experimental",
+)
+TENANT_USAGE_GPU_COST_BY_METHOD = _spec(
+    "aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour",
+    "gauge",
+    "GPU cost rate per tenant in USD per hour, basis usage, by how its devices were split "
+    "(method as in aifinops_tenant_gpu_cost_by_method_usd_per_hour; even_split: DCGM repeated "
+    "the device figure on every pod, a guess). sum() equals "
+    'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"}), and per tenant its usage-basis '
+    "GPU rate. Published only while DCGM or HAMi data is available.",
+    ("tenant", "method"),
+    "experimental",
+)
+GPU_SPLIT_COST = _spec(
+    "aifinops_gpu_split_cost_usd_per_hour",
+    "gauge",
+    "Self-metric: the cluster's GPU dollars per hour on the usage basis (the allocation basis "
+    "while no GPU data is available) by split method. sum() equals "
+    'sum(aifinops_cluster_cost_usd_per_hour{resource="gpu"}); the share with method="even_split" '
+    "is the part split by a guess (alert AIFinOpsGPUSpendEvenSplit).",
+    ("method",),
+    "experimental",
+)
+HAMI_HELD_PODS = _spec(
+    "aifinops_hami_held_pods",
+    "gauge",
+    "HAMi pods on a device with no usage series yet (no CUDA call so far: HAMi #281): held at "
+    "their billing share on the usage basis, never counted idle.",
+    (),
+    "experimental",
 )
 IDLE_GPUS = _spec(
     "aifinops_idle_gpus",
@@ -568,6 +611,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     TENANT_GPUS_USED,
     TENANT_GPU_EFFICIENCY,
     TENANT_GPU_UNUSED_COST,
+    TENANT_GPU_COST_BY_METHOD,
+    TENANT_USAGE_GPU_COST_BY_METHOD,
     IDLE_GPUS,
     IDLE_GPU_COST,
     GPU_PRICE,
@@ -601,6 +646,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     BUILD_INFO,
     FOLDED_TENANTS,
     DCGM_UTILIZATION_GPUS,
+    GPU_SPLIT_COST,
+    HAMI_HELD_PODS,
     SERIES_DROPPED,
     TOKEN_TARGET_UP,
     TOKEN_SERIES_SKIPPED,

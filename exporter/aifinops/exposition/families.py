@@ -79,6 +79,10 @@ def cost_families(report: Report | None, finance: FinanceReport | None = None) -
     owned, owned_info = _owned_samples(report.cost.owned_prices)
     folded = [((), float(report.cost.folded_tenants))]
     dcgm_metrics = [((m,), float(n)) for m, n in sorted(report.cost.utilization_metrics.items())]
+    by_method = report.cost.method_rates
+    alloc_method = _sorted_samples(by_method.get("allocation", {}).items())
+    usage_method = _sorted_samples(by_method.get("usage", {}).items())
+    split = [((m,), v) for m, v in sorted(split_method_totals(report).items())]
     return [
         Family(c.TENANT_COST_RATE, rate),
         Family(c.TENANT_COST_TOTAL, total),
@@ -89,6 +93,8 @@ def cost_families(report: Report | None, finance: FinanceReport | None = None) -
         Family(c.TENANT_GPUS_USED, used),
         Family(c.TENANT_GPU_EFFICIENCY, eff),
         Family(c.TENANT_GPU_UNUSED_COST, unused),
+        Family(c.TENANT_GPU_COST_BY_METHOD, alloc_method),
+        Family(c.TENANT_USAGE_GPU_COST_BY_METHOD, usage_method),
         Family(c.IDLE_GPUS, idle_n),
         Family(c.IDLE_GPU_COST, idle_cost),
         Family(c.GPU_PRICE, prices),
@@ -96,9 +102,22 @@ def cost_families(report: Report | None, finance: FinanceReport | None = None) -
         Family(c.OWNED_GPU_PRICE_INFO, owned_info),
         Family(c.FOLDED_TENANTS, folded),
         Family(c.DCGM_UTILIZATION_GPUS, dcgm_metrics),
+        Family(c.GPU_SPLIT_COST, split),
+        Family(c.HAMI_HELD_PODS, [((), float(report.cost.held_unmeasured))]),
         *token_families(report.tokens),
         *finance_families(finance),
     ]
+
+
+def split_method_totals(report: Report) -> dict[str, float]:
+    """The cluster's GPU USD/hour per split method: the usage basis where it is published,
+    else the allocation basis (every method listed, 0 where none)."""
+    rates = report.cost.method_rates
+    chosen = rates.get("usage") or rates.get("allocation") or {}
+    parts: dict[str, list[float]] = {m: [] for m in c.SPLIT_METHODS}
+    for (_, method), value in chosen.items():
+        parts.setdefault(method, []).append(value)
+    return {m: math.fsum(v) for m, v in parts.items()}
 
 
 def _owned_samples(rows: Iterable[OwnedHourlyCost]) -> tuple[list[Sample], list[Sample]]:

@@ -89,6 +89,9 @@ class ChargebackRow:
     amount_usd: Decimal  # rounded to the cent
     exact_usd: float  # before rounding
     quantity: Quantity | None = None
+    # GPU rows: the tenant's GPU dollars by split method (method, share 0-1), sorted by
+    # method; empty where unknown (other resources, shares of pools, past months).
+    split: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,12 +213,14 @@ def build_chargeback(
     now: float | None = None,
     covered: tuple[float, float] | None = None,
     source: str = "opencost",
+    splits: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Chargeback:
     """Chargeback rows for ``period`` (``YYYY-MM`` in ``tz``) from the period's accrued USD per
     ``(tenant, resource)``. ``quantities`` optionally gives measured usage per direct row.
     Rows with an exact amount of 0 are dropped. ``covered``: the ``(start, end)`` the data
-    covers, which bounds the charge period. Raises :class:`ValueError` on a bad period or
-    a non-finite amount."""
+    covers, which bounds the charge period. ``splits`` (tenant → split method → USD/h) says
+    how each tenant's GPU dollars were split: its direct GPU row carries the shares. Raises
+    :class:`ValueError` on a bad period or a non-finite amount."""
     start, end = parse_period(period, tz)
     charge_end = end if now is None or now <= start else min(end, now)
     charge_start: float | None = None
@@ -236,6 +241,7 @@ def build_chargeback(
             amount_usd=amount,
             exact_usd=exact,
             quantity=qty.get((t, r)) if a == "direct" else None,
+            split=split_shares((splits or {}).get(t, {})) if (r, a) == ("gpu", "direct") else (),
         )
         for ((t, r, a), exact), amount in zip(items, rounded, strict=True)
     )
@@ -252,6 +258,20 @@ def build_chargeback(
         charge_start=charge_start,
         source=source,
     )
+
+
+def split_shares(by_method: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    """USD per split method as ``(method, share)`` pairs summing to 1, sorted by method;
+    empty when there is nothing to split."""
+    total = math.fsum(v for v in by_method.values() if v > 0)
+    if total <= 0:
+        return ()
+    return tuple((m, v / total) for m, v in sorted(by_method.items()) if v > 0)
+
+
+def split_text(split: tuple[tuple[str, float], ...]) -> str:
+    """``method=share;…`` (shares to 4 decimals), e.g. ``exclusive=0.75;hami=0.25``."""
+    return ";".join(f"{m}={v:.4f}" for m, v in split)
 
 
 # --- formats -------------------------------------------------------------------------------
@@ -281,7 +301,9 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def chargeback_json_rows(cb: Chargeback) -> list[dict[str, str | float | None]]:
+def chargeback_json_rows(
+    cb: Chargeback,
+) -> list[dict[str, str | float | dict[str, float] | None]]:
     """Rows as JSON-ready dicts (``amount_usd`` as a number with two decimals)."""
     return [
         {
@@ -291,6 +313,7 @@ def chargeback_json_rows(cb: Chargeback) -> list[dict[str, str | float | None]]:
             "amount_usd": float(r.amount_usd),
             "quantity": r.quantity.value if r.quantity else None,
             "unit": r.quantity.unit if r.quantity else None,
+            "split_methods": dict(r.split) if r.split else None,
         }
         for r in cb.rows
     ]
@@ -393,6 +416,7 @@ FOCUS_COLUMNS: tuple[str, ...] = (
     "x_QuantitySource",
     "x_Cluster",
     "x_Source",
+    "x_GpuSplitMethods",
 )
 # Columns holding numbers and dates we format ourselves; every other cell is text and is
 # neutralised (see spreadsheet_safe).
@@ -470,6 +494,7 @@ def focus_rows(cb: Chargeback, parties: FocusParties = FocusParties()) -> list[d
             "x_QuantitySource": source,
             "x_Cluster": parties.cluster,
             "x_Source": cb.source,
+            "x_GpuSplitMethods": split_text(r.split),
         }
         out.append(
             {

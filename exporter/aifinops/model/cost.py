@@ -18,6 +18,9 @@ Two bases, both published with a ``basis`` label:
   hold was billed is paid from idle money (OpenCost's ``__idle__`` row and what other holds
   left unused); where there is not enough (OpenCost queried without its idle row), the excess
   is scaled down to what there is and no unused cost is reported, so sums still reconcile.
+  HAMi-shared devices (``shared``) are split by HAMi's allocations and live use instead (see
+  :func:`attribute_costs`); each hold's split is :func:`holding_shares`, which also names
+  its ``method`` (docs/shared-gpus.md).
   Pods with GPU cost but no DCGM series keep their allocation cost (unmeasured). Non-GPU
   resources are the same on both bases.
 
@@ -32,7 +35,7 @@ none (1, the MIG fraction, 1/k of a GPU shared by k pods).
 
 Conservation holds by construction: for each basis and resource, the tenants (including
 ``__idle__`` and ``__unallocated__``) sum to the cluster total. The usage basis is published
-only when DCGM data is present.
+only when DCGM (or HAMi) data is present.
 
 GPU prices: OpenCost's ``gpuCost`` when the cluster's OpenCost rows carry any GPU cost;
 otherwise (OpenCost without GPU pricing) every hold is priced from the catalog
@@ -55,15 +58,20 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from aifinops.model.gpu_prices import GpuPricer, mig_fraction
-from aifinops.model.inputs import Allocation, AllocationSet, GpuSample
+from aifinops.model.inputs import Allocation, AllocationSet, GpuSample, SharedHold
 from aifinops.model.owned_prices import OwnedHourlyCost
 from aifinops.model.tenancy import TenantResolver
-from aifinops.model.vocabulary import IDLE_TENANT, OTHER_TENANT, RESOURCES, UNALLOCATED_TENANT
+from aifinops.model.vocabulary import (
+    IDLE_TENANT,
+    OTHER_TENANT,
+    RESOURCES,
+    UNALLOCATED_TENANT,
+)
 
 PodKey = tuple[str, str]  # (namespace, pod)
 UnitKey = tuple[str, str]  # (gpu uuid, MIG instance id or "")
@@ -83,6 +91,10 @@ class GpuShare:
     usage_rate: float  # USD/h charged under the usage basis (device price x used)
     unused_rate: float  # USD/h of its request left unused (device price x (held - used), bounded)
     idle_key: IdleKey
+    method: str = "request_share"  # how its device was split (vocabulary.SPLIT_METHODS)
+    # False for a HAMi pod with no usage series yet (no CUDA call): held at its share, and
+    # never idle for want of a figure.
+    measured: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,11 @@ class CostBreakdown:
     utilization_metrics: Mapping[str, int] = field(default_factory=dict)
     # Each configured owned-GPU entry's price at this refresh (billed or not: see above).
     owned_prices: tuple[OwnedHourlyCost, ...] = ()
+    # GPU USD/hour per basis, tenant and split method: ``method_rates[basis][(tenant,
+    # method)]``; per basis it sums to the cluster's GPU rate (before token charge-back).
+    method_rates: Mapping[str, Mapping[tuple[str, str], float]] = field(default_factory=dict)
+    # HAMi holds with no usage series yet (no CUDA call so far): held at their share.
+    held_unmeasured: int = 0
 
 
 def _resource_costs(a: Allocation) -> dict[str, float]:
@@ -129,26 +146,61 @@ def tenant_of(a: Allocation, resolver: TenantResolver) -> str:
     return resolver.resolve(a.namespace, a.labels, a.namespace_labels)
 
 
-def _unit_time_shares(utils: list[float], requests: list[float]) -> list[float]:
-    """Each hold's share (0–1) of its unit's time, from the holds' DCGM utilizations.
+def holding_shares(
+    utils: list[float | None],
+    requests: list[float],
+    *,
+    mig: bool = False,
+    hami: bool = False,
+    per_process: bool = False,
+) -> tuple[list[float], str]:
+    """Each hold's share (0–1) of its unit's time, and how the unit was split (its
+    ``method``, one of :data:`~aifinops.model.vocabulary.SPLIT_METHODS`). The one place a
+    unit's time is split among its holds: energy and anything else that follows the GPU
+    split reads the results (``GpuShare.used``, ``GpuShare.method``), never its own rule.
 
-    One hold: its utilization. Several pods on one unit (time-slicing): stock dcgm-exporter
-    repeats the device's figure on every pod, so equal figures are read as the device's and
-    split by the pods' requests (0.25 and 0.25 of a 60 % device: 30 % each); different
-    figures are each pod's own share, scaled down if they sum over 1 (a device never
-    exceeds all of its time).
+    ``utils`` are the holds' measured figures (0–1 of the unit); ``None`` only on HAMi, for a
+    pod with no usage series yet. ``requests`` are what each hold requested (or, on HAMi, its
+    billing share) in the unit's terms.
+
+    * HAMi (``hami``): each pod's own figure; a pod not measured yet (no CUDA call: HAMi
+      #281) is *held* at its share, and the measured ones are scaled down to the rest of the
+      unit if they would exceed it. Method ``hami``.
+    * One hold: its utilization (``exclusive``, ``mig`` on a MIG instance).
+    * Several pods (time-slicing), dcgm-exporter's per-process series (``per_process``), or
+      figures that differ: each pod's own share, scaled down if they sum over 1 (a device
+      never exceeds all of its time). Method ``per_process``.
+    * Several pods with equal figures: stock dcgm-exporter repeats the device's figure on
+      every pod, so it is split by the pods' requests (0.25 and 0.25 of a 60 % device: 30 %
+      each): a guess, method ``even_split``.
     """
-    if len(utils) == 1:
-        return utils
-    if max(utils) - min(utils) <= 1e-9:
+    if hami:
+        held = math.fsum(r for u, r in zip(utils, requests, strict=True) if u is None)
+        measured = math.fsum(u for u in utils if u is not None)
+        room = max(0.0, 1.0 - held)
+        k = room / measured if measured > room else 1.0
+        return [r if u is None else u * k for u, r in zip(utils, requests, strict=True)], "hami"
+    figures = [0.0 if u is None else u for u in utils]
+    if len(figures) == 1:
+        return figures, "mig" if mig else "exclusive"
+    if not per_process and max(figures) - min(figures) <= 1e-9:
         total_req = math.fsum(requests)
         if total_req <= 0:
-            return [utils[0] / len(utils)] * len(utils)
-        return [utils[0] * r / total_req for r in requests]
-    total = math.fsum(utils)
+            return [figures[0] / len(figures)] * len(figures), "even_split"
+        return [figures[0] * r / total_req for r in requests], "even_split"
+    total = math.fsum(figures)
     if total <= 1.0:
-        return utils
-    return [u / total for u in utils]
+        return figures, "per_process"
+    return [u / total for u in figures], "per_process"
+
+
+def hami_billing_share(hold: SharedHold, core_weight: float) -> float:
+    """A HAMi pod's billing share of its device: ``core_weight`` × cores + the rest × memory
+    (1: cores, 0: memory). A pod that set no core limit (``gpucores`` unset: 0 allocated, it
+    may use the whole device) is billed its memory share for the core part."""
+    cores = hold.core_share if hold.core_share > 0 else hold.memory_share
+    share = core_weight * cores + (1.0 - core_weight) * hold.memory_share
+    return min(max(share, 0.0), 1.0)
 
 
 def attribute_costs(
@@ -157,8 +209,17 @@ def attribute_costs(
     resolver: TenantResolver,
     pricer: GpuPricer,
     max_tenants: int | None = None,
+    shared: tuple[SharedHold, ...] | None = None,
+    hami_core_weight: float = 1.0,
 ) -> CostBreakdown:
     """Join allocations and GPU samples into per-tenant rates on both bases.
+
+    ``shared`` are HAMi's allocations: a device HAMi shares is split by them (each pod's
+    billing share, :func:`hami_billing_share` with ``hami_core_weight``; its live use on the
+    usage basis), whatever DCGM says of its pods. On the allocation basis each pod is billed
+    the device's price × its share; what OpenCost billed the device's pods beyond that (it
+    bills each HAMi pod a whole GPU: OpenCost #3828) goes to ``__idle__``, and where OpenCost
+    billed less, the shares split what it billed: the cluster total is OpenCost's either way.
 
     With ``allocations is None`` (OpenCost unavailable) no cost rates are produced, but GPU
     shares are still built (priced from the catalog) so idle GPUs and efficiency remain.
@@ -242,6 +303,37 @@ def attribute_costs(
     metric_units: dict[str, int] = defaultdict(int)
     for unit_samples in by_unit.values():
         metric_units[unit_samples[0].metric or "unknown"] += 1
+    # HAMi-shared devices: per device, each pod's (billing share, live use or None).
+    hami: dict[str, dict[PodKey, tuple[float, float | None]]] = defaultdict(dict)
+    hami_device: dict[str, SharedHold] = {}
+    # A device DCGM reports as MIG instances is split by its slices (HAMi's MIG mode hands
+    # out whole instances, which DCGM attributes exactly): HAMi's figures are not used there.
+    mig_devices = {uuid for uuid, instance in by_unit if instance}
+    for h in shared or ():
+        if h.uuid in mig_devices:
+            continue
+        share = hami_billing_share(h, hami_core_weight)
+        hami[h.uuid][(h.namespace, h.pod)] = (share, h.utilization)
+        hami_device.setdefault(h.uuid, h)
+    for uuid, hdev in hami_device.items():
+        dcgm_seen = [s for s in by_unit.get((uuid, ""), ()) if not s.mig_profile]
+        model = dcgm_seen[0].model_name if dcgm_seen else hdev.model_name
+        # The pods are HAMi's (DCGM cannot tell HAMi's containers apart on one device).
+        by_unit[(uuid, "")] = [
+            GpuSample(
+                uuid=uuid,
+                gpu_index=hdev.gpu_index,
+                model_name=model,
+                node=hdev.node,
+                utilization=0.0 if use is None else min(max(use, 0.0), 1.0),
+                namespace=key[0],
+                pod=key[1],
+                metric="hami",
+            )
+            for key, (_, use) in hami[uuid].items()
+        ]
+    if hami_device:
+        samples = tuple(x for unit in by_unit.values() for x in unit)
 
     mig_fractions: dict[tuple[str, str], float] = {}
 
@@ -270,7 +362,8 @@ def attribute_costs(
             continue  # an unassigned unit: OpenCost's __idle__ row (or the catalog) prices it
         first = next(iter(with_pod.values()))
         capacity = mig_held(first.mig_profile, first.model_name) if first.mig_profile else 1.0
-        weight = capacity / len(with_pod)
+        # A HAMi pod holds one vGPU of the device, which OpenCost counts as one GPU.
+        weight = 1.0 if first.uuid in hami else capacity / len(with_pod)
         holds = [(s, weight, key) for key, s in with_pod.items()]
         unit_pods.append((capacity, holds))
         for _, w, key in holds:
@@ -336,10 +429,16 @@ def attribute_costs(
     price_obs: dict[str, list[float]] = defaultdict(list)
     # Requested GPU-equivalents per physical GPU (catalog pricing books the rest to __idle__).
     device_requested: dict[str, list[float]] = defaultdict(list)
-    # Per hold: (sample, pod, tenant, requested, used, billed USD/h, usage USD/h, unused USD/h).
-    measured: list[tuple[GpuSample, PodKey, str, float, float, float, float, float]] = []
+    # Per hold: (sample, pod, tenant, requested, used, billed USD/h, usage USD/h, unused USD/h,
+    # split method).
+    measured: list[tuple[GpuSample, PodKey, str, float, float, float, float, float, str]] = []
+    # HAMi re-split on the allocation basis: per tenant, the change of its billed GPU USD/h
+    # (OpenCost's whole-GPU bill -> price x share); the device's rest goes to __idle__.
+    hami_moved: dict[str, list[float]] = defaultdict(list)
+    held_keys: set[IdleKey] = set()
     for capacity, holds in unit_pods:
-        if len(holds) == 1:
+        hami_unit = hami.get(holds[0][0].uuid) if not holds[0][0].mig_profile else None
+        if len(holds) == 1 and hami_unit is None:
             # One pod on the unit (most units): the general path below without its lists.
             s, weight, key = holds[0]
             req = requested(key, weight)
@@ -356,20 +455,44 @@ def attribute_costs(
             # Never less than what the usage basis moves to __idle__ for it (see below).
             unused = max(unused, billed - usage)
             tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
-            measured.append((s, key, tenant, req, used, billed, usage, unused))
+            method = "mig" if s.mig_profile else "exclusive"
+            measured.append((s, key, tenant, req, used, billed, usage, unused, method))
             continue
         unit_parts: list[tuple[GpuSample, PodKey, float, float, float]] = []
-        for s, weight, key in holds:
-            req = requested(key, weight)
-            billed, price = hold_rates(key, weight, s, req)
-            unit_parts.append((s, key, req, billed, price))
-            if catalog_priced:
-                device_requested[s.uuid].append(req)
+        if hami_unit is not None:
+            unit_parts, moved = _hami_parts(holds, hami_unit, hold_rates, catalog_priced)
+            for (s, key, req, _, _), change in zip(unit_parts, moved, strict=True):
+                if catalog_priced:
+                    device_requested[s.uuid].append(req)
+                elif change:
+                    hami_moved[pod_tenant.get(key) or tenant_of_pod(s, key)].append(change)
+                    hami_moved[IDLE_TENANT].append(-change)
+                    row = pod_alloc.setdefault(key, {})
+                    row["gpu"] = row.get("gpu", 0.0) + change
+            utils: list[float | None] = [hami_unit[p[1]][1] for p in unit_parts]
+            for p, u in zip(unit_parts, utils, strict=True):
+                if u is None:
+                    held_keys.add((p[0].uuid, "", p[1][0], p[1][1]))
+        else:
+            for s, weight, key in holds:
+                req = requested(key, weight)
+                billed, price = hold_rates(key, weight, s, req)
+                unit_parts.append((s, key, req, billed, price))
+                if catalog_priced:
+                    device_requested[s.uuid].append(req)
+            utils = [p[0].utilization for p in unit_parts]
         # The physical device's price: its holders' (one node, one price; a mean guards
         # against OpenCost rounding each pod's figures).
-        price = math.fsum(p[4] for p in unit_parts) / len(unit_parts)
-        time_shares = _unit_time_shares(
-            [p[0].utilization for p in unit_parts], [p[2] for p in unit_parts]
+        if hami_unit is not None:  # _hami_parts gave every hold the device's price
+            price = unit_parts[0][4]
+        else:
+            price = math.fsum(p[4] for p in unit_parts) / len(unit_parts)
+        time_shares, method = holding_shares(
+            utils,
+            [p[2] for p in unit_parts],
+            mig=bool(unit_parts[0][0].mig_profile),
+            hami=hami_unit is not None,
+            per_process=any(p[0].per_process for p in unit_parts),
         )
         left = max(0.0, 1.0 - math.fsum(time_shares))
         # Holders' unused time: what each left of its request, bounded by the unit's rest.
@@ -390,12 +513,15 @@ def attribute_costs(
             tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
             used = capacity * sh
             unused = unused_total * d / total_deficit if total_deficit > 0 else 0.0
-            measured.append((s, key, tenant, req, used, billed, price * used, unused))
+            measured.append((s, key, tenant, req, used, billed, price * used, unused, method))
 
     # Usage above what a hold was billed is paid from the money its device's idle time holds
     # (OpenCost's __idle__ row, and holds that used less than billed). Where OpenCost's rows
     # do not carry that time (no __idle__ row), the excess is scaled to what there is, so
     # every basis still sums to the cluster total and no bucket goes negative.
+    hami_idle = math.fsum(hami_moved.get(IDLE_TENANT, ()))  # what OpenCost overbilled
+    for tenant, changes in hami_moved.items():
+        alloc_parts[(tenant, "gpu")].extend(changes)
     idle_alloc_gpu = math.fsum(alloc_parts.get((IDLE_TENANT, "gpu"), ()))
     catalog_idle: list[float] = []
     if catalog_priced:
@@ -414,7 +540,15 @@ def attribute_costs(
     extra_alloc_gpu: dict[str, list[float]] = defaultdict(list)  # catalog-priced GPU cost
     measured_by_tenant: dict[str, list[float]] = defaultdict(list)  # alloc rate of holds
     pod_shares: dict[PodKey, list[float]] = {}  # per hold: alloc rate, usage rate, ...
-    for s, key, tenant, req, used, billed, usage, unused in measured:
+    # Per basis, (tenant, method): the GPU USD/h the holds put there; the rest is added below.
+    method_parts: dict[str, dict[tuple[str, str], list[float]]] = {
+        "allocation": defaultdict(list),
+        "usage": defaultdict(list),
+    }
+    if hami_idle:
+        method_parts["allocation"][(IDLE_TENANT, "hami")].append(hami_idle)
+        method_parts["usage"][(IDLE_TENANT, "hami")].append(hami_idle)
+    for s, key, tenant, req, used, billed, usage, unused, method in measured:
         if scale < 1.0:
             # Every idle dollar paid someone's use: no unused money is left in __idle__.
             unused = 0.0
@@ -424,6 +558,10 @@ def attribute_costs(
             extra_alloc_gpu[tenant].append(billed)
         usage_gpu[tenant].append(usage)
         usage_gpu[IDLE_TENANT].append(billed - usage)
+        method_parts["allocation"][(tenant, method)].append(billed)
+        method_parts["usage"][(tenant, method)].append(usage)
+        method_parts["usage"][(IDLE_TENANT, method)].append(billed - usage)
+        idle_key = (s.uuid, s.mig_instance or "", key[0], key[1])
         shares_out.append(
             GpuShare(
                 tenant,
@@ -434,7 +572,9 @@ def attribute_costs(
                 billed,
                 usage,
                 unused,
-                (s.uuid, s.mig_instance or "", key[0], key[1]),
+                idle_key,
+                method,
+                idle_key not in held_keys,
             )
         )
         measured_by_tenant[tenant].append(billed)
@@ -462,7 +602,7 @@ def attribute_costs(
         allocation_rates = {}
 
     rates_by_basis: dict[str, dict[tuple[str, str], float]] = {"allocation": allocation_rates}
-    if gpus is not None and allocations is not None:
+    if (gpus is not None or shared is not None) and allocations is not None:
         usage_rates = {k: v for k, v in allocation_rates.items() if k[1] != "gpu"}
         gpu_parts: dict[str, list[float]] = defaultdict(list)
         for tenant, parts in usage_gpu.items():
@@ -482,6 +622,10 @@ def attribute_costs(
                 usage_rates[(tenant, "gpu")] = total
         rates_by_basis["usage"] = usage_rates
 
+    method_rates = {
+        basis: _method_rates(rates, method_parts[basis]) for basis, rates in rates_by_basis.items()
+    }
+
     pod_rates: dict[str, dict[PodKey, dict[str, float]]] = {}
     if allocations is not None:
         pod_rates = _pod_rates(pod_alloc, pod_shares, catalog_priced, "usage" in rates_by_basis)
@@ -491,6 +635,11 @@ def attribute_costs(
         rates_by_basis, folded = fold_tenants(rates_by_basis, max_tenants)
         if folded:
             shares = fold_shares(shares, rates_by_basis)
+            kept = {t for basis in rates_by_basis.values() for (t, _) in basis}
+            method_rates = {
+                basis: remap_tenants(rates, {t: OTHER_TENANT for (t, _) in rates if t not in kept})
+                for basis, rates in method_rates.items()
+            }
 
     cluster: dict[str, float] = {}
     if allocation_rates:
@@ -529,7 +678,126 @@ def attribute_costs(
         pod_tenants=pod_tenants,
         utilization_metrics=dict(metric_units),
         owned_prices=pricer.owned_prices(),
+        method_rates=method_rates,
+        held_unmeasured=len(held_keys),
     )
+
+
+def _method_rates(
+    rates: Mapping[tuple[str, str], float], parts: Mapping[tuple[str, str], list[float]]
+) -> dict[tuple[str, str], float]:
+    """Each tenant's GPU USD/hour on one basis by split method: what its holds carried
+    (``parts``), and the rest of its GPU rate (OpenCost's idle row, pods DCGM does not see,
+    unrequested capacity) as ``request_share``. Per tenant the methods sum to its GPU rate.
+
+    A method can carry less than nothing into ``__idle__`` (use above what a hold was billed
+    is paid from idle money): its dollars are taken from the tenant's other methods in
+    proportion, so every figure is >= 0 and the sum is unchanged."""
+    by_tenant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (tenant, method), values in parts.items():
+        by_tenant[tenant][method].extend(values)
+    out: dict[tuple[str, str], float] = {}
+    for (tenant, resource), value in rates.items():
+        if resource != "gpu" or value <= 0:
+            continue
+        methods = {m: math.fsum(v) for m, v in by_tenant.get(tenant, {}).items()}
+        rest = value - math.fsum(math.fsum(v) for v in by_tenant.get(tenant, {}).values())
+        methods["request_share"] = methods.get("request_share", 0.0) + rest
+        positive = {m: v for m, v in methods.items() if v > 1e-12}
+        total = math.fsum(positive.values())
+        if total <= 0:
+            continue
+        k = value / total
+        for m, v in positive.items():
+            out[(tenant, m)] = v * k
+    return out
+
+
+def follow_gpu_rates(
+    method_rates: Mapping[str, Mapping[tuple[str, str], float]],
+    rates: Mapping[str, Mapping[tuple[str, str], float]],
+) -> dict[str, dict[tuple[str, str], float]]:
+    """``method_rates`` made to follow each tenant's final GPU rate in ``rates`` after the
+    token charge-back moved serving pods' GPU cost between tenants (and folding merged some):
+    a tenant whose GPU dollars fell keeps its method mix, scaled down; the dollars it gave
+    up, with their methods, go to the tenants whose GPU dollars rose, in proportion to the
+    rise. Per basis the total is unchanged; per tenant the methods sum to its GPU rate."""
+    out: dict[str, dict[tuple[str, str], float]] = {}
+    for basis, by_method in method_rates.items():
+        final = {t: v for (t, r), v in rates.get(basis, {}).items() if r == "gpu" and v > 0}
+        mix: dict[str, dict[str, float]] = defaultdict(dict)
+        for (tenant, method), usd in by_method.items():
+            # A tenant folded away since: its dollars are __other__'s now.
+            owner = tenant if tenant in final or tenant in _SENTINELS else OTHER_TENANT
+            mix[owner][method] = mix[owner].get(method, 0.0) + usd
+        pool: dict[str, list[float]] = defaultdict(list)
+        rises: dict[str, float] = {}
+        result: dict[tuple[str, str], float] = {}
+        for tenant in {*mix, *final}:
+            methods = mix.get(tenant, {})
+            had = math.fsum(methods.values())
+            now = final.get(tenant, 0.0)
+            if now > had + 1e-12:
+                rises[tenant] = now - had
+                k = 1.0
+            else:
+                k = now / had if had > 0 else 0.0
+            for method, usd in methods.items():
+                if usd * k > 1e-12:
+                    result[(tenant, method)] = usd * k
+                if k < 1.0:
+                    pool[method].append(usd * (1.0 - k))
+        pooled = {m: math.fsum(v) for m, v in pool.items()}
+        pool_total = math.fsum(pooled.values())
+        for tenant, rise in rises.items():
+            shares = (
+                {m: v / pool_total for m, v in pooled.items() if v > 0}
+                if pool_total > 0
+                else {"request_share": 1.0}
+            )
+            for method, share in shares.items():
+                key = (tenant, method)
+                result[key] = result.get(key, 0.0) + rise * share
+        out[basis] = result
+    return out
+
+
+HoldRates = Callable[[PodKey, float, GpuSample, float], tuple[float, float]]
+
+
+def _hami_parts(
+    holds: list[tuple[GpuSample, float, PodKey]],
+    unit: Mapping[PodKey, tuple[float, float | None]],
+    hold_rates: HoldRates,
+    catalog_priced: bool,
+) -> tuple[list[tuple[GpuSample, PodKey, float, float, float]], list[float]]:
+    """A HAMi device's holds as ``(sample, pod, billing share, billed USD/h, device price)``,
+    and how much each hold's billed rate changed from OpenCost's (0 when catalog-priced: the
+    catalog already bills price x share).
+
+    OpenCost-priced: each pod is billed the device's price × its share; where OpenCost billed
+    the holders less than that in all, the shares split what it billed. Either way the
+    holders' total never exceeds OpenCost's, and the difference is the device's ``__idle__``.
+    """
+    rows = []
+    for s, weight, key in holds:
+        share = unit[key][0]
+        billed, price = hold_rates(key, weight, s, share)
+        rows.append((s, key, share, billed, price))
+    if catalog_priced:
+        return rows, [0.0] * len(rows)
+    priced = [r[4] for r in rows if r[4] > 0]
+    price = math.fsum(priced) / len(priced) if priced else 0.0
+    pool = math.fsum(r[3] for r in rows)
+    want = price * math.fsum(r[2] for r in rows)
+    k = pool / want if want > pool else 1.0
+    parts = []
+    moved = []
+    for s, key, share, billed_oc, _ in rows:
+        billed = price * share * k
+        parts.append((s, key, share, billed, price))
+        moved.append(billed - billed_oc)
+    return parts, moved
 
 
 def _pod_rates(
@@ -637,6 +905,8 @@ def fold_shares(
                 s.usage_rate,
                 s.unused_rate,
                 s.idle_key,
+                s.method,
+                s.measured,
             )
         out.append(s)
     return out

@@ -53,7 +53,8 @@ def observe_holds(
     for share in shares:
         key = share.idle_key
         prev = get(key)
-        if share.utilization >= threshold:
+        # A hold with no figure yet (HAMi before the pod's first CUDA call) is held, not idle.
+        if share.utilization >= threshold or not share.measured:
             history = HoldHistory(prev.first_seen if prev is not None else observed_at, observed_at)
         elif prev is not None:
             history = prev

@@ -47,6 +47,33 @@ class GpuSample:
     mig_profile: str | None = None
     mig_instance: str | None = None
     metric: str = ""
+    # dcgm-exporter's per-process series (``--kubernetes-virtual-gpus``): this pod's own
+    # processes' figure, published beside the device's own series; never a repeated device value.
+    per_process: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SharedHold:
+    """One pod's HAMi allocation on one physical GPU (its containers summed).
+
+    ``core_share`` and ``memory_share`` are 0–1 of the device: the containers' allocated
+    cores over the device's core limit (HAMi's ``gpucores``; 0 when the pod set none), and
+    their allocated memory over the device's memory. ``utilization`` is the pod's live share
+    of the device's time (0–1, its containers' SM use summed), or ``None`` while no container
+    of the pod has touched CUDA (HAMi publishes no usage series until then: HAMi #281).
+    ``model_name`` is HAMi's device type without its ``NVIDIA-`` prefix (DCGM's name wins
+    where DCGM sees the device).
+    """
+
+    uuid: str
+    node: str
+    namespace: str
+    pod: str
+    core_share: float
+    memory_share: float
+    utilization: float | None = None
+    model_name: str = ""
+    gpu_index: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +217,8 @@ class Inputs:
     gpus: tuple[GpuSample, ...] | None
     allocations: AllocationSet | None
     tokens: TokenInputs | None = None
+    # HAMi's allocations and live use (``None``: no HAMi source, or its data went stale).
+    shared: tuple[SharedHold, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from aifinops.model.cost import (
     attribute_costs,
     fold_shares,
     fold_tenants,
+    follow_gpu_rates,
 )
 from aifinops.model.finance_types import FinanceContext
 from aifinops.model.gpu_prices import GpuPricer
@@ -54,6 +55,8 @@ class ModelContext:
     finance: FinanceContext | None = None
     # Applied to the rendered families by the refresh loop (exposition/bounds.py).
     max_series_per_family: int | None = None
+    # A HAMi pod's billing share: this weight x its cores share + the rest x its memory share.
+    hami_core_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ def build_report(
         context.resolver,
         context.pricer.at(now),  # owned GPUs are priced by their age at now
         context.max_tenants,
+        inputs.shared,
+        context.hami_core_weight,
     )
     token_report: TokenReport | None = None
     token_state = state.tokens
@@ -148,6 +153,8 @@ def build_report(
             context.resolver,
         )
         cost, owner = _with_token_rates(cost, token_rates, context.max_tenants)
+        # The split methods follow the GPU dollars the charge-back moved.
+        cost = replace(cost, method_rates=follow_gpu_rates(cost.method_rates, cost.rates))
         token_report = fold_token_report(token_report, owner)
         charge_back = _moved(before, cost.rates)
 

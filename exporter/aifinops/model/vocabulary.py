@@ -11,6 +11,12 @@ IDLE_TENANT = "__idle__"
 UNALLOCATED_TENANT = "__unallocated__"
 OTHER_TENANT = "__other__"
 RESOURCES = ("gpu", "cpu", "ram", "storage", "network", "shared")
+# How a GPU dollar was split among a device's holds (model/cost.py holding_shares):
+# exclusive (one pod, whole GPU), mig (a MIG instance), per_process (each pod's own figure:
+# dcgm-exporter's per-process series), hami (HAMi's allocated shares and live use),
+# even_split (DCGM repeated the device figure on every pod: split by request, a guess),
+# request_share (no measurement: as requested, e.g. OpenCost's idle row, unmeasured pods).
+SPLIT_METHODS = ("exclusive", "mig", "per_process", "hami", "even_split", "request_share")
 BASES = ("allocation", "usage")
 # API token dollars in the per-tenant cost series (not in RESOURCES: the core never has it).
 TOKENS_RESOURCE = "tokens"

@@ -58,6 +58,7 @@ class Slot(enum.Enum):
     PRICES = "prices"  # LlmPriceCatalog: the LLM price list
     TOKENS = "tokens"  # a sequence of TokenObservation (with ``origins`` when it has them)
     LATENCY = "latency"  # Mapping[(model, provider), p95 seconds]
+    SHARED = "shared"  # tuple[SharedHold, ...]: HAMi's per-pod device shares and live use
 
 
 class Source(Protocol, Generic[T_co]):

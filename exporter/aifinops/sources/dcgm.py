@@ -28,8 +28,11 @@ tests/fixtures/PROVENANCE.md for where each name was looked up):
 ``utilization_metric: auto`` (the default) picks per unit (a GPU, or a MIG instance): the
 profiling metric where any series of the unit has it (MIG instances have only it), else the
 device metric. A GPU without profiling counters (a T4) is measured by the device metric and
-never fails the source. The same series read twice (two Prometheus jobs scraping one
-dcgm-exporter) counts once: the highest value of each (unit, pod, container, metric) is kept.
+never fails the source. dcgm-exporter's per-process series (``--kubernetes-virtual-gpus``,
+PR #594: the device's series without a pod beside one per pod, with ``pod_uid`` and the pod's
+own processes' figure) are marked ``per_process``: each pod's own share. The same series
+read twice (two Prometheus jobs scraping one dcgm-exporter) counts once: the highest value
+of each (unit, pod, container, metric) is kept.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import asyncio
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Literal
 
 import httpx
@@ -221,6 +225,7 @@ def gpu_samples(
         if kind == "profiling"
     }
     kept: dict[tuple[str, ...], GpuSample] = {}
+    with_uid: set[tuple[str, ...]] = set()  # pod series carrying pod_uid (per-process form)
     for name, kind, scale, uuid, labels, value in rows:
         profile = labels.get("GPU_I_PROFILE") or None
         instance = (labels.get("GPU_I_ID") or None) if profile else None
@@ -247,7 +252,17 @@ def gpu_samples(
             metric=name,
         )
         key = (uuid, instance or "", namespace or "", pod or "", container or "", kind)
+        if pod and labels.get("pod_uid"):
+            with_uid.add(key)
         seen = kept.get(key)
         if seen is None or sample.utilization > seen.utilization:
             kept[key] = sample  # a duplicate keeps the first position, the highest value
-    return tuple(kept.values())
+    if not with_uid:
+        return tuple(kept.values())
+    # dcgm-exporter's per-process form (--kubernetes-virtual-gpus, PR #594): the device's own
+    # series (no pod) beside one series per pod with that pod's processes' figure and pod_uid.
+    devices = {(k[0], k[1], k[5]) for k, v in kept.items() if v.pod is None}
+    return tuple(
+        replace(v, per_process=True) if k in with_uid and (k[0], k[1], k[5]) in devices else v
+        for k, v in kept.items()
+    )

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ValidationError
 from aifinops.model.chargeback import FocusParties, build_chargeback, chargeback_csv, focus_csv
 from aifinops.model.finance import FinanceContext, FinanceReport
 from aifinops.model.recommend import filter_recommendations
+from aifinops.model.report import Report
 from aifinops.model.roi import compute_roi
 from aifinops.model.routing import optimize_workload
 from aifinops.offload import run_side
@@ -84,9 +85,11 @@ TOP_SAVINGS = 5
 
 FinanceGetter = Callable[[], FinanceReport | None]
 ContextGetter = Callable[[], FinanceContext | None]
+ReportGetter = Callable[[], Report | None]
 
 API_FINANCE: web.AppKey[FinanceGetter] = web.AppKey("api_finance")
 API_CONTEXT: web.AppKey[ContextGetter] = web.AppKey("api_finance_context")
+API_REPORT: web.AppKey[ReportGetter] = web.AppKey("api_report")
 API_READ_CACHE: web.AppKey[ReadCache] = web.AppKey("api_read_cache")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 API_TOKENS = web.AppKey("api_tokens", TokenStore)
@@ -359,8 +362,15 @@ def _chargeback(request: web.Request) -> web.Response:
     &share_unallocated=``; ``period`` defaults to the current month."""
     data = _query(request)
     f = _finance(request)
+    report = request.app[API_REPORT]()
     data.setdefault("period", f.period)
     query = _validate_query(ChargebackQuery, data)
+    # How each tenant's GPU dollars are split now: said for the month in progress only (the
+    # books of record do not carry it for past months).
+    splits: dict[str, dict[str, float]] = {}
+    if report is not None and query.period == f.period:
+        for (tenant, method), usd in report.cost.method_rates.get(query.basis, {}).items():
+            splits.setdefault(tenant, {})[method] = usd
     books = f.books.get(query.period) if query.basis == "allocation" else None
     if books is not None:
         dollars: Mapping[tuple[str, str], float] | None = books.dollars
@@ -393,6 +403,7 @@ def _chargeback(request: web.Request) -> web.Response:
         now=f.now,
         covered=covered,
         source=source,
+        splits=splits,
     )
     if query.format == "json":
         return _json(ChargebackResponse.from_model(cb))
@@ -583,12 +594,14 @@ def register_api(
     settings: Settings,
     finance: FinanceGetter,
     context: ContextGetter,
+    report: ReportGetter = lambda: None,
 ) -> None:
     """Add the API routes and the auth/error middleware to ``app`` (before it starts).
     Raises :class:`~aifinops.settings.ConfigError` when a configured token cannot be read."""
     app[API_TOKENS] = TokenStore.from_settings(settings.api)
     app[API_FINANCE] = finance
     app[API_CONTEXT] = context
+    app[API_REPORT] = report
     app[API_SETTINGS] = settings
     app[API_READ_CACHE] = ReadCache()
     app[PUSH_TOKEN_CONFIGURED] = settings.tokens.push.bearer_token_file is not None

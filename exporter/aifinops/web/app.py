@@ -182,6 +182,7 @@ def create_app(
         settings,
         finance=lambda: app[REFRESHER].snapshot.finance if REFRESHER in app else None,
         context=lambda: app[REFRESHER].context.finance if REFRESHER in app else None,
+        report=lambda: app[REFRESHER].snapshot.report if REFRESHER in app else None,
     )
     if store is not None:
         app[USAGE_STORE] = store

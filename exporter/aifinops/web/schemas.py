@@ -446,6 +446,9 @@ class ChargebackRowOut(_Schema):
     amount_usd: float  # rounded to the cent; rows sum to total_usd exactly
     quantity: float | None
     unit: str | None
+    # A tenant's GPU row in the month in progress: its GPU dollars' shares by split method
+    # (exclusive, mig, per_process, hami, even_split, request_share; docs/shared-gpus.md).
+    split_methods: dict[str, float] | None = None
 
 
 class ChargebackResponse(_Schema):
@@ -486,6 +489,7 @@ class ChargebackResponse(_Schema):
                     amount_usd=float(r.amount_usd),
                     quantity=r.quantity.value if r.quantity else None,
                     unit=r.quantity.unit if r.quantity else None,
+                    split_methods=dict(r.split) if r.split else None,
                 )
                 for r in cb.rows
             ],

@@ -192,3 +192,31 @@ async def test_chargeback_bad_query(finance_demo, query, status, field):
     err = (await resp.json())["error"]
     assert err["field"] == field
     assert err["code"] == ("not_found" if status == 404 else "invalid_request")
+
+
+async def test_chargeback_gpu_rows_say_how_each_tenants_dollars_were_split(finance_demo):
+    await finance_demo.refresh()
+    finance_demo.clock.now = T0 + 1800  # the usage basis' ledger holds an increment
+    await finance_demo.refresh()
+    page = await finance_demo.metrics()
+    # Per tenant, the usage basis' GPU dollars by split method as /metrics publishes them.
+    published: dict[str, dict[str, float]] = {}
+    family = "aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour"
+    for (method, tenant), usd in series(page, family).items():  # labels sorted by name
+        published.setdefault(tenant, {})[method] = usd
+    # Per tenant the methods sum to its usage-basis GPU rate (charge-back included).
+    gpu = series(page, "aifinops_tenant_usage_basis_cost_usd_per_hour", resource="gpu")
+    assert {t: math.fsum(m.values()) for t, m in published.items()} == pytest.approx(
+        {t: v for (t,), v in gpu.items() if v > 0}
+    )
+    cb = await (await finance_demo.client.get("/api/v1/chargeback?basis=usage")).json()
+    gpu_rows = [r for r in cb["rows"] if r["resource"] == "gpu" and r["allocation"] == "direct"]
+    assert gpu_rows and all(r["split_methods"] for r in gpu_rows)
+    for r in gpu_rows:
+        total = math.fsum(published[r["tenant"]].values())
+        want = {m: usd / total for m, usd in published[r["tenant"]].items() if usd > 0}
+        assert r["split_methods"] == pytest.approx(want), r["tenant"]
+    assert all(r["split_methods"] is None for r in cb["rows"] if r["resource"] != "gpu")
+    focus = await (await finance_demo.client.get("/api/v1/chargeback?format=focus")).text()
+    cells = [r["x_GpuSplitMethods"] for r in csv.DictReader(io.StringIO(focus))]
+    assert any(c.startswith(("exclusive=", "even_split=", "mig=", "per_process=")) for c in cells)
