@@ -19,6 +19,7 @@ from aifinops.offload import run_cpu, settle_heap
 from aifinops.settings import ConfigError, Settings, UpstreamHttpSettings
 from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
+from aifinops.sources.energy import EnergySource
 from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.latency import LatencySource
 from aifinops.sources.llm_prices import LlmPriceSource
@@ -96,6 +97,9 @@ def model_context(settings: Settings) -> ModelContext:
         tokens=settings.tokens.to_model() if settings.tokens.active else None,
         finance=settings.finance_to_model(),
         max_series_per_family=settings.limits.max_series_per_family,
+        energy=settings.energy.to_model(settings.budgets.time_zone)
+        if settings.energy.enabled
+        else None,
     )
 
 
@@ -155,6 +159,14 @@ def _dcgm(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
     dcgm = settings.sources.dcgm
     if dcgm.enabled:
         yield DcgmSource(dcgm, run=wiring.run), dcgm.timeout_seconds, dcgm.stale_after_seconds
+
+
+def _energy(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
+    """GPU energy (``energy.enabled``), read where ``sources.dcgm`` reads utilization."""
+    dcgm = settings.sources.dcgm
+    if settings.energy.enabled and dcgm.enabled:
+        source = EnergySource(dcgm, wiring.clock, run=wiring.run)
+        yield source, dcgm.timeout_seconds, dcgm.stale_after_seconds
 
 
 def _opencost(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
@@ -243,6 +255,8 @@ def _tokens_data(settings: Settings) -> list[str]:
 # only refine the data of the others: they list no data source of their own.)
 SOURCES: dict[str, SourceEntry] = {
     "dcgm": SourceEntry(_dcgm, _dcgm_upstreams, _dcgm_data),
+    # Reads sources.dcgm's URLs (their routes are dcgm's); it refines DCGM's data.
+    "energy": SourceEntry(_energy),
     "opencost": SourceEntry(_opencost, _opencost_upstreams, _opencost_data),
     "tokens": SourceEntry(_tokens, _tokens_upstreams, _tokens_data),
     "latency": SourceEntry(_latency, _latency_upstreams),

@@ -45,6 +45,7 @@ from aifinops.model.finance import (
 from aifinops.model.inputs import (
     AllocationSet,
     DailyAllocationSets,
+    EnergyReadings,
     GpuSample,
     Inputs,
     TokenInputs,
@@ -274,6 +275,7 @@ class Refresher:
         # Measured p95 latency per (model, provider) for routing; the first source listed
         # wins a key. A source down past its staleness has no data: configured figures apply.
         latencies: dict[tuple[str, str], float] = {}
+        energy: EnergyReadings | None = None
         for rt in self._runtimes:
             if rt.data is None:
                 continue
@@ -294,13 +296,16 @@ class Refresher:
             elif slot is Slot.LATENCY:
                 for key, seconds in rt.data.items():
                     latencies.setdefault(key, seconds)
+            elif slot is Slot.ENERGY:
+                energy = rt.data
         tokens = None
         if self._context.tokens is not None:
             tokens = TokenInputs(tuple(observations), frozenset(token_sources), catalog)
         finance = FinanceInputs(
             monthly=monthly, allocations=allocations, catalog=catalog, latencies=latencies
         )
-        return Inputs(gpus=gpus, allocations=allocations, tokens=tokens), dcgm_at, finance
+        inputs = Inputs(gpus=gpus, allocations=allocations, tokens=tokens, energy=energy)
+        return inputs, dcgm_at, finance
 
     def _build_finance(
         self, report: Report | None, inputs: FinanceInputs, now: float

@@ -442,7 +442,8 @@ class GpuPricingSettings(_Strict):
         return v
 
 
-_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _CLOCK = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
 
 
@@ -458,7 +459,7 @@ class _TimeWindowSettings(_Strict):
     """A daily time-of-use window in the finance time zone (``budgets.time_zone``):
     ``[start, end)`` on ``days`` (default every day). A window over midnight is two windows."""
 
-    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = _WEEKDAYS
+    days: tuple[Weekday, ...] = _WEEKDAYS
     start: str
     end: str
 

@@ -19,6 +19,7 @@ from aifinops.model.cost import (
     fold_shares,
     fold_tenants,
 )
+from aifinops.model.energy import EnergyContext, EnergyReport, EnergyState, account_energy
 from aifinops.model.finance_types import FinanceContext
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.idle import HoldHistory, is_idle, observe_holds
@@ -54,6 +55,7 @@ class ModelContext:
     finance: FinanceContext | None = None
     # Applied to the rendered families by the refresh loop (exposition/bounds.py).
     max_series_per_family: int | None = None
+    energy: EnergyContext | None = None  # energy.enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class ModelState:
     idle: Mapping[IdleKey, HoldHistory] = field(default_factory=dict)
     dcgm_observed_at: float | None = None
     tokens: TokenState | None = None
+    energy: EnergyState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,7 @@ class Report:
     efficiency: Mapping[str, float]
     tokens: TokenReport | None = None
     charge_back: Mapping[str, Mapping[tuple[str, str], float]] = field(default_factory=dict)
+    energy: EnergyReport | None = None
 
     def tenant_rates(self, basis: str) -> Mapping[tuple[str, str], float]:
         return self.cost.rates.get(basis, {})
@@ -201,6 +205,14 @@ def build_report(
             for tenant, usd in token_report.api_cost.items():
                 accrued[(tenant, TOKENS_RESOURCE, basis)] = usd
 
+    energy_report: EnergyReport | None = None
+    energy_state = state.energy
+    if context.energy is not None:
+        # The shares after every fold: energy lands on the tenants the money series show.
+        energy_report, energy_state = account_energy(
+            inputs.energy, cost.shares, context.energy, state.energy or EnergyState(), now
+        )
+
     report = Report(
         now=now,
         cost=cost,
@@ -209,6 +221,7 @@ def build_report(
         efficiency=efficiency,
         tokens=token_report,
         charge_back=charge_back,
+        energy=energy_report,
     )
     new_state = ModelState(
         last_now=now,
@@ -216,6 +229,7 @@ def build_report(
         idle=idle_state,
         dcgm_observed_at=dcgm_observed_at if inputs.gpus is not None else None,
         tokens=token_state,
+        energy=energy_state,
     )
     return report, new_state
 

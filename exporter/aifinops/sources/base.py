@@ -58,6 +58,7 @@ class Slot(enum.Enum):
     PRICES = "prices"  # LlmPriceCatalog: the LLM price list
     TOKENS = "tokens"  # a sequence of TokenObservation (with ``origins`` when it has them)
     LATENCY = "latency"  # Mapping[(model, provider), p95 seconds]
+    ENERGY = "energy"  # EnergyReadings: each GPU's joules since the previous read
 
 
 class Source(Protocol, Generic[T_co]):
