@@ -357,7 +357,7 @@ ENERGY_GPUS = _spec(
     "experimental",
 )
 ENERGY_COUNTER_RESETS = _spec(
-    "aifinops_energy_counter_resets_total",
+    "aifinops_energy_dcgm_resets_total",
     "counter",
     "DCGM energy counters seen going down (a driver reload or GPU reset): the interval is "
     "counted from zero, as Prometheus' increase() does.",
