@@ -96,6 +96,11 @@ def test_a_hold_whose_pod_matches_no_rule_is_unallocated_energy():
     assert split == {"__unallocated__": approx(1000.0)}
 
 
+def test_without_utilization_data_the_energy_is_unallocated_not_idle():
+    split = split_energy(EnergyReadings(0, 60, (GpuEnergy("G", 500.0),)), None)
+    assert split == {"__unallocated__": 500.0}
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from aifinops.model.cost import GpuShare
 from aifinops.model.inputs import EnergyReadings
-from aifinops.model.vocabulary import IDLE_TENANT
+from aifinops.model.vocabulary import IDLE_TENANT, UNALLOCATED_TENANT
 
 JOULES_PER_KWH = 3.6e6
 SECONDS_PER_HOUR = 3600.0
@@ -165,10 +165,15 @@ class EnergyReport:
     counter_resets: int
 
 
-def split_energy(readings: EnergyReadings, shares: Iterable[GpuShare]) -> dict[str, float]:
+def split_energy(readings: EnergyReadings, shares: Iterable[GpuShare] | None) -> dict[str, float]:
     """Joules per tenant over one interval (see the module docstring). Every measured joule
     lands in exactly one tenant; a device whose holds claim more than all of it (rounding) has
-    their fractions scaled to 1."""
+    their fractions scaled to 1. ``shares`` is ``None`` when there is no utilization data to
+    say who holds what: the energy is then ``__unallocated__`` (not ``__idle__``: the GPUs
+    may well be held)."""
+    if shares is None:
+        total = math.fsum(g.joules for g in readings.gpus if g.joules > 0)
+        return {UNALLOCATED_TENANT: total} if total > 0 else {}
     holds: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for s in shares:
         holds[s.idle_key[0]].append((s.tenant, max(0.0, s.used) + max(0.0, s.unused)))
@@ -204,7 +209,7 @@ def _add(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
 
 def account_energy(
     readings: EnergyReadings | None,
-    shares: Iterable[GpuShare],
+    shares: Iterable[GpuShare] | None,
     context: EnergyContext,
     state: EnergyState,
     now: float,

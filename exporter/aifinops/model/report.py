@@ -209,8 +209,9 @@ def build_report(
     energy_state = state.energy
     if context.energy is not None:
         # The shares after every fold: energy lands on the tenants the money series show.
+        shares = cost.shares if inputs.gpus is not None else None
         energy_report, energy_state = account_energy(
-            inputs.energy, cost.shares, context.energy, state.energy or EnergyState(), now
+            inputs.energy, shares, context.energy, state.energy or EnergyState(), now
         )
 
     report = Report(
