@@ -243,3 +243,48 @@ def test_bad_energy_configuration_fails_naming_the_field(text, field):
     with pytest.raises(ConfigError) as err:
         settings_from_mapping(yaml.safe_load(text))
     assert field in str(err.value)
+
+
+def test_chargeback_carries_each_tenants_electricity_beside_its_dollars():
+    """FOCUS x_ columns on the tenant's direct GPU row, the JSON per tenant; the dollars of
+    the rows and their total are unchanged (energy is a bill line of its own)."""
+    import csv
+    import io
+
+    from aifinops.model.chargeback import build_chargeback, focus_csv
+    from aifinops.model.energy import month_use
+    from aifinops.web.schemas import ChargebackResponse
+    from tests.finance.test_chargeback import assert_focus_rules
+
+    shares = shares_of(
+        [pod("team-a", "a", gpu_cost=4.0, gpu_count=1.0, gpu_hours=1.0)],
+        [gpu("G", H100, 0.8, "team-a", "a")],
+    )
+    ctx = EnergyContext(1.5, Schedule(0.20), Schedule(400.0))
+    start = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    readings = EnergyReadings(start, start + 3600, (GpuEnergy("G", 700 * 3600.0),))
+    report, _ = account_energy(readings, shares, ctx, EnergyState(), start + 3600)
+    assert report.month == "2026-12"
+    use = month_use(report)
+    assert use["a"].gpu_kwh == approx(0.7) and use["a"].facility_kwh == approx(1.05)
+    dollars = {("a", "gpu"): 4.0, ("a", "cpu"): 1.0, ("__idle__", "gpu"): 2.0}
+    plain = build_chargeback(dollars, "2026-12", "UTC", now=start + 3600)
+    cb = build_chargeback(dollars, "2026-12", "UTC", now=start + 3600, energy=use)
+    assert cb.total_usd == plain.total_usd and cb.rows == plain.rows
+    rows = list(csv.DictReader(io.StringIO(focus_csv(cb))))
+    assert_focus_rules(cb, rows)
+    filled = [(r["x_Tenant"], r["x_Resource"], r["x_EnergyKWh"]) for r in rows if r["x_EnergyKWh"]]
+    assert filled == [("a", "gpu", "1.05")]
+    gpu_row = next(r for r in rows if r["x_Tenant"] == "a" and r["x_Resource"] == "gpu")
+    assert float(gpu_row["x_EnergyCost"]) == approx(0.21)
+    assert float(gpu_row["x_CarbonKgCO2e"]) == approx(0.42)
+    body = ChargebackResponse.from_model(cb).model_dump()
+    assert body["energy"] == [
+        {
+            "tenant": "a",
+            "gpu_energy_kwh": approx(0.7),
+            "facility_energy_kwh": approx(1.05),
+            "energy_cost_usd": approx(0.21),
+            "carbon_kg_co2e": approx(0.42),
+        }
+    ]

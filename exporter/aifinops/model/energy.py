@@ -129,6 +129,7 @@ class EnergyState:
     month: str = ""
     month_usd: Mapping[str, float] = field(default_factory=dict)
     month_grams: Mapping[str, float] = field(default_factory=dict)
+    month_joules: Mapping[str, float] = field(default_factory=dict)
     last: EnergyInterval | None = None
     counter_resets: int = 0
 
@@ -158,11 +159,39 @@ class EnergyReport:
     grams: Mapping[str, float]
     month_usd: Mapping[str, float]
     month_grams: Mapping[str, float]
+    month_joules: Mapping[str, float]
+    month: str  # YYYY-MM in the finance time zone
     price_usd_per_kwh: float
     grams_per_kwh: float
     pue: float
     budgets: Mapping[str, EnergyBudget]
     counter_resets: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyUse:
+    """A tenant's electricity over a period, for the chargeback: GPU energy measured (kWh),
+    the facility's (× PUE, what is priced), its dollars and its kg CO2e."""
+
+    gpu_kwh: float
+    facility_kwh: float
+    usd: float
+    kg_co2e: float
+
+
+def month_use(report: EnergyReport) -> dict[str, EnergyUse]:
+    """Per tenant, its electricity this month (:attr:`EnergyReport.month`)."""
+    tenants = sorted({*report.month_joules, *report.month_usd, *report.month_grams})
+    out = {}
+    for t in tenants:
+        kwh = report.month_joules.get(t, 0.0) / JOULES_PER_KWH
+        out[t] = EnergyUse(
+            kwh,
+            kwh * report.pue,
+            report.month_usd.get(t, 0.0),
+            report.month_grams.get(t, 0.0) / 1000.0,
+        )
+    return out
 
 
 def split_energy(readings: EnergyReadings, shares: Iterable[GpuShare] | None) -> dict[str, float]:
@@ -221,8 +250,10 @@ def account_energy(
     interval = state.last
     joules, usd, grams = state.joules, state.usd, state.grams
     month = _month(now, zone)
-    month_usd = state.month_usd if state.month == month else {}
-    month_grams = state.month_grams if state.month == month else {}
+    same = state.month == month
+    month_usd = state.month_usd if same else {}
+    month_grams = state.month_grams if same else {}
+    month_joules = state.month_joules if same else {}
     last_end = state.last_end
     resets = state.counter_resets
     if readings is not None and readings.end != state.last_end:
@@ -244,8 +275,9 @@ def account_energy(
             # The whole interval counts in the month it ends in (intervals are a refresh long).
             month = _month(readings.end, zone)
             if month != state.month:
-                month_usd, month_grams = {}, {}
+                month_usd, month_grams, month_joules = {}, {}, {}
             month_usd, month_grams = _add(month_usd, cost), _add(month_grams, carbon)
+            month_joules = _add(month_joules, split)
     if readings is None:
         interval = None  # no current measurement: no rates, the totals stay
     report = EnergyReport(
@@ -255,6 +287,8 @@ def account_energy(
         grams=grams,
         month_usd=month_usd,
         month_grams=month_grams,
+        month_joules=month_joules,
+        month=month,
         price_usd_per_kwh=context.price.at(now, zone),
         grams_per_kwh=context.carbon.at(now, zone),
         pue=context.pue,
@@ -269,6 +303,7 @@ def account_energy(
         month=month,
         month_usd=month_usd,
         month_grams=month_grams,
+        month_joules=month_joules,
         last=interval if readings is not None else state.last,
         counter_resets=resets,
     )

@@ -448,6 +448,17 @@ class ChargebackRowOut(_Schema):
     unit: str | None
 
 
+class TenantEnergyOut(_Schema):
+    """A tenant's measured GPU electricity in the period (``energy.enabled``; this month only).
+    Its dollars are not in ``rows`` / ``total_usd``: a bill adds them."""
+
+    tenant: str
+    gpu_energy_kwh: float  # measured by DCGM
+    facility_energy_kwh: float  # x energy.pue: what is priced
+    energy_cost_usd: float
+    carbon_kg_co2e: float
+
+
 class ChargebackResponse(_Schema):
     period: str
     basis: str
@@ -463,6 +474,7 @@ class ChargebackResponse(_Schema):
     share_unallocated: bool
     total_usd: float
     rows: list[ChargebackRowOut]
+    energy: list[TenantEnergyOut]
 
     @classmethod
     def from_model(cls, cb: Chargeback) -> ChargebackResponse:
@@ -488,6 +500,16 @@ class ChargebackResponse(_Schema):
                     unit=r.quantity.unit if r.quantity else None,
                 )
                 for r in cb.rows
+            ],
+            energy=[
+                TenantEnergyOut(
+                    tenant=t,
+                    gpu_energy_kwh=u.gpu_kwh,
+                    facility_energy_kwh=u.facility_kwh,
+                    energy_cost_usd=u.usd,
+                    carbon_kg_co2e=u.kg_co2e,
+                )
+                for t, u in sorted(cb.energy.items())
             ],
         )
 
