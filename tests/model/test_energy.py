@@ -288,3 +288,61 @@ def test_chargeback_carries_each_tenants_electricity_beside_its_dollars():
             "carbon_kg_co2e": approx(0.42),
         }
     ]
+
+
+def test_docs_monthly_bill_with_energy_to_the_cent():
+    """docs/owned-gpus.md: research's two H100s at 550 W, the free one at 70 W, 730 hours,
+    PUE 1.3, $0.12/kWh, 350 g/kWh -> $125.27 and 365.4 kg; $1,716.67 + $125.27 = $1,841.94."""
+    import re
+    from dataclasses import replace
+    from pathlib import Path
+
+    from aifinops import assemble
+    from aifinops.exposition.render import render_family
+    from aifinops.model.inputs import Inputs
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "owned-gpus.md").read_text("utf-8")
+    owned = yaml.safe_load(re.search(r"## Worked example\n.*?```yaml\n(.*?)```", doc, re.S)[1])
+    energy = yaml.safe_load(
+        re.search(r"the monthly bill with energy.*?```yaml\n(.*?)```", doc, re.S)[1]
+    )
+    settings = settings_from_mapping(
+        {**owned, **energy, "tenancy": {"namespaces": {"ml-research": "research"}}}
+    )
+    ctx = assemble.model_context(settings)
+    hours = 730.0
+    start = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
+    end = start + hours * 3600
+    gpus = (
+        replace(gpu("GPU-1", H100, 0.9, "ml-research", "train-0"), node="gpu-a"),
+        replace(gpu("GPU-2", H100, 0.8, "ml-research", "train-1"), node="gpu-a"),
+        replace(gpu("GPU-3", H100, 0.0), node="gpu-a"),
+    )
+    allocs = (
+        pod("ml-research", "train-0", cpu_cost=0.10, gpu_count=1.0),
+        pod("ml-research", "train-1", cpu_cost=0.10, gpu_count=1.0),
+        idle_row(cpu_cost=0.05),
+    )
+    joules = [550 * hours * 3600, 550 * hours * 3600, 70 * hours * 3600]
+    readings = EnergyReadings(
+        start, end, tuple(GpuEnergy(f"GPU-{i + 1}", j) for i, j in enumerate(joules))
+    )
+    inputs = Inputs(gpus=gpus, allocations=AllocationSet(1.0, allocs), energy=readings)
+    report, _ = build_report(inputs, ctx, ModelState(), end)
+    e = report.energy
+    assert e is not None
+    assert round(e.joules["research"] / 3.6e6, 1) == 803.0
+    assert round(e.usd["research"], 2) == 125.27
+    assert round(e.grams["research"] / 1000, 1) == 365.4
+    assert round(e.usd["__idle__"], 2) == 7.97
+    assert round(e.grams["__idle__"] / 1000, 1) == 23.3
+    hardware = {
+        t: r * hours for (t, res), r in report.tenant_rates("allocation").items() if res == "gpu"
+    }
+    assert round(hardware["research"], 2) == 1716.67
+    assert round(hardware["research"], 2) + round(e.usd["research"], 2) == approx(1841.94)
+    for figure in ("**$125.27**", "**$1,841.94**", "365.4 kg", "$7.97", "23.3 kg"):
+        assert figure in doc, figure
+    text = "".join(render_family(f) for f in energy_families(e))
+    published = re.search(r'aifinops_tenant_energy_cost_usd_total\{tenant="research"\} (\S+)', text)
+    assert published is not None and round(float(published[1]), 2) == 125.27
