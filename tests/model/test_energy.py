@@ -62,10 +62,9 @@ def test_split_exclusive_time_sliced_and_mig_by_the_usage_basis_shares():
     allocs, gpus = mixed_cluster()
     shares = shares_of(allocs, gpus)
     by_pod = {s.idle_key[3]: s for s in shares}
-    # The usage basis' unused device share: B requested 0.25 and used 0.10.
-    assert by_pod["b"].unused == approx(0.15)
-    assert by_pod["a"].unused == approx(0.0)
-    assert by_pod["x"].unused == approx(0.60)
+    # The usage basis' shares of the device that the split reads.
+    assert (by_pod["a"].used, by_pod["b"].used) == (approx(0.37), approx(0.10))
+    assert by_pod["b"].held == approx(0.25)
     readings = EnergyReadings(
         0.0,
         60.0,

@@ -56,7 +56,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from aifinops.model.gpu_prices import GpuPricer, mig_fraction
@@ -83,9 +83,6 @@ class GpuShare:
     usage_rate: float  # USD/h charged under the usage basis (device price x used)
     unused_rate: float  # USD/h of its request left unused (device price x (held - used), bounded)
     idle_key: IdleKey
-    # GPU-equivalents of its request left unused (held - used, bounded by the unit's unused
-    # time): the device fraction behind unused_rate, without dollars (energy splits by it).
-    unused: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,9 +336,8 @@ def attribute_costs(
     price_obs: dict[str, list[float]] = defaultdict(list)
     # Requested GPU-equivalents per physical GPU (catalog pricing books the rest to __idle__).
     device_requested: dict[str, list[float]] = defaultdict(list)
-    # Per hold: (sample, pod, tenant, requested, used, billed USD/h, usage USD/h, unused USD/h,
-    # unused GPU-equivalents).
-    measured: list[tuple[GpuSample, PodKey, str, float, float, float, float, float, float]] = []
+    # Per hold: (sample, pod, tenant, requested, used, billed USD/h, usage USD/h, unused USD/h).
+    measured: list[tuple[GpuSample, PodKey, str, float, float, float, float, float]] = []
     for capacity, holds in unit_pods:
         if len(holds) == 1:
             # One pod on the unit (most units): the general path below without its lists.
@@ -356,11 +352,11 @@ def attribute_costs(
             used = capacity * s.utilization
             usage = price * used
             deficit = req - used if req > used else 0.0
-            unused_share = min(deficit, capacity * max(0.0, 1.0 - s.utilization))
+            unused = price * min(deficit, capacity * max(0.0, 1.0 - s.utilization))
             # Never less than what the usage basis moves to __idle__ for it (see below).
-            unused = max(price * unused_share, billed - usage)
+            unused = max(unused, billed - usage)
             tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
-            measured.append((s, key, tenant, req, used, billed, usage, unused, unused_share))
+            measured.append((s, key, tenant, req, used, billed, usage, unused))
             continue
         unit_parts: list[tuple[GpuSample, PodKey, float, float, float]] = []
         for s, weight, key in holds:
@@ -390,20 +386,11 @@ def attribute_costs(
             math.fsum(p[3] for p in unit_parts) - price * capacity * math.fsum(time_shares),
         )
         unused_total = min(total_deficit, rest)
-        # The same split in GPU-equivalents, without the dollar rounding guard.
-        share_deficits = [
-            max(0.0, p[2] - capacity * sh) for p, sh in zip(unit_parts, time_shares, strict=True)
-        ]
-        share_total = math.fsum(share_deficits)
-        unused_shares = min(share_total, capacity * left)
-        for (s, key, req, billed, _), sh, d, sd in zip(
-            unit_parts, time_shares, deficits, share_deficits, strict=True
-        ):
+        for (s, key, req, billed, _), sh, d in zip(unit_parts, time_shares, deficits, strict=True):
             tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
             used = capacity * sh
             unused = unused_total * d / total_deficit if total_deficit > 0 else 0.0
-            unused_share = unused_shares * sd / share_total if share_total > 0 else 0.0
-            measured.append((s, key, tenant, req, used, billed, price * used, unused, unused_share))
+            measured.append((s, key, tenant, req, used, billed, price * used, unused))
 
     # Usage above what a hold was billed is paid from the money its device's idle time holds
     # (OpenCost's __idle__ row, and holds that used less than billed). Where OpenCost's rows
@@ -427,7 +414,7 @@ def attribute_costs(
     extra_alloc_gpu: dict[str, list[float]] = defaultdict(list)  # catalog-priced GPU cost
     measured_by_tenant: dict[str, list[float]] = defaultdict(list)  # alloc rate of holds
     pod_shares: dict[PodKey, list[float]] = {}  # per hold: alloc rate, usage rate, ...
-    for s, key, tenant, req, used, billed, usage, unused, unused_share in measured:
+    for s, key, tenant, req, used, billed, usage, unused in measured:
         if scale < 1.0:
             # Every idle dollar paid someone's use: no unused money is left in __idle__.
             unused = 0.0
@@ -448,7 +435,6 @@ def attribute_costs(
                 usage,
                 unused,
                 (s.uuid, s.mig_instance or "", key[0], key[1]),
-                unused_share,
             )
         )
         measured_by_tenant[tenant].append(billed)
@@ -641,6 +627,16 @@ def fold_shares(
     out = []
     for s in shares:
         if s.tenant not in kept:
-            s = replace(s, tenant=OTHER_TENANT)
+            s = GpuShare(
+                OTHER_TENANT,
+                s.gpu_model,
+                s.held,
+                s.used,
+                s.utilization,
+                s.alloc_rate,
+                s.usage_rate,
+                s.unused_rate,
+                s.idle_key,
+            )
         out.append(s)
     return out

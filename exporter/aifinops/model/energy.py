@@ -203,20 +203,28 @@ def split_energy(readings: EnergyReadings, shares: Iterable[GpuShare] | None) ->
     if shares is None:
         total = math.fsum(g.joules for g in readings.gpus if g.joules > 0)
         return {UNALLOCATED_TENANT: total} if total > 0 else {}
-    holds: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    # Per device: each hold's (tenant, used, unused) in device fractions. ``used`` is the
+    # usage basis' share (model/cost.py decides it, for every way a GPU is shared); unused is
+    # what the hold requested beyond it, bounded by the device's unused time (as its money).
+    holds: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
     for s in shares:
-        holds[s.idle_key[0]].append((s.tenant, max(0.0, s.used) + max(0.0, s.unused)))
+        used = max(0.0, s.used)
+        holds[s.idle_key[0]].append((s.tenant, used, max(0.0, s.held - used)))
     parts: dict[str, list[float]] = defaultdict(list)
     for gpu in readings.gpus:
         energy = gpu.joules
         if energy <= 0:
             continue
         on = holds.get(gpu.uuid, ())
-        total = math.fsum(f for _, f in on)
-        scale = 1.0 / total if total > 1.0 else 1.0
+        used_total = math.fsum(u for _, u, _ in on)
+        # Rounding aside, the holds' used time is at most the device's: scaled to it if not.
+        use_scale = 1.0 / used_total if used_total > 1.0 else 1.0
+        rest = max(0.0, 1.0 - used_total * use_scale)
+        unused_total = math.fsum(x for _, _, x in on)
+        unused_scale = rest / unused_total if unused_total > rest else 1.0
         given = []
-        for tenant, fraction in on:
-            part = energy * fraction * scale
+        for tenant, used, unused in on:
+            part = energy * (used * use_scale + unused * unused_scale)
             parts[tenant].append(part)
             given.append(part)
         rest = energy - math.fsum(given)
