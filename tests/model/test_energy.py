@@ -253,7 +253,7 @@ def test_chargeback_carries_each_tenants_electricity_beside_its_dollars():
     from aifinops.model.chargeback import build_chargeback, focus_csv
     from aifinops.model.energy import month_use
     from aifinops.web.schemas import ChargebackResponse
-    from tests.finance.test_chargeback import assert_focus_rules
+    from tests.model.test_chargeback import assert_focus_rules
 
     shares = shares_of(
         [pod("team-a", "a", gpu_cost=4.0, gpu_count=1.0, gpu_hours=1.0)],
