@@ -345,3 +345,24 @@ def test_docs_monthly_bill_with_energy_to_the_cent():
     text = "".join(render_family(f) for f in energy_families(e))
     published = re.search(r'aifinops_tenant_energy_cost_usd_total\{tenant="research"\} (\S+)', text)
     assert published is not None and round(float(published[1]), 2) == 125.27
+
+
+def test_energy_families_over_the_series_cap_keep_their_total():
+    """The energy totals keep every tenant that ever drew energy: over
+    limits.max_series_per_family the smallest are summed into __other__, not dropped."""
+    from aifinops.exposition.bounds import cap_family
+
+    e, _ = account_energy(
+        EnergyReadings(0.0, 60.0, (GpuEnergy("G", 1.0),)),
+        [],
+        EnergyContext(1.0, Schedule(0.1), Schedule(100.0)),
+        EnergyState(joules={f"t{i}": float(i + 1) for i in range(300)}),
+        60.0,
+    )
+    family = next(f for f in energy_families(e) if f.spec.name.endswith("energy_joules_total"))
+    assert family.spec.name == "aifinops_tenant_gpu_energy_joules_total"
+    capped, lost = cap_family(family, 50)
+    assert lost > 0 and len(capped.samples) <= 50
+    assert math.fsum(v for _, v in capped.samples) == approx(
+        math.fsum(v for _, v in family.samples)
+    )
