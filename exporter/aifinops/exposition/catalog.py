@@ -281,8 +281,8 @@ TENANT_ENERGY_MONTH_TO_DATE = _spec(
     "aifinops_tenant_energy_month_to_date_cost_usd",
     "gauge",
     "GPU electricity dollars per tenant since the calendar month started in budgets.time_zone, "
-    "as this exporter measured them since it started (not yet kept across restarts): sum() "
-    "equals "
+    "as this exporter measured them (kept across restarts with state.path set; the restart's "
+    "own gap is not measured): sum() equals "
     "aifinops_cluster_energy_month_to_date_cost_usd.",
     ("tenant",),
     "experimental",
