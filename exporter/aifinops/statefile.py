@@ -3,7 +3,8 @@
 Infrastructure month-to-date comes from OpenCost and survives a restart by itself. What only
 this process counted does not: the per-period ledger behind ``GET /api/v1/chargeback``, the
 token dollars and self-hosted charge-back moves per day (month to date, the forecast's daily
-series, ROI), this month's token volume (routing) and the utilization peaks (rightsizing).
+series, ROI), this month's token volume (routing), the utilization peaks (rightsizing) and,
+with ``energy.enabled``, this month's measured electricity per tenant (the energy budgets).
 With ``state.path`` set they are written to one JSON file and read back at start-up.
 
 The file
