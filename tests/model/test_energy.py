@@ -235,6 +235,7 @@ def test_report_carries_energy_only_when_configured():
             "energy.carbon.schedule.0",
         ),
         ("energy: {budgets: [{tenant: a}]}", "energy.budgets.0"),
+        ("energy: {enabled: true}", "energy.enabled needs sources.dcgm"),
         ("energy: {budgets: [{tenant: a, energy_usd: 1}, {tenant: a, carbon_kg: 1}]}", "energy"),
     ],
 )
@@ -306,7 +307,12 @@ def test_docs_monthly_bill_with_energy_to_the_cent():
         re.search(r"the monthly bill with energy.*?```yaml\n(.*?)```", doc, re.S)[1]
     )
     settings = settings_from_mapping(
-        {**owned, **energy, "tenancy": {"namespaces": {"ml-research": "research"}}}
+        {
+            **owned,
+            **energy,
+            "tenancy": {"namespaces": {"ml-research": "research"}},
+            "sources": {"dcgm": {"mode": "scrape", "scrape_urls": ["http://dcgm:9400/metrics"]}},
+        }
     )
     ctx = assemble.model_context(settings)
     hours = 730.0
