@@ -142,7 +142,14 @@ def routes(settings: Settings) -> list[Route]:
 def check_has_sources(settings: Settings) -> None:
     """Raise :class:`ConfigError` when no source of cost or token data is enabled and
     ``allow_no_sources`` is not set: an empty or source-less file would otherwise blank every
-    series and still be "ready"."""
+    series and still be "ready"; or when ``energy.enabled`` has no DCGM source to read
+    energy from."""
+    if settings.energy.enabled and not settings.sources.dcgm.enabled:
+        # Checked with the sources (not by the schema): the demo adds DCGM after loading.
+        raise ConfigError(
+            "invalid configuration: energy.enabled needs sources.dcgm enabled (GPU energy is "
+            "read where DCGM is)"
+        )
     enabled = [name for entry in SOURCES.values() for name in entry.data(settings)]
     if not settings.allow_no_sources and not enabled:
         raise ConfigError(

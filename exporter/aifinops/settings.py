@@ -1085,14 +1085,6 @@ class Settings(_Strict):
     # --check-config and by a reload (check_has_sources), unless this says it is meant.
     allow_no_sources: bool = False
 
-    @model_validator(mode="after")
-    def _energy_needs_dcgm(self) -> Settings:
-        if self.energy.enabled and not self.sources.dcgm.enabled:
-            raise ValueError(
-                "energy.enabled needs sources.dcgm enabled: GPU energy is read where DCGM is"
-            )
-        return self
-
     def finance_to_model(self) -> FinanceContext:
         """The finance configuration, which spans several sections, compiled."""
         return FinanceContext(

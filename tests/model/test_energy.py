@@ -221,6 +221,16 @@ def test_report_carries_energy_only_when_configured():
     assert state.energy is not None and state.energy.last_end == 60.0
 
 
+def test_energy_without_dcgm_fails_at_start_up_naming_the_field():
+    from aifinops.assemble import check_has_sources
+
+    settings = settings_from_mapping(
+        {"energy": {"enabled": True}, "sources": {"opencost": {"url": "http://oc:9003"}}}
+    )
+    with pytest.raises(ConfigError, match=r"energy\.enabled needs sources\.dcgm"):
+        check_has_sources(settings)
+
+
 @pytest.mark.parametrize(
     ("text", "field"),
     [
@@ -235,7 +245,6 @@ def test_report_carries_energy_only_when_configured():
             "energy.carbon.schedule.0",
         ),
         ("energy: {budgets: [{tenant: a}]}", "energy.budgets.0"),
-        ("energy: {enabled: true}", "energy.enabled needs sources.dcgm"),
         ("energy: {budgets: [{tenant: a, energy_usd: 1}, {tenant: a, carbon_kg: 1}]}", "energy"),
     ],
 )
