@@ -381,3 +381,45 @@ def test_energy_families_over_the_series_cap_keep_their_total():
     assert math.fsum(v for _, v in capped.samples) == approx(
         math.fsum(v for _, v in family.samples)
     )
+
+
+def test_budgets_api_lists_each_tenants_energy_budgets_and_month_to_date():
+    from aifinops.web.schemas import BudgetsResponse
+
+    ctx = EnergyContext(
+        1.0,
+        Schedule(1.0),
+        Schedule(1000.0),
+        budgets={"a": EnergyBudget(usd=5.0), "b": EnergyBudget(grams=2000.0)},
+    )
+    shares = shares_of(
+        [pod("team-a", "a", gpu_cost=4.0, gpu_count=1.0, gpu_hours=1.0)],
+        [gpu("G", H100, 0.8, "team-a", "a")],
+    )
+    readings = EnergyReadings(0.0, 3600.0, (GpuEnergy("G", 3.6e6),))  # 1 kWh: $1, 1 kg
+    report, _ = account_energy(readings, shares, ctx, EnergyState(), 3600.0)
+    body = BudgetsResponse.build(
+        now=3600.0,
+        time_zone="UTC",
+        period="1970-01",
+        month_start=0.0,
+        budgets=(),
+        tenant_month_to_date={},
+        energy=report,
+    ).model_dump()
+    assert body["energy_budgets"] == [
+        {
+            "tenant": "a",
+            "energy_budget_usd": 5.0,
+            "energy_month_to_date_usd": approx(1.0),
+            "carbon_budget_kg_co2e": None,
+            "carbon_month_to_date_kg_co2e": approx(1.0),
+        },
+        {
+            "tenant": "b",
+            "energy_budget_usd": None,
+            "energy_month_to_date_usd": 0.0,
+            "carbon_budget_kg_co2e": 2.0,
+            "carbon_month_to_date_kg_co2e": 0.0,
+        },
+    ]

@@ -337,6 +337,7 @@ def _budgets(request: web.Request) -> web.Response:
             budgets=f.budgets,
             tenant_month_to_date=dict(f.tenant_month_to_date),
             notes=f.budget_notes,
+            energy=request.app[API_ENERGY](),
         )
     )
 
