@@ -423,3 +423,34 @@ def test_budgets_api_lists_each_tenants_energy_budgets_and_month_to_date():
             "carbon_month_to_date_kg_co2e": 0.0,
         },
     ]
+
+
+def test_folded_tenants_energy_lands_on_the_same_rows_as_their_money():
+    """With limits.max_tenants reached, a folded tenant's energy is __other__'s, as its
+    dollars are: the energy rows are tenants the cost families show, and nothing is lost."""
+    from dataclasses import replace as with_
+
+    from aifinops.model.inputs import Inputs
+
+    allocs, gpus = mixed_cluster()
+    inputs = Inputs(
+        gpus=tuple(gpus),
+        allocations=AllocationSet(1.0, tuple(allocs)),
+        energy=EnergyReadings(
+            0.0,
+            60.0,
+            (
+                GpuEnergy("G-excl", 30_000.0),
+                GpuEnergy("G-ts", 20_000.0),
+                GpuEnergy("G-mig", 14_000.0),
+                GpuEnergy("G-free", 5_000.0),
+            ),
+        ),
+    )
+    ctx = with_(context(max_tenants=1), energy=EnergyContext(1.0, Schedule(0.1), Schedule(1.0)))
+    report, _ = build_report(inputs, ctx, ModelState(), 60.0)
+    assert report.energy is not None
+    cost_tenants = {t for (t, _) in report.tenant_rates("allocation")}
+    assert "__other__" in report.energy.joules
+    assert set(report.energy.joules) <= cost_tenants
+    assert math.fsum(report.energy.joules.values()) == approx(69_000.0, rel=1e-12)
