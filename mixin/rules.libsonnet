@@ -19,6 +19,7 @@ local sources = {
   anomalies: importstr '../rules/src/anomalies.yaml.tmpl',
   budgets: importstr '../rules/src/budgets.yaml.tmpl',
   cost: importstr '../rules/src/cost.yaml.tmpl',
+  energy: importstr '../rules/src/energy.yaml.tmpl',
   exporter: importstr '../rules/src/exporter.yaml.tmpl',
   gpu: importstr '../rules/src/gpu.yaml.tmpl',
   tokens: importstr '../rules/src/tokens.yaml.tmpl',

@@ -19,6 +19,7 @@ from aifinops.offload import run_cpu, settle_heap
 from aifinops.settings import ConfigError, Settings, UpstreamHttpSettings
 from aifinops.sources.base import CpuRunner, Source
 from aifinops.sources.dcgm import DcgmSource
+from aifinops.sources.energy import EnergySource
 from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.hami import HamiSource
 from aifinops.sources.latency import LatencySource
@@ -98,6 +99,9 @@ def model_context(settings: Settings) -> ModelContext:
         finance=settings.finance_to_model(),
         max_series_per_family=settings.limits.max_series_per_family,
         hami_core_weight=settings.sources.hami.to_model(),
+        energy=settings.energy.to_model(settings.budgets.time_zone)
+        if settings.energy.enabled
+        else None,
     )
 
 
@@ -140,7 +144,14 @@ def routes(settings: Settings) -> list[Route]:
 def check_has_sources(settings: Settings) -> None:
     """Raise :class:`ConfigError` when no source of cost or token data is enabled and
     ``allow_no_sources`` is not set: an empty or source-less file would otherwise blank every
-    series and still be "ready"."""
+    series and still be "ready"; or when ``energy.enabled`` has no DCGM source to read
+    energy from."""
+    if settings.energy.enabled and not settings.sources.dcgm.enabled:
+        # Checked with the sources (not by the schema): the demo adds DCGM after loading.
+        raise ConfigError(
+            "invalid configuration: energy.enabled needs sources.dcgm enabled (GPU energy is "
+            "read where DCGM is)"
+        )
     enabled = [name for entry in SOURCES.values() for name in entry.data(settings)]
     if not settings.allow_no_sources and not enabled:
         raise ConfigError(
@@ -163,6 +174,14 @@ def _hami(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
     hami = settings.sources.hami
     if hami.enabled:
         yield HamiSource(hami, run=wiring.run), hami.timeout_seconds, hami.stale_after_seconds
+
+
+def _energy(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
+    """GPU energy (``energy.enabled``), read where ``sources.dcgm`` reads utilization."""
+    dcgm = settings.sources.dcgm
+    if settings.energy.enabled and dcgm.enabled:
+        source = EnergySource(dcgm, wiring.clock, run=wiring.run)
+        yield source, dcgm.timeout_seconds, dcgm.stale_after_seconds
 
 
 def _opencost(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
@@ -262,6 +281,8 @@ def _tokens_data(settings: Settings) -> list[str]:
 SOURCES: dict[str, SourceEntry] = {
     "dcgm": SourceEntry(_dcgm, _dcgm_upstreams, _dcgm_data),
     "hami": SourceEntry(_hami, _hami_upstreams, _hami_data),
+    # Reads sources.dcgm's URLs (their routes are dcgm's); it refines DCGM's data.
+    "energy": SourceEntry(_energy),
     "opencost": SourceEntry(_opencost, _opencost_upstreams, _opencost_data),
     "tokens": SourceEntry(_tokens, _tokens_upstreams, _tokens_data),
     "latency": SourceEntry(_latency, _latency_upstreams),

@@ -45,6 +45,7 @@ from aifinops.model.finance import (
 from aifinops.model.inputs import (
     AllocationSet,
     DailyAllocationSets,
+    EnergyReadings,
     GpuSample,
     Inputs,
     SharedHold,
@@ -276,6 +277,7 @@ class Refresher:
         # wins a key. A source down past its staleness has no data: configured figures apply.
         latencies: dict[tuple[str, str], float] = {}
         shared: tuple[SharedHold, ...] | None = None
+        energy: EnergyReadings | None = None
         for rt in self._runtimes:
             if rt.data is None:
                 continue
@@ -298,13 +300,17 @@ class Refresher:
                     latencies.setdefault(key, seconds)
             elif slot is Slot.SHARED:
                 shared = rt.data
+            elif slot is Slot.ENERGY:
+                energy = rt.data
         tokens = None
         if self._context.tokens is not None:
             tokens = TokenInputs(tuple(observations), frozenset(token_sources), catalog)
         finance = FinanceInputs(
             monthly=monthly, allocations=allocations, catalog=catalog, latencies=latencies
         )
-        inputs = Inputs(gpus=gpus, allocations=allocations, tokens=tokens, shared=shared)
+        inputs = Inputs(
+            gpus=gpus, allocations=allocations, tokens=tokens, shared=shared, energy=energy
+        )
         return inputs, dcgm_at, finance
 
     def _build_finance(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aifinops.model.energy import EnergyBudget, EnergyContext, Schedule, TimeWindow
 from aifinops.model.finance import FinanceContext
 from aifinops.model.llm_prices import normalize_provider
 from aifinops.model.owned_prices import OwnedGpuSpec, OwnedPricing
@@ -473,6 +474,162 @@ class GpuPricingSettings(_Strict):
             if not price >= 0 or price == float("inf"):
                 raise ValueError(f"price for {k!r} must be a finite number >= 0, got {price}")
         return v
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _minute_of_day(text: str) -> int:
+    m = _CLOCK.match(text)
+    minute = int(m.group(1)) * 60 + int(m.group(2)) if m else -1
+    if not 0 <= minute <= 24 * 60:
+        raise ValueError(f"expected a local time HH:MM from 00:00 to 24:00, got {text!r}")
+    return minute
+
+
+class _TimeWindowSettings(_Strict):
+    """A daily time-of-use window in the finance time zone (``budgets.time_zone``):
+    ``[start, end)`` on ``days`` (default every day). A window over midnight is two windows."""
+
+    days: tuple[Weekday, ...] = _WEEKDAYS
+    start: str
+    end: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _TimeWindowSettings:
+        start, end = _minute_of_day(self.start), _minute_of_day(self.end)
+        if end <= start:
+            raise ValueError(
+                f"end ({self.end}) must be after start ({self.start}); "
+                "split a window over midnight in two"
+            )
+        return self
+
+    def _window(self, value: float) -> TimeWindow:
+        return TimeWindow(
+            frozenset(_WEEKDAYS.index(d) for d in self.days),
+            _minute_of_day(self.start),
+            _minute_of_day(self.end),
+            value,
+        )
+
+
+class PriceWindowSettings(_TimeWindowSettings):
+    usd_per_kwh: float
+
+    @field_validator("usd_per_kwh")
+    @classmethod
+    def _value(cls, v: float) -> float:
+        return _finite_non_negative(v)
+
+
+class CarbonWindowSettings(_TimeWindowSettings):
+    grams_co2e_per_kwh: float
+
+    @field_validator("grams_co2e_per_kwh")
+    @classmethod
+    def _value(cls, v: float) -> float:
+        return _finite_non_negative(v)
+
+
+class EnergyPriceSettings(_Strict):
+    """USD per kWh: ``usd_per_kwh`` (flat), except inside the first ``schedule`` window that
+    covers a moment (time of use)."""
+
+    usd_per_kwh: float = 0.0
+    schedule: tuple[PriceWindowSettings, ...] = ()
+
+    @field_validator("usd_per_kwh")
+    @classmethod
+    def _value(cls, v: float) -> float:
+        return _finite_non_negative(v)
+
+    def to_model(self) -> Schedule:
+        return Schedule(self.usd_per_kwh, tuple(w._window(w.usd_per_kwh) for w in self.schedule))
+
+
+class EnergyCarbonSettings(_Strict):
+    """Grid carbon intensity in grams CO2e per kWh: flat, or a schedule as for the price."""
+
+    grams_co2e_per_kwh: float = 0.0
+    schedule: tuple[CarbonWindowSettings, ...] = ()
+
+    @field_validator("grams_co2e_per_kwh")
+    @classmethod
+    def _value(cls, v: float) -> float:
+        return _finite_non_negative(v)
+
+    def to_model(self) -> Schedule:
+        return Schedule(
+            self.grams_co2e_per_kwh,
+            tuple(w._window(w.grams_co2e_per_kwh) for w in self.schedule),
+        )
+
+
+class EnergyBudgetSettings(_Strict):
+    """A tenant's monthly budget for its GPU electricity (USD) and/or its carbon (kg CO2e)."""
+
+    tenant: str = Field(min_length=1)
+    energy_usd: float | None = None
+    carbon_kg: float | None = None
+
+    @field_validator("energy_usd", "carbon_kg")
+    @classmethod
+    def _value(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError(f"must be a finite number > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _some(self) -> EnergyBudgetSettings:
+        if self.energy_usd is None and self.carbon_kg is None:
+            raise ValueError("set energy_usd, carbon_kg or both")
+        return self
+
+
+class EnergySettings(_Strict):
+    """Measured GPU energy per tenant (docs/owned-gpus.md): read from DCGM (the source
+    ``sources.dcgm`` points at: its total-energy counter, else its power draw), split like the
+    usage basis, priced per kWh × ``pue`` and turned into carbon. Off unless ``enabled``."""
+
+    enabled: bool = False
+    pue: float = 1.0
+    price: EnergyPriceSettings = Field(default_factory=EnergyPriceSettings)
+    carbon: EnergyCarbonSettings = Field(default_factory=EnergyCarbonSettings)
+    budgets: tuple[EnergyBudgetSettings, ...] = ()
+
+    @field_validator("pue")
+    @classmethod
+    def _pue(cls, v: float) -> float:
+        if not math.isfinite(v) or not 1.0 <= v <= 5.0:
+            raise ValueError(f"must be a power usage effectiveness from 1 to 5, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_tenants(self) -> EnergySettings:
+        seen: set[str] = set()
+        for i, b in enumerate(self.budgets):
+            if b.tenant in seen:
+                raise ValueError(f"budgets[{i}].tenant: {b.tenant!r} is listed twice")
+            seen.add(b.tenant)
+        return self
+
+    def to_model(self, tz: str) -> EnergyContext:
+        """Compiled, with the finance time zone (``budgets.time_zone``) the schedules use."""
+        return EnergyContext(
+            pue=self.pue,
+            price=self.price.to_model(),
+            carbon=self.carbon.to_model(),
+            tz=tz,
+            budgets={
+                b.tenant: EnergyBudget(
+                    b.energy_usd, None if b.carbon_kg is None else b.carbon_kg * 1000.0
+                )
+                for b in self.budgets
+            },
+        )
 
 
 class LimitsSettings(_Strict):
@@ -957,6 +1114,7 @@ class Settings(_Strict):
     recommendations: RecommendationsSettings = Field(default_factory=RecommendationsSettings)
     latency: LatencySettings = Field(default_factory=LatencySettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    energy: EnergySettings = Field(default_factory=EnergySettings)
     # A configuration without a source publishes no cost series: refused at start-up, by
     # --check-config and by a reload (check_has_sources), unless this says it is meant.
     allow_no_sources: bool = False

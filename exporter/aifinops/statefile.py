@@ -3,7 +3,8 @@
 Infrastructure month-to-date comes from OpenCost and survives a restart by itself. What only
 this process counted does not: the per-period ledger behind ``GET /api/v1/chargeback``, the
 token dollars and self-hosted charge-back moves per day (month to date, the forecast's daily
-series, ROI), this month's token volume (routing) and the utilization peaks (rightsizing).
+series, ROI), this month's token volume (routing), the utilization peaks (rightsizing) and,
+with ``energy.enabled``, this month's measured electricity per tenant (the energy budgets).
 With ``state.path`` set they are written to one JSON file and read back at start-up.
 
 The file
@@ -101,6 +102,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from aifinops.model.chargeback import current_period
+from aifinops.model.energy import EnergyState
 from aifinops.model.finance import (
     PEAK_WINDOW_SECONDS,
     FinanceContext,
@@ -255,12 +257,25 @@ class PushDoc(_Doc):
     seen: list[Annotated[StrictStr, Field(min_length=1, max_length=128)]]
 
 
+class EnergyDoc(_Doc):
+    """This month's measured electricity per tenant (``energy.enabled``): dollars, grams
+    CO2e and joules, what the energy budgets count. The totals since start are counters and
+    restart at zero, as the money counters do."""
+
+    month: Period
+    usd: dict[Name, NonNegative]
+    grams: dict[Name, NonNegative]
+    joules: dict[Name, NonNegative]
+
+
 class PayloadDoc(_Doc):
     refreshed_at: Time | None
     tokens: TokensDoc | None
     finance: FinanceDoc
     # Absent in files written before pushes were durable (then the journal alone is replayed).
     push: PushDoc | None = None
+    # Absent in files written before energy, or with energy off.
+    energy: EnergyDoc | None = None
 
 
 class DocumentDoc(_Doc):
@@ -368,9 +383,23 @@ def encode_state(
             "tokens": _tokens_json(model.tokens) if model.tokens is not None else None,
             "finance": _finance_json(finance, saved_at),
             **({} if push is None else {"push": _push_json(push)}),
+            **_energy_json(model.energy),
         },
     }
     return _dumps(doc).encode("utf-8")
+
+
+def _energy_json(e: EnergyState | None) -> dict[str, Any]:
+    if e is None or not e.month:
+        return {}
+    return {
+        "energy": {
+            "month": e.month,
+            "usd": dict(e.month_usd),
+            "grams": dict(e.month_grams),
+            "joules": dict(e.month_joules),
+        }
+    }
 
 
 def _push_json(push: PushExport) -> dict[str, Any]:
@@ -572,7 +601,19 @@ def decode_state(
     tokens = _restore_tokens(payload.tokens, now) if payload.tokens is not None else None
     # The process's counters restart at zero (accrued, prev_accrued and prev_tokens empty):
     # the first refresh's values are all new, so its increments are exactly the gap's.
-    model = ModelState(last_now=refreshed_at if bridged else None, tokens=tokens)
+    # This month's electricity carries on (another month's starts again, as the model does);
+    # the energy source's last reading is not saved: the restart's gap is not measured.
+    energy = None
+    if payload.energy is not None and payload.energy.month == current_period(now, tz):
+        energy = EnergyState(
+            month=payload.energy.month,
+            month_usd=dict(payload.energy.usd),
+            month_grams=dict(payload.energy.grams),
+            month_joules=dict(payload.energy.joules),
+        )
+    elif payload.energy is not None:
+        dropped += len(payload.energy.usd)
+    model = ModelState(last_now=refreshed_at if bridged else None, tokens=tokens, energy=energy)
     finance = FinanceState(
         last_now=finance_at if finance_bridged else None,
         periods=periods,

@@ -146,7 +146,52 @@ CLAIMS: dict[str, tuple[str, str, str]] = {
         "sum(aifinops_cluster_budget_forecast_usd)",
         "<=",
     ),
+    # Energy (issue 17): its dollars are a family of their own, conserved like money.
+    "aifinops_tenant_energy_cost_usd_total": (
+        "sum(aifinops_tenant_energy_cost_usd_total)",
+        "sum(aifinops_cluster_energy_cost_usd_total)",
+        "=",
+    ),
+    "aifinops_cluster_energy_cost_usd_total": (
+        "sum(aifinops_cluster_energy_cost_usd_total)",
+        "sum(aifinops_tenant_energy_cost_usd_total)",
+        "=",
+    ),
+    "aifinops_tenant_energy_cost_usd_per_hour": (
+        "sum(aifinops_tenant_energy_cost_usd_per_hour)",
+        "sum(aifinops_cluster_energy_cost_usd_per_hour)",
+        "=",
+    ),
+    "aifinops_cluster_energy_cost_usd_per_hour": (
+        "sum(aifinops_cluster_energy_cost_usd_per_hour)",
+        "sum(aifinops_tenant_energy_cost_usd_per_hour)",
+        "=",
+    ),
+    "aifinops_tenant_energy_month_to_date_cost_usd": (
+        "sum(aifinops_tenant_energy_month_to_date_cost_usd)",
+        "sum(aifinops_cluster_energy_month_to_date_cost_usd)",
+        "=",
+    ),
+    "aifinops_cluster_energy_month_to_date_cost_usd": (
+        "sum(aifinops_cluster_energy_month_to_date_cost_usd)",
+        "sum(aifinops_tenant_energy_month_to_date_cost_usd)",
+        "=",
+    ),
 }
+# Energy and carbon are not dollars, but are conserved the same way: tenants + __idle__ +
+# __unallocated__ = the fleet's measured total (joules and watts before PUE, grams after).
+QUANTITY_CLAIMS: dict[str, tuple[str, str]] = {
+    f"aifinops_tenant_{name}": (f"sum(aifinops_tenant_{name})", f"sum(aifinops_cluster_{name})")
+    for name in (
+        "gpu_energy_joules_total",
+        "gpu_power_watts",
+        "carbon_grams_total",
+        "carbon_grams_per_hour",
+        "carbon_month_to_date_grams",
+    )
+}
+# Every energy family: published once the demo's DCGM has energy or power series.
+ENERGY = {m.name for m in CATALOG if "energy" in m.name or "carbon" in m.name}
 # Money families whose sum() is by definition the sum of their rows (amounts configured or
 # estimated per row: budgets, ROI, savings) or that are prices (a sum means nothing): for
 # these the test checks the structure that makes sum() safe (below), not a second source.
@@ -169,6 +214,8 @@ DEFINITIONAL = {
     "aifinops_tenant_token_budget_forecast_usd",
     "aifinops_cluster_gpu_budget_forecast_usd",
     "aifinops_cluster_token_budget_forecast_usd",
+    "aifinops_tenant_energy_budget_usd",
+    "aifinops_energy_price_usd_per_kwh",
 }
 MONEY = {m.name for m in CATALOG if "_usd" in m.name}
 # One budget per tenant and one global budget (the configuration allows no more): a budget
@@ -200,6 +247,14 @@ BUDGETS = {
             ]
         }
     },
+    # Measured GPU energy, priced flat, with carbon and budgets (one tenant over them).
+    "energy": {
+        "enabled": True,
+        "pue": 1.25,
+        "price": {"usd_per_kwh": 0.15},
+        "carbon": {"grams_co2e_per_kwh": 400},
+        "budgets": [{"tenant": "search", "energy_usd": 1e-6, "carbon_kg": 1e-6}],
+    },
 }
 # The global budget has one scope: the other scopes' global families stay empty here (the
 # unit tests in tests/web/api/test_budgets.py cover them).
@@ -226,12 +281,31 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Promethe
         )
         # Every money family scraped: the counters have accrued, the token prices exist.
         wait_until(
-            lambda: not MONEY - UNPUBLISHED - _names(prom, time.time() - 1),
+            lambda: not MONEY - UNPUBLISHED - ENERGY - _names(prom, time.time() - 1),
             60,
             "every money family scraped",
             interval=0.5,
         )
+        if _demo_measures_energy(http_get(f"{exporter.url}/metrics").decode()):
+            wait_until(
+                lambda: not (MONEY & ENERGY) - _names(prom, time.time() - 1),
+                60,
+                "every energy money family scraped",
+                interval=0.5,
+            )
         yield prom, http_get(f"{exporter.url}/metrics").decode()
+
+
+def _demo_measures_energy(page: str) -> bool:
+    """Whether the demo's DCGM pages carry energy or power: an interval was measured (the
+    GPUs per method are published only then)."""
+    return "\naifinops_energy_gpus{" in page
+
+
+def _unpublished(page: str) -> set[str]:
+    """Families this demo cannot publish: the other scopes' global budgets, and energy while
+    the demo's DCGM has no energy or power series (the demo gains them in issue 17 item 5)."""
+    return UNPUBLISHED | (set() if _demo_measures_energy(page) else ENERGY)
 
 
 def _names(prom: Prometheus, at: float) -> set[str]:
@@ -257,13 +331,14 @@ def test_every_money_family_is_claimed_or_definitional() -> None:
 def test_sum_over_every_money_family_equals_its_claimed_total(
     scraped: tuple[Prometheus, str],
 ) -> None:
-    prom, _ = scraped
+    prom, page = scraped
     at = time.time() - 1  # a settled instant: both sides read the same scrape
-    missing = MONEY - UNPUBLISHED - _names(prom, at)
+    unpublished = _unpublished(page)
+    missing = MONEY - unpublished - _names(prom, at)
     assert not missing, f"money families the demo does not publish: {sorted(missing)}"
     problems = []
     for family, (lhs, rhs, how) in sorted(CLAIMS.items()):
-        if family in UNPUBLISHED:
+        if family in unpublished:
             continue
         left, right = _value(prom, lhs, at), _value(prom, rhs, at)
         # An equality between two zeros proves nothing: those sums must hold money.
@@ -286,6 +361,24 @@ def test_sum_over_every_money_family_equals_its_claimed_total(
             at,
         )
         assert not gap, (family, gap)
+
+
+def test_energy_and_carbon_sum_to_the_fleets_measured_total(
+    scraped: tuple[Prometheus, str],
+) -> None:
+    prom, page = scraped
+    if not _demo_measures_energy(page):
+        pytest.skip("the demo's DCGM pages carry no energy or power series yet (issue 17 item 5)")
+    at = time.time() - 1
+    problems = []
+    for family, (lhs, rhs) in sorted(QUANTITY_CLAIMS.items()):
+        left, right = _value(prom, lhs, at), _value(prom, rhs, at)
+        assert left > 0, (family, lhs, left)
+        if not math.isclose(left, right, rel_tol=REL_TOL, abs_tol=1e-9):
+            problems.append(f"{family}: {lhs} = {left!r}, claimed = {rhs} = {right!r}")
+    assert not problems, "\n".join(problems)
+    # Every energy figure is >= 0 and the idle bucket is a tenant row like any other.
+    assert not _series(prom, '{__name__=~"aifinops_.*(energy|carbon|power).*"} < 0', at)
 
 
 def test_money_families_have_no_overlapping_rows(scraped: tuple[Prometheus, str]) -> None:

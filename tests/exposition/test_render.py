@@ -40,7 +40,7 @@ def test_catalog_is_well_formed():
         assert m.name.startswith("aifinops_")
         assert (m.type == "counter") == m.name.endswith("_total"), m.name
         assert "_usd" not in m.name or m.name.endswith(
-            ("_usd", "_usd_per_hour", "_usd_total", "_usd_per_month")
+            ("_usd", "_usd_per_hour", "_usd_total", "_usd_per_month", "_usd_per_kwh")
         ), m.name
         assert not {"pod", "user", "email", "request_id"} & set(m.labels), m.name
 

@@ -64,6 +64,15 @@ ADDITIVE = frozenset(
         "aifinops_unpriced_tokens_total",
         "aifinops_tenant_month_to_date_cost_usd",
         "aifinops_recommendation_savings_usd_per_month",
+        # Energy per tenant: its totals keep every tenant that ever drew energy.
+        "aifinops_tenant_gpu_energy_joules_total",
+        "aifinops_tenant_gpu_power_watts",
+        "aifinops_tenant_energy_cost_usd_total",
+        "aifinops_tenant_energy_cost_usd_per_hour",
+        "aifinops_tenant_carbon_grams_total",
+        "aifinops_tenant_carbon_grams_per_hour",
+        "aifinops_tenant_energy_month_to_date_cost_usd",
+        "aifinops_tenant_carbon_month_to_date_grams",
     }
 )
 # Labels that split a total into parts that must not be mixed; kept when folding.

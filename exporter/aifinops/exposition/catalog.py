@@ -218,6 +218,197 @@ OWNED_GPU_PRICE_INFO = _spec(
     "experimental",
 )
 
+# --- energy and carbon (owned GPUs, issue 17) ------------------------------------------------
+# Not dollars except the energy cost: joules, watts and grams are families of their own, each
+# conserved like money (tenants + __idle__ + __unallocated__ = the fleet's measured total).
+# Prometheus base units: joules, watts, grams (carbon as grams of CO2-equivalent).
+TENANT_GPU_ENERGY = _spec(
+    "aifinops_tenant_gpu_energy_joules_total",
+    "counter",
+    "GPU energy measured by DCGM (its total-energy counter, else power x time) since the "
+    "exporter started, per tenant, in joules, before PUE: each GPU's energy split by its "
+    "holds' measured share of the device (as the usage basis), the unused rest of a held GPU "
+    "to its holders by their unused share, unrequested capacity and unheld GPUs to __idle__. "
+    "sum() equals aifinops_cluster_gpu_energy_joules_total.",
+    ("tenant",),
+    "experimental",
+)
+CLUSTER_GPU_ENERGY = _spec(
+    "aifinops_cluster_gpu_energy_joules_total",
+    "counter",
+    "GPU energy of every GPU DCGM measured since the exporter started, in joules, before PUE.",
+    (),
+    "experimental",
+)
+TENANT_GPU_POWER = _spec(
+    "aifinops_tenant_gpu_power_watts",
+    "gauge",
+    "Average GPU power per tenant over the last measured interval, in watts, before PUE (the "
+    "energy split of aifinops_tenant_gpu_energy_joules_total over that interval): sum() "
+    "equals aifinops_cluster_gpu_power_watts.",
+    ("tenant",),
+    "experimental",
+)
+CLUSTER_GPU_POWER = _spec(
+    "aifinops_cluster_gpu_power_watts",
+    "gauge",
+    "Average power of every measured GPU over the last measured interval, in watts, before PUE.",
+    (),
+    "experimental",
+)
+TENANT_ENERGY_COST_TOTAL = _spec(
+    "aifinops_tenant_energy_cost_usd_total",
+    "counter",
+    "Dollars of GPU electricity per tenant since the exporter started: energy x energy.pue x "
+    "the price per kWh in force (flat or time of use in budgets.time_zone). Not part of "
+    "aifinops_tenant_cost_usd_* (OpenCost's and owned GPU prices exclude power): add it for a "
+    "bill. sum() equals aifinops_cluster_energy_cost_usd_total.",
+    ("tenant",),
+    "experimental",
+)
+CLUSTER_ENERGY_COST_TOTAL = _spec(
+    "aifinops_cluster_energy_cost_usd_total",
+    "counter",
+    "Dollars of the electricity of every measured GPU since the exporter started (x PUE).",
+    (),
+    "experimental",
+)
+TENANT_ENERGY_COST_RATE = _spec(
+    "aifinops_tenant_energy_cost_usd_per_hour",
+    "gauge",
+    "GPU electricity cost rate per tenant over the last measured interval, in USD per hour "
+    "(x PUE): sum() equals aifinops_cluster_energy_cost_usd_per_hour.",
+    ("tenant",),
+    "experimental",
+)
+CLUSTER_ENERGY_COST_RATE = _spec(
+    "aifinops_cluster_energy_cost_usd_per_hour",
+    "gauge",
+    "Electricity cost rate of every measured GPU over the last measured interval, USD per hour.",
+    (),
+    "experimental",
+)
+TENANT_CARBON_TOTAL = _spec(
+    "aifinops_tenant_carbon_grams_total",
+    "counter",
+    "Grams of CO2-equivalent of the GPU electricity per tenant since the exporter started: "
+    "energy x energy.pue x the grid intensity in force (gCO2e/kWh, flat or a schedule). "
+    "sum() equals aifinops_cluster_carbon_grams_total.",
+    ("tenant",),
+    "experimental",
+)
+CLUSTER_CARBON_TOTAL = _spec(
+    "aifinops_cluster_carbon_grams_total",
+    "counter",
+    "Grams of CO2-equivalent of the electricity of every measured GPU since the exporter "
+    "started (x PUE).",
+    (),
+    "experimental",
+)
+TENANT_CARBON_RATE = _spec(
+    "aifinops_tenant_carbon_grams_per_hour",
+    "gauge",
+    "Grams of CO2-equivalent per hour per tenant over the last measured interval (x PUE): "
+    "sum() equals aifinops_cluster_carbon_grams_per_hour.",
+    ("tenant",),
+    "experimental",
+)
+CLUSTER_CARBON_RATE = _spec(
+    "aifinops_cluster_carbon_grams_per_hour",
+    "gauge",
+    "Grams of CO2-equivalent per hour of every measured GPU over the last measured interval.",
+    (),
+    "experimental",
+)
+TENANT_ENERGY_MONTH_TO_DATE = _spec(
+    "aifinops_tenant_energy_month_to_date_cost_usd",
+    "gauge",
+    "GPU electricity dollars per tenant since the calendar month started in budgets.time_zone, "
+    "as this exporter measured them (kept across restarts with state.path set; the restart's "
+    "own gap is not measured): sum() equals "
+    "aifinops_cluster_energy_month_to_date_cost_usd.",
+    ("tenant",),
+    "experimental",
+)
+CLUSTER_ENERGY_MONTH_TO_DATE = _spec(
+    "aifinops_cluster_energy_month_to_date_cost_usd",
+    "gauge",
+    "GPU electricity dollars of the whole fleet since the calendar month started.",
+    (),
+    "experimental",
+)
+TENANT_CARBON_MONTH_TO_DATE = _spec(
+    "aifinops_tenant_carbon_month_to_date_grams",
+    "gauge",
+    "Grams of CO2-equivalent per tenant since the calendar month started in "
+    "budgets.time_zone: sum() equals aifinops_cluster_carbon_month_to_date_grams.",
+    ("tenant",),
+    "experimental",
+)
+CLUSTER_CARBON_MONTH_TO_DATE = _spec(
+    "aifinops_cluster_carbon_month_to_date_grams",
+    "gauge",
+    "Grams of CO2-equivalent of the whole fleet since the calendar month started.",
+    (),
+    "experimental",
+)
+TENANT_ENERGY_BUDGET = _spec(
+    "aifinops_tenant_energy_budget_usd",
+    "gauge",
+    "Monthly budget for a tenant's GPU electricity, in USD (energy.budgets): sum() is the "
+    "budgeted tenants' total.",
+    ("tenant",),
+    "experimental",
+)
+TENANT_CARBON_BUDGET = _spec(
+    "aifinops_tenant_carbon_budget_grams",
+    "gauge",
+    "Monthly carbon budget for a tenant, in grams of CO2-equivalent (energy.budgets carbon_kg "
+    "x 1000): sum() is the budgeted tenants' total.",
+    ("tenant",),
+    "experimental",
+)
+ENERGY_PRICE = _spec(
+    "aifinops_energy_price_usd_per_kwh",
+    "gauge",
+    "Electricity price in force now, USD per kWh (energy.price: flat, or the time-of-use "
+    "window that covers now in budgets.time_zone). A price: its sum() means nothing.",
+    (),
+    "experimental",
+)
+GRID_CARBON_INTENSITY = _spec(
+    "aifinops_grid_carbon_intensity_grams_per_kwh",
+    "gauge",
+    "Grid carbon intensity in force now, grams of CO2-equivalent per kWh (energy.carbon).",
+    (),
+    "experimental",
+)
+ENERGY_PUE = _spec(
+    "aifinops_energy_pue",
+    "gauge",
+    "Power usage effectiveness applied to measured GPU energy (energy.pue, >= 1): facility "
+    "energy = GPU energy x PUE.",
+    (),
+    "experimental",
+)
+ENERGY_GPUS = _spec(
+    "aifinops_energy_gpus",
+    "gauge",
+    "GPUs whose energy over the last interval came from each method: counter (DCGM's total "
+    "energy counter, resets handled like increase()) or power (power draw x time, where the "
+    "counter is absent).",
+    ("method",),
+    "experimental",
+)
+ENERGY_COUNTER_RESETS = _spec(
+    "aifinops_energy_dcgm_resets_total",
+    "counter",
+    "DCGM energy counters seen going down (a driver reload or GPU reset): the interval is "
+    "counted from zero, as Prometheus' increase() does.",
+    (),
+    "experimental",
+)
+
 # --- LLM tokens ----------------------------------------------------------------------------
 TOKENS = _spec(
     "aifinops_tokens_total",
@@ -618,6 +809,29 @@ CATALOG: tuple[MetricSpec, ...] = (
     GPU_PRICE,
     OWNED_GPU_PRICE,
     OWNED_GPU_PRICE_INFO,
+    TENANT_GPU_ENERGY,
+    CLUSTER_GPU_ENERGY,
+    TENANT_GPU_POWER,
+    CLUSTER_GPU_POWER,
+    TENANT_ENERGY_COST_TOTAL,
+    CLUSTER_ENERGY_COST_TOTAL,
+    TENANT_ENERGY_COST_RATE,
+    CLUSTER_ENERGY_COST_RATE,
+    TENANT_CARBON_TOTAL,
+    CLUSTER_CARBON_TOTAL,
+    TENANT_CARBON_RATE,
+    CLUSTER_CARBON_RATE,
+    TENANT_ENERGY_MONTH_TO_DATE,
+    CLUSTER_ENERGY_MONTH_TO_DATE,
+    TENANT_CARBON_MONTH_TO_DATE,
+    CLUSTER_CARBON_MONTH_TO_DATE,
+    TENANT_ENERGY_BUDGET,
+    TENANT_CARBON_BUDGET,
+    ENERGY_PRICE,
+    GRID_CARBON_INTENSITY,
+    ENERGY_PUE,
+    ENERGY_GPUS,
+    ENERGY_COUNTER_RESETS,
     TOKENS,
     TOKEN_COST,
     MODEL_TOKEN_PRICE,

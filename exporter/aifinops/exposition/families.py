@@ -10,7 +10,7 @@ zipped from C-level maps.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Protocol
@@ -18,6 +18,7 @@ from typing import Protocol
 from aifinops.exposition import catalog as c
 from aifinops.exposition.render import Family, Sample
 from aifinops.model.budgets import BUDGET_STATES, GLOBAL_TENANT
+from aifinops.model.energy import EnergyReport
 from aifinops.model.finance import FinanceReport
 from aifinops.model.owned_prices import OwnedHourlyCost
 from aifinops.model.report import Report
@@ -36,6 +37,7 @@ class BuildInfo:
 
 # The model keeps days (its API answers in days); series are in seconds, the base unit.
 SECONDS_PER_DAY = 86_400.0
+SECONDS_PER_HOUR = 3_600.0
 
 _first = itemgetter(0)
 _second = itemgetter(1)
@@ -106,6 +108,7 @@ def cost_families(report: Report | None, finance: FinanceReport | None = None) -
         Family(c.HAMI_HELD_PODS, [((), float(report.cost.held_unmeasured))]),
         *token_families(report.tokens),
         *finance_families(finance),
+        *energy_families(report.energy),
     ]
 
 
@@ -118,6 +121,57 @@ def split_method_totals(report: Report) -> dict[str, float]:
     for (_, method), value in chosen.items():
         parts.setdefault(method, []).append(value)
     return {m: math.fsum(v) for m, v in parts.items()}
+
+
+def energy_families(e: EnergyReport | None) -> list[Family]:
+    """Energy, its cost and its carbon per tenant with the fleet's totals; none unless
+    ``energy.enabled``. Rates only while an interval is measured; totals always."""
+    if e is None:
+        return []
+
+    def per_tenant(values: Mapping[str, float], scale: float = 1.0) -> list[Sample]:
+        return [((t,), v * scale) for t, v in sorted(values.items())]
+
+    def total(values: Mapping[str, float], scale: float = 1.0) -> list[Sample]:
+        return [((), math.fsum(values.values()) * scale)]
+
+    out = [
+        Family(c.TENANT_GPU_ENERGY, per_tenant(e.joules)),
+        Family(c.CLUSTER_GPU_ENERGY, total(e.joules)),
+        Family(c.TENANT_ENERGY_COST_TOTAL, per_tenant(e.usd)),
+        Family(c.CLUSTER_ENERGY_COST_TOTAL, total(e.usd)),
+        Family(c.TENANT_CARBON_TOTAL, per_tenant(e.grams)),
+        Family(c.CLUSTER_CARBON_TOTAL, total(e.grams)),
+        Family(c.TENANT_ENERGY_MONTH_TO_DATE, per_tenant(e.month_usd)),
+        Family(c.CLUSTER_ENERGY_MONTH_TO_DATE, total(e.month_usd)),
+        Family(c.TENANT_CARBON_MONTH_TO_DATE, per_tenant(e.month_grams)),
+        Family(c.CLUSTER_CARBON_MONTH_TO_DATE, total(e.month_grams)),
+        Family(
+            c.TENANT_ENERGY_BUDGET,
+            [((t,), b.usd) for t, b in sorted(e.budgets.items()) if b.usd is not None],
+        ),
+        Family(
+            c.TENANT_CARBON_BUDGET,
+            [((t,), b.grams) for t, b in sorted(e.budgets.items()) if b.grams is not None],
+        ),
+        Family(c.ENERGY_PRICE, [((), e.price_usd_per_kwh)]),
+        Family(c.GRID_CARBON_INTENSITY, [((), e.grams_per_kwh)]),
+        Family(c.ENERGY_PUE, [((), e.pue)]),
+        Family(c.ENERGY_COUNTER_RESETS, [((), float(e.counter_resets))]),
+    ]
+    i = e.interval
+    if i is not None and i.seconds > 0:
+        hourly = SECONDS_PER_HOUR / i.seconds
+        out += [
+            Family(c.TENANT_GPU_POWER, per_tenant(i.joules, 1.0 / i.seconds)),
+            Family(c.CLUSTER_GPU_POWER, total(i.joules, 1.0 / i.seconds)),
+            Family(c.TENANT_ENERGY_COST_RATE, per_tenant(i.usd, hourly)),
+            Family(c.CLUSTER_ENERGY_COST_RATE, total(i.usd, hourly)),
+            Family(c.TENANT_CARBON_RATE, per_tenant(i.grams, hourly)),
+            Family(c.CLUSTER_CARBON_RATE, total(i.grams, hourly)),
+            Family(c.ENERGY_GPUS, [((m,), float(n)) for m, n in sorted(i.methods.items())]),
+        ]
+    return out
 
 
 def _owned_samples(rows: Iterable[OwnedHourlyCost]) -> tuple[list[Sample], list[Sample]]:

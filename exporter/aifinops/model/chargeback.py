@@ -53,12 +53,13 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from aifinops.model.energy import EnergyUse
 from aifinops.model.vocabulary import IDLE_TENANT, UNALLOCATED_TENANT
 
 ChargeAllocation = Literal["direct", "idle_share", "unallocated_share"]
@@ -112,6 +113,9 @@ class Chargeback:
     currency: str = CURRENCY
     charge_start: float | None = None  # when the data starts; None: the period start
     source: str = "opencost"  # "opencost" (books of record) or "exporter_ledger"
+    # Per tenant, its measured GPU electricity in the period (energy.enabled, this month
+    # only: the exporter keeps no energy history). Not in the rows' dollars: its own figures.
+    energy: Mapping[str, EnergyUse] = field(default_factory=dict)
 
     @property
     def charge_from(self) -> float:
@@ -214,6 +218,7 @@ def build_chargeback(
     covered: tuple[float, float] | None = None,
     source: str = "opencost",
     splits: Mapping[str, Mapping[str, float]] | None = None,
+    energy: Mapping[str, EnergyUse] | None = None,
 ) -> Chargeback:
     """Chargeback rows for ``period`` (``YYYY-MM`` in ``tz``) from the period's accrued USD per
     ``(tenant, resource)``. ``quantities`` optionally gives measured usage per direct row.
@@ -257,6 +262,7 @@ def build_chargeback(
         share_unallocated=share_unallocated,
         charge_start=charge_start,
         source=source,
+        energy=dict(energy or {}),
     )
 
 
@@ -417,6 +423,11 @@ FOCUS_COLUMNS: tuple[str, ...] = (
     "x_Cluster",
     "x_Source",
     "x_GpuSplitMethods",
+    # A tenant's measured GPU electricity in the period (this month, energy.enabled), on its
+    # direct GPU row: facility kWh (x PUE), its USD (not in BilledCost) and kg CO2e.
+    "x_EnergyKWh",
+    "x_EnergyCost",
+    "x_CarbonKgCO2e",
 )
 # Columns holding numbers and dates we format ourselves; every other cell is text and is
 # neutralised (see spreadsheet_safe).
@@ -432,6 +443,9 @@ _FOCUS_NUMERIC = frozenset(
         "BillingPeriodStart",
         "ChargePeriodEnd",
         "ChargePeriodStart",
+        "x_EnergyKWh",
+        "x_EnergyCost",
+        "x_CarbonKgCO2e",
     }
 )
 
@@ -495,7 +509,16 @@ def focus_rows(cb: Chargeback, parties: FocusParties = FocusParties()) -> list[d
             "x_Cluster": parties.cluster,
             "x_Source": cb.source,
             "x_GpuSplitMethods": split_text(r.split),
+            "x_EnergyKWh": "",
+            "x_EnergyCost": "",
+            "x_CarbonKgCO2e": "",
         }
+        use = cb.energy.get(r.tenant)
+        if use is not None and r.resource == "gpu" and r.allocation == "direct":
+            # Six decimals: Wh, micro-dollars and grams are finer than any meter behind them.
+            values["x_EnergyKWh"] = _plain(round(use.facility_kwh, 6))
+            values["x_EnergyCost"] = _plain(round(use.usd, 6))
+            values["x_CarbonKgCO2e"] = _plain(round(use.kg_co2e, 6))
         out.append(
             {
                 c: values[c] if c in _FOCUS_NUMERIC else spreadsheet_safe(values[c])

@@ -77,6 +77,32 @@ class SharedHold:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuEnergy:
+    """One physical GPU's energy over an interval, in joules (before PUE). ``method`` says
+    where it came from: ``counter`` (DCGM's total-energy counter, a reset counted from zero as
+    Prometheus' ``increase()`` does) or ``power`` (power draw × time where there is no
+    counter)."""
+
+    uuid: str
+    joules: float
+    method: Literal["counter", "power"] = "counter"
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyReadings:
+    """Every measured GPU's energy between two reads of the energy source, ``start`` and
+    ``end`` (unix seconds). The first read has no interval: ``start == end`` and no GPUs.
+    ``counter_resets``: counters seen going down in this interval. The source keeps the
+    previous reading; the model only splits what it is handed (:mod:`aifinops.model.energy`),
+    once per distinct ``end``."""
+
+    start: float
+    end: float
+    gpus: tuple[GpuEnergy, ...] = ()
+    counter_resets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Allocation:
     """One OpenCost ``/allocation/compute`` row (pod aggregation) over the query window.
 
@@ -219,6 +245,7 @@ class Inputs:
     tokens: TokenInputs | None = None
     # HAMi's allocations and live use (``None``: no HAMi source, or its data went stale).
     shared: tuple[SharedHold, ...] | None = None
+    energy: EnergyReadings | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from aifinops.model.cost import (
     fold_tenants,
     follow_gpu_rates,
 )
+from aifinops.model.energy import EnergyContext, EnergyReport, EnergyState, account_energy
 from aifinops.model.finance_types import FinanceContext
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.idle import HoldHistory, is_idle, observe_holds
@@ -57,6 +58,7 @@ class ModelContext:
     max_series_per_family: int | None = None
     # A HAMi pod's billing share: this weight x its cores share + the rest x its memory share.
     hami_core_weight: float = 1.0
+    energy: EnergyContext | None = None  # energy.enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class ModelState:
     idle: Mapping[IdleKey, HoldHistory] = field(default_factory=dict)
     dcgm_observed_at: float | None = None
     tokens: TokenState | None = None
+    energy: EnergyState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,7 @@ class Report:
     efficiency: Mapping[str, float]
     tokens: TokenReport | None = None
     charge_back: Mapping[str, Mapping[tuple[str, str], float]] = field(default_factory=dict)
+    energy: EnergyReport | None = None
 
     def tenant_rates(self, basis: str) -> Mapping[tuple[str, str], float]:
         return self.cost.rates.get(basis, {})
@@ -208,6 +212,15 @@ def build_report(
             for tenant, usd in token_report.api_cost.items():
                 accrued[(tenant, TOKENS_RESOURCE, basis)] = usd
 
+    energy_report: EnergyReport | None = None
+    energy_state = state.energy
+    if context.energy is not None:
+        # The shares after every fold: energy lands on the tenants the money series show.
+        shares = cost.shares if inputs.gpus is not None else None
+        energy_report, energy_state = account_energy(
+            inputs.energy, shares, context.energy, state.energy or EnergyState(), now
+        )
+
     report = Report(
         now=now,
         cost=cost,
@@ -216,6 +229,7 @@ def build_report(
         efficiency=efficiency,
         tokens=token_report,
         charge_back=charge_back,
+        energy=energy_report,
     )
     new_state = ModelState(
         last_now=now,
@@ -223,6 +237,7 @@ def build_report(
         idle=idle_state,
         dcgm_observed_at=dcgm_observed_at if inputs.gpus is not None else None,
         tokens=token_state,
+        energy=energy_state,
     )
     return report, new_state
 

@@ -59,6 +59,7 @@ class Slot(enum.Enum):
     TOKENS = "tokens"  # a sequence of TokenObservation (with ``origins`` when it has them)
     LATENCY = "latency"  # Mapping[(model, provider), p95 seconds]
     SHARED = "shared"  # tuple[SharedHold, ...]: HAMi's per-pod device shares and live use
+    ENERGY = "energy"  # EnergyReadings: each GPU's joules since the previous read
 
 
 class Source(Protocol, Generic[T_co]):

@@ -49,6 +49,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from aifinops.model.chargeback import FocusParties, build_chargeback, chargeback_csv, focus_csv
+from aifinops.model.energy import EnergyReport, EnergyUse, month_use
 from aifinops.model.finance import FinanceContext, FinanceReport
 from aifinops.model.recommend import filter_recommendations
 from aifinops.model.report import Report
@@ -86,10 +87,13 @@ TOP_SAVINGS = 5
 FinanceGetter = Callable[[], FinanceReport | None]
 ContextGetter = Callable[[], FinanceContext | None]
 ReportGetter = Callable[[], Report | None]
+EnergyGetter = Callable[[], EnergyReport | None]
 
 API_FINANCE: web.AppKey[FinanceGetter] = web.AppKey("api_finance")
 API_CONTEXT: web.AppKey[ContextGetter] = web.AppKey("api_finance_context")
 API_REPORT: web.AppKey[ReportGetter] = web.AppKey("api_report")
+# The same snapshot's measured electricity (energy.enabled), beside the finance report.
+API_ENERGY: web.AppKey[EnergyGetter] = web.AppKey("api_energy")
 API_READ_CACHE: web.AppKey[ReadCache] = web.AppKey("api_read_cache")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 API_TOKENS = web.AppKey("api_tokens", TokenStore)
@@ -336,6 +340,7 @@ def _budgets(request: web.Request) -> web.Response:
             budgets=f.budgets,
             tenant_month_to_date=dict(f.tenant_month_to_date),
             notes=f.budget_notes,
+            energy=request.app[API_ENERGY](),
         )
     )
 
@@ -404,6 +409,7 @@ def _chargeback(request: web.Request) -> web.Response:
         covered=covered,
         source=source,
         splits=splits,
+        energy=_energy_of(request.app[API_ENERGY](), query.period),
     )
     if query.format == "json":
         return _json(ChargebackResponse.from_model(cb))
@@ -415,6 +421,12 @@ def _chargeback(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+def _energy_of(e: EnergyReport | None, period: str) -> dict[str, EnergyUse] | None:
+    """Each tenant's measured electricity in ``period``: this month's, when energy is on (the
+    exporter keeps no energy history of past months)."""
+    return month_use(e) if e is not None and e.month == period else None
 
 
 def _parties(request: web.Request) -> FocusParties:
@@ -595,6 +607,7 @@ def register_api(
     finance: FinanceGetter,
     context: ContextGetter,
     report: ReportGetter = lambda: None,
+    energy: EnergyGetter = lambda: None,
 ) -> None:
     """Add the API routes and the auth/error middleware to ``app`` (before it starts).
     Raises :class:`~aifinops.settings.ConfigError` when a configured token cannot be read."""
@@ -602,6 +615,7 @@ def register_api(
     app[API_FINANCE] = finance
     app[API_CONTEXT] = context
     app[API_REPORT] = report
+    app[API_ENERGY] = energy
     app[API_SETTINGS] = settings
     app[API_READ_CACHE] = ReadCache()
     app[PUSH_TOKEN_CONFIGURED] = settings.tokens.push.bearer_token_file is not None

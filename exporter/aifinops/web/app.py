@@ -24,6 +24,7 @@ from aifinops.assemble import Clock, SourceSpec
 from aifinops.exposition.families import BuildInfo
 from aifinops.exposition.process import process_exposition
 from aifinops.exposition.render import CONTENT_TYPE
+from aifinops.model.energy import EnergyReport
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings
 from aifinops.version import RULES_VERSION, __version__, revision
@@ -100,6 +101,14 @@ async def handle_index(request: web.Request) -> web.Response:
 <table border="1" cellpadding="4"><tr><th>source</th><th>state</th><th>data age</th>
 <th>last error</th></tr>{rows}</table></body></html>"""
     return web.Response(text=page, content_type="text/html")
+
+
+def _energy(app: web.Application) -> EnergyReport | None:
+    """The current snapshot's measured electricity (None before the first report)."""
+    if REFRESHER not in app:
+        return None
+    report = app[REFRESHER].snapshot.report
+    return report.energy if report is not None else None
 
 
 def create_app(
@@ -183,6 +192,7 @@ def create_app(
         finance=lambda: app[REFRESHER].snapshot.finance if REFRESHER in app else None,
         context=lambda: app[REFRESHER].context.finance if REFRESHER in app else None,
         report=lambda: app[REFRESHER].snapshot.report if REFRESHER in app else None,
+        energy=lambda: _energy(app),
     )
     if store is not None:
         app[USAGE_STORE] = store

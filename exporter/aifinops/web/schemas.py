@@ -40,6 +40,7 @@ from pydantic.json_schema import models_json_schema
 
 from aifinops.model.budgets import BudgetStatus
 from aifinops.model.chargeback import Chargeback
+from aifinops.model.energy import EnergyReport
 from aifinops.model.recommend import Recommendation
 from aifinops.model.roi import AiCost, BenefitInputs, InitiativeRoi, RoiResult
 from aifinops.model.routing import Candidate, RoutingResult, Workload
@@ -451,6 +452,17 @@ class ChargebackRowOut(_Schema):
     split_methods: dict[str, float] | None = None
 
 
+class TenantEnergyOut(_Schema):
+    """A tenant's measured GPU electricity in the period (``energy.enabled``; this month only).
+    Its dollars are not in ``rows`` / ``total_usd``: a bill adds them."""
+
+    tenant: str
+    gpu_energy_kwh: float  # measured by DCGM
+    facility_energy_kwh: float  # x energy.pue: what is priced
+    energy_cost_usd: float
+    carbon_kg_co2e: float
+
+
 class ChargebackResponse(_Schema):
     period: str
     basis: str
@@ -466,6 +478,7 @@ class ChargebackResponse(_Schema):
     share_unallocated: bool
     total_usd: float
     rows: list[ChargebackRowOut]
+    energy: list[TenantEnergyOut]
 
     @classmethod
     def from_model(cls, cb: Chargeback) -> ChargebackResponse:
@@ -492,6 +505,16 @@ class ChargebackResponse(_Schema):
                     split_methods=dict(r.split) if r.split else None,
                 )
                 for r in cb.rows
+            ],
+            energy=[
+                TenantEnergyOut(
+                    tenant=t,
+                    gpu_energy_kwh=u.gpu_kwh,
+                    facility_energy_kwh=u.facility_kwh,
+                    energy_cost_usd=u.usd,
+                    carbon_kg_co2e=u.kg_co2e,
+                )
+                for t, u in sorted(cb.energy.items())
             ],
         )
 
@@ -531,9 +554,34 @@ class BudgetOut(_Schema):
         )
 
 
+class EnergyBudgetOut(_Schema):
+    """A tenant's monthly energy budgets (``energy.budgets``) and its electricity this month:
+    dollars and kg CO2e (``None`` where that budget is not set)."""
+
+    tenant: str
+    energy_budget_usd: float | None
+    energy_month_to_date_usd: float
+    carbon_budget_kg_co2e: float | None
+    carbon_month_to_date_kg_co2e: float
+
+    @classmethod
+    def of(cls, e: EnergyReport) -> list[EnergyBudgetOut]:
+        return [
+            cls(
+                tenant=t,
+                energy_budget_usd=b.usd,
+                energy_month_to_date_usd=e.month_usd.get(t, 0.0),
+                carbon_budget_kg_co2e=None if b.grams is None else b.grams / 1000.0,
+                carbon_month_to_date_kg_co2e=e.month_grams.get(t, 0.0) / 1000.0,
+            )
+            for t, b in sorted(e.budgets.items())
+        ]
+
+
 class BudgetsResponse(_Schema):
     """Every evaluated budget, month-to-date spend per tenant, and why a configured budget
-    was left out (``notes``)."""
+    was left out (``notes``). ``energy_budgets``: the electricity and carbon budgets
+    (``energy.budgets``; empty when energy is off)."""
 
     generated_at: AwareDatetime
     currency: Literal["USD"] = "USD"
@@ -543,6 +591,7 @@ class BudgetsResponse(_Schema):
     budgets: list[BudgetOut]
     tenant_month_to_date_usd: dict[str, float]
     notes: list[str]
+    energy_budgets: list[EnergyBudgetOut] = []
 
     @classmethod
     def build(
@@ -555,6 +604,7 @@ class BudgetsResponse(_Schema):
         budgets: Iterable[BudgetStatus],
         tenant_month_to_date: dict[str, float],
         notes: Iterable[str] = (),
+        energy: EnergyReport | None = None,
     ) -> BudgetsResponse:
         return cls(
             generated_at=_utc(now),
@@ -564,6 +614,7 @@ class BudgetsResponse(_Schema):
             budgets=[BudgetOut.from_model(b) for b in budgets],
             tenant_month_to_date_usd=dict(sorted(tenant_month_to_date.items())),
             notes=list(notes),
+            energy_budgets=EnergyBudgetOut.of(energy) if energy is not None else [],
         )
 
 
