@@ -52,7 +52,8 @@ class SharedKey:
     the GPUs' time (held containers at their share); ``method_cost[(basis, method)]``: the
     tenants' dollars by split method; ``idle[basis]``: the devices' dollars no tenant pays;
     ``device_cost``: the devices' list price per hour (what every basis sums to); ``held``:
-    ``(namespace, pod)`` of HAMi containers without a usage series.
+    ``(namespace, pod)`` of HAMi containers without a usage series. ``gpus_by_model`` and
+    ``used_by_model`` split ``gpus`` and ``used`` by ``(tenant, GPU model)``.
     """
 
     now: float
@@ -67,10 +68,23 @@ class SharedKey:
     device_cost: float
     held: tuple[tuple[str, str], ...]
     tenants: tuple[str, ...]
+    gpus_by_model: Mapping[tuple[str, str], float]
+    used_by_model: Mapping[tuple[str, str], float]
+    tenant_method_cost: Mapping[tuple[str, str, str], float]  # (basis, tenant, method)
 
     def rate(self, basis: str, tenant: str) -> float:
         """USD/h of ``tenant`` on these GPUs under ``basis``; 0 when it holds none."""
         return self.cost.get((basis, tenant), 0.0)
+
+    def tenant_methods(self, basis: str, tenant: str) -> dict[str, float]:
+        """``tenant``'s USD/h under ``basis`` by split method."""
+        return {
+            m: v for (b, t, m), v in self.tenant_method_cost.items() if b == basis and t == tenant
+        }
+
+    def rate_total(self, basis: str) -> float:
+        """USD/h every tenant pays on these GPUs under ``basis``."""
+        return math.fsum(v for (b, _), v in self.cost.items() if b == basis)
 
 
 def billing_fraction(
@@ -104,9 +118,10 @@ def answer_key(
     if not 0.0 <= core_weight <= 1.0:
         raise ValueError(f"core_weight must be within [0, 1], got {core_weight}")
     parts: dict[tuple[str, str], list[float]] = defaultdict(list)
-    gpus: dict[str, list[float]] = defaultdict(list)
-    used: dict[str, list[float]] = defaultdict(list)
+    gpus: dict[tuple[str, str], list[float]] = defaultdict(list)
+    used: dict[tuple[str, str], list[float]] = defaultdict(list)
     by_method: dict[tuple[str, str], list[float]] = defaultdict(list)
+    by_tenant_method: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     idle: dict[str, list[float]] = defaultdict(list)
     devices: list[float] = []
     held: list[tuple[str, str]] = []
@@ -116,6 +131,8 @@ def answer_key(
         parts[("usage", tenant)].append(usage)
         by_method[("allocation", method)].append(allocation)
         by_method[("usage", method)].append(usage)
+        by_tenant_method[("allocation", tenant, method)].append(allocation)
+        by_tenant_method[("usage", tenant, method)].append(usage)
 
     if hami is not None:
         for d in hami.devices:
@@ -132,8 +149,8 @@ def answer_key(
                 pay(c.tenant, "hami", price * share, price * use)
                 paid["allocation"].append(price * share)
                 paid["usage"].append(price * use)
-                gpus[c.tenant].append(share)
-                used[c.tenant].append(use)
+                gpus[(c.tenant, d.model.name)].append(share)
+                used[(c.tenant, d.model.name)].append(use)
             for basis in SHARED_BASES:
                 idle[basis].append(price - math.fsum(paid[basis]))
 
@@ -155,8 +172,8 @@ def answer_key(
                         pay(h.tenant, method, billed, price * share)
                         paid["allocation"].append(billed)
                         paid["usage"].append(price * share)
-                        gpus[h.tenant].append(h.fraction)
-                        used[h.tenant].append(share)
+                        gpus[(h.tenant, gpu.model.name)].append(h.fraction)
+                        used[(h.tenant, gpu.model.name)].append(share)
                 for basis in SHARED_BASES:
                     idle[basis].append(price - math.fsum(paid[basis]))
 
@@ -167,14 +184,24 @@ def answer_key(
         billing_share=billing_share,
         core_weight=core_weight,
         cost=cost,
-        gpus={t: math.fsum(v) for t, v in sorted(gpus.items())},
-        used={t: math.fsum(v) for t, v in sorted(used.items())},
+        gpus=_by_tenant(gpus),
+        used=_by_tenant(used),
         method_cost={k: math.fsum(v) for k, v in sorted(by_method.items())},
         idle={b: math.fsum(idle[b]) for b in SHARED_BASES},
         device_cost=math.fsum(devices),
         held=tuple(sorted(held)),
         tenants=tuple(sorted({t for _, t in cost})),
+        gpus_by_model={k: math.fsum(v) for k, v in sorted(gpus.items())},
+        used_by_model={k: math.fsum(v) for k, v in sorted(used.items())},
+        tenant_method_cost={k: math.fsum(v) for k, v in sorted(by_tenant_method.items())},
     )
+
+
+def _by_tenant(parts: Mapping[tuple[str, str], list[float]]) -> dict[str, float]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for (tenant, _), values in parts.items():
+        out[tenant].extend(values)
+    return {t: math.fsum(v) for t, v in sorted(out.items())}
 
 
 def _unit_time_shares(
