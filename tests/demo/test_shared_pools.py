@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aifinops.demo.cluster import BASES, IDLE_TENANT, RESOURCES, ClusterSpec, SimCluster
+from aifinops.demo.upstreams import start_upstreams
+from aifinops.settings import settings_from_mapping
 
 NOW = 1_750_000_000.0
 
@@ -85,3 +88,34 @@ def test_the_cluster_key_takes_the_shared_key_and_still_sums(
     billed = math.fsum(r["gpuCost"] for r in rows.values())
     assert gt.cluster["gpu"] == pytest.approx(billed, rel=1e-6)
     assert gt.rate("allocation", IDLE_TENANT, "gpu") > 0
+
+
+async def test_hamis_pages_are_served_with_their_generation_and_faults() -> None:
+    sim = SimCluster(ClusterSpec.demo(shared_gpus=True))
+    assert sim.shared is not None
+    pool = sim.shared.hami
+    node = pool.nodes[0].name
+    up = await start_upstreams(sim, clock=lambda: NOW)
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            base = f"{up.dcgm_url}/hami"
+            r = await client.get(f"{base}/scheduler/metrics")
+            assert r.status_code == 200 and r.text == pool.scheduler_page(NOW, "2.10")
+            r = await client.get(f"{base}/scheduler/metrics?generation=2.8")
+            assert r.text == pool.scheduler_page(NOW, "2.8")
+            r = await client.get(f"{base}/scheduler/metrics?legacy=1")
+            assert r.text == pool.scheduler_page(NOW, "2.10", legacy_metrics=True)
+            r = await client.get(f"{base}/monitor/{node}/metrics")
+            assert r.text == pool.monitor_page(node, NOW)
+            r = await client.get(f"{base}/monitor/no-such-node/metrics")
+            assert r.status_code == 404
+            up.faults.set("hami", "unavailable")
+            r = await client.get(f"{base}/scheduler/metrics")
+            assert r.status_code == 503
+            assert up.faults.requests("hami") == 6
+        config = up.exporter_config()
+        urls = config["sources"]["hami"]["scrape_urls"]
+        assert urls == [f"{base}/scheduler/metrics", f"{base}/monitor/{node}/metrics"]
+        settings_from_mapping(config)  # the demo's configuration is valid as it is
+    finally:
+        await up.close()
