@@ -151,3 +151,24 @@ def test_per_process_allocation_is_what_opencost_bills(pp: PerProcessPool) -> No
         for t in billed:
             assert key.rate("allocation", t) == pytest.approx(billed[t], rel=1e-12)
             assert key.gpus[t] == pytest.approx(gpus[t])
+
+
+def test_idle_holds_are_the_ones_showing_no_use_and_never_the_held(
+    hami: HamiPool, pp: PerProcessPool
+) -> None:
+    for now in TIMES:
+        key = answer_key(now, hami=hami, per_process=pp)
+        want: dict[tuple[str, str], float] = defaultdict(float)
+        for d in hami.devices:
+            for c in d.containers:
+                if c.touched_cuda and hami.sm_percent(c, now) < 5:
+                    want[(c.tenant, d.model.name)] += c.cores / 100
+        for h in pp.holders:
+            shown = pp.use(h, now) if not h.gi_id else pp.unit_percent(h.unit, now)
+            if shown < 5:
+                want[(h.tenant, pp.gpu(h.gpu_uuid).model.name)] += h.fraction
+        assert key.idle_gpus == pytest.approx(dict(want))
+        held_tenants = {c.tenant for c in hami.containers if not c.touched_cuda}
+        only_held = held_tenants - {c.tenant for c in hami.containers if c.touched_cuda}
+        assert only_held and not any(t in only_held for t, _ in key.idle_gpus)
+        assert any(not h.has_process for h in pp.holders)  # a pod with no process is idle

@@ -78,6 +78,20 @@ def assert_tenants_match(page: Page, key: SharedKey, tenants: set[str]) -> None:
             assert counts[(model, tenant)] == pytest.approx(value, rel=1e-3), tenant
 
 
+def assert_idle_match(page: Page, key: SharedKey, tenants: set[str]) -> None:
+    """Idle GPUs and their cost for ``tenants`` as the key has them (none for a held HAMi
+    container: no CUDA call yet is not idleness by error)."""
+    idle = series(page, "aifinops_idle_gpus")  # keyed (gpu_model, tenant)
+    cost = series(page, "aifinops_idle_gpu_cost_usd_per_hour")
+    got = {(t, m): v for (m, t), v in idle.items() if t in tenants and v}
+    want = {k: v for k, v in key.idle_gpus.items() if k[0] in tenants}
+    assert got == pytest.approx(want, rel=1e-3)
+    for (tenant, model), value in key.idle_gpu_cost.items():
+        if tenant in tenants:
+            assert cost[(model, tenant)] == pytest.approx(value, rel=1e-3)
+    assert want, "the pools must have an idle hold"
+
+
 def assert_buckets_reconcile(page: Page, gt: GroundTruth, skip: set[str]) -> None:
     """Every tenant outside ``skip`` as the cluster's ground truth has it; on both bases the
     tenants and sentinels sum to the cluster's GPU total, which is OpenCost's."""
@@ -131,6 +145,8 @@ async def test_hami_tenants_match_the_shared_answer_key(
             assert_tenants_match(page, key, hami_tenants(sim))
             held = series(page, "aifinops_hami_held_pods")
             assert key.held and math.fsum(held.values()) == len(key.held)
+            if now - T0 > 900:  # past the idle window: idle holds are idle GPUs, held ones not
+                assert_idle_match(page, key, hami_tenants(sim))
             gt = sim.ground_truth(now, **billing)
             assert_buckets_reconcile(page, gt, skip=per_process_tenants(sim))
     finally:
@@ -156,6 +172,8 @@ async def test_per_process_tenants_match_the_shared_answer_key(
             await d.refresh()
             page = await d.metrics()
             assert_tenants_match(page, sim.shared.key(now), per_process_tenants(sim))
+            if now - T0 > 900:
+                assert_idle_match(page, sim.shared.key(now), per_process_tenants(sim))
             assert_matches_ground_truth(page, sim.ground_truth(now))
     finally:
         await d.upstreams.close()

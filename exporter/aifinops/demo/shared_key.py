@@ -71,6 +71,8 @@ class SharedKey:
     gpus_by_model: Mapping[tuple[str, str], float]
     used_by_model: Mapping[tuple[str, str], float]
     tenant_method_cost: Mapping[tuple[str, str, str], float]  # (basis, tenant, method)
+    idle_gpus: Mapping[tuple[str, str], float]  # (tenant, GPU model): idle holds' shares
+    idle_gpu_cost: Mapping[tuple[str, str], float]  # their allocation-basis USD/h
 
     def rate(self, basis: str, tenant: str) -> float:
         """USD/h of ``tenant`` on these GPUs under ``basis``; 0 when it holds none."""
@@ -108,10 +110,14 @@ def answer_key(
     window_hours: float = 1.0,
     billing_share: BillingShare = "cores",
     core_weight: float = 0.5,
+    idle_threshold: float = 0.05,
 ) -> SharedKey:
     """The key for ``hami`` and ``per_process`` at ``now`` (OpenCost window ``window_hours``).
 
-    Raises ``ValueError`` for a ``core_weight`` outside [0, 1] or an unknown ``billing_share``.
+    A hold is idle when the utilization DCGM or HAMi shows for it is under
+    ``idle_threshold`` at ``now`` (the pools' idle holds stay idle all day); a HAMi container
+    that has not touched CUDA is held, never idle. Raises ``ValueError`` for a
+    ``core_weight`` outside [0, 1] or an unknown ``billing_share``.
     """
     if billing_share not in ("cores", "memory", "mix"):
         raise ValueError(f"billing_share must be cores, memory or mix, got {billing_share!r}")
@@ -125,6 +131,8 @@ def answer_key(
     idle: dict[str, list[float]] = defaultdict(list)
     devices: list[float] = []
     held: list[tuple[str, str]] = []
+    idle_gpus: dict[tuple[str, str], list[float]] = defaultdict(list)
+    idle_cost: dict[tuple[str, str], list[float]] = defaultdict(list)
 
     def pay(tenant: str, method: str, allocation: float, usage: float) -> None:
         parts[("allocation", tenant)].append(allocation)
@@ -143,6 +151,9 @@ def answer_key(
                 share = billing_fraction(c, d, billing_share, core_weight)
                 if c.touched_cuda:
                     use = hami.sm_percent(c, now) / 100.0
+                    if use < idle_threshold:
+                        idle_gpus[(c.tenant, d.model.name)].append(share)
+                        idle_cost[(c.tenant, d.model.name)].append(price * share)
                 else:
                     use = share  # held: pays its share until its first CUDA call
                     held.append((c.namespace, c.pod))
@@ -166,9 +177,14 @@ def answer_key(
                     holders = per_process.holders_of(unit)
                     if not holders:
                         continue
-                    for h, share, method in _unit_time_shares(per_process, unit, holders, now):
+                    for h, share, method, figure in _unit_time_shares(
+                        per_process, unit, holders, now
+                    ):
                         # OpenCost's bill: request × price over the window, printed rounded.
                         billed = opencost_round(h.fraction * price * wh) / wh
+                        if figure < idle_threshold:
+                            idle_gpus[(h.tenant, gpu.model.name)].append(h.fraction)
+                            idle_cost[(h.tenant, gpu.model.name)].append(billed)
                         pay(h.tenant, method, billed, price * share)
                         paid["allocation"].append(billed)
                         paid["usage"].append(price * share)
@@ -194,6 +210,8 @@ def answer_key(
         gpus_by_model={k: math.fsum(v) for k, v in sorted(gpus.items())},
         used_by_model={k: math.fsum(v) for k, v in sorted(used.items())},
         tenant_method_cost={k: math.fsum(v) for k, v in sorted(by_tenant_method.items())},
+        idle_gpus={k: math.fsum(v) for k, v in sorted(idle_gpus.items())},
+        idle_gpu_cost={k: math.fsum(v) for k, v in sorted(idle_cost.items())},
     )
 
 
@@ -209,21 +227,22 @@ def _unit_time_shares(
     unit: tuple[str, str],
     holders: tuple[SharedHolder, ...],
     now: float,
-) -> list[tuple[SharedHolder, float, str]]:
-    """Each holder's share of the physical GPU's time on ``unit`` and the split's method."""
+) -> list[tuple[SharedHolder, float, str, float]]:
+    """Each holder's share of the physical GPU's time on ``unit``, the split's method, and
+    the utilization DCGM shows for it (0–1: its own figure, or its instance's)."""
     if not unit[1]:
         # A whole GPU: every pod's own per-process figure, scaled down if over 100 %.
         figures = [pool.use(h, now) / 100.0 for h in holders]
         total = math.fsum(figures)
         scale = 1.0 / total if total > 1.0 else 1.0
-        return [(h, f * scale, "per_process") for h, f in zip(holders, figures, strict=True)]
+        return [(h, f * scale, "per_process", f) for h, f in zip(holders, figures, strict=True)]
     gpu = pool.gpu(unit[0])
     part = pool.instance(*unit).slices / gpu.model.mig_slices
     activity = pool.unit_percent(unit, now) / 100.0  # the instance figure DCGM shows
     if len(holders) == 1:
-        return [(holders[0], part * activity, "mig")]
+        return [(holders[0], part * activity, "mig", activity)]
     requested = math.fsum(h.fraction for h in holders)
-    return [(h, part * activity * h.fraction / requested, "even_split") for h in holders]
+    return [(h, part * activity * h.fraction / requested, "even_split", activity) for h in holders]
 
 
 __all__ = [

@@ -77,6 +77,7 @@ class SharedPools:
         *,
         billing_share: BillingShare = "cores",
         core_weight: float = 0.5,
+        idle_threshold: float = 0.05,
     ) -> SharedKey:
         """The shared GPUs' answer key (demo/shared_key.py)."""
         return answer_key(
@@ -86,6 +87,7 @@ class SharedPools:
             window_hours=window_hours,
             billing_share=billing_share,
             core_weight=core_weight,
+            idle_threshold=idle_threshold,
         )
 
 

@@ -112,8 +112,8 @@ def ground_truth(
     the window, divided by ``window_hours``; the usage basis re-splits each GPU unit's rate
     by the DCGM samples at ``now``. The GPU dollars and GPU-equivalents of the shared pools'
     pods (``spec.shared_gpus``) are demo/shared_key.py's, with HAMi's ``billing_share`` and
-    ``core_weight``; what OpenCost billed them beyond that is ``__idle__``'s. Their idle and
-    unused GPU figures are not modelled here.
+    ``core_weight``; what OpenCost billed them beyond that is ``__idle__``'s; their idle GPUs
+    are the key's too (not in ``idle_holds``). Their unused GPU cost is not modelled here.
     """
     if metric not in UTILIZATION_METRICS:
         raise ValueError(f"metric must be one of {UTILIZATION_METRICS}, got {metric!r}")
@@ -228,6 +228,7 @@ def ground_truth(
             wh,
             billing_share=billing_share,
             core_weight=core_weight,
+            idle_threshold=idle_threshold,
         )
         for (basis, tenant), value in key.cost.items():
             add(basis, tenant, "gpu", value)
@@ -243,6 +244,10 @@ def ground_truth(
             allocated[k].append(v)
         for k, v in key.used_by_model.items():
             used[k].append(v)
+        for k, v in key.idle_gpus.items():
+            idle_n[k].append(v)
+        for k, v in key.idle_gpu_cost.items():
+            idle_cost[k].append(v)
     unmeasured: list[tuple[str, str]] = []
     for c in charges:
         run_key = c.run.name + "\x00" + c.run.pod.namespace
