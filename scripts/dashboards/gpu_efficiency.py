@@ -1,5 +1,6 @@
 """AI FinOps / GPU efficiency: GPU utilization per tenant and GPU model, idle GPUs and their
-cost, and the GPU cost on the allocation and usage bases."""
+cost, the GPU cost on the allocation and usage bases, and how shared GPUs' dollars were split
+(docs/shared-gpus.md)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from .rules import (
     GPUS_USED,
     IDLE_COST,
     IDLE_GPUS,
+    SPLIT_COST,
+    SPLIT_SHARE,
     TENANT_EFFICIENCY,
     TENANT_IDLE_COST,
     USAGE_COST_RATE,
@@ -147,14 +150,49 @@ def build() -> Json:
         [(max_by("gpu_model, source", sel("aifinops_gpu_price_usd_per_hour")), "USD/h", USD)],
         width=8,
     )
+    by_method = timeseries(
+        "GPU spend by split method (USD/h)",
+        "How each GPU dollar was split among the pods sharing a device: exclusive, mig, "
+        "per_process (dcgm-exporter's per-process figures), hami (HAMi's allocated shares and "
+        "live use), request_share, even_split (DCGM's repeated device figure split by request: "
+        "a guess). Usage basis.",
+        [(f"sum by (method) ({sel(SPLIT_COST)})", "{{method}}")],
+        USD,
+        width=10,
+        stacked=True,
+    )
+    method_share = table(
+        "Share of GPU spend by split method",
+        "Now, per cluster; AIFinOpsGPUSpendEvenSplit fires when even_split passes its threshold.",
+        [(sel(SPLIT_SHARE), "Share", PERCENT)],
+        width=6,
+        sort_by="Share",
+    )
+    tenant_method = table(
+        "GPU spend per tenant by split method (USD/h)",
+        "Now, usage basis: which tenants' GPU dollars rest on a guess.",
+        [
+            (
+                max_by(
+                    "tenant, method",
+                    sel("aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour"),
+                ),
+                "USD/h",
+                USD,
+            )
+        ],
+        width=8,
+        pivot=("tenant", "method"),
+    )
     return dashboard(
         "aifinops-gpu-efficiency",
         "AI FinOps / GPU efficiency",
-        "GPU utilization per tenant and GPU model, idle GPUs and their cost, and the GPU cost "
-        "on the allocation and usage bases.",
+        "GPU utilization per tenant and GPU model, idle GPUs and their cost, the GPU cost on "
+        "the allocation and usage bases, and how shared GPUs' dollars were split.",
         [
             (None, [headline]),
             ("Utilization", [[per_tenant, per_model], [allocated_used, idle_by_model]]),
             ("Idle GPU cost", [[idle_cost, idle_table], [bases, unused_series, prices]]),
+            ("Spend by split method", [[by_method, method_share, tenant_method]]),
         ],
     )

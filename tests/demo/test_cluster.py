@@ -639,24 +639,31 @@ def test_the_answer_key_shares_no_code_with_the_exporter() -> None:
 
     import aifinops.demo.cluster as cluster_module
 
-    # The simulator is a package (layout, renderers, answer key): read every module of it.
+    # The simulator is a package (layout, renderers, answer key): read every module of it,
+    # and every demo module it pulls in (the shared-GPU pools and their key).
     package = Path(cluster_module.__file__).parent
     modules = sorted(package.glob("*.py"))
     assert {p.name for p in modules} >= {"__init__.py", "truth.py", "layout.py"}
-    trees = [ast.parse(p.read_text()) for p in modules]
-    imported = {
-        alias.name
-        for tree in trees
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        node.module or ""
-        for tree in trees
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
+    imported: set[str] = set()
+    todo, seen = list(modules), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        tree = ast.parse(path.read_text())
+        found = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= found
+        for name in found:
+            if name.startswith("aifinops.demo.") and not name.startswith("aifinops.demo.cluster"):
+                todo.append(package.parent / f"{name.rsplit('.', 1)[1]}.py")
     outside = {m for m in imported if m.startswith("aifinops")} - {
-        m for m in imported if m.startswith("aifinops.demo.cluster")
+        m for m in imported if m.startswith("aifinops.demo.")
     }
     assert imported and not outside, outside
+    assert any(p.name == "shared_key.py" for p in seen)  # the shared-GPU key is read too

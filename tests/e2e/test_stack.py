@@ -327,6 +327,16 @@ def test_every_dashboard_query_is_valid_and_returns_data(stack: Stack) -> None:
     assert TENANT in tenants
 
 
+def test_the_demo_shows_gpu_spend_by_split_method(stack: Stack) -> None:
+    """The GPU efficiency dashboard's split-method panels have HAMi-shared GPUs to show: the
+    demo cluster has a HAMi node and its exporter reads HAMi's pages."""
+    rule = "method:aifinops_gpu_split_cost_usd_per_hour:max"
+    assert not wait_for_data(stack.prometheus, {rule: rule})
+    methods = {r["metric"]["method"]: float(r["value"][1]) for r in stack.prometheus.query(rule)}
+    assert {"exclusive", "mig", "hami"} <= set(methods), methods
+    assert methods["hami"] > 0
+
+
 def test_dashboard_query_check_can_fail(stack: Stack) -> None:
     problems = wait_for_data(
         stack.prometheus,

@@ -1,8 +1,9 @@
 """``aifinops-exporter --demo``: start the fake upstreams and point the real sources at them.
 
 The fakes: dcgm-exporter, a Prometheus API and OpenCost over the simulated cluster
-(``demo/cluster/``), plus a vLLM serving a self-hosted model from the cluster's
-``llm-serving`` pods and a LiteLLM proxy routing tenants to API models (``demo/llm.py``).
+(``demo/cluster/``, with HAMi-shared and per-process GPUs and HAMi's pages), plus a vLLM
+serving a self-hosted model from the cluster's ``llm-serving`` pods and a LiteLLM proxy
+routing tenants to API models (``demo/llm.py``).
 The vLLM pages also feed the routing's measured latency (``latency:`` section, scrape mode).
 """
 
@@ -63,7 +64,8 @@ class DemoUpstreams:
 async def start_demo_upstreams(
     spec: ClusterSpec | None = None, clock: Clock = time.time, host: str = "127.0.0.1"
 ) -> DemoUpstreams:
-    sim = SimCluster(spec or ClusterSpec.demo())
+    # The demo shows HAMi-shared and per-process GPUs beside the rest (demo/shared_pools.py).
+    sim = SimCluster(spec or ClusterSpec.demo(shared_gpus=True))
     # One fault switch for all five fakes: tests turn any of them bad at runtime.
     faults = FaultSwitch(extra=LLM_UPSTREAMS)
     cluster = await start_upstreams(sim, host=host, clock=clock, faults=faults)

@@ -22,6 +22,9 @@ mode           behaviour
                values, negative costs, ``null`` costs (OpenCost's NaN), a 1e300 total
 =============  =================================================================================
 
+A cluster with shared GPUs (``ClusterSpec(shared_gpus=True)``) also has HAMi's scheduler and
+monitor pages on the dcgm-exporter fake (``/hami/...``, fault upstream ``hami``).
+
 ``start_upstreams`` starts all three on ephemeral ports and returns their URLs;
 :meth:`Upstreams.exporter_config` gives the matching exporter configuration mapping.
 """
@@ -50,6 +53,7 @@ from aifinops.demo.cluster import (
     sanitize_label_key,
 )
 from aifinops.demo.cluster.opencost import idle_json, pod_charges
+from aifinops.demo.hami import HamiGeneration
 
 Clock = Callable[[], float]
 FaultMode = Literal[
@@ -65,7 +69,7 @@ FaultMode = Literal[
     "absurd",
 ]
 FAULT_MODES: tuple[str, ...] = get_args(FaultMode)
-UpstreamName = Literal["dcgm", "prometheus", "opencost"]
+UpstreamName = Literal["dcgm", "prometheus", "opencost", "hami"]
 UPSTREAMS: tuple[str, ...] = get_args(UpstreamName)
 
 DCGM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -271,7 +275,54 @@ def dcgm_app(sim: SimCluster, faults: FaultSwitch, clock: Clock = time.time) -> 
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/node/{node}/metrics", node_metrics)
+    if sim.shared is not None:
+        _add_hami_routes(app, sim, clock)
     return app
+
+
+def _add_hami_routes(app: web.Application, sim: SimCluster, clock: Clock) -> None:
+    """HAMi's two pages for the cluster's HAMi pool (demo/hami.py), fault upstream ``hami``:
+    ``GET /hami/scheduler/metrics`` (hami-scheduler, :9395 in a cluster) and
+    ``GET /hami/monitor/{node}/metrics`` (the device plugin's vGPU monitor, :9394 on each
+    node). ``?generation=2.8`` answers in v2.8's names, ``&legacy=1`` adds the old names to
+    v2.10's (``--legacy-metrics``)."""
+    assert sim.shared is not None
+    pool = sim.shared.hami
+
+    def options(request: web.Request) -> tuple[HamiGeneration, bool]:
+        gen = request.query.get("generation", "2.10")
+        return ("2.8" if gen == "2.8" else "2.10"), request.query.get("legacy") == "1"
+
+    def answer(text: Callable[[], str]) -> Renderer:
+        def render(mode: FaultMode) -> _Body:
+            if mode == "empty":
+                return _Body(200, b"", DCGM_CONTENT_TYPE, "text")
+            return _Body(200, text().encode(), DCGM_CONTENT_TYPE, "text")
+
+        return render
+
+    async def scheduler(request: web.Request) -> web.StreamResponse:
+        gen, legacy = options(request)
+        return await _serve(
+            request,
+            "hami",
+            answer(lambda: pool.scheduler_page(clock(), gen, legacy_metrics=legacy)),
+        )
+
+    async def monitor(request: web.Request) -> web.StreamResponse:
+        node = request.match_info["node"]
+        gen, legacy = options(request)
+        if node not in {n.name for n in pool.nodes}:
+            request.app[FAULTS].served("hami")
+            return web.Response(status=404, text="404 page not found\n")
+        return await _serve(
+            request,
+            "hami",
+            answer(lambda: pool.monitor_page(node, clock(), gen, legacy_metrics=legacy)),
+        )
+
+    app.router.add_get("/hami/scheduler/metrics", scheduler)
+    app.router.add_get("/hami/monitor/{node}/metrics", monitor)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -829,13 +880,19 @@ def exporter_config(
     else:
         urls = list(upstreams.node_urls.values()) if per_node else []
         dcgm["scrape_urls"] = urls or [f"{upstreams.dcgm_url}/metrics"]
-    return {
-        "sources": {
-            "dcgm": dcgm,
-            "opencost": {"url": upstreams.opencost_url, "window": window},
-        },
-        "tenancy": upstreams.sim.tenancy_config(),
+    sources: dict[str, Any] = {
+        "dcgm": dcgm,
+        "opencost": {"url": upstreams.opencost_url, "window": window},
     }
+    if upstreams.sim.shared is not None:
+        # HAMi's scheduler page and each HAMi node's monitor page, scraped directly.
+        nodes = [n.name for n in upstreams.sim.shared.hami.nodes]
+        sources["hami"] = {
+            "mode": "scrape",
+            "scrape_urls": [f"{upstreams.dcgm_url}/hami/scheduler/metrics"]
+            + [f"{upstreams.dcgm_url}/hami/monitor/{n}/metrics" for n in nodes],
+        }
+    return {"sources": sources, "tenancy": upstreams.sim.tenancy_config()}
 
 
 async def start_upstreams(

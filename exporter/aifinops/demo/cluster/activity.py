@@ -64,7 +64,10 @@ class Sample:
 def samples(layout: Layout, now: float) -> list[Sample]:
     """Every DCGM series at ``now``, in dcgm-exporter's order (node, GPU, instance, pod)."""
     out: list[Sample] = []
+    shared = layout.shared.node_names if layout.shared is not None else frozenset()
     for node in layout.nodes:
+        if node.name in shared:
+            continue  # their series: demo/shared_pools.py (HAMi, per-process pages)
         for gpu in node.gpus:
             if gpu.sharing == "mig":
                 for inst in gpu.mig:

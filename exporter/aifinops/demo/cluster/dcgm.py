@@ -147,7 +147,7 @@ def exposition(layout: Layout, now: float, *, node: str | None = None) -> str:
     if node is not None and node not in layout.node_by_name:
         raise KeyError(node)
     page = [s for s in samples(layout, now) if node is None or s.gpu.node == node]
-    return render(layout, page, now)
+    return render(layout, page, now, _shared_rows(layout, now, node))
 
 
 def pages(layout: Layout, now: float) -> dict[str, str]:
@@ -155,16 +155,41 @@ def pages(layout: Layout, now: float) -> dict[str, str]:
     by_node: dict[str, list[Sample]] = defaultdict(list)
     for s in samples(layout, now):
         by_node[s.gpu.node].append(s)
-    return {n.name: render(layout, by_node[n.name], now) for n in layout.nodes if n.gpus}
+    return {
+        n.name: render(layout, by_node[n.name], now, _shared_rows(layout, now, n.name))
+        for n in layout.nodes
+        if n.gpus
+    }
 
 
-def render(layout: Layout, page: Sequence[Sample], now: float) -> str:
-    """One page: the families in ``default-counters.csv`` order, then the 4.9 names."""
+def _shared_rows(layout: Layout, now: float, node: str | None) -> list[tuple[str, str, str]]:
+    """The shared pools' series (demo/shared_pools.py) as ``(family, label text, value)``."""
+    if layout.shared is None:
+        return []
+    from aifinops.demo.shared_pools import label_text as shared_label_text
+
+    return [
+        (family, shared_label_text(pairs), value)
+        for family, pairs, value in layout.shared.dcgm_rows(now, layout.spec.driver_version, node)
+    ]
+
+
+def render(
+    layout: Layout,
+    page: Sequence[Sample],
+    now: float,
+    extra: Sequence[tuple[str, str, str]] = (),
+) -> str:
+    """One page: the families in ``default-counters.csv`` order, then the 4.9 names;
+    ``extra`` series ``(family, label text, value)`` follow a family's own."""
     rendered = [(label_text(layout, s), emitted(layout, s, now)) for s in page]
     lines: list[str] = []
     for name, type_, help_ in DCGM_FAMILIES + DCGM_4_9_FAMILIES:
         series = [
             f"{name}{{{labels}}} {values[name]}" for labels, values in rendered if name in values
+        ]
+        series += [
+            f"{name}{{{labels}}} {value}" for family, labels, value in extra if family == name
         ]
         if not series:
             continue

@@ -13,7 +13,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aifinops.demo.cluster.hashing import hash_suffix, hash_unit
 from aifinops.demo.cluster.records import (
@@ -42,6 +42,9 @@ from aifinops.demo.cluster.spec import (
     RuleKind,
 )
 from aifinops.demo.cluster.tenancy import Tenancy, sanitize_label_key
+
+if TYPE_CHECKING:
+    from aifinops.demo.shared_pools import SharedPools
 
 
 class Layout:
@@ -72,12 +75,28 @@ class Layout:
             self.nodes += nodes
             names = {(p.namespace, p.name) for p in self.pods}
             self.pods += tuple(self._build_gpu_pods(own, names, nodes, forced_roles=False))
+        self.shared: SharedPools | None = None
+        if self.spec.shared_gpus:
+            # Imported here: demo/shared_pools.py reads this package's public names.
+            from aifinops.demo.shared_pools import SharedPools
+
+            self.shared = SharedPools.build(self.spec.seed)
+            self.nodes += self.shared.nodes
+            self.pods += self.shared.pods
+            for pod in self.shared.pods:  # team-<tenant>: named by the namespace pattern
+                self.namespaces.setdefault(
+                    pod.namespace, {"kubernetes.io/metadata.name": pod.namespace}
+                )
         self.node_by_name: dict[str, SimNode] = {n.name: n for n in self.nodes}
         generations = self.spec.dcgm_generations or ("4.8",)
         gpu_nodes = [n.name for n in self.nodes if n.gpus]
         self._generation: dict[str, str] = {
             name: generations[i % len(generations)] for i, name in enumerate(gpu_nodes)
         }
+        if self.shared is not None:
+            from aifinops.demo.shared_pools import SHARED_DCGM_GENERATION
+
+            self._generation.update(dict.fromkeys(self.shared.node_names, SHARED_DCGM_GENERATION))
         self._tenant_cache: dict[tuple[str, str], str] = {}
         # The pods holding each GPU unit, in pod order (who dcgm-exporter attributes it to).
         self.unit_pods: dict[UnitKey, list[tuple[SimPod, GpuHold]]] = defaultdict(list)

@@ -39,22 +39,34 @@ def series(layout: Layout, now: float, metrics: Sequence[str]) -> list[tuple[dic
     if not wanted:
         return []
     rendered = [(s, dcgm.emitted(layout, s, now)) for s in samples(layout, now)]
+    shared = (
+        layout.shared.dcgm_rows(now, layout.spec.driver_version)
+        if layout.shared is not None
+        else []
+    )
     return [
         row
         for metric in wanted
-        for s, emitted in rendered
-        if metric in emitted
-        for row in _rows(layout, s, metric, emitted[metric])
+        for row in [
+            row
+            for s, emitted in rendered
+            if metric in emitted
+            for row in _rows(layout, s, metric, emitted[metric])
+        ]
+        + [
+            row
+            for family, pairs, value in shared
+            if family == metric
+            for row in _stored(layout, metric, dict(pairs), value)
+        ]
     ]
 
 
 def _rows(layout: Layout, s: Sample, metric: str, text: str) -> list[tuple[dict[str, str], str]]:
     """One sample's series of ``metric`` (value ``text``) as Prometheus stores it: once,
     or twice with ``prometheus_duplicate_jobs``."""
-    out: list[tuple[dict[str, str], str]] = []
     gpu = s.gpu
     new = layout.dcgm_generation(gpu.node) != "4.8"
-    node = layout.node_by_name[gpu.node]
     labels = {
         "__name__": metric,
         "gpu": str(gpu.index),
@@ -76,6 +88,25 @@ def _rows(layout: Layout, s: Sample, metric: str, text: str) -> list[tuple[dict[
             "namespace": s.run.pod.namespace,
             "pod": s.run.name,
         }
+    return _stored(layout, metric, {**labels, **pod_labels}, text)
+
+
+# The page's labels a Prometheus target's own labels collide with (renamed unless honored).
+_POD_LABELS = ("container", "namespace", "pod")
+
+
+def _stored(
+    layout: Layout, metric: str, exposition: dict[str, str], text: str
+) -> list[tuple[dict[str, str], str]]:
+    """One series of ``metric`` as Prometheus stores it from the page's labels ``exposition``:
+    target labels added; with ``prometheus_honor_labels=False`` the pod labels renamed
+    ``exported_*``; twice with ``prometheus_duplicate_jobs``."""
+    out: list[tuple[dict[str, str], str]] = []
+    host = exposition.get("Hostname") or exposition["hostname"]
+    node = layout.node_by_name[host]
+    pod_labels = {k: v for k, v in exposition.items() if k in _POD_LABELS}
+    labels = {"__name__": metric}
+    labels.update({k: v for k, v in exposition.items() if k not in _POD_LABELS})
     if layout.spec.prometheus_honor_labels:
         labels.update(pod_labels)
     else:

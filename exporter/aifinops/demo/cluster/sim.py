@@ -3,11 +3,14 @@ method per upstream answer, each delegating to its format's renderer module."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aifinops.demo.cluster import dcgm, opencost, prometheus, truth
 from aifinops.demo.cluster.layout import Layout
 from aifinops.demo.cluster.truth import GroundTruth
+
+if TYPE_CHECKING:
+    from aifinops.demo.shared_key import BillingShare
 
 
 class SimCluster(Layout):
@@ -63,10 +66,18 @@ class SimCluster(Layout):
         *,
         metric: str = "auto",
         idle_threshold: float = 0.05,
+        billing_share: BillingShare = "cores",
+        core_weight: float = 0.5,
     ) -> GroundTruth:
         """The answer key at ``now`` (see :func:`truth.ground_truth`)."""
         return truth.ground_truth(
-            self, now, window_hours, metric=metric, idle_threshold=idle_threshold
+            self,
+            now,
+            window_hours,
+            metric=metric,
+            idle_threshold=idle_threshold,
+            billing_share=billing_share,
+            core_weight=core_weight,
         )
 
     def summary(self, now: float, window_hours: float = 1.0) -> dict[str, Any]:

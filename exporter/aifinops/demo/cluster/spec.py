@@ -194,6 +194,9 @@ class ClusterSpec:
     ram_usd_per_gib_hour: float = 0.004237
     pv_usd_per_gib_hour: float = 0.04 / 730
     driver_version: str = "550.90.07"
+    # A HAMi-shared node and per-process (time-sliced, MIG) nodes with tenants of their own
+    # (demo/shared_pools.py); their HAMi pages are served and their answer is demo/shared_key.
+    shared_gpus: bool = False
 
     @classmethod
     def demo(cls, **overrides: Any) -> ClusterSpec:

@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aifinops.demo.cluster.activity import Sample, samples
 from aifinops.demo.cluster.layout import Layout
@@ -24,6 +24,9 @@ from aifinops.demo.cluster.spec import (
     UNALLOCATED_TENANT,
     UTILIZATION_METRICS,
 )
+
+if TYPE_CHECKING:
+    from aifinops.demo.shared_key import BillingShare
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +102,18 @@ def ground_truth(
     *,
     metric: str = "auto",
     idle_threshold: float = 0.05,
+    billing_share: BillingShare = "cores",
+    core_weight: float = 0.5,
 ) -> GroundTruth:
     """The answer key at ``now`` for an OpenCost window of ``window_hours`` and DCGM
     ``metric`` (see :class:`GroundTruth` and the rules in the exporter's cost model).
 
     Computed from the pod list: each pod run's OpenCost cost (as OpenCost rounds it) over
     the window, divided by ``window_hours``; the usage basis re-splits each GPU unit's rate
-    by the DCGM samples at ``now``.
+    by the DCGM samples at ``now``. The GPU dollars and GPU-equivalents of the shared pools'
+    pods (``spec.shared_gpus``) are demo/shared_key.py's, with HAMi's ``billing_share`` and
+    ``core_weight``; what OpenCost billed them beyond that is ``__idle__``'s; their idle GPUs
+    are the key's too (not in ``idle_holds``). Their unused GPU cost is not modelled here.
     """
     if metric not in UTILIZATION_METRICS:
         raise ValueError(f"metric must be one of {UTILIZATION_METRICS}, got {metric!r}")
@@ -116,8 +124,16 @@ def ground_truth(
     def add(basis: str, tenant: str, resource: str, value: float) -> None:
         parts[(basis, tenant, resource)].append(value)
 
+    shared_pods = (
+        {(p.namespace, p.name) for p in layout.shared.pods} if layout.shared is not None else set()
+    )
+    shared_billed: list[float] = []  # OpenCost's GPU dollars of the shared pools' pods
     for c in charges:
+        shared = (c.run.pod.namespace, c.run.pod.name) in shared_pods
         for resource, dollars in c.resource_costs().items():
+            if resource == "gpu" and shared:
+                shared_billed.append(dollars / wh)
+                continue
             add("allocation", c.tenant, resource, dollars / wh)
             if resource != "gpu":
                 add("usage", c.tenant, resource, dollars / wh)
@@ -206,9 +222,37 @@ def ground_truth(
                         cost_usd_per_hour=billed,
                     )
                 )
+    if layout.shared is not None:
+        key = layout.shared.key(
+            now,
+            wh,
+            billing_share=billing_share,
+            core_weight=core_weight,
+            idle_threshold=idle_threshold,
+        )
+        for (basis, tenant), value in key.cost.items():
+            add(basis, tenant, "gpu", value)
+        # What OpenCost billed the shared pods beyond their shares (a whole GPU per HAMi
+        # container, OpenCost #3828) is capacity nobody uses: __idle__'s, on allocation.
+        add(
+            "allocation",
+            IDLE_TENANT,
+            "gpu",
+            math.fsum(shared_billed) - key.rate_total("allocation"),
+        )
+        for k, v in key.gpus_by_model.items():
+            allocated[k].append(v)
+        for k, v in key.used_by_model.items():
+            used[k].append(v)
+        for k, v in key.idle_gpus.items():
+            idle_n[k].append(v)
+        for k, v in key.idle_gpu_cost.items():
+            idle_cost[k].append(v)
     unmeasured: list[tuple[str, str]] = []
     for c in charges:
         run_key = c.run.name + "\x00" + c.run.pod.namespace
+        if (c.run.pod.namespace, c.run.pod.name) in shared_pods:
+            continue
         if c.gpu and run_key not in measured:
             add("usage", c.tenant, "gpu", c.gpu / wh)
             unmeasured.append((c.run.pod.namespace, c.run.name))
