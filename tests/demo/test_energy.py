@@ -4,11 +4,12 @@ measured use, and a key that conserves every kWh, dollar and gram."""
 
 from __future__ import annotations
 
-import ast
 import csv
 import itertools
 import math
 import re
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,7 @@ import pytest
 import yaml
 
 from aifinops.demo.cluster import IDLE_TENANT, UNALLOCATED_TENANT, ClusterSpec, GpuHold, SimCluster
-from aifinops.demo.energy import (
-    ENERGY_METRIC,
-    MJ_PER_KWH,
-    POWER_METRIC,
-    CounterReset,
-    EnergySim,
-    EnergySpec,
-    Hold,
-    owned_cluster_spec,
-    owned_pools,
-)
-from aifinops.demo.energy_key import (
+from aifinops.demo.cluster.energy_truth import (
     DailySchedule,
     EnergyPrices,
     UnusedTo,
@@ -37,6 +27,8 @@ from aifinops.demo.energy_key import (
     owned_price_usd_per_hour,
     split_epoch,
 )
+from aifinops.demo.cluster.power import ENERGY_METRIC, MJ_PER_KWH, POWER_METRIC, EnergySim, Hold
+from aifinops.demo.cluster.spec import CounterReset, EnergySpec, owned_energy, owned_pools
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -50,24 +42,66 @@ POOLS = tuple(p.name for p in owned_pools())
 
 @pytest.fixture(scope="module")
 def sim() -> SimCluster:
-    return SimCluster(owned_cluster_spec())
+    return SimCluster(
+        ClusterSpec.owned(energy=owned_energy((CounterReset("onprem-h100", 0, RESET),)))
+    )
 
 
 @pytest.fixture(scope="module")
 def energy(sim: SimCluster) -> EnergySim:
-    return EnergySim(sim, EnergySpec(POOLS, resets=(CounterReset("onprem-h100", 0, RESET),)))
+    assert sim.energy is not None
+    return sim.energy
 
 
 def _boundaries(start: float, end: float, step: float = EPOCH) -> list[float]:
     return [start + k * step for k in range(round((end - start) / step) + 1)]
 
 
-def _sample(energy: EnergySim, uuid: str, t: float) -> dict[str, str]:
-    """The device-scope figures of one GPU as every one of its series prints them."""
-    gpu = next(g for g in energy.gpus if g.uuid == uuid)
-    holds = energy.holds(uuid)
-    pod = holds[0].pod if holds else None
-    return energy.dcgm_values(gpu, pod, holds[0].unit if holds else "", t)
+@dataclass(frozen=True)
+class Page:
+    """One read of every dcgm-exporter page: per GPU its power and energy text (every series
+    of a GPU must print the same), and per (UUID, GPU_I_ID, pod) the engine-active text."""
+
+    power: dict[str, str]
+    energy: dict[str, str]
+    engine: dict[tuple[str, str, str], str]
+    types: dict[str, str]
+
+
+def read(sim: SimCluster, t: float) -> Page:
+    power: dict[str, set[str]] = defaultdict(set)
+    energy: dict[str, set[str]] = defaultdict(set)
+    engine: dict[tuple[str, str, str], str] = {}
+    types: dict[str, str] = {}
+    for text in sim.dcgm_pages(t).values():
+        for line in text.splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split()
+                types[name] = kind
+                continue
+            m = re.fullmatch(r"(\w+)\{(.*)\} (\S+)", line)
+            if not m:
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            uuid, value = labels["UUID"], m.group(3)
+            if m.group(1) == POWER_METRIC:
+                power[uuid].add(value)
+            elif m.group(1) == ENERGY_METRIC:
+                energy[uuid].add(value)
+            elif m.group(1) == "DCGM_FI_PROF_GR_ENGINE_ACTIVE":
+                engine[(uuid, labels.get("GPU_I_ID", ""), labels.get("pod", ""))] = value
+    for per_gpu in (power, energy):
+        assert all(len(v) == 1 for v in per_gpu.values()), per_gpu  # device scope
+    return Page(
+        {u: v.pop() for u, v in power.items()},
+        {u: v.pop() for u, v in energy.items()},
+        engine,
+        types,
+    )
+
+
+def counters(sim: SimCluster, uuid: str, times: list[float]) -> list[int]:
+    return [int(read(sim, t).energy[uuid]) for t in times]
 
 
 def _increase(values: list[int]) -> int:
@@ -95,58 +129,51 @@ def test_energy_and_power_families_are_as_dcgm_exporter_declares_them() -> None:
 
 
 def test_printed_counter_is_whole_millijoules_and_power_is_gos_percent_f(
-    energy: EnergySim,
+    sim: SimCluster, energy: EnergySim
 ) -> None:
+    page = read(sim, T0 + 123.0)
+    assert page.types[ENERGY_METRIC] == "counter" and page.types[POWER_METRIC] == "gauge"
     for gpu in energy.gpus:
-        values = _sample(energy, gpu.uuid, T0 + 123.0)
-        assert re.fullmatch(r"[0-9]+", values[ENERGY_METRIC]), values[ENERGY_METRIC]
-        assert re.fullmatch(r"[0-9]+\.[0-9]{6}", values[POWER_METRIC]), values[POWER_METRIC]
-        assert re.fullmatch(r"[01]\.[0-9]{6}", values["DCGM_FI_PROF_GR_ENGINE_ACTIVE"])
+        assert re.fullmatch(r"[0-9]+", page.energy[gpu.uuid]), page.energy[gpu.uuid]
+        assert re.fullmatch(r"[0-9]+\.[0-9]{6}", page.power[gpu.uuid]), page.power[gpu.uuid]
+    owned = {g.uuid for g in energy.gpus}
+    assert all(re.fullmatch(r"[01]\.[0-9]{6}", v) for k, v in page.engine.items() if k[0] in owned)
+    # Every series of a MIG GPU or a time-sliced GPU repeats its device's power and energy
+    # (checked in read()); there are several such series.
+    shared = [k for k in page.engine if k[0] in owned and (k[1] or k[2])]
+    assert len(shared) > len(owned)
 
 
-def test_device_scope_every_series_of_a_gpu_repeats_its_power_and_energy(
-    energy: EnergySim,
+def test_counter_integrates_the_printed_power_over_each_epoch(
+    sim: SimCluster, energy: EnergySim
 ) -> None:
-    for gpu in (g for g in energy.gpus if g.sharing != "none"):
-        seen = {
-            (v[POWER_METRIC], v[ENERGY_METRIC])
-            for h in energy.holds(gpu.uuid)
-            for v in [energy.dcgm_values(gpu, h.pod, h.unit, T0 + 600)]
-        }
-        assert len(energy.holds(gpu.uuid)) > 1 and len(seen) == 1
-
-
-def test_counter_integrates_the_printed_power_over_each_epoch(energy: EnergySim) -> None:
+    times = _boundaries(T0, T0 + 4 * EPOCH)
+    pages = {t: read(sim, t) for t in [*times, *(t + 100 for t in times)]}
     for gpu in energy.gpus:
-        for t in _boundaries(T0, T0 + 6 * EPOCH)[:-1]:
-            before = int(_sample(energy, gpu.uuid, t)[ENERGY_METRIC])
-            after = int(_sample(energy, gpu.uuid, t + EPOCH)[ENERGY_METRIC])
-            watts = float(_sample(energy, gpu.uuid, t + EPOCH)[POWER_METRIC])
+        for t in times[:-1]:
+            before = int(pages[t].energy[gpu.uuid])
+            after = int(pages[t + EPOCH].energy[gpu.uuid])
+            watts = float(pages[t + EPOCH].power[gpu.uuid])
             assert after - before == round(watts * 1000) * EPOCH  # mW × s = mJ, exactly
-            mid = int(_sample(energy, gpu.uuid, t + 100)[ENERGY_METRIC])
-            assert before < mid < after
+            assert before < int(pages[t + 100].energy[gpu.uuid]) < after
 
 
-def test_a_driver_reload_starts_the_counter_from_zero(energy: EnergySim) -> None:
+def test_a_driver_reload_starts_the_counter_from_zero(sim: SimCluster, energy: EnergySim) -> None:
     uuid = energy.gpu("onprem-h100", 0).uuid
-    at_reset = int(_sample(energy, uuid, RESET)[ENERGY_METRIC])
-    after = int(_sample(energy, uuid, RESET + 60)[ENERGY_METRIC])
-    watts = float(_sample(energy, uuid, RESET + 60)[POWER_METRIC])
-    assert at_reset > 10 * after  # read at the boundary: still the energy before the reload
-    assert after == math.floor(watts * 1000 * 60)  # one minute since the reload
+    at_reset, after = read(sim, RESET), read(sim, RESET + 60)
+    assert int(at_reset.energy[uuid]) > 10 * int(after.energy[uuid])  # at the boundary: old
+    # One minute since the reload, at the power of the epoch it is in.
+    assert int(after.energy[uuid]) == math.floor(float(after.power[uuid]) * 1000 * 60)
     assert energy.last_reset(uuid, RESET + 60) == RESET
     # The other GPUs go on counting; every GPU also reloads weekly (bounded counters).
     other = energy.gpu("onprem-h100", 1).uuid
-    assert int(_sample(energy, other, RESET + 60)[ENERGY_METRIC]) > int(
-        _sample(energy, other, RESET)[ENERGY_METRIC]
-    )
-    week = 7 * 86400
-    assert T0 - week < energy.last_reset(other, T0) < T0
+    assert int(after.energy[other]) > int(at_reset.energy[other])
+    assert T0 - 7 * 86400 < energy.last_reset(other, T0) < T0
 
 
 def test_a_repeating_reset_recurs_on_schedule(sim: SimCluster) -> None:
     spec = EnergySpec(POOLS, resets=(CounterReset("onprem-l4-shared", 1, T0, every_s=3600),))
-    e = EnergySim(sim, spec)
+    e = EnergySim(spec, sim.nodes, sim.pods)
     uuid = e.gpu("onprem-l4-shared", 1).uuid
     assert e.last_reset(uuid, T0 + 5400) == T0 + 3600
     assert e.last_reset(uuid, T0 + 7200) == T0 + 3600  # left-open: still the old count
@@ -159,30 +186,31 @@ def test_bad_energy_specs_fail(sim: SimCluster) -> None:
     with pytest.raises(ValueError, match="epoch boundaries"):
         EnergySpec(POOLS, resets=(CounterReset("onprem-h100", 0, T0 + 1),))
     with pytest.raises(ValueError, match="unknown pools"):
-        EnergySim(sim, EnergySpec(("nope",)))
+        EnergySim(EnergySpec(("nope",)), sim.nodes, sim.pods)
     with pytest.raises(ValueError, match="no GPU 9"):
-        EnergySim(sim, EnergySpec(POOLS, resets=(CounterReset("onprem-h100", 9, T0),)))
+        bad = EnergySpec(POOLS, resets=(CounterReset("onprem-h100", 9, T0),))
+        EnergySim(bad, sim.nodes, sim.pods)
 
 
 # --- power follows the measured use ----------------------------------------------------------
 
 
-def test_printed_figures_are_the_true_shares_and_power_follows_them(energy: EnergySim) -> None:
-    for gpu in energy.gpus:
-        holds = energy.holds(gpu.uuid)
-        for t in _boundaries(T0 + EPOCH, T0 + 4 * EPOCH):
+def test_printed_figures_are_the_true_shares_and_power_follows_them(
+    sim: SimCluster, energy: EnergySim
+) -> None:
+    for t in _boundaries(T0 + EPOCH, T0 + 3 * EPOCH):
+        page = read(sim, t)
+        for gpu in energy.gpus:
+            holds = energy.holds(gpu.uuid)
             use = energy.use(gpu.uuid, energy.epoch(t))
-            printed = [
-                float(energy.dcgm_values(gpu, h.pod, h.unit, t)["DCGM_FI_PROF_GR_ENGINE_ACTIVE"])
-                for h in holds
-            ]
+            printed = [float(page.engine[(gpu.uuid, h.unit, h.pod.name)]) for h in holds]
             part = [1.0 if gpu.sharing == "timeslice" else h.part for h in holds]
             assert [p * f for p, f in zip(part, printed, strict=True)] == pytest.approx(
                 list(use.shares), abs=1e-12
             )
             idle_w = 0.1 * gpu.model.max_power_w
             busy = math.fsum(use.shares)
-            assert use.power_mw / 1000 == pytest.approx(
+            assert float(page.power[gpu.uuid]) == pytest.approx(
                 idle_w + (gpu.model.max_power_w - idle_w) * busy, abs=1e-3
             )
     unheld = [g for g in energy.gpus if not energy.holds(g.uuid)]
@@ -211,13 +239,27 @@ def test_the_layout_has_every_case_the_key_must_handle(sim: SimCluster, energy: 
     assert over
 
 
-def test_adding_the_owned_pools_leaves_the_demo_cluster_as_it_was() -> None:
-    demo = SimCluster(ClusterSpec.demo())
+def test_the_owned_pools_leave_the_rest_of_the_demo_cluster_as_it_was() -> None:
     spec = ClusterSpec.demo()
-    both = SimCluster(ClusterSpec.demo(pools=(*spec.pools, *owned_pools())))
-    assert both.nodes[: len(demo.nodes)] == demo.nodes
-    assert both.pods[: len(demo.pods)] == demo.pods
-    assert {n.pool for n in both.nodes[len(demo.nodes) :]} == set(POOLS)
+    cloud = tuple(p for p in spec.pools if p.name not in POOLS)
+    without = SimCluster(ClusterSpec.demo(pools=cloud, energy=None))
+    demo = SimCluster(spec)
+    assert demo.nodes[: len(without.nodes)] == without.nodes
+    assert demo.pods[: len(without.pods)] == without.pods
+    owned = demo.nodes[len(without.nodes) :]
+    assert {n.pool for n in owned} == set(POOLS)
+    assert all(re.fullmatch(r"gpu-onprem-10-0-\d+-\d+", n.name) for n in owned)
+    # The cloud GPUs' pages are as before; the owned GPUs' counters are the energy sim's.
+    assert demo.energy is not None
+    t = T0 + 77.0
+    for node in without.nodes:
+        if node.gpus:
+            assert demo.dcgm_exposition(t, node=node.name) == without.dcgm_exposition(
+                t, node=node.name
+            )
+    for node in owned:
+        for gpu in node.gpus:
+            assert demo.energy.covers(gpu.uuid)
 
 
 # --- the answer key ----------------------------------------------------------------------------
@@ -233,39 +275,39 @@ PRICES = EnergyPrices(
 
 
 def test_an_increase_reader_at_every_epoch_boundary_sees_the_keys_energy(
-    energy: EnergySim,
+    sim: SimCluster, energy: EnergySim
 ) -> None:
-    key = energy_answer_key(energy, PRICES, T0, T1)
+    key = energy_answer_key(sim, PRICES, T0, T1)
+    pages = [read(sim, t) for t in _boundaries(T0, T1)]
     for gpu in energy.gpus:
-        values = [int(_sample(energy, gpu.uuid, t)[ENERGY_METRIC]) for t in _boundaries(T0, T1)]
+        values = [int(p.energy[gpu.uuid]) for p in pages]
         assert _increase(values) / MJ_PER_KWH == pytest.approx(key.gpu_kwh[gpu.uuid], rel=1e-12)
     reset_gpu = energy.gpu("onprem-h100", 0).uuid
-    values = [int(_sample(energy, reset_gpu, t)[ENERGY_METRIC]) for t in _boundaries(T0, T1)]
-    assert values[-1] < values[0]  # the reset is inside the interval
+    assert int(pages[-1].energy[reset_gpu]) < int(pages[0].energy[reset_gpu])  # a reset inside
 
 
 def test_a_reader_that_misses_the_boundary_before_a_reset_loses_that_stretch(
-    energy: EnergySim,
+    sim: SimCluster, energy: EnergySim
 ) -> None:
     uuid = energy.gpu("onprem-h100", 0).uuid
-    times = [t for t in _boundaries(T0, T1) if t != RESET]  # no sample at the reset
-    values = [int(_sample(energy, uuid, t)[ENERGY_METRIC]) for t in times]
+    times = [t for t in _boundaries(RESET - 4 * EPOCH, RESET + 4 * EPOCH) if t != RESET]
+    values = counters(sim, uuid, times)
     lost = energy.use(uuid, energy.epoch(RESET)).energy_mj  # (RESET − Δ, RESET]
-    assert _increase(values) == energy.energy_mj(uuid, T0, T1) - lost
+    assert _increase(values) == energy.energy_mj(uuid, times[0], times[-1]) - lost
 
 
-def test_key_conserves_kwh_dollars_and_carbon(energy: EnergySim) -> None:
+def test_key_conserves_kwh_dollars_and_carbon(sim: SimCluster, energy: EnergySim) -> None:
     rules: tuple[UnusedTo, ...] = ("holder", "idle")
     for rule in rules:
-        key = energy_answer_key(energy, PRICES, T0, T1, unused_to=rule)
+        key = energy_answer_key(sim, PRICES, T0, T1, unused_to=rule)
         rows = key.tenants.values()
         assert math.fsum(r.kwh for r in rows) == pytest.approx(key.fleet_kwh, rel=1e-12)
         assert math.fsum(r.usd for r in rows) == pytest.approx(key.fleet_usd, rel=1e-12)
         assert math.fsum(r.kg_co2e for r in rows) == pytest.approx(key.fleet_kg_co2e, rel=1e-12)
         assert all(r.kwh >= 0 and r.usd >= 0 for r in rows)
         assert math.fsum(key.gpu_kwh.values()) == pytest.approx(key.fleet_kwh, rel=1e-12)
-    holder = energy_answer_key(energy, PRICES, T0, T1)
-    idle = energy_answer_key(energy, PRICES, T0, T1, unused_to="idle")
+    holder = energy_answer_key(sim, PRICES, T0, T1)
+    idle = energy_answer_key(sim, PRICES, T0, T1, unused_to="idle")
     moved = math.fsum(r.unused_kwh for t, r in holder.tenants.items() if t != IDLE_TENANT)
     assert moved > 0
     assert idle.tenant(IDLE_TENANT).kwh == pytest.approx(
@@ -280,13 +322,13 @@ def test_key_conserves_kwh_dollars_and_carbon(energy: EnergySim) -> None:
 
 
 def test_key_is_additive_over_intervals_and_prices_each_epoch_by_its_local_time(
-    energy: EnergySim,
+    sim: SimCluster,
 ) -> None:
     # 2025-06-15 17:00 CDT = 22:00 UTC: the peak price starts there.
     peak = datetime(2025, 6, 15, 22, 0, tzinfo=UTC).timestamp()
-    before = energy_answer_key(energy, PRICES, peak - 3600, peak)
-    after = energy_answer_key(energy, PRICES, peak, peak + 3600)
-    both = energy_answer_key(energy, PRICES, peak - 3600, peak + 3600)
+    before = energy_answer_key(sim, PRICES, peak - 3600, peak)
+    after = energy_answer_key(sim, PRICES, peak, peak + 3600)
+    both = energy_answer_key(sim, PRICES, peak - 3600, peak + 3600)
     assert before.fleet_usd == pytest.approx(before.fleet_kwh * 1.35 * 0.13, rel=1e-12)
     assert after.fleet_usd == pytest.approx(after.fleet_kwh * 1.35 * 0.21, rel=1e-12)
     assert before.fleet_kg_co2e == pytest.approx(before.fleet_kwh * 1.35 * 0.310, rel=1e-12)
@@ -303,7 +345,7 @@ def test_key_is_additive_over_intervals_and_prices_each_epoch_by_its_local_time(
     assert jan.at(datetime(2025, 1, 15, 23, 0, tzinfo=UTC).timestamp()) == 0.21
     with pytest.raises(ValueError, match="inside epoch"):
         odd = DailySchedule("UTC", (("00:00", 0.1), ("12:02", 0.2)))
-        energy_answer_key(energy, EnergyPrices(odd, flat(1.0), 1.0), T0, T1)
+        energy_answer_key(sim, EnergyPrices(odd, flat(1.0), 1.0), T0, T1)
 
 
 def _holds(sim: SimCluster, specs: list[tuple[str, float, float]]) -> tuple[Hold, ...]:
@@ -371,19 +413,3 @@ def test_owned_price_reproduces_the_docs_hand_calculation_to_the_cent() -> None:
     # The life ends 4 × 365 days after the purchase: 2028-12-31; then support + hosting.
     assert price("2028-12-30") > price("2028-12-31")
     assert f"${price('2029-03-01') * 730:,.2f}" == "$275.00" and "$275.00" in text
-
-
-# --- never the code it checks ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("module", ["energy", "energy_key"])
-def test_the_energy_sim_and_key_import_nothing_of_the_exporter(module: str) -> None:
-    path = ROOT / "exporter" / "aifinops" / "demo" / f"{module}.py"
-    imported: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module)
-        elif isinstance(node, ast.Import):
-            imported.update(a.name for a in node.names)
-    ours = {m for m in imported if m.startswith("aifinops")}
-    assert ours and all(m.startswith("aifinops.demo.") for m in ours), ours

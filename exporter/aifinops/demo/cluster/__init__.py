@@ -17,12 +17,15 @@ Where things are (each module imports only those above it):
 * :mod:`.spec` — GPU models, node pools, :class:`ClusterSpec`, the shared vocabulary;
 * :mod:`.records` — the built nodes, GPUs, pods, holds and runs; :mod:`.hashing` — keyed noise;
 * :mod:`.tenancy` — namespaces and the rules that name each pod's tenant;
+* :mod:`.power` — exact power and DCGM energy counters of the pools ``spec.energy`` names
+  (the owned pools: :func:`~.spec.owned_pools`), counter resets included;
 * :mod:`.layout` — :class:`~.layout.Layout`: building nodes, pods and tenancy; runs over time;
 * :mod:`.activity` — the DCGM samples (utilization) at ``now``;
 * one renderer per upstream format: :mod:`.dcgm` (exposition pages), :mod:`.prometheus`
   (stored series, instant-query JSON, the selector parser), :mod:`.opencost` (allocation JSON,
   window grammar, rounding);
-* :mod:`.truth` — the answer key (:class:`GroundTruth`);
+* :mod:`.truth` — the answer key (:class:`GroundTruth`); :mod:`.energy_truth` — the energy,
+  energy cost and carbon answer key of the owned pools, and the owned GPUs' price;
 * :mod:`.sim` — :class:`SimCluster`, the layout with one method per upstream answer.
 
 Simplifications, stated so nobody mistakes them for upstream behaviour, are in the docstrings

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aifinops.demo.cluster.hashing import hash_unit
 from aifinops.demo.cluster.layout import Layout
-from aifinops.demo.cluster.records import MigInstance, PodRun, SimGpu
+from aifinops.demo.cluster.records import MigInstance, PodRun, SimGpu, SimPod
 
 _BUSY_PCT = (30, 95)
 _IDLE_PCT = (1, 3)
@@ -81,17 +81,38 @@ def samples(layout: Layout, now: float) -> list[Sample]:
 
 def _unit_sample(layout: Layout, gpu: SimGpu, inst: MigInstance | None, now: float) -> Sample:
     unit = (gpu.uuid, inst.gi_id if inst else "")
+    energy = layout.energy
     for pod, _ in layout.unit_pods.get(unit, ()):
         run = layout.run_at(pod, now)
         if run is None:
             continue
+        if energy is not None and energy.covers(gpu.uuid):
+            pct, milli = energy.figure(gpu, pod, unit[1], now)
+            return Sample(gpu, inst, run if pod.dcgm_mapped else None, pct, milli)
         key = f"{pod.namespace}/{pod.name}/{unit[0]}/{unit[1]}"
         pct = _utilization_pct(key, _BUSY_PCT if pod.busy else _IDLE_PCT, now)
         return Sample(gpu, inst, run if pod.dcgm_mapped else None, pct, _engine_milli(key, pct))
     return Sample(gpu, inst, None, 0, 0)
 
 
+def _running(layout: Layout, gpu: SimGpu, now: float) -> list[tuple[SimPod, PodRun]]:
+    """The pods running on a time-sliced GPU at ``now`` that DCGM maps, with their runs."""
+    out = []
+    for pod, _ in layout.unit_pods.get((gpu.uuid, ""), ()):
+        run = layout.run_at(pod, now)
+        if run is not None and pod.dcgm_mapped:
+            out.append((pod, run))
+    return out
+
+
 def _timeslice_samples(layout: Layout, gpu: SimGpu, now: float) -> list[Sample]:
+    energy = layout.energy
+    if energy is not None and energy.covers(gpu.uuid):
+        # The energy sim's figures: each pod's own, or the device's on every pod.
+        running = _running(layout, gpu, now)
+        if not running:
+            return [Sample(gpu, None, None, 0, 0)]
+        return [Sample(gpu, None, run, *energy.figure(gpu, pod, "", now)) for pod, run in running]
     shares: list[tuple[PodRun, int, int]] = []
     for pod, _ in layout.unit_pods.get((gpu.uuid, ""), ()):
         run = layout.run_at(pod, now)

@@ -88,7 +88,7 @@ def label_text(layout: Layout, s: Sample) -> str:
     return ",".join(parts)
 
 
-def _values(s: Sample, now: float) -> dict[str, str]:
+def _values(layout: Layout, s: Sample, now: float) -> dict[str, str]:
     """Every legacy family's value text for one sample, as a 4.8 page writes it."""
     model = s.gpu.model
     u = s.util_pct / 100.0
@@ -101,7 +101,7 @@ def _values(s: Sample, now: float) -> dict[str, str]:
     energy_mj = max(0, math.floor((now - boot) * avg_power * 1000.0))
     sm_clock = 210 if u < 0.05 else round(model.max_sm_clock_mhz * (0.6 + 0.4 * u))
     fb_used = 0 if s.run is None and u == 0 else round(mem * (0.15 + 0.8 * u))
-    return {
+    values = {
         "DCGM_FI_DEV_SM_CLOCK": str(sm_clock),
         "DCGM_FI_DEV_GPU_TEMP": str(round(32 + 45 * u + 4 * hash_unit(key, "temp"))),
         "DCGM_FI_DEV_POWER_USAGE": _format_dcgm_float(
@@ -112,13 +112,16 @@ def _values(s: Sample, now: float) -> dict[str, str]:
         "DCGM_FI_DEV_FB_USED": str(fb_used),
         "DCGM_FI_PROF_GR_ENGINE_ACTIVE": _format_dcgm_float(s.engine_milli / 1000.0),
     }
+    if layout.energy is not None and layout.energy.covers(s.gpu.uuid):
+        values.update(layout.energy.device_values(s.gpu, now))
+    return values
 
 
 def emitted(layout: Layout, s: Sample, now: float) -> dict[str, str]:
     """The families this sample's exporter writes, by the name it writes them under: a MIG
     instance has no device utilization, a GPU without profiling counters no profiling
     metric, and a 4.9 exporter writes DCGM 4.7 names (utilization as a ratio)."""
-    values = _values(s, now)
+    values = _values(layout, s, now)
     if s.mig is not None:
         del values["DCGM_FI_DEV_GPU_UTIL"]
     if not s.gpu.model.profiling:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aifinops.demo.cluster.hashing import hash_suffix, hash_unit
+from aifinops.demo.cluster.power import EnergySim
 from aifinops.demo.cluster.records import (
     GpuHold,
     MigInstance,
@@ -89,10 +90,12 @@ class Layout:
                 )
         self.node_by_name: dict[str, SimNode] = {n.name: n for n in self.nodes}
         generations = self.spec.dcgm_generations or ("4.8",)
-        gpu_nodes = [n.name for n in self.nodes if n.gpus]
+        pinned = {p.name: p.dcgm_generation for p in self.spec.pools if p.dcgm_generation}
+        gpu_nodes = [n.name for n in self.nodes if n.gpus and n.pool not in pinned]
         self._generation: dict[str, str] = {
             name: generations[i % len(generations)] for i, name in enumerate(gpu_nodes)
         }
+        self._generation.update({n.name: pinned[n.pool] for n in self.nodes if n.pool in pinned})
         if self.shared is not None:
             from aifinops.demo.shared_pools import SHARED_DCGM_GENERATION
 
@@ -103,6 +106,12 @@ class Layout:
         for pod in self.pods:
             for hold in pod.holds:
                 self.unit_pods[hold.unit].append((pod, hold))
+        # Exact power and energy counters for the pools of ``spec.energy`` (the owned pools).
+        self.energy: EnergySim | None = None
+        if self.spec.energy is not None:
+            self.energy = EnergySim(
+                self.spec.energy, self.nodes, self.pods, timeslice_util=self.spec.timeslice_util
+            )
 
     # --- building ---------------------------------------------------------------------------
 
@@ -131,6 +140,8 @@ class Layout:
                         used_ips.add(ip)
                         break
                 name = f"ip-{ip.replace('.', '-')}.ec2.internal"
+                if pool.node_prefix:
+                    name = f"{pool.node_prefix}-{ip.replace('.', '-')}"
                 gpus: list[SimGpu] = []
                 buses = sorted(rng.sample(range(0x10, 0xF0), pool.gpus_per_node))
                 for idx in range(pool.gpus_per_node):

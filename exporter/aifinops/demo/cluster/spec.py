@@ -112,6 +112,49 @@ class NodePoolSpec:
     # Built after the rest of the cluster from its own random stream (seed, pool name), so
     # adding such a pool leaves every other node and pod as it was.
     own_rng: bool = False
+    # Node names ``<prefix>-<ip with dashes>`` (on-premises hosts) instead of EC2's
+    # ``ip-<ip>.ec2.internal``; the draws are the same.
+    node_prefix: str = ""
+    # The dcgm-exporter generation of its nodes; "" takes turns over ``dcgm_generations``.
+    dcgm_generation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterReset:
+    """A driver reload on one GPU, which starts its energy counter again from 0: the
+    ``gpu``-th GPU of pool ``pool`` (node by node, in index order) at ``at`` (unix seconds, on
+    an epoch boundary), and every ``every_s`` seconds after it when not 0 (a GPU that health
+    checks reset, for a demo that runs in real time)."""
+
+    pool: str
+    gpu: int
+    at: float
+    every_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EnergySpec:
+    """The pools whose power and energy counters are simulated exactly (:mod:`.power`): their
+    use and power are constant over each epoch of ``epoch_s`` seconds; idle power is
+    ``idle_power_ratio`` of the model's maximum; drivers reload every ``reload_period_s`` (a
+    per-GPU phase), plus ``resets``. A busy pod on a time-sliced GPU uses
+    ``timeslice_busy_milli`` thousandths of the device (above 1/replicas: beyond its request)."""
+
+    pools: tuple[str, ...]
+    epoch_s: int = 300
+    idle_power_ratio: float = 0.1
+    reload_period_s: int = 7 * 86400
+    resets: tuple[CounterReset, ...] = ()
+    timeslice_busy_milli: tuple[int, int] = (150, 450)
+
+    def __post_init__(self) -> None:
+        if self.epoch_s <= 0 or 3600 % self.epoch_s:
+            raise ValueError("epoch_s must divide an hour")
+        if self.reload_period_s % self.epoch_s:
+            raise ValueError("reload_period_s must be a multiple of epoch_s")
+        for r in self.resets:
+            if r.at % self.epoch_s or r.every_s % self.epoch_s or r.every_s < 0:
+                raise ValueError(f"reset {r} is not on epoch boundaries")
 
 
 def _h100_pool(nodes: int, name: str = "h100") -> NodePoolSpec:
@@ -136,6 +179,33 @@ def _t4_pool(nodes: int, gpus: int = 2) -> NodePoolSpec:
 
 def _cpu_pool(nodes: int) -> NodePoolSpec:
     return NodePoolSpec("general", nodes, None, 0, "none", "m7i.8xlarge", 32.0, 128.0)
+
+
+OWNED_NODE_PREFIX = "gpu-onprem"
+
+
+def owned_pools() -> tuple[NodePoolSpec, ...]:
+    """The owned (on-premises) pools: H100s held whole, A100s cut into MIG instances, L4s
+    time-sliced; nodes named ``gpu-onprem-…``. Each has its own random stream, so adding
+    them moves nothing else in a cluster."""
+    # dcgm-exporter 4.8: a 4.9 page has no energy counter (see :mod:`.power`).
+    p, g = OWNED_NODE_PREFIX, "4.8"
+    return (
+        NodePoolSpec(
+            "onprem-h100", 1, H100, 4, "none", "dgx-h100", 112.0, 2048.0, "dc1", True, p, g
+        ),
+        NodePoolSpec(
+            "onprem-a100-mig", 1, A100, 2, "mig", "dgx-a100", 128.0, 1024.0, "dc1", True, p, g
+        ),
+        NodePoolSpec(
+            "onprem-l4-shared", 1, L4, 2, "timeslice", "r760xa", 64.0, 512.0, "dc1", True, p, g
+        ),
+    )
+
+
+def owned_energy(resets: tuple[CounterReset, ...] = (), **fields: Any) -> EnergySpec:
+    """The energy simulation of :func:`owned_pools`."""
+    return EnergySpec(tuple(pool.name for pool in owned_pools()), resets=resets, **fields)
 
 
 DEMO_TENANTS: tuple[str, ...] = (
@@ -194,6 +264,8 @@ class ClusterSpec:
     ram_usd_per_gib_hour: float = 0.004237
     pv_usd_per_gib_hour: float = 0.04 / 730
     driver_version: str = "550.90.07"
+    # Pools whose power and energy counters are exact (the owned pools; :mod:`.power`).
+    energy: EnergySpec | None = None
     # A HAMi-shared node and per-process (time-sliced, MIG) nodes with tenants of their own
     # (demo/shared_pools.py); their HAMi pages are served and their answer is demo/shared_key.
     shared_gpus: bool = False
@@ -201,7 +273,9 @@ class ClusterSpec:
     @classmethod
     def demo(cls, **overrides: Any) -> ClusterSpec:
         """The demo cluster: 2×8 H100, 2×8 A100 (one node MIG-partitioned), 2×4 L4 (one node
-        time-sliced), 2 CPU nodes, 10 tenants named by every tenancy rule kind."""
+        time-sliced), 2 CPU nodes, 10 tenants named by every tenancy rule kind; and the owned
+        pools (:func:`owned_pools`) with exact energy counters, one GPU of which is reset
+        every 6 hours."""
         spec = cls(
             pools=(
                 _h100_pool(2),
@@ -211,8 +285,29 @@ class ClusterSpec:
                 _l4_pool(1, "timeslice", name="l4-shared"),
                 _cpu_pool(2),
                 _t4_pool(1),
+                *owned_pools(),
             ),
             serving_pods=("vllm-llama-0", "vllm-llama-1"),
+            # Time-sliced pods within their replica, as on the cloud pools (the demo's answer
+            # key and its tests assume use ≤ request there); ClusterSpec.owned() goes beyond.
+            energy=owned_energy(
+                (CounterReset("onprem-h100", 0, 0.0, every_s=6 * 3600),),
+                timeslice_busy_milli=(150, 300),
+            ),
+        )
+        return replace(spec, **overrides)
+
+    @classmethod
+    def owned(cls, **overrides: Any) -> ClusterSpec:
+        """Only the owned pools (and a CPU node), every GPU with an exact energy counter
+        (their nodes run dcgm-exporter 4.8). Seed 6 gives a partly
+        requested time-sliced GPU, an unheld MIG instance and whole GPU, a pod on two GPUs,
+        idle and busy holds and a pod no tenancy rule matches."""
+        spec = cls(
+            seed=6,
+            cluster_name="onprem",
+            pools=(_cpu_pool(1), *owned_pools()),
+            energy=owned_energy(),
         )
         return replace(spec, **overrides)
 

@@ -1,10 +1,11 @@
-"""An owned (on-premises) GPU node pool whose power and energy the simulator integrates.
+"""Exact power and DCGM energy counters for the pools of ``ClusterSpec.energy`` (the owned,
+on-premises pools of :func:`~.spec.owned_pools`).
 
-The cloud pools of :mod:`aifinops.demo.cluster` report a power gauge and an energy counter
-that do not agree with each other (the counter is a constant average since boot). The owned
-pools here are simulated so that a reader can be checked against the truth to a fraction of a
-percent: every GPU's power is a function of its measured use, constant over an *epoch*
-(``epoch_s``, 300 s), and DCGM's energy counter is the exact integral of that power.
+The other pools report a power gauge and an energy counter that do not agree with each other
+(the counter is a constant average since boot). These are simulated so that a reader can be
+checked against the truth (:mod:`.energy_truth`) to a fraction of a percent: every GPU's
+power is a function of its measured use, constant over an *epoch* (``epoch_s``, 300 s), and
+DCGM's energy counter is the exact integral of that power.
 
 Upstream format (NVIDIA DCGM ``dcgmlib/dcgm_fields.h`` and ``dcgm_fields.cpp`` at DCGM 4.6.0,
 dcgm-exporter ``etc/default-counters.csv``; see tests/fixtures/PROVENANCE.md):
@@ -19,7 +20,7 @@ dcgm-exporter ``etc/default-counters.csv``; see tests/fixtures/PROVENANCE.md):
   Standard" aliases do not list it), so :data:`ENERGY_4_9_NAME` is ``None``: a ≥ 4.9 page
   carries no energy counter, as the cluster's 4.9 pages today.
 
-Conventions, so the answer key (:mod:`aifinops.demo.energy_key`) is exact:
+Conventions, so the answer key is exact:
 
 * Epoch ``e`` is the interval ``(e·epoch_s, (e+1)·epoch_s]``. A utilization figure read at
   ``t`` is the use over the epoch that ends at or contains ``t`` (DCGM's utilization is an
@@ -39,24 +40,13 @@ Nothing here imports ``aifinops.model`` or ``aifinops.sources``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
-from aifinops.demo.cluster import (
-    A100,
-    H100,
-    L4,
-    ClusterSpec,
-    GpuHold,
-    MigInstance,
-    NodePoolSpec,
-    SimCluster,
-    SimGpu,
-    SimPod,
-)
+from aifinops.demo.cluster.hashing import hash_unit
+from aifinops.demo.cluster.records import GpuHold, MigInstance, SimGpu, SimNode, SimPod
+from aifinops.demo.cluster.spec import EnergySpec
 
 ENERGY_METRIC = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
 POWER_METRIC = "DCGM_FI_DEV_POWER_USAGE"
@@ -65,69 +55,8 @@ MJ_PER_KWH = 3.6e9
 
 # Thousandths of the unit's time (of the device's, for a pod on a time-sliced GPU).
 _BUSY = (300, 950)
-_IDLE = (10, 30)
-_SHARE_BUSY = (150, 450)  # above 1/3 at times: a pod using more than its replica
+_IDLE = (8, 24)  # GPU_UTIL 1–3 %, as the other pools' idle pods
 _SHARE_CAP = 950  # pods of one time-sliced GPU never sum above this
-
-
-def owned_pools(prefix: str = "onprem") -> tuple[NodePoolSpec, ...]:
-    """The owned pools the demo adds: H100s held whole, A100s cut into MIG instances, L4s
-    time-sliced. Each is built from its own random stream, so adding them moves nothing else
-    in the cluster."""
-    return (
-        NodePoolSpec(
-            f"{prefix}-h100", 1, H100, 4, "none", "dgx-h100", 112.0, 2048.0, "dc1", own_rng=True
-        ),
-        NodePoolSpec(
-            f"{prefix}-a100-mig", 1, A100, 2, "mig", "dgx-a100", 128.0, 1024.0, "dc1", own_rng=True
-        ),
-        NodePoolSpec(
-            f"{prefix}-l4-shared", 1, L4, 2, "timeslice", "r760xa", 64.0, 512.0, "dc1", own_rng=True
-        ),
-    )
-
-
-def owned_cluster_spec(**overrides: Any) -> ClusterSpec:
-    """A cluster of only the owned pools and one CPU node (tests of energy: every GPU's
-    counter is exact)."""
-    general = NodePoolSpec("general", 1, None, 0, "none", "m7i.8xlarge", 32.0, 128.0, "dc1")
-    # Seed 6: a partly requested time-sliced GPU, an unheld MIG instance and whole GPU, a
-    # pod holding two GPUs, idle and busy holds, a pod no tenancy rule matches.
-    spec = ClusterSpec(seed=6, cluster_name="onprem", pools=(general, *owned_pools()))
-    return replace(spec, **overrides)
-
-
-@dataclass(frozen=True, slots=True)
-class CounterReset:
-    """A driver reload on one GPU: the ``gpu``-th GPU of pool ``pool`` (node by node, in
-    index order) at ``at`` (unix seconds, on an epoch boundary), and every ``every_s``
-    seconds after it when that is not 0 (a GPU reset by health checks, for the demo)."""
-
-    pool: str
-    gpu: int
-    at: float
-    every_s: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class EnergySpec:
-    """What shapes the owned pools' power: which pools, the epoch, idle power as a fraction
-    of the model's maximum, the drivers' reload period and extra resets."""
-
-    pools: tuple[str, ...]
-    epoch_s: int = 300
-    idle_power_ratio: float = 0.1
-    reload_period_s: int = 7 * 86400
-    resets: tuple[CounterReset, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.epoch_s <= 0 or 3600 % self.epoch_s:
-            raise ValueError("epoch_s must divide an hour")
-        if self.reload_period_s % self.epoch_s:
-            raise ValueError("reload_period_s must be a multiple of epoch_s")
-        for r in self.resets:
-            if r.at % self.epoch_s or r.every_s % self.epoch_s or r.every_s < 0:
-                raise ValueError(f"reset {r} is not on epoch boundaries")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,40 +90,44 @@ class _GpuState:
     holds: tuple[Hold, ...]
     resets: tuple[tuple[float, int], ...]  # (first, every_s or 0)
     reload_phase: int  # seconds, on an epoch boundary
+    last_read: tuple[float, int] = (math.nan, 0)  # (t, counter): one read serves every series
     blocks: dict[int, int] = field(default_factory=dict)  # hour block -> mJ
 
 
-def _unit(*parts: object) -> float:
-    """A uniform number in [0, 1) from the parts (stable across runs and platforms)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
 class EnergySim:
-    """Power, energy counters and per-hold use of the GPUs in ``spec.pools`` of ``sim``.
+    """Power, energy counters and per-hold use of the GPUs of the pools ``spec.pools``, built
+    from the layout's ``nodes`` and ``pods`` (the layout builds one when its spec has
+    ``energy``).
 
-    Pure: every figure is a function of the cluster's layout, ``spec`` and the time asked.
-    Hour blocks of energy are cached per GPU (a read sums at most a reload period of them).
+    Pure: every figure is a function of the layout, ``spec`` and the time asked. Hour blocks
+    of energy are cached per GPU (a read sums at most a reload period of them), and the last
+    counter read per GPU (every MIG instance and pod series repeats it).
     """
 
-    def __init__(self, sim: SimCluster, spec: EnergySpec) -> None:
-        if sim.spec.timeslice_util != "per_pod":
-            raise ValueError("the energy sim reports each pod's own share (timeslice_util)")
-        self.sim = sim
+    def __init__(
+        self,
+        spec: EnergySpec,
+        nodes: Sequence[SimNode],
+        pods: Sequence[SimPod],
+        *,
+        timeslice_util: str = "per_pod",
+    ) -> None:
+        # "device": every pod of a time-sliced GPU shows the device's figure, as stock
+        # dcgm-exporter does (the answer key assumes each pod's own, "per_pod").
+        self._device_figure = timeslice_util == "device"
         self.spec = spec
-        pools = set(spec.pools)
-        known = {p.name for p in sim.spec.pools}
-        if not pools <= known:
-            raise ValueError(f"unknown pools {sorted(pools - known)}")
+        known = {n.pool for n in nodes}
+        if not set(spec.pools) <= known:
+            raise ValueError(f"unknown pools {sorted(set(spec.pools) - known)}")
         by_unit: dict[tuple[str, str], list[tuple[SimPod, GpuHold]]] = {}
-        for pod in sim.pods:
+        for pod in pods:
             for h in pod.holds:
                 by_unit.setdefault(h.unit, []).append((pod, h))
         self._state: dict[str, _GpuState] = {}
         self._ordinal: dict[tuple[str, int], str] = {}
         for pool in spec.pools:
             n = 0
-            for node in (x for x in sim.nodes if x.pool == pool):
+            for node in (x for x in nodes if x.pool == pool):
                 for gpu in node.gpus:
                     self._ordinal[(pool, n)] = gpu.uuid
                     n += 1
@@ -220,7 +153,7 @@ class EnergySim:
                 holds.append(Hold(pod, h, gi, h.fraction, part))
         period = self.spec.reload_period_s
         epochs = period // self.spec.epoch_s
-        phase = math.floor(_unit(gpu.uuid, "reload") * epochs) * self.spec.epoch_s
+        phase = math.floor(hash_unit(gpu.uuid, "reload") * epochs) * self.spec.epoch_s
         return _GpuState(gpu, tuple(holds), (), phase)
 
     # --- layout -----------------------------------------------------------------------
@@ -251,12 +184,12 @@ class EnergySim:
     def _figure(self, gpu: SimGpu, h: Hold, e: int) -> int:
         key = f"{h.pod.namespace}/{h.pod.name}/{gpu.uuid}/{h.unit}"
         if gpu.sharing == "timeslice":
-            lo, hi = _SHARE_BUSY if h.pod.busy else _IDLE
+            lo, hi = self.spec.timeslice_busy_milli if h.pod.busy else _IDLE
         else:
             lo, hi = _BUSY if h.pod.busy else _IDLE
         mid = (e + 0.5) * self.spec.epoch_s
-        diurnal = 0.5 + 0.35 * math.sin(2.0 * math.pi * (mid / 86400.0 + _unit(key, "phase")))
-        x = min(1.0, max(0.0, diurnal + 0.15 * (2.0 * _unit(key, "noise", e) - 1.0)))
+        diurnal = 0.5 + 0.35 * math.sin(2.0 * math.pi * (mid / 86400.0 + hash_unit(key, "phase")))
+        x = min(1.0, max(0.0, diurnal + 0.15 * (2.0 * hash_unit(key, "noise", e) - 1.0)))
         return lo + round(x * (hi - lo))
 
     def use(self, uuid: str, e: int) -> EpochUse:
@@ -335,23 +268,34 @@ class EnergySim:
 
     def counter_mj(self, uuid: str, t: float) -> int:
         """``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` at ``t``: mJ since the last reset."""
-        return self.energy_mj(uuid, self.last_reset(uuid, t), t)
+        st = self._state[uuid]
+        if st.last_read[0] == t:
+            return st.last_read[1]
+        value = self.energy_mj(uuid, self.last_reset(uuid, t), t)
+        st.last_read = (t, value)
+        return value
 
     # --- what dcgm-exporter prints --------------------------------------------------------
 
-    def dcgm_values(self, gpu: SimGpu, pod: SimPod | None, gi_id: str, t: float) -> dict[str, str]:
-        """The sample's figures as dcgm-exporter ≤ 4.8 prints them (legacy names): the
-        hold's (or the unheld unit's) use, and the device's power and energy counter."""
-        use = self.use(gpu.uuid, self.epoch(t))
-        st = self._state[gpu.uuid]
+    def figure(self, gpu: SimGpu, pod: SimPod | None, gi_id: str, t: float) -> tuple[int, int]:
+        """What DCGM shows for ``pod``'s hold on unit ``gi_id`` of ``gpu`` at ``t`` (or the
+        unheld unit: 0): ``(DCGM_FI_DEV_GPU_UTIL percent, engine-active thousandths)``.
+        GPU_UTIL counts any kernel running, so it reads above the engine's active ratio."""
         milli = 0
-        for h, m in zip(st.holds, use.milli, strict=True):
-            if h.unit == gi_id and pod is not None and h.pod is pod:
-                milli = m
+        if pod is not None:
+            use = self.use(gpu.uuid, self.epoch(t))
+            for h, m in zip(self._state[gpu.uuid].holds, use.milli, strict=True):
+                if h.unit == gi_id and (h.pod is pod or self._device_figure):
+                    milli = m if not self._device_figure else min(1000, sum(use.milli))
+        # Time-sliced pods' percents must not sum over 100: no margin there.
+        factor = 1.0 if gpu.sharing == "timeslice" else 1.25
+        return min(100, math.ceil(milli * factor / 10)), milli
+
+    def device_values(self, gpu: SimGpu, t: float) -> dict[str, str]:
+        """The device-scope figures every series of ``gpu`` repeats, as dcgm-exporter ≤ 4.8
+        prints them: power (W, Go's ``%f``) and the energy counter (mJ, an integer)."""
+        power_mw = self.use(gpu.uuid, self.epoch(t)).power_mw
         return {
-            "DCGM_FI_PROF_GR_ENGINE_ACTIVE": f"{milli / 1000.0:f}",
-            # GPU_UTIL counts any kernel running, above the engine's active ratio.
-            "DCGM_FI_DEV_GPU_UTIL": str(min(100, math.ceil(milli * 1.25 / 10))),
-            POWER_METRIC: f"{use.power_mw / 1000.0:f}",
+            POWER_METRIC: f"{power_mw / 1000.0:f}",
             ENERGY_METRIC: str(self.counter_mj(gpu.uuid, t)),
         }

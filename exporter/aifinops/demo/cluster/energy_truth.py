@@ -1,4 +1,4 @@
-"""The answer key for energy, energy cost and carbon on the owned pools of :mod:`.energy`.
+"""The answer key for energy, energy cost and carbon on the pools of :mod:`.power`.
 
 Computed from the simulation's own truth — each epoch's true per-hold shares and true
 energy — with its own small implementation of the split rule, never with the exporter's code
@@ -25,11 +25,12 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from aifinops.demo.cluster import IDLE_TENANT
-from aifinops.demo.energy import MJ_PER_KWH, EnergySim, Hold
+from aifinops.demo.cluster.layout import Layout
+from aifinops.demo.cluster.power import MJ_PER_KWH, Hold
+from aifinops.demo.cluster.spec import IDLE_TENANT
 
 HOURS_PER_YEAR = 8760.0
 HOURS_PER_MONTH = HOURS_PER_YEAR / 12.0
@@ -139,18 +140,21 @@ def split_epoch(
 
 
 def energy_answer_key(
-    energy: EnergySim,
+    sim: Layout,
     prices: EnergyPrices,
     start: float,
     end: float,
     *,
     unused_to: UnusedTo = "holder",
 ) -> EnergyKey:
-    """The truth over ``(start, end]`` (unix seconds) for every GPU of ``energy``."""
+    """The truth over ``(start, end]`` (unix seconds) for every GPU of ``sim.energy`` (the
+    pools of ``ClusterSpec.energy``; other GPUs are not in the key)."""
+    energy = sim.energy
+    if energy is None:
+        raise ValueError("the cluster simulates no energy (ClusterSpec.energy)")
     if end <= start:
         raise ValueError("end must be after start")
     step = energy.spec.epoch_s
-    sim = energy.sim
     parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     gpu_kwh: dict[str, float] = {}
     fleet: dict[str, list[float]] = defaultdict(list)
@@ -232,3 +236,83 @@ def owned_price_usd_per_hour(
     if age_h < life_years * HOURS_PER_YEAR:
         capital = (purchase_usd - residual_usd) / life_years / HOURS_PER_YEAR
     return capital + support_usd_per_year / HOURS_PER_YEAR + hosting_usd_per_gpu_month / 730.0
+
+
+# --- the demo's prices, and the exporter configuration that says the same -------------------
+
+DEMO_PRICES = EnergyPrices(
+    # Time of use: night, shoulder, evening peak, late evening.
+    usd_per_kwh=DailySchedule(
+        "UTC", (("00:00", 0.08), ("07:00", 0.13), ("17:00", 0.21), ("21:00", 0.10))
+    ),
+    # Solar hours are cleaner.
+    grid_gco2e_per_kwh=DailySchedule("UTC", (("00:00", 420.0), ("10:00", 260.0), ("16:00", 390.0))),
+    pue=1.35,
+)
+
+
+def _windows(schedule: DailySchedule, key: str) -> dict[str, Any]:
+    periods = list(schedule.periods)
+    ends = [start for start, _ in periods[1:]] + ["24:00"]
+    return {
+        key: periods[0][1],
+        "schedule": [
+            {"start": start, "end": end, key: value}
+            for (start, value), end in zip(periods[1:], ends[1:], strict=True)
+        ],
+    }
+
+
+def energy_config(prices: EnergyPrices, **extra: Any) -> dict[str, Any]:
+    """The exporter's ``energy:`` section that prices energy as ``prices`` does: the first
+    period is the flat value, every later one a window on every day (the schedules are read
+    in ``budgets.time_zone``, which must be ``prices``' time zone); ``extra`` adds fields
+    (``budgets``)."""
+    if prices.usd_per_kwh.time_zone != prices.grid_gco2e_per_kwh.time_zone:
+        raise ValueError("one time zone for both schedules (the exporter's budgets.time_zone)")
+    return {
+        "enabled": True,
+        "pue": prices.pue,
+        "price": _windows(prices.usd_per_kwh, "usd_per_kwh"),
+        "carbon": _windows(prices.grid_gco2e_per_kwh, "grams_co2e_per_kwh"),
+        **extra,
+    }
+
+
+# The owned pools' hardware (``gpu_pricing.owned``): the H100s are the docs' worked example
+# (docs/owned-gpus.md), so the demo publishes its $1.175799 a GPU-hour.
+DEMO_OWNED_GPUS: tuple[dict[str, Any], ...] = (
+    {
+        "gpu_model": "NVIDIA H100 80GB HBM3",
+        "pool": "h100-onprem",
+        "node_pattern": "gpu-onprem-.*",
+        "purchase_price_usd": 30000,
+        "purchase_date": "2025-01-01",
+        "depreciation_life_years": 4,
+        "residual_value_usd": 2000,
+        "support_usd_per_year": 1500,
+        "hosting_usd_per_gpu_month": 150,
+    },
+    {
+        "gpu_model": "NVIDIA A100-SXM4-80GB",
+        "pool": "a100-onprem",
+        "node_pattern": "gpu-onprem-.*",
+        "purchase_price_usd": 15000,
+        "purchase_date": "2023-07-01",
+        "depreciation_life_years": 5,
+        "residual_value_usd": 1000,
+        "support_usd_per_year": 900,
+        "hosting_usd_per_gpu_month": 120,
+    },
+    {
+        "gpu_model": "NVIDIA L4",
+        "pool": "l4-onprem",
+        "node_pattern": "gpu-onprem-.*",
+        "purchase_price_usd": 2500,
+        "purchase_date": "2024-03-01",
+        "depreciation_life_years": 3,
+        "residual_value_usd": 100,
+        "support_usd_per_year": 150,
+        "hosting_usd_per_gpu_month": 40,
+    },
+)
