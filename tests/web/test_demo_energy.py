@@ -19,13 +19,19 @@ import pytest
 
 from aifinops.demo.cluster import IDLE_TENANT, UNALLOCATED_TENANT, ClusterSpec
 from aifinops.demo.cluster.energy_truth import (
+    DEMO_OWNED_GPUS,
+    DEMO_PRICES,
     DailySchedule,
     EnergyPrices,
     energy_answer_key,
     energy_config,
+    owned_price_usd_per_hour,
 )
 from aifinops.demo.cluster.spec import CounterReset, owned_energy
-from tests.web.conftest import Demo, series, start_demo_app
+from aifinops.demo.run import demo_settings, start_demo_upstreams
+from aifinops.settings import Settings
+from aifinops.web.app import REFRESHER, create_app
+from tests.web.conftest import Clock, Demo, parse_page, series, start_demo_app
 
 EPOCH = 300
 T0 = datetime(2025, 6, 16, 11, 30, tzinfo=UTC).timestamp()  # a Monday, 06:30 in Chicago
@@ -109,3 +115,49 @@ async def test_tenant_energy_cost_and_carbon_match_the_answer_key(demo: Demo) ->
     # The tenant that holds the reset GPU is not short of what its counter lost.
     holder = sim.tenant_of(energy.holds(energy.gpu("onprem-h100", 0).uuid)[0].pod)
     assert joules[(holder,)] / JOULES_PER_KWH == pytest.approx(key.tenant(holder).kwh, rel=REL)
+
+
+async def test_the_demo_prices_its_owned_gpus_and_measures_their_energy(
+    aiohttp_client: Any,
+) -> None:
+    clock = Clock(T0)
+    ups = await start_demo_upstreams(clock=clock)
+    try:
+        settings = demo_settings(Settings(), ups, now=T0)
+        app = create_app(settings, clock=clock, run_loop=False)
+        client = await aiohttp_client(app)
+        for t in (T0, T0 + EPOCH):
+            clock.now = t
+            await app[REFRESHER].refresh_once()
+        page = parse_page(await (await client.get("/metrics")).text())
+    finally:
+        await ups.close()
+    sim = ups.cluster.sim
+    assert sim.energy is not None and settings.energy.enabled
+    # The owned H100s are the docs' worked example: $1.175799 a GPU-hour, $858.33 a month.
+    h100 = DEMO_OWNED_GPUS[0]
+    components = series(page, "aifinops_owned_gpu_price_usd_per_hour", pool=h100["pool"])
+    published = sum(components.values())
+    bought = datetime.fromisoformat(h100["purchase_date"]).replace(tzinfo=UTC).timestamp()
+    hand = owned_price_usd_per_hour(
+        purchase_usd=h100["purchase_price_usd"],
+        residual_usd=h100["residual_value_usd"],
+        life_years=h100["depreciation_life_years"],
+        support_usd_per_year=h100["support_usd_per_year"],
+        hosting_usd_per_gpu_month=h100["hosting_usd_per_gpu_month"],
+        purchased_at=bought,
+        at=T0,
+    )
+    assert round(published, 6) == round(hand, 6) == 1.175799
+    assert round(published * 730, 2) == 858.33
+    pools = {labels["pool"] for labels, _ in page["aifinops_owned_gpu_price_info"]}
+    assert pools == {g["pool"] for g in DEMO_OWNED_GPUS}
+    # Energy: the owned GPUs by their counters (and the cloud 4.8 nodes'), the rest by power.
+    owned = {g.uuid for g in sim.energy.gpus}
+    counted = series(page, "aifinops_energy_gpus", method="counter")[()]
+    assert counted >= len(owned)
+    assert series(page, "aifinops_energy_pue") == {(): DEMO_PRICES.pue}
+    assert series(page, "aifinops_energy_price_usd_per_kwh") == {
+        (): DEMO_PRICES.usd_per_kwh.at(T0 + EPOCH)
+    }
+    assert series(page, "aifinops_tenant_energy_budget_usd")[("research",)] == 300

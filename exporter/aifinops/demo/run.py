@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from aifinops.demo.cluster import ClusterSpec, SimCluster
+from aifinops.demo.cluster.energy_truth import DEMO_OWNED_GPUS, DEMO_PRICES, energy_config
 from aifinops.demo.finance import finance_config
 from aifinops.demo.llm import LLM_UPSTREAMS, SERVING_PODS, LlmDemo, llm_app
 from aifinops.demo.upstreams import FaultSwitch, Upstreams, start_upstreams
@@ -89,14 +90,33 @@ def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def owned_config(sim: SimCluster) -> dict[str, Any]:
+    """The ``gpu_pricing`` (owned GPUs, the docs' worked example among them) and ``energy``
+    sections for a cluster with owned pools (``spec.energy``), else nothing. The energy
+    prices are the answer key's (``energy_truth.DEMO_PRICES``, in UTC like the demo's
+    budgets); two tenants have energy budgets."""
+    if sim.spec.energy is None:
+        return {}
+    budgets = [
+        {"tenant": "research", "energy_usd": 300, "carbon_kg": 900},
+        {"tenant": "search", "energy_usd": 150},
+    ]
+    return {
+        "gpu_pricing": {"owned": {"gpus": [dict(g) for g in DEMO_OWNED_GPUS]}},
+        "energy": energy_config(DEMO_PRICES, budgets=budgets),
+    }
+
+
 def demo_settings(base: Settings, upstreams: DemoUpstreams, now: float | None = None) -> Settings:
     """``base`` with sources, tenancy and token analytics taken from the running fakes, and
-    the demo's budgets, initiatives, routing and recommendations for the sections ``base``
-    does not set itself (a user's ``--config`` wins over the demo's finance sections)."""
+    the demo's budgets, initiatives, routing, recommendations, owned GPU prices and energy
+    for the sections ``base`` does not set itself (a user's ``--config`` wins over them)."""
     data: dict[str, Any] = base.model_dump(mode="python", exclude_unset=True)
-    finance = finance_config(upstreams.cluster.sim, time.time() if now is None else now)
+    sim = upstreams.cluster.sim
+    finance = finance_config(sim, time.time() if now is None else now)
     demo = merge_config(DEMO_OVERRIDES, upstreams.config())
-    demo.update({k: v for k, v in finance.items() if k not in data})
+    extra = {**finance, **owned_config(sim)}
+    demo.update({k: v for k, v in extra.items() if k not in data})
     for source in demo["sources"].values():
         source["enabled"] = True
     return settings_from_mapping(merge_config(data, demo), "demo configuration")
