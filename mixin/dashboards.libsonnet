@@ -28,6 +28,7 @@ local fill(v, cfg) =
 
   // The unfilled sources, by committed file name.
   dashboardTemplates:: {
+    'energy-carbon.json': std.parseJson(importstr 'dashboards/energy-carbon.json'),
     'executive.json': std.parseJson(importstr 'dashboards/executive.json'),
     'exporter-health.json': std.parseJson(importstr 'dashboards/exporter-health.json'),
     'gpu-efficiency.json': std.parseJson(importstr 'dashboards/gpu-efficiency.json'),

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import executive, exporter_health, gpu_efficiency, tenant_chargeback, tokens_routing
+from . import (
+    energy_carbon,
+    executive,
+    exporter_health,
+    gpu_efficiency,
+    tenant_chargeback,
+    tokens_routing,
+)
 from .panels import THRESHOLDS
 
 __all__ = ["DASHBOARDS", "THRESHOLDS"]
@@ -23,4 +30,5 @@ DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "gpu-efficiency.json": gpu_efficiency.build,
     "tokens-routing.json": tokens_routing.build,
     "exporter-health.json": exporter_health.build,
+    "energy-carbon.json": energy_carbon.build,
 }

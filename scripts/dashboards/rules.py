@@ -30,3 +30,6 @@ API_RATIO = (
 )
 SOURCE_UP = "source:aifinops_source_up:max"
 SOURCE_ERRORS = "source_reason:aifinops_source_errors:rate5m"
+# Energy and carbon (rules/energy.rules.yaml).
+ENERGY_COST_RATE = "tenant:aifinops_tenant_energy_cost_usd_per_hour:max"
+ENERGY_BUDGET_USED = "tenant_kind:aifinops_energy_budget_used:ratio"

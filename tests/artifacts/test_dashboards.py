@@ -41,6 +41,7 @@ EXPECTED_UIDS = {
     "aifinops-gpu-efficiency",
     "aifinops-tokens-routing",
     "aifinops-exporter-health",
+    "aifinops-energy-carbon",
 }
 
 CATALOG_NAMES = frozenset(m.name for m in CATALOG)
@@ -164,7 +165,7 @@ TWINS = _twins()
 # --- the dashboards ------------------------------------------------------------------------
 
 
-def test_the_five_dashboards_exist_with_fixed_uids() -> None:
+def test_the_six_dashboards_exist_with_fixed_uids() -> None:
     uids = [d["uid"] for d in DASHBOARDS.values()]
     assert len(uids) == len(set(uids)), f"duplicate uids: {uids}"
     assert set(uids) == EXPECTED_UIDS
