@@ -1,0 +1,173 @@
+"""The refresh's phases at one size, without the latency rounds:
+``python -m bench.finance --gpus N [--steady K] [--profile FILE]``.
+
+Starts the fake upstreams (:mod:`bench.upstream`) in a child process and the real refresher
+here (``create_app(..., run_loop=False)``, not served), runs the first refresh and ``K``
+steady ones with the phase probe (:mod:`bench.probe`), then the finance step alone on the
+last refresh's inputs, in this thread, ``K`` times 30 s apart (and, with ``--profile``,
+under cProfile, written to FILE for ``python -m pstats``). Prints one JSON document. For
+profiling one change against another on a loaded machine: one process, minutes, no scrapers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import statistics
+import subprocess
+import sys
+import time
+import types
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from aifinops.logs import configure_logging
+from aifinops.model import finance as finance_module
+from aifinops.offload import tune_gc
+from aifinops.web.app import REFRESHER, create_app
+from bench.probe import PhaseProbe
+from bench.size import Child, bench_settings, bench_sources, cycle_summary, timed_cycle, vm_hwm_mib
+
+
+async def run(
+    gpus: int, steady: int, tokens: bool, profile: str | None, oracle_rev: str | None
+) -> dict[str, Any]:
+    configure_logging("error")
+    tune_gc()
+    async with AsyncExitStack() as stack:
+        upstream = await Child.start(
+            "bench.upstream", "--gpus", str(gpus), *(["--tokens"] if tokens else [])
+        )
+        stack.callback(upstream.kill)
+        info = await upstream.message(timeout=1800)
+        settings = bench_settings(info["config"], info["tenants"])
+        app = create_app(settings, sources=bench_sources(settings), run_loop=False)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()  # the refresher is made at start-up
+        stack.push_async_callback(runner.cleanup)
+        refresher = app[REFRESHER]
+        probe = PhaseProbe()
+        stack.enter_context(probe.installed())
+        first = await timed_cycle(refresher, probe)
+        cycles = [await timed_cycle(refresher, probe) for _ in range(steady)]
+        rss = vm_hwm_mib()
+
+        # The finance step alone, on this thread: the last refresh's inputs, 30 s apart.
+        report = refresher.snapshot.report
+        assert report is not None
+        report = replace(report, finance=None)
+        _, _, inputs = refresher._inputs()
+        ctx = refresher.context
+        state = refresher._finance_state
+        now = refresher._clock()
+        alone: list[float] = []
+        profiler = cProfile.Profile() if profile else None
+        for i in range(steady):
+            at = now + 30.0 * (i + 1)
+            started = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
+            _, state = finance_module.build_finance(
+                report, inputs, ctx.finance, ctx.resolver, ctx.pricer.at(at), state, at
+            )
+            if profiler is not None:
+                profiler.disable()
+            alone.append(time.perf_counter() - started)
+        if profiler is not None and profile:
+            profiler.dump_stats(profile)
+        checked = None
+        if oracle_rev:
+            checked = check_oracle(oracle_rev, report, inputs, refresher, now)
+        await upstream.close()
+    return {
+        "gpus": info["gpus"],
+        "tenants": info["tenants"],
+        "first": cycle_summary([first]),
+        "steady": cycle_summary(cycles),
+        "finance_alone_s": alone,
+        "finance_alone_median_s": statistics.median(alone) if alone else None,
+        "rss_mib": rss,
+        "oracle": checked,
+    }
+
+
+# Compared between the two builds: every figure but the lookups (functions).
+FIGURES = (
+    "infra_available",
+    "month_to_date",
+    "tenant_month_to_date",
+    "budgets",
+    "budget_notes",
+    "cluster",
+    "initiatives",
+    "routing",
+    "routing_window_seconds",
+    "recommendations",
+    "periods",
+    "idle_cost_usd_per_hour",
+    "monthly_tokens",
+    "books",
+    "ledger_since",
+)
+
+
+def check_oracle(rev: str, report: Any, inputs: Any, refresher: Any, now: float) -> dict[str, Any]:
+    """The finance step of git revision ``rev`` (loaded beside this one) against this one,
+    refresh after refresh on the same inputs, across a local midnight: the fields of
+    :data:`FIGURES` that differ at any step (none: the same figures)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:exporter/aifinops/model/finance.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    oracle = types.ModuleType("aifinops.model._finance_oracle")
+    sys.modules[oracle.__name__] = oracle  # dataclasses look their module up
+    exec(compile(source, "finance_oracle.py", "exec"), oracle.__dict__)
+    ctx = refresher.context
+    fin = ctx.finance
+    midnight = (now // 86400 + 1) * 86400  # the bench's time zone is UTC
+    steps = [now + 30.0 * i for i in range(1, 4)] + [midnight - 20.0, midnight + 10.0]
+    steps += [midnight + 40.0, midnight + 70.0]
+    new_state, old_state = refresher._finance_state, oracle.FinanceState()
+    new_state = finance_module.FinanceState()
+    differ: set[str] = set()
+    timings: dict[str, list[float]] = {"new": [], "oracle": []}
+    for at in steps:
+        pricer = ctx.pricer.at(at)
+        t0 = time.perf_counter()
+        new, new_state = finance_module.build_finance(
+            report, inputs, fin, ctx.resolver, pricer, new_state, at
+        )
+        t1 = time.perf_counter()
+        old, old_state = oracle.build_finance(
+            report, inputs, fin, ctx.resolver, pricer, old_state, at
+        )
+        t2 = time.perf_counter()
+        timings["new"].append(t1 - t0)
+        timings["oracle"].append(t2 - t1)
+        differ |= {f for f in FIGURES if getattr(new, f) != getattr(old, f)}
+    return {"rev": rev, "steps": len(steps), "differ": sorted(differ), "seconds": timings}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--gpus", type=int, required=True)
+    parser.add_argument("--steady", type=int, default=3)
+    parser.add_argument("--no-tokens", action="store_true")
+    parser.add_argument("--profile")
+    parser.add_argument("--oracle-rev", help="compare with the finance step of this git rev")
+    args = parser.parse_args()
+    result = asyncio.run(
+        run(args.gpus, max(1, args.steady), not args.no_tokens, args.profile, args.oracle_rev)
+    )
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
