@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import statistics
@@ -82,7 +83,7 @@ async def run(
             profiler.dump_stats(profile)
         checked = None
         if oracle_rev:
-            checked = check_oracle(oracle_rev, report, inputs, refresher, now)
+            checked = check_oracle(oracle_rev, report, inputs, refresher, now, profile)
         await upstream.close()
     return {
         "gpus": info["gpus"],
@@ -116,10 +117,15 @@ FIGURES = (
 )
 
 
-def check_oracle(rev: str, report: Any, inputs: Any, refresher: Any, now: float) -> dict[str, Any]:
+def check_oracle(
+    rev: str, report: Any, inputs: Any, refresher: Any, now: float, profile: str | None
+) -> dict[str, Any]:
     """The finance step of git revision ``rev`` (loaded beside this one) against this one,
     refresh after refresh on the same inputs, across a local midnight: the fields of
-    :data:`FIGURES` that differ at any step (none: the same figures)."""
+    :data:`FIGURES` that differ at any step (none: the same figures), and each one's CPU
+    seconds per step (thread time: the machine's other load counts less than in wall time).
+    With ``profile``, the second and third steps of each under cProfile (``FILE.new``,
+    ``FILE.oracle``)."""
     source = subprocess.run(
         ["git", "show", f"{rev}:exporter/aifinops/model/finance.py"],
         check=True,
@@ -138,21 +144,28 @@ def check_oracle(rev: str, report: Any, inputs: Any, refresher: Any, now: float)
     new_state = finance_module.FinanceState()
     differ: set[str] = set()
     timings: dict[str, list[float]] = {"new": [], "oracle": []}
-    for at in steps:
+    profiles = {"new": cProfile.Profile(), "oracle": cProfile.Profile()}
+    for i, at in enumerate(steps):
         pricer = ctx.pricer.at(at)
-        t0 = time.perf_counter()
-        new, new_state = finance_module.build_finance(
-            report, inputs, fin, ctx.resolver, pricer, new_state, at
-        )
-        t1 = time.perf_counter()
-        old, old_state = oracle.build_finance(
-            report, inputs, fin, ctx.resolver, pricer, old_state, at
-        )
-        t2 = time.perf_counter()
+        steady = 0 < i < 3  # profiled: the steady steps, not the first folds
+        t0 = time.thread_time()
+        with profiles["new"] if steady and profile else contextlib.nullcontext():
+            new, new_state = finance_module.build_finance(
+                report, inputs, fin, ctx.resolver, pricer, new_state, at
+            )
+        t1 = time.thread_time()
+        with profiles["oracle"] if steady and profile else contextlib.nullcontext():
+            old, old_state = oracle.build_finance(
+                report, inputs, fin, ctx.resolver, pricer, old_state, at
+            )
+        t2 = time.thread_time()
         timings["new"].append(t1 - t0)
         timings["oracle"].append(t2 - t1)
         differ |= {f for f in FIGURES if getattr(new, f) != getattr(old, f)}
-    return {"rev": rev, "steps": len(steps), "differ": sorted(differ), "seconds": timings}
+    if profile:
+        for name, prof in profiles.items():
+            prof.dump_stats(f"{profile}.{name}")
+    return {"rev": rev, "steps": len(steps), "differ": sorted(differ), "cpu_seconds": timings}
 
 
 def main() -> None:
