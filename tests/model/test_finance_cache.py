@@ -17,7 +17,9 @@ from aifinops.model.finance import (
     FinanceReport,
     FinanceState,
     build_finance,
+    infra_month,
 )
+from aifinops.model.inputs import AllocationSet, DailyAllocationSets
 from aifinops.model.report import ModelState
 from aifinops.model.roi import BenefitInputs, Initiative
 from tests.model.test_finance_model import DAY, daily, report_at
@@ -53,6 +55,22 @@ def uncached(state: FinanceState) -> FinanceState:
     return replace(state, infra=None, closed=None, books=None)
 
 
+def settled(old: DailyAllocationSets | None, new: DailyAllocationSets) -> DailyAllocationSets:
+    """``new`` with ``old``'s set objects for the days that ended two days before."""
+    if old is None:
+        return new
+    kept = {start: entry for start, *_ in old.sets for entry in [_entry(old, start)]}
+    sets = tuple(
+        kept[s[0]] if s[0] in kept and s[1] <= new.end - 2 * DAY and kept[s[0]][1] == s[1] else s
+        for s in new.sets
+    )
+    return DailyAllocationSets(new.start, new.end, sets)
+
+
+def _entry(monthly: DailyAllocationSets, start: float) -> tuple[float, float, AllocationSet]:
+    return next(s for s in monthly.sets if s[0] == start)
+
+
 def ctx_for(tz: str) -> FinanceContext:
     return FinanceContext(
         tz=tz,
@@ -78,13 +96,16 @@ def test_cached_finance_equals_folding_everything_again(tz: str, month_end: floa
     steps = [start + i * 1200.0 for i in range(int(2.6 * DAY / 1200))]
     model = ModelState()
     cached, fresh = FinanceState(), FinanceState()
-    monthly = None
+    monthly: DailyAllocationSets | None = None
     reused = turned = 0
     tokens = {"a": 0.0, "b": 0.0}
     for i, now in enumerate(steps):
-        # The month query answers anew every 9th refresh (its sets end when it ran).
+        # The month query answers anew every 9th refresh (its sets end when it ran), with
+        # the very sets of days that settled two days before, as the month source keeps them.
         if i % 9 == 0:
-            monthly = daily(month_end - 40 * DAY, 41, now, {"a": 24.0 + i % 5, "b": 48.0})
+            monthly = settled(
+                monthly, daily(month_end - 40 * DAY, 41, now, {"a": 24.0 + i % 5, "b": 48.0})
+            )
         report, model = report_at(now, model, {"a": 1.0 + (i % 3) / 10, "b": 2.0})
         # Token dollars the exporter counts (its own daily ledger), on a's and b's counters.
         tokens["a"] += 0.25
@@ -130,3 +151,28 @@ def test_a_fit_is_kept_while_the_closed_days_are() -> None:
     assert a2.forecast.slope_usd_per_day == a1.forecast.slope_usd_per_day
     assert a2.spend_usd == pytest.approx(a1.spend_usd + 3.0)  # $1/h for three more hours
     assert a2.forecast_usd == pytest.approx(a1.forecast_usd)  # a flat trend: same month end
+
+
+def test_a_new_month_answer_folds_only_the_days_whose_sets_changed() -> None:
+    now = JULY - 10 * DAY + 3600
+    res = resolver()
+    first = daily(JULY - 40 * DAY, 31, now, {"a": 24.0, "b": 48.0})
+    later = now + 600
+    # The month source's next answer: the settled days' very sets, the last days anew.
+    monthly = settled(first, daily(JULY - 40 * DAY, 31, later, {"a": 25.0, "b": 48.0}))
+    old = infra_month(None, first, res, None, "UTC")
+    new = infra_month(old, monthly, res, None, "UTC")
+    fresh = infra_month(None, monthly, res, None, "UTC")
+    assert (new.by_day, new.quantities, new.spans, new.start) == (
+        fresh.by_day,
+        fresh.quantities,
+        fresh.spans,
+        fresh.start,
+    )
+    refolded = sorted(d for d in new.days if new.days[d] is not old.days.get(d))
+    # 01:10 on the 21st: the 19th, the 20th and today had not settled
+    assert [d.day for d in refolded] == [19, 20, 21] and refolded[-1] == max(new.days)
+    assert new.by_day[("a", "gpu")][refolded[0]] == pytest.approx(25.0)
+    # another tenancy (a config reload) folds every day again
+    other = infra_month(new, monthly, resolver(), None, "UTC")
+    assert all(other.days[d] is not new.days[d] for d in new.days)

@@ -746,12 +746,24 @@ def month_books(
 
 
 @dataclass(frozen=True, slots=True)
+class DayFold:
+    """One local date's daily sets (``sets``, kept for their identity) folded to USD and
+    usage per (tenant, resource)."""
+
+    sets: tuple[AllocationSet, ...]
+    dollars: Mapping[TenantResource, float]
+    quantities: Mapping[TenantResource, float]
+
+
+@dataclass(frozen=True, slots=True)
 class InfraMonth:
     """OpenCost's daily sets folded to USD per (tenant, resource) and local date, with the
     inputs it was folded from. The sets change once per ``budgets.refresh_interval_seconds``
     and the rates every refresh: at 2,000 tenants folding 40k rows is most of the finance
     step, so it is redone only when the sets, the tenancy resolver, the folded tenants or the
-    time zone change (compared by identity/equality in :func:`infra_month`)."""
+    time zone change (compared by identity/equality in :func:`infra_month`), and then only
+    for the days whose sets changed (``days``: the month query keeps the sets of days that
+    have settled, so a new answer brings new sets for its last days only)."""
 
     sets: DailyAllocationSets
     resolver: TenantResolver
@@ -761,6 +773,7 @@ class InfraMonth:
     start: date | None
     quantities: Mapping[TenantResource, Mapping[date, float]] = field(default_factory=dict)
     spans: Mapping[date, tuple[float, float]] = field(default_factory=dict)  # per local date
+    days: Mapping[date, DayFold] = field(default_factory=dict)
 
 
 def infra_month(
@@ -770,19 +783,20 @@ def infra_month(
     kept: frozenset[str] | None,
     tz: str,
 ) -> InfraMonth:
-    """``cached`` when it was folded from the same inputs, else the sets folded again.
-    ``kept``: the tenants the report publishes when it folds the rest into ``__other__``
-    (``None`` when it folds none)."""
-    if (
+    """``cached`` when it was folded from the same inputs, else the sets folded again (a
+    day whose sets are the very ones ``cached`` folded is reused). ``kept``: the tenants the
+    report publishes when it folds the rest into ``__other__`` (``None`` when it folds
+    none)."""
+    same_rules = (
         cached is not None
-        and cached.sets is monthly
         and cached.resolver is resolver
         and cached.kept == kept
         and cached.tz == tz
-    ):
+    )
+    if cached is not None and same_rules and cached.sets is monthly:
         return cached
-    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
-    used: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    previous = cached.days if cached is not None and same_rules else {}
+    groups: dict[date, list[AllocationSet]] = {}
     spans: dict[date, tuple[float, float]] = {}
     start: date | None = None
     for set_start, set_end, allocation_set in monthly.sets:
@@ -794,6 +808,33 @@ def infra_month(
             if seen is None
             else (min(seen[0], set_start), max(seen[1], set_end))
         )
+        groups.setdefault(day, []).append(allocation_set)
+    days: dict[date, DayFold] = {}
+    by_day: dict[TenantResource, dict[date, float]] = {}
+    quantities: dict[TenantResource, dict[date, float]] = {}
+    for day, sets in groups.items():
+        fold = previous.get(day)
+        if (
+            fold is None
+            or len(fold.sets) != len(sets)
+            or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
+        ):
+            fold = _fold_day(tuple(sets), resolver, kept)
+        days[day] = fold
+        for key, usd in fold.dollars.items():
+            by_day.setdefault(key, {})[day] = usd
+        for key, q in fold.quantities.items():
+            quantities.setdefault(key, {})[day] = q
+    return InfraMonth(monthly, resolver, kept, tz, by_day, start, quantities, spans, days)
+
+
+def _fold_day(
+    sets: tuple[AllocationSet, ...], resolver: TenantResolver, kept: frozenset[str] | None
+) -> DayFold:
+    """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``)."""
+    parts: dict[TenantResource, list[float]] = defaultdict(list)
+    used: dict[TenantResource, list[float]] = defaultdict(list)
+    for allocation_set in sets:
         for row in allocation_set.allocations:
             tenant = tenant_of(row, resolver)
             if (
@@ -804,13 +845,15 @@ def infra_month(
                 tenant = OTHER_TENANT
             for resource, usd in _resource_costs(row).items():
                 if usd:
-                    parts[(tenant, resource)][day].append(usd)
+                    parts[(tenant, resource)].append(usd)
             for resource, q in _row_quantities(row).items():
                 if q:
-                    used[(tenant, resource)][day].append(q)
-    by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
-    quantities = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in used.items()}
-    return InfraMonth(monthly, resolver, kept, tz, by_day, start, quantities, spans)
+                    used[(tenant, resource)].append(q)
+    return DayFold(
+        sets,
+        {k: math.fsum(v) for k, v in parts.items()},
+        {k: math.fsum(v) for k, v in used.items()},
+    )
 
 
 def period_books(
@@ -958,6 +1001,7 @@ def _initiative_roi(
 # --- routing -------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8192)  # pure; asked per (tenant, model) every refresh
 def _model_key(name: str) -> str:
     return strip_route(name).strip().lower()
 
