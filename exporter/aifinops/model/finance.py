@@ -424,24 +424,19 @@ class ClosedDays:
     today: date
     tz: str
     lookback_days: int
+    budgets: tuple[Budget, ...]
     by_day: Mapping[TenantResource, Mapping[date, float]]
     # OpenCost's dollars of today (and any later day), added to by each refresh.
     open_infra: Mapping[TenantResource, Mapping[date, float]]
     # The closed days of this month per key: month to date is their fsum with today's.
     month_values: Mapping[TenantResource, tuple[float, ...]]
     keys_by_tenant: Mapping[str, tuple[TenantResource, ...]]
-    scope_daily: Mapping[tuple[str, BudgetScope], Sequence[tuple[float, float]]]
-    fits: dict[tuple[str, BudgetScope], DailyFit] = field(default_factory=dict)
+    # The forecast fit of each budget's scope (and the cluster's), made once per cache.
+    fits: Mapping[tuple[str, BudgetScope], DailyFit]
 
     def fit(self, key: tuple[str, BudgetScope]) -> DailyFit:
-        """The forecast fit of a scope's daily series (made once per cache)."""
         found = self.fits.get(key)
-        if found is None:
-            found = fit_daily(
-                self.scope_daily.get(key, ()), self.today, self.tz, self.lookback_days
-            )
-            self.fits[key] = found
-        return found
+        return found if found is not None else DailyFit(self.today, 0)
 
 
 def fold_closed_days(
@@ -451,6 +446,7 @@ def fold_closed_days(
     cal: RefreshCalendar,
     lookback_days: int,
     touched: bool,
+    budgets: Sequence[Budget] = (),
 ) -> ClosedDays:
     """``cached`` when it was folded from the same sets (``infra`` by identity) on the same
     local day, and this refresh booked nothing on a closed day (``touched``); else the
@@ -463,13 +459,14 @@ def fold_closed_days(
         and cached.today == today
         and cached.tz == tz
         and cached.lookback_days == lookback_days
+        and cached.budgets == tuple(budgets)
     ):
         return cached
     parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
     open_infra: dict[TenantResource, dict[date, float]] = defaultdict(dict)
     if infra is not None:
-        for key, days in infra.by_day.items():
-            for day, usd in days.items():
+        for day, fold in infra.days.items():
+            for key, usd in fold.dollars.items():
                 if day < today:
                     parts[key][day].append(usd)
                 else:
@@ -490,17 +487,28 @@ def fold_closed_days(
         for k, days in by_day.items()
         if infra_available or k[1] == TOKENS_RESOURCE
     }
+    scope_daily = scope_series(series)
     return ClosedDays(
         infra=infra,
         today=today,
         tz=tz,
         lookback_days=lookback_days,
+        budgets=tuple(budgets),
         by_day=by_day,
         open_infra=dict(open_infra),
         month_values=month_values,
         keys_by_tenant={t: tuple(v) for t, v in tenants.items()},
-        scope_daily=scope_series(series),
+        fits={
+            key: fit_daily(scope_daily.get(key, ()), today, tz, lookback_days)
+            for key in _fit_keys(budgets)
+        },
     )
+
+
+def _fit_keys(budgets: Sequence[Budget]) -> set[tuple[str, BudgetScope]]:
+    """The scopes whose forecast is asked: each budget's, and the cluster's."""
+    cluster: tuple[str, BudgetScope] = (GLOBAL_TENANT, "all")
+    return {(b.tenant, b.scope) for b in budgets} | {cluster}
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,7 +560,7 @@ def month_spend(
     if monthly is not None:
         infra = infra_month(state.infra, monthly, resolver, kept, cal.tz)
     closed = fold_closed_days(
-        state.closed, infra, own.daily, cal, ctx.lookback_days, own.closed_touched
+        state.closed, infra, own.daily, cal, ctx.lookback_days, own.closed_touched, ctx.budgets
     )
     today = cal.today
     parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -769,11 +777,29 @@ class InfraMonth:
     resolver: TenantResolver
     kept: frozenset[str] | None
     tz: str
-    by_day: Mapping[TenantResource, Mapping[date, float]]
     start: date | None
-    quantities: Mapping[TenantResource, Mapping[date, float]] = field(default_factory=dict)
     spans: Mapping[date, tuple[float, float]] = field(default_factory=dict)  # per local date
     days: Mapping[date, DayFold] = field(default_factory=dict)
+
+    # Derived when asked (when the closed days or the books are folded again), not kept:
+    # at 2,000 tenants each is ~25 MB of dicts that the day folds already hold.
+    @property
+    def by_day(self) -> dict[TenantResource, dict[date, float]]:
+        """USD per (tenant, resource) and local date."""
+        out: dict[TenantResource, dict[date, float]] = {}
+        for day, fold in self.days.items():
+            for key, usd in fold.dollars.items():
+                out.setdefault(key, {})[day] = usd
+        return out
+
+    @property
+    def quantities(self) -> dict[TenantResource, dict[date, float]]:
+        """OpenCost's usage (:data:`QUANTITY_UNITS`) per (tenant, resource) and local date."""
+        out: dict[TenantResource, dict[date, float]] = {}
+        for day, fold in self.days.items():
+            for key, q in fold.quantities.items():
+                out.setdefault(key, {})[day] = q
+        return out
 
 
 def infra_month(
@@ -810,8 +836,6 @@ def infra_month(
         )
         groups.setdefault(day, []).append(allocation_set)
     days: dict[date, DayFold] = {}
-    by_day: dict[TenantResource, dict[date, float]] = {}
-    quantities: dict[TenantResource, dict[date, float]] = {}
     for day, sets in groups.items():
         fold = previous.get(day)
         if (
@@ -821,11 +845,7 @@ def infra_month(
         ):
             fold = _fold_day(tuple(sets), resolver, kept)
         days[day] = fold
-        for key, usd in fold.dollars.items():
-            by_day.setdefault(key, {})[day] = usd
-        for key, q in fold.quantities.items():
-            quantities.setdefault(key, {})[day] = q
-    return InfraMonth(monthly, resolver, kept, tz, by_day, start, quantities, spans, days)
+    return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
 
 
 def _fold_day(
@@ -884,6 +904,7 @@ def period_books(
     for day in infra.spans:
         months[day.strftime("%Y-%m")].append(day)
     out: dict[str, PeriodBooks] = {}
+    used: dict[TenantResource, dict[date, float]] | None = None
     for name, days in months.items():
         hit = cached.get(name) if cached is not None else None
         if hit is not None and name != period:
@@ -913,7 +934,9 @@ def period_books(
             qty = {k: v for k, v in hit.quantities.items() if k[1] != TOKENS_RESOURCE}
         else:
             wanted_days = set(days)
-            for (tenant, resource), per_day in infra.quantities.items():
+            if used is None:
+                used = infra.quantities
+            for (tenant, resource), per_day in used.items():
                 value = math.fsum(q for d, q in per_day.items() if d in wanted_days)
                 if value:
                     qty[(tenant, resource)] = Quantity(value, QUANTITY_UNITS[resource])
