@@ -75,8 +75,9 @@ async def test_cost_series_first_budgets_when_the_month_lands(aiohttp_client: An
         body = await (await client.get("/api/v1/budgets")).json()
         assert all(b["scope"] == "tokens" for b in body["budgets"])
         assert any("not fetched yet" in n for n in body["notes"])
-        summary = await client.get("/api/v1/summary")
-        assert summary.status == 200
+        for path in ("/api/v1/summary", "/api/v1/chargeback?format=json"):
+            resp = await client.get(path)
+            assert resp.status == 200, (path, await resp.text())
         # A refresh while the month is still on its way neither waits nor asks again.
         await refresher.refresh_once(defer=True)
         assert refresher.month_pending
