@@ -2,11 +2,15 @@
 ``python -m bench.finance --gpus N [--steady K] [--profile FILE]``.
 
 Starts the fake upstreams (:mod:`bench.upstream`) in a child process and the real refresher
-here (``create_app(..., run_loop=False)``, not served), runs the first refresh and ``K``
-steady ones with the phase probe (:mod:`bench.probe`), then the finance step alone on the
-last refresh's inputs, in this thread, ``K`` times 30 s apart (and, with ``--profile``,
-under cProfile, written to FILE for ``python -m pstats``). Prints one JSON document. For
-profiling one change against another on a loaded machine: one process, minutes, no scrapers.
+here (``create_app(..., run_loop=False)``, not served), runs the first refresh (the month
+query beside it), the one after the month landed, and ``K`` steady ones with the phase probe
+(:mod:`bench.probe`), then the finance step alone on the last refresh's inputs, in this
+thread, ``K`` times 30 s apart, in CPU seconds of the thread (and, with ``--profile``, under
+cProfile, written to FILE for ``python -m pstats``). ``--oracle-rev REV`` runs the finance
+step of another git revision beside this one on the same inputs, across a local midnight,
+and says which figures differ (none: the same) and the CPU seconds of each. Prints one JSON
+document. For profiling one change against another on a loaded machine: one process,
+minutes, no scrapers; CPU time, which the machine's other load disturbs less than wall time.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ async def run(
         stack.enter_context(probe.installed())
         started = time.monotonic()
         first = await timed_cycle(refresher, probe)  # cost series; the month lands beside it
-        await refresher.settle_deferred()
+        settle = getattr(refresher, "settle_deferred", None)  # absent before the deferral
+        if settle is not None:
+            await settle()
         month = await timed_cycle(refresher, probe)
         month_ready_s = time.monotonic() - started
         cycles = [await timed_cycle(refresher, probe) for _ in range(steady)]
@@ -74,7 +80,7 @@ async def run(
         profiler = cProfile.Profile() if profile else None
         for i in range(steady):
             at = now + 30.0 * (i + 1)
-            started = time.perf_counter()
+            started = time.thread_time()
             if profiler is not None:
                 profiler.enable()
             _, state = finance_module.build_finance(
@@ -82,7 +88,7 @@ async def run(
             )
             if profiler is not None:
                 profiler.disable()
-            alone.append(time.perf_counter() - started)
+            alone.append(time.thread_time() - started)
         if profiler is not None and profile:
             profiler.dump_stats(profile)
         checked = None
@@ -96,8 +102,8 @@ async def run(
         "month": cycle_summary([month]),
         "month_ready_s": month_ready_s,
         "steady": cycle_summary(cycles),
-        "finance_alone_s": alone,
-        "finance_alone_median_s": statistics.median(alone) if alone else None,
+        "finance_alone_cpu_s": alone,
+        "finance_alone_cpu_median_s": statistics.median(alone) if alone else None,
         "rss_mib": rss,
         "oracle": checked,
     }
