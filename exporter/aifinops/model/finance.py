@@ -357,7 +357,7 @@ class ExporterLedger:
     dollars on a day before today (its interval crossed midnight), so the closed days'
     fold is stale."""
 
-    periods: dict[str, dict[LedgerKey, float]]
+    periods: dict[str, Mapping[LedgerKey, float]]
     ledger_since: dict[str, float]
     daily: dict[tuple[str, str, date], float]
     closed_touched: bool
@@ -368,11 +368,22 @@ def book_exporter_ledger(
 ) -> ExporterLedger:
     tz, now, interval_start = cal.tz, cal.now, cal.interval_start
     increments = _increments(report.accrued, state.prev_accrued)
-    periods = {p: dict(v) for p, v in state.periods.items()}
+    # Copied on write: only the periods this interval touches (the current one, or two
+    # across a month boundary); the past months' ledgers are shared with the previous state.
+    periods: dict[str, Mapping[LedgerKey, float]] = dict(state.periods)
+    copied: dict[str, dict[LedgerKey, float]] = {}
+
+    def ledger_of(name: str) -> dict[LedgerKey, float]:
+        found = copied.get(name)
+        if found is None:
+            found = copied[name] = dict(periods.get(name, {}))
+            periods[name] = found
+        return found
+
     month_pieces = _split(interval_start, now, tz, "month")
     for ledger_key, usd in increments.items():
         for piece, fraction in month_pieces:
-            period_ledger = periods.setdefault(str(piece), {})
+            period_ledger = ledger_of(str(piece))
             period_ledger[ledger_key] = period_ledger.get(ledger_key, 0.0) + usd * fraction
     periods.setdefault(cal.period, {})
     # When this process's ledger began each period it holds (a restored state file's periods
@@ -709,10 +720,16 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
     for gpu_key, stats in report.gpu_stats.items():
         if stats.held <= 0:
             continue
-        hourly = {h: v for h, v in state.util_peaks.get(gpu_key, {}).items() if h > oldest_hour}
         u = min(1.0, max(0.0, stats.used / stats.held))
-        hourly[hour] = max(hourly.get(hour, 0.0), u)
-        peaks[gpu_key] = hourly
+        previous = state.util_peaks.get(gpu_key)
+        if previous and previous.get(hour, -1.0) >= max(0.0, u) and min(previous) > oldest_hour:
+            # Unchanged (no new peak, nothing expired): shared, not copied; a week of
+            # hourly maxima is 168 entries per (tenant, GPU model).
+            peaks[gpu_key] = dict(previous) if not isinstance(previous, dict) else previous
+        else:
+            hourly = {h: v for h, v in (previous or {}).items() if h > oldest_hour}
+            hourly[hour] = max(hourly.get(hour, 0.0), u)
+            peaks[gpu_key] = hourly
         since[gpu_key] = max(state.util_since.get(gpu_key, now), now - PEAK_WINDOW_SECONDS)
     # GPU model per pod as DCGM last saw it: a batch job that finished within the rate
     # query's window still has cost there, but no DCGM series any more.
