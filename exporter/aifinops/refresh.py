@@ -382,10 +382,11 @@ class Refresher:
         """Run one cycle and swap in its snapshot. Never raises (except cancellation).
 
         ``defer`` (the loop's refreshes): a source with its own interval (the month-to-date
-        query: seconds at fleet scale) is fetched beside the cycle instead of within it, so
-        the first refresh publishes the cost series without waiting for it; the budgets and
-        chargeback appear with the refresh after it lands (the loop starts that one at once,
-        :meth:`run`). Until then its last good data, if any, stays in use.
+        query: seconds at fleet scale) is fetched after the cycle has published instead of
+        within it, so the first refresh publishes the cost series without waiting for it or
+        sharing the CPU worker with its decoding; the budgets and chargeback appear with the
+        refresh after it lands (the loop starts that one at once, :meth:`run`). Until then
+        its last good data, if any, stays in use.
 
         Every stage is isolated (:data:`STAGES`): an unexpected exception is counted in
         ``aifinops_refresh_failures_total{stage}``, logged once per stage until the stage
@@ -398,9 +399,9 @@ class Refresher:
             due = [
                 rt for rt in self._runtimes if rt.due(at) and rt.source.name not in self._deferred
             ]
-            for rt in due:
-                if defer and rt.deferrable:
-                    self._start_deferred(rt)
+            # Started once this cycle has published (below): its decoding would otherwise
+            # share the CPU worker with this cycle's model and render.
+            later = [rt for rt in due if defer and rt.deferrable]
             try:
                 await asyncio.gather(
                     *(self._fetch_one(rt) for rt in due if not (defer and rt.deferrable))
@@ -473,6 +474,8 @@ class Refresher:
             if done:
                 self._last_success = self._monotonic()
                 self._last_success_at = now
+            for rt in later:
+                self._start_deferred(rt)
             log.info(
                 "refresh",
                 seconds=round(status.duration_seconds, 4),
