@@ -347,7 +347,7 @@ def build_finance(
     return finance, new_state
 
 
-# --- phase 1: the exporter's own ledger ------------------------------------------------------
+# --- phase: the exporter's own ledger ------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +415,7 @@ def book_exporter_ledger(
     return ExporterLedger(periods, ledger_since, daily, touched)
 
 
-# --- phase 2: month-to-date spend ------------------------------------------------------------
+# --- phase: month-to-date spend ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,7 +623,7 @@ def month_spend(
     )
 
 
-# --- phase 3: budgets ------------------------------------------------------------------------
+# --- phase: budgets ------------------------------------------------------------------------
 
 
 def evaluate_month_budgets(
@@ -663,7 +663,7 @@ def evaluate_month_budgets(
     return tuple(budgets), tuple(notes), cluster
 
 
-# --- phase 5: token volume -------------------------------------------------------------------
+# --- phase: token volume -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -699,7 +699,7 @@ def count_token_volume(report: Report, state: FinanceState, cal: RefreshCalendar
     return TokenVolume(volume, volume_since, observed, prev_tokens)
 
 
-# --- phase 6: utilization peaks --------------------------------------------------------------
+# --- phase: utilization peaks --------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,7 +741,7 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
     return GpuUsage(peaks, since, pod_models)
 
 
-# --- phase 7: the books ----------------------------------------------------------------------
+# --- phase: the books ----------------------------------------------------------------------
 
 
 def month_books(
