@@ -22,8 +22,8 @@ from aifinops.model.finance import (
 from aifinops.model.inputs import AllocationSet, DailyAllocationSets
 from aifinops.model.report import ModelState
 from aifinops.model.roi import BenefitInputs, Initiative
-from tests.model.test_finance_model import DAY, daily, report_at
 from tests.model.builders import pricer, resolver
+from tests.model.test_finance_model import DAY, daily, report_at
 
 JULY = datetime.fromisoformat("2025-07-01T00:00:00+00:00").timestamp()
 PARIS_JULY = datetime.fromisoformat("2025-07-01T00:00:00+02:00").timestamp()
