@@ -26,7 +26,6 @@ import sys
 import time
 import types
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -71,7 +70,6 @@ async def run(
         # The finance step alone, on this thread: the last refresh's inputs, 30 s apart.
         report = refresher.snapshot.report
         assert report is not None
-        report = replace(report, finance=None)
         _, _, inputs = refresher._inputs()
         ctx = refresher.context
         state = refresher._finance_state

@@ -321,8 +321,8 @@ async def run_size(run: Run) -> dict[str, Any]:
         await refresher.settle_deferred()
         month = await timed_cycle(refresher, probe)
         month_ready_s = time.monotonic() - started
-        report = refresher.snapshot.report
-        if report is None or report.finance is None or not report.finance.infra_available:
+        finance = refresher.snapshot.finance
+        if finance is None or not finance.infra_available:
             raise RuntimeError("the month-to-date query did not land in the bench")
         steady = [await timed_cycle(refresher, probe) for _ in range(run.repeat)]
         exposition = refresher.snapshot.exposition

@@ -117,7 +117,7 @@ class SourceRuntime:
     def deferrable(self) -> bool:
         """A source with its own interval (the month query): the loop does not wait for it
         (see :meth:`Refresher.refresh_once`)."""
-        return float(getattr(self.source, "min_interval_seconds", 0.0) or 0.0) > 0
+        return self.source.min_interval_seconds > 0
 
     def status(self, now: float) -> SourceStatus:
         age = None if self.data is None or self.fetched_at is None else now - self.fetched_at
@@ -617,7 +617,7 @@ class Refresher:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
-        families += self._month_families(report)
+        families += self._month_families(finance)
         families += token_source_families(
             rt.source.targets for rt in self._runtimes if rt.source.targets is not None
         )
@@ -626,13 +626,12 @@ class Refresher:
             families.extend(extra())
         return render_and_compress(families)
 
-    def _month_families(self, report: Report | None) -> list[Family]:
+    def _month_families(self, finance: FinanceReport | None) -> list[Family]:
         """``aifinops_month_to_date_ready``, where the month-to-date query is configured:
         1 when the page's budgets and chargeback come from OpenCost's month, 0 while it has
         not landed (first refresh, or the source down past its staleness)."""
         if not any(rt.source.slot is Slot.MONTHLY for rt in self._runtimes):
             return []
-        finance = report.finance if report is not None else None
         ready = finance is not None and finance.infra_available
         return [Family(MONTH_TO_DATE_READY, [((), 1.0 if ready else 0.0)])]
 

@@ -25,6 +25,7 @@ class GatedMonth:
         self.inner = inner
         self.gate = asyncio.Event()
         self.name, self.slot = inner.name, inner.slot
+        self.local, self.targets = inner.local, inner.targets
         self.min_interval_seconds = inner.min_interval_seconds
 
     async def fetch(self, client: Any) -> Any:
@@ -109,16 +110,15 @@ async def test_the_loop_refreshes_as_soon_as_the_month_lands(aiohttp_client: Any
             await asyncio.sleep(0.02)
         assert refresher.snapshot.report is not None
         assert refresher.interval >= 10  # the demo's next refresh would be seconds away
-        first = refresher.snapshot
-        assert first.report.finance is not None and not first.report.finance.infra_available
+        first = refresher.snapshot.finance
+        assert first is not None and not first.infra_available
         gated.gate.set()
         for _ in range(250):
-            report = refresher.snapshot.report
-            if report is not None and report.finance and report.finance.infra_available:
+            finance = refresher.snapshot.finance
+            if finance is not None and finance.infra_available:
                 break
             await asyncio.sleep(0.02)
-        report = refresher.snapshot.report
-        assert report is not None and report.finance is not None
-        assert report.finance.infra_available
+        finance = refresher.snapshot.finance
+        assert finance is not None and finance.infra_available
     finally:
         await upstreams.close()
