@@ -5,6 +5,8 @@ step fed its own state gives what it gives when it folds everything again each t
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import replace
 from datetime import datetime
 
@@ -17,6 +19,7 @@ from aifinops.model.finance import (
     FinanceReport,
     FinanceState,
     build_finance,
+    exact_partials,
     infra_month,
 )
 from aifinops.model.inputs import AllocationSet, DailyAllocationSets
@@ -176,3 +179,18 @@ def test_a_new_month_answer_folds_only_the_days_whose_sets_changed() -> None:
     # another tenancy (a config reload) folds every day again
     other = infra_month(new, monthly, resolver(), None, "UTC")
     assert all(other.days[d] is not new.days[d] for d in new.days)
+
+
+def test_exact_partials_sum_bit_for_bit_as_the_values_do() -> None:
+    """A month's closed days summed once into partials give the very ``fsum`` the values
+    give, with today's added: dollars of every magnitude, cancellations, 1e-17 cents."""
+    rng = random.Random(16)
+    for _ in range(2000):
+        n = rng.randrange(0, 40)
+        values = [rng.choice((1.0, -1.0, 1e-9, 1e6, 0.1)) * rng.random() for _ in range(n)]
+        values += [0.1] * rng.randrange(3) + [1e16, -1e16][: rng.randrange(3)]
+        today = rng.random() * rng.choice((1.0, 1e-12, 1e9))
+        partials = exact_partials(values)
+        assert math.fsum((*partials, today)) == math.fsum((*values, today))
+        assert math.fsum(partials) == math.fsum(values)
+        assert len(partials) <= max(1, len(values))

@@ -439,7 +439,8 @@ class ClosedDays:
     by_day: Mapping[TenantResource, Mapping[date, float]]
     # OpenCost's dollars of today (and any later day), added to by each refresh.
     open_infra: Mapping[TenantResource, Mapping[date, float]]
-    # The closed days of this month per key: month to date is their fsum with today's.
+    # The closed days of this month per key, as exact partials (:func:`exact_partials`):
+    # month to date is their fsum with today's.
     month_values: Mapping[TenantResource, tuple[float, ...]]
     keys_by_tenant: Mapping[str, tuple[TenantResource, ...]]
     # The forecast fit of each budget's scope (and the cluster's), made once per cache.
@@ -487,7 +488,8 @@ def fold_closed_days(
             parts[(tenant, resource)][day].append(usd)
     by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
     month_values = {
-        k: tuple(v for d, v in days.items() if d >= cal.month_first) for k, days in by_day.items()
+        k: exact_partials(v for d, v in days.items() if d >= cal.month_first)
+        for k, days in by_day.items()
     }
     tenants: dict[str, list[TenantResource]] = defaultdict(list)
     for key in by_day:
@@ -514,6 +516,27 @@ def fold_closed_days(
             for key in _fit_keys(budgets)
         },
     )
+
+
+def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
+    """Non-overlapping floats whose exact sum is the exact sum of ``values`` (finite), so
+    that ``math.fsum((*exact_partials(v), *more)) == math.fsum((*v, *more))`` bit for bit:
+    a month's closed days are summed once, and a refresh adds today's to two or three
+    partials instead of 30 values (Shewchuk's algorithm, as ``math.fsum`` itself uses)."""
+    partials: list[float] = []
+    for x in values:
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+    return tuple(partials)
 
 
 def _fit_keys(budgets: Sequence[Budget]) -> set[tuple[str, BudgetScope]]:
