@@ -247,16 +247,21 @@ async def _serve(
 
     upstreams = None
     if demo:
-        from aifinops.demo.cluster import ClusterSpec
-        from aifinops.demo.run import demo_settings, start_demo
+        # The fakes run in a child process (aifinops/demo/child.py): their CPU is not taken
+        # from this process's scrapes and refreshes, at any demo size.
+        from aifinops.demo.child import DemoProcess
 
-        spec = ClusterSpec.scaled(demo_gpus, seed=demo_seed) if demo_gpus > 0 else None
-        upstreams, settings = await start_demo(settings, spec)
+        upstreams = await DemoProcess.start(demo_gpus, demo_seed)
+        try:
+            settings = upstreams.settings(settings)
+        except BaseException:
+            await upstreams.close()
+            raise
         if loader is not None:
             base_loader, fakes = loader, upstreams
 
             def loader() -> Settings:
-                return demo_settings(base_loader(), fakes)
+                return fakes.settings(base_loader())
 
     app = create_app(settings)
     reloader = app[RELOADER]

@@ -15,6 +15,7 @@ watchdog (:meth:`Refresher.watch`) marks the loop stalled (``/readyz`` 503,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import traceback
 from collections import Counter
@@ -26,7 +27,12 @@ import httpx
 import structlog
 
 from aifinops.exposition.bounds import cap_families, dropped_samples
-from aifinops.exposition.catalog import REFRESH_FAILURES, REFRESH_STALLED, SERIES_DROPPED
+from aifinops.exposition.catalog import (
+    MONTH_TO_DATE_READY,
+    REFRESH_FAILURES,
+    REFRESH_STALLED,
+    SERIES_DROPPED,
+)
 from aifinops.exposition.families import (
     BuildInfo,
     cost_families,
@@ -108,6 +114,12 @@ class SourceRuntime:
         wait = interval if self.up else min(interval, RETRY_SECONDS)
         return now - self.attempted_at >= wait
 
+    @property
+    def deferrable(self) -> bool:
+        """A source with its own interval (the month query): the loop does not wait for it
+        (see :meth:`Refresher.refresh_once`)."""
+        return self.source.min_interval_seconds > 0
+
     def status(self, now: float) -> SourceStatus:
         age = None if self.data is None or self.fetched_at is None else now - self.fetched_at
         return SourceStatus(
@@ -170,6 +182,10 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._series_dropped: Counter[str] = Counter()
         self._graveyard: list[Any] = []
+        # Fetches of deferrable sources in flight (by source name), and a flag the loop waits
+        # on to refresh as soon as one lands.
+        self._deferred: dict[str, asyncio.Task[None]] = {}
+        self._deferred_landed = asyncio.Event()
         # The watchdog's state: failures per stage, which stages are failing (and how, for
         # logging once), and when a cycle last published its report.
         self.interval = interval
@@ -337,8 +353,46 @@ class Refresher:
             log.warning("llm_model_unpriced", model=model, provider=provider)
         self._unpriced_logged |= set(report.tokens.unpriced)
 
-    async def refresh_once(self) -> Snapshot:
+    def _start_deferred(self, rt: SourceRuntime) -> None:
+        async def fetch() -> None:
+            try:
+                await self._fetch_one(rt)
+            finally:
+                self._deferred.pop(rt.source.name, None)
+            if rt.up:
+                self._deferred_landed.set()
+
+        self._deferred[rt.source.name] = asyncio.create_task(fetch())
+
+    async def settle_deferred(self) -> None:
+        """Wait for the deferred fetches in flight (benchmarks, tests)."""
+        while self._deferred:
+            await asyncio.gather(*self._deferred.values(), return_exceptions=True)
+
+    async def cancel_deferred(self) -> None:
+        """Cancel the deferred fetches in flight (shutdown)."""
+        tasks = list(self._deferred.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def month_pending(self) -> bool:
+        """Whether a month-to-date fetch is in flight."""
+        return any(
+            rt.source.slot is Slot.MONTHLY and rt.source.name in self._deferred
+            for rt in self._runtimes
+        )
+
+    async def refresh_once(self, *, defer: bool = False) -> Snapshot:
         """Run one cycle and swap in its snapshot. Never raises (except cancellation).
+
+        ``defer`` (the loop's refreshes): a source with its own interval (the month-to-date
+        query: seconds at fleet scale) is fetched after the cycle has published instead of
+        within it, so the first refresh publishes the cost series without waiting for it or
+        sharing the CPU worker with its decoding; the budgets and chargeback appear with the
+        refresh after it lands (the loop starts that one at once, :meth:`run`). Until then
+        its last good data, if any, stays in use.
 
         Every stage is isolated (:data:`STAGES`): an unexpected exception is counted in
         ``aifinops_refresh_failures_total{stage}``, logged once per stage until the stage
@@ -348,8 +402,16 @@ class Refresher:
         async with self._lock:
             started = time.perf_counter()
             at = self._clock()
+            due = [
+                rt for rt in self._runtimes if rt.due(at) and rt.source.name not in self._deferred
+            ]
+            # Started once this cycle has published (below): its decoding would otherwise
+            # share the CPU worker with this cycle's model and render.
+            later = [rt for rt in due if defer and rt.deferrable]
             try:
-                await asyncio.gather(*(self._fetch_one(rt) for rt in self._runtimes if rt.due(at)))
+                await asyncio.gather(
+                    *(self._fetch_one(rt) for rt in due if not (defer and rt.deferrable))
+                )
             except Exception as exc:  # _fetch_one catches a source's own errors
                 self._stage_failed("fetch", exc)
             else:
@@ -418,6 +480,8 @@ class Refresher:
             if done:
                 self._last_success = self._monotonic()
                 self._last_success_at = now
+            for rt in later:
+                self._start_deferred(rt)
             log.info(
                 "refresh",
                 seconds=round(status.duration_seconds, 4),
@@ -559,6 +623,7 @@ class Refresher:
             self._series_dropped.update(dropped)
         families += self_families(status, self._build)
         families.append(Family(SERIES_DROPPED, dropped_samples(self._series_dropped)))
+        families += self._month_families(finance)
         families += token_source_families(
             rt.source.targets for rt in self._runtimes if rt.source.targets is not None
         )
@@ -566,6 +631,15 @@ class Refresher:
         for extra in self.extra_families:
             families.extend(extra())
         return render_and_compress(families)
+
+    def _month_families(self, finance: FinanceReport | None) -> list[Family]:
+        """``aifinops_month_to_date_ready``, where the month-to-date query is configured:
+        1 when the page's budgets and chargeback come from OpenCost's month, 0 while it has
+        not landed (first refresh, or the source down past its staleness)."""
+        if not any(rt.source.slot is Slot.MONTHLY for rt in self._runtimes):
+            return []
+        ready = finance is not None and finance.infra_available
+        return [Family(MONTH_TO_DATE_READY, [((), 1.0 if ready else 0.0)])]
 
     def rerender(self) -> None:
         """Render the current report again (after a change to an extra family, such as a
@@ -627,12 +701,18 @@ class Refresher:
             while True:
                 started = time.monotonic()
                 try:
-                    await self.refresh_once()
+                    await self.refresh_once(defer=True)
                 except Exception as exc:  # refresh_once isolates its stages; the last net
                     self._stage_failed("loop", exc)
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+                # The next refresh at the interval, or as soon as a deferred fetch (the
+                # month to date) lands, so budgets do not wait a whole interval for it.
+                wait = max(0.0, interval - (time.monotonic() - started))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._deferred_landed.wait(), wait)
+                self._deferred_landed.clear()
         finally:
             watchdog.cancel()
+            await self.cancel_deferred()
 
     async def watch(self) -> None:
         """Every half interval: when :meth:`stalled` changed, log it and put it on the page.

@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED_ROWS = (
     "refresh first s",
+    "month to date ready s",
+    "fetch+parse opencost_month",
     "refresh steady s (median)",
     "fetch+parse opencost",
     "model",

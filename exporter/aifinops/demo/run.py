@@ -9,6 +9,7 @@ The vLLM pages also feed the routing's measured latency (``latency:`` section, s
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,19 +112,18 @@ def demo_settings(base: Settings, upstreams: DemoUpstreams, now: float | None = 
     """``base`` with sources, tenancy and token analytics taken from the running fakes, and
     the demo's budgets, initiatives, routing, recommendations, owned GPU prices and energy
     for the sections ``base`` does not set itself (a user's ``--config`` wins over them)."""
-    data: dict[str, Any] = base.model_dump(mode="python", exclude_unset=True)
     sim = upstreams.cluster.sim
     finance = finance_config(sim, time.time() if now is None else now)
-    demo = merge_config(DEMO_OVERRIDES, upstreams.config())
-    extra = {**finance, **owned_config(sim)}
-    demo.update({k: v for k, v in extra.items() if k not in data})
+    return settings_for_fakes(base, upstreams.config(), {**finance, **owned_config(sim)})
+
+
+def settings_for_fakes(base: Settings, fakes: dict[str, Any], finance: dict[str, Any]) -> Settings:
+    """:func:`demo_settings` from the fakes' configuration sections and the demo's finance,
+    owned-price and energy sections (as the fakes' own process gives them:
+    :mod:`aifinops.demo.child`)."""
+    data: dict[str, Any] = base.model_dump(mode="python", exclude_unset=True)
+    demo = merge_config(DEMO_OVERRIDES, json.loads(json.dumps(fakes)))
+    demo.update({k: v for k, v in finance.items() if k not in data})
     for source in demo["sources"].values():
         source["enabled"] = True
     return settings_from_mapping(merge_config(data, demo), "demo configuration")
-
-
-async def start_demo(
-    base: Settings, spec: ClusterSpec | None = None
-) -> tuple[DemoUpstreams, Settings]:
-    upstreams = await start_demo_upstreams(spec)
-    return upstreams, demo_settings(base, upstreams)

@@ -779,6 +779,16 @@ REFRESH_STALLED = _spec(
     (),
     "experimental",
 )
+MONTH_TO_DATE_READY = _spec(
+    "aifinops_month_to_date_ready",
+    "gauge",
+    "1 when the page's month-to-date figures (budgets, month to date, chargeback books) come "
+    "from OpenCost's month (the opencost_month query); 0 while that query has not landed (the "
+    "first seconds after start-up at fleet scale: cost series are published before it) or "
+    "its data went stale. Present when the month query is configured.",
+    (),
+    "experimental",
+)
 
 # The process collector's series (prometheus_client's ProcessCollector, the names and meanings
 # every Prometheus client library uses), read when /metrics is scraped
@@ -871,6 +881,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     STATE_LAST_SAVE,
     REFRESH_FAILURES,
     REFRESH_STALLED,
+    MONTH_TO_DATE_READY,
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}

@@ -31,11 +31,14 @@ from typing import Literal
 
 from aifinops.model.forecast import (
     DEFAULT_LOOKBACK_DAYS,
+    DailyFit,
     Forecast,
     MonthBounds,
     elapsed_days,
-    forecast_month_end,
+    fit_daily,
+    local_today,
     month_bounds,
+    project_month_end,
 )
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "budget_state",
     "elapsed_days",
     "evaluate_budget",
+    "evaluate_budget_fitted",
     "evaluate_budgets",
     "month_bounds",
     "scope_series",
@@ -118,7 +122,16 @@ def evaluate_budget(
 ) -> BudgetStatus:
     """Evaluate one budget from its scope's month-to-date spend (USD) and daily series
     (``(day_start unix seconds, USD)``; see :func:`~aifinops.model.forecast.forecast_month_end`)."""
-    fc = forecast_month_end(spend_usd, daily, now, tz, lookback_days)
+    fit = fit_daily(daily, local_today(now, tz), tz, lookback_days)
+    return evaluate_budget_fitted(budget, spend_usd, fit, now, tz)
+
+
+def evaluate_budget_fitted(
+    budget: Budget, spend_usd: float, fit: DailyFit, now: float, tz: str
+) -> BudgetStatus:
+    """:func:`evaluate_budget` from its daily series' fit made the same local day (the
+    refresh keeps the fit until a closed day changes: :mod:`aifinops.model.finance`)."""
+    fc = project_month_end(spend_usd, fit, now, tz)
     spend = fc.spend_to_date_usd
     amount = budget.amount_usd
     days = 0.0 if spend >= amount else fc.days_until(amount - spend)

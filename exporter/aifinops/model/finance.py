@@ -52,12 +52,12 @@ from zoneinfo import ZoneInfo
 from aifinops.model.budgets import (
     GLOBAL_TENANT,
     Budget,
+    BudgetScope,
     BudgetStatus,
-    evaluate_budget,
+    evaluate_budget_fitted,
     scope_series,
     scope_totals,
 )
-from aifinops.model.budgets import evaluate_budgets as _evaluate_budgets
 from aifinops.model.chargeback import Quantity, current_period, parse_period
 from aifinops.model.cost import _resource_costs, tenant_of
 
@@ -68,7 +68,7 @@ from aifinops.model.finance_types import FinanceReport as FinanceReport
 from aifinops.model.finance_types import LedgerKey as LedgerKey
 from aifinops.model.finance_types import PeriodBooks as PeriodBooks
 from aifinops.model.finance_types import TenantResource as TenantResource
-from aifinops.model.forecast import month_bounds
+from aifinops.model.forecast import DailyFit, MonthBounds, fit_daily, month_bounds
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
@@ -152,6 +152,7 @@ class FinanceState:
     ledger_since: Mapping[str, float] = field(default_factory=dict)  # not persisted yet
     # likewise: (the sets folded, the month in progress then, the books from them)
     books: tuple[InfraMonth, str, Mapping[str, PeriodBooks]] | None = None
+    closed: ClosedDays | None = None  # a cache, never persisted (see ClosedDays)
 
 
 # OpenCost's usage fields per resource and the FOCUS unit they are given in (Allocation's
@@ -229,6 +230,38 @@ def _split(start: float, end: float, tz: str, by: str) -> list[tuple[str | date,
 # --- the step ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class RefreshCalendar:
+    """Where ``now`` falls in the calendar of ``tz``, and the interval since the last
+    refresh (``hours``; ``interval_start`` is ``now`` at the first refresh)."""
+
+    now: float
+    tz: str
+    bounds: MonthBounds
+    period: str
+    today: date
+    month_first: date
+    hours: float
+    interval_start: float
+
+
+def refresh_calendar(state: FinanceState, now: float, tz: str) -> RefreshCalendar:
+    bounds = month_bounds(now, tz)
+    hours = 0.0
+    if state.last_now is not None and now > state.last_now:
+        hours = (now - state.last_now) / SECONDS_PER_HOUR
+    return RefreshCalendar(
+        now=now,
+        tz=tz,
+        bounds=bounds,
+        period=current_period(now, tz),
+        today=local_date(now, tz),
+        month_first=local_date(bounds.start, tz),
+        hours=hours,
+        interval_start=state.last_now if state.last_now is not None else now,
+    )
+
+
 def build_finance(
     report: Report,
     inputs: FinanceInputs,
@@ -238,26 +271,121 @@ def build_finance(
     state: FinanceState,
     now: float,
 ) -> tuple[FinanceReport, FinanceState]:
-    """One refresh of the finance figures from ``report`` (built at ``now``)."""
-    tz = ctx.tz
-    bounds = month_bounds(now, tz)
-    period = current_period(now, tz)
-    today = local_date(now, tz)
-    month_first = local_date(bounds.start, tz)
-    hours = 0.0
-    if state.last_now is not None and now > state.last_now:
-        hours = (now - state.last_now) / SECONDS_PER_HOUR
-    interval_start = state.last_now if state.last_now is not None else now
+    """One refresh of the finance figures from ``report`` (built at ``now``), phase by
+    phase: the exporter's own ledger, month-to-date spend (closed days folded once, today's
+    partial day every refresh), budgets, ROI, token volume and routing, utilization peaks
+    and recommendations, the period books."""
+    cal = refresh_calendar(state, now, ctx.tz)
+    own = book_exporter_ledger(report, state, ctx, cal)
+    month = month_spend(report, inputs.monthly, resolver, state, ctx, cal, own)
+    budgets, notes, cluster = evaluate_month_budgets(ctx, month, cal)
+    initiatives = tuple(_initiative_roi(i, cal, month) for i in ctx.initiatives)
+    volume = count_token_volume(report, state, cal)
+    prices = _price_lookup(report, inputs.catalog)
+    latencies = _latency_lookup(inputs.latencies)
+    monthly_tokens = {
+        w.name: _monthly_tokens(w, volume.volume, volume.observed) for w in ctx.workloads
+    }
+    routing = tuple(
+        optimize_workload(w, prices, latencies, monthly_tokens[w.name]) for w in ctx.workloads
+    )
+    usage = track_gpu_usage(report, state, now)
+    recommendations = _recommendations(
+        report,
+        inputs,
+        ctx,
+        pricer,
+        usage.peaks,
+        usage.since,
+        routing,
+        volume.observed,
+        budgets,
+        now,
+        {k: m for k, (m, _) in usage.pod_models.items()},
+    )
+    books = month_books(report, state, cal, month, volume.volume)
+    finance = FinanceReport(
+        now=now,
+        tz=cal.tz,
+        period=cal.period,
+        month_start=cal.bounds.start,
+        infra_available=month.infra_available,
+        month_to_date=month.month_to_date,
+        tenant_month_to_date=month.tenant_month_to_date,
+        budgets=budgets,
+        budget_notes=notes,
+        cluster=cluster,
+        initiatives=initiatives,
+        routing=routing,
+        routing_window_seconds=volume.observed,
+        recommendations=recommendations,
+        periods=own.periods,
+        idle_cost_usd_per_hour=math.fsum(s.idle_rate for s in report.gpu_stats.values()),
+        prices=prices,
+        latencies=latencies,
+        monthly_tokens=monthly_tokens,
+        books=books,
+        ledger_since=own.ledger_since,
+    )
+    new_state = FinanceState(
+        last_now=now,
+        prev_accrued=dict(report.accrued),
+        periods=own.periods,
+        exporter_daily=own.daily,
+        prev_tokens=volume.prev_tokens,
+        token_volume=volume.volume,
+        volume_period=cal.period if report.tokens is not None else state.volume_period,
+        volume_since=volume.since,
+        util_peaks=usage.peaks,
+        util_since=usage.since,
+        pod_gpu_models=usage.pod_models,
+        infra=month.infra,
+        books=(month.infra, cal.period, books) if month.infra is not None else None,
+        ledger_since=own.ledger_since,
+        closed=month.closed,
+    )
+    return finance, new_state
 
-    # 1. The exporter's own ledger per period, and per day for tokens and charge-back. -----
+
+# --- phase: the exporter's own ledger ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterLedger:
+    """The exporter's counters booked per period (``periods``, with ``ledger_since``) and per
+    day for tokens and charge-back (``daily``); ``closed_touched``: this refresh booked
+    dollars on a day before today (its interval crossed midnight), so the closed days'
+    fold is stale."""
+
+    periods: dict[str, Mapping[LedgerKey, float]]
+    ledger_since: dict[str, float]
+    daily: dict[tuple[str, str, date], float]
+    closed_touched: bool
+
+
+def book_exporter_ledger(
+    report: Report, state: FinanceState, ctx: FinanceContext, cal: RefreshCalendar
+) -> ExporterLedger:
+    tz, now, interval_start = cal.tz, cal.now, cal.interval_start
     increments = _increments(report.accrued, state.prev_accrued)
-    periods = {p: dict(v) for p, v in state.periods.items()}
+    # Copied on write: only the periods this interval touches (the current one, or two
+    # across a month boundary); the past months' ledgers are shared with the previous state.
+    periods: dict[str, Mapping[LedgerKey, float]] = dict(state.periods)
+    copied: dict[str, dict[LedgerKey, float]] = {}
+
+    def ledger_of(name: str) -> dict[LedgerKey, float]:
+        found = copied.get(name)
+        if found is None:
+            found = copied[name] = dict(periods.get(name, {}))
+            periods[name] = found
+        return found
+
     month_pieces = _split(interval_start, now, tz, "month")
     for ledger_key, usd in increments.items():
         for piece, fraction in month_pieces:
-            period_ledger = periods.setdefault(str(piece), {})
+            period_ledger = ledger_of(str(piece))
             period_ledger[ledger_key] = period_ledger.get(ledger_key, 0.0) + usd * fraction
-    periods.setdefault(period, {})
+    periods.setdefault(cal.period, {})
     # When this process's ledger began each period it holds (a restored state file's periods
     # have no known start: None, read as the period start).
     ledger_since = {p: t for p, t in state.ledger_since.items() if p in periods}
@@ -267,7 +395,7 @@ def build_finance(
     for old in sorted(periods)[: max(0, len(periods) - ctx.history_months)]:
         del periods[old]
 
-    keep_from = exporter_daily_keep_from(today, ctx.lookback_days, ctx.books_months)
+    keep_from = exporter_daily_keep_from(cal.today, ctx.lookback_days, ctx.books_months)
     daily = {k: v for k, v in state.exporter_daily.items() if k[2] >= keep_from}
     day_pieces = _split(interval_start, now, tz, "day")
 
@@ -280,91 +408,299 @@ def build_finance(
     for (tenant, resource, basis), usd in increments.items():
         if resource == TOKENS_RESOURCE and basis == "allocation" and usd:
             book_daily(tenant, resource, usd)
-    if hours > 0:
+    if cal.hours > 0:
         for (tenant, resource), rate in report.charge_back.get("allocation", {}).items():
-            book_daily(tenant, resource, rate * hours)
+            book_daily(tenant, resource, rate * cal.hours)
+    touched = any(isinstance(p, date) and p < cal.today for p, _ in day_pieces)
+    return ExporterLedger(periods, ledger_since, daily, touched)
 
-    # 2. Month-to-date per (tenant, resource) and the daily series. ----------------------------
-    kept: frozenset[str] | None = None
-    if report.cost.folded_tenants > 0:
-        kept = frozenset(t for rates in report.cost.rates.values() for t, _ in rates)
-    ledger: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
-    infra_start: date | None = None
-    monthly = inputs.monthly
-    infra: InfraMonth | None = None
-    if monthly is not None:
-        infra = infra_month(state.infra, monthly, resolver, kept, tz)
-        infra_start = infra.start
-        for key, days in infra.by_day.items():
-            for day, usd in days.items():
-                ledger[key][day].append(usd)
-        gap_hours = max(0.0, now - monthly.end) / SECONDS_PER_HOUR
-        if gap_hours > 0:
-            moved = report.charge_back.get("allocation", {})
-            for (tenant, resource), rate in report.tenant_rates("allocation").items():
-                if resource == TOKENS_RESOURCE:
-                    continue
-                own = rate - moved.get((tenant, resource), 0.0)
-                if own:
-                    ledger[(tenant, resource)][today].append(own * gap_hours)
+
+# --- phase: month-to-date spend ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedDays:
+    """The days before ``today`` folded once: USD per (tenant, resource) and local date
+    from OpenCost's daily sets (``infra``) and the exporter's daily ledger, their daily
+    series per budget scope, and the forecast fits made from them.
+
+    Why: a closed day's dollars change only when the month query brings new sets (every
+    ``budgets.refresh_interval_seconds``) or the day turns, while the refresh runs every
+    30 s; at 2,000 tenants folding every day and fitting 2,001 forecasts each refresh was
+    most of the finance step. A refresh adds today's partial day to these (see
+    :func:`month_spend`); the figures are the same as folding everything again (each
+    (key, day) value is the same ``fsum`` of the same parts). Never persisted."""
+
+    infra: InfraMonth | None
+    today: date
+    tz: str
+    lookback_days: int
+    budgets: tuple[Budget, ...]
+    by_day: Mapping[TenantResource, Mapping[date, float]]
+    # OpenCost's dollars of today (and any later day), added to by each refresh.
+    open_infra: Mapping[TenantResource, Mapping[date, float]]
+    # The closed days of this month per key, as exact partials (:func:`exact_partials`):
+    # month to date is their fsum with today's.
+    month_values: Mapping[TenantResource, tuple[float, ...]]
+    keys_by_tenant: Mapping[str, tuple[TenantResource, ...]]
+    # The forecast fit of each budget's scope (and the cluster's), made once per cache.
+    fits: Mapping[tuple[str, BudgetScope], DailyFit]
+
+    def fit(self, key: tuple[str, BudgetScope]) -> DailyFit:
+        found = self.fits.get(key)
+        return found if found is not None else DailyFit(self.today, 0)
+
+
+def fold_closed_days(
+    cached: ClosedDays | None,
+    infra: InfraMonth | None,
+    daily: Mapping[tuple[str, str, date], float],
+    cal: RefreshCalendar,
+    lookback_days: int,
+    touched: bool,
+    budgets: Sequence[Budget] = (),
+) -> ClosedDays:
+    """``cached`` when it was folded from the same sets (``infra`` by identity) on the same
+    local day, and this refresh booked nothing on a closed day (``touched``); else the
+    closed days folded again."""
+    today, tz = cal.today, cal.tz
+    if (
+        cached is not None
+        and not touched
+        and cached.infra is infra
+        and cached.today == today
+        and cached.tz == tz
+        and cached.lookback_days == lookback_days
+        and cached.budgets == tuple(budgets)
+    ):
+        return cached
+    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    open_infra: dict[TenantResource, dict[date, float]] = defaultdict(dict)
+    if infra is not None:
+        for day, fold in infra.days.items():
+            for key, usd in fold.dollars.items():
+                if day < today:
+                    parts[key][day].append(usd)
+                else:
+                    open_infra[key][day] = usd
     for (tenant, resource, day), usd in daily.items():
-        ledger[(tenant, resource)][day].append(usd)
-
-    by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in ledger.items()}
-    mtd_all = {
-        k: math.fsum(v for d, v in days.items() if month_first <= d <= today)
+        if day < today:
+            parts[(tenant, resource)][day].append(usd)
+    by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
+    month_values = {
+        k: exact_partials(v for d, v in days.items() if d >= cal.month_first)
         for k, days in by_day.items()
     }
-    infra_available = monthly is not None
-    month_to_date = {k: v for k, v in mtd_all.items() if infra_available or k[1] == "tokens"}
+    tenants: dict[str, list[TenantResource]] = defaultdict(list)
+    for key in by_day:
+        tenants[key[0]].append(key)
+    infra_available = infra is not None
     series = {
         k: [(local_midnight(d, tz), v) for d, v in sorted(days.items())]
         for k, days in by_day.items()
         if infra_available or k[1] == TOKENS_RESOURCE
     }
+    scope_daily = scope_series(series)
+    return ClosedDays(
+        infra=infra,
+        today=today,
+        tz=tz,
+        lookback_days=lookback_days,
+        budgets=tuple(budgets),
+        by_day=by_day,
+        open_infra=dict(open_infra),
+        month_values=month_values,
+        keys_by_tenant={t: tuple(v) for t, v in tenants.items()},
+        fits={
+            key: fit_daily(scope_daily.get(key, ()), today, tz, lookback_days)
+            for key in _fit_keys(budgets)
+        },
+    )
+
+
+def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
+    """Non-overlapping floats whose exact sum is the exact sum of ``values`` (finite), so
+    that ``math.fsum((*exact_partials(v), *more)) == math.fsum((*v, *more))`` bit for bit:
+    a month's closed days are summed once, and a refresh adds today's to two or three
+    partials instead of 30 values (Shewchuk's algorithm, as ``math.fsum`` itself uses)."""
+    partials: list[float] = []
+    for x in values:
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+    return tuple(partials)
+
+
+def _fit_keys(budgets: Sequence[Budget]) -> set[tuple[str, BudgetScope]]:
+    """The scopes whose forecast is asked: each budget's, and the cluster's."""
+    cluster: tuple[str, BudgetScope] = (GLOBAL_TENANT, "all")
+    return {(b.tenant, b.scope) for b in budgets} | {cluster}
+
+
+@dataclass(frozen=True, slots=True)
+class MonthSpend:
+    """Month-to-date spend at this refresh: the closed days (:class:`ClosedDays`) and
+    today's partial day (``open_by_day``: OpenCost's part of today, the current rate over
+    the time since the month query ran, the exporter's tokens and charge-back of today)."""
+
+    infra: InfraMonth | None
+    infra_available: bool
+    closed: ClosedDays
+    open_by_day: Mapping[TenantResource, Mapping[date, float]]
+    open_by_tenant: Mapping[str, tuple[TenantResource, ...]]
+    month_to_date: Mapping[TenantResource, float]
+    tenant_month_to_date: Mapping[str, float]
+
+    @property
+    def infra_start(self) -> date | None:
+        return self.infra.start if self.infra is not None else None
+
+    def tenant_days(
+        self, tenant: str
+    ) -> Iterable[tuple[TenantResource, Iterable[tuple[date, float]]]]:
+        """Each (tenant, resource) key of ``tenant`` with its USD per day, closed and open."""
+        keys = dict.fromkeys(self.closed.keys_by_tenant.get(tenant, ()))
+        keys.update(dict.fromkeys(self.open_by_tenant.get(tenant, ())))
+        for key in keys:
+            closed = self.closed.by_day.get(key, {})
+            opened = self.open_by_day.get(key, {})
+            yield key, [*closed.items(), *opened.items()]
+
+
+def month_spend(
+    report: Report,
+    monthly: DailyAllocationSets | None,
+    resolver: TenantResolver,
+    state: FinanceState,
+    ctx: FinanceContext,
+    cal: RefreshCalendar,
+    own: ExporterLedger,
+) -> MonthSpend:
+    """Month-to-date USD per (tenant, resource), allocation basis (see the module
+    docstring): the closed days folded once per day and set of daily sets, today's part
+    every refresh."""
+    kept: frozenset[str] | None = None
+    if report.cost.folded_tenants > 0:
+        kept = frozenset(t for rates in report.cost.rates.values() for t, _ in rates)
+    infra: InfraMonth | None = None
+    if monthly is not None:
+        infra = infra_month(state.infra, monthly, resolver, kept, cal.tz)
+    closed = fold_closed_days(
+        state.closed, infra, own.daily, cal, ctx.lookback_days, own.closed_touched, ctx.budgets
+    )
+    today = cal.today
+    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for key, days in closed.open_infra.items():
+        for day, usd in days.items():
+            parts[key][day].append(usd)
+    if monthly is not None:
+        gap_hours = max(0.0, cal.now - monthly.end) / SECONDS_PER_HOUR
+        if gap_hours > 0:
+            moved = report.charge_back.get("allocation", {})
+            for (tenant, resource), rate in report.tenant_rates("allocation").items():
+                if resource == TOKENS_RESOURCE:
+                    continue
+                own_rate = rate - moved.get((tenant, resource), 0.0)
+                if own_rate:
+                    parts[(tenant, resource)][today].append(own_rate * gap_hours)
+    for (tenant, resource, day), usd in own.daily.items():
+        if day >= today:
+            parts[(tenant, resource)][day].append(usd)
+    open_by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
+    open_tenants: dict[str, list[TenantResource]] = defaultdict(list)
+    for key in open_by_day:
+        open_tenants[key[0]].append(key)
+
+    infra_available = monthly is not None
+    month_to_date: dict[TenantResource, float] = {}
+    for key in (*closed.by_day, *(k for k in open_by_day if k not in closed.by_day)):
+        if not infra_available and key[1] != TOKENS_RESOURCE:
+            continue
+        todays = open_by_day.get(key)
+        values = closed.month_values.get(key, ())
+        if todays:
+            values = (*values, *(v for d, v in todays.items() if d <= today))
+        month_to_date[key] = math.fsum(values)
     tenant_mtd: dict[str, float] = {}
     if infra_available:
-        parts: dict[str, list[float]] = defaultdict(list)
+        by_tenant: dict[str, list[float]] = defaultdict(list)
         for (tenant, _), usd in month_to_date.items():
-            parts[tenant].append(usd)
-        tenant_mtd = {t: math.fsum(v) for t, v in parts.items()}
+            by_tenant[tenant].append(usd)
+        tenant_mtd = {t: math.fsum(v) for t, v in by_tenant.items()}
+    return MonthSpend(
+        infra=infra,
+        infra_available=infra_available,
+        closed=closed,
+        open_by_day=open_by_day,
+        open_by_tenant={t: tuple(v) for t, v in open_tenants.items()},
+        month_to_date=month_to_date,
+        tenant_month_to_date=tenant_mtd,
+    )
 
-    # 3. Budgets. ---------------------------------------------------------------------------
-    spend = scope_totals(month_to_date)
-    daily_scope = scope_series(series)
+
+# --- phase: budgets ------------------------------------------------------------------------
+
+
+def evaluate_month_budgets(
+    ctx: FinanceContext, month: MonthSpend, cal: RefreshCalendar
+) -> tuple[tuple[BudgetStatus, ...], tuple[str, ...], BudgetStatus | None]:
+    """The configured budgets that can be evaluated (without OpenCost's month only the
+    ``tokens`` scope: a missing month is no spend to alert on), why the others are not, and
+    the whole cluster's status (``None`` without OpenCost's month). Forecasts use the closed
+    days' fits and this refresh's spend."""
+    spend = scope_totals(month.month_to_date)
     notes: list[str] = []
-    evaluable = []
+    budgets: list[BudgetStatus] = []
     for b in ctx.budgets:
-        if b.scope != "tokens" and not infra_available:
+        if b.scope != "tokens" and not month.infra_available:
             notes.append(
                 f"budget {b.tenant}/{b.scope}: no OpenCost month-to-date data "
-                "(source opencost_month down or stale): not evaluated"
+                "(source opencost_month down, stale or not fetched yet): not evaluated"
             )
             continue
-        evaluable.append(b)
-    budgets = _evaluate_budgets(evaluable, spend, daily_scope, now, tz, ctx.lookback_days)
+        key = (b.tenant, b.scope)
+        budgets.append(
+            evaluate_budget_fitted(b, spend.get(key, 0.0), month.closed.fit(key), cal.now, cal.tz)
+        )
     cluster: BudgetStatus | None = None
-    if infra_available:
+    if month.infra_available:
         global_all = next(
             (b for b in ctx.budgets if b.tenant == GLOBAL_TENANT and b.scope == "all"),
             Budget(GLOBAL_TENANT, 0.0),
         )
-        cluster = evaluate_budget(
+        cluster = evaluate_budget_fitted(
             global_all,
             spend.get((GLOBAL_TENANT, "all"), 0.0),
-            daily_scope.get((GLOBAL_TENANT, "all"), ()),
-            now,
-            tz,
-            ctx.lookback_days,
+            month.closed.fit((GLOBAL_TENANT, "all")),
+            cal.now,
+            cal.tz,
         )
+    return tuple(budgets), tuple(notes), cluster
 
-    # 4. ROI per initiative. ----------------------------------------------------------------
-    initiatives = tuple(
-        _initiative_roi(i, now, tz, by_day, infra_available, infra_start, today)
-        for i in ctx.initiatives
-    )
 
-    # 5. Token volume this month, routing. -------------------------------------------------
+# --- phase: token volume -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVolume:
+    """Tokens per (tenant, model) this month since ``since``; ``observed``: seconds."""
+
+    volume: dict[TenantResource, float]
+    since: float | None
+    observed: float
+    prev_tokens: dict[tuple[str, str, str, str], float]
+
+
+def count_token_volume(report: Report, state: FinanceState, cal: RefreshCalendar) -> TokenVolume:
+    now, period = cal.now, cal.period
     volume: dict[TenantResource, float] = {}
     volume_since = state.volume_since
     prev_tokens = dict(state.prev_tokens)
@@ -383,15 +719,23 @@ def build_finance(
         if volume_since is None:
             volume_since = now
     observed = max(0.0, now - volume_since) if volume_since is not None else 0.0
+    return TokenVolume(volume, volume_since, observed, prev_tokens)
 
-    prices = _price_lookup(report, inputs.catalog)
-    latencies = _latency_lookup(inputs.latencies)
-    monthly_tokens = {w.name: _monthly_tokens(w, volume, observed) for w in ctx.workloads}
-    routing = tuple(
-        optimize_workload(w, prices, latencies, monthly_tokens[w.name]) for w in ctx.workloads
-    )
 
-    # 6. Utilization peaks, recommendations. ---------------------------------------------------
+# --- phase: utilization peaks --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GpuUsage:
+    """Hourly utilization peaks per (tenant, GPU model) with when each was first seen, and
+    the GPU model of each pod as DCGM last showed it ``(model, at)``."""
+
+    peaks: dict[TenantResource, dict[int, float]]
+    since: dict[TenantResource, float]
+    pod_models: dict[tuple[str, str], tuple[str, float]]
+
+
+def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage:
     hour = math.floor(now / SECONDS_PER_HOUR)
     oldest_hour = hour - math.ceil(PEAK_WINDOW_SECONDS / SECONDS_PER_HOUR)
     peaks: dict[TenantResource, dict[int, float]] = {}
@@ -399,12 +743,17 @@ def build_finance(
     for gpu_key, stats in report.gpu_stats.items():
         if stats.held <= 0:
             continue
-        hourly = {h: v for h, v in state.util_peaks.get(gpu_key, {}).items() if h > oldest_hour}
         u = min(1.0, max(0.0, stats.used / stats.held))
-        hourly[hour] = max(hourly.get(hour, 0.0), u)
-        peaks[gpu_key] = hourly
+        previous = state.util_peaks.get(gpu_key)
+        if previous and previous.get(hour, -1.0) >= max(0.0, u) and min(previous) > oldest_hour:
+            # Unchanged (no new peak, nothing expired): shared, not copied; a week of
+            # hourly maxima is 168 entries per (tenant, GPU model).
+            peaks[gpu_key] = dict(previous) if not isinstance(previous, dict) else previous
+        else:
+            hourly = {h: v for h, v in (previous or {}).items() if h > oldest_hour}
+            hourly[hour] = max(hourly.get(hour, 0.0), u)
+            peaks[gpu_key] = hourly
         since[gpu_key] = max(state.util_since.get(gpu_key, now), now - PEAK_WINDOW_SECONDS)
-
     # GPU model per pod as DCGM last saw it: a batch job that finished within the rate
     # query's window still has cost there, but no DCGM series any more.
     pod_models = {
@@ -412,71 +761,46 @@ def build_finance(
     }
     for share in report.cost.shares:
         pod_models[(share.idle_key[2], share.idle_key[3])] = (share.gpu_model, now)
+    return GpuUsage(peaks, since, pod_models)
 
-    recommendations = _recommendations(
-        report,
-        inputs,
-        ctx,
-        pricer,
-        peaks,
-        since,
-        routing,
-        observed,
-        budgets,
-        now,
-        {k: m for k, (m, _) in pod_models.items()},
-    )
-    idle_cost = math.fsum(s.idle_rate for s in report.gpu_stats.values())
 
-    books: dict[str, PeriodBooks] = {}
-    if infra is not None:
-        reuse = None
-        if state.books is not None and state.books[0] is infra and state.books[1] == period:
-            reuse = state.books[2]
-        books = period_books(
-            infra, by_day, month_to_date, period, now, _api_tokens(report, volume), reuse
-        )
+# --- phase: the books ----------------------------------------------------------------------
 
-    finance = FinanceReport(
-        now=now,
-        tz=tz,
-        period=period,
-        month_start=bounds.start,
-        infra_available=infra_available,
-        month_to_date=month_to_date,
-        tenant_month_to_date=tenant_mtd,
-        budgets=budgets,
-        budget_notes=tuple(notes),
-        cluster=cluster,
-        initiatives=initiatives,
-        routing=routing,
-        routing_window_seconds=observed,
-        recommendations=recommendations,
-        periods=periods,
-        idle_cost_usd_per_hour=idle_cost,
-        prices=prices,
-        latencies=latencies,
-        monthly_tokens=monthly_tokens,
-        books=books,
-        ledger_since=ledger_since,
+
+def month_books(
+    report: Report,
+    state: FinanceState,
+    cal: RefreshCalendar,
+    month: MonthSpend,
+    volume: Mapping[TenantResource, float],
+) -> dict[str, PeriodBooks]:
+    """:func:`period_books` of the months OpenCost's sets cover (none without them); a past
+    month's days are all closed, so the closed days' fold is their ``by_day``."""
+    infra = month.infra
+    if infra is None:
+        return {}
+    reuse = None
+    if state.books is not None and state.books[0] is infra and state.books[1] == cal.period:
+        reuse = state.books[2]
+    return period_books(
+        infra,
+        month.closed.by_day,
+        month.month_to_date,
+        cal.period,
+        cal.now,
+        _api_tokens(report, volume),
+        reuse,
     )
-    new_state = FinanceState(
-        last_now=now,
-        prev_accrued=dict(report.accrued),
-        periods=periods,
-        exporter_daily=daily,
-        prev_tokens=prev_tokens,
-        token_volume=volume,
-        volume_period=period if report.tokens is not None else state.volume_period,
-        volume_since=volume_since,
-        util_peaks=peaks,
-        util_since=since,
-        pod_gpu_models=pod_models,
-        infra=infra,
-        books=(infra, period, books) if infra is not None else None,
-        ledger_since=ledger_since,
-    )
-    return finance, new_state
+
+
+@dataclass(frozen=True, slots=True)
+class DayFold:
+    """One local date's daily sets (``sets``, kept for their identity) folded to USD and
+    usage per (tenant, resource)."""
+
+    sets: tuple[AllocationSet, ...]
+    dollars: Mapping[TenantResource, float]
+    quantities: Mapping[TenantResource, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,16 +809,37 @@ class InfraMonth:
     inputs it was folded from. The sets change once per ``budgets.refresh_interval_seconds``
     and the rates every refresh: at 2,000 tenants folding 40k rows is most of the finance
     step, so it is redone only when the sets, the tenancy resolver, the folded tenants or the
-    time zone change (compared by identity/equality in :func:`infra_month`)."""
+    time zone change (compared by identity/equality in :func:`infra_month`), and then only
+    for the days whose sets changed (``days``: the month query keeps the sets of days that
+    have settled, so a new answer brings new sets for its last days only)."""
 
     sets: DailyAllocationSets
     resolver: TenantResolver
     kept: frozenset[str] | None
     tz: str
-    by_day: Mapping[TenantResource, Mapping[date, float]]
     start: date | None
-    quantities: Mapping[TenantResource, Mapping[date, float]] = field(default_factory=dict)
     spans: Mapping[date, tuple[float, float]] = field(default_factory=dict)  # per local date
+    days: Mapping[date, DayFold] = field(default_factory=dict)
+
+    # Derived when asked (when the closed days or the books are folded again), not kept:
+    # at 2,000 tenants each is ~25 MB of dicts that the day folds already hold.
+    @property
+    def by_day(self) -> dict[TenantResource, dict[date, float]]:
+        """USD per (tenant, resource) and local date."""
+        out: dict[TenantResource, dict[date, float]] = {}
+        for day, fold in self.days.items():
+            for key, usd in fold.dollars.items():
+                out.setdefault(key, {})[day] = usd
+        return out
+
+    @property
+    def quantities(self) -> dict[TenantResource, dict[date, float]]:
+        """OpenCost's usage (:data:`QUANTITY_UNITS`) per (tenant, resource) and local date."""
+        out: dict[TenantResource, dict[date, float]] = {}
+        for day, fold in self.days.items():
+            for key, q in fold.quantities.items():
+                out.setdefault(key, {})[day] = q
+        return out
 
 
 def infra_month(
@@ -504,19 +849,20 @@ def infra_month(
     kept: frozenset[str] | None,
     tz: str,
 ) -> InfraMonth:
-    """``cached`` when it was folded from the same inputs, else the sets folded again.
-    ``kept``: the tenants the report publishes when it folds the rest into ``__other__``
-    (``None`` when it folds none)."""
-    if (
+    """``cached`` when it was folded from the same inputs, else the sets folded again (a
+    day whose sets are the very ones ``cached`` folded is reused). ``kept``: the tenants the
+    report publishes when it folds the rest into ``__other__`` (``None`` when it folds
+    none)."""
+    same_rules = (
         cached is not None
-        and cached.sets is monthly
         and cached.resolver is resolver
         and cached.kept == kept
         and cached.tz == tz
-    ):
+    )
+    if cached is not None and same_rules and cached.sets is monthly:
         return cached
-    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
-    used: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    previous = cached.days if cached is not None and same_rules else {}
+    groups: dict[date, list[AllocationSet]] = {}
     spans: dict[date, tuple[float, float]] = {}
     start: date | None = None
     for set_start, set_end, allocation_set in monthly.sets:
@@ -528,6 +874,27 @@ def infra_month(
             if seen is None
             else (min(seen[0], set_start), max(seen[1], set_end))
         )
+        groups.setdefault(day, []).append(allocation_set)
+    days: dict[date, DayFold] = {}
+    for day, sets in groups.items():
+        fold = previous.get(day)
+        if (
+            fold is None
+            or len(fold.sets) != len(sets)
+            or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
+        ):
+            fold = _fold_day(tuple(sets), resolver, kept)
+        days[day] = fold
+    return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
+
+
+def _fold_day(
+    sets: tuple[AllocationSet, ...], resolver: TenantResolver, kept: frozenset[str] | None
+) -> DayFold:
+    """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``)."""
+    parts: dict[TenantResource, list[float]] = defaultdict(list)
+    used: dict[TenantResource, list[float]] = defaultdict(list)
+    for allocation_set in sets:
         for row in allocation_set.allocations:
             tenant = tenant_of(row, resolver)
             if (
@@ -538,13 +905,15 @@ def infra_month(
                 tenant = OTHER_TENANT
             for resource, usd in _resource_costs(row).items():
                 if usd:
-                    parts[(tenant, resource)][day].append(usd)
+                    parts[(tenant, resource)].append(usd)
             for resource, q in _row_quantities(row).items():
                 if q:
-                    used[(tenant, resource)][day].append(q)
-    by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
-    quantities = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in used.items()}
-    return InfraMonth(monthly, resolver, kept, tz, by_day, start, quantities, spans)
+                    used[(tenant, resource)].append(q)
+    return DayFold(
+        sets,
+        {k: math.fsum(v) for k, v in parts.items()},
+        {k: math.fsum(v) for k, v in used.items()},
+    )
 
 
 def period_books(
@@ -575,6 +944,7 @@ def period_books(
     for day in infra.spans:
         months[day.strftime("%Y-%m")].append(day)
     out: dict[str, PeriodBooks] = {}
+    used: dict[TenantResource, dict[date, float]] | None = None
     for name, days in months.items():
         hit = cached.get(name) if cached is not None else None
         if hit is not None and name != period:
@@ -604,7 +974,9 @@ def period_books(
             qty = {k: v for k, v in hit.quantities.items() if k[1] != TOKENS_RESOURCE}
         else:
             wanted_days = set(days)
-            for (tenant, resource), per_day in infra.quantities.items():
+            if used is None:
+                used = infra.quantities
+            for (tenant, resource), per_day in used.items():
                 value = math.fsum(q for d, q in per_day.items() if d in wanted_days)
                 if value:
                     qty[(tenant, resource)] = Quantity(value, QUANTITY_UNITS[resource])
@@ -649,32 +1021,26 @@ def _increments(
 
 
 def _initiative_roi(
-    initiative: Initiative,
-    now: float,
-    tz: str,
-    by_day: Mapping[TenantResource, Mapping[date, float]],
-    infra_available: bool,
-    infra_start: date | None,
-    today: date,
+    initiative: Initiative, cal: RefreshCalendar, month: MonthSpend
 ) -> InitiativeRoi:
     """ROI of ``initiative``: ai_cost = its tenants' measured GPU, token and other
     infrastructure dollars over ``[period start, now]`` + the configured other cost pro-rated;
     benefits pro-rated to the elapsed part of the period (:func:`compute_roi`)."""
+    now, tz = cal.now, cal.tz
+    infra_available, infra_start = month.infra_available, month.infra_start
     window: RoiWindow = initiative_window(initiative, now, tz)
     first = local_date(window.start, tz)
-    last = min(local_date(max(window.start, window.as_of - 1e-6), tz), today)
+    last = min(local_date(max(window.start, window.as_of - 1e-6), tz), cal.today)
     gpu: list[float] = []
     tokens: list[float] = []
     other: list[float] = []
-    tenants = set(initiative.tenants)
     if window.as_of > window.start:
-        for (tenant, resource), days in by_day.items():
-            if tenant not in tenants:
-                continue
-            if not infra_available and resource != TOKENS_RESOURCE:
-                continue
-            total = math.fsum(v for d, v in days.items() if first <= d <= last)
-            {"gpu": gpu, TOKENS_RESOURCE: tokens}.get(resource, other).append(total)
+        for tenant in dict.fromkeys(initiative.tenants):
+            for (_, resource), days in month.tenant_days(tenant):
+                if not infra_available and resource != TOKENS_RESOURCE:
+                    continue
+                total = math.fsum(v for d, v in days if first <= d <= last)
+                {"gpu": gpu, TOKENS_RESOURCE: tokens}.get(resource, other).append(total)
     cost = AiCost(
         gpu_usd=math.fsum(gpu),
         tokens_usd=math.fsum(tokens),
@@ -698,6 +1064,7 @@ def _initiative_roi(
 # --- routing -------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8192)  # pure; asked per (tenant, model) every refresh
 def _model_key(name: str) -> str:
     return strip_route(name).strip().lower()
 
