@@ -211,12 +211,12 @@ async def test_the_loop_survives_a_refresh_that_raises(aiohttp_client: Any) -> N
     real = rig.refresher.refresh_once
     calls = 0
 
-    async def flaky() -> Any:
+    async def flaky(*, defer: bool = False) -> Any:
         nonlocal calls
         calls += 1
         if calls <= 2:
             raise RuntimeError("a bug outside every stage")
-        return await real()
+        return await real(defer=defer)
 
     rig.refresher.refresh_once = flaky  # type: ignore[method-assign]
     loop = asyncio.create_task(rig.refresher.run(0.01))
