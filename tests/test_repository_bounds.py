@@ -34,8 +34,11 @@ def test_opening_a_file_beside_the_clone_fails() -> None:
 def test_every_recorded_fixture_has_provenance() -> None:
     fixtures = REPO / "tests" / "fixtures"
     provenance = (fixtures / "PROVENANCE.md").read_text()
+    # Every file, in sub-folders too, by its path under tests/fixtures/ (``hami/…``).
     recorded = [
-        p.name for p in fixtures.iterdir() if p.name not in {"PROVENANCE.md", "LICENSES.md"}
+        p.relative_to(fixtures).as_posix()
+        for p in fixtures.rglob("*")
+        if p.is_file() and p.name not in {"PROVENANCE.md", "LICENSES.md"}
     ]
     assert recorded
     assert [name for name in recorded if f"`{name}`" not in provenance] == []

@@ -43,17 +43,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from aifinops.demo.cluster import (
-    A100,
-    GIB,
-    GPU_MODELS,
-    MIB,
-    GpuHold,
-    GpuModel,
-    SimGpu,
-    SimNode,
-    SimPod,
-)
+from aifinops.demo.cluster.records import GpuHold, SimGpu, SimNode, SimPod
+from aifinops.demo.cluster.spec import A100, GIB, GPU_MODELS, MIB, GpuModel
 
 HamiGeneration = Literal["2.8", "2.10"]
 HAMI_GENERATIONS: tuple[HamiGeneration, ...] = ("2.8", "2.10")

@@ -33,21 +33,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aifinops.demo.cluster import (
-    A100,
-    DCGM_FAMILIES,
-    GIB,
-    GPU_MODELS,
-    L4,
-    MIG_PROFILES,
-    GpuHold,
-    GpuModel,
-    MigInstance,
-    Sharing,
-    SimGpu,
-    SimNode,
-    SimPod,
-)
+from aifinops.demo.cluster.records import GpuHold, MigInstance, SimGpu, SimNode, SimPod
+from aifinops.demo.cluster.spec import A100, GIB, GPU_MODELS, L4, MIG_PROFILES, GpuModel, Sharing
+from aifinops.demo.cluster.wire import DCGM_FAMILIES
 
 PER_PROCESS_FAMILIES: tuple[str, ...] = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED")
 PER_PROCESS_TENANTS: tuple[str, ...] = ("translation", "copilot", "batch-infer")

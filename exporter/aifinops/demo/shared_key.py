@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from aifinops.demo.cluster import opencost_round
+from aifinops.demo.cluster.wire import opencost_round
 from aifinops.demo.hami import HAMI_TOTAL_CORES, HamiContainer, HamiDevice, HamiPool
 from aifinops.demo.perprocess import PerProcessPool, SharedHolder
 

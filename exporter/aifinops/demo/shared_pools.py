@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aifinops.demo.cluster import MigInstance, SimGpu, SimNode, SimPod
+from aifinops.demo.cluster.records import MigInstance, SimGpu, SimNode, SimPod
 from aifinops.demo.hami import HamiPool
 from aifinops.demo.perprocess import PerProcessPool
 from aifinops.demo.shared_key import BillingShare, SharedKey, answer_key

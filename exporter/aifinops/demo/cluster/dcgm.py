@@ -18,20 +18,8 @@ from collections.abc import Mapping, Sequence
 from aifinops.demo.cluster.activity import Sample, samples
 from aifinops.demo.cluster.hashing import hash_unit
 from aifinops.demo.cluster.layout import Layout
+from aifinops.demo.cluster.wire import DCGM_FAMILIES
 
-DCGM_FAMILIES: tuple[tuple[str, str, str], ...] = (
-    ("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz)."),
-    ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),
-    ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W)."),
-    (
-        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
-        "counter",
-        "Total energy consumption since boot (in mJ).",
-    ),
-    ("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
-    ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
-    ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge", "Ratio of time the graphics engine is active."),
-)
 # dcgm-exporter ≥ 4.9 names (DCGM 4.7's) of the legacy families whose new name the sources
 # read for this project give (DCGM's dcgm_fields.h deprecation aliases): see
 # tests/fixtures/PROVENANCE.md. Help texts here are the sim's own.

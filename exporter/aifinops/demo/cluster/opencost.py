@@ -21,14 +21,7 @@ from aifinops.demo.cluster.hashing import hash_unit
 from aifinops.demo.cluster.layout import Layout
 from aifinops.demo.cluster.records import PodRun
 from aifinops.demo.cluster.spec import GIB, GPU_MODELS
-
-
-def opencost_round(value: float) -> float:
-    """OpenCost's ``formatFloat64ForResponse``: ``math.Round(f*100000)/100000`` (half away
-    from zero). NaN and ±Inf become ``None`` there; the sim never produces them."""
-    scaled = value * 100000.0
-    rounded = math.floor(scaled + 0.5) if scaled >= 0 else -math.floor(-scaled + 0.5)
-    return rounded / 100000.0
+from aifinops.demo.cluster.wire import opencost_round
 
 
 def rfc3339(ts: float) -> str:
