@@ -16,6 +16,8 @@ Where things are (each module imports only those above it):
 
 * :mod:`.spec` — GPU models, node pools, :class:`ClusterSpec`, the shared vocabulary;
 * :mod:`.records` — the built nodes, GPUs, pods, holds and runs; :mod:`.hashing` — keyed noise;
+  :mod:`.wire` — OpenCost's rounding and dcgm-exporter's family table, which the shared-GPU
+  pools (``demo/hami.py``, ``demo/perprocess.py``) share with the renderers;
 * :mod:`.tenancy` — namespaces and the rules that name each pod's tenant;
 * :mod:`.power` — exact power and DCGM energy counters of the pools ``spec.energy`` names
   (the owned pools: :func:`~.spec.owned_pools`), counter resets included;
@@ -23,7 +25,7 @@ Where things are (each module imports only those above it):
 * :mod:`.activity` — the DCGM samples (utilization) at ``now``;
 * one renderer per upstream format: :mod:`.dcgm` (exposition pages), :mod:`.prometheus`
   (stored series, instant-query JSON, the selector parser), :mod:`.opencost` (allocation JSON,
-  window grammar, rounding);
+  window grammar);
 * :mod:`.truth` — the answer key (:class:`GroundTruth`); :mod:`.energy_truth` — the energy,
   energy cost and carbon answer key of the owned pools, and the owned GPUs' price;
 * :mod:`.sim` — :class:`SimCluster`, the layout with one method per upstream answer.
@@ -40,12 +42,10 @@ device figure for every pod, as stock dcgm-exporter does, which the exporter spl
 from aifinops.demo.cluster.dcgm import (
     DCGM_4_9_FAMILIES,
     DCGM_4_9_NAMES,
-    DCGM_FAMILIES,
     DCGM_FAMILY_NAMES,
 )
 from aifinops.demo.cluster.opencost import (
     opencost_duration_hours,
-    opencost_round,
     opencost_window_bounds,
     opencost_window_hours,
     rfc3339,
@@ -96,6 +96,7 @@ from aifinops.demo.cluster.spec import (
 )
 from aifinops.demo.cluster.tenancy import sanitize_label_key
 from aifinops.demo.cluster.truth import GroundTruth, IdleHold
+from aifinops.demo.cluster.wire import DCGM_FAMILIES, opencost_round
 
 __all__ = [
     "A100",

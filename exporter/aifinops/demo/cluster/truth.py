@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aifinops.demo.cluster.activity import Sample, samples
 from aifinops.demo.cluster.layout import Layout
-from aifinops.demo.cluster.opencost import idle_costs, opencost_round, pod_charges
+from aifinops.demo.cluster.opencost import idle_costs, pod_charges
 from aifinops.demo.cluster.records import UnitKey
 from aifinops.demo.cluster.spec import (
     IDLE_TENANT,
@@ -24,6 +24,7 @@ from aifinops.demo.cluster.spec import (
     UNALLOCATED_TENANT,
     UTILIZATION_METRICS,
 )
+from aifinops.demo.cluster.wire import opencost_round
 
 if TYPE_CHECKING:
     from aifinops.demo.shared_key import BillingShare
