@@ -37,3 +37,28 @@ def test_per_process_pod_series_are_marked_and_the_device_series_kept() -> None:
 
 def test_repeated_device_figures_are_not_per_process() -> None:
     assert samples(REPEATED_PAGE) == [("a-0", 0.6, False), ("b-0", 0.6, False)]
+
+
+# The same GPU with the profiling metric beside it, as an H100 has: only GPU_UTIL and FB_USED
+# are per process (#594), so the engine activity is the device's figure on every pod.
+PROFILED_PAGE = (
+    PER_PROCESS_PAGE
+    + f"""# TYPE DCGM_FI_PROF_GR_ENGINE_ACTIVE gauge
+DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{COMMON}}} 0.6
+DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{COMMON},{A},vgpu="0"}} 0.6
+DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{COMMON},{B},vgpu="1"}} 0.6
+"""
+)
+
+
+def test_per_process_figures_win_over_the_repeated_profiling_metric() -> None:
+    # Before: auto kept the profiling metric on a profiled GPU and dropped the per-process
+    # GPU_UTIL, so each pod read the device's 0.6 and the split was a guess.
+    assert samples(PROFILED_PAGE) == [(None, 0.6, False), ("a-0", 0.3, True), ("b-0", 0.3, True)]
+
+
+def test_a_profiled_gpu_without_per_process_series_still_reads_profiling() -> None:
+    page = f"""DCGM_FI_DEV_GPU_UTIL{{{COMMON},{A}}} 60
+DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{COMMON},{A}}} 0.45
+"""
+    assert samples(page) == [("a-0", 0.45, False)]

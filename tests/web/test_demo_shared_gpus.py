@@ -153,12 +153,6 @@ async def test_hami_tenants_match_the_shared_answer_key(
         await d.upstreams.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="h-hami's DCGM source drops DCGM_FI_DEV_GPU_UTIL wherever the unit has the "
-    "profiling metric (auto), so on an L4/A100/H100 the per-process figures (dcgm-exporter "
-    "#594 makes only GPU_UTIL and FB_USED per process) are never read: even_split instead",
-)
 @pytest.mark.parametrize("dcgm_mode", ["prometheus", "scrape"])
 async def test_per_process_tenants_match_the_shared_answer_key(
     aiohttp_client: Any, dcgm_mode: str

@@ -219,17 +219,38 @@ def gpu_samples(
         rows.append((name, kind, scale, uuid, labels, value))
     renamed = any(labels.get(k) for *_, labels, _ in rows for k in _RENAMED_POD_KEYS)
     sources = _POD_LABELS[:2] if renamed else _POD_LABELS
+
+    def unit(uuid: str, labels: Mapping[str, str]) -> tuple[str, str]:
+        return uuid, labels.get("GPU_I_ID", "") if labels.get("GPU_I_PROFILE") else ""
+
     profiled_units = {
-        (uuid, labels.get("GPU_I_ID", "") if labels.get("GPU_I_PROFILE") else "")
-        for _, kind, _, uuid, labels, _ in rows
-        if kind == "profiling"
+        unit(uuid, labels) for _, kind, _, uuid, labels, _ in rows if kind == "profiling"
     }
+    # dcgm-exporter's per-process form (#594) makes only the device metric per pod: on such a
+    # unit the profiling metric is the device's figure repeated on every pod, so the device
+    # metric is the one read there (a pod series with pod_uid beside a pod-less one).
+    pod_keys = [k for keys in sources for k in keys[:2]]
+    with_pod_uid = {
+        unit(uuid, labels)
+        for _, kind, _, uuid, labels, _ in rows
+        if kind == "device" and labels.get("pod_uid") and any(labels.get(k) for k in pod_keys)
+    }
+    pod_less = {
+        unit(uuid, labels)
+        for _, kind, _, uuid, labels, _ in rows
+        if kind == "device" and not any(labels.get(k) for k in pod_keys)
+    }
+    per_process_units = with_pod_uid & pod_less
     kept: dict[tuple[str, ...], GpuSample] = {}
     with_uid: set[tuple[str, ...]] = set()  # pod series carrying pod_uid (per-process form)
     for name, kind, scale, uuid, labels, value in rows:
         profile = labels.get("GPU_I_PROFILE") or None
         instance = (labels.get("GPU_I_ID") or None) if profile else None
-        if kind == "device" and (uuid, instance or "") in profiled_units:
+        here = (uuid, instance or "")
+        if here in per_process_units:
+            if kind == "profiling":
+                continue  # the device's figure repeated per pod: the per-process one is read
+        elif kind == "device" and here in profiled_units:
             continue  # this unit has the profiling metric: it is the one read
         namespace = pod = container = None
         for ns_key, pod_key, container_key in sources:
