@@ -14,17 +14,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aifinops.model.chargeback import (
+from aifinops.exposition.chargeback_files import (
     CSV_COLUMNS,
     FOCUS_COLUMNS,
-    Quantity,
-    build_chargeback,
     chargeback_csv,
     chargeback_json,
     chargeback_json_rows,
-    current_period,
     focus_csv,
     focus_rows,
+)
+from aifinops.model.chargeback import (
+    Quantity,
+    build_chargeback,
+    current_period,
     parse_period,
     round_cents,
     share_out,

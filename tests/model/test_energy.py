@@ -260,7 +260,8 @@ def test_chargeback_carries_each_tenants_electricity_beside_its_dollars():
     import csv
     import io
 
-    from aifinops.model.chargeback import build_chargeback, focus_csv
+    from aifinops.exposition.chargeback_files import focus_csv
+    from aifinops.model.chargeback import build_chargeback
     from aifinops.model.energy import month_use
     from aifinops.web.schemas import ChargebackResponse
     from tests.model.test_chargeback import assert_focus_rules

@@ -48,7 +48,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from aifinops.model.chargeback import FocusParties, build_chargeback, chargeback_csv, focus_csv
+from aifinops.exposition.chargeback_files import FocusParties, chargeback_csv, focus_csv
+from aifinops.model.chargeback import build_chargeback
 from aifinops.model.energy import EnergyReport, EnergyUse, month_use
 from aifinops.model.finance import FinanceContext, FinanceReport
 from aifinops.model.recommend import filter_recommendations

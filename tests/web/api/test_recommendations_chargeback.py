@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from aifinops.model.chargeback import CSV_COLUMNS, FOCUS_COLUMNS
+from aifinops.exposition.chargeback_files import CSV_COLUMNS, FOCUS_COLUMNS
 from tests.web.api.conftest import T0
 from tests.web.conftest import series
 
