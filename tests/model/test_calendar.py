@@ -1,16 +1,19 @@
-"""The month-to-date books' calendar (model/calendar.py): the span the month query asks
-for and its segments, on literal dates across time zones and DST."""
+"""The calendar (model/calendar.py): month bounds, elapsed days, and the span the
+month-to-date books' query asks for and its segments, on literal dates across time zones
+and DST."""
 
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from aifinops.model.calendar import (
     DAY_SECONDS,
+    elapsed_days,
+    month_bounds,
     month_pieces,
     month_query_segments,
     month_query_window,
@@ -25,6 +28,10 @@ JUNE_1 = 1_748_736_000.0
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
+
+
+def at(*args: int, tz: tzinfo = UTC) -> float:
+    return datetime(*args, tzinfo=tz).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -76,3 +83,32 @@ def test_pieces_cut_each_segment_from_its_own_start() -> None:
         (8 * DAY, 10 * DAY),
         (10 * DAY, 13.5 * DAY),
     ]
+
+
+def test_month_bounds_utc_leap_february():
+    b = month_bounds(at(2024, 2, 15, 13), "UTC")
+    assert b == (at(2024, 2, 1), at(2024, 3, 1), 29)
+
+
+def test_month_bounds_follow_the_time_zone_across_dst():
+    paris = ZoneInfo("Europe/Paris")
+    # 2024-03-31T22:30Z is already 1 April in Paris (CEST, UTC+2).
+    b = month_bounds(at(2024, 3, 31, 22, 30), "Europe/Paris")
+    assert b.start == at(2024, 4, 1, tz=paris) == at(2024, 3, 31, 22)
+    assert b.end == at(2024, 5, 1, tz=paris)
+    assert b.days == 30
+    march = month_bounds(at(2024, 3, 15), "Europe/Paris")
+    assert march.start == at(2024, 2, 29, 23)  # CET, UTC+1
+    assert march.end == at(2024, 3, 31, 22)  # CEST: the month is 743 hours long
+    assert march.days == 31
+
+
+def test_month_bounds_december_rolls_the_year():
+    assert month_bounds(at(2023, 12, 31, 23, 59), "UTC") == (at(2023, 12, 1), at(2024, 1, 1), 31)
+
+
+def test_elapsed_days_counts_local_calendar_days():
+    assert elapsed_days(at(2024, 2, 3, 12), "UTC") == 2.5
+    assert elapsed_days(at(2024, 2, 1), "UTC") == 0.0
+    # Paris, 31 March 2024 (a 23-hour day): 11:00Z is 13:00 CEST, 12 of 23 hours elapsed.
+    assert elapsed_days(at(2024, 3, 31, 11), "Europe/Paris") == 30 + 12 / 23

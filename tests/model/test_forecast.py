@@ -1,4 +1,4 @@
-"""Month bounds and the month-end forecast: exact figures on hand-built daily series."""
+"""The month-end forecast: exact figures on hand-built daily series."""
 
 import warnings
 from datetime import UTC, datetime
@@ -9,13 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from aifinops.model.forecast import (
-    MIN_FIT_DAYS,
-    elapsed_days,
-    forecast_month_end,
-    month_bounds,
-    theil_sen,
-)
+from aifinops.model.forecast import MIN_FIT_DAYS, forecast_month_end, theil_sen
 
 DAY = 86400.0
 
@@ -27,37 +21,6 @@ def ts(*args: int, tz=UTC) -> float:
 def days(first: tuple[int, int, int], values: list[float]) -> list[tuple[float, float]]:
     start = ts(*first)
     return [(start + i * DAY, v) for i, v in enumerate(values)]
-
-
-def test_month_bounds_utc_leap_february():
-    b = month_bounds(ts(2024, 2, 15, 13), "UTC")
-    assert b == (ts(2024, 2, 1), ts(2024, 3, 1), 29)
-
-
-def test_month_bounds_follow_the_time_zone_across_dst():
-    from zoneinfo import ZoneInfo
-
-    paris = ZoneInfo("Europe/Paris")
-    # 2024-03-31T22:30Z is already 1 April in Paris (CEST, UTC+2).
-    b = month_bounds(ts(2024, 3, 31, 22, 30), "Europe/Paris")
-    assert b.start == ts(2024, 4, 1, tz=paris) == ts(2024, 3, 31, 22)
-    assert b.end == ts(2024, 5, 1, tz=paris)
-    assert b.days == 30
-    march = month_bounds(ts(2024, 3, 15), "Europe/Paris")
-    assert march.start == ts(2024, 2, 29, 23)  # CET, UTC+1
-    assert march.end == ts(2024, 3, 31, 22)  # CEST: the month is 743 hours long
-    assert march.days == 31
-
-
-def test_month_bounds_december_rolls_the_year():
-    assert month_bounds(ts(2023, 12, 31, 23, 59), "UTC") == (ts(2023, 12, 1), ts(2024, 1, 1), 31)
-
-
-def test_elapsed_days_counts_local_calendar_days():
-    assert elapsed_days(ts(2024, 2, 3, 12), "UTC") == 2.5
-    assert elapsed_days(ts(2024, 2, 1), "UTC") == 0.0
-    # Paris, 31 March 2024 (a 23-hour day): 11:00Z is 13:00 CEST, 12 of 23 hours elapsed.
-    assert elapsed_days(ts(2024, 3, 31, 11), "Europe/Paris") == 30 + 12 / 23
 
 
 def test_theil_sen_on_a_linear_series_is_exact():

@@ -29,15 +29,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from aifinops.model.calendar import MonthBounds, elapsed_days, local_today, month_bounds
 from aifinops.model.forecast import (
     DEFAULT_LOOKBACK_DAYS,
     DailyFit,
     Forecast,
-    MonthBounds,
-    elapsed_days,
     fit_daily,
-    local_today,
-    month_bounds,
     project_month_end,
 )
 

@@ -1,17 +1,81 @@
-"""Calendar arithmetic of the month-to-date books: which span of time the month query asks
-OpenCost for, and how it is cut into requests. Pure: ``now`` and the time zone are
-arguments (the month's own bounds are :func:`aifinops.model.forecast.month_bounds`).
+"""Calendar arithmetic, in one place: the calendar month containing an instant in a time
+zone (:func:`month_bounds`), how much of it has elapsed, today's local date, and for the
+month-to-date books which span of time the month query asks OpenCost for and how it is cut
+into requests. Pure: ``now`` and the time zone are arguments.
+
+Days are calendar days in the time zone: DST-exact, a 23- or 25-hour day is one day.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from aifinops.model.forecast import month_bounds
-
 DAY_SECONDS = 86400.0
+
+
+class MonthBounds(NamedTuple):
+    """The calendar month containing an instant, in a time zone."""
+
+    start: float  # unix seconds of local midnight on the 1st
+    end: float  # unix seconds of local midnight on the 1st of the next month (exclusive)
+    days: int  # days in the month (28-31)
+
+
+def _local_midnight(d: date, zone: ZoneInfo) -> float:
+    return datetime(d.year, d.month, d.day, tzinfo=zone).timestamp()
+
+
+# Cached (both pure): a refresh asks for the same instant once per budget, 2,001 at 10k GPUs.
+@functools.lru_cache(maxsize=64)
+def month_bounds(now: float, tz: str) -> MonthBounds:
+    """Start and end (unix seconds) and length in days of the calendar month containing
+    ``now`` in time zone ``tz`` (an IANA name, e.g. ``"Europe/Paris"``).
+
+    >>> month_bounds(1709251200.0, "UTC")  # 2024-03-01T00:00:00Z
+    MonthBounds(start=1709251200.0, end=1711929600.0, days=31)
+    """
+    zone = ZoneInfo(tz)
+    local = datetime.fromtimestamp(now, zone).date()
+    first = local.replace(day=1)
+    nxt = date(first.year + 1, 1, 1) if first.month == 12 else first.replace(month=first.month + 1)
+    return MonthBounds(_local_midnight(first, zone), _local_midnight(nxt, zone), (nxt - first).days)
+
+
+def elapsed_days(now: float, tz: str) -> float:
+    """Days of the calendar month elapsed at ``now`` in ``tz``: whole local days before today
+    plus the fraction of today elapsed (DST-exact: a 23- or 25-hour day counts as one day).
+    In ``[0, days in month)``."""
+    today = local_day(now, tz)
+    return (today.date.day - 1) + today.elapsed_fraction
+
+
+class LocalDay(NamedTuple):
+    """Today at an instant, in a time zone (:func:`local_day`)."""
+
+    date: date
+    elapsed_fraction: float  # of today, 0 at local midnight
+    full_days_left: int  # whole days after today until month end
+
+
+@functools.lru_cache(maxsize=64)
+def local_day(now: float, tz: str) -> LocalDay:
+    """The local date at ``now`` in ``tz``, the fraction of that day elapsed, and the whole
+    days left in its month after it."""
+    zone = ZoneInfo(tz)
+    today = datetime.fromtimestamp(now, zone).date()
+    start = _local_midnight(today, zone)
+    end = _local_midnight(today + timedelta(days=1), zone)
+    bounds = month_bounds(now, tz)
+    return LocalDay(today, (now - start) / (end - start), bounds.days - today.day)
+
+
+def local_today(now: float, tz: str) -> date:
+    """The local date at ``now`` in ``tz``."""
+    return datetime.fromtimestamp(now, ZoneInfo(tz)).date()
 
 
 def month_query_window(now: float, tz: str, lookback_days: int) -> tuple[float, float]:

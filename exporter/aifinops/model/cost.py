@@ -224,26 +224,116 @@ def attribute_costs(
     With ``allocations is None`` (OpenCost unavailable) no cost rates are produced, but GPU
     shares are still built (priced from the catalog) so idle GPUs and efficiency remain.
 
+    The phases, in order (each a function below): read OpenCost's rows
+    (:func:`_read_rows`); index the GPU samples per unit, HAMi's devices included
+    (:func:`_index_units`); list each unit's holds (:func:`_unit_holds`); price and split
+    each unit among its holds (:func:`_split_units`, over :class:`_HoldPricer`); size the
+    idle money that pays use above a bill (:func:`_usage_scale`); book each hold on both
+    bases (:func:`_book_holds`); assemble the bases (:func:`_allocation_rates`,
+    :func:`_usage_rates`), the rates by split method, the per-pod rates, folding, the
+    cluster totals (:func:`_cluster_totals`) and the published prices
+    (:func:`_published_gpu_prices`).
+
     Speed (10k GPUs, 20k rows every refresh): each row's costs are read once and feed the
     tenant rates and the per-pod rates together; each GPU hold is visited once for the shares,
     the measured GPU cost and the per-pod GPU rates. Sums are :func:`math.fsum` of the same
     parts as a per-step computation would add, so results do not depend on this order.
     """
     window_h = allocations.window_hours if allocations else 1.0
-    rows = allocations.allocations if allocations else ()
-
-    # --- allocation basis from OpenCost --------------------------------------------------
-    alloc_parts: dict[tuple[str, str], list[float]] = defaultdict(list)
-    pod_tenant: dict[PodKey, str] = {}
-    # Per pod and resource, USD/hour. Its "gpu" (0.0 when absent) is the pod's GPU rate.
-    pod_alloc: dict[PodKey, dict[str, float]] = {}
-    # Per pod: OpenCost's GPU request (GPU-equivalents) and GPU-hours over the window.
-    pod_gpu_count: dict[PodKey, float] = {}
-    pod_gpu_hours: dict[PodKey, float] = {}
-    opencost_prices_gpus = False
     # Owned prices preferred over OpenCost's: OpenCost's GPU dollars are not billed (see above).
     owned_basis = pricer.now is not None and pricer.owned.precedence == "owned"
     owned_basis = owned_basis and bool(pricer.owned.entries)
+    rows = _read_rows(
+        allocations.allocations if allocations else (), window_h, resolver, owned_basis
+    )
+    catalog_priced = allocations is None or not rows.opencost_prices_gpus
+
+    units = _index_units(gpus or (), shared, hami_core_weight)
+    unit_pods, pod_weight_total = _unit_holds(units)
+    hp = _HoldPricer(pricer, resolver, rows, pod_weight_total, window_h, catalog_priced)
+    split = _split_units(unit_pods, units.hami, hp)
+
+    # HAMi's re-split on the allocation basis: what OpenCost overbilled goes to __idle__.
+    hami_idle = math.fsum(split.hami_moved.get(IDLE_TENANT, ()))
+    for tenant, changes in split.hami_moved.items():
+        rows.alloc_parts[(tenant, "gpu")].extend(changes)
+    catalog_idle = (
+        _catalog_idle(units.samples, split.device_requested, hp) if catalog_priced else []
+    )
+    scale = _usage_scale(rows.alloc_parts, catalog_idle, split.measured, catalog_priced)
+    booked = _book_holds(split, scale, catalog_priced, hami_idle, catalog_idle)
+
+    allocation_rates = _allocation_rates(rows.alloc_parts, booked.extra_alloc_gpu, catalog_priced)
+    if allocations is None:
+        allocation_rates = {}
+    rates_by_basis: dict[str, dict[tuple[str, str], float]] = {"allocation": allocation_rates}
+    if (gpus is not None or shared is not None) and allocations is not None:
+        rates_by_basis["usage"] = _usage_rates(allocation_rates, booked, catalog_priced)
+
+    method_rates = {
+        basis: _method_rates(rates, booked.method_parts[basis])
+        for basis, rates in rates_by_basis.items()
+    }
+
+    pod_rates: dict[str, dict[PodKey, dict[str, float]]] = {}
+    if allocations is not None:
+        pod_rates = _pod_rates(
+            rows.pod_alloc, booked.pod_shares, catalog_priced, "usage" in rates_by_basis
+        )
+
+    shares: list[GpuShare] = booked.shares
+    folded = 0
+    if max_tenants is not None:
+        rates_by_basis, folded = fold_tenants(rates_by_basis, max_tenants)
+        if folded:
+            shares, method_rates = _fold_shares_and_methods(shares, method_rates, rates_by_basis)
+
+    cluster = _cluster_totals(rates_by_basis["allocation"]) if allocation_rates else {}
+    # Before ``hp.unpriced`` is read: publishing the catalog's prices looks every GPU up.
+    gpu_prices = _published_gpu_prices(split.price_obs, units.samples, hp, catalog_priced)
+    return CostBreakdown(
+        rates=rates_by_basis,
+        cluster=cluster,
+        shares=tuple(shares),
+        gpu_prices=gpu_prices,
+        folded_tenants=folded,
+        unpriced_gpu_models=tuple(sorted(hp.unpriced)) if catalog_priced else (),
+        pod_rates=pod_rates,
+        pod_tenants=hp.pod_tenants,
+        utilization_metrics=dict(units.metric_units),
+        owned_prices=pricer.owned_prices(),
+        method_rates=method_rates,
+        held_unmeasured=len(split.held_keys),
+    )
+
+
+@dataclass(slots=True)
+class _Rows:
+    """OpenCost's rows, read once (:func:`_read_rows`)."""
+
+    # Allocation-basis parts, USD/hour per (tenant, resource).
+    alloc_parts: dict[tuple[str, str], list[float]]
+    pod_tenant: dict[PodKey, str]
+    # Per pod and resource, USD/hour. Its "gpu" (0.0 when absent) is the pod's GPU rate.
+    pod_alloc: dict[PodKey, dict[str, float]]
+    # Per pod: OpenCost's GPU request (GPU-equivalents) and GPU-hours over the window.
+    pod_gpu_count: dict[PodKey, float]
+    pod_gpu_hours: dict[PodKey, float]
+    opencost_prices_gpus: bool  # some row carries GPU cost (that is billed)
+
+
+def _read_rows(
+    rows: Iterable[Allocation], window_h: float, resolver: TenantResolver, owned_basis: bool
+) -> _Rows:
+    """The allocation basis from OpenCost: each row's costs / window to its tenant (and to its
+    pod), and each pod's GPU request and GPU-hours. ``owned_basis``: OpenCost's GPU dollars
+    are not billed (owned prices take precedence)."""
+    alloc_parts: dict[tuple[str, str], list[float]] = defaultdict(list)
+    pod_tenant: dict[PodKey, str] = {}
+    pod_alloc: dict[PodKey, dict[str, float]] = {}
+    pod_gpu_count: dict[PodKey, float] = {}
+    pod_gpu_hours: dict[PodKey, float] = {}
+    opencost_prices_gpus = False
     resolve = resolver.resolve
     for a in rows:
         name = a.name
@@ -293,17 +383,35 @@ def attribute_costs(
                 rate = cost / window_h
                 alloc_parts[(tenant, resource)].append(rate)
                 per_pod[resource] = per_pod.get(resource, 0.0) + rate
-    catalog_priced = allocations is None or not opencost_prices_gpus
+    return _Rows(
+        alloc_parts, pod_tenant, pod_alloc, pod_gpu_count, pod_gpu_hours, opencost_prices_gpus
+    )
 
-    # --- GPU units from DCGM -------------------------------------------------------------
-    samples = gpus or ()
+
+@dataclass(slots=True)
+class _Units:
+    """The GPU samples per unit (:func:`_index_units`)."""
+
+    by_unit: dict[UnitKey, list[GpuSample]]
+    metric_units: dict[str, int]  # units per DCGM metric their utilization came from
+    # HAMi-shared devices: per device, each pod's (billing share, live use or None).
+    hami: dict[str, dict[PodKey, tuple[float, float | None]]]
+    samples: tuple[GpuSample, ...]  # every sample, HAMi's pods in place of DCGM's
+
+
+def _index_units(
+    gpus: tuple[GpuSample, ...], shared: tuple[SharedHold, ...] | None, hami_core_weight: float
+) -> _Units:
+    """DCGM's samples grouped per unit (a GPU, or a MIG instance); a device HAMi shares gets
+    one sample per HAMi pod instead (its live use), since DCGM cannot tell HAMi's containers
+    apart on one device."""
+    samples = gpus
     by_unit: dict[UnitKey, list[GpuSample]] = defaultdict(list)
     for s in samples:
         by_unit[(s.uuid, s.mig_instance or "")].append(s)
     metric_units: dict[str, int] = defaultdict(int)
     for unit_samples in by_unit.values():
         metric_units[unit_samples[0].metric or "unknown"] += 1
-    # HAMi-shared devices: per device, each pod's (billing share, live use or None).
     hami: dict[str, dict[PodKey, tuple[float, float | None]]] = defaultdict(dict)
     hami_device: dict[str, SharedHold] = {}
     # A device DCGM reports as MIG instances is split by its slices (HAMi's MIG mode hands
@@ -318,7 +426,6 @@ def attribute_costs(
     for uuid, hdev in hami_device.items():
         dcgm_seen = [s for s in by_unit.get((uuid, ""), ()) if not s.mig_profile]
         model = dcgm_seen[0].model_name if dcgm_seen else hdev.model_name
-        # The pods are HAMi's (DCGM cannot tell HAMi's containers apart on one device).
         by_unit[(uuid, "")] = [
             GpuSample(
                 uuid=uuid,
@@ -334,7 +441,20 @@ def attribute_costs(
         ]
     if hami_device:
         samples = tuple(x for unit in by_unit.values() for x in unit)
+    return _Units(by_unit, metric_units, hami, samples)
 
+
+# One unit's physical capacity (1, or a MIG instance's fraction of the device) and its holds
+# (sample, weight, pod).
+_UnitHolds = tuple[float, list[tuple[GpuSample, float, PodKey]]]
+
+
+def _unit_holds(units: _Units) -> tuple[list[_UnitHolds], dict[PodKey, float]]:
+    """Each unit with a pod: its capacity and its holds, and each pod's total weight.
+
+    The weight is what DCGM alone says a hold is (the MIG fraction, 1, or 1/k of a GPU
+    time-sliced by k pods); it splits a pod's OpenCost GPU rate and request over its holds,
+    and is the request where OpenCost gives none."""
     mig_fractions: dict[tuple[str, str], float] = {}
 
     def mig_held(profile: str, model: str) -> float:
@@ -344,13 +464,9 @@ def attribute_costs(
             mig_fractions[key] = mig_fraction(profile, model)
         return mig_fractions[key]
 
-    # Per unit: its physical capacity (1, or a MIG instance's fraction of the device) and its
-    # holds (sample, weight, pod). The weight is what DCGM alone says a hold is (the MIG
-    # fraction, 1, or 1/k of a GPU time-sliced by k pods); it splits a pod's OpenCost GPU rate
-    # and request over its holds, and is the request where OpenCost gives none.
-    unit_pods: list[tuple[float, list[tuple[GpuSample, float, PodKey]]]] = []
+    unit_pods: list[_UnitHolds] = []
     pod_weight_total: dict[PodKey, float] = defaultdict(float)
-    for unit_samples in by_unit.values():
+    for unit_samples in units.by_unit.values():
         with_pod: dict[PodKey, GpuSample] = {}
         for s in unit_samples:
             if s.namespace and s.pod:
@@ -363,77 +479,133 @@ def attribute_costs(
         first = next(iter(with_pod.values()))
         capacity = mig_held(first.mig_profile, first.model_name) if first.mig_profile else 1.0
         # A HAMi pod holds one vGPU of the device, which OpenCost counts as one GPU.
-        weight = 1.0 if first.uuid in hami else capacity / len(with_pod)
+        weight = 1.0 if first.uuid in units.hami else capacity / len(with_pod)
         holds = [(s, weight, key) for key, s in with_pod.items()]
         unit_pods.append((capacity, holds))
         for _, w, key in holds:
             pod_weight_total[key] += w
+    return unit_pods, pod_weight_total
 
-    unpriced: set[str] = set()
-    # pricer.price per (model, node), this call (a node matters only for owned node pools).
-    prices: dict[tuple[str, str], tuple[float, str] | None] = {}
 
-    def catalog_price(model: str, node: str) -> float:
-        key = (model, node if pricer.owned.entries else "")
-        if key not in prices:
-            prices[key] = pricer.price(model, node)
-        found = prices[key]
+class _HoldPricer:
+    """Prices one hold (its request, billed rate and device price) and names its tenant, for
+    one call: it caches the catalog's prices and the tenants of pods OpenCost did not see."""
+
+    def __init__(
+        self,
+        pricer: GpuPricer,
+        resolver: TenantResolver,
+        rows: _Rows,
+        pod_weight_total: Mapping[PodKey, float],
+        window_h: float,
+        catalog_priced: bool,
+    ) -> None:
+        self.pricer = pricer
+        self.resolver = resolver
+        self.rows = rows
+        self.pod_weight_total = pod_weight_total
+        self.window_h = window_h
+        self.catalog_priced = catalog_priced
+        self.unpriced: set[str] = set()
+        # pricer.price per (model, node), this call (a node matters only for owned node pools).
+        self.prices: dict[tuple[str, str], tuple[float, str] | None] = {}
+        self.namespace_tenant: dict[str | None, str] = {}  # pods DCGM saw but OpenCost did not
+        self.pod_tenants = dict(rows.pod_tenant)
+
+    def catalog_found(self, model: str, node: str) -> tuple[float, str] | None:
+        """The catalog's (price, source) for a GPU, or ``None`` (the model is unpriced)."""
+        key = (model, node if self.pricer.owned.entries else "")
+        if key not in self.prices:
+            self.prices[key] = self.pricer.price(model, node)
+        found = self.prices[key]
         if found is None:
-            unpriced.add(model)
-            return 0.0
-        return found[0]
+            self.unpriced.add(model)
+        return found
 
-    def requested(key: PodKey, weight: float) -> float:
+    def catalog_price(self, model: str, node: str) -> float:
+        found = self.catalog_found(model, node)
+        return 0.0 if found is None else found[0]
+
+    def requested(self, key: PodKey, weight: float) -> float:
         """GPU-equivalents the pod requested on this hold: OpenCost's request (0.25 for one
         of four time-slice replicas, 1/7 for a 1g slice) split over the pod's holds by
         weight; the weight itself where OpenCost gives no request."""
-        count = pod_gpu_count.get(key, 0.0)
+        count = self.rows.pod_gpu_count.get(key, 0.0)
         if count > 0:
-            return count * weight / pod_weight_total[key]
+            return count * weight / self.pod_weight_total[key]
         return weight
 
-    def hold_rates(key: PodKey, weight: float, s: GpuSample, req: float) -> tuple[float, float]:
+    def hold_rates(
+        self, key: PodKey, weight: float, s: GpuSample, req: float
+    ) -> tuple[float, float]:
         """(allocation-basis USD/hour of one hold, the physical device's USD per GPU-hour).
 
         Catalog-priced: the catalog price, and that price × the request. OpenCost-priced: the
         pod's GPU rate split over its holds by weight, and OpenCost's own price per GPU-hour
         (``gpuCost / gpuHours``; else rate per requested GPU; else rate per weight)."""
-        if catalog_priced:
-            price = catalog_price(s.model_name, s.node)
+        if self.catalog_priced:
+            price = self.catalog_price(s.model_name, s.node)
             return price * req, price
-        row = pod_alloc.get(key)
+        row = self.rows.pod_alloc.get(key)
         pod_rate = row.get("gpu", 0.0) if row is not None else 0.0
-        total_w = pod_weight_total[key]
+        total_w = self.pod_weight_total[key]
         rate = pod_rate * weight / total_w if total_w else 0.0
-        hours = pod_gpu_hours.get(key, 0.0)
-        count = pod_gpu_count.get(key, 0.0)
+        hours = self.rows.pod_gpu_hours.get(key, 0.0)
+        count = self.rows.pod_gpu_count.get(key, 0.0)
         if hours > 0:
-            price = pod_rate * window_h / hours
+            price = pod_rate * self.window_h / hours
         elif count > 0:
             price = pod_rate / count
         else:
             price = pod_rate / total_w if total_w else 0.0
         return rate, price
 
-    namespace_tenant: dict[str | None, str] = {}  # pods DCGM saw but OpenCost did not
-
-    def tenant_of_pod(s: GpuSample, key: PodKey) -> str:
-        """The tenant of a pod with no OpenCost row (or an empty tenant): by namespace."""
-        if s.namespace not in namespace_tenant:
-            namespace_tenant[s.namespace] = resolver.resolve(s.namespace, {}, {})
-        tenant = namespace_tenant[s.namespace]
-        pod_tenants.setdefault(key, tenant)
+    def tenant(self, s: GpuSample, key: PodKey) -> str:
+        """The pod's tenant: its OpenCost row's, else (no row, or an empty tenant) by
+        namespace."""
+        tenant = self.rows.pod_tenant.get(key)
+        if tenant:
+            return tenant
+        if s.namespace not in self.namespace_tenant:
+            self.namespace_tenant[s.namespace] = self.resolver.resolve(s.namespace, {}, {})
+        tenant = self.namespace_tenant[s.namespace]
+        self.pod_tenants.setdefault(key, tenant)
         return tenant
 
-    pod_tenants = dict(pod_tenant)
-    price_obs: dict[str, list[float]] = defaultdict(list)
+
+# One hold after its unit's split: (sample, pod, tenant, requested, used, billed USD/h,
+# usage USD/h, unused USD/h, split method).
+_Measured = tuple[GpuSample, PodKey, str, float, float, float, float, float, str]
+
+
+@dataclass(slots=True)
+class _Split:
+    """Every unit split among its holds (:func:`_split_units`)."""
+
+    measured: list[_Measured]
+    price_obs: dict[str, list[float]]  # OpenCost's own price per GPU-hour, per model
     # Requested GPU-equivalents per physical GPU (catalog pricing books the rest to __idle__).
-    device_requested: dict[str, list[float]] = defaultdict(list)
-    # Per hold: (sample, pod, tenant, requested, used, billed USD/h, usage USD/h, unused USD/h,
-    # split method).
-    measured: list[tuple[GpuSample, PodKey, str, float, float, float, float, float, str]] = []
+    device_requested: dict[str, list[float]]
     # HAMi re-split on the allocation basis: per tenant, the change of its billed GPU USD/h
     # (OpenCost's whole-GPU bill -> price x share); the device's rest goes to __idle__.
+    hami_moved: dict[str, list[float]]
+    held_keys: set[IdleKey]  # HAMi holds with no usage series yet
+
+
+def _split_units(
+    unit_pods: list[_UnitHolds],
+    hami: Mapping[str, Mapping[PodKey, tuple[float, float | None]]],
+    hp: _HoldPricer,
+) -> _Split:
+    """Price each unit and split its time among its holds (:func:`holding_shares`): each
+    hold's request, use, billed, usage and unused USD/hour. A HAMi device's pods are billed
+    the device's price × their share (:func:`_hami_parts`), the change from OpenCost's bill
+    recorded in ``hami_moved`` and in the pod's allocation-basis GPU rate."""
+    catalog_priced = hp.catalog_priced
+    pod_alloc = hp.rows.pod_alloc
+    price_obs: dict[str, list[float]] = defaultdict(list)
+    device_requested: dict[str, list[float]] = defaultdict(list)
+    measured: list[_Measured] = []
     hami_moved: dict[str, list[float]] = defaultdict(list)
     held_keys: set[IdleKey] = set()
     for capacity, holds in unit_pods:
@@ -441,8 +613,8 @@ def attribute_costs(
         if len(holds) == 1 and hami_unit is None:
             # One pod on the unit (most units): the general path below without its lists.
             s, weight, key = holds[0]
-            req = requested(key, weight)
-            billed, price = hold_rates(key, weight, s, req)
+            req = hp.requested(key, weight)
+            billed, price = hp.hold_rates(key, weight, s, req)
             # OpenCost's own price, observed; a catalog price is published as such below.
             if price > 0 and not s.mig_profile and weight == 1.0 and not catalog_priced:
                 price_obs[s.model_name].append(price)
@@ -454,18 +626,18 @@ def attribute_costs(
             unused = price * min(deficit, capacity * max(0.0, 1.0 - s.utilization))
             # Never less than what the usage basis moves to __idle__ for it (see below).
             unused = max(unused, billed - usage)
-            tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
+            tenant = hp.tenant(s, key)
             method = "mig" if s.mig_profile else "exclusive"
             measured.append((s, key, tenant, req, used, billed, usage, unused, method))
             continue
         unit_parts: list[tuple[GpuSample, PodKey, float, float, float]] = []
         if hami_unit is not None:
-            unit_parts, moved = _hami_parts(holds, hami_unit, hold_rates, catalog_priced)
+            unit_parts, moved = _hami_parts(holds, hami_unit, hp.hold_rates, catalog_priced)
             for (s, key, req, _, _), change in zip(unit_parts, moved, strict=True):
                 if catalog_priced:
                     device_requested[s.uuid].append(req)
                 elif change:
-                    hami_moved[pod_tenant.get(key) or tenant_of_pod(s, key)].append(change)
+                    hami_moved[hp.tenant(s, key)].append(change)
                     hami_moved[IDLE_TENANT].append(-change)
                     row = pod_alloc.setdefault(key, {})
                     row["gpu"] = row.get("gpu", 0.0) + change
@@ -475,8 +647,8 @@ def attribute_costs(
                     held_keys.add((p[0].uuid, "", p[1][0], p[1][1]))
         else:
             for s, weight, key in holds:
-                req = requested(key, weight)
-                billed, price = hold_rates(key, weight, s, req)
+                req = hp.requested(key, weight)
+                billed, price = hp.hold_rates(key, weight, s, req)
                 unit_parts.append((s, key, req, billed, price))
                 if catalog_priced:
                     device_requested[s.uuid].append(req)
@@ -494,53 +666,101 @@ def attribute_costs(
             hami=hami_unit is not None,
             per_process=any(p[0].per_process for p in unit_parts),
         )
-        left = max(0.0, 1.0 - math.fsum(time_shares))
-        # Holders' unused time: what each left of its request, bounded by the unit's rest.
-        # In dollars, never less than what a hold was billed beyond its use: OpenCost's
-        # rounded request (0.14286 for 1/7) bills a hair more than price x request, and the
-        # unused cost must cover every dollar the usage basis moves to __idle__.
-        deficits = [
-            max(0.0, price * (p[2] - capacity * sh), p[3] - price * capacity * sh)
-            for p, sh in zip(unit_parts, time_shares, strict=True)
-        ]
-        total_deficit = math.fsum(deficits)
-        rest = max(
-            price * capacity * left,
-            math.fsum(p[3] for p in unit_parts) - price * capacity * math.fsum(time_shares),
-        )
-        unused_total = min(total_deficit, rest)
-        for (s, key, req, billed, _), sh, d in zip(unit_parts, time_shares, deficits, strict=True):
-            tenant = pod_tenant.get(key) or tenant_of_pod(s, key)
-            used = capacity * sh
-            unused = unused_total * d / total_deficit if total_deficit > 0 else 0.0
-            measured.append((s, key, tenant, req, used, billed, price * used, unused, method))
+        measured += _unused_split(unit_parts, time_shares, method, capacity, price, hp)
+    return _Split(measured, price_obs, device_requested, hami_moved, held_keys)
 
-    # Usage above what a hold was billed is paid from the money its device's idle time holds
-    # (OpenCost's __idle__ row, and holds that used less than billed). Where OpenCost's rows
-    # do not carry that time (no __idle__ row), the excess is scaled to what there is, so
-    # every basis still sums to the cluster total and no bucket goes negative.
-    hami_idle = math.fsum(hami_moved.get(IDLE_TENANT, ()))  # what OpenCost overbilled
-    for tenant, changes in hami_moved.items():
-        alloc_parts[(tenant, "gpu")].extend(changes)
-    idle_alloc_gpu = math.fsum(alloc_parts.get((IDLE_TENANT, "gpu"), ()))
+
+def _unused_split(
+    unit_parts: list[tuple[GpuSample, PodKey, float, float, float]],
+    time_shares: list[float],
+    method: str,
+    capacity: float,
+    price: float,
+    hp: _HoldPricer,
+) -> list[_Measured]:
+    """A shared unit's holds with their use and unused cost. Holders' unused time: what each
+    left of its request, bounded by the unit's rest. In dollars, never less than what a hold
+    was billed beyond its use: OpenCost's rounded request (0.14286 for 1/7) bills a hair more
+    than price x request, and the unused cost must cover every dollar the usage basis moves
+    to __idle__."""
+    left = max(0.0, 1.0 - math.fsum(time_shares))
+    deficits = [
+        max(0.0, price * (p[2] - capacity * sh), p[3] - price * capacity * sh)
+        for p, sh in zip(unit_parts, time_shares, strict=True)
+    ]
+    total_deficit = math.fsum(deficits)
+    rest = max(
+        price * capacity * left,
+        math.fsum(p[3] for p in unit_parts) - price * capacity * math.fsum(time_shares),
+    )
+    unused_total = min(total_deficit, rest)
+    out: list[_Measured] = []
+    for (s, key, req, billed, _), sh, d in zip(unit_parts, time_shares, deficits, strict=True):
+        tenant = hp.tenant(s, key)
+        used = capacity * sh
+        unused = unused_total * d / total_deficit if total_deficit > 0 else 0.0
+        out.append((s, key, tenant, req, used, billed, price * used, unused, method))
+    return out
+
+
+def _catalog_idle(
+    samples: Iterable[GpuSample], device_requested: Mapping[str, list[float]], hp: _HoldPricer
+) -> list[float]:
+    """Catalog-priced: the USD/hour of every GPU's unrequested part (all of an unheld GPU),
+    for ``__idle__``."""
     catalog_idle: list[float] = []
+    devices = {s.uuid: s for s in samples}
+    for uuid, dev in devices.items():
+        rest = 1.0 - math.fsum(device_requested.get(uuid, ()))
+        if rest > 1e-12:
+            catalog_idle.append(hp.catalog_price(dev.model_name, dev.node) * rest)
+    return catalog_idle
+
+
+def _usage_scale(
+    alloc_parts: Mapping[tuple[str, str], list[float]],
+    catalog_idle: list[float],
+    measured: list[_Measured],
+    catalog_priced: bool,
+) -> float:
+    """How much of the usage above what holds were billed can be paid (1: all of it).
+
+    Usage above what a hold was billed is paid from the money its device's idle time holds
+    (OpenCost's __idle__ row, and holds that used less than billed). Where OpenCost's rows
+    do not carry that time (no __idle__ row), the excess is scaled to what there is, so
+    every basis still sums to the cluster total and no bucket goes negative."""
+    idle_alloc_gpu = math.fsum(alloc_parts.get((IDLE_TENANT, "gpu"), ()))
     if catalog_priced:
-        devices = {s.uuid: s for s in samples}
-        for uuid, dev in devices.items():
-            rest = 1.0 - math.fsum(device_requested.get(uuid, ()))
-            if rest > 1e-12:
-                catalog_idle.append(catalog_price(dev.model_name, dev.node) * rest)
         idle_alloc_gpu += math.fsum(catalog_idle)
     excess = math.fsum(max(0.0, m[6] - m[5]) for m in measured)
     pool = idle_alloc_gpu + math.fsum(max(0.0, m[5] - m[6]) for m in measured)
-    scale = 1.0 if excess <= pool else max(0.0, pool) / excess
+    return 1.0 if excess <= pool else max(0.0, pool) / excess
 
+
+@dataclass(slots=True)
+class _Booked:
+    """Every hold booked on both bases (:func:`_book_holds`)."""
+
+    shares: list[GpuShare]
+    usage_gpu: dict[str, list[float]]  # usage-basis GPU parts per tenant
+    extra_alloc_gpu: dict[str, list[float]]  # catalog-priced GPU cost per tenant
+    measured_by_tenant: dict[str, list[float]]  # alloc rate of holds per tenant
+    pod_shares: dict[PodKey, list[float]]  # per hold: alloc rate, usage rate, ...
+    # Per basis, (tenant, method): the GPU USD/h the holds put there; the rest is added later.
+    method_parts: dict[str, dict[tuple[str, str], list[float]]]
+
+
+def _book_holds(
+    split: _Split, scale: float, catalog_priced: bool, hami_idle: float, catalog_idle: list[float]
+) -> _Booked:
+    """Each hold as a :class:`GpuShare` and its dollars on both bases, per tenant, pod and
+    split method; with ``scale < 1`` use above a bill is scaled down and no unused money is
+    left in ``__idle__``."""
     shares_out: list[GpuShare] = []
     usage_gpu: dict[str, list[float]] = defaultdict(list)
-    extra_alloc_gpu: dict[str, list[float]] = defaultdict(list)  # catalog-priced GPU cost
-    measured_by_tenant: dict[str, list[float]] = defaultdict(list)  # alloc rate of holds
-    pod_shares: dict[PodKey, list[float]] = {}  # per hold: alloc rate, usage rate, ...
-    # Per basis, (tenant, method): the GPU USD/h the holds put there; the rest is added below.
+    extra_alloc_gpu: dict[str, list[float]] = defaultdict(list)
+    measured_by_tenant: dict[str, list[float]] = defaultdict(list)
+    pod_shares: dict[PodKey, list[float]] = {}
     method_parts: dict[str, dict[tuple[str, str], list[float]]] = {
         "allocation": defaultdict(list),
         "usage": defaultdict(list),
@@ -548,7 +768,8 @@ def attribute_costs(
     if hami_idle:
         method_parts["allocation"][(IDLE_TENANT, "hami")].append(hami_idle)
         method_parts["usage"][(IDLE_TENANT, "hami")].append(hami_idle)
-    for s, key, tenant, req, used, billed, usage, unused, method in measured:
+    held_keys = split.held_keys
+    for s, key, tenant, req, used, billed, usage, unused, method in split.measured:
         if scale < 1.0:
             # Every idle dollar paid someone's use: no unused money is left in __idle__.
             unused = 0.0
@@ -586,101 +807,103 @@ def attribute_costs(
     if catalog_idle:
         extra_alloc_gpu[IDLE_TENANT].extend(catalog_idle)
         usage_gpu[IDLE_TENANT].extend(catalog_idle)
-    shares = shares_out
+    return _Booked(
+        shares_out, usage_gpu, extra_alloc_gpu, measured_by_tenant, pod_shares, method_parts
+    )
 
-    # --- assemble both bases ---------------------------------------------------------------
+
+def _allocation_rates(
+    alloc_parts: Mapping[tuple[str, str], list[float]],
+    extra_alloc_gpu: Mapping[str, list[float]],
+    catalog_priced: bool,
+) -> dict[tuple[str, str], float]:
+    """The allocation basis: OpenCost's rows, plus the catalog-priced holds and idle GPUs
+    where OpenCost billed no GPU."""
     allocation_rates: dict[tuple[str, str], float] = {
         k: math.fsum(v) for k, v in alloc_parts.items()
     }
     if catalog_priced:
-        # OpenCost billed no GPU: the catalog-priced holds are the allocation-basis GPU cost.
         for tenant, parts in extra_alloc_gpu.items():
             allocation_rates[(tenant, "gpu")] = allocation_rates.get(
                 (tenant, "gpu"), 0.0
             ) + math.fsum(parts)
-    if allocations is None:
-        allocation_rates = {}
+    return allocation_rates
 
-    rates_by_basis: dict[str, dict[tuple[str, str], float]] = {"allocation": allocation_rates}
-    if (gpus is not None or shared is not None) and allocations is not None:
-        usage_rates = {k: v for k, v in allocation_rates.items() if k[1] != "gpu"}
-        gpu_parts: dict[str, list[float]] = defaultdict(list)
-        for tenant, parts in usage_gpu.items():
-            gpu_parts[tenant].extend(parts)
-        if not catalog_priced:
-            # GPU cost not carried by a measured unit keeps its allocation-basis owner:
-            # OpenCost's idle row, unmeasured pods, and the unallocated bucket.
-            for (tenant, resource), value in allocation_rates.items():
-                if resource != "gpu":
-                    continue
-                rest = value - math.fsum(measured_by_tenant.get(tenant, []))
-                if abs(rest) > 1e-12:
-                    gpu_parts[tenant].append(rest)
-        for tenant, parts in gpu_parts.items():
-            total = math.fsum(parts)
-            if total or (tenant, "gpu") in allocation_rates:
-                usage_rates[(tenant, "gpu")] = total
-        rates_by_basis["usage"] = usage_rates
 
-    method_rates = {
-        basis: _method_rates(rates, method_parts[basis]) for basis, rates in rates_by_basis.items()
+def _usage_rates(
+    allocation_rates: Mapping[tuple[str, str], float], booked: _Booked, catalog_priced: bool
+) -> dict[tuple[str, str], float]:
+    """The usage basis: the allocation basis with each tenant's GPU rate replaced by what its
+    holds used (and ``__idle__``'s by the rest)."""
+    usage_rates = {k: v for k, v in allocation_rates.items() if k[1] != "gpu"}
+    gpu_parts: dict[str, list[float]] = defaultdict(list)
+    for tenant, parts in booked.usage_gpu.items():
+        gpu_parts[tenant].extend(parts)
+    if not catalog_priced:
+        # GPU cost not carried by a measured unit keeps its allocation-basis owner:
+        # OpenCost's idle row, unmeasured pods, and the unallocated bucket.
+        for (tenant, resource), value in allocation_rates.items():
+            if resource != "gpu":
+                continue
+            rest = value - math.fsum(booked.measured_by_tenant.get(tenant, []))
+            if abs(rest) > 1e-12:
+                gpu_parts[tenant].append(rest)
+    for tenant, parts in gpu_parts.items():
+        total = math.fsum(parts)
+        if total or (tenant, "gpu") in allocation_rates:
+            usage_rates[(tenant, "gpu")] = total
+    return usage_rates
+
+
+def _fold_shares_and_methods(
+    shares: list[GpuShare],
+    method_rates: Mapping[str, Mapping[tuple[str, str], float]],
+    rates_by_basis: Mapping[str, Mapping[tuple[str, str], float]],
+) -> tuple[list[GpuShare], dict[str, dict[tuple[str, str], float]]]:
+    """The shares and the rates by split method of the tenants folded into ``__other__``
+    (those no longer in ``rates_by_basis``) moved there."""
+    kept = {t for basis in rates_by_basis.values() for (t, _) in basis}
+    folded_methods = {
+        basis: remap_tenants(rates, {t: OTHER_TENANT for (t, _) in rates if t not in kept})
+        for basis, rates in method_rates.items()
     }
+    return fold_shares(shares, rates_by_basis), folded_methods
 
-    pod_rates: dict[str, dict[PodKey, dict[str, float]]] = {}
-    if allocations is not None:
-        pod_rates = _pod_rates(pod_alloc, pod_shares, catalog_priced, "usage" in rates_by_basis)
 
-    folded = 0
-    if max_tenants is not None:
-        rates_by_basis, folded = fold_tenants(rates_by_basis, max_tenants)
-        if folded:
-            shares = fold_shares(shares, rates_by_basis)
-            kept = {t for basis in rates_by_basis.values() for (t, _) in basis}
-            method_rates = {
-                basis: remap_tenants(rates, {t: OTHER_TENANT for (t, _) in rates if t not in kept})
-                for basis, rates in method_rates.items()
-            }
+def _cluster_totals(allocation: Mapping[tuple[str, str], float]) -> dict[str, float]:
+    """The cluster total per resource, which every basis sums to."""
+    by_resource: dict[str, list[float]] = defaultdict(list)
+    for (_, r), v in allocation.items():
+        by_resource[r].append(v)
+    return {resource: math.fsum(by_resource.get(resource, ())) for resource in RESOURCES}
 
-    cluster: dict[str, float] = {}
-    if allocation_rates:
-        by_resource: dict[str, list[float]] = defaultdict(list)
-        for (_, r), v in rates_by_basis["allocation"].items():
-            by_resource[r].append(v)
-        for resource in RESOURCES:
-            cluster[resource] = math.fsum(by_resource.get(resource, ()))
 
+def _published_gpu_prices(
+    price_obs: dict[str, list[float]],
+    samples: Iterable[GpuSample],
+    hp: _HoldPricer,
+    catalog_priced: bool,
+) -> dict[tuple[str, str], float]:
+    """The GPU price per (model, source) in use: OpenCost's (the median observed), else the
+    catalog's.
+
+    The catalog (an override, an owned entry) prices GPUs only where OpenCost prices none:
+    publish it as in use only then, never beside OpenCost's price. Owned node pools may price
+    one model differently per node: the median device's price (and its source) is published."""
     gpu_prices: dict[tuple[str, str], float] = {}
     for model, obs in price_obs.items():
         obs.sort()
         gpu_prices[(model, "opencost")] = obs[len(obs) // 2]
-    # The catalog (an override, an owned entry) prices GPUs only where OpenCost prices none:
-    # publish it as in use only then, never beside OpenCost's price. Owned node pools may price
-    # one model differently per node: the median device's price (and its source) is published.
     by_model: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for s in {s.uuid: s for s in samples}.values() if catalog_priced else ():
-        catalog_price(s.model_name, s.node)
-        found = prices[(s.model_name, s.node if pricer.owned.entries else "")]
+        found = hp.catalog_found(s.model_name, s.node)
         if found is not None:
             by_model[s.model_name].append(found)
     for model, found_prices in by_model.items():
         found_prices.sort()
         value, source = found_prices[len(found_prices) // 2]
         gpu_prices[(model, source)] = value
-
-    return CostBreakdown(
-        rates=rates_by_basis,
-        cluster=cluster,
-        shares=tuple(shares),
-        gpu_prices=gpu_prices,
-        folded_tenants=folded,
-        unpriced_gpu_models=tuple(sorted(unpriced)) if catalog_priced else (),
-        pod_rates=pod_rates,
-        pod_tenants=pod_tenants,
-        utilization_metrics=dict(metric_units),
-        owned_prices=pricer.owned_prices(),
-        method_rates=method_rates,
-        held_unmeasured=len(held_keys),
-    )
+    return gpu_prices
 
 
 def _method_rates(

@@ -58,6 +58,7 @@ from aifinops.model.budgets import (
     scope_series,
     scope_totals,
 )
+from aifinops.model.calendar import MonthBounds, month_bounds
 from aifinops.model.chargeback import Quantity, current_period, parse_period
 from aifinops.model.cost import _resource_costs, tenant_of
 
@@ -68,7 +69,7 @@ from aifinops.model.finance_types import FinanceReport as FinanceReport
 from aifinops.model.finance_types import LedgerKey as LedgerKey
 from aifinops.model.finance_types import PeriodBooks as PeriodBooks
 from aifinops.model.finance_types import TenantResource as TenantResource
-from aifinops.model.forecast import DailyFit, MonthBounds, fit_daily, month_bounds
+from aifinops.model.forecast import DailyFit, fit_daily
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route

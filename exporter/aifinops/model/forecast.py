@@ -35,16 +35,17 @@ day and days older than the lookback are ignored by the fit. Money is float USD 
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Literal, NamedTuple
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
+
+from aifinops.model.calendar import elapsed_days, local_day, local_today, month_bounds
 
 ForecastMethod = Literal["theil_sen", "run_rate", "insufficient"]
 
@@ -54,62 +55,6 @@ MIN_RUN_RATE_DAYS = 1.0 / 24.0
 """Elapsed month (days) below which a run rate is not extrapolated (one hour)."""
 DEFAULT_LOOKBACK_DAYS = 28
 """Full days before today that the trend fit uses (four weeks: weekly cycles average out)."""
-
-
-class MonthBounds(NamedTuple):
-    """The calendar month containing an instant, in a time zone."""
-
-    start: float  # unix seconds of local midnight on the 1st
-    end: float  # unix seconds of local midnight on the 1st of the next month (exclusive)
-    days: int  # days in the month (28-31)
-
-
-def _zone(tz: str) -> ZoneInfo:
-    return ZoneInfo(tz)
-
-
-def _local_midnight(d: date, zone: ZoneInfo) -> float:
-    return datetime(d.year, d.month, d.day, tzinfo=zone).timestamp()
-
-
-# Cached (both pure): a refresh asks for the same instant once per budget, 2,001 at 10k GPUs.
-@functools.lru_cache(maxsize=64)
-def month_bounds(now: float, tz: str) -> MonthBounds:
-    """Start and end (unix seconds) and length in days of the calendar month containing
-    ``now`` in time zone ``tz`` (an IANA name, e.g. ``"Europe/Paris"``).
-
-    >>> month_bounds(1709251200.0, "UTC")  # 2024-03-01T00:00:00Z
-    MonthBounds(start=1709251200.0, end=1711929600.0, days=31)
-    """
-    zone = _zone(tz)
-    local = datetime.fromtimestamp(now, zone).date()
-    first = local.replace(day=1)
-    nxt = date(first.year + 1, 1, 1) if first.month == 12 else first.replace(month=first.month + 1)
-    return MonthBounds(_local_midnight(first, zone), _local_midnight(nxt, zone), (nxt - first).days)
-
-
-def elapsed_days(now: float, tz: str) -> float:
-    """Days of the calendar month elapsed at ``now`` in ``tz``: whole local days before today
-    plus the fraction of today elapsed (DST-exact: a 23- or 25-hour day counts as one day).
-    In ``[0, days in month)``."""
-    today = _today(now, tz)
-    return (today.date.day - 1) + today.elapsed_fraction
-
-
-class _Today(NamedTuple):
-    date: date
-    elapsed_fraction: float  # of today, 0 at local midnight
-    full_days_left: int  # whole days after today until month end
-
-
-@functools.lru_cache(maxsize=64)
-def _today(now: float, tz: str) -> _Today:
-    zone = _zone(tz)
-    today = datetime.fromtimestamp(now, zone).date()
-    start = _local_midnight(today, zone)
-    end = _local_midnight(today + timedelta(days=1), zone)
-    bounds = month_bounds(now, tz)
-    return _Today(today, (now - start) / (end - start), bounds.days - today.day)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +110,7 @@ def theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def daily_by_date(series: Iterable[tuple[float, float]], tz: str) -> dict[date, float]:
     """Sum a ``(day_start unix seconds, USD)`` series per local date; non-finite values are
     dropped (a missing sample, not a zero)."""
-    zone = _zone(tz)
+    zone = ZoneInfo(tz)
     out: dict[date, list[float]] = defaultdict(list)
     for ts, usd in series:
         if math.isfinite(ts) and math.isfinite(usd):
@@ -205,11 +150,6 @@ def fit_daily(
     return DailyFit(today, n, slope, intercept)
 
 
-def local_today(now: float, tz: str) -> date:
-    """The local date at ``now`` in ``tz``."""
-    return datetime.fromtimestamp(now, _zone(tz)).date()
-
-
 def forecast_month_end(
     spend_to_date_usd: float,
     daily: Iterable[tuple[float, float]],
@@ -233,7 +173,7 @@ def project_month_end(spend_to_date_usd: float, fit: DailyFit, now: float, tz: s
     (``fit.today`` is today at ``now``)."""
     spend = spend_to_date_usd if math.isfinite(spend_to_date_usd) else 0.0
     spend = max(0.0, spend)
-    today = _today(now, tz)
+    today = local_day(now, tz)
     if fit.today != today.date:
         raise ValueError(f"a fit of {fit.today} used on {today.date}")
     n = fit.history_days

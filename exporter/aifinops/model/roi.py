@@ -30,7 +30,7 @@ from datetime import date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from aifinops.model.forecast import month_bounds
+from aifinops.model.calendar import month_bounds
 
 BenefitKind = Literal["productivity", "quality", "risk"]
 BENEFIT_KINDS: tuple[BenefitKind, ...] = ("productivity", "quality", "risk")
