@@ -57,6 +57,36 @@ def test_same_seed_same_bytes() -> None:
     assert a.ground_truth(NOW) == b.ground_truth(NOW)
 
 
+_LAYOUT = """
+import hashlib, sys
+from aifinops.demo.cluster import ClusterSpec, SimCluster
+sim = SimCluster(ClusterSpec.demo(shared_gpus=True))
+print(hashlib.sha256(sim.dcgm_exposition(float(sys.argv[1])).encode()).hexdigest())
+"""
+
+
+def test_same_seed_same_bytes_in_any_process() -> None:
+    # The layout once kept id()s of a previous call's slot tuples; a freed tuple's id reused
+    # by a new slot dropped a MIG pod, depending on PYTHONHASHSEED (allocation patterns).
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for seed in ("0", "2", "5"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", _LAYOUT, str(NOW)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+
+
 def test_other_seed_other_cluster() -> None:
     a = SimCluster(ClusterSpec.demo())
     b = SimCluster(ClusterSpec.demo(seed=8))

@@ -199,6 +199,9 @@ class Layout:
         is the same with or without partial requests."""
         spec = self.spec
         slots: list[tuple[SimNode, tuple[GpuHold, ...]]] = []
+        # ids of this call's slots only: a previous call's slots may be freed by now and their
+        # ids reused by new tuples (which made the layout depend on PYTHONHASHSEED).
+        self._surplus_slots = set()
         unallocated_left_out = False
         for node in nodes:
             if not node.gpus:
