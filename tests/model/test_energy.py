@@ -262,6 +262,11 @@ def test_energy_without_dcgm_fails_at_start_up_naming_the_field():
             "energy: {carbon: {schedule: [{start: '8:00', end: '09:00', grams_co2e_per_kwh: 1}]}}",
             "energy.carbon.schedule.0",
         ),
+        (
+            "energy: {price: {schedule: [{days: [], start: '08:00', end: '09:00', "
+            "usd_per_kwh: 1}]}}",
+            "energy.price.schedule.0.days",
+        ),
         ("energy: {budgets: [{tenant: a}]}", "energy.budgets.0"),
         ("energy: {budgets: [{tenant: a, energy_usd: 1}, {tenant: a, carbon_kg: 1}]}", "energy"),
     ],
