@@ -493,7 +493,7 @@ class _TimeWindowSettings(_Strict):
     """A daily time-of-use window in the finance time zone (``budgets.time_zone``):
     ``[start, end)`` on ``days`` (default every day). A window over midnight is two windows."""
 
-    days: tuple[Weekday, ...] = _WEEKDAYS
+    days: tuple[Weekday, ...] = Field(_WEEKDAYS, min_length=1)  # [] would never apply
     start: str
     end: str
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -111,3 +112,15 @@ async def test_through_the_app(aiohttp_client: Any) -> None:
     assert dropped["aifinops_tokens_total"] > 0
     for name, samples in page.items():
         assert len(samples) <= 100 or name == "aifinops_source_errors_total", name
+
+
+def test_split_method_families_fold_and_keep_each_method_total() -> None:
+    # Their sum() is the cluster GPU rate and each method's share feeds the even-split alert:
+    # over the cap they must fold into __other__ per method, not lose their smallest tenants.
+    for spec in (c.TENANT_GPU_COST_BY_METHOD, c.TENANT_USAGE_GPU_COST_BY_METHOD):
+        methods = ("exclusive", "even_split", "hami")
+        samples = [((f"t{i:03}", m), 1.0 + i) for i in range(150) for m in methods]
+        family = Family(spec, samples)
+        capped, lost = cap_family(family, 100)
+        assert lost > 0 and len(capped.samples) <= 100
+        assert totals(capped, ("method",)) == pytest.approx(totals(family, ("method",)))

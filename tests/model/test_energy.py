@@ -201,6 +201,24 @@ def test_month_to_date_starts_again_in_a_new_month_of_the_finance_zone():
     assert r2.usd == {"a": approx(2.0)}  # since start
 
 
+def test_last_interval_of_a_month_read_just_after_midnight_keeps_the_months_total():
+    # The source dates its read a moment before the refresh's clock: an interval ending at
+    # 23:59:59 counts in its month, on top of that month's earlier intervals (not alone).
+    shares = shares_of(
+        [pod("team-a", "a", gpu_cost=4.0, gpu_count=1.0, gpu_hours=1.0)],
+        [gpu("G", H100, 0.8, "team-a", "a")],
+    )
+    ctx = EnergyContext(1.0, Schedule(1.0), Schedule(1.0))
+    midnight = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    one = EnergyReadings(midnight - 7200, midnight - 3600, (GpuEnergy("G", 3.6e6),))
+    _, state = account_energy(one, shares, ctx, EnergyState(), midnight - 3600)
+    two = EnergyReadings(midnight - 3600, midnight - 1, (GpuEnergy("G", 3.6e6),))
+    r2, state = account_energy(two, shares, ctx, state, midnight + 1)
+    assert (r2.month, r2.month_usd) == ("2026-11", {"a": approx(2.0)})
+    r3, _ = account_energy(None, shares, ctx, state, midnight + 61)
+    assert (r3.month, r3.month_usd) == ("2026-12", {})
+
+
 def test_report_carries_energy_only_when_configured():
     allocs, gpus = mixed_cluster()
     inputs_ctx = context()
@@ -243,6 +261,11 @@ def test_energy_without_dcgm_fails_at_start_up_naming_the_field():
         (
             "energy: {carbon: {schedule: [{start: '8:00', end: '09:00', grams_co2e_per_kwh: 1}]}}",
             "energy.carbon.schedule.0",
+        ),
+        (
+            "energy: {price: {schedule: [{days: [], start: '08:00', end: '09:00', "
+            "usd_per_kwh: 1}]}}",
+            "energy.price.schedule.0.days",
         ),
         ("energy: {budgets: [{tenant: a}]}", "energy.budgets.0"),
         ("energy: {budgets: [{tenant: a, energy_usd: 1}, {tenant: a, carbon_kg: 1}]}", "energy"),

@@ -163,3 +163,17 @@ async def test_an_answer_without_energy_or_power_is_invalid(upstream: TestServer
         with pytest.raises(SourceError) as err:
             await EnergySource(settings, lambda: 1.0, run=run_cpu).fetch(client)
     assert err.value.reason == "invalid"
+
+
+def test_gpus_gone_for_a_day_are_forgotten():
+    # GPUs come and go (autoscaled nodes bring new UUIDs): the memory keeps only recent ones.
+    memory = EnergyMemory()
+    for hour in range(72):
+        uuid = f"GPU-{hour}"
+        _, memory = energy_since(memory, {uuid: GpuReading(joules=1.0)}, hour * 3600.0)
+    assert len(memory.gpus) <= 26
+    assert "GPU-71" in memory.gpus and "GPU-0" not in memory.gpus
+    # Within the horizon a returning GPU still has its reading: the gap is counted.
+    _, memory = energy_since(memory, {"GPU-60": GpuReading(joules=5.0)}, 72 * 3600.0)
+    back, _ = energy_since(memory, {"GPU-60": GpuReading(joules=9.0)}, 72 * 3600.0 + 60)
+    assert {g.uuid: g.joules for g in back.gpus} == {"GPU-60": 4.0}

@@ -73,10 +73,13 @@ ADDITIVE = frozenset(
         "aifinops_tenant_carbon_grams_per_hour",
         "aifinops_tenant_energy_month_to_date_cost_usd",
         "aifinops_tenant_carbon_month_to_date_grams",
+        # GPU dollars by split method: sum() is the cluster GPU rate, per method too.
+        "aifinops_tenant_gpu_cost_by_method_usd_per_hour",
+        "aifinops_tenant_usage_basis_gpu_cost_by_method_usd_per_hour",
     }
 )
 # Labels that split a total into parts that must not be mixed; kept when folding.
-DIMENSIONS = frozenset({"basis", "resource", "token_type", "source", "kind", "reason"})
+DIMENSIONS = frozenset({"basis", "resource", "token_type", "source", "kind", "reason", "method"})
 
 
 def _rank(sample: Sample) -> tuple[bool, float, tuple[str, ...]]:

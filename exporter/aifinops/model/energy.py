@@ -281,9 +281,14 @@ def account_energy(
             interval = EnergyInterval(seconds, split, cost, carbon, dict(methods), price, intensity)
             joules, usd, grams = _add(joules, split), _add(usd, cost), _add(grams, carbon)
             # The whole interval counts in the month it ends in (intervals are a refresh long).
+            # ``now`` may already be in the next month (the read is dated a moment before
+            # the refresh): the month of the interval decides what it is added to.
             month = _month(readings.end, zone)
             if month != state.month:
                 month_usd, month_grams, month_joules = {}, {}, {}
+            else:
+                month_usd, month_grams = state.month_usd, state.month_grams
+                month_joules = state.month_joules
             month_usd, month_grams = _add(month_usd, cost), _add(month_grams, carbon)
             month_joules = _add(month_joules, split)
     if readings is None:

@@ -55,12 +55,18 @@ class GpuReading:
     watts: float | None = None
 
 
+# A GPU absent from the reads this long is forgotten (it comes back as a new one), so the
+# memory stays bounded while autoscaled nodes bring new GPU UUIDs.
+FORGET_AFTER_SECONDS = 86_400.0
+
+
 @dataclass(frozen=True, slots=True)
 class EnergyMemory:
-    """The previous read: when (unix seconds) and each GPU's reading."""
+    """The previous read: when (unix seconds), each GPU's last reading and when it was read."""
 
     at: float | None = None
     gpus: Mapping[str, GpuReading] = field(default_factory=dict)
+    seen: Mapping[str, float] = field(default_factory=dict)
 
 
 def gpu_readings(series: Iterable[tuple[str, Mapping[str, str], float]]) -> dict[str, GpuReading]:
@@ -91,10 +97,17 @@ def energy_since(
     ``counter_resets``). Else power: the mean of the previous and current power (the one there
     is) × the seconds between the reads. A GPU seen for the first time, or with neither, adds
     nothing this time. A GPU missing from this read keeps its previous reading, so a
-    short gap is covered by the next interval (as ``increase()`` over a gap)."""
-    kept = dict(memory.gpus)
+    short gap is covered by the next interval (as ``increase()`` over a gap), for at most
+    :data:`FORGET_AFTER_SECONDS`."""
+    seen = {
+        uuid: at
+        for uuid in memory.gpus
+        if now - (at := memory.seen.get(uuid, memory.at or now)) <= FORGET_AFTER_SECONDS
+    }
+    seen.update(dict.fromkeys(readings, now))
+    kept = {uuid: r for uuid, r in memory.gpus.items() if uuid in seen}
     kept.update(readings)
-    new_memory = EnergyMemory(now, kept)
+    new_memory = EnergyMemory(now, kept, seen)
     if memory.at is None or now <= memory.at:
         return EnergyReadings(now, now), new_memory
     seconds = now - memory.at
