@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -592,20 +593,41 @@ class PreparedAnswers:
     answers: Mapping[str, CachedAnswer]
 
 
+SUMMARY_PATH = f"{PREFIX}/summary"
+BUDGETS_PATH = f"{PREFIX}/budgets"
+RECOMMENDATIONS_PATH = f"{PREFIX}/recommendations"
+# The requests the refresh can answer ahead (``request.path_qs``): every read route without
+# options, and the current month's chargeback in each format (the bare path is the JSON).
+PREPARABLE: tuple[str, ...] = (
+    SUMMARY_PATH,
+    BUDGETS_PATH,
+    RECOMMENDATIONS_PATH,
+    *(f"{CHARGEBACK_PATH}?format={fmt}" for fmt in CHARGEBACK_FORMATS),
+    CHARGEBACK_PATH,
+)
+# A preparable request asked for within this many seconds is prepared with each refresh.
+# Why not all of them always: at 10k GPUs the seven cost ~0.9 s of CPU a refresh (the FOCUS
+# file alone half of it), work that was only done when asked for; prepared on demand, a
+# refresh does ahead exactly the work its first requests would have done on the side thread.
+PREPARE_WINDOW_S = 600.0
+
+
 def prepare_answers(
     view: ReadView,
+    wanted: Collection[str] = PREPARABLE,
     max_entries: int = READ_CACHE_ENTRIES,
     max_bytes: int = READ_CACHE_BYTES,
 ) -> PreparedAnswers | None:
-    """The answers to the default read requests (no query string; chargeback of the current
-    period in each format) over ``view``, so that the first request after a refresh is not
-    built on the event loop's side thread while the next refresh holds the interpreter.
+    """The answers to the ``wanted`` requests among :data:`PREPARABLE` over ``view``, so
+    that the first request after a refresh is not built on the side thread while the next
+    refresh holds the interpreter.
 
-    Memory: 7 keys (6 bodies: the bare chargeback is the JSON one), within the cache's own
-    ``max_entries`` and ``max_bytes``: an answer that would pass either is left out (built
-    on request instead), so the prepared set never holds more than the cache may. An answer
-    that is an error (a 404 period) is left out too; anything else raised is the caller's
-    (the refresh counts it, stage ``prepare``, and the API builds on request)."""
+    Memory: at most 7 keys (6 bodies: the bare chargeback is the JSON one; ~11 MB at 10k
+    GPUs, FOCUS 5 MB of it), within the cache's own ``max_entries`` and ``max_bytes``: an
+    answer that would pass either is left out (built on request instead), so the prepared
+    set never holds more than the cache may. An answer that is an error (a 404 period) is
+    left out too; anything else raised is the caller's (the refresh counts it, stage
+    ``prepare``, and the API builds on request)."""
     finance = view.finance
     if finance is None:
         return None
@@ -614,6 +636,8 @@ def prepare_answers(
 
     def keep(path: str, build: Callable[[], web.Response]) -> None:
         nonlocal used
+        if path not in wanted:
+            return
         try:
             built = build()
         except ApiError:
@@ -626,9 +650,11 @@ def prepare_answers(
             used += len(answer.body)
 
     empty: Query = MultiDictProxy(MultiDict())
-    keep(f"{PREFIX}/summary", lambda: _summary(view, empty))
-    keep(f"{PREFIX}/budgets", lambda: _budgets(view, empty))
-    keep(f"{PREFIX}/recommendations", lambda: _recommendations(view, empty))
+    keep(SUMMARY_PATH, lambda: _summary(view, empty))
+    keep(BUDGETS_PATH, lambda: _budgets(view, empty))
+    keep(RECOMMENDATIONS_PATH, lambda: _recommendations(view, empty))
+    if not any(path.startswith(CHARGEBACK_PATH) for path in wanted):
+        return PreparedAnswers(finance, answers)
     try:
         query, cb = _chargeback_of(view, empty)
     except ApiError:
@@ -638,8 +664,13 @@ def prepare_answers(
         as_fmt = query.model_copy(update={"format": fmt})
         keep(f"{CHARGEBACK_PATH}?format={fmt}", partial(_chargeback_file, view, as_fmt, cb))
     json_answer = answers.get(f"{CHARGEBACK_PATH}?format=json")
-    if json_answer is not None:  # format defaults to json: the same bytes
-        keep(CHARGEBACK_PATH, lambda: json_answer.response())
+    json_query = query.model_copy(update={"format": "json"})
+    keep(  # format defaults to json: the same bytes
+        CHARGEBACK_PATH,
+        (lambda: json_answer.response())
+        if json_answer is not None
+        else partial(_chargeback_file, view, json_query, cb),
+    )
     return PreparedAnswers(finance, answers)
 
 
@@ -655,11 +686,16 @@ class ReadCache:
     thread (:func:`aifinops.offload.run_side`) so that ``/metrics`` keeps being served
     meanwhile, and later identical requests get the same bytes. A new report empties the
     cache; it is bounded in entries and bytes (oldest out first: the prepared answers go
-    before any built since). Errors (4xx) are not cached.
+    before any built since). Errors (4xx) are not cached. Which requests are prepared:
+    those of :data:`PREPARABLE` asked for in the last :data:`PREPARE_WINDOW_S` seconds
+    (:meth:`wanted`).
     """
 
     def __init__(
-        self, max_entries: int = READ_CACHE_ENTRIES, max_bytes: int = READ_CACHE_BYTES
+        self,
+        max_entries: int = READ_CACHE_ENTRIES,
+        max_bytes: int = READ_CACHE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -669,6 +705,15 @@ class ReadCache:
         # Answers built on request (misses), and reports whose prepared answers were used.
         self.built = 0
         self.prepared_reports = 0
+        # When each preparable request was last asked for. Replaced, never changed in place:
+        # the refresh's worker thread reads it (wanted()) while the loop serves.
+        self._clock = clock
+        self._asked: Mapping[str, float] = {}
+
+    def wanted(self) -> frozenset[str]:
+        """The preparable requests asked for within :data:`PREPARE_WINDOW_S` (any thread)."""
+        asked, now = self._asked, self._clock()
+        return frozenset(path for path, at in asked.items() if now - at <= PREPARE_WINDOW_S)
 
     async def answer(self, request: web.Request, build: ReadBuild) -> web.Response:
         # The snapshot's parts are read here, on the event loop, all at once: the answer is
@@ -687,6 +732,8 @@ class ReadCache:
                 self.prepared_reports += 1
                 for path, ready in prepared.answers.items():
                     self._store(path, ready)
+        if request.path_qs in PREPARABLE:
+            self._asked = {**self._asked, request.path_qs: self._clock()}
         cached = self._entries.get(request.path_qs)
         if cached is None:
             self.built += 1
@@ -759,14 +806,18 @@ def register_api(
 
 
 def answer_preparer(
-    settings: Settings,
+    settings: Settings, cache: ReadCache
 ) -> Callable[[Report | None, FinanceReport | None], PreparedAnswers | None]:
-    """The refresh's ``prepare`` hook: a report and its finance figures to their
-    :class:`PreparedAnswers` (on the refresh's CPU worker, before the snapshot is published).
-    The energy is the report's own, as ``web/app.py``'s energy getter reads it."""
+    """The refresh's ``prepare`` hook: a report and its finance figures to the
+    :class:`PreparedAnswers` of the requests ``cache`` says are wanted (on the refresh's CPU
+    worker, before the snapshot is published). The energy is the report's own, as
+    ``web/app.py``'s energy getter reads it."""
 
     def prepare(report: Report | None, finance: FinanceReport | None) -> PreparedAnswers | None:
+        wanted = cache.wanted()
+        if not wanted:
+            return None
         energy = report.energy if report is not None else None
-        return prepare_answers(ReadView(finance, report, energy, settings))
+        return prepare_answers(ReadView(finance, report, energy, settings), wanted)
 
     return prepare

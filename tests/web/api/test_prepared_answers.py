@@ -1,6 +1,7 @@
 """The API's default answers built by the refresh (web.api.PreparedAnswers) and installed in
-the read cache with the snapshot that carries them: the first request after a refresh builds
-nothing, answers the bytes a fresh build gives, and never mixes two refreshes."""
+the read cache with the snapshot that carries them: once clients ask for a default request,
+the first such request after each refresh builds nothing, answers the bytes a fresh build
+gives, and never mixes two refreshes."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from aifinops.web.api import (
     API_READ_CACHE,
     API_REPORT,
     API_SETTINGS,
+    PREPARE_WINDOW_S,
     PreparedAnswers,
     ReadCache,
     ReadView,
+    _budgets,
+    _recommendations,
     handle_budgets,
     handle_chargeback,
     handle_recommendations,
@@ -63,7 +67,14 @@ async def fresh_build(app: web.Application, path: str, prepared: object = None) 
 def hooked(monkeypatch: pytest.MonkeyPatch, wrap: Callable[[Callable[..., Any]], Any]) -> None:
     """Wrap the ``prepare`` hook web/app.py gives the refresher of the next app built."""
     real = web_app.answer_preparer
-    monkeypatch.setattr(web_app, "answer_preparer", lambda settings: wrap(real(settings)))
+    monkeypatch.setattr(
+        web_app, "answer_preparer", lambda settings, cache: wrap(real(settings, cache))
+    )
+
+
+async def ask_all(client: Any) -> None:
+    for path in DEFAULTS:
+        assert (await client.get(path)).status == 200, path
 
 
 @pytest.fixture
@@ -94,8 +105,14 @@ async def test_first_request_after_a_refresh_is_prepared_and_a_fresh_build(
 ) -> None:
     client = finance_demo.client
     app = client.app
-    await finance_demo.refresh()
     cache: ReadCache = app[API_READ_CACHE]
+    await finance_demo.refresh()
+    # Nobody asked yet: nothing is prepared (no work a refresh for answers nobody reads).
+    assert app[REFRESHER].snapshot.prepared is None
+    await ask_all(client)
+    assert cache.built == len(DEFAULTS)
+    finance_demo.clock.now += 60.0
+    await finance_demo.refresh()
     prepared = app[REFRESHER].snapshot.prepared
     assert isinstance(prepared, PreparedAnswers)
     assert prepared.finance is app[REFRESHER].snapshot.finance
@@ -110,12 +127,38 @@ async def test_first_request_after_a_refresh_is_prepared_and_a_fresh_build(
         assert resp.headers.get("Content-Disposition") == fresh.headers.get(
             "Content-Disposition"
         ), path
-    assert cache.built == 0 and cache.prepared_reports == 1
+    assert cache.built == len(DEFAULTS) and cache.prepared_reports == 1
     # Another query string is still built on request, once.
     other = "/api/v1/chargeback?format=csv&share_idle=true"
     for _ in range(2):
         assert (await client.get(other)).status == 200
-    assert cache.built == 1
+    assert cache.built == len(DEFAULTS) + 1
+
+
+async def test_only_what_was_asked_for_recently_is_prepared(finance_demo: Demo) -> None:
+    client = finance_demo.client
+    app = client.app
+    await finance_demo.refresh()
+    assert (await client.get("/api/v1/summary")).status == 200
+    assert (await client.get("/api/v1/chargeback?format=csv")).status == 200
+    await finance_demo.refresh()
+    prepared = app[REFRESHER].snapshot.prepared
+    assert isinstance(prepared, PreparedAnswers)
+    assert set(prepared.answers) == {"/api/v1/summary", "/api/v1/chargeback?format=csv"}
+
+    now = [0.0]
+    cache = ReadCache(clock=lambda: now[0])
+    shadow = web.Application()
+    shadow[API_FINANCE] = app[API_FINANCE]
+    shadow[API_SETTINGS] = app[API_SETTINGS]
+    await cache.answer(make_mocked_request("GET", "/api/v1/budgets", app=shadow), _budgets)
+    other = make_mocked_request("GET", "/api/v1/recommendations?min_saving=1", app=shadow)
+    await cache.answer(other, _recommendations)  # not a default request: never prepared
+    assert cache.wanted() == {"/api/v1/budgets"}
+    now[0] += PREPARE_WINDOW_S
+    assert cache.wanted() == {"/api/v1/budgets"}
+    now[0] += 1.0
+    assert cache.wanted() == frozenset()
 
 
 async def test_answers_never_mix_two_refreshes(gated: Any) -> None:
@@ -124,6 +167,10 @@ async def test_answers_never_mix_two_refreshes(gated: Any) -> None:
     app = client.app
     cache: ReadCache = app[API_READ_CACHE]
     await demo.refresh()
+    await ask_all(client)
+    demo.clock.now += 60.0
+    await demo.refresh()
+    built = cache.built
     first = app[REFRESHER].snapshot.prepared
     assert isinstance(first, PreparedAnswers)
     old = await (await client.get("/api/v1/summary")).read()
@@ -136,7 +183,7 @@ async def test_answers_never_mix_two_refreshes(gated: Any) -> None:
     # The next refresh's report is built and its answers are being prepared: until it
     # publishes, the previous answers keep serving, and nothing is built on request.
     during = await (await client.get("/api/v1/summary")).read()
-    assert during == old and cache.built == 0
+    assert during == old and cache.built == built
     gate.set()
     await refresh
 
@@ -147,7 +194,7 @@ async def test_answers_never_mix_two_refreshes(gated: Any) -> None:
         body = await (await client.get(path)).read()
         assert body == second.answers[path].body == (await fresh_build(app, path)).body, path
     assert first.answers["/api/v1/summary"].body != second.answers["/api/v1/summary"].body
-    assert cache.built == 0 and cache.prepared_reports == 2
+    assert cache.built == built and cache.prepared_reports == 2
     # Answers prepared for another report are never installed: a snapshot whose prepared
     # set is not its finance's builds on request instead.
     stale = await fresh_build(app, "/api/v1/summary", prepared=first)

@@ -43,9 +43,7 @@ async def test_errors_are_not_cached(finance_demo: Any) -> None:
     bad = await client.get("/api/v1/chargeback?period=1999-01")
     assert bad.status == 404
     assert (await bad.json())["error"]["field"] == "period"
-    entries = client.app[API_READ_CACHE]._entries
-    assert "/api/v1/chargeback?period=1999-01" not in entries
-    assert set(entries) == set(client.app[REFRESHER].snapshot.prepared.answers)
+    assert client.app[API_READ_CACHE]._entries == {}
 
 
 class FakeReport:
