@@ -606,8 +606,8 @@ PREPARABLE: tuple[str, ...] = (
     CHARGEBACK_PATH,
 )
 # A preparable request asked for within this many seconds is prepared with each refresh.
-# Why not all of them always: at 10k GPUs the seven cost ~0.9 s of CPU a refresh (the FOCUS
-# file alone half of it), work that was only done when asked for; prepared on demand, a
+# Why not all of them always: at 10k GPUs the seven cost ~0.65 s of CPU a refresh (the FOCUS
+# file about half; bench/README.md), work that was only done when asked for; on demand, a
 # refresh does ahead exactly the work its first requests would have done on the side thread.
 PREPARE_WINDOW_S = 600.0
 
