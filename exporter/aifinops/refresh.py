@@ -68,6 +68,9 @@ from aifinops.status import RefreshStatus, SourceStatus
 log = structlog.get_logger("aifinops.refresh")
 
 Clock = Callable[[], float]
+Prepare = Callable[[Report | None, FinanceReport | None], object]
+"""The ``prepare`` hook (:class:`Refresher`): a cycle's report and finance to what its
+snapshot carries beside them."""
 RETRY_SECONDS = 60.0
 """How soon a source with its own interval is tried again after a failed fetch."""
 WATCHDOG_INTERVALS = 3
@@ -81,6 +84,7 @@ STAGES: tuple[str, ...] = (
     "finance",
     "report",
     "render",
+    "prepare",
     "state",
     "loop",
 )
@@ -137,13 +141,15 @@ class SourceRuntime:
 class Snapshot:
     """What one refresh publishes. ``finance`` is built from ``report`` (the same cycle's,
     or both the previous cycle's) and travels beside it; it is None when finance is not
-    configured or its step failed."""
+    configured or its step failed. ``prepared`` is what the ``prepare`` hook made of this
+    report and finance (the JSON API's ready answers; opaque here), or None."""
 
     report: Report | None
     finance: FinanceReport | None
     status: RefreshStatus | None
     exposition: Exposition
     ready: bool
+    prepared: object = None
 
 
 class Refresher:
@@ -162,6 +168,7 @@ class Refresher:
         watchdog_intervals: int = WATCHDOG_INTERVALS,
         monotonic: Clock = time.monotonic,
         after_refresh: Callable[[], None] | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         """``sources`` are ``(source, timeout_seconds, stale_after_seconds)`` triples;
         ``state_store``, when given, restores the saved state now and is written after
@@ -169,7 +176,11 @@ class Refresher:
         too) times ``watchdog_intervals`` without a published report is a stall
         (:meth:`stalled`), measured on ``monotonic``. ``after_refresh`` runs after each
         cycle's snapshot swap (the process's runtime settings decide what: see
-        ``assemble.AFTER_REFRESH``); a failure there counts as stage ``release``."""
+        ``assemble.AFTER_REFRESH``); a failure there counts as stage ``release``.
+        ``prepare`` turns a cycle's report and finance into what the snapshot carries as
+        ``prepared`` (``web/app.py`` gives the API's ready answers; the refresh does not know
+        the API): on the CPU worker, before the swap; a failure counts as stage ``prepare``
+        and the snapshot carries None."""
         self._runtimes = [SourceRuntime(s, timeout, stale) for s, timeout, stale in sources]
         self._context = context
         self._build = build
@@ -193,6 +204,7 @@ class Refresher:
         self.stall_after: float | None = None  # seconds; None: from the interval (tests set it)
         self._monotonic = monotonic
         self._after_refresh = after_refresh
+        self._prepare = prepare
         self._started = monotonic()
         self._last_success: float | None = None
         self._last_success_at = 0.0
@@ -469,6 +481,7 @@ class Refresher:
             # Ready once an upstream gave data: a local source (the bundled price list, the
             # push store) has data from the start and says nothing about the upstreams.
             in_use = any(rt.data is not None and not rt.source.local for rt in self._runtimes)
+            prepared = await self._prepared(published, published_finance, previous)
             self._graveyard.append(previous)
             self.snapshot = Snapshot(
                 report=published,
@@ -476,6 +489,7 @@ class Refresher:
                 status=status,
                 exposition=exposition,
                 ready=previous.ready or in_use,
+                prepared=prepared,
             )
             if done:
                 self._last_success = self._monotonic()
@@ -491,7 +505,7 @@ class Refresher:
                 exposition_bytes=len(exposition.plain),
                 published=done,
             )
-            del report, finance, exposition, published, published_finance, previous
+            del report, finance, exposition, published, published_finance, previous, prepared
             await self._bury()
             try:
                 await self._save_state(now)
@@ -517,6 +531,24 @@ class Refresher:
             self._stage_failed("finance", exc)
             return None
         self._stage_ok("finance")
+        return out
+
+    async def _prepared(
+        self, report: Report | None, finance: FinanceReport | None, previous: Snapshot
+    ) -> object:
+        """What the ``prepare`` hook makes of the report and finance about to be published
+        (the previous snapshot's when they are the previous ones); None (stage ``prepare``
+        counted) when it fails: the API then builds its answers on request."""
+        if self._prepare is None:
+            return None
+        if report is previous.report and finance is previous.finance:
+            return previous.prepared
+        try:
+            out = await run_cpu(self._prepare, report, finance)
+        except Exception as exc:
+            self._stage_failed("prepare", exc)
+            return None
+        self._stage_ok("prepare")
         return out
 
     async def _render_page(

@@ -765,8 +765,8 @@ REFRESH_FAILURES = _spec(
     "aifinops_refresh_failures_total",
     "counter",
     "Unexpected failures of a refresh stage (fetch, release, inputs, model, finance, report, "
-    "render, state, loop); the cycle goes on with the previous report. Every stage is "
-    "present from the start (0).",
+    "render, prepare, state, loop); the cycle goes on with the previous report (prepare: "
+    "the API builds its answers on request). Every stage is present from the start (0).",
     ("stage",),
     "experimental",
 )

@@ -40,16 +40,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy, MultiMapping
 from pydantic import BaseModel, ValidationError
 
 from aifinops.exposition.chargeback_files import FocusParties, chargeback_csv, focus_csv
-from aifinops.model.chargeback import build_chargeback
+from aifinops.model.chargeback import Chargeback, build_chargeback
 from aifinops.model.energy import EnergyReport, EnergyUse, month_use
 from aifinops.model.finance import FinanceContext, FinanceReport
 from aifinops.model.recommend import filter_recommendations
@@ -96,6 +99,9 @@ API_REPORT: web.AppKey[ReportGetter] = web.AppKey("api_report")
 # The same snapshot's measured electricity (energy.enabled), beside the finance report.
 API_ENERGY: web.AppKey[EnergyGetter] = web.AppKey("api_energy")
 API_READ_CACHE: web.AppKey[ReadCache] = web.AppKey("api_read_cache")
+# The current snapshot's PreparedAnswers (the refresh's ``prepare`` hook), or None.
+PreparedGetter = Callable[[], object]
+API_PREPARED: web.AppKey[PreparedGetter] = web.AppKey("api_prepared")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 API_TOKENS = web.AppKey("api_tokens", TokenStore)
 API_SETTINGS = web.AppKey("api_settings", Settings)
@@ -235,13 +241,16 @@ async def api_middleware(
 # --- request parsing -------------------------------------------------------------------------
 
 
-def _query(request: web.Request, aliases: Mapping[str, str] | None = None) -> dict[str, str]:
+Query = MultiMapping[str]
+
+
+def _query(query: Query, aliases: Mapping[str, str] | None = None) -> dict[str, str]:
     """Query parameters as a dict, ``aliases`` mapping public names to model fields; a
     repeated parameter is a 400."""
     out: dict[str, str] = {}
     names = aliases or {}
-    for key in request.query:
-        values = request.query.getall(key)
+    for key in query:
+        values = query.getall(key)
         if len(values) > 1:
             raise ApiError(400, "invalid_request", f"{key} given more than once", key)
         out[names.get(key, key)] = values[0]
@@ -281,8 +290,29 @@ async def _body(request: web.Request, model: type[M]) -> M:
         raise ApiError(422, "invalid_request", err.message, err.field) from None
 
 
-def _finance(request: web.Request) -> FinanceReport:
-    finance = request.app[API_FINANCE]()
+@dataclass(frozen=True, slots=True)
+class ReadView:
+    """What a read answer is built from: one snapshot's finance figures, report and energy
+    (read together on the event loop, so never two refreshes' halves), and the settings."""
+
+    finance: FinanceReport | None
+    report: Report | None
+    energy: EnergyReport | None
+    settings: Settings | None
+
+    @classmethod
+    def of(cls, app: web.Application) -> ReadView:
+        """The app's current snapshot, as the getters given to :func:`register_api` see it."""
+        return cls(
+            app[API_FINANCE](),
+            app[API_REPORT]() if API_REPORT in app else None,
+            app[API_ENERGY]() if API_ENERGY in app else None,
+            app.get(API_SETTINGS),
+        )
+
+
+def _finance(request: web.Request | ReadView) -> FinanceReport:
+    finance = request.finance if isinstance(request, ReadView) else request.app[API_FINANCE]()
     if finance is None:
         raise ApiError(
             503,
@@ -301,11 +331,11 @@ def _context(request: web.Request) -> FinanceContext:
 # --- handlers --------------------------------------------------------------------------------
 
 
-def _summary(request: web.Request) -> web.Response:
+def _summary(view: ReadView, query: Query) -> web.Response:
     """``GET /api/v1/summary``: spend month to date and its forecast (the whole cluster),
     budget state per tenant, ROI per initiative, idle GPU cost, the top savings."""
-    _query_empty(request)
-    f = _finance(request)
+    _query_empty(query)
+    f = _finance(view)
     spend = f.cluster.spend_usd if f.cluster is not None else math.fsum(f.month_to_date.values())
     return _json(
         SummaryResponse.build(
@@ -321,17 +351,17 @@ def _summary(request: web.Request) -> web.Response:
     )
 
 
-def _query_empty(request: web.Request) -> None:
+def _query_empty(query: Query) -> None:
     """A route without parameters rejects any (a typo should not pass silently)."""
-    if request.query:
-        key = next(iter(request.query))
+    if query:
+        key = next(iter(query))
         raise ApiError(400, "invalid_request", "unknown field", key)
 
 
-def _budgets(request: web.Request) -> web.Response:
+def _budgets(view: ReadView, query: Query) -> web.Response:
     """``GET /api/v1/budgets``: every evaluated budget and the month to date per tenant."""
-    _query_empty(request)
-    f = _finance(request)
+    _query_empty(query)
+    f = _finance(view)
     return _json(
         BudgetsResponse.build(
             now=f.now,
@@ -341,7 +371,7 @@ def _budgets(request: web.Request) -> web.Response:
             budgets=f.budgets,
             tenant_month_to_date=dict(f.tenant_month_to_date),
             notes=f.budget_notes,
-            energy=request.app[API_ENERGY](),
+            energy=view.energy,
         )
     )
 
@@ -350,25 +380,31 @@ RECOMMENDATION_ALIASES = {"min_saving": "min_saving_usd"}
 RECOMMENDATION_PUBLIC = {"min_saving_usd": "min_saving"}
 
 
-def _recommendations(request: web.Request) -> web.Response:
+def _recommendations(view: ReadView, q: Query) -> web.Response:
     """``GET /api/v1/recommendations?tenant=&kind=&min_saving=`` (USD per month,
     inclusive). An unknown tenant is no error: the list is empty."""
     query = _validate_query(
         RecommendationsQuery,
-        _query(request, RECOMMENDATION_ALIASES),
+        _query(q, RECOMMENDATION_ALIASES),
         RECOMMENDATION_PUBLIC,
     )
-    f = _finance(request)
+    f = _finance(view)
     recs = filter_recommendations(f.recommendations, query.tenant, query.kind, query.min_saving_usd)
     return _json(RecommendationsResponse.from_model(recs, f.now))
 
 
-def _chargeback(request: web.Request) -> web.Response:
+def _chargeback(view: ReadView, q: Query) -> web.Response:
     """``GET /api/v1/chargeback?period=YYYY-MM&format=json|csv|focus&basis=&share_idle=
     &share_unallocated=``; ``period`` defaults to the current month."""
-    data = _query(request)
-    f = _finance(request)
-    report = request.app[API_REPORT]()
+    query, cb = _chargeback_of(view, q)
+    return _chargeback_file(view, query, cb)
+
+
+def _chargeback_of(view: ReadView, q: Query) -> tuple[ChargebackQuery, Chargeback]:
+    """The chargeback query (validated) and its rows, whatever the format."""
+    data = _query(q)
+    f = _finance(view)
+    report = view.report
     data.setdefault("period", f.period)
     query = _validate_query(ChargebackQuery, data)
     # How each tenant's GPU dollars are split now: said for the month in progress only (the
@@ -410,11 +446,16 @@ def _chargeback(request: web.Request) -> web.Response:
         covered=covered,
         source=source,
         splits=splits,
-        energy=_energy_of(request.app[API_ENERGY](), query.period),
+        energy=_energy_of(view.energy, query.period),
     )
+    return query, cb
+
+
+def _chargeback_file(view: ReadView, query: ChargebackQuery, cb: Chargeback) -> web.Response:
+    """``cb`` in the query's format (JSON, CSV or FOCUS CSV)."""
     if query.format == "json":
         return _json(ChargebackResponse.from_model(cb))
-    text = chargeback_csv(cb) if query.format == "csv" else focus_csv(cb, _parties(request))
+    text = chargeback_csv(cb) if query.format == "csv" else focus_csv(cb, _parties(view))
     name = f"chargeback-{query.period}{'-focus' if query.format == 'focus' else ''}.csv"
     return web.Response(
         text=text,
@@ -430,9 +471,10 @@ def _energy_of(e: EnergyReport | None, period: str) -> dict[str, EnergyUse] | No
     return month_use(e) if e is not None and e.month == period else None
 
 
-def _parties(request: web.Request) -> FocusParties:
+def _parties(view: ReadView) -> FocusParties:
     """The FOCUS export's billing account, provider and cluster from ``chargeback``."""
-    settings = request.app[API_SETTINGS]
+    settings = view.settings
+    assert settings is not None  # register_api sets it
     c = settings.chargeback
     return FocusParties(
         billing_account_id=c.billing_account_id,
@@ -508,6 +550,8 @@ async def handle_openapi(request: web.Request) -> web.Response:
 READ_CACHE_ENTRIES = 64
 READ_CACHE_BYTES = 32 * 1024 * 1024
 
+ReadBuild = Callable[[ReadView, Query], web.Response]
+
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
@@ -534,40 +578,166 @@ class CachedAnswer:
         )
 
 
+CHARGEBACK_PATH = f"{PREFIX}/chargeback"
+CHARGEBACK_FORMATS = ("json", "csv", "focus")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAnswers:
+    """The default read requests' answers for one finance report, built by the refresh on
+    its CPU worker (:func:`prepare_answers`, the ``prepare`` hook ``web/app.py`` gives the
+    :class:`~aifinops.refresh.Refresher`) and published in the same snapshot as ``finance``.
+    Keys are ``request.path_qs`` as :class:`ReadCache` keys them, in install order."""
+
+    finance: FinanceReport
+    answers: Mapping[str, CachedAnswer]
+
+
+SUMMARY_PATH = f"{PREFIX}/summary"
+BUDGETS_PATH = f"{PREFIX}/budgets"
+RECOMMENDATIONS_PATH = f"{PREFIX}/recommendations"
+# The requests the refresh can answer ahead (``request.path_qs``): every read route without
+# options, and the current month's chargeback in each format (the bare path is the JSON).
+PREPARABLE: tuple[str, ...] = (
+    SUMMARY_PATH,
+    BUDGETS_PATH,
+    RECOMMENDATIONS_PATH,
+    *(f"{CHARGEBACK_PATH}?format={fmt}" for fmt in CHARGEBACK_FORMATS),
+    CHARGEBACK_PATH,
+)
+# A preparable request asked for within this many seconds is prepared with each refresh.
+# Why not all of them always: at 10k GPUs the seven cost ~0.65 s of CPU a refresh (the FOCUS
+# file about half; bench/README.md), work that was only done when asked for; on demand, a
+# refresh does ahead exactly the work its first requests would have done on the side thread.
+PREPARE_WINDOW_S = 600.0
+
+
+def prepare_answers(
+    view: ReadView,
+    wanted: Collection[str] = PREPARABLE,
+    max_entries: int = READ_CACHE_ENTRIES,
+    max_bytes: int = READ_CACHE_BYTES,
+) -> PreparedAnswers | None:
+    """The answers to the ``wanted`` requests among :data:`PREPARABLE` over ``view``, so
+    that the first request after a refresh is not built on the side thread while the next
+    refresh holds the interpreter.
+
+    Memory: at most 7 keys (6 bodies: the bare chargeback is the JSON one; ~11 MB at 10k
+    GPUs, FOCUS 5 MB of it), within the cache's own ``max_entries`` and ``max_bytes``: an
+    answer that would pass either is left out (built on request instead), so the prepared
+    set never holds more than the cache may. An answer that is an error (a 404 period) is
+    left out too; anything else raised is the caller's (the refresh counts it, stage
+    ``prepare``, and the API builds on request)."""
+    finance = view.finance
+    if finance is None:
+        return None
+    answers: dict[str, CachedAnswer] = {}
+    used = 0
+
+    def keep(path: str, build: Callable[[], web.Response]) -> None:
+        nonlocal used
+        if path not in wanted:
+            return
+        try:
+            built = build()
+        except ApiError:
+            return
+        if built.status != 200 or not isinstance(built.body, bytes):
+            return
+        answer = CachedAnswer.of(built)
+        if len(answers) < max_entries and used + len(answer.body) <= max_bytes:
+            answers[path] = answer
+            used += len(answer.body)
+
+    empty: Query = MultiDictProxy(MultiDict())
+    keep(SUMMARY_PATH, lambda: _summary(view, empty))
+    keep(BUDGETS_PATH, lambda: _budgets(view, empty))
+    keep(RECOMMENDATIONS_PATH, lambda: _recommendations(view, empty))
+    if not any(path.startswith(CHARGEBACK_PATH) for path in wanted):
+        return PreparedAnswers(finance, answers)
+    try:
+        query, cb = _chargeback_of(view, empty)
+    except ApiError:
+        return PreparedAnswers(finance, answers)
+    # One chargeback, three files: the format does not change the rows.
+    for fmt in CHARGEBACK_FORMATS:
+        as_fmt = query.model_copy(update={"format": fmt})
+        keep(f"{CHARGEBACK_PATH}?format={fmt}", partial(_chargeback_file, view, as_fmt, cb))
+    json_answer = answers.get(f"{CHARGEBACK_PATH}?format=json")
+    json_query = query.model_copy(update={"format": "json"})
+    keep(  # format defaults to json: the same bytes
+        CHARGEBACK_PATH,
+        (lambda: json_answer.response())
+        if json_answer is not None
+        else partial(_chargeback_file, view, json_query, cb),
+    )
+    return PreparedAnswers(finance, answers)
+
+
 class ReadCache:
     """The read routes' answers for the current report, keyed by path and query string.
 
     The read routes are pure functions of the report and the request, and the report changes
     once per refresh; at fleet scale an answer over 2,000 tenants takes tens of ms of Python
-    to build. So each distinct request is built once per report, on the side thread
-    (:func:`aifinops.offload.run_side`) so that ``/metrics`` keeps being served meanwhile,
-    and later identical requests get the same bytes. A new report empties the cache; it is
-    bounded in entries and bytes (oldest out first). Errors (4xx) are not cached.
+    to build. The default requests' answers come ready with the snapshot
+    (:class:`PreparedAnswers`, built by the refresh before it publishes) and are installed
+    when the cache first sees that snapshot's report, so a swap never leaves the next
+    request to build one. Any other distinct request is built once per report, on the side
+    thread (:func:`aifinops.offload.run_side`) so that ``/metrics`` keeps being served
+    meanwhile, and later identical requests get the same bytes. A new report empties the
+    cache; it is bounded in entries and bytes (oldest out first: the prepared answers go
+    before any built since). Errors (4xx) are not cached. Which requests are prepared:
+    those of :data:`PREPARABLE` asked for in the last :data:`PREPARE_WINDOW_S` seconds
+    (:meth:`wanted`).
     """
 
     def __init__(
-        self, max_entries: int = READ_CACHE_ENTRIES, max_bytes: int = READ_CACHE_BYTES
+        self,
+        max_entries: int = READ_CACHE_ENTRIES,
+        max_bytes: int = READ_CACHE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._report: tuple[int, float] | None = None
         self._entries: dict[str, CachedAnswer] = {}
         self._bytes = 0
+        # Answers built on request (misses), and reports whose prepared answers were used.
+        self.built = 0
+        self.prepared_reports = 0
+        # When each preparable request was last asked for. Replaced, never changed in place:
+        # the refresh's worker thread reads it (wanted()) while the loop serves.
+        self._clock = clock
+        self._asked: Mapping[str, float] = {}
 
-    async def answer(
-        self, request: web.Request, build: Callable[[web.Request], web.Response]
-    ) -> web.Response:
-        finance = request.app[API_FINANCE]()
+    def wanted(self) -> frozenset[str]:
+        """The preparable requests asked for within :data:`PREPARE_WINDOW_S` (any thread)."""
+        asked, now = self._asked, self._clock()
+        return frozenset(path for path, at in asked.items() if now - at <= PREPARE_WINDOW_S)
+
+    async def answer(self, request: web.Request, build: ReadBuild) -> web.Response:
+        # The snapshot's parts are read here, on the event loop, all at once: the answer is
+        # built from one refresh even if the next one swaps in while it is being built.
+        view = ReadView.of(request.app)
+        finance = view.finance
         if finance is None:
-            return build(request)  # 503, no report yet: nothing to cache
+            return build(view, request.query)  # 503, no report yet: nothing to cache
         # id() alone could be reused by the next report once this one is freed; with the
         # report's timestamp the pair is unique per refresh.
         key = (id(finance), finance.now)
         if key != self._report:
             self._report, self._entries, self._bytes = key, {}, 0
+            prepared = request.app[API_PREPARED]() if API_PREPARED in request.app else None
+            if isinstance(prepared, PreparedAnswers) and prepared.finance is finance:
+                self.prepared_reports += 1
+                for path, ready in prepared.answers.items():
+                    self._store(path, ready)
+        if request.path_qs in PREPARABLE:
+            self._asked = {**self._asked, request.path_qs: self._clock()}
         cached = self._entries.get(request.path_qs)
         if cached is None:
-            built = await run_side(build, request)
+            self.built += 1
+            built = await run_side(build, view, request.query)
             if built.status != 200 or not isinstance(built.body, bytes):
                 return built
             cached = CachedAnswer.of(built)
@@ -585,8 +755,9 @@ class ReadCache:
             self._bytes -= len(self._entries.pop(oldest).body)
 
 
-def _read_route(build: Callable[[web.Request], web.Response]) -> Handler:
-    """An aiohttp handler answering ``build(request)`` through the app's :class:`ReadCache`."""
+def _read_route(build: ReadBuild) -> Handler:
+    """An aiohttp handler answering ``build(view, query)`` through the app's
+    :class:`ReadCache`."""
 
     async def handler(request: web.Request) -> web.Response:
         return await request.app[API_READ_CACHE].answer(request, build)
@@ -609,14 +780,18 @@ def register_api(
     context: ContextGetter,
     report: ReportGetter = lambda: None,
     energy: EnergyGetter = lambda: None,
+    prepared: PreparedGetter = lambda: None,
 ) -> None:
     """Add the API routes and the auth/error middleware to ``app`` (before it starts).
-    Raises :class:`~aifinops.settings.ConfigError` when a configured token cannot be read."""
+    ``prepared`` gives the current snapshot's :class:`PreparedAnswers` (see
+    :func:`answer_preparer`). Raises :class:`~aifinops.settings.ConfigError` when a
+    configured token cannot be read."""
     app[API_TOKENS] = TokenStore.from_settings(settings.api)
     app[API_FINANCE] = finance
     app[API_CONTEXT] = context
     app[API_REPORT] = report
     app[API_ENERGY] = energy
+    app[API_PREPARED] = prepared
     app[API_SETTINGS] = settings
     app[API_READ_CACHE] = ReadCache()
     app[PUSH_TOKEN_CONFIGURED] = settings.tokens.push.bearer_token_file is not None
@@ -628,3 +803,21 @@ def register_api(
     app.router.add_post(f"{PREFIX}/roi/calculate", handle_roi)
     app.router.add_post(f"{PREFIX}/routing/optimize", handle_routing)
     app.router.add_get(OPENAPI_PATH, handle_openapi)
+
+
+def answer_preparer(
+    settings: Settings, cache: ReadCache
+) -> Callable[[Report | None, FinanceReport | None], PreparedAnswers | None]:
+    """The refresh's ``prepare`` hook: a report and its finance figures to the
+    :class:`PreparedAnswers` of the requests ``cache`` says are wanted (on the refresh's CPU
+    worker, before the snapshot is published). The energy is the report's own, as
+    ``web/app.py``'s energy getter reads it."""
+
+    def prepare(report: Report | None, finance: FinanceReport | None) -> PreparedAnswers | None:
+        wanted = cache.wanted()
+        if not wanted:
+            return None
+        energy = report.energy if report is not None else None
+        return prepare_answers(ReadView(finance, report, energy, settings), wanted)
+
+    return prepare

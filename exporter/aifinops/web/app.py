@@ -28,7 +28,7 @@ from aifinops.model.energy import EnergyReport
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings
 from aifinops.version import RULES_VERSION, __version__, revision
-from aifinops.web.api import register_api
+from aifinops.web.api import API_READ_CACHE, answer_preparer, register_api
 
 # The keys live in web/keys.py (the reload path reads them); re-exported for the app's users.
 from aifinops.web.keys import HTTP_CLIENT as HTTP_CLIENT
@@ -158,6 +158,9 @@ def create_app(
             state_store=state,
             interval=settings.refresh.interval_seconds,
             after_refresh=assemble.AFTER_REFRESH,
+            # The API's default answers that clients ask for, built with each snapshot
+            # (web/api.py PreparedAnswers).
+            prepare=answer_preparer(settings, app[API_READ_CACHE]),
         )
         if run_loop:
             app[REFRESH_TASK] = asyncio.create_task(
@@ -193,6 +196,7 @@ def create_app(
         context=lambda: app[REFRESHER].context.finance if REFRESHER in app else None,
         report=lambda: app[REFRESHER].snapshot.report if REFRESHER in app else None,
         energy=lambda: _energy(app),
+        prepared=lambda: app[REFRESHER].snapshot.prepared if REFRESHER in app else None,
     )
     if store is not None:
         app[USAGE_STORE] = store
