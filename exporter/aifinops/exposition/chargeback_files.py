@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from aifinops.model.chargeback import Chargeback, ChargebackRow
+from aifinops.model.energy import EnergyUse
 
 
 def split_text(split: tuple[tuple[str, float], ...]) -> str:
@@ -232,6 +233,30 @@ def focus_rows(cb: Chargeback, parties: FocusParties | None = None) -> list[dict
     """FOCUS rows as ``column → text`` (``""`` is null), in :data:`FOCUS_COLUMNS` order."""
     parties = parties or FocusParties()
     hours = (cb.charge_end - cb.charge_from) / 3600.0
+    # The columns every row shares (who bills whom, the periods, the basis).
+    template = {
+        "BillingAccountId": parties.billing_account_id,
+        "BillingAccountName": parties.billing_account_name,
+        "BillingCurrency": cb.currency,
+        "BillingPeriodEnd": iso_utc(cb.end),
+        "BillingPeriodStart": iso_utc(cb.start),
+        "ChargeCategory": "Usage",
+        "ChargeClass": "",
+        "ChargePeriodEnd": iso_utc(cb.charge_end),
+        "ChargePeriodStart": iso_utc(cb.charge_from),
+        "InvoiceIssuerName": parties.invoice_issuer_name,
+        "ProviderName": parties.provider_name,
+        "PublisherName": parties.publisher_name,
+        "ChargeFrequency": "Usage-Based",
+        "x_Basis": cb.basis,
+        "x_Period": cb.period,
+        "x_Cluster": parties.cluster,
+        "x_Source": cb.source,
+        "x_EnergyKWh": "",
+        "x_EnergyCost": "",
+        "x_CarbonKgCO2e": "",
+    }
+    placed: set[str] = set()
     out = []
     for r in cb.rows:
         category, subcategory, service = SERVICES.get(r.resource, _OTHER_SERVICE)
@@ -241,59 +266,77 @@ def focus_rows(cb: Chargeback, parties: FocusParties | None = None) -> list[dict
         else:
             quantity, unit, source = _plain(hours), "Hours", "charge_period_hours"
         values = {
+            **template,
             "BilledCost": amount,
-            "BillingAccountId": parties.billing_account_id,
-            "BillingAccountName": parties.billing_account_name,
-            "BillingCurrency": cb.currency,
-            "BillingPeriodEnd": iso_utc(cb.end),
-            "BillingPeriodStart": iso_utc(cb.start),
-            "ChargeCategory": "Usage",
-            "ChargeClass": "",
             "ChargeDescription": _describe(r, cb.basis),
-            "ChargePeriodEnd": iso_utc(cb.charge_end),
-            "ChargePeriodStart": iso_utc(cb.charge_from),
             "ContractedCost": amount,
             "EffectiveCost": amount,
-            "InvoiceIssuerName": parties.invoice_issuer_name,
             "ListCost": amount,
             "PricingQuantity": quantity,
             "PricingUnit": unit,
-            "ProviderName": parties.provider_name,
-            "PublisherName": parties.publisher_name,
             "ServiceCategory": category,
             "ServiceName": service,
             "ConsumedQuantity": quantity,
             "ConsumedUnit": unit,
             "SubAccountId": r.tenant,
             "SubAccountName": r.tenant,
-            "ChargeFrequency": "Usage-Based",
             "ServiceSubcategory": subcategory,
             "x_Tenant": r.tenant,
             "x_Resource": r.resource,
-            "x_Basis": cb.basis,
             "x_Allocation": r.allocation,
-            "x_Period": cb.period,
             "x_QuantitySource": source,
-            "x_Cluster": parties.cluster,
-            "x_Source": cb.source,
             "x_GpuSplitMethods": split_text(r.split),
-            "x_EnergyKWh": "",
-            "x_EnergyCost": "",
-            "x_CarbonKgCO2e": "",
         }
         use = cb.energy.get(r.tenant)
         if use is not None and r.resource == "gpu" and r.allocation == "direct":
-            # Six decimals: Wh, micro-dollars and grams are finer than any meter behind them.
-            values["x_EnergyKWh"] = _plain(round(use.facility_kwh, 6))
-            values["x_EnergyCost"] = _plain(round(use.usd, 6))
-            values["x_CarbonKgCO2e"] = _plain(round(use.kg_co2e, 6))
-        out.append(
-            {
-                c: values[c] if c in _FOCUS_NUMERIC else spreadsheet_safe(values[c])
-                for c in FOCUS_COLUMNS
-            }
-        )
+            _put_energy(values, use)
+            placed.add(r.tenant)
+        out.append(_cells(values))
+    # Energy of a tenant or sentinel with no direct GPU row (no GPU dollars in the period, or
+    # __idle__ whose dollars share_idle spread): a row of its own at $0, so the file's
+    # x_EnergyKWh adds up to the fleet's measured energy and no dollar moves.
+    for tenant, use in sorted(cb.energy.items()):
+        if tenant in placed or not (use.facility_kwh or use.usd or use.kg_co2e):
+            continue
+        kwh = _plain(round(use.facility_kwh, 6))
+        values = {
+            **template,
+            "BilledCost": "0",
+            "ChargeDescription": f"GPU electricity of {tenant} (no GPU charge in the period)",
+            "ContractedCost": "0",
+            "EffectiveCost": "0",
+            "ListCost": "0",
+            "PricingQuantity": kwh,
+            "PricingUnit": "kWh",
+            "ServiceCategory": SERVICES["gpu"][0],
+            "ServiceName": SERVICES["gpu"][2],
+            "ServiceSubcategory": SERVICES["gpu"][1],
+            "ConsumedQuantity": kwh,
+            "ConsumedUnit": "kWh",
+            "SubAccountId": tenant,
+            "SubAccountName": tenant,
+            "x_Tenant": tenant,
+            "x_Resource": "gpu",
+            "x_Allocation": "energy_only",
+            "x_QuantitySource": "measured",
+            "x_GpuSplitMethods": "",
+        }
+        _put_energy(values, use)
+        out.append(_cells(values))
     return out
+
+
+def _put_energy(values: dict[str, str], use: EnergyUse) -> None:
+    # Six decimals: Wh, micro-dollars and grams are finer than any meter behind them.
+    values["x_EnergyKWh"] = _plain(round(use.facility_kwh, 6))
+    values["x_EnergyCost"] = _plain(round(use.usd, 6))
+    values["x_CarbonKgCO2e"] = _plain(round(use.kg_co2e, 6))
+
+
+def _cells(values: dict[str, str]) -> dict[str, str]:
+    return {
+        c: values[c] if c in _FOCUS_NUMERIC else spreadsheet_safe(values[c]) for c in FOCUS_COLUMNS
+    }
 
 
 def focus_csv(cb: Chargeback, parties: FocusParties | None = None) -> str:
