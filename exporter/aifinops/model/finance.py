@@ -475,19 +475,31 @@ def fold_closed_days(
         and cached.budgets == tuple(budgets)
     ):
         return cached
-    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    # A (key, closed day) has at most two parts, OpenCost's (one fold per day) and the
+    # exporter's (one daily entry), so each day's fsum is taken as they come rather than
+    # from a list per (key, day): ~400k lists at 2,000 tenants (bench/README.md).
+    by_day: dict[TenantResource, dict[date, float]] = {}
     open_infra: dict[TenantResource, dict[date, float]] = defaultdict(dict)
+    fsum = math.fsum
     if infra is not None:
         for day, fold in infra.days.items():
             for key, usd in fold.dollars.items():
                 if day < today:
-                    parts[key][day].append(usd)
+                    days = by_day.get(key)
+                    if days is None:
+                        by_day[key] = days = {}
+                    days[day] = fsum((usd,))
                 else:
                     open_infra[key][day] = usd
     for (tenant, resource, day), usd in daily.items():
         if day < today:
-            parts[(tenant, resource)][day].append(usd)
-    by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
+            key = (tenant, resource)
+            days = by_day.get(key)
+            if days is None:
+                by_day[key] = days = {}
+            # OpenCost's part (its fsum is the value itself) first, as a list would have it.
+            seen = days.get(day)
+            days[day] = fsum((usd,)) if seen is None else fsum((seen, usd))
     month_values = {
         k: exact_partials(v for d, v in days.items() if d >= cal.month_first)
         for k, days in by_day.items()
@@ -877,6 +889,13 @@ def infra_month(
         )
         groups.setdefault(day, []).append(allocation_set)
     days: dict[date, DayFold] = {}
+    # One key tuple per (tenant, resource) for every day's fold (the reused ones' included):
+    # at 2,000 tenants a month holds ~670k (key, day) entries but ~12k distinct keys, and a
+    # tuple per entry was ~36 MB of the finance state (bench/README.md, profile summary).
+    keys: dict[TenantResource, TenantResource] = {}
+    for reused in previous.values():
+        for key in reused.dollars:
+            keys.setdefault(key, key)
     for day, sets in groups.items():
         fold = previous.get(day)
         if (
@@ -884,15 +903,21 @@ def infra_month(
             or len(fold.sets) != len(sets)
             or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
         ):
-            fold = _fold_day(tuple(sets), resolver, kept)
+            fold = _fold_day(tuple(sets), resolver, kept, keys)
         days[day] = fold
     return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
 
 
 def _fold_day(
-    sets: tuple[AllocationSet, ...], resolver: TenantResolver, kept: frozenset[str] | None
+    sets: tuple[AllocationSet, ...],
+    resolver: TenantResolver,
+    kept: frozenset[str] | None,
+    keys: dict[TenantResource, TenantResource] | None = None,
 ) -> DayFold:
-    """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``)."""
+    """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``).
+    ``keys``: the (tenant, resource) tuples to use, shared with other days' folds (a key
+    new here is added to it)."""
+    keys = {} if keys is None else keys
     parts: dict[TenantResource, list[float]] = defaultdict(list)
     used: dict[TenantResource, list[float]] = defaultdict(list)
     for allocation_set in sets:
@@ -906,10 +931,12 @@ def _fold_day(
                 tenant = OTHER_TENANT
             for resource, usd in _resource_costs(row).items():
                 if usd:
-                    parts[(tenant, resource)].append(usd)
+                    key = (tenant, resource)
+                    parts[keys.setdefault(key, key)].append(usd)
             for resource, q in _row_quantities(row).items():
                 if q:
-                    used[(tenant, resource)].append(q)
+                    key = (tenant, resource)
+                    used[keys.setdefault(key, key)].append(q)
     return DayFold(
         sets,
         {k: math.fsum(v) for k, v in parts.items()},
