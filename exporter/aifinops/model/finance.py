@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import functools
 import math
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -806,10 +807,65 @@ def month_books(
     )
 
 
+class DayColumns(Mapping[TenantResource, float]):
+    """A read-only mapping kept as two columns: the keys (tuples shared between days, see
+    :func:`infra_month`) and their values in an ``array('d')``, in insertion order.
+
+    Why: a month of day folds at 2,000 tenants is ~670k (key, day) entries; as dicts of
+    float objects they were the largest part of the finance state (bench/README.md,
+    profile summary). Iterating the items (what the folds do) reads the columns; a look-up
+    by key builds the index on first use."""
+
+    __slots__ = ("_index", "_keys", "_values")
+
+    def __init__(self, keys: tuple[TenantResource, ...], values: array[float]) -> None:
+        if len(keys) != len(values):
+            raise ValueError("DayColumns: as many values as keys")
+        self._keys = keys
+        self._values = values
+        self._index: dict[TenantResource, int] | None = None
+
+    def __getitem__(self, key: TenantResource) -> float:
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self._keys)}
+        return self._values[self._index[key]]
+
+    def __iter__(self) -> Iterator[TenantResource]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def items(self) -> ItemsView[TenantResource, float]:
+        return _ColumnItems(self)
+
+    def values(self) -> ValuesView[float]:
+        return _ColumnValues(self)
+
+
+class _ColumnItems(ItemsView[TenantResource, float]):
+    _mapping: DayColumns
+
+    def __iter__(self) -> Iterator[tuple[TenantResource, float]]:
+        return zip(self._mapping._keys, self._mapping._values, strict=True)
+
+
+class _ColumnValues(ValuesView[float]):
+    _mapping: DayColumns
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._mapping._values)
+
+
+def _columns(parts: Mapping[TenantResource, list[float]]) -> DayColumns:
+    """Each key's ``fsum``, as :class:`DayColumns`."""
+    return DayColumns(tuple(parts), array("d", map(math.fsum, parts.values())))
+
+
 @dataclass(frozen=True, slots=True)
 class DayFold:
     """One local date's daily sets (``sets``, kept for their identity) folded to USD and
-    usage per (tenant, resource)."""
+    usage per (tenant, resource), as :class:`DayColumns`."""
 
     sets: tuple[AllocationSet, ...]
     dollars: Mapping[TenantResource, float]
@@ -937,11 +993,7 @@ def _fold_day(
                 if q:
                     key = (tenant, resource)
                     used[keys.setdefault(key, key)].append(q)
-    return DayFold(
-        sets,
-        {k: math.fsum(v) for k, v in parts.items()},
-        {k: math.fsum(v) for k, v in used.items()},
-    )
+    return DayFold(sets, _columns(parts), _columns(used))
 
 
 def period_books(
