@@ -110,11 +110,17 @@ async def run(gpus: int, steady: int, tokens: bool, trace: bool) -> dict[str, An
     tune_gc()
     stages = Stages(trace)
     cls = refresh_module.Refresher
-    saved = {n: getattr(cls, n) for n in ("_fetch_one", "_bury", "_finance", "_render_page")}
-    cls._fetch_one = stages.wrap_async("fetch", saved["_fetch_one"])  # type: ignore[method-assign]
-    cls._bury = stages.wrap_async("free old", saved["_bury"])  # type: ignore[method-assign]
-    cls._finance = stages.wrap_async("finance", saved["_finance"])  # type: ignore[method-assign]
-    cls._render_page = stages.wrap_async("render", saved["_render_page"])  # type: ignore[method-assign]
+    # A method the code does not have (yet, or any more) is left out.
+    labels = {
+        "_fetch_one": "fetch",
+        "_bury": "free old",
+        "_finance": "finance",
+        "_render_page": "render",
+        "_prepared": "prepare API answers",
+    }
+    saved = {n: getattr(cls, n) for n in labels if hasattr(cls, n)}
+    for name, fn in saved.items():
+        setattr(cls, name, stages.wrap_async(labels[name], fn))
     build_report = refresh_module.build_report
 
     @functools.wraps(build_report)
