@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from dataclasses import replace
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from aifinops.model.finance import (
     FinanceInputs,
     FinanceReport,
     FinanceState,
+    _columns,
     build_finance,
     exact_partials,
     infra_month,
@@ -194,3 +196,29 @@ def test_exact_partials_sum_bit_for_bit_as_the_values_do() -> None:
         assert math.fsum((*partials, today)) == math.fsum((*values, today))
         assert math.fsum(partials) == math.fsum(values)
         assert len(partials) <= max(1, len(values))
+
+
+def test_day_columns_read_as_the_dict_of_fsums_they_replace() -> None:
+    """A day fold's columns give the keys, values (bit for bit, signed zero and NaN
+    included), look-ups and equality of ``{key: fsum(parts)}``, in the same order."""
+    rng = random.Random(16)
+    parts: dict[tuple[str, str], list[float]] = {}
+    for _ in range(500):
+        key = (f"t{rng.randrange(60)}", rng.choice(["gpu", "cpu", "ram"]))
+        parts.setdefault(key, []).append(rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-12, 3))
+    parts[("neg", "gpu")] = [-0.0]
+    parts[("nan", "gpu")] = [math.nan, 1.0]
+    want = {k: math.fsum(v) for k, v in parts.items()}
+    got = _columns(parts)
+    assert list(got) == list(want) and len(got) == len(want)
+    pairs = list(got.items())
+    assert [k for k, _ in pairs] == list(want)
+    bits = [struct.pack("<d", v) for v in want.values()]
+    assert [struct.pack("<d", v) for _, v in pairs] == bits
+    assert [struct.pack("<d", v) for v in got.values()] == bits
+    assert [struct.pack("<d", got[k]) for k in reversed(want)] == bits[::-1]
+    assert ("neg", "gpu") in got and ("none", "gpu") not in got and got.get(("x", "y")) is None
+    del want[("nan", "gpu")], parts[("nan", "gpu")]  # NaN is unequal to itself
+    assert _columns(parts) == want and _columns(parts) != {**want, ("t0", "x"): 1.0}
+    with pytest.raises(KeyError):
+        got[("none", "gpu")]

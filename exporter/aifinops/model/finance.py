@@ -43,10 +43,12 @@ from __future__ import annotations
 
 import functools
 import math
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from aifinops.model.budgets import (
@@ -475,23 +477,36 @@ def fold_closed_days(
         and cached.budgets == tuple(budgets)
     ):
         return cached
-    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    # A (key, closed day) has at most two parts, OpenCost's (one fold per day) and the
+    # exporter's (one daily entry), so each day's fsum is taken as they come rather than
+    # from a list per (key, day): ~400k lists at 2,000 tenants (bench/README.md).
+    by_day: dict[TenantResource, dict[date, float]] = {}
     open_infra: dict[TenantResource, dict[date, float]] = defaultdict(dict)
+    fsum = math.fsum
     if infra is not None:
         for day, fold in infra.days.items():
             for key, usd in fold.dollars.items():
                 if day < today:
-                    parts[key][day].append(usd)
+                    days = by_day.get(key)
+                    if days is None:
+                        by_day[key] = days = {}
+                    days[day] = fsum((usd,))
                 else:
                     open_infra[key][day] = usd
     for (tenant, resource, day), usd in daily.items():
         if day < today:
-            parts[(tenant, resource)][day].append(usd)
-    by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
+            key = (tenant, resource)
+            days = by_day.get(key)
+            if days is None:
+                by_day[key] = days = {}
+            # OpenCost's part (its fsum is the value itself) first, as a list would have it.
+            seen = days.get(day)
+            days[day] = fsum((usd,)) if seen is None else fsum((seen, usd))
     month_values = {
         k: exact_partials(v for d, v in days.items() if d >= cal.month_first)
         for k, days in by_day.items()
     }
+    by_day_columns = _date_columns(by_day)
     tenants: dict[str, list[TenantResource]] = defaultdict(list)
     for key in by_day:
         tenants[key[0]].append(key)
@@ -508,7 +523,7 @@ def fold_closed_days(
         tz=tz,
         lookback_days=lookback_days,
         budgets=tuple(budgets),
-        by_day=by_day,
+        by_day=by_day_columns,
         open_infra=dict(open_infra),
         month_values=month_values,
         keys_by_tenant={t: tuple(v) for t, v in tenants.items()},
@@ -517,6 +532,19 @@ def fold_closed_days(
             for key in _fit_keys(budgets)
         },
     )
+
+
+def _date_columns(
+    by_day: Mapping[TenantResource, Mapping[date, float]],
+) -> dict[TenantResource, DayColumns[date]]:
+    """Each key's days as :class:`DayColumns`, equal runs of dates sharing one tuple (most
+    keys have every day of the month): ~12k dicts of ~46 float objects at 2,000 tenants."""
+    runs: dict[tuple[date, ...], tuple[date, ...]] = {}
+    out: dict[TenantResource, DayColumns[date]] = {}
+    for key, days in by_day.items():
+        dates = tuple(days)
+        out[key] = DayColumns(runs.setdefault(dates, dates), array("d", days.values()))
+    return out
 
 
 def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
@@ -794,10 +822,69 @@ def month_books(
     )
 
 
+K = TypeVar("K", bound=Hashable)
+
+
+class DayColumns(Mapping[K, float], Generic[K]):
+    """A read-only mapping kept as two columns: the keys (a tuple that may be shared, see
+    :func:`infra_month` and :func:`fold_closed_days`) and their values in an
+    ``array('d')``, in insertion order.
+
+    Why: a month of day folds at 2,000 tenants is ~670k (key, day) entries; as dicts of
+    float objects they were the largest part of the finance state (bench/README.md,
+    profile summary). Iterating the items (what the folds do) reads the columns; a look-up
+    by key builds the index on first use."""
+
+    __slots__ = ("_index", "_keys", "_values")
+
+    def __init__(self, keys: tuple[K, ...], values: array[float]) -> None:
+        if len(keys) != len(values):
+            raise ValueError("DayColumns: as many values as keys")
+        self._keys = keys
+        self._values = values
+        self._index: dict[K, int] | None = None
+
+    def __getitem__(self, key: K) -> float:
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self._keys)}
+        return self._values[self._index[key]]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def items(self) -> ItemsView[K, float]:
+        return _ColumnItems(self)
+
+    def values(self) -> ValuesView[float]:
+        return _ColumnValues(self)
+
+
+class _ColumnItems(ItemsView[K, float]):
+    _mapping: DayColumns[K]
+
+    def __iter__(self) -> Iterator[tuple[K, float]]:
+        return zip(self._mapping._keys, self._mapping._values, strict=True)
+
+
+class _ColumnValues(ValuesView[float]):
+    _mapping: DayColumns[Hashable]
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._mapping._values)
+
+
+def _columns(parts: Mapping[TenantResource, list[float]]) -> DayColumns[TenantResource]:
+    """Each key's ``fsum``, as :class:`DayColumns`."""
+    return DayColumns(tuple(parts), array("d", map(math.fsum, parts.values())))
+
+
 @dataclass(frozen=True, slots=True)
 class DayFold:
     """One local date's daily sets (``sets``, kept for their identity) folded to USD and
-    usage per (tenant, resource)."""
+    usage per (tenant, resource), as :class:`DayColumns`."""
 
     sets: tuple[AllocationSet, ...]
     dollars: Mapping[TenantResource, float]
@@ -877,6 +964,13 @@ def infra_month(
         )
         groups.setdefault(day, []).append(allocation_set)
     days: dict[date, DayFold] = {}
+    # One key tuple per (tenant, resource) for every day's fold (the reused ones' included):
+    # at 2,000 tenants a month holds ~670k (key, day) entries but ~12k distinct keys, and a
+    # tuple per entry was ~36 MB of the finance state (bench/README.md, profile summary).
+    keys: dict[TenantResource, TenantResource] = {}
+    for reused in previous.values():
+        for key in reused.dollars:
+            keys.setdefault(key, key)
     for day, sets in groups.items():
         fold = previous.get(day)
         if (
@@ -884,15 +978,21 @@ def infra_month(
             or len(fold.sets) != len(sets)
             or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
         ):
-            fold = _fold_day(tuple(sets), resolver, kept)
+            fold = _fold_day(tuple(sets), resolver, kept, keys)
         days[day] = fold
     return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
 
 
 def _fold_day(
-    sets: tuple[AllocationSet, ...], resolver: TenantResolver, kept: frozenset[str] | None
+    sets: tuple[AllocationSet, ...],
+    resolver: TenantResolver,
+    kept: frozenset[str] | None,
+    keys: dict[TenantResource, TenantResource] | None = None,
 ) -> DayFold:
-    """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``)."""
+    """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``).
+    ``keys``: the (tenant, resource) tuples to use, shared with other days' folds (a key
+    new here is added to it)."""
+    keys = {} if keys is None else keys
     parts: dict[TenantResource, list[float]] = defaultdict(list)
     used: dict[TenantResource, list[float]] = defaultdict(list)
     for allocation_set in sets:
@@ -906,15 +1006,13 @@ def _fold_day(
                 tenant = OTHER_TENANT
             for resource, usd in _resource_costs(row).items():
                 if usd:
-                    parts[(tenant, resource)].append(usd)
+                    key = (tenant, resource)
+                    parts[keys.setdefault(key, key)].append(usd)
             for resource, q in _row_quantities(row).items():
                 if q:
-                    used[(tenant, resource)].append(q)
-    return DayFold(
-        sets,
-        {k: math.fsum(v) for k, v in parts.items()},
-        {k: math.fsum(v) for k, v in used.items()},
-    )
+                    key = (tenant, resource)
+                    used[keys.setdefault(key, key)].append(q)
+    return DayFold(sets, _columns(parts), _columns(used))
 
 
 def period_books(
