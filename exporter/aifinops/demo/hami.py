@@ -35,7 +35,6 @@ the pool's seed and of ``now``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from aifinops.demo.cluster.hashing import diurnal, hash_unit
 from aifinops.demo.cluster.records import GpuHold, SimGpu, SimNode, SimPod
 from aifinops.demo.cluster.spec import A100, GIB, GPU_MODELS, MIB, GpuModel
 
@@ -240,8 +240,8 @@ class HamiPool:
             return 0
         key = f"{c.namespace}/{c.pod}/{c.device_uuid}"
         if not c.busy:
-            return round(2 * _hash_unit(key, "idle", math.floor(now / 60.0)))
-        x = _diurnal(key, now)
+            return round(2 * hash_unit(key, "idle", math.floor(now / 60.0)))
+        x = diurnal(key, now)
         return max(1, round(c.cores * (0.4 + 0.55 * x)))
 
     def device_percent(self, d: HamiDevice, now: float) -> int:
@@ -252,7 +252,7 @@ class HamiPool:
         """Device memory the container has allocated (bytes, ≤ its limit); 0 before CUDA."""
         if not c.touched_cuda:
             return 0
-        fill = 0.5 + 0.4 * _hash_unit(c.namespace, c.pod, "mem", math.floor(now / 600.0))
+        fill = 0.5 + 0.4 * hash_unit(c.namespace, c.pod, "mem", math.floor(now / 600.0))
         return math.floor(c.memory_mib * fill) * MIB
 
     # --- renderers ------------------------------------------------------------------------
@@ -419,7 +419,7 @@ class HamiPool:
         offset = used - context - module - buffer
         sm = self.sm_percent(c, now)
         # Seconds since its last kernel: a busy container ran one this second.
-        last_kernel = 0 if c.busy else 60 + math.floor(900 * _hash_unit(c.pod, "kernel"))
+        last_kernel = 0 if c.busy else 60 + math.floor(900 * hash_unit(c.pod, "kernel"))
         if generation == "2.10":
             labels = {
                 "namespace": c.namespace,
@@ -470,7 +470,7 @@ class HamiPool:
         for d in self.devices:
             gpu = gpus[d.uuid]
             pct = self.device_percent(d, now)
-            engine = math.floor(pct * 10 * (0.6 + 0.3 * _hash_unit(d.uuid, "engine")))
+            engine = math.floor(pct * 10 * (0.6 + 0.3 * hash_unit(d.uuid, "engine")))
             fb_mib = sum(self.memory_used_bytes(c, now) for c in d.containers) // MIB + 420
             out.append((gpu, "DCGM_FI_DEV_GPU_UTIL", str(pct)))
             out.append((gpu, "DCGM_FI_DEV_FB_USED", str(fb_mib)))
@@ -602,20 +602,6 @@ def _scheduler_device_type(model: GpuModel) -> str:
 def _check_generation(generation: str) -> None:
     if generation not in HAMI_GENERATIONS:
         raise ValueError(f"HAMi generation must be one of {HAMI_GENERATIONS}, got {generation!r}")
-
-
-def _hash_unit(*parts: object) -> float:
-    """A uniform number in [0, 1) from the parts (stable across runs and platforms)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def _diurnal(key: str, now: float) -> float:
-    """0–1: a daily sine with a per-key phase plus per-minute noise."""
-    phase = _hash_unit(key, "phase")
-    base = 0.5 + 0.35 * math.sin(2.0 * math.pi * (now / 86400.0 + phase))
-    noise = 2.0 * _hash_unit(key, "noise", math.floor(now / 60.0)) - 1.0
-    return min(1.0, max(0.0, base + 0.15 * noise))
 
 
 __all__ = [

@@ -27,12 +27,12 @@ utilization in percent, ``Hostname``) page. Nothing here imports ``aifinops.mode
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from aifinops.demo.cluster.hashing import diurnal, hash_unit
 from aifinops.demo.cluster.records import GpuHold, MigInstance, SimGpu, SimNode, SimPod
 from aifinops.demo.cluster.spec import A100, GIB, GPU_MODELS, L4, MIG_PROFILES, GpuModel, Sharing
 from aifinops.demo.cluster.wire import DCGM_FAMILIES
@@ -193,9 +193,9 @@ class PerProcessPool:
             return 0
         key = f"{h.namespace}/{h.pod}/{h.gpu_uuid}/{h.gi_id}"
         if not h.busy:
-            return round(2 * _hash_unit(key, "idle", math.floor(now / 60.0)))
+            return round(2 * hash_unit(key, "idle", math.floor(now / 60.0)))
         band = 1.0 / len(self.holders_of(h.unit))  # busy holders together stay ≤ 100 %
-        return max(1, round(100 * band * (0.35 + 0.6 * _diurnal(key, now))))
+        return max(1, round(100 * band * (0.35 + 0.6 * diurnal(key, now))))
 
     def unit_percent(self, unit: tuple[str, str], now: float) -> int:
         """The device's (or MIG instance's) activity in percent: its holders' use, ≤ 100."""
@@ -210,7 +210,7 @@ class PerProcessPool:
         if h.gi_id:
             total = total * self.instance(h.gpu_uuid, h.gi_id).slices // gpu.model.mig_slices
         share = total / self.replicas[h.unit]
-        return math.floor(share * (0.3 + 0.5 * _hash_unit(h.pod, "mem", math.floor(now / 600))))
+        return math.floor(share * (0.3 + 0.5 * hash_unit(h.pod, "mem", math.floor(now / 600))))
 
     # --- dcgm-exporter --------------------------------------------------------------------
 
@@ -405,18 +405,6 @@ def _mig_instances(layout: Sequence[str]) -> tuple[MigInstance, ...]:
         next_id[profile] = gi + 1
         out.append(MigInstance(str(gi), profile, slices))
     return tuple(out)
-
-
-def _hash_unit(*parts: object) -> float:
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def _diurnal(key: str, now: float) -> float:
-    phase = _hash_unit(key, "phase")
-    base = 0.5 + 0.35 * math.sin(2.0 * math.pi * (now / 86400.0 + phase))
-    noise = 2.0 * _hash_unit(key, "noise", math.floor(now / 60.0)) - 1.0
-    return min(1.0, max(0.0, base + 0.15 * noise))
 
 
 __all__ = [

@@ -5,6 +5,7 @@ to the layout's ``random.Random`` moves nothing that is hashed)."""
 from __future__ import annotations
 
 import hashlib
+import math
 
 
 def hash_unit(*parts: object) -> float:
@@ -24,3 +25,12 @@ def hash_suffix(*parts: object, n: int = 5) -> str:
         x, i = divmod(x, len(alphabet))
         out.append(alphabet[i])
     return "".join(out)
+
+
+def diurnal(key: str, now: float) -> float:
+    """0–1: a daily sine with a per-key phase plus per-minute noise (the shared-GPU pools'
+    live use)."""
+    phase = hash_unit(key, "phase")
+    base = 0.5 + 0.35 * math.sin(2.0 * math.pi * (now / 86400.0 + phase))
+    noise = 2.0 * hash_unit(key, "noise", math.floor(now / 60.0)) - 1.0
+    return min(1.0, max(0.0, base + 0.15 * noise))
