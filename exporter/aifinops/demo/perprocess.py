@@ -33,8 +33,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aifinops.demo.cluster.hashing import diurnal, hash_unit
-from aifinops.demo.cluster.records import GpuHold, MigInstance, SimGpu, SimNode, SimPod
-from aifinops.demo.cluster.spec import A100, GIB, GPU_MODELS, L4, MIG_PROFILES, GpuModel, Sharing
+from aifinops.demo.cluster.records import (
+    GpuHold,
+    MigInstance,
+    SimGpu,
+    SimNode,
+    SimPod,
+    mig_instances,
+)
+from aifinops.demo.cluster.spec import A100, GIB, GPU_MODELS, L4, GpuModel, Sharing
 from aifinops.demo.cluster.wire import DCGM_FAMILIES
 
 PER_PROCESS_FAMILIES: tuple[str, ...] = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED")
@@ -161,7 +168,7 @@ class PerProcessPool:
         # Node 2: one MIG A100 whose instances are time-sliced.
         a100 = GPU_MODELS[A100]
         name = _node_name(ips[1])
-        instances = _mig_instances(MIG_LAYOUT)
+        instances = mig_instances(MIG_LAYOUT)
         gpu = _gpu(rng, name, 0, a100, "mig", instances)
         for inst, busy_flags in zip(instances, MIG_PLAN, strict=True):
             replicas[(gpu.uuid, inst.gi_id)] = MIG_REPLICAS
@@ -393,18 +400,6 @@ def _node(
         gpus=tuple(gpus),
         labels=labels,
     )
-
-
-def _mig_instances(layout: Sequence[str]) -> tuple[MigInstance, ...]:
-    # NVIDIA's placement: instances of one profile count up from its first GPU instance id.
-    next_id: dict[str, int] = {}
-    out: list[MigInstance] = []
-    for profile in layout:
-        slices, first = MIG_PROFILES[profile]
-        gi = next_id.get(profile, first)
-        next_id[profile] = gi + 1
-        out.append(MigInstance(str(gi), profile, slices))
-    return tuple(out)
 
 
 __all__ = [

@@ -37,7 +37,6 @@ of each (unit, pod, container, metric) is kept.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -120,21 +119,10 @@ class DcgmSource:
             ]
             samples = await self._run(gpu_samples, triples, s.utilization_metric)
             return _not_empty(samples, names)
-        try:
-            async with asyncio.TaskGroup() as group:
-                # Tens of ms per 1,000-GPU page: parsed on the worker thread.
-                tasks = [
-                    group.create_task(
-                        self._transport.read_page(
-                            client, url, headers, _parse_page, names, where=url
-                        )
-                    )
-                    for url in s.scrape_urls
-                ]
-        except* SourceError as failed:
-            # The first failure cancels the other pages; report that one.
-            raise failed.exceptions[0] from None
-        scraped = [item for task in tasks for item in task.result()]
+        # Tens of ms per 1,000-GPU page: each parsed on the worker thread as it arrives.
+        scraped = await self._transport.read_pages(
+            client, s.scrape_urls, headers, _parse_page, names
+        )
         return _not_empty(await self._run(gpu_samples, scraped, s.utilization_metric), names)
 
 

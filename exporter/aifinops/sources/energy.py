@@ -23,7 +23,6 @@ instances, time-sliced pods: dcgm-exporter repeats the device's value on each) c
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -161,19 +160,9 @@ class EnergySource:
             )
             triples = [(labels.get("__name__", ""), labels, value) for labels, value in series]
         else:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    tasks = [
-                        group.create_task(
-                            self._transport.read_page(
-                                client, url, headers, _parse_page, names, where=url
-                            )
-                        )
-                        for url in s.scrape_urls
-                    ]
-            except* SourceError as failed:
-                raise failed.exceptions[0] from None
-            triples = [item for task in tasks for item in task.result()]
+            triples = await self._transport.read_pages(
+                client, s.scrape_urls, headers, _parse_page, names
+            )
         now = self._clock()
         readings = await self._run(gpu_readings, triples)
         if not readings:

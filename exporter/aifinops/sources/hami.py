@@ -26,7 +26,6 @@ labels renames ``namespace``/``pod``/``node`` to ``exported_*``: those are read 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections import defaultdict
@@ -37,7 +36,7 @@ import httpx
 
 from aifinops.model.inputs import SharedHold
 from aifinops.settings import HamiSettings
-from aifinops.sources.base import CpuRunner, Slot, SourceError
+from aifinops.sources.base import CpuRunner, Slot
 from aifinops.sources.promtext import decode_page, parse_text
 from aifinops.sources.transport import Transport
 
@@ -204,15 +203,5 @@ class HamiSource:
             series = await self._transport.query(client, hami_query(s.selector), headers)
             triples = [(labels.get("__name__", ""), labels, value) for labels, value in series]
             return await self._run(shared_holds, triples)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(
-                        self._transport.read_page(client, url, headers, _parse_page, where=url)
-                    )
-                    for url in s.scrape_urls
-                ]
-        except* SourceError as failed:
-            raise failed.exceptions[0] from None
-        scraped = [item for task in tasks for item in task.result()]
+        scraped = await self._transport.read_pages(client, s.scrape_urls, headers, _parse_page)
         return await self._run(shared_holds, scraped)

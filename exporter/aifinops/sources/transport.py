@@ -13,7 +13,8 @@ and what to do when one page of several fails stay with each source.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -110,6 +111,27 @@ class Transport:
             return await self.run(parse, body, *args)
         except ValueError as exc:
             raise SourceError("parse", f"{where}: {exc}") from None
+
+    async def read_pages(
+        self,
+        client: httpx.AsyncClient,
+        urls: Sequence[str],
+        headers: Mapping[str, str],
+        parse: Callable[..., list[T]],
+        *args: Any,
+    ) -> list[T]:
+        """Every scrape page at once (:meth:`read_page` each, named by its URL), their parsed
+        items concatenated in URL order. The first failure cancels the other pages and is the
+        one raised."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self.read_page(client, url, headers, parse, *args, where=url))
+                    for url in urls
+                ]
+        except* SourceError as failed:
+            raise failed.exceptions[0] from None
+        return [item for task in tasks for item in task.result()]
 
 
 __all__ = ["ReadSettings", "Transport", "Vector"]

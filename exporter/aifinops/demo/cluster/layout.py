@@ -26,6 +26,7 @@ from aifinops.demo.cluster.records import (
     SimNode,
     SimPod,
     UnitKey,
+    mig_instances,
 )
 from aifinops.demo.cluster.spec import (
     FAULT_TOLERANT_LABEL,
@@ -33,7 +34,6 @@ from aifinops.demo.cluster.spec import (
     GPU_MODELS,
     MIB,
     MIG_LAYOUTS,
-    MIG_PROFILES,
     PLATFORM_TENANT,
     SERVING_NAMESPACE,
     TEAM_LABEL,
@@ -151,7 +151,7 @@ class Layout:
                     mig: tuple[MigInstance, ...] = ()
                     if pool.sharing == "mig":
                         layout = MIG_LAYOUTS[(len(nodes) + idx) % len(MIG_LAYOUTS)]
-                        mig = _mig_instances(layout)
+                        mig = mig_instances(layout)
                     gpus.append(
                         SimGpu(
                             node=name,
@@ -661,17 +661,6 @@ def _zipf_cum_weights(n: int) -> list[float]:
         acc += 1.0 / (1 + j) ** 0.8
         out.append(acc)
     return out
-
-
-def _mig_instances(layout: Sequence[str]) -> tuple[MigInstance, ...]:
-    next_id: dict[str, int] = {}
-    out: list[MigInstance] = []
-    for profile in layout:
-        slices, first = MIG_PROFILES[profile]
-        gi = next_id.get(profile, first)
-        next_id[profile] = gi + 1
-        out.append(MigInstance(str(gi), profile, slices))
-    return tuple(out)
 
 
 def _adjustment(namespace: str) -> float:

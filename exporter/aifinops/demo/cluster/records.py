@@ -4,10 +4,10 @@ schedules, and the runs of a scheduled pod. Frozen records; :mod:`.layout` build
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aifinops.demo.cluster.spec import GpuModel, Sharing
+from aifinops.demo.cluster.spec import MIG_PROFILES, GpuModel, Sharing
 
 UnitKey = tuple[str, str]  # (physical GPU UUID, MIG GPU instance id or "")
 
@@ -122,3 +122,16 @@ class PodRun:
     name: str
     start: float
     end: float
+
+
+def mig_instances(layout: Sequence[str]) -> tuple[MigInstance, ...]:
+    """A GPU's MIG instances for a layout of profiles. NVIDIA's placement: instances of one
+    profile count up from its first GPU instance id."""
+    next_id: dict[str, int] = {}
+    out: list[MigInstance] = []
+    for profile in layout:
+        slices, first = MIG_PROFILES[profile]
+        gi = next_id.get(profile, first)
+        next_id[profile] = gi + 1
+        out.append(MigInstance(str(gi), profile, slices))
+    return tuple(out)
