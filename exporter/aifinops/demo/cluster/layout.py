@@ -65,7 +65,6 @@ class Layout:
         rng = random.Random(self.spec.seed)
         self._gpu_used_cpu: dict[str, float] = {}  # cores GPU pods request, per node
         self._gpu_used_ram: dict[str, float] = {}  # bytes GPU pods request, per node
-        self._surplus_slots: set[int] = set()  # id() of time-slice replica slots nobody requests
         main = tuple(p for p in self.spec.pools if not p.own_rng)
         self.nodes: tuple[SimNode, ...] = tuple(self._build_nodes(rng, main))
         self.pods: tuple[SimPod, ...] = self._build_pods(rng)
@@ -192,16 +191,15 @@ class Layout:
 
     def _gpu_slots(
         self, rng: random.Random, nodes: Sequence[SimNode]
-    ) -> list[tuple[SimNode, tuple[GpuHold, ...]]]:
-        """Where GPU pods go: one entry per pod, with the units it holds. On a partly
-        requested time-sliced GPU the replicas nobody requests are slots too (their ids in
-        ``_surplus_slots``): their pods are drawn and then left out, so the rest of the layout
-        is the same with or without partial requests."""
+    ) -> tuple[list[tuple[SimNode, tuple[GpuHold, ...]]], set[int]]:
+        """Where GPU pods go: one entry per pod, with the units it holds, and the ``id()`` of
+        the surplus slots. On a partly requested time-sliced GPU the replicas nobody requests
+        are slots too: their pods are drawn and then left out, so the rest of the layout is
+        the same with or without partial requests. (Ids, not indices: a MIG slot may be
+        deleted after; they are valid while the returned list holds the slots.)"""
         spec = self.spec
         slots: list[tuple[SimNode, tuple[GpuHold, ...]]] = []
-        # ids of this call's slots only: a previous call's slots may be freed by now and their
-        # ids reused by new tuples (which made the layout depend on PYTHONHASHSEED).
-        self._surplus_slots = set()
+        surplus: set[int] = set()
         unallocated_left_out = False
         for node in nodes:
             if not node.gpus:
@@ -239,11 +237,11 @@ class Layout:
                     for replica in range(k):
                         slot = (node, (GpuHold(gpu.uuid, "", 1.0 / k, model.name),))
                         if replica >= requested:
-                            self._surplus_slots.add(id(slot))
+                            surplus.add(id(slot))
                         slots.append(slot)
         if spec.mig_unassigned_fraction > 0:
             self._ensure_unassigned_mig(slots)
-        return slots
+        return slots, surplus
 
     def _ensure_unassigned_mig(self, slots: list[tuple[SimNode, tuple[GpuHold, ...]]]) -> None:
         mig_slots = [i for i, (_, holds) in enumerate(slots) if holds[0].gi_id]
@@ -263,7 +261,7 @@ class Layout:
         """GPU pods on ``nodes`` (default: every node); ``forced_roles`` places the special
         pods (unmatched, unmapped, batch, serving, ...) — once per cluster."""
         spec = self.spec
-        slots = self._gpu_slots(rng, self.nodes if nodes is None else nodes)
+        slots, surplus = self._gpu_slots(rng, self.nodes if nodes is None else nodes)
         kinds = {i: _slot_kind(holds) for i, (_, holds) in enumerate(slots)}
         # Forced roles first, each on a distinct slot chosen deterministically.
         taken: set[int] = set()
@@ -409,11 +407,7 @@ class Layout:
         self._gpu_used_cpu.update(used_cpu)
         self._gpu_used_ram.update(used_ram)
         # Replicas nobody requested: no pod (their draws were made, so nothing else moved).
-        return [
-            pod
-            for i, pod in enumerate(pods)
-            if id(slots[i]) not in self._surplus_slots or i in role
-        ]
+        return [pod for i, pod in enumerate(pods) if id(slots[i]) not in surplus or i in role]
 
     def _pod_name(
         self,
