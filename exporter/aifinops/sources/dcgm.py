@@ -37,18 +37,21 @@ of each (unit, pod, container, metric) is kept.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
+from sys import intern
+from typing import Literal, cast
 
 import httpx
 
 from aifinops.model.inputs import GpuSample
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import CpuRunner, Slot, SourceError
-from aifinops.sources.promtext import decode_page, parse_text
+from aifinops.sources.promapi import VectorReader, query_body
+from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
 
 UtilizationMetric = Literal["auto", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
@@ -102,32 +105,63 @@ class DcgmSource:
         self._settings = settings
         self._run = run
         self._transport = Transport(self.name, settings, run)
+        # What is worked out once per series, kept between reads (bounded: the series of the
+        # last read): the answer's or each page's series, and the samples' plan.
+        self._answer: VectorReader[Series] = VectorReader()
+        self._pages = [
+            SeriesReader[Series](frozenset(metric_names(settings.utilization_metric)))
+            for _ in settings.scrape_urls
+        ]
+        self._samples = GpuSamples(settings.utilization_metric)
 
     async def fetch(self, client: httpx.AsyncClient) -> tuple[GpuSample, ...]:
         s = self._settings
         names = metric_names(s.utilization_metric)
         headers = self._transport.headers()
         if s.mode == "prometheus":
+            if not s.prometheus_url:
+                raise SourceError(
+                    "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
+                )
             # One query for every name (both generations, both metrics): one round trip and
             # one response; each series says its metric in __name__.
-            series = await self._transport.query(
-                client, utilization_query(names, s.selector), headers
+            body = await query_body(
+                client,
+                s.prometheus_url,
+                utilization_query(names, s.selector),
+                timeout=s.timeout_seconds,
+                max_bytes=s.max_response_bytes,
+                headers=headers,
             )
-            default = names[0]
-            triples = [
-                (labels.get("__name__") or default, labels, value) for labels, value in series
-            ]
-            samples = await self._run(gpu_samples, triples, s.utilization_metric)
+            samples = await self._run(self._read_answer, body, names[0])
             return _not_empty(samples, names)
-        # Tens of ms per 1,000-GPU page: each parsed on the worker thread as it arrives.
-        scraped = await self._transport.read_pages(
-            client, s.scrape_urls, headers, _parse_page, names
-        )
-        return _not_empty(await self._run(gpu_samples, scraped, s.utilization_metric), names)
+        # Each page read on the worker thread as it arrives, by its own reader.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        self._transport.read_page(
+                            client, url, headers, reader.read, Series.of, where=url
+                        )
+                    )
+                    for url, reader in zip(s.scrape_urls, self._pages, strict=True)
+                ]
+        except* SourceError as failed:
+            raise failed.exceptions[0] from None
+        series: list[Series] = []
+        values: list[float] = []
+        for task in tasks:
+            page_series, page_values = task.result()
+            series += page_series
+            values += page_values
+        return _not_empty(await self._run(self._samples.samples, series, values), names)
 
+    def _read_answer(self, body: bytes, default: str) -> tuple[GpuSample, ...]:
+        def derive(labels: Mapping[str, str]) -> Series:
+            return Series.of(labels.get("__name__") or default, labels)
 
-def _parse_page(body: bytes, names: tuple[str, ...]) -> list[tuple[str, Mapping[str, str], float]]:
-    return list(parse_text(decode_page(body), frozenset(names)))
+        series, values = self._answer.read(body, derive)
+        return self._samples.samples(series, values)
 
 
 def _not_empty(samples: tuple[GpuSample, ...], names: tuple[str, ...]) -> tuple[GpuSample, ...]:
@@ -192,86 +226,243 @@ def gpu_samples(
     one sample per pod, each with the figure DCGM gives it; a MIG instance is one sample with
     ``mig_profile``/``mig_instance`` set.
     """
-    wanted = None if choice == "auto" else _KIND_OF_CHOICE[choice]
-    rows = []
+    entries: list[Series] = []
+    values: list[float] = []
     for name, labels, value in series:
+        entries.append(Series.of(name, labels))
+        values.append(value)
+    return GpuSamples(choice).samples(entries, values)
+
+
+class Series(SeriesEntry):
+    """What :func:`gpu_samples` needs of one series, worked out once from its name and labels
+    (a refresh then reads only its value). ``kind`` is ``None`` for a series never used (an
+    unknown name, no GPU UUID). ``pods``: its (namespace, pod, container) read from the
+    renamed labels only, and from every form (which one applies depends on the whole
+    answer). ``last``: the sample made from it last time, reused while nothing changed."""
+
+    __slots__ = (
+        "gpu_index",
+        "instance",
+        "kind",
+        "last",
+        "last_which",
+        "model_name",
+        "name",
+        "node",
+        "pod_uid",
+        "pods",
+        "profile",
+        "renamed",
+        "scale",
+        "unit",
+        "uuid",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind: Literal["device", "profiling"] | None = None
+        self.scale = 1.0
+        self.name = self.uuid = self.gpu_index = self.model_name = self.node = ""
+        self.unit = ("", "")
+        self.profile: str | None = None
+        self.instance: str | None = None
+        self.pod_uid = self.renamed = False
+        self.pods: tuple[_Pod, _Pod] = (_NO_POD, _NO_POD)
+        self.last: GpuSample | None = None
+        self.last_which = 0
+
+    @classmethod
+    def of(cls, name: str, labels: Mapping[str, str]) -> Series:
+        s = cls()
         known = UTILIZATION_NAMES.get(name)
-        if known is None or not math.isfinite(value):
-            continue
-        kind, scale = known
-        if wanted is not None and kind != wanted:
-            continue
         uuid = labels.get("UUID") or labels.get("uuid")
-        if not uuid:
-            continue
-        rows.append((name, kind, scale, uuid, labels, value))
-    renamed = any(labels.get(k) for *_, labels, _ in rows for k in _RENAMED_POD_KEYS)
-    sources = _POD_LABELS[:2] if renamed else _POD_LABELS
+        if known is None or not uuid:
+            return s
+        s.kind, s.scale = known
+        # Interned: these repeat on every GPU of a node, a model, a tenant (held by the model
+        # once instead of once per sample).
+        s.name = intern(name)
+        s.uuid = uuid
+        s.gpu_index = intern(labels.get("gpu", ""))
+        s.model_name = intern(labels.get("modelName", ""))
+        s.node = intern(labels.get("hostname") or labels.get("Hostname") or "")
+        profile = labels.get("GPU_I_PROFILE") or None
+        s.profile = intern(profile) if profile else None
+        s.instance = (labels.get("GPU_I_ID") or None) if profile else None
+        s.unit = (uuid, s.instance or "")
+        s.pod_uid = bool(labels.get("pod_uid"))
+        s.renamed = any(labels.get(k) for k in _RENAMED_POD_KEYS)
+        s.pods = (_pod_of(labels, _POD_LABELS[:2]), _pod_of(labels, _POD_LABELS))
+        return s
 
-    def unit(uuid: str, labels: Mapping[str, str]) -> tuple[str, str]:
-        return uuid, labels.get("GPU_I_ID", "") if labels.get("GPU_I_PROFILE") else ""
 
-    profiled_units = {
-        unit(uuid, labels) for _, kind, _, uuid, labels, _ in rows if kind == "profiling"
-    }
+_Pod = tuple[str | None, str | None, str | None]
+_NO_POD: _Pod = (None, None, None)
+
+
+def _pod_of(labels: Mapping[str, str], sources: tuple[tuple[str, str, str], ...]) -> _Pod:
+    for ns_key, pod_key, container_key in sources:
+        namespace = labels.get(ns_key) or None
+        pod = labels.get(pod_key) or None
+        if namespace or pod:
+            container = labels.get(container_key) or None
+            return (
+                intern(namespace) if namespace else None,
+                pod,
+                intern(container) if container else None,
+            )
+    return _NO_POD
+
+
+class _Plan:
+    """Which series make which sample, for one list of series (and of non-finite values):
+    the kept series' indexes in the list, their series and their sample slot (several
+    series share a slot only when they are duplicates), ``which`` of each series' ``pods``
+    applies, and ``per_process`` per slot."""
+
+    __slots__ = ("index", "per_process", "pick", "series", "slot", "unique", "which")
+
+    def __init__(
+        self,
+        index: list[int],
+        series: list[Series],
+        slot: list[int],
+        which: int,
+        per_process: list[bool],
+    ) -> None:
+        self.index = index
+        self.series = series
+        self.slot = slot
+        self.which = which
+        self.per_process = per_process
+        # One series per slot (no duplicates): slot j is the j-th kept series.
+        self.unique = len(per_process) == len(index)
+        self.pick: Callable[[list[float]], Iterable[float]] = (
+            itemgetter(*index) if len(index) > 1 else lambda values: [values[i] for i in index]
+        )
+
+
+class GpuSamples:
+    """:func:`gpu_samples` for a source that reads the same series refresh after refresh:
+    the decisions that depend only on the series (which are kept, which are duplicates of
+    one another, which are per-process) are made once per distinct list of series, and a
+    sample whose fields did not change is the last read's object again."""
+
+    __slots__ = ("_choice", "_plan", "_plan_for")
+
+    def __init__(self, choice: UtilizationMetric) -> None:
+        self._choice = choice
+        self._plan: _Plan | None = None
+        self._plan_for: tuple[list[Series], tuple[int, ...]] = ([], ())
+
+    def samples(self, series: list[Series], values: list[float]) -> tuple[GpuSample, ...]:
+        """The samples of ``series`` with ``values`` (one per series, in order)."""
+        isfinite = math.isfinite
+        bad = (
+            ()
+            if all(map(isfinite, values))
+            else tuple(i for i, v in enumerate(values) if not isfinite(v))
+        )
+        plan = self._plan
+        if plan is None or self._plan_for[1] != bad or self._plan_for[0] != series:
+            plan = self._plan = _make_plan(series, bad, self._choice)
+            self._plan_for = (series, bad)
+        return _apply(plan, values)
+
+
+def _make_plan(series: list[Series], bad: tuple[int, ...], choice: UtilizationMetric) -> _Plan:
+    wanted = None if choice == "auto" else _KIND_OF_CHOICE[choice]
+    skip = set(bad)
+    rows = [
+        i
+        for i, s in enumerate(series)
+        if s.kind is not None and (wanted is None or s.kind == wanted) and i not in skip
+    ]
+    kept = [series[i] for i in rows]
+    which = 0 if any(s.renamed for s in kept) else 1
+    profiled_units = {s.unit for s in kept if s.kind == "profiling"}
     # dcgm-exporter's per-process form (#594) makes only the device metric per pod: on such a
     # unit the profiling metric is the device's figure repeated on every pod, so the device
     # metric is the one read there (a pod series with pod_uid beside a pod-less one).
-    pod_keys = [k for keys in sources for k in keys[:2]]
-    with_pod_uid = {
-        unit(uuid, labels)
-        for _, kind, _, uuid, labels, _ in rows
-        if kind == "device" and labels.get("pod_uid") and any(labels.get(k) for k in pod_keys)
-    }
-    pod_less = {
-        unit(uuid, labels)
-        for _, kind, _, uuid, labels, _ in rows
-        if kind == "device" and not any(labels.get(k) for k in pod_keys)
-    }
+    with_pod_uid = set()
+    pod_less = set()
+    for s in kept:
+        if s.kind == "device":
+            namespace, pod, _ = s.pods[which]
+            if not (namespace or pod):
+                pod_less.add(s.unit)
+            elif s.pod_uid:
+                with_pod_uid.add(s.unit)
     per_process_units = with_pod_uid & pod_less
-    kept: dict[tuple[str, ...], GpuSample] = {}
+    slots: dict[tuple[str, ...], int] = {}
     with_uid: set[tuple[str, ...]] = set()  # pod series carrying pod_uid (per-process form)
-    for name, kind, scale, uuid, labels, value in rows:
-        profile = labels.get("GPU_I_PROFILE") or None
-        instance = (labels.get("GPU_I_ID") or None) if profile else None
-        here = (uuid, instance or "")
-        if here in per_process_units:
-            if kind == "profiling":
+    index: list[int] = []
+    planned: list[Series] = []
+    slot_of: list[int] = []
+    for i, s in zip(rows, kept, strict=True):
+        if s.unit in per_process_units:
+            if s.kind == "profiling":
                 continue  # the device's figure repeated per pod: the per-process one is read
-        elif kind == "device" and here in profiled_units:
+        elif s.kind == "device" and s.unit in profiled_units:
             continue  # this unit has the profiling metric: it is the one read
-        namespace = pod = container = None
-        for ns_key, pod_key, container_key in sources:
-            namespace = labels.get(ns_key) or None
-            pod = labels.get(pod_key) or None
-            if namespace or pod:
-                container = labels.get(container_key) or None
-                break
-        sample = GpuSample(
-            uuid=uuid,
-            gpu_index=labels.get("gpu", ""),
-            model_name=labels.get("modelName", ""),
-            node=labels.get("hostname") or labels.get("Hostname") or "",
-            utilization=min(max(value * scale, 0.0), 1.0),
-            namespace=namespace,
-            pod=pod,
-            container=container,
-            mig_profile=profile,
-            mig_instance=instance,
-            metric=name,
-        )
-        key = (uuid, instance or "", namespace or "", pod or "", container or "", kind)
-        if pod and labels.get("pod_uid"):
+        namespace, pod, container = s.pods[which]
+        key = (s.uuid, s.unit[1], namespace or "", pod or "", container or "", s.kind or "")
+        if pod and s.pod_uid:
             with_uid.add(key)
-        seen = kept.get(key)
-        if seen is None or sample.utilization > seen.utilization:
-            kept[key] = sample  # a duplicate keeps the first position, the highest value
-    if not with_uid:
-        return tuple(kept.values())
+        index.append(i)
+        planned.append(s)
+        slot_of.append(slots.setdefault(key, len(slots)))
     # dcgm-exporter's per-process form (--kubernetes-virtual-gpus, PR #594): the device's own
     # series (no pod) beside one series per pod with that pod's processes' figure and pod_uid.
-    devices = {(k[0], k[1], k[5]) for k, v in kept.items() if v.pod is None}
-    return tuple(
-        replace(v, per_process=True) if k in with_uid and (k[0], k[1], k[5]) in devices else v
-        for k, v in kept.items()
-    )
+    devices = {(k[0], k[1], k[5]) for k in slots if not k[3]}
+    per_process = [k in with_uid and (k[0], k[1], k[5]) in devices for k in slots]
+    return _Plan(index, planned, slot_of, which, per_process)
+
+
+def _apply(plan: _Plan, values: list[float]) -> tuple[GpuSample, ...]:
+    if not plan.index:
+        return ()
+    used = [
+        min(max(v * s.scale, 0.0), 1.0) for v, s in zip(plan.pick(values), plan.series, strict=True)
+    ]
+    if plan.unique:
+        winners: Iterable[tuple[float, Series]] = zip(used, plan.series, strict=True)
+    else:
+        best: list[tuple[float, Series] | None] = [None] * len(plan.per_process)
+        for u, s, slot in zip(used, plan.series, plan.slot, strict=True):
+            seen = best[slot]
+            if seen is None or u > seen[0]:
+                best[slot] = (u, s)  # a duplicate keeps the first position, the highest value
+        winners = cast("list[tuple[float, Series]]", best)
+    which = plan.which
+    out = []
+    for (u, s), per_process in zip(winners, plan.per_process, strict=True):
+        last = s.last
+        if (
+            last is not None
+            and last.utilization == u
+            and s.last_which == which
+            and last.per_process == per_process
+            and (u or math.copysign(1.0, u) == math.copysign(1.0, last.utilization))
+        ):
+            out.append(last)  # nothing in it changed: the model gets the same object
+            continue
+        namespace, pod, container = s.pods[which]
+        sample = GpuSample(
+            s.uuid,
+            s.gpu_index,
+            s.model_name,
+            s.node,
+            u,
+            namespace,
+            pod,
+            container,
+            s.profile,
+            s.instance,
+            s.name,
+            per_process,
+        )
+        s.last, s.last_which = sample, which
+        out.append(sample)
+    return tuple(out)

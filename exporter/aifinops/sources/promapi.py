@@ -7,8 +7,8 @@ with recorded bodies. Thanos Query and Mimir serve the same API and are read the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, cast
 
 import httpx
 import msgspec
@@ -36,7 +36,25 @@ async def instant_query(
     Raises :class:`SourceError` for every failure; see :func:`parse_vector` for the result
     and ``skipped``. The answer is parsed by ``run`` (the CPU worker).
     """
-    body = await get_bytes(
+    body = await query_body(
+        client, base_url, promql, timeout=timeout, max_bytes=max_bytes, headers=headers
+    )
+    # On the CPU worker thread: at 10k GPUs the answer is 14k series (a few MB).
+    return await run(parse_vector, body, skipped)
+
+
+async def query_body(
+    client: httpx.AsyncClient,
+    base_url: str,
+    promql: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """The body of ``GET /api/v1/query?query=promql`` (:func:`instant_query` without the
+    parse, for a caller that reads it with a :class:`VectorReader`)."""
+    return await get_bytes(
         client,
         f"{base_url.rstrip('/')}/api/v1/query",
         timeout=timeout,
@@ -44,8 +62,6 @@ async def instant_query(
         params={"query": promql},
         headers=headers,
     )
-    # On the CPU worker thread: at 10k GPUs the answer is 14k series (a few MB).
-    return await run(parse_vector, body, skipped)
 
 
 # --- the decoder: msgspec --------------------------------------------------------------------
@@ -173,3 +189,93 @@ def parse_vector(
         except SourceError:
             skipped[0] += 1
     return out
+
+
+# --- reading the same query's answer again and again -----------------------------------------
+
+
+class _RawElement(msgspec.Struct, gc=False):
+    metric: msgspec.Raw  # the label object's bytes, syntax checked, decoded once per series
+    value: tuple[msgspec.Raw, str]
+
+
+_decode_raw_elements = msgspec.json.Decoder(list[_RawElement]).decode
+_decode_labels = msgspec.json.Decoder(dict[str, str]).decode
+E = TypeVar("E")
+
+
+class VectorReader(Generic[E]):
+    """Reads the answer of one instant query asked again and again (a DCGM query each
+    refresh), doing the work per *series* once.
+
+    From one answer to the next the series stay, only their values change. The reader keys
+    each element by a digest of its ``metric`` object's bytes (Python's keyed 64-bit hash:
+    no table of 10k label texts is held between reads) and keeps what ``derive(labels)``
+    made of it; an element seen before costs its value only. Series gone from an answer are
+    forgotten. An answer of another shape than Prometheus' compact one, or one whose labels
+    or values :func:`parse_vector` would refuse, is read by :func:`parse_vector` itself
+    (its result, or its error), each series derived afresh.
+
+    :meth:`read` gives, per element of ``parse_vector(body)`` in order, ``derive(labels)``
+    (or the entry kept for those labels) and the value.
+    """
+
+    __slots__ = ("_index", "_order")
+
+    def __init__(self) -> None:
+        self._index: dict[int, E] = {}
+        self._order: list[E] = []
+
+    def __len__(self) -> int:
+        """Series known from the last read."""
+        return len(self._index)
+
+    def read(
+        self, body: bytes, derive: Callable[[dict[str, str]], E]
+    ) -> tuple[list[E], list[float]]:
+        """The entries and values of every element of ``body``, in order. When the series
+        are those of the last read, in the same order, the entry list is the last read's
+        (the same object): do not change it."""
+        pieces = decode_pieces(
+            body, _VECTOR_PREFIX, _VECTOR_SUFFIX, _element_cut, _decode_raw_elements, (b"[", b"]")
+        )
+        if pieces is not None:
+            try:
+                return self._read(pieces, derive)
+            except ValueError:
+                pass  # labels or a value parse_vector decides on (it may refuse them)
+        series = parse_vector(body)
+        return [derive(labels) for labels, _ in series], [value for _, value in series]
+
+    def _read(
+        self, pieces: list[list[_RawElement]], derive: Callable[[dict[str, str]], E]
+    ) -> tuple[list[E], list[float]]:
+        known = self._index
+        keys: list[int] = []
+        values: list[float] = []
+        for piece in pieces:
+            # bytes() then hash(): Raw is not hashable. float() of the str msgspec decoded
+            # is parse_vector's own conversion.
+            keys += [hash(bytes(e.metric)) for e in piece]
+            values += [float(e.value[1]) for e in piece]
+        get = known.get
+        entries = [get(k) for k in keys]
+        new = 0
+        if None in entries:
+            fresh: dict[int, E] = {}
+            elements = [e for piece in pieces for e in piece]
+            for i, entry in enumerate(entries):
+                if entry is None:
+                    k = keys[i]
+                    made = fresh.get(k)
+                    if made is None:
+                        made = derive(_decode_labels(elements[i].metric))
+                        fresh[k] = made
+                        new += 1
+                    entries[i] = made
+        order = cast("list[E]", entries)
+        if new or len(keys) != len(known):  # series came or went: the index follows the answer
+            self._index = dict(zip(keys, order, strict=True))
+        if order != self._order:
+            self._order = order
+        return self._order, values
