@@ -83,7 +83,6 @@ _POD_LABELS = (
     ("pod_namespace", "pod_name", "container_name"),
     ("namespace", "pod", "container"),
 )
-_RENAMED_POD_KEYS = ("exported_namespace", "exported_pod", "pod_namespace", "pod_name")
 
 
 class DcgmSource:
@@ -237,11 +236,13 @@ def gpu_samples(
 class Series(SeriesEntry):
     """What :func:`gpu_samples` needs of one series, worked out once from its name and labels
     (a refresh then reads only its value). ``kind`` is ``None`` for a series never used (an
-    unknown name, no GPU UUID). ``pods``: its (namespace, pod, container) read from the
-    renamed labels only, and from every form (which one applies depends on the whole
-    answer). ``last``: the sample made from it last time, reused while nothing changed."""
+    unknown name, no GPU UUID). ``namespace``/``pod``/``container``: the pod read from every
+    form of pod labels; ``renamed``: it was read from a renamed form (``exported_*``,
+    ``--use-old-namespace``), which is the only one read when any series of the answer has
+    one. ``last``: the sample made from it last time, reused while nothing changed."""
 
     __slots__ = (
+        "container",
         "gpu_index",
         "instance",
         "kind",
@@ -249,59 +250,87 @@ class Series(SeriesEntry):
         "last_which",
         "model_name",
         "name",
+        "namespace",
         "node",
+        "pod",
         "pod_uid",
-        "pods",
         "profile",
         "renamed",
         "scale",
-        "unit",
         "uuid",
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.kind: Literal["device", "profiling"] | None = None
-        self.scale = 1.0
-        self.name = self.uuid = self.gpu_index = self.model_name = self.node = ""
-        self.unit = ("", "")
-        self.profile: str | None = None
-        self.instance: str | None = None
-        self.pod_uid = self.renamed = False
-        self.pods: tuple[_Pod, _Pod] = (_NO_POD, _NO_POD)
+    def __init__(
+        self,
+        kind: Literal["device", "profiling"] | None = None,
+        scale: float = 1.0,
+        name: str = "",
+        uuid: str = "",
+        gpu_index: str = "",
+        model_name: str = "",
+        node: str = "",
+        profile: str | None = None,
+        instance: str | None = None,
+        pod_uid: bool = False,
+        renamed: bool = False,
+        pod: _Pod = (None, None, None),
+    ) -> None:
+        self._prefix: bytes | None = None
+        self._pos = -1
+        self.kind = kind
+        self.scale = scale
+        self.name = name
+        self.uuid = uuid
+        self.gpu_index = gpu_index
+        self.model_name = model_name
+        self.node = node
+        self.profile = profile
+        self.instance = instance
+        self.pod_uid = pod_uid
+        self.renamed = renamed
+        self.namespace, self.pod, self.container = pod
         self.last: GpuSample | None = None
         self.last_which = 0
 
     @classmethod
     def of(cls, name: str, labels: Mapping[str, str]) -> Series:
-        s = cls()
         known = UTILIZATION_NAMES.get(name)
-        uuid = labels.get("UUID") or labels.get("uuid")
+        get = labels.get
+        uuid = get("UUID") or get("uuid")
         if known is None or not uuid:
-            return s
-        s.kind, s.scale = known
-        # Interned: these repeat on every GPU of a node, a model, a tenant (held by the model
-        # once instead of once per sample).
-        s.name = intern(name)
-        s.uuid = uuid
-        s.gpu_index = intern(labels.get("gpu", ""))
-        s.model_name = intern(labels.get("modelName", ""))
-        s.node = intern(labels.get("hostname") or labels.get("Hostname") or "")
-        profile = labels.get("GPU_I_PROFILE") or None
-        s.profile = intern(profile) if profile else None
-        s.instance = (labels.get("GPU_I_ID") or None) if profile else None
-        s.unit = (uuid, s.instance or "")
-        s.pod_uid = bool(labels.get("pod_uid"))
-        s.renamed = any(labels.get(k) for k in _RENAMED_POD_KEYS)
-        s.pods = (_pod_of(labels, _POD_LABELS[:2]), _pod_of(labels, _POD_LABELS))
-        return s
+            return cls()
+        profile = get("GPU_I_PROFILE") or None
+        pod = _pod_of(labels, _POD_LABELS[:2])
+        renamed = pod is not None
+        # Interned: these repeat on every GPU of a node, a model, a tenant, and a GPU's and a
+        # pod's on each of its metrics (held once instead of once per series).
+        return cls(
+            known[0],
+            known[1],
+            intern(name),
+            uuid,
+            intern(get("gpu", "")),
+            intern(get("modelName", "")),
+            intern(get("hostname") or get("Hostname") or ""),
+            intern(profile) if profile else None,
+            (get("GPU_I_ID") or None) if profile else None,
+            bool(get("pod_uid")),
+            renamed,
+            pod or _pod_of(labels, _POD_LABELS[2:]) or (None, None, None),
+        )
+
+    def pod_in(self, which: int) -> _Pod:
+        """(namespace, pod, container) where ``which`` is 1 (every form of pod labels is
+        read), or 0 (only the renamed forms)."""
+        if which or self.renamed:
+            return self.namespace, self.pod, self.container
+        return None, None, None
 
 
 _Pod = tuple[str | None, str | None, str | None]
-_NO_POD: _Pod = (None, None, None)
 
 
-def _pod_of(labels: Mapping[str, str], sources: tuple[tuple[str, str, str], ...]) -> _Pod:
+def _pod_of(labels: Mapping[str, str], sources: tuple[tuple[str, str, str], ...]) -> _Pod | None:
     for ns_key, pod_key, container_key in sources:
         namespace = labels.get(ns_key) or None
         pod = labels.get(pod_key) or None
@@ -312,16 +341,16 @@ def _pod_of(labels: Mapping[str, str], sources: tuple[tuple[str, str, str], ...]
                 pod,
                 intern(container) if container else None,
             )
-    return _NO_POD
+    return None
 
 
 class _Plan:
     """Which series make which sample, for one list of series (and of non-finite values):
-    the kept series' indexes in the list, their series and their sample slot (several
-    series share a slot only when they are duplicates), ``which`` of each series' ``pods``
-    applies, and ``per_process`` per slot."""
+    ``pick`` takes the kept series' values from a read's values, ``series`` are those series
+    and ``slot`` their sample's index (``None`` when each has its own: no duplicates);
+    ``which`` pod labels are read (:meth:`Series.pod_in`); ``per_process`` per sample."""
 
-    __slots__ = ("index", "per_process", "pick", "series", "slot", "unique", "which")
+    __slots__ = ("per_process", "pick", "series", "slot", "which")
 
     def __init__(
         self,
@@ -331,13 +360,10 @@ class _Plan:
         which: int,
         per_process: list[bool],
     ) -> None:
-        self.index = index
         self.series = series
-        self.slot = slot
+        self.slot = None if len(per_process) == len(index) else slot
         self.which = which
         self.per_process = per_process
-        # One series per slot (no duplicates): slot j is the j-th kept series.
-        self.unique = len(per_process) == len(index)
         self.pick: Callable[[list[float]], Iterable[float]] = (
             itemgetter(*index) if len(index) > 1 else lambda values: [values[i] for i in index]
         )
@@ -381,7 +407,7 @@ def _make_plan(series: list[Series], bad: tuple[int, ...], choice: UtilizationMe
     ]
     kept = [series[i] for i in rows]
     which = 0 if any(s.renamed for s in kept) else 1
-    profiled_units = {s.unit for s in kept if s.kind == "profiling"}
+    profiled_units = {(s.uuid, s.instance or "") for s in kept if s.kind == "profiling"}
     # dcgm-exporter's per-process form (#594) makes only the device metric per pod: on such a
     # unit the profiling metric is the device's figure repeated on every pod, so the device
     # metric is the one read there (a pod series with pod_uid beside a pod-less one).
@@ -389,11 +415,11 @@ def _make_plan(series: list[Series], bad: tuple[int, ...], choice: UtilizationMe
     pod_less = set()
     for s in kept:
         if s.kind == "device":
-            namespace, pod, _ = s.pods[which]
+            namespace, pod, _ = s.pod_in(which)
             if not (namespace or pod):
-                pod_less.add(s.unit)
+                pod_less.add((s.uuid, s.instance or ""))
             elif s.pod_uid:
-                with_pod_uid.add(s.unit)
+                with_pod_uid.add((s.uuid, s.instance or ""))
     per_process_units = with_pod_uid & pod_less
     slots: dict[tuple[str, ...], int] = {}
     with_uid: set[tuple[str, ...]] = set()  # pod series carrying pod_uid (per-process form)
@@ -401,13 +427,14 @@ def _make_plan(series: list[Series], bad: tuple[int, ...], choice: UtilizationMe
     planned: list[Series] = []
     slot_of: list[int] = []
     for i, s in zip(rows, kept, strict=True):
-        if s.unit in per_process_units:
+        unit = (s.uuid, s.instance or "")
+        if unit in per_process_units:
             if s.kind == "profiling":
                 continue  # the device's figure repeated per pod: the per-process one is read
-        elif s.kind == "device" and s.unit in profiled_units:
+        elif s.kind == "device" and unit in profiled_units:
             continue  # this unit has the profiling metric: it is the one read
-        namespace, pod, container = s.pods[which]
-        key = (s.uuid, s.unit[1], namespace or "", pod or "", container or "", s.kind or "")
+        namespace, pod, container = s.pod_in(which)
+        key = (*unit, namespace or "", pod or "", container or "", s.kind or "")
         if pod and s.pod_uid:
             with_uid.add(key)
         index.append(i)
@@ -421,12 +448,12 @@ def _make_plan(series: list[Series], bad: tuple[int, ...], choice: UtilizationMe
 
 
 def _apply(plan: _Plan, values: list[float]) -> tuple[GpuSample, ...]:
-    if not plan.index:
+    if not plan.series:
         return ()
     used = [
         min(max(v * s.scale, 0.0), 1.0) for v, s in zip(plan.pick(values), plan.series, strict=True)
     ]
-    if plan.unique:
+    if plan.slot is None:
         winners: Iterable[tuple[float, Series]] = zip(used, plan.series, strict=True)
     else:
         best: list[tuple[float, Series] | None] = [None] * len(plan.per_process)
@@ -448,7 +475,7 @@ def _apply(plan: _Plan, values: list[float]) -> tuple[GpuSample, ...]:
         ):
             out.append(last)  # nothing in it changed: the model gets the same object
             continue
-        namespace, pod, container = s.pods[which]
+        namespace, pod, container = s.pod_in(which)
         sample = GpuSample(
             s.uuid,
             s.gpu_index,

@@ -7,6 +7,7 @@ with recorded bodies. Thanos Query and Mimir serve the same API and are read the
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, cast
 
@@ -209,26 +210,27 @@ class VectorReader(Generic[E]):
     refresh), doing the work per *series* once.
 
     From one answer to the next the series stay, only their values change. The reader keys
-    each element by a digest of its ``metric`` object's bytes (Python's keyed 64-bit hash:
-    no table of 10k label texts is held between reads) and keeps what ``derive(labels)``
-    made of it; an element seen before costs its value only. Series gone from an answer are
-    forgotten. An answer of another shape than Prometheus' compact one, or one whose labels
-    or values :func:`parse_vector` would refuse, is read by :func:`parse_vector` itself
-    (its result, or its error), each series derived afresh.
+    each element by a digest of its ``metric`` object's bytes (Python's keyed 64-bit hash)
+    and keeps what ``derive(labels)`` made of it; an element seen before costs its value
+    only. Between reads it holds the last answer's digests, in order, as one array, beside
+    its entries: no table of label texts, no dict. Series gone from an answer are forgotten.
+    An answer of another shape than Prometheus' compact one, or one whose labels or values
+    :func:`parse_vector` would refuse, is read by :func:`parse_vector` itself (its result,
+    or its error), each series derived afresh.
 
     :meth:`read` gives, per element of ``parse_vector(body)`` in order, ``derive(labels)``
     (or the entry kept for those labels) and the value.
     """
 
-    __slots__ = ("_index", "_order")
+    __slots__ = ("_keys", "_order")
 
     def __init__(self) -> None:
-        self._index: dict[int, E] = {}
+        self._keys = array("q")
         self._order: list[E] = []
 
     def __len__(self) -> int:
         """Series known from the last read."""
-        return len(self._index)
+        return len(self._order)
 
     def read(
         self, body: bytes, derive: Callable[[dict[str, str]], E]
@@ -250,32 +252,27 @@ class VectorReader(Generic[E]):
     def _read(
         self, pieces: list[list[_RawElement]], derive: Callable[[dict[str, str]], E]
     ) -> tuple[list[E], list[float]]:
-        known = self._index
-        keys: list[int] = []
+        keys = array("q")
         values: list[float] = []
         for piece in pieces:
             # bytes() then hash(): Raw is not hashable. float() of the str msgspec decoded
             # is parse_vector's own conversion.
-            keys += [hash(bytes(e.metric)) for e in piece]
+            keys.extend([hash(bytes(e.metric)) for e in piece])
             values += [float(e.value[1]) for e in piece]
+        if keys == self._keys:
+            return self._order, values
+        known = dict(zip(self._keys, self._order, strict=True))
         get = known.get
         entries = [get(k) for k in keys]
-        new = 0
         if None in entries:
-            fresh: dict[int, E] = {}
             elements = [e for piece in pieces for e in piece]
             for i, entry in enumerate(entries):
                 if entry is None:
                     k = keys[i]
-                    made = fresh.get(k)
-                    if made is None:
-                        made = derive(_decode_labels(elements[i].metric))
-                        fresh[k] = made
-                        new += 1
+                    made = known.get(k)
+                    if made is None:  # the first of its series in this answer
+                        made = known[k] = derive(_decode_labels(elements[i].metric))
                     entries[i] = made
-        order = cast("list[E]", entries)
-        if new or len(keys) != len(known):  # series came or went: the index follows the answer
-            self._index = dict(zip(keys, order, strict=True))
-        if order != self._order:
-            self._order = order
+        self._keys = keys
+        self._order = cast("list[E]", entries)
         return self._order, values
