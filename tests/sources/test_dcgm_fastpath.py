@@ -265,6 +265,10 @@ HOSTILE_READS: dict[str, list[bytes]] = {
         vector(),
         vector({"metric": {}, "value": [T0, "5"]}),
     ],
+    "odd-timestamps": [
+        vector({**element("10"), "value": [[T0], "10"]}, {**element("20"), "value": [None, "20"]}),
+        vector({**element("11"), "value": ["x", "11"]}, {**element("21"), "value": [{}, "21"]}),
+    ],
     "series-swap-order": [
         vector(element("10"), element("20", UUID="GPU-b"), element("30", UUID="GPU-c")),
         vector(element("30", UUID="GPU-c"), element("10"), element("20", UUID="GPU-b")),
@@ -306,6 +310,10 @@ def test_hostile_reads_equal_the_reference(
         vector({"metric": {"UUID": "a"}, "value": [T0, 2]}),
         vector({"metric": "x", "value": [T0, "1"]}),
         vector(element("1_0")),
+        vector({"metric": {"UUID": "a"}, "value": [T0, "1", 3]}),
+        vector({"metric": {"UUID": "a"}, "value": [T0]}),
+        vector({"metric": {"UUID": "a"}, "value": {"ts": T0, "text": "1"}}),
+        vector({"metric": {"UUID": "a"}}),
     ],
 )
 def test_odd_answers_read_as_parse_vector_reads_them(body: bytes) -> None:

@@ -195,9 +195,17 @@ def parse_vector(
 # --- reading the same query's answer again and again -----------------------------------------
 
 
+class _RawValue(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    """``[ts, "value"]``: what ``tuple[Any, str]`` accepts, as an object the garbage
+    collector does not track (a tuple per series would be)."""
+
+    ts: msgspec.Raw
+    text: str
+
+
 class _RawElement(msgspec.Struct, gc=False):
     metric: msgspec.Raw  # the label object's bytes, syntax checked, decoded once per series
-    value: tuple[msgspec.Raw, str]
+    value: _RawValue
 
 
 _decode_raw_elements = msgspec.json.Decoder(list[_RawElement]).decode
@@ -258,7 +266,7 @@ class VectorReader(Generic[E]):
             # bytes() then hash(): Raw is not hashable. float() of the str msgspec decoded
             # is parse_vector's own conversion.
             keys.extend([hash(bytes(e.metric)) for e in piece])
-            values += [float(e.value[1]) for e in piece]
+            values += [float(e.value.text) for e in piece]
         if keys == self._keys:
             return self._order, values
         known = dict(zip(self._keys, self._order, strict=True))
