@@ -411,30 +411,38 @@ def _make_plan(series: list[Series], bad: tuple[int, ...], choice: UtilizationMe
     # dcgm-exporter's per-process form (#594) makes only the device metric per pod: on such a
     # unit the profiling metric is the device's figure repeated on every pod, so the device
     # metric is the one read there (a pod series with pod_uid beside a pod-less one).
-    with_pod_uid = set()
-    pod_less = set()
-    for s in kept:
-        if s.kind == "device":
-            namespace, pod, _ = s.pod_in(which)
-            if not (namespace or pod):
-                pod_less.add((s.uuid, s.instance or ""))
-            elif s.pod_uid:
-                with_pod_uid.add((s.uuid, s.instance or ""))
-    per_process_units = with_pod_uid & pod_less
+    with_pod_uid = {
+        (s.uuid, s.instance or "")
+        for s in kept
+        if s.pod_uid and s.kind == "device" and any(s.pod_in(which)[:2])
+    }
+    per_process_units: set[tuple[str, str]] = set()
+    if with_pod_uid:  # else no unit can be one (most answers: one pass saved)
+        pod_less = {
+            (s.uuid, s.instance or "")
+            for s in kept
+            if s.kind == "device" and not any(s.pod_in(which)[:2])
+        }
+        per_process_units = with_pod_uid & pod_less
     slots: dict[tuple[str, ...], int] = {}
     with_uid: set[tuple[str, ...]] = set()  # pod series carrying pod_uid (per-process form)
     index: list[int] = []
     planned: list[Series] = []
     slot_of: list[int] = []
     for i, s in zip(rows, kept, strict=True):
-        unit = (s.uuid, s.instance or "")
-        if unit in per_process_units:
-            if s.kind == "profiling":
+        kind = s.kind or ""
+        instance = s.instance or ""
+        if per_process_units and (s.uuid, instance) in per_process_units:
+            if kind == "profiling":
                 continue  # the device's figure repeated per pod: the per-process one is read
-        elif s.kind == "device" and unit in profiled_units:
+        elif kind == "device" and (s.uuid, instance) in profiled_units:
             continue  # this unit has the profiling metric: it is the one read
-        namespace, pod, container = s.pod_in(which)
-        key = (*unit, namespace or "", pod or "", container or "", s.kind or "")
+        if which or s.renamed:
+            pod = s.pod
+            key = (s.uuid, instance, s.namespace or "", pod or "", s.container or "", kind)
+        else:
+            pod = None
+            key = (s.uuid, instance, "", "", "", kind)
         if pod and s.pod_uid:
             with_uid.add(key)
         index.append(i)
