@@ -1,5 +1,6 @@
-"""The DCGM source reads each series once and then only values (promapi.VectorReader for the
-query answer, a SeriesReader per scrape page, a sample plan per list of series): it must give
+"""The DCGM and energy sources read each series once and then only values
+(promapi.VectorReader for the query answer, a SeriesReader per scrape page, a sample plan per
+list of series): they must give
 exactly what the reference path gives — ``parse_vector``/``parse_text`` then the old
 ``gpu_samples`` (tests/sources/dcgm_reference.py) — read after read, on the simulator's DCGM
 answers (MIG, time-sliced, per-process and HAMi nodes, both dcgm-exporter generations,
@@ -29,9 +30,19 @@ from aifinops.sources.dcgm import (
     metric_names,
     utilization_query,
 )
+from aifinops.sources.energy import (
+    ENERGY_NAMES,
+    EnergyMemory,
+    EnergySeries,
+    EnergySource,
+    energy_since,
+    gpu_readings,
+    readings_of,
+)
 from aifinops.sources.promapi import VectorReader, parse_vector
 from aifinops.sources.promtext import decode_page, parse_text
 from tests.sources.dcgm_reference import reference_gpu_samples
+from tests.sources.energy_reference import reference_gpu_readings
 
 T0 = 1_750_000_000.0
 CHOICES: tuple[UtilizationMetric, ...] = (
@@ -332,3 +343,72 @@ def test_odd_answers_read_as_parse_vector_reads_them(body: bytes) -> None:
     assert outcomes[0] == outcomes[1]
     # a failed read leaves the reader as it was
     assert len(reader) == 1
+
+
+# --- the energy source: the same design, its own oracle ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def energy_sim() -> SimCluster:
+    # The demo cluster: exact energy counters (one GPU reset every 6 h), 4.8 and 4.9 nodes
+    # (power only on 4.9), MIG and time-sliced series repeating the device's values.
+    return SimCluster(ClusterSpec.demo(shared_gpus=True))
+
+
+@pytest.mark.parametrize("mode", ["prometheus", "scrape"])
+async def test_energy_reads_equal_the_reference(energy_sim: SimCluster, mode: str) -> None:
+    names = tuple(ENERGY_NAMES)
+    nodes = sorted(energy_sim.dcgm_pages(T0))
+    settings = (
+        DcgmSettings(mode="prometheus", prometheus_url="http://prom")
+        if mode == "prometheus"
+        else DcgmSettings(
+            mode="scrape", scrape_urls=tuple(f"http://dcgm/{n}/metrics" for n in nodes)
+        )
+    )
+    upstream = Upstream(energy_sim)
+    clock = [T0]
+    source = EnergySource(settings, lambda: clock[0], run=run_cpu)
+    memory = EnergyMemory()
+    resets = 0
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream.handler)) as client:
+        for i in range(5):
+            upstream.now = clock[0] = T0 + 7200.0 * i  # across the 6-hourly counter reset
+            upstream.served = []
+            got = await source.fetch(client)
+            if mode == "prometheus":
+                [body] = upstream.served
+                rows = [(lb.get("__name__", ""), lb, v) for lb, v in parse_vector(body)]
+            else:
+                pages = [energy_sim.dcgm_exposition(clock[0], node=n) for n in nodes]
+                rows = [r for p in pages for r in parse_text(p, frozenset(names))]
+            want, memory = energy_since(memory, reference_gpu_readings(rows), clock[0])
+            assert got == want
+            resets += want.counter_resets
+            assert readings_of(*_energy_entries(rows)) == reference_gpu_readings(rows)
+    assert want.gpus and {g.method for g in want.gpus} == {"counter", "power"}
+    assert resets >= 1  # the reset GPU counts from zero again, as the reference does
+
+
+def _energy_entries(
+    rows: list[tuple[str, Mapping[str, str], float]],
+) -> tuple[list[EnergySeries], list[float]]:
+    return [EnergySeries.of(n, lb) for n, lb, _ in rows], [v for *_, v in rows]
+
+
+def test_energy_odd_series_equal_the_reference() -> None:
+    uuid = {"UUID": "GPU-a"}
+    rows: list[tuple[str, Mapping[str, str], float]] = [
+        ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", uuid, 5.0),
+        ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", uuid, 9.0),  # a MIG/pod repeat: highest
+        ("DCGM_FI_DEV_POWER_USAGE", {"uuid": "GPU-b"}, -0.0),
+        ("DCGM_FI_DEV_BOARD_POWER_WATTS", {"UUID": "GPU-c"}, float("nan")),
+        ("DCGM_FI_DEV_POWER_USAGE", {"UUID": "GPU-c"}, float("inf")),
+        ("DCGM_FI_DEV_POWER_USAGE", {"UUID": "GPU-d"}, -1.0),
+        ("DCGM_FI_DEV_POWER_USAGE", {"UUID": ""}, 1.0),
+        ("DCGM_FI_DEV_GPU_UTIL", uuid, 50.0),
+        ("DCGM_FI_DEV_BOARD_POWER_WATTS", {"UUID": "GPU-0"}, 300.0),
+    ]
+    got = gpu_readings(rows)
+    assert repr(got) == repr(reference_gpu_readings(rows))
+    assert list(got) == ["GPU-0", "GPU-a", "GPU-b"]
