@@ -8,6 +8,7 @@ renamed pod labels, duplicate jobs) and on hostile ones."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -412,3 +413,63 @@ def test_energy_odd_series_equal_the_reference() -> None:
     got = gpu_readings(rows)
     assert repr(got) == repr(reference_gpu_readings(rows))
     assert list(got) == ["GPU-0", "GPU-a", "GPU-b"]
+
+
+# --- one page read serves both sources -----------------------------------------------------
+
+
+async def test_dcgm_and_energy_read_each_page_once_when_they_read_together(
+    energy_sim: SimCluster,
+) -> None:
+    nodes = sorted(energy_sim.dcgm_pages(T0))[:6]
+    settings = DcgmSettings(
+        mode="scrape", scrape_urls=tuple(f"http://dcgm/{n}/metrics" for n in nodes)
+    )
+    upstream = Upstream(energy_sim)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream.handler)) as client:
+        # alone: each source asks for every page
+        alone = (
+            await DcgmSource(settings, run=run_cpu).fetch(client),
+            await EnergySource(settings, lambda: T0, run=run_cpu).fetch(client),
+        )
+        assert len(upstream.served) == 2 * len(nodes)
+        upstream.served = []
+        dcgm_source = DcgmSource(settings, run=run_cpu)
+        energy_source = EnergySource(settings, lambda: T0, run=run_cpu)
+        together = await asyncio.gather(dcgm_source.fetch(client), energy_source.fetch(client))
+        assert len(upstream.served) == len(nodes)  # one read of each page for both
+        assert together[0] == alone[0] and together[1] == alone[1]
+        # a failure reaches both, each with its reason; then each reads again
+        upstream.edit = lambda body: body[:-1]  # no final newline: a truncated page
+        outcomes = await asyncio.gather(
+            dcgm_source.fetch(client), energy_source.fetch(client), return_exceptions=True
+        )
+        assert [getattr(o, "reason", o) for o in outcomes] == ["parse", "parse"]
+        upstream.edit = lambda body: body
+        upstream.served = []
+        assert await dcgm_source.fetch(client) == alone[0]
+        assert len(upstream.served) == len(nodes)
+
+
+async def test_a_cancelled_reader_does_not_cancel_the_others_page(energy_sim: SimCluster) -> None:
+    nodes = sorted(energy_sim.dcgm_pages(T0))[:2]
+    settings = DcgmSettings(
+        mode="scrape", scrape_urls=tuple(f"http://dcgm/{n}/metrics" for n in nodes)
+    )
+    upstream = Upstream(energy_sim)
+    gate = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await gate.wait()
+        return upstream.handler(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
+        energy = asyncio.create_task(EnergySource(settings, lambda: T0, run=run_cpu).fetch(client))
+        dcgm = asyncio.create_task(DcgmSource(settings, run=run_cpu).fetch(client))
+        await asyncio.sleep(0.01)
+        energy.cancel()
+        gate.set()
+        samples = await dcgm
+    assert samples and len(upstream.served) == len(nodes)
+    with pytest.raises(asyncio.CancelledError):
+        await energy

@@ -43,7 +43,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from sys import intern
-from typing import Literal, cast
+from typing import Literal, TypeVar, cast
 
 import httpx
 
@@ -134,25 +134,9 @@ class DcgmSource:
             )
             samples = await self._run(self._read_answer, body, names[0])
             return _not_empty(samples, names)
-        # Each page read on the worker thread as it arrives, by its own reader.
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(
-                        self._transport.read_page(
-                            client, url, headers, reader.read, Series.of, where=url
-                        )
-                    )
-                    for url, reader in zip(s.scrape_urls, self._pages, strict=True)
-                ]
-        except* SourceError as failed:
-            raise failed.exceptions[0] from None
-        series: list[Series] = []
-        values: list[float] = []
-        for task in tasks:
-            page_series, page_values = task.result()
-            series += page_series
-            values += page_values
+        series, values = await read_pages(
+            self._transport, s, client, headers, self._pages, Series.of
+        )
         return _not_empty(await self._run(self._samples.samples, series, values), names)
 
     def _read_answer(self, body: bytes, default: str) -> tuple[GpuSample, ...]:
@@ -161,6 +145,93 @@ class DcgmSource:
 
         series, values = self._answer.read(body, derive)
         return self._samples.samples(series, values)
+
+
+S = TypeVar("S", bound=SeriesEntry)
+_PageKey = tuple[int, str, tuple[tuple[str, str], ...], float, int]
+_pages_in_flight: dict[_PageKey, asyncio.Task[bytes]] = {}
+
+
+async def read_pages(
+    transport: Transport,
+    settings: DcgmSettings,
+    client: httpx.AsyncClient,
+    headers: Mapping[str, str],
+    readers: Sequence[SeriesReader[S]],
+    derive: Callable[[str, Mapping[str, str]], S],
+) -> tuple[list[S], list[float]]:
+    """Every dcgm-exporter page of ``settings`` at once, each read by its own reader
+    (``readers[i]`` reads ``scrape_urls[i]``) on the CPU worker as it arrives: the series
+    and values of all, in URL order. The first failure cancels the other pages and is the
+    one raised (a page that does not parse: reason ``parse``, named by its URL), as
+    ``Transport.read_pages``."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(
+                    _read_page(transport, settings, client, url, headers, reader, derive)
+                )
+                for url, reader in zip(settings.scrape_urls, readers, strict=True)
+            ]
+    except* SourceError as failed:
+        raise failed.exceptions[0] from None
+    series: list[S] = []
+    values: list[float] = []
+    for task in tasks:
+        page_series, page_values = task.result()
+        series += page_series
+        values += page_values
+    return series, values
+
+
+async def _read_page(
+    transport: Transport,
+    settings: DcgmSettings,
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str],
+    reader: SeriesReader[S],
+    derive: Callable[[str, Mapping[str, str]], S],
+) -> tuple[list[S], list[float]]:
+    body = await shared_page(transport, settings, client, url, headers)
+    try:
+        return await transport.run(reader.read, body, derive)
+    except ValueError as exc:
+        raise SourceError("parse", f"{url}: {exc}") from None
+
+
+async def shared_page(
+    transport: Transport,
+    settings: DcgmSettings,
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str],
+) -> bytes:
+    """The body of one scrape page. The DCGM and energy sources read the same dcgm-exporter
+    pages, at the same time each refresh: a page one of them is already reading (same
+    client, URL, headers and limits) is not asked for again, both get its one body or its
+    one failure. Nothing is kept once the read is over."""
+    key = (
+        id(client),
+        url,
+        tuple(sorted(headers.items())),
+        settings.timeout_seconds,
+        settings.max_response_bytes,
+    )
+    task = _pages_in_flight.get(key)
+    if task is None:
+        task = asyncio.create_task(transport.page(client, url, headers))
+        _pages_in_flight[key] = task
+        task.add_done_callback(lambda done: _page_read(key, done))
+    # Shielded: one reader timing out (cancelled) does not cancel the other's read.
+    return await asyncio.shield(task)
+
+
+def _page_read(key: _PageKey, task: asyncio.Task[bytes]) -> None:
+    if _pages_in_flight.get(key) is task:
+        del _pages_in_flight[key]
+    if not task.cancelled():
+        task.exception()  # retrieved: when every reader was cancelled, nobody else will
 
 
 def _not_empty(samples: tuple[GpuSample, ...], names: tuple[str, ...]) -> tuple[GpuSample, ...]:

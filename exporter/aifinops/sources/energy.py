@@ -23,7 +23,6 @@ instances, time-sliced pods: dcgm-exporter repeats the device's value on each) c
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import httpx
 from aifinops.model.inputs import EnergyReadings, GpuEnergy
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import CpuRunner, Slot, SourceError
-from aifinops.sources.dcgm import utilization_query
+from aifinops.sources.dcgm import read_pages, utilization_query
 from aifinops.sources.promapi import VectorReader, query_body
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
@@ -212,23 +211,9 @@ class EnergySource:
             )
             series, values = await self._run(self._answer.read, body, _derive)
         else:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    tasks = [
-                        group.create_task(
-                            self._transport.read_page(
-                                client, url, headers, reader.read, EnergySeries.of, where=url
-                            )
-                        )
-                        for url, reader in zip(s.scrape_urls, self._pages, strict=True)
-                    ]
-            except* SourceError as failed:
-                raise failed.exceptions[0] from None
-            series, values = [], []
-            for task in tasks:
-                page_series, page_values = task.result()
-                series += page_series
-                values += page_values
+            series, values = await read_pages(
+                self._transport, s, client, headers, self._pages, EnergySeries.of
+            )
         now = self._clock()
         readings = await self._run(readings_of, series, values)
         if not readings:
