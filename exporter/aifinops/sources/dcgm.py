@@ -373,8 +373,8 @@ class Series(SeriesEntry):
         profile = get("GPU_I_PROFILE") or None
         pod = _pod_of(labels, _POD_LABELS[:2])
         renamed = pod is not None
-        # Interned: these repeat on every GPU of a node, a model, a tenant, and a GPU's and a
-        # pod's on each of its metrics (held once instead of once per series).
+        # Interned: these repeat on every GPU of a node, a model, a tenant (held once, not
+        # once per series and sample).
         return cls(
             known[0],
             known[1],
