@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import httpx
 import msgspec
@@ -246,41 +246,56 @@ class VectorReader(Generic[E]):
         """The entries and values of every element of ``body``, in order. When the series
         are those of the last read, in the same order, the entry list is the last read's
         (the same object): do not change it."""
+        previous = set(self._keys)
+
+        def piece(text: bytes) -> tuple[list[int], list[float], list[tuple[int, bytes]]]:
+            # One piece's keys, values and the label bytes of series not in the last read:
+            # the rest of the piece is not kept (a read holds the body, not a copy of it).
+            elements = _decode_raw_elements(text)
+            metrics = [bytes(e.metric) for e in elements]  # Raw is not hashable
+            keys = [hash(m) for m in metrics]
+            # float() of the str msgspec decoded: parse_vector's own conversion.
+            values = [float(e.value.text) for e in elements]
+            if previous.issuperset(keys):
+                return keys, values, []
+            return (
+                keys,
+                values,
+                [(k, m) for k, m in zip(keys, metrics, strict=True) if k not in previous],
+            )
+
         pieces = decode_pieces(
-            body, _VECTOR_PREFIX, _VECTOR_SUFFIX, _element_cut, _decode_raw_elements, (b"[", b"]")
+            body, _VECTOR_PREFIX, _VECTOR_SUFFIX, _element_cut, piece, (b"[", b"]")
         )
         if pieces is not None:
             try:
                 return self._read(pieces, derive)
             except ValueError:
-                pass  # labels or a value parse_vector decides on (it may refuse them)
+                pass  # labels parse_vector decides on (it may refuse them)
         series = parse_vector(body)
         return [derive(labels) for labels, _ in series], [value for _, value in series]
 
     def _read(
-        self, pieces: list[list[_RawElement]], derive: Callable[[dict[str, str]], E]
+        self,
+        pieces: list[tuple[list[int], list[float], list[tuple[int, bytes]]]],
+        derive: Callable[[dict[str, str]], E],
     ) -> tuple[list[E], list[float]]:
         keys = array("q")
         values: list[float] = []
-        for piece in pieces:
-            # bytes() then hash(): Raw is not hashable. float() of the str msgspec decoded
-            # is parse_vector's own conversion.
-            keys.extend([hash(bytes(e.metric)) for e in piece])
-            values += [float(e.value.text) for e in piece]
+        new: dict[int, bytes] = {}
+        for piece_keys, piece_values, piece_new in pieces:
+            keys.extend(piece_keys)
+            values += piece_values
+            new.update(piece_new)
         if keys == self._keys:
             return self._order, values
         known = dict(zip(self._keys, self._order, strict=True))
-        get = known.get
-        entries = [get(k) for k in keys]
-        if None in entries:
-            elements = [e for piece in pieces for e in piece]
-            for i, entry in enumerate(entries):
-                if entry is None:
-                    k = keys[i]
-                    made = known.get(k)
-                    if made is None:  # the first of its series in this answer
-                        made = known[k] = derive(_decode_labels(elements[i].metric))
-                    entries[i] = made
+        entries: list[E] = []
+        for k in keys:
+            entry = known.get(k)
+            if entry is None:  # the first of its series in this answer
+                entry = known[k] = derive(_decode_labels(new[k]))
+            entries.append(entry)
         self._keys = keys
-        self._order = cast("list[E]", entries)
+        self._order = entries
         return self._order, values
