@@ -346,8 +346,7 @@ class Series(SeriesEntry):
         renamed: bool = False,
         pod: _Pod = (None, None, None),
     ) -> None:
-        self._prefix: bytes | None = None
-        self._pos = -1
+        super().__init__()  # the reader's own fields (SeriesEntry)
         self.kind = kind
         self.scale = scale
         self.name = name

@@ -94,8 +94,7 @@ class EnergySeries(SeriesEntry):
         scale: float = 1.0,
         uuid: str = "",
     ) -> None:
-        self._prefix: bytes | None = None
-        self._pos = -1
+        super().__init__()  # the reader's own fields (SeriesEntry)
         self.kind = kind
         self.scale = scale
         self.uuid = uuid
