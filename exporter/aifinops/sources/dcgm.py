@@ -6,8 +6,11 @@ Two ways to read it, chosen by ``sources.dcgm.mode``:
   Prometheus (or Thanos, Mimir) that scrapes dcgm-exporter;
 * ``scrape``: the dcgm-exporter ``/metrics`` pages themselves, all fetched concurrently.
 
-Either way the series end up in :func:`gpu_samples_from_series`, the pure mapping from
-dcgm-exporter's labels to :class:`~aifinops.model.inputs.GpuSample`. The label names are
+Either way the series end up in :func:`gpu_samples`, the pure mapping from dcgm-exporter's
+labels to :class:`~aifinops.model.inputs.GpuSample`. The source reads the same series refresh
+after refresh with new values, so it works each series out once (:class:`Series`, kept by
+a ``promapi.VectorReader`` or a ``SeriesReader`` per page), the samples' plan once per list of
+series (:class:`GpuSamples`), and then reads only values. The label names are
 dcgm-exporter's (``internal/pkg/transformation/const.go`` and its exposition template):
 
 * ``UUID`` (``uuid`` with ``--use-old-namespace``): the GPU; for a MIG instance, its parent;
