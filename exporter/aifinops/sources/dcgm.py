@@ -137,14 +137,22 @@ class DcgmSource:
             )
             samples = await self._run(self._read_answer, body, names[0])
             return _not_empty(samples, names)
+        strings: dict[str, str] = {}  # this read's (see Series.of)
         series, values = await read_pages(
-            self._transport, s, client, headers, self._pages, Series.of
+            self._transport,
+            s,
+            client,
+            headers,
+            self._pages,
+            lambda name, labels: Series.of(name, labels, strings),
         )
         return _not_empty(await self._run(self._samples.samples, series, values), names)
 
     def _read_answer(self, body: bytes, default: str) -> tuple[GpuSample, ...]:
+        strings: dict[str, str] = {}  # this read's (see Series.of)
+
         def derive(labels: Mapping[str, str]) -> Series:
-            return Series.of(labels.get("__name__") or default, labels)
+            return Series.of(labels.get("__name__") or default, labels, strings)
 
         series, values = self._answer.read(body, derive)
         return self._samples.samples(series, values)
@@ -301,8 +309,9 @@ def gpu_samples(
     """
     entries: list[Series] = []
     values: list[float] = []
+    strings: dict[str, str] = {}
     for name, labels, value in series:
-        entries.append(Series.of(name, labels))
+        entries.append(Series.of(name, labels, strings))
         values.append(value)
     return GpuSamples(choice).samples(entries, values)
 
@@ -366,15 +375,25 @@ class Series(SeriesEntry):
         self.last_which = 0
 
     @classmethod
-    def of(cls, name: str, labels: Mapping[str, str]) -> Series:
+    def of(
+        cls, name: str, labels: Mapping[str, str], strings: dict[str, str] | None = None
+    ) -> Series:
+        """The series ``name{labels}``. ``strings``: the UUIDs and pod names of the series
+        already made in this read, so that a GPU's and a pod's series share one string (a
+        GPU has a series per metric)."""
         known = UTILIZATION_NAMES.get(name)
         get = labels.get
         uuid = get("UUID") or get("uuid")
         if known is None or not uuid:
             return cls()
         profile = get("GPU_I_PROFILE") or None
-        pod = _pod_of(labels, _POD_LABELS[:2])
-        renamed = pod is not None
+        renamed = _pod_of(labels, _POD_LABELS[:2])
+        plain = None if renamed else _pod_of(labels, _POD_LABELS[2:])
+        namespace, pod, container = renamed or plain or (None, None, None)
+        if strings is not None:
+            uuid = strings.setdefault(uuid, uuid)
+            if pod:
+                pod = strings.setdefault(pod, pod)
         # Interned: these repeat on every GPU of a node, a model, a tenant (held once, not
         # once per series and sample).
         return cls(
@@ -388,8 +407,8 @@ class Series(SeriesEntry):
             intern(profile) if profile else None,
             (get("GPU_I_ID") or None) if profile else None,
             bool(get("pod_uid")),
-            renamed,
-            pod or _pod_of(labels, _POD_LABELS[2:]) or (None, None, None),
+            renamed is not None,
+            (namespace, pod, container),
         )
 
     def pod_in(self, which: int) -> _Pod:
