@@ -271,6 +271,7 @@ HOSTILE_READS: dict[str, list[bytes]] = {
     "duplicate-metric-key": [
         vector(element("10")).replace(b'{"metric":', b'{"metric":{"UUID":"GPU-z"},"metric":'),
         vector(element("10")),
+        vector(element("10")).replace(b'"gpu":"0"', b'"gpu":"0","gpu":"1"'),
     ],
     "no-uuid-no-name-empty": [
         vector(element("10", UUID=""), {"metric": {"UUID": "GPU-q"}, "value": [T0, "5"]}),

@@ -218,8 +218,9 @@ class VectorReader(Generic[E]):
     refresh), doing the work per *series* once.
 
     From one answer to the next the series stay, only their values change. The reader keys
-    each element by a digest of its ``metric`` object's bytes (Python's keyed 64-bit hash)
-    and keeps what ``derive(labels)`` made of it; an element seen before costs its value
+    each element by a digest of its ``metric`` object's bytes (Python's 64-bit hash, keyed
+    per process: label values cannot be chosen to collide) and keeps what ``derive(labels)``
+    made of it; an element seen before costs its value
     only. Between reads it holds the last answer's digests, in order, as one array, beside
     its entries: no table of label texts, no dict. Series gone from an answer are forgotten.
     An answer of another shape than Prometheus' compact one, or one whose labels or values
