@@ -6,8 +6,11 @@ Two ways to read it, chosen by ``sources.dcgm.mode``:
   Prometheus (or Thanos, Mimir) that scrapes dcgm-exporter;
 * ``scrape``: the dcgm-exporter ``/metrics`` pages themselves, all fetched concurrently.
 
-Either way the series end up in :func:`gpu_samples_from_series`, the pure mapping from
-dcgm-exporter's labels to :class:`~aifinops.model.inputs.GpuSample`. The label names are
+Either way the series end up in :func:`gpu_samples`, the pure mapping from dcgm-exporter's
+labels to :class:`~aifinops.model.inputs.GpuSample`. The source reads the same series refresh
+after refresh with new values, so it works each series out once (:class:`Series`, kept by
+a ``promapi.VectorReader`` or a ``SeriesReader`` per page), the samples' plan once per list of
+series (:class:`GpuSamples`), and then reads only values. The label names are
 dcgm-exporter's (``internal/pkg/transformation/const.go`` and its exposition template):
 
 * ``UUID`` (``uuid`` with ``--use-old-namespace``): the GPU; for a MIG instance, its parent;
@@ -37,18 +40,21 @@ of each (unit, pod, container, metric) is kept.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
+from sys import intern
+from typing import Literal, TypeVar, cast
 
 import httpx
 
 from aifinops.model.inputs import GpuSample
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import CpuRunner, Slot, SourceError
-from aifinops.sources.promtext import decode_page, parse_text
+from aifinops.sources.promapi import VectorReader, query_body
+from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
 
 UtilizationMetric = Literal["auto", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
@@ -80,7 +86,6 @@ _POD_LABELS = (
     ("pod_namespace", "pod_name", "container_name"),
     ("namespace", "pod", "container"),
 )
-_RENAMED_POD_KEYS = ("exported_namespace", "exported_pod", "pod_namespace", "pod_name")
 
 
 class DcgmSource:
@@ -102,32 +107,142 @@ class DcgmSource:
         self._settings = settings
         self._run = run
         self._transport = Transport(self.name, settings, run)
+        # What is worked out once per series, kept between reads (bounded: the series of the
+        # last read): the answer's or each page's series, and the samples' plan.
+        self._answer: VectorReader[Series] = VectorReader()
+        self._pages = [
+            SeriesReader[Series](frozenset(metric_names(settings.utilization_metric)))
+            for _ in settings.scrape_urls
+        ]
+        self._samples = GpuSamples(settings.utilization_metric)
 
     async def fetch(self, client: httpx.AsyncClient) -> tuple[GpuSample, ...]:
         s = self._settings
         names = metric_names(s.utilization_metric)
         headers = self._transport.headers()
         if s.mode == "prometheus":
+            if not s.prometheus_url:
+                raise SourceError(
+                    "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
+                )
             # One query for every name (both generations, both metrics): one round trip and
             # one response; each series says its metric in __name__.
-            series = await self._transport.query(
-                client, utilization_query(names, s.selector), headers
+            body = await query_body(
+                client,
+                s.prometheus_url,
+                utilization_query(names, s.selector),
+                timeout=s.timeout_seconds,
+                max_bytes=s.max_response_bytes,
+                headers=headers,
             )
-            default = names[0]
-            triples = [
-                (labels.get("__name__") or default, labels, value) for labels, value in series
-            ]
-            samples = await self._run(gpu_samples, triples, s.utilization_metric)
+            samples = await self._run(self._read_answer, body, names[0])
             return _not_empty(samples, names)
-        # Tens of ms per 1,000-GPU page: each parsed on the worker thread as it arrives.
-        scraped = await self._transport.read_pages(
-            client, s.scrape_urls, headers, _parse_page, names
+        strings: dict[str, str] = {}  # this read's (see Series.of)
+        series, values = await read_pages(
+            self._transport,
+            s,
+            client,
+            headers,
+            self._pages,
+            lambda name, labels: Series.of(name, labels, strings),
         )
-        return _not_empty(await self._run(gpu_samples, scraped, s.utilization_metric), names)
+        return _not_empty(await self._run(self._samples.samples, series, values), names)
+
+    def _read_answer(self, body: bytes, default: str) -> tuple[GpuSample, ...]:
+        strings: dict[str, str] = {}  # this read's (see Series.of)
+
+        def derive(labels: Mapping[str, str]) -> Series:
+            return Series.of(labels.get("__name__") or default, labels, strings)
+
+        series, values = self._answer.read(body, derive)
+        return self._samples.samples(series, values)
 
 
-def _parse_page(body: bytes, names: tuple[str, ...]) -> list[tuple[str, Mapping[str, str], float]]:
-    return list(parse_text(decode_page(body), frozenset(names)))
+S = TypeVar("S", bound=SeriesEntry)
+_PageKey = tuple[int, str, tuple[tuple[str, str], ...], float, int]
+_pages_in_flight: dict[_PageKey, asyncio.Task[bytes]] = {}
+
+
+async def read_pages(
+    transport: Transport,
+    settings: DcgmSettings,
+    client: httpx.AsyncClient,
+    headers: Mapping[str, str],
+    readers: Sequence[SeriesReader[S]],
+    derive: Callable[[str, Mapping[str, str]], S],
+) -> tuple[list[S], list[float]]:
+    """Every dcgm-exporter page of ``settings`` at once, each read by its own reader
+    (``readers[i]`` reads ``scrape_urls[i]``) on the CPU worker as it arrives: the series
+    and values of all, in URL order. The first failure cancels the other pages and is the
+    one raised (a page that does not parse: reason ``parse``, named by its URL), as
+    ``Transport.read_pages``."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(
+                    _read_page(transport, settings, client, url, headers, reader, derive)
+                )
+                for url, reader in zip(settings.scrape_urls, readers, strict=True)
+            ]
+    except* SourceError as failed:
+        raise failed.exceptions[0] from None
+    series: list[S] = []
+    values: list[float] = []
+    for task in tasks:
+        page_series, page_values = task.result()
+        series += page_series
+        values += page_values
+    return series, values
+
+
+async def _read_page(
+    transport: Transport,
+    settings: DcgmSettings,
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str],
+    reader: SeriesReader[S],
+    derive: Callable[[str, Mapping[str, str]], S],
+) -> tuple[list[S], list[float]]:
+    body = await shared_page(transport, settings, client, url, headers)
+    try:
+        return await transport.run(reader.read, body, derive)
+    except ValueError as exc:
+        raise SourceError("parse", f"{url}: {exc}") from None
+
+
+async def shared_page(
+    transport: Transport,
+    settings: DcgmSettings,
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str],
+) -> bytes:
+    """The body of one scrape page. The DCGM and energy sources read the same dcgm-exporter
+    pages, at the same time each refresh: a page one of them is already reading (same
+    client, URL, headers and limits) is not asked for again, both get its one body or its
+    one failure. Nothing is kept once the read is over."""
+    key = (
+        id(client),
+        url,
+        tuple(sorted(headers.items())),
+        settings.timeout_seconds,
+        settings.max_response_bytes,
+    )
+    task = _pages_in_flight.get(key)
+    if task is None:
+        task = asyncio.create_task(transport.page(client, url, headers))
+        _pages_in_flight[key] = task
+        task.add_done_callback(lambda done: _page_read(key, done))
+    # Shielded: one reader timing out (cancelled) does not cancel the other's read.
+    return await asyncio.shield(task)
+
+
+def _page_read(key: _PageKey, task: asyncio.Task[bytes]) -> None:
+    if _pages_in_flight.get(key) is task:
+        del _pages_in_flight[key]
+    if not task.cancelled():
+        task.exception()  # retrieved: when every reader was cancelled, nobody else will
 
 
 def _not_empty(samples: tuple[GpuSample, ...], names: tuple[str, ...]) -> tuple[GpuSample, ...]:
@@ -192,86 +307,289 @@ def gpu_samples(
     one sample per pod, each with the figure DCGM gives it; a MIG instance is one sample with
     ``mig_profile``/``mig_instance`` set.
     """
-    wanted = None if choice == "auto" else _KIND_OF_CHOICE[choice]
-    rows = []
+    entries: list[Series] = []
+    values: list[float] = []
+    strings: dict[str, str] = {}
     for name, labels, value in series:
+        entries.append(Series.of(name, labels, strings))
+        values.append(value)
+    return GpuSamples(choice).samples(entries, values)
+
+
+class Series(SeriesEntry):
+    """What :func:`gpu_samples` needs of one series, worked out once from its name and labels
+    (a refresh then reads only its value). ``kind`` is ``None`` for a series never used (an
+    unknown name, no GPU UUID). ``namespace``/``pod``/``container``: the pod read from every
+    form of pod labels; ``renamed``: it was read from a renamed form (``exported_*``,
+    ``--use-old-namespace``), which is the only one read when any series of the answer has
+    one. ``last``: the sample made from it last time, reused while nothing changed."""
+
+    __slots__ = (
+        "container",
+        "gpu_index",
+        "instance",
+        "kind",
+        "last",
+        "last_which",
+        "model_name",
+        "name",
+        "namespace",
+        "node",
+        "pod",
+        "pod_uid",
+        "profile",
+        "renamed",
+        "scale",
+        "uuid",
+    )
+
+    def __init__(
+        self,
+        kind: Literal["device", "profiling"] | None = None,
+        scale: float = 1.0,
+        name: str = "",
+        uuid: str = "",
+        gpu_index: str = "",
+        model_name: str = "",
+        node: str = "",
+        profile: str | None = None,
+        instance: str | None = None,
+        pod_uid: bool = False,
+        renamed: bool = False,
+        pod: _Pod = (None, None, None),
+    ) -> None:
+        super().__init__()  # the reader's own fields (SeriesEntry)
+        self.kind = kind
+        self.scale = scale
+        self.name = name
+        self.uuid = uuid
+        self.gpu_index = gpu_index
+        self.model_name = model_name
+        self.node = node
+        self.profile = profile
+        self.instance = instance
+        self.pod_uid = pod_uid
+        self.renamed = renamed
+        self.namespace, self.pod, self.container = pod
+        self.last: GpuSample | None = None
+        self.last_which = 0
+
+    @classmethod
+    def of(
+        cls, name: str, labels: Mapping[str, str], strings: dict[str, str] | None = None
+    ) -> Series:
+        """The series ``name{labels}``. ``strings``: the UUIDs and pod names of the series
+        already made in this read, so that a GPU's and a pod's series share one string (a
+        GPU has a series per metric)."""
         known = UTILIZATION_NAMES.get(name)
-        if known is None or not math.isfinite(value):
-            continue
-        kind, scale = known
-        if wanted is not None and kind != wanted:
-            continue
-        uuid = labels.get("UUID") or labels.get("uuid")
-        if not uuid:
-            continue
-        rows.append((name, kind, scale, uuid, labels, value))
-    renamed = any(labels.get(k) for *_, labels, _ in rows for k in _RENAMED_POD_KEYS)
-    sources = _POD_LABELS[:2] if renamed else _POD_LABELS
+        get = labels.get
+        uuid = get("UUID") or get("uuid")
+        if known is None or not uuid:
+            return cls()
+        profile = get("GPU_I_PROFILE") or None
+        renamed = _pod_of(labels, _POD_LABELS[:2])
+        plain = None if renamed else _pod_of(labels, _POD_LABELS[2:])
+        namespace, pod, container = renamed or plain or (None, None, None)
+        if strings is not None:
+            uuid = strings.setdefault(uuid, uuid)
+            if pod:
+                pod = strings.setdefault(pod, pod)
+        # Interned: these repeat on every GPU of a node, a model, a tenant (held once, not
+        # once per series and sample).
+        return cls(
+            known[0],
+            known[1],
+            intern(name),
+            uuid,
+            intern(get("gpu", "")),
+            intern(get("modelName", "")),
+            intern(get("hostname") or get("Hostname") or ""),
+            intern(profile) if profile else None,
+            (get("GPU_I_ID") or None) if profile else None,
+            bool(get("pod_uid")),
+            renamed is not None,
+            (namespace, pod, container),
+        )
 
-    def unit(uuid: str, labels: Mapping[str, str]) -> tuple[str, str]:
-        return uuid, labels.get("GPU_I_ID", "") if labels.get("GPU_I_PROFILE") else ""
+    def pod_in(self, which: int) -> _Pod:
+        """(namespace, pod, container) where ``which`` is 1 (every form of pod labels is
+        read), or 0 (only the renamed forms)."""
+        if which or self.renamed:
+            return self.namespace, self.pod, self.container
+        return None, None, None
 
-    profiled_units = {
-        unit(uuid, labels) for _, kind, _, uuid, labels, _ in rows if kind == "profiling"
-    }
+
+_Pod = tuple[str | None, str | None, str | None]
+
+
+def _pod_of(labels: Mapping[str, str], sources: tuple[tuple[str, str, str], ...]) -> _Pod | None:
+    for ns_key, pod_key, container_key in sources:
+        namespace = labels.get(ns_key) or None
+        pod = labels.get(pod_key) or None
+        if namespace or pod:
+            container = labels.get(container_key) or None
+            return (
+                intern(namespace) if namespace else None,
+                pod,
+                intern(container) if container else None,
+            )
+    return None
+
+
+class _Plan:
+    """Which series make which sample, for one list of series (and of non-finite values):
+    ``pick`` takes the kept series' values from a read's values, ``series`` are those series
+    and ``slot`` their sample's index (``None`` when each has its own: no duplicates);
+    ``which`` pod labels are read (:meth:`Series.pod_in`); ``per_process`` per sample."""
+
+    __slots__ = ("per_process", "pick", "series", "slot", "which")
+
+    def __init__(
+        self,
+        index: list[int],
+        series: list[Series],
+        slot: list[int],
+        which: int,
+        per_process: list[bool],
+    ) -> None:
+        self.series = series
+        self.slot = None if len(per_process) == len(index) else slot
+        self.which = which
+        self.per_process = per_process
+        self.pick: Callable[[list[float]], Iterable[float]] = (
+            itemgetter(*index) if len(index) > 1 else lambda values: [values[i] for i in index]
+        )
+
+
+class GpuSamples:
+    """:func:`gpu_samples` for a source that reads the same series refresh after refresh:
+    the decisions that depend only on the series (which are kept, which are duplicates of
+    one another, which are per-process) are made once per distinct list of series, and a
+    sample whose fields did not change is the last read's object again."""
+
+    __slots__ = ("_choice", "_plan", "_plan_for")
+
+    def __init__(self, choice: UtilizationMetric) -> None:
+        self._choice = choice
+        self._plan: _Plan | None = None
+        self._plan_for: tuple[list[Series], tuple[int, ...]] = ([], ())
+
+    def samples(self, series: list[Series], values: list[float]) -> tuple[GpuSample, ...]:
+        """The samples of ``series`` with ``values`` (one per series, in order)."""
+        isfinite = math.isfinite
+        bad = (
+            ()
+            if all(map(isfinite, values))
+            else tuple(i for i, v in enumerate(values) if not isfinite(v))
+        )
+        plan = self._plan
+        if plan is None or self._plan_for[1] != bad or self._plan_for[0] != series:
+            plan = self._plan = _make_plan(series, bad, self._choice)
+            self._plan_for = (series, bad)
+        return _apply(plan, values)
+
+
+def _make_plan(series: list[Series], bad: tuple[int, ...], choice: UtilizationMetric) -> _Plan:
+    wanted = None if choice == "auto" else _KIND_OF_CHOICE[choice]
+    skip = set(bad)
+    rows = [
+        i
+        for i, s in enumerate(series)
+        if s.kind is not None and (wanted is None or s.kind == wanted) and i not in skip
+    ]
+    kept = [series[i] for i in rows]
+    which = 0 if any(s.renamed for s in kept) else 1
+    profiled_units = {(s.uuid, s.instance or "") for s in kept if s.kind == "profiling"}
     # dcgm-exporter's per-process form (#594) makes only the device metric per pod: on such a
     # unit the profiling metric is the device's figure repeated on every pod, so the device
     # metric is the one read there (a pod series with pod_uid beside a pod-less one).
-    pod_keys = [k for keys in sources for k in keys[:2]]
     with_pod_uid = {
-        unit(uuid, labels)
-        for _, kind, _, uuid, labels, _ in rows
-        if kind == "device" and labels.get("pod_uid") and any(labels.get(k) for k in pod_keys)
+        (s.uuid, s.instance or "")
+        for s in kept
+        if s.pod_uid and s.kind == "device" and any(s.pod_in(which)[:2])
     }
-    pod_less = {
-        unit(uuid, labels)
-        for _, kind, _, uuid, labels, _ in rows
-        if kind == "device" and not any(labels.get(k) for k in pod_keys)
-    }
-    per_process_units = with_pod_uid & pod_less
-    kept: dict[tuple[str, ...], GpuSample] = {}
+    per_process_units: set[tuple[str, str]] = set()
+    if with_pod_uid:  # else no unit can be one (most answers: one pass saved)
+        pod_less = {
+            (s.uuid, s.instance or "")
+            for s in kept
+            if s.kind == "device" and not any(s.pod_in(which)[:2])
+        }
+        per_process_units = with_pod_uid & pod_less
+    slots: dict[tuple[str, ...], int] = {}
     with_uid: set[tuple[str, ...]] = set()  # pod series carrying pod_uid (per-process form)
-    for name, kind, scale, uuid, labels, value in rows:
-        profile = labels.get("GPU_I_PROFILE") or None
-        instance = (labels.get("GPU_I_ID") or None) if profile else None
-        here = (uuid, instance or "")
-        if here in per_process_units:
+    index: list[int] = []
+    planned: list[Series] = []
+    slot_of: list[int] = []
+    for i, s in zip(rows, kept, strict=True):
+        kind = s.kind or ""
+        instance = s.instance or ""
+        if per_process_units and (s.uuid, instance) in per_process_units:
             if kind == "profiling":
                 continue  # the device's figure repeated per pod: the per-process one is read
-        elif kind == "device" and here in profiled_units:
+        elif kind == "device" and (s.uuid, instance) in profiled_units:
             continue  # this unit has the profiling metric: it is the one read
-        namespace = pod = container = None
-        for ns_key, pod_key, container_key in sources:
-            namespace = labels.get(ns_key) or None
-            pod = labels.get(pod_key) or None
-            if namespace or pod:
-                container = labels.get(container_key) or None
-                break
-        sample = GpuSample(
-            uuid=uuid,
-            gpu_index=labels.get("gpu", ""),
-            model_name=labels.get("modelName", ""),
-            node=labels.get("hostname") or labels.get("Hostname") or "",
-            utilization=min(max(value * scale, 0.0), 1.0),
-            namespace=namespace,
-            pod=pod,
-            container=container,
-            mig_profile=profile,
-            mig_instance=instance,
-            metric=name,
-        )
-        key = (uuid, instance or "", namespace or "", pod or "", container or "", kind)
-        if pod and labels.get("pod_uid"):
+        if which or s.renamed:
+            pod = s.pod
+            key = (s.uuid, instance, s.namespace or "", pod or "", s.container or "", kind)
+        else:
+            pod = None
+            key = (s.uuid, instance, "", "", "", kind)
+        if pod and s.pod_uid:
             with_uid.add(key)
-        seen = kept.get(key)
-        if seen is None or sample.utilization > seen.utilization:
-            kept[key] = sample  # a duplicate keeps the first position, the highest value
-    if not with_uid:
-        return tuple(kept.values())
+        index.append(i)
+        planned.append(s)
+        slot_of.append(slots.setdefault(key, len(slots)))
     # dcgm-exporter's per-process form (--kubernetes-virtual-gpus, PR #594): the device's own
     # series (no pod) beside one series per pod with that pod's processes' figure and pod_uid.
-    devices = {(k[0], k[1], k[5]) for k, v in kept.items() if v.pod is None}
-    return tuple(
-        replace(v, per_process=True) if k in with_uid and (k[0], k[1], k[5]) in devices else v
-        for k, v in kept.items()
-    )
+    devices = {(k[0], k[1], k[5]) for k in slots if not k[3]}
+    per_process = [k in with_uid and (k[0], k[1], k[5]) in devices for k in slots]
+    return _Plan(index, planned, slot_of, which, per_process)
+
+
+def _apply(plan: _Plan, values: list[float]) -> tuple[GpuSample, ...]:
+    if not plan.series:
+        return ()
+    used = [
+        min(max(v * s.scale, 0.0), 1.0) for v, s in zip(plan.pick(values), plan.series, strict=True)
+    ]
+    if plan.slot is None:
+        winners: Iterable[tuple[float, Series]] = zip(used, plan.series, strict=True)
+    else:
+        best: list[tuple[float, Series] | None] = [None] * len(plan.per_process)
+        for u, s, slot in zip(used, plan.series, plan.slot, strict=True):
+            seen = best[slot]
+            if seen is None or u > seen[0]:
+                best[slot] = (u, s)  # a duplicate keeps the first position, the highest value
+        winners = cast("list[tuple[float, Series]]", best)
+    which = plan.which
+    out = []
+    for (u, s), per_process in zip(winners, plan.per_process, strict=True):
+        last = s.last
+        if (
+            last is not None
+            and last.utilization == u
+            and s.last_which == which
+            and last.per_process == per_process
+            and (u or math.copysign(1.0, u) == math.copysign(1.0, last.utilization))
+        ):
+            out.append(last)  # nothing in it changed: the model gets the same object
+            continue
+        namespace, pod, container = s.pod_in(which)
+        sample = GpuSample(
+            s.uuid,
+            s.gpu_index,
+            s.model_name,
+            s.node,
+            u,
+            namespace,
+            pod,
+            container,
+            s.profile,
+            s.instance,
+            s.name,
+            per_process,
+        )
+        s.last, s.last_which = sample, which
+        out.append(sample)
+    return tuple(out)

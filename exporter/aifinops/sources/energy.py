@@ -24,7 +24,7 @@ instances, time-sliced pods: dcgm-exporter repeats the device's value on each) c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,8 +33,9 @@ import httpx
 from aifinops.model.inputs import EnergyReadings, GpuEnergy
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import CpuRunner, Slot, SourceError
-from aifinops.sources.dcgm import utilization_query
-from aifinops.sources.promtext import decode_page, parse_text
+from aifinops.sources.dcgm import read_pages, utilization_query
+from aifinops.sources.promapi import VectorReader, query_body
+from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
 
 # Per metric name: (kind, multiplier to joules or watts).
@@ -72,16 +73,53 @@ def gpu_readings(series: Iterable[tuple[str, Mapping[str, str], float]]) -> dict
     """Per GPU UUID, its counter (J) and power (W) from ``(name, labels, value)`` series.
     Unknown names, non-finite or negative values and series without a UUID are skipped; a
     GPU's value repeated on several series (MIG instances, pods) is read once (the highest)."""
-    energy: dict[str, float] = {}
-    power: dict[str, float] = {}
+    entries: list[EnergySeries] = []
+    values: list[float] = []
     for name, labels, value in series:
+        entries.append(EnergySeries.of(name, labels))
+        values.append(value)
+    return readings_of(entries, values)
+
+
+class EnergySeries(SeriesEntry):
+    """What :func:`readings_of` needs of one series, worked out once from its name and
+    labels (a source reading the same series again reads only their values): ``kind`` is
+    ``None`` for a series never used (an unknown name, no GPU UUID)."""
+
+    __slots__ = ("kind", "scale", "uuid")
+
+    def __init__(
+        self,
+        kind: Literal["energy", "power"] | None = None,
+        scale: float = 1.0,
+        uuid: str = "",
+    ) -> None:
+        super().__init__()  # the reader's own fields (SeriesEntry)
+        self.kind = kind
+        self.scale = scale
+        self.uuid = uuid
+
+    @classmethod
+    def of(cls, name: str, labels: Mapping[str, str]) -> EnergySeries:
         known = ENERGY_NAMES.get(name)
         uuid = labels.get("UUID") or labels.get("uuid")
-        if known is None or not uuid or not math.isfinite(value) or value < 0:
+        if known is None or not uuid:
+            return cls()
+        return cls(known[0], known[1], uuid)
+
+
+def readings_of(entries: Sequence[EnergySeries], values: Sequence[float]) -> dict[str, GpuReading]:
+    """:func:`gpu_readings` of series already worked out (``values``: one per entry)."""
+    energy: dict[str, float] = {}
+    power: dict[str, float] = {}
+    isfinite = math.isfinite
+    for s, value in zip(entries, values, strict=True):
+        kind = s.kind
+        if kind is None or not isfinite(value) or value < 0:
             continue
-        kind, scale = known
         into = energy if kind == "energy" else power
-        into[uuid] = max(into.get(uuid, 0.0), value * scale)
+        uuid = s.uuid
+        into[uuid] = max(into.get(uuid, 0.0), value * s.scale)
     return {
         uuid: GpuReading(energy.get(uuid), power.get(uuid)) for uuid in sorted({*energy, *power})
     }
@@ -148,23 +186,35 @@ class EnergySource:
         self._run = run
         self._transport = Transport(self.name, settings, run)
         self._memory = EnergyMemory()
+        # The series of the last read, worked out once (see sources/dcgm.py: the same design).
+        self._answer: VectorReader[EnergySeries] = VectorReader()
+        names = frozenset(ENERGY_NAMES)
+        self._pages = [SeriesReader[EnergySeries](names) for _ in settings.scrape_urls]
 
     async def fetch(self, client: httpx.AsyncClient) -> EnergyReadings:
         s = self._settings
         names = tuple(ENERGY_NAMES)
         headers = self._transport.headers()
-        triples: list[tuple[str, Mapping[str, str], float]]
         if s.mode == "prometheus":
-            series = await self._transport.query(
-                client, utilization_query(names, s.selector), headers
+            if not s.prometheus_url:
+                raise SourceError(
+                    "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
+                )
+            body = await query_body(
+                client,
+                s.prometheus_url,
+                utilization_query(names, s.selector),
+                timeout=s.timeout_seconds,
+                max_bytes=s.max_response_bytes,
+                headers=headers,
             )
-            triples = [(labels.get("__name__", ""), labels, value) for labels, value in series]
+            series, values = await self._run(self._answer.read, body, _derive)
         else:
-            triples = await self._transport.read_pages(
-                client, s.scrape_urls, headers, _parse_page, names
+            series, values = await read_pages(
+                self._transport, s, client, headers, self._pages, EnergySeries.of
             )
         now = self._clock()
-        readings = await self._run(gpu_readings, triples)
+        readings = await self._run(readings_of, series, values)
         if not readings:
             raise SourceError(
                 "invalid", f"empty answer: no usable {'/'.join(names)} series with a GPU UUID"
@@ -173,5 +223,5 @@ class EnergySource:
         return out
 
 
-def _parse_page(body: bytes, names: tuple[str, ...]) -> list[tuple[str, Mapping[str, str], float]]:
-    return list(parse_text(decode_page(body), frozenset(names)))
+def _derive(labels: Mapping[str, str]) -> EnergySeries:
+    return EnergySeries.of(labels.get("__name__", ""), labels)

@@ -7,8 +7,9 @@ with recorded bodies. Thanos Query and Mimir serve the same API and are read the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from array import array
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 import httpx
 import msgspec
@@ -36,7 +37,25 @@ async def instant_query(
     Raises :class:`SourceError` for every failure; see :func:`parse_vector` for the result
     and ``skipped``. The answer is parsed by ``run`` (the CPU worker).
     """
-    body = await get_bytes(
+    body = await query_body(
+        client, base_url, promql, timeout=timeout, max_bytes=max_bytes, headers=headers
+    )
+    # On the CPU worker thread: at 10k GPUs the answer is 14k series (a few MB).
+    return await run(parse_vector, body, skipped)
+
+
+async def query_body(
+    client: httpx.AsyncClient,
+    base_url: str,
+    promql: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """The body of ``GET /api/v1/query?query=promql`` (:func:`instant_query` without the
+    parse, for a caller that reads it with a :class:`VectorReader`)."""
+    return await get_bytes(
         client,
         f"{base_url.rstrip('/')}/api/v1/query",
         timeout=timeout,
@@ -44,8 +63,6 @@ async def instant_query(
         params={"query": promql},
         headers=headers,
     )
-    # On the CPU worker thread: at 10k GPUs the answer is 14k series (a few MB).
-    return await run(parse_vector, body, skipped)
 
 
 # --- the decoder: msgspec --------------------------------------------------------------------
@@ -173,3 +190,113 @@ def parse_vector(
         except SourceError:
             skipped[0] += 1
     return out
+
+
+# --- reading the same query's answer again and again -----------------------------------------
+
+
+class _RawValue(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    """``[ts, "value"]``: what ``tuple[Any, str]`` accepts, as an object the garbage
+    collector does not track (a tuple per series would be)."""
+
+    ts: msgspec.Raw
+    text: str
+
+
+class _RawElement(msgspec.Struct, gc=False):
+    metric: msgspec.Raw  # the label object's bytes, syntax checked, decoded once per series
+    value: _RawValue
+
+
+_decode_raw_elements = msgspec.json.Decoder(list[_RawElement]).decode
+_decode_labels = msgspec.json.Decoder(dict[str, str]).decode
+E = TypeVar("E")
+
+
+class VectorReader(Generic[E]):
+    """Reads the answer of one instant query asked again and again (a DCGM query each
+    refresh), doing the work per *series* once.
+
+    From one answer to the next the series stay, only their values change. The reader keys
+    each element by a digest of its ``metric`` object's bytes (Python's 64-bit hash, keyed
+    per process: label values cannot be chosen to collide) and keeps what ``derive(labels)``
+    made of it; an element seen before costs its value
+    only. Between reads it holds the last answer's digests, in order, as one array, beside
+    its entries: no table of label texts, no dict. Series gone from an answer are forgotten.
+    An answer of another shape than Prometheus' compact one, or one whose labels or values
+    :func:`parse_vector` would refuse, is read by :func:`parse_vector` itself (its result,
+    or its error), each series derived afresh.
+
+    :meth:`read` gives, per element of ``parse_vector(body)`` in order, ``derive(labels)``
+    (or the entry kept for those labels) and the value.
+    """
+
+    __slots__ = ("_keys", "_order")
+
+    def __init__(self) -> None:
+        self._keys = array("q")
+        self._order: list[E] = []
+
+    def __len__(self) -> int:
+        """Series known from the last read."""
+        return len(self._order)
+
+    def read(
+        self, body: bytes, derive: Callable[[dict[str, str]], E]
+    ) -> tuple[list[E], list[float]]:
+        """The entries and values of every element of ``body``, in order. When the series
+        are those of the last read, in the same order, the entry list is the last read's
+        (the same object): do not change it."""
+        previous = set(self._keys)
+
+        def piece(text: bytes) -> tuple[list[int], list[float], list[tuple[int, bytes]]]:
+            # One piece's keys, values and the label bytes of series not in the last read:
+            # the rest of the piece is not kept (a read holds the body, not a copy of it).
+            elements = _decode_raw_elements(text)
+            metrics = [bytes(e.metric) for e in elements]  # Raw is not hashable
+            keys = [hash(m) for m in metrics]
+            # float() of the str msgspec decoded: parse_vector's own conversion.
+            values = [float(e.value.text) for e in elements]
+            if previous.issuperset(keys):
+                return keys, values, []
+            return (
+                keys,
+                values,
+                [(k, m) for k, m in zip(keys, metrics, strict=True) if k not in previous],
+            )
+
+        pieces = decode_pieces(
+            body, _VECTOR_PREFIX, _VECTOR_SUFFIX, _element_cut, piece, (b"[", b"]")
+        )
+        if pieces is not None:
+            try:
+                return self._read(pieces, derive)
+            except ValueError:
+                pass  # labels parse_vector decides on (it may refuse them)
+        series = parse_vector(body)
+        return [derive(labels) for labels, _ in series], [value for _, value in series]
+
+    def _read(
+        self,
+        pieces: list[tuple[list[int], list[float], list[tuple[int, bytes]]]],
+        derive: Callable[[dict[str, str]], E],
+    ) -> tuple[list[E], list[float]]:
+        keys = array("q")
+        values: list[float] = []
+        new: dict[int, bytes] = {}
+        for piece_keys, piece_values, piece_new in pieces:
+            keys.extend(piece_keys)
+            values += piece_values
+            new.update(piece_new)
+        if keys == self._keys:
+            return self._order, values
+        known = dict(zip(self._keys, self._order, strict=True))
+        entries: list[E] = []
+        for k in keys:
+            entry = known.get(k)
+            if entry is None:  # the first of its series in this answer
+                entry = known[k] = derive(_decode_labels(new[k]))
+            entries.append(entry)
+        self._keys = keys
+        self._order = entries
+        return self._order, values
