@@ -152,10 +152,19 @@ async def test_the_simulator_has_every_kind_of_gpu(sim: SimCluster) -> None:
     assert max(pods_per_gpu.values()) > 1  # time-sliced
 
 
+# The specs whose dcgm-exporter pages differ (the others differ in Prometheus only).
+SCRAPE_SPECS = [
+    name
+    for name, spec in SPECS.items()
+    if spec.get("prometheus_honor_labels", True) and not spec.get("prometheus_duplicate_jobs")
+]
+
+
+@pytest.mark.parametrize("spec", SCRAPE_SPECS)
 @pytest.mark.parametrize("choice", ["auto", "DCGM_FI_DEV_GPU_UTIL"])
-async def test_scrape_reads_equal_the_reference(sim: SimCluster, choice: UtilizationMetric) -> None:
-    if not sim.spec.prometheus_honor_labels or sim.spec.prometheus_duplicate_jobs:
-        pytest.skip("the same pages as another spec's (these differ in Prometheus only)")
+async def test_scrape_reads_equal_the_reference(spec: str, choice: UtilizationMetric) -> None:
+    sim = SimCluster(ClusterSpec.scaled(120, **SPECS[spec]))
+    assert sim.spec.prometheus_honor_labels and not sim.spec.prometheus_duplicate_jobs
     nodes = sorted(sim.dcgm_pages(T0))
     settings = DcgmSettings(
         mode="scrape",
