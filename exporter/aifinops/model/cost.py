@@ -57,10 +57,12 @@ All rates are floats in USD per hour (gauges); sums use :func:`math.fsum`.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from collections import defaultdict, deque
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, sub
+from typing import Any, TypeVar, cast
 
 from aifinops.model.gpu_prices import GpuPricer, mig_fraction
 from aifinops.model.inputs import Allocation, AllocationSet, GpuSample, SharedHold
@@ -466,7 +468,18 @@ def _unit_holds(units: _Units) -> tuple[list[_UnitHolds], dict[PodKey, float]]:
 
     unit_pods: list[_UnitHolds] = []
     pod_weight_total: dict[PodKey, float] = defaultdict(float)
+    hami = units.hami
     for unit_samples in units.by_unit.values():
+        if len(unit_samples) == 1:  # most units: the loop below for one sample
+            s = unit_samples[0]
+            if not (s.namespace and s.pod):
+                continue
+            key = (s.namespace, s.pod)
+            capacity = mig_held(s.mig_profile, s.model_name) if s.mig_profile else 1.0
+            weight = 1.0 if s.uuid in hami else capacity  # capacity / 1 pod
+            unit_pods.append((capacity, [(s, weight, key)]))
+            pod_weight_total[key] += weight
+            continue
         with_pod: dict[PodKey, GpuSample] = {}
         for s in unit_samples:
             if s.namespace and s.pod:
@@ -608,25 +621,46 @@ def _split_units(
     measured: list[_Measured] = []
     hami_moved: dict[str, list[float]] = defaultdict(list)
     held_keys: set[IdleKey] = set()
+    # The one-pod path inlines hp.requested, hp.hold_rates and hp.tenant (OpenCost-priced):
+    # three calls per hold were a fifth of this function at fleet scale.
+    pod_gpu_count = hp.rows.pod_gpu_count
+    pod_gpu_hours = hp.rows.pod_gpu_hours
+    pod_tenant = hp.rows.pod_tenant
+    pod_weight_total = hp.pod_weight_total
+    window_h = hp.window_h
     for capacity, holds in unit_pods:
         hami_unit = hami.get(holds[0][0].uuid) if not holds[0][0].mig_profile else None
         if len(holds) == 1 and hami_unit is None:
             # One pod on the unit (most units): the general path below without its lists.
             s, weight, key = holds[0]
-            req = hp.requested(key, weight)
-            billed, price = hp.hold_rates(key, weight, s, req)
-            # OpenCost's own price, observed; a catalog price is published as such below.
-            if price > 0 and not s.mig_profile and weight == 1.0 and not catalog_priced:
-                price_obs[s.model_name].append(price)
+            count = pod_gpu_count.get(key, 0.0)
+            total_w = pod_weight_total[key]
+            req = count * weight / total_w if count > 0 else weight
             if catalog_priced:
+                billed, price = hp.hold_rates(key, weight, s, req)
                 device_requested[s.uuid].append(req)
-            used = capacity * s.utilization
+            else:
+                row = pod_alloc.get(key)
+                pod_rate = row.get("gpu", 0.0) if row is not None else 0.0
+                billed = pod_rate * weight / total_w if total_w else 0.0
+                hours = pod_gpu_hours.get(key, 0.0)
+                if hours > 0:
+                    price = pod_rate * window_h / hours
+                elif count > 0:
+                    price = pod_rate / count
+                else:
+                    price = pod_rate / total_w if total_w else 0.0
+                # OpenCost's own price, observed; a catalog price is published as such below.
+                if price > 0 and not s.mig_profile and weight == 1.0:
+                    price_obs[s.model_name].append(price)
+            utilization = s.utilization
+            used = capacity * utilization
             usage = price * used
             deficit = req - used if req > used else 0.0
-            unused = price * min(deficit, capacity * max(0.0, 1.0 - s.utilization))
+            unused = price * min(deficit, capacity * max(0.0, 1.0 - utilization))
             # Never less than what the usage basis moves to __idle__ for it (see below).
             unused = max(unused, billed - usage)
-            tenant = hp.tenant(s, key)
+            tenant = pod_tenant.get(key) or hp.tenant(s, key)
             method = "mig" if s.mig_profile else "exclusive"
             measured.append((s, key, tenant, req, used, billed, usage, unused, method))
             continue
@@ -755,61 +789,119 @@ def _book_holds(
 ) -> _Booked:
     """Each hold as a :class:`GpuShare` and its dollars on both bases, per tenant, pod and
     split method; with ``scale < 1`` use above a bill is scaled down and no unused money is
-    left in ``__idle__``."""
-    shares_out: list[GpuShare] = []
-    usage_gpu: dict[str, list[float]] = defaultdict(list)
-    extra_alloc_gpu: dict[str, list[float]] = defaultdict(list)
-    measured_by_tenant: dict[str, list[float]] = defaultdict(list)
-    pod_shares: dict[PodKey, list[float]] = {}
+    left in ``__idle__``.
+
+    Column by column (one list per field of the holds), each grouping a C-level pass
+    (:func:`_append_grouped`): a Python step per hold and bucket cost most of this at fleet
+    scale. Every dict gets its keys in the order one pass over the holds would first meet
+    them (dict order is observable downstream), so the result is the hold-by-hold one's."""
+    usage_gpu: defaultdict[str, list[float]] = defaultdict(list)
+    extra_alloc_gpu: defaultdict[str, list[float]] = defaultdict(list)
+    measured_by_tenant: defaultdict[str, list[float]] = defaultdict(list)
+    pod_shares: defaultdict[PodKey, list[float]] = defaultdict(list)
+    alloc_methods: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    usage_methods: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
     method_parts: dict[str, dict[tuple[str, str], list[float]]] = {
-        "allocation": defaultdict(list),
-        "usage": defaultdict(list),
+        "allocation": alloc_methods,
+        "usage": usage_methods,
     }
     if hami_idle:
-        method_parts["allocation"][(IDLE_TENANT, "hami")].append(hami_idle)
-        method_parts["usage"][(IDLE_TENANT, "hami")].append(hami_idle)
-    held_keys = split.held_keys
-    for s, key, tenant, req, used, billed, usage, unused, method in split.measured:
+        alloc_methods[(IDLE_TENANT, "hami")].append(hami_idle)
+        usage_methods[(IDLE_TENANT, "hami")].append(hami_idle)
+    shares_out: list[GpuShare] = []
+    if split.measured:
+        samples, keys, tenants, reqs, useds, billeds, usages, unuseds, methods = map(
+            list, zip(*split.measured, strict=True)
+        )
         if scale < 1.0:
             # Every idle dollar paid someone's use: no unused money is left in __idle__.
-            unused = 0.0
-            if usage > billed:
-                usage = billed + (usage - billed) * scale
+            unuseds = [0.0] * len(unuseds)
+            usages = [
+                b + (u - b) * scale if u > b else u for b, u in zip(billeds, usages, strict=True)
+            ]
+        to_idle = list(map(sub, billeds, usages))
+        tenant_methods = list(zip(tenants, methods, strict=True))
+        idle_methods = [(IDLE_TENANT, m) for m in methods]
         if catalog_priced:
-            extra_alloc_gpu[tenant].append(billed)
-        usage_gpu[tenant].append(usage)
-        usage_gpu[IDLE_TENANT].append(billed - usage)
-        method_parts["allocation"][(tenant, method)].append(billed)
-        method_parts["usage"][(tenant, method)].append(usage)
-        method_parts["usage"][(IDLE_TENANT, method)].append(billed - usage)
-        idle_key = (s.uuid, s.mig_instance or "", key[0], key[1])
-        shares_out.append(
-            GpuShare(
-                tenant,
-                s.model_name,
-                req,
-                used,
-                s.utilization,
-                billed,
-                usage,
-                unused,
-                idle_key,
-                method,
-                idle_key not in held_keys,
+            _append_grouped(extra_alloc_gpu, tenants, billeds)
+        # Each hold books its tenant, then __idle__: the keys in that interleaved order.
+        _touch(usage_gpu, chain.from_iterable(zip(tenants, repeat(IDLE_TENANT))))
+        _append_grouped(usage_gpu, tenants, usages)
+        _append_grouped(usage_gpu, repeat(IDLE_TENANT), to_idle)
+        _append_grouped(alloc_methods, tenant_methods, billeds)
+        _touch(usage_methods, chain.from_iterable(zip(tenant_methods, idle_methods, strict=True)))
+        _append_grouped(usage_methods, tenant_methods, usages)
+        _append_grouped(usage_methods, idle_methods, to_idle)
+        idle_keys = list(
+            zip(
+                map(_UUID, samples),
+                [s.mig_instance or "" for s in samples],
+                map(_FIRST, keys),
+                map(_SECOND, keys),
+                strict=True,
             )
         )
-        measured_by_tenant[tenant].append(billed)
-        pod_parts = pod_shares.get(key)
-        if pod_parts is None:
-            pod_shares[key] = [billed, usage]
-        else:
-            pod_parts += (billed, usage)
+        held_keys = split.held_keys
+        shares_out = _gpu_shares(
+            tenants,
+            list(map(_MODEL_NAME, samples)),
+            reqs,
+            useds,
+            list(map(_UTILIZATION, samples)),
+            billeds,
+            usages,
+            unuseds,
+            idle_keys,
+            methods,
+            [k not in held_keys for k in idle_keys] if held_keys else [True] * len(idle_keys),
+        )
+        _append_grouped(measured_by_tenant, tenants, billeds)
+        deque(
+            map(list.extend, map(pod_shares.__getitem__, keys), zip(billeds, usages, strict=True)),
+            0,
+        )
     if catalog_idle:
         extra_alloc_gpu[IDLE_TENANT].extend(catalog_idle)
         usage_gpu[IDLE_TENANT].extend(catalog_idle)
     return _Booked(
         shares_out, usage_gpu, extra_alloc_gpu, measured_by_tenant, pod_shares, method_parts
     )
+
+
+K2 = TypeVar("K2", bound=Hashable)
+_UUID = attrgetter("uuid")
+_MODEL_NAME = attrgetter("model_name")
+_UTILIZATION = attrgetter("utilization")
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
+def _touch(groups: defaultdict[K2, list[float]], keys: Iterable[K2]) -> None:
+    """Create ``groups``' missing lists for ``keys``, in that order (C-level)."""
+    deque(map(groups.__getitem__, keys), 0)
+
+
+def _append_grouped(
+    groups: defaultdict[K2, list[float]], keys: Iterable[K2], values: Iterable[float]
+) -> None:
+    """``groups[key].append(value)`` for each pair, as one C-level pass (no Python step per
+    value): new keys are added in the order they come."""
+    deque(map(list.append, map(groups.__getitem__, keys), values), 0)
+
+
+# GpuShare's fields, each a slot: set straight through its descriptor below.
+_SHARE_SLOTS = tuple(getattr(GpuShare, f.name) for f in fields(GpuShare))
+
+
+def _gpu_shares(*columns: Sequence[Any]) -> list[GpuShare]:
+    """One :class:`GpuShare` per row of ``columns`` (one sequence per field, in field order),
+    equal to ``GpuShare(*row)``. A frozen dataclass' ``__init__`` sets each field with
+    ``object.__setattr__``, a Python call per field and share; here each field is one
+    C-level pass over the shares through its slot (the class has no ``__post_init__``)."""
+    shares = list(map(object.__new__, repeat(GpuShare, len(columns[0]))))
+    for slot, column in zip(_SHARE_SLOTS, columns, strict=True):
+        deque(map(slot.__set__, shares, column), 0)
+    return shares
 
 
 def _allocation_rates(
