@@ -117,7 +117,8 @@ class CostBreakdown:
     folded_tenants: int = 0
     unpriced_gpu_models: tuple[str, ...] = field(default=())
     # Per pod, before tenant folding: ``pod_rates[basis][(namespace, pod)][resource]`` in
-    # USD/hour (the pod's part of its tenant's rate on that basis) and the pod's tenant.
+    # USD/hour (the pod's part of its tenant's rate on that basis; a :class:`PodRates`, each
+    # pod's map built when read) and the pod's tenant.
     # Token charge-back reads them to move a serving pod's cost to the tenants it served.
     pod_rates: Mapping[str, Mapping[PodKey, Mapping[str, float]]] = field(default_factory=dict)
     pod_tenants: Mapping[PodKey, str] = field(default_factory=dict)
