@@ -57,10 +57,15 @@ All rates are floats in USD per hour (gauges); sums use :func:`math.fsum`.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter, sub
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
 
 from aifinops.model.gpu_prices import GpuPricer, mig_fraction
 from aifinops.model.inputs import Allocation, AllocationSet, GpuSample, SharedHold
@@ -112,7 +117,8 @@ class CostBreakdown:
     folded_tenants: int = 0
     unpriced_gpu_models: tuple[str, ...] = field(default=())
     # Per pod, before tenant folding: ``pod_rates[basis][(namespace, pod)][resource]`` in
-    # USD/hour (the pod's part of its tenant's rate on that basis) and the pod's tenant.
+    # USD/hour (the pod's part of its tenant's rate on that basis; a :class:`PodRates`, each
+    # pod's map built when read) and the pod's tenant.
     # Token charge-back reads them to move a serving pod's cost to the tenants it served.
     pod_rates: Mapping[str, Mapping[PodKey, Mapping[str, float]]] = field(default_factory=dict)
     pod_tenants: Mapping[PodKey, str] = field(default_factory=dict)
@@ -275,7 +281,7 @@ def attribute_costs(
         for basis, rates in rates_by_basis.items()
     }
 
-    pod_rates: dict[str, dict[PodKey, dict[str, float]]] = {}
+    pod_rates: dict[str, PodRates] = {}
     if allocations is not None:
         pod_rates = _pod_rates(
             rows.pod_alloc, booked.pod_shares, catalog_priced, "usage" in rates_by_basis
@@ -307,6 +313,100 @@ def attribute_costs(
     )
 
 
+class PodRates(Mapping[PodKey, Mapping[str, float]]):
+    """Each pod's USD/hour per resource on one basis (``CostBreakdown.pod_rates[basis]``),
+    kept as the OpenCost rows' rate columns rather than a dict per pod: at fleet scale that
+    was tens of thousands of dicts built and freed every refresh, and only a few (the
+    serving pods token charge-back moves) are ever read. A pod's map is built when asked for,
+    equal to (and in the key order of) the dict a pass over the rows would have made.
+
+    ``index`` maps a pod to its row of ``rates`` (``billed`` says which resources the row
+    has: the others are absent, not 0) and ``gpu_column`` to that row's GPU rate (0.0 where
+    it has none); ``own`` holds the pods whose map is not one row's
+    (several rows, a HAMi re-split, a catalog price, pods no row names), iterated after the
+    indexed ones; ``gpu`` replaces (or adds) a pod's ``"gpu"`` rate (the usage basis).
+    Read-only once built (:meth:`mutable` is for the model while it builds one)."""
+
+    __slots__ = ("_billed", "_extra", "_gpu", "_gpu_column", "_index", "_own", "_rates")
+
+    def __init__(
+        self,
+        index: Mapping[PodKey, int],
+        rates: npt.NDArray[np.float64],
+        billed: npt.NDArray[np.bool_],
+        gpu_column: Mapping[PodKey, float],
+        own: dict[PodKey, dict[str, float]] | None = None,
+        gpu: Mapping[PodKey, float] | None = None,
+    ) -> None:
+        self._index = index
+        self._rates = rates
+        self._billed = billed
+        self._gpu_column = gpu_column
+        self._own = {} if own is None else own
+        self._gpu: Mapping[PodKey, float] = {} if gpu is None else gpu
+        self._extra: list[PodKey] | None = None  # own and gpu keys not in index, in order
+
+    def _row(self, key: PodKey) -> dict[str, float] | None:
+        found = self._own.get(key)
+        if found is not None:
+            return found
+        i = self._index.get(key)
+        if i is None:
+            return None
+        values: list[float] = self._rates[i].tolist()
+        return dict(compress(zip(RESOURCES, values, strict=True), self._billed[i].tolist()))
+
+    def __getitem__(self, key: PodKey) -> Mapping[str, float]:
+        row = self._row(key)
+        gpu = self._gpu.get(key)
+        if gpu is not None:
+            return {**(row or {}), "gpu": gpu}
+        if row is None:
+            raise KeyError(key)
+        return row
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index or key in self._own or key in self._gpu
+
+    def _extras(self) -> list[PodKey]:
+        if self._extra is None:
+            index, own = self._index, self._own
+            extra = [k for k in own if k not in index]
+            extra += [k for k in self._gpu if k not in index and k not in own]
+            self._extra = extra
+        return self._extra
+
+    def __iter__(self) -> Iterator[PodKey]:
+        return chain(self._index, self._extras())
+
+    def __len__(self) -> int:
+        return len(self._index) + len(self._extras())
+
+    def gpu_rate(self, key: PodKey) -> float:
+        """The pod's ``"gpu"`` rate, 0.0 where it has none."""
+        gpu = self._gpu.get(key)
+        if gpu is not None:
+            return gpu
+        row = self._own.get(key)
+        if row is not None:
+            return row.get("gpu", 0.0)
+        return self._gpu_column.get(key, 0.0)
+
+    def mutable(self, key: PodKey) -> dict[str, float]:
+        """The pod's map, to change in place while the model builds this basis (a new,
+        empty one for a pod not listed yet)."""
+        assert not self._gpu and self._extra is None, "built already"
+        row = self._own.get(key)
+        if row is None:
+            row = self._own[key] = self._row(key) or {}
+        return row
+
+    def with_gpu(self, gpu: Mapping[PodKey, float]) -> PodRates:
+        """These rates with each pod in ``gpu`` at that GPU rate (``{**row, "gpu": v}``:
+        the key keeps its place, or comes last), the others shared."""
+        return PodRates(self._index, self._rates, self._billed, self._gpu_column, self._own, gpu)
+
+
 @dataclass(slots=True)
 class _Rows:
     """OpenCost's rows, read once (:func:`_read_rows`)."""
@@ -315,7 +415,7 @@ class _Rows:
     alloc_parts: dict[tuple[str, str], list[float]]
     pod_tenant: dict[PodKey, str]
     # Per pod and resource, USD/hour. Its "gpu" (0.0 when absent) is the pod's GPU rate.
-    pod_alloc: dict[PodKey, dict[str, float]]
+    pod_alloc: PodRates
     # Per pod: OpenCost's GPU request (GPU-equivalents) and GPU-hours over the window.
     pod_gpu_count: dict[PodKey, float]
     pod_gpu_hours: dict[PodKey, float]
@@ -327,64 +427,107 @@ def _read_rows(
 ) -> _Rows:
     """The allocation basis from OpenCost: each row's costs / window to its tenant (and to its
     pod), and each pod's GPU request and GPU-hours. ``owned_basis``: OpenCost's GPU dollars
-    are not billed (owned prices take precedence)."""
-    alloc_parts: dict[tuple[str, str], list[float]] = defaultdict(list)
-    pod_tenant: dict[PodKey, str] = {}
-    pod_alloc: dict[PodKey, dict[str, float]] = {}
-    pod_gpu_count: dict[PodKey, float] = {}
-    pod_gpu_hours: dict[PodKey, float] = {}
-    opencost_prices_gpus = False
+    are not billed (owned prices take precedence).
+
+    Columnar: the rows' costs are one array (a row per allocation, a column per resource),
+    divided at once and grouped per (tenant, resource) in the order a pass over the rows
+    would first meet each; the per-pod rates stay those columns (:class:`PodRates`). The
+    row-by-row definition is the oracle in tests/model/cost_reference.py."""
+    rows = rows if isinstance(rows, tuple | list) else tuple(rows)
     resolve = resolver.resolve
+    tenants: list[str] = []
+    pod_keys: list[PodKey | None] = []
+    add_tenant, add_pod = tenants.append, pod_keys.append
     for a in rows:
         name = a.name
-        pod_key: PodKey | None = None
         if name.endswith("__idle__"):  # Allocation.is_idle / is_unallocated, as tenant_of
-            tenant = IDLE_TENANT
+            add_tenant(IDLE_TENANT)
+            add_pod(None)
         elif name.endswith("__unallocated__"):
-            tenant = UNALLOCATED_TENANT
+            add_tenant(UNALLOCATED_TENANT)
+            add_pod(None)
         else:
             ns, pod_name = a.namespace, a.pod
-            tenant = resolve(ns, a.labels, a.namespace_labels)
-            if ns and pod_name:
-                pod_key = (ns, pod_name)
-        gpu_cost = 0.0 if owned_basis else a.gpu_cost
-        if gpu_cost > 0:
-            opencost_prices_gpus = True
-        # _resource_costs(a), in RESOURCES order.
-        costs = (
-            gpu_cost,
-            a.cpu_cost,
-            a.ram_cost,
-            a.pv_cost,
-            a.network_cost + a.load_balancer_cost,
-            a.shared_cost + a.external_cost,
-        )
-        if pod_key is None:
-            for resource, cost in zip(RESOURCES, costs, strict=False):
-                if cost:
-                    alloc_parts[(tenant, resource)].append(cost / window_h)
-            continue
-        pod_tenant[pod_key] = tenant
-        if a.gpu_count > 0 or a.gpu_hours > 0:
-            # A pod with two rows (restarted) requests the same GPUs in both: max, not sum.
-            pod_gpu_count[pod_key] = max(pod_gpu_count.get(pod_key, 0.0), a.gpu_count)
-            pod_gpu_hours[pod_key] = pod_gpu_hours.get(pod_key, 0.0) + a.gpu_hours
-        per_pod = pod_alloc.get(pod_key)
-        if per_pod is None:  # the usual case: one row per pod
-            per_pod = pod_alloc[pod_key] = {}
-            for resource, cost in zip(RESOURCES, costs, strict=False):
-                if cost:
-                    rate = cost / window_h
-                    alloc_parts[(tenant, resource)].append(rate)
-                    per_pod[resource] = 0.0 + rate
-            continue
-        for resource, cost in zip(RESOURCES, costs, strict=False):
-            if cost:
-                rate = cost / window_h
-                alloc_parts[(tenant, resource)].append(rate)
+            add_tenant(resolve(ns, a.labels, a.namespace_labels))
+            add_pod((ns, pod_name) if ns and pod_name else None)
+    n = len(rows)
+    width = len(RESOURCES)
+    costs = np.zeros((n, width), dtype=np.float64)  # _resource_costs, in RESOURCES order
+    if not owned_basis:
+        costs[:, 0] = [a.gpu_cost for a in rows]
+    costs[:, 1] = [a.cpu_cost for a in rows]
+    costs[:, 2] = [a.ram_cost for a in rows]
+    costs[:, 3] = [a.pv_cost for a in rows]
+    costs[:, 4] = [a.network_cost + a.load_balancer_cost for a in rows]
+    costs[:, 5] = [a.shared_cost + a.external_cost for a in rows]
+    billed = costs != 0.0  # a row books the resources it has a cost for (NaN too)
+    if window_h == 0 and billed.any():
+        raise ZeroDivisionError("float division by zero")  # as cost / window_h does
+    with np.errstate(all="ignore"):
+        raw = costs / window_h
+    rates = raw + 0.0  # a pod's rate is a sum that starts at 0.0
+
+    # (tenant, resource) groups: key = tenant code x width + resource, row-major.
+    codes: dict[str, int] = {}
+    tenant_codes = np.fromiter(
+        (codes.setdefault(t, len(codes)) for t in tenants), dtype=np.int64, count=n
+    )
+    keys = (tenant_codes[:, None] * width + np.arange(width))[billed]
+    order = np.argsort(keys, kind="stable")  # a group's parts stay in row order
+    groups, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    ends = np.cumsum(counts)
+    parts: list[float] = raw[billed][order].tolist()
+    names = list(codes)
+    alloc_parts: dict[tuple[str, str], list[float]] = defaultdict(list)
+    by_first = np.argsort(first, kind="stable")  # dict order is observable downstream
+    for key, end, count in zip(
+        groups[by_first].tolist(), ends[by_first].tolist(), counts[by_first].tolist(), strict=True
+    ):
+        alloc_parts[(names[key // width], RESOURCES[key % width])] = parts[end - count : end]
+
+    pod_rows = [i for i, k in enumerate(pod_keys) if k is not None]
+    pods = [cast(PodKey, pod_keys[i]) for i in pod_rows]
+    pod_tenant = dict(zip(pods, map(tenants.__getitem__, pod_rows), strict=True))
+    index = dict(zip(pods, pod_rows, strict=True))
+    gpu_rates = np.where(billed[:, 0], rates[:, 0], 0.0)[pod_rows].tolist()
+    gpu_column = dict(zip(pods, gpu_rates, strict=True))
+    own: dict[PodKey, dict[str, float]] = {}
+    if len(index) < len(pods):
+        # A pod with two rows (restarted): its first row's place, its rates summed row by row.
+        index = {}
+        for i, key in zip(pod_rows, pods, strict=True):
+            index.setdefault(key, i)
+        repeated = {key for key, seen in Counter(pods).items() if seen > 1}
+        raw_rows: list[list[float]] = raw.tolist()
+        billed_rows: list[list[bool]] = billed.tolist()
+        for i, key in zip(pod_rows, pods, strict=True):
+            if key not in repeated:
+                continue
+            resources = compress(zip(RESOURCES, raw_rows[i], strict=True), billed_rows[i])
+            per_pod = own.get(key)
+            if per_pod is None:
+                own[key] = {resource: 0.0 + rate for resource, rate in resources}
+                continue
+            for resource, rate in resources:
                 per_pod[resource] = per_pod.get(resource, 0.0) + rate
+
+    pod_gpu_count: dict[PodKey, float] = {}
+    pod_gpu_hours: dict[PodKey, float] = {}
+    counts_col = [a.gpu_count for a in rows]
+    hours_col = [a.gpu_hours for a in rows]
+    for i, key in zip(pod_rows, pods, strict=True):
+        count, hours = counts_col[i], hours_col[i]
+        if count > 0 or hours > 0:
+            # A pod with two rows (restarted) requests the same GPUs in both: max, not sum.
+            pod_gpu_count[key] = max(pod_gpu_count.get(key, 0.0), count)
+            pod_gpu_hours[key] = pod_gpu_hours.get(key, 0.0) + hours
     return _Rows(
-        alloc_parts, pod_tenant, pod_alloc, pod_gpu_count, pod_gpu_hours, opencost_prices_gpus
+        alloc_parts,
+        pod_tenant,
+        PodRates(index, rates, billed, gpu_column, own),
+        pod_gpu_count,
+        pod_gpu_hours,
+        bool((costs[:, 0] > 0).any()),
     )
 
 
@@ -466,7 +609,18 @@ def _unit_holds(units: _Units) -> tuple[list[_UnitHolds], dict[PodKey, float]]:
 
     unit_pods: list[_UnitHolds] = []
     pod_weight_total: dict[PodKey, float] = defaultdict(float)
+    hami = units.hami
     for unit_samples in units.by_unit.values():
+        if len(unit_samples) == 1:  # most units: the loop below for one sample
+            s = unit_samples[0]
+            if not (s.namespace and s.pod):
+                continue
+            key = (s.namespace, s.pod)
+            capacity = mig_held(s.mig_profile, s.model_name) if s.mig_profile else 1.0
+            weight = 1.0 if s.uuid in hami else capacity  # capacity / 1 pod
+            unit_pods.append((capacity, [(s, weight, key)]))
+            pod_weight_total[key] += weight
+            continue
         with_pod: dict[PodKey, GpuSample] = {}
         for s in unit_samples:
             if s.namespace and s.pod:
@@ -546,8 +700,7 @@ class _HoldPricer:
         if self.catalog_priced:
             price = self.catalog_price(s.model_name, s.node)
             return price * req, price
-        row = self.rows.pod_alloc.get(key)
-        pod_rate = row.get("gpu", 0.0) if row is not None else 0.0
+        pod_rate = self.rows.pod_alloc.gpu_rate(key)
         total_w = self.pod_weight_total[key]
         rate = pod_rate * weight / total_w if total_w else 0.0
         hours = self.rows.pod_gpu_hours.get(key, 0.0)
@@ -608,25 +761,46 @@ def _split_units(
     measured: list[_Measured] = []
     hami_moved: dict[str, list[float]] = defaultdict(list)
     held_keys: set[IdleKey] = set()
+    # The one-pod path inlines hp.requested, hp.hold_rates and hp.tenant (OpenCost-priced):
+    # three calls per hold were a fifth of this function at fleet scale.
+    pod_gpu_count = hp.rows.pod_gpu_count
+    pod_gpu_hours = hp.rows.pod_gpu_hours
+    pod_tenant = hp.rows.pod_tenant
+    pod_weight_total = hp.pod_weight_total
+    window_h = hp.window_h
+    pod_gpu_rate = pod_alloc.gpu_rate
     for capacity, holds in unit_pods:
         hami_unit = hami.get(holds[0][0].uuid) if not holds[0][0].mig_profile else None
         if len(holds) == 1 and hami_unit is None:
             # One pod on the unit (most units): the general path below without its lists.
             s, weight, key = holds[0]
-            req = hp.requested(key, weight)
-            billed, price = hp.hold_rates(key, weight, s, req)
-            # OpenCost's own price, observed; a catalog price is published as such below.
-            if price > 0 and not s.mig_profile and weight == 1.0 and not catalog_priced:
-                price_obs[s.model_name].append(price)
+            count = pod_gpu_count.get(key, 0.0)
+            total_w = pod_weight_total[key]
+            req = count * weight / total_w if count > 0 else weight
             if catalog_priced:
+                billed, price = hp.hold_rates(key, weight, s, req)
                 device_requested[s.uuid].append(req)
-            used = capacity * s.utilization
+            else:
+                pod_rate = pod_gpu_rate(key)
+                billed = pod_rate * weight / total_w if total_w else 0.0
+                hours = pod_gpu_hours.get(key, 0.0)
+                if hours > 0:
+                    price = pod_rate * window_h / hours
+                elif count > 0:
+                    price = pod_rate / count
+                else:
+                    price = pod_rate / total_w if total_w else 0.0
+                # OpenCost's own price, observed; a catalog price is published as such below.
+                if price > 0 and not s.mig_profile and weight == 1.0:
+                    price_obs[s.model_name].append(price)
+            utilization = s.utilization
+            used = capacity * utilization
             usage = price * used
             deficit = req - used if req > used else 0.0
-            unused = price * min(deficit, capacity * max(0.0, 1.0 - s.utilization))
+            unused = price * min(deficit, capacity * max(0.0, 1.0 - utilization))
             # Never less than what the usage basis moves to __idle__ for it (see below).
             unused = max(unused, billed - usage)
-            tenant = hp.tenant(s, key)
+            tenant = pod_tenant.get(key) or hp.tenant(s, key)
             method = "mig" if s.mig_profile else "exclusive"
             measured.append((s, key, tenant, req, used, billed, usage, unused, method))
             continue
@@ -639,7 +813,7 @@ def _split_units(
                 elif change:
                     hami_moved[hp.tenant(s, key)].append(change)
                     hami_moved[IDLE_TENANT].append(-change)
-                    row = pod_alloc.setdefault(key, {})
+                    row = pod_alloc.mutable(key)
                     row["gpu"] = row.get("gpu", 0.0) + change
             utils: list[float | None] = [hami_unit[p[1]][1] for p in unit_parts]
             for p, u in zip(unit_parts, utils, strict=True):
@@ -755,61 +929,119 @@ def _book_holds(
 ) -> _Booked:
     """Each hold as a :class:`GpuShare` and its dollars on both bases, per tenant, pod and
     split method; with ``scale < 1`` use above a bill is scaled down and no unused money is
-    left in ``__idle__``."""
-    shares_out: list[GpuShare] = []
-    usage_gpu: dict[str, list[float]] = defaultdict(list)
-    extra_alloc_gpu: dict[str, list[float]] = defaultdict(list)
-    measured_by_tenant: dict[str, list[float]] = defaultdict(list)
-    pod_shares: dict[PodKey, list[float]] = {}
+    left in ``__idle__``.
+
+    Column by column (one list per field of the holds), each grouping a C-level pass
+    (:func:`_append_grouped`): a Python step per hold and bucket cost most of this at fleet
+    scale. Every dict gets its keys in the order one pass over the holds would first meet
+    them (dict order is observable downstream), so the result is the hold-by-hold one's."""
+    usage_gpu: defaultdict[str, list[float]] = defaultdict(list)
+    extra_alloc_gpu: defaultdict[str, list[float]] = defaultdict(list)
+    measured_by_tenant: defaultdict[str, list[float]] = defaultdict(list)
+    pod_shares: defaultdict[PodKey, list[float]] = defaultdict(list)
+    alloc_methods: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    usage_methods: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
     method_parts: dict[str, dict[tuple[str, str], list[float]]] = {
-        "allocation": defaultdict(list),
-        "usage": defaultdict(list),
+        "allocation": alloc_methods,
+        "usage": usage_methods,
     }
     if hami_idle:
-        method_parts["allocation"][(IDLE_TENANT, "hami")].append(hami_idle)
-        method_parts["usage"][(IDLE_TENANT, "hami")].append(hami_idle)
-    held_keys = split.held_keys
-    for s, key, tenant, req, used, billed, usage, unused, method in split.measured:
+        alloc_methods[(IDLE_TENANT, "hami")].append(hami_idle)
+        usage_methods[(IDLE_TENANT, "hami")].append(hami_idle)
+    shares_out: list[GpuShare] = []
+    if split.measured:
+        samples, keys, tenants, reqs, useds, billeds, usages, unuseds, methods = map(
+            list, zip(*split.measured, strict=True)
+        )
         if scale < 1.0:
             # Every idle dollar paid someone's use: no unused money is left in __idle__.
-            unused = 0.0
-            if usage > billed:
-                usage = billed + (usage - billed) * scale
+            unuseds = [0.0] * len(unuseds)
+            usages = [
+                b + (u - b) * scale if u > b else u for b, u in zip(billeds, usages, strict=True)
+            ]
+        to_idle = list(map(sub, billeds, usages))
+        tenant_methods = list(zip(tenants, methods, strict=True))
+        idle_methods = [(IDLE_TENANT, m) for m in methods]
         if catalog_priced:
-            extra_alloc_gpu[tenant].append(billed)
-        usage_gpu[tenant].append(usage)
-        usage_gpu[IDLE_TENANT].append(billed - usage)
-        method_parts["allocation"][(tenant, method)].append(billed)
-        method_parts["usage"][(tenant, method)].append(usage)
-        method_parts["usage"][(IDLE_TENANT, method)].append(billed - usage)
-        idle_key = (s.uuid, s.mig_instance or "", key[0], key[1])
-        shares_out.append(
-            GpuShare(
-                tenant,
-                s.model_name,
-                req,
-                used,
-                s.utilization,
-                billed,
-                usage,
-                unused,
-                idle_key,
-                method,
-                idle_key not in held_keys,
+            _append_grouped(extra_alloc_gpu, tenants, billeds)
+        # Each hold books its tenant, then __idle__: the keys in that interleaved order.
+        _touch(usage_gpu, chain.from_iterable(zip(tenants, repeat(IDLE_TENANT))))
+        _append_grouped(usage_gpu, tenants, usages)
+        _append_grouped(usage_gpu, repeat(IDLE_TENANT), to_idle)
+        _append_grouped(alloc_methods, tenant_methods, billeds)
+        _touch(usage_methods, chain.from_iterable(zip(tenant_methods, idle_methods, strict=True)))
+        _append_grouped(usage_methods, tenant_methods, usages)
+        _append_grouped(usage_methods, idle_methods, to_idle)
+        idle_keys = list(
+            zip(
+                map(_UUID, samples),
+                [s.mig_instance or "" for s in samples],
+                map(_FIRST, keys),
+                map(_SECOND, keys),
+                strict=True,
             )
         )
-        measured_by_tenant[tenant].append(billed)
-        pod_parts = pod_shares.get(key)
-        if pod_parts is None:
-            pod_shares[key] = [billed, usage]
-        else:
-            pod_parts += (billed, usage)
+        held_keys = split.held_keys
+        shares_out = _gpu_shares(
+            tenants,
+            list(map(_MODEL_NAME, samples)),
+            reqs,
+            useds,
+            list(map(_UTILIZATION, samples)),
+            billeds,
+            usages,
+            unuseds,
+            idle_keys,
+            methods,
+            [k not in held_keys for k in idle_keys] if held_keys else [True] * len(idle_keys),
+        )
+        _append_grouped(measured_by_tenant, tenants, billeds)
+        deque(
+            map(list.extend, map(pod_shares.__getitem__, keys), zip(billeds, usages, strict=True)),
+            0,
+        )
     if catalog_idle:
         extra_alloc_gpu[IDLE_TENANT].extend(catalog_idle)
         usage_gpu[IDLE_TENANT].extend(catalog_idle)
     return _Booked(
         shares_out, usage_gpu, extra_alloc_gpu, measured_by_tenant, pod_shares, method_parts
     )
+
+
+K2 = TypeVar("K2", bound=Hashable)
+_UUID = attrgetter("uuid")
+_MODEL_NAME = attrgetter("model_name")
+_UTILIZATION = attrgetter("utilization")
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
+def _touch(groups: defaultdict[K2, list[float]], keys: Iterable[K2]) -> None:
+    """Create ``groups``' missing lists for ``keys``, in that order (C-level)."""
+    deque(map(groups.__getitem__, keys), 0)
+
+
+def _append_grouped(
+    groups: defaultdict[K2, list[float]], keys: Iterable[K2], values: Iterable[float]
+) -> None:
+    """``groups[key].append(value)`` for each pair, as one C-level pass (no Python step per
+    value): new keys are added in the order they come."""
+    deque(map(list.append, map(groups.__getitem__, keys), values), 0)
+
+
+# GpuShare's fields, each a slot: set straight through its descriptor below.
+_SHARE_SLOTS = tuple(getattr(GpuShare, f.name) for f in fields(GpuShare))
+
+
+def _gpu_shares(*columns: Sequence[Any]) -> list[GpuShare]:
+    """One :class:`GpuShare` per row of ``columns`` (one sequence per field, in field order),
+    equal to ``GpuShare(*row)``. A frozen dataclass' ``__init__`` sets each field with
+    ``object.__setattr__``, a Python call per field and share; here each field is one
+    C-level pass over the shares through its slot (the class has no ``__post_init__``)."""
+    shares = list(map(object.__new__, repeat(GpuShare, len(columns[0]))))
+    for slot, column in zip(_SHARE_SLOTS, columns, strict=True):
+        deque(map(slot.__set__, shares, column), 0)
+    return shares
 
 
 def _allocation_rates(
@@ -1024,28 +1256,26 @@ def _hami_parts(
 
 
 def _pod_rates(
-    alloc: dict[PodKey, dict[str, float]],
+    alloc: PodRates,
     pod_shares: Mapping[PodKey, list[float]],
     catalog_priced: bool,
     with_usage: bool,
-) -> dict[str, dict[PodKey, dict[str, float]]]:
+) -> dict[str, PodRates]:
     """Each pod's USD/hour per resource on each basis, consistent with the tenant rates:
     the allocation basis is OpenCost's rows (``alloc``, plus the catalog-priced GPU holds
     when OpenCost prices no GPU); the usage basis replaces a measured pod's GPU rate by its
     usage rate. ``pod_shares`` holds each measured pod's allocation and usage GPU rates,
-    alternating, one pair per hold. A pod the usage basis leaves unchanged shares its
-    (read-only) per-resource map with the allocation basis instead of a copy: 20k copies a
-    refresh at 10k GPUs."""
+    alternating, one pair per hold. The usage basis shares the allocation basis' columns
+    and changes only the measured pods' GPU rates (:meth:`PodRates.with_gpu`)."""
     if catalog_priced:
         for key, rates in pod_shares.items():
-            d = alloc.setdefault(key, {})
+            d = alloc.mutable(key)
             d["gpu"] = d.get("gpu", 0.0) + math.fsum(rates[0::2])
     out = {"allocation": alloc}
     if with_usage:
-        usage = dict(alloc)
-        for key, rates in pod_shares.items():
-            usage[key] = {**alloc.get(key, {}), "gpu": math.fsum(rates[1::2])}
-        out["usage"] = usage
+        out["usage"] = alloc.with_gpu(
+            {key: math.fsum(rates[1::2]) for key, rates in pod_shares.items()}
+        )
     return out
 
 
