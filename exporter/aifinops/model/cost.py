@@ -1188,7 +1188,9 @@ def follow_gpu_rates(
         pool: dict[str, list[float]] = defaultdict(list)
         rises: dict[str, float] = {}
         result: dict[tuple[str, str], float] = {}
-        for tenant in {*mix, *final}:
+        # In first-met order, not a set's: the result's key order must not depend on
+        # PYTHONHASHSEED.
+        for tenant in dict.fromkeys([*mix, *final]):
             methods = mix.get(tenant, {})
             had = math.fsum(methods.values())
             now = final.get(tenant, 0.0)
