@@ -168,11 +168,13 @@ class _Sets:
     starts: list[dict[str, str]]
 
 
-def _whole_sets(body: bytes, agg: MonthAggregation | None, want_starts: bool) -> _Sets:
+def _whole_sets(
+    body: bytes, agg: MonthAggregation | None, want_starts: bool, memo: _Memo | None = None
+) -> _Sets:
     """Every set of a whole body, decoded (raises :class:`SourceError` like
     :func:`parse_allocation_response`)."""
     out = _Sets([], [])
-    memo = _Memo()
+    memo = memo if memo is not None else _Memo()
     for typed_set in _typed_sets(body):
         out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
         out.starts.append(_typed_starts(typed_set) if want_starts else {})
@@ -254,8 +256,9 @@ def _daily_sets(
                 if usd > 0:
                     late.append((set_start, usd))
             continue
-        allocations = tuple(rows.values())
-        out.append((set_start, set_end, AllocationSet((set_end - set_start) / 3600.0, allocations)))
+        # Columns: the month's sets are kept for hours and read when a day is folded.
+        hours = (set_end - set_start) / 3600.0
+        out.append((set_start, set_end, AllocationSet.columnar(hours, rows.values())))
     out.sort(key=lambda s: s[0])
     return DailyAllocationSets(start=start, end=end, sets=tuple(out))
 
@@ -383,6 +386,9 @@ class OpenCostMonthSource:
         segments = self.segments(now)
         start, end = segments[0][0], segments[-1][1]
         days = self.piece_days
+        # One memo for every piece: a tenant's row key, name and namespace labels are the
+        # same every day, so its days share them.
+        memo = _Memo()
         pieces = month_pieces(segments, days)
         # Settled pieces are kept as soon as each arrives: a first fetch of weeks that runs
         # past the refresh loop's bound goes on where it stopped at the next attempt.
@@ -394,7 +400,7 @@ class OpenCostMonthSource:
             if cached is not None and now - cached[0] < CLOSED_REFETCH_SECONDS:
                 got = cached[1]
             else:
-                got = await self._piece(client, piece[0], piece[1])
+                got = await self._piece(client, piece[0], piece[1], memo)
                 if piece[1] <= now - SETTLED_AFTER_SECONDS and self.piece_days == days:
                     self._settled[piece] = (now, got)
             sets.extend(got.sets)
@@ -402,7 +408,7 @@ class OpenCostMonthSource:
         return DailyAllocationSets(start=start, end=end, sets=tuple(sets))
 
     async def _piece(
-        self, client: httpx.AsyncClient, start: float, end: float
+        self, client: httpx.AsyncClient, start: float, end: float, memo: _Memo
     ) -> DailyAllocationSets:
         """One piece, split in halves while its answer is over the size cap."""
         s = self._settings
@@ -421,10 +427,11 @@ class OpenCostMonthSource:
                 request,
                 lambda sets: _daily_sets(sets, start, end, DAY_SECONDS, late),
                 lambda body: _daily_sets(
-                    _whole_sets(body, agg, True), start, end, DAY_SECONDS, late
+                    _whole_sets(body, agg, True, memo), start, end, DAY_SECONDS, late
                 ),
                 agg,
                 want_starts=True,
+                memo=memo,
             )
         except SourceError as exc:
             if exc.reason != "too_large":
@@ -447,8 +454,8 @@ class OpenCostMonthSource:
                     reason=str(exc)[:200],
                 )
             middle = start + half * DAY_SECONDS
-            first = await self._piece(client, start, middle)
-            second = await self._piece(client, middle, end)
+            first = await self._piece(client, start, middle, memo)
+            second = await self._piece(client, middle, end, memo)
             return DailyAllocationSets(start, end, first.sets + second.sets)
         if late:
             usd = math.fsum(v for _, v in late)
@@ -509,6 +516,7 @@ async def stream_sets(
     agg: MonthAggregation | None,
     want_starts: bool,
     run: CpuRunner,
+    memo: _Memo | None = None,
 ) -> _Sets | bytes:
     """GET an ``/allocation/compute`` answer and decode it while it arrives.
 
@@ -524,7 +532,7 @@ async def stream_sets(
     # accumulate=true: OpenCost answers one set (a second one would fail to decode).
     one_set = request.params.get("accumulate", "").strip().lower() == "true"
     stream = SetStream(_SETS_PREFIX, _ROW_START, one_set=one_set)
-    memo = _Memo()
+    memo = memo if memo is not None else _Memo()
     head: list[bytes] = []  # the bytes until the prefix matched (or all of them, if not)
     whole = False
     sets = _Sets([], [])
@@ -628,10 +636,11 @@ class _Streamer:
         parse_whole: Callable[[bytes], T],
         agg: MonthAggregation | None = None,
         want_starts: bool = False,
+        memo: _Memo | None = None,
     ) -> T:
         if not self._whole:
             try:
-                got = await stream_sets(client, request, agg, want_starts, self._run)
+                got = await stream_sets(client, request, agg, want_starts, self._run, memo)
             except _Restream as exc:
                 reason = str(exc)
             else:
@@ -789,9 +798,10 @@ def _decode_document(body: bytes) -> _Doc:
 
 
 class _Memo:
-    """One object for equal values across the rows of one fetch: namespaces and nodes, a
-    namespace's label map (the same on each of its pods), and the month query's read-back
-    keys (the same every day: one name, namespace and label map for all its days).
+    """One object for equal values across the rows of one fetch (all the pieces of a month
+    fetch): namespaces and nodes, a namespace's label map (the same on each of its pods),
+    and the month query's read-back keys (the same every day: one name, namespace and label
+    map for all its days).
 
     It saves a good part of the rows' memory for a dictionary lookup or two per row
     (bench/README.md). Used from one thread at a time (the CPU worker decodes a fetch's
