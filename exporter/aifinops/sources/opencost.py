@@ -774,15 +774,17 @@ def _typed_sets(body: bytes) -> list[dict[str, _Row]]:
 
 def _decode_document(body: bytes) -> _Doc:
     """The whole body decoded into the typed rows. msgspec's reader is strict; text it
-    refuses that Python's ``json`` reads (``NaN`` and ``Infinity`` tokens; invalid UTF-8 and
-    lone surrogate escapes, replaced by U+FFFD in :func:`aifinops.text.loads_json`) is read
-    by the latter and converted to the same types, so the rows and the checks are the same."""
+    refuses that Python's ``json`` reads (``NaN`` and ``Infinity`` tokens; a number beyond
+    a double's range, which ``json`` reads as infinity; invalid UTF-8 and lone surrogate
+    escapes, replaced by U+FFFD in :func:`aifinops.text.loads_json`) is read by the latter
+    and converted to the same types, so the rows and the checks are the same."""
     try:
         return _decode_doc(body)
     except msgspec.ValidationError as exc:
-        raise SourceError(
-            "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
-        ) from None
+        if not str(exc).startswith("Number out of range"):
+            raise SourceError(
+                "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
+            ) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         pass
     try:
