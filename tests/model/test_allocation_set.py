@@ -60,6 +60,13 @@ def test_columns_read_back_every_field_of_every_row_in_order(source: str) -> Non
         assert got.labels is want.labels and got.namespace_labels is want.namespace_labels
     assert columnar == AllocationSet(2.0, rows)
     assert columnar.allocations == back  # read again: equal rows
+    for field in Allocation.__struct_fields__:
+        want_column = [getattr(row, field) for row in rows]
+        assert list(columnar.column(field)) == want_column
+        assert list(AllocationSet(2.0, rows).column(field)) == want_column
+    for either in (columnar, AllocationSet(2.0, rows)):
+        with pytest.raises(KeyError):
+            either.column("cost")
 
 
 def test_an_empty_set_and_a_different_window_or_row() -> None:

@@ -229,6 +229,17 @@ class AllocationSet:
         assert self.columns is not None
         return tuple(map(Allocation, *self.columns))
 
+    def column(self, field: str) -> Sequence[Any]:
+        """One :class:`Allocation` field of every row, in row order: for a columnar set the
+        column it holds (an ``array('d')`` for a float field), with no row built; for a set
+        of rows a new list. For a reader that sums a column per tenant, say. ``KeyError``
+        for a name that is not a field."""
+        index = _FIELD_INDEX[field]
+        if self.columns is not None:
+            return self.columns[index]
+        assert self.rows is not None
+        return [getattr(row, field) for row in self.rows]
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AllocationSet):
             return NotImplemented
@@ -244,6 +255,7 @@ class AllocationSet:
 
 # Allocation's float fields: a columnar set holds each in an array('d') (8 bytes a value
 # where a float object and its reference take 32). gpu_usage_average may be None: not here.
+_FIELD_INDEX = {name: i for i, name in enumerate(Allocation.__struct_fields__)}
 _FLOAT_FIELDS = frozenset(
     name
     for name, kind in zip(
