@@ -253,9 +253,9 @@ class AllocationSet:
         )
 
 
+_FIELD_INDEX = {name: i for i, name in enumerate(Allocation.__struct_fields__)}
 # Allocation's float fields: a columnar set holds each in an array('d') (8 bytes a value
 # where a float object and its reference take 32). gpu_usage_average may be None: not here.
-_FIELD_INDEX = {name: i for i, name in enumerate(Allocation.__struct_fields__)}
 _FLOAT_FIELDS = frozenset(
     name
     for name, kind in zip(
