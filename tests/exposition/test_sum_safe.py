@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 
@@ -115,7 +116,7 @@ def test_gpu_price_is_published_only_from_the_source_in_use():
     assert set(opencost_priced.cost.gpu_prices) == {(H100, "opencost")}
 
     # OpenCost bills no GPU: the catalog prices every GPU, and only the catalog is published.
-    unpriced = [replace(a, gpu_cost=0.0) for a in allocs]
+    unpriced = [msgspec.structs.replace(a, gpu_cost=0.0) for a in allocs]
     catalog_priced, _ = build_report(
         Inputs((gpu("G", H100, 0.5, "team-x", "a"),), AllocationSet(1.0, tuple(unpriced))),
         context(),

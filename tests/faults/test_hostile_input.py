@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from structlog.testing import capture_logs
 
 from aifinops.model.inputs import AllocationSet
@@ -101,10 +101,12 @@ class Poisoned:
         data = await self.inner.fetch(client)
         if self.poison and isinstance(data, AllocationSet):
             rows = tuple(
-                replace(a, labels={**a.labels, TENANT_KEY: "evil\ud800"}) if a.pod else a
+                msgspec.structs.replace(a, labels={**a.labels, TENANT_KEY: "evil\ud800"})
+                if a.pod
+                else a
                 for a in data.allocations
             )
-            data = replace(data, allocations=rows)
+            data = AllocationSet(data.window_hours, rows)
         return data
 
 

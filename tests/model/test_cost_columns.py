@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -156,7 +157,9 @@ def restarted(allocs: list[Allocation], picks: list[int]) -> list[Allocation]:
         if a.pod is None:
             continue
         out.append(
-            replace(a, cpu_cost=a.gpu_cost / 3, gpu_cost=a.cpu_cost, gpu_count=a.gpu_count / 2)
+            msgspec.structs.replace(
+                a, cpu_cost=a.gpu_cost / 3, gpu_cost=a.cpu_cost, gpu_count=a.gpu_count / 2
+            )
         )
     return out
 
@@ -182,7 +185,7 @@ def test_generated_shared_gpus_attribute_as_the_reference(cluster: Any) -> None:
     rows = AllocationSet(1.0, tuple(allocs))
     assert_same(rows, tuple(gpus), resolver(), pricer(), max_tenants, tuple(holds), weight)
     # OpenCost without GPU prices: HAMi's pods and the holds are catalog-priced.
-    free = AllocationSet(1.0, tuple(replace(a, gpu_cost=0.0) for a in allocs))
+    free = AllocationSet(1.0, tuple(msgspec.structs.replace(a, gpu_cost=0.0) for a in allocs))
     assert_same(free, tuple(gpus), resolver(), pricer(), max_tenants, tuple(holds), weight)
 
 
@@ -223,7 +226,7 @@ def test_hostile_numbers_give_what_the_reference_gives(odd: dict[str, Any], wind
         window,
         (
             pod("team-a", "p", gpu_cost=1.0, cpu_cost=1.0, gpu_count=1.0),
-            replace(pod("team-a", "odd", gpu_count=0.0), **odd),
+            msgspec.structs.replace(pod("team-a", "odd", gpu_count=0.0), **odd),
             idle_row(gpu_cost=4.0, cpu_cost=1.0),
         ),
     )
@@ -248,5 +251,7 @@ def test_odd_rows_and_names_give_what_the_reference_gives() -> None:
     holds = (SharedHold("H1", "n1", "team-y", "hami-ghost", 0.5, 0.25, 0.4, L4),)
     assert_same(rows, gpus, resolver(), pricer(), None, holds)
     assert_same(AllocationSet(1.0, ()), gpus, resolver(), pricer(), None, holds)
-    no_gpu_cost = AllocationSet(1.0, tuple(replace(a, gpu_cost=0.0) for a in rows.allocations))
+    no_gpu_cost = AllocationSet(
+        1.0, tuple(msgspec.structs.replace(a, gpu_cost=0.0) for a in rows.allocations)
+    )
     assert_same(no_gpu_cost, gpus, resolver(), pricer(), None, holds)

@@ -7,10 +7,11 @@ simulator's answers and on hostile ones.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from aifinops.model.inputs import EMPTY_LABELS, Allocation, AllocationSet
 from aifinops.model.tenancy import MonthAggregation
@@ -77,7 +78,7 @@ def _row(key: str, raw: Any, agg: MonthAggregation | None = None) -> Allocation:
     if ident is None:
         return row
     name, namespace, labels = ident
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         row, name=name, namespace=namespace, pod=None, node=None, labels=labels
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from aifinops.demo.cluster import ClusterSpec, SimCluster
@@ -102,6 +103,31 @@ def test_opencost_several_sets_and_odd_shapes_decode_as_the_reference_does() -> 
     ):
         body = compact(doc)
         assert opencost.parse_allocation_response(body, 1.0) == reference_allocations(body, 1.0)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        b'{"cpuCost":1e400}',  # beyond a double: the stdlib reads infinity
+        b'{"cpuCost":1e308,"cpuCostAdjustment":1e308}',  # the sum overflows
+        b'{"cpuCost":NaN,"ramCost":Infinity}',
+        b'{"gpuCost":-Infinity,"gpuCostAdjustment":Infinity}',  # inf - inf is NaN
+        b'{"minutes":-5,"gpuCount":-1,"gpuAllocation":{"gpuUsageAverage":-0.5}}',
+        b'{"gpuAllocation":{"gpuRequestAverage":null,"gpuUsageAverage":1e999},'
+        b'"gpuRequestAverage":2,"gpuCount":9}',
+        b'{"cpuCost":-0.0,"ramCost":1,"ramCostAdjustment":-1,"pvCost":5e-324}',
+        b'{"gpuHours":1.7976931348623157e308,"cpuCoreHours":2,"ramByteHours":-1e-300}',
+    ],
+)
+def test_opencost_hostile_numbers_clamp_as_the_reference_does(row: bytes) -> None:
+    body = b'{"code":200,"status":"success","data":[{"ns/a":' + row + b"}]}"
+    got = opencost.parse_allocation_response(body, 1.0)
+    assert got == reference_allocations(body, 1.0)
+    assert all(
+        0.0 <= v < float("inf")
+        for v in msgspec.structs.astuple(got.allocations[0])
+        if isinstance(v, float)
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,13 @@ hours unless the name says seconds, utilization as a 0–1 ratio.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
+
+import msgspec
 
 from aifinops.model.llm_prices import LlmPriceCatalog, TokenType
 
@@ -102,8 +105,7 @@ class EnergyReadings:
     counter_resets: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Allocation:
+class Allocation(msgspec.Struct, frozen=True, gc=False):
     """One OpenCost ``/allocation/compute`` row (pod aggregation) over the query window.
 
     Costs are dollars accrued over the window (OpenCost's ``*Cost`` plus its ``*CostAdjustment``),
@@ -120,6 +122,10 @@ class Allocation:
     Usage over the window, for chargeback quantities (OpenCost's ``cpuCoreHours``,
     ``ramByteHours``, ``pvByteHours``; GPU-hours are ``gpu_hours``): core-hours and
     byte-hours, 0 where OpenCost does not say.
+
+    A msgspec Struct, not a dataclass: a refresh builds one per pod (20k at fleet scale) and
+    a frozen dataclass's ``__init__`` costs ten times as much; ``gc=False`` because a row
+    holds no container that could close a cycle, so the collector never walks them.
     """
 
     name: str
@@ -138,8 +144,8 @@ class Allocation:
     gpu_hours: float = 0.0
     gpu_count: float = 0.0
     gpu_usage_average: float | None = None
-    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
-    namespace_labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS)
+    labels: Mapping[str, str] = EMPTY_LABELS
+    namespace_labels: Mapping[str, str] = EMPTY_LABELS
     cpu_core_hours: float = 0.0
     ram_byte_hours: float = 0.0
     pv_byte_hours: float = 0.0
@@ -169,15 +175,94 @@ class Allocation:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class AllocationSet:
-    """All OpenCost rows for one query window.
+    """All OpenCost rows for one query window, immutable.
 
     ``window_hours`` is the length of the query window; a rate is ``cost / window_hours``.
+    :attr:`allocations` are the rows. A set is held either as those rows or, built with
+    :meth:`columnar`, as one column per :class:`Allocation` field, from which
+    :attr:`allocations` builds the rows each time it is read (new objects, equal ones).
+
+    Why two forms: the rate query's rows are read several times every refresh, so they are
+    kept as objects; the month's daily sets (tens of thousands of rows, kept for hours) are
+    read once when a day is folded, and as columns (numbers in ``array('d')``) they take
+    less than half the memory. Equality compares the window and the rows, whatever the form.
+    (A dataclass, so that ``offload.release`` frees its rows a chunk at a time.)
     """
 
     window_hours: float
-    allocations: tuple[Allocation, ...]
+    rows: Sequence[Allocation] | None
+    columns: tuple[Sequence[Any], ...] | None
+
+    def __init__(self, window_hours: float, allocations: Sequence[Allocation]) -> None:
+        object.__setattr__(self, "window_hours", window_hours)
+        object.__setattr__(self, "rows", allocations)
+        object.__setattr__(self, "columns", None)
+
+    @classmethod
+    def columnar(cls, window_hours: float, allocations: Iterable[Allocation]) -> AllocationSet:
+        """The rows held as columns, one per :class:`Allocation` field in its order (see
+        the class doc); :attr:`allocations` gives rows equal to ``allocations``, in order."""
+        rows = tuple(allocations)
+        if rows:
+            columns = tuple(
+                array("d", column) if name in _FLOAT_FIELDS else column
+                for name, column in zip(
+                    Allocation.__struct_fields__,
+                    zip(*map(msgspec.structs.astuple, rows), strict=True),
+                    strict=True,
+                )
+            )
+        else:
+            columns = tuple(() for _ in Allocation.__struct_fields__)
+        out = cls(window_hours, ())
+        object.__setattr__(out, "rows", None)
+        object.__setattr__(out, "columns", columns)
+        return out
+
+    @property
+    def allocations(self) -> Sequence[Allocation]:
+        """The rows, in the order they were given."""
+        if self.rows is not None:
+            return self.rows
+        assert self.columns is not None
+        return tuple(map(Allocation, *self.columns))
+
+    def column(self, field: str) -> Sequence[Any]:
+        """One :class:`Allocation` field of every row, in row order: for a columnar set the
+        column it holds (an ``array('d')`` for a float field), with no row built; for a set
+        of rows a new list. For a reader that sums a column per tenant, say. ``KeyError``
+        for a name that is not a field."""
+        index = _FIELD_INDEX[field]
+        if self.columns is not None:
+            return self.columns[index]
+        assert self.rows is not None
+        return [getattr(row, field) for row in self.rows]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AllocationSet):
+            return NotImplemented
+        return self.window_hours == other.window_hours and tuple(self.allocations) == tuple(
+            other.allocations
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"AllocationSet(window_hours={self.window_hours!r}, allocations={self.allocations!r})"
+        )
+
+
+_FIELD_INDEX = {name: i for i, name in enumerate(Allocation.__struct_fields__)}
+# Allocation's float fields: a columnar set holds each in an array('d') (8 bytes a value
+# where a float object and its reference take 32). gpu_usage_average may be None: not here.
+_FLOAT_FIELDS = frozenset(
+    name
+    for name, kind in zip(
+        Allocation.__struct_fields__, msgspec.structs.fields(Allocation), strict=True
+    )
+    if kind.type is float
+)
 
 
 TokenRole = Literal["usage", "serving", "both"]

@@ -40,7 +40,6 @@ against lives in the tests (``tests/sources/opencost_reference.py``), as the ora
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import time
 from collections import deque
@@ -169,11 +168,13 @@ class _Sets:
     starts: list[dict[str, str]]
 
 
-def _whole_sets(body: bytes, agg: MonthAggregation | None, want_starts: bool) -> _Sets:
+def _whole_sets(
+    body: bytes, agg: MonthAggregation | None, want_starts: bool, memo: _Memo | None = None
+) -> _Sets:
     """Every set of a whole body, decoded (raises :class:`SourceError` like
     :func:`parse_allocation_response`)."""
     out = _Sets([], [])
-    memo = _Memo()
+    memo = memo if memo is not None else _Memo()
     for typed_set in _typed_sets(body):
         out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
         out.starts.append(_typed_starts(typed_set) if want_starts else {})
@@ -255,8 +256,9 @@ def _daily_sets(
                 if usd > 0:
                     late.append((set_start, usd))
             continue
-        allocations = tuple(rows.values())
-        out.append((set_start, set_end, AllocationSet((set_end - set_start) / 3600.0, allocations)))
+        # Columns: the month's sets are kept for hours and read when a day is folded.
+        hours = (set_end - set_start) / 3600.0
+        out.append((set_start, set_end, AllocationSet.columnar(hours, rows.values())))
     out.sort(key=lambda s: s[0])
     return DailyAllocationSets(start=start, end=end, sets=tuple(out))
 
@@ -384,6 +386,9 @@ class OpenCostMonthSource:
         segments = self.segments(now)
         start, end = segments[0][0], segments[-1][1]
         days = self.piece_days
+        # One memo for every piece: a tenant's row key, name and namespace labels are the
+        # same every day, so its days share them.
+        memo = _Memo()
         pieces = month_pieces(segments, days)
         # Settled pieces are kept as soon as each arrives: a first fetch of weeks that runs
         # past the refresh loop's bound goes on where it stopped at the next attempt.
@@ -395,7 +400,7 @@ class OpenCostMonthSource:
             if cached is not None and now - cached[0] < CLOSED_REFETCH_SECONDS:
                 got = cached[1]
             else:
-                got = await self._piece(client, piece[0], piece[1])
+                got = await self._piece(client, piece[0], piece[1], memo)
                 if piece[1] <= now - SETTLED_AFTER_SECONDS and self.piece_days == days:
                     self._settled[piece] = (now, got)
             sets.extend(got.sets)
@@ -403,7 +408,7 @@ class OpenCostMonthSource:
         return DailyAllocationSets(start=start, end=end, sets=tuple(sets))
 
     async def _piece(
-        self, client: httpx.AsyncClient, start: float, end: float
+        self, client: httpx.AsyncClient, start: float, end: float, memo: _Memo
     ) -> DailyAllocationSets:
         """One piece, split in halves while its answer is over the size cap."""
         s = self._settings
@@ -422,10 +427,11 @@ class OpenCostMonthSource:
                 request,
                 lambda sets: _daily_sets(sets, start, end, DAY_SECONDS, late),
                 lambda body: _daily_sets(
-                    _whole_sets(body, agg, True), start, end, DAY_SECONDS, late
+                    _whole_sets(body, agg, True, memo), start, end, DAY_SECONDS, late
                 ),
                 agg,
                 want_starts=True,
+                memo=memo,
             )
         except SourceError as exc:
             if exc.reason != "too_large":
@@ -448,8 +454,8 @@ class OpenCostMonthSource:
                     reason=str(exc)[:200],
                 )
             middle = start + half * DAY_SECONDS
-            first = await self._piece(client, start, middle)
-            second = await self._piece(client, middle, end)
+            first = await self._piece(client, start, middle, memo)
+            second = await self._piece(client, middle, end, memo)
             return DailyAllocationSets(start, end, first.sets + second.sets)
         if late:
             usd = math.fsum(v for _, v in late)
@@ -510,6 +516,7 @@ async def stream_sets(
     agg: MonthAggregation | None,
     want_starts: bool,
     run: CpuRunner,
+    memo: _Memo | None = None,
 ) -> _Sets | bytes:
     """GET an ``/allocation/compute`` answer and decode it while it arrives.
 
@@ -525,7 +532,7 @@ async def stream_sets(
     # accumulate=true: OpenCost answers one set (a second one would fail to decode).
     one_set = request.params.get("accumulate", "").strip().lower() == "true"
     stream = SetStream(_SETS_PREFIX, _ROW_START, one_set=one_set)
-    memo = _Memo()
+    memo = memo if memo is not None else _Memo()
     head: list[bytes] = []  # the bytes until the prefix matched (or all of them, if not)
     whole = False
     sets = _Sets([], [])
@@ -629,10 +636,11 @@ class _Streamer:
         parse_whole: Callable[[bytes], T],
         agg: MonthAggregation | None = None,
         want_starts: bool = False,
+        memo: _Memo | None = None,
     ) -> T:
         if not self._whole:
             try:
-                got = await stream_sets(client, request, agg, want_starts, self._run)
+                got = await stream_sets(client, request, agg, want_starts, self._run, memo)
             except _Restream as exc:
                 reason = str(exc)
             else:
@@ -766,15 +774,17 @@ def _typed_sets(body: bytes) -> list[dict[str, _Row]]:
 
 def _decode_document(body: bytes) -> _Doc:
     """The whole body decoded into the typed rows. msgspec's reader is strict; text it
-    refuses that Python's ``json`` reads (``NaN`` and ``Infinity`` tokens; invalid UTF-8 and
-    lone surrogate escapes, replaced by U+FFFD in :func:`aifinops.text.loads_json`) is read
-    by the latter and converted to the same types, so the rows and the checks are the same."""
+    refuses that Python's ``json`` reads (``NaN`` and ``Infinity`` tokens; a number beyond
+    a double's range, which ``json`` reads as infinity; invalid UTF-8 and lone surrogate
+    escapes, replaced by U+FFFD in :func:`aifinops.text.loads_json`) is read by the latter
+    and converted to the same types, so the rows and the checks are the same."""
     try:
         return _decode_doc(body)
     except msgspec.ValidationError as exc:
-        raise SourceError(
-            "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
-        ) from None
+        if not str(exc).startswith("Number out of range"):
+            raise SourceError(
+                "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
+            ) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         pass
     try:
@@ -789,16 +799,11 @@ def _decode_document(body: bytes) -> _Doc:
         ) from None
 
 
-def _nn(value: float) -> float:
-    # Zero (and a clamped value) is the one 0.0 constant: most rows' pv, network, shared and
-    # external costs are zero, and one float object instead of 20k saves memory for nothing.
-    return value if 0.0 < value < math.inf else 0.0
-
-
 class _Memo:
-    """One object for equal values across the rows of one fetch: namespaces and nodes, a
-    namespace's label map (the same on each of its pods), and the month query's read-back
-    keys (the same every day: one name, namespace and label map for all its days).
+    """One object for equal values across the rows of one fetch (all the pieces of a month
+    fetch): namespaces and nodes, a namespace's label map (the same on each of its pods),
+    and the month query's read-back keys (the same every day: one name, namespace and label
+    map for all its days).
 
     It saves a good part of the rows' memory for a dictionary lookup or two per row
     (bench/README.md). Used from one thread at a time (the CPU worker decodes a fetch's
@@ -838,7 +843,7 @@ _ROW_FIELDS = (
     "ram_byte_hours",
     "pv_byte_hours",
 )
-if tuple(f.name for f in dataclasses.fields(Allocation)) != _ROW_FIELDS:
+if Allocation.__struct_fields__ != _ROW_FIELDS:
     raise RuntimeError(
         "model.inputs.Allocation's fields changed: update sources/opencost.py _ROW_FIELDS and "
         "_typed_rows, which build its rows positionally"
@@ -852,7 +857,12 @@ def _typed_rows(
 ) -> list[tuple[str, Allocation]]:
     """:func:`_allocation` for typed rows (the same fields, defaults and clamps); with an
     aggregation by labels, named and labelled as :meth:`MonthAggregation.identity` says.
-    Equal strings and label maps are shared through ``memo`` (see :class:`_Memo`)."""
+    Equal strings and label maps are shared through ``memo`` (see :class:`_Memo`).
+
+    Each number is clamped as ``x if 0.0 < x < inf else 0.0``, written out: this loop runs
+    once per pod, and a function call per field was a third of its time. Zero (and a
+    clamped value) is then the one 0.0 constant: most rows' pv, network, shared and external
+    costs are zero, and one float object instead of 20k saves memory for nothing."""
     out: list[tuple[str, Allocation]] = []
     append = out.append
     memo = memo if memo is not None else _Memo()
@@ -860,17 +870,21 @@ def _typed_rows(
     ns_maps = memo.namespace_labels
     identities = memo.identities
     relabel = agg is not None and agg.labels is not None
+    inf = math.inf
+    row = Allocation
     for key, r in allocation_set.items():
         p = r.properties or _NO_PROPS
         g = r.gpuAllocation or _NO_GPU
         count = g.gpuRequestAverage
         if count is None:
             count = r.gpuRequestAverage
-        if count is None:
-            count = r.gpuCount or 0.0
+            if count is None:
+                count = r.gpuCount or 0.0
         usage = g.gpuUsageAverage
         if usage is None:
             usage = r.gpuUsageAverage
+        if usage is not None:
+            usage = usage if 0.0 < usage < inf else 0.0
         name: str = key
         namespace = p.namespace or None
         if namespace is not None:
@@ -899,30 +913,47 @@ def _typed_rows(
             if ident is not None:
                 name, namespace, labels = ident
                 pod = node = None
-        values = (
-            name,
-            namespace,
-            pod,
-            node,
-            _nn(r.minutes or 0.0),
-            _nn((r.cpuCost or 0.0) + (r.cpuCostAdjustment or 0.0)),
-            _nn((r.gpuCost or 0.0) + (r.gpuCostAdjustment or 0.0)),
-            _nn((r.ramCost or 0.0) + (r.ramCostAdjustment or 0.0)),
-            _nn((r.pvCost or 0.0) + (r.pvCostAdjustment or 0.0)),
-            _nn((r.networkCost or 0.0) + (r.networkCostAdjustment or 0.0)),
-            _nn((r.loadBalancerCost or 0.0) + (r.loadBalancerCostAdjustment or 0.0)),
-            _nn(r.sharedCost or 0.0),
-            _nn(r.externalCost or 0.0),
-            _nn(r.gpuHours or 0.0),
-            _nn(count),
-            None if usage is None else _nn(usage),
-            labels,
-            ns_labels,
-            _nn(r.cpuCoreHours or 0.0),
-            _nn(r.ramByteHours or 0.0),
-            _nn(r.pvByteHours or 0.0),
+        minutes = r.minutes or 0.0
+        cpu = (r.cpuCost or 0.0) + (r.cpuCostAdjustment or 0.0)
+        gpu = (r.gpuCost or 0.0) + (r.gpuCostAdjustment or 0.0)
+        ram = (r.ramCost or 0.0) + (r.ramCostAdjustment or 0.0)
+        pv = (r.pvCost or 0.0) + (r.pvCostAdjustment or 0.0)
+        net = (r.networkCost or 0.0) + (r.networkCostAdjustment or 0.0)
+        lb = (r.loadBalancerCost or 0.0) + (r.loadBalancerCostAdjustment or 0.0)
+        shared_cost = r.sharedCost or 0.0
+        external = r.externalCost or 0.0
+        gpu_hours = r.gpuHours or 0.0
+        core_hours = r.cpuCoreHours or 0.0
+        ram_hours = r.ramByteHours or 0.0
+        pv_hours = r.pvByteHours or 0.0
+        append(
+            (
+                key,
+                row(
+                    name,
+                    namespace,
+                    pod,
+                    node,
+                    minutes if 0.0 < minutes < inf else 0.0,
+                    cpu if 0.0 < cpu < inf else 0.0,
+                    gpu if 0.0 < gpu < inf else 0.0,
+                    ram if 0.0 < ram < inf else 0.0,
+                    pv if 0.0 < pv < inf else 0.0,
+                    net if 0.0 < net < inf else 0.0,
+                    lb if 0.0 < lb < inf else 0.0,
+                    shared_cost if 0.0 < shared_cost < inf else 0.0,
+                    external if 0.0 < external < inf else 0.0,
+                    gpu_hours if 0.0 < gpu_hours < inf else 0.0,
+                    count if 0.0 < count < inf else 0.0,
+                    usage,
+                    labels,
+                    ns_labels,
+                    core_hours if 0.0 < core_hours < inf else 0.0,
+                    ram_hours if 0.0 < ram_hours < inf else 0.0,
+                    pv_hours if 0.0 < pv_hours < inf else 0.0,
+                ),
+            )
         )
-        append((key, Allocation(*values)))
     return out
 
 
