@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import hashlib
 import json
 import sys
@@ -124,6 +125,9 @@ async def time_source(directory: Path, name: str, rounds: int, profile: str | No
             )
             keep = data  # the previous round's data is freed as the refresh frees it
     del keep
+    # MockTransport's responses keep their bodies in reference cycles: collected here so the
+    # RSS read is the source's, not the harness's.
+    gc.collect()
     print(f"RSS {_vm('VmRSS'):.1f} MiB, peak {_vm('VmHWM'):.1f} MiB")
     if profiler is not None and profile:
         profiler.dump_stats(profile)
