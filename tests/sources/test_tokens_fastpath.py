@@ -11,11 +11,14 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from aifinops.demo.llm import LlmDemo
 from aifinops.model.inputs import TokenObservation
 from aifinops.model.llm_prices import normalize_provider
 from aifinops.offload import run_cpu
@@ -25,6 +28,7 @@ from aifinops.sources.base import SourceError
 from aifinops.sources.promapi import parse_vector
 from aifinops.sources.promtext import SeriesEntry, SeriesReader, decode_page, parse_text
 from aifinops.sources.tokens import (
+    OPENAI_COMPATIBLE,
     TokenMapping,
     TokenSource,
     _new_observation,
@@ -33,8 +37,14 @@ from aifinops.sources.tokens import (
     series_digest,
     target_display,
 )
+from tests.sources import series_reader_reference
 
 Sample = tuple[str, Mapping[str, str], float]
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+LITELLM_PAGE = "litellm_proxy_metrics.txt"
+VLLM_PAGE = "vllm_metrics_v0_aibrix_runtime_doc.txt"
+OTEL_PAGE = "otel_openai_v2_collector_metrics.txt"
+T0 = 1_750_000_000.0
 
 
 # --- the reference: the mapping as it was before the fast path, verbatim -------------------
@@ -132,7 +142,20 @@ def reference_groups(
                 value = raw
                 if k in minus:
                     value = max(0.0, raw - minus[k] * (raw / totals[k])) if totals[k] > 0 else 0.0
-                provider = mapping.provider or _first(labels, mapping.provider_labels)
+                provider = normalize_provider(
+                    mapping.provider or _first(labels, mapping.provider_labels)
+                )
+                host = _first(labels, mapping.server_address_labels)
+                if host is not None:  # the module docstring's server_address_providers rule
+                    named = [
+                        p
+                        for pattern, p in mapping.server_address_providers
+                        if fnmatchcase(host.lower(), pattern.lower())
+                    ]
+                    if named:
+                        provider = normalize_provider(named[0])
+                    elif provider in (None, "openai"):
+                        provider = OPENAI_COMPATIBLE
                 out.append(
                     TokenObservation(
                         source=source,
@@ -141,7 +164,7 @@ def reference_groups(
                         token_type=token_type,
                         model=model,
                         value=value,
-                        provider=normalize_provider(provider),
+                        provider=provider,
                         tenant=clean_value(mapping.tenant) or _first(labels, mapping.tenant_labels),
                         namespace=_first(labels, mapping.namespace_labels),
                         pod=_first(labels, mapping.pod_labels),
@@ -511,6 +534,15 @@ async def test_a_bad_line_of_an_unwanted_metric_does_not_fail() -> None:
 class Entry(SeriesEntry):
     __slots__ = ("labels", "name")
 
+    def __init__(self, name: str, names: tuple[str, ...], values: tuple[str, ...]) -> None:
+        super().__init__()
+        self.name = name
+        self.labels = dict(zip(names, values, strict=True))
+
+
+class OldEntry(series_reader_reference.SeriesEntry):
+    __slots__ = ("labels", "name")
+
     def __init__(self, name: str, labels: Mapping[str, str]) -> None:
         super().__init__()
         self.name = name
@@ -523,38 +555,40 @@ def page_of(n: int, step: int, drop: int | None = None) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-class CountingFindall:
-    """Stands in for the reader's value regex, counting the spans read whole."""
+class CountingParse:
+    """Stands in for the reader's line parser, counting the lines parsed in full."""
 
-    def __init__(self) -> None:
-        self.pattern = promtext._VALUE_AT_END
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.bnames = parser.bnames
         self.calls = 0
 
-    def findall(self, body: bytes, pos: int, end: int) -> list[bytes]:
+    def simple(self, head: bytes, token: bytes) -> Any:
         self.calls += 1
-        found: list[bytes] = self.pattern.findall(body, pos, end)
-        return found
+        return self.parser.simple(head, token)
+
+    def parse(self, line: str) -> Any:
+        self.calls += 1
+        return self.parser.parse(line)
 
 
-def test_steady_page_is_read_whole_spans_and_hands_back_the_same_list(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(promtext, "READ_CHUNK_BYTES", 256)
-    spy = CountingFindall()
-    monkeypatch.setattr(promtext, "_VALUE_AT_END", spy)
+def test_steady_page_parses_no_line_and_hands_back_the_same_list() -> None:
     reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    spy = CountingParse(reader._parser)
+    reader._parser = spy
     derived: list[str] = []
 
-    def derive(name: str, labels: Mapping[str, str]) -> Entry:
-        derived.append(labels["team"])
-        return Entry(name, labels)
+    def derive(name: str, names: tuple[str, ...], values: tuple[str, ...]) -> Entry:
+        derived.append(values[0])
+        return Entry(name, names, values)
 
     first, values = reader.read(page_of(200, 0), derive)
     assert len(derived) == 200 and values[:2] == [0.0, 10.0]
+    parsed = spy.calls
+    assert parsed >= 200
     second, values = reader.read(page_of(200, 1), derive)
-    assert len(derived) == 200  # nothing parsed again
+    assert len(derived) == 200 and spy.calls == parsed  # nothing parsed again, comments neither
     assert second is first and values[:2] == [1.0, 11.0]
-    assert spy.calls > 10  # whole spans, not lines one by one
     want = [(e.name, e.labels, v) for e, v in zip(second, values, strict=True)]
     assert want == [(n, dict(lbl), v) for n, lbl, v in parse_text(page_of(200, 1).decode())]
 
@@ -563,9 +597,9 @@ def test_series_that_go_away_are_dropped_and_new_ones_parsed_once() -> None:
     reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
     derived: list[str] = []
 
-    def derive(name: str, labels: Mapping[str, str]) -> Entry:
-        derived.append(labels["team"])
-        return Entry(name, labels)
+    def derive(name: str, names: tuple[str, ...], values: tuple[str, ...]) -> Entry:
+        derived.append(values[0])
+        return Entry(name, names, values)
 
     reader.read(page_of(50, 0), derive)
     assert len(reader) == 50
@@ -576,7 +610,17 @@ def test_series_that_go_away_are_dropped_and_new_ones_parsed_once() -> None:
     entries, _ = reader.read(page_of(50, 2), derive)
     assert derived[-1] == "t17" and len(derived) == 51 and len(reader) == 50
     entries, _ = reader.read(page_of(3, 3), derive)  # memory follows the page
-    assert len(reader) == 3 and len(entries) == 3
+    assert len(reader) == 3 and len(entries) == 3 and len(reader._entries) == 5  # + 2 comments
+
+
+def test_the_index_stays_the_size_of_the_page_under_churn() -> None:
+    # Every read brings new series (and new lines of an unwanted metric) and drops the old.
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    for step in range(20):
+        lines = [f'm{{id="{step}-{i}"}} {i}' for i in range(100)]
+        lines += [f'other{{id="{step}-{i}"}} 1' for i in range(100)]
+        entries, _ = reader.read(("\n".join(lines) + "\n").encode(), Entry)
+        assert len(entries) == 100 and len(reader) == 100 and len(reader._entries) == 200
 
 
 def test_a_prefix_that_does_not_fix_the_series_is_never_kept() -> None:
@@ -591,6 +635,122 @@ def test_a_prefix_that_does_not_fix_the_series_is_never_kept() -> None:
             (n, dict(lbl), v) for n, lbl, v in want
         ]
     assert len(reader) == 0
+
+
+AWKWARD_PAGES = [
+    # escaped values, a series whose labels change, duplicate series, NaN/Inf, timestamps,
+    # blanks and tabs, a value with '}' or '_', comments that look like samples
+    b'm{a="x\\"y",b="1"} 5\nm{a="x",b="1"} 6\nm{a="x",b="1"} 7\n',
+    b'm{a="1"} NaN\nm{a="2"} +Inf\nm{a="3"} -Inf\nm{a="4"} 1e3\nm{a="5"} -0\n',
+    b'm{a="1"} 5 1700000000000\nm{a="2"}\t5\n  m{a="3"} 5\nm {a="4"} 5\nm{a="5"}  5\n',
+    b'# m{a="1"} 5\n#m 5\nm{a="1"} 5\n\nm_other{a="1"} 5\nmm 5\n',
+    b'm{a="1",} 5\nm{a="} 5"} 6\nm{a="{"} 7\nm 8\nm{} 9\n',
+    # hostile: a huge label value, and more distinct label-name sets than the parser memoizes
+    b'm{a="' + b"x" * 200_000 + b'",b="1"} 5\n',
+    b"".join(b'm{l%d="v"} 5\n' % i for i in range(5000)),
+]
+AWKWARD_BAD = [
+    b'm{a="1"} 5}\n',
+    b'm{a="1"} 1_0\n',
+    b'm{a="1"} abc\n',
+    b'm{a="1"\n',
+    b'm{a="1",a="2"} 3\n',
+    b"m{a=1} 3\n",
+    b'm{a="\\q"} 3\n',
+    b'm{a="1"} 5',
+    b'm{a="1"} 5 6 7\n',
+]
+
+
+def _both(
+    new: SeriesReader[Entry],
+    old: series_reader_reference.SeriesReader[OldEntry],
+    page: bytes,
+) -> None:
+    try:
+        want: Any = [(e.name, e.labels, v) for e, v in zip(*old.read(page, OldEntry), strict=True)]
+    except ValueError as exc:
+        want = str(exc)
+    try:
+        got: Any = [(e.name, e.labels, v) for e, v in zip(*new.read(page, Entry), strict=True)]
+    except ValueError as exc:
+        got = str(exc)
+    assert repr(got) == repr(want)  # repr: NaN equals NaN
+
+
+def test_reader_equals_the_old_reader_on_awkward_pages(span: int) -> None:
+    wanted = frozenset({"m"})
+    new: SeriesReader[Entry] = SeriesReader(wanted)
+    old: series_reader_reference.SeriesReader[OldEntry] = series_reader_reference.SeriesReader(
+        wanted
+    )
+    for page in [*AWKWARD_PAGES, *AWKWARD_BAD, *reversed(AWKWARD_PAGES), AWKWARD_PAGES[0]]:
+        _both(new, old, page)
+        _both(new, old, page.replace(b" 5", b" 50"))
+
+
+@pytest.mark.parametrize("preset", ["litellm", "vllm", "otel_genai"])
+@pytest.mark.parametrize("seed", range(6))
+def test_reader_equals_the_old_reader_refresh_after_refresh(
+    preset: str, seed: int, span: int
+) -> None:
+    rng = random.Random(f"reader-{preset}-{seed}")
+    source = make_source(preset, rng)
+    wanted = source.mapping.wanted()
+    fleet = Fleet(rng, names_for(source, rng), PRESET_LABELS[preset])
+    new: SeriesReader[Entry] = SeriesReader(wanted)
+    old: series_reader_reference.SeriesReader[OldEntry] = series_reader_reference.SeriesReader(
+        wanted
+    )
+    for _ in range(8):
+        _both(new, old, fleet.page())
+        fleet.step()
+
+
+def demo_pages(preset: str) -> list[bytes]:
+    """The demo's own LiteLLM or vLLM page over 20 minutes (its counters reset at 900 s and a
+    pod drains), then the recorded upstream page of the preset, values moved on."""
+    demo = LlmDemo(epoch=T0 - 800)
+    pages: list[bytes] = []
+    for t in range(0, 1300, 60):
+        if preset == "litellm":
+            pages.append(demo.litellm_metrics(T0 + t).encode())
+        else:
+            pages.append(demo.vllm_metrics(demo.pods[0], T0 + t).encode())
+    fixture = {"litellm": LITELLM_PAGE, "vllm": VLLM_PAGE, "otel_genai": OTEL_PAGE}[preset]
+    recorded = (FIXTURES / fixture).read_bytes()
+    pages += [recorded, recorded.replace(b"0 ", b"1 ").replace(b"0\n", b"7\n"), recorded]
+    return pages
+
+
+@pytest.mark.parametrize("preset", ["litellm", "vllm"])
+def test_reader_and_source_equal_the_old_ones_on_the_demo_pages(preset: str, span: int) -> None:
+    source = make_source(preset, random.Random(3))
+    wanted = source.mapping.wanted()
+    new: SeriesReader[Entry] = SeriesReader(wanted)
+    old: series_reader_reference.SeriesReader[OldEntry] = series_reader_reference.SeriesReader(
+        wanted
+    )
+    for page in demo_pages(preset):
+        _both(new, old, page)
+
+
+@pytest.mark.parametrize("preset", ["litellm", "vllm", "otel_genai"])
+async def test_source_equals_reference_on_the_demo_and_recorded_pages(preset: str) -> None:
+    source = make_source(preset, random.Random(5))
+    upstream = Upstream()
+    reference = ReferenceScrape()
+    pages = demo_pages(preset) if preset != "otel_genai" else []
+    recorded = (FIXTURES / OTEL_PAGE).read_bytes()
+    pages += [recorded, recorded.replace(b"0\n", b"9\n")]
+    seen = 0
+    for page in pages:
+        bodies = [page] * len(source._settings.scrape_targets)
+        want = reference(source, bodies)
+        got = await fast_scrape(source, upstream, bodies)
+        assert got == want
+        seen += len(want)
+    assert seen > 0
 
 
 # --- the mapping on its own ------------------------------------------------------------------
