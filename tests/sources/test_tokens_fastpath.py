@@ -873,3 +873,13 @@ async def test_prometheus_mode_equals_reference_refresh_after_refresh(
             assert await source.fetch(client) == want
             fleet.step()
     assert len(source._queried) <= len(fleet.series) + 3
+
+
+def test_a_failed_read_leaves_no_series_behind() -> None:
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    good = b'm{a="1"} 1\n'
+    reader.read(good, Entry)
+    with pytest.raises(ValueError, match="line 3"):
+        reader.read(b'm{a="1"} 2\nm{a="2"} 2\nm{a="3"} x\n', Entry)
+    entries, values = reader.read(good, Entry)
+    assert len(entries) == 1 and values == [1.0] and len(reader._entries) == 1

@@ -347,13 +347,14 @@ class SeriesReader(Generic[E]):
     as one series.
     """
 
-    __slots__ = ("_entries", "_order", "_parser", "_wanted")
+    __slots__ = ("_dirty", "_entries", "_order", "_parser", "_wanted")
 
     def __init__(self, wanted: frozenset[str]) -> None:
         self._wanted = wanted
         self._entries: dict[int, object] = {}  # key -> entry, or _IGNORED
         self._order: list[E] = []
         self._parser = _RowParser(wanted)
+        self._dirty = False
 
     def __len__(self) -> int:
         """Series known from the last read."""
@@ -376,13 +377,18 @@ class SeriesReader(Generic[E]):
         entries: list[E] = []
         values: list[float] = []
         ignored: list[int] = []
-        added = self._read(body, derive, entries, values, ignored)
-        if added or entries != self._order:
+        try:
+            added = self._read(body, derive, entries, values, ignored)
+        except BaseException:
+            self._dirty = True  # keys learned before the failure: dropped at the next read
+            raise
+        if added or self._dirty or entries != self._order:
             # Rebuilt from this read alone: series gone from the page are forgotten.
             index: dict[int, object] = dict.fromkeys(ignored, _IGNORED)
             index.update((e._key, e) for e in entries if e._key is not None)
             self._entries = index
             self._order = entries
+            self._dirty = False
         return self._order, values
 
     def _read(
