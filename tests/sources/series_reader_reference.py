@@ -9,8 +9,7 @@ from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Generic, TypeVar, cast
 
-from aifinops.sources.promtext import _LineParser, _check_utf8, _without_cr, decode_page
-
+from aifinops.sources.promtext import _check_utf8, _LineParser, _without_cr, decode_page
 
 READ_CHUNK_BYTES = 1 << 18
 """The span of a page :class:`SeriesReader` handles in one go: it is tested for a wanted

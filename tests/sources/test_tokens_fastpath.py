@@ -575,7 +575,7 @@ class CountingParse:
 def test_steady_page_parses_no_line_and_hands_back_the_same_list() -> None:
     reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
     spy = CountingParse(reader._parser)
-    reader._parser = spy
+    reader._parser = spy  # type: ignore[assignment]
     derived: list[str] = []
 
     def derive(name: str, names: tuple[str, ...], values: tuple[str, ...]) -> Entry:
