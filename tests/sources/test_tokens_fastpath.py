@@ -888,3 +888,18 @@ def test_a_failed_read_leaves_no_series_behind() -> None:
         reader.read(b'm{a="1"} 2\nm{a="2"} 2\nm{a="3"} x\n', Entry)
     entries, values = reader.read(good, Entry)
     assert len(entries) == 1 and values == [1.0] and len(reader._entries) == 1
+
+
+def test_spans_of_other_metrics_leave_nothing_in_the_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A LiteLLM page's latency histograms can outnumber its token counters many times.
+    monkeypatch.setattr(promtext, "READ_CHUNK_BYTES", 300)
+    other = "".join(f'latency_bucket{{le="{i}",x="y"}} {i}\n' for i in range(2000))
+    page = f'{other}tok{{a="1"}} 5\ntok{{a="2"}} 6\n{other}'
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"tok"}))
+    for step in range(3):
+        entries, values = reader.read(page.replace(" 6\n", f" {6 + step}\n").encode(), Entry)
+        assert [e.labels for e in entries] == [{"a": "1"}, {"a": "2"}]
+        assert values == [5.0, 6.0 + step]
+        assert len(reader._entries) <= 20

@@ -336,9 +336,10 @@ class SeriesReader(Generic[E]):
     an entry the caller derives once from the parsed name and labels. A read cuts each span
     of the page into (series part, value) pairs with one regex call, looks every key up with
     ``map`` and reads the values with ``map(float, ...)``; only a line whose key is unknown
-    (a new series, a comment, an odd line) is parsed. Lines that never give a sample (comments,
-    unwanted metrics) are remembered as such. The index holds the keys of the last read that
-    added one, so memory follows the page.
+    (a new series, a comment, an odd line) is parsed. A span without a wanted name is skipped
+    whole (other metrics' lines cost a few searches, and no index key); other lines that
+    never give a sample (comments, unwanted metrics) are remembered as such. The index holds
+    the keys of the last read that added one, so memory follows the page.
 
     :meth:`read` gives what ``parse_text(decode_page(body), wanted)`` gives — the same
     samples in the same order, and the same :class:`ValueError` for a bad page — with each
@@ -347,13 +348,14 @@ class SeriesReader(Generic[E]):
     as one series.
     """
 
-    __slots__ = ("_dirty", "_entries", "_order", "_parser", "_wanted")
+    __slots__ = ("_dirty", "_entries", "_names", "_order", "_parser", "_wanted")
 
     def __init__(self, wanted: frozenset[str]) -> None:
         self._wanted = wanted
         self._entries: dict[int, object] = {}  # key -> entry, or _IGNORED
         self._order: list[E] = []
         self._parser = _RowParser(wanted)
+        self._names = tuple(n.encode() for n in wanted if n)
         self._dirty = False
 
     def __len__(self) -> int:
@@ -404,12 +406,16 @@ class SeriesReader(Generic[E]):
         known = self._entries
         get = known.get
         lines_of = _LINE.findall
+        names = self._names
         added = False
         pos, size = 0, len(body)
         while pos < size:
             cut = body.rfind(b"\n", pos, pos + READ_CHUNK_BYTES) + 1
             if cut <= pos:  # one line longer than a span
                 cut = body.find(b"\n", pos + READ_CHUNK_BYTES) + 1
+            if not any(body.find(n, pos, cut) != -1 for n in names):
+                pos = cut  # no wanted name anywhere: no sample, nothing to index
+                continue
             pairs = lines_of(body, pos, cut)
             heads, tokens = zip(*pairs, strict=True)
             keys = list(map(hash, heads))
