@@ -903,3 +903,28 @@ def test_spans_of_other_metrics_leave_nothing_in_the_index(
         assert [e.labels for e in entries] == [{"a": "1"}, {"a": "2"}]
         assert values == [5.0, 6.0 + step]
         assert len(reader._entries) <= 20
+
+
+async def test_target_labels_with_odd_names_and_values_equal_the_reference() -> None:
+    # Target labels are configuration, never checked as label names.
+    source = TokenSource(
+        TokenSourceSettings.model_validate(
+            {
+                "name": "t",
+                "preset": "vllm",
+                "mode": "scrape",
+                "scrape_targets": [
+                    {"url": "http://up0/metrics", "labels": {"a%s": "%d", "pod": "p", "z": ""}},
+                    {"url": "http://up1/metrics", "labels": {"namespace": "n%", "model_name": "m"}},
+                ],
+            }
+        ),
+        run=run_cpu,
+    )
+    upstream = Upstream()
+    reference = ReferenceScrape()
+    for page in demo_pages("vllm")[:4]:
+        bodies = [page, page]
+        want = reference(source, bodies)
+        assert await fast_scrape(source, upstream, bodies) == want
+        assert isinstance(want, tuple) and want

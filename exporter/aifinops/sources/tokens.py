@@ -412,7 +412,8 @@ class _Plan:
         keys = sorted(k for k in position if k != "__name__")
         self.sorted = tuple(keys)
         self.size = len(keys)
-        self.fmt = "".join([f"\0{k}=%s" for k in keys])
+        # A target label's name is configuration: a '%' in it stays text.
+        self.fmt = "".join([f"\0{k.replace('%', '%%')}=%s" for k in keys])
         at = [position[k] for k in keys]
         self.ordered: Callable[[tuple[str, ...]], tuple[str, ...]]
         if len(at) > 1:
