@@ -561,6 +561,7 @@ class CountingParse:
     def __init__(self, parser: Any) -> None:
         self.parser = parser
         self.bnames = parser.bnames
+        self.wanted = parser.wanted
         self.calls = 0
 
     def simple(self, head: bytes, token: bytes) -> Any:
@@ -582,11 +583,11 @@ def test_steady_page_parses_no_line_and_hands_back_the_same_list() -> None:
         derived.append(values[0])
         return Entry(name, names, values)
 
-    first, values = reader.read(page_of(200, 0), derive)
+    first, values = reader.read_rows(page_of(200, 0), derive)
     assert len(derived) == 200 and values[:2] == [0.0, 10.0]
     parsed = spy.calls
     assert parsed >= 200
-    second, values = reader.read(page_of(200, 1), derive)
+    second, values = reader.read_rows(page_of(200, 1), derive)
     assert len(derived) == 200 and spy.calls == parsed  # nothing parsed again, comments neither
     assert second is first and values[:2] == [1.0, 11.0]
     want = [(e.name, e.labels, v) for e, v in zip(second, values, strict=True)]
@@ -601,15 +602,15 @@ def test_series_that_go_away_are_dropped_and_new_ones_parsed_once() -> None:
         derived.append(values[0])
         return Entry(name, names, values)
 
-    reader.read(page_of(50, 0), derive)
+    reader.read_rows(page_of(50, 0), derive)
     assert len(reader) == 50
-    entries, values = reader.read(page_of(50, 1, drop=17), derive)
+    entries, values = reader.read_rows(page_of(50, 1, drop=17), derive)
     assert len(reader) == 49 and len(entries) == 49 and len(derived) == 50
     assert [e.labels["team"] for e in entries] == [f"t{i}" for i in range(50) if i != 17]
     assert values == [float(i * 10 + 1) for i in range(50) if i != 17]
-    entries, _ = reader.read(page_of(50, 2), derive)
+    entries, _ = reader.read_rows(page_of(50, 2), derive)
     assert derived[-1] == "t17" and len(derived) == 51 and len(reader) == 50
-    entries, _ = reader.read(page_of(3, 3), derive)  # memory follows the page
+    entries, _ = reader.read_rows(page_of(3, 3), derive)  # memory follows the page
     assert len(reader) == 3 and len(entries) == 3 and len(reader._entries) == 5  # + 2 comments
 
 
@@ -619,7 +620,7 @@ def test_the_index_stays_the_size_of_the_page_under_churn() -> None:
     for step in range(20):
         lines = [f'm{{id="{step}-{i}"}} {i}' for i in range(100)]
         lines += [f'other{{id="{step}-{i}"}} 1' for i in range(100)]
-        entries, _ = reader.read(("\n".join(lines) + "\n").encode(), Entry)
+        entries, _ = reader.read_rows(("\n".join(lines) + "\n").encode(), Entry)
         assert len(entries) == 100 and len(reader) == 100 and len(reader._entries) == 200
 
 
@@ -629,7 +630,7 @@ def test_a_prefix_that_does_not_fix_the_series_is_never_kept() -> None:
     page1 = b'm{a="1"} 5 1000\n m 7\n'
     page2 = b'm{a="1"} 5 2000\n m 8\n'
     for page in (page1, page2, page2):
-        entries, values = reader.read(page, Entry)
+        entries, values = reader.read_rows(page, Entry)
         want = parse_text(page.decode(), frozenset({"m"}))
         assert [(e.name, e.labels, v) for e, v in zip(entries, values, strict=True)] == [
             (n, dict(lbl), v) for n, lbl, v in want
@@ -677,7 +678,7 @@ def _both(
     except ValueError as exc:
         want = str(exc)
     try:
-        got: Any = [(e.name, e.labels, v) for e, v in zip(*new.read(page, Entry), strict=True)]
+        got: Any = [(e.name, e.labels, v) for e, v in zip(*new.read_rows(page, Entry), strict=True)]
     except ValueError as exc:
         got = str(exc)
     assert repr(got) == repr(want)  # repr: NaN equals NaN
@@ -883,10 +884,10 @@ async def test_prometheus_mode_equals_reference_refresh_after_refresh(
 def test_a_failed_read_leaves_no_series_behind() -> None:
     reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
     good = b'm{a="1"} 1\n'
-    reader.read(good, Entry)
+    reader.read_rows(good, Entry)
     with pytest.raises(ValueError, match="line 3"):
-        reader.read(b'm{a="1"} 2\nm{a="2"} 2\nm{a="3"} x\n', Entry)
-    entries, values = reader.read(good, Entry)
+        reader.read_rows(b'm{a="1"} 2\nm{a="2"} 2\nm{a="3"} x\n', Entry)
+    entries, values = reader.read_rows(good, Entry)
     assert len(entries) == 1 and values == [1.0] and len(reader._entries) == 1
 
 
@@ -899,7 +900,7 @@ def test_spans_of_other_metrics_leave_nothing_in_the_index(
     page = f'{other}tok{{a="1"}} 5\ntok{{a="2"}} 6\n{other}'
     reader: SeriesReader[Entry] = SeriesReader(frozenset({"tok"}))
     for step in range(3):
-        entries, values = reader.read(page.replace(" 6\n", f" {6 + step}\n").encode(), Entry)
+        entries, values = reader.read_rows(page.replace(" 6\n", f" {6 + step}\n").encode(), Entry)
         assert [e.labels for e in entries] == [{"a": "1"}, {"a": "2"}]
         assert values == [5.0, 6.0 + step]
         assert len(reader._entries) <= 20
@@ -928,3 +929,70 @@ async def test_target_labels_with_odd_names_and_values_equal_the_reference() -> 
         want = reference(source, bodies)
         assert await fast_scrape(source, upstream, bodies) == want
         assert isinstance(want, tuple) and want
+
+
+class MapEntry(SeriesEntry):
+    """An entry made by ``read``'s derive(name, labels), as the DCGM and energy readers'."""
+
+    __slots__ = ("labels", "name", "shared")
+
+    def __init__(self, name: str, labels: Mapping[str, str]) -> None:
+        super().__init__()
+        self.name = name
+        self.labels = dict(labels)
+        self.shared = labels
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mapping_form_equals_the_old_reader(seed: int, span: int) -> None:
+    rng = random.Random(f"mapping-{seed}")
+    source = make_source("vllm", rng)
+    wanted = source.mapping.wanted()
+    fleet = Fleet(rng, names_for(source, rng), PRESET_LABELS["vllm"])
+    new: SeriesReader[MapEntry] = SeriesReader(wanted)
+    old: series_reader_reference.SeriesReader[OldEntry] = series_reader_reference.SeriesReader(
+        wanted
+    )
+    pages = [*AWKWARD_PAGES, *AWKWARD_BAD]
+    for _ in range(6):
+        pages.append(fleet.page())
+        fleet.step()
+    for page in pages:
+        page = page.replace(b"m{", b"vllm:prompt_tokens_total{")
+        try:
+            old_entries, old_values = old.read(page, OldEntry)
+            want: Any = [
+                (e.name, e.labels, v) for e, v in zip(old_entries, old_values, strict=True)
+            ]
+        except ValueError as exc:
+            want = str(exc)
+        try:
+            entries, values = new.read(page, MapEntry)
+            got: Any = [(e.name, e.labels, v) for e, v in zip(entries, values, strict=True)]
+        except ValueError as exc:
+            got = str(exc)
+        assert repr(got) == repr(want)
+
+
+def test_mapping_form_shares_one_labels_map_per_label_text() -> None:
+    reader: SeriesReader[MapEntry] = SeriesReader(frozenset({"a", "b"}))
+    entries, _ = reader.read(b'a{x="1"} 1\nb{x="1"} 2\na{x="2"} 3\na 4\n', MapEntry)
+    assert entries[0].shared is entries[1].shared and entries[0].shared is not entries[2].shared
+    assert entries[3].shared == {}
+
+
+def test_lines_of_a_longer_name_are_remembered_as_no_sample() -> None:
+    # DCGM_FI_DEV_GPU_UTIL is wanted, DCGM_FI_DEV_GPU_UTIL_RATIO-like names are not.
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    spy = CountingParse(reader._parser)
+    reader._parser = spy  # type: ignore[assignment]
+    for step in range(3):
+        page = f'mm{{a="1"}} {step}\nm{{a="1"}} {step}\nmm {step}\n'
+        calls = spy.calls
+        entries, values = reader.read_rows(page.encode(), Entry)
+        want = parse_text(page, frozenset({"m"}))
+        assert [(e.name, e.labels, v) for e, v in zip(entries, values, strict=True)] == [
+            (n, dict(lbl), v) for n, lbl, v in want
+        ]
+    # Steady: only 'mm 2' is read again (a bare name: its value could make it a sample).
+    assert spy.calls - calls == 2

@@ -362,7 +362,25 @@ class SeriesReader(Generic[E]):
         """Series known from the last read."""
         return sum(1 for e in self._entries.values() if e is not _IGNORED)
 
-    def read(self, body: bytes, derive: Derive[E]) -> tuple[list[E], list[float]]:
+    def read(
+        self, body: bytes, derive: Callable[[str, Mapping[str, str]], E]
+    ) -> tuple[list[E], list[float]]:
+        """:meth:`read_rows` with ``derive(name, labels)``: labels are shared between the
+        samples of one read that have the same label text, so ``derive`` may memoize on them
+        (the DCGM and energy readers' form)."""
+        shared: dict[tuple[tuple[str, ...], tuple[str, ...]], Mapping[str, str]] = {}
+
+        def row(name: str, names: tuple[str, ...], values: tuple[str, ...]) -> E:
+            if not names:
+                return derive(name, _NO_LABELS)
+            labels = shared.get((names, values))
+            if labels is None:
+                labels = shared[(names, values)] = dict(zip(names, values, strict=True))
+            return derive(name, labels)
+
+        return self.read_rows(body, row)
+
+    def read_rows(self, body: bytes, derive: Derive[E]) -> tuple[list[E], list[float]]:
         """The entries and values of every wanted sample of ``body`` (a ``/metrics`` body),
         in page order. ``derive`` makes the entry of a series met for the first time. Raises
         :class:`ValueError` like :func:`decode_page` and :func:`parse_text`.
@@ -473,6 +491,15 @@ class SeriesReader(Generic[E]):
                     out.append(cast("E", entry))
                     values.append(value)
                     continue
+            if entry is None:
+                # Never a sample whatever its value: a comment, or a name no wanted name
+                # starts (decided by the series part alone: no parse needed).
+                text = head.lstrip(b" \t")
+                if text and (text.startswith(b"#") or not text.startswith(parser.bnames)):
+                    known[key] = _IGNORED
+                    ignored.append(key)
+                    added = True
+                    continue
             row = parser.simple(head, token)
             if row is None:
                 try:
@@ -481,10 +508,13 @@ class SeriesReader(Generic[E]):
                     lineno = body.count(b"\n", 0, start) + 1
                     raise ValueError(f"line {lineno}: {exc}") from None
             if row is None:
-                # Never a sample whatever its value: a comment, or a name no wanted name
-                # starts (decided by the series part alone).
-                text = head.lstrip(b" \t")
-                if text and (text.startswith(b"#") or not text.startswith(parser.bnames)):
+                # A longer name than a wanted one: when its '{' is in the series part, the
+                # name is, whatever the value (a blank line or a bare name: parsed again).
+                if (
+                    entry is None
+                    and (brace := text.find(b"{")) != -1
+                    and text[:brace].rstrip(b" \t").decode() not in parser.wanted
+                ):
                     known[key] = _IGNORED
                     ignored.append(key)
                     added = True

@@ -1213,7 +1213,7 @@ class TokenSource:
         builder = _SeriesBuilder(
             self._mapping, target_labels, self._targets[index].display if several else ""
         )
-        series, values = self._readers[index].read(body, builder.row)
+        series, values = self._readers[index].read_rows(body, builder.row)
         known, runs, skipped = self._runs[index]
         if series is not known:
             runs = name_runs(series)
