@@ -11,11 +11,14 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from aifinops.demo.llm import LlmDemo
 from aifinops.model.inputs import TokenObservation
 from aifinops.model.llm_prices import normalize_provider
 from aifinops.offload import run_cpu
@@ -25,6 +28,7 @@ from aifinops.sources.base import SourceError
 from aifinops.sources.promapi import parse_vector
 from aifinops.sources.promtext import SeriesEntry, SeriesReader, decode_page, parse_text
 from aifinops.sources.tokens import (
+    OPENAI_COMPATIBLE,
     TokenMapping,
     TokenSource,
     _new_observation,
@@ -33,8 +37,14 @@ from aifinops.sources.tokens import (
     series_digest,
     target_display,
 )
+from tests.sources import series_reader_reference
 
 Sample = tuple[str, Mapping[str, str], float]
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+LITELLM_PAGE = "litellm_proxy_metrics.txt"
+VLLM_PAGE = "vllm_metrics_v0_aibrix_runtime_doc.txt"
+OTEL_PAGE = "otel_openai_v2_collector_metrics.txt"
+T0 = 1_750_000_000.0
 
 
 # --- the reference: the mapping as it was before the fast path, verbatim -------------------
@@ -132,7 +142,20 @@ def reference_groups(
                 value = raw
                 if k in minus:
                     value = max(0.0, raw - minus[k] * (raw / totals[k])) if totals[k] > 0 else 0.0
-                provider = mapping.provider or _first(labels, mapping.provider_labels)
+                provider = normalize_provider(
+                    mapping.provider or _first(labels, mapping.provider_labels)
+                )
+                host = _first(labels, mapping.server_address_labels)
+                if host is not None:  # the module docstring's server_address_providers rule
+                    named = [
+                        p
+                        for pattern, p in mapping.server_address_providers
+                        if fnmatchcase(host.lower(), pattern.lower())
+                    ]
+                    if named:
+                        provider = normalize_provider(named[0])
+                    elif provider in (None, "openai"):
+                        provider = OPENAI_COMPATIBLE
                 out.append(
                     TokenObservation(
                         source=source,
@@ -141,7 +164,7 @@ def reference_groups(
                         token_type=token_type,
                         model=model,
                         value=value,
-                        provider=normalize_provider(provider),
+                        provider=provider,
                         tenant=clean_value(mapping.tenant) or _first(labels, mapping.tenant_labels),
                         namespace=_first(labels, mapping.namespace_labels),
                         pod=_first(labels, mapping.pod_labels),
@@ -511,6 +534,15 @@ async def test_a_bad_line_of_an_unwanted_metric_does_not_fail() -> None:
 class Entry(SeriesEntry):
     __slots__ = ("labels", "name")
 
+    def __init__(self, name: str, names: tuple[str, ...], values: tuple[str, ...]) -> None:
+        super().__init__()
+        self.name = name
+        self.labels = dict(zip(names, values, strict=True))
+
+
+class OldEntry(series_reader_reference.SeriesEntry):
+    __slots__ = ("labels", "name")
+
     def __init__(self, name: str, labels: Mapping[str, str]) -> None:
         super().__init__()
         self.name = name
@@ -523,38 +555,41 @@ def page_of(n: int, step: int, drop: int | None = None) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-class CountingFindall:
-    """Stands in for the reader's value regex, counting the spans read whole."""
+class CountingParse:
+    """Stands in for the reader's line parser, counting the lines parsed in full."""
 
-    def __init__(self) -> None:
-        self.pattern = promtext._VALUE_AT_END
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.bnames = parser.bnames
+        self.wanted = parser.wanted
         self.calls = 0
 
-    def findall(self, body: bytes, pos: int, end: int) -> list[bytes]:
+    def simple(self, head: bytes, token: bytes) -> Any:
         self.calls += 1
-        found: list[bytes] = self.pattern.findall(body, pos, end)
-        return found
+        return self.parser.simple(head, token)
+
+    def parse(self, line: str) -> Any:
+        self.calls += 1
+        return self.parser.parse(line)
 
 
-def test_steady_page_is_read_whole_spans_and_hands_back_the_same_list(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(promtext, "READ_CHUNK_BYTES", 256)
-    spy = CountingFindall()
-    monkeypatch.setattr(promtext, "_VALUE_AT_END", spy)
+def test_steady_page_parses_no_line_and_hands_back_the_same_list() -> None:
     reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    spy = CountingParse(reader._parser)
+    reader._parser = spy  # type: ignore[assignment]
     derived: list[str] = []
 
-    def derive(name: str, labels: Mapping[str, str]) -> Entry:
-        derived.append(labels["team"])
-        return Entry(name, labels)
+    def derive(name: str, names: tuple[str, ...], values: tuple[str, ...]) -> Entry:
+        derived.append(values[0])
+        return Entry(name, names, values)
 
-    first, values = reader.read(page_of(200, 0), derive)
+    first, values = reader.read_rows(page_of(200, 0), derive)
     assert len(derived) == 200 and values[:2] == [0.0, 10.0]
-    second, values = reader.read(page_of(200, 1), derive)
-    assert len(derived) == 200  # nothing parsed again
+    parsed = spy.calls
+    assert parsed >= 200
+    second, values = reader.read_rows(page_of(200, 1), derive)
+    assert len(derived) == 200 and spy.calls == parsed  # nothing parsed again, comments neither
     assert second is first and values[:2] == [1.0, 11.0]
-    assert spy.calls > 10  # whole spans, not lines one by one
     want = [(e.name, e.labels, v) for e, v in zip(second, values, strict=True)]
     assert want == [(n, dict(lbl), v) for n, lbl, v in parse_text(page_of(200, 1).decode())]
 
@@ -563,20 +598,30 @@ def test_series_that_go_away_are_dropped_and_new_ones_parsed_once() -> None:
     reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
     derived: list[str] = []
 
-    def derive(name: str, labels: Mapping[str, str]) -> Entry:
-        derived.append(labels["team"])
-        return Entry(name, labels)
+    def derive(name: str, names: tuple[str, ...], values: tuple[str, ...]) -> Entry:
+        derived.append(values[0])
+        return Entry(name, names, values)
 
-    reader.read(page_of(50, 0), derive)
+    reader.read_rows(page_of(50, 0), derive)
     assert len(reader) == 50
-    entries, values = reader.read(page_of(50, 1, drop=17), derive)
+    entries, values = reader.read_rows(page_of(50, 1, drop=17), derive)
     assert len(reader) == 49 and len(entries) == 49 and len(derived) == 50
     assert [e.labels["team"] for e in entries] == [f"t{i}" for i in range(50) if i != 17]
     assert values == [float(i * 10 + 1) for i in range(50) if i != 17]
-    entries, _ = reader.read(page_of(50, 2), derive)
+    entries, _ = reader.read_rows(page_of(50, 2), derive)
     assert derived[-1] == "t17" and len(derived) == 51 and len(reader) == 50
-    entries, _ = reader.read(page_of(3, 3), derive)  # memory follows the page
-    assert len(reader) == 3 and len(entries) == 3
+    entries, _ = reader.read_rows(page_of(3, 3), derive)  # memory follows the page
+    assert len(reader) == 3 and len(entries) == 3 and len(reader._entries) == 5  # + 2 comments
+
+
+def test_the_index_stays_the_size_of_the_page_under_churn() -> None:
+    # Every read brings new series (and new lines of an unwanted metric) and drops the old.
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    for step in range(20):
+        lines = [f'm{{id="{step}-{i}"}} {i}' for i in range(100)]
+        lines += [f'other{{id="{step}-{i}"}} 1' for i in range(100)]
+        entries, _ = reader.read_rows(("\n".join(lines) + "\n").encode(), Entry)
+        assert len(entries) == 100 and len(reader) == 100 and len(reader._entries) == 200
 
 
 def test_a_prefix_that_does_not_fix_the_series_is_never_kept() -> None:
@@ -585,12 +630,133 @@ def test_a_prefix_that_does_not_fix_the_series_is_never_kept() -> None:
     page1 = b'm{a="1"} 5 1000\n m 7\n'
     page2 = b'm{a="1"} 5 2000\n m 8\n'
     for page in (page1, page2, page2):
-        entries, values = reader.read(page, Entry)
+        entries, values = reader.read_rows(page, Entry)
         want = parse_text(page.decode(), frozenset({"m"}))
         assert [(e.name, e.labels, v) for e, v in zip(entries, values, strict=True)] == [
             (n, dict(lbl), v) for n, lbl, v in want
         ]
     assert len(reader) == 0
+
+
+AWKWARD_PAGES = [
+    # escaped values, a series whose labels change, duplicate series, NaN/Inf, timestamps,
+    # blanks and tabs, a value with '}' or '_', comments that look like samples
+    b'm{a="x\\"y",b="1"} 5\nm{a="x",b="1"} 6\nm{a="x",b="1"} 7\n',
+    b'm{a="1"} NaN\nm{a="2"} +Inf\nm{a="3"} -Inf\nm{a="4"} 1e3\nm{a="5"} -0\n',
+    b'm{a="1"} 5 1700000000000\nm{a="2"}\t5\n  m{a="3"} 5\nm {a="4"} 5\nm{a="5"}  5\n',
+    b'# m{a="1"} 5\n#m 5\nm{a="1"} 5\n\nm_other{a="1"} 5\nmm 5\n',
+    b'm{a="1",} 5\nm{a="} 5"} 6\nm{a="{"} 7\nm 8\nm{} 9\n',
+    # hostile: a huge label value, and more distinct label-name sets than the parser memoizes
+    b'm{a="' + b"x" * 200_000 + b'",b="1"} 5\n',
+    b"".join(b'm{l%d="v"} 5\n' % i for i in range(5000)),
+]
+AWKWARD_BAD = [
+    b'm{a="1"} 5}\n',
+    b'm{a="1"} 1_0\n',
+    b'm{a="1"} abc\n',
+    b'm{a="1"\n',
+    b'm{a="1",a="2"} 3\n',
+    b"m{a=1} 3\n",
+    b'm{a="\\q"} 3\n',
+    b'm{a="1"} 5',
+    b'm{a="1"} 5 6 7\n',
+    b'm{a="1""x"} 3\n',
+    b'm{a="1"b="2"} 3\n',
+    b'm{,a="1"} 3\n',
+    b'm{a="1"}} 3\n',
+    b'm{a="1"} 3\nm{a="1""x"} 3\n',
+]
+
+
+def _both(
+    new: SeriesReader[Entry],
+    old: series_reader_reference.SeriesReader[OldEntry],
+    page: bytes,
+) -> None:
+    try:
+        want: Any = [(e.name, e.labels, v) for e, v in zip(*old.read(page, OldEntry), strict=True)]
+    except ValueError as exc:
+        want = str(exc)
+    try:
+        got: Any = [(e.name, e.labels, v) for e, v in zip(*new.read_rows(page, Entry), strict=True)]
+    except ValueError as exc:
+        got = str(exc)
+    assert repr(got) == repr(want)  # repr: NaN equals NaN
+
+
+def test_reader_equals_the_old_reader_on_awkward_pages(span: int) -> None:
+    wanted = frozenset({"m"})
+    new: SeriesReader[Entry] = SeriesReader(wanted)
+    old: series_reader_reference.SeriesReader[OldEntry] = series_reader_reference.SeriesReader(
+        wanted
+    )
+    for page in [*AWKWARD_PAGES, *AWKWARD_BAD, *reversed(AWKWARD_PAGES), AWKWARD_PAGES[0]]:
+        _both(new, old, page)
+        _both(new, old, page.replace(b" 5", b" 50"))
+
+
+@pytest.mark.parametrize("preset", ["litellm", "vllm", "otel_genai"])
+@pytest.mark.parametrize("seed", range(6))
+def test_reader_equals_the_old_reader_refresh_after_refresh(
+    preset: str, seed: int, span: int
+) -> None:
+    rng = random.Random(f"reader-{preset}-{seed}")
+    source = make_source(preset, rng)
+    wanted = source.mapping.wanted()
+    fleet = Fleet(rng, names_for(source, rng), PRESET_LABELS[preset])
+    new: SeriesReader[Entry] = SeriesReader(wanted)
+    old: series_reader_reference.SeriesReader[OldEntry] = series_reader_reference.SeriesReader(
+        wanted
+    )
+    for _ in range(8):
+        _both(new, old, fleet.page())
+        fleet.step()
+
+
+def demo_pages(preset: str) -> list[bytes]:
+    """The demo's own LiteLLM or vLLM page over 20 minutes (its counters reset at 900 s and a
+    pod drains), then the recorded upstream page of the preset, values moved on."""
+    demo = LlmDemo(epoch=T0 - 800)
+    pages: list[bytes] = []
+    for t in range(0, 1300, 60):
+        if preset == "litellm":
+            pages.append(demo.litellm_metrics(T0 + t).encode())
+        else:
+            pages.append(demo.vllm_metrics(demo.pods[0], T0 + t).encode())
+    fixture = {"litellm": LITELLM_PAGE, "vllm": VLLM_PAGE, "otel_genai": OTEL_PAGE}[preset]
+    recorded = (FIXTURES / fixture).read_bytes()
+    pages += [recorded, recorded.replace(b"0 ", b"1 ").replace(b"0\n", b"7\n"), recorded]
+    return pages
+
+
+@pytest.mark.parametrize("preset", ["litellm", "vllm"])
+def test_reader_and_source_equal_the_old_ones_on_the_demo_pages(preset: str, span: int) -> None:
+    source = make_source(preset, random.Random(3))
+    wanted = source.mapping.wanted()
+    new: SeriesReader[Entry] = SeriesReader(wanted)
+    old: series_reader_reference.SeriesReader[OldEntry] = series_reader_reference.SeriesReader(
+        wanted
+    )
+    for page in demo_pages(preset):
+        _both(new, old, page)
+
+
+@pytest.mark.parametrize("preset", ["litellm", "vllm", "otel_genai"])
+async def test_source_equals_reference_on_the_demo_and_recorded_pages(preset: str) -> None:
+    source = make_source(preset, random.Random(5))
+    upstream = Upstream()
+    reference = ReferenceScrape()
+    pages = demo_pages(preset) if preset != "otel_genai" else []
+    recorded = (FIXTURES / OTEL_PAGE).read_bytes()
+    pages += [recorded, recorded.replace(b"0\n", b"9\n")]
+    seen = 0
+    for page in pages:
+        bodies = [page] * len(source._settings.scrape_targets)
+        want = reference(source, bodies)
+        got = await fast_scrape(source, upstream, bodies)
+        assert got == want
+        seen += len(want)
+    assert seen > 0
 
 
 # --- the mapping on its own ------------------------------------------------------------------
@@ -713,3 +879,120 @@ async def test_prometheus_mode_equals_reference_refresh_after_refresh(
             assert await source.fetch(client) == want
             fleet.step()
     assert len(source._queried) <= len(fleet.series) + 3
+
+
+def test_a_failed_read_leaves_no_series_behind() -> None:
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    good = b'm{a="1"} 1\n'
+    reader.read_rows(good, Entry)
+    with pytest.raises(ValueError, match="line 3"):
+        reader.read_rows(b'm{a="1"} 2\nm{a="2"} 2\nm{a="3"} x\n', Entry)
+    entries, values = reader.read_rows(good, Entry)
+    assert len(entries) == 1 and values == [1.0] and len(reader._entries) == 1
+
+
+def test_spans_of_other_metrics_leave_nothing_in_the_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A LiteLLM page's latency histograms can outnumber its token counters many times.
+    monkeypatch.setattr(promtext, "READ_CHUNK_BYTES", 300)
+    other = "".join(f'latency_bucket{{le="{i}",x="y"}} {i}\n' for i in range(2000))
+    page = f'{other}tok{{a="1"}} 5\ntok{{a="2"}} 6\n{other}'
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"tok"}))
+    for step in range(3):
+        entries, values = reader.read_rows(page.replace(" 6\n", f" {6 + step}\n").encode(), Entry)
+        assert [e.labels for e in entries] == [{"a": "1"}, {"a": "2"}]
+        assert values == [5.0, 6.0 + step]
+        assert len(reader._entries) <= 20
+
+
+async def test_target_labels_with_odd_names_and_values_equal_the_reference() -> None:
+    # Target labels are configuration, never checked as label names.
+    source = TokenSource(
+        TokenSourceSettings.model_validate(
+            {
+                "name": "t",
+                "preset": "vllm",
+                "mode": "scrape",
+                "scrape_targets": [
+                    {"url": "http://up0/metrics", "labels": {"a%s": "%d", "pod": "p", "z": ""}},
+                    {"url": "http://up1/metrics", "labels": {"namespace": "n%", "model_name": "m"}},
+                ],
+            }
+        ),
+        run=run_cpu,
+    )
+    upstream = Upstream()
+    reference = ReferenceScrape()
+    for page in demo_pages("vllm")[:4]:
+        bodies = [page, page]
+        want = reference(source, bodies)
+        assert await fast_scrape(source, upstream, bodies) == want
+        assert isinstance(want, tuple) and want
+
+
+class MapEntry(SeriesEntry):
+    """An entry made by ``read``'s derive(name, labels), as the DCGM and energy readers'."""
+
+    __slots__ = ("labels", "name", "shared")
+
+    def __init__(self, name: str, labels: Mapping[str, str]) -> None:
+        super().__init__()
+        self.name = name
+        self.labels = dict(labels)
+        self.shared = labels
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mapping_form_equals_the_old_reader(seed: int, span: int) -> None:
+    rng = random.Random(f"mapping-{seed}")
+    source = make_source("vllm", rng)
+    wanted = source.mapping.wanted()
+    fleet = Fleet(rng, names_for(source, rng), PRESET_LABELS["vllm"])
+    new: SeriesReader[MapEntry] = SeriesReader(wanted)
+    old: series_reader_reference.SeriesReader[OldEntry] = series_reader_reference.SeriesReader(
+        wanted
+    )
+    pages = [*AWKWARD_PAGES, *AWKWARD_BAD]
+    for _ in range(6):
+        pages.append(fleet.page())
+        fleet.step()
+    for page in pages:
+        page = page.replace(b"m{", b"vllm:prompt_tokens_total{")
+        try:
+            old_entries, old_values = old.read(page, OldEntry)
+            want: Any = [
+                (e.name, e.labels, v) for e, v in zip(old_entries, old_values, strict=True)
+            ]
+        except ValueError as exc:
+            want = str(exc)
+        try:
+            entries, values = new.read(page, MapEntry)
+            got: Any = [(e.name, e.labels, v) for e, v in zip(entries, values, strict=True)]
+        except ValueError as exc:
+            got = str(exc)
+        assert repr(got) == repr(want)
+
+
+def test_mapping_form_shares_one_labels_map_per_label_text() -> None:
+    reader: SeriesReader[MapEntry] = SeriesReader(frozenset({"a", "b"}))
+    entries, _ = reader.read(b'a{x="1"} 1\nb{x="1"} 2\na{x="2"} 3\na 4\n', MapEntry)
+    assert entries[0].shared is entries[1].shared and entries[0].shared is not entries[2].shared
+    assert entries[3].shared == {}
+
+
+def test_lines_of_a_longer_name_are_remembered_as_no_sample() -> None:
+    # DCGM_FI_DEV_GPU_UTIL is wanted, DCGM_FI_DEV_GPU_UTIL_RATIO-like names are not.
+    reader: SeriesReader[Entry] = SeriesReader(frozenset({"m"}))
+    spy = CountingParse(reader._parser)
+    reader._parser = spy  # type: ignore[assignment]
+    for step in range(3):
+        page = f'mm{{a="1"}} {step}\nm{{a="1"}} {step}\nmm {step}\n'
+        calls = spy.calls
+        entries, values = reader.read_rows(page.encode(), Entry)
+        want = parse_text(page, frozenset({"m"}))
+        assert [(e.name, e.labels, v) for e, v in zip(entries, values, strict=True)] == [
+            (n, dict(lbl), v) for n, lbl, v in want
+        ]
+    # Steady: only 'mm 2' is read again (a bare name: its value could make it a sample).
+    assert spy.calls - calls == 2

@@ -22,9 +22,10 @@ later reads check the page against the series expected and read only the values.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import chain
+from itertools import compress
 from types import MappingProxyType
 from typing import Generic, TypeAlias, TypeVar, cast
 
@@ -297,73 +298,92 @@ def _unescape(m: re.Match[str]) -> str:
 # --- Reading the same page refresh after refresh -------------------------------------------
 
 READ_CHUNK_BYTES = 1 << 18
-"""The span of a page :class:`SeriesReader` handles in one go: it is tested for a wanted
-name (a span without one is skipped), and checked and read at once when its lines are the
-series expected. Each C call stays well under a millisecond (the reader runs on the CPU
-worker thread, where a long call would hold the GIL and stall the event loop)."""
+"""The span of a page :class:`SeriesReader` handles in one go (a few C calls over its lines).
+Each C call stays well under a millisecond (the reader runs on the CPU worker thread, where a
+long call would hold the GIL and stall the event loop)."""
 
-# A sample line's value, from its last blank to its end (the '\n' included).
-_VALUE_AT_END = re.compile(rb" ([^ \n]*\n)")
-# Lines in a row that must come as expected before a span is tried whole again.
-_RESUME_AFTER = 8
+# Every line of a span: its text up to and including the last blank (the series part, empty
+# when the line has no blank), then the rest (the value). Always matches, line after line.
+_LINE = re.compile(rb"([^\n]* )?([^ \n]*)\n")
+# What an index entry of a line that never gives a sample (a comment, an unwanted metric) is.
+_IGNORED: object = object()
 
 
 class SeriesEntry:
-    """Base of what a :class:`SeriesReader` keeps per series. The reader's own fields:
-    ``_prefix``, the series' line up to its value (``name{labels} ``, as bytes; ``None``
-    when that text does not fix the series), and ``_pos``, its index in the last read."""
+    """Base of what a :class:`SeriesReader` keeps per series. The reader's own field:
+    ``_key``, the index key of the series' line up to its value (``None`` when that text
+    does not fix the series)."""
 
-    __slots__ = ("_pos", "_prefix")
+    __slots__ = ("_key",)
 
     def __init__(self) -> None:
-        self._prefix: bytes | None = None
-        self._pos = -1
+        self._key: int | None = None
 
 
 E = TypeVar("E", bound=SeriesEntry)
+Derive: TypeAlias = Callable[[str, tuple[str, ...], tuple[str, ...]], E]
+"""``derive(name, label names, label values)`` → the entry of a series met for the first
+time. The names tuple is one object per distinct label-name sequence within a read."""
 
 
 class SeriesReader(Generic[E]):
     """Reads one scrape target's page again and again, doing the work per *series* once.
 
-    The page of a LiteLLM proxy at fleet scale holds a hundred thousand counter lines and more
-    (bench/README.md), and the next scrape brings back the same series, in the same order, with new
-    values. The reader keeps per series the bytes of its line before the value (its *prefix*) and an
-    entry the caller derives once from the parsed name and labels. A span of the page is read whole
-    when it is exactly the prefixes expected next, each followed by one value token: one regex call
-    finds the tokens, one ``join`` and one ``startswith`` prove the span is those lines, and
-    ``map(float, ...)`` reads the values. Elsewhere lines are taken one by one: compared with the
-    prefix expected next, else looked up by prefix; only a series never seen before is parsed. The
-    entries are those of the last read (series gone from the page are dropped), so memory follows
-    the page.
+    The page of a LiteLLM proxy at fleet scale holds a hundred thousand counter lines and
+    more, and the next scrape brings back the same series with new values. The reader keeps
+    an index from a 64-bit key of each line's series part (the bytes before the value: the
+    keyed ``hash`` of those bytes, never the bytes themselves, which would hold tens of MB) to
+    an entry the caller derives once from the parsed name and labels. A read cuts each span
+    of the page into (series part, value) pairs with one regex call, looks every key up with
+    ``map`` and reads the values with ``map(float, ...)``; only a line whose key is unknown
+    (a new series, a comment, an odd line) is parsed. A span without a wanted name is skipped
+    whole (other metrics' lines cost a few searches, and no index key); other lines that
+    never give a sample (comments, unwanted metrics) are remembered as such. The index holds
+    the keys of the last read that added one, so memory follows the page.
 
     :meth:`read` gives what ``parse_text(decode_page(body), wanted)`` gives — the same
     samples in the same order, and the same :class:`ValueError` for a bad page — with each
-    sample's labels replaced by its entry.
+    sample's labels replaced by its entry. A key stands for its bytes: two different series
+    parts with equal keys (a 2**-64 chance per pair, the hash keyed per process) would read
+    as one series.
     """
 
-    __slots__ = ("_dirty", "_entries", "_names", "_order", "_prefixes", "_wanted")
+    __slots__ = ("_dirty", "_entries", "_names", "_order", "_parser", "_wanted")
 
     def __init__(self, wanted: frozenset[str]) -> None:
         self._wanted = wanted
-        self._names = tuple(n.encode() for n in wanted if n)
-        self._entries: dict[bytes, E] = {}
+        self._entries: dict[int, object] = {}  # key -> entry, or _IGNORED
         self._order: list[E] = []
-        self._prefixes: list[bytes | None] = []
+        self._parser = _RowParser(wanted)
+        self._names = tuple(n.encode() for n in wanted if n)
         self._dirty = False
 
     def __len__(self) -> int:
         """Series known from the last read."""
-        return len(self._entries)
+        return sum(1 for e in self._entries.values() if e is not _IGNORED)
 
     def read(
         self, body: bytes, derive: Callable[[str, Mapping[str, str]], E]
     ) -> tuple[list[E], list[float]]:
+        """:meth:`read_rows` with ``derive(name, labels)``: labels are shared between the
+        samples of one read that have the same label text, so ``derive`` may memoize on them
+        (the DCGM and energy readers' form)."""
+        shared: dict[tuple[tuple[str, ...], tuple[str, ...]], Mapping[str, str]] = {}
+
+        def row(name: str, names: tuple[str, ...], values: tuple[str, ...]) -> E:
+            if not names:
+                return derive(name, _NO_LABELS)
+            labels = shared.get((names, values))
+            if labels is None:
+                labels = shared[(names, values)] = dict(zip(names, values, strict=True))
+            return derive(name, labels)
+
+        return self.read_rows(body, row)
+
+    def read_rows(self, body: bytes, derive: Derive[E]) -> tuple[list[E], list[float]]:
         """The entries and values of every wanted sample of ``body`` (a ``/metrics`` body),
-        in page order. ``derive(name, labels)`` makes the entry of a series met for the
-        first time; labels are shared between the samples of one read that have the same
-        label text, so ``derive`` may memoize on them. Raises :class:`ValueError` like
-        :func:`decode_page` and :func:`parse_text`.
+        in page order. ``derive`` makes the entry of a series met for the first time. Raises
+        :class:`ValueError` like :func:`decode_page` and :func:`parse_text`.
 
         The entry list is kept as the order expected next time: do not change it. When the
         series are those of the last read, in the same order, it is the last read's list
@@ -374,143 +394,143 @@ class SeriesReader(Generic[E]):
             _check_utf8(body)
         if b"\r" in body:
             body = _without_cr(body)
+        entries: list[E] = []
+        values: list[float] = []
+        ignored: list[int] = []
         try:
-            entries, values, new, unkept = self._read(body, derive)
+            added = self._read(body, derive, entries, values, ignored)
         except BaseException:
-            self._dirty = True  # entries learned before the failure: drop them next time
+            self._dirty = True  # keys learned before the failure: dropped at the next read
             raise
-        if new or self._dirty or entries != self._order:
-            keep: set[int] = set()
-            for i in range(0, len(entries), 4096):  # short C calls (see READ_CHUNK_BYTES)
-                keep.update(map(id, entries[i : i + 4096]))
-            # Entries of `_entries` this read met, counted without those never kept there.
-            if len(keep) - unkept != len(self._entries):  # series went away
-                self._entries = {k: e for k, e in self._entries.items() if id(e) in keep}
-            for i, e in enumerate(entries):
-                e._pos = i
-            self._prefixes = [e._prefix for e in entries]
-            self._dirty = False
+        if added or self._dirty or entries != self._order:
+            # Rebuilt from this read alone: series gone from the page are forgotten.
+            index: dict[int, object] = dict.fromkeys(ignored, _IGNORED)
+            index.update((e._key, e) for e in entries if e._key is not None)
+            self._entries = index
             self._order = entries
+            self._dirty = False
         return self._order, values
 
     def _read(
-        self, body: bytes, derive: Callable[[str, Mapping[str, str]], E]
-    ) -> tuple[list[E], list[float], int, int]:
-        """The entries and values, how many entries were derived, and how many of those
-        were not kept (their prefix does not fix the series)."""
+        self,
+        body: bytes,
+        derive: Derive[E],
+        out: list[E],
+        values: list[float],
+        ignored: list[int],
+    ) -> bool:
+        """Fill ``out``/``values`` (and the ignored lines' keys); whether anything was added
+        to the index (a new series or a new ignored line)."""
         known = self._entries
-        order = self._order
-        prefixes = self._prefixes
-        expected = len(order)
+        get = known.get
+        lines_of = _LINE.findall
         names = self._names
-        out: list[E] = []
-        values: list[float] = []
-        add = out.append
-        add_value = values.append
-        find = body.find
-        startswith = body.startswith
-        tokens_of = _VALUE_AT_END.findall
-        parser: _LineParser | None = None
-        new = unkept = 0
-        k = 0  # index in `order` of the series expected next
+        added = False
         pos, size = 0, len(body)
         while pos < size:
             cut = body.rfind(b"\n", pos, pos + READ_CHUNK_BYTES) + 1
             if cut <= pos:  # one line longer than a span
-                cut = find(b"\n", pos + READ_CHUNK_BYTES) + 1
-            resume = True  # go back to whole spans once lines run as expected
-            if k < expected and (first := prefixes[k]) is not None and startswith(first, pos):
-                tokens = tokens_of(body, pos, cut)
-                n = len(tokens)
-                # Fewer prefixes than tokens make a shorter span; a None (a series without
-                # a prefix) makes join raise TypeError.
-                ahead = cast("list[bytes]", prefixes[k : k + n])
-                try:
-                    span = b"".join(chain.from_iterable(zip(ahead, tokens, strict=False)))
-                except TypeError:
-                    span = b""
-                # The span is exactly those lines: each an expected prefix, then one token.
-                if len(span) == cut - pos and startswith(span, pos):
-                    rest = b"".join(tokens)
-                    if b"_" not in rest:
-                        try:
-                            read = list(map(float, tokens))
-                        except ValueError:
-                            pass
-                        else:
-                            out += order[k : k + n]
-                            values += read
-                            k += n
-                            pos = cut
-                            continue
-                resume = False  # the span is not as expected: line by line to its end
-            elif not any(find(n, pos, cut) != -1 for n in names):
-                pos = cut
+                cut = body.find(b"\n", pos + READ_CHUNK_BYTES) + 1
+            if not any(body.find(n, pos, cut) != -1 for n in names):
+                pos = cut  # no wanted name anywhere: no sample, nothing to index
                 continue
-            in_a_row = 0
-            while pos < cut:
-                end = find(b"\n", pos)
-                if k < expected:
-                    prefix = prefixes[k]
-                    if prefix is not None and startswith(prefix, pos):
-                        text = body[pos + len(prefix) : end]
-                        if b"_" not in text:
-                            try:
-                                value = float(text)
-                            except ValueError:
-                                pass  # e.g. a timestamp after a tab: the full parse decides
-                            else:
-                                add(order[k])
-                                add_value(value)
-                                k += 1
-                                pos = end + 1
-                                in_a_row += 1
-                                if resume and in_a_row >= _RESUME_AFTER:
-                                    break
-                                continue
-                in_a_row = 0
-                # Not the series expected: look its prefix up, or parse the line.
-                line = body[pos:end]
-                head, blank, text = line.rpartition(b" ")
-                prefix = head + blank
-                found = known.get(prefix) if blank else None
-                if found is not None and b"_" not in text:
+            pairs = lines_of(body, pos, cut)
+            heads, tokens = zip(*pairs, strict=True)
+            keys = list(map(hash, heads))
+            found = list(map(get, keys))
+            if None not in found:
+                if _IGNORED in found:
+                    keep = [f is not _IGNORED for f in found]
+                    ignored += compress(keys, map(operator.not_, keep))
+                    found = list(compress(found, keep))
+                    tokens = tuple(compress(tokens, keep))
+                if b"_" not in b"".join(tokens):
                     try:
-                        value = float(text)
+                        read = list(map(float, tokens))
                     except ValueError:
                         pass
                     else:
-                        add(found)
-                        add_value(value)
-                        k = found._pos + 1
-                        pos = end + 1
+                        out += cast("list[E]", found)
+                        values += read
+                        pos = cut
                         continue
-                if parser is None:
-                    parser = _LineParser(self._wanted)
+                found = list(map(get, keys))  # the ignored ones back: line by line
+            added |= self._lines(body, pos, pairs, keys, found, derive, out, values, ignored)
+            pos = cut
+        return added
+
+    def _lines(
+        self,
+        body: bytes,
+        pos: int,
+        pairs: list[tuple[bytes, bytes]],
+        keys: list[int],
+        found: list[object | None],
+        derive: Derive[E],
+        out: list[E],
+        values: list[float],
+        ignored: list[int],
+    ) -> bool:
+        """One span line by line from ``pos``: a known series whose value reads as a plain
+        float is taken as is; any other line is parsed in full (a new series is derived)."""
+        known = self._entries
+        parser = self._parser
+        added = False
+        for (head, token), key, entry in zip(pairs, keys, found, strict=True):
+            start = pos
+            pos += len(head) + len(token) + 1
+            if entry is _IGNORED:
+                ignored.append(key)
+                continue
+            if entry is not None and b"_" not in token:
                 try:
-                    sample = parser.parse(line.decode())
-                except ValueError as exc:
-                    lineno = body.count(b"\n", 0, pos) + 1
-                    raise ValueError(f"line {lineno}: {exc}") from None
-                pos = end + 1
-                if sample is None:
-                    continue
-                name, labels, value = sample
-                if found is None:
-                    new += 1
-                    found = derive(name, labels)
-                    # A prefix is kept only where it fixes name and labels: it ends at the
-                    # label set's '}' (a value cannot hold one), or it is the bare name.
-                    if head.endswith(b"}") or head == name.encode():
-                        found._prefix = prefix
-                        known[prefix] = found
-                    else:
-                        unkept += 1
+                    value = float(token)
+                except ValueError:
+                    pass  # e.g. a timestamp after a tab: the full parse decides
                 else:
-                    k = found._pos + 1
-                add(found)
-                add_value(value)
-        return out, values, new, unkept
+                    out.append(cast("E", entry))
+                    values.append(value)
+                    continue
+            if entry is None:
+                # Never a sample whatever its value: a comment, or a name no wanted name
+                # starts (decided by the series part alone: no parse needed).
+                text = head.lstrip(b" \t")
+                if text and (text.startswith(b"#") or not text.startswith(parser.bnames)):
+                    known[key] = _IGNORED
+                    ignored.append(key)
+                    added = True
+                    continue
+            row = parser.simple(head, token)
+            if row is None:
+                try:
+                    row = parser.parse(body[start : pos - 1].decode())
+                except ValueError as exc:
+                    lineno = body.count(b"\n", 0, start) + 1
+                    raise ValueError(f"line {lineno}: {exc}") from None
+            if row is None:
+                # A longer name than a wanted one: when its '{' is in the series part, the
+                # name is, whatever the value (a blank line or a bare name: parsed again).
+                if (
+                    entry is None
+                    and (brace := text.find(b"{")) != -1
+                    and text[:brace].rstrip(b" \t").decode() not in parser.wanted
+                ):
+                    known[key] = _IGNORED
+                    ignored.append(key)
+                    added = True
+                continue
+            name, names, label_values, value = row
+            if entry is None:
+                entry = derive(name, names, label_values)
+                # A key is kept only where the series part fixes name and labels: it ends at
+                # the label set's '}' (a value cannot hold one), or it is the bare name.
+                if head.endswith(b"} ") or head == name.encode() + b" ":
+                    entry._key = key
+                    known[key] = entry
+                    added = True
+            out.append(cast("E", entry))
+            values.append(value)
+        return added
 
 
 def _spans(body: bytes) -> Iterator[tuple[int, int]]:
@@ -540,6 +560,121 @@ def _check_utf8(body: bytes) -> None:
         except UnicodeDecodeError:
             decode_page(body)  # the whole page's error, as parse_text's callers see it
             raise
+
+
+Row: TypeAlias = tuple[str, tuple[str, ...], tuple[str, ...], float]
+"""(metric name, label names, label values, value)."""
+
+
+class _RowParser:
+    """:func:`parse_text`'s reading of one line for :class:`SeriesReader`'s new series, with
+    the same checks and messages (without the ``line N:`` prefix), giving the labels as two
+    tuples, not a dict per label set (a first read meets a hundred thousand). One per reader:
+    it keeps the label-name tuples of the label skeletons seen (a handful per page)."""
+
+    __slots__ = ("bnames", "keys", "names_ok", "prefixes", "tuples", "wanted")
+
+    def __init__(self, wanted: frozenset[str]) -> None:
+        self.wanted = wanted
+        self.prefixes = tuple(wanted)
+        self.bnames = tuple(n.encode() for n in wanted)
+        self.keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.names_ok: set[str] = set()
+
+    def parse(self, line: str) -> Row | None:
+        """The line's sample; ``None`` for a blank, a comment or an unwanted metric."""
+        if not line:
+            return None
+        first = line[0]
+        if first == "#":
+            return None
+        if first == " " or first == "\t":
+            line = line.strip(" \t")
+            if not line or line[0] == "#":
+                return None
+        if not line.startswith(self.prefixes):
+            return None
+        name = ""
+        try:
+            brace = line.find("{")
+            if brace == -1:
+                name, _, tail = line.replace("\t", " ").partition(" ")
+            else:
+                name = line[:brace]
+                if name[-1:] in (" ", "\t"):
+                    name = name.rstrip(" \t")
+            if name not in self.names_ok:
+                if name not in self.wanted:
+                    return None
+                if not _METRIC_NAME.fullmatch(name):
+                    raise ValueError(f"invalid metric name {name[:40]!r}")
+                self.names_ok.add(name)
+            if brace == -1:
+                names: tuple[str, ...] = ()
+                values: tuple[str, ...] = ()
+            else:
+                close = line.rfind("}")
+                if close < brace:
+                    raise ValueError("label set without a closing '}'")
+                names, values = self._labels(line[brace + 1 : close])
+                tail = line[close + 1 :]
+            if "_" in tail:
+                raise ValueError("invalid value")
+            try:
+                value = float(tail)
+            except ValueError:
+                value = _parse_value_and_timestamp(tail)
+        except ValueError as exc:
+            where = f" in a {name!r} sample" if name in self.names_ok else ""
+            raise ValueError(f"{exc}{where}") from None
+        return name, names, values, value
+
+    def simple(self, head: bytes, token: bytes) -> Row | None:
+        """The sample of a line of the usual shape (``name{labels} value``) given as its
+        text up to the last blank and the rest, or ``None`` where :meth:`parse` must decide
+        (another shape, an unwanted name, a label set or value it may refuse: it gives the
+        error's message)."""
+        if not head.endswith(b"} ") or b"}" in token or b"_" in token:
+            return None
+        text = head.decode()
+        brace = text.find("{")
+        name = text[:brace]
+        if name not in self.names_ok:
+            if name not in self.wanted or not _METRIC_NAME.fullmatch(name):
+                return None
+            self.names_ok.add(name)
+        try:
+            names, values = self._labels(text[brace + 1 : -2])
+            return name, names, values, float(token)
+        except ValueError:
+            return None
+
+    def _labels(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """:func:`_parse_labels` as (names, values); names one tuple object per sequence."""
+        if "\\" in text:
+            labels = _parse_escaped_labels(text)
+            names = tuple(labels)
+            if len(self.tuples) > _MAX_SKELETONS:
+                self.keys.clear()
+                self.tuples.clear()
+            return self.tuples.setdefault(names, names), tuple(labels.values())
+        parts = text.split('"')
+        if len(parts) % 2 == 0:
+            raise ValueError("malformed label set")
+        skeleton = tuple(parts[0::2])
+        names = self.keys.get(skeleton)  # type: ignore[assignment]
+        if names is None:
+            if len(self.keys) > _MAX_SKELETONS:  # hostile pages: the memo stays bounded
+                self.keys.clear()
+                self.tuples.clear()
+            names = _label_names(skeleton)
+            names = self.tuples.setdefault(names, names)
+            self.keys[skeleton] = names
+        return names, tuple(parts[1::2])
+
+
+_MAX_SKELETONS = 4096
 
 
 class _LineParser:

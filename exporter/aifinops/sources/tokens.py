@@ -61,8 +61,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
-from operator import attrgetter
-from typing import Literal
+from operator import attrgetter, itemgetter
+from typing import Any, Literal
 
 import httpx
 import structlog
@@ -264,6 +264,9 @@ def _digest_tail(labels: Mapping[str, str]) -> bytes:
     return "".join([f"\0{k}={v}" for k, v in sorted(labels.items()) if k != "__name__"]).encode()
 
 
+_blake2b = hashlib.blake2b
+
+
 def _digest(name: str, tail: bytes) -> str:
     return hashlib.blake2b(name.encode() + tail, digest_size=8).hexdigest()
 
@@ -323,10 +326,35 @@ class _LabelSet:
             if self.names == on:  # the usual partner's case: its own values, no new tuple
                 self._key = self.values
             else:
-                mine = dict(zip(self.names, self.values, strict=True))
-                self._key = tuple([mine.get(n, "") for n in on])
+                pick = _PICKS.get((self.names, on))
+                if pick is None:
+                    if len(_PICKS) > 256:  # label names change rarely; stay bounded
+                        _PICKS.clear()
+                    pick = _PICKS[(self.names, on)] = _picker(self.names, on)
+                self._key = pick(self.values)
             self._on = on
         return self._key
+
+
+def _picker(
+    names: tuple[str, ...], on: tuple[str, ...]
+) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """The values of labels ``on`` out of values named ``names`` (an absent one ``""``)."""
+    at = {n: i for i, n in enumerate(names)}
+    positions = [at.get(n, len(names)) for n in on]
+    if len(positions) > 1:
+        get = itemgetter(*positions)
+        return lambda values: get((*values, ""))
+    if positions:
+        only = positions[0]
+        return lambda values: ((*values, "")[only],)
+    return lambda values: ()
+
+
+# Pickers by (names, on): a page has a few label-name tuples.
+_PICKS: dict[
+    tuple[tuple[str, ...], tuple[str, ...]], Callable[[tuple[str, ...]], tuple[str, ...]]
+] = {}
 
 
 _SKIPPED = _LabelSet(None, None, None, None, None, (), skipped="malformed")
@@ -348,12 +376,112 @@ class _Series(SeriesEntry):
     __slots__ = ("digest", "labels", "last", "name")
 
     def __init__(self, name: str, digest: str, labels: _LabelSet) -> None:
-        self._prefix = None  # SeriesEntry's, set here: ~110k of these on a first read
-        self._pos = -1
+        self._key = None  # SeriesEntry's, set here: ~110k of these on a first read
         self.name = name
         self.digest = digest
         self.labels = labels
         self.last: TokenObservation | None = None
+
+
+class _Plan:
+    """What one sequence of label names decides for :meth:`_SeriesBuilder.row`: over the
+    values followed by the target labels' values (``full``), the positions of the merged
+    labels (target labels under the sample's own) in sorted name order, ``__name__`` left
+    out (the digest tail, ``fmt % ordered``), and of the labels the mapping reads."""
+
+    __slots__ = (
+        "fields",
+        "fmt",
+        "model",
+        "namespace",
+        "ordered",
+        "pod",
+        "provider",
+        "read",
+        "server",
+        "size",
+        "sorted",
+        "tenant",
+        "token_type",
+    )
+
+    def __init__(self, builder: _SeriesBuilder, names: tuple[str, ...]) -> None:
+        position: dict[str, int] = {k: len(names) + i for i, k in enumerate(builder._target)}
+        position.update((k, i) for i, k in enumerate(names))  # a later duplicate is not
+        # possible: the parse refuses duplicate label names
+        keys = sorted(k for k in position if k != "__name__")
+        self.sorted = tuple(keys)
+        self.size = len(keys)
+        # A target label's name is configuration: a '%' in it stays text.
+        self.fmt = "".join([f"\0{k.replace('%', '%%')}=%s" for k in keys])
+        at = [position[k] for k in keys]
+        self.ordered: Callable[[tuple[str, ...]], tuple[str, ...]]
+        if len(at) > 1:
+            self.ordered = itemgetter(*at)
+        elif at:
+            only = at[0]
+            self.ordered = lambda full: (full[only],)
+        else:
+            self.ordered = lambda full: ()
+        m = builder._mapping
+
+        def where(labels: Iterable[str]) -> tuple[int, ...]:
+            return tuple(position[k] for k in labels if k in position)
+
+        self.model = where(m.model_labels)
+        self.provider = where(m.provider_labels)
+        self.tenant = where(m.tenant_labels)
+        self.namespace = where(m.namespace_labels)
+        self.pod = where(m.pod_labels)
+        self.server = where(m.server_address_labels)
+        self.token_type = tuple(
+            position.get(metric.token_type_label, -1) if metric.token_type_label else -2
+            for metric in m.metrics
+        )
+        # Everything the label set is made of: series that agree on these share its fields.
+        read = sorted(
+            {*self.model, *self.provider, *self.tenant, *self.namespace, *self.pod, *self.server}
+            | {i for i in self.token_type if i >= 0}
+        )
+        self.read: Callable[[tuple[str, ...]], object] = (
+            itemgetter(*read) if read else (lambda full: ())
+        )
+        self.fields: dict[object, tuple[Any, ...]] = {}
+
+    def label_set(self, builder: _SeriesBuilder, full: tuple[str, ...]) -> _LabelSet:
+        """:meth:`_SeriesBuilder._label_set` of these labels: its fields worked out once
+        per distinct value of the labels the mapping reads (a few per team and model)."""
+        key = self.read(full)
+        fields = self.fields.get(key)
+        if fields is None:
+            fields = self.fields[key] = self._fields(builder, full)
+        return _LabelSet(*fields)
+
+    def _fields(self, builder: _SeriesBuilder, full: tuple[str, ...]) -> tuple[Any, ...]:
+        m = builder._mapping
+        first = builder._first_at
+        provider = m.provider or first(full, self.provider)
+        normalized = builder._providers.get(provider, "")
+        if normalized == "":
+            normalized = builder._providers[provider] = normalize_provider(provider)
+        if self.server:
+            normalized = builder._provider_of_host(first(full, self.server), normalized)
+        token_types: list[TokenType | None] = []
+        for metric, at in zip(m.metrics, self.token_type, strict=True):
+            token_type = metric.token_type
+            if at != -2:
+                tt = full[at].strip().lower() if at >= 0 else ""
+                token_type = metric.token_type_values.get(tt)
+            token_types.append(token_type)
+        types = tuple(token_types)
+        return (
+            builder._model or first(full, self.model),
+            normalized,
+            builder._tenant or first(full, self.tenant),
+            first(full, self.namespace),
+            first(full, self.pod),
+            builder._token_types.setdefault(types, types),
+        )
 
 
 class _SeriesBuilder:
@@ -398,6 +526,43 @@ class _SeriesBuilder:
             *(m.token_type_label for m in mapping.metrics if m.token_type_label),
         )
         self._by_tail: dict[bytes, _LabelSet] | None = None if "__name__" in read else {}
+        self._target_values = tuple(self._target.values())
+        self._by_digest: dict[bytes, _LabelSet] | None = None if "__name__" in read else {}
+        self._plans: dict[int, tuple[tuple[str, ...], _Plan]] = {}
+
+    def row(self, name: str, names: tuple[str, ...], values: tuple[str, ...]) -> _Series:
+        """:meth:`__call__` for a page's series given as label names and values (a
+        :class:`SeriesReader` row): what the label names decide (the digest's order, which
+        labels the mapping reads, the target labels under them) is worked out once per names
+        tuple, so a new series costs a format, a digest and a few look-ups, not a dict."""
+        memo = self._plans.get(id(names))
+        if memo is None or memo[0] is not names:
+            memo = (names, _Plan(self, names))
+            self._plans[id(names)] = memo  # the names tuple is kept: its id stays its own
+        plan = memo[1]
+        try:
+            full = values + self._target_values if self._target_values else values
+            ordered = plan.ordered(full)
+            head = plan.fmt % ordered if plan.fmt else ""
+            tail = head.encode()
+            # Label sets by a 128-bit digest of their tail, not the tail (80k tails of ~400
+            # bytes at fleet scale: the first read's peak).
+            by_digest = self._by_digest
+            memo_key = _blake2b(tail, digest_size=16).digest() if by_digest is not None else b""
+            label_set = by_digest.get(memo_key) if by_digest is not None else None
+            if label_set is None:
+                label_set = plan.label_set(self, full)
+                # As _unambiguous: no value holds a NUL, so the tail names these labels.
+                if by_digest is not None and tail.count(b"\0") == plan.size:
+                    by_digest[memo_key] = label_set
+            if name in self._pairing and not label_set.names:
+                strs = self._strs
+                label_set.values = tuple(map(strs.setdefault, ordered, ordered))
+                label_set.names = self._label_names.setdefault(plan.sorted, plan.sorted)
+        except _MALFORMED:
+            return self._skipped(name)
+        name = self._names.get(name, name)
+        return _Series(name, _digest(name, tail + self._salt), label_set)
 
     def __call__(self, name: str, labels: Mapping[str, str]) -> _Series:
         """The series of a sample whose labels mapping may be shared with other samples (a
@@ -457,6 +622,18 @@ class _SeriesBuilder:
                 return v
         return None
 
+    def _first_at(self, full: tuple[str, ...], positions: tuple[int, ...]) -> str | None:
+        """:meth:`_first` over the values at ``positions`` (present labels, in order)."""
+        clean = self._clean
+        for i in positions:
+            raw = full[i]
+            v = clean.get(raw, "")
+            if v == "":
+                v = clean[raw] = clean_value(raw)
+            if v:
+                return v
+        return None
+
     def _label_set(self, labels: Mapping[str, str], tail: bytes) -> _LabelSet:
         m = self._mapping
         provider = m.provider or self._first(labels, m.provider_labels)
@@ -497,8 +674,12 @@ class _SeriesBuilder:
         value) or nothing."""
         m = self._mapping
         host = self._first(labels, m.server_address_labels) if m.server_address_labels else None
+        return self._provider_of_host(host, provider)
+
+    def _provider_of_host(self, host: str | None, provider: str | None) -> str | None:
         if host is None:
             return provider
+        m = self._mapping
         memo = self._hosts.get((host, provider), "")
         if memo == "":
             found = next(
@@ -1032,7 +1213,7 @@ class TokenSource:
         builder = _SeriesBuilder(
             self._mapping, target_labels, self._targets[index].display if several else ""
         )
-        series, values = self._readers[index].read(body, builder)
+        series, values = self._readers[index].read_rows(body, builder.row)
         known, runs, skipped = self._runs[index]
         if series is not known:
             runs = name_runs(series)
