@@ -101,6 +101,7 @@ class DcgmSource:
     slot = Slot.GPUS
     local = False
     min_interval_seconds = 0.0
+    first_read_baseline = False
     targets = None
 
     def __init__(self, settings: DcgmSettings, *, run: CpuRunner) -> None:
@@ -160,7 +161,8 @@ class DcgmSource:
 
 S = TypeVar("S", bound=SeriesEntry)
 _PageKey = tuple[int, str, tuple[tuple[str, str], ...], float, int]
-_pages_in_flight: dict[_PageKey, asyncio.Task[bytes]] = {}
+# Each page read in flight, with how many readers wait for it.
+_pages_in_flight: dict[_PageKey, tuple[asyncio.Task[bytes], list[int]]] = {}
 
 
 async def read_pages(
@@ -229,17 +231,27 @@ async def shared_page(
         settings.timeout_seconds,
         settings.max_response_bytes,
     )
-    task = _pages_in_flight.get(key)
-    if task is None:
+    entry = _pages_in_flight.get(key)
+    if entry is None:
         task = asyncio.create_task(transport.page(client, url, headers))
-        _pages_in_flight[key] = task
+        entry = _pages_in_flight[key] = (task, [0])
         task.add_done_callback(lambda done: _page_read(key, done))
-    # Shielded: one reader timing out (cancelled) does not cancel the other's read.
-    return await asyncio.shield(task)
+    task, waiting = entry
+    waiting[0] += 1
+    try:
+        # Shielded: one reader timing out (cancelled) does not cancel the other's read...
+        return await asyncio.shield(task)
+    finally:
+        waiting[0] -= 1
+        # ...but the last reader gone cancels it: a later refresh must not join a read
+        # started by an earlier one (a hung upstream would then fail every refresh after).
+        if waiting[0] == 0 and not task.done():
+            task.cancel()
 
 
 def _page_read(key: _PageKey, task: asyncio.Task[bytes]) -> None:
-    if _pages_in_flight.get(key) is task:
+    entry = _pages_in_flight.get(key)
+    if entry is not None and entry[0] is task:
         del _pages_in_flight[key]
     if not task.cancelled():
         task.exception()  # retrieved: when every reader was cancelled, nobody else will
