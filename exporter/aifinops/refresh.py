@@ -107,11 +107,17 @@ class SourceRuntime:
     duration: float = 0.0
     logged_state: str | None = None
     attempted_at: float | None = None
+    # A deferred fetch landed and no cycle has used its data yet.
+    unused: bool = False
 
     def due(self, now: float) -> bool:
         """Whether to fetch this cycle: always, unless the source sets
         ``min_interval_seconds`` (a heavy query such as ``opencost_month``); then once per
-        interval after a success and at most every :data:`RETRY_SECONDS` after a failure."""
+        interval after a success and at most every :data:`RETRY_SECONDS` after a failure.
+        Never while a deferred read's data is unused: the cycle it triggered uses that read
+        (a token counter's baseline is the first read, not a second one a moment later)."""
+        if self.unused:
+            return False
         interval = self.source.min_interval_seconds
         if interval <= 0 or self.attempted_at is None:
             return True
@@ -120,9 +126,12 @@ class SourceRuntime:
 
     @property
     def deferrable(self) -> bool:
-        """A source with its own interval (the month query): the loop does not wait for it
+        """A source with its own interval (the month query), or one whose first read only
+        sets baselines (token counters) before that read: the loop does not wait for it
         (see :meth:`Refresher.refresh_once`)."""
-        return self.source.min_interval_seconds > 0
+        if self.source.min_interval_seconds > 0:
+            return True
+        return self.source.first_read_baseline and self.attempted_at is None
 
     def status(self, now: float) -> SourceStatus:
         age = None if self.data is None or self.fetched_at is None else now - self.fetched_at
@@ -372,6 +381,7 @@ class Refresher:
             finally:
                 self._deferred.pop(rt.source.name, None)
             if rt.up:
+                rt.unused = True
                 self._deferred_landed.set()
 
         self._deferred[rt.source.name] = asyncio.create_task(fetch())
@@ -404,7 +414,9 @@ class Refresher:
         within it, so the first refresh publishes the cost series without waiting for it or
         sharing the CPU worker with its decoding; the budgets and chargeback appear with the
         refresh after it lands (the loop starts that one at once, :meth:`run`). Until then
-        its last good data, if any, stays in use.
+        its last good data, if any, stays in use. So is a source's first read when that read
+        only sets baselines (``first_read_baseline``: token counters, whose first read is the
+        coldest of all); the cycle after it counts their increments as it would have.
 
         Every stage is isolated (:data:`STAGES`): an unexpected exception is counted in
         ``aifinops_refresh_failures_total{stage}``, logged once per stage until the stage
@@ -420,10 +432,10 @@ class Refresher:
             # Started once this cycle has published (below): its decoding would otherwise
             # share the CPU worker with this cycle's model and render.
             later = [rt for rt in due if defer and rt.deferrable]
+            for rt in self._runtimes:
+                rt.unused = False  # this cycle's model reads what deferred fetches brought
             try:
-                await asyncio.gather(
-                    *(self._fetch_one(rt) for rt in due if not (defer and rt.deferrable))
-                )
+                await asyncio.gather(*(self._fetch_one(rt) for rt in due if rt not in later))
             except Exception as exc:  # _fetch_one catches a source's own errors
                 self._stage_failed("fetch", exc)
             else:

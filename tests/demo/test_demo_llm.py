@@ -54,6 +54,7 @@ class FakeOpenCost:
     slot = Slot.ALLOCATIONS
     local = False
     min_interval_seconds = 0.0
+    first_read_baseline = False
     targets = None
 
     async def fetch(self, client: httpx.AsyncClient) -> AllocationSet:

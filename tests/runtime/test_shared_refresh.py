@@ -17,6 +17,7 @@ from tests.model.builders import H100, context, pod
 class Fake:
     local = False
     min_interval_seconds = 0.0
+    first_read_baseline = False
     targets = None
 
     def __init__(self, name: str, slot: Slot, data: object) -> None:

@@ -70,8 +70,11 @@ class Source(Protocol, Generic[T_co]):
     ``slot``: the part of the inputs its data fills. ``local``: its data is in-process (the
     bundled price list, the push store), so having it does not make the exporter ready.
     ``min_interval_seconds``: fetch at most this often (0: every refresh; a heavy query such
-    as the month to date sets it). ``targets``: its scrape targets' health for the
-    self-metrics, None for a source without several targets."""
+    as the month to date sets it). ``first_read_baseline``: its first read only sets
+    baselines (a counter's first value is not yet an increment), so the loop's first cycle
+    publishes without waiting for it and reads it right after (``Refresher.refresh_once``).
+    ``targets``: its scrape targets' health for the self-metrics, None for a source without
+    several targets."""
 
     name: str
     slot: Slot
@@ -81,6 +84,9 @@ class Source(Protocol, Generic[T_co]):
 
     @property
     def min_interval_seconds(self) -> float: ...
+
+    @property
+    def first_read_baseline(self) -> bool: ...
 
     @property
     def targets(self) -> ScrapeTargets | None: ...

@@ -176,6 +176,7 @@ class EnergySource:
     slot = Slot.ENERGY
     local = False
     min_interval_seconds = 0.0  # every refresh: each read closes an interval
+    first_read_baseline = False
     targets = None
 
     def __init__(

@@ -189,6 +189,7 @@ class HamiSource:
     slot = Slot.SHARED
     local = False
     min_interval_seconds = 0.0
+    first_read_baseline = False
     targets = None
 
     def __init__(self, settings: HamiSettings, *, run: CpuRunner) -> None:

@@ -333,6 +333,7 @@ class LatencySource:
         self.slot = Slot.LATENCY
         self.local = False
         self.min_interval_seconds = 0.0
+        self.first_read_baseline = False
         self.targets = None
         self._transport = Transport(self.name, settings, run)
 

@@ -95,6 +95,7 @@ class LlmPriceSource:
     slot = Slot.PRICES
     local = True  # a price list alone does not make the exporter ready (see refresh.py)
     min_interval_seconds = 0.0
+    first_read_baseline = False
     targets = None
 
     def __init__(self, settings: LlmPricesSettings, clock: Clock = time.monotonic) -> None:

@@ -93,6 +93,7 @@ class OpenCostSource:
     slot = Slot.ALLOCATIONS
     local = False
     min_interval_seconds = 0.0
+    first_read_baseline = False
     targets = None
 
     def __init__(self, settings: OpenCostSettings, *, run: CpuRunner) -> None:
@@ -339,6 +340,7 @@ class OpenCostMonthSource:
         self._budgets = budgets
         self._clock = clock
         self.min_interval_seconds = float(budgets.refresh_interval_seconds)
+        self.first_read_baseline = False
         self.aggregation = month_aggregation(tenancy, settings)
         self._streamer = _Streamer(self.name, run)
         self.piece_days = settings.month_piece_days

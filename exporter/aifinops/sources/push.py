@@ -20,6 +20,7 @@ class PushSource:
     slot = Slot.TOKENS
     local = True  # in-process data: does not make the exporter ready (see refresh.py)
     min_interval_seconds = 0.0
+    first_read_baseline = False
     targets = None
 
     def __init__(self, store: UsageStore) -> None:

@@ -1044,6 +1044,10 @@ class TokenSource:
         self.slot = Slot.TOKENS
         self.local = False
         self.min_interval_seconds = 0.0
+        # A counter's first value is mostly a baseline (model/tokens.py counter_increments)
+        # and counters lose nothing by being read a cycle later: the first cycle need not
+        # wait for this read (the coldest and heaviest at fleet scale).
+        self.first_read_baseline = True
         # Its scrape targets' health (aifinops_token_target_up): this source reports it.
         self.targets: ScrapeTargets | None = self
         self._transport = Transport(self.name, settings, run)

@@ -27,6 +27,7 @@ class GatedMonth:
         self.name, self.slot = inner.name, inner.slot
         self.local, self.targets = inner.local, inner.targets
         self.min_interval_seconds = inner.min_interval_seconds
+        self.first_read_baseline = inner.first_read_baseline
 
     async def fetch(self, client: Any) -> Any:
         await self.gate.wait()
