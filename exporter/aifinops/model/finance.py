@@ -968,6 +968,7 @@ def infra_month(
     # at 2,000 tenants a month holds ~670k (key, day) entries but ~12k distinct keys, and a
     # tuple per entry was ~36 MB of the finance state (bench/README.md, profile summary).
     keys: dict[TenantResource, TenantResource] = {}
+    tenants: dict[Hashable, str] = {}
     for reused in previous.values():
         for key in reused.dollars:
             keys.setdefault(key, key)
@@ -978,7 +979,7 @@ def infra_month(
             or len(fold.sets) != len(sets)
             or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
         ):
-            fold = _fold_day(tuple(sets), resolver, kept, keys)
+            fold = _fold_day(tuple(sets), resolver, kept, keys, tenants)
         days[day] = fold
     return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
 
@@ -988,16 +989,40 @@ def _fold_day(
     resolver: TenantResolver,
     kept: frozenset[str] | None,
     keys: dict[TenantResource, TenantResource] | None = None,
+    tenants: dict[Hashable, str] | None = None,
 ) -> DayFold:
     """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``).
     ``keys``: the (tenant, resource) tuples to use, shared with other days' folds (a key
-    new here is added to it)."""
+    new here is added to it). ``tenants``: each row's tenant by what the rules read of it,
+    shared with other days' folds (the same pods come back every day)."""
     keys = {} if keys is None else keys
-    parts: dict[TenantResource, list[float]] = defaultdict(list)
-    used: dict[TenantResource, list[float]] = defaultdict(list)
+    tenants = {} if tenants is None else tenants
+    # A key's first part is kept as it is and a list made only for a second one: most
+    # (tenant, resource) keys have one row a day, and the fsum of one value is the value.
+    parts: dict[TenantResource, float] = {}
+    used: dict[TenantResource, float] = {}
+    more_parts: dict[TenantResource, list[float]] = {}
+    more_used: dict[TenantResource, list[float]] = {}
+
+    def add(
+        into: dict[TenantResource, float],
+        more: dict[TenantResource, list[float]],
+        key: TenantResource,
+        value: float,
+    ) -> None:
+        seen = into.get(key)
+        if seen is None:
+            into[keys.setdefault(key, key)] = value
+        else:
+            found = more.get(key)
+            if found is None:
+                more[key] = [seen, value]
+            else:
+                found.append(value)
+
     for allocation_set in sets:
         for row in allocation_set.allocations:
-            tenant = tenant_of(row, resolver)
+            tenant = _row_tenant(row, resolver, tenants)
             if (
                 kept is not None
                 and tenant not in kept
@@ -1006,13 +1031,34 @@ def _fold_day(
                 tenant = OTHER_TENANT
             for resource, usd in _resource_costs(row).items():
                 if usd:
-                    key = (tenant, resource)
-                    parts[keys.setdefault(key, key)].append(usd)
+                    add(parts, more_parts, (tenant, resource), usd)
             for resource, q in _row_quantities(row).items():
                 if q:
-                    key = (tenant, resource)
-                    used[keys.setdefault(key, key)].append(q)
-    return DayFold(sets, _columns(parts), _columns(used))
+                    add(used, more_used, (tenant, resource), q)
+    return DayFold(sets, _first_or_fsum(parts, more_parts), _first_or_fsum(used, more_used))
+
+
+def _row_tenant(row: Allocation, resolver: TenantResolver, tenants: dict[Hashable, str]) -> str:
+    """:func:`tenant_of`, remembered by what the rules read (namespace and both label
+    sets): the month's rows are the same few thousand pods day after day, and resolving
+    one walks every configured key spelling and pattern."""
+    if row.is_idle or row.is_unallocated:
+        return tenant_of(row, resolver)
+    memo = (row.namespace, tuple(row.labels.items()), tuple(row.namespace_labels.items()))
+    found = tenants.get(memo)
+    if found is None:
+        found = tenants[memo] = tenant_of(row, resolver)
+    return found
+
+
+def _first_or_fsum(
+    first: Mapping[TenantResource, float], more: Mapping[TenantResource, list[float]]
+) -> DayColumns[TenantResource]:
+    """Each key's ``fsum`` of its parts (``first`` alone, or ``more`` when it has several),
+    as :class:`DayColumns` (the parts are never 0, so a lone one is its own fsum)."""
+    fsum = math.fsum
+    values = array("d", [fsum(more[k]) if k in more else v for k, v in first.items()])
+    return DayColumns(tuple(first), values)
 
 
 def period_books(
