@@ -57,8 +57,8 @@ from aifinops.model.budgets import (
     BudgetScope,
     BudgetStatus,
     evaluate_budget_fitted,
-    scope_series,
     scope_totals,
+    scopes_of,
 )
 from aifinops.model.calendar import MonthBounds, month_bounds
 from aifinops.model.chargeback import Quantity, current_period, parse_period
@@ -71,7 +71,7 @@ from aifinops.model.finance_types import FinanceReport as FinanceReport
 from aifinops.model.finance_types import LedgerKey as LedgerKey
 from aifinops.model.finance_types import PeriodBooks as PeriodBooks
 from aifinops.model.finance_types import TenantResource as TenantResource
-from aifinops.model.forecast import DailyFit, fit_daily
+from aifinops.model.forecast import DailyFit, fit_history
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
@@ -485,13 +485,15 @@ def fold_closed_days(
     fsum = math.fsum
     if infra is not None:
         for day, fold in infra.days.items():
-            for key, usd in fold.dollars.items():
-                if day < today:
+            if day < today:
+                # A fold's value is already the fsum of its parts (its own fsum).
+                for key, usd in fold.dollars.items():
                     days = by_day.get(key)
                     if days is None:
                         by_day[key] = days = {}
-                    days[day] = fsum((usd,))
-                else:
+                    days[day] = usd
+            else:
+                for key, usd in fold.dollars.items():
                     open_infra[key][day] = usd
     for (tenant, resource, day), usd in daily.items():
         if day < today:
@@ -510,13 +512,7 @@ def fold_closed_days(
     tenants: dict[str, list[TenantResource]] = defaultdict(list)
     for key in by_day:
         tenants[key[0]].append(key)
-    infra_available = infra is not None
-    series = {
-        k: [(local_midnight(d, tz), v) for d, v in sorted(days.items())]
-        for k, days in by_day.items()
-        if infra_available or k[1] == TOKENS_RESOURCE
-    }
-    scope_daily = scope_series(series)
+    keys_by_tenant = {t: tuple(v) for t, v in tenants.items()}
     return ClosedDays(
         infra=infra,
         today=today,
@@ -526,12 +522,72 @@ def fold_closed_days(
         by_day=by_day_columns,
         open_infra=dict(open_infra),
         month_values=month_values,
-        keys_by_tenant={t: tuple(v) for t, v in tenants.items()},
-        fits={
-            key: fit_daily(scope_daily.get(key, ()), today, tz, lookback_days)
-            for key in _fit_keys(budgets)
-        },
+        keys_by_tenant=keys_by_tenant,
+        fits=_scope_fits(
+            by_day_columns, keys_by_tenant, infra is not None, budgets, cal, lookback_days
+        ),
     )
+
+
+def _scope_fits(
+    by_day: Mapping[TenantResource, DayColumns[date]],
+    keys_by_tenant: Mapping[str, Sequence[TenantResource]],
+    infra_available: bool,
+    budgets: Sequence[Budget],
+    cal: RefreshCalendar,
+    lookback_days: int,
+) -> dict[tuple[str, BudgetScope], DailyFit]:
+    """The forecast fit of each budget's scope and the cluster's: what
+    ``fit_daily(scope_series(...)[key])`` gives, from the closed days' columns of the keys
+    in that scope only (a tenant's own, or every key for :data:`GLOBAL_TENANT`), each
+    day's values summed with one ``fsum`` over the columns that share its dates."""
+    tz, zone = cal.tz, ZoneInfo(cal.tz)
+    counted = [k for k in by_day if infra_available or k[1] == TOKENS_RESOURCE]
+    # The local date each day's midnight reads back as (``daily_by_date``): that day.
+    read_back: dict[date, date] = {}
+    fits: dict[tuple[str, BudgetScope], DailyFit] = {}
+    for tenant, scope in _fit_keys(budgets):
+        if tenant == GLOBAL_TENANT:
+            members = counted
+        else:
+            members = [
+                k
+                for k in keys_by_tenant.get(tenant, ())
+                if infra_available or k[1] == TOKENS_RESOURCE
+            ]
+        per_day = _day_sums([by_day[k] for k in members if scope in scopes_of(k[1])])
+        by_date: dict[date, list[float]] = {}
+        for day, usd in per_day.items():
+            if not math.isfinite(usd):
+                continue  # dropped as daily_by_date drops it
+            back = read_back.get(day)
+            if back is None:
+                back = read_back[day] = datetime.fromtimestamp(local_midnight(day, tz), zone).date()
+            by_date.setdefault(back, []).append(usd)
+        history = {d: math.fsum(v) for d, v in by_date.items()}
+        fits[(tenant, scope)] = fit_history(history, cal.today, lookback_days)
+    return fits
+
+
+def _day_sums(columns: Sequence[DayColumns[date]]) -> dict[date, float]:
+    """The ``fsum`` per date of the values of ``columns``; columns with one dates tuple (by
+    identity: :func:`_date_columns` shares equal runs) are summed column-wise, without a
+    list per date."""
+    runs: dict[int, tuple[tuple[date, ...], list[array[float]]]] = {}
+    for col in columns:
+        found = runs.get(id(col.keys_tuple))
+        if found is None:
+            runs[id(col.keys_tuple)] = (col.keys_tuple, [col.values_array])
+        else:
+            found[1].append(col.values_array)
+    if len(runs) == 1:
+        ((dates, arrays),) = runs.values()
+        return dict(zip(dates, map(math.fsum, zip(*arrays, strict=True)), strict=True))
+    parts: dict[date, list[float]] = {}
+    for dates, arrays in runs.values():
+        for day, values in zip(dates, zip(*arrays, strict=True), strict=True):
+            parts.setdefault(day, []).extend(values)
+    return {d: math.fsum(v) for d, v in parts.items()}
 
 
 def _date_columns(
@@ -843,6 +899,15 @@ class DayColumns(Mapping[K, float], Generic[K]):
         self._keys = keys
         self._values = values
         self._index: dict[K, int] | None = None
+
+    @property
+    def keys_tuple(self) -> tuple[K, ...]:
+        """The keys as given (possibly shared with other columns)."""
+        return self._keys
+
+    @property
+    def values_array(self) -> array[float]:
+        return self._values
 
     def __getitem__(self, key: K) -> float:
         if self._index is None:
