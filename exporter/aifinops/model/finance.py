@@ -1069,22 +1069,6 @@ def _fold_day(
     more_parts: dict[TenantResource, list[float]] = {}
     more_used: dict[TenantResource, list[float]] = {}
 
-    def add(
-        into: dict[TenantResource, float],
-        more: dict[TenantResource, list[float]],
-        key: TenantResource,
-        value: float,
-    ) -> None:
-        seen = into.get(key)
-        if seen is None:
-            into[keys.setdefault(key, key)] = value
-        else:
-            found = more.get(key)
-            if found is None:
-                more[key] = [seen, value]
-            else:
-                found.append(value)
-
     for allocation_set in sets:
         for row in allocation_set.allocations:
             tenant = _row_tenant(row, resolver, tenants)
@@ -1094,12 +1078,21 @@ def _fold_day(
                 and tenant not in (IDLE_TENANT, OTHER_TENANT)
             ):
                 tenant = OTHER_TENANT
-            for resource, usd in _resource_costs(row).items():
-                if usd:
-                    add(parts, more_parts, (tenant, resource), usd)
-            for resource, q in _row_quantities(row).items():
-                if q:
-                    add(used, more_used, (tenant, resource), q)
+            for into, more, values in (
+                (parts, more_parts, _resource_costs(row)),
+                (used, more_used, _row_quantities(row)),
+            ):
+                for resource, value in values.items():
+                    if not value:
+                        continue
+                    key = (tenant, resource)
+                    seen = into.get(key)
+                    if seen is None:
+                        into[keys.setdefault(key, key)] = value
+                    elif (found := more.get(key)) is None:
+                        more[key] = [seen, value]
+                    else:
+                        found.append(value)
     return DayFold(sets, _first_or_fsum(parts, more_parts), _first_or_fsum(used, more_used))
 
 
@@ -1154,7 +1147,8 @@ def period_books(
     for day in infra.spans:
         months[day.strftime("%Y-%m")].append(day)
     out: dict[str, PeriodBooks] = {}
-    used: dict[TenantResource, dict[date, float]] | None = None
+    # Every key's place in the quantities: where it is first seen over all the days.
+    order: tuple[TenantResource, ...] | None = None
     for name, days in months.items():
         hit = cached.get(name) if cached is not None else None
         if hit is not None and name != period:
@@ -1170,31 +1164,75 @@ def period_books(
         elif name > period or first.day != 1 or covered_start > local_midnight(first, tz) + 1:
             continue  # a later month (none), or one OpenCost holds only part of
         else:
-            wanted = set(days)
-            dollars = {
-                k: v
-                for k, v in (
-                    (k, math.fsum(u for d, u in per_day.items() if d in wanted))
-                    for k, per_day in by_day.items()
-                )
-                if v
-            }
+            dollars = {k: v for k, v in _date_sums(by_day, set(days)).items() if v}
         qty: dict[TenantResource, Quantity] = {}
         if hit is not None:
             qty = {k: v for k, v in hit.quantities.items() if k[1] != TOKENS_RESOURCE}
         else:
-            wanted_days = set(days)
-            if used is None:
-                used = infra.quantities
-            for (tenant, resource), per_day in used.items():
-                value = math.fsum(q for d, q in per_day.items() if d in wanted_days)
+            if order is None:
+                order = tuple(_fold_sums([fold.quantities for fold in infra.days.values()]))
+            summed = _fold_sums([infra.days[d].quantities for d in days])
+            for key in order:
+                value = summed.get(key)
                 if value:
-                    qty[(tenant, resource)] = Quantity(value, QUANTITY_UNITS[resource])
+                    qty[key] = Quantity(value, QUANTITY_UNITS[key[1]])
         if name == period:
             for tenant, n in tokens.items():
                 if n > 0:
                     qty[(tenant, TOKENS_RESOURCE)] = Quantity(n, QUANTITY_UNITS[TOKENS_RESOURCE])
         out[name] = PeriodBooks(name, dollars, qty, covered_start, covered_end)
+    return out
+
+
+def _fold_sums(folds: Sequence[Mapping[TenantResource, float]]) -> dict[TenantResource, float]:
+    """The ``fsum`` per key of ``folds``' values, keys in the order first seen. Day folds
+    are :class:`DayColumns` whose key tuples are mostly equal from day to day: those are
+    summed column-wise (one ``fsum`` per key over a ``zip`` of the days' arrays)."""
+    groups: list[tuple[tuple[TenantResource, ...], list[array[float]]]] = []
+    for fold in folds:
+        if isinstance(fold, DayColumns):
+            keys, values = fold.keys_tuple, fold.values_array
+        else:
+            keys, values = tuple(fold), array("d", fold.values())
+        for group in groups:
+            if group[0] is keys or group[0] == keys:
+                group[1].append(values)
+                break
+        else:
+            groups.append((keys, [values]))
+    if len(groups) == 1:
+        ((keys, arrays),) = groups
+        return dict(zip(keys, map(math.fsum, zip(*arrays, strict=True)), strict=True))
+    # Groups in the order of their first day, each the exact keys of that day: iterating
+    # them in order meets each key first where it was first seen.
+    parts: dict[TenantResource, list[float]] = {}
+    for keys, arrays in groups:
+        for key, values in zip(keys, zip(*arrays, strict=True), strict=True):
+            parts.setdefault(key, []).extend(values)
+    return {k: math.fsum(v) for k, v in parts.items()}
+
+
+def _date_sums(
+    by_day: Mapping[TenantResource, Mapping[date, float]], wanted: set[date]
+) -> dict[TenantResource, float]:
+    """The ``fsum`` per key of its values on the ``wanted`` days (0.0 for none), in
+    ``by_day``'s order; a run of dates shared by many keys (:func:`_date_columns`) is looked
+    at once, and a contiguous selection summed as an array slice."""
+    chosen: dict[int, slice | list[int]] = {}
+    out: dict[TenantResource, float] = {}
+    fsum = math.fsum
+    for key, per_day in by_day.items():
+        if not isinstance(per_day, DayColumns):
+            out[key] = fsum(u for d, u in per_day.items() if d in wanted)
+            continue
+        dates = per_day.keys_tuple
+        sel = chosen.get(id(dates))
+        if sel is None:
+            at = [i for i, d in enumerate(dates) if d in wanted]
+            contiguous = bool(at) and at[-1] - at[0] + 1 == len(at)
+            sel = chosen[id(dates)] = slice(at[0], at[-1] + 1) if contiguous else at
+        values = per_day.values_array
+        out[key] = fsum(values[sel]) if isinstance(sel, slice) else fsum(values[i] for i in sel)
     return out
 
 
