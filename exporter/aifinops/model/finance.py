@@ -48,6 +48,8 @@ from collections import defaultdict
 from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from itertools import chain
+from operator import itemgetter
 from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -660,6 +662,12 @@ class MonthSpend:
             yield key, [*closed.items(), *opened.items()]
 
 
+def published_tenants(report: Report) -> frozenset[str]:
+    """The tenants with a cost rate in ``report`` (what it publishes when it folds the rest
+    into ``__other__``)."""
+    return frozenset(map(itemgetter(0), chain.from_iterable(report.cost.rates.values())))
+
+
 def month_spend(
     report: Report,
     monthly: DailyAllocationSets | None,
@@ -674,7 +682,7 @@ def month_spend(
     every refresh."""
     kept: frozenset[str] | None = None
     if report.cost.folded_tenants > 0:
-        kept = frozenset(t for rates in report.cost.rates.values() for t, _ in rates)
+        kept = published_tenants(report)
     infra: InfraMonth | None = None
     if monthly is not None:
         infra = infra_month(state.infra, monthly, resolver, kept, cal.tz)
@@ -682,10 +690,10 @@ def month_spend(
         state.closed, infra, own.daily, cal, ctx.lookback_days, own.closed_touched, ctx.budgets
     )
     today = cal.today
-    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for key, days in closed.open_infra.items():
-        for day, usd in days.items():
-            parts[key][day].append(usd)
+    fsum = math.fsum
+    # Today's parts besides OpenCost's: the rate since the month query ran, and the
+    # exporter's own tokens and charge-back of today (and any later day).
+    rate_part: dict[TenantResource, float] = {}
     if monthly is not None:
         gap_hours = max(0.0, cal.now - monthly.end) / SECONDS_PER_HOUR
         if gap_hours > 0:
@@ -695,25 +703,59 @@ def month_spend(
                     continue
                 own_rate = rate - moved.get((tenant, resource), 0.0)
                 if own_rate:
-                    parts[(tenant, resource)][today].append(own_rate * gap_hours)
+                    rate_part[(tenant, resource)] = own_rate * gap_hours
+    own_part: dict[TenantResource, dict[date, list[float]]] = {}
     for (tenant, resource, day), usd in own.daily.items():
         if day >= today:
-            parts[(tenant, resource)][day].append(usd)
-    open_by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
+            own_part.setdefault((tenant, resource), {}).setdefault(day, []).append(usd)
+
+    def merged(
+        infra_days: Mapping[date, float], rate: float | None, mine: Mapping[date, list[float]]
+    ) -> dict[date, float]:
+        parts = {d: [usd] for d, usd in infra_days.items()}
+        if rate is not None:
+            parts.setdefault(today, []).append(rate)
+        for day, values in mine.items():
+            parts.setdefault(day, []).extend(values)
+        return {d: fsum(v) for d, v in parts.items()}
+
+    # Keys in the order OpenCost's open days, the rates, the exporter's own days bring them.
+    # The usual key has OpenCost's today and a rate: one fsum of two, no lists; one with
+    # OpenCost's days alone shares them (each a fold's fsum, its own fsum).
+    open_by_day: dict[TenantResource, Mapping[date, float]] = {}
+    for key, infra_days in closed.open_infra.items():
+        rate = rate_part.pop(key, None)
+        mine = own_part.pop(key, None)
+        if mine is None and len(infra_days) == 1 and today in infra_days:
+            open_by_day[key] = (
+                infra_days if rate is None else {today: fsum((infra_days[today], rate))}
+            )
+        else:
+            open_by_day[key] = merged(infra_days, rate, mine or {})
+    for key, rate in rate_part.items():
+        mine = own_part.pop(key, None)
+        open_by_day[key] = {today: fsum((rate,))} if mine is None else merged({}, rate, mine)
+    for key, mine in own_part.items():
+        open_by_day[key] = merged({}, None, mine)
     open_tenants: dict[str, list[TenantResource]] = defaultdict(list)
     for key in open_by_day:
         open_tenants[key[0]].append(key)
 
     infra_available = monthly is not None
     month_to_date: dict[TenantResource, float] = {}
-    for key in (*closed.by_day, *(k for k in open_by_day if k not in closed.by_day)):
+    month_values = closed.month_values
+    closed_keys = closed.by_day
+    for key in (*closed_keys, *[k for k in open_by_day if k not in closed_keys]):
         if not infra_available and key[1] != TOKENS_RESOURCE:
             continue
         todays = open_by_day.get(key)
-        values = closed.month_values.get(key, ())
+        values = month_values.get(key, ())
         if todays:
-            values = (*values, *(v for d, v in todays.items() if d <= today))
-        month_to_date[key] = math.fsum(values)
+            if len(todays) == 1 and today in todays:
+                values = (*values, todays[today])
+            else:
+                values = (*values, *(v for d, v in todays.items() if d <= today))
+        month_to_date[key] = fsum(values)
     tenant_mtd: dict[str, float] = {}
     if infra_available:
         by_tenant: dict[str, list[float]] = defaultdict(list)
@@ -1467,7 +1509,7 @@ def _spot_candidates(
     if allocations is None or not policy.spot:
         return []
     keys = {policy.spot_label_key, _sanitized(policy.spot_label_key)}
-    kept = {t for rates in report.cost.rates.values() for t, _ in rates}
+    kept = published_tenants(report) if report.cost.folded_tenants else frozenset()
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in allocations.allocations:
         if row.gpu_cost <= 0 or not row.namespace or not row.pod:
