@@ -64,7 +64,7 @@ from aifinops.model.budgets import (
 )
 from aifinops.model.calendar import MonthBounds, month_bounds
 from aifinops.model.chargeback import Quantity, current_period, parse_period
-from aifinops.model.cost import _resource_costs, tenant_of
+from aifinops.model.cost import tenant_of
 
 # Re-exported: the finance step's types are read from here by its callers.
 from aifinops.model.finance_types import DEFAULT_HISTORY_MONTHS as DEFAULT_HISTORY_MONTHS
@@ -170,6 +170,32 @@ QUANTITY_UNITS: Mapping[str, str] = {
     "storage": "GiB-Hours",
     TOKENS_RESOURCE: "Tokens",
 }
+
+
+# The resources of cost.py's _resource_costs and of _row_quantities, in their order, and
+# their values as tuples (the month's fold reads ~90k rows; a dict per row was a third of it).
+COST_RESOURCES = ("gpu", "cpu", "ram", "storage", "network", "shared")
+QUANTITY_RESOURCES = ("gpu", "cpu", "ram", "storage")
+
+
+def _row_costs(row: Allocation) -> tuple[float, float, float, float, float, float]:
+    return (
+        row.gpu_cost,
+        row.cpu_cost,
+        row.ram_cost,
+        row.pv_cost,
+        row.network_cost + row.load_balancer_cost,
+        row.shared_cost + row.external_cost,
+    )
+
+
+def _row_quantity_values(row: Allocation) -> tuple[float, float, float, float]:
+    return (
+        row.gpu_hours,
+        row.cpu_core_hours,
+        row.ram_byte_hours / GIB,
+        row.pv_byte_hours / GIB,
+    )
 
 
 def _row_quantities(row: Allocation) -> dict[str, float]:
@@ -1075,7 +1101,6 @@ def infra_month(
     # at 2,000 tenants a month holds ~670k (key, day) entries but ~12k distinct keys, and a
     # tuple per entry was ~36 MB of the finance state (bench/README.md, profile summary).
     keys: dict[TenantResource, TenantResource] = {}
-    tenants: dict[Hashable, str] = {}
     for reused in previous.values():
         for key in reused.dollars:
             keys.setdefault(key, key)
@@ -1086,7 +1111,7 @@ def infra_month(
             or len(fold.sets) != len(sets)
             or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
         ):
-            fold = _fold_day(tuple(sets), resolver, kept, keys, tenants)
+            fold = _fold_day(tuple(sets), resolver, kept, keys)
         days[day] = fold
     return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
 
@@ -1096,14 +1121,11 @@ def _fold_day(
     resolver: TenantResolver,
     kept: frozenset[str] | None,
     keys: dict[TenantResource, TenantResource] | None = None,
-    tenants: dict[Hashable, str] | None = None,
 ) -> DayFold:
     """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``).
     ``keys``: the (tenant, resource) tuples to use, shared with other days' folds (a key
-    new here is added to it). ``tenants``: each row's tenant by what the rules read of it,
-    shared with other days' folds (the same pods come back every day)."""
+    new here is added to it)."""
     keys = {} if keys is None else keys
-    tenants = {} if tenants is None else tenants
     # A key's first part is kept as it is and a list made only for a second one: most
     # (tenant, resource) keys have one row a day, and the fsum of one value is the value.
     parts: dict[TenantResource, float] = {}
@@ -1111,44 +1133,42 @@ def _fold_day(
     more_parts: dict[TenantResource, list[float]] = {}
     more_used: dict[TenantResource, list[float]] = {}
 
+    # Each tenant's (tenant, resource) keys made once, in the order of the resources.
+    tenant_keys: dict[str, tuple[tuple[TenantResource, ...], tuple[TenantResource, ...]]] = {}
     for allocation_set in sets:
         for row in allocation_set.allocations:
-            tenant = _row_tenant(row, resolver, tenants)
+            tenant = tenant_of(row, resolver)
             if (
                 kept is not None
                 and tenant not in kept
                 and tenant not in (IDLE_TENANT, OTHER_TENANT)
             ):
                 tenant = OTHER_TENANT
-            for into, more, values in (
-                (parts, more_parts, _resource_costs(row)),
-                (used, more_used, _row_quantities(row)),
-            ):
-                for resource, value in values.items():
-                    if not value:
-                        continue
-                    key = (tenant, resource)
-                    seen = into.get(key)
+            made = tenant_keys.get(tenant)
+            if made is None:
+                made = tenant_keys[tenant] = (
+                    tuple(keys.setdefault((tenant, r), (tenant, r)) for r in COST_RESOURCES),
+                    tuple(keys.setdefault((tenant, r), (tenant, r)) for r in QUANTITY_RESOURCES),
+                )
+            for key, value in zip(made[0], _row_costs(row), strict=True):
+                if value:
+                    seen = parts.get(key)
                     if seen is None:
-                        into[keys.setdefault(key, key)] = value
-                    elif (found := more.get(key)) is None:
-                        more[key] = [seen, value]
+                        parts[key] = value
+                    elif (found := more_parts.get(key)) is None:
+                        more_parts[key] = [seen, value]
+                    else:
+                        found.append(value)
+            for key, value in zip(made[1], _row_quantity_values(row), strict=True):
+                if value:
+                    seen = used.get(key)
+                    if seen is None:
+                        used[key] = value
+                    elif (found := more_used.get(key)) is None:
+                        more_used[key] = [seen, value]
                     else:
                         found.append(value)
     return DayFold(sets, _first_or_fsum(parts, more_parts), _first_or_fsum(used, more_used))
-
-
-def _row_tenant(row: Allocation, resolver: TenantResolver, tenants: dict[Hashable, str]) -> str:
-    """:func:`tenant_of`, remembered by what the rules read (namespace and both label
-    sets): the month's rows are the same few thousand pods day after day, and resolving
-    one walks every configured key spelling and pattern."""
-    if row.is_idle or row.is_unallocated:
-        return tenant_of(row, resolver)
-    memo = (row.namespace, tuple(row.labels.items()), tuple(row.namespace_labels.items()))
-    found = tenants.get(memo)
-    if found is None:
-        found = tenants[memo] = tenant_of(row, resolver)
-    return found
 
 
 def _first_or_fsum(
