@@ -750,17 +750,22 @@ def month_spend(
     # OpenCost's days alone shares them (each a fold's fsum, its own fsum).
     open_by_day: dict[TenantResource, Mapping[date, float]] = {}
     for key, infra_days in closed.open_infra.items():
-        rate = rate_part.pop(key, None)
+        since_query = rate_part.pop(key, None)
         mine = own_part.pop(key, None)
         if mine is None and len(infra_days) == 1 and today in infra_days:
             open_by_day[key] = (
-                infra_days if rate is None else {today: fsum((infra_days[today], rate))}
+                infra_days
+                if since_query is None
+                else {today: fsum((infra_days[today], since_query))}
             )
         else:
-            open_by_day[key] = merged(infra_days, rate, mine or {})
-    for key, rate in rate_part.items():
+            open_by_day[key] = merged(infra_days, since_query, mine or {})
+    for key, since_query in rate_part.items():
         mine = own_part.pop(key, None)
-        open_by_day[key] = {today: fsum((rate,))} if mine is None else merged({}, rate, mine)
+        if mine is None:
+            open_by_day[key] = {today: fsum((since_query,))}
+        else:
+            open_by_day[key] = merged({}, since_query, mine)
     for key, mine in own_part.items():
         open_by_day[key] = merged({}, None, mine)
     open_tenants: dict[str, list[TenantResource]] = defaultdict(list)
@@ -1269,8 +1274,8 @@ def _fold_sums(folds: Sequence[Mapping[TenantResource, float]]) -> dict[TenantRe
     # them in order meets each key first where it was first seen.
     parts: dict[TenantResource, list[float]] = {}
     for keys, arrays in groups:
-        for key, values in zip(keys, zip(*arrays, strict=True), strict=True):
-            parts.setdefault(key, []).extend(values)
+        for key, day_values in zip(keys, zip(*arrays, strict=True), strict=True):
+            parts.setdefault(key, []).extend(day_values)
     return {k: math.fsum(v) for k, v in parts.items()}
 
 
