@@ -19,12 +19,12 @@ from aifinops.demo.cluster import ClusterSpec, SimCluster
 from aifinops.model import finance
 from aifinops.model.budgets import Budget
 from aifinops.model.cost import _resource_costs, tenant_of
-from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
-from aifinops.model.report import ModelState, Report
+from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets, Inputs
+from aifinops.model.report import ModelState, Report, build_report
 from aifinops.model.roi import BenefitInputs, Initiative
 from aifinops.sources.opencost import parse_allocation_sets
 from tests.model import finance_reference as reference
-from tests.model.builders import pricer, resolver
+from tests.model.builders import context, pricer, resolver, small_cluster
 from tests.model.test_finance_cache import FIGURES, settled
 from tests.model.test_finance_model import DAY, report_at
 
@@ -70,6 +70,7 @@ def run_both(
     monthly_at: dict[int, DailyAllocationSets],
     tenants: list[str],
     fold_tenants: bool = False,
+    spot: bool = False,
 ) -> int:
     """Both finance steps fed their own states over ``steps`` (the month query answering
     anew at the steps of ``monthly_at``); returns how many steps compared."""
@@ -80,7 +81,12 @@ def run_both(
     tokens = {"a": 0.0, tenants[0]: 0.0}
     for i, now in enumerate(steps):
         monthly = monthly_at.get(i, monthly)
-        report, model = report_at(now, model, {"a": 1.0 + (i % 3) / 10, "b": 2.0})
+        allocations = None
+        if spot:  # a cluster with GPUs and fault-tolerant pods: spot candidates
+            allocations = spot_cluster_rows(i)
+            report, model = build_report(Inputs(SPOT_GPUS, allocations), context(), model, now)
+        else:
+            report, model = report_at(now, model, {"a": 1.0 + (i % 3) / 10, "b": 2.0})
         tokens["a"] += 0.25
         tokens[tenants[0]] += 0.5 if i % 4 else 0.0
         accrued = dict(report.accrued)
@@ -88,13 +94,30 @@ def run_both(
         report = replace(report, accrued=accrued)
         if fold_tenants:  # the report folds all but its own tenants into __other__
             report = replace(report, cost=replace(report.cost, folded_tenants=3))
-        inputs = finance.FinanceInputs(monthly=monthly)
+        inputs = finance.FinanceInputs(monthly=monthly, allocations=allocations)
         new, new_state = finance.build_finance(report, inputs, ctx, res, pricer(), new_state, now)
         old, old_state = reference.build_finance(report, inputs, ctx, res, pricer(), old_state, now)
         assert figures(new) == figures(old), f"step {i} at {now}"
         assert orders(new) == orders(old), f"step {i} at {now}"
     assert isinstance(report, Report) and new.budgets and new.books
+    kinds = {r.kind for r in new.recommendations}
+    assert "budget_at_risk" in kinds and (not spot or "spot" in kinds), kinds
     return len(steps)
+
+
+_ROWS, SPOT_GPUS = small_cluster()
+
+
+def spot_cluster_rows(i: int) -> AllocationSet:
+    """small_cluster's rows, two GPU pods labelled fault-tolerant (the raw key and the
+    sanitized one), costs moving from refresh to refresh."""
+    rows = []
+    for row in _ROWS:
+        if row.pod in ("a", "b1"):
+            key = "aifinops.io/fault-tolerant" if row.pod == "a" else "aifinops_io_fault_tolerant"
+            row = replace(row, labels={**row.labels, key: "true"})
+        rows.append(replace(row, gpu_cost=row.gpu_cost * (1 + (i % 4) / 8)))
+    return AllocationSet(1.0, tuple(rows))
 
 
 ANSWERS: dict[tuple[float, float], list[object]] = {}
@@ -122,9 +145,9 @@ def sim() -> SimCluster:
 
 
 @pytest.mark.parametrize("tz", ["UTC", "Europe/Paris"])
-@pytest.mark.parametrize("fold_tenants", [False, True])
+@pytest.mark.parametrize(("fold_tenants", "spot"), [(False, False), (True, False), (False, True)])
 def test_demo_cluster_month_gives_the_reference_figures(
-    sim: SimCluster, tz: str, fold_tenants: bool
+    sim: SimCluster, tz: str, fold_tenants: bool, spot: bool
 ) -> None:
     month_end = NOVEMBER[tz]
     first = month_end - 12 * DAY
@@ -138,7 +161,7 @@ def test_demo_cluster_month_gives_the_reference_figures(
     rows = [row for _, _, s in monthly_at[0].sets for row in s.allocations]
     tenants = sorted({tenant_of(row, resolver()) for row in rows})
     assert len(tenants) > 3 and "__idle__" in tenants
-    assert run_both(tz, steps, monthly_at, tenants, fold_tenants) > 40
+    assert run_both(tz, steps, monthly_at, tenants, fold_tenants, spot) > 40
 
 
 def awkward_row(name: str, tenant: str | None, **costs: float) -> Allocation:
