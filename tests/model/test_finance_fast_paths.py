@@ -91,7 +91,10 @@ def run_both(
         tokens[tenants[0]] += 0.5 if i % 4 else 0.0
         accrued = dict(report.accrued)
         accrued |= {(t, "tokens", "allocation"): usd for t, usd in tokens.items()}
-        report = replace(report, accrued=accrued)
+        # Self-hosted charge-back moved onto keys OpenCost books too (the exporter's own
+        # daily ledger and OpenCost's folds meet on a closed day).
+        moved = {(tenants[0], "gpu"): 0.5 + i % 3, (tenants[1], "cpu"): -0.25, ("a", "ram"): 0.1}
+        report = replace(report, accrued=accrued, charge_back={"allocation": moved})
         if fold_tenants:  # the report folds all but its own tenants into __other__
             report = replace(report, cost=replace(report.cost, folded_tenants=3))
         inputs = finance.FinanceInputs(monthly=monthly, allocations=allocations)

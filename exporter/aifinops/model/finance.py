@@ -45,7 +45,16 @@ import functools
 import math
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from itertools import chain, compress
@@ -504,38 +513,63 @@ def fold_closed_days(
         and cached.budgets == tuple(budgets)
     ):
         return cached
-    # A (key, closed day) has at most two parts, OpenCost's (one fold per day) and the
-    # exporter's (one daily entry), so each day's fsum is taken as they come rather than
-    # from a list per (key, day): ~400k lists at 2,000 tenants (bench/README.md).
-    by_day: dict[TenantResource, dict[date, float]] = {}
+    # The closed days' folds turned into columns per key: days whose folds have equal key
+    # tuples (most of them) are transposed at once (``zip``), so a key that only OpenCost
+    # booked keeps that run's dates tuple and values as they are, without a dict per key.
+    # A (key, closed day) has at most two parts, OpenCost's and the exporter's (one daily
+    # entry): such keys are merged in a dict, each day's fsum taken as it comes.
+    segments: dict[TenantResource, list[tuple[tuple[date, ...], tuple[float, ...]]]] = {}
+    # Equal dates tuples shared (the forecast fits sum the keys of one run column-wise).
+    runs: dict[tuple[date, ...], tuple[date, ...]] = {}
     open_infra: dict[TenantResource, dict[date, float]] = defaultdict(dict)
     fsum = math.fsum
     if infra is not None:
+        closed_folds: list[tuple[date, Mapping[TenantResource, float]]] = []
         for day, fold in infra.days.items():
             if day < today:
-                # A fold's value is already the fsum of its parts (its own fsum).
-                for key, usd in fold.dollars.items():
-                    days = by_day.get(key)
-                    if days is None:
-                        by_day[key] = days = {}
-                    days[day] = usd
+                closed_folds.append((day, fold.dollars))
             else:
                 for key, usd in fold.dollars.items():
                     open_infra[key][day] = usd
+        for dates, keys, rows in _transposed(closed_folds):
+            dates = runs.setdefault(dates, dates)
+            for key, values in zip(keys, rows, strict=True):
+                found = segments.get(key)
+                if found is None:
+                    segments[key] = [(dates, values)]
+                else:
+                    found.append((dates, values))
+    own_closed: dict[TenantResource, dict[date, float]] = {}
     for (tenant, resource, day), usd in daily.items():
         if day < today:
-            key = (tenant, resource)
-            days = by_day.get(key)
-            if days is None:
-                by_day[key] = days = {}
+            own_closed.setdefault((tenant, resource), {})[day] = usd
+    by_day: dict[TenantResource, DayColumns[date]] = {}
+    month_values: dict[TenantResource, tuple[float, ...]] = {}
+    in_month: dict[int, slice | list[int]] = {}
+    month_first = cal.month_first
+    for key in (*segments, *[k for k in own_closed if k not in segments]):
+        segs = segments.get(key, ())
+        own_days = own_closed.get(key)
+        if own_days is None and len(segs) == 1:
+            dates, values = segs[0]
+            sel = in_month.get(id(dates))
+            if sel is None:
+                sel = in_month[id(dates)] = _positions(dates, lambda d: d >= month_first)
+            by_day[key] = DayColumns(dates, array("d", values))
+            month_values[key] = exact_partials(
+                values[sel] if isinstance(sel, slice) else [values[i] for i in sel]
+            )
+            continue
+        days: dict[date, float] = {}
+        for seg_dates, seg_values in segs:
+            days.update(zip(seg_dates, seg_values, strict=True))
+        for day, usd in (own_days or {}).items():
             # OpenCost's part (its fsum is the value itself) first, as a list would have it.
             seen = days.get(day)
             days[day] = fsum((usd,)) if seen is None else fsum((seen, usd))
-    month_values = {
-        k: exact_partials(v for d, v in days.items() if d >= cal.month_first)
-        for k, days in by_day.items()
-    }
-    by_day_columns = _date_columns(by_day)
+        dates = tuple(days)
+        by_day[key] = DayColumns(runs.setdefault(dates, dates), array("d", days.values()))
+        month_values[key] = exact_partials(v for d, v in days.items() if d >= month_first)
     tenants: dict[str, list[TenantResource]] = defaultdict(list)
     for key in by_day:
         tenants[key[0]].append(key)
@@ -546,13 +580,11 @@ def fold_closed_days(
         tz=tz,
         lookback_days=lookback_days,
         budgets=tuple(budgets),
-        by_day=by_day_columns,
+        by_day=by_day,
         open_infra=dict(open_infra),
         month_values=month_values,
         keys_by_tenant=keys_by_tenant,
-        fits=_scope_fits(
-            by_day_columns, keys_by_tenant, infra is not None, budgets, cal, lookback_days
-        ),
+        fits=_scope_fits(by_day, keys_by_tenant, infra is not None, budgets, cal, lookback_days),
     )
 
 
@@ -598,7 +630,7 @@ def _scope_fits(
 
 def _day_sums(columns: Sequence[DayColumns[date]]) -> dict[date, float]:
     """The ``fsum`` per date of the values of ``columns``; columns with one dates tuple (by
-    identity: :func:`_date_columns` shares equal runs) are summed column-wise, without a
+    identity: :func:`fold_closed_days` shares equal runs) are summed column-wise, without a
     list per date."""
     runs: dict[int, tuple[tuple[date, ...], list[array[float]]]] = {}
     for col in columns:
@@ -617,17 +649,36 @@ def _day_sums(columns: Sequence[DayColumns[date]]) -> dict[date, float]:
     return {d: math.fsum(v) for d, v in parts.items()}
 
 
-def _date_columns(
-    by_day: Mapping[TenantResource, Mapping[date, float]],
-) -> dict[TenantResource, DayColumns[date]]:
-    """Each key's days as :class:`DayColumns`, equal runs of dates sharing one tuple (most
-    keys have every day of the month): ~12k dicts of ~46 float objects at 2,000 tenants."""
-    runs: dict[tuple[date, ...], tuple[date, ...]] = {}
-    out: dict[TenantResource, DayColumns[date]] = {}
-    for key, days in by_day.items():
-        dates = tuple(days)
-        out[key] = DayColumns(runs.setdefault(dates, dates), array("d", days.values()))
-    return out
+def _transposed(
+    folds: Sequence[tuple[date, Mapping[TenantResource, float]]],
+) -> Iterator[tuple[tuple[date, ...], tuple[TenantResource, ...], Iterator[tuple[float, ...]]]]:
+    """Day folds grouped by equal key tuples (in the order of each group's first day):
+    each group's dates, keys, and per key its values on those dates."""
+    groups: list[tuple[tuple[TenantResource, ...], list[date], list[Sequence[float]]]] = []
+    for day, fold in folds:
+        keys: tuple[TenantResource, ...]
+        values: Sequence[float]
+        if isinstance(fold, DayColumns):
+            keys, values = fold.keys_tuple, fold.values_array
+        else:
+            keys, values = tuple(fold), tuple(fold.values())
+        for group in groups:
+            if group[0] is keys or group[0] == keys:
+                group[1].append(day)
+                group[2].append(values)
+                break
+        else:
+            groups.append((keys, [day], [values]))
+    for keys, days, arrays in groups:
+        yield tuple(days), keys, zip(*arrays, strict=True)
+
+
+def _positions(dates: tuple[date, ...], wanted: Callable[[date], bool]) -> slice | list[int]:
+    """Where ``wanted`` dates are in ``dates``: a slice when they are contiguous."""
+    at = [i for i, d in enumerate(dates) if wanted(d)]
+    if not at:
+        return slice(0, 0)
+    return slice(at[0], at[-1] + 1) if at[-1] - at[0] + 1 == len(at) else at
 
 
 def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
@@ -1348,7 +1399,7 @@ def _date_sums(
     by_day: Mapping[TenantResource, Mapping[date, float]], wanted: set[date]
 ) -> dict[TenantResource, float]:
     """The ``fsum`` per key of its values on the ``wanted`` days (0.0 for none), in
-    ``by_day``'s order; a run of dates shared by many keys (:func:`_date_columns`) is looked
+    ``by_day``'s order; a run of dates shared by many keys (:func:`fold_closed_days`) is looked
     at once, and a contiguous selection summed as an array slice."""
     chosen: dict[int, slice | list[int]] = {}
     out: dict[TenantResource, float] = {}
