@@ -892,7 +892,9 @@ class ScopeSpend:
             found = self._global.get(scope)
             if found is None:
                 found = self._global[scope] = math.fsum(
-                    v for (_, r), v in mtd.items() if scope in scopes_of(r)
+                    mtd.values()
+                    if scope == "all"  # every resource counts in all
+                    else (v for (_, r), v in mtd.items() if scope in scopes_of(r))
                 )
             return found
         if scope == "all":
