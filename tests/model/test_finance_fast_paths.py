@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -241,3 +241,41 @@ def test_row_tuples_read_as_the_cost_model_reads_rows(sim: SimCluster) -> None:
             zip(finance.QUANTITY_RESOURCES, finance._row_quantity_values(row), strict=True)
         ) == (finance._row_quantities(row))
     assert any(finance._row_costs(r)[0] for r in rows) and math.isfinite(rows[0].cpu_cost)
+
+
+def test_the_daily_ledger_is_pruned_as_the_reference_prunes_it() -> None:
+    """The daily ledger is pruned once per oldest day kept (then copied as it is): a
+    restored ledger with days long gone, and one whose oldest day falls out at midnight,
+    keep what the reference keeps, refresh after refresh."""
+    tz = "UTC"
+    ctx = ctx_for(tz, ["a", "b", "c"])
+    start = NOVEMBER[tz] - 3600.0  # the last hour of October, then November's first
+    today = finance.local_date(start, tz)
+    keep_from = finance.exporter_daily_keep_from(today, ctx.lookback_days, ctx.books_months)
+    ledger = {
+        (t, r, keep_from + timedelta(days=offset)): 1.0 + offset
+        for t in ("a", "b")
+        for r in ("tokens", "gpu")
+        for offset in (-200, -1, 0, 1, 5, 30)
+    }
+    new_state = finance.FinanceState(last_now=start - 30.0, exporter_daily=ledger)
+    old_state = reference.FinanceState(last_now=start - 30.0, exporter_daily=ledger)
+    model = ModelState()
+    kept = []
+    for i in range(8):
+        now = start + i * 900.0
+        report, model = report_at(now, model, {"a": 1.0, "b": 2.0})
+        accrued = {**report.accrued, ("a", "tokens", "allocation"): 0.5 * (i + 1)}
+        report = replace(report, accrued=accrued)
+        inputs = finance.FinanceInputs()
+        new, new_state = finance.build_finance(
+            report, inputs, ctx, resolver(), pricer(), new_state, now
+        )
+        old, old_state = reference.build_finance(
+            report, inputs, ctx, resolver(), pricer(), old_state, now
+        )
+        assert repr(new_state.exporter_daily) == repr(old_state.exporter_daily), f"step {i}"
+        assert figures(new) == figures(old), f"step {i}"
+        kept.append(min(k[2] for k in new_state.exporter_daily))
+    # The 200-day-old days went at once; the oldest day kept moved at midnight.
+    assert kept[0] == keep_from and kept[-1] > keep_from

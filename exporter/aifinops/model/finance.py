@@ -166,6 +166,11 @@ class FinanceState:
     # likewise: (the sets folded, the month in progress then, the books from them)
     books: tuple[InfraMonth, str, Mapping[str, PeriodBooks]] | None = None
     closed: ClosedDays | None = None  # a cache, never persisted (see ClosedDays)
+    # Caches of the daily ledger, never persisted: the oldest day kept when it was last
+    # pruned (nothing older is in it while that holds), and its entries of today and later
+    # (what month to date reads each refresh) with that today.
+    daily_kept_from: date | None = None
+    exporter_open: tuple[date, Mapping[tuple[str, str, date], float]] | None = None
 
 
 # OpenCost's usage fields per resource and the FOCUS unit they are given in (Allocation's
@@ -382,6 +387,8 @@ def build_finance(
         books=(month.infra, cal.period, books) if month.infra is not None else None,
         ledger_since=own.ledger_since,
         closed=month.closed,
+        daily_kept_from=own.kept_from,
+        exporter_open=(cal.today, own.open_daily),
     )
     return finance, new_state
 
@@ -400,6 +407,8 @@ class ExporterLedger:
     ledger_since: dict[str, float]
     daily: dict[tuple[str, str, date], float]
     closed_touched: bool
+    kept_from: date  # the oldest day ``daily`` keeps
+    open_daily: dict[tuple[str, str, date], float]  # ``daily``'s entries of today and later
 
 
 def book_exporter_ledger(
@@ -435,14 +444,26 @@ def book_exporter_ledger(
         del periods[old]
 
     keep_from = exporter_daily_keep_from(cal.today, ctx.lookback_days, ctx.books_months)
-    daily = {k: v for k, v in state.exporter_daily.items() if k[2] >= keep_from}
+    # Pruned once per keep_from (a day's turn, a restored state), else copied in C: up to
+    # ~60 days × 2,000 tenants × 4 resources; the days booked since are today or yesterday.
+    if state.daily_kept_from == keep_from:
+        daily = dict(state.exporter_daily)
+    else:
+        daily = {k: v for k, v in state.exporter_daily.items() if k[2] >= keep_from}
+    today = cal.today
+    if state.exporter_open is not None and state.exporter_open[0] == today:
+        open_daily = dict(state.exporter_open[1])
+    else:
+        open_daily = {k: v for k, v in daily.items() if k[2] >= today}
     day_pieces = _split(interval_start, now, tz, "day")
 
     def book_daily(tenant: str, resource: str, usd: float) -> None:
         for piece, fraction in day_pieces:
             assert isinstance(piece, date)
             k = (tenant, resource, piece)
-            daily[k] = daily.get(k, 0.0) + usd * fraction
+            daily[k] = value = daily.get(k, 0.0) + usd * fraction
+            if piece >= today:
+                open_daily[k] = value
 
     for (tenant, resource, basis), usd in increments.items():
         if resource == TOKENS_RESOURCE and basis == "allocation" and usd:
@@ -451,7 +472,7 @@ def book_exporter_ledger(
         for (tenant, resource), rate in report.charge_back.get("allocation", {}).items():
             book_daily(tenant, resource, rate * cal.hours)
     touched = any(isinstance(p, date) and p < cal.today for p, _ in day_pieces)
-    return ExporterLedger(periods, ledger_since, daily, touched)
+    return ExporterLedger(periods, ledger_since, daily, touched, keep_from, open_daily)
 
 
 # --- phase: month-to-date spend ------------------------------------------------------------
@@ -799,9 +820,8 @@ def month_spend(
                 if own_rate:
                     rate_part[(tenant, resource)] = own_rate * gap_hours
     own_part: dict[TenantResource, dict[date, list[float]]] = {}
-    for (tenant, resource, day), usd in own.daily.items():
-        if day >= today:
-            own_part.setdefault((tenant, resource), {}).setdefault(day, []).append(usd)
+    for (tenant, resource, day), usd in own.open_daily.items():
+        own_part.setdefault((tenant, resource), {}).setdefault(day, []).append(usd)
 
     def merged(
         infra_days: Mapping[date, float], rate: float | None, mine: Mapping[date, list[float]]
