@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import replace
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 import pytest
 
@@ -279,3 +280,46 @@ def test_the_daily_ledger_is_pruned_as_the_reference_prunes_it() -> None:
         kept.append(min(k[2] for k in new_state.exporter_daily))
     # The 200-day-old days went at once; the oldest day kept moved at midnight.
     assert kept[0] == keep_from and kept[-1] > keep_from
+
+
+def test_a_week_of_utilization_peaks_gives_the_reference_figures() -> None:
+    """A state holding a week of hourly peaks (restored: not dicts) whose oldest hours
+    expire, peaks that rise and that do not: the kept extremes give the reference's
+    rightsizing and peaks, refresh after refresh."""
+    tz = "UTC"
+    ctx = ctx_for(tz, ["alpha", "beta", "research"])
+    start = NOVEMBER[tz] + 5 * 3600.0 + 600.0
+    hour = math.floor(start / 3600.0)
+    model = ModelState()
+    report, model = build_report(Inputs(SPOT_GPUS, spot_cluster_rows(0)), context(), model, start)
+    peaks = {
+        key: MappingProxyType({h: 0.1 + (h % 5) / 10 for h in range(hour - 168, hour)})
+        for key in report.gpu_stats
+    }
+    since = {key: start - 7 * 86400.0 for key in report.gpu_stats}
+    new_state = finance.FinanceState(last_now=start - 30, util_peaks=peaks, util_since=since)
+    old_state = reference.FinanceState(last_now=start - 30, util_peaks=peaks, util_since=since)
+    for i in range(12):
+        now = start + i * 1200.0
+        if i == 7:  # other peaks put in the states (as a restore would): none reused stale
+            this_hour = math.floor(now / 3600.0)
+            other = {
+                k: {hour - 200: 0.9, **p, this_hour: 1.0} for k, p in new_state.util_peaks.items()
+            }
+            new_state = replace(new_state, util_peaks=other)
+            old_state = replace(old_state, util_peaks=other)
+        allocations = spot_cluster_rows(i)
+        gpus = [replace(g, utilization=min(1.0, g.utilization * (1 + i % 3))) for g in SPOT_GPUS]
+        report, model = build_report(Inputs(gpus, allocations), context(), model, now)
+        inputs = finance.FinanceInputs(allocations=allocations)
+        new, new_state = finance.build_finance(
+            report, inputs, ctx, resolver(), pricer(), new_state, now
+        )
+        old, old_state = reference.build_finance(
+            report, inputs, ctx, resolver(), pricer(), old_state, now
+        )
+        assert figures(new) == figures(old), f"step {i}"
+        assert repr(new_state.util_peaks) == repr(old_state.util_peaks), f"step {i}"
+    # The week's oldest hours expired and this hour's peaks came in, for every key.
+    last = math.floor(now / 3600.0)
+    assert all(min(h) > hour - 168 and max(h) == last for h in new_state.util_peaks.values())

@@ -171,6 +171,7 @@ class FinanceState:
     # (what month to date reads each refresh) with that today.
     daily_kept_from: date | None = None
     exporter_open: tuple[date, Mapping[tuple[str, str, date], float]] | None = None
+    util_extremes: Mapping[TenantResource, PeakExtremes] | None = None  # see GpuUsage
 
 
 # OpenCost's usage fields per resource and the FOCUS unit they are given in (Allocation's
@@ -346,6 +347,7 @@ def build_finance(
         budgets,
         now,
         {k: m for k, (m, _) in usage.pod_models.items()},
+        {k: e[2] for k, e in usage.extremes.items()},
     )
     books = month_books(report, state, cal, month, volume.volume)
     finance = FinanceReport(
@@ -389,6 +391,7 @@ def build_finance(
         closed=month.closed,
         daily_kept_from=own.kept_from,
         exporter_open=(cal.today, own.open_daily),
+        util_extremes=usage.extremes,
     )
     return finance, new_state
 
@@ -1011,6 +1014,12 @@ class GpuUsage:
     peaks: dict[TenantResource, dict[int, float]]
     since: dict[TenantResource, float]
     pod_models: dict[tuple[str, str], tuple[str, float]]
+    # Each key's (hourly peaks, oldest hour, highest peak), kept while the hourly dict is
+    # the same object: a week is 168 hours per key, scanned twice per refresh before.
+    extremes: dict[TenantResource, PeakExtremes] = field(default_factory=dict)
+
+
+PeakExtremes = tuple[Mapping[int, float], int, float]
 
 
 def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage:
@@ -1018,19 +1027,35 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
     oldest_hour = hour - math.ceil(PEAK_WINDOW_SECONDS / SECONDS_PER_HOUR)
     peaks: dict[TenantResource, dict[int, float]] = {}
     since: dict[TenantResource, float] = {}
+    known = state.util_extremes or {}
+    extremes: dict[TenantResource, PeakExtremes] = {}
     for gpu_key, stats in report.gpu_stats.items():
         if stats.held <= 0:
             continue
         u = min(1.0, max(0.0, stats.used / stats.held))
         previous = state.util_peaks.get(gpu_key)
-        if previous and previous.get(hour, -1.0) >= max(0.0, u) and min(previous) > oldest_hour:
+        if previous and previous.get(hour, -1.0) >= max(0.0, u):
+            seen = known.get(gpu_key)
+            if seen is None or seen[0] is not previous:
+                seen = (previous, min(previous), max(previous.values()))
+            unchanged = seen[1] > oldest_hour
+        else:
+            unchanged = False
+        if unchanged:
             # Unchanged (no new peak, nothing expired): shared, not copied; a week of
             # hourly maxima is 168 entries per (tenant, GPU model).
-            peaks[gpu_key] = dict(previous) if not isinstance(previous, dict) else previous
+            assert previous is not None and seen is not None
+            if isinstance(previous, dict):
+                peaks[gpu_key] = previous
+                extremes[gpu_key] = seen
+            else:
+                peaks[gpu_key] = copied = dict(previous)
+                extremes[gpu_key] = (copied, seen[1], seen[2])
         else:
             hourly = {h: v for h, v in (previous or {}).items() if h > oldest_hour}
             hourly[hour] = max(hourly.get(hour, 0.0), u)
             peaks[gpu_key] = hourly
+            extremes[gpu_key] = (hourly, min(hourly), max(hourly.values()))
         since[gpu_key] = max(state.util_since.get(gpu_key, now), now - PEAK_WINDOW_SECONDS)
     # GPU model per pod as DCGM last saw it: a batch job that finished within the rate
     # query's window still has cost there, but no DCGM series any more.
@@ -1039,7 +1064,7 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
     }
     for share in report.cost.shares:
         pod_models[(share.idle_key[2], share.idle_key[3])] = (share.gpu_model, now)
-    return GpuUsage(peaks, since, pod_models)
+    return GpuUsage(peaks, since, pod_models, extremes)
 
 
 # --- phase: the books ----------------------------------------------------------------------
@@ -1595,7 +1620,10 @@ def _recommendations(
     budgets: Iterable[BudgetStatus],
     now: float,
     pod_model: Mapping[tuple[str, str], str],
+    highest: Mapping[TenantResource, float] | None = None,
 ) -> tuple[Recommendation, ...]:
+    """``highest``: each key's highest hourly peak where known (``max`` of ``peaks``)."""
+    highest = highest or {}
     gpu_rate: dict[TenantResource, list[float]] = defaultdict(list)
     for share in report.cost.shares:
         gpu_rate[(share.tenant, share.gpu_model)].append(share.alloc_rate)
@@ -1622,7 +1650,7 @@ def _recommendations(
             gpus=report.gpu_stats[(tenant, model)].held,
             usd_per_hour=rate.get((tenant, model), 0.0),
             window_seconds=max(0.0, now - since.get((tenant, model), now)),
-            peak_utilization=max(hourly.values()) if hourly else None,
+            peak_utilization=_highest(highest, (tenant, model), hourly),
         )
         for (tenant, model), hourly in sorted(peaks.items())
         if tenant != IDLE_TENANT
@@ -1653,6 +1681,16 @@ def _recommendations(
         routing_window_seconds=routing_window,
         budgets=budgets,
     )
+
+
+def _highest(
+    known: Mapping[TenantResource, float], key: TenantResource, hourly: Mapping[int, float]
+) -> float | None:
+    """The highest of ``hourly`` (``None`` when empty), from ``known`` where it is there."""
+    if not hourly:
+        return None
+    found = known.get(key)
+    return max(hourly.values()) if found is None else found
 
 
 def _sanitized(key: str) -> str:
