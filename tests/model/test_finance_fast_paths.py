@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
+import msgspec
 import pytest
 
 from aifinops.demo.cluster import ClusterSpec, SimCluster
@@ -119,8 +120,8 @@ def spot_cluster_rows(i: int) -> AllocationSet:
     for row in _ROWS:
         if row.pod in ("a", "b1"):
             key = "aifinops.io/fault-tolerant" if row.pod == "a" else "aifinops_io_fault_tolerant"
-            row = replace(row, labels={**row.labels, key: "true"})
-        rows.append(replace(row, gpu_cost=row.gpu_cost * (1 + (i % 4) / 8)))
+            row = msgspec.structs.replace(row, labels={**row.labels, key: "true"})
+        rows.append(msgspec.structs.replace(row, gpu_cost=row.gpu_cost * (1 + (i % 4) / 8)))
     return AllocationSet(1.0, tuple(rows))
 
 
@@ -210,8 +211,10 @@ def awkward_month(start: float, now: float) -> DailyAllocationSets:
                 mid = day + (end - day) / 2
                 sets.append((day, mid, AllocationSet((mid - day) / 3600, tuple(rows[:2]))))
                 sets.append((mid, end, AllocationSet((end - mid) / 3600, tuple(rows[2:]))))
-            else:
+            elif i % 2:
                 sets.append((day, end, AllocationSet((end - day) / 3600, tuple(rows))))
+            else:  # as the month source holds them
+                sets.append((day, end, AllocationSet.columnar((end - day) / 3600, rows)))
         day, i = end, i + 1
     return DailyAllocationSets(start, now, tuple(sets))
 
