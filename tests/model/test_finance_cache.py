@@ -56,8 +56,11 @@ def figures(f: FinanceReport) -> dict[str, object]:
 
 
 def uncached(state: FinanceState) -> FinanceState:
-    """The state without its caches: the step folds every day and set again."""
-    return replace(state, infra=None, closed=None, books=None)
+    """The state without its caches: the step folds every day and set again, and scans
+    the daily ledger whole."""
+    return replace(
+        state, infra=None, closed=None, books=None, daily_kept_from=None, exporter_open=None
+    )
 
 
 def settled(old: DailyAllocationSets | None, new: DailyAllocationSets) -> DailyAllocationSets:

@@ -55,6 +55,7 @@ __all__ = [
     "month_bounds",
     "scope_series",
     "scope_totals",
+    "scopes_of",
 ]
 
 GLOBAL_TENANT = "__all__"
@@ -171,7 +172,8 @@ def evaluate_budgets(
     )
 
 
-def _scopes_of(resource: str) -> tuple[BudgetScope, ...]:
+def scopes_of(resource: str) -> tuple[BudgetScope, ...]:
+    """The budget scopes a resource's dollars count in."""
     if resource == "gpu":
         return ("all", "gpu")
     if resource == "tokens":
@@ -187,7 +189,7 @@ def scope_totals(
     self-hosted token cost and the GPU cost it was derived from)."""
     parts: dict[tuple[str, BudgetScope], list[float]] = defaultdict(list)
     for (tenant, resource), usd in by_resource.items():
-        for scope in _scopes_of(resource):
+        for scope in scopes_of(resource):
             parts[(tenant, scope)].append(usd)
             if tenant != GLOBAL_TENANT:
                 parts[(GLOBAL_TENANT, scope)].append(usd)
@@ -204,7 +206,7 @@ def scope_series(
     )
     for (tenant, resource), series in by_resource.items():
         for ts, usd in series:
-            for scope in _scopes_of(resource):
+            for scope in scopes_of(resource):
                 parts[(tenant, scope)][ts].append(usd)
                 if tenant != GLOBAL_TENANT:
                     parts[(GLOBAL_TENANT, scope)][ts].append(usd)

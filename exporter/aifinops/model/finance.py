@@ -44,10 +44,21 @@ from __future__ import annotations
 import functools
 import math
 from array import array
-from collections import defaultdict
-from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from collections import Counter, defaultdict
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from itertools import chain, compress
+from operator import itemgetter
 from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -57,12 +68,11 @@ from aifinops.model.budgets import (
     BudgetScope,
     BudgetStatus,
     evaluate_budget_fitted,
-    scope_series,
-    scope_totals,
+    scopes_of,
 )
 from aifinops.model.calendar import MonthBounds, month_bounds
 from aifinops.model.chargeback import Quantity, current_period, parse_period
-from aifinops.model.cost import _resource_costs, tenant_of
+from aifinops.model.cost import tenant_of
 
 # Re-exported: the finance step's types are read from here by its callers.
 from aifinops.model.finance_types import DEFAULT_HISTORY_MONTHS as DEFAULT_HISTORY_MONTHS
@@ -71,7 +81,7 @@ from aifinops.model.finance_types import FinanceReport as FinanceReport
 from aifinops.model.finance_types import LedgerKey as LedgerKey
 from aifinops.model.finance_types import PeriodBooks as PeriodBooks
 from aifinops.model.finance_types import TenantResource as TenantResource
-from aifinops.model.forecast import DailyFit, fit_daily
+from aifinops.model.forecast import DailyFit, fit_history
 from aifinops.model.gpu_prices import GpuPricer
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
@@ -156,6 +166,12 @@ class FinanceState:
     # likewise: (the sets folded, the month in progress then, the books from them)
     books: tuple[InfraMonth, str, Mapping[str, PeriodBooks]] | None = None
     closed: ClosedDays | None = None  # a cache, never persisted (see ClosedDays)
+    # Caches of the daily ledger, never persisted: the oldest day kept when it was last
+    # pruned (nothing older is in it while that holds), and its entries of today and later
+    # (what month to date reads each refresh) with that today.
+    daily_kept_from: date | None = None
+    exporter_open: tuple[date, Mapping[tuple[str, str, date], float]] | None = None
+    util_extremes: Mapping[TenantResource, PeakExtremes] | None = None  # see GpuUsage
 
 
 # OpenCost's usage fields per resource and the FOCUS unit they are given in (Allocation's
@@ -168,6 +184,32 @@ QUANTITY_UNITS: Mapping[str, str] = {
     "storage": "GiB-Hours",
     TOKENS_RESOURCE: "Tokens",
 }
+
+
+# The resources of cost.py's _resource_costs and of _row_quantities, in their order, and
+# their values as tuples (the month's fold reads ~90k rows; a dict per row was a third of it).
+COST_RESOURCES = ("gpu", "cpu", "ram", "storage", "network", "shared")
+QUANTITY_RESOURCES = ("gpu", "cpu", "ram", "storage")
+
+
+def _row_costs(row: Allocation) -> tuple[float, float, float, float, float, float]:
+    return (
+        row.gpu_cost,
+        row.cpu_cost,
+        row.ram_cost,
+        row.pv_cost,
+        row.network_cost + row.load_balancer_cost,
+        row.shared_cost + row.external_cost,
+    )
+
+
+def _row_quantity_values(row: Allocation) -> tuple[float, float, float, float]:
+    return (
+        row.gpu_hours,
+        row.cpu_core_hours,
+        row.ram_byte_hours / GIB,
+        row.pv_byte_hours / GIB,
+    )
 
 
 def _row_quantities(row: Allocation) -> dict[str, float]:
@@ -305,6 +347,7 @@ def build_finance(
         budgets,
         now,
         {k: m for k, (m, _) in usage.pod_models.items()},
+        {k: e[2] for k, e in usage.extremes.items()},
     )
     books = month_books(report, state, cal, month, volume.volume)
     finance = FinanceReport(
@@ -346,6 +389,9 @@ def build_finance(
         books=(month.infra, cal.period, books) if month.infra is not None else None,
         ledger_since=own.ledger_since,
         closed=month.closed,
+        daily_kept_from=own.kept_from,
+        exporter_open=(cal.today, own.open_daily),
+        util_extremes=usage.extremes,
     )
     return finance, new_state
 
@@ -364,6 +410,8 @@ class ExporterLedger:
     ledger_since: dict[str, float]
     daily: dict[tuple[str, str, date], float]
     closed_touched: bool
+    kept_from: date  # the oldest day ``daily`` keeps
+    open_daily: dict[tuple[str, str, date], float]  # ``daily``'s entries of today and later
 
 
 def book_exporter_ledger(
@@ -399,14 +447,26 @@ def book_exporter_ledger(
         del periods[old]
 
     keep_from = exporter_daily_keep_from(cal.today, ctx.lookback_days, ctx.books_months)
-    daily = {k: v for k, v in state.exporter_daily.items() if k[2] >= keep_from}
+    # Pruned once per keep_from (a day's turn, a restored state), else copied in C: up to
+    # ~60 days × 2,000 tenants × 4 resources; the days booked since are today or yesterday.
+    if state.daily_kept_from == keep_from:
+        daily = dict(state.exporter_daily)
+    else:
+        daily = {k: v for k, v in state.exporter_daily.items() if k[2] >= keep_from}
+    today = cal.today
+    if state.exporter_open is not None and state.exporter_open[0] == today:
+        open_daily = dict(state.exporter_open[1])
+    else:
+        open_daily = {k: v for k, v in daily.items() if k[2] >= today}
     day_pieces = _split(interval_start, now, tz, "day")
 
     def book_daily(tenant: str, resource: str, usd: float) -> None:
         for piece, fraction in day_pieces:
             assert isinstance(piece, date)
             k = (tenant, resource, piece)
-            daily[k] = daily.get(k, 0.0) + usd * fraction
+            daily[k] = value = daily.get(k, 0.0) + usd * fraction
+            if piece >= today:
+                open_daily[k] = value
 
     for (tenant, resource, basis), usd in increments.items():
         if resource == TOKENS_RESOURCE and basis == "allocation" and usd:
@@ -415,7 +475,7 @@ def book_exporter_ledger(
         for (tenant, resource), rate in report.charge_back.get("allocation", {}).items():
             book_daily(tenant, resource, rate * cal.hours)
     touched = any(isinstance(p, date) and p < cal.today for p, _ in day_pieces)
-    return ExporterLedger(periods, ledger_since, daily, touched)
+    return ExporterLedger(periods, ledger_since, daily, touched, keep_from, open_daily)
 
 
 # --- phase: month-to-date spend ------------------------------------------------------------
@@ -477,81 +537,197 @@ def fold_closed_days(
         and cached.budgets == tuple(budgets)
     ):
         return cached
-    # A (key, closed day) has at most two parts, OpenCost's (one fold per day) and the
-    # exporter's (one daily entry), so each day's fsum is taken as they come rather than
-    # from a list per (key, day): ~400k lists at 2,000 tenants (bench/README.md).
-    by_day: dict[TenantResource, dict[date, float]] = {}
+    # The closed days' folds turned into columns per key: days whose folds have equal key
+    # tuples (most of them) are transposed at once (``zip``), so a key that only OpenCost
+    # booked keeps that run's dates tuple and values as they are, without a dict per key.
+    # A (key, closed day) has at most two parts, OpenCost's and the exporter's (one daily
+    # entry): such keys are merged in a dict, each day's fsum taken as it comes.
+    segments: dict[TenantResource, list[tuple[tuple[date, ...], tuple[float, ...]]]] = {}
+    # Equal dates tuples shared (the forecast fits sum the keys of one run column-wise).
+    runs: dict[tuple[date, ...], tuple[date, ...]] = {}
     open_infra: dict[TenantResource, dict[date, float]] = defaultdict(dict)
     fsum = math.fsum
     if infra is not None:
+        closed_folds: list[tuple[date, Mapping[TenantResource, float]]] = []
         for day, fold in infra.days.items():
-            for key, usd in fold.dollars.items():
-                if day < today:
-                    days = by_day.get(key)
-                    if days is None:
-                        by_day[key] = days = {}
-                    days[day] = fsum((usd,))
-                else:
+            if day < today:
+                closed_folds.append((day, fold.dollars))
+            else:
+                for key, usd in fold.dollars.items():
                     open_infra[key][day] = usd
+        for dates, keys, rows in _transposed(closed_folds):
+            dates = runs.setdefault(dates, dates)
+            for key, values in zip(keys, rows, strict=True):
+                found = segments.get(key)
+                if found is None:
+                    segments[key] = [(dates, values)]
+                else:
+                    found.append((dates, values))
+    own_closed: dict[TenantResource, dict[date, float]] = {}
     for (tenant, resource, day), usd in daily.items():
         if day < today:
-            key = (tenant, resource)
-            days = by_day.get(key)
-            if days is None:
-                by_day[key] = days = {}
+            own_closed.setdefault((tenant, resource), {})[day] = usd
+    by_day: dict[TenantResource, DayColumns[date]] = {}
+    month_values: dict[TenantResource, tuple[float, ...]] = {}
+    in_month: dict[int, slice | list[int]] = {}
+    month_first = cal.month_first
+    for key in (*segments, *[k for k in own_closed if k not in segments]):
+        segs = segments.get(key, ())
+        own_days = own_closed.get(key)
+        if own_days is None and len(segs) == 1:
+            dates, values = segs[0]
+            sel = in_month.get(id(dates))
+            if sel is None:
+                sel = in_month[id(dates)] = _positions(dates, lambda d: d >= month_first)
+            by_day[key] = DayColumns(dates, array("d", values))
+            month_values[key] = exact_partials(
+                values[sel] if isinstance(sel, slice) else [values[i] for i in sel]
+            )
+            continue
+        days: dict[date, float] = {}
+        for seg_dates, seg_values in segs:
+            days.update(zip(seg_dates, seg_values, strict=True))
+        for day, usd in (own_days or {}).items():
             # OpenCost's part (its fsum is the value itself) first, as a list would have it.
             seen = days.get(day)
             days[day] = fsum((usd,)) if seen is None else fsum((seen, usd))
-    month_values = {
-        k: exact_partials(v for d, v in days.items() if d >= cal.month_first)
-        for k, days in by_day.items()
-    }
-    by_day_columns = _date_columns(by_day)
+        dates = tuple(days)
+        by_day[key] = DayColumns(runs.setdefault(dates, dates), array("d", days.values()))
+        month_values[key] = exact_partials(v for d, v in days.items() if d >= month_first)
     tenants: dict[str, list[TenantResource]] = defaultdict(list)
     for key in by_day:
         tenants[key[0]].append(key)
-    infra_available = infra is not None
-    series = {
-        k: [(local_midnight(d, tz), v) for d, v in sorted(days.items())]
-        for k, days in by_day.items()
-        if infra_available or k[1] == TOKENS_RESOURCE
-    }
-    scope_daily = scope_series(series)
+    keys_by_tenant = {t: tuple(v) for t, v in tenants.items()}
     return ClosedDays(
         infra=infra,
         today=today,
         tz=tz,
         lookback_days=lookback_days,
         budgets=tuple(budgets),
-        by_day=by_day_columns,
+        by_day=by_day,
         open_infra=dict(open_infra),
         month_values=month_values,
-        keys_by_tenant={t: tuple(v) for t, v in tenants.items()},
-        fits={
-            key: fit_daily(scope_daily.get(key, ()), today, tz, lookback_days)
-            for key in _fit_keys(budgets)
-        },
+        keys_by_tenant=keys_by_tenant,
+        fits=_scope_fits(by_day, keys_by_tenant, infra is not None, budgets, cal, lookback_days),
     )
 
 
-def _date_columns(
-    by_day: Mapping[TenantResource, Mapping[date, float]],
-) -> dict[TenantResource, DayColumns[date]]:
-    """Each key's days as :class:`DayColumns`, equal runs of dates sharing one tuple (most
-    keys have every day of the month): ~12k dicts of ~46 float objects at 2,000 tenants."""
-    runs: dict[tuple[date, ...], tuple[date, ...]] = {}
-    out: dict[TenantResource, DayColumns[date]] = {}
-    for key, days in by_day.items():
-        dates = tuple(days)
-        out[key] = DayColumns(runs.setdefault(dates, dates), array("d", days.values()))
-    return out
+def _scope_fits(
+    by_day: Mapping[TenantResource, DayColumns[date]],
+    keys_by_tenant: Mapping[str, Sequence[TenantResource]],
+    infra_available: bool,
+    budgets: Sequence[Budget],
+    cal: RefreshCalendar,
+    lookback_days: int,
+) -> dict[tuple[str, BudgetScope], DailyFit]:
+    """The forecast fit of each budget's scope and the cluster's: what
+    ``fit_daily(scope_series(...)[key])`` gives, from the closed days' columns of the keys
+    in that scope only (a tenant's own, or every key for :data:`GLOBAL_TENANT`), each
+    day's values summed with one ``fsum`` over the columns that share its dates."""
+    tz, zone = cal.tz, ZoneInfo(cal.tz)
+    counted = [k for k in by_day if infra_available or k[1] == TOKENS_RESOURCE]
+    # The local date each day's midnight reads back as (``daily_by_date``): that day.
+    read_back: dict[date, date] = {}
+    fits: dict[tuple[str, BudgetScope], DailyFit] = {}
+    for tenant, scope in _fit_keys(budgets):
+        if tenant == GLOBAL_TENANT:
+            members = counted
+        else:
+            members = [
+                k
+                for k in keys_by_tenant.get(tenant, ())
+                if infra_available or k[1] == TOKENS_RESOURCE
+            ]
+        per_day = _day_sums([by_day[k] for k in members if scope in scopes_of(k[1])])
+        by_date: dict[date, list[float]] = {}
+        for day, usd in per_day.items():
+            if not math.isfinite(usd):
+                continue  # dropped as daily_by_date drops it
+            back = read_back.get(day)
+            if back is None:
+                back = read_back[day] = datetime.fromtimestamp(local_midnight(day, tz), zone).date()
+            by_date.setdefault(back, []).append(usd)
+        history = {d: math.fsum(v) for d, v in by_date.items()}
+        fits[(tenant, scope)] = fit_history(history, cal.today, lookback_days)
+    return fits
+
+
+def _day_sums(columns: Sequence[DayColumns[date]]) -> dict[date, float]:
+    """The ``fsum`` per date of the values of ``columns``; columns with one dates tuple (by
+    identity: :func:`fold_closed_days` shares equal runs) are summed column-wise, without a
+    list per date."""
+    runs: dict[int, tuple[tuple[date, ...], list[array[float]]]] = {}
+    for col in columns:
+        found = runs.get(id(col.keys_tuple))
+        if found is None:
+            runs[id(col.keys_tuple)] = (col.keys_tuple, [col.values_array])
+        else:
+            found[1].append(col.values_array)
+    if len(runs) == 1:
+        ((dates, arrays),) = runs.values()
+        return dict(zip(dates, map(math.fsum, zip(*arrays, strict=True)), strict=True))
+    parts: dict[date, list[float]] = {}
+    for dates, arrays in runs.values():
+        for day, values in zip(dates, zip(*arrays, strict=True), strict=True):
+            parts.setdefault(day, []).extend(values)
+    return {d: math.fsum(v) for d, v in parts.items()}
+
+
+def _transposed(
+    folds: Sequence[tuple[date, Mapping[TenantResource, float]]],
+) -> Iterator[tuple[tuple[date, ...], tuple[TenantResource, ...], Iterator[tuple[float, ...]]]]:
+    """Day folds grouped by equal key tuples (in the order of each group's first day):
+    each group's dates, keys, and per key its values on those dates."""
+    groups: list[tuple[tuple[TenantResource, ...], list[date], list[Sequence[float]]]] = []
+    for day, fold in folds:
+        keys: tuple[TenantResource, ...]
+        values: Sequence[float]
+        if isinstance(fold, DayColumns):
+            keys, values = fold.keys_tuple, fold.values_array
+        else:
+            keys, values = tuple(fold), tuple(fold.values())
+        for group in groups:
+            if group[0] is keys or group[0] == keys:
+                group[1].append(day)
+                group[2].append(values)
+                break
+        else:
+            groups.append((keys, [day], [values]))
+    for keys, days, arrays in groups:
+        yield tuple(days), keys, zip(*arrays, strict=True)
+
+
+def _positions(dates: tuple[date, ...], wanted: Callable[[date], bool]) -> slice | list[int]:
+    """Where ``wanted`` dates are in ``dates``: a slice when they are contiguous."""
+    at = [i for i, d in enumerate(dates) if wanted(d)]
+    if not at:
+        return slice(0, 0)
+    return slice(at[0], at[-1] + 1) if at[-1] - at[0] + 1 == len(at) else at
 
 
 def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
-    """Non-overlapping floats whose exact sum is the exact sum of ``values`` (finite), so
-    that ``math.fsum((*exact_partials(v), *more)) == math.fsum((*v, *more))`` bit for bit:
-    a month's closed days are summed once, and a refresh adds today's to two or three
-    partials instead of 30 values (Shewchuk's algorithm, as ``math.fsum`` itself uses)."""
+    """Floats whose exact sum is the exact sum of ``values`` (finite), so that
+    ``math.fsum((*exact_partials(v), *more)) == math.fsum((*v, *more))`` bit for bit: a
+    month's closed days are summed once, and a refresh adds today's to two or three
+    partials instead of 30 values. The ``fsum`` of the values, then of what it leaves out,
+    until nothing is (a residual is a sum of floats, so a multiple of the least subnormal:
+    never rounded to 0 unless it is 0); each step in C instead of a loop per value."""
+    vals = tuple(values)
+    fsum = math.fsum
+    total = fsum(vals)
+    if not math.isfinite(total):
+        return _shewchuk_partials(vals)  # NaN and infinities as they always were
+    partials = [total]
+    while partials[-1]:
+        partials.append(fsum((*vals, *(-p for p in partials))))
+        if len(partials) > 48:  # pragma: no cover - 2**-1074 is reached long before
+            return _shewchuk_partials(vals)
+    partials.pop()  # the 0.0 that says the rest is exact
+    return tuple(partials) if partials else (0.0,)
+
+
+def _shewchuk_partials(values: Iterable[float]) -> tuple[float, ...]:
+    """Non-overlapping partials (Shewchuk's algorithm, as ``math.fsum`` itself uses)."""
     partials: list[float] = []
     for x in values:
         i = 0
@@ -604,6 +780,12 @@ class MonthSpend:
             yield key, [*closed.items(), *opened.items()]
 
 
+def published_tenants(report: Report) -> frozenset[str]:
+    """The tenants with a cost rate in ``report`` (what it publishes when it folds the rest
+    into ``__other__``)."""
+    return frozenset(map(itemgetter(0), chain.from_iterable(report.cost.rates.values())))
+
+
 def month_spend(
     report: Report,
     monthly: DailyAllocationSets | None,
@@ -618,7 +800,7 @@ def month_spend(
     every refresh."""
     kept: frozenset[str] | None = None
     if report.cost.folded_tenants > 0:
-        kept = frozenset(t for rates in report.cost.rates.values() for t, _ in rates)
+        kept = published_tenants(report)
     infra: InfraMonth | None = None
     if monthly is not None:
         infra = infra_month(state.infra, monthly, resolver, kept, cal.tz)
@@ -626,10 +808,10 @@ def month_spend(
         state.closed, infra, own.daily, cal, ctx.lookback_days, own.closed_touched, ctx.budgets
     )
     today = cal.today
-    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for key, days in closed.open_infra.items():
-        for day, usd in days.items():
-            parts[key][day].append(usd)
+    fsum = math.fsum
+    # Today's parts besides OpenCost's: the rate since the month query ran, and the
+    # exporter's own tokens and charge-back of today (and any later day).
+    rate_part: dict[TenantResource, float] = {}
     if monthly is not None:
         gap_hours = max(0.0, cal.now - monthly.end) / SECONDS_PER_HOUR
         if gap_hours > 0:
@@ -639,25 +821,63 @@ def month_spend(
                     continue
                 own_rate = rate - moved.get((tenant, resource), 0.0)
                 if own_rate:
-                    parts[(tenant, resource)][today].append(own_rate * gap_hours)
-    for (tenant, resource, day), usd in own.daily.items():
-        if day >= today:
-            parts[(tenant, resource)][day].append(usd)
-    open_by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
+                    rate_part[(tenant, resource)] = own_rate * gap_hours
+    own_part: dict[TenantResource, dict[date, list[float]]] = {}
+    for (tenant, resource, day), usd in own.open_daily.items():
+        own_part.setdefault((tenant, resource), {}).setdefault(day, []).append(usd)
+
+    def merged(
+        infra_days: Mapping[date, float], rate: float | None, mine: Mapping[date, list[float]]
+    ) -> dict[date, float]:
+        parts = {d: [usd] for d, usd in infra_days.items()}
+        if rate is not None:
+            parts.setdefault(today, []).append(rate)
+        for day, values in mine.items():
+            parts.setdefault(day, []).extend(values)
+        return {d: fsum(v) for d, v in parts.items()}
+
+    # Keys in the order OpenCost's open days, the rates, the exporter's own days bring them.
+    # The usual key has OpenCost's today and a rate: one fsum of two, no lists; one with
+    # OpenCost's days alone shares them (each a fold's fsum, its own fsum).
+    open_by_day: dict[TenantResource, Mapping[date, float]] = {}
+    for key, infra_days in closed.open_infra.items():
+        since_query = rate_part.pop(key, None)
+        mine = own_part.pop(key, None)
+        if mine is None and len(infra_days) == 1 and today in infra_days:
+            open_by_day[key] = (
+                infra_days
+                if since_query is None
+                else {today: fsum((infra_days[today], since_query))}
+            )
+        else:
+            open_by_day[key] = merged(infra_days, since_query, mine or {})
+    for key, since_query in rate_part.items():
+        mine = own_part.pop(key, None)
+        if mine is None:
+            open_by_day[key] = {today: fsum((since_query,))}
+        else:
+            open_by_day[key] = merged({}, since_query, mine)
+    for key, mine in own_part.items():
+        open_by_day[key] = merged({}, None, mine)
     open_tenants: dict[str, list[TenantResource]] = defaultdict(list)
     for key in open_by_day:
         open_tenants[key[0]].append(key)
 
     infra_available = monthly is not None
     month_to_date: dict[TenantResource, float] = {}
-    for key in (*closed.by_day, *(k for k in open_by_day if k not in closed.by_day)):
+    month_values = closed.month_values
+    closed_keys = closed.by_day
+    for key in (*closed_keys, *[k for k in open_by_day if k not in closed_keys]):
         if not infra_available and key[1] != TOKENS_RESOURCE:
             continue
         todays = open_by_day.get(key)
-        values = closed.month_values.get(key, ())
+        values = month_values.get(key, ())
         if todays:
-            values = (*values, *(v for d, v in todays.items() if d <= today))
-        month_to_date[key] = math.fsum(values)
+            if len(todays) == 1 and today in todays:
+                values = (*values, todays[today])
+            else:
+                values = (*values, *(v for d, v in todays.items() if d <= today))
+        month_to_date[key] = fsum(values)
     tenant_mtd: dict[str, float] = {}
     if infra_available:
         by_tenant: dict[str, list[float]] = defaultdict(list)
@@ -678,6 +898,38 @@ def month_spend(
 # --- phase: budgets ------------------------------------------------------------------------
 
 
+class ScopeSpend:
+    """``scope_totals(month.month_to_date)`` asked key by key: a tenant's ``all`` is its
+    month to date (the same fsum of the same values), its ``gpu`` or ``tokens`` its one
+    key's; only :data:`GLOBAL_TENANT`'s scopes walk every key, once each. Why: the budgets
+    ask ~2,000 of the ~6,000 (tenant, scope) totals that summing every key makes."""
+
+    def __init__(self, month: MonthSpend) -> None:
+        self._month = month
+        self._global: dict[str, float] = {}
+
+    def get(self, key: tuple[str, BudgetScope], default: float = 0.0) -> float:
+        tenant, scope = key
+        mtd = self._month.month_to_date
+        if tenant == GLOBAL_TENANT:
+            found = self._global.get(scope)
+            if found is None:
+                found = self._global[scope] = math.fsum(
+                    mtd.values()
+                    if scope == "all"  # every resource counts in all
+                    else (v for (_, r), v in mtd.items() if scope in scopes_of(r))
+                )
+            return found
+        if scope == "all":
+            total = self._month.tenant_month_to_date.get(tenant)
+            if total is not None:
+                return total
+            values = [v for (t, _), v in mtd.items() if t == tenant]  # without OpenCost's month
+            return math.fsum(values) if values else default
+        one = mtd.get((tenant, scope))
+        return default if one is None else math.fsum((one,))
+
+
 def evaluate_month_budgets(
     ctx: FinanceContext, month: MonthSpend, cal: RefreshCalendar
 ) -> tuple[tuple[BudgetStatus, ...], tuple[str, ...], BudgetStatus | None]:
@@ -685,7 +937,7 @@ def evaluate_month_budgets(
     ``tokens`` scope: a missing month is no spend to alert on), why the others are not, and
     the whole cluster's status (``None`` without OpenCost's month). Forecasts use the closed
     days' fits and this refresh's spend."""
-    spend = scope_totals(month.month_to_date)
+    spend = ScopeSpend(month)
     notes: list[str] = []
     budgets: list[BudgetStatus] = []
     for b in ctx.budgets:
@@ -762,6 +1014,12 @@ class GpuUsage:
     peaks: dict[TenantResource, dict[int, float]]
     since: dict[TenantResource, float]
     pod_models: dict[tuple[str, str], tuple[str, float]]
+    # Each key's (hourly peaks, oldest hour, highest peak), kept while the hourly dict is
+    # the same object: a week is 168 hours per key, scanned twice per refresh before.
+    extremes: dict[TenantResource, PeakExtremes] = field(default_factory=dict)
+
+
+PeakExtremes = tuple[Mapping[int, float], int, float]
 
 
 def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage:
@@ -769,19 +1027,35 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
     oldest_hour = hour - math.ceil(PEAK_WINDOW_SECONDS / SECONDS_PER_HOUR)
     peaks: dict[TenantResource, dict[int, float]] = {}
     since: dict[TenantResource, float] = {}
+    known = state.util_extremes or {}
+    extremes: dict[TenantResource, PeakExtremes] = {}
     for gpu_key, stats in report.gpu_stats.items():
         if stats.held <= 0:
             continue
         u = min(1.0, max(0.0, stats.used / stats.held))
         previous = state.util_peaks.get(gpu_key)
-        if previous and previous.get(hour, -1.0) >= max(0.0, u) and min(previous) > oldest_hour:
+        if previous and previous.get(hour, -1.0) >= max(0.0, u):
+            seen = known.get(gpu_key)
+            if seen is None or seen[0] is not previous:
+                seen = (previous, min(previous), max(previous.values()))
+            unchanged = seen[1] > oldest_hour
+        else:
+            unchanged = False
+        if unchanged:
             # Unchanged (no new peak, nothing expired): shared, not copied; a week of
             # hourly maxima is 168 entries per (tenant, GPU model).
-            peaks[gpu_key] = dict(previous) if not isinstance(previous, dict) else previous
+            assert previous is not None and seen is not None
+            if isinstance(previous, dict):
+                peaks[gpu_key] = previous
+                extremes[gpu_key] = seen
+            else:
+                peaks[gpu_key] = copied = dict(previous)
+                extremes[gpu_key] = (copied, seen[1], seen[2])
         else:
             hourly = {h: v for h, v in (previous or {}).items() if h > oldest_hour}
             hourly[hour] = max(hourly.get(hour, 0.0), u)
             peaks[gpu_key] = hourly
+            extremes[gpu_key] = (hourly, min(hourly), max(hourly.values()))
         since[gpu_key] = max(state.util_since.get(gpu_key, now), now - PEAK_WINDOW_SECONDS)
     # GPU model per pod as DCGM last saw it: a batch job that finished within the rate
     # query's window still has cost there, but no DCGM series any more.
@@ -790,7 +1064,7 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
     }
     for share in report.cost.shares:
         pod_models[(share.idle_key[2], share.idle_key[3])] = (share.gpu_model, now)
-    return GpuUsage(peaks, since, pod_models)
+    return GpuUsage(peaks, since, pod_models, extremes)
 
 
 # --- phase: the books ----------------------------------------------------------------------
@@ -843,6 +1117,15 @@ class DayColumns(Mapping[K, float], Generic[K]):
         self._keys = keys
         self._values = values
         self._index: dict[K, int] | None = None
+
+    @property
+    def keys_tuple(self) -> tuple[K, ...]:
+        """The keys as given (possibly shared with other columns)."""
+        return self._keys
+
+    @property
+    def values_array(self) -> array[float]:
+        return self._values
 
     def __getitem__(self, key: K) -> float:
         if self._index is None:
@@ -971,6 +1254,7 @@ def infra_month(
     for reused in previous.values():
         for key in reused.dollars:
             keys.setdefault(key, key)
+    tenant_keys: dict[str, TenantKeys] = {}
     for day, sets in groups.items():
         fold = previous.get(day)
         if (
@@ -978,7 +1262,7 @@ def infra_month(
             or len(fold.sets) != len(sets)
             or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
         ):
-            fold = _fold_day(tuple(sets), resolver, kept, keys)
+            fold = _fold_day(tuple(sets), resolver, kept, keys, tenant_keys)
         days[day] = fold
     return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
 
@@ -988,31 +1272,81 @@ def _fold_day(
     resolver: TenantResolver,
     kept: frozenset[str] | None,
     keys: dict[TenantResource, TenantResource] | None = None,
+    tenant_keys: dict[str, TenantKeys] | None = None,
 ) -> DayFold:
     """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``).
     ``keys``: the (tenant, resource) tuples to use, shared with other days' folds (a key
-    new here is added to it)."""
+    new here is added to it); ``tenant_keys``: each tenant's, likewise. Each key's value is
+    the fsum of its parts, keys in the order the rows first bring them."""
     keys = {} if keys is None else keys
-    parts: dict[TenantResource, list[float]] = defaultdict(list)
-    used: dict[TenantResource, list[float]] = defaultdict(list)
-    for allocation_set in sets:
-        for row in allocation_set.allocations:
-            tenant = tenant_of(row, resolver)
-            if (
-                kept is not None
-                and tenant not in kept
-                and tenant not in (IDLE_TENANT, OTHER_TENANT)
-            ):
-                tenant = OTHER_TENANT
-            for resource, usd in _resource_costs(row).items():
-                if usd:
-                    key = (tenant, resource)
-                    parts[keys.setdefault(key, key)].append(usd)
-            for resource, q in _row_quantities(row).items():
-                if q:
-                    key = (tenant, resource)
-                    used[keys.setdefault(key, key)].append(q)
-    return DayFold(sets, _columns(parts), _columns(used))
+    tenant_keys = {} if tenant_keys is None else tenant_keys
+    rows = [row for allocation_set in sets for row in allocation_set.allocations]
+    owners: list[str] = []
+    for row in rows:
+        tenant = tenant_of(row, resolver)
+        if kept is not None and tenant not in kept and tenant not in (IDLE_TENANT, OTHER_TENANT):
+            tenant = OTHER_TENANT
+        owners.append(tenant)
+    rows_of = Counter(owners)
+    dollars, usage = _FoldColumns(), _FoldColumns()
+    for row, tenant in zip(rows, owners, strict=True):
+        made = tenant_keys.get(tenant)
+        if made is None:
+            made = tenant_keys[tenant] = (
+                tuple(keys.setdefault((tenant, r), (tenant, r)) for r in COST_RESOURCES),
+                tuple(keys.setdefault((tenant, r), (tenant, r)) for r in QUANTITY_RESOURCES),
+            )
+        if rows_of[tenant] == 1:
+            dollars.add_alone(made[0], _row_costs(row))
+            usage.add_alone(made[1], _row_quantity_values(row))
+        else:
+            dollars.add_part(made[0], _row_costs(row))
+            usage.add_part(made[1], _row_quantity_values(row))
+    return DayFold(sets, dollars.columns(), usage.columns())
+
+
+# A tenant's (tenant, resource) keys for the costs and for the usage, in the order of
+# COST_RESOURCES and QUANTITY_RESOURCES: made once per month fold, not per row or day.
+TenantKeys = tuple[tuple[TenantResource, ...], tuple[TenantResource, ...]]
+
+
+class _FoldColumns:
+    """One day's fold as it is built: keys and values in the order first seen; the nonzero
+    values of a tenant with one row that day go in as they are (C-level ``compress`` and
+    ``filter``: the fsum of one nonzero value is the value), a tenant with several rows
+    gets a list per key, summed at the end. Why: ~90k rows × 10 fields a month, most
+    tenants with one row a day; a dict look-up per field was most of the first fold."""
+
+    __slots__ = ("_at", "_keys", "_parts", "_values")
+
+    def __init__(self) -> None:
+        self._keys: list[TenantResource] = []
+        self._values: list[float] = []
+        self._at: dict[TenantResource, int] = {}
+        self._parts: dict[TenantResource, list[float]] = {}
+
+    def add_alone(self, keys: tuple[TenantResource, ...], values: tuple[float, ...]) -> None:
+        self._keys.extend(compress(keys, values))
+        self._values.extend(filter(None, values))
+
+    def add_part(self, keys: tuple[TenantResource, ...], values: tuple[float, ...]) -> None:
+        for key, value in zip(keys, values, strict=True):
+            if not value:
+                continue
+            found = self._parts.get(key)
+            if found is None:
+                self._at[key] = len(self._keys)
+                self._keys.append(key)
+                self._values.append(value)
+                self._parts[key] = [value]
+            else:
+                found.append(value)
+
+    def columns(self) -> DayColumns[TenantResource]:
+        for key, parts in self._parts.items():
+            if len(parts) > 1:
+                self._values[self._at[key]] = math.fsum(parts)
+        return DayColumns(tuple(self._keys), array("d", self._values))
 
 
 def period_books(
@@ -1043,7 +1377,8 @@ def period_books(
     for day in infra.spans:
         months[day.strftime("%Y-%m")].append(day)
     out: dict[str, PeriodBooks] = {}
-    used: dict[TenantResource, dict[date, float]] | None = None
+    # Every key's place in the quantities: where it is first seen over all the days.
+    order: tuple[TenantResource, ...] | None = None
     for name, days in months.items():
         hit = cached.get(name) if cached is not None else None
         if hit is not None and name != period:
@@ -1059,31 +1394,75 @@ def period_books(
         elif name > period or first.day != 1 or covered_start > local_midnight(first, tz) + 1:
             continue  # a later month (none), or one OpenCost holds only part of
         else:
-            wanted = set(days)
-            dollars = {
-                k: v
-                for k, v in (
-                    (k, math.fsum(u for d, u in per_day.items() if d in wanted))
-                    for k, per_day in by_day.items()
-                )
-                if v
-            }
+            dollars = {k: v for k, v in _date_sums(by_day, set(days)).items() if v}
         qty: dict[TenantResource, Quantity] = {}
         if hit is not None:
             qty = {k: v for k, v in hit.quantities.items() if k[1] != TOKENS_RESOURCE}
         else:
-            wanted_days = set(days)
-            if used is None:
-                used = infra.quantities
-            for (tenant, resource), per_day in used.items():
-                value = math.fsum(q for d, q in per_day.items() if d in wanted_days)
+            if order is None:
+                order = tuple(_fold_sums([fold.quantities for fold in infra.days.values()]))
+            summed = _fold_sums([infra.days[d].quantities for d in days])
+            for key in order:
+                value = summed.get(key)
                 if value:
-                    qty[(tenant, resource)] = Quantity(value, QUANTITY_UNITS[resource])
+                    qty[key] = Quantity(value, QUANTITY_UNITS[key[1]])
         if name == period:
             for tenant, n in tokens.items():
                 if n > 0:
                     qty[(tenant, TOKENS_RESOURCE)] = Quantity(n, QUANTITY_UNITS[TOKENS_RESOURCE])
         out[name] = PeriodBooks(name, dollars, qty, covered_start, covered_end)
+    return out
+
+
+def _fold_sums(folds: Sequence[Mapping[TenantResource, float]]) -> dict[TenantResource, float]:
+    """The ``fsum`` per key of ``folds``' values, keys in the order first seen. Day folds
+    are :class:`DayColumns` whose key tuples are mostly equal from day to day: those are
+    summed column-wise (one ``fsum`` per key over a ``zip`` of the days' arrays)."""
+    groups: list[tuple[tuple[TenantResource, ...], list[array[float]]]] = []
+    for fold in folds:
+        if isinstance(fold, DayColumns):
+            keys, values = fold.keys_tuple, fold.values_array
+        else:
+            keys, values = tuple(fold), array("d", fold.values())
+        for group in groups:
+            if group[0] is keys or group[0] == keys:
+                group[1].append(values)
+                break
+        else:
+            groups.append((keys, [values]))
+    if len(groups) == 1:
+        ((keys, arrays),) = groups
+        return dict(zip(keys, map(math.fsum, zip(*arrays, strict=True)), strict=True))
+    # Groups in the order of their first day, each the exact keys of that day: iterating
+    # them in order meets each key first where it was first seen.
+    parts: dict[TenantResource, list[float]] = {}
+    for keys, arrays in groups:
+        for key, day_values in zip(keys, zip(*arrays, strict=True), strict=True):
+            parts.setdefault(key, []).extend(day_values)
+    return {k: math.fsum(v) for k, v in parts.items()}
+
+
+def _date_sums(
+    by_day: Mapping[TenantResource, Mapping[date, float]], wanted: set[date]
+) -> dict[TenantResource, float]:
+    """The ``fsum`` per key of its values on the ``wanted`` days (0.0 for none), in
+    ``by_day``'s order; a run of dates shared by many keys (:func:`fold_closed_days`) is looked
+    at once, and a contiguous selection summed as an array slice."""
+    chosen: dict[int, slice | list[int]] = {}
+    out: dict[TenantResource, float] = {}
+    fsum = math.fsum
+    for key, per_day in by_day.items():
+        if not isinstance(per_day, DayColumns):
+            out[key] = fsum(u for d, u in per_day.items() if d in wanted)
+            continue
+        dates = per_day.keys_tuple
+        sel = chosen.get(id(dates))
+        if sel is None:
+            at = [i for i, d in enumerate(dates) if d in wanted]
+            contiguous = bool(at) and at[-1] - at[0] + 1 == len(at)
+            sel = chosen[id(dates)] = slice(at[0], at[-1] + 1) if contiguous else at
+        values = per_day.values_array
+        out[key] = fsum(values[sel]) if isinstance(sel, slice) else fsum(values[i] for i in sel)
     return out
 
 
@@ -1241,7 +1620,10 @@ def _recommendations(
     budgets: Iterable[BudgetStatus],
     now: float,
     pod_model: Mapping[tuple[str, str], str],
+    highest: Mapping[TenantResource, float] | None = None,
 ) -> tuple[Recommendation, ...]:
+    """``highest``: each key's highest hourly peak where known (``max`` of ``peaks``)."""
+    highest = highest or {}
     gpu_rate: dict[TenantResource, list[float]] = defaultdict(list)
     for share in report.cost.shares:
         gpu_rate[(share.tenant, share.gpu_model)].append(share.alloc_rate)
@@ -1268,7 +1650,7 @@ def _recommendations(
             gpus=report.gpu_stats[(tenant, model)].held,
             usd_per_hour=rate.get((tenant, model), 0.0),
             window_seconds=max(0.0, now - since.get((tenant, model), now)),
-            peak_utilization=max(hourly.values()) if hourly else None,
+            peak_utilization=_highest(highest, (tenant, model), hourly),
         )
         for (tenant, model), hourly in sorted(peaks.items())
         if tenant != IDLE_TENANT
@@ -1301,6 +1683,16 @@ def _recommendations(
     )
 
 
+def _highest(
+    known: Mapping[TenantResource, float], key: TenantResource, hourly: Mapping[int, float]
+) -> float | None:
+    """The highest of ``hourly`` (``None`` when empty), from ``known`` where it is there."""
+    if not hourly:
+        return None
+    found = known.get(key)
+    return max(hourly.values()) if found is None else found
+
+
 def _sanitized(key: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in key)
 
@@ -1317,20 +1709,28 @@ def _spot_candidates(
     sees these (no utilization peak), so the two kinds do not double count a pod."""
     if allocations is None or not policy.spot:
         return []
-    keys = {policy.spot_label_key, _sanitized(policy.spot_label_key)}
-    kept = {t for rates in report.cost.rates.values() for t, _ in rates}
+    keys = tuple(dict.fromkeys((policy.spot_label_key, _sanitized(policy.spot_label_key))))
+    wanted = policy.spot_label_value
+    kept: frozenset[str] | None = None  # made when a spot pod needs it
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for row in allocations.allocations:
         if row.gpu_cost <= 0 or not row.namespace or not row.pod:
             continue
-        if not any(row.labels.get(k) == policy.spot_label_value for k in keys):
+        labels = row.labels
+        for k in keys:
+            if labels.get(k) == wanted:
+                break
+        else:
             continue
         model = pod_model.get((row.namespace, row.pod))
         tenant = report.cost.pod_tenants.get((row.namespace, row.pod))
         if model is None or tenant is None:
             continue
-        if report.cost.folded_tenants and tenant not in kept:
-            tenant = OTHER_TENANT
+        if report.cost.folded_tenants:
+            if kept is None:
+                kept = published_tenants(report)
+            if tenant not in kept:
+                tenant = OTHER_TENANT
         groups[(tenant, row.namespace, model)].append(row.gpu_cost / allocations.window_hours)
     return [
         GpuWorkload(

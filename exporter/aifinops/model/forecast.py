@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Literal
@@ -138,8 +138,16 @@ def fit_daily(
 ) -> DailyFit:
     """Theil–Sen over the full days of ``daily`` before ``today`` and at most
     ``lookback_days`` back (see :func:`forecast_month_end`)."""
+    return fit_history(daily_by_date(daily, tz), today, lookback_days)
+
+
+def fit_history(
+    by_date: Mapping[date, float], today: date, lookback_days: int = DEFAULT_LOOKBACK_DAYS
+) -> DailyFit:
+    """:func:`fit_daily` from the series already summed per local date
+    (:func:`daily_by_date`: finite values only)."""
     first_day = today - timedelta(days=lookback_days)
-    history = {d: v for d, v in daily_by_date(daily, tz).items() if first_day <= d < today}
+    history = {d: v for d, v in by_date.items() if first_day <= d < today}
     n = len(history)
     if n < MIN_FIT_DAYS:
         return DailyFit(today, n)

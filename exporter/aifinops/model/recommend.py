@@ -237,11 +237,6 @@ def recommend_idle_gpus(findings: Iterable[IdleGpuFinding]) -> list[Recommendati
     return out
 
 
-def _find_option(options: Sequence[GpuOption], name: str) -> GpuOption | None:
-    key = normalize_gpu_model(name)
-    return next((o for o in options if normalize_gpu_model(o.name) == key), None)
-
-
 def recommend_rightsizing(
     workloads: Iterable[GpuWorkload], options: Sequence[GpuOption], headroom: float = 0.8
 ) -> list[Recommendation]:
@@ -249,8 +244,17 @@ def recommend_rightsizing(
     Workloads without a peak utilization, or whose GPU model is not among ``options``, are
     skipped."""
     out = []
+    # Each workload's option: the first whose normalized name is its model's, each name
+    # normalized once (a regex per name; ~3,000 workloads a refresh at 2,000 tenants).
+    first: dict[str, GpuOption] = {}
+    for o in options:
+        first.setdefault(normalize_gpu_model(o.name), o)
+    normalized: dict[str, str] = {}
     for w in workloads:
-        current = _find_option(options, w.gpu_model)
+        key = normalized.get(w.gpu_model)
+        if key is None:
+            key = normalized[w.gpu_model] = normalize_gpu_model(w.gpu_model)
+        current = first.get(key)
         cost = _finite_nonneg(w.usd_per_hour)
         if current is None or w.peak_utilization is None or cost <= 0 or w.gpus <= 0:
             continue

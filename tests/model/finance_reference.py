@@ -1,0 +1,1313 @@
+"""The finance step as it was before issue 16's columnar paths (exporter/aifinops/model/
+finance.py at f5b4328, unchanged but for this docstring): the oracle that
+tests/model/test_finance_fast_paths.py compares the one public finance step with, refresh
+after refresh on the same inputs. Its fold of the month's days (a dict per row), its
+forecast fits (``scope_series`` of every key, then ``fit_daily``), its period books (a dict
+per key of every day) and today's part (a dict of lists per key) are the reference forms.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from array import array
+from collections import defaultdict
+from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Generic, TypeVar
+from zoneinfo import ZoneInfo
+
+from aifinops.model.budgets import (
+    GLOBAL_TENANT,
+    Budget,
+    BudgetScope,
+    BudgetStatus,
+    evaluate_budget_fitted,
+    scope_series,
+    scope_totals,
+)
+from aifinops.model.calendar import MonthBounds, month_bounds
+from aifinops.model.chargeback import Quantity, current_period, parse_period
+from aifinops.model.cost import _resource_costs, tenant_of
+
+# Re-exported: the finance step's types are read from here by its callers.
+from aifinops.model.finance_types import DEFAULT_HISTORY_MONTHS as DEFAULT_HISTORY_MONTHS
+from aifinops.model.finance_types import FinanceContext as FinanceContext
+from aifinops.model.finance_types import FinanceReport as FinanceReport
+from aifinops.model.finance_types import LedgerKey as LedgerKey
+from aifinops.model.finance_types import PeriodBooks as PeriodBooks
+from aifinops.model.finance_types import TenantResource as TenantResource
+from aifinops.model.forecast import DailyFit, fit_daily
+from aifinops.model.gpu_prices import GpuPricer
+from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
+from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
+from aifinops.model.recommend import (
+    HOURS_PER_MONTH,
+    GpuWorkload,
+    IdleGpuFinding,
+    Recommendation,
+    RecommendationPolicy,
+    SpotPrice,
+    build_recommendations,
+    gpu_options,
+)
+from aifinops.model.report import Report
+from aifinops.model.roi import (
+    AiCost,
+    DateRange,
+    Initiative,
+    InitiativeRoi,
+    RoiWindow,
+    compute_roi,
+    initiative_window,
+)
+from aifinops.model.routing import (
+    LatencyLookup,
+    ModelPrice,
+    PriceLookup,
+    RoutingResult,
+    Workload,
+    optimize_workload,
+)
+from aifinops.model.tenancy import TenantResolver
+from aifinops.model.vocabulary import IDLE_TENANT, OTHER_TENANT, TOKENS_RESOURCE
+
+SECONDS_PER_HOUR = 3600.0
+SECONDS_PER_MONTH = HOURS_PER_MONTH * SECONDS_PER_HOUR
+PEAK_WINDOW_SECONDS = 7 * 86400.0
+"""Right-sizing looks at the peak utilization of the last seven days (hourly maxima)."""
+POD_MODEL_MEMORY_SECONDS = 86400.0
+"""How long a pod's GPU model is remembered after DCGM last showed it (spot candidates)."""
+
+
+# --- configuration, inputs, state ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceInputs:
+    """What the finance step reads besides the report: OpenCost's daily sets (``None`` when
+    that source has no good data), the rate query's rows (pod labels for spot), the LLM price
+    list, and measured p95 latencies in seconds per (model, provider)."""
+
+    monthly: DailyAllocationSets | None = None
+    allocations: AllocationSet | None = None
+    catalog: LlmPriceCatalog | None = None
+    latencies: Mapping[tuple[str, str], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceState:
+    """What survives between refreshes.
+
+    ``periods``: the per-period ledger (see the module docstring). ``exporter_daily``: token
+    dollars and charge-back moves per (tenant, resource, local date), allocation basis.
+    ``token_volume``: tokens per (tenant, model) counted this month since ``volume_since``.
+    ``util_peaks``: hourly maxima of used/held GPU per (tenant, GPU model), with ``util_since``
+    the first time each was seen.
+    """
+
+    last_now: float | None = None
+    prev_accrued: Mapping[LedgerKey, float] = field(default_factory=dict)
+    periods: Mapping[str, Mapping[LedgerKey, float]] = field(default_factory=dict)
+    exporter_daily: Mapping[tuple[str, str, date], float] = field(default_factory=dict)
+    prev_tokens: Mapping[tuple[str, str, str, str], float] = field(default_factory=dict)
+    token_volume: Mapping[TenantResource, float] = field(default_factory=dict)
+    volume_period: str | None = None
+    volume_since: float | None = None
+    util_peaks: Mapping[TenantResource, Mapping[int, float]] = field(default_factory=dict)
+    util_since: Mapping[TenantResource, float] = field(default_factory=dict)
+    pod_gpu_models: Mapping[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+    infra: InfraMonth | None = None  # a cache, never persisted (see InfraMonth)
+    ledger_since: Mapping[str, float] = field(default_factory=dict)  # not persisted yet
+    # likewise: (the sets folded, the month in progress then, the books from them)
+    books: tuple[InfraMonth, str, Mapping[str, PeriodBooks]] | None = None
+    closed: ClosedDays | None = None  # a cache, never persisted (see ClosedDays)
+
+
+# OpenCost's usage fields per resource and the FOCUS unit they are given in (Allocation's
+# byte-hours are turned into GiB-hours).
+GIB = float(1 << 30)
+QUANTITY_UNITS: Mapping[str, str] = {
+    "gpu": "GPU-Hours",
+    "cpu": "Core-Hours",  # FOCUS Unit Format: "Core" is its recommended count unit
+    "ram": "GiB-Hours",
+    "storage": "GiB-Hours",
+    TOKENS_RESOURCE: "Tokens",
+}
+
+
+def _row_quantities(row: Allocation) -> dict[str, float]:
+    return {
+        "gpu": row.gpu_hours,
+        "cpu": row.cpu_core_hours,
+        "ram": row.ram_byte_hours / GIB,
+        "storage": row.pv_byte_hours / GIB,
+    }
+
+
+def exporter_daily_keep_from(today: date, lookback_days: int, books_months: int) -> date:
+    """The oldest day of the exporter's daily ledger kept: the forecast's look-back and a
+    month, or the first day of the month ``books_months`` before today's, the earlier."""
+    first = today.replace(day=1)
+    for _ in range(books_months):
+        first = (first - timedelta(days=1)).replace(day=1)
+    return min(today - timedelta(days=lookback_days + 31), first)
+
+
+# --- time helpers --------------------------------------------------------------------------
+
+
+def local_date(ts: float, tz: str) -> date:
+    return datetime.fromtimestamp(ts, ZoneInfo(tz)).date()
+
+
+@functools.lru_cache(maxsize=4096)
+def local_midnight(d: date, tz: str) -> float:
+    """Unix seconds of local midnight starting ``d`` in ``tz``. Cached: a refresh asks for
+    the same few dozen days once per (tenant, resource) series — 350k calls at 2,000
+    tenants."""
+    return datetime(d.year, d.month, d.day, tzinfo=ZoneInfo(tz)).timestamp()
+
+
+def _split(start: float, end: float, tz: str, by: str) -> list[tuple[str | date, float]]:
+    """Fractions of ``[start, end]`` per calendar ``by`` (``"month"`` → ``YYYY-MM``,
+    ``"day"`` → a date) in ``tz``; one piece when nothing is crossed."""
+    zone = ZoneInfo(tz)
+
+    def key(ts: float) -> str | date:
+        d = datetime.fromtimestamp(ts, zone).date()
+        return d.strftime("%Y-%m") if by == "month" else d
+
+    if end <= start:
+        return [(key(end), 1.0)]
+    pieces: list[tuple[str | date, float]] = []
+    t = start
+    while t < end:
+        d = datetime.fromtimestamp(t, zone).date()
+        if by == "month":
+            nxt = date(d.year + 1, 1, 1) if d.month == 12 else date(d.year, d.month + 1, 1)
+        else:
+            nxt = d + timedelta(days=1)
+        boundary = min(end, local_midnight(nxt, tz))
+        if boundary <= t:  # pragma: no cover - defensive against a zone quirk
+            boundary = end
+        pieces.append((key(t), (boundary - t) / (end - start)))
+        t = boundary
+    return pieces
+
+
+# --- the step ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshCalendar:
+    """Where ``now`` falls in the calendar of ``tz``, and the interval since the last
+    refresh (``hours``; ``interval_start`` is ``now`` at the first refresh)."""
+
+    now: float
+    tz: str
+    bounds: MonthBounds
+    period: str
+    today: date
+    month_first: date
+    hours: float
+    interval_start: float
+
+
+def refresh_calendar(state: FinanceState, now: float, tz: str) -> RefreshCalendar:
+    bounds = month_bounds(now, tz)
+    hours = 0.0
+    if state.last_now is not None and now > state.last_now:
+        hours = (now - state.last_now) / SECONDS_PER_HOUR
+    return RefreshCalendar(
+        now=now,
+        tz=tz,
+        bounds=bounds,
+        period=current_period(now, tz),
+        today=local_date(now, tz),
+        month_first=local_date(bounds.start, tz),
+        hours=hours,
+        interval_start=state.last_now if state.last_now is not None else now,
+    )
+
+
+def build_finance(
+    report: Report,
+    inputs: FinanceInputs,
+    ctx: FinanceContext,
+    resolver: TenantResolver,
+    pricer: GpuPricer,
+    state: FinanceState,
+    now: float,
+) -> tuple[FinanceReport, FinanceState]:
+    """One refresh of the finance figures from ``report`` (built at ``now``), phase by
+    phase: the exporter's own ledger, month-to-date spend (closed days folded once, today's
+    partial day every refresh), budgets, ROI, token volume and routing, utilization peaks
+    and recommendations, the period books."""
+    cal = refresh_calendar(state, now, ctx.tz)
+    own = book_exporter_ledger(report, state, ctx, cal)
+    month = month_spend(report, inputs.monthly, resolver, state, ctx, cal, own)
+    budgets, notes, cluster = evaluate_month_budgets(ctx, month, cal)
+    initiatives = tuple(_initiative_roi(i, cal, month) for i in ctx.initiatives)
+    volume = count_token_volume(report, state, cal)
+    prices = _price_lookup(report, inputs.catalog)
+    latencies = _latency_lookup(inputs.latencies)
+    monthly_tokens = {
+        w.name: _monthly_tokens(w, volume.volume, volume.observed) for w in ctx.workloads
+    }
+    routing = tuple(
+        optimize_workload(w, prices, latencies, monthly_tokens[w.name]) for w in ctx.workloads
+    )
+    usage = track_gpu_usage(report, state, now)
+    recommendations = _recommendations(
+        report,
+        inputs,
+        ctx,
+        pricer,
+        usage.peaks,
+        usage.since,
+        routing,
+        volume.observed,
+        budgets,
+        now,
+        {k: m for k, (m, _) in usage.pod_models.items()},
+    )
+    books = month_books(report, state, cal, month, volume.volume)
+    finance = FinanceReport(
+        now=now,
+        tz=cal.tz,
+        period=cal.period,
+        month_start=cal.bounds.start,
+        infra_available=month.infra_available,
+        month_to_date=month.month_to_date,
+        tenant_month_to_date=month.tenant_month_to_date,
+        budgets=budgets,
+        budget_notes=notes,
+        cluster=cluster,
+        initiatives=initiatives,
+        routing=routing,
+        routing_window_seconds=volume.observed,
+        recommendations=recommendations,
+        periods=own.periods,
+        idle_cost_usd_per_hour=math.fsum(s.idle_rate for s in report.gpu_stats.values()),
+        prices=prices,
+        latencies=latencies,
+        monthly_tokens=monthly_tokens,
+        books=books,
+        ledger_since=own.ledger_since,
+    )
+    new_state = FinanceState(
+        last_now=now,
+        prev_accrued=dict(report.accrued),
+        periods=own.periods,
+        exporter_daily=own.daily,
+        prev_tokens=volume.prev_tokens,
+        token_volume=volume.volume,
+        volume_period=cal.period if report.tokens is not None else state.volume_period,
+        volume_since=volume.since,
+        util_peaks=usage.peaks,
+        util_since=usage.since,
+        pod_gpu_models=usage.pod_models,
+        infra=month.infra,
+        books=(month.infra, cal.period, books) if month.infra is not None else None,
+        ledger_since=own.ledger_since,
+        closed=month.closed,
+    )
+    return finance, new_state
+
+
+# --- phase: the exporter's own ledger ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterLedger:
+    """The exporter's counters booked per period (``periods``, with ``ledger_since``) and per
+    day for tokens and charge-back (``daily``); ``closed_touched``: this refresh booked
+    dollars on a day before today (its interval crossed midnight), so the closed days'
+    fold is stale."""
+
+    periods: dict[str, Mapping[LedgerKey, float]]
+    ledger_since: dict[str, float]
+    daily: dict[tuple[str, str, date], float]
+    closed_touched: bool
+
+
+def book_exporter_ledger(
+    report: Report, state: FinanceState, ctx: FinanceContext, cal: RefreshCalendar
+) -> ExporterLedger:
+    tz, now, interval_start = cal.tz, cal.now, cal.interval_start
+    increments = _increments(report.accrued, state.prev_accrued)
+    # Copied on write: only the periods this interval touches (the current one, or two
+    # across a month boundary); the past months' ledgers are shared with the previous state.
+    periods: dict[str, Mapping[LedgerKey, float]] = dict(state.periods)
+    copied: dict[str, dict[LedgerKey, float]] = {}
+
+    def ledger_of(name: str) -> dict[LedgerKey, float]:
+        found = copied.get(name)
+        if found is None:
+            found = copied[name] = dict(periods.get(name, {}))
+            periods[name] = found
+        return found
+
+    month_pieces = _split(interval_start, now, tz, "month")
+    for ledger_key, usd in increments.items():
+        for piece, fraction in month_pieces:
+            period_ledger = ledger_of(str(piece))
+            period_ledger[ledger_key] = period_ledger.get(ledger_key, 0.0) + usd * fraction
+    periods.setdefault(cal.period, {})
+    # When this process's ledger began each period it holds (a restored state file's periods
+    # have no known start: None, read as the period start).
+    ledger_since = {p: t for p, t in state.ledger_since.items() if p in periods}
+    for name in periods:
+        if name not in state.periods and name not in ledger_since:
+            ledger_since[name] = max(interval_start, parse_period(name, tz)[0])
+    for old in sorted(periods)[: max(0, len(periods) - ctx.history_months)]:
+        del periods[old]
+
+    keep_from = exporter_daily_keep_from(cal.today, ctx.lookback_days, ctx.books_months)
+    daily = {k: v for k, v in state.exporter_daily.items() if k[2] >= keep_from}
+    day_pieces = _split(interval_start, now, tz, "day")
+
+    def book_daily(tenant: str, resource: str, usd: float) -> None:
+        for piece, fraction in day_pieces:
+            assert isinstance(piece, date)
+            k = (tenant, resource, piece)
+            daily[k] = daily.get(k, 0.0) + usd * fraction
+
+    for (tenant, resource, basis), usd in increments.items():
+        if resource == TOKENS_RESOURCE and basis == "allocation" and usd:
+            book_daily(tenant, resource, usd)
+    if cal.hours > 0:
+        for (tenant, resource), rate in report.charge_back.get("allocation", {}).items():
+            book_daily(tenant, resource, rate * cal.hours)
+    touched = any(isinstance(p, date) and p < cal.today for p, _ in day_pieces)
+    return ExporterLedger(periods, ledger_since, daily, touched)
+
+
+# --- phase: month-to-date spend ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedDays:
+    """The days before ``today`` folded once: USD per (tenant, resource) and local date
+    from OpenCost's daily sets (``infra``) and the exporter's daily ledger, their daily
+    series per budget scope, and the forecast fits made from them.
+
+    Why: a closed day's dollars change only when the month query brings new sets (every
+    ``budgets.refresh_interval_seconds``) or the day turns, while the refresh runs every
+    30 s; at 2,000 tenants folding every day and fitting 2,001 forecasts each refresh was
+    most of the finance step. A refresh adds today's partial day to these (see
+    :func:`month_spend`); the figures are the same as folding everything again (each
+    (key, day) value is the same ``fsum`` of the same parts). Never persisted."""
+
+    infra: InfraMonth | None
+    today: date
+    tz: str
+    lookback_days: int
+    budgets: tuple[Budget, ...]
+    by_day: Mapping[TenantResource, Mapping[date, float]]
+    # OpenCost's dollars of today (and any later day), added to by each refresh.
+    open_infra: Mapping[TenantResource, Mapping[date, float]]
+    # The closed days of this month per key, as exact partials (:func:`exact_partials`):
+    # month to date is their fsum with today's.
+    month_values: Mapping[TenantResource, tuple[float, ...]]
+    keys_by_tenant: Mapping[str, tuple[TenantResource, ...]]
+    # The forecast fit of each budget's scope (and the cluster's), made once per cache.
+    fits: Mapping[tuple[str, BudgetScope], DailyFit]
+
+    def fit(self, key: tuple[str, BudgetScope]) -> DailyFit:
+        found = self.fits.get(key)
+        return found if found is not None else DailyFit(self.today, 0)
+
+
+def fold_closed_days(
+    cached: ClosedDays | None,
+    infra: InfraMonth | None,
+    daily: Mapping[tuple[str, str, date], float],
+    cal: RefreshCalendar,
+    lookback_days: int,
+    touched: bool,
+    budgets: Sequence[Budget] = (),
+) -> ClosedDays:
+    """``cached`` when it was folded from the same sets (``infra`` by identity) on the same
+    local day, and this refresh booked nothing on a closed day (``touched``); else the
+    closed days folded again."""
+    today, tz = cal.today, cal.tz
+    if (
+        cached is not None
+        and not touched
+        and cached.infra is infra
+        and cached.today == today
+        and cached.tz == tz
+        and cached.lookback_days == lookback_days
+        and cached.budgets == tuple(budgets)
+    ):
+        return cached
+    # A (key, closed day) has at most two parts, OpenCost's (one fold per day) and the
+    # exporter's (one daily entry), so each day's fsum is taken as they come rather than
+    # from a list per (key, day): ~400k lists at 2,000 tenants (bench/README.md).
+    by_day: dict[TenantResource, dict[date, float]] = {}
+    open_infra: dict[TenantResource, dict[date, float]] = defaultdict(dict)
+    fsum = math.fsum
+    if infra is not None:
+        for day, fold in infra.days.items():
+            for key, usd in fold.dollars.items():
+                if day < today:
+                    days = by_day.get(key)
+                    if days is None:
+                        by_day[key] = days = {}
+                    days[day] = fsum((usd,))
+                else:
+                    open_infra[key][day] = usd
+    for (tenant, resource, day), usd in daily.items():
+        if day < today:
+            key = (tenant, resource)
+            days = by_day.get(key)
+            if days is None:
+                by_day[key] = days = {}
+            # OpenCost's part (its fsum is the value itself) first, as a list would have it.
+            seen = days.get(day)
+            days[day] = fsum((usd,)) if seen is None else fsum((seen, usd))
+    month_values = {
+        k: exact_partials(v for d, v in days.items() if d >= cal.month_first)
+        for k, days in by_day.items()
+    }
+    by_day_columns = _date_columns(by_day)
+    tenants: dict[str, list[TenantResource]] = defaultdict(list)
+    for key in by_day:
+        tenants[key[0]].append(key)
+    infra_available = infra is not None
+    series = {
+        k: [(local_midnight(d, tz), v) for d, v in sorted(days.items())]
+        for k, days in by_day.items()
+        if infra_available or k[1] == TOKENS_RESOURCE
+    }
+    scope_daily = scope_series(series)
+    return ClosedDays(
+        infra=infra,
+        today=today,
+        tz=tz,
+        lookback_days=lookback_days,
+        budgets=tuple(budgets),
+        by_day=by_day_columns,
+        open_infra=dict(open_infra),
+        month_values=month_values,
+        keys_by_tenant={t: tuple(v) for t, v in tenants.items()},
+        fits={
+            key: fit_daily(scope_daily.get(key, ()), today, tz, lookback_days)
+            for key in _fit_keys(budgets)
+        },
+    )
+
+
+def _date_columns(
+    by_day: Mapping[TenantResource, Mapping[date, float]],
+) -> dict[TenantResource, DayColumns[date]]:
+    """Each key's days as :class:`DayColumns`, equal runs of dates sharing one tuple (most
+    keys have every day of the month): ~12k dicts of ~46 float objects at 2,000 tenants."""
+    runs: dict[tuple[date, ...], tuple[date, ...]] = {}
+    out: dict[TenantResource, DayColumns[date]] = {}
+    for key, days in by_day.items():
+        dates = tuple(days)
+        out[key] = DayColumns(runs.setdefault(dates, dates), array("d", days.values()))
+    return out
+
+
+def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
+    """Non-overlapping floats whose exact sum is the exact sum of ``values`` (finite), so
+    that ``math.fsum((*exact_partials(v), *more)) == math.fsum((*v, *more))`` bit for bit:
+    a month's closed days are summed once, and a refresh adds today's to two or three
+    partials instead of 30 values (Shewchuk's algorithm, as ``math.fsum`` itself uses)."""
+    partials: list[float] = []
+    for x in values:
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+    return tuple(partials)
+
+
+def _fit_keys(budgets: Sequence[Budget]) -> set[tuple[str, BudgetScope]]:
+    """The scopes whose forecast is asked: each budget's, and the cluster's."""
+    cluster: tuple[str, BudgetScope] = (GLOBAL_TENANT, "all")
+    return {(b.tenant, b.scope) for b in budgets} | {cluster}
+
+
+@dataclass(frozen=True, slots=True)
+class MonthSpend:
+    """Month-to-date spend at this refresh: the closed days (:class:`ClosedDays`) and
+    today's partial day (``open_by_day``: OpenCost's part of today, the current rate over
+    the time since the month query ran, the exporter's tokens and charge-back of today)."""
+
+    infra: InfraMonth | None
+    infra_available: bool
+    closed: ClosedDays
+    open_by_day: Mapping[TenantResource, Mapping[date, float]]
+    open_by_tenant: Mapping[str, tuple[TenantResource, ...]]
+    month_to_date: Mapping[TenantResource, float]
+    tenant_month_to_date: Mapping[str, float]
+
+    @property
+    def infra_start(self) -> date | None:
+        return self.infra.start if self.infra is not None else None
+
+    def tenant_days(
+        self, tenant: str
+    ) -> Iterable[tuple[TenantResource, Iterable[tuple[date, float]]]]:
+        """Each (tenant, resource) key of ``tenant`` with its USD per day, closed and open."""
+        keys = dict.fromkeys(self.closed.keys_by_tenant.get(tenant, ()))
+        keys.update(dict.fromkeys(self.open_by_tenant.get(tenant, ())))
+        for key in keys:
+            closed = self.closed.by_day.get(key, {})
+            opened = self.open_by_day.get(key, {})
+            yield key, [*closed.items(), *opened.items()]
+
+
+def month_spend(
+    report: Report,
+    monthly: DailyAllocationSets | None,
+    resolver: TenantResolver,
+    state: FinanceState,
+    ctx: FinanceContext,
+    cal: RefreshCalendar,
+    own: ExporterLedger,
+) -> MonthSpend:
+    """Month-to-date USD per (tenant, resource), allocation basis (see the module
+    docstring): the closed days folded once per day and set of daily sets, today's part
+    every refresh."""
+    kept: frozenset[str] | None = None
+    if report.cost.folded_tenants > 0:
+        kept = frozenset(t for rates in report.cost.rates.values() for t, _ in rates)
+    infra: InfraMonth | None = None
+    if monthly is not None:
+        infra = infra_month(state.infra, monthly, resolver, kept, cal.tz)
+    closed = fold_closed_days(
+        state.closed, infra, own.daily, cal, ctx.lookback_days, own.closed_touched, ctx.budgets
+    )
+    today = cal.today
+    parts: dict[TenantResource, dict[date, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for key, days in closed.open_infra.items():
+        for day, usd in days.items():
+            parts[key][day].append(usd)
+    if monthly is not None:
+        gap_hours = max(0.0, cal.now - monthly.end) / SECONDS_PER_HOUR
+        if gap_hours > 0:
+            moved = report.charge_back.get("allocation", {})
+            for (tenant, resource), rate in report.tenant_rates("allocation").items():
+                if resource == TOKENS_RESOURCE:
+                    continue
+                own_rate = rate - moved.get((tenant, resource), 0.0)
+                if own_rate:
+                    parts[(tenant, resource)][today].append(own_rate * gap_hours)
+    for (tenant, resource, day), usd in own.daily.items():
+        if day >= today:
+            parts[(tenant, resource)][day].append(usd)
+    open_by_day = {k: {d: math.fsum(v) for d, v in days.items()} for k, days in parts.items()}
+    open_tenants: dict[str, list[TenantResource]] = defaultdict(list)
+    for key in open_by_day:
+        open_tenants[key[0]].append(key)
+
+    infra_available = monthly is not None
+    month_to_date: dict[TenantResource, float] = {}
+    for key in (*closed.by_day, *(k for k in open_by_day if k not in closed.by_day)):
+        if not infra_available and key[1] != TOKENS_RESOURCE:
+            continue
+        todays = open_by_day.get(key)
+        values = closed.month_values.get(key, ())
+        if todays:
+            values = (*values, *(v for d, v in todays.items() if d <= today))
+        month_to_date[key] = math.fsum(values)
+    tenant_mtd: dict[str, float] = {}
+    if infra_available:
+        by_tenant: dict[str, list[float]] = defaultdict(list)
+        for (tenant, _), usd in month_to_date.items():
+            by_tenant[tenant].append(usd)
+        tenant_mtd = {t: math.fsum(v) for t, v in by_tenant.items()}
+    return MonthSpend(
+        infra=infra,
+        infra_available=infra_available,
+        closed=closed,
+        open_by_day=open_by_day,
+        open_by_tenant={t: tuple(v) for t, v in open_tenants.items()},
+        month_to_date=month_to_date,
+        tenant_month_to_date=tenant_mtd,
+    )
+
+
+# --- phase: budgets ------------------------------------------------------------------------
+
+
+def evaluate_month_budgets(
+    ctx: FinanceContext, month: MonthSpend, cal: RefreshCalendar
+) -> tuple[tuple[BudgetStatus, ...], tuple[str, ...], BudgetStatus | None]:
+    """The configured budgets that can be evaluated (without OpenCost's month only the
+    ``tokens`` scope: a missing month is no spend to alert on), why the others are not, and
+    the whole cluster's status (``None`` without OpenCost's month). Forecasts use the closed
+    days' fits and this refresh's spend."""
+    spend = scope_totals(month.month_to_date)
+    notes: list[str] = []
+    budgets: list[BudgetStatus] = []
+    for b in ctx.budgets:
+        if b.scope != "tokens" and not month.infra_available:
+            notes.append(
+                f"budget {b.tenant}/{b.scope}: no OpenCost month-to-date data "
+                "(source opencost_month down, stale or not fetched yet): not evaluated"
+            )
+            continue
+        key = (b.tenant, b.scope)
+        budgets.append(
+            evaluate_budget_fitted(b, spend.get(key, 0.0), month.closed.fit(key), cal.now, cal.tz)
+        )
+    cluster: BudgetStatus | None = None
+    if month.infra_available:
+        global_all = next(
+            (b for b in ctx.budgets if b.tenant == GLOBAL_TENANT and b.scope == "all"),
+            Budget(GLOBAL_TENANT, 0.0),
+        )
+        cluster = evaluate_budget_fitted(
+            global_all,
+            spend.get((GLOBAL_TENANT, "all"), 0.0),
+            month.closed.fit((GLOBAL_TENANT, "all")),
+            cal.now,
+            cal.tz,
+        )
+    return tuple(budgets), tuple(notes), cluster
+
+
+# --- phase: token volume -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVolume:
+    """Tokens per (tenant, model) this month since ``since``; ``observed``: seconds."""
+
+    volume: dict[TenantResource, float]
+    since: float | None
+    observed: float
+    prev_tokens: dict[tuple[str, str, str, str], float]
+
+
+def count_token_volume(report: Report, state: FinanceState, cal: RefreshCalendar) -> TokenVolume:
+    now, period = cal.now, cal.period
+    volume: dict[TenantResource, float] = {}
+    volume_since = state.volume_since
+    prev_tokens = dict(state.prev_tokens)
+    if report.tokens is not None:
+        if state.volume_period == period:
+            volume = dict(state.token_volume)
+        else:
+            volume_since = now
+        for usage_key, n in report.tokens.tokens.items():
+            prev = prev_tokens.get(usage_key)
+            delta = n if prev is None or n < prev else n - prev
+            if delta > 0:
+                vk = (usage_key[0], usage_key[1])
+                volume[vk] = volume.get(vk, 0.0) + delta
+        prev_tokens = dict(report.tokens.tokens)
+        if volume_since is None:
+            volume_since = now
+    observed = max(0.0, now - volume_since) if volume_since is not None else 0.0
+    return TokenVolume(volume, volume_since, observed, prev_tokens)
+
+
+# --- phase: utilization peaks --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GpuUsage:
+    """Hourly utilization peaks per (tenant, GPU model) with when each was first seen, and
+    the GPU model of each pod as DCGM last showed it ``(model, at)``."""
+
+    peaks: dict[TenantResource, dict[int, float]]
+    since: dict[TenantResource, float]
+    pod_models: dict[tuple[str, str], tuple[str, float]]
+
+
+def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage:
+    hour = math.floor(now / SECONDS_PER_HOUR)
+    oldest_hour = hour - math.ceil(PEAK_WINDOW_SECONDS / SECONDS_PER_HOUR)
+    peaks: dict[TenantResource, dict[int, float]] = {}
+    since: dict[TenantResource, float] = {}
+    for gpu_key, stats in report.gpu_stats.items():
+        if stats.held <= 0:
+            continue
+        u = min(1.0, max(0.0, stats.used / stats.held))
+        previous = state.util_peaks.get(gpu_key)
+        if previous and previous.get(hour, -1.0) >= max(0.0, u) and min(previous) > oldest_hour:
+            # Unchanged (no new peak, nothing expired): shared, not copied; a week of
+            # hourly maxima is 168 entries per (tenant, GPU model).
+            peaks[gpu_key] = dict(previous) if not isinstance(previous, dict) else previous
+        else:
+            hourly = {h: v for h, v in (previous or {}).items() if h > oldest_hour}
+            hourly[hour] = max(hourly.get(hour, 0.0), u)
+            peaks[gpu_key] = hourly
+        since[gpu_key] = max(state.util_since.get(gpu_key, now), now - PEAK_WINDOW_SECONDS)
+    # GPU model per pod as DCGM last saw it: a batch job that finished within the rate
+    # query's window still has cost there, but no DCGM series any more.
+    pod_models = {
+        k: v for k, v in state.pod_gpu_models.items() if now - v[1] <= POD_MODEL_MEMORY_SECONDS
+    }
+    for share in report.cost.shares:
+        pod_models[(share.idle_key[2], share.idle_key[3])] = (share.gpu_model, now)
+    return GpuUsage(peaks, since, pod_models)
+
+
+# --- phase: the books ----------------------------------------------------------------------
+
+
+def month_books(
+    report: Report,
+    state: FinanceState,
+    cal: RefreshCalendar,
+    month: MonthSpend,
+    volume: Mapping[TenantResource, float],
+) -> dict[str, PeriodBooks]:
+    """:func:`period_books` of the months OpenCost's sets cover (none without them); a past
+    month's days are all closed, so the closed days' fold is their ``by_day``."""
+    infra = month.infra
+    if infra is None:
+        return {}
+    reuse = None
+    if state.books is not None and state.books[0] is infra and state.books[1] == cal.period:
+        reuse = state.books[2]
+    return period_books(
+        infra,
+        month.closed.by_day,
+        month.month_to_date,
+        cal.period,
+        cal.now,
+        _api_tokens(report, volume),
+        reuse,
+    )
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class DayColumns(Mapping[K, float], Generic[K]):
+    """A read-only mapping kept as two columns: the keys (a tuple that may be shared, see
+    :func:`infra_month` and :func:`fold_closed_days`) and their values in an
+    ``array('d')``, in insertion order.
+
+    Why: a month of day folds at 2,000 tenants is ~670k (key, day) entries; as dicts of
+    float objects they were the largest part of the finance state (bench/README.md,
+    profile summary). Iterating the items (what the folds do) reads the columns; a look-up
+    by key builds the index on first use."""
+
+    __slots__ = ("_index", "_keys", "_values")
+
+    def __init__(self, keys: tuple[K, ...], values: array[float]) -> None:
+        if len(keys) != len(values):
+            raise ValueError("DayColumns: as many values as keys")
+        self._keys = keys
+        self._values = values
+        self._index: dict[K, int] | None = None
+
+    def __getitem__(self, key: K) -> float:
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self._keys)}
+        return self._values[self._index[key]]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def items(self) -> ItemsView[K, float]:
+        return _ColumnItems(self)
+
+    def values(self) -> ValuesView[float]:
+        return _ColumnValues(self)
+
+
+class _ColumnItems(ItemsView[K, float]):
+    _mapping: DayColumns[K]
+
+    def __iter__(self) -> Iterator[tuple[K, float]]:
+        return zip(self._mapping._keys, self._mapping._values, strict=True)
+
+
+class _ColumnValues(ValuesView[float]):
+    _mapping: DayColumns[Hashable]
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._mapping._values)
+
+
+def _columns(parts: Mapping[TenantResource, list[float]]) -> DayColumns[TenantResource]:
+    """Each key's ``fsum``, as :class:`DayColumns`."""
+    return DayColumns(tuple(parts), array("d", map(math.fsum, parts.values())))
+
+
+@dataclass(frozen=True, slots=True)
+class DayFold:
+    """One local date's daily sets (``sets``, kept for their identity) folded to USD and
+    usage per (tenant, resource), as :class:`DayColumns`."""
+
+    sets: tuple[AllocationSet, ...]
+    dollars: Mapping[TenantResource, float]
+    quantities: Mapping[TenantResource, float]
+
+
+@dataclass(frozen=True, slots=True)
+class InfraMonth:
+    """OpenCost's daily sets folded to USD per (tenant, resource) and local date, with the
+    inputs it was folded from. The sets change once per ``budgets.refresh_interval_seconds``
+    and the rates every refresh: at 2,000 tenants folding 40k rows is most of the finance
+    step, so it is redone only when the sets, the tenancy resolver, the folded tenants or the
+    time zone change (compared by identity/equality in :func:`infra_month`), and then only
+    for the days whose sets changed (``days``: the month query keeps the sets of days that
+    have settled, so a new answer brings new sets for its last days only)."""
+
+    sets: DailyAllocationSets
+    resolver: TenantResolver
+    kept: frozenset[str] | None
+    tz: str
+    start: date | None
+    spans: Mapping[date, tuple[float, float]] = field(default_factory=dict)  # per local date
+    days: Mapping[date, DayFold] = field(default_factory=dict)
+
+    # Derived when asked (when the closed days or the books are folded again), not kept:
+    # at 2,000 tenants each is ~25 MB of dicts that the day folds already hold.
+    @property
+    def by_day(self) -> dict[TenantResource, dict[date, float]]:
+        """USD per (tenant, resource) and local date."""
+        out: dict[TenantResource, dict[date, float]] = {}
+        for day, fold in self.days.items():
+            for key, usd in fold.dollars.items():
+                out.setdefault(key, {})[day] = usd
+        return out
+
+    @property
+    def quantities(self) -> dict[TenantResource, dict[date, float]]:
+        """OpenCost's usage (:data:`QUANTITY_UNITS`) per (tenant, resource) and local date."""
+        out: dict[TenantResource, dict[date, float]] = {}
+        for day, fold in self.days.items():
+            for key, q in fold.quantities.items():
+                out.setdefault(key, {})[day] = q
+        return out
+
+
+def infra_month(
+    cached: InfraMonth | None,
+    monthly: DailyAllocationSets,
+    resolver: TenantResolver,
+    kept: frozenset[str] | None,
+    tz: str,
+) -> InfraMonth:
+    """``cached`` when it was folded from the same inputs, else the sets folded again (a
+    day whose sets are the very ones ``cached`` folded is reused). ``kept``: the tenants the
+    report publishes when it folds the rest into ``__other__`` (``None`` when it folds
+    none)."""
+    same_rules = (
+        cached is not None
+        and cached.resolver is resolver
+        and cached.kept == kept
+        and cached.tz == tz
+    )
+    if cached is not None and same_rules and cached.sets is monthly:
+        return cached
+    previous = cached.days if cached is not None and same_rules else {}
+    groups: dict[date, list[AllocationSet]] = {}
+    spans: dict[date, tuple[float, float]] = {}
+    start: date | None = None
+    for set_start, set_end, allocation_set in monthly.sets:
+        day = local_date((set_start + set_end) / 2.0, tz)
+        start = day if start is None else min(start, day)
+        seen = spans.get(day)
+        spans[day] = (
+            (set_start, set_end)
+            if seen is None
+            else (min(seen[0], set_start), max(seen[1], set_end))
+        )
+        groups.setdefault(day, []).append(allocation_set)
+    days: dict[date, DayFold] = {}
+    # One key tuple per (tenant, resource) for every day's fold (the reused ones' included):
+    # at 2,000 tenants a month holds ~670k (key, day) entries but ~12k distinct keys, and a
+    # tuple per entry was ~36 MB of the finance state (bench/README.md, profile summary).
+    keys: dict[TenantResource, TenantResource] = {}
+    for reused in previous.values():
+        for key in reused.dollars:
+            keys.setdefault(key, key)
+    for day, sets in groups.items():
+        fold = previous.get(day)
+        if (
+            fold is None
+            or len(fold.sets) != len(sets)
+            or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
+        ):
+            fold = _fold_day(tuple(sets), resolver, kept, keys)
+        days[day] = fold
+    return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
+
+
+def _fold_day(
+    sets: tuple[AllocationSet, ...],
+    resolver: TenantResolver,
+    kept: frozenset[str] | None,
+    keys: dict[TenantResource, TenantResource] | None = None,
+) -> DayFold:
+    """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``).
+    ``keys``: the (tenant, resource) tuples to use, shared with other days' folds (a key
+    new here is added to it)."""
+    keys = {} if keys is None else keys
+    parts: dict[TenantResource, list[float]] = defaultdict(list)
+    used: dict[TenantResource, list[float]] = defaultdict(list)
+    for allocation_set in sets:
+        for row in allocation_set.allocations:
+            tenant = tenant_of(row, resolver)
+            if (
+                kept is not None
+                and tenant not in kept
+                and tenant not in (IDLE_TENANT, OTHER_TENANT)
+            ):
+                tenant = OTHER_TENANT
+            for resource, usd in _resource_costs(row).items():
+                if usd:
+                    key = (tenant, resource)
+                    parts[keys.setdefault(key, key)].append(usd)
+            for resource, q in _row_quantities(row).items():
+                if q:
+                    key = (tenant, resource)
+                    used[keys.setdefault(key, key)].append(q)
+    return DayFold(sets, _columns(parts), _columns(used))
+
+
+def period_books(
+    infra: InfraMonth,
+    by_day: Mapping[TenantResource, Mapping[date, float]],
+    month_to_date: Mapping[TenantResource, float],
+    period: str,
+    now: float,
+    tokens: Mapping[str, float],
+    cached: Mapping[str, PeriodBooks] | None = None,
+) -> dict[str, PeriodBooks]:
+    """The books of every calendar month OpenCost's daily sets cover from its first day:
+    dollars per (tenant, resource) are ``by_day`` (OpenCost's infrastructure dollars plus the
+    exporter's own token and charge-back dollars per day) summed over the month, and for
+    the month in progress exactly ``month_to_date`` (the figure budgets and the summary
+    show, over whatever part of it OpenCost holds). Quantities are OpenCost's usage of each
+    tenant's own pods over the same days (plus ``tokens``, API tokens per tenant, this month
+    only; dollars moved by self-hosted charge-back carry no quantity of their own). A past
+    month whose sets start after its first day (OpenCost no longer holds all of it, or only
+    the look-back reached it) is left out rather than shown short.
+
+    ``cached``: a previous answer from the same ``infra`` and ``period``: its past months are
+    reused as they are, and its month in progress for OpenCost's quantities (measured: 0.23 s
+    fresh, 0.008 s reused, for 46 days of 1,900 tenants × 6 resources). A past month's own
+    dollars are booked when its days are, so they change only with the sets (the key)."""
+    tz = infra.tz
+    months: dict[str, list[date]] = defaultdict(list)
+    for day in infra.spans:
+        months[day.strftime("%Y-%m")].append(day)
+    out: dict[str, PeriodBooks] = {}
+    used: dict[TenantResource, dict[date, float]] | None = None
+    for name, days in months.items():
+        hit = cached.get(name) if cached is not None else None
+        if hit is not None and name != period:
+            out[name] = hit
+            continue
+        covered_start = min(infra.spans[d][0] for d in days)
+        covered_end = max(infra.spans[d][1] for d in days)
+        first = min(days)
+        if name == period:
+            # Whatever OpenCost holds of it: the month to date is computed from the same.
+            dollars: Mapping[TenantResource, float] = month_to_date
+            covered_end = max(covered_end, now)
+        elif name > period or first.day != 1 or covered_start > local_midnight(first, tz) + 1:
+            continue  # a later month (none), or one OpenCost holds only part of
+        else:
+            wanted = set(days)
+            dollars = {
+                k: v
+                for k, v in (
+                    (k, math.fsum(u for d, u in per_day.items() if d in wanted))
+                    for k, per_day in by_day.items()
+                )
+                if v
+            }
+        qty: dict[TenantResource, Quantity] = {}
+        if hit is not None:
+            qty = {k: v for k, v in hit.quantities.items() if k[1] != TOKENS_RESOURCE}
+        else:
+            wanted_days = set(days)
+            if used is None:
+                used = infra.quantities
+            for (tenant, resource), per_day in used.items():
+                value = math.fsum(q for d, q in per_day.items() if d in wanted_days)
+                if value:
+                    qty[(tenant, resource)] = Quantity(value, QUANTITY_UNITS[resource])
+        if name == period:
+            for tenant, n in tokens.items():
+                if n > 0:
+                    qty[(tenant, TOKENS_RESOURCE)] = Quantity(n, QUANTITY_UNITS[TOKENS_RESOURCE])
+        out[name] = PeriodBooks(name, dollars, qty, covered_start, covered_end)
+    return out
+
+
+def _api_tokens(report: Report, volume: Mapping[TenantResource, float]) -> dict[str, float]:
+    """Tokens each tenant sent this month to models priced from the price list (what the
+    ``tokens`` resource's dollars pay for; self-hosted models' tokens are paid on gpu, cpu
+    and ram). Counted since ``volume_since``: after a restart without a state file, from
+    then."""
+    measured: set[str] = set()
+    if report.tokens is not None:
+        measured = {_model_key(m) for (m, _, _, src) in report.tokens.prices if src == "measured"}
+    out: dict[str, list[float]] = defaultdict(list)
+    for (tenant, model), n in volume.items():
+        if _model_key(model) not in measured:
+            out[tenant].append(n)
+    return {t: math.fsum(v) for t, v in out.items()}
+
+
+def _increments(
+    accrued: Mapping[LedgerKey, float], previous: Mapping[LedgerKey, float]
+) -> dict[LedgerKey, float]:
+    """What each counter gained since the previous refresh, as ``increase()`` reads it: a new
+    key's whole value, a decrease (a reset) as the whole new value."""
+    out: dict[LedgerKey, float] = {}
+    for key, value in accrued.items():
+        prev = previous.get(key)
+        delta = value if prev is None or value < prev else value - prev
+        if delta > 0 and math.isfinite(delta):
+            out[key] = delta
+    return out
+
+
+# --- ROI -----------------------------------------------------------------------------------
+
+
+def _initiative_roi(
+    initiative: Initiative, cal: RefreshCalendar, month: MonthSpend
+) -> InitiativeRoi:
+    """ROI of ``initiative``: ai_cost = its tenants' measured GPU, token and other
+    infrastructure dollars over ``[period start, now]`` + the configured other cost pro-rated;
+    benefits pro-rated to the elapsed part of the period (:func:`compute_roi`)."""
+    now, tz = cal.now, cal.tz
+    infra_available, infra_start = month.infra_available, month.infra_start
+    window: RoiWindow = initiative_window(initiative, now, tz)
+    first = local_date(window.start, tz)
+    last = min(local_date(max(window.start, window.as_of - 1e-6), tz), cal.today)
+    gpu: list[float] = []
+    tokens: list[float] = []
+    other: list[float] = []
+    if window.as_of > window.start:
+        for tenant in dict.fromkeys(initiative.tenants):
+            for (_, resource), days in month.tenant_days(tenant):
+                if not infra_available and resource != TOKENS_RESOURCE:
+                    continue
+                total = math.fsum(v for d, v in days if first <= d <= last)
+                {"gpu": gpu, TOKENS_RESOURCE: tokens}.get(resource, other).append(total)
+    cost = AiCost(
+        gpu_usd=math.fsum(gpu),
+        tokens_usd=math.fsum(tokens),
+        other_usd=math.fsum(other) + initiative.other_infra_cost_usd * window.realized_fraction,
+    )
+    result = compute_roi(initiative.benefits, cost, window.period_days, window.realized_fraction)
+    extra: list[str] = []
+    if not infra_available:
+        extra.append(
+            "no OpenCost month-to-date data: ai_cost counts token dollars and configured "
+            "other cost only"
+        )
+    elif isinstance(initiative.period, DateRange) and (infra_start is None or first < infra_start):
+        covered = infra_start.isoformat() if infra_start else "nowhere"
+        extra.append(f"measured cost covers only from {covered} (the query's history)")
+    if extra:
+        result = replace(result, reasons=(*result.reasons, *extra))
+    return InitiativeRoi(initiative.name, initiative.tenants, window, result)
+
+
+# --- routing -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8192)  # pure; asked per (tenant, model) every refresh
+def _model_key(name: str) -> str:
+    return strip_route(name).strip().lower()
+
+
+def _monthly_tokens(w: Workload, volume: Mapping[TenantResource, float], observed: float) -> float:
+    """The workload's observed tokens per month: tokens its tenant (any tenant for
+    ``__all__``) sent to its current model this month, per second observed, × a month
+    (730 h). 0 without a current model or before a second of observation."""
+    if w.current_model is None or observed <= 0:
+        return 0.0
+    model = _model_key(w.current_model)
+    n = math.fsum(
+        v
+        for (tenant, m), v in volume.items()
+        if _model_key(m) == model and (w.tenant == GLOBAL_TENANT or tenant == w.tenant)
+    )
+    return n / observed * SECONDS_PER_MONTH
+
+
+def _price_lookup(report: Report, catalog: LlmPriceCatalog | None) -> PriceLookup:
+    """USD per 1M tokens for a candidate: the measured self-hosted price when the model is
+    served here (``source="measured"``), else the price list (``"price_list"``)."""
+    measured: dict[str, dict[str, float]] = defaultdict(dict)
+    listed: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    if report.tokens is not None:
+        for (model, provider, token_type, source), usd in report.tokens.prices.items():
+            if source == "measured":
+                measured[_model_key(model)][token_type] = usd
+            else:
+                listed[(_model_key(model), provider)][token_type] = usd
+
+    def lookup(model: str, provider: str) -> ModelPrice | None:
+        m = measured.get(_model_key(model))
+        if m and "input" in m and "output" in m:
+            return ModelPrice(m["input"], m["output"], "measured")
+        if catalog is not None:
+            found = catalog.lookup(model, provider)
+            if found is not None:
+                return ModelPrice(
+                    _per_million(found.input), _per_million(found.output), "price_list"
+                )
+        seen = listed.get((_model_key(model), provider))
+        if seen and "input" in seen and "output" in seen:
+            return ModelPrice(seen["input"], seen["output"], "price_list")
+        return None
+
+    return lookup
+
+
+def _per_million(usd_per_token: float) -> float:
+    return float(f"{usd_per_token * PER_MILLION:.15g}")
+
+
+def _latency_lookup(measured: Mapping[tuple[str, str], float]) -> LatencyLookup:
+    by_model = {(_model_key(m), p): v for (m, p), v in measured.items()}
+
+    def lookup(model: str, provider: str) -> float | None:
+        return by_model.get((_model_key(model), provider))
+
+    return lookup
+
+
+# --- recommendations -----------------------------------------------------------------------
+
+
+def _recommendations(
+    report: Report,
+    inputs: FinanceInputs,
+    ctx: FinanceContext,
+    pricer: GpuPricer,
+    peaks: Mapping[TenantResource, Mapping[int, float]],
+    since: Mapping[TenantResource, float],
+    routing: Sequence[RoutingResult],
+    routing_window: float,
+    budgets: Iterable[BudgetStatus],
+    now: float,
+    pod_model: Mapping[tuple[str, str], str],
+) -> tuple[Recommendation, ...]:
+    gpu_rate: dict[TenantResource, list[float]] = defaultdict(list)
+    for share in report.cost.shares:
+        gpu_rate[(share.tenant, share.gpu_model)].append(share.alloc_rate)
+    rate = {k: math.fsum(v) for k, v in gpu_rate.items()}
+
+    idle = [
+        IdleGpuFinding(
+            tenant=tenant,
+            gpu_model=model,
+            idle_gpus=s.idle_gpus,
+            idle_usd_per_hour=s.idle_rate,
+            gpu_usd_per_hour=rate.get((tenant, model), 0.0),
+            # At least the idle window: a GPU is idle only after a full window below threshold.
+            idle_for_seconds=ctx.idle_window_seconds,
+        )
+        for (tenant, model), s in sorted(report.gpu_stats.items())
+        if s.idle_gpus > 0
+    ]
+    workloads = [
+        GpuWorkload(
+            tenant=tenant,
+            workload=f"{tenant} on {model}",
+            gpu_model=model,
+            gpus=report.gpu_stats[(tenant, model)].held,
+            usd_per_hour=rate.get((tenant, model), 0.0),
+            window_seconds=max(0.0, now - since.get((tenant, model), now)),
+            peak_utilization=max(hourly.values()) if hourly else None,
+        )
+        for (tenant, model), hourly in sorted(peaks.items())
+        if tenant != IDLE_TENANT
+    ]
+    workloads += _spot_candidates(report, inputs.allocations, ctx.policy, pod_model)
+
+    def price_of(name: str) -> float | None:
+        found = pricer.price(name)
+        return found[0] if found else None
+
+    def spot_price(model: str) -> SpotPrice | None:
+        found = pricer.catalog.lookup(model)
+        if found is None or pricer.purchase_option == "spot":
+            return None
+        return SpotPrice(found[1].on_demand, found[1].spot)
+
+    monthly_spend: dict[str, list[float]] = defaultdict(list)
+    for (tenant, _), r in report.tenant_rates("allocation").items():
+        monthly_spend[tenant].append(r * HOURS_PER_MONTH)
+    return build_recommendations(
+        ctx.policy,
+        {t: math.fsum(v) for t, v in monthly_spend.items()},
+        idle=idle,
+        workloads=workloads,
+        options=gpu_options(ctx.gpu_specs, price_of),
+        spot_prices=spot_price,
+        routing=routing,
+        routing_window_seconds=routing_window,
+        budgets=budgets,
+    )
+
+
+def _sanitized(key: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+
+
+def _spot_candidates(
+    report: Report,
+    allocations: AllocationSet | None,
+    policy: RecommendationPolicy,
+    pod_model: Mapping[tuple[str, str], str],
+) -> list[GpuWorkload]:
+    """Fault-tolerant GPU pods (label ``policy.spot_label_key`` = ``spot_label_value``, raw or
+    as OpenCost sanitizes it) grouped per (tenant, namespace, GPU model); their GPU cost rate
+    from the rate query, their observation window the rate query's window. Rightsizing never
+    sees these (no utilization peak), so the two kinds do not double count a pod."""
+    if allocations is None or not policy.spot:
+        return []
+    keys = {policy.spot_label_key, _sanitized(policy.spot_label_key)}
+    kept = {t for rates in report.cost.rates.values() for t, _ in rates}
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for row in allocations.allocations:
+        if row.gpu_cost <= 0 or not row.namespace or not row.pod:
+            continue
+        if not any(row.labels.get(k) == policy.spot_label_value for k in keys):
+            continue
+        model = pod_model.get((row.namespace, row.pod))
+        tenant = report.cost.pod_tenants.get((row.namespace, row.pod))
+        if model is None or tenant is None:
+            continue
+        if report.cost.folded_tenants and tenant not in kept:
+            tenant = OTHER_TENANT
+        groups[(tenant, row.namespace, model)].append(row.gpu_cost / allocations.window_hours)
+    return [
+        GpuWorkload(
+            tenant=tenant,
+            workload=f"{namespace} ({model})",
+            gpu_model=model,
+            gpus=0.0,
+            usd_per_hour=math.fsum(rates),
+            window_seconds=allocations.window_hours * SECONDS_PER_HOUR,
+            labels={policy.spot_label_key: policy.spot_label_value},
+        )
+        for (tenant, namespace, model), rates in sorted(groups.items())
+    ]
