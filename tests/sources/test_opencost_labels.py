@@ -6,8 +6,7 @@ label; the app's pages and answers are the same as with whole maps."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -18,7 +17,7 @@ from aifinops.demo.cluster import ClusterSpec, SimCluster
 from aifinops.model.inputs import EMPTY_LABELS, Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.tenancy import month_aggregation
 from aifinops.offload import run_cpu
-from aifinops.settings import OpenCostSettings, TenancySettings, settings_from_mapping
+from aifinops.settings import OpenCostSettings, settings_from_mapping
 from aifinops.sources.base import SourceError
 from aifinops.sources.opencost import (
     LabelKeys,
@@ -67,7 +66,7 @@ def cut_days(got: DailyAllocationSets, keys: LabelKeys) -> DailyAllocationSets:
     return DailyAllocationSets(got.start, got.end, sets)
 
 
-def only_read_keys(rows: tuple[Allocation, ...], keys: LabelKeys) -> None:
+def only_read_keys(rows: Sequence[Allocation], keys: LabelKeys) -> None:
     for row in rows:
         assert set(row.labels) <= keys.pod and set(row.namespace_labels) <= keys.namespace
 
@@ -176,3 +175,77 @@ def test_a_key_msgspec_cannot_name_keeps_the_maps_whole(sim: SimCluster) -> None
     body = compact(sim.opencost_allocation(T0, 1.0))
     odd = LabelKeys(frozenset({'odd "key"'}), frozenset())
     assert parse_allocation_response(body, 1.0, odd) == parse_allocation_response(body, 1.0)
+
+
+# --- what the configuration reads (assemble.allocation_label_keys) -------------------------
+
+NOISE = '"pod_template_hash":"5d9f","app_kubernetes_io_part_of":"x","node_label":"n"'
+
+
+def configured(**sections: Any) -> Any:
+    return settings_from_mapping({"sources": {"opencost": {"url": URL}}, **sections})
+
+
+def one_row(settings: Any, props: str) -> Allocation:
+    keys = assemble.allocation_label_keys(settings)
+    (row,) = parse_allocation_response(doc(props), 1.0, keys).allocations
+    only_read_keys((row,), keys)
+    return row
+
+
+def test_tenancy_pod_and_namespace_label_keys_are_read() -> None:
+    settings = configured(
+        tenancy={"pod_label_keys": ["example.com/squad"], "namespace_label_keys": ["org"]},
+        recommendations={"spot": {"enabled": False}},
+    )
+    keys = assemble.allocation_label_keys(settings)
+    assert keys == LabelKeys(
+        frozenset({"example.com/squad", "example_com_squad", "label_example_com_squad"}),
+        frozenset({"org", "label_org"}),
+    )
+    resolve = settings.tenancy.to_model().resolve
+
+    def tenant(props: str) -> str:
+        row = one_row(settings, props)
+        return str(resolve(row.namespace, row.labels, row.namespace_labels))
+
+    ns = '"namespace":"ns","namespaceLabels":{"org":"%s",' + NOISE + "}"
+    assert (
+        tenant('{"labels":{"example_com_squad":"alpha",' + NOISE + "}," + ns % "o" + "}") == "alpha"
+    )
+    assert (
+        tenant('{"labels":{"example_com_squad":"beta",' + NOISE + "}," + ns % "o" + "}") == "beta"
+    )
+    assert tenant('{"labels":{' + NOISE + "}," + ns % "o" + "}") == "o"
+    assert tenant('{"labels":{' + NOISE + "}," + ns % "p" + "}") == "p"
+
+
+def test_self_hosted_selector_pod_labels_are_read() -> None:
+    model = {"model": "llama", "serving_pods": {"pod_labels": {"app": "vllm-llama"}}}
+    settings = configured(
+        tokens={"push": {"enabled": True}, "self_hosted": {"models": [model]}},
+        recommendations={"spot": {"enabled": False}},
+    )
+    assert "app" in assemble.allocation_label_keys(settings).pod
+    (spec,) = settings.tokens.to_model().models
+    pod = '{"namespace":"ns","pod":"p","labels":{"app":"%s",' + NOISE + "}}"
+    assert spec.selects(one_row(settings, pod % "vllm-llama"))
+    assert not spec.selects(one_row(settings, pod % "vllm-other"))
+    # Without token analytics no selector is read.
+    assert "app" not in assemble.allocation_label_keys(configured()).pod
+
+
+def test_the_spot_label_is_read_only_when_spot_is_enabled() -> None:
+    spot = {"spot": {"label_key": "example.com/preemptible"}}
+    keys = assemble.allocation_label_keys(configured(recommendations=spot))
+    assert {"example.com/preemptible", "example_com_preemptible"} <= keys.pod
+    row = one_row(
+        configured(recommendations=spot),
+        '{"labels":{"example_com_preemptible":"true",' + NOISE + "}}",
+    )
+    assert row.labels == {"example_com_preemptible": "true"}
+    off = {"spot": {"enabled": False, "label_key": "example.com/preemptible"}}
+    assert (
+        "example_com_preemptible"
+        not in assemble.allocation_label_keys(configured(recommendations=off)).pod
+    )
