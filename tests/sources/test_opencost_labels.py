@@ -18,6 +18,7 @@ from aifinops.model.inputs import EMPTY_LABELS, Allocation, AllocationSet, Daily
 from aifinops.model.tenancy import month_aggregation
 from aifinops.offload import run_cpu
 from aifinops.settings import OpenCostSettings, settings_from_mapping
+from aifinops.sources import jsonchunks
 from aifinops.sources.base import SourceError
 from aifinops.sources.opencost import (
     LabelKeys,
@@ -105,7 +106,10 @@ def test_month_sets_are_the_whole_sets_cut_to_the_read_keys(sim: SimCluster, how
 
 
 @pytest.mark.parametrize("seed", range(3))
-async def test_a_streamed_rate_answer_keeps_the_same_keys(sim: SimCluster, seed: int) -> None:
+async def test_a_streamed_rate_answer_keeps_the_same_keys(
+    sim: SimCluster, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jsonchunks, "PIECE_BYTES", 4096)  # many pieces, one memo
     body = compact(sim.opencost_allocation(T0, 1.0))
     source = OpenCostSource(OpenCostSettings(url=URL, window="1h"), run=run_cpu, label_keys=TENANCY)
     got = await Upstream(body, seed=seed).fetch(source)
