@@ -15,6 +15,7 @@ from typing import Any
 
 from aifinops.model.gpu_prices import GpuPriceCatalog, GpuPricer, normalize_gpu_model
 from aifinops.model.report import ModelContext
+from aifinops.model.tenancy import sanitize_label_key
 from aifinops.offload import run_cpu, settle_heap
 from aifinops.settings import ConfigError, Settings, UpstreamHttpSettings
 from aifinops.sources.base import CpuRunner, Source
@@ -24,7 +25,7 @@ from aifinops.sources.gpu_catalog import load_gpu_catalog
 from aifinops.sources.hami import HamiSource
 from aifinops.sources.latency import LatencySource
 from aifinops.sources.llm_prices import LlmPriceSource
-from aifinops.sources.opencost import OpenCostMonthSource, OpenCostSource, month_timeout
+from aifinops.sources.opencost import LabelKeys, OpenCostMonthSource, OpenCostSource, month_timeout
 from aifinops.sources.push import PushSource
 from aifinops.sources.tokens import TokenSource
 
@@ -184,16 +185,49 @@ def _energy(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
         yield source, dcgm.timeout_seconds, dcgm.stale_after_seconds
 
 
+def allocation_label_keys(settings: Settings) -> LabelKeys:
+    """Every label key the configuration reads from OpenCost's rows, in each spelling its
+    reader tries (the OpenCost sources keep only these; a reload rebuilds the sources, so a
+    key added there is read from the next fetch on):
+
+    * tenancy: its pod label keys in pods' labels, its namespace label keys in namespace
+      labels (:meth:`~aifinops.model.tenancy.TenantResolver.label_keys`);
+    * self-hosted models' selectors: their ``pod_labels`` keys, as written
+      (``SelfHostedSpec.selects``);
+    * the spot recommendation: ``recommendations.spot.label_key`` raw and sanitized
+      (``finance._spot_candidates``), when it is enabled.
+
+    No reader matches label keys by pattern; one that did would need the maps whole
+    (``label_keys=None``). The keys come from the compiled model objects where they exist,
+    so a reader and this list cannot spell a key differently."""
+    pod, namespace = settings.tenancy.to_model().label_keys()
+    read = set(pod)
+    if settings.tokens.active:
+        read.update(k for spec in settings.tokens.to_model().models for k in spec.pod_labels)
+    policy = settings.recommendations.to_model()
+    if policy.spot:
+        key = policy.spot_label_key
+        # Both sanitizations: finance's (str.isalnum) and tenancy's ([a-zA-Z0-9_]).
+        read.update((key, sanitize_label_key(key)))
+        read.add("".join(c if c.isalnum() or c == "_" else "_" for c in key))
+    return LabelKeys(pod=frozenset(read), namespace=namespace)
+
+
 def _opencost(settings: Settings, wiring: Wiring) -> Iterable[SourceSpec]:
     """The rate query, and the month-to-date query (``opencost_month``, every
-    ``budgets.refresh_interval_seconds``, dates by the clock)."""
+    ``budgets.refresh_interval_seconds``, dates by the clock); both keep only the label
+    keys the configuration reads (:func:`allocation_label_keys`)."""
     oc = settings.sources.opencost
     if not oc.enabled:
         return
-    yield OpenCostSource(oc, run=wiring.run), oc.timeout_seconds, oc.stale_after_seconds
+    keys = allocation_label_keys(settings)
+    rate = OpenCostSource(oc, run=wiring.run, label_keys=keys)
+    yield rate, oc.timeout_seconds, oc.stale_after_seconds
     interval = settings.budgets.refresh_interval_seconds
     yield (
-        OpenCostMonthSource(oc, settings.budgets, wiring.clock, settings.tenancy, run=wiring.run),
+        OpenCostMonthSource(
+            oc, settings.budgets, wiring.clock, settings.tenancy, run=wiring.run, label_keys=keys
+        ),
         month_timeout(oc),
         max(oc.stale_after_seconds, 3 * interval),
     )

@@ -57,6 +57,12 @@ class TenantResolver:
             patterns=tuple((re.compile(rx), tenant) for rx, tenant in namespace_patterns),
         )
 
+    def label_keys(self) -> tuple[frozenset[str], frozenset[str]]:
+        """``(pod label keys, namespace label keys)`` that :meth:`resolve` may read, in every
+        spelling it tries: the OpenCost source keeps only what some rule reads."""
+        pod = frozenset(k for variants in self.pod_keys for k in variants)
+        return pod, frozenset(k for variants in self.namespace_keys for k in variants)
+
     def resolve(
         self,
         namespace: str | None,

@@ -35,12 +35,19 @@ again and decoding it whole, which gives exactly what the parse functions give.
 One decoder reads the format: msgspec into the typed rows below (:func:`_decode_document`,
 :func:`_typed_rows`), whole or a piece at a time. The stdlib reference decoder it was checked
 against lives in the tests (``tests/sources/opencost_reference.py``), as the oracle.
+
+Each row's label maps hold only the label keys the configuration reads (:class:`LabelKeys`,
+listed by ``assemble.allocation_label_keys``): at fleet scale the pods' full maps were most
+of the rows' memory, and nothing else reads them. ``None`` keeps them whole (the decoder the
+tests compare the kept rows with).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -96,9 +103,12 @@ class OpenCostSource:
     first_read_baseline = False
     targets = None
 
-    def __init__(self, settings: OpenCostSettings, *, run: CpuRunner) -> None:
+    def __init__(
+        self, settings: OpenCostSettings, *, run: CpuRunner, label_keys: LabelKeys | None = None
+    ) -> None:
         self._settings = settings
         self._streamer = _Streamer("opencost", run)
+        self._label_keys = label_keys
 
     async def fetch(self, client: httpx.AsyncClient) -> AllocationSet:
         s = self._settings
@@ -113,11 +123,13 @@ class OpenCostSource:
             headers=read_bearer_token(s.bearer_token_file),
         )
         hours = s.window_hours
+        keys = self._label_keys
         allocations = await self._streamer.fetch(
             client,
             request,
             lambda sets: _accumulated(sets.rows, hours),
-            lambda body: parse_allocation_response(body, hours),
+            lambda body: parse_allocation_response(body, hours, keys),
+            memo=_Memo(keys),
         )
         if not allocations.allocations:
             # OpenCost answers an empty set while it (re)builds its cache after a restart; a
@@ -126,7 +138,9 @@ class OpenCostSource:
         return allocations
 
 
-def parse_allocation_response(body: bytes, window_hours: float) -> AllocationSet:
+def parse_allocation_response(
+    body: bytes, window_hours: float, label_keys: LabelKeys | None = None
+) -> AllocationSet:
     """Parse an ``/allocation/compute`` body into rows over a window of ``window_hours``.
 
     The body is ``{"code": 200, "data": [{<key>: <allocation>, ...}, ...]}``. ``data`` holds
@@ -141,11 +155,16 @@ def parse_allocation_response(body: bytes, window_hours: float) -> AllocationSet
     Row names are the set's keys (``namespace/pod``, ``__idle__``, ``cluster/__idle__``,
     ``__unallocated__``, ...) and are kept as they are.
 
+    With ``label_keys``, each row's ``labels`` and ``namespace_labels`` hold only those keys
+    (:class:`LabelKeys`); a value of another key is then not read at all, not even checked
+    to be a string. Several sets merged keep the latest set's map that holds a kept key
+    (without keys: the latest non-empty map).
+
     Raises :class:`SourceError` ``parse`` for a body that is not JSON and ``invalid`` for a
     ``code`` other than 200 or JSON of another shape (a number that is a string, labels that
     are not strings, ...).
     """
-    return _accumulated(_whole_sets(body, None, False).rows, window_hours)
+    return _accumulated(_whole_sets(body, None, False, _Memo(label_keys)).rows, window_hours)
 
 
 def _accumulated(sets: list[dict[str, Allocation]], window_hours: float) -> AllocationSet:
@@ -176,7 +195,7 @@ def _whole_sets(
     :func:`parse_allocation_response`)."""
     out = _Sets([], [])
     memo = memo if memo is not None else _Memo()
-    for typed_set in _typed_sets(body):
+    for typed_set in _typed_sets(body, memo.codec):
         out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
         out.starts.append(_typed_starts(typed_set) if want_starts else {})
     return out
@@ -218,6 +237,7 @@ def parse_allocation_sets(
     end: float,
     step_seconds: float = DAY_SECONDS,
     aggregation: MonthAggregation | None = None,
+    label_keys: LabelKeys | None = None,
 ) -> DailyAllocationSets:
     """Parse an ``/allocation/compute`` body asked with ``step`` and ``accumulate=false``:
     one :class:`AllocationSet` per step, in order.
@@ -229,9 +249,10 @@ def parse_allocation_sets(
     :func:`parse_allocation_response` parses them; a set with no rows stays (a day with no
     spend is 0, not unknown). With an ``aggregation`` by labels, rows are named and labelled
     from their keys (:meth:`MonthAggregation.identity`). Raises :class:`SourceError` like
-    that function.
+    that function, and keeps only ``label_keys`` as it does.
     """
-    return _daily_sets(_whole_sets(body, aggregation, True), start, end, step_seconds)
+    memo = _Memo(label_keys)
+    return _daily_sets(_whole_sets(body, aggregation, True, memo), start, end, step_seconds)
 
 
 def _daily_sets(
@@ -335,8 +356,10 @@ class OpenCostMonthSource:
         tenancy: TenancySettings | None = None,
         *,
         run: CpuRunner,
+        label_keys: LabelKeys | None = None,
     ) -> None:
         self._settings = settings
+        self._label_keys = label_keys
         self._budgets = budgets
         self._clock = clock
         self.min_interval_seconds = float(budgets.refresh_interval_seconds)
@@ -390,7 +413,7 @@ class OpenCostMonthSource:
         days = self.piece_days
         # One memo for every piece: a tenant's row key, name and namespace labels are the
         # same every day, so its days share them.
-        memo = _Memo()
+        memo = _Memo(self._label_keys)
         pieces = month_pieces(segments, days)
         # Settled pieces are kept as soon as each arrives: a first fetch of weeks that runs
         # past the refresh loop's bound goes on where it stopped at the next attempt.
@@ -505,7 +528,7 @@ def _decode_piece(
     piece that does not decode: the whole body decides the result or which error is
     reported (:func:`_whole_sets`, which also reads text with invalid Unicode)."""
     try:
-        typed = _decode_rows(piece)
+        typed = memo.codec.decode_rows(piece)
     except ValueError as exc:  # msgspec's DecodeError and ValidationError, UnicodeDecodeError
         raise _Restream(str(exc)[:200]) from None
     rows = dict(_typed_rows(typed, agg, memo))
@@ -728,6 +751,97 @@ class _Doc(msgspec.Struct, gc=False):
 
 _decode_doc = msgspec.json.Decoder(_Doc).decode
 _decode_rows = msgspec.json.Decoder(dict[str, _Row]).decode
+
+
+@dataclass(frozen=True, slots=True)
+class LabelKeys:
+    """The label keys the configuration reads from OpenCost's rows, in every spelling its
+    readers try: ``pod`` in a pod's ``labels``, ``namespace`` in its ``namespaceLabels``
+    (``assemble.allocation_label_keys`` lists them). A source given these keeps only them in
+    each row's maps; given ``None``, it keeps the maps whole."""
+
+    pod: frozenset[str]
+    namespace: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    """The decoders of one :class:`LabelKeys` (``keep`` false: the maps whole, the types
+    above). With keys, the label maps decode into structs with one field per kept key:
+    msgspec skips every other key and value without building it (unknown fields), which is
+    where the maps' memory and a share of the decode went."""
+
+    decode_doc: Callable[[bytes], _Doc]
+    decode_rows: Callable[[bytes], dict[str, _Row]]
+    doc_type: type[_Doc]
+    keep: bool
+
+
+_WHOLE = _Codec(_decode_doc, _decode_rows, _Doc, False)
+
+
+def _labels_struct(name: str, keys: frozenset[str]) -> type:
+    # Fields k0, k1, ... named in JSON by the keys (any text); absent is UNSET, and a value
+    # that is not a string is refused as in a dict[str, str]. Frozen: hashable, to intern.
+    ordered = sorted(keys)
+    return msgspec.defstruct(
+        name,
+        [(f"k{i}", str | msgspec.UnsetType, msgspec.UNSET) for i in range(len(ordered))],
+        rename={f"k{i}": key for i, key in enumerate(ordered)},
+        frozen=True,
+        gc=False,
+    )
+
+
+_UNNAMEABLE = re.compile(r'["\\\x00-\x1f]')
+
+
+@functools.lru_cache(maxsize=8)
+def _codec(keys: LabelKeys | None) -> _Codec:
+    """The decoders for ``keys`` (built once per distinct set: a reload may bring another)."""
+    if keys is None or any(_UNNAMEABLE.search(k) for k in keys.pod | keys.namespace):
+        # msgspec cannot name a field so; no Kubernetes label key is spelt so: maps whole.
+        return _WHOLE
+    # Built at run time, so typed Any: each has the fields of the static type it stands for.
+    pod: Any = _labels_struct("_PodLabels", keys.pod)
+    ns: Any = _labels_struct("_NsLabels", keys.namespace)
+    props: Any = msgspec.defstruct(
+        "_KeptProps",
+        [
+            ("namespace", str | None, None),
+            ("pod", str | None, None),
+            ("node", str | None, None),
+            ("labels", pod | None, None),
+            ("namespaceLabels", ns | None, None),
+        ],
+        gc=False,
+    )
+    row: Any = msgspec.defstruct(
+        "_KeptRow",
+        [
+            (f.name, props | None if f.name == "properties" else f.type, f.default)
+            for f in msgspec.structs.fields(_Row)
+        ],
+        gc=False,
+    )
+    rows: Any = dict[str, row]
+    data: Any = list[rows | None] | None
+    doc: Any = msgspec.defstruct(
+        "_KeptDoc", [("code", Any, None), ("message", Any, None), ("data", data, None)], gc=False
+    )
+    return _Codec(msgspec.json.Decoder(doc).decode, msgspec.json.Decoder(rows).decode, doc, True)
+
+
+def _kept_map(s: Any) -> Mapping[str, str]:
+    """A kept-labels struct as the map of its present keys."""
+    out = {
+        key: value
+        for key, value in zip(s.__struct_encode_fields__, msgspec.structs.astuple(s), strict=True)
+        if value is not msgspec.UNSET
+    }
+    return out or EMPTY_LABELS
+
+
 _NO_PROPS = _Props()
 _NO_GPU = _Gpu()
 # OpenCost's compact answer with one accumulated set, as Go's encoding/json writes it.
@@ -750,7 +864,7 @@ def _row_cut(body: Buffer, at: int, end: int) -> int:
     return -1
 
 
-def _typed_sets(body: bytes) -> list[dict[str, _Row]]:
+def _typed_sets(body: bytes, codec: _Codec = _WHOLE) -> list[dict[str, _Row]]:
     """The allocation sets of a ``code: 200`` body, in order (a ``null`` set or ``data`` is
     an empty one). Raises :class:`SourceError` ``parse`` for a body that is not JSON and
     ``invalid`` for another code or another shape.
@@ -760,28 +874,28 @@ def _typed_sets(body: bytes) -> list[dict[str, _Row]]:
     any other body (or a piece that does not decode) is decoded whole, which gives the same
     rows."""
     pieces = decode_pieces(
-        body, _ONE_SET_PREFIX, _ONE_SET_SUFFIX, _row_cut, _decode_rows, (b"{", b"}")
+        body, _ONE_SET_PREFIX, _ONE_SET_SUFFIX, _row_cut, codec.decode_rows, (b"{", b"}")
     )
     if pieces is not None:
         merged: dict[str, _Row] = {}
         for piece in pieces:
             merged.update(piece)
         return [merged]
-    doc = _decode_document(body)
+    doc = _decode_document(body, codec)
     if doc.code != 200:
         message = "" if doc.message is None else str(doc.message)[:200]
         raise SourceError("invalid", f"OpenCost answered code {doc.code!r}: {message}")
     return [s if s is not None else {} for s in doc.data or ()]
 
 
-def _decode_document(body: bytes) -> _Doc:
+def _decode_document(body: bytes, codec: _Codec = _WHOLE) -> _Doc:
     """The whole body decoded into the typed rows. msgspec's reader is strict; text it
     refuses that Python's ``json`` reads (``NaN`` and ``Infinity`` tokens; a number beyond
     a double's range, which ``json`` reads as infinity; invalid UTF-8 and lone surrogate
     escapes, replaced by U+FFFD in :func:`aifinops.text.loads_json`) is read by the latter
     and converted to the same types, so the rows and the checks are the same."""
     try:
-        return _decode_doc(body)
+        return codec.decode_doc(body)
     except msgspec.ValidationError as exc:
         if not str(exc).startswith("Number out of range"):
             raise SourceError(
@@ -794,7 +908,7 @@ def _decode_document(body: bytes) -> _Doc:
     except (ValueError, RecursionError) as exc:
         raise SourceError("parse", f"OpenCost response is not JSON: {str(exc)[:200]}") from None
     try:
-        return msgspec.convert(doc, _Doc)
+        return msgspec.convert(doc, codec.doc_type)
     except msgspec.ValidationError as exc:
         raise SourceError(
             "invalid", f"OpenCost response of another shape: {str(exc)[:200]}"
@@ -811,9 +925,12 @@ class _Memo:
     (bench/README.md). Used from one thread at a time (the CPU worker decodes a fetch's
     pieces one after another)."""
 
-    __slots__ = ("identities", "namespace_labels", "text")
+    __slots__ = ("codec", "identities", "kept", "namespace_labels", "text")
 
-    def __init__(self) -> None:
+    def __init__(self, keys: LabelKeys | None = None) -> None:
+        self.codec = _codec(keys)
+        # A kept-labels struct -> its map: equal maps (a namespace's, a deployment's) shared.
+        self.kept: dict[Any, Mapping[str, str]] = {}
         self.text: dict[str, str] = {}
         self.namespace_labels: dict[str, Mapping[str, str]] = {}
         self.identities: dict[str, tuple[str, str | None, Mapping[str, str]] | None] = {}
@@ -871,6 +988,8 @@ def _typed_rows(
     text = memo.text.setdefault
     ns_maps = memo.namespace_labels
     identities = memo.identities
+    keep = memo.codec.keep
+    kept = memo.kept
     relabel = agg is not None and agg.labels is not None
     inf = math.inf
     row = Allocation
@@ -895,17 +1014,29 @@ def _typed_rows(
         node = p.node or None
         if node is not None:
             node = text(node, node)
-        # Label values are not shared: rebuilding every map to do so costs more CPU than the
-        # memory it saves is worth (bench/README.md); their keys are (msgspec's key cache).
-        labels: Mapping[str, str] = p.labels or EMPTY_LABELS
+        labels: Mapping[str, str] = EMPTY_LABELS
         ns_labels: Mapping[str, str] = EMPTY_LABELS
-        if p.namespaceLabels:
-            ns_labels = p.namespaceLabels
-            shared = ns_maps.get(namespace or "")
-            if shared == ns_labels:
-                ns_labels = shared
-            else:
-                ns_maps[namespace or ""] = ns_labels
+        if keep:
+            # Only the read keys were decoded (see _Codec); equal maps are one object.
+            found: Any = p.labels
+            if found is not None:
+                labels = kept[found] if found in kept else kept.setdefault(found, _kept_map(found))
+            found = p.namespaceLabels
+            if found is not None:
+                ns_labels = (
+                    kept[found] if found in kept else kept.setdefault(found, _kept_map(found))
+                )
+        else:
+            # Whole maps: label values are not shared, rebuilding every map to do so costs
+            # more CPU than the memory it saves is worth (bench/README.md); keys are shared.
+            labels = p.labels or EMPTY_LABELS
+            if p.namespaceLabels:
+                ns_labels = p.namespaceLabels
+                shared = ns_maps.get(namespace or "")
+                if shared == ns_labels:
+                    ns_labels = shared
+                else:
+                    ns_maps[namespace or ""] = ns_labels
         if relabel:
             assert agg is not None
             if key in identities:
