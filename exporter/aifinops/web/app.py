@@ -49,6 +49,7 @@ from aifinops.web.keys import SETTINGS as SETTINGS
 from aifinops.web.keys import UPSTREAM_TRANSPORT as UPSTREAM_TRANSPORT
 from aifinops.web.lifecycle import install_lifecycle
 from aifinops.web.limits import accepts_compressed_body, request_limits
+from aifinops.web.publish import FRONT_CLIENT_HEADER
 from aifinops.web.ratelimit import RateLimiter
 from aifinops.web.security import install_web_security, may_see_detail
 from aifinops.web.usage import USAGE_LIMITER, USAGE_SETTINGS, USAGE_STORE, handle_usage
@@ -57,11 +58,6 @@ if TYPE_CHECKING:
     from aifinops.web.publish import EngineLink
 
 log = structlog.get_logger("aifinops.web")
-
-FRONT_CLIENT_HEADER = "X-AIFinOps-Front-Client"
-"""The client's address, set by the front (``web/front.py``) on every request it passes to
-the engine (any such header from a client is replaced): the engine's per-client limits
-(``POST /api/v1/usage``) count each client, not the front as one."""
 
 
 async def handle_metrics(request: web.Request) -> web.Response:

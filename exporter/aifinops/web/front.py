@@ -13,7 +13,7 @@ app does. It answers ``/metrics`` (its own ``process_*`` and the engine's state 
 ``/healthz``, ``/readyz``, ``/`` and the prepared API answers from the last publication, with
 no call to the engine; every other request is passed to the engine's socket (503
 ``engine_unavailable`` while it is down), with the client's address in
-:data:`~aifinops.web.app.FRONT_CLIENT_HEADER`.
+:data:`~aifinops.web.publish.FRONT_CLIENT_HEADER`.
 
 Supervision: an engine that exits is started again after 1 s, doubling to 30 s (back to 1 s
 once one has run for a minute); meanwhile the last page and answers are served, and
@@ -61,10 +61,10 @@ from aifinops.web.api import (
     USAGE_PATH,
     api_middleware,
 )
-from aifinops.web.app import FRONT_CLIENT_HEADER
 from aifinops.web.auth import TokenStore
 from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.publish import (
+    FRONT_CLIENT_HEADER,
     ProtocolError,
     Publication,
     decode_publication,
@@ -122,11 +122,22 @@ def _rss_of(pid: int) -> float | None:
 class Engine:
     """The engine child: started, watched, restarted, stopped; holds what it published."""
 
-    def __init__(self, argv: Sequence[str], *, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        python: str = sys.executable,
+        socket_path: Path | None = None,
+    ) -> None:
+        """``argv``: the front's command line, given to the engine it starts.
+        ``socket_path``: an engine this front does not start (:meth:`attach`) serves there."""
         self._argv = list(argv)
         self._python = python
-        self._dir = Path(tempfile.mkdtemp(prefix="aifinops-engine-"))  # mode 0700
-        self.socket_path = self._dir / "engine.sock"
+        self._dir: Path | None = None
+        if socket_path is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="aifinops-engine-"))  # mode 0700
+            socket_path = self._dir / "engine.sock"
+        self.socket_path = socket_path
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -173,6 +184,16 @@ class Engine:
         log.error("refresh_engine_start_timeout", after_seconds=START_TIMEOUT_S)
         return 1
 
+    async def attach(self, channel: socket.socket) -> None:
+        """Take publications from an engine this front did not start (the benchmark runs
+        one in its own process) on ``channel``; returns after the first one. No supervision:
+        when it goes, the front serves its last page and says it is down."""
+        reader, writer = await asyncio.open_connection(sock=channel, limit=1 << 20)
+        self._writer = writer
+        self._reader_task = asyncio.create_task(self._read(reader, None))
+        self.up = True
+        await self._first.wait()
+
     async def _spawn(self) -> None:
         front_end, engine_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -204,7 +225,9 @@ class Engine:
         self.up = True
         log.info("refresh_engine_started", pid=self._proc.pid)
 
-    async def _read(self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process) -> None:
+    async def _read(
+        self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process | None
+    ) -> None:
         """Take the engine's publications until its end of the channel closes."""
         try:
             while True:
@@ -217,8 +240,11 @@ class Engine:
             pass  # the engine exited; _supervise restarts it
         except ProtocolError as exc:
             log.error("refresh_engine_channel_broken", error=str(exc))
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        if proc is None:
+            self.up = False
 
     def _accept(self, pub: Publication) -> None:
         # One assignment each: a request reads a whole publication or the previous one.
@@ -294,7 +320,8 @@ class Engine:
         await self._drop_channel()
         if self._session is not None:
             await self._session.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
         return code
 
     # --- talking to the engine ------------------------------------------------------------

@@ -28,13 +28,15 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from aifinops.exposition.render import FINAL_EMPTY_BLOCK
-from aifinops.refresh import Snapshot
 from aifinops.web.api import PREPARABLE, PREPARE_WINDOW_S, PreparedAnswers
+
+if TYPE_CHECKING:  # the front imports this module; the refresh loop is the engine's
+    from aifinops.refresh import Snapshot
 
 log = structlog.get_logger("aifinops.web.publish")
 
@@ -48,6 +50,12 @@ never buffers more than this on top of the kernel's socket buffer."""
 _GZIP_TAIL = len(FINAL_EMPTY_BLOCK) + 8
 
 Bytes = bytes | memoryview
+
+
+FRONT_CLIENT_HEADER = "X-AIFinOps-Front-Client"
+"""The client's address, set by the front (``web/front.py``) on every request it passes to
+the engine (any such header from a client is replaced): the engine's per-client limits
+(``POST /api/v1/usage``) count each client, not the front as one."""
 
 
 class ProtocolError(Exception):
