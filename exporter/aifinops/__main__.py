@@ -15,6 +15,14 @@ Signals: SIGTERM and SIGINT stop gracefully (no new connections; requests in fli
 when configured, is written; exit 0). SIGHUP reloads the configuration
 (``web/lifecycle.py``: validated first, the old one kept on error).
 With ``server.web_config_file`` holding ``tls_server_config``, the exporter serves HTTPS.
+
+Processes (``server.refresh_process``): ``separate`` (the default) makes this process the
+front (``web/front.py``), which starts the refresh engine as a child with the same command
+line plus ``--engine-fd``/``--engine-socket`` and serves from what it publishes; SIGTERM and
+SIGINT stop the front's listeners, then the engine (which writes the state file), then the
+front exits 0; SIGHUP is passed to the engine. A configuration error is found here, before the
+engine starts (exit 2); an engine that fails before its first publication makes the front exit
+with its code. ``inline`` serves and refreshes in this one process.
 """
 
 from __future__ import annotations
@@ -439,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.engine_fd is not None:
         _die_with_parent()
+        # Its lines share the front's stream: say which process wrote them.
+        structlog.contextvars.bind_contextvars(process="engine")
     # Flags first, so a configuration error is logged in the format they ask for.
     configure_logging(args.log_level or "info", args.log_format or "auto")
     try:

@@ -321,3 +321,60 @@ def test_inline_mode_serves_from_one_process(tmp_path: Path) -> None:
         assert ex.proc.wait(timeout=30) == 0
     finally:
         ex.stop()
+
+
+def test_tls_is_the_fronts_and_sighup_reaches_the_engine(tmp_path: Path) -> None:
+    """HTTPS on the listen socket (the engine's socket is plain HTTP, private); a reload
+    on SIGHUP is the engine's, and shows on the front's page."""
+    from tests.faults.rig import closed_port_url
+    from tests.security.test_web_security import make_cert
+
+    cert, key = make_cert(tmp_path, "front")
+    web = tmp_path / "web.yaml"
+    web.write_text(
+        yaml.safe_dump({"tls_server_config": {"cert_file": str(cert), "key_file": str(key)}})
+    )
+    down = closed_port_url()
+    config = tmp_path / "config.yaml"
+    good = {
+        "refresh": {"interval_seconds": 1},
+        "server": {"web_config_file": str(web)},
+        "sources": {"opencost": {"url": down, "timeout_seconds": 1}},
+    }
+    config.write_text(yaml.safe_dump(good))
+    ex = start_exporter(tmp_path, "--config", str(config))
+    url = f"https://127.0.0.1:{ex.port}"
+
+    def page() -> str:
+        return httpx.get(url + "/metrics", verify=str(cert), timeout=10).text
+
+    try:
+        wait_for(lambda: _answers(url + "/healthz", cert), "https", ex)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(ex.url + "/healthz", timeout=5)
+        wait_for(lambda: sample(page(), "aifinops_refreshes_total"), "a refresh", ex)
+        before = sample(page(), "aifinops_config_last_reload_success_timestamp_seconds")
+        good["tenancy"] = {"namespaces": {"team-b": "b"}}
+        config.write_text(yaml.safe_dump(good))
+        ex.signal(signal.SIGHUP)
+        wait_for(
+            lambda: (
+                (sample(page(), "aifinops_config_last_reload_success_timestamp_seconds") or 0)
+                > (before or 0)
+            ),
+            "reloaded",
+            ex,
+        )
+        assert events(ex, "config_reloaded")
+        assert all(e.get("process") == "engine" for e in events(ex, "config_reloaded"))
+        ex.signal(signal.SIGTERM)
+        assert ex.proc.wait(timeout=30) == 0
+    finally:
+        ex.stop()
+
+
+def _answers(url: str, cert: Path) -> bool:
+    try:
+        return httpx.get(url, verify=str(cert), timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False

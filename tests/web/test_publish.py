@@ -249,3 +249,63 @@ def test_message_sizes_are_big_endian_u32() -> None:
     (head, *_rest) = frame({"kind": "wanted"}, [b"abc"])
     magic, head_len, total = struct.unpack("!4sII", bytes(head)[:12])
     assert magic == MAGIC and total == 3 and head_len == len(bytes(head)) - 12
+
+
+class _Link:
+    """What the app needs of an EngineLink: publish() and wanted()."""
+
+    def __init__(self) -> None:
+        self.published: list[Snapshot] = []
+        self.status: Any = None
+
+    def publish(self, snap: Snapshot) -> None:
+        self.published.append(snap)
+
+    def wanted(self) -> frozenset[str]:
+        return frozenset({"/api/v1/budgets"})
+
+
+async def test_the_engine_app_publishes_each_swap_and_prepares_what_the_front_asked(
+    aiohttp_client: Any,
+) -> None:
+    from aifinops.demo.cluster import ClusterSpec, SimCluster
+    from aifinops.demo.upstreams import start_upstreams
+    from aifinops.settings import settings_from_mapping
+    from aifinops.web.app import create_app
+    from aifinops.web.security import WEB_SECURITY
+    from tests.web.conftest import Clock
+
+    clock = Clock()
+    upstreams = await start_upstreams(SimCluster(ClusterSpec.demo()), clock=clock)
+    try:
+        config = upstreams.exporter_config()
+        push = {"enabled": True, "rate_limit_per_second": 0.001, "rate_limit_burst": 1}
+        config["tokens"] = {**config.get("tokens", {}), "push": push}
+        settings = settings_from_mapping(config)
+        link = _Link()
+        app = create_app(settings, clock=clock, run_loop=False, link=link)  # type: ignore[arg-type]
+        client = await aiohttp_client(app)
+        refresher = app[REFRESHER]
+        assert link.published and link.published[-1] is refresher.snapshot  # at start-up
+        assert link.status() == (refresher.stalled(), refresher.stall_seconds())
+        await refresher.refresh_once()
+        assert link.published[-1] is refresher.snapshot
+        prepared = refresher.snapshot.prepared
+        # nobody asked this process: the front did
+        assert isinstance(prepared, PreparedAnswers) and set(prepared.answers) == {
+            "/api/v1/budgets"
+        }
+        refresher.rerender()
+        assert link.published[-1] is refresher.snapshot
+        # TLS and basic auth are the front's; the client address is the one it names
+        assert WEB_SECURITY not in app
+        batch = {"records": [{"tenant": "search", "model": "gpt-4o", "input_tokens": 5}]}
+        statuses = []
+        for who in ("10.1.2.3", "10.1.2.3", "10.9.9.9"):
+            resp = await client.post(
+                "/api/v1/usage", json=batch, headers={"X-AIFinOps-Front-Client": who}
+            )
+            statuses.append(resp.status)
+        assert statuses == [202, 429, 202]
+    finally:
+        await upstreams.close()
