@@ -377,6 +377,9 @@ async def run_size(run: Run) -> dict[str, Any]:
                     rounds.append([lat for _, lat, _ in samples])
                 rows[name] = latency_summary(rounds)
 
+        # One refresh after the requests above, so that the preparable ones come with the
+        # snapshot (the front then answers them from the publication, as in steady use).
+        await timed_cycle(refresher, probe)
         busy, busy_cycles = await during_refreshes(
             base, refresher, probe, max(2, run.repeat), 100_000
         )
@@ -384,6 +387,18 @@ async def run_size(run: Run) -> dict[str, Any]:
             inline, refresher, probe, max(2, run.repeat), 100_000
         )
         rss_engine = vm_hwm_mib()
+        # The front serves the engine's last page: the same bytes, then its own lines (the
+        # last publication may still be on its way: a few tries).
+        front_page_matches = False
+        async with httpx.AsyncClient() as client:
+            for _ in range(20):
+                served = await client.get(
+                    f"{base}/metrics", headers={"Accept-Encoding": "identity"}, timeout=60
+                )
+                if served.content.startswith(refresher.snapshot.exposition.plain):
+                    front_page_matches = True
+                    break
+                await asyncio.sleep(0.5)
         rss_front = (await front.close())["rss_peak_mib"]
 
         snap = refresher.snapshot
@@ -416,6 +431,7 @@ async def run_size(run: Run) -> dict[str, Any]:
         "idle_inline": idle_inline,
         "busy_inline": busy_inline,
         # Both processes' peaks (the exporter's two processes by default).
+        "front_page_matches": front_page_matches,
         "rss_mib": rss_engine + rss_front,
         "rss_engine_mib": rss_engine,
         "rss_front_mib": rss_front,

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -176,6 +177,8 @@ class Engine:
         finally:
             for task in (exited, first, stopping):
                 task.cancel()
+        if self._stopping.is_set():
+            return None  # stopped while starting (SIGTERM): stop() waits for the engine
         if first in done or (self._first.is_set() and exited not in done):
             self._supervisor = asyncio.create_task(self._supervise())
             return None
@@ -248,9 +251,11 @@ class Engine:
 
     def _accept(self, pub: Publication) -> None:
         # One assignment each: a request reads a whole publication or the previous one.
-        self.latest = pub
         if pub.ready or self.page is None or not self.page.ready:
             self.page = pub
+        else:  # its state only: at most the current and the incoming page are held
+            pub = replace(pub, plain=b"", gzipped=b"", answers={})
+        self.latest = pub
         self._first.set()
 
     async def _supervise(self) -> None:
