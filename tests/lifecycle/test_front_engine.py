@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import signal
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -346,7 +347,9 @@ def test_tls_is_the_fronts_and_sighup_reaches_the_engine(tmp_path: Path) -> None
     url = f"https://127.0.0.1:{ex.port}"
 
     def page() -> str:
-        return httpx.get(url + "/metrics", verify=str(cert), timeout=10).text
+        return httpx.get(
+            url + "/metrics", verify=ssl.create_default_context(cafile=str(cert)), timeout=10
+        ).text
 
     try:
         wait_for(lambda: _answers(url + "/healthz", cert), "https", ex)
@@ -375,6 +378,11 @@ def test_tls_is_the_fronts_and_sighup_reaches_the_engine(tmp_path: Path) -> None
 
 def _answers(url: str, cert: Path) -> bool:
     try:
-        return httpx.get(url, verify=str(cert), timeout=5).status_code == 200
+        return (
+            httpx.get(
+                url, verify=ssl.create_default_context(cafile=str(cert)), timeout=5
+            ).status_code
+            == 200
+        )
     except httpx.TransportError:
         return False
