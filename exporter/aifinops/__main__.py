@@ -449,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         _die_with_parent()
         # Its lines share the front's stream: say which process wrote them.
         structlog.contextvars.bind_contextvars(process="engine")
+        from aifinops.web.publish import ENGINE_NICE
+
+        with contextlib.suppress(OSError):
+            os.nice(ENGINE_NICE)
     # Flags first, so a configuration error is logged in the format they ask for.
     configure_logging(args.log_level or "info", args.log_format or "auto")
     try:

@@ -52,6 +52,10 @@ _GZIP_TAIL = len(FINAL_EMPTY_BLOCK) + 8
 Bytes = bytes | memoryview
 
 
+ENGINE_NICE = 10
+"""The engine's scheduling niceness (``__main__`` sets it): on a machine (or a pod's CPU
+quota) that a refresh saturates, the kernel runs the front first when a request arrives, and
+the refresh still has every cycle the front leaves idle."""
 FRONT_CLIENT_HEADER = "X-AIFinOps-Front-Client"
 """The client's address, set by the front (``web/front.py``) on every request it passes to
 the engine (any such header from a client is replaced): the engine's per-client limits
