@@ -309,3 +309,63 @@ async def test_the_engine_app_publishes_each_swap_and_prepares_what_the_front_as
         assert statuses == [202, 429, 202]
     finally:
         await upstreams.close()
+
+
+async def test_the_front_passes_on_what_it_cannot_answer(
+    aiohttp_client: Any, tmp_path: Any
+) -> None:
+    """In one process: the front app (``create_front``) before an engine app on a unix
+    socket; a prepared answer from the publication, the rest through the socket, 503 naming
+    the engine when nothing answers there."""
+    from aiohttp import web
+
+    from aifinops.demo.cluster import ClusterSpec, SimCluster
+    from aifinops.demo.upstreams import start_upstreams
+    from aifinops.settings import settings_from_mapping
+    from aifinops.web.app import create_app
+    from aifinops.web.front import create_front
+    from tests.web.conftest import Clock
+
+    clock = Clock()
+    upstreams = await start_upstreams(SimCluster(ClusterSpec.demo()), clock=clock)
+    runner = None
+    try:
+        settings = settings_from_mapping(upstreams.exporter_config())
+        link = _Link()
+        app = create_app(settings, clock=clock, run_loop=False, link=link)  # type: ignore[arg-type]
+        runner = web.AppRunner(app)
+        await runner.setup()
+        path = tmp_path / "engine.sock"
+        await web.UnixSite(runner, str(path)).start()
+        await app[REFRESHER].refresh_once()
+        engine = Engine([], socket_path=path)
+        engine.up = True
+        engine._accept(await _roundtrip(app[REFRESHER].snapshot))
+        front = await aiohttp_client(create_front(settings, engine))
+
+        budgets = await front.get("/api/v1/budgets")  # prepared (the link asked for it)
+        assert budgets.status == 200 and "budgets" in await budgets.json()
+        doc = await front.get("/api/v1/openapi.json")  # passed on
+        assert doc.status == 200 and (await doc.json())["openapi"].startswith("3.")
+        assert "Date" in doc.headers and doc.headers.getall("Server") == [doc.headers["Server"]]
+        bad = await front.get("/api/v1/summary?nope=1")  # the engine's own 400
+        assert bad.status == 400 and (await bad.json())["error"]["field"] == "nope"
+        missing = await front.get("/api/v1/nothing")
+        assert missing.status == 404
+        roi = await front.post("/api/v1/roi/calculate", data=b"not json")
+        assert roi.status == 400
+        metrics = await front.get("/metrics")
+        assert metrics.status == 200
+        assert (await metrics.read()).startswith(app[REFRESHER].snapshot.exposition.plain)
+
+        await runner.cleanup()
+        runner = None
+        down = await front.get("/api/v1/openapi.json")
+        assert down.status == 503
+        assert "refresh engine" in (await down.json())["error"]["message"]
+        assert (await front.get("/api/v1/budgets")).status == 200  # still from the page
+        await engine.stop()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await upstreams.close()
