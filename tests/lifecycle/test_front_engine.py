@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.lifecycle.proc import Exporter, assert_clean_stderr, start_exporter
-from tests.lifecycle.test_demo_process import alive
+from tests.lifecycle.test_demo_process import alive, descendants
 from tests.lifecycle.test_process import sample
 
 READ_TOKEN = "read-token-for-tests-0123456789"
@@ -231,6 +231,9 @@ def test_a_killed_engine_is_restarted_and_the_last_page_kept(tmp_path: Path) -> 
         )
         before = ex.get("/metrics").text
         first = engine_pid(ex)
+        family = descendants(ex.proc.pid)
+        old_fakes = [p for p, cmd in family.items() if "aifinops.demo.child" in cmd]
+        assert len(old_fakes) == 1, family
         os.kill(first, signal.SIGKILL)
         # The last page is served meanwhile, and says the engine is down.
         down = wait_for(
@@ -257,6 +260,7 @@ def test_a_killed_engine_is_restarted_and_the_last_page_kept(tmp_path: Path) -> 
         assert (sample(page, "aifinops_refresh_engine_resident_memory_bytes") or 0) > 1e6
         assert len(events(ex, "refresh_engine_exited")) == 1
         # the fakes of the killed engine went with it (their stdin closed)
+        wait_for(lambda: not alive(old_fakes[0]), "the old fakes gone", ex)
         ex.signal(signal.SIGTERM)
         assert ex.proc.wait(timeout=30) == 0
     finally:
