@@ -57,7 +57,6 @@ from aifinops.settings import Settings
 from aifinops.version import __version__
 from aifinops.web.api import (
     API_TOKENS,
-    PREPARABLE,
     PUSH_TOKEN_CONFIGURED,
     USAGE_PATH,
     api_middleware,
@@ -520,4 +519,4 @@ def create_front(settings: Settings, engine: Engine) -> web.Application:
     return app
 
 
-__all__ = ["ENGINE", "PREPARABLE", "Engine", "create_front"]
+__all__ = ["ENGINE", "Engine", "create_front"]
