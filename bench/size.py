@@ -1,14 +1,19 @@
 """One benchmark size, in a fresh process: ``python -m bench.size --gpus N --out FILE``.
 
-Starts the fake upstreams (:mod:`bench.upstream`) in a child process, the real exporter app
-(``create_app(..., run_loop=False)`` served by ``web.AppRunner`` on 127.0.0.1) here, and
-scrapers (:mod:`bench.scraper`) as child processes. It measures:
+Starts the fake upstreams (:mod:`bench.upstream`) in a child process; the exporter as it runs
+by default (``server.refresh_process: separate``): its refresh engine here (the real app,
+``create_app(..., run_loop=False, link=...)``, its refreshes driven by the bench and published
+to the front) and its front (:mod:`bench.front`, ``web/front.py``) as a child process; and
+scrapers (:mod:`bench.scraper`) as child processes. The engine's app is also served on
+127.0.0.1 from this process, as ``refresh_process: inline`` serves it. It measures:
 
 * refresh cycles (``Refresher.refresh_once``): the first one, then ``--repeat`` steady ones,
   each split into phases (:mod:`bench.probe`);
 * ``/metrics`` latency (gzip and plain) with no refresh running, and ``/metrics`` (gzip) and
-  the API endpoints while refreshes run back to back;
-* peak RSS of this process (VmHWM), before the side-by-side comparisons run;
+  the API endpoints while refreshes run back to back: at the front (``idle``, ``busy``) and
+  in the refreshing process (``idle_inline``, ``busy_inline``);
+* peak RSS (VmHWM) of this process (the engine) and of the front, and their sum, before the
+  side-by-side comparisons run;
 * our renderer against ``generate_latest`` and our text parser against ``prometheus_client``
   on this size's data (:mod:`bench.compare`).
 
@@ -20,8 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
+import socket
 import statistics
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -40,6 +50,7 @@ from aifinops.refresh import Refresher
 from aifinops.settings import Settings, settings_from_mapping
 from aifinops.version import RULES_VERSION, __version__
 from aifinops.web.app import REFRESHER, create_app
+from aifinops.web.publish import ENGINE_NICE, EngineLink
 from bench.compare import compare_render, compare_text_parser
 from bench.probe import PhaseProbe
 
@@ -126,7 +137,7 @@ class Child:
     proc: asyncio.subprocess.Process
 
     @classmethod
-    async def start(cls, module: str, *args: str) -> Child:
+    async def start(cls, module: str, *args: str, pass_fds: tuple[int, ...] = ()) -> Child:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -135,6 +146,7 @@ class Child:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=1 << 26,
+            pass_fds=pass_fds,
         )
         return cls(proc)
 
@@ -302,13 +314,36 @@ async def run_size(run: Run) -> dict[str, Any]:
         info = await upstream.message()
         settings = bench_settings(info["config"], info["tenants"])
 
-        app = create_app(settings, sources=bench_sources(settings), run_loop=False)
+        # The engine: this process's app publishes each snapshot on a socketpair to the
+        # front, which passes what it cannot answer to the app's unix socket.
+        ours, theirs = socket.socketpair()
+        link = EngineLink(*await asyncio.open_connection(sock=ours))
+        app = create_app(settings, sources=bench_sources(settings), run_loop=False, link=link)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
+        stack.push_async_callback(link.close)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        inline = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        folder = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+        stack.callback(shutil.rmtree, folder, True)
+        await web.UnixSite(runner, str(folder / "engine.sock")).start()
+        (folder / "settings.json").write_text(settings.model_dump_json(exclude_unset=True))
+        link.start()
+        front = await Child.start(
+            "bench.front",
+            "--channel-fd",
+            str(theirs.fileno()),
+            "--engine-socket",
+            str(folder / "engine.sock"),
+            "--settings",
+            str(folder / "settings.json"),
+            pass_fds=(theirs.fileno(),),
+        )
+        theirs.close()
+        stack.callback(front.kill)
+        base = (await front.message())["url"]
         refresher = app[REFRESHER]
         probe = PhaseProbe()
         stack.enter_context(probe.installed())
@@ -327,25 +362,59 @@ async def run_size(run: Run) -> dict[str, Any]:
         steady = [await timed_cycle(refresher, probe) for _ in range(run.repeat)]
         exposition = refresher.snapshot.exposition
 
+        # Each API endpoint asked once, then a refresh: the preparable ones come with the
+        # snapshot from then on (the front answers them from the publication, as in steady
+        # use; before, it passed each first ask to the engine).
+        async with httpx.AsyncClient() as client:
+            for path in API_ENDPOINTS:
+                (await client.get(f"{base}{path}", timeout=120)).raise_for_status()
+        await timed_cycle(refresher, probe)
+        await asyncio.sleep(1.0)  # the publication on its way to the front
+
         # Idle: no refresh running. Request counts keep each round to a few seconds.
         gzip_requests = 200 if quick else 1000
         plain_requests = max(20, min(gzip_requests, int(2e8 / max(1, len(exposition.plain)))))
         idle: dict[str, dict[str, float]] = {}
-        for name, path, gzip, requests in (
-            ("metrics_gzip", "/metrics", True, gzip_requests),
-            ("metrics_plain", "/metrics", False, plain_requests),
-            *((path, path, False, gzip_requests) for path in API_ENDPOINTS),
-        ):
-            rounds = []
-            for _ in range(1 if quick else run.repeat):
-                samples = await scrape(f"{base}{path}", requests, gzip=gzip)
-                rounds.append([lat for _, lat, _ in samples])
-            idle[name] = latency_summary(rounds)
+        idle_inline: dict[str, dict[str, float]] = {}
+        for where, rows in ((base, idle), (inline, idle_inline)):
+            for name, path, gzip, requests in (
+                ("metrics_gzip", "/metrics", True, gzip_requests),
+                ("metrics_plain", "/metrics", False, plain_requests),
+                *((path, path, False, gzip_requests) for path in API_ENDPOINTS),
+            ):
+                rounds = []
+                for _ in range(1 if quick else run.repeat):
+                    samples = await scrape(f"{where}{path}", requests, gzip=gzip)
+                    rounds.append([lat for _, lat, _ in samples])
+                rows[name] = latency_summary(rounds)
 
+        busy_inline, _ = await during_refreshes(
+            inline, refresher, probe, max(2, run.repeat), 100_000
+        )
+        # The engine runs at ENGINE_NICE (``aifinops.__main__``; inline mode does not, so it
+        # is set after the inline rows). Here the engine shares its process with the bench,
+        # whose main thread forks the scrapers: the refresh's worker threads take it (Linux:
+        # niceness is per thread), not the whole process.
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and thread.native_id is not None:
+                os.setpriority(os.PRIO_PROCESS, thread.native_id, ENGINE_NICE)
         busy, busy_cycles = await during_refreshes(
             base, refresher, probe, max(2, run.repeat), 100_000
         )
-        rss = vm_hwm_mib()
+        rss_engine = vm_hwm_mib()
+        # The front serves the engine's last page: the same bytes, then its own lines (the
+        # last publication may still be on its way: a few tries).
+        front_page_matches = False
+        async with httpx.AsyncClient() as client:
+            for _ in range(20):
+                served = await client.get(
+                    f"{base}/metrics", headers={"Accept-Encoding": "identity"}, timeout=60
+                )
+                if served.content.startswith(refresher.snapshot.exposition.plain):
+                    front_page_matches = True
+                    break
+                await asyncio.sleep(0.5)
+        rss_front = (await front.close())["rss_peak_mib"]
 
         snap = refresher.snapshot
         build = BuildInfo(__version__, RULES_VERSION, "bench")
@@ -374,7 +443,13 @@ async def run_size(run: Run) -> dict[str, Any]:
         "bytes_gzip": len(exposition.gzipped),
         "idle": idle,
         "busy": busy,
-        "rss_mib": rss,
+        "idle_inline": idle_inline,
+        "busy_inline": busy_inline,
+        # Both processes' peaks (the exporter's two processes by default).
+        "front_page_matches": front_page_matches,
+        "rss_mib": rss_engine + rss_front,
+        "rss_engine_mib": rss_engine,
+        "rss_front_mib": rss_front,
         "render_vs_generate_latest": render_cmp,
         "text_parser_vs_prometheus_client": parser_cmp,
     }
@@ -390,6 +465,11 @@ def main() -> None:
     args = parser.parse_args()
     run = Run(args.gpus, args.repeat, args.quick, not args.no_tokens)
     result = asyncio.run(run_size(run))
+    print(
+        f"peak RSS: engine {result['rss_engine_mib']:.0f} MiB + front "
+        f"{result['rss_front_mib']:.0f} MiB = {result['rss_mib']:.0f} MiB",
+        file=sys.stderr,
+    )
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

@@ -15,6 +15,14 @@ Signals: SIGTERM and SIGINT stop gracefully (no new connections; requests in fli
 when configured, is written; exit 0). SIGHUP reloads the configuration
 (``web/lifecycle.py``: validated first, the old one kept on error).
 With ``server.web_config_file`` holding ``tls_server_config``, the exporter serves HTTPS.
+
+Processes (``server.refresh_process``): ``separate`` (the default) makes this process the
+front (``web/front.py``), which starts the refresh engine as a child with the same command
+line plus ``--engine-fd``/``--engine-socket`` and serves from what it publishes; SIGTERM and
+SIGINT stop the front's listeners, then the engine (which writes the state file), then the
+front exits 0; SIGHUP is passed to the engine. A configuration error is found here, before the
+engine starts (exit 2); an engine that fails before its first publication makes the front exit
+with its code. ``inline`` serves and refreshes in this one process.
 """
 
 from __future__ import annotations
@@ -124,6 +132,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--listen-address",
         help="override server.listen_address (older form of --web.listen-address)",
     )
+    # The refresh engine's side (server.refresh_process: separate): the front starts it
+    # with these (web/front.py); not for users.
+    p.add_argument("--engine-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--engine-socket", type=Path, help=argparse.SUPPRESS)
     p.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__} (revision {revision()})"
     )
@@ -230,6 +242,17 @@ SHUTDOWN_TIMEOUT = 10.0
 """Seconds in-flight requests get to finish on SIGTERM before they are cancelled."""
 
 
+def _die_with_parent() -> None:
+    """The engine is killed with its front (kill -9 of the front included: no orphan keeps
+    refreshing, and, as in one process, no last state-file write)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 async def _serve(
     settings: Settings,
     socks: list[socket.socket],
@@ -237,13 +260,21 @@ async def _serve(
     demo_gpus: int = 0,
     demo_seed: int = 1,
     loader: Callable[[], Settings] | None = None,
+    engine: tuple[int, Path] | None = None,
 ) -> None:
     """Serve on ``socks`` until SIGINT/SIGTERM; SIGHUP reloads the configuration through
-    ``loader``."""
+    ``loader``. ``engine``: serve as the refresh engine behind a front instead (the channel's
+    file descriptor and the unix socket to serve on; ``web/front.py``), until told to stop or
+    the channel closes."""
     from aifinops.web.app import create_app
     from aifinops.web.lifecycle import RELOADER
     from aifinops.web.limits import limit_connections, runner_options
+    from aifinops.web.publish import EngineLink
     from aifinops.web.security import WEB_SECURITY
+
+    link = None
+    if engine is not None:
+        link = await EngineLink.from_fd(engine[0])
 
     upstreams = None
     if demo:
@@ -263,7 +294,7 @@ async def _serve(
             def loader() -> Settings:
                 return fakes.settings(base_loader())
 
-    app = create_app(settings)
+    app = create_app(settings, link=link)
     reloader = app[RELOADER]
     if loader is not None:
         reloader.load = loader
@@ -273,7 +304,13 @@ async def _serve(
     await runner.setup()
     limit_connections(runner)  # web/limits.py: connection cap, header and keep-alive timeouts
     try:
-        tls = app[WEB_SECURITY].server_ssl_context()
+        if engine is not None:
+            tls = None
+            await web.UnixSite(runner, str(engine[1])).start()
+            assert link is not None
+            link.start()
+        else:
+            tls = app[WEB_SECURITY].server_ssl_context()
         for sock in socks:
             await web.SockSite(runner, sock, ssl_context=tls).start()
     except BaseException:
@@ -283,6 +320,8 @@ async def _serve(
         raise
     scheme = "https" if tls is not None else "http"
     telemetry = settings.server.telemetry_path
+    if engine is not None:
+        log.info("refresh_engine_serving", socket=str(engine[1]), demo=demo)
     for sock in socks:
         url = _url(sock, scheme)
         log.info(
@@ -308,6 +347,10 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, reload)
+    if link is not None:
+        # The front is gone (its end of the channel closed): stop as on SIGTERM.
+        closed = loop.create_task(link.closed.wait())
+        closed.add_done_callback(lambda _: stop.set())
     try:
         await stop.wait()
     finally:
@@ -318,13 +361,98 @@ async def _serve(
         # then runs the app's cleanup_ctx, which cancels the refresh loop and closes the HTTP
         # client.
         await runner.cleanup()
+        if link is not None:
+            await link.close()
         if upstreams is not None:
             await upstreams.close()
         log.info("stopped")
 
 
+async def _serve_front(settings: Settings, socks: list[socket.socket], argv: list[str]) -> int:
+    """The front (``server.refresh_process: separate``, ``web/front.py``): start the engine
+    with the same command line, serve on ``socks`` once it has published, until SIGINT or
+    SIGTERM; SIGHUP is passed on. Returns the exit code (the engine's, when it failed to
+    start)."""
+    from aifinops.web.front import Engine, create_front
+    from aifinops.web.limits import limit_connections, runner_options
+    from aifinops.web.security import WEB_SECURITY
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    engine = Engine(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: engine.signal(signal.SIGHUP))
+    starting = loop.create_task(engine.start())
+    stopping = loop.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not starting.done():
+        log.info("stopping")
+        await engine.stop()
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.info("stopped")
+        return 0
+    failed = starting.result()
+    if failed is not None:
+        await engine.stop()
+        log.error("refresh_engine_failed_to_start", code=failed)
+        return failed
+    app = create_front(settings, engine)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, **runner_options()
+    )
+    try:
+        await runner.setup()
+        limit_connections(runner)
+        tls = app[WEB_SECURITY].server_ssl_context()
+        for sock in socks:
+            await web.SockSite(runner, sock, ssl_context=tls).start()
+    except BaseException:
+        await runner.cleanup()
+        await engine.stop()
+        raise
+    scheme = "https" if tls is not None else "http"
+    telemetry = settings.server.telemetry_path
+    for sock in socks:
+        url = _url(sock, scheme)
+        log.info(
+            "listening",
+            url=url,
+            metrics=f"{url}{telemetry}",
+            engine_pid=engine.pid,
+            version=__version__,
+            revision=revision(),
+        )
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        # No new connections, requests in flight finish (those passed to the engine too),
+        # then the engine stops (its last state-file write) and is waited for.
+        await runner.cleanup()
+        await engine.stop()
+        log.info("stopped")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.engine_fd is not None:
+        _die_with_parent()
+        # Its lines share the front's stream: say which process wrote them.
+        structlog.contextvars.bind_contextvars(process="engine")
+        from aifinops.web.publish import ENGINE_NICE
+
+        with contextlib.suppress(OSError):
+            os.nice(ENGINE_NICE)
     # Flags first, so a configuration error is logged in the format they ask for.
     configure_logging(args.log_level or "info", args.log_format or "auto")
     try:
@@ -362,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         """The configuration again, as at start-up (SIGHUP, POST /-/reload)."""
         return _with_overrides(load_settings(args.config), args)
 
+    engine = None
+    if args.engine_fd is not None and args.engine_socket is not None:
+        engine = (args.engine_fd, args.engine_socket)
+        addresses = []  # the front listens
     try:
         socks = bind(addresses)
     except OSError as exc:
@@ -372,7 +504,11 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_runtime_settings()
     try:
-        asyncio.run(_serve(settings, socks, args.demo, args.demo_gpus, args.demo_seed, loader))
+        if engine is None and settings.server.refresh_process == "separate":
+            return asyncio.run(_serve_front(settings, socks, raw_argv))
+        asyncio.run(
+            _serve(settings, socks, args.demo, args.demo_gpus, args.demo_seed, loader, engine)
+        )
     except OSError as exc:
         log.error("cannot_start", error=str(exc))
         return 1

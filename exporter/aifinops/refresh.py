@@ -178,6 +178,7 @@ class Refresher:
         monotonic: Clock = time.monotonic,
         after_refresh: Callable[[], None] | None = None,
         prepare: Prepare | None = None,
+        on_publish: Callable[[Snapshot], None] | None = None,
     ) -> None:
         """``sources`` are ``(source, timeout_seconds, stale_after_seconds)`` triples;
         ``state_store``, when given, restores the saved state now and is written after
@@ -189,7 +190,9 @@ class Refresher:
         ``prepare`` turns a cycle's report and finance into what the snapshot carries as
         ``prepared`` (``web/app.py`` gives the API's ready answers; the refresh does not know
         the API): on the CPU worker, before the swap; a failure counts as stage ``prepare``
-        and the snapshot carries None."""
+        and the snapshot carries None. ``on_publish`` is called on the event loop with each
+        snapshot swapped in (refresh, re-render, watchdog): the refresh engine hands it to
+        its front process (``web/publish.py``); it must not block."""
         self._runtimes = [SourceRuntime(s, timeout, stale) for s, timeout, stale in sources]
         self._context = context
         self._build = build
@@ -214,6 +217,7 @@ class Refresher:
         self._monotonic = monotonic
         self._after_refresh = after_refresh
         self._prepare = prepare
+        self.on_publish = on_publish
         self._started = monotonic()
         self._last_success: float | None = None
         self._last_success_at = 0.0
@@ -503,6 +507,7 @@ class Refresher:
                 ready=previous.ready or in_use,
                 prepared=prepared,
             )
+            self._published()
             if done:
                 self._last_success = self._monotonic()
                 self._last_success_at = now
@@ -691,6 +696,7 @@ class Refresher:
         snap = self.snapshot
         exposition = self._render(snap.report, snap.finance, snap.status, count_dropped=False)
         self.snapshot = replace(snap, exposition=exposition)
+        self._published()
 
     async def replace_sources(self, sources: Sequence[tuple[Source[Any], float, float]]) -> None:
         """Use new sources from the next refresh (config reload). A source whose name stays
@@ -784,6 +790,16 @@ class Refresher:
                 continue
             if self.snapshot is snap:
                 self.snapshot = replace(snap, exposition=exposition)
+                self._published()
+
+    def _published(self) -> None:
+        """Hand the snapshot just swapped in to :attr:`on_publish` (a failure there counts
+        as stage ``release``: the snapshot is in place either way)."""
+        if self.on_publish is not None:
+            try:
+                self.on_publish(self.snapshot)
+            except Exception as exc:
+                self._stage_failed("release", exc)
 
     def _watchdog_families(self, publishing: bool) -> list[Family]:
         """``aifinops_refresh_failures_total{stage}`` (every stage, 0 until it fails) and

@@ -74,7 +74,10 @@ class ServerSettings(_Strict):
     ``POST /-/reload`` (as Prometheus' ``--web.enable-lifecycle``); SIGHUP reloads either way.
     ``max_request_body_bytes``: bodies over it are refused with 413 (the push endpoint has its
     own ``tokens.push.max_body_bytes``). ``telemetry_path``: where the Prometheus page is
-    served (``--web.telemetry-path``). Flags override these (``__main__``)."""
+    served (``--web.telemetry-path``). ``refresh_process``: ``separate`` runs the refresh in
+    a child process (the engine) and serves from what it publishes, so a refresh never
+    delays a scrape (``web/front.py``); ``inline`` runs both in one process. Flags override
+    these (``__main__``)."""
 
     listen_address: str = "0.0.0.0"
     port: int = Field(9877, ge=1, le=65535)
@@ -82,6 +85,7 @@ class ServerSettings(_Strict):
     telemetry_path: str = "/metrics"
     enable_lifecycle: bool = False
     max_request_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    refresh_process: Literal["separate", "inline"] = "separate"
 
     @field_validator("telemetry_path")
     @classmethod

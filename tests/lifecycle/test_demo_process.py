@@ -22,6 +22,14 @@ def children(pid: int) -> dict[int, str]:
     return out
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Children, theirs, and so on (the fakes are the refresh engine's child by default)."""
+    out = children(pid)
+    for child in list(out):
+        out.update(descendants(child))
+    return out
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -35,10 +43,9 @@ def test_demo_fakes_run_in_a_child_stopped_with_the_exporter(tmp_path: Path) -> 
     exporter = start_exporter(tmp_path, "--demo")
     try:
         exporter.wait_until("/readyz", 200)
-        fakes = [
-            p for p, cmd in children(exporter.proc.pid).items() if "aifinops.demo.child" in cmd
-        ]
-        assert len(fakes) == 1, children(exporter.proc.pid)
+        family = descendants(exporter.proc.pid)
+        fakes = [p for p, cmd in family.items() if "aifinops.demo.child" in cmd]
+        assert len(fakes) == 1, family
         # The exporter reads the fakes over HTTP: every upstream up, budgets in.
         page = parse_page(exporter.get("/metrics").text)
         up = {labels["source"]: v for labels, v in page["aifinops_source_up"]}

@@ -789,6 +789,32 @@ MONTH_TO_DATE_READY = _spec(
     (),
     "experimental",
 )
+REFRESH_ENGINE_UP = _spec(
+    "aifinops_refresh_engine_up",
+    "gauge",
+    "1 while the refresh engine process runs (server.refresh_process: separate; the process "
+    "serving the page restarts it when it exits, and serves its last page meanwhile). Absent "
+    "with refresh_process: inline.",
+    (),
+    "experimental",
+)
+REFRESH_ENGINE_RESTARTS = _spec(
+    "aifinops_refresh_engine_restarts_total",
+    "counter",
+    "Times the refresh engine process exited and was started again (server.refresh_process: "
+    "separate).",
+    (),
+    "experimental",
+)
+REFRESH_ENGINE_RESIDENT_MEMORY = _spec(
+    "aifinops_refresh_engine_resident_memory_bytes",
+    "gauge",
+    "Resident memory of the refresh engine process in bytes (server.refresh_process: "
+    "separate; process_resident_memory_bytes is the serving process's own). Absent while the "
+    "engine is down.",
+    (),
+    "experimental",
+)
 
 # The process collector's series (prometheus_client's ProcessCollector, the names and meanings
 # every Prometheus client library uses), read when /metrics is scraped
@@ -882,6 +908,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     REFRESH_FAILURES,
     REFRESH_STALLED,
     MONTH_TO_DATE_READY,
+    REFRESH_ENGINE_UP,
+    REFRESH_ENGINE_RESTARTS,
+    REFRESH_ENGINE_RESIDENT_MEMORY,
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in CATALOG}

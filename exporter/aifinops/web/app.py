@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -25,10 +26,20 @@ from aifinops.exposition.families import BuildInfo
 from aifinops.exposition.process import process_exposition
 from aifinops.exposition.render import CONTENT_TYPE
 from aifinops.model.energy import EnergyReport
+from aifinops.model.finance import FinanceReport
+from aifinops.model.report import Report
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings
 from aifinops.version import RULES_VERSION, __version__, revision
-from aifinops.web.api import API_READ_CACHE, answer_preparer, register_api
+from aifinops.web.api import (
+    API_READ_CACHE,
+    PreparedAnswers,
+    ReadCache,
+    ReadView,
+    answer_preparer,
+    prepare_answers,
+    register_api,
+)
 
 # The keys live in web/keys.py (the reload path reads them); re-exported for the app's users.
 from aifinops.web.keys import HTTP_CLIENT as HTTP_CLIENT
@@ -38,9 +49,13 @@ from aifinops.web.keys import SETTINGS as SETTINGS
 from aifinops.web.keys import UPSTREAM_TRANSPORT as UPSTREAM_TRANSPORT
 from aifinops.web.lifecycle import install_lifecycle
 from aifinops.web.limits import accepts_compressed_body, request_limits
+from aifinops.web.publish import FRONT_CLIENT_HEADER
 from aifinops.web.ratelimit import RateLimiter
 from aifinops.web.security import install_web_security, may_see_detail
 from aifinops.web.usage import USAGE_LIMITER, USAGE_SETTINGS, USAGE_STORE, handle_usage
+
+if TYPE_CHECKING:
+    from aifinops.web.publish import EngineLink
 
 log = structlog.get_logger("aifinops.web")
 
@@ -111,18 +126,52 @@ def _energy(app: web.Application) -> EnergyReport | None:
     return report.energy if report is not None else None
 
 
+@web.middleware
+async def front_client(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The engine's requests come from the front: their client is the one it names."""
+    remote = request.headers.get(FRONT_CLIENT_HEADER)
+    if remote is not None:
+        request = request.clone(remote=remote)
+    return await handler(request)
+
+
+def _preparer(
+    settings: Settings, cache: ReadCache, link: EngineLink | None
+) -> Callable[[Report | None, FinanceReport | None], PreparedAnswers | None]:
+    """The refresh's ``prepare`` hook; behind a front, the requests it answered from the
+    last publication count as asked too (they never reach this process's cache)."""
+    if link is None:
+        return answer_preparer(settings, cache)
+
+    def prepare(report: Report | None, finance: FinanceReport | None) -> PreparedAnswers | None:
+        wanted = cache.wanted() | link.wanted()
+        if not wanted:
+            return None
+        energy = report.energy if report is not None else None
+        return prepare_answers(ReadView(finance, report, energy, settings), wanted)
+
+    return prepare
+
+
 def create_app(
     settings: Settings,
     *,
     sources: list[SourceSpec] | None = None,
     clock: Clock = time.time,
     run_loop: bool = True,
+    link: EngineLink | None = None,
 ) -> web.Application:
     """Build the application. ``sources`` replaces the configured ones (tests, demo);
-    ``run_loop=False`` leaves refreshing to the caller (``await refresher.refresh_once()``)."""
+    ``run_loop=False`` leaves refreshing to the caller (``await refresher.refresh_once()``).
+    ``link``: this app is the refresh engine behind a front (``web/front.py``): each
+    snapshot is published on it, and TLS, basic auth and the toolkit's rate limit are the
+    front's (this app serves a private unix socket that only the front reaches)."""
     # request_limits (web/limits.py): compressed bodies refused or capped, body deadline.
+    middlewares = [request_limits] if link is None else [front_client, request_limits]
     app = web.Application(
-        client_max_size=settings.server.max_request_body_bytes, middlewares=[request_limits]
+        client_max_size=settings.server.max_request_body_bytes, middlewares=middlewares
     )
     app[SETTINGS] = settings
     context = assemble.model_context(settings)
@@ -160,8 +209,12 @@ def create_app(
             after_refresh=assemble.AFTER_REFRESH,
             # The API's default answers that clients ask for, built with each snapshot
             # (web/api.py PreparedAnswers).
-            prepare=answer_preparer(settings, app[API_READ_CACHE]),
+            prepare=_preparer(settings, app[API_READ_CACHE], link),
+            on_publish=link.publish if link is not None else None,
         )
+        if link is not None:
+            refresher = app[REFRESHER]
+            link.status = lambda: (refresher.stalled(), refresher.stall_seconds())
         if run_loop:
             app[REFRESH_TASK] = asyncio.create_task(
                 app[REFRESHER].run(settings.refresh.interval_seconds)
@@ -205,7 +258,9 @@ def create_app(
             settings.tokens.push.rate_limit_per_second, settings.tokens.push.rate_limit_burst
         )
         app.router.add_post("/api/v1/usage", accepts_compressed_body(handle_usage))
-    # TLS/basic auth (web/security.py) and config reload (web/lifecycle.py)
-    install_web_security(app, settings.server.web_config_file)
+    # TLS/basic auth (web/security.py; the front's, behind one) and config reload
+    # (web/lifecycle.py)
+    if link is None:
+        install_web_security(app, settings.server.web_config_file)
     install_lifecycle(app, settings, clock=clock, explicit_sources=sources is not None)
     return app

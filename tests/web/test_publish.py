@@ -1,0 +1,371 @@
+"""The engine-to-front channel (``web/publish.py``): a publication carries the demo's page and
+prepared answers byte for byte; the front's gzip-with-a-tail is the inline one's; malformed
+messages are refused; the engine's link keeps only the latest snapshot and hears what the
+front answered."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import struct
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from aifinops.exposition.render import Exposition
+from aifinops.refresh import Snapshot
+from aifinops.web.api import PreparedAnswers
+from aifinops.web.app import REFRESHER
+from aifinops.web.front import Engine
+from aifinops.web.publish import (
+    MAGIC,
+    PREFIX,
+    EngineLink,
+    ProtocolError,
+    Publication,
+    decode_publication,
+    frame,
+    publish_frame,
+    read_message,
+    wanted_frame,
+)
+from tests.web.conftest import start_demo_app
+
+ASKED = (
+    "/api/v1/summary",
+    "/api/v1/budgets",
+    "/api/v1/chargeback?format=focus",
+    "/api/v1/chargeback",
+)
+
+
+def _reader(*pieces: bytes | memoryview, eof: bool = True) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=1 << 16)
+    for piece in pieces:
+        reader.feed_data(bytes(piece))
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+async def _roundtrip(snap: Snapshot, **kw: Any) -> Publication:
+    pieces = publish_frame(snap, stalled=kw.get("stalled", False), stall_seconds=90.0, seq=7)
+    header, blobs = await read_message(_reader(*pieces))
+    return decode_publication(header, blobs)
+
+
+async def test_a_publication_carries_the_demo_page_and_answers(aiohttp_client: Any) -> None:
+    demo = await start_demo_app(aiohttp_client)
+    try:
+        await demo.refresh()
+        inline = {}
+        for path in ASKED:  # asked once: prepared with every refresh after
+            resp = await demo.client.get(path)
+            assert resp.status == 200, path
+        demo.clock.now += 60
+        await demo.refresh()
+        for path in ASKED:
+            resp = await demo.client.get(path)
+            inline[path] = (await resp.read(), resp.headers["Content-Type"])
+        snap = demo.client.app[REFRESHER].snapshot
+        assert isinstance(snap.prepared, PreparedAnswers)
+        pub = await _roundtrip(snap)
+    finally:
+        await demo.upstreams.close()
+    assert bytes(pub.plain) == snap.exposition.plain
+    assert bytes(pub.gzipped) == snap.exposition.gzipped
+    assert set(pub.answers) == set(snap.prepared.answers) >= set(ASKED)
+    for path, (body, content_type) in inline.items():
+        answer = pub.answers[path]
+        assert bytes(answer.body) == body, path
+        assert content_type.startswith(answer.content_type)
+    focus = pub.answers["/api/v1/chargeback?format=focus"]
+    assert dict(focus.headers)["Content-Disposition"].startswith("attachment")
+    assert pub.ready and not pub.stalled and pub.stall_seconds == 90.0 and pub.seq == 7
+    assert snap.status is not None and pub.sources is not None
+    assert [s.source for s in pub.sources] == [s.name for s in snap.status.sources]
+    assert all(s.up for s in pub.sources)
+    # gzip with a scrape-time tail: the inline page's bytes exactly, one member
+    tail = b"process_open_fds 12\n"
+    assert pub.gzipped_with(tail) == snap.exposition.gzipped_with(tail)
+    assert gzip.decompress(pub.gzipped_with(tail)) == snap.exposition.plain + tail
+
+
+async def test_without_prepared_answers_or_status() -> None:
+    page = Exposition.from_bytes(b"# a page\nx 1\n")
+    snap = Snapshot(report=None, finance=None, status=None, exposition=page, ready=False)
+    pub = await _roundtrip(snap, stalled=True)
+    assert pub.answers == {} and pub.sources is None and pub.stalled and not pub.ready
+    # a gzip without the prepared final block is compressed again, not spliced
+    other = replace(pub, gzipped=memoryview(gzip.compress(page.plain)))
+    assert gzip.decompress(other.gzipped_with(b"y 2\n")) == page.plain + b"y 2\n"
+
+
+def _message(header: dict[str, Any], blob: bytes = b"", magic: bytes = MAGIC) -> bytes:
+    head = json.dumps(header).encode()
+    return PREFIX.pack(magic, len(head), len(blob)) + head + blob
+
+
+GOOD = {
+    "kind": "publish",
+    "seq": 1,
+    "ready": True,
+    "stalled": False,
+    "stall_seconds": 90,
+    "sources": [],
+    "answers": [],
+    "blobs": [2, 2],
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (_message(GOOD, b"abcd", magic=b"HTTP"), "bad magic"),
+        (PREFIX.pack(MAGIC, 8, 0) + b"not json", "not JSON"),
+        (PREFIX.pack(MAGIC, 2, 0) + b"[]", "an object with a kind"),
+        (_message({**GOOD, "blobs": [2, 3]}, b"abcd"), "do not add up"),
+        (_message({**GOOD, "blobs": [-1, 5]}, b"abcd"), "do not add up"),
+        (_message({**GOOD, "blobs": "4"}, b"abcd"), "do not add up"),
+        (PREFIX.pack(MAGIC, 1 << 30, 0), "too large"),
+        (PREFIX.pack(MAGIC, 10, 0xFFFFFFFF), "too large"),
+    ],
+)
+async def test_malformed_messages_are_refused(raw: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        await read_message(_reader(raw))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"answers": [{"path": "/api/v1/summary"}]}, "one blob per answer"),
+        (
+            {
+                "answers": [
+                    {"path": "/etc/passwd", "content_type": "x", "charset": None, "headers": []}
+                ],
+                "blobs": [2, 2, 0],
+            },
+            "not a preparable request",
+        ),
+        ({"ready": None, "stall_seconds": "soon"}, "expected a number"),
+        ({"sources": [{"source": "dcgm"}]}, "malformed"),
+        ({"seq": None}, "malformed"),
+    ],
+)
+async def test_malformed_publications_are_refused(change: dict[str, Any], why: str) -> None:
+    header = {**GOOD, **change}
+    sizes = header["blobs"]
+    header, blobs = await read_message(_reader(_message(header, b"x" * sum(sizes))))
+    with pytest.raises(ProtocolError, match=why):
+        decode_publication(header, blobs)
+
+
+async def test_a_cut_off_message_is_the_end_of_the_stream() -> None:
+    pieces = frame({"kind": "publish"}, [b"a" * 100])
+    whole = b"".join(bytes(p) for p in pieces)
+    for cut in (0, 5, len(whole) - 1):
+        with pytest.raises(asyncio.IncompleteReadError):
+            await read_message(_reader(whole[:cut]))
+
+
+async def test_the_link_sends_the_latest_snapshot_and_hears_what_was_asked() -> None:
+    ours, theirs = socket.socketpair()
+    link = EngineLink(*await asyncio.open_connection(sock=ours))
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    link.status = lambda: (True, 42.0)
+    snaps = [
+        Snapshot(None, None, None, Exposition.from_bytes(f"x {i}\n".encode()), ready=i > 0)
+        for i in range(3)
+    ]
+    # Two published before the writer runs: only the later goes out.
+    link.publish(snaps[0])
+    link.publish(snaps[1])
+    link.start()
+    header, blobs = await asyncio.wait_for(read_message(reader), 5)
+    pub = decode_publication(header, blobs)
+    assert bytes(pub.plain) == b"x 1\n" and pub.stalled and pub.stall_seconds == 42.0
+    link.publish(snaps[2])
+    header, blobs = await asyncio.wait_for(read_message(reader), 5)
+    assert bytes(decode_publication(header, blobs).plain) == b"x 2\n"
+    assert decode_publication(header, blobs).seq == pub.seq + 1
+    # the front's wanted requests: preparable ones only, kept for the prepare window
+    for piece in wanted_frame(["/api/v1/summary", "/api/v1/roi/calculate", "/metrics"]):
+        writer.write(piece)
+    await writer.drain()
+    for _ in range(100):
+        if link.wanted():
+            break
+        await asyncio.sleep(0.01)
+    assert link.wanted() == frozenset({"/api/v1/summary"})
+    link._monotonic = lambda: time.monotonic() + 601.0
+    assert link.wanted() == frozenset()
+    # the front's end closes: the link says so
+    writer.close()
+    await asyncio.wait_for(link.closed.wait(), 5)
+    await link.close()
+
+
+def _publication(**kw: Any) -> Publication:
+    base: dict[str, Any] = dict(
+        plain=b"",
+        gzipped=b"",
+        answers={},
+        ready=True,
+        stalled=False,
+        stall_seconds=90.0,
+        sources=(),
+        received_at=time.monotonic(),
+    )
+    return Publication(**{**base, **kw})
+
+
+def test_the_front_says_stalled_when_the_engine_is_quiet_for_its_window() -> None:
+    engine = Engine([])
+    try:
+        assert engine.stalled()  # nothing published yet
+        engine._accept(_publication())
+        assert not engine.stalled()
+        engine._accept(_publication(stalled=True))
+        assert engine.stalled()
+        engine._accept(_publication(received_at=time.monotonic() - 91.0))
+        assert engine.stalled()
+        # A new engine's first page (no figures) does not replace a page that had them;
+        # its readiness does.
+        good = _publication(plain=b"figures")
+        engine._accept(good)
+        engine._accept(_publication(plain=b"empty", ready=False))
+        assert engine.page is good and engine.latest is not None and not engine.latest.ready
+    finally:
+        engine._dir.rmdir()
+
+
+def test_message_sizes_are_big_endian_u32() -> None:
+    (head, *_rest) = frame({"kind": "wanted"}, [b"abc"])
+    magic, head_len, total = struct.unpack("!4sII", bytes(head)[:12])
+    assert magic == MAGIC and total == 3 and head_len == len(bytes(head)) - 12
+
+
+class _Link:
+    """What the app needs of an EngineLink: publish() and wanted()."""
+
+    def __init__(self) -> None:
+        self.published: list[Snapshot] = []
+        self.status: Any = None
+
+    def publish(self, snap: Snapshot) -> None:
+        self.published.append(snap)
+
+    def wanted(self) -> frozenset[str]:
+        return frozenset({"/api/v1/budgets"})
+
+
+async def test_the_engine_app_publishes_each_swap_and_prepares_what_the_front_asked(
+    aiohttp_client: Any,
+) -> None:
+    from aifinops.demo.cluster import ClusterSpec, SimCluster
+    from aifinops.demo.upstreams import start_upstreams
+    from aifinops.settings import settings_from_mapping
+    from aifinops.web.app import create_app
+    from aifinops.web.security import WEB_SECURITY
+    from tests.web.conftest import Clock
+
+    clock = Clock()
+    upstreams = await start_upstreams(SimCluster(ClusterSpec.demo()), clock=clock)
+    try:
+        config = upstreams.exporter_config()
+        push = {"enabled": True, "rate_limit_per_second": 0.001, "rate_limit_burst": 1}
+        config["tokens"] = {**config.get("tokens", {}), "push": push}
+        settings = settings_from_mapping(config)
+        link = _Link()
+        app = create_app(settings, clock=clock, run_loop=False, link=link)  # type: ignore[arg-type]
+        client = await aiohttp_client(app)
+        refresher = app[REFRESHER]
+        assert link.published and link.published[-1] is refresher.snapshot  # at start-up
+        assert link.status() == (refresher.stalled(), refresher.stall_seconds())
+        await refresher.refresh_once()
+        assert link.published[-1] is refresher.snapshot
+        prepared = refresher.snapshot.prepared
+        # nobody asked this process: the front did
+        assert isinstance(prepared, PreparedAnswers) and set(prepared.answers) == {
+            "/api/v1/budgets"
+        }
+        refresher.rerender()
+        assert link.published[-1] is refresher.snapshot
+        # TLS and basic auth are the front's; the client address is the one it names
+        assert WEB_SECURITY not in app
+        batch = {"records": [{"tenant": "search", "model": "gpt-4o", "input_tokens": 5}]}
+        statuses = []
+        for who in ("10.1.2.3", "10.1.2.3", "10.9.9.9"):
+            resp = await client.post(
+                "/api/v1/usage", json=batch, headers={"X-AIFinOps-Front-Client": who}
+            )
+            statuses.append(resp.status)
+        assert statuses == [202, 429, 202]
+    finally:
+        await upstreams.close()
+
+
+async def test_the_front_passes_on_what_it_cannot_answer(
+    aiohttp_client: Any, tmp_path: Any
+) -> None:
+    """In one process: the front app (``create_front``) before an engine app on a unix
+    socket; a prepared answer from the publication, the rest through the socket, 503 naming
+    the engine when nothing answers there."""
+    from aiohttp import web
+
+    from aifinops.demo.cluster import ClusterSpec, SimCluster
+    from aifinops.demo.upstreams import start_upstreams
+    from aifinops.settings import settings_from_mapping
+    from aifinops.web.app import create_app
+    from aifinops.web.front import create_front
+    from tests.web.conftest import Clock
+
+    clock = Clock()
+    upstreams = await start_upstreams(SimCluster(ClusterSpec.demo()), clock=clock)
+    runner = None
+    try:
+        settings = settings_from_mapping(upstreams.exporter_config())
+        link = _Link()
+        app = create_app(settings, clock=clock, run_loop=False, link=link)  # type: ignore[arg-type]
+        runner = web.AppRunner(app)
+        await runner.setup()
+        path = tmp_path / "engine.sock"
+        await web.UnixSite(runner, str(path)).start()
+        await app[REFRESHER].refresh_once()
+        engine = Engine([], socket_path=path)
+        engine.up = True
+        engine._accept(await _roundtrip(app[REFRESHER].snapshot))
+        front = await aiohttp_client(create_front(settings, engine))
+
+        budgets = await front.get("/api/v1/budgets")  # prepared (the link asked for it)
+        assert budgets.status == 200 and "budgets" in await budgets.json()
+        doc = await front.get("/api/v1/openapi.json")  # passed on
+        assert doc.status == 200 and (await doc.json())["openapi"].startswith("3.")
+        assert "Date" in doc.headers and doc.headers.getall("Server") == [doc.headers["Server"]]
+        bad = await front.get("/api/v1/summary?nope=1")  # the engine's own 400
+        assert bad.status == 400 and (await bad.json())["error"]["field"] == "nope"
+        missing = await front.get("/api/v1/nothing")
+        assert missing.status == 404
+        roi = await front.post("/api/v1/roi/calculate", data=b"not json")
+        assert roi.status == 400
+        metrics = await front.get("/metrics")
+        assert metrics.status == 200
+        assert (await metrics.read()).startswith(app[REFRESHER].snapshot.exposition.plain)
+
+        await runner.cleanup()
+        runner = None
+        down = await front.get("/api/v1/openapi.json")
+        assert down.status == 503
+        assert "refresh engine" in (await down.json())["error"]["message"]
+        assert (await front.get("/api/v1/budgets")).status == 200  # still from the page
+        await engine.stop()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await upstreams.close()
