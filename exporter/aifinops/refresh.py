@@ -701,7 +701,9 @@ class Refresher:
     async def replace_sources(self, sources: Sequence[tuple[Source[Any], float, float]]) -> None:
         """Use new sources from the next refresh (config reload). A source whose name stays
         keeps its last good data, error counts and logged state; one that goes away is
-        forgotten. Waits for a refresh in flight."""
+        forgotten. A source whose optional ``reads`` (what the configuration makes it keep of
+        an answer) changed is fetched again at the next refresh, not after its own interval.
+        Waits for a refresh in flight."""
         async with self._lock:
             old = {rt.source.name: rt for rt in self._runtimes}
             runtimes = []
@@ -710,6 +712,10 @@ class Refresher:
                 if rt is None:
                     rt = SourceRuntime(source, timeout, stale_after)
                 else:
+                    if getattr(source, "reads", None) != getattr(rt.source, "reads", None):
+                        # Its data was read for the old configuration (the month query's
+                        # aggregation and label keys): kept in use, but asked for again now.
+                        rt.attempted_at = None
                     rt.source, rt.timeout, rt.stale_after = source, timeout, stale_after
                 runtimes.append(rt)
             self._runtimes = runtimes

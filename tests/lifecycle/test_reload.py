@@ -145,3 +145,35 @@ async def test_sources_are_replaced_and_keep_their_last_good_data(aiohttp_client
         assert value(page, "aifinops_source_up", source="dcgm") == 1.0
     finally:
         await rig.close()
+
+
+async def test_a_change_to_what_the_month_query_reads_asks_for_it_again(
+    aiohttp_client: Any,
+) -> None:
+    """The month query keeps only the label keys the configuration reads, grouped by its
+    tenancy's aggregation: after a reload that changes them, the next refresh asks for it
+    again instead of using, for up to its interval, rows read for the old configuration."""
+    rig = await start_rig(aiohttp_client, extra=LIFECYCLE, month=True)
+    try:
+        await rig.refresh(T0)
+        month = next(rt for rt in rig.refresher._runtimes if rt.source.name == "opencost_month")
+        assert month.attempted_at == T0 and month.up
+
+        def debug_logging(data: dict[str, Any]) -> None:
+            data["logging"] = {"level": "debug"}
+
+        loader_of(rig, debug_logging)  # nothing the month query reads: not asked again
+        assert (await reload(rig))[0] == 200
+        await rig.refresh(T0 + 30)
+        assert month.attempted_at == T0
+
+        def tenant_label(data: dict[str, Any]) -> None:
+            data["logging"] = {"level": "debug"}
+            data["tenancy"] = {"pod_label_keys": ["team"], "namespace_label_keys": []}
+
+        loader_of(rig, tenant_label)
+        assert (await reload(rig))[0] == 200
+        await rig.refresh(T0 + 60)
+        assert month.attempted_at == T0 + 60 and month.up
+    finally:
+        await rig.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from array import array
 from dataclasses import replace
 from datetime import datetime
 
@@ -15,11 +16,11 @@ import pytest
 
 from aifinops.model.budgets import Budget
 from aifinops.model.finance import (
+    DayColumns,
     FinanceContext,
     FinanceInputs,
     FinanceReport,
     FinanceState,
-    _columns,
     build_finance,
     exact_partials,
     infra_month,
@@ -199,6 +200,11 @@ def test_exact_partials_sum_bit_for_bit_as_the_values_do() -> None:
         assert math.fsum((*partials, today)) == math.fsum((*values, today))
         assert math.fsum(partials) == math.fsum(values)
         assert len(partials) <= max(1, len(values))
+
+
+def _columns(parts: dict[tuple[str, str], list[float]]) -> DayColumns[tuple[str, str]]:
+    """Each key's ``fsum``, as :class:`DayColumns` (as the day folds build them)."""
+    return DayColumns(tuple(parts), array("d", map(math.fsum, parts.values())))
 
 
 def test_day_columns_read_as_the_dict_of_fsums_they_replace() -> None:

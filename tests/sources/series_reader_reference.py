@@ -9,7 +9,16 @@ from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Generic, TypeVar, cast
 
-from aifinops.sources.promtext import _check_utf8, _LineParser, _without_cr, decode_page
+from aifinops.sources.promtext import (
+    _METRIC_NAME,
+    _NO_LABELS,
+    Sample,
+    _check_utf8,
+    _parse_labels,
+    _parse_value_and_timestamp,
+    _without_cr,
+    decode_page,
+)
 
 READ_CHUNK_BYTES = 1 << 18
 """The span of a page :class:`SeriesReader` handles in one go: it is tested for a wanted
@@ -226,3 +235,70 @@ class SeriesReader(Generic[E]):
                 add(found)
                 add_value(value)
         return out, values, new, unkept
+
+
+class _LineParser:
+    """:func:`parse_text`'s reading of one line, for :class:`SeriesReader`'s new series:
+    the same checks and messages (without the ``line N:`` prefix). Label sets are parsed once
+    per label text within one read."""
+
+    __slots__ = ("keys", "labels", "names_ok", "prefixes", "wanted")
+
+    def __init__(self, wanted: frozenset[str]) -> None:
+        self.wanted = wanted
+        self.prefixes = tuple(wanted)
+        self.labels: dict[str, Mapping[str, str]] = {}
+        self.keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.names_ok: set[str] = set()
+
+    def parse(self, line: str) -> Sample | None:
+        """The line's sample; ``None`` for a blank, a comment or an unwanted metric."""
+        if not line:
+            return None
+        first = line[0]
+        if first == "#":
+            return None
+        if first == " " or first == "\t":
+            line = line.strip(" \t")
+            if not line or line[0] == "#":
+                return None
+        if not line.startswith(self.prefixes):
+            return None
+        name = ""
+        try:
+            brace = line.find("{")
+            if brace == -1:
+                name, _, tail = line.replace("\t", " ").partition(" ")
+            else:
+                name = line[:brace]
+                if name[-1:] in (" ", "\t"):
+                    name = name.rstrip(" \t")
+            if name not in self.names_ok:
+                if name not in self.wanted:
+                    return None
+                if not _METRIC_NAME.fullmatch(name):
+                    raise ValueError(f"invalid metric name {name[:40]!r}")
+                self.names_ok.add(name)
+            if brace == -1:
+                labels: Mapping[str, str] = _NO_LABELS
+            else:
+                close = line.rfind("}")
+                if close < brace:
+                    raise ValueError("label set without a closing '}'")
+                label_text = line[brace + 1 : close]
+                cached = self.labels.get(label_text)
+                if cached is None:
+                    cached = _parse_labels(label_text, self.keys)
+                    self.labels[label_text] = cached
+                labels = cached
+                tail = line[close + 1 :]
+            if "_" in tail:
+                raise ValueError("invalid value")
+            try:
+                value = float(tail)
+            except ValueError:
+                value = _parse_value_and_timestamp(tail)
+        except ValueError as exc:
+            where = f" in a {name!r} sample" if name in self.names_ok else ""
+            raise ValueError(f"{exc}{where}") from None
+        return name, labels, value

@@ -483,3 +483,39 @@ async def test_a_cancelled_reader_does_not_cancel_the_others_page(energy_sim: Si
     assert samples and len(upstream.served) == len(nodes)
     with pytest.raises(asyncio.CancelledError):
         await energy
+
+
+async def test_a_read_being_cancelled_is_not_joined_by_a_later_reader(
+    energy_sim: SimCluster,
+) -> None:
+    """The last reader gone cancels the page read; a read that is still winding down (the
+    HTTP client's clean-up awaits) must not be joined by the next refresh's reader, which
+    would get a cancellation it never asked for."""
+    nodes = sorted(energy_sim.dcgm_pages(T0))[:1]
+    settings = DcgmSettings(
+        mode="scrape", scrape_urls=tuple(f"http://dcgm/{n}/metrics" for n in nodes)
+    )
+    upstream = Upstream(energy_sim)
+    hang = True
+    winding_down = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if hang:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                winding_down.set()
+                await asyncio.sleep(0.05)
+                raise
+        return upstream.handler(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        first = asyncio.create_task(DcgmSource(settings, run=run_cpu).fetch(client))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await winding_down.wait()
+        hang = False
+        samples = await DcgmSource(settings, run=run_cpu).fetch(client)
+    assert samples and len(upstream.served) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first

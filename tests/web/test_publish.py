@@ -27,6 +27,7 @@ from aifinops.web.publish import (
     EngineLink,
     ProtocolError,
     Publication,
+    SourceLine,
     decode_publication,
     frame,
     publish_frame,
@@ -235,12 +236,18 @@ def test_the_front_says_stalled_when_the_engine_is_quiet_for_its_window() -> Non
         assert engine.stalled()
         engine._accept(_publication(received_at=time.monotonic() - 91.0))
         assert engine.stalled()
-        # A new engine's first page (no figures) does not replace a page that had them;
-        # its readiness does.
+        # A new engine's first page (before its first refresh: no figures, no sources)
+        # does not replace a page that had them; its readiness does.
         good = _publication(plain=b"figures")
         engine._accept(good)
-        engine._accept(_publication(plain=b"empty", ready=False))
+        engine._accept(_publication(plain=b"empty", ready=False, sources=None))
         assert engine.page is good and engine.latest is not None and not engine.latest.ready
+        # Its first refresh's page does, ready or not: with every upstream down it says so,
+        # where the old page would go on saying they were up, with its figures, for good.
+        down = SourceLine("opencost", up=False, stale=False, error="connect", age_seconds=None)
+        after = _publication(plain=b"sources down", ready=False, sources=(down,))
+        engine._accept(after)
+        assert engine.page is after and engine.latest is after
     finally:
         engine._dir.rmdir()
 

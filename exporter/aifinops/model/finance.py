@@ -1159,11 +1159,6 @@ class _ColumnValues(ValuesView[float]):
         return iter(self._mapping._values)
 
 
-def _columns(parts: Mapping[TenantResource, list[float]]) -> DayColumns[TenantResource]:
-    """Each key's ``fsum``, as :class:`DayColumns`."""
-    return DayColumns(tuple(parts), array("d", map(math.fsum, parts.values())))
-
-
 @dataclass(frozen=True, slots=True)
 class DayFold:
     """One local date's daily sets (``sets``, kept for their identity) folded to USD and

@@ -247,6 +247,10 @@ async def shared_page(
         # started by an earlier one (a hung upstream would then fail every refresh after).
         if waiting[0] == 0 and not task.done():
             task.cancel()
+            # Forgotten now, not when it is done: its clean-up may await, and a reader
+            # joining it meanwhile would get a cancellation it never asked for.
+            if _pages_in_flight.get(key) is entry:
+                del _pages_in_flight[key]
 
 
 def _page_read(key: _PageKey, task: asyncio.Task[bytes]) -> None:

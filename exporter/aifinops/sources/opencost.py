@@ -365,6 +365,9 @@ class OpenCostMonthSource:
         self.min_interval_seconds = float(budgets.refresh_interval_seconds)
         self.first_read_baseline = False
         self.aggregation = month_aggregation(tenancy, settings)
+        # What a reload that changes it must fetch again at once (Refresher.replace_sources):
+        # the month's rows are grouped by the aggregation and keep only these label keys.
+        self.reads = (self.aggregation, label_keys)
         self._streamer = _Streamer(self.name, run)
         self.piece_days = settings.month_piece_days
         # (piece start, piece end) -> (fetched at, its sets): settled pieces only.

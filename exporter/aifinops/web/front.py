@@ -250,7 +250,9 @@ class Engine:
 
     def _accept(self, pub: Publication) -> None:
         # One assignment each: a request reads a whole publication or the previous one.
-        if pub.ready or self.page is None or not self.page.ready:
+        # Only a page from before the engine's first refresh (no sources yet) is held back;
+        # after one, its page is the truth, upstreams down included (never ready then).
+        if pub.ready or pub.sources is not None or self.page is None or not self.page.ready:
             self.page = pub
         else:  # its state only: at most the current and the incoming page are held
             pub = replace(pub, plain=b"", gzipped=b"", answers={})
