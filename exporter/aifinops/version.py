@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 __version__ = "0.1.0"
-RULES_VERSION = "0.3.0"
+RULES_VERSION = "0.4.0"
 
 REVISION_ENV = "AIFINOPS_REVISION"
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")

@@ -1,11 +1,12 @@
 """AI FinOps / Exporter health: replicas and sources up, data age, refresh and fetch
-durations, fetch errors."""
+durations, fetch errors, the refresh engine process."""
 
 from __future__ import annotations
 
 from .panels import (
     EXPORTER_JOB,
     Json,
+    cfg,
     dashboard,
     max_by,
     sel,
@@ -109,14 +110,49 @@ def build() -> Json:
         "Exporter, rule bundle and GPU price catalog versions.",
         [(sel("aifinops_build_info"), "Up", "none")],
     )
+    # server.refresh_process: separate (the default): a second process in the container.
+    engine_up = state_timeline(
+        "Refresh engine up per replica",
+        "Whether each replica's refresh engine process runs (the front restarts one that "
+        "exits and serves its last page meanwhile). No data with refresh_process: inline.",
+        sel("aifinops_refresh_engine_up"),
+        "{{instance}}",
+        width=8,
+    )
+    window = cfg("refresh_engine_restarts_window")
+    restarts = timeseries(
+        f"Refresh engine restarts, last {window}",
+        f"Restarts of the refresh engine per replica in the last {window}; "
+        "AIFinOpsRefreshEngineCrashLooping fires at the dashed line.",
+        [(f"increase({sel('aifinops_refresh_engine_restarts_total')}[{window}])", "{{instance}}")],
+        "short",
+        width=8,
+        thresholds=(("orange", cfg("refresh_engine_restarts")),),
+    )
+    # Both processes count against the container's memory limit.
+    engine = sel("aifinops_refresh_engine_resident_memory_bytes")
+    front = sel("process_resident_memory_bytes", EXPORTER_JOB)
+    memory = timeseries(
+        "Resident memory: refresh engine and front",
+        "Resident memory of the refresh engine and of the process serving the page (the "
+        "front), and both together: what the container's memory limit must cover.",
+        [
+            (engine, "engine · {{instance}}"),
+            (front, "front · {{instance}}"),
+            (f"{engine} + {front}", "both · {{instance}}"),
+        ],
+        "bytes",
+        width=8,
+    )
     return dashboard(
         "aifinops-exporter-health",
         "AI FinOps / Exporter health",
         "The exporter itself: replicas and sources up, data age, refresh and fetch durations, "
-        "fetch errors.",
+        "fetch errors, the refresh engine process.",
         [
             (None, [headline]),
             ("Sources", [[up, age], [errors, fetch, refresh], [refreshes, versions]]),
+            ("Refresh engine", [[engine_up, restarts, memory]]),
         ],
         time_from="now-6h",
     )
