@@ -348,7 +348,7 @@ async def test_the_front_passes_on_what_it_cannot_answer(
         engine = Engine([], socket_path=path)
         engine.up = True
         engine._accept(await _roundtrip(app[REFRESHER].snapshot))
-        front = await aiohttp_client(create_front(settings, engine))
+        front = await aiohttp_client(create_front(settings_from_mapping({}), engine))
 
         budgets = await front.get("/api/v1/budgets")  # prepared (the link asked for it)
         assert budgets.status == 200 and "budgets" in await budgets.json()
@@ -376,3 +376,66 @@ async def test_the_front_passes_on_what_it_cannot_answer(
         if runner is not None:
             await runner.cleanup()
         await upstreams.close()
+
+
+async def test_the_front_serves_a_publication_received_in_pieces_byte_for_byte(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's page and answers taken off the channel in small, uneven pieces (into one
+    mapped buffer) and written out a chunk at a time: what the front serves is the engine's
+    page plus the scrape-time tail, byte for byte, plain and gzip, with its length."""
+    import aifinops.web.front as front_module
+    import aifinops.web.publish as publish_module
+    from aifinops.exposition.render import render
+    from aifinops.settings import settings_from_mapping
+    from aifinops.web.front import create_front
+
+    demo = await start_demo_app(aiohttp_client)
+    try:
+        await demo.refresh()
+        for path in ASKED:
+            assert (await demo.client.get(path)).status == 200, path
+        demo.clock.now += 60
+        await demo.refresh()
+        app = demo.client.app
+        snap = app[REFRESHER].snapshot
+    finally:
+        await demo.upstreams.close()
+    assert isinstance(snap.prepared, PreparedAnswers)
+    plain = snap.exposition.plain
+    small = 1021  # many chunks of the demo's page, none aligned with a blob's edge
+    assert len(plain) > 20 * small
+    monkeypatch.setattr(publish_module, "CHUNK", small)
+    monkeypatch.setattr(front_module, "CHUNK", small)
+    whole = b"".join(bytes(p) for p in publish_frame(snap, stalled=False, stall_seconds=9, seq=3))
+    reader = asyncio.StreamReader(limit=1 << 12)
+    for at in range(0, len(whole), 1000):
+        reader.feed_data(whole[at : at + 1000])
+    reader.feed_eof()
+    header, blobs = await read_message(reader)
+    pub = decode_publication(header, blobs)
+    del header, blobs
+
+    engine = Engine([])
+    engine._accept(pub)
+    fixed = b"# TYPE process_open_fds gauge\nprocess_open_fds 12\n"
+    monkeypatch.setattr(front_module, "process_exposition", lambda: fixed)
+    tail = fixed + render(engine.families())
+    front = await aiohttp_client(create_front(settings_from_mapping({}), engine))
+
+    resp = await front.get("/metrics", headers={"Accept-Encoding": "identity"})
+    body = await resp.read()
+    assert resp.status == 200 and "Content-Encoding" not in resp.headers
+    assert body == plain + tail
+    assert resp.headers["Content-Length"] == str(len(plain) + len(tail))
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    zipped = await front.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert await zipped.read() == plain + tail
+    head = await front.head("/metrics", headers={"Accept-Encoding": "identity"})
+    assert head.status == 200 and await head.read() == b""
+    assert head.headers["Content-Length"] == str(len(plain) + len(tail))
+    for path in ASKED:
+        answer = await front.get(path)
+        assert await answer.read() == snap.prepared.answers[path].body, path
+    await engine.stop()

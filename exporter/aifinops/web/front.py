@@ -44,6 +44,8 @@ from pathlib import Path
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 from multidict import CIMultiDict
 
 from aifinops.exposition.catalog import (
@@ -64,7 +66,9 @@ from aifinops.web.api import (
 from aifinops.web.auth import TokenStore
 from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.publish import (
+    CHUNK,
     FRONT_CLIENT_HEADER,
+    Bytes,
     ProtocolError,
     Publication,
     decode_publication,
@@ -376,17 +380,35 @@ ENGINE = web.AppKey("refresh_engine", Engine)
 FRONT_SETTINGS = web.AppKey("front_settings", Settings)
 
 
+class _Pieces(Payload):
+    """A body written a :data:`~aifinops.web.publish.CHUNK` at a time from the pieces given
+    (views into a publication's buffer): joined, each scrape held a copy of the page, and the
+    transport another of what the socket did not take at once."""
+
+    def __init__(self, pieces: Sequence[Bytes], content_type: str) -> None:
+        super().__init__(tuple(pieces), content_type=content_type)
+        self._size = sum(len(p) for p in pieces)
+        self._autoclose = True
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for piece in self._value:
+            view = memoryview(piece)
+            for at in range(0, len(view), CHUNK):
+                await writer.write(view[at : at + CHUNK])
+
+
 async def handle_metrics(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     page = engine.page
     assert page is not None  # the front listens after the first publication
     tail = process_exposition() + render(engine.families())
     if "gzip" in request.headers.get("Accept-Encoding", ""):
-        resp = web.Response(body=page.gzipped_with(tail), headers={"Content-Encoding": "gzip"})
-    else:
-        resp = web.Response(body=b"".join((page.plain, tail)))
-    resp.headers["Content-Type"] = CONTENT_TYPE
-    return resp
+        body = _Pieces((page.gzipped_with(tail),), CONTENT_TYPE)
+        return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+    return web.Response(body=_Pieces((page.plain, tail), CONTENT_TYPE))
 
 
 async def handle_healthz(request: web.Request) -> web.Response:

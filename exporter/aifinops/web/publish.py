@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import mmap
 import struct
 import time
 import zlib
@@ -201,9 +202,10 @@ async def read_message(reader: asyncio.StreamReader) -> tuple[dict[str, Any], li
         or sum(sizes) != total
     ):
         raise ProtocolError("blob sizes do not add up")
-    # One buffer, filled a chunk at a time: the loop serves between chunks.
-    buf = bytearray(total)
-    view = memoryview(buf)
+    # One buffer, filled a chunk at a time: the loop serves between chunks. An anonymous map,
+    # not a bytearray: unmapped when its last view goes, where glibc would keep a freed
+    # heap block of this size resident (its mmap threshold rises after the first free).
+    view = memoryview(mmap.mmap(-1, total) if total else bytearray())
     pos = 0
     while pos < total:
         chunk = await reader.read(min(CHUNK, total - pos))
