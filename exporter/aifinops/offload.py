@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import gc
 import gzip
+import io
 import struct
 import sys
 import threading
@@ -119,18 +120,22 @@ def render_and_compress(
     ``Exposition.from_bytes(render(families), level)`` gives), rendered here in pieces while
     the gzip thread compresses the previous ones."""
     deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
-    pieces: list[bytes] = []
+    # The page grows in one buffer that getvalue() hands over without a copy, and each
+    # piece is dropped once compressed: a list of pieces joined at the end held the page
+    # twice at the render's peak.
+    page = io.BytesIO()
     compressed: list[Future[bytes]] = []
     crc = 0
-    size = 0
     for piece in iter_render(families, chunk_samples):
-        pieces.append(piece)
+        page.write(piece)
         compressed.append(_gzip.submit(deflate.compress, piece))
         crc = zlib.crc32(piece, crc)
-        size += len(piece)
+        del piece
     # A sync flush and an empty final block, as render.gzip_member: a scrape appends to it.
     compressed.append(_gzip.submit(deflate.flush, zlib.Z_SYNC_FLUSH))
-    plain = b"".join(pieces)
+    plain = page.getvalue()
+    page.close()
+    size = len(plain)
     trailer = struct.pack("<LL", crc, size & 0xFFFFFFFF)
     body = b"".join(f.result() for f in compressed) + FINAL_EMPTY_BLOCK
     return Exposition(plain=plain, gzipped=_gzip_header(level) + body + trailer)
