@@ -27,6 +27,7 @@ refresh's data over and over (see their docstrings).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import functools
 import gc
@@ -275,14 +276,39 @@ _settled = 0
 _tuned = False
 
 
+# glibc's mallopt(3) parameter number, and the fixed threshold set with it.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Have the C allocator give every block of ``threshold`` bytes or more its own mapping,
+    unmapped when freed; False where the C library has no ``mallopt`` (not glibc) or refuses.
+
+    Why: glibc raises its threshold to the size of each large block freed (up to 32 MiB), so
+    after the first refresh its pages, bodies and large arrays and dicts come from the heap,
+    whose freed holes are kept: RSS grows by tens of MiB and every refresh's peak stacks on
+    it. A fixed threshold turns that off (bench/README.md)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
 def apply_runtime_settings() -> Callable[[], None]:
-    """Put this process in the exporter's production runtime settings (today: the GC tuning
-    of :func:`tune_gc`, which :func:`settle_heap` then follows); returns a function that
-    undoes them. The one place those settings are decided: ``aifinops.__main__`` applies
-    them for the process's life, and the fault tests (``tests/faults/conftest.py``) for each
-    test, so that they run the exporter as production runs it."""
+    """Put this process in the exporter's production runtime settings (the GC tuning of
+    :func:`tune_gc`, which :func:`settle_heap` then follows, and the allocator's fixed
+    :func:`pin_mmap_threshold`); returns a function that undoes the GC part (a fixed
+    threshold is harmless to a test process). The one place those settings are decided:
+    ``aifinops.__main__`` applies them for the process's life, and the fault tests
+    (``tests/faults/conftest.py``) for each test, so that they run the exporter as
+    production runs it."""
     previous = gc.get_threshold()
     tune_gc()
+    pin_mmap_threshold()
 
     def undo() -> None:
         global _tuned, _settled
@@ -298,6 +324,7 @@ def apply_runtime_settings() -> Callable[[], None]:
 __all__ = [
     "SWITCH_INTERVAL_S",
     "apply_runtime_settings",
+    "pin_mmap_threshold",
     "release",
     "render_and_compress",
     "render_exposition",
