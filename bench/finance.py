@@ -32,7 +32,7 @@ from aiohttp import web
 
 from aifinops.logs import configure_logging
 from aifinops.model import finance as finance_module
-from aifinops.offload import tune_gc
+from aifinops.offload import apply_runtime_settings
 from aifinops.web.app import REFRESHER, create_app
 from bench.probe import PhaseProbe
 from bench.size import Child, bench_settings, bench_sources, cycle_summary, timed_cycle, vm_hwm_mib
@@ -42,7 +42,7 @@ async def run(
     gpus: int, steady: int, tokens: bool, profile: str | None, oracle_rev: str | None
 ) -> dict[str, Any]:
     configure_logging("error")
-    tune_gc()
+    apply_runtime_settings()
     async with AsyncExitStack() as stack:
         upstream = await Child.start(
             "bench.upstream", "--gpus", str(gpus), *(["--tokens"] if tokens else [])

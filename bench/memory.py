@@ -25,7 +25,7 @@ from aiohttp import web
 
 from aifinops import refresh as refresh_module
 from aifinops.logs import configure_logging
-from aifinops.offload import tune_gc
+from aifinops.offload import apply_runtime_settings
 from aifinops.web.app import REFRESHER, create_app
 from bench.size import Child, bench_settings, bench_sources
 
@@ -107,7 +107,7 @@ class Stages:
 
 async def run(gpus: int, steady: int, tokens: bool, trace: bool) -> dict[str, Any]:
     configure_logging("error")
-    tune_gc()
+    apply_runtime_settings()
     stages = Stages(trace)
     cls = refresh_module.Refresher
     # A method the code does not have (yet, or any more) is left out.

@@ -45,7 +45,7 @@ from aiohttp import web
 from aifinops.assemble import build_sources
 from aifinops.exposition.families import BuildInfo, cost_families, self_families
 from aifinops.logs import configure_logging
-from aifinops.offload import tune_gc
+from aifinops.offload import apply_runtime_settings
 from aifinops.refresh import Refresher
 from aifinops.settings import Settings, settings_from_mapping
 from aifinops.version import RULES_VERSION, __version__
@@ -304,7 +304,7 @@ async def run_size(run: Run) -> dict[str, Any]:
     configure_logging("error")
     quick = run.quick
     # As `aifinops-exporter` does at start-up (see aifinops.offload).
-    tune_gc()
+    apply_runtime_settings()
     variant = "the code as committed"
     async with AsyncExitStack() as stack:
         upstream = await Child.start(

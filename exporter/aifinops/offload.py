@@ -27,10 +27,12 @@ refresh's data over and over (see their docstrings).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import functools
 import gc
 import gzip
+import io
 import struct
 import sys
 import threading
@@ -119,18 +121,22 @@ def render_and_compress(
     ``Exposition.from_bytes(render(families), level)`` gives), rendered here in pieces while
     the gzip thread compresses the previous ones."""
     deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
-    pieces: list[bytes] = []
+    # The page grows in one buffer that getvalue() hands over without a copy, and each
+    # piece is dropped once compressed: a list of pieces joined at the end held the page
+    # twice at the render's peak.
+    page = io.BytesIO()
     compressed: list[Future[bytes]] = []
     crc = 0
-    size = 0
     for piece in iter_render(families, chunk_samples):
-        pieces.append(piece)
+        page.write(piece)
         compressed.append(_gzip.submit(deflate.compress, piece))
         crc = zlib.crc32(piece, crc)
-        size += len(piece)
+        del piece
     # A sync flush and an empty final block, as render.gzip_member: a scrape appends to it.
     compressed.append(_gzip.submit(deflate.flush, zlib.Z_SYNC_FLUSH))
-    plain = b"".join(pieces)
+    plain = page.getvalue()
+    page.close()
+    size = len(plain)
     trailer = struct.pack("<LL", crc, size & 0xFFFFFFFF)
     body = b"".join(f.result() for f in compressed) + FINAL_EMPTY_BLOCK
     return Exposition(plain=plain, gzipped=_gzip_header(level) + body + trailer)
@@ -270,14 +276,39 @@ _settled = 0
 _tuned = False
 
 
+# glibc's mallopt(3) parameter number, and the fixed threshold set with it.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Have the C allocator give every block of ``threshold`` bytes or more its own mapping,
+    unmapped when freed; False where the C library has no ``mallopt`` (not glibc) or refuses.
+
+    Why: glibc raises its threshold to the size of each large block freed (up to 32 MiB), so
+    after the first refresh its pages, bodies and large arrays and dicts come from the heap,
+    whose freed holes are kept: RSS grows by tens of MiB and every refresh's peak stacks on
+    it. A fixed threshold turns that off (bench/README.md)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
 def apply_runtime_settings() -> Callable[[], None]:
-    """Put this process in the exporter's production runtime settings (today: the GC tuning
-    of :func:`tune_gc`, which :func:`settle_heap` then follows); returns a function that
-    undoes them. The one place those settings are decided: ``aifinops.__main__`` applies
-    them for the process's life, and the fault tests (``tests/faults/conftest.py``) for each
-    test, so that they run the exporter as production runs it."""
+    """Put this process in the exporter's production runtime settings (the GC tuning of
+    :func:`tune_gc`, which :func:`settle_heap` then follows, and the allocator's fixed
+    :func:`pin_mmap_threshold`); returns a function that undoes the GC part (a fixed
+    threshold is harmless to a test process). The one place those settings are decided:
+    ``aifinops.__main__`` applies them for the process's life, and the fault tests
+    (``tests/faults/conftest.py``) for each test, so that they run the exporter as
+    production runs it."""
     previous = gc.get_threshold()
     tune_gc()
+    pin_mmap_threshold()
 
     def undo() -> None:
         global _tuned, _settled
@@ -293,6 +324,7 @@ def apply_runtime_settings() -> Callable[[], None]:
 __all__ = [
     "SWITCH_INTERVAL_S",
     "apply_runtime_settings",
+    "pin_mmap_threshold",
     "release",
     "render_and_compress",
     "render_exposition",

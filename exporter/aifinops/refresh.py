@@ -250,6 +250,7 @@ class Refresher:
 
     async def _fetch_one(self, rt: SourceRuntime) -> None:
         started = time.perf_counter()
+        graveyard: list[Any] = []
         rt.attempted_at = self._clock()
         try:
             # The source's own HTTP timeout applies per request; this bounds the whole fetch.
@@ -265,9 +266,9 @@ class Refresher:
             log.exception("source_crashed", source=rt.source.name)
             forget_frames(exc)
         else:
-            # The previous data is freed after the fetches, a chunk at a time (see _bury).
-            self._graveyard.append(rt.data)
+            graveyard.append(rt.data)
             rt.data = data
+            del data
             rt.fetched_at = self._clock()
             rt.up = True
             rt.stale = False
@@ -275,6 +276,13 @@ class Refresher:
             self._log_state(rt, "up")
         finally:
             rt.duration = time.perf_counter() - started
+        # The previous data is freed now, a chunk at a time (see _bury), not after every
+        # fetch: the sources still parsing then reuse its memory instead of adding to the peak.
+        if graveyard:
+            try:
+                await run_cpu(release, graveyard)
+            except Exception as exc:
+                self._stage_failed("release", exc)
 
     def _failed(self, rt: SourceRuntime, reason: str, message: str) -> None:
         rt.up = False

@@ -52,3 +52,28 @@ def test_tune_gc_and_settle_heap() -> None:
         gc.unfreeze()
         gc.set_threshold(*threshold)
         offload._tuned = False
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_pinned_mmap_threshold_gives_freed_large_blocks_back() -> None:
+    # Unpinned, glibc would raise its threshold to 30 MiB on the first free below, serve the
+    # 1 MiB blocks from the heap and keep them after they are freed (the guard above them
+    # stops the heap's top from being trimmed): RSS would stay 64 MiB up.
+    if not sys.platform.startswith("linux") or not offload.pin_mmap_threshold():
+        return  # no glibc mallopt here: the exporter runs with the allocator's defaults
+    big = bytearray(30 << 20)
+    del big
+    before = _rss_mib()
+    blocks = [bytearray(1 << 20) for _ in range(64)]
+    guard = bytearray(200 << 10)
+    assert _rss_mib() - before > 48
+    del blocks
+    assert _rss_mib() - before < 16
+    del guard
