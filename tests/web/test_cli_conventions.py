@@ -278,6 +278,10 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     hooks = (sys.excepthook, threading.excepthook)
+    # A test before this one may have left warnings captured (any configure_logging call, a
+    # config reload's included): logging.captureWarnings(True) is then a no-op, and pytest's
+    # per-test warning recorder would keep the warning from the log.
+    logging.captureWarnings(False)
     try:
         yield
     finally:
