@@ -53,7 +53,7 @@ import httpx
 from aifinops.model.inputs import GpuSample
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import CpuRunner, Slot, SourceError
-from aifinops.sources.promapi import VectorReader, query_body
+from aifinops.sources.promapi import VectorReader
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
 
@@ -122,19 +122,10 @@ class DcgmSource:
         names = metric_names(s.utilization_metric)
         headers = self._transport.headers()
         if s.mode == "prometheus":
-            if not s.prometheus_url:
-                raise SourceError(
-                    "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
-                )
             # One query for every name (both generations, both metrics): one round trip and
             # one response; each series says its metric in __name__.
-            body = await query_body(
-                client,
-                s.prometheus_url,
-                utilization_query(names, s.selector),
-                timeout=s.timeout_seconds,
-                max_bytes=s.max_response_bytes,
-                headers=headers,
+            body = await self._transport.query_body(
+                client, utilization_query(names, s.selector), headers
             )
             samples = await self._run(self._read_answer, body, names[0])
             return _not_empty(samples, names)

@@ -34,7 +34,7 @@ from aifinops.model.inputs import EnergyReadings, GpuEnergy
 from aifinops.settings import DcgmSettings
 from aifinops.sources.base import CpuRunner, Slot, SourceError
 from aifinops.sources.dcgm import read_pages, utilization_query
-from aifinops.sources.promapi import VectorReader, query_body
+from aifinops.sources.promapi import VectorReader
 from aifinops.sources.promtext import SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
 
@@ -197,17 +197,8 @@ class EnergySource:
         names = tuple(ENERGY_NAMES)
         headers = self._transport.headers()
         if s.mode == "prometheus":
-            if not s.prometheus_url:
-                raise SourceError(
-                    "invalid", f"{self.name}: mode 'prometheus' has no prometheus_url"
-                )
-            body = await query_body(
-                client,
-                s.prometheus_url,
-                utilization_query(names, s.selector),
-                timeout=s.timeout_seconds,
-                max_bytes=s.max_response_bytes,
-                headers=headers,
+            body = await self._transport.query_body(
+                client, utilization_query(names, s.selector), headers
             )
             series, values = await self._run(self._answer.read, body, _derive)
         else:

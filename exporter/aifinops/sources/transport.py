@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from aifinops.sources.base import CpuRunner, SourceError, get_bytes, read_bearer_token
-from aifinops.sources.promapi import instant_query
+from aifinops.sources.promapi import parse_vector, query_body
 
 T = TypeVar("T")
 Vector = list[tuple[dict[str, str], float]]
@@ -65,19 +65,26 @@ class Transport:
         *,
         skipped: list[int] | None = None,
     ) -> Vector:
-        """The instant vector of ``promql`` (``promapi.instant_query``; ``skipped`` as there)."""
+        """The instant vector of ``promql`` (``promapi.parse_vector``; ``skipped`` as there),
+        parsed on the CPU worker."""
+        body = await self.query_body(client, promql, headers)
+        return await self.run(parse_vector, body, skipped)
+
+    async def query_body(
+        self, client: httpx.AsyncClient, promql: str, headers: Mapping[str, str]
+    ) -> bytes:
+        """The body of the instant query ``promql``, unparsed (for a source that reads it
+        with a ``promapi.VectorReader``)."""
         s = self._settings
         if not s.prometheus_url:
             raise SourceError("invalid", f"{self.name}: mode 'prometheus' has no prometheus_url")
-        return await instant_query(
+        return await query_body(
             client,
             s.prometheus_url,
             promql,
             timeout=s.timeout_seconds,
             max_bytes=s.max_response_bytes,
             headers=headers,
-            skipped=skipped,
-            run=self.run,
         )
 
     async def page(self, client: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> bytes:

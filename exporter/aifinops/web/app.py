@@ -12,7 +12,6 @@ chargeback, OpenAPI) and its bearer-token auth are in ``web/api.py``.
 from __future__ import annotations
 
 import asyncio
-import html
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -40,6 +39,7 @@ from aifinops.web.api import (
     prepare_answers,
     register_api,
 )
+from aifinops.web.index import index_page
 
 # The keys live in web/keys.py (the reload path reads them); re-exported for the app's users.
 from aifinops.web.keys import HTTP_CLIENT as HTTP_CLIENT
@@ -101,21 +101,8 @@ async def handle_readyz(request: web.Request) -> web.Response:
 async def handle_index(request: web.Request) -> web.Response:
     snap = request.app[REFRESHER].snapshot
     telemetry = request.app[SETTINGS].server.telemetry_path
-    rows = "".join(
-        f"<tr><td>{html.escape(s.name)}</td><td>{'up' if s.up else 'down'}</td>"
-        f"<td>{'' if s.age_seconds is None else f'{s.age_seconds:.0f}s'}</td>"
-        f"<td>{html.escape(s.last_error or '')}</td></tr>"
-        for s in (snap.status.sources if snap.status else ())
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>AI FinOps exporter</title></head><body>
-<h1>AI FinOps exporter {html.escape(__version__)}</h1>
-<p><a href="{html.escape(telemetry)}">{html.escape(telemetry)}</a> &middot;
-<a href="/healthz">/healthz</a> &middot;
-<a href="/readyz">/readyz</a></p>
-<table border="1" cellpadding="4"><tr><th>source</th><th>state</th><th>data age</th>
-<th>last error</th></tr>{rows}</table></body></html>"""
-    return web.Response(text=page, content_type="text/html")
+    sources = snap.status.sources if snap.status else ()
+    return index_page(((s.name, s.up, s.age_seconds, s.last_error) for s in sources), telemetry)
 
 
 def _energy(app: web.Application) -> EnergyReport | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import os
 import shutil
 import signal
@@ -56,7 +55,6 @@ from aifinops.exposition.catalog import (
 from aifinops.exposition.process import process_exposition
 from aifinops.exposition.render import CONTENT_TYPE, Family, render
 from aifinops.settings import Settings
-from aifinops.version import __version__
 from aifinops.web.api import (
     API_TOKENS,
     PUSH_TOKEN_CONFIGURED,
@@ -64,6 +62,7 @@ from aifinops.web.api import (
     api_middleware,
 )
 from aifinops.web.auth import TokenStore
+from aifinops.web.index import index_page
 from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.publish import (
     CHUNK,
@@ -436,21 +435,8 @@ async def handle_readyz(request: web.Request) -> web.Response:
 async def handle_index(request: web.Request) -> web.Response:
     pub = request.app[ENGINE].latest
     telemetry = request.app[FRONT_SETTINGS].server.telemetry_path
-    rows = "".join(
-        f"<tr><td>{html.escape(s.source)}</td><td>{'up' if s.up else 'down'}</td>"
-        f"<td>{'' if s.age_seconds is None else f'{s.age_seconds:.0f}s'}</td>"
-        f"<td>{html.escape(s.error or '')}</td></tr>"
-        for s in ((pub.sources or ()) if pub is not None else ())
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>AI FinOps exporter</title></head><body>
-<h1>AI FinOps exporter {html.escape(__version__)}</h1>
-<p><a href="{html.escape(telemetry)}">{html.escape(telemetry)}</a> &middot;
-<a href="/healthz">/healthz</a> &middot;
-<a href="/readyz">/readyz</a></p>
-<table border="1" cellpadding="4"><tr><th>source</th><th>state</th><th>data age</th>
-<th>last error</th></tr>{rows}</table></body></html>"""
-    return web.Response(text=page, content_type="text/html")
+    sources = (pub.sources or ()) if pub is not None else ()
+    return index_page(((s.source, s.up, s.age_seconds, s.error) for s in sources), telemetry)
 
 
 def _unavailable(why: str) -> web.Response:
