@@ -1,6 +1,7 @@
 """Record the fake upstreams' answers at one size once, then time one source's fetch and
-parse on them, offline: ``python -m bench.replay record --gpus N --out DIR`` and
-``python -m bench.replay time --dir DIR --source NAME [--rounds K] [--profile FILE]``.
+parse on them, offline: ``python -m bench.replay record --gpus N --out DIR [--rounds R]``,
+``python -m bench.replay time --dir DIR --source NAME [--rounds K] [--profile FILE]`` and
+``python -m bench.replay refresh --dir DIR [--steady K] [--profile FILE]``.
 
 Why: ``bench.finance`` starts the 10k-GPU fakes (minutes of CPU) for every run; a change to
 one parser is measured faster, and with less noise from the machine's other load, on the
@@ -8,7 +9,12 @@ same bytes replayed from files through the exporter's own source objects and HTT
 (an ``httpx.MockTransport`` answers in the recorded order: gauge pages alternate between
 their two phases, counter pages move forward). ``time`` prints, per round, the process's CPU
 seconds (all threads: the source parses on the CPU worker) and wall seconds of
-``source.fetch``, and the process's RSS and peak RSS (VmHWM) after the rounds.
+``source.fetch``, and the process's RSS and peak RSS (VmHWM) after the rounds. ``refresh``
+runs whole refreshes of the real refresher (``create_app(..., run_loop=False)``, its HTTP
+client swapped for the replaying one) on the recording: the first, the one after the month
+query landed, then ``K`` steady ones, each with its CPU and wall seconds, the phase probe's
+phases (:mod:`bench.probe`) and RSS; a counter page is served in recorded order and then
+held at its last round (record ``--rounds`` at least ``K + 2`` so counters keep moving).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ def _key(request: httpx.Request) -> str:
     return f"{request.method} {request.url.path}?{request.url.query.decode()}"
 
 
-async def record(gpus: int, out: Path) -> None:
+async def record(gpus: int, out: Path, rounds: int = ROUNDS_RECORDED) -> None:
     from bench.size import Child, bench_settings, bench_sources
 
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +69,7 @@ async def record(gpus: int, out: Path) -> None:
             )
 
         async with httpx.AsyncClient(event_hooks={"response": [hook]}, timeout=900) as client:
-            for _ in range(ROUNDS_RECORDED):
+            for _ in range(rounds):
                 for source, _, _ in bench_sources(settings):
                     await source.fetch(client)
         (out / "index.json").write_text(
@@ -81,11 +87,12 @@ def _vm(field: str) -> float:
     return 0.0
 
 
-async def time_source(directory: Path, name: str, rounds: int, profile: str | None) -> None:
-    from bench.size import bench_settings, bench_sources
-
-    meta = json.loads((directory / "index.json").read_text())
-    answers: dict[str, list[dict[str, Any]]] = meta["answers"]
+def _replayer(
+    directory: Path, answers: dict[str, list[dict[str, Any]]], *, hold_last: bool = False
+) -> Any:
+    """An ``httpx.MockTransport`` handler answering each request with its recorded answers in
+    order: cycling (``time``) or, with ``hold_last``, staying at the last one (a counter page
+    must not go backwards in a run of whole refreshes)."""
     served: dict[str, int] = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -95,12 +102,22 @@ async def time_source(directory: Path, name: str, rounds: int, profile: str | No
             return httpx.Response(404, text=f"not recorded: {key}")
         n = served.get(key, 0)
         served[key] = n + 1
-        answer = options[n % len(options)]
+        answer = options[min(n, len(options) - 1) if hold_last else n % len(options)]
         return httpx.Response(
             answer["status"],
             content=(directory / answer["file"]).read_bytes(),
             headers={"content-type": answer["content_type"]},
         )
+
+    return handler
+
+
+async def time_source(directory: Path, name: str, rounds: int, profile: str | None) -> None:
+    from bench.size import bench_settings, bench_sources
+
+    meta = json.loads((directory / "index.json").read_text())
+    answers: dict[str, list[dict[str, Any]]] = meta["answers"]
+    handler = _replayer(directory, answers)
 
     settings = bench_settings(meta["config"], meta["tenants"])
     chosen = [s for s, _, _ in bench_sources(settings) if s.name == name]
@@ -133,21 +150,72 @@ async def time_source(directory: Path, name: str, rounds: int, profile: str | No
         profiler.dump_stats(profile)
 
 
+async def time_refreshes(directory: Path, steady: int, profile: str | None) -> None:
+    from aiohttp import web
+
+    from aifinops.offload import apply_runtime_settings
+    from aifinops.web.app import REFRESHER, create_app
+    from bench.probe import PhaseProbe
+    from bench.size import bench_settings, bench_sources, timed_cycle
+
+    apply_runtime_settings()
+    meta = json.loads((directory / "index.json").read_text())
+    settings = bench_settings(meta["config"], meta["tenants"])
+    app = create_app(settings, sources=bench_sources(settings), run_loop=False)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    refresher = app[REFRESHER]
+    transport = httpx.MockTransport(_replayer(directory, meta["answers"], hold_last=True))
+    profiler = cProfile.Profile() if profile else None
+    try:
+        async with httpx.AsyncClient(transport=transport) as client:
+            refresher._client = client  # the recording answers instead of the fakes
+            probe = PhaseProbe()
+            with probe.installed():
+                for i in range(steady + 2):
+                    if profiler is not None and i >= 2:
+                        profiler.enable()
+                    cpu = time.process_time()
+                    cycle = await timed_cycle(refresher, probe)
+                    cpu = time.process_time() - cpu
+                    if profiler is not None:
+                        profiler.disable()
+                    if i == 0:
+                        await refresher.settle_deferred()  # the month query lands
+                    kind = ("first", "month", "steady")[min(i, 2)]
+                    phases = " ".join(f"{k} {v:.3f}" for k, v in sorted(cycle.phases.items()))
+                    print(
+                        f"{kind:6} cpu {cpu:.3f} s, wall {cycle.seconds:.3f} s, "
+                        f"RSS {_vm('VmRSS'):.0f} MiB, peak {_vm('VmHWM'):.0f} | {phases}"
+                    )
+    finally:
+        await runner.cleanup()
+    if profiler is not None and profile:
+        profiler.dump_stats(profile)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record")
     rec.add_argument("--gpus", type=int, default=10_000)
     rec.add_argument("--out", type=Path, required=True)
+    rec.add_argument("--rounds", type=int, default=ROUNDS_RECORDED)
     tim = sub.add_parser("time")
     tim.add_argument("--dir", type=Path, required=True)
     tim.add_argument("--source", required=True)
     tim.add_argument("--rounds", type=int, default=4)
     tim.add_argument("--profile")
+    ref = sub.add_parser("refresh")
+    ref.add_argument("--dir", type=Path, required=True)
+    ref.add_argument("--steady", type=int, default=5)
+    ref.add_argument("--profile")
     args = parser.parse_args()
     configure_logging("error")
     if args.command == "record":
-        asyncio.run(record(args.gpus, args.out))
+        asyncio.run(record(args.gpus, args.out, args.rounds))
+    elif args.command == "refresh":
+        asyncio.run(time_refreshes(args.dir, args.steady, args.profile))
     else:
         asyncio.run(time_source(args.dir, args.source, args.rounds, args.profile))
 
