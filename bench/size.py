@@ -12,8 +12,9 @@ scrapers (:mod:`bench.scraper`) as child processes. The engine's app is also ser
 * ``/metrics`` latency (gzip and plain) with no refresh running, and ``/metrics`` (gzip) and
   the API endpoints while refreshes run back to back: at the front (``idle``, ``busy``) and
   in the refreshing process (``idle_inline``, ``busy_inline``);
-* peak RSS (VmHWM) of this process (the engine) and of the front, and their sum, before the
-  side-by-side comparisons run;
+* peak RSS (VmHWM) of this process (the engine) and of the front, and their sum, over the
+  refreshes and the front's rounds; then, reset, this process's peak over the inline rows
+  (one process that refreshes and serves, as ``refresh_process: inline`` runs);
 * our renderer against ``generate_latest`` and our text parser against ``prometheus_client``
   on this size's data (:mod:`bench.compare`).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -113,6 +115,13 @@ def vm_hwm_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> None:
+    """Reset this process's VmHWM to its current RSS (Linux ``clear_refs`` 5; elsewhere the
+    peak then stays the process's whole-life peak)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -374,9 +383,9 @@ async def run_size(run: Run) -> dict[str, Any]:
         # Idle: no refresh running. Request counts keep each round to a few seconds.
         gzip_requests = 200 if quick else 1000
         plain_requests = max(20, min(gzip_requests, int(2e8 / max(1, len(exposition.plain)))))
-        idle: dict[str, dict[str, float]] = {}
-        idle_inline: dict[str, dict[str, float]] = {}
-        for where, rows in ((base, idle), (inline, idle_inline)):
+
+        async def rows_idle(where: str) -> dict[str, dict[str, float]]:
+            rows: dict[str, dict[str, float]] = {}
             for name, path, gzip, requests in (
                 ("metrics_gzip", "/metrics", True, gzip_requests),
                 ("metrics_plain", "/metrics", False, plain_requests),
@@ -387,21 +396,36 @@ async def run_size(run: Run) -> dict[str, Any]:
                     samples = await scrape(f"{where}{path}", requests, gzip=gzip)
                     rounds.append([lat for _, lat, _ in samples])
                 rows[name] = latency_summary(rounds)
+            return rows
 
-        busy_inline, _ = await during_refreshes(
-            inline, refresher, probe, max(2, run.repeat), 100_000
-        )
-        # The engine runs at ENGINE_NICE (``aifinops.__main__``; inline mode does not, so it
-        # is set after the inline rows). Here the engine shares its process with the bench,
-        # whose main thread forks the scrapers: the refresh's worker threads take it (Linux:
+        # The default layout first: the front serves, the engine refreshes at ENGINE_NICE
+        # (``aifinops.__main__``). Here the engine shares its process with the bench, whose
+        # main thread forks the scrapers: the refresh's worker threads take it (Linux:
         # niceness is per thread), not the whole process.
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and thread.native_id is not None:
-                os.setpriority(os.PRIO_PROCESS, thread.native_id, ENGINE_NICE)
+        idle = await rows_idle(base)
+        niced = [
+            t.native_id
+            for t in threading.enumerate()
+            if t is not threading.main_thread() and t.native_id is not None
+        ]
+        for tid in niced:
+            os.setpriority(os.PRIO_PROCESS, tid, ENGINE_NICE)
         busy, busy_cycles = await during_refreshes(
             base, refresher, probe, max(2, run.repeat), 100_000
         )
+        # The engine's peak in the default layout: its refreshes and what the front passed
+        # it, not the inline rows below (there this process also serves every scrape, as
+        # ``refresh_process: inline`` does: its own peak, reported apart).
         rss_engine = vm_hwm_mib()
+        for tid in niced:
+            with contextlib.suppress(OSError):  # raising priority back may need privilege
+                os.setpriority(os.PRIO_PROCESS, tid, 0)
+        reset_peak()
+        idle_inline = await rows_idle(inline)
+        busy_inline, _ = await during_refreshes(
+            inline, refresher, probe, max(2, run.repeat), 100_000
+        )
+        rss_inline = vm_hwm_mib()
         # The front serves the engine's last page: the same bytes, then its own lines (the
         # last publication may still be on its way: a few tries).
         front_page_matches = False
@@ -450,6 +474,9 @@ async def run_size(run: Run) -> dict[str, Any]:
         "rss_mib": rss_engine + rss_front,
         "rss_engine_mib": rss_engine,
         "rss_front_mib": rss_front,
+        # This process's peak while it served the inline rows (``refresh_process: inline``:
+        # one process), from its RSS when they started.
+        "rss_inline_mib": rss_inline,
         "render_vs_generate_latest": render_cmp,
         "text_parser_vs_prometheus_client": parser_cmp,
     }

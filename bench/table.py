@@ -191,6 +191,11 @@ def rows(results: Sequence[Result]) -> list[Row]:
             if all("rss_front_mib" in r for r in results)
             else []
         ),
+        *(
+            [Row("inline: peak RSS MiB (one process)", lambda r: f"{r['rss_inline_mib']:.0f}")]
+            if all("rss_inline_mib" in r for r in results)
+            else []
+        ),
         Row("render s (ours)", sec("render_vs_generate_latest", "render_s")),
         Row("generate_latest s", sec("render_vs_generate_latest", "generate_latest_s")),
         Row(
