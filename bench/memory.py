@@ -14,7 +14,9 @@ process, no scrapers: for comparing one change with another, one process at a ti
 fakes (minutes of CPU at 10k GPUs): each body is streamed from its file in socket-sized
 chunks, as a connection delivers it, so the harness holds no bodies and the figures are the
 exporter's (``bench.replay``'s in-memory responses hold every body whole). A counter page is
-served in recorded order, then held at its last round.
+served in recorded order, then held at its last round. ``--api``: every refresh prepares the
+API's default answers, as when clients ask for them (``make bench`` does), and its snapshot
+holds them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from aiohttp import web
 from aifinops import refresh as refresh_module
 from aifinops.logs import configure_logging
 from aifinops.offload import apply_runtime_settings
+from aifinops.web.api import API_READ_CACHE, PREPARABLE
 from aifinops.web.app import REFRESHER, create_app
 from bench.size import Child, bench_settings, bench_sources
 
@@ -151,7 +154,12 @@ class Stages:
 
 
 async def run(
-    gpus: int, steady: int, tokens: bool, trace: bool, replay: Path | None = None
+    gpus: int,
+    steady: int,
+    tokens: bool,
+    trace: bool,
+    replay: Path | None = None,
+    api: bool = False,
 ) -> dict[str, Any]:
     configure_logging("error")
     apply_runtime_settings()
@@ -195,6 +203,10 @@ async def run(
                 tracemalloc.start(1)
             settings = bench_settings(info["config"], info["tenants"])
             app = create_app(settings, sources=bench_sources(settings), run_loop=False)
+            if api:
+                # As if every preparable request had been asked (make bench asks them): each
+                # refresh prepares their answers, which its snapshot then holds.
+                app[API_READ_CACHE].wanted = lambda: frozenset(PREPARABLE)  # type: ignore[method-assign]
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -234,11 +246,14 @@ def main() -> None:
     parser.add_argument("--steady", type=int, default=2)
     parser.add_argument("--no-tokens", action="store_true")
     parser.add_argument("--trace", action="store_true")
+    parser.add_argument(
+        "--api", action="store_true", help="prepare every preparable API answer each refresh"
+    )
     args = parser.parse_args()
     if not args.gpus and args.replay is None:
         parser.error("--gpus or --replay is required")
     result = asyncio.run(
-        run(args.gpus, max(0, args.steady), not args.no_tokens, args.trace, args.replay)
+        run(args.gpus, max(0, args.steady), not args.no_tokens, args.trace, args.replay, args.api)
     )
     print(json.dumps(result, indent=1))
 

@@ -1,6 +1,8 @@
 """The refresh loop: fetch every source concurrently, run the model, render, swap.
 
-One cycle: each source's ``fetch`` runs with its own timeout; a success replaces that
+One cycle: each source's ``fetch`` runs with its own timeout (concurrently, but a source
+reading a large body holds the cycle's gate for it until its fetch ends:
+``sources.base.LargeBodies``); a success replaces that
 source's last good data, a failure keeps it (counted by reason, logged once per state change)
 until it is older than the source's ``stale_after_seconds``, when it is dropped and the
 source is marked stale. The model then runs on a frozen :class:`Inputs`, the exposition is
