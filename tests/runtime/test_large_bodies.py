@@ -185,3 +185,42 @@ async def test_several_large_bodies_of_one_fetch_share_its_claim() -> None:
         assert time.monotonic() - started < 2
     assert [len(b) for b in got] == [BIG] * 3
     assert gate.admitted == 1 and gate.bypassed == 0
+
+
+class Trickle(httpx.AsyncByteStream):
+    """A hostile upstream: a large body's first chunks, then nothing (until cancelled)."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"x" * BIG
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover
+
+
+async def test_a_stalled_large_body_delays_the_others_of_its_cycle_at_most_half_their_timeout() -> (
+    None
+):
+    log: list[tuple[str, str, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/stall":
+            return httpx.Response(200, stream=Trickle())
+        return httpx.Response(200, stream=Chunks(b"b" * BIG))
+
+    stall, other = Reader("stall", log), Reader("bbb", log)
+    # The stalled one first, so that it holds the gate when the other's body comes in.
+    sources = [(stall, 0.8, 600.0), (other, 0.6, 600.0)]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        refresher = Refresher(sources, context(), BuildInfo("t", "t", "t"), client, lambda: 1e9)
+        started = time.monotonic()
+        snap = await refresher.refresh_once()
+        took = time.monotonic() - started
+    assert snap.status is not None
+    up = {s.name: s.up for s in snap.status.sources}
+    # The stalled source fails by its own timeout (1.5 x 0.8 s); the other one waited at
+    # most half its timeout for the gate, then read its body as it would have.
+    assert up == {"stall": False, "bbb": True}
+    assert refresher._inputs()[2].latencies == {("bbb", "p"): float(BIG)}
+    got = next(t for n, e, t in log if n == "bbb" and e == "got")
+    assert got - started < 0.8 * 1.5  # not after the stalled fetch ended
+    assert took < 0.8 * 1.5 + 1.0
+    assert refresher._large_bodies.bypassed == 1
