@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from aifinops import offload
 from aifinops.exposition.families import BuildInfo
 from aifinops.refresh import Refresher
 from aifinops.sources.base import (
@@ -27,6 +28,13 @@ from tests.model.builders import context
 
 BIG = LARGE_BODY_BYTES + 1024 * 1024
 CHUNK = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _pinned_mmap_threshold() -> None:
+    """As the exporter runs (``offload.apply_runtime_settings``): these tests' bodies are
+    then mapped and unmapped, not left in the heap for later memory tests to reuse."""
+    offload.pin_mmap_threshold()
 
 
 class Chunks(httpx.AsyncByteStream):
