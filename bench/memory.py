@@ -1,4 +1,5 @@
-"""Where the peak RSS of a refresh comes from: ``python -m bench.memory --gpus N [--trace]``.
+"""Where the peak RSS of a refresh comes from: ``python -m bench.memory --gpus N [--trace]``,
+or offline on a recording: ``python -m bench.memory --replay DIR [--steady K] [--trace]``.
 
 Runs the refreshes of :mod:`bench.finance` (first, the month query, the one after it, then
 ``--steady K``) with the stages of ``Refresher.refresh_once`` wrapped: the fetches (a group:
@@ -8,6 +9,14 @@ so each stage's own peak and the RSS it leaves are printed. With ``--trace``, tr
 (slower, and its own memory counts in RSS) adds each stage's peak of Python allocations and
 the top allocating lines live at the end of the stage that set the process's peak. One
 process, no scrapers: for comparing one change with another, one process at a time.
+
+``--replay DIR`` answers from a recording of ``bench.replay record`` instead of starting the
+fakes (minutes of CPU at 10k GPUs): each body is streamed from its file in socket-sized
+chunks, as a connection delivers it, so the harness holds no bodies and the figures are the
+exporter's (``bench.replay``'s in-memory responses hold every body whole). A counter page is
+served in recorded order, then held at its last round. ``--api``: every refresh prepares the
+API's default answers, as when clients ask for them (``make bench`` does), and its snapshot
+holds them.
 """
 
 from __future__ import annotations
@@ -21,13 +30,52 @@ from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiohttp import web
 
 from aifinops import refresh as refresh_module
 from aifinops.logs import configure_logging
 from aifinops.offload import apply_runtime_settings
+from aifinops.web.api import API_READ_CACHE, PREPARABLE
 from aifinops.web.app import REFRESHER, create_app
 from bench.size import Child, bench_settings, bench_sources
+
+# What a socket read hands httpx at a time (httpcore reads up to 64 KiB).
+REPLAY_CHUNK = 64 * 1024
+
+
+class _FileStream(httpx.AsyncByteStream):
+    """One recorded body, read from its file a chunk at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    async def __aiter__(self) -> Any:
+        with self._path.open("rb") as f:
+            while chunk := f.read(REPLAY_CHUNK):
+                yield chunk
+                await asyncio.sleep(0)  # as a socket read would: other fetches go on
+
+
+def _replaying_client(directory: Path, answers: dict[str, list[dict[str, Any]]]) -> Any:
+    served: dict[str, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        key = f"{request.method} {request.url.path}?{request.url.query.decode()}"
+        options = answers.get(key)
+        if not options:
+            return httpx.Response(404, text=f"not recorded: {key}")
+        n = served.get(key, 0)
+        served[key] = n + 1
+        answer = options[min(n, len(options) - 1)]
+        path = directory / answer["file"]
+        headers = {
+            "content-type": answer["content_type"],
+            "content-length": str(path.stat().st_size),
+        }
+        return httpx.Response(answer["status"], headers=headers, stream=_FileStream(path))
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
 def _status(field: str) -> float:
@@ -105,7 +153,14 @@ class Stages:
         return wrapped
 
 
-async def run(gpus: int, steady: int, tokens: bool, trace: bool) -> dict[str, Any]:
+async def run(
+    gpus: int,
+    steady: int,
+    tokens: bool,
+    trace: bool,
+    replay: Path | None = None,
+    api: bool = False,
+) -> dict[str, Any]:
     configure_logging("error")
     apply_runtime_settings()
     stages = Stages(trace)
@@ -121,7 +176,7 @@ async def run(gpus: int, steady: int, tokens: bool, trace: bool) -> dict[str, An
     saved = {n: getattr(cls, n) for n in labels if hasattr(cls, n)}
     for name, fn in saved.items():
         setattr(cls, name, stages.wrap_async(labels[name], fn))
-    build_report = refresh_module.build_report
+    build_report = getattr(refresh_module, "build_report")  # noqa: B009 (not re-exported)
 
     @functools.wraps(build_report)
     def model(*args: Any, **kwargs: Any) -> Any:
@@ -131,22 +186,35 @@ async def run(gpus: int, steady: int, tokens: bool, trace: bool) -> dict[str, An
         finally:
             stages.leave()
 
-    refresh_module.build_report = model  # type: ignore[assignment]
+    setattr(refresh_module, "build_report", model)  # noqa: B010
     try:
         async with AsyncExitStack() as stack:
-            upstream = await Child.start(
-                "bench.upstream", "--gpus", str(gpus), *(["--tokens"] if tokens else [])
-            )
-            stack.callback(upstream.kill)
-            info = await upstream.message(timeout=1800)
+            upstream: Child | None = None
+            if replay is None:
+                upstream = await Child.start(
+                    "bench.upstream", "--gpus", str(gpus), *(["--tokens"] if tokens else [])
+                )
+                stack.callback(upstream.kill)
+                info = await upstream.message(timeout=1800)
+            else:
+                info = json.loads((replay / "index.json").read_text())
+                info.setdefault("gpus", gpus)
             if trace:
                 tracemalloc.start(1)
             settings = bench_settings(info["config"], info["tenants"])
             app = create_app(settings, sources=bench_sources(settings), run_loop=False)
+            if api:
+                # As if every preparable request had been asked (make bench asks them): each
+                # refresh prepares their answers, which its snapshot then holds.
+                app[API_READ_CACHE].wanted = lambda: frozenset(PREPARABLE)  # type: ignore[method-assign]
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             refresher = app[REFRESHER]
+            if replay is not None:
+                client = _replaying_client(replay, info.pop("answers"))
+                stack.push_async_callback(client.aclose)
+                refresher._client = client  # the recording answers instead of the fakes
             base = _status("VmRSS")
             for i, name in enumerate(["first", "month", *[f"steady{k}" for k in range(steady)]]):
                 stages.cycle = name
@@ -155,11 +223,12 @@ async def run(gpus: int, steady: int, tokens: bool, trace: bool) -> dict[str, An
                     stages.cycle = "month query"
                     await refresher.settle_deferred()
             hwm_total = max(r["peak_mib"] for r in stages.rows)
-            await upstream.close()
+            if upstream is not None:
+                await upstream.close()
     finally:
         for n, fn in saved.items():
             setattr(cls, n, fn)
-        refresh_module.build_report = build_report  # type: ignore[assignment]
+        setattr(refresh_module, "build_report", build_report)  # noqa: B010
     return {
         "gpus": info["gpus"],
         "tenants": info["tenants"],
@@ -172,12 +241,20 @@ async def run(gpus: int, steady: int, tokens: bool, trace: bool) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--gpus", type=int, required=True)
+    parser.add_argument("--gpus", type=int, default=0)
+    parser.add_argument("--replay", type=Path, help="a bench.replay recording to answer from")
     parser.add_argument("--steady", type=int, default=2)
     parser.add_argument("--no-tokens", action="store_true")
     parser.add_argument("--trace", action="store_true")
+    parser.add_argument(
+        "--api", action="store_true", help="prepare every preparable API answer each refresh"
+    )
     args = parser.parse_args()
-    result = asyncio.run(run(args.gpus, max(0, args.steady), not args.no_tokens, args.trace))
+    if not args.gpus and args.replay is None:
+        parser.error("--gpus or --replay is required")
+    result = asyncio.run(
+        run(args.gpus, max(0, args.steady), not args.no_tokens, args.trace, args.replay, args.api)
+    )
     print(json.dumps(result, indent=1))
 
 

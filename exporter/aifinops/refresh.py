@@ -1,6 +1,8 @@
 """The refresh loop: fetch every source concurrently, run the model, render, swap.
 
-One cycle: each source's ``fetch`` runs with its own timeout; a success replaces that
+One cycle: each source's ``fetch`` runs with its own timeout (concurrently, but a source
+reading a large body holds the cycle's gate for it until its fetch ends:
+``sources.base.LargeBodies``); a success replaces that
 source's last good data, a failure keeps it (counted by reason, logged once per state change)
 until it is older than the source's ``stale_after_seconds``, when it is dropped and the
 source is marked stale. The model then runs on a frozen :class:`Inputs`, the exposition is
@@ -61,7 +63,7 @@ from aifinops.model.inputs import (
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
 from aifinops.offload import release, render_and_compress, run_cpu, run_side
-from aifinops.sources.base import Slot, Source, SourceError
+from aifinops.sources.base import LargeBodies, Slot, Source, SourceError
 from aifinops.statefile import StateStore
 from aifinops.status import RefreshStatus, SourceStatus
 
@@ -205,6 +207,8 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._series_dropped: Counter[str] = Counter()
         self._graveyard: list[Any] = []
+        # A cycle's fetches take large bodies one source at a time (sources/base.py).
+        self._large_bodies = LargeBodies()
         # Fetches of deferrable sources in flight (by source name), and a flag the loop waits
         # on to refresh as soon as one lands.
         self._deferred: dict[str, asyncio.Task[None]] = {}
@@ -248,7 +252,18 @@ class Refresher:
         """Use new compiled configuration from the next refresh (config reload)."""
         self._context = context
 
-    async def _fetch_one(self, rt: SourceRuntime) -> None:
+    async def _fetch_one(self, rt: SourceRuntime, *, gated: bool = True) -> None:
+        """Fetch ``rt``'s source and keep what it brought. ``gated`` (a cycle's fetches): a
+        fetch that reads a large body holds :attr:`_large_bodies` from then until its old
+        data is freed, so the cycle's big bodies and their parses do not pile up (waiting
+        at most half the source's timeout: the whole fetch may take one and a half)."""
+        if not gated:
+            await self._fetch_and_keep(rt)
+            return
+        async with self._large_bodies.scope(wait=rt.timeout / 2):
+            await self._fetch_and_keep(rt)
+
+    async def _fetch_and_keep(self, rt: SourceRuntime) -> None:
         started = time.perf_counter()
         graveyard: list[Any] = []
         rt.attempted_at = self._clock()
@@ -389,7 +404,8 @@ class Refresher:
     def _start_deferred(self, rt: SourceRuntime) -> None:
         async def fetch() -> None:
             try:
-                await self._fetch_one(rt)
+                # Not gated: it runs beside the next cycle, which must not wait for it.
+                await self._fetch_one(rt, gated=False)
             finally:
                 self._deferred.pop(rt.source.name, None)
             if rt.up:

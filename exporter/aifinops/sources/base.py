@@ -8,6 +8,9 @@ the I/O and calls its module's pure ``parse_*`` function. Every failure is raise
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import enum
 import io
 import zlib
@@ -210,6 +213,100 @@ INFLATE_CHUNK = 256 * 1024
 MAX_ENCODING_LAYERS = 2
 
 
+# --- large bodies: one source's at a time ----------------------------------------------
+# The sources of a refresh fetch concurrently, but they parse on one CPU worker thread, so
+# the concurrency buys network overlap, not CPU: at fleet scale it held the LiteLLM page
+# (44 MB), the DCGM answer (11 MB) and OpenCost's pieces at once, each with what its parse
+# builds beside its previous data (the refresh's peak RSS). A fetch inside
+# LargeBodies.scope that reads a body past LARGE_BODY_BYTES first takes the gate and keeps
+# it until that fetch ends (its parse and the release of its old data included), so the
+# big ones run one after another; small bodies never wait, and each upstream has already
+# answered (headers in) when a body waits, so its own compute time still overlaps.
+LARGE_BODY_BYTES = 8 * 1024 * 1024
+
+
+class _Scope:
+    """One fetch's claim on a :class:`LargeBodies` gate (shared by the tasks it starts)."""
+
+    __slots__ = ("admitting", "closed", "gate", "held", "wait")
+
+    def __init__(self, gate: LargeBodies, wait: float) -> None:
+        self.gate = gate
+        self.wait = wait
+        self.held = False
+        self.closed = False
+        self.admitting: asyncio.Future[None] | None = None
+
+
+_scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+    "aifinops_large_body_scope", default=None
+)
+
+
+class LargeBodies:
+    """A gate that lets one fetch at a time hold large bodies (the refresh loop has one and
+    opens a :meth:`scope` around each source's fetch; :func:`read_body` admits a body to it
+    once the body is known to be large).
+
+    Waiting is bounded (``wait`` of the scope): after that the body goes on without the
+    gate, as every body did before, so a gate can delay a fetch but never fail it (a fetch
+    that waits on another source's page read, as DCGM and energy share scrape pages, cannot
+    deadlock on it)."""
+
+    def __init__(self, threshold: int = LARGE_BODY_BYTES) -> None:
+        self.threshold = threshold
+        self._lock = asyncio.Lock()
+        self.admitted = 0  # fetches that took the gate (tests, benchmarks)
+        self.bypassed = 0  # fetches that stopped waiting for it
+
+    @contextlib.asynccontextmanager
+    async def scope(self, wait: float) -> AsyncIterator[None]:
+        """The fetch run inside is one claimant: its large bodies wait for the gate (at most
+        ``wait`` seconds), which it then holds until the block ends."""
+        claim = _Scope(self, wait)
+        token = _scope.set(claim)
+        try:
+            yield
+        finally:
+            _scope.reset(token)
+            claim.closed = True
+            if claim.held:
+                claim.held = False
+                self._lock.release()
+
+    async def _admit(self, claim: _Scope) -> None:
+        if claim.held or claim.closed:
+            return
+        if claim.admitting is not None:  # another body of the same fetch is waiting
+            await asyncio.shield(claim.admitting)
+            return
+        claim.admitting = asyncio.get_running_loop().create_future()
+        try:
+            try:
+                await asyncio.wait_for(self._lock.acquire(), claim.wait)
+            except TimeoutError:
+                self.bypassed += 1
+                claim.closed = True  # the rest of this fetch does not wait again
+            else:
+                if claim.closed:  # the fetch ended while its body waited
+                    self._lock.release()
+                else:
+                    claim.held = True
+                    self.admitted += 1
+        finally:
+            done, claim.admitting = claim.admitting, None
+            done.set_result(None)
+
+
+async def admit_large_body(size: int) -> None:
+    """Called by :func:`read_body` with a body's (declared or so far read) size: past the
+    threshold of the enclosing :meth:`LargeBodies.scope`, wait for its gate. Outside a scope
+    (tests, benchmarks, the loop's deferred fetches) nothing waits."""
+    claim = _scope.get()
+    if claim is not None and size >= claim.gate.threshold and not claim.held:
+        await claim.gate._admit(claim)
+
+
 def accept_encoding(headers: Mapping[str, str] | None) -> dict[str, str]:
     """``headers`` asking for the encodings :func:`read_body` inflates (and no others)."""
     out = dict(headers or {})
@@ -284,12 +381,17 @@ async def read_body(resp: httpx.Response, url: str, max_bytes: int) -> AsyncIter
         content = resp.content
         if len(content) > max_bytes:
             raise SourceError("too_large", f"{url} sent over the {max_bytes}-byte cap")
+        await admit_large_body(len(content))
         if content:
             yield content
         return
     layers = [Inflater(e) for e in encodings(resp, url)]
     size = 0
     raw = 0
+    declared = resp.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        # Known to be large: wait before taking any of it (it stays in the socket).
+        await admit_large_body(int(declared))
 
     def count(piece: bytes) -> bytes:
         nonlocal size
@@ -305,6 +407,8 @@ async def read_body(resp: httpx.Response, url: str, max_bytes: int) -> AsyncIter
                 raise SourceError("too_large", f"{url} sent over the {max_bytes}-byte cap")
             for piece in _through(layers, chunk):
                 yield count(piece)
+            # Compressed or without a length: large once this much has come in.
+            await admit_large_body(size)
         if not all(layer.finished() for layer in layers):
             raise SourceError("parse", f"compressed body from {url} is cut off")
     except zlib.error as exc:
