@@ -255,3 +255,56 @@ def test_odd_rows_and_names_give_what_the_reference_gives() -> None:
         1.0, tuple(msgspec.structs.replace(a, gpu_cost=0.0) for a in rows.allocations)
     )
     assert_same(no_gpu_cost, gpus, resolver(), pricer(), None, holds)
+
+
+# --- tenancy resolved once per distinct (namespace, label maps) ----------------------------
+
+
+def test_rows_sharing_label_maps_resolve_as_each_row_alone() -> None:
+    # One map object on pods of other namespaces, equal maps that are other objects, the
+    # same pod map beside other namespace maps, blank values and the empty map: each row's
+    # tenant is the one its own (namespace, labels, namespace labels) give.
+    shared = {"aifinops.io/tenant": "alpha"}
+    blank = {"aifinops.io/tenant": ""}
+    team = {"team": "gamma"}
+    rows = AllocationSet(
+        1.0,
+        (
+            pod("team-a", "p1", shared, gpu_cost=1.0, gpu_count=1.0),
+            pod("team-b", "p2", shared, cpu_cost=1.0),
+            pod("team-b", "p3", dict(shared), cpu_cost=2.0),
+            pod("team-b", "p4", blank, cpu_cost=0.5),
+            pod("team-c", "p5", blank, team, cpu_cost=0.25),
+            pod("ml-research", "p6", blank, team, ram_cost=1.0),
+            pod("ml-research", "p7", blank, cpu_cost=1.5),
+            pod("nowhere", "p8", blank, cpu_cost=0.75),
+            pod("nowhere", "p9", {"aifinops.io/tenant": "__unallocated__"}, cpu_cost=0.5),
+            idle_row(gpu_cost=2.0),
+        ),
+    )
+    expected = [cost_reference.tenant_of(a, resolver()) for a in rows.allocations]
+    assert expected == [
+        "alpha",
+        "alpha",
+        "alpha",
+        "b",
+        "gamma",
+        "gamma",
+        "research",
+        "__unallocated__",
+        "__unallocated__",
+        "__idle__",
+    ]
+    assert cost.tenants_of(rows.allocations, resolver()) == expected
+    gpus = (gpu("G1", H100, 0.5, "team-a", "p1"),)
+    got = assert_same(rows, gpus, resolver(), pricer())
+    assert got is not None
+    assert got.pod_tenants[("team-b", "p4")] == "b"
+    assert got.pod_tenants[("ml-research", "p7")] == "research"
+
+
+def test_tenants_of_the_demo_rows_are_tenant_of_each() -> None:
+    for spec in DEMO_SPECS.values():
+        allocations, _, _, tenancy = demo_inputs(spec)
+        rows = allocations.allocations
+        assert cost.tenants_of(rows, tenancy) == [cost.tenant_of(a, tenancy) for a in rows]

@@ -152,6 +152,33 @@ def tenant_of(a: Allocation, resolver: TenantResolver) -> str:
     return resolver.resolve(a.namespace, a.labels, a.namespace_labels)
 
 
+def tenants_of(rows: Sequence[Allocation], resolver: TenantResolver) -> list[str]:
+    """:func:`tenant_of` of each row, in order. Tenancy is resolved once per distinct
+    (namespace, label map, namespace label map): the OpenCost sources hand equal maps as one
+    object, so a fleet's 20k pods are a few thousand keys. Keyed by the maps' identity, which
+    is sound while the rows hold them (this call); equal maps that are distinct objects are
+    only resolved again."""
+    resolve = resolver.resolve
+    resolved: dict[tuple[str | None, int, int], str] = {}
+    seen = resolved.get
+    out: list[str] = []
+    add = out.append
+    for a in rows:
+        name = a.name
+        if name.endswith("__idle__"):  # Allocation.is_idle / is_unallocated
+            add(IDLE_TENANT)
+        elif name.endswith("__unallocated__"):
+            add(UNALLOCATED_TENANT)
+        else:
+            ns, labels, ns_labels = a.namespace, a.labels, a.namespace_labels
+            key = (ns, id(labels), id(ns_labels))
+            tenant = seen(key)
+            if tenant is None:
+                tenant = resolved[key] = resolve(ns, labels, ns_labels)
+            add(tenant)
+    return out
+
+
 def holding_shares(
     utils: list[float | None],
     requests: list[float],
@@ -438,6 +465,10 @@ def _read_rows(
     tenants: list[str] = []
     pod_keys: list[PodKey | None] = []
     add_tenant, add_pod = tenants.append, pod_keys.append
+    # Once per distinct (namespace, label maps), as tenants_of: inline, this loop also
+    # keys the pods.
+    resolved: dict[tuple[str | None, int, int], str] = {}
+    seen = resolved.get
     for a in rows:
         name = a.name
         if name.endswith("__idle__"):  # Allocation.is_idle / is_unallocated, as tenant_of
@@ -448,7 +479,12 @@ def _read_rows(
             add_pod(None)
         else:
             ns, pod_name = a.namespace, a.pod
-            add_tenant(resolve(ns, a.labels, a.namespace_labels))
+            labels, ns_labels = a.labels, a.namespace_labels
+            key = (ns, id(labels), id(ns_labels))
+            tenant = seen(key)
+            if tenant is None:
+                tenant = resolved[key] = resolve(ns, labels, ns_labels)
+            add_tenant(tenant)
             add_pod((ns, pod_name) if ns and pod_name else None)
     n = len(rows)
     width = len(RESOURCES)
