@@ -308,3 +308,26 @@ def test_tenants_of_the_demo_rows_are_tenant_of_each() -> None:
         allocations, _, _, tenancy = demo_inputs(spec)
         rows = allocations.allocations
         assert cost.tenants_of(rows, tenancy) == [cost.tenant_of(a, tenancy) for a in rows]
+
+
+def test_the_same_label_maps_under_reloaded_tenancy_rules_give_the_new_tenants() -> None:
+    # A reload replaces the rules while the rows (and their map objects) stay: nothing of
+    # the last call's resolution is kept, each call gives what the reference gives.
+    labels = {"aifinops.io/tenant": "alpha", "team": "x"}
+    rows = AllocationSet(
+        1.0,
+        (
+            pod("team-a", "p1", labels, gpu_cost=1.0, gpu_count=1.0),
+            pod("team-b", "p2", labels, labels, cpu_cost=1.0),
+            pod("team-b", "p3", None, labels, cpu_cost=2.0),
+        ),
+    )
+    gpus = (gpu("G1", H100, 0.5, "team-a", "p1"),)
+    reloaded = TenantResolver.compile(("nothing",), ("team",), {"team-a": "mapped"}, ())
+    tenants = []
+    for rules in (resolver(), reloaded, resolver()):
+        got = assert_same(rows, gpus, rules, pricer())
+        assert got is not None
+        tenants.append(dict(got.pod_tenants))
+    assert tenants[0] == tenants[2] != tenants[1]
+    assert tenants[1] == {("team-a", "p1"): "mapped", ("team-b", "p2"): "x", ("team-b", "p3"): "x"}
