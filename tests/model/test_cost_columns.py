@@ -48,6 +48,12 @@ def dump(x: Any) -> str:
                 out.append(f.name + "=")
                 walk(getattr(v, f.name))
             out.append(")")
+        elif isinstance(v, msgspec.Struct):  # GpuShare: a dataclass in the reference
+            out.append(type(v).__name__ + "(")
+            for name in v.__struct_fields__:
+                out.append(name + "=")
+                walk(getattr(v, name))
+            out.append(")")
         elif isinstance(v, Mapping):
             out.append("{")
             for k, item in v.items():

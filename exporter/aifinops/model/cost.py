@@ -59,11 +59,12 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter, sub
 from typing import Any, TypeVar, cast
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -83,9 +84,12 @@ UnitKey = tuple[str, str]  # (gpu uuid, MIG instance id or "")
 IdleKey = tuple[str, str, str, str]  # (uuid, MIG instance, namespace, pod)
 
 
-@dataclass(frozen=True, slots=True)
-class GpuShare:
-    """One pod's hold on one GPU unit, after the join."""
+class GpuShare(msgspec.Struct, frozen=True, gc=False):
+    """One pod's hold on one GPU unit, after the join.
+
+    A msgspec Struct, not a dataclass: a refresh builds one per hold (13k at fleet scale),
+    and a frozen dataclass sets each field through ``object.__setattr__``; ``gc=False``
+    because a share holds only strings, numbers and a tuple of strings (no cycle)."""
 
     tenant: str
     gpu_model: str
@@ -480,10 +484,10 @@ def _read_rows(
         else:
             ns, pod_name = a.namespace, a.pod
             labels, ns_labels = a.labels, a.namespace_labels
-            key = (ns, id(labels), id(ns_labels))
-            tenant = seen(key)
+            maps = (ns, id(labels), id(ns_labels))
+            tenant = seen(maps)
             if tenant is None:
-                tenant = resolved[key] = resolve(ns, labels, ns_labels)
+                tenant = resolved[maps] = resolve(ns, labels, ns_labels)
             add_tenant(tenant)
             add_pod((ns, pod_name) if ns and pod_name else None)
     n = len(rows)
@@ -1065,19 +1069,10 @@ def _append_grouped(
     deque(map(list.append, map(groups.__getitem__, keys), values), 0)
 
 
-# GpuShare's fields, each a slot: set straight through its descriptor below.
-_SHARE_SLOTS = tuple(getattr(GpuShare, f.name) for f in fields(GpuShare))
-
-
 def _gpu_shares(*columns: Sequence[Any]) -> list[GpuShare]:
-    """One :class:`GpuShare` per row of ``columns`` (one sequence per field, in field order),
-    equal to ``GpuShare(*row)``. A frozen dataclass' ``__init__`` sets each field with
-    ``object.__setattr__``, a Python call per field and share; here each field is one
-    C-level pass over the shares through its slot (the class has no ``__post_init__``)."""
-    shares = list(map(object.__new__, repeat(GpuShare, len(columns[0]))))
-    for slot, column in zip(_SHARE_SLOTS, columns, strict=True):
-        deque(map(slot.__set__, shares, column), 0)
-    return shares
+    """One :class:`GpuShare` per row of ``columns`` (one sequence per field, in field
+    order), ``GpuShare(*row)`` each, in one C-level pass."""
+    return list(map(GpuShare, *columns))
 
 
 def _allocation_rates(
