@@ -1179,15 +1179,16 @@ def _method_rates(
     A method can carry less than nothing into ``__idle__`` (use above what a hold was billed
     is paid from idle money): its dollars are taken from the tenant's other methods in
     proportion, so every figure is >= 0 and the sum is unchanged."""
-    by_tenant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    # Each method's dollars summed once per tenant (keys are unique: one list each).
+    by_tenant: dict[str, dict[str, float]] = defaultdict(dict)
     for (tenant, method), values in parts.items():
-        by_tenant[tenant][method].extend(values)
+        by_tenant[tenant][method] = math.fsum(values)
     out: dict[tuple[str, str], float] = {}
     for (tenant, resource), value in rates.items():
         if resource != "gpu" or value <= 0:
             continue
-        methods = {m: math.fsum(v) for m, v in by_tenant.get(tenant, {}).items()}
-        rest = value - math.fsum(math.fsum(v) for v in by_tenant.get(tenant, {}).values())
+        methods = dict(by_tenant.get(tenant, {}))
+        rest = value - math.fsum(methods.values())
         methods["request_share"] = methods.get("request_share", 0.0) + rest
         positive = {m: v for m, v in methods.items() if v > 1e-12}
         total = math.fsum(positive.values())
