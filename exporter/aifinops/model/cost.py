@@ -156,33 +156,6 @@ def tenant_of(a: Allocation, resolver: TenantResolver) -> str:
     return resolver.resolve(a.namespace, a.labels, a.namespace_labels)
 
 
-def tenants_of(rows: Sequence[Allocation], resolver: TenantResolver) -> list[str]:
-    """:func:`tenant_of` of each row, in order. Tenancy is resolved once per distinct
-    (namespace, label map, namespace label map): the OpenCost sources hand equal maps as one
-    object, so a fleet's 20k pods are a few thousand keys. Keyed by the maps' identity, which
-    is sound while the rows hold them (this call); equal maps that are distinct objects are
-    only resolved again."""
-    resolve = resolver.resolve
-    resolved: dict[tuple[str | None, int, int], str] = {}
-    seen = resolved.get
-    out: list[str] = []
-    add = out.append
-    for a in rows:
-        name = a.name
-        if name.endswith("__idle__"):  # Allocation.is_idle / is_unallocated
-            add(IDLE_TENANT)
-        elif name.endswith("__unallocated__"):
-            add(UNALLOCATED_TENANT)
-        else:
-            ns, labels, ns_labels = a.namespace, a.labels, a.namespace_labels
-            key = (ns, id(labels), id(ns_labels))
-            tenant = seen(key)
-            if tenant is None:
-                tenant = resolved[key] = resolve(ns, labels, ns_labels)
-            add(tenant)
-    return out
-
-
 def holding_shares(
     utils: list[float | None],
     requests: list[float],
@@ -465,14 +438,10 @@ def _read_rows(
     would first meet each; the per-pod rates stay those columns (:class:`PodRates`). The
     row-by-row definition is the oracle in tests/model/cost_reference.py."""
     rows = rows if isinstance(rows, tuple | list) else tuple(rows)
-    resolve = resolver.resolve
+    resolve = resolver.cached()  # once per distinct (namespace, label maps)
     tenants: list[str] = []
     pod_keys: list[PodKey | None] = []
     add_tenant, add_pod = tenants.append, pod_keys.append
-    # Once per distinct (namespace, label maps), as tenants_of: inline, this loop also
-    # keys the pods.
-    resolved: dict[tuple[str | None, int, int], str] = {}
-    seen = resolved.get
     for a in rows:
         name = a.name
         if name.endswith("__idle__"):  # Allocation.is_idle / is_unallocated, as tenant_of
@@ -483,12 +452,7 @@ def _read_rows(
             add_pod(None)
         else:
             ns, pod_name = a.namespace, a.pod
-            labels, ns_labels = a.labels, a.namespace_labels
-            maps = (ns, id(labels), id(ns_labels))
-            tenant = seen(maps)
-            if tenant is None:
-                tenant = resolved[maps] = resolve(ns, labels, ns_labels)
-            add_tenant(tenant)
+            add_tenant(resolve(ns, a.labels, a.namespace_labels))
             add_pod((ns, pod_name) if ns and pod_name else None)
     n = len(rows)
     width = len(RESOURCES)
