@@ -48,6 +48,12 @@ def dump(x: Any) -> str:
                 out.append(f.name + "=")
                 walk(getattr(v, f.name))
             out.append(")")
+        elif isinstance(v, msgspec.Struct):  # GpuShare: a dataclass in the reference
+            out.append(type(v).__name__ + "(")
+            for name in v.__struct_fields__:
+                out.append(name + "=")
+                walk(getattr(v, name))
+            out.append(")")
         elif isinstance(v, Mapping):
             out.append("{")
             for k, item in v.items():
@@ -255,3 +261,99 @@ def test_odd_rows_and_names_give_what_the_reference_gives() -> None:
         1.0, tuple(msgspec.structs.replace(a, gpu_cost=0.0) for a in rows.allocations)
     )
     assert_same(no_gpu_cost, gpus, resolver(), pricer(), None, holds)
+
+
+# --- tenancy resolved once per distinct (namespace, label maps) ----------------------------
+
+
+def test_rows_sharing_label_maps_resolve_as_each_row_alone() -> None:
+    # One map object on pods of other namespaces, equal maps that are other objects, the
+    # same pod map beside other namespace maps, blank values and the empty map: each row's
+    # tenant is the one its own (namespace, labels, namespace labels) give.
+    shared = {"aifinops.io/tenant": "alpha"}
+    blank = {"aifinops.io/tenant": ""}
+    team = {"team": "gamma"}
+    rows = AllocationSet(
+        1.0,
+        (
+            pod("team-a", "p1", shared, gpu_cost=1.0, gpu_count=1.0),
+            pod("team-b", "p2", shared, cpu_cost=1.0),
+            pod("team-b", "p3", dict(shared), cpu_cost=2.0),
+            pod("team-b", "p4", blank, cpu_cost=0.5),
+            pod("team-c", "p5", blank, team, cpu_cost=0.25),
+            pod("ml-research", "p6", blank, team, ram_cost=1.0),
+            pod("ml-research", "p7", blank, cpu_cost=1.5),
+            pod("nowhere", "p8", blank, cpu_cost=0.75),
+            pod("nowhere", "p9", {"aifinops.io/tenant": "__unallocated__"}, cpu_cost=0.5),
+            idle_row(gpu_cost=2.0),
+        ),
+    )
+    expected = [cost_reference.tenant_of(a, resolver()) for a in rows.allocations]
+    assert expected == [
+        "alpha",
+        "alpha",
+        "alpha",
+        "b",
+        "gamma",
+        "gamma",
+        "research",
+        "__unallocated__",
+        "__unallocated__",
+        "__idle__",
+    ]
+    cached = resolver().cached()
+    for _ in range(2):  # the second pass answers every row from what the first resolved
+        got_rows = [
+            cached(a.namespace, a.labels, a.namespace_labels)
+            for a in rows.allocations
+            if not (a.is_idle or a.is_unallocated)
+        ]
+        assert got_rows == expected[:-1]
+    gpus = (gpu("G1", H100, 0.5, "team-a", "p1"),)
+    got = assert_same(rows, gpus, resolver(), pricer())
+    assert got is not None
+    assert got.pod_tenants[("team-b", "p4")] == "b"
+    assert got.pod_tenants[("ml-research", "p7")] == "research"
+
+
+def test_a_cached_resolver_resolves_the_demo_rows_as_resolve() -> None:
+    for spec in DEMO_SPECS.values():
+        allocations, _, _, tenancy = demo_inputs(spec)
+        cached = tenancy.cached()
+        for _ in range(2):
+            for a in allocations.allocations:
+                args = (a.namespace, a.labels, a.namespace_labels)
+                assert cached(*args) == tenancy.resolve(*args)
+
+
+def test_a_cached_resolver_never_answers_for_a_map_that_took_a_freed_maps_place() -> None:
+    # Maps made and dropped one after another would reuse one address (and id); the cache
+    # keeps each map it answered for, so a new map is never taken for an old one.
+    cached = resolver().cached()
+    for i in range(200):
+        labels = {"aifinops.io/tenant": f"t{i}"}
+        assert cached("team-a", labels, {}) == f"t{i}"
+        del labels
+
+
+def test_the_same_label_maps_under_reloaded_tenancy_rules_give_the_new_tenants() -> None:
+    # A reload replaces the rules while the rows (and their map objects) stay: nothing of
+    # the last call's resolution is kept, each call gives what the reference gives.
+    labels = {"aifinops.io/tenant": "alpha", "team": "x"}
+    rows = AllocationSet(
+        1.0,
+        (
+            pod("team-a", "p1", labels, gpu_cost=1.0, gpu_count=1.0),
+            pod("team-b", "p2", labels, labels, cpu_cost=1.0),
+            pod("team-b", "p3", None, labels, cpu_cost=2.0),
+        ),
+    )
+    gpus = (gpu("G1", H100, 0.5, "team-a", "p1"),)
+    reloaded = TenantResolver.compile(("nothing",), ("team",), {"team-a": "mapped"}, ())
+    tenants = []
+    for rules in (resolver(), reloaded, resolver()):
+        got = assert_same(rows, gpus, rules, pricer())
+        assert got is not None
+        tenants.append(dict(got.pod_tenants))
+    assert tenants[0] == tenants[2] != tenants[1]
+    assert tenants[1] == {("team-a", "p1"): "mapped", ("team-b", "p2"): "x", ("team-b", "p3"): "x"}

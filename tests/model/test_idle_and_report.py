@@ -72,3 +72,61 @@ def test_accrue_drops_vanished_keys_and_never_decreases():
     prev = {("a", "cpu", "allocation"): 5.0, ("gone", "cpu", "allocation"): 1.0}
     out = accrue(prev, {"allocation": {("a", "cpu"): -3.0, ("new", "gpu"): 2.0}}, 0.5)
     assert out == {("a", "cpu", "allocation"): 5.0, ("new", "gpu", "allocation"): 1.0}
+
+
+def stats_share_by_share(shares, histories, now, window):
+    """The per-(tenant, GPU model) stats as build_report defined them before it grouped
+    them column by column: one pass over the shares, in order (the oracle)."""
+    import math
+
+    parts = {}
+    for share, history in zip(shares, histories, strict=True):
+        p = parts.setdefault((share.tenant, share.gpu_model), ([], [], [], [], []))
+        p[0].append(share.held)
+        p[1].append(share.used)
+        p[2].append(share.unused_rate)
+        if is_idle(history, now, window):
+            p[3].append(share.held)
+            p[4].append(share.alloc_rate)
+    return {key: tuple(math.fsum(v) for v in lists) for key, lists in parts.items()}
+
+
+def test_gpu_stats_are_the_share_by_share_sums_over_chained_refreshes():
+    # A time-sliced GPU, MIG slices, busy and quiet holds, a hold going away and coming
+    # back, and DCGM going stale for a refresh: each report's stats (values and key order)
+    # are those of one pass over its shares.
+    from tests.model.builders import L4
+
+    allocs = [
+        pod("team-a", "p", gpu_cost=4.0, gpu_count=1.0),
+        pod("team-b", "q", gpu_cost=1.0, gpu_count=0.5),
+        pod("team-c", "r", gpu_cost=1.0, gpu_count=0.5),
+        pod("team-a", "s", gpu_cost=2.0, gpu_count=1.0),
+    ]
+    quiet = [
+        gpu("G1", H100, 0.01, "team-a", "p"),
+        gpu("G2", L4, 0.30, "team-b", "q"),
+        gpu("G2", L4, 0.01, "team-c", "r"),
+        gpu("G3", H100, 0.0, "team-a", "s", mig="1g.10gb", mig_id="1"),
+    ]
+    busy = [quiet[0], gpu("G2", L4, 0.6, "team-b", "q"), quiet[2]]
+    ctx = context(threshold=0.05, window=600.0)
+    state = ModelState()
+    steps = [(0.0, quiet, 0.0), (300.0, busy, 300.0), (600.0, quiet, 600.0)]
+    steps += [(900.0, quiet, 600.0), (1500.0, quiet, 1500.0), (2400.0, busy, 2400.0)]
+    seen_idle = 0
+    for now, gpus, observed in steps:
+        inputs = Inputs(gpus=tuple(gpus), allocations=AllocationSet(1.0, tuple(allocs)))
+        report, state = build_report(inputs, ctx, state, now, dcgm_observed_at=observed)
+        histories = [state.idle.get(s.idle_key) for s in report.cost.shares]
+        expected = stats_share_by_share(report.cost.shares, histories, now, 600.0)
+        got = {
+            key: (s.held, s.used, s.unused_rate, s.idle_gpus, s.idle_rate)
+            for key, s in report.gpu_stats.items()
+        }
+        assert list(got) == list(expected)
+        assert {k: tuple(map(repr, v)) for k, v in got.items()} == {
+            k: tuple(map(repr, v)) for k, v in expected.items()
+        }
+        seen_idle += sum(1 for s in report.gpu_stats.values() if s.idle_gpus > 0)
+    assert seen_idle > 0  # the idle columns were exercised

@@ -59,11 +59,12 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter, sub
 from typing import Any, TypeVar, cast
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -83,9 +84,12 @@ UnitKey = tuple[str, str]  # (gpu uuid, MIG instance id or "")
 IdleKey = tuple[str, str, str, str]  # (uuid, MIG instance, namespace, pod)
 
 
-@dataclass(frozen=True, slots=True)
-class GpuShare:
-    """One pod's hold on one GPU unit, after the join."""
+class GpuShare(msgspec.Struct, frozen=True, gc=False):
+    """One pod's hold on one GPU unit, after the join.
+
+    A msgspec Struct, not a dataclass: a refresh builds one per hold (13k at fleet scale),
+    and a frozen dataclass sets each field through ``object.__setattr__``; ``gc=False``
+    because a share holds only strings, numbers and a tuple of strings (no cycle)."""
 
     tenant: str
     gpu_model: str
@@ -434,7 +438,7 @@ def _read_rows(
     would first meet each; the per-pod rates stay those columns (:class:`PodRates`). The
     row-by-row definition is the oracle in tests/model/cost_reference.py."""
     rows = rows if isinstance(rows, tuple | list) else tuple(rows)
-    resolve = resolver.resolve
+    resolve = resolver.cached()  # once per distinct (namespace, label maps)
     tenants: list[str] = []
     pod_keys: list[PodKey | None] = []
     add_tenant, add_pod = tenants.append, pod_keys.append
@@ -1029,19 +1033,10 @@ def _append_grouped(
     deque(map(list.append, map(groups.__getitem__, keys), values), 0)
 
 
-# GpuShare's fields, each a slot: set straight through its descriptor below.
-_SHARE_SLOTS = tuple(getattr(GpuShare, f.name) for f in fields(GpuShare))
-
-
 def _gpu_shares(*columns: Sequence[Any]) -> list[GpuShare]:
-    """One :class:`GpuShare` per row of ``columns`` (one sequence per field, in field order),
-    equal to ``GpuShare(*row)``. A frozen dataclass' ``__init__`` sets each field with
-    ``object.__setattr__``, a Python call per field and share; here each field is one
-    C-level pass over the shares through its slot (the class has no ``__post_init__``)."""
-    shares = list(map(object.__new__, repeat(GpuShare, len(columns[0]))))
-    for slot, column in zip(_SHARE_SLOTS, columns, strict=True):
-        deque(map(slot.__set__, shares, column), 0)
-    return shares
+    """One :class:`GpuShare` per row of ``columns`` (one sequence per field, in field
+    order), ``GpuShare(*row)`` each, in one C-level pass."""
+    return list(map(GpuShare, *columns))
 
 
 def _allocation_rates(
@@ -1148,15 +1143,16 @@ def _method_rates(
     A method can carry less than nothing into ``__idle__`` (use above what a hold was billed
     is paid from idle money): its dollars are taken from the tenant's other methods in
     proportion, so every figure is >= 0 and the sum is unchanged."""
-    by_tenant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    # Each method's dollars summed once per tenant (keys are unique: one list each).
+    by_tenant: dict[str, dict[str, float]] = defaultdict(dict)
     for (tenant, method), values in parts.items():
-        by_tenant[tenant][method].extend(values)
+        by_tenant[tenant][method] = math.fsum(values)
     out: dict[tuple[str, str], float] = {}
     for (tenant, resource), value in rates.items():
         if resource != "gpu" or value <= 0:
             continue
-        methods = {m: math.fsum(v) for m, v in by_tenant.get(tenant, {}).items()}
-        rest = value - math.fsum(math.fsum(v) for v in by_tenant.get(tenant, {}).values())
+        methods = dict(by_tenant.get(tenant, {}))
+        rest = value - math.fsum(methods.values())
         methods["request_share"] = methods.get("request_share", 0.0) + rest
         positive = {m: v for m, v in methods.items() if v > 1e-12}
         total = math.fsum(positive.values())

@@ -10,15 +10,18 @@ pod or GPU went away). Pure: the caller passes the previous state and gets a new
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 from aifinops.model.cost import GpuShare, IdleKey
 
 NEVER = float("-inf")
 
 
-@dataclass(frozen=True, slots=True)
-class HoldHistory:
+class HoldHistory(msgspec.Struct, frozen=True, gc=False):
+    """A hold's two timestamps. A msgspec Struct (no cycle: two floats), not a dataclass:
+    every busy hold gets a new one each observation, thousands a refresh."""
+
     first_seen: float
     last_busy: float  # NEVER when it has not been busy since first seen
 

@@ -11,10 +11,13 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import compress
+from operator import attrgetter
 
 from aifinops.model.cost import (
     CostBreakdown,
     IdleKey,
+    _append_grouped,
     attribute_costs,
     fold_shares,
     fold_tenants,
@@ -41,6 +44,12 @@ from aifinops.model.vocabulary import (
 )
 
 SECONDS_PER_HOUR = 3600.0
+_TENANT = attrgetter("tenant")
+_GPU_MODEL = attrgetter("gpu_model")
+_HELD = attrgetter("held")
+_USED = attrgetter("used")
+_UNUSED = attrgetter("unused_rate")
+_ALLOC = attrgetter("alloc_rate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,24 +183,34 @@ def build_report(
     else:
         histories = map(idle_state.get, (s.idle_key for s in cost.shares))
 
-    # Per (tenant, GPU model): held, used, unused rate, idle GPUs, idle rate (parts to fsum).
-    parts: dict[tuple[str, str], tuple[list[float], ...]] = {}
+    # Per (tenant, GPU model): held, used, unused rate, idle GPUs, idle rate (parts to fsum),
+    # grouped column by column in C-level passes, keys in the order the shares first bring
+    # them (a Python step per share and list was most of this at fleet scale).
+    shares = cost.shares
     window = context.idle_window_seconds
-    for share, history in zip(cost.shares, histories, strict=False):
-        key = (share.tenant, share.gpu_model)
-        p = parts.get(key)
-        if p is None:
-            p = parts[key] = ([], [], [], [], [])
-        p[0].append(share.held)
-        p[1].append(share.used)
-        p[2].append(share.unused_rate)
-        if is_idle(history, now, window):
-            p[3].append(share.held)
-            p[4].append(share.alloc_rate)
+    keys = list(zip(map(_TENANT, shares), map(_GPU_MODEL, shares), strict=True))
+    held_gpus = list(map(_HELD, shares))
+    idle = [is_idle(history, now, window) for history in histories]
+    held: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    used: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    unused: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    idle_held: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    idle_rate: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+    _append_grouped(held, keys, held_gpus)
+    _append_grouped(used, keys, map(_USED, shares))
+    _append_grouped(unused, keys, map(_UNUSED, shares))
+    _append_grouped(idle_held, compress(keys, idle), compress(held_gpus, idle))
+    _append_grouped(idle_rate, compress(keys, idle), compress(map(_ALLOC, shares), idle))
     fsum = math.fsum
     gpu_stats = {
-        key: GpuTenantStats(fsum(held), fsum(used), fsum(unused), fsum(idle), fsum(idle_rate))
-        for key, (held, used, unused, idle, idle_rate) in parts.items()
+        key: GpuTenantStats(
+            fsum(parts),
+            fsum(used[key]),
+            fsum(unused[key]),
+            fsum(idle_held.get(key, ())),
+            fsum(idle_rate.get(key, ())),
+        )
+        for key, parts in held.items()
     }
     held_by_tenant: dict[str, float] = defaultdict(float)
     used_by_tenant: dict[str, float] = defaultdict(float)
@@ -216,9 +235,12 @@ def build_report(
     energy_state = state.energy
     if context.energy is not None:
         # The shares after every fold: energy lands on the tenants the money series show.
-        shares = cost.shares if inputs.gpus is not None else None
         energy_report, energy_state = account_energy(
-            inputs.energy, shares, context.energy, state.energy or EnergyState(), now
+            inputs.energy,
+            cost.shares if inputs.gpus is not None else None,
+            context.energy,
+            state.energy or EnergyState(),
+            now,
         )
 
     report = Report(

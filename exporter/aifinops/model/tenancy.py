@@ -10,7 +10,7 @@ No match → ``__unallocated__``. OpenCost reports label keys sanitized the Prom
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aifinops.model.inputs import EMPTY_LABELS
@@ -62,6 +62,31 @@ class TenantResolver:
         spelling it tries: the OpenCost source keeps only what some rule reads."""
         pod = frozenset(k for variants in self.pod_keys for k in variants)
         return pod, frozenset(k for variants in self.namespace_keys for k in variants)
+
+    def cached(self) -> Callable[[str | None, Mapping[str, str], Mapping[str, str]], str]:
+        """:meth:`resolve`, answering once per distinct (namespace, pod label map, namespace
+        label map) for as long as the returned function is kept (one refresh's rows: the
+        OpenCost sources hand equal maps as one object, so 20k pods are a few thousand
+        keys). Keyed by the maps' identity; each entry holds its maps, so an id is never
+        reused while it is cached. Maps are never changed once read (frozen rows)."""
+        resolved: dict[tuple[str | None, int, int], tuple[object, object, str]] = {}
+        seen = resolved.get
+        resolve = self.resolve
+
+        def cached_resolve(
+            namespace: str | None,
+            pod_labels: Mapping[str, str],
+            namespace_labels: Mapping[str, str],
+        ) -> str:
+            key = (namespace, id(pod_labels), id(namespace_labels))
+            entry = seen(key)
+            if entry is None:
+                tenant = resolve(namespace, pod_labels, namespace_labels)
+                resolved[key] = (pod_labels, namespace_labels, tenant)
+                return tenant
+            return entry[2]
+
+        return cached_resolve
 
     def resolve(
         self,

@@ -196,7 +196,7 @@ def _whole_sets(
     out = _Sets([], [])
     memo = memo if memo is not None else _Memo()
     for typed_set in _typed_sets(body, memo.codec):
-        out.rows.append(dict(_typed_rows(typed_set, agg, memo)))
+        out.rows.append(_typed_rows(typed_set, agg, memo))
         out.starts.append(_typed_starts(typed_set) if want_starts else {})
     return out
 
@@ -534,7 +534,7 @@ def _decode_piece(
         typed = memo.codec.decode_rows(piece)
     except ValueError as exc:  # msgspec's DecodeError and ValidationError, UnicodeDecodeError
         raise _Restream(str(exc)[:200]) from None
-    rows = dict(_typed_rows(typed, agg, memo))
+    rows = _typed_rows(typed, agg, memo)
     return rows, _typed_starts(typed) if want_starts else {}
 
 
@@ -976,17 +976,17 @@ def _typed_rows(
     allocation_set: dict[str, _Row],
     agg: MonthAggregation | None = None,
     memo: _Memo | None = None,
-) -> list[tuple[str, Allocation]]:
-    """:func:`_allocation` for typed rows (the same fields, defaults and clamps); with an
-    aggregation by labels, named and labelled as :meth:`MonthAggregation.identity` says.
+) -> dict[str, Allocation]:
+    """Each typed row by its key (the same fields, defaults and clamps as
+    :func:`_allocation`); with an aggregation by labels, named and labelled as
+    :meth:`MonthAggregation.identity` says.
     Equal strings and label maps are shared through ``memo`` (see :class:`_Memo`).
 
     Each number is clamped as ``x if 0.0 < x < inf else 0.0``, written out: this loop runs
     once per pod, and a function call per field was a third of its time. Zero (and a
     clamped value) is then the one 0.0 constant: most rows' pv, network, shared and external
     costs are zero, and one float object instead of 20k saves memory for nothing."""
-    out: list[tuple[str, Allocation]] = []
-    append = out.append
+    out: dict[str, Allocation] = {}
     memo = memo if memo is not None else _Memo()
     text = memo.text.setdefault
     ns_maps = memo.namespace_labels
@@ -1062,33 +1062,28 @@ def _typed_rows(
         core_hours = r.cpuCoreHours or 0.0
         ram_hours = r.ramByteHours or 0.0
         pv_hours = r.pvByteHours or 0.0
-        append(
-            (
-                key,
-                row(
-                    name,
-                    namespace,
-                    pod,
-                    node,
-                    minutes if 0.0 < minutes < inf else 0.0,
-                    cpu if 0.0 < cpu < inf else 0.0,
-                    gpu if 0.0 < gpu < inf else 0.0,
-                    ram if 0.0 < ram < inf else 0.0,
-                    pv if 0.0 < pv < inf else 0.0,
-                    net if 0.0 < net < inf else 0.0,
-                    lb if 0.0 < lb < inf else 0.0,
-                    shared_cost if 0.0 < shared_cost < inf else 0.0,
-                    external if 0.0 < external < inf else 0.0,
-                    gpu_hours if 0.0 < gpu_hours < inf else 0.0,
-                    count if 0.0 < count < inf else 0.0,
-                    usage,
-                    labels,
-                    ns_labels,
-                    core_hours if 0.0 < core_hours < inf else 0.0,
-                    ram_hours if 0.0 < ram_hours < inf else 0.0,
-                    pv_hours if 0.0 < pv_hours < inf else 0.0,
-                ),
-            )
+        out[key] = row(
+            name,
+            namespace,
+            pod,
+            node,
+            minutes if 0.0 < minutes < inf else 0.0,
+            cpu if 0.0 < cpu < inf else 0.0,
+            gpu if 0.0 < gpu < inf else 0.0,
+            ram if 0.0 < ram < inf else 0.0,
+            pv if 0.0 < pv < inf else 0.0,
+            net if 0.0 < net < inf else 0.0,
+            lb if 0.0 < lb < inf else 0.0,
+            shared_cost if 0.0 < shared_cost < inf else 0.0,
+            external if 0.0 < external < inf else 0.0,
+            gpu_hours if 0.0 < gpu_hours < inf else 0.0,
+            count if 0.0 < count < inf else 0.0,
+            usage,
+            labels,
+            ns_labels,
+            core_hours if 0.0 < core_hours < inf else 0.0,
+            ram_hours if 0.0 < ram_hours < inf else 0.0,
+            pv_hours if 0.0 < pv_hours < inf else 0.0,
         )
     return out
 
