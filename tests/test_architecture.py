@@ -345,3 +345,77 @@ def test_refresh_loop_knows_no_garbage_collector() -> None:
     names = {n.id for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name)}
     assert "gc" not in IMPORTS["aifinops.refresh"]
     assert not names & {"settle_heap", "tune_gc", "apply_runtime_settings"}
+
+
+# --- the front process loads no model ------------------------------------------------------
+# The front (web/front.py) validates the configuration and serves what the engine publishes:
+# it needs none of the model, and the model brings numpy (model.forecast, model.cost) and
+# ~20 MiB of resident memory with it. Modules the front loads that still import the model at
+# module level (a function-local import runs in the engine only), with why; the list can only
+# shrink, and once it is empty the front must not have numpy at all.
+FRONT_ALLOWED: dict[str, str] = {
+    "aifinops.settings_finance": "field defaults and to_model imports at module level "
+    "(model.budgets brings model.forecast, numpy)",
+    "aifinops.web.api": "the read endpoints' model imports sit beside api_middleware and the "
+    "token keys, which the front uses",
+    "aifinops.web.schemas": "imported by web.openapi, which web.api imports",
+    "aifinops.exposition.chargeback_files": "imported by web.api",
+    "aifinops.usage": "imported by web.openapi (model.inputs: no numpy)",
+}
+# Constants only (tenant and resource names): the exposition catalog's vocabulary.
+_FRONT_MODEL_OK = frozenset({"aifinops.model", "aifinops.model.vocabulary"})
+
+_FRONT_PROBE = """
+import json, sys
+import aifinops.__main__, aifinops.web.front
+print(json.dumps({"modules": sorted(sys.modules), "numpy": "numpy" in sys.modules}))
+"""
+
+
+def _module_level_imports(name: str) -> Iterator[str]:
+    """The imports ``name`` runs when it is imported: not those in function bodies (run when
+    called) nor under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield from _imports(name, ast.unparse(node))
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            pending.extend(getattr(node, field, []))
+
+
+def test_module_level_scanner_skips_function_bodies_and_type_checking() -> None:
+    imported = set(_module_level_imports("aifinops.settings"))
+    assert "aifinops.settings_finance" in imported  # module level
+    assert not any(_in(i, "aifinops.model") for i in imported)  # to_model and TYPE_CHECKING
+
+
+def test_the_front_process_loads_no_model() -> None:
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", _FRONT_PROBE], env=env, capture_output=True, check=True, text=True
+    )
+    loaded = json.loads(out.stdout)
+    found = {
+        m
+        for m in loaded["modules"]
+        if m in MODULES and not _in(m, "aifinops.model")
+        for i in _module_level_imports(m)
+        if (_in(i, "aifinops.model") and i not in _FRONT_MODEL_OK) or _in(i, "numpy")
+    }
+    new, gone = sorted(found - set(FRONT_ALLOWED)), sorted(set(FRONT_ALLOWED) - found)
+    assert not new, f"the front now loads the model through: {new}"
+    assert not gone, f"fixed, remove from FRONT_ALLOWED: {gone}"
+    if not FRONT_ALLOWED:
+        assert not loaded["numpy"], "numpy is loaded in the front"

@@ -17,17 +17,11 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aifinops.model.energy import EnergyBudget, EnergyContext, Schedule, TimeWindow
-from aifinops.model.finance import FinanceContext
-from aifinops.model.llm_prices import normalize_provider
-from aifinops.model.owned_prices import OwnedGpuSpec, OwnedPricing
-from aifinops.model.tenancy import TenantResolver
-from aifinops.model.tokens import SelfHostedSpec, TokenContext
 from aifinops.safefile import read_bounded
 from aifinops.settings_finance import (
     BudgetsSettings,
@@ -37,6 +31,16 @@ from aifinops.settings_finance import (
     RoutingSettings,
 )
 from aifinops.status import redact_text
+
+# The model's objects are built by the engine (``to_model``, imported there when called):
+# validating a configuration needs none of them, and the front, which validates one, then
+# does not load the model (nor numpy with it).
+if TYPE_CHECKING:
+    from aifinops.model.energy import EnergyContext, Schedule, TimeWindow
+    from aifinops.model.finance import FinanceContext
+    from aifinops.model.owned_prices import OwnedGpuSpec, OwnedPricing
+    from aifinops.model.tenancy import TenantResolver
+    from aifinops.model.tokens import TokenContext
 
 ENV_PREFIX = "AIFINOPS__"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -336,6 +340,8 @@ class TenancySettings(_Strict):
     namespace_patterns: tuple[NamespacePattern, ...] = ()
 
     def to_model(self) -> TenantResolver:
+        from aifinops.model.tenancy import TenantResolver
+
         return TenantResolver.compile(
             self.pod_label_keys,
             self.namespace_label_keys,
@@ -423,6 +429,8 @@ class OwnedGpuSettings(_Strict):
         return self
 
     def to_model(self) -> OwnedGpuSpec:
+        from aifinops.model.owned_prices import OwnedGpuSpec
+
         start = datetime(self.purchase_date.year, self.purchase_date.month, self.purchase_date.day)
         return OwnedGpuSpec(
             pool=self.pool or self.gpu_model,
@@ -458,6 +466,8 @@ class OwnedGpuPricingSettings(_Strict):
         return self
 
     def to_model(self) -> OwnedPricing:
+        from aifinops.model.owned_prices import OwnedPricing
+
         return OwnedPricing(tuple(g.to_model() for g in self.gpus), self.precedence)
 
 
@@ -512,6 +522,8 @@ class _TimeWindowSettings(_Strict):
         return self
 
     def _window(self, value: float) -> TimeWindow:
+        from aifinops.model.energy import TimeWindow
+
         return TimeWindow(
             frozenset(_WEEKDAYS.index(d) for d in self.days),
             _minute_of_day(self.start),
@@ -551,6 +563,8 @@ class EnergyPriceSettings(_Strict):
         return _finite_non_negative(v)
 
     def to_model(self) -> Schedule:
+        from aifinops.model.energy import Schedule
+
         return Schedule(self.usd_per_kwh, tuple(w._window(w.usd_per_kwh) for w in self.schedule))
 
 
@@ -566,6 +580,8 @@ class EnergyCarbonSettings(_Strict):
         return _finite_non_negative(v)
 
     def to_model(self) -> Schedule:
+        from aifinops.model.energy import Schedule
+
         return Schedule(
             self.grams_co2e_per_kwh,
             tuple(w._window(w.grams_co2e_per_kwh) for w in self.schedule),
@@ -622,6 +638,8 @@ class EnergySettings(_Strict):
 
     def to_model(self, tz: str) -> EnergyContext:
         """Compiled, with the finance time zone (``budgets.time_zone``) the schedules use."""
+        from aifinops.model.energy import EnergyBudget, EnergyContext
+
         return EnergyContext(
             pue=self.pue,
             price=self.price.to_model(),
@@ -889,6 +907,9 @@ class TokensSettings(_Strict):
     max_models: int = Field(200, ge=1)
 
     def to_model(self) -> TokenContext:
+        from aifinops.model.llm_prices import normalize_provider
+        from aifinops.model.tokens import SelfHostedSpec, TokenContext
+
         specs = []
         equivalents = self.self_hosted.api_equivalents
         for m in self.self_hosted.models:
@@ -1125,6 +1146,8 @@ class Settings(_Strict):
 
     def finance_to_model(self) -> FinanceContext:
         """The finance configuration, which spans several sections, compiled."""
+        from aifinops.model.finance import FinanceContext
+
         return FinanceContext(
             tz=self.budgets.time_zone,
             lookback_days=self.budgets.lookback_days,

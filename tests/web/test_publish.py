@@ -1,5 +1,6 @@
 """The engine-to-front channel (``web/publish.py``): a publication carries the demo's page and
-prepared answers byte for byte; the front's gzip-with-a-tail is the inline one's; malformed
+prepared answers byte for byte; the front's gzip-with-a-tail is the inline one's (the oracle:
+``Exposition.gzipped_with``) and its plain page, inflated in pieces, the engine's; malformed
 messages are refused; the engine's link keeps only the latest snapshot and hears what the
 front answered."""
 
@@ -8,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import random
 import socket
 import struct
 import time
-from dataclasses import replace
+import zlib
 from typing import Any
 
 import pytest
 
-from aifinops.exposition.render import Exposition
+from aifinops.exposition.render import Exposition, gzip_member
 from aifinops.refresh import Snapshot
 from aifinops.web.api import PreparedAnswers
 from aifinops.web.app import REFRESHER
@@ -30,6 +32,7 @@ from aifinops.web.publish import (
     SourceLine,
     decode_publication,
     frame,
+    is_page_member,
     publish_frame,
     read_message,
     wanted_frame,
@@ -77,8 +80,9 @@ async def test_a_publication_carries_the_demo_page_and_answers(aiohttp_client: A
         pub = await _roundtrip(snap)
     finally:
         await demo.upstreams.close()
-    assert bytes(pub.plain) == snap.exposition.plain
     assert bytes(pub.gzipped) == snap.exposition.gzipped
+    assert b"".join(pub.iter_plain()) == snap.exposition.plain
+    assert pub.plain_size == len(snap.exposition.plain)
     assert set(pub.answers) == set(snap.prepared.answers) >= set(ASKED)
     for path, (body, content_type) in inline.items():
         answer = pub.answers[path]
@@ -92,8 +96,17 @@ async def test_a_publication_carries_the_demo_page_and_answers(aiohttp_client: A
     assert all(s.up for s in pub.sources)
     # gzip with a scrape-time tail: the inline page's bytes exactly, one member
     tail = b"process_open_fds 12\n"
-    assert pub.gzipped_with(tail) == snap.exposition.gzipped_with(tail)
-    assert gzip.decompress(pub.gzipped_with(tail)) == snap.exposition.plain + tail
+    gz = b"".join(pub.gzip_pieces(tail))
+    assert gz == snap.exposition.gzipped_with(tail)
+    assert _one_member(gz) == snap.exposition.plain + tail
+
+
+def _one_member(gz: bytes) -> bytes:
+    """What a gzip reader reads of ``gz``, asserting it is exactly one whole member."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = inflate.decompress(gz) + inflate.flush()
+    assert inflate.eof and not inflate.unused_data
+    return out
 
 
 async def test_without_prepared_answers_or_status() -> None:
@@ -101,9 +114,96 @@ async def test_without_prepared_answers_or_status() -> None:
     snap = Snapshot(report=None, finance=None, status=None, exposition=page, ready=False)
     pub = await _roundtrip(snap, stalled=True)
     assert pub.answers == {} and pub.sources is None and pub.stalled and not pub.ready
-    # a gzip without the prepared final block is compressed again, not spliced
-    other = replace(pub, gzipped=memoryview(gzip.compress(page.plain)))
-    assert gzip.decompress(other.gzipped_with(b"y 2\n")) == page.plain + b"y 2\n"
+    assert b"".join(pub.iter_plain()) == page.plain
+
+
+# Awkward pages: empty, one line without its newline, bytes that are not text, and random
+# lines far longer than a piece; tails: empty, one byte, larger than a write.
+_RNG = random.Random(16)
+PAGES = [
+    b"",
+    b"x 1",
+    bytes(range(256)) * 3,
+    b"".join(
+        b'm{a="%d"} %r\n' % (_RNG.randrange(1 << 30), _RNG.random())
+        + b"#" * _RNG.randrange(0, 9000)
+        + b"\n"
+        for _ in range(60)
+    ),
+]
+TAILS = [b"", b"\n", b"process_open_fds 7\n" * 9000]
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+@pytest.mark.parametrize("page", PAGES, ids=["empty", "no-newline", "binary", "long-lines"])
+def test_the_fronts_page_pieces_equal_the_inline_page(page: bytes, level: int) -> None:
+    """The gzip pieces (a view of the page, then the tail's blocks and trailer) are
+    ``Exposition.gzipped_with``'s bytes, one member; the plain page inflated in pieces of
+    any size is the page, and its size is known before it is inflated."""
+    exposition = Exposition.from_bytes(page, level)
+    pub = Publication(exposition.gzipped, {}, True, False, 0.0, None)
+    for tail in TAILS:
+        pieces = pub.gzip_pieces(tail)
+        assert b"".join(pieces) == exposition.gzipped_with(tail)
+        assert _one_member(b"".join(pieces)) == page + tail
+    assert pub.plain_size == len(page)
+    for size in (1, 7, 1000, 1 << 17):
+        if size * 2000 < len(page):
+            continue  # a byte at a time: the small pages only
+        got = list(pub.iter_plain(size))
+        assert b"".join(got) == page and all(0 < len(p) <= size for p in got)
+
+
+async def test_the_page_is_served_from_the_publications_buffer_not_copied() -> None:
+    """The first gzip piece is a view into the buffer the message was read into: a scrape
+    copies nothing of the page (the tail's blocks are its own)."""
+    page = Exposition.from_bytes(PAGES[3])
+    snap = Snapshot(report=None, finance=None, status=None, exposition=page, ready=True)
+    header, blobs = await read_message(
+        _reader(*publish_frame(snap, stalled=False, stall_seconds=1, seq=1))
+    )
+    pub = decode_publication(header, blobs)
+    view, rest = pub.gzip_pieces(b"tail 1\n")
+    assert isinstance(view, memoryview) and view.obj is blobs[0].obj
+    assert len(view) == len(page.gzipped) - 10 and len(rest) < 100
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(lambda gz: gz[:-1], id="truncated"),
+        pytest.param(lambda gz: gz[:-5] + bytes([gz[-5] ^ 1]) + gz[-4:], id="bad-crc"),
+        pytest.param(lambda gz: gz[:-4] + struct.pack("<L", 3), id="bad-size"),
+        pytest.param(lambda gz: gz[:30] + bytes([gz[30] ^ 0xFF]) + gz[31:], id="bad-data"),
+        pytest.param(lambda gz: gz + gz, id="two-members"),
+    ],
+)
+def test_a_damaged_page_is_never_served_as_whole(cut: Any) -> None:
+    """A member that is not whole (cut, its CRC, size or data changed, something after it)
+    makes the plain page's inflation fail instead of ending as if it were complete."""
+    gz = gzip_member(PAGES[3])
+    pub = Publication(cut(gz), {}, True, False, 0.0, None)
+    with pytest.raises(zlib.error):
+        b"".join(pub.iter_plain(1000))
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b"",
+        b"# a plain page\nx 1\n",
+        gzip.compress(b"x 1\n"),  # a member without the empty final block before its trailer
+        gzip_member(b"x 1\n")[:-3],
+        b"\x1f\x8b\x08\x08" + gzip_member(b"x 1\n")[4:],  # a file name in the header
+    ],
+    ids=["empty", "plain", "no-final-block", "cut", "header-flags"],
+)
+async def test_a_page_that_is_not_a_prepared_member_is_refused(page: bytes) -> None:
+    assert not is_page_member(page)
+    header = {**GOOD, "blobs": [len(page)]}
+    header, blobs = await read_message(_reader(_message(header, page)))
+    with pytest.raises(ProtocolError, match="not a gzip member"):
+        decode_publication(header, blobs)
 
 
 def _message(header: dict[str, Any], blob: bytes = b"", magic: bytes = MAGIC) -> bytes:
@@ -111,6 +211,7 @@ def _message(header: dict[str, Any], blob: bytes = b"", magic: bytes = MAGIC) ->
     return PREFIX.pack(magic, len(head), len(blob)) + head + blob
 
 
+MEMBER = gzip_member(b"x 1\n")
 GOOD = {
     "kind": "publish",
     "seq": 1,
@@ -119,7 +220,7 @@ GOOD = {
     "stall_seconds": 90,
     "sources": [],
     "answers": [],
-    "blobs": [2, 2],
+    "blobs": [len(MEMBER)],
 }
 
 
@@ -150,7 +251,7 @@ async def test_malformed_messages_are_refused(raw: bytes, why: str) -> None:
                 "answers": [
                     {"path": "/etc/passwd", "content_type": "x", "charset": None, "headers": []}
                 ],
-                "blobs": [2, 2, 0],
+                "blobs": [len(MEMBER), 0],
             },
             "not a preparable request",
         ),
@@ -162,7 +263,8 @@ async def test_malformed_messages_are_refused(raw: bytes, why: str) -> None:
 async def test_malformed_publications_are_refused(change: dict[str, Any], why: str) -> None:
     header = {**GOOD, **change}
     sizes = header["blobs"]
-    header, blobs = await read_message(_reader(_message(header, b"x" * sum(sizes))))
+    blob = MEMBER + b"x" * (sum(sizes) - len(MEMBER))
+    header, blobs = await read_message(_reader(_message(header, blob)))
     with pytest.raises(ProtocolError, match=why):
         decode_publication(header, blobs)
 
@@ -190,10 +292,10 @@ async def test_the_link_sends_the_latest_snapshot_and_hears_what_was_asked() -> 
     link.start()
     header, blobs = await asyncio.wait_for(read_message(reader), 5)
     pub = decode_publication(header, blobs)
-    assert bytes(pub.plain) == b"x 1\n" and pub.stalled and pub.stall_seconds == 42.0
+    assert b"".join(pub.iter_plain()) == b"x 1\n" and pub.stalled and pub.stall_seconds == 42.0
     link.publish(snaps[2])
     header, blobs = await asyncio.wait_for(read_message(reader), 5)
-    assert bytes(decode_publication(header, blobs).plain) == b"x 2\n"
+    assert b"".join(decode_publication(header, blobs).iter_plain()) == b"x 2\n"
     assert decode_publication(header, blobs).seq == pub.seq + 1
     # the front's wanted requests: preparable ones only, kept for the prepare window
     for piece in wanted_frame(["/api/v1/summary", "/api/v1/roi/calculate", "/metrics"]):
@@ -214,8 +316,7 @@ async def test_the_link_sends_the_latest_snapshot_and_hears_what_was_asked() -> 
 
 def _publication(**kw: Any) -> Publication:
     base: dict[str, Any] = dict(
-        plain=b"",
-        gzipped=b"",
+        gzipped=gzip_member(b""),
         answers={},
         ready=True,
         stalled=False,
@@ -238,14 +339,14 @@ def test_the_front_says_stalled_when_the_engine_is_quiet_for_its_window() -> Non
         assert engine.stalled()
         # A new engine's first page (before its first refresh: no figures, no sources)
         # does not replace a page that had them; its readiness does.
-        good = _publication(plain=b"figures")
+        good = _publication(gzipped=gzip_member(b"figures"))
         engine._accept(good)
-        engine._accept(_publication(plain=b"empty", ready=False, sources=None))
+        engine._accept(_publication(gzipped=gzip_member(b"empty"), ready=False, sources=None))
         assert engine.page is good and engine.latest is not None and not engine.latest.ready
         # Its first refresh's page does, ready or not: with every upstream down it says so,
         # where the old page would go on saying they were up, with its figures, for good.
         down = SourceLine("opencost", up=False, stale=False, error="connect", age_seconds=None)
-        after = _publication(plain=b"sources down", ready=False, sources=(down,))
+        after = _publication(gzipped=gzip_member(b"down"), ready=False, sources=(down,))
         engine._accept(after)
         assert engine.page is after and engine.latest is after
     finally:
@@ -382,8 +483,9 @@ async def test_the_front_serves_a_publication_received_in_pieces_byte_for_byte(
     aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The demo's page and answers taken off the channel in small, uneven pieces (into one
-    mapped buffer) and written out a chunk at a time: what the front serves is the engine's
-    page plus the scrape-time tail, byte for byte, plain and gzip, with its length."""
+    mapped buffer) and written out a chunk at a time (the plain page inflated in small
+    steps): what the front serves is the engine's page plus the scrape-time tail, byte for
+    byte, plain and gzip, with its length."""
     import aifinops.web.front as front_module
     import aifinops.web.publish as publish_module
     from aifinops.exposition.render import render
@@ -406,7 +508,8 @@ async def test_the_front_serves_a_publication_received_in_pieces_byte_for_byte(
     small = 1021  # many chunks of the demo's page, none aligned with a blob's edge
     assert len(plain) > 20 * small
     monkeypatch.setattr(publish_module, "CHUNK", small)
-    monkeypatch.setattr(front_module, "CHUNK", small)
+    monkeypatch.setattr(publish_module, "_INFLATE_STEP", 997)
+    monkeypatch.setattr(front_module, "WRITE_CHUNK", small)
     whole = b"".join(bytes(p) for p in publish_frame(snap, stalled=False, stall_seconds=9, seq=3))
     reader = asyncio.StreamReader(limit=1 << 12)
     for at in range(0, len(whole), 1000):
@@ -432,6 +535,8 @@ async def test_the_front_serves_a_publication_received_in_pieces_byte_for_byte(
     zipped = await front.get("/metrics", headers={"Accept-Encoding": "gzip"})
     assert zipped.headers["Content-Encoding"] == "gzip"
     assert await zipped.read() == plain + tail
+    raw = await front.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert _one_member(await raw.read()) == plain + tail
     head = await front.head("/metrics", headers={"Accept-Encoding": "identity"})
     assert head.status == 200 and await head.read() == b""
     assert head.headers["Content-Length"] == str(len(plain) + len(tail))

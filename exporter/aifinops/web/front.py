@@ -65,8 +65,9 @@ from aifinops.web.auth import TokenStore
 from aifinops.web.index import index_page
 from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.publish import (
-    CHUNK,
+    EMPTY_PAGE,
     FRONT_CLIENT_HEADER,
+    WRITE_CHUNK,
     Bytes,
     ProtocolError,
     Publication,
@@ -258,7 +259,7 @@ class Engine:
         if pub.ready or pub.sources is not None or self.page is None or not self.page.ready:
             self.page = pub
         else:  # its state only: at most the current and the incoming page are held
-            pub = replace(pub, plain=b"", gzipped=b"", answers={})
+            pub = replace(pub, gzipped=EMPTY_PAGE, answers={})
         self.latest = pub
         self._first.set()
 
@@ -380,9 +381,9 @@ FRONT_SETTINGS = web.AppKey("front_settings", Settings)
 
 
 class _Pieces(Payload):
-    """A body written a :data:`~aifinops.web.publish.CHUNK` at a time from the pieces given
-    (views into a publication's buffer): joined, each scrape held a copy of the page, and the
-    transport another of what the socket did not take at once."""
+    """A body written a :data:`~aifinops.web.publish.WRITE_CHUNK` at a time from the pieces
+    given (views into a publication's buffer): joined, each scrape held a copy of the page,
+    and the transport another of what the socket did not take at once."""
 
     def __init__(self, pieces: Sequence[Bytes], content_type: str) -> None:
         super().__init__(tuple(pieces), content_type=content_type)
@@ -395,8 +396,31 @@ class _Pieces(Payload):
     async def write(self, writer: AbstractStreamWriter) -> None:
         for piece in self._value:
             view = memoryview(piece)
-            for at in range(0, len(view), CHUNK):
-                await writer.write(view[at : at + CHUNK])
+            for at in range(0, len(view), WRITE_CHUNK):
+                await writer.write(view[at : at + WRITE_CHUNK])
+
+
+class _PlainPage(Payload):
+    """A plain scrape: the publication's page inflated a piece at a time, then the tail
+    (the front keeps only the gzip member; Prometheus asks for gzip, people for plain)."""
+
+    def __init__(self, page: Publication, tail: bytes) -> None:
+        super().__init__(page, content_type=CONTENT_TYPE)
+        self._tail = tail
+        self._size = page.plain_size + len(tail)
+        self._autoclose = True
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        page: Publication = self._value
+        return b"".join((*page.iter_plain(), self._tail)).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        page: Publication = self._value
+        for piece in page.iter_plain(WRITE_CHUNK):
+            await writer.write(piece)
+            # Inflating takes CPU: other requests run between pieces.
+            await asyncio.sleep(0)
+        await writer.write(self._tail)
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -405,9 +429,9 @@ async def handle_metrics(request: web.Request) -> web.Response:
     assert page is not None  # the front listens after the first publication
     tail = process_exposition() + render(engine.families())
     if "gzip" in request.headers.get("Accept-Encoding", ""):
-        body = _Pieces((page.gzipped_with(tail),), CONTENT_TYPE)
+        body = _Pieces(page.gzip_pieces(tail), CONTENT_TYPE)
         return web.Response(body=body, headers={"Content-Encoding": "gzip"})
-    return web.Response(body=_Pieces((page.plain, tail), CONTENT_TYPE))
+    return web.Response(body=_PlainPage(page, tail))
 
 
 async def handle_healthz(request: web.Request) -> web.Response:

@@ -12,10 +12,14 @@ keeps preparing them). A message is::
     "AFP1" | header length (u32, big-endian) | blob length (u32) | header | blob
 
 ``header`` is a JSON object with ``kind``; ``blob`` is the raw bytes its ``blobs`` list cuts
-into consecutive pieces (a publish: the plain page, its gzip member, then each prepared
-answer's body), so the megabytes of the page are never encoded or escaped. The reader takes
-a message in chunks into one buffer (:func:`read_message`) and the front keeps views into it:
-per publication, one buffer, never a copy.
+into consecutive pieces (a publish: the page's gzip member, then each prepared answer's
+body), so the megabytes of the page are never encoded or escaped. The reader takes a message
+in chunks into one buffer (:func:`read_message`) and the front keeps views into it: per
+publication, one buffer, never a copy.
+
+Only the gzip member travels: Prometheus asks for gzip, and the front serves the rare plain
+scrape by inflating it a piece at a time (:meth:`Publication.iter_plain`), so neither the
+channel nor the front carries the plain page (12 times the gzip's size).
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ import mmap
 import struct
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from aifinops.exposition.render import FINAL_EMPTY_BLOCK
+from aifinops.exposition.render import FINAL_EMPTY_BLOCK, gzip_member
 from aifinops.web.api import PREPARABLE, PREPARE_WINDOW_S, PreparedAnswers
 
 if TYPE_CHECKING:  # the front imports this module; the refresh loop is the engine's
@@ -46,9 +50,22 @@ PREFIX = struct.Struct("!4sII")
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_BLOB_BYTES = 1024 * 1024 * 1024
 CHUNK = 1024 * 1024
-"""Bytes written (or read) per step: the event loop turns between steps, and the transport
-never buffers more than this on top of the kernel's socket buffer."""
+"""Bytes written (or read) per step on the channel: the event loop turns between steps, and
+the transport never buffers more than this on top of the kernel's socket buffer."""
+WRITE_CHUNK = 128 * 1024
+"""Bytes per write of a response body at the front, and per piece of an inflated plain page:
+below the C allocator's pinned mmap threshold (``offload.MMAP_THRESHOLD_BYTES``), so the
+copies that aiohttp and the transport make of a piece (the headers joined to the first one,
+what the socket did not take) reuse heap memory instead of a fresh mapping per scrape."""
 _GZIP_TAIL = len(FINAL_EMPTY_BLOCK) + 8
+# The 10-byte header every published member starts with (render.gzip_member and
+# offload.render_and_compress: deflate, no flags; the level and OS bytes may differ).
+_GZIP_MAGIC = b"\x1f\x8b\x08\x00"
+_GZIP_HEADER = 10
+# Compressed bytes inflated per step of a plain scrape: a step's output stays near
+# WRITE_CHUNK, and what zlib keeps of its input between steps stays small.
+_INFLATE_STEP = 16 * 1024
+EMPTY_PAGE = gzip_member(b"")
 
 Bytes = bytes | memoryview
 
@@ -88,12 +105,24 @@ class SourceLine:
     age_seconds: float | None
 
 
+def is_page_member(gz: Bytes) -> bool:
+    """Whether ``gz`` is a page as the engine publishes it: one gzip member with a plain
+    10-byte header whose deflate data ends with an empty final block (``render.gzip_member``),
+    so that a scrape-time tail can be spliced in before its trailer."""
+    view = memoryview(gz)
+    return (
+        len(view) >= _GZIP_HEADER + _GZIP_TAIL
+        and view[:4] == _GZIP_MAGIC
+        and view[-_GZIP_TAIL:-8] == FINAL_EMPTY_BLOCK
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """One published snapshot: the page (plain and gzip, as ``Exposition`` holds them), the
-    prepared API answers by ``path_qs``, and the engine's readiness and watchdog state."""
+    """One published snapshot: the page (its gzip member, as ``Exposition.gzipped`` holds it:
+    see :func:`is_page_member`), the prepared API answers by ``path_qs``, and the engine's
+    readiness and watchdog state."""
 
-    plain: Bytes
     gzipped: Bytes
     answers: Mapping[str, Answer]
     ready: bool
@@ -103,20 +132,44 @@ class Publication:
     seq: int = 0
     received_at: float = field(default=0.0, compare=False)
 
-    def gzipped_with(self, tail: bytes) -> bytes:
-        """As ``Exposition.gzipped_with`` on views: the prepared deflate blocks, ``tail``'s
-        own, a new trailer (one gzip member, ``plain`` not compressed again)."""
-        gz = self.gzipped
-        if len(gz) < 18 or bytes(gz[-_GZIP_TAIL:-8]) != FINAL_EMPTY_BLOCK:
-            import gzip
+    @property
+    def plain_size(self) -> int:
+        """The plain page's length (the member's ISIZE: pages are far below 4 GiB)."""
+        (size,) = struct.unpack("<L", memoryview(self.gzipped)[-4:])
+        return int(size)
 
-            return gzip.compress(b"".join((self.plain, tail)), compresslevel=1, mtime=0)
-        (crc,) = struct.unpack("<L", gz[-8:-4])
+    def gzip_pieces(self, tail: bytes) -> tuple[memoryview, bytes]:
+        """The page plus ``tail`` as one gzip member, in two pieces: a view of the prepared
+        header and deflate blocks (not copied: joining them copied a megabyte per scrape,
+        a fresh mapping each time under the pinned mmap threshold), then ``tail``'s own
+        blocks and the new trailer. The bytes are ``Exposition.gzipped_with``'s."""
+        gz = memoryview(self.gzipped)
+        crc, size = struct.unpack("<LL", gz[-8:])
         deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
         blocks = deflate.compress(tail) + deflate.flush()
-        size = (len(self.plain) + len(tail)) & 0xFFFFFFFF
-        trailer = struct.pack("<LL", zlib.crc32(tail, crc), size)
-        return b"".join((gz[:-_GZIP_TAIL], blocks, trailer))
+        trailer = struct.pack("<LL", zlib.crc32(tail, crc), (size + len(tail)) & 0xFFFFFFFF)
+        return gz[:-_GZIP_TAIL], blocks + trailer
+
+    def iter_plain(self, size: int = WRITE_CHUNK) -> Iterator[bytes]:
+        """The plain page, inflated from the member at most ``size`` bytes at a time (the
+        page is never whole in memory). Raises ``zlib.error`` when the member is not whole
+        (its CRC and length are checked at its end)."""
+        gz = memoryview(self.gzipped)
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        pos = 0
+        while pos < len(gz) and not inflate.eof:
+            data: Bytes = gz[pos : pos + _INFLATE_STEP]
+            pos += len(data)
+            while data and not inflate.eof:
+                piece = inflate.decompress(data, size)
+                if piece:
+                    yield piece
+                data = inflate.unconsumed_tail
+        rest = inflate.flush()
+        if rest:
+            yield rest
+        if not inflate.eof or inflate.unused_data or pos < len(gz):
+            raise zlib.error("the published page is not one whole gzip member")
 
 
 # --- encoding ----------------------------------------------------------------------------
@@ -133,8 +186,8 @@ def frame(header: Mapping[str, Any], blobs: Sequence[Bytes] = ()) -> list[Bytes]
 
 
 def publish_frame(snap: Snapshot, *, stalled: bool, stall_seconds: float, seq: int) -> list[Bytes]:
-    """The publish message of ``snap``."""
-    blobs: list[Bytes] = [snap.exposition.plain, snap.exposition.gzipped]
+    """The publish message of ``snap`` (its page as the gzip member only)."""
+    blobs: list[Bytes] = [snap.exposition.gzipped]
     answers = []
     prepared = snap.prepared
     if isinstance(prepared, PreparedAnswers):
@@ -237,10 +290,12 @@ def decode_publication(header: Mapping[str, Any], blobs: Sequence[memoryview]) -
     """A publish message as a :class:`Publication`; raises :class:`ProtocolError`."""
     try:
         answers_in = header["answers"]
-        if len(blobs) != 2 + len(answers_in):
-            raise ProtocolError("one blob per answer, after the page's two")
+        if len(blobs) != 1 + len(answers_in):
+            raise ProtocolError("one blob per answer, after the page's")
+        if not is_page_member(blobs[0]):
+            raise ProtocolError("the page is not a gzip member ending in an empty final block")
         answers: dict[str, Answer] = {}
-        for meta, body in zip(answers_in, blobs[2:], strict=True):
+        for meta, body in zip(answers_in, blobs[1:], strict=True):
             path = meta["path"]
             if path not in PREPARABLE:
                 raise ProtocolError(f"not a preparable request: {path!r}")
@@ -262,8 +317,7 @@ def decode_publication(header: Mapping[str, Any], blobs: Sequence[memoryview]) -
                 for s in sources_in
             )
         return Publication(
-            plain=blobs[0],
-            gzipped=blobs[1],
+            gzipped=blobs[0],
             answers=answers,
             ready=bool(header["ready"]),
             stalled=bool(header["stalled"]),
@@ -384,6 +438,8 @@ class EngineLink:
 
 
 __all__ = [
+    "EMPTY_PAGE",
+    "WRITE_CHUNK",
     "Answer",
     "EngineLink",
     "ProtocolError",
@@ -392,6 +448,7 @@ __all__ = [
     "decode_publication",
     "decode_wanted",
     "frame",
+    "is_page_member",
     "publish_frame",
     "read_message",
     "wanted_frame",
