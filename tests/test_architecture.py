@@ -353,15 +353,7 @@ def test_refresh_loop_knows_no_garbage_collector() -> None:
 # ~20 MiB of resident memory with it. Modules the front loads that still import the model at
 # module level (a function-local import runs in the engine only), with why; the list can only
 # shrink, and once it is empty the front must not have numpy at all.
-FRONT_ALLOWED: dict[str, str] = {
-    "aifinops.settings_finance": "field defaults and to_model imports at module level "
-    "(model.budgets brings model.forecast, numpy)",
-    "aifinops.web.api": "the read endpoints' model imports sit beside api_middleware and the "
-    "token keys, which the front uses",
-    "aifinops.web.schemas": "imported by web.openapi, which web.api imports",
-    "aifinops.exposition.chargeback_files": "imported by web.api",
-    "aifinops.usage": "imported by web.openapi (model.inputs: no numpy)",
-}
+FRONT_ALLOWED: dict[str, str] = {}
 # Constants only (tenant and resource names): the exposition catalog's vocabulary.
 _FRONT_MODEL_OK = frozenset({"aifinops.model", "aifinops.model.vocabulary"})
 

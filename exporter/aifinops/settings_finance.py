@@ -18,22 +18,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import date
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aifinops.model.budgets import GLOBAL_TENANT, Budget
-from aifinops.model.recommend import GpuSpec, RecommendationPolicy
-from aifinops.model.roi import BenefitInputs, DateRange, Initiative
-from aifinops.model.routing import (
-    Candidate,
-    Constraints,
-    ModelPrice,
-    TokenMix,
-    Weights,
-    Workload,
-)
+from aifinops.model.vocabulary import GLOBAL_TENANT
+
+# The model's types are imported where a section becomes model objects (``to_model``), which
+# only the refresh engine calls: the front process validates the same configuration without
+# importing the model and numpy (tests/test_architecture.py).
+if TYPE_CHECKING:
+    from aifinops.model.budgets import Budget
+    from aifinops.model.recommend import GpuSpec, RecommendationPolicy
+    from aifinops.model.roi import BenefitInputs, Initiative
+    from aifinops.model.routing import (
+        Candidate,
+        Constraints,
+        ModelPrice,
+        TokenMix,
+        Weights,
+        Workload,
+    )
 
 SUM_TOLERANCE = 1e-9
 """How far weights and token shares may be from summing to 1."""
@@ -89,6 +95,8 @@ class BudgetEntry(_Strict):
         return self
 
     def to_model(self) -> Budget:
+        from aifinops.model.budgets import Budget
+
         return Budget(self.tenant, self.amount_usd, self.warning, self.critical, self.scope)
 
 
@@ -150,6 +158,8 @@ class BenefitSettings(_Strict):
     avg_incident_cost: NonNegative = 0.0  # USD per incident
 
     def to_model(self) -> BenefitInputs:
+        from aifinops.model.roi import BenefitInputs
+
         return BenefitInputs(**self.model_dump())
 
 
@@ -174,6 +184,8 @@ class InitiativeSettings(_Strict):
     other_infra_cost_usd: NonNegative = 0.0  # over the whole period
 
     def to_model(self) -> Initiative:
+        from aifinops.model.roi import DateRange, Initiative
+
         period: Literal["month"] | DateRange = (
             "month" if self.period == "month" else DateRange(self.period.start, self.period.end)
         )
@@ -219,6 +231,8 @@ class WeightsSettings(_Strict):
         return self
 
     def to_model(self) -> Weights:
+        from aifinops.model.routing import Weights
+
         return Weights(self.cost, self.quality, self.latency)
 
 
@@ -232,6 +246,8 @@ class TokenMixSettings(_Strict):
         return self
 
     def to_model(self) -> TokenMix:
+        from aifinops.model.routing import TokenMix
+
         return TokenMix(self.input, self.output)
 
 
@@ -241,6 +257,8 @@ class ConstraintsSettings(_Strict):
     allowed_providers: tuple[Label, ...] | None = None  # None: any provider
 
     def to_model(self) -> Constraints:
+        from aifinops.model.routing import Constraints
+
         allowed = frozenset(self.allowed_providers) if self.allowed_providers is not None else None
         return Constraints(self.min_quality, self.max_p95_latency_seconds, allowed)
 
@@ -250,6 +268,8 @@ class PriceOverride(_Strict):
     output_usd_per_million: NonNegative
 
     def to_model(self) -> ModelPrice:
+        from aifinops.model.routing import ModelPrice
+
         return ModelPrice(self.input_usd_per_million, self.output_usd_per_million, "config")
 
 
@@ -261,6 +281,8 @@ class CandidateSettings(_Strict):
     price: PriceOverride | None = None
 
     def to_model(self) -> Candidate:
+        from aifinops.model.routing import Candidate
+
         return Candidate(
             self.model,
             self.provider,
@@ -291,6 +313,8 @@ class WorkloadSettings(_Strict):
         return self
 
     def to_model(self) -> Workload:
+        from aifinops.model.routing import Workload
+
         return Workload(
             name=self.name,
             candidates=tuple(c.to_model() for c in self.candidates),
@@ -332,6 +356,8 @@ class GpuSpecSettings(_Strict):
     mig_profiles: tuple[Label, ...] = ()
 
     def to_model(self) -> GpuSpec:
+        from aifinops.model.recommend import GpuSpec
+
         return GpuSpec(self.name, self.compute, self.memory_gb, self.mig_profiles)
 
 
@@ -362,6 +388,8 @@ class RecommendationsSettings(_Strict):
     budget_at_risk: Toggle = Field(default_factory=Toggle)
 
     def to_model(self) -> RecommendationPolicy:
+        from aifinops.model.recommend import RecommendationPolicy
+
         return RecommendationPolicy(
             min_saving_usd_per_month=self.min_saving_usd_per_month,
             idle_gpu=self.idle_gpu.enabled,

@@ -37,6 +37,7 @@ from aifinops.model.forecast import (
     fit_daily,
     project_month_end,
 )
+from aifinops.model.vocabulary import GLOBAL_TENANT as GLOBAL_TENANT
 
 __all__ = [
     "BUDGET_SCOPES",
@@ -58,7 +59,6 @@ __all__ = [
     "scopes_of",
 ]
 
-GLOBAL_TENANT = "__all__"
 BudgetScope = Literal["all", "gpu", "tokens"]
 BudgetState = Literal["ok", "warning", "critical", "exceeded"]
 BUDGET_SCOPES: tuple[BudgetScope, ...] = ("all", "gpu", "tokens")

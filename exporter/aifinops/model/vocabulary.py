@@ -10,6 +10,8 @@ from __future__ import annotations
 IDLE_TENANT = "__idle__"
 UNALLOCATED_TENANT = "__unallocated__"
 OTHER_TENANT = "__other__"
+# The budget over every tenant (model/budgets.py; the configuration names it).
+GLOBAL_TENANT = "__all__"
 RESOURCES = ("gpu", "cpu", "ram", "storage", "network", "shared")
 # How a GPU dollar was split among a device's holds (model/cost.py holding_shares):
 # exclusive (one pod, whole GPU), mig (a MIG instance), per_process (each pod's own figure:

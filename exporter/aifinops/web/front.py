@@ -55,13 +55,13 @@ from aifinops.exposition.catalog import (
 from aifinops.exposition.process import process_exposition
 from aifinops.exposition.render import CONTENT_TYPE, Family, render
 from aifinops.settings import Settings
-from aifinops.web.api import (
+from aifinops.web.auth import TokenStore
+from aifinops.web.gate import (
     API_TOKENS,
     PUSH_TOKEN_CONFIGURED,
     USAGE_PATH,
     api_middleware,
 )
-from aifinops.web.auth import TokenStore
 from aifinops.web.index import index_page
 from aifinops.web.limits import accepts_compressed_body, request_limits
 from aifinops.web.publish import (

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from aifinops.exposition.render import FINAL_EMPTY_BLOCK, gzip_member
-from aifinops.web.api import PREPARABLE, PREPARE_WINDOW_S, PreparedAnswers
+from aifinops.web.gate import PREPARABLE, PREPARE_WINDOW_S, PreparedAnswers
 
 if TYPE_CHECKING:  # the front imports this module; the refresh loop is the engine's
     from aifinops.refresh import Snapshot
