@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from aifinops.demo.llm import LlmDemo
-from aifinops.model.inputs import TokenObservation
+from aifinops.model.inputs import TokenObservation, token_observations
 from aifinops.model.llm_prices import normalize_provider
 from aifinops.offload import run_cpu
 from aifinops.settings import TokenSourceSettings
@@ -235,7 +235,7 @@ async def fast_scrape(
         upstream.bodies[target.url] = body
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream.handler)) as client:
         try:
-            return await source.fetch(client)
+            return token_observations(await source.fetch(client))
         except SourceError as exc:
             assert exc.reason == "parse"
             return str(exc)

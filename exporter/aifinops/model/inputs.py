@@ -17,6 +17,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from aifinops.model.llm_prices import LlmPriceCatalog, TokenType
 
@@ -301,6 +303,116 @@ class TokenObservation:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenSeries:
+    """One upstream token counter series: a :class:`TokenObservation` without its value (the
+    same fields, the same meaning). A scraped source keeps one per series for as long as the
+    series stays on its page and hands it out read after read (:class:`TokenTable`)."""
+
+    source: str
+    series: str
+    role: TokenRole
+    token_type: TokenType
+    model: str
+    provider: str | None = None
+    tenant: str | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    kind: Literal["tokens", "spend_usd"] = "tokens"
+    from_zero: bool = False
+    origin: str | None = None
+
+    def at(self, value: float) -> TokenObservation:
+        """This series read as ``value``."""
+        return TokenObservation(
+            self.source,
+            self.series,
+            self.role,
+            self.token_type,
+            self.model,
+            value,
+            self.provider,
+            self.tenant,
+            self.namespace,
+            self.pod,
+            self.kind,
+            self.from_zero,
+            self.origin,
+        )
+
+
+class TokenTable:
+    """The series of one columnar read (:class:`TokenColumns`), in order, with what the model
+    derives from them alone, worked out once per table rather than once per refresh: a
+    steady page's table is the same object read after read (only the values change).
+
+    ``origins``/``origin_codes``: each row's origin (``origin``, else ``source``) as an index
+    into ``origins``; ``from_zero``: the rows' flags; ``serving``: the rows of model servers'
+    token counters (``role != "usage"``, ``kind == "tokens"``); ``unique``: whether no two
+    rows share a counter key (source, series, kind, token type) — a page with a duplicated
+    series is counted row by row, in order, as a sequence of observations is.
+    """
+
+    __slots__ = ("from_zero", "origin_codes", "origins", "rows", "serving", "unique")
+
+    def __init__(self, rows: Sequence[TokenSeries]) -> None:
+        self.rows: tuple[TokenSeries, ...] = tuple(rows)
+        at: dict[str, int] = {}
+        codes = [at.setdefault(r.origin or r.source, len(at)) for r in self.rows]
+        self.origins: tuple[str, ...] = tuple(at)
+        self.origin_codes: npt.NDArray[np.intp] = np.array(codes, dtype=np.intp)
+        self.from_zero: npt.NDArray[np.bool_] = np.array(
+            [r.from_zero for r in self.rows], dtype=np.bool_
+        )
+        self.serving: tuple[int, ...] = tuple(
+            i for i, r in enumerate(self.rows) if r.role != "usage" and r.kind == "tokens"
+        )
+        keys = {(r.source, r.series, r.kind, r.token_type) for r in self.rows}
+        self.unique = len(keys) == len(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TokenColumns:
+    """One read of a scraped token source, columnar: its series (``table``) and this read's
+    value of each (``values``, float64, one per row; NaN where the series gave no usable
+    reading this time: NaN, ±Inf or negative on the page). A read of the same series as the
+    last one shares its table, so the model can count a steady page with array operations.
+    :meth:`observations` is the same read as a sequence of observations."""
+
+    table: TokenTable
+    values: npt.NDArray[np.float64]
+
+    def observations(self) -> tuple[TokenObservation, ...]:
+        """The rows with a usable value (finite, not negative) as observations, in order."""
+        return tuple(
+            row.at(v)
+            for row, v in zip(self.table.rows, self.values.tolist(), strict=True)
+            if 0.0 <= v < _INF
+        )
+
+
+_INF = float("inf")
+
+
+TokenItem = TokenObservation | TokenColumns
+"""What a token source hands the model: single observations (pushed, queried), or a scraped
+read's columns."""
+
+
+def token_observations(items: Iterable[TokenItem]) -> tuple[TokenObservation, ...]:
+    """``items`` as single observations, in order (columns expanded)."""
+    out: list[TokenObservation] = []
+    for item in items:
+        if isinstance(item, TokenColumns):
+            out.extend(item.observations())
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class TokenInputs:
     """Token counters from every token source with data this refresh, and the price list.
 
@@ -311,7 +423,7 @@ class TokenInputs:
     ``None`` when no price list was ever loaded: every API token is then unpriced.
     """
 
-    observations: tuple[TokenObservation, ...]
+    observations: tuple[TokenItem, ...]
     sources: frozenset[str]
     catalog: LlmPriceCatalog | None
 
