@@ -467,10 +467,9 @@ def _count(
     blocks: list[_Block] = []
     keep = 1.0 - dip_tolerance
 
-    def rowwise(obs_list: Iterable[TokenObservation]) -> None:
+    def rowwise(readings: Iterable[tuple[Counted, float]]) -> None:
         get = last.get
-        for obs in obs_list:
-            v = obs.value
+        for obs, v in readings:
             if not 0.0 <= v < _INF:  # NaN, ±Inf or negative: keep the previous value
                 continue
             key = (obs.source, obs.series, obs.kind, obs.token_type)
@@ -497,7 +496,7 @@ def _count(
             continue
         if single:
             read.update(o.origin or o.source for o in single)
-            rowwise(single)
+            rowwise((o, o.value) for o in single)
             single = []
         table = item.table
         read.update(table.origins)
@@ -511,7 +510,7 @@ def _count(
             deltas += found
             blocks.append(block)
             continue
-        rowwise(item.observations())
+        rowwise(zip(table.rows, item.values.tolist(), strict=True))
         if id(table) in once:  # counted as arrays from the next refresh on
             keys = _table_keys(table)
             new = _Block(
@@ -523,7 +522,7 @@ def _count(
             blocks.append(new)
     if single:
         read.update(o.origin or o.source for o in single)
-        rowwise(single)
+        rowwise((o, o.value) for o in single)
     source_seen = {s: at for s, at in state.source_seen_at.items() if now - at <= retention_seconds}
     for s in read.union(origins):
         source_seen[s] = now
