@@ -59,7 +59,7 @@ def universe(rng: random.Random, n: int) -> list[TokenSeries]:
                 series=f"s{i:04d}",
                 # a model server's series: its model is discovered as self-hosted
                 role="both" if model == "llama-local" else "usage",
-                token_type=rng.choice(["input", "output", "cached_input"]),  # type: ignore[arg-type]
+                token_type=rng.choice(["input", "output", "cached_input"]),
                 model=model,
                 provider=rng.choice([None, "openai", "anthropic"]),
                 tenant=rng.choice(TENANTS),
@@ -176,7 +176,9 @@ def test_a_state_saved_as_dicts_continues_exactly() -> None:
     series = universe(rng, 30)
     table = TokenTable(series)
     values = np.array([float(rng.randint(0, 1000)) for _ in series])
-    old_last = {(s.source, s.series, s.kind, s.token_type): float(i) for i, s in enumerate(series)}
+    old_last: dict[tuple[str, str, str, str], float] = {
+        (s.source, s.series, s.kind, s.token_type): float(i) for i, s in enumerate(series)
+    }
     old_seen = dict.fromkeys(old_last, T0 - 30)
     sources = {"tokens:l": T0 - 30, "tokens:l#t1": T0 - 30, "tokens:l#t2": T0 - 30}
     state = TokenState(last=old_last, seen_at=old_seen, source_seen_at=sources)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -340,6 +341,10 @@ class TokenSeries:
         )
 
 
+counter_key = attrgetter("source", "series", "kind", "token_type")
+"""A series' counter key in the model's state: (source, series, kind, token type)."""
+
+
 class TokenTable:
     """The series of one columnar read (:class:`TokenColumns`), in order, with what the model
     derives from them alone, worked out once per table rather than once per refresh: a
@@ -366,8 +371,7 @@ class TokenTable:
         self.serving: tuple[int, ...] = tuple(
             i for i, r in enumerate(self.rows) if r.role != "usage" and r.kind == "tokens"
         )
-        keys = {(r.source, r.series, r.kind, r.token_type) for r in self.rows}
-        self.unique = len(keys) == len(self.rows)
+        self.unique = len(set(map(counter_key, self.rows))) == len(self.rows)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -82,6 +82,7 @@ from aifinops.model.inputs import (
     TokenObservation,
     TokenSeries,
     TokenTable,
+    counter_key,
 )
 from aifinops.model.llm_prices import (
     PER_MILLION,
@@ -318,7 +319,7 @@ class _Block:
 
 
 def _table_keys(table: TokenTable) -> tuple[CounterKey, ...]:
-    return tuple((r.source, r.series, r.kind, r.token_type) for r in table.rows)
+    return tuple(map(counter_key, table.rows))
 
 
 class _Counters:

@@ -816,6 +816,80 @@ def _fast_observation() -> Callable[
 _new_observation = _fast_observation()
 
 
+def _fast_series() -> Callable[
+    [
+        str,
+        str,
+        TokenRole,
+        TokenType,
+        str,
+        str | None,
+        str | None,
+        str | None,
+        str | None,
+        Literal["tokens", "spend_usd"],
+        bool,
+        str | None,
+    ],
+    TokenSeries,
+]:
+    """``TokenSeries(*fields)`` made as :func:`_fast_observation` makes an observation (a
+    first read makes one per series), checked against the class' shape at import alike."""
+    fields = dataclasses.fields(TokenSeries)
+    names = tuple(f.name for f in fields)
+    params = getattr(TokenSeries, "__dataclass_params__", None)
+    if (
+        getattr(TokenSeries, "__slots__", None) != names
+        or len(names) != 12
+        or not all(f.init for f in fields)
+        or hasattr(TokenSeries, "__post_init__")
+        or params is None
+        or not params.frozen
+    ):
+        raise RuntimeError(
+            "model.inputs.TokenSeries' shape changed: update sources/tokens.py _fast_series, "
+            "which builds it slot by slot"
+        )
+    new = object.__new__
+    cls = TokenSeries
+    setters = tuple(getattr(cls, n).__set__ for n in names)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = setters
+
+    def make(
+        source: str,
+        series: str,
+        role: TokenRole,
+        token_type: TokenType,
+        model: str,
+        provider: str | None,
+        tenant: str | None,
+        namespace: str | None,
+        pod: str | None,
+        kind: Literal["tokens", "spend_usd"],
+        from_zero: bool,
+        origin: str | None,
+    ) -> TokenSeries:
+        o = new(cls)
+        s0(o, source)
+        s1(o, series)
+        s2(o, role)
+        s3(o, token_type)
+        s4(o, model)
+        s5(o, provider)
+        s6(o, tenant)
+        s7(o, namespace)
+        s8(o, pod)
+        s9(o, kind)
+        s10(o, from_zero)
+        s11(o, origin)
+        return o
+
+    return make
+
+
+_new_series = _fast_series()
+
+
 _INF = math.inf
 _NAN = math.nan
 NameRuns = list[tuple[str, int, int]]
@@ -1060,6 +1134,8 @@ class _Columns:
             for name, start, stop in name_spans:
                 by_name.setdefault(name, []).append((g, start, stop))
         m_role = self.mapping.role
+        source = self.source
+        make = _new_series
         rows: list[TokenSeries] = []
         take: list[int] = []
         pairs: list[Any] = []
@@ -1088,6 +1164,7 @@ class _Columns:
                 codes: dict[tuple[str, ...], int] = {}
                 first = len(rows)
                 mine_codes: list[int] = []
+                offset = offsets[g]
                 for a, b in mine:
                     for j in range(a, b):
                         s = series[j]
@@ -1098,8 +1175,33 @@ class _Columns:
                         model = labels.model
                         if token_type is None or model is None:
                             continue
-                        rows.append(self._row(s, m_role, token_type, model, kind, origin))
-                        take.append(offsets[g] + j)
+                        # The series' row, the same object as last time while nothing in it
+                        # changed (its labels' fields are fixed for the series' life).
+                        row = s.row
+                        if (
+                            row is None
+                            or row.token_type != token_type
+                            or row.kind != kind
+                            or row.origin != origin
+                            or row.role != m_role
+                            or row.source != source
+                        ):
+                            row = s.row = make(
+                                source,
+                                s.digest,
+                                m_role,
+                                token_type,
+                                model,
+                                labels.provider,
+                                labels.tenant,
+                                labels.namespace,
+                                labels.pod,
+                                kind,
+                                False,
+                                origin,
+                            )
+                        rows.append(row)
+                        take.append(offset + j)
                         if on is not None:
                             k = labels.key_on(on)
                             mine_codes.append(codes.setdefault(k, len(codes)))
@@ -1126,43 +1228,6 @@ class _Columns:
         self._table = TokenTable(rows)
         self._take = np.array(take, dtype=np.intp)
         self._pairs = pairs
-
-    def _row(
-        self,
-        s: _Series,
-        role: TokenRole,
-        token_type: TokenType,
-        model: str,
-        kind: Literal["tokens", "spend_usd"],
-        origin: str | None,
-    ) -> TokenSeries:
-        """The series' row, the same object as last time while nothing in it changed."""
-        row = s.row
-        if (
-            row is not None
-            and row.token_type == token_type
-            and row.kind == kind
-            and row.role == role
-            and row.source == self.source
-            and row.origin == origin
-        ):
-            return row
-        labels = s.labels
-        s.row = row = TokenSeries(
-            self.source,
-            s.digest,
-            role,
-            token_type,
-            model,
-            labels.provider,
-            labels.tenant,
-            labels.namespace,
-            labels.pod,
-            kind,
-            False,
-            origin,
-        )
-        return row
 
 
 def token_query(names: Iterable[str], selector: str) -> str:
