@@ -500,7 +500,7 @@ def _count(
             rowwise((o, o.value) for o in single)
             single = []
         table = item.table
-        read.update(table.origins)
+        read.update(_read_origins(table, item.values))
         block = kept.pop(id(table), None)
         if block is not None:
             block, idx, found = _count_block(
@@ -529,6 +529,17 @@ def _count(
         source_seen[s] = now
     result = _Counters(last, seen, tuple(blocks))
     return counted, deltas, CounterMap(result, "last"), CounterMap(result, "seen"), source_seen
+
+
+def _read_origins(table: TokenTable, values: npt.NDArray[np.float64]) -> list[str]:
+    """The origins of the rows with a usable value (those the read's observations name)."""
+    if len(table.origins) == 1:
+        usable = bool(((values >= 0.0) & (values < _INF)).any())
+        return list(table.origins) if usable else []
+    with np.errstate(invalid="ignore"):
+        usable_rows = (values >= 0.0) & (values < _INF)
+    found = np.bincount(table.origin_codes[usable_rows], minlength=len(table.origins))
+    return [o for o, n in zip(table.origins, found.tolist(), strict=True) if n]
 
 
 def _count_block(
