@@ -34,6 +34,7 @@ from aifinops.model.tokens import (
     account_tokens,
     counter_increments,
 )
+from aifinops.statefile import _tokens_json
 from tests.model import token_count_reference as reference
 
 T0 = 1_750_000_000.0
@@ -192,6 +193,14 @@ def test_a_state_saved_as_dicts_continues_exactly() -> None:
         want = oracle.step(cols.observations(), now, frozenset(), 0.1)
         assert [(*as_obs(o), d) for o, d in u.increments] == want
         assert dict(u.last.items()) == oracle.last and dict(u.seen_at.items()) == oracle.seen
+        # what the state file writes: the same counters, values and times seen
+        written = _tokens_json(
+            TokenState(last=u.last, seen_at=u.seen_at, source_seen_at=u.source_seen_at)
+        )
+        old_form = _tokens_json(
+            TokenState(last=oracle.last, seen_at=oracle.seen, source_seen_at=u.source_seen_at)
+        )
+        assert sorted(written["counters"]) == sorted(old_form["counters"])
         # the state file's form of the state, read back, continues the same way
         state = TokenState(
             last=dict(u.last.items()) if step == 2 else u.last,
