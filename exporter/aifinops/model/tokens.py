@@ -16,7 +16,10 @@ first time (tokens counted before this process started are not ours to count); a
 appears in an origin read before — an empty read included — counts from zero (a new pod, a
 new team, an app's first LLM call after the exporter's first read of its empty page). Push
 counters (``from_zero``) always count from zero. A series not seen for ``retention_seconds``
-is forgotten.
+is forgotten. A scraped source's read comes as columns (:class:`TokenColumns`: its series
+table and a value array); while its table is the one counted last refresh, its counters are
+kept as arrays and counted with array operations — the same comparisons and subtractions,
+row for row — and otherwise one reading at a time, like single observations.
 
 **Prices.** API models: the price list (USD per token, tolerant name matching). Models the
 list does not know are *unpriced*: their tokens are counted in ``unpriced`` and never costed

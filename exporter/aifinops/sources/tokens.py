@@ -1290,7 +1290,9 @@ class TokenSource:
     In ``mode: scrape`` each target's page is read by a :class:`SeriesReader` kept for the
     life of the source: a series is parsed and mapped (digest, model, tenant, ...) when it
     first appears, and a later refresh only reads its new value (an order of magnitude less
-    CPU on a large LiteLLM page: bench/README.md). Each target is its own
+    CPU on a large LiteLLM page: bench/README.md). A read is handed over as
+    :class:`TokenColumns` (:class:`_Columns`): the same table object while the pages' series
+    stay, with this read's values. Each target is its own
     origin (with more than one): one that cannot be read is marked down alone
     (``aifinops_token_target_up``) and keeps its last good read until the source's
     ``stale_after_seconds``; the source fails only when every target does. A series that
