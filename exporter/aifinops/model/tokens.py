@@ -285,8 +285,8 @@ class _Block:
     """The counters of one columnar read's table (:class:`TokenTable`): per row, the last
     value and when it was last seen (NaN: no value kept). Arrays, not a dict of 100k keys:
     a steady refresh counts the whole table with a few array operations. A new block each
-    refresh (the state is immutable); the keys and their index are worked out once per
-    table, when asked (the state file, a look-up by key)."""
+    refresh (the state is immutable); the keys are worked out when asked (the state file),
+    their index once per table when a key is looked up."""
 
     __slots__ = ("_index", "_keys", "last", "seen", "sources", "table")
 
@@ -307,13 +307,14 @@ class _Block:
         )
 
     def keys(self) -> tuple[CounterKey, ...]:
-        if self._keys is None:
-            self._keys = _table_keys(self.table)
-        return self._keys
+        return self._keys if self._keys is not None else _table_keys(self.table)
 
     def index(self) -> dict[CounterKey, int]:
+        """Row by key, kept with the table once asked (a look-up by key: tests, the push
+        store's export; the state file iterates instead)."""
         if self._index is None:
-            self._index = {k: i for i, k in enumerate(self.keys())}
+            keys = self._keys = self.keys()
+            self._index = {k: i for i, k in enumerate(keys)}
         return self._index
 
     def pairs(self, which: str) -> Iterator[tuple[CounterKey, float]]:
@@ -394,6 +395,24 @@ class _Items(ItemsView[CounterKey, float]):
 
     def __iter__(self) -> Iterator[tuple[CounterKey, float]]:
         return self._mapping._pairs()
+
+
+def counter_rows(state: TokenState) -> Iterator[tuple[CounterKey, float, float]]:
+    """Each counter of ``state``: its key, last value and when it was last seen (0 when
+    unknown) — one pass, without a look-up per key (what the state file writes)."""
+    counters = _counters_of(state)
+    if counters is None:
+        seen = state.seen_at
+        for key, v in state.last.items():
+            yield key, v, seen.get(key, 0.0)
+        return
+    seen_own = counters.seen
+    for key, v in counters.last.items():
+        yield key, v, seen_own.get(key, 0.0)
+    for b in counters.blocks:
+        for key, v, at in zip(b.keys(), b.last.tolist(), b.seen.tolist(), strict=True):
+            if v == v:
+                yield key, v, at if at == at else 0.0
 
 
 def _counters_of(state: TokenState) -> _Counters | None:
@@ -516,13 +535,15 @@ def _count(
             continue
         rowwise(zip(table.rows, item.values.tolist(), strict=True))
         if id(table) in once:  # counted as arrays from the next refresh on
+            # The keys are not kept (9 MiB at 113k series): the state file asks for them
+            # once per save, a look-up by key builds its index.
             keys = _table_keys(table)
             new = _Block(
                 table,
                 np.array([last.pop(k, _NAN) for k in keys], dtype=np.float64),
                 np.array([seen.pop(k, _NAN) for k in keys], dtype=np.float64),
             )
-            new._keys = keys
+            del keys
             blocks.append(new)
     if single:
         read.update(o.origin or o.source for o in single)
