@@ -342,6 +342,9 @@ class TokenSeries:
 
 
 counter_key = attrgetter("source", "series", "kind", "token_type")
+_origin, _source, _role, _kind, _from_zero, _series = map(
+    attrgetter, ("origin", "source", "role", "kind", "from_zero", "series")
+)
 """A series' counter key in the model's state: (source, series, kind, token type)."""
 
 
@@ -361,17 +364,26 @@ class TokenTable:
 
     def __init__(self, rows: Sequence[TokenSeries]) -> None:
         self.rows: tuple[TokenSeries, ...] = tuple(rows)
-        at: dict[str, int] = {}
-        codes = [at.setdefault(r.origin or r.source, len(at)) for r in self.rows]
+        n = len(self.rows)
+        # Attribute reads through C (map, attrgetter): a first read has 113k rows.
+        origin, source = list(map(_origin, self.rows)), list(map(_source, self.rows))
+        named = [o or s for o, s in zip(origin, source, strict=True)]
+        at = {o: i for i, o in enumerate(dict.fromkeys(named))}
         self.origins: tuple[str, ...] = tuple(at)
-        self.origin_codes: npt.NDArray[np.intp] = np.array(codes, dtype=np.intp)
-        self.from_zero: npt.NDArray[np.bool_] = np.array(
-            [r.from_zero for r in self.rows], dtype=np.bool_
+        self.origin_codes: npt.NDArray[np.intp] = (
+            np.zeros(n, dtype=np.intp)
+            if len(at) == 1
+            else np.fromiter(map(at.__getitem__, named), np.intp, n)
         )
-        self.serving: tuple[int, ...] = tuple(
-            i for i, r in enumerate(self.rows) if r.role != "usage" and r.kind == "tokens"
+        self.from_zero: npt.NDArray[np.bool_] = np.fromiter(map(_from_zero, self.rows), np.bool_, n)
+        usage = np.fromiter(map("usage".__eq__, map(_role, self.rows)), np.bool_, n)
+        tokens = np.fromiter(map("tokens".__eq__, map(_kind, self.rows)), np.bool_, n)
+        self.serving: tuple[int, ...] = tuple(np.flatnonzero(~usage & tokens).tolist())
+        # Distinct series ids are enough (and a set of cached-hash strings is cheap); else
+        # the keys decide.
+        self.unique = len(set(map(_series, self.rows))) == n or (
+            len(set(map(counter_key, self.rows))) == n
         )
-        self.unique = len(set(map(counter_key, self.rows))) == len(self.rows)
 
     def __len__(self) -> int:
         return len(self.rows)
