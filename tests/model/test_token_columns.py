@@ -25,7 +25,7 @@ from aifinops.model.inputs import (
     TokenTable,
     token_observations,
 )
-from aifinops.model.llm_prices import LlmPriceCatalog
+from aifinops.model.llm_prices import LlmPrice, LlmPriceCatalog, build_catalog
 from aifinops.model.tenancy import TenantResolver
 from aifinops.model.tokens import (
     CounterMap,
@@ -49,11 +49,13 @@ MODELS = [
 TENANTS = ["team-a", "team-b", None]
 
 
-def universe(rng: random.Random, n: int) -> list[TokenSeries]:
+def universe(
+    rng: random.Random, n: int, models: Sequence[str] | None = None, provider: str | None = None
+) -> list[TokenSeries]:
     """Series of one scraped source over two targets (origins), some pushed-style from zero."""
     out = []
     for i in range(n):
-        model = rng.choice(MODELS)
+        model = rng.choice(models or MODELS)
         out.append(
             TokenSeries(
                 source="tokens:l",
@@ -62,7 +64,7 @@ def universe(rng: random.Random, n: int) -> list[TokenSeries]:
                 role="both" if model == "llama-local" else "usage",
                 token_type=rng.choice(["input", "output", "cached_input"]),
                 model=model,
-                provider=rng.choice([None, "openai", "anthropic"]),
+                provider=provider or rng.choice([None, "openai", "anthropic"]),
                 tenant=rng.choice(TENANTS),
                 namespace=rng.choice([None, "ns-a"]),
                 pod=rng.choice([None, "pod-0"]),
@@ -238,8 +240,30 @@ def test_the_report_equals_the_row_by_row_report(
     """Token counts, dollars (to the bit), unpriced tokens, spend-priced models, discovered
     self-hosted models and the model-label cap (first come, first labelled) are the same
     when a read comes as columns as when it comes as observations."""
+    _report_equality(seed, max_models, catalog, MODELS)
+
+
+def test_a_pair_priced_two_ways_takes_each_key_s_last_name_price() -> None:
+    """Two names of one (label, provider) pair with different prices (``gpt-x`` and
+    ``openai/gpt-x``): each key is priced as its last increment's name, as row by row."""
+    entries = {
+        "gpt-x": LlmPrice("gpt-x", "openai", 1e-6, 2e-6),
+        "openai/gpt-x": LlmPrice("openai/gpt-x", "openai", 3e-6, 5e-6),
+    }
+    catalog = build_catalog(entries, "test")
+    for seed in range(8):
+        _report_equality(seed, 200, catalog, ["gpt-x", "openai/gpt-x", "llama-local"], "openai")
+
+
+def _report_equality(
+    seed: int,
+    max_models: int,
+    catalog: LlmPriceCatalog,
+    models: list[str],
+    provider: str | None = None,
+) -> None:
     rng = random.Random(seed)
-    series = universe(rng, 80)
+    series = universe(rng, 80, models, provider)
     values = {s.series: float(rng.randint(0, 10**5)) for s in series}
     ctx = TokenContext(max_models=max_models, retention_seconds=RETENTION, dip_tolerance=0.1)
     cost = CostBreakdown(rates={"allocation": {}}, cluster={}, shares=(), gpu_prices={})
@@ -273,6 +297,8 @@ def test_the_report_equals_the_row_by_row_report(
         assert _report_figures(ra, a) == _report_figures(rb, b)
         assert dict(a.last.items()) == dict(b.last.items())
     assert any(v > 0 for v in a.cost.values())
+    if len(catalog.entries) == 2:  # the two names' keys: some priced each way
+        assert len({round(v / max(a.tokens[k], 1.0), 12) for k, v in a.cost.items()}) > 1
 
 
 def test_awkward_readings_of_a_steady_table() -> None:
