@@ -67,9 +67,9 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter, is_
+from operator import is_
 from typing import Any, TypeVar
 
 import numpy as np
@@ -263,7 +263,7 @@ def counter_increments(
     previous value is kept). An origin unread for longer than the retention is new again (its
     series would have been forgotten, so they re-baseline instead of being counted twice).
     """
-    counted, deltas, last, seen, source_seen, _ = _count(
+    counted, deltas, last, seen, source_seen = _count(
         observations, state, now, retention_seconds, origins, dip_tolerance
     )
     return CounterUpdate(tuple(zip(counted, deltas, strict=True)), last, seen, source_seen)
@@ -288,7 +288,7 @@ class _Block:
     refresh (the state is immutable); the keys are worked out when asked (the state file),
     their index once per table when a key is looked up."""
 
-    __slots__ = ("_index", "_keys", "_routes", "last", "seen", "sources", "table")
+    __slots__ = ("_index", "_keys", "last", "seen", "sources", "table")
 
     def __init__(
         self,
@@ -302,9 +302,6 @@ class _Block:
         self.seen = seen
         self._keys: tuple[CounterKey, ...] | None = like._keys if like else None
         self._index: dict[CounterKey, int] | None = like._index if like else None
-        self._routes: tuple[npt.NDArray[np.intp], list[TokenSeries]] | None = (
-            like._routes if like else None
-        )
         self.sources: frozenset[str] = (
             like.sources if like else frozenset(r.source for r in table.rows)
         )
@@ -320,30 +317,9 @@ class _Block:
             self._index = {k: i for i, k in enumerate(keys)}
         return self._index
 
-    def routes(self) -> tuple[npt.NDArray[np.intp], list[TokenSeries]]:
-        """Each row's route (the rows that agree on every field routing reads share one)
-        and a row of each route: worked out once per table."""
-        if self._routes is None:
-            at: dict[tuple[Any, ...], int] = {}
-            reps: list[TokenSeries] = []
-            codes: list[int] = []
-            for key, row in zip(map(_route_fields, self.table.rows), self.table.rows, strict=True):
-                code = at.get(key)
-                if code is None:
-                    code = at[key] = len(reps)
-                    reps.append(row)
-                codes.append(code)
-            self._routes = (np.array(codes, dtype=np.intp), reps)
-        return self._routes
-
     def pairs(self, which: str) -> Iterator[tuple[CounterKey, float]]:
         values = (self.last if which == "last" else self.seen).tolist()
         return ((k, v) for k, v in zip(self.keys(), values, strict=True) if v == v)
-
-
-_route_fields = attrgetter(
-    "model", "provider", "role", "kind", "token_type", "tenant", "namespace", "pod"
-)
 
 
 def _table_keys(table: TokenTable) -> tuple[CounterKey, ...]:
@@ -470,13 +446,11 @@ def _count(
     Mapping[CounterKey, float],
     Mapping[CounterKey, float],
     dict[str, float],
-    list[_Span],
 ]:
     """:func:`counter_increments` as parallel lists (the counters with new tokens and their
-    increments), in input order, and where a table counted as arrays put its rows in them.
-    A columnar read whose table is the one counted last refresh is counted with array
-    operations (:func:`_count_block`, the same arithmetic, row for row); any other input one
-    observation at a time (113k at fleet scale)."""
+    increments), in input order. A columnar read whose table is the one counted last refresh
+    is counted with array operations (:func:`_count_block`, the same arithmetic, row for
+    row); any other input one observation at a time (113k at fleet scale)."""
     items = observations if isinstance(observations, tuple | list) else tuple(observations)
     tables = [i.table for i in items if isinstance(i, TokenColumns)]
     once = {id(t): t for t in tables if t.unique}
@@ -512,7 +486,6 @@ def _count(
     }
     counted: list[Counted] = []
     deltas: list[float] = []
-    spans: list[_Span] = []
     read: set[str] = set()
     blocks: list[_Block] = []
     keep = 1.0 - dip_tolerance
@@ -556,9 +529,8 @@ def _count(
                 block, item.values, now, retention_seconds, known_sources, keep
             )
             rows = table.rows
-            spans.append(_Span(len(counted), block, idx, found))
-            counted += map(rows.__getitem__, idx.tolist())
-            deltas += found.tolist()
+            counted += map(rows.__getitem__, idx)
+            deltas += found
             blocks.append(block)
             continue
         rowwise(zip(table.rows, item.values.tolist(), strict=True))
@@ -580,19 +552,7 @@ def _count(
     for s in read.union(origins):
         source_seen[s] = now
     result = _Counters(last, seen, tuple(blocks))
-    last_map, seen_map = CounterMap(result, "last"), CounterMap(result, "seen")
-    return counted, deltas, last_map, seen_map, source_seen, spans
-
-
-@dataclass(frozen=True, slots=True)
-class _Span:
-    """A table's rows with new tokens among :func:`_count`'s counted rows, from ``start``:
-    their row numbers in the table (ascending) and increments."""
-
-    start: int
-    block: _Block
-    rows: npt.NDArray[np.intp]
-    deltas: npt.NDArray[np.float64]
+    return counted, deltas, CounterMap(result, "last"), CounterMap(result, "seen"), source_seen
 
 
 def _read_origins(table: TokenTable, values: npt.NDArray[np.float64]) -> list[str]:
@@ -613,7 +573,7 @@ def _count_block(
     retention_seconds: float,
     known_sources: set[str],
     keep: float,
-) -> tuple[_Block, npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+) -> tuple[_Block, list[int], list[float]]:
     """:func:`_count`'s rule over a table's rows at once: the same comparisons and float
     operations as the row-by-row loop, so the same increments bit for bit. Returns the new
     block, the rows with new tokens (in order) and their increments."""
@@ -639,7 +599,7 @@ def _count_block(
     prev[taken] = v[taken]
     seen[valid] = now
     idx = np.flatnonzero(delta > 0)
-    return _Block(table, prev, seen, like=block), idx, delta[idx]
+    return _Block(table, prev, seen, like=block), idx.tolist(), delta[idx].tolist()
 
 
 # --- name resolution -------------------------------------------------------------------------
@@ -810,7 +770,6 @@ def _route_increments(
     pod_tenants: Mapping[PodKey, str],
     resolver: TenantResolver,
     ledger: _Ledger,
-    spans: Sequence[_Span] = (),
 ) -> _Routed:
     """Phase 1: each increment to its usage key — self-hosted (served and used tokens added
     to the ledger) or API (with its price-list price) — or to LiteLLM's reported spend.
@@ -840,28 +799,26 @@ def _route_increments(
             pair.mixed = True
         return label, provider_label, price, pair
 
-    def resolve(obs: Counted) -> _Dest | None:
-        """Where an increment of ``obs`` goes (``None``: nowhere); the names it meets are
-        labelled and priced here, in the order of the rows."""
+    for obs, delta in zip(counted, deltas, strict=True):
         route = routes.get(obs.model)
         if route is None:
             route = routes[obs.model] = (index.match(obs.model), {})
         spec = route[0]
         if spec is not None:
-            k2 = (
-                (spec.model, obs.token_type)
-                if obs.role != "usage" and obs.kind == "tokens"
-                else None
-            )
+            if obs.role != "usage" and obs.kind == "tokens":
+                k2 = (spec.model, obs.token_type)
+                served[k2] = served.get(k2, 0.0) + delta
             if obs.role == "serving":
-                return (0, k2, None, None, "") if k2 else None
+                continue
             tenant = obs.tenant or _tenant(obs, pod_tenants, resolver)
             key: UsageKey = (tenant, ledger.model_label(spec.model), spec.provider, obs.token_type)
             if obs.kind == "tokens":
-                return (0, k2, key, (tenant, spec.model, obs.token_type), spec.model)
-            return (0, k2, None, None, "") if k2 else None
+                routed.sh_deltas.append((key, spec.model, delta))
+                sh_key = (tenant, spec.model, obs.token_type)
+                sh_usage[sh_key] = sh_usage.get(sh_key, 0.0) + delta
+            continue
         if obs.role == "serving":
-            return None
+            continue
         tenant = obs.tenant or _tenant(obs, pod_tenants, resolver)
         names = route[1]
         resolved = names.get(obs.provider)
@@ -869,110 +826,17 @@ def _route_increments(
             resolved = names[obs.provider] = api_name(obs.model, obs.provider)
         label, provider_label, price, pair = resolved
         if obs.kind == "spend_usd":
-            return (1, (tenant, label, provider_label))
-        return (2, (tenant, label, provider_label, obs.token_type), pair, price)
-
-    def apply(dest: _Dest, delta: float) -> None:
-        if dest[0] == 0:
-            _, k2, key, sh_key, model = dest
-            if k2 is not None:
-                served[k2] = served.get(k2, 0.0) + delta
-            if key is not None and sh_key is not None:
-                routed.sh_deltas.append((key, model, delta))
-                sh_usage[sh_key] = sh_usage.get(sh_key, 0.0) + delta
-        elif dest[0] == 1:
-            routed.spend[dest[1]].append(delta)
-        else:
-            _, key, pair, price = dest
-            parts = routed.api_deltas.get(key)
-            if parts is None:
-                routed.api_deltas[key] = [pair, delta]
-            else:
-                parts.append(delta)
-            if pair.mixed:
-                routed.key_price[key] = price
-
-    pos = 0
-    for span in (*spans, None):
-        stop = span.start if span is not None else len(counted)
-        for obs, delta in zip(counted[pos:stop], deltas[pos:stop], strict=True):
-            dest = resolve(obs)
-            if dest is not None:
-                apply(dest, delta)
-        if span is None:
-            break
-        _route_span(span, resolve, apply, routed)
-        pos = span.start + len(span.rows)
-    return routed
-
-
-_Dest = tuple[Any, ...]
-"""Where :func:`_route_increments` sends an increment: ``(0, served key, usage key,
-self-hosted usage key, model)`` self-hosted, ``(1, spend key)`` LiteLLM's spend, ``(2, usage
-key, pair, price)`` API tokens."""
-
-
-def _route_span(
-    span: _Span,
-    resolve: Callable[[Counted], _Dest | None],
-    apply: Callable[[_Dest, float], None],
-    routed: _Routed,
-) -> None:
-    """:func:`_route_increments` over a table's counted rows by route (rows that agree on
-    every field routing reads), not row by row: each route resolved once, in the order of
-    its first row (so names are labelled and priced in row order), then its increments
-    added to its key at once. Self-hosted increments are summed row by row, in order (their
-    totals are running float sums); the rest are lists summed with ``fsum`` (order-free)."""
-    codes, reps = span.block.routes()
-    uniq, first, inverse = np.unique(codes[span.rows], return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable").tolist()
-    route_ids = uniq.tolist()
-    dests: list[_Dest | None] = [None] * len(route_ids)
-    for u in order:
-        dests[u] = resolve(reps[route_ids[u]])
-    kinds = np.array([-1 if d is None else d[0] for d in dests], dtype=np.intp)
-    row_kinds = kinds[inverse]
-    deltas = span.deltas
-    inv = inverse.tolist()
-    for j, delta in zip(
-        np.flatnonzero(row_kinds == 0).tolist(), deltas[row_kinds == 0].tolist(), strict=True
-    ):
-        dest = dests[inv[j]]
-        if dest is not None:
-            apply(dest, delta)
-    counts = np.bincount(inverse, minlength=len(route_ids))
-    ends = np.cumsum(counts).tolist()
-    by_route = deltas[np.argsort(inverse, kind="stable")].tolist()
-    counts_list = counts.tolist()
-    api, spend = routed.api_deltas, routed.spend
-    mixed = False
-    for u in order:
-        dest = dests[u]
-        if dest is None or dest[0] == 0:
+            routed.spend[(tenant, label, provider_label)].append(delta)
             continue
-        part = by_route[ends[u] - counts_list[u] : ends[u]]
-        if dest[0] == 1:
-            spend[dest[1]].extend(part)
-            continue
-        parts = api.get(dest[1])
+        key = (tenant, label, provider_label, obs.token_type)
+        parts = routed.api_deltas.get(key)
         if parts is None:
-            api[dest[1]] = [dest[2], *part]
+            routed.api_deltas[key] = [pair, delta]
         else:
-            parts.extend(part)
-        mixed = mixed or dest[2].mixed
-    if mixed:
-        # A key of a pair whose names priced differently takes the price of its last row's
-        # name (the row-by-row rule; a row before the pair mixed has the pair's own price).
-        last = np.zeros(len(route_ids), dtype=np.intp)
-        np.maximum.at(last, inverse, np.arange(len(inverse)))
-        best: dict[UsageKey, tuple[int, Any]] = {}
-        for u, dest in enumerate(dests):
-            if dest is not None and dest[0] == 2 and dest[2].mixed:
-                at = int(last[u])
-                if dest[1] not in best or at > best[dest[1]][0]:
-                    best[dest[1]] = (at, dest[3])
-        for key, (_, price) in best.items():
+            parts.append(delta)
+        if pair.mixed:
             routed.key_price[key] = price
+    return routed
 
 
 def _book_api_dollars(routed: _Routed, ledger: _Ledger) -> None:
@@ -1252,14 +1116,12 @@ def account_tokens(
     is the core's breakdown of this refresh (its per-pod rates and pod tenants are read).
     """
     catalog = inputs.catalog
-    counted, deltas, last, seen_at, source_seen_at, spans = _count(
+    counted, deltas, last, seen_at, source_seen_at = _count(
         inputs.observations, state, now, ctx.retention_seconds, inputs.sources, ctx.dip_tolerance
     )
     index, discovered, serving_pods = _self_hosted_specs(ctx, inputs.observations, state.discovered)
     ledger = _Ledger.of(state, ctx.max_models)
-    routed = _route_increments(
-        counted, deltas, index, catalog, cost.pod_tenants, resolver, ledger, spans
-    )
+    routed = _route_increments(counted, deltas, index, catalog, cost.pod_tenants, resolver, ledger)
     _book_api_dollars(routed, ledger)
     window = _rate_window(state.history, ledger, now, ctx.rate_window_seconds)
     api_cost_rate = _api_cost_rates(ledger.api_cost, window)
