@@ -1020,12 +1020,13 @@ async def test_a_steady_page_keeps_its_table_and_rows() -> None:
     upstream = Upstream()
 
     def page(value: str, extra: str = "") -> bytes:
+        a = 'model="m",team="a",api_provider="openai"'
+        b = 'model="m",team="b",api_provider="openai"'
         return (
-            'litellm_input_tokens_metric_total{model="m",team="a",api_provider="openai"} 100\n'
-            f'litellm_input_tokens_metric_total{{model="m",team="b",api_provider="openai"}} {value}\n'
-            'litellm_input_cached_tokens_metric_total{model="m",team="a",api_provider="openai"} 30\n'
-            'litellm_output_tokens_metric_total{model="m",team="a",api_provider="openai"} 7\n'
-            + extra
+            f"litellm_input_tokens_metric_total{{{a}}} 100\n"
+            f"litellm_input_tokens_metric_total{{{b}}} {value}\n"
+            f"litellm_input_cached_tokens_metric_total{{{a}}} 30\n"
+            f"litellm_output_tokens_metric_total{{{a}}} 7\n" + extra
         ).encode()
 
     async def read(body: bytes) -> TokenColumns:
