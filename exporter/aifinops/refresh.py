@@ -58,7 +58,7 @@ from aifinops.model.inputs import (
     Inputs,
     SharedHold,
     TokenInputs,
-    TokenObservation,
+    TokenItem,
 )
 from aifinops.model.llm_prices import LlmPriceCatalog
 from aifinops.model.report import ModelContext, ModelState, Report, build_report
@@ -335,7 +335,7 @@ class Refresher:
         monthly: DailyAllocationSets | None = None
         dcgm_at: float | None = None
         catalog: LlmPriceCatalog | None = None
-        observations: list[TokenObservation] = []
+        observations: list[TokenItem] = []
         token_sources: set[str] = set()
         # Measured p95 latency per (model, provider) for routing; the first source listed
         # wins a key. A source down past its staleness has no data: configured figures apply.

@@ -111,7 +111,7 @@ from aifinops.model.finance import (
     local_date,
 )
 from aifinops.model.report import ModelState
-from aifinops.model.tokens import RateSample, TokenState
+from aifinops.model.tokens import RateSample, TokenState, counter_rows
 from aifinops.model.vocabulary import TOKENS_RESOURCE
 from aifinops.safefile import file_kind, fsync_dir, read_bounded
 from aifinops.settings import ConfigError, Settings, StateSettings
@@ -308,8 +308,8 @@ def _tokens_json(t: TokenState) -> dict[str, Any]:
     return {
         # Push counters live in the process (their store starts empty): never restored.
         "counters": [
-            [src, series, kind, token_type, v, t.seen_at.get((src, series, kind, token_type), 0.0)]
-            for (src, series, kind, token_type), v in t.last.items()
+            [src, series, kind, token_type, v, at]
+            for (src, series, kind, token_type), v, at in counter_rows(t)
             if src != PUSH_SOURCE and _finite(v) and v >= 0
         ],
         "sources_seen": {s: at for s, at in t.source_seen_at.items() if s != PUSH_SOURCE},

@@ -11,6 +11,7 @@ import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aifinops.model.inputs import TokenColumns, token_observations
 from aifinops.offload import run_cpu
 from aifinops.settings import (
     DcgmSettings,
@@ -103,7 +104,12 @@ TOKEN_SETTINGS = [
 @given(st.sampled_from(TOKEN_SETTINGS), answers(text_pages | json_vectors))
 def test_token_fetch(settings: TokenSourceSettings, answer: tuple[int, bytes]) -> None:
     tried("tokens.fetch")
-    for obs in outcome(TokenSource(settings, run=run_cpu), *answer) or ():
+    read = outcome(TokenSource(settings, run=run_cpu), *answer) or ()
+    for item in read:
+        if isinstance(item, TokenColumns):  # no reading: NaN; else what an observation holds
+            assert len(item.values) == len(item.table.rows)
+            assert all(math.isnan(v) or (math.isfinite(v) and v >= 0) for v in item.values)
+    for obs in token_observations(read):
         assert math.isfinite(obs.value) and obs.value >= 0
 
 

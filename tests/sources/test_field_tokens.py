@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from aifinops.exposition.targets import token_source_families
+from aifinops.model.inputs import token_observations
 from aifinops.model.tokens import TokenState, counter_increments
 from aifinops.offload import run_cpu
 from aifinops.settings import TokenSourceSettings
@@ -145,7 +146,7 @@ async def test_litellm_307_to_metrics_slash_is_followed_with_the_bearer_token(
     finally:
         await server.close()
     assert seen == ["Bearer sk-master"]
-    assert sums(list(got)) == sums(read("litellm", LITELLM_PAGE.read_text()))
+    assert sums(list(token_observations(got))) == sums(read("litellm", LITELLM_PAGE.read_text()))
 
 
 async def test_a_redirect_to_another_host_is_refused_and_nothing_is_sent_there() -> None:
@@ -253,8 +254,8 @@ async def test_a_malformed_series_is_skipped_and_counted_not_the_source_down() -
             got = await source.fetch(client)
             # The lone surrogate is skipped here, or read as replaced text where the source
             # boundary sanitizes upstream text first: never raised, never an unencodable label.
-            assert ("t", 100.0) in [(o.tenant, o.value) for o in got]
-            assert all(str(o.tenant).encode() for o in got)
+            assert ("t", 100.0) in [(o.tenant, o.value) for o in token_observations(got)]
+            assert all(str(o.tenant).encode() for o in token_observations(got))
     # A label of a wrong type and a value that is no number: skipped, counted once per read.
     assert source.skipped_total in (2 * 3, 3 * 3)
     (up, skipped) = token_source_families([source])
@@ -290,7 +291,7 @@ async def test_one_unreachable_target_marks_only_that_target_down() -> None:
                 await dead.fetch(client)
     finally:
         await server.close()
-    assert [(o.value, o.pod) for o in got] == [(7.0, "a")]
+    assert [(o.value, o.pod) for o in token_observations(got)] == [(7.0, "a")]
     # one line when the target goes down, not one per refresh; no traceback
     assert [(e["event"], e["target"]) for e in logs] == [
         ("token_target_down", f"127.0.0.1:{port}/b/metrics")
@@ -444,5 +445,5 @@ async def test_replicas_with_identical_pages_are_separate_counters() -> None:
                 value[1] += 5
     finally:
         await server.close()
-    assert len({o.series for o in got}) == 2
+    assert len({o.series for o in token_observations(got)}) == 2
     assert counted == [0.0, 15.0, 15.0]

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from aifinops.model.inputs import TokenObservation
+from aifinops.model.inputs import TokenObservation, token_observations
 from aifinops.offload import run_cpu
 from aifinops.settings import ConfigError, TokenSourceSettings, settings_from_mapping
 from aifinops.sources.promtext import parse_text
@@ -371,13 +371,14 @@ async def test_scrape_mode_adds_target_labels():
             run=run_cpu,
         )
         async with httpx.AsyncClient() as client:
-            obs = await src.fetch(client)
+            read = await src.fetch(client)
+            obs = token_observations(read)
     finally:
         await server.close()
     assert [(o.value, o.namespace, o.pod) for o in obs] == [(7.0, "llm", "a")]
     # One target: the source is its origin (one unreachable target of several:
     # tests/sources/test_field_tokens.py).
-    assert obs.origins == {"tokens:v"}
+    assert read.origins == {"tokens:v"}
 
 
 def test_settings_round_trip_is_json_safe():

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from aifinops.demo.llm import LlmDemo
-from aifinops.model.inputs import TokenObservation
+from aifinops.model.inputs import TokenColumns, TokenObservation, token_observations
 from aifinops.model.llm_prices import normalize_provider
 from aifinops.offload import run_cpu
 from aifinops.settings import TokenSourceSettings
@@ -235,7 +235,7 @@ async def fast_scrape(
         upstream.bodies[target.url] = body
     async with httpx.AsyncClient(transport=httpx.MockTransport(upstream.handler)) as client:
         try:
-            return await source.fetch(client)
+            return token_observations(await source.fetch(client))
         except SourceError as exc:
             assert exc.reason == "parse"
             return str(exc)
@@ -996,3 +996,56 @@ def test_lines_of_a_longer_name_are_remembered_as_no_sample() -> None:
         ]
     # Steady: only 'mm 2' is read again (a bare name: its value could make it a sample).
     assert spy.calls - calls == 2
+
+
+# --- the columnar read ---------------------------------------------------------------------
+
+
+async def test_a_steady_page_keeps_its_table_and_rows() -> None:
+    """A page with the same series and new values gives the last read's table (the same
+    object: the model counts it as arrays); a page with a series more gives a new table
+    whose other rows are the same objects; a reading the model cannot use (NaN, ±Inf,
+    negative) is NaN in the values and no observation, the partner subtraction as before."""
+    source = TokenSource(
+        TokenSourceSettings.model_validate(
+            {
+                "name": "t",
+                "preset": "litellm",
+                "mode": "scrape",
+                "scrape_targets": [{"url": "http://up0/metrics"}],
+            }
+        ),
+        run=run_cpu,
+    )
+    upstream = Upstream()
+
+    def page(value: str, extra: str = "") -> bytes:
+        a = 'model="m",team="a",api_provider="openai"'
+        b = 'model="m",team="b",api_provider="openai"'
+        return (
+            f"litellm_input_tokens_metric_total{{{a}}} 100\n"
+            f"litellm_input_tokens_metric_total{{{b}}} {value}\n"
+            f"litellm_input_cached_tokens_metric_total{{{a}}} 30\n"
+            f"litellm_output_tokens_metric_total{{{a}}} 7\n" + extra
+        ).encode()
+
+    async def read(body: bytes) -> TokenColumns:
+        upstream.bodies["http://up0/metrics"] = body
+        async with httpx.AsyncClient(transport=httpx.MockTransport(upstream.handler)) as client:
+            got = await source.fetch(client)
+        (cols,) = got
+        assert isinstance(cols, TokenColumns)
+        assert token_observations(got) == ReferenceScrape()(source, [body])
+        return cols
+
+    first = await read(page("50"))
+    # input less its cached partner (team a), team b as is, the cached and output counters
+    assert first.values.tolist() == [70.0, 50.0, 30.0, 7.0]
+    steady = await read(page("NaN"))
+    assert steady.table is first.table
+    assert math.isnan(steady.values[1]) and len(steady.observations()) == 3
+    more = await read(page("-4", 'litellm_output_tokens_metric_total{model="m",team="c"} 1\n'))
+    assert more.table is not first.table and math.isnan(more.values[1])
+    assert set(map(id, first.table.rows)) <= set(map(id, more.table.rows))
+    again = await read(page("+Inf", 'litellm_output_tokens_metric_total{model="m",team="c"} 2\n'))
+    assert again.table is more.table and again.values.tolist()[-1] == 2.0

@@ -16,7 +16,10 @@ first time (tokens counted before this process started are not ours to count); a
 appears in an origin read before — an empty read included — counts from zero (a new pod, a
 new team, an app's first LLM call after the exporter's first read of its empty page). Push
 counters (``from_zero``) always count from zero. A series not seen for ``retention_seconds``
-is forgotten.
+is forgotten. A scraped source's read comes as columns (:class:`TokenColumns`: its series
+table and a value array); while its table is the one counted last refresh, its counters are
+kept as arrays and counted with array operations — the same comparisons and subtractions,
+row for row — and otherwise one reading at a time, like single observations.
 
 **Prices.** API models: the price list (USD per token, tolerant name matching). Models the
 list does not know are *unpriced*: their tokens are counted in ``unpriced`` and never costed
@@ -64,13 +67,26 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import is_
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from aifinops.model.cost import CostBreakdown, remap_tenants
-from aifinops.model.inputs import Allocation, AllocationSet, TokenInputs, TokenObservation
+from aifinops.model.inputs import (
+    Allocation,
+    AllocationSet,
+    TokenColumns,
+    TokenInputs,
+    TokenItem,
+    TokenObservation,
+    TokenSeries,
+    TokenTable,
+    counter_key,
+)
 from aifinops.model.llm_prices import (
     PER_MILLION,
     TOKEN_TYPES,
@@ -216,16 +232,20 @@ class TokenReport:
 
 
 # --- counters --------------------------------------------------------------------------------
+Counted = TokenObservation | TokenSeries
+"""A counter with new tokens: an observation, or a row of a columnar read (same fields)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CounterUpdate:
-    increments: tuple[tuple[TokenObservation, float], ...]
+    increments: tuple[tuple[Counted, float], ...]
     last: Mapping[CounterKey, float]
     seen_at: Mapping[CounterKey, float]
     source_seen_at: Mapping[str, float]
 
 
 def counter_increments(
-    observations: Iterable[TokenObservation],
+    observations: Iterable[TokenItem],
     state: TokenState,
     now: float,
     retention_seconds: float,
@@ -238,10 +258,10 @@ def counter_increments(
     ``value >= previous × (1 − dip_tolerance)``: jitter, 0 (the highest value kept); lower: a
     reset, the whole value; no previous value: the whole value for a ``from_zero`` counter or
     a series whose origin (``obs.origin``, else ``obs.source``) was already read, else 0 (a
-    baseline). ``origins`` are the origins read this refresh, empty ones included. NaN, ±Inf
-    and negative values are ignored (the previous value is kept). An origin unread for longer
-    than the retention is new again (its series would have been forgotten, so they
-    re-baseline instead of being counted twice).
+    baseline). ``origins`` are the origins read this refresh, empty ones included (a columnar
+    read's rows' origins count as read). NaN, ±Inf and negative values are ignored (the
+    previous value is kept). An origin unread for longer than the retention is new again (its
+    series would have been forgotten, so they re-baseline instead of being counted twice).
     """
     counted, deltas, last, seen, source_seen = _count(
         observations, state, now, retention_seconds, origins, dip_tolerance
@@ -250,6 +270,7 @@ def counter_increments(
 
 
 _INF = float("inf")
+_NAN = float("nan")
 
 
 def _unexpired(at: Mapping[K, float], now: float, retention_seconds: float) -> dict[K, float]:
@@ -260,66 +281,325 @@ def _unexpired(at: Mapping[K, float], now: float, retention_seconds: float) -> d
     return {k: t for k, t in at.items() if now - t <= retention_seconds}
 
 
+class _Block:
+    """The counters of one columnar read's table (:class:`TokenTable`): per row, the last
+    value and when it was last seen (NaN: no value kept). Arrays, not a dict of 100k keys:
+    a steady refresh counts the whole table with a few array operations. A new block each
+    refresh (the state is immutable); the keys are worked out when asked (the state file),
+    their index once per table when a key is looked up."""
+
+    __slots__ = ("_index", "_keys", "last", "seen", "sources", "table")
+
+    def __init__(
+        self,
+        table: TokenTable,
+        last: npt.NDArray[np.float64],
+        seen: npt.NDArray[np.float64],
+        like: _Block | None = None,
+    ) -> None:
+        self.table = table
+        self.last = last
+        self.seen = seen
+        self._keys: tuple[CounterKey, ...] | None = like._keys if like else None
+        self._index: dict[CounterKey, int] | None = like._index if like else None
+        self.sources: frozenset[str] = (
+            like.sources if like else frozenset(r.source for r in table.rows)
+        )
+
+    def keys(self) -> tuple[CounterKey, ...]:
+        return self._keys if self._keys is not None else _table_keys(self.table)
+
+    def index(self) -> dict[CounterKey, int]:
+        """Row by key, kept with the table once asked (a look-up by key: tests, the push
+        store's export; the state file iterates instead)."""
+        if self._index is None:
+            keys = self._keys = self.keys()
+            self._index = {k: i for i, k in enumerate(keys)}
+        return self._index
+
+    def pairs(self, which: str) -> Iterator[tuple[CounterKey, float]]:
+        values = (self.last if which == "last" else self.seen).tolist()
+        return ((k, v) for k, v in zip(self.keys(), values, strict=True) if v == v)
+
+
+def _table_keys(table: TokenTable) -> tuple[CounterKey, ...]:
+    return tuple(map(counter_key, table.rows))
+
+
+class _Counters:
+    """The counters' last values and times seen: a dict per field for single observations
+    (and tables counted row by row), and a :class:`_Block` per columnar table."""
+
+    __slots__ = ("blocks", "last", "seen")
+
+    def __init__(
+        self,
+        last: dict[CounterKey, float],
+        seen: dict[CounterKey, float],
+        blocks: tuple[_Block, ...],
+    ) -> None:
+        self.last = last
+        self.seen = seen
+        self.blocks = blocks
+
+
+class CounterMap(Mapping[CounterKey, float]):
+    """:attr:`TokenState.last` or :attr:`TokenState.seen_at` as a read-only mapping over
+    :class:`_Counters` (what the state file and the tests read; the model reads the
+    counters themselves)."""
+
+    __slots__ = ("_counters", "_which")
+
+    def __init__(self, counters: _Counters, which: str) -> None:
+        self._counters = counters
+        self._which = which
+
+    def _dict(self) -> dict[CounterKey, float]:
+        c = self._counters
+        return c.last if self._which == "last" else c.seen
+
+    def __getitem__(self, key: CounterKey) -> float:
+        own = self._dict()
+        if key in own:
+            return own[key]
+        for b in self._counters.blocks:
+            if key[0] in b.sources:
+                i = b.index().get(key)
+                if i is not None:
+                    v = float((b.last if self._which == "last" else b.seen)[i])
+                    if v == v:
+                        return v
+        raise KeyError(key)
+
+    def _pairs(self) -> Iterator[tuple[CounterKey, float]]:
+        yield from self._dict().items()
+        for b in self._counters.blocks:
+            yield from b.pairs(self._which)
+
+    def __iter__(self) -> Iterator[CounterKey]:
+        return (k for k, _ in self._pairs())
+
+    def __len__(self) -> int:
+        arrays = [b.last if self._which == "last" else b.seen for b in self._counters.blocks]
+        return len(self._dict()) + sum(int(np.count_nonzero(a == a)) for a in arrays)
+
+    def items(self) -> ItemsView[CounterKey, float]:
+        return _Items(self)
+
+    def to_dict(self) -> dict[CounterKey, float]:
+        return dict(self._pairs())
+
+
+class _Items(ItemsView[CounterKey, float]):
+    _mapping: CounterMap
+
+    def __iter__(self) -> Iterator[tuple[CounterKey, float]]:
+        return self._mapping._pairs()
+
+
+def counter_rows(state: TokenState) -> Iterator[tuple[CounterKey, float, float]]:
+    """Each counter of ``state``: its key, last value and when it was last seen (0 when
+    unknown) — one pass, without a look-up per key (what the state file writes)."""
+    counters = _counters_of(state)
+    if counters is None:
+        seen = state.seen_at
+        for key, v in state.last.items():
+            yield key, v, seen.get(key, 0.0)
+        return
+    seen_own = counters.seen
+    for key, v in counters.last.items():
+        yield key, v, seen_own.get(key, 0.0)
+    for b in counters.blocks:
+        for key, v, at in zip(b.keys(), b.last.tolist(), b.seen.tolist(), strict=True):
+            if v == v:
+                yield key, v, at if at == at else 0.0
+
+
+def _counters_of(state: TokenState) -> _Counters | None:
+    """The state's counters when both maps are views over the same ones."""
+    last, seen = state.last, state.seen_at
+    if (
+        isinstance(last, CounterMap)
+        and isinstance(seen, CounterMap)
+        and last._counters is seen._counters
+        and last._which == "last"
+        and seen._which == "seen"
+    ):
+        return last._counters
+    return None
+
+
+def _plain(m: Mapping[CounterKey, float]) -> dict[CounterKey, float]:
+    return m.to_dict() if isinstance(m, CounterMap) else dict(m)
+
+
 def _count(
-    observations: Iterable[TokenObservation],
+    observations: Iterable[TokenItem],
     state: TokenState,
     now: float,
     retention_seconds: float,
     origins: Iterable[str] = (),
     dip_tolerance: float = 0.0,
 ) -> tuple[
-    list[TokenObservation],
+    list[Counted],
     list[float],
-    dict[CounterKey, float],
-    dict[CounterKey, float],
+    Mapping[CounterKey, float],
+    Mapping[CounterKey, float],
     dict[str, float],
 ]:
-    """:func:`counter_increments` as parallel lists (the observations with new tokens and
-    their increments): one tight pass over every upstream series (113k at fleet scale)."""
+    """:func:`counter_increments` as parallel lists (the counters with new tokens and their
+    increments), in input order. A columnar read whose table is the one counted last refresh
+    is counted with array operations (:func:`_count_block`, the same arithmetic, row for
+    row); any other input one observation at a time (113k at fleet scale)."""
+    items = observations if isinstance(observations, tuple | list) else tuple(observations)
+    tables = [i.table for i in items if isinstance(i, TokenColumns)]
+    once = {id(t): t for t in tables if t.unique}
+    if len(once) != len(tables):  # a table given twice is counted row by row, in order
+        twice = {id(t) for t in tables if tables.count(t) > 1}
+        once = {k: t for k, t in once.items() if k not in twice}
+    counters = _counters_of(state)
+    kept: dict[int, _Block] = {}
+    if counters is None:
+        last_in, seen_in = _plain(state.last), _plain(state.seen_at)
+    else:
+        last_in, seen_in = dict(counters.last), dict(counters.seen)
+        for b in counters.blocks:
+            if once.get(id(b.table)) is b.table:
+                kept[id(b.table)] = b
+            else:  # its table is gone or changed: back to single keys
+                last_in.update(b.pairs("last"))
+                seen_in.update(b.pairs("seen"))
     # Forget series unseen for longer than the retention first, so a series back after a long
     # gap is judged like a new one.
-    seen = _unexpired(state.seen_at, now, retention_seconds)
-    if (len(state.last) == len(seen) and all(map(is_, state.last, seen))) or (
-        state.last.keys() <= seen.keys()
+    seen = _unexpired(seen_in, now, retention_seconds)
+    if (len(last_in) == len(seen) and all(map(is_, last_in, seen))) or (
+        last_in.keys() <= seen.keys()
     ):
         # The first test is the usual case, without hashing 100k keys: nothing expired and
         # the two maps hold the same key objects in the same order (as this function leaves
         # them: it adds each key to both).
-        last = dict(state.last)
+        last = last_in
     else:
-        last = {k: v for k, v in state.last.items() if k in seen}
+        last = {k: v for k, v in last_in.items() if k in seen}
     known_sources = {
         src for src, at in state.source_seen_at.items() if now - at <= retention_seconds
     }
-    obs_list = observations if isinstance(observations, tuple | list) else tuple(observations)
-    counted: list[TokenObservation] = []
+    counted: list[Counted] = []
     deltas: list[float] = []
-    get = last.get
+    read: set[str] = set()
+    blocks: list[_Block] = []
     keep = 1.0 - dip_tolerance
-    for obs in obs_list:
-        v = obs.value
-        if not 0.0 <= v < _INF:  # NaN, ±Inf or negative: keep the previous value
+
+    def rowwise(readings: Iterable[tuple[Counted, float]]) -> None:
+        get = last.get
+        for obs, v in readings:
+            if not 0.0 <= v < _INF:  # NaN, ±Inf or negative: keep the previous value
+                continue
+            key = (obs.source, obs.series, obs.kind, obs.token_type)
+            prev = get(key)
+            if prev is None:
+                delta = v if obs.from_zero or (obs.origin or obs.source) in known_sources else 0.0
+            elif v >= prev:
+                delta = v - prev
+            elif v >= prev * keep:
+                delta = 0.0  # a dip: jitter between replicas, not a reset
+                v = prev
+            else:
+                delta = v
+            last[key] = v
+            seen[key] = now
+            if delta > 0:
+                counted.append(obs)
+                deltas.append(delta)
+
+    single: list[TokenObservation] = []
+    for item in items:
+        if not isinstance(item, TokenColumns):
+            single.append(item)
             continue
-        key = (obs.source, obs.series, obs.kind, obs.token_type)
-        prev = get(key)
-        if prev is None:
-            delta = v if obs.from_zero or (obs.origin or obs.source) in known_sources else 0.0
-        elif v >= prev:
-            delta = v - prev
-        elif v >= prev * keep:
-            delta = 0.0  # a dip: jitter between replicas, not a reset
-            v = prev
-        else:
-            delta = v
-        last[key] = v
-        seen[key] = now
-        if delta > 0:
-            counted.append(obs)
-            deltas.append(delta)
+        if single:
+            read.update(o.origin or o.source for o in single)
+            rowwise((o, o.value) for o in single)
+            single = []
+        table = item.table
+        read.update(_read_origins(table, item.values))
+        block = kept.pop(id(table), None)
+        if block is not None:
+            block, idx, found = _count_block(
+                block, item.values, now, retention_seconds, known_sources, keep
+            )
+            rows = table.rows
+            counted += map(rows.__getitem__, idx)
+            deltas += found
+            blocks.append(block)
+            continue
+        rowwise(zip(table.rows, item.values.tolist(), strict=True))
+        if id(table) in once:  # counted as arrays from the next refresh on
+            # The keys are not kept (9 MiB at 113k series): the state file asks for them
+            # once per save, a look-up by key builds its index.
+            keys = _table_keys(table)
+            new = _Block(
+                table,
+                np.array([last.pop(k, _NAN) for k in keys], dtype=np.float64),
+                np.array([seen.pop(k, _NAN) for k in keys], dtype=np.float64),
+            )
+            del keys
+            blocks.append(new)
+    if single:
+        read.update(o.origin or o.source for o in single)
+        rowwise((o, o.value) for o in single)
     source_seen = {s: at for s, at in state.source_seen_at.items() if now - at <= retention_seconds}
-    for s in {obs.origin or obs.source for obs in obs_list}.union(origins):
+    for s in read.union(origins):
         source_seen[s] = now
-    return counted, deltas, last, seen, source_seen
+    result = _Counters(last, seen, tuple(blocks))
+    return counted, deltas, CounterMap(result, "last"), CounterMap(result, "seen"), source_seen
+
+
+def _read_origins(table: TokenTable, values: npt.NDArray[np.float64]) -> list[str]:
+    """The origins of the rows with a usable value (those the read's observations name)."""
+    if len(table.origins) == 1:
+        usable = bool(((values >= 0.0) & (values < _INF)).any())
+        return list(table.origins) if usable else []
+    with np.errstate(invalid="ignore"):
+        usable_rows = (values >= 0.0) & (values < _INF)
+    found = np.bincount(table.origin_codes[usable_rows], minlength=len(table.origins))
+    return [o for o, n in zip(table.origins, found.tolist(), strict=True) if n]
+
+
+def _count_block(
+    block: _Block,
+    values: npt.NDArray[np.float64],
+    now: float,
+    retention_seconds: float,
+    known_sources: set[str],
+    keep: float,
+) -> tuple[_Block, list[int], list[float]]:
+    """:func:`_count`'s rule over a table's rows at once: the same comparisons and float
+    operations as the row-by-row loop, so the same increments bit for bit. Returns the new
+    block, the rows with new tokens (in order) and their increments."""
+    table = block.table
+    alive = now - block.seen <= retention_seconds  # NaN (no value kept): False
+    prev = np.where(alive, block.last, _NAN)
+    seen = np.where(alive, block.seen, _NAN)
+    v = values
+    with np.errstate(invalid="ignore"):
+        valid = (v >= 0.0) & (v < _INF)
+        has = prev == prev
+        up = valid & has & (v >= prev)
+        lower = valid & has & ~up
+        dip = lower & (v >= prev * keep)
+    known = np.fromiter((o in known_sources for o in table.origins), np.bool_, len(table.origins))
+    first = valid & ~has & (table.from_zero | known[table.origin_codes])
+    delta = np.zeros(len(v))
+    delta[up] = v[up] - prev[up]
+    reset = lower & ~dip
+    delta[reset] = v[reset]
+    delta[first] = v[first]
+    taken = valid & ~dip
+    prev[taken] = v[taken]
+    seen[valid] = now
+    idx = np.flatnonzero(delta > 0)
+    return _Block(table, prev, seen, like=block), idx.tolist(), delta[idx].tolist()
 
 
 # --- name resolution -------------------------------------------------------------------------
@@ -355,15 +635,28 @@ class SelfHostedIndex:
         return None
 
 
+def _serving(items: Iterable[TokenItem]) -> list[Counted]:
+    """The model servers' token counters, in order (a columnar read's rows with a usable
+    value: those its observations hold)."""
+    out: list[Counted] = []
+    for item in items:
+        if isinstance(item, TokenColumns):
+            rows, values = item.table.rows, item.values
+            out += [rows[i] for i in item.table.serving if 0.0 <= values[i] < _INF]
+        elif item.role != "usage" and item.kind == "tokens":
+            out.append(item)
+    return out
+
+
 def _self_hosted_specs(
-    ctx: TokenContext, observations: Iterable[TokenObservation], discovered: Mapping[str, str]
+    ctx: TokenContext, observations: Iterable[TokenItem], discovered: Mapping[str, str]
 ) -> tuple[SelfHostedIndex, dict[str, str], dict[str, set[PodKey]]]:
     """Configured specs, plus models a serving source saw (kept across refreshes so a model's
     labels do not flip when its server is briefly unreachable). Returns the index, the
     updated discovered map and the pods each model's serving series came from."""
     configured = SelfHostedIndex.build(ctx.models)
     found = dict(discovered)
-    serving_obs = [o for o in observations if o.role != "usage" and o.kind == "tokens"]
+    serving_obs = _serving(observations)
     if ctx.discover:
         for o in serving_obs:
             if configured.match(o.model) is None and o.model not in found:
@@ -397,7 +690,7 @@ _ApiName = tuple[str, str, LlmPrice | None, _PairPrice]  # label, provider label
 
 
 # --- the accounting --------------------------------------------------------------------------
-def _tenant(obs: TokenObservation, pod_tenants: Mapping[PodKey, str], r: TenantResolver) -> str:
+def _tenant(obs: Counted, pod_tenants: Mapping[PodKey, str], r: TenantResolver) -> str:
     if obs.tenant:
         return obs.tenant
     if obs.namespace and obs.pod and (obs.namespace, obs.pod) in pod_tenants:
@@ -470,7 +763,7 @@ class _Routed:
 
 
 def _route_increments(
-    counted: list[TokenObservation],
+    counted: list[Counted],
     deltas: list[float],
     index: SelfHostedIndex,
     catalog: LlmPriceCatalog | None,

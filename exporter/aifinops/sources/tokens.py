@@ -61,13 +61,22 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
-from operator import attrgetter, itemgetter
+from operator import attrgetter, is_, itemgetter
 from typing import Any, Literal
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 import structlog
 
-from aifinops.model.inputs import TokenObservation, TokenRole
+from aifinops.model.inputs import (
+    TokenColumns,
+    TokenItem,
+    TokenObservation,
+    TokenRole,
+    TokenSeries,
+    TokenTable,
+)
 from aifinops.model.llm_prices import TokenType, normalize_provider
 from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, TokenSourceSettings
 from aifinops.sources.base import CpuRunner, Slot, SourceError
@@ -373,7 +382,7 @@ class _Series(SeriesEntry):
     refreshes by the scrape path's :class:`SeriesReader`. ``last`` is the observation made
     from it last time, handed out again when nothing in it changed (an idle counter)."""
 
-    __slots__ = ("digest", "labels", "last", "name")
+    __slots__ = ("digest", "labels", "last", "name", "row")
 
     def __init__(self, name: str, digest: str, labels: _LabelSet) -> None:
         self._key = None  # SeriesEntry's, set here: ~110k of these on a first read
@@ -381,6 +390,7 @@ class _Series(SeriesEntry):
         self.digest = digest
         self.labels = labels
         self.last: TokenObservation | None = None
+        self.row: TokenSeries | None = None
 
 
 class _Plan:
@@ -806,7 +816,82 @@ def _fast_observation() -> Callable[
 _new_observation = _fast_observation()
 
 
+def _fast_series() -> Callable[
+    [
+        str,
+        str,
+        TokenRole,
+        TokenType,
+        str,
+        str | None,
+        str | None,
+        str | None,
+        str | None,
+        Literal["tokens", "spend_usd"],
+        bool,
+        str | None,
+    ],
+    TokenSeries,
+]:
+    """``TokenSeries(*fields)`` made as :func:`_fast_observation` makes an observation (a
+    first read makes one per series), checked against the class' shape at import alike."""
+    fields = dataclasses.fields(TokenSeries)
+    names = tuple(f.name for f in fields)
+    params = getattr(TokenSeries, "__dataclass_params__", None)
+    if (
+        getattr(TokenSeries, "__slots__", None) != names
+        or len(names) != 12
+        or not all(f.init for f in fields)
+        or hasattr(TokenSeries, "__post_init__")
+        or params is None
+        or not params.frozen
+    ):
+        raise RuntimeError(
+            "model.inputs.TokenSeries' shape changed: update sources/tokens.py _fast_series, "
+            "which builds it slot by slot"
+        )
+    new = object.__new__
+    cls = TokenSeries
+    setters = tuple(getattr(cls, n).__set__ for n in names)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = setters
+
+    def make(
+        source: str,
+        series: str,
+        role: TokenRole,
+        token_type: TokenType,
+        model: str,
+        provider: str | None,
+        tenant: str | None,
+        namespace: str | None,
+        pod: str | None,
+        kind: Literal["tokens", "spend_usd"],
+        from_zero: bool,
+        origin: str | None,
+    ) -> TokenSeries:
+        o = new(cls)
+        s0(o, source)
+        s1(o, series)
+        s2(o, role)
+        s3(o, token_type)
+        s4(o, model)
+        s5(o, provider)
+        s6(o, tenant)
+        s7(o, namespace)
+        s8(o, pod)
+        s9(o, kind)
+        s10(o, from_zero)
+        s11(o, origin)
+        return o
+
+    return make
+
+
+_new_series = _fast_series()
+
+
 _INF = math.inf
+_NAN = math.nan
 NameRuns = list[tuple[str, int, int]]
 """``(name, start, stop)``: the series of one read, cut where the name changes."""
 
@@ -835,20 +920,9 @@ def _pairing(
     minuends: Sequence[tuple[Sequence[_Series], Sequence[float]]],
     subtrahends: Sequence[tuple[Sequence[_Series], Sequence[float]]],
 ) -> tuple[tuple[str, ...], dict[tuple[str, ...], float]]:
-    """The labels a metric and its ``subtract`` partner are paired on — those both families
-    carry (LiteLLM's cached-token counter lacks ``org_id``/``org_alias``; target labels are
-    on both) — and the partner's values summed per key (finite, non-negative ones)."""
-    mine: dict[int, tuple[str, ...]] = {}
-    theirs: dict[int, tuple[str, ...]] = {}
-    for runs, names in ((minuends, mine), (subtrahends, theirs)):
-        for series, _ in runs:
-            found = list(map(_label_names, series))  # a few distinct tuples, by identity
-            names.update(zip(map(id, found), found, strict=True))
-    shared = {n for t in mine.values() for n in t} & {n for t in theirs.values() for n in t}
-    on = tuple(sorted(shared))
-    on = _PAIRINGS.setdefault(on, on)
-    if len(_PAIRINGS) > 256:  # label names change rarely; never let the memo grow unbounded
-        _PAIRINGS.clear()
+    """The labels a metric and its ``subtract`` partner are paired on (:func:`_pairing_on`)
+    and the partner's values summed per key (finite, non-negative ones)."""
+    on = _pairing_on([s for s, _ in minuends], [s for s, _ in subtrahends])
     minus: dict[tuple[str, ...], float] = {}
     for series, values in subtrahends:
         for s, v in zip(series, values, strict=True):
@@ -856,6 +930,26 @@ def _pairing(
                 k = s.labels.key_on(on)
                 minus[k] = minus.get(k, 0.0) + v
     return on, minus
+
+
+def _pairing_on(
+    minuends: Sequence[Sequence[_Series]], subtrahends: Sequence[Sequence[_Series]]
+) -> tuple[str, ...]:
+    """The labels a metric and its ``subtract`` partner are paired on — those both families
+    carry (LiteLLM's cached-token counter lacks ``org_id``/``org_alias``; target labels are
+    on both)."""
+    mine: dict[int, tuple[str, ...]] = {}
+    theirs: dict[int, tuple[str, ...]] = {}
+    for runs, names in ((minuends, mine), (subtrahends, theirs)):
+        for series in runs:
+            found = list(map(_label_names, series))  # a few distinct tuples, by identity
+            names.update(zip(map(id, found), found, strict=True))
+    shared = {n for t in mine.values() for n in t} & {n for t in theirs.values() for n in t}
+    on = tuple(sorted(shared))
+    on = _PAIRINGS.setdefault(on, on)
+    if len(_PAIRINGS) > 256:  # label names change rarely; never let the memo grow unbounded
+        _PAIRINGS.clear()
+    return on
 
 
 _label_names = attrgetter("labels.names")
@@ -963,6 +1057,179 @@ def _observe(
     return tuple(out)
 
 
+class _Columns:
+    """A scraped source's reads as :class:`TokenColumns`: the rows :func:`_observe` would
+    make (its order, its filters but the value's) as a :class:`TokenTable` worked out when
+    the series change, and each read's values computed with array operations from the
+    pages' values (the ``subtract`` pairing included, summed in :func:`_observe`'s order).
+
+    A row's value is NaN where :func:`_observe` makes no observation for the reading (NaN,
+    ±Inf or negative on the page); otherwise exactly :func:`_observe`'s value. While every
+    target's series list is the one of the last read (a :class:`SeriesReader` hands back the
+    same list for the same series) the table is the last read's: the same object."""
+
+    __slots__ = ("_lists", "_origins", "_pairs", "_table", "_take", "mapping", "source")
+
+    def __init__(self, source: str, mapping: TokenMapping) -> None:
+        self.source = source
+        self.mapping = mapping
+        self._lists: tuple[Sequence[_Series], ...] = ()
+        self._origins: tuple[str | None, ...] = ()
+        self._table = TokenTable(())
+        self._take: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        # Per paired (metric, group): the minuend rows and their key codes, the partner
+        # samples (indices into the read's values) and their key codes, the number of keys.
+        self._pairs: list[
+            tuple[
+                npt.NDArray[np.intp],
+                npt.NDArray[np.intp],
+                npt.NDArray[np.intp],
+                npt.NDArray[np.intp],
+                int,
+            ]
+        ] = []
+
+    def __call__(self, groups: Sequence[Group]) -> TokenColumns:
+        lists = tuple(g[0] for g in groups)
+        origins = tuple(g[3] for g in groups)
+        if (
+            origins != self._origins
+            or len(lists) != len(self._lists)
+            or not all(map(is_, lists, self._lists))
+        ):
+            self._plan(groups)
+            self._lists, self._origins = lists, origins
+        parts = [np.asarray(g[1], dtype=np.float64) for g in groups]
+        raw = parts[0] if len(parts) == 1 else np.concatenate(parts or [np.zeros(0)])
+        out = raw[self._take]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bad = ~((out >= 0.0) & (out < _INF))
+            for rows, codes, partners, partner_codes, size in self._pairs:
+                pv = raw[partners]
+                ok = (pv >= 0.0) & (pv < _INF)
+                has = np.bincount(partner_codes[ok], minlength=size) > 0
+                if not has.any():
+                    continue  # no partner reading: the raw values stand
+                minus = np.bincount(partner_codes[ok], weights=pv[ok], minlength=size)
+                mv = out[rows]
+                mine = (mv >= 0.0) & (mv < _INF) & has[codes]
+                shares = np.bincount(codes[mine], weights=mv[mine], minlength=size)
+                r = mv[mine]
+                c = minus[codes[mine]]
+                total = shares[codes[mine]]
+                x = r - c * (r / total)
+                # max(0.0, x) is x only where x > 0 (NaN included: 0).
+                out[rows[mine]] = np.where(total > 0, np.where(x > 0.0, x, 0.0), 0.0)
+        out[bad] = _NAN
+        return TokenColumns(self._table, out)
+
+    def _plan(self, groups: Sequence[Group]) -> None:
+        """The rows, in :func:`_observe`'s order, and what their values are taken from."""
+        by_name: dict[str, list[tuple[int, int, int]]] = {}
+        offsets: list[int] = []
+        at = 0
+        for g, (series, _, name_spans, _) in enumerate(groups):
+            offsets.append(at)
+            at += len(series)
+            for name, start, stop in name_spans:
+                by_name.setdefault(name, []).append((g, start, stop))
+        m_role = self.mapping.role
+        source = self.source
+        make = _new_series
+        rows: list[TokenSeries] = []
+        take: list[int] = []
+        pairs: list[Any] = []
+        for i, m in enumerate(self.mapping.metrics):
+            chosen = next((n for n in (m.metric, *m.older_names) if n in by_name), None)
+            if chosen is None:
+                continue
+            kind: Literal["tokens", "spend_usd"] = (
+                "spend_usd" if m.kind == "spend_usd" else "tokens"
+            )
+            for g, group in enumerate(groups):
+                series, origin = group[0], group[3]
+                mine = [(a, b) for gg, a, b in by_name[chosen] if gg == g]
+                if not mine:
+                    continue
+                partner = (
+                    [(a, b) for gg, a, b in by_name.get(m.subtract, ()) if gg == g]
+                    if m.subtract
+                    else []
+                )
+                on: tuple[str, ...] | None = None
+                if partner:
+                    on = _pairing_on(
+                        [series[a:b] for a, b in mine], [series[a:b] for a, b in partner]
+                    )
+                codes: dict[tuple[str, ...], int] = {}
+                first = len(rows)
+                mine_codes: list[int] = []
+                offset = offsets[g]
+                for a, b in mine:
+                    for j in range(a, b):
+                        s = series[j]
+                        labels = s.labels
+                        if labels.skipped is not None:
+                            continue
+                        token_type = labels.token_types[i]
+                        model = labels.model
+                        if token_type is None or model is None:
+                            continue
+                        # The series' row, the same object as last time while nothing in it
+                        # changed (its labels' fields are fixed for the series' life).
+                        row = s.row
+                        if (
+                            row is None
+                            or row.token_type != token_type
+                            or row.kind != kind
+                            or row.origin != origin
+                            or row.role != m_role
+                            or row.source != source
+                        ):
+                            row = s.row = make(
+                                source,
+                                s.digest,
+                                m_role,
+                                token_type,
+                                model,
+                                labels.provider,
+                                labels.tenant,
+                                labels.namespace,
+                                labels.pod,
+                                kind,
+                                False,
+                                origin,
+                            )
+                        rows.append(row)
+                        take.append(offset + j)
+                        if on is not None:
+                            k = labels.key_on(on)
+                            mine_codes.append(codes.setdefault(k, len(codes)))
+                if on is None:
+                    continue
+                p_idx: list[int] = []
+                p_codes: list[int] = []
+                for a, b in partner:
+                    for j in range(a, b):
+                        s = series[j]
+                        if s.labels.skipped is None:
+                            k = s.labels.key_on(on)
+                            p_idx.append(offsets[g] + j)
+                            p_codes.append(codes.setdefault(k, len(codes)))
+                pairs.append(
+                    (
+                        np.arange(first, len(rows), dtype=np.intp),
+                        np.array(mine_codes, dtype=np.intp),
+                        np.array(p_idx, dtype=np.intp),
+                        np.array(p_codes, dtype=np.intp),
+                        len(codes),
+                    )
+                )
+        self._table = TokenTable(rows)
+        self._take = np.array(take, dtype=np.intp)
+        self._pairs = pairs
+
+
 def token_query(names: Iterable[str], selector: str) -> str:
     """One PromQL selector for every wanted name, scoped by ``selector`` (with or without
     braces): ``{__name__=~"a|b",cluster="prod"}``."""
@@ -975,13 +1242,14 @@ def token_query(names: Iterable[str], selector: str) -> str:
     return "{" + ",".join(matchers) + "}"
 
 
-class TokenRead(tuple[TokenObservation, ...]):
-    """A token source's observations, with the origins it read (:class:`TokenInputs`
-    ``sources``): a target read empty is an origin all the same."""
+class TokenRead(tuple[TokenItem, ...]):
+    """A token source's observations (or, scraped, its read's :class:`TokenColumns`), with
+    the origins it read (:class:`TokenInputs` ``sources``): a target read empty is an origin
+    all the same."""
 
     origins: frozenset[str]
 
-    def __new__(cls, observations: Iterable[TokenObservation], origins: Iterable[str]) -> TokenRead:
+    def __new__(cls, observations: Iterable[TokenItem], origins: Iterable[str]) -> TokenRead:
         self = super().__new__(cls, observations)
         self.origins = frozenset(origins)
         return self
@@ -1022,7 +1290,9 @@ class TokenSource:
     In ``mode: scrape`` each target's page is read by a :class:`SeriesReader` kept for the
     life of the source: a series is parsed and mapped (digest, model, tenant, ...) when it
     first appears, and a later refresh only reads its new value (an order of magnitude less
-    CPU on a large LiteLLM page: bench/README.md). Each target is its own
+    CPU on a large LiteLLM page: bench/README.md). A read is handed over as
+    :class:`TokenColumns` (:class:`_Columns`): the same table object while the pages' series
+    stay, with this read's values. Each target is its own
     origin (with more than one): one that cannot be read is marked down alone
     (``aifinops_token_target_up``) and keeps its last good read until the source's
     ``stale_after_seconds``; the source fails only when every target does. A series that
@@ -1072,6 +1342,7 @@ class TokenSource:
         ]
         # mode: prometheus: the series of the last answer, by their labels' text.
         self._queried: dict[str, _Series] = {}
+        self._columns = _Columns(self.name, self._mapping)
         self.skipped_total = 0
         self._skipped_logged = 0
 
@@ -1127,8 +1398,8 @@ class TokenSource:
             raise failed[0]
         self._log_targets()
         self._count_skipped(sum(t.skipped for t in self._targets if t.up))
-        observed = await self._transport.run(_observe, self.name, groups, self._mapping)
-        return TokenRead(observed, (g[3] or self.name for g in groups))
+        columns = await self._transport.run(self._columns, groups)
+        return TokenRead((columns,), (g[3] or self.name for g in groups))
 
     def _log_targets(self) -> None:
         """One line per change of a target's state while the source is up (a source that is
