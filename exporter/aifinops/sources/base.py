@@ -60,7 +60,7 @@ class Slot(enum.Enum):
     ALLOCATIONS = "allocations"  # AllocationSet: OpenCost's rate window
     MONTHLY = "monthly"  # DailyAllocationSets: OpenCost's month to date
     PRICES = "prices"  # LlmPriceCatalog: the LLM price list
-    TOKENS = "tokens"  # a sequence of TokenObservation (with ``origins`` when it has them)
+    TOKENS = "tokens"  # TokenObservation and TokenColumns items (``origins`` when it has them)
     LATENCY = "latency"  # Mapping[(model, provider), p95 seconds]
     SHARED = "shared"  # tuple[SharedHold, ...]: HAMi's per-pod device shares and live use
     ENERGY = "energy"  # EnergyReadings: each GPU's joules since the previous read
