@@ -57,8 +57,8 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from itertools import chain, compress
-from operator import itemgetter
+from itertools import chain, compress, filterfalse, repeat
+from operator import attrgetter, eq, itemgetter, methodcaller, ne, or_, sub
 from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -82,11 +82,12 @@ from aifinops.model.finance_types import LedgerKey as LedgerKey
 from aifinops.model.finance_types import PeriodBooks as PeriodBooks
 from aifinops.model.finance_types import TenantResource as TenantResource
 from aifinops.model.forecast import DailyFit, fit_history
-from aifinops.model.gpu_prices import GpuPricer
+from aifinops.model.gpu_prices import GpuPricer, normalize_gpu_model
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
 from aifinops.model.recommend import (
     HOURS_PER_MONTH,
+    GpuOption,
     GpuWorkload,
     IdleGpuFinding,
     Recommendation,
@@ -172,6 +173,9 @@ class FinanceState:
     daily_kept_from: date | None = None
     exporter_open: tuple[date, Mapping[tuple[str, str, date], float]] | None = None
     util_extremes: Mapping[TenantResource, PeakExtremes] | None = None  # see GpuUsage
+    # Never persisted: the books' API tokens per tenant with what they were summed from
+    # (the token volume, by identity, and the measured models).
+    api_tokens: ApiTokens | None = None
 
 
 # OpenCost's usage fields per resource and the FOCUS unit they are given in (Allocation's
@@ -322,7 +326,9 @@ def build_finance(
     and recommendations, the period books."""
     cal = refresh_calendar(state, now, ctx.tz)
     own = book_exporter_ledger(report, state, ctx, cal)
-    month = month_spend(report, inputs.monthly, resolver, state, ctx, cal, own)
+    # Asked by the month's fold and the spot candidates: made once per refresh.
+    kept = published_tenants(report) if report.cost.folded_tenants > 0 else None
+    month = month_spend(report, inputs.monthly, resolver, state, ctx, cal, own, kept)
     budgets, notes, cluster = evaluate_month_budgets(ctx, month, cal)
     initiatives = tuple(_initiative_roi(i, cal, month) for i in ctx.initiatives)
     volume = count_token_volume(report, state, cal)
@@ -346,10 +352,12 @@ def build_finance(
         volume.observed,
         budgets,
         now,
-        {k: m for k, (m, _) in usage.pod_models.items()},
-        {k: e[2] for k, e in usage.extremes.items()},
+        usage.pod_models,
+        usage.extremes,
+        kept,
     )
-    books = month_books(report, state, cal, month, volume.volume)
+    api_tokens = _api_tokens_cached(report, volume.volume, state.api_tokens)
+    books = month_books(state, cal, month, api_tokens[2])
     finance = FinanceReport(
         now=now,
         tz=cal.tz,
@@ -392,6 +400,7 @@ def build_finance(
         daily_kept_from=own.kept_from,
         exporter_open=(cal.today, own.open_daily),
         util_extremes=usage.extremes,
+        api_tokens=api_tokens,
     )
     return finance, new_state
 
@@ -753,30 +762,46 @@ def _fit_keys(budgets: Sequence[Budget]) -> set[tuple[str, BudgetScope]]:
 @dataclass(frozen=True, slots=True)
 class MonthSpend:
     """Month-to-date spend at this refresh: the closed days (:class:`ClosedDays`) and
-    today's partial day (``open_by_day``: OpenCost's part of today, the current rate over
-    the time since the month query ran, the exporter's tokens and charge-back of today)."""
+    today's partial day (``opened``: OpenCost's part of today, the current rate over the
+    time since the month query ran, the exporter's tokens and charge-back of today) per
+    key, as one float (today's USD, the usual key) or USD per date (today and any later
+    day)."""
 
     infra: InfraMonth | None
     infra_available: bool
     closed: ClosedDays
-    open_by_day: Mapping[TenantResource, Mapping[date, float]]
-    open_by_tenant: Mapping[str, tuple[TenantResource, ...]]
+    opened: Mapping[TenantResource, float | Mapping[date, float]]
     month_to_date: Mapping[TenantResource, float]
     tenant_month_to_date: Mapping[str, float]
+    # Each tenant's open keys, made when ROI first asks (one walk over the open keys).
+    _open_by_tenant: dict[str, list[TenantResource]] = field(default_factory=dict)
 
     @property
     def infra_start(self) -> date | None:
         return self.infra.start if self.infra is not None else None
 
+    def open_days(self, key: TenantResource) -> Mapping[date, float]:
+        """Today's USD per date of ``key`` (empty when it has none)."""
+        found = self.opened.get(key)
+        if found is None:
+            return {}
+        if isinstance(found, float):
+            return {self.closed.today: found}
+        return found
+
     def tenant_days(
         self, tenant: str
     ) -> Iterable[tuple[TenantResource, Iterable[tuple[date, float]]]]:
         """Each (tenant, resource) key of ``tenant`` with its USD per day, closed and open."""
+        by_tenant = self._open_by_tenant
+        if not by_tenant and self.opened:
+            for key in self.opened:
+                by_tenant.setdefault(key[0], []).append(key)
         keys = dict.fromkeys(self.closed.keys_by_tenant.get(tenant, ()))
-        keys.update(dict.fromkeys(self.open_by_tenant.get(tenant, ())))
+        keys.update(dict.fromkeys(by_tenant.get(tenant, ())))
         for key in keys:
             closed = self.closed.by_day.get(key, {})
-            opened = self.open_by_day.get(key, {})
+            opened = self.open_days(key)
             yield key, [*closed.items(), *opened.items()]
 
 
@@ -794,13 +819,11 @@ def month_spend(
     ctx: FinanceContext,
     cal: RefreshCalendar,
     own: ExporterLedger,
+    kept: frozenset[str] | None = None,
 ) -> MonthSpend:
     """Month-to-date USD per (tenant, resource), allocation basis (see the module
     docstring): the closed days folded once per day and set of daily sets, today's part
-    every refresh."""
-    kept: frozenset[str] | None = None
-    if report.cost.folded_tenants > 0:
-        kept = published_tenants(report)
+    every refresh. ``kept``: :func:`published_tenants` when the report folds tenants."""
     infra: InfraMonth | None = None
     if monthly is not None:
         infra = infra_month(state.infra, monthly, resolver, kept, cal.tz)
@@ -816,12 +839,14 @@ def month_spend(
         gap_hours = max(0.0, cal.now - monthly.end) / SECONDS_PER_HOUR
         if gap_hours > 0:
             moved = report.charge_back.get("allocation", {})
-            for (tenant, resource), rate in report.tenant_rates("allocation").items():
-                if resource == TOKENS_RESOURCE:
-                    continue
-                own_rate = rate - moved.get((tenant, resource), 0.0)
-                if own_rate:
-                    rate_part[(tenant, resource)] = own_rate * gap_hours
+            rates = report.tenant_rates("allocation")
+            # Each key's own rate (less what charge-back moved), paired in C.
+            own_rates = map(sub, rates.values(), map(moved.get, rates, repeat(0.0)))
+            rate_part = {
+                key: own_rate * gap_hours
+                for key, own_rate in zip(rates, own_rates, strict=True)
+                if own_rate and key[1] != TOKENS_RESOURCE
+            }
     own_part: dict[TenantResource, dict[date, list[float]]] = {}
     for (tenant, resource, day), usd in own.open_daily.items():
         own_part.setdefault((tenant, resource), {}).setdefault(day, []).append(usd)
@@ -837,47 +862,51 @@ def month_spend(
         return {d: fsum(v) for d, v in parts.items()}
 
     # Keys in the order OpenCost's open days, the rates, the exporter's own days bring them.
-    # The usual key has OpenCost's today and a rate: one fsum of two, no lists; one with
-    # OpenCost's days alone shares them (each a fold's fsum, its own fsum).
-    open_by_day: dict[TenantResource, Mapping[date, float]] = {}
+    # The usual key has OpenCost's today and a rate: one fsum of two, kept as a float (no
+    # dict per key); one with OpenCost's days alone shares them.
+    opened: dict[TenantResource, float | Mapping[date, float]] = {}
     for key, infra_days in closed.open_infra.items():
         since_query = rate_part.pop(key, None)
-        mine = own_part.pop(key, None)
+        mine = own_part.pop(key, None) if own_part else None
         if mine is None and len(infra_days) == 1 and today in infra_days:
-            open_by_day[key] = (
-                infra_days
-                if since_query is None
-                else {today: fsum((infra_days[today], since_query))}
+            opened[key] = (
+                infra_days if since_query is None else fsum((infra_days[today], since_query))
             )
         else:
-            open_by_day[key] = merged(infra_days, since_query, mine or {})
+            opened[key] = merged(infra_days, since_query, mine or {})
     for key, since_query in rate_part.items():
-        mine = own_part.pop(key, None)
+        mine = own_part.pop(key, None) if own_part else None
         if mine is None:
-            open_by_day[key] = {today: fsum((since_query,))}
+            opened[key] = fsum((since_query,))
+        elif len(mine) == 1 and today in mine:
+            opened[key] = fsum((since_query, *mine[today]))
         else:
-            open_by_day[key] = merged({}, since_query, mine)
+            opened[key] = merged({}, since_query, mine)
     for key, mine in own_part.items():
-        open_by_day[key] = merged({}, None, mine)
-    open_tenants: dict[str, list[TenantResource]] = defaultdict(list)
-    for key in open_by_day:
-        open_tenants[key[0]].append(key)
+        # The usual one: the exporter's tokens of today alone (a float, not a dict).
+        if len(mine) == 1 and today in mine:
+            opened[key] = fsum(mine[today])
+        else:
+            opened[key] = merged({}, None, mine)
 
     infra_available = monthly is not None
     month_to_date: dict[TenantResource, float] = {}
     month_values = closed.month_values
     closed_keys = closed.by_day
-    for key in (*closed_keys, *[k for k in open_by_day if k not in closed_keys]):
+    get_open = opened.get
+    for key in (*closed_keys, *filterfalse(closed_keys.__contains__, opened)):
         if not infra_available and key[1] != TOKENS_RESOURCE:
             continue
-        todays = open_by_day.get(key)
+        todays = get_open(key)
         values = month_values.get(key, ())
-        if todays:
-            if len(todays) == 1 and today in todays:
-                values = (*values, todays[today])
-            else:
-                values = (*values, *(v for d, v in todays.items() if d <= today))
-        month_to_date[key] = fsum(values)
+        if todays is None:
+            month_to_date[key] = fsum(values)
+        elif isinstance(todays, float):
+            month_to_date[key] = fsum((*values, todays))
+        elif len(todays) == 1 and today in todays:
+            month_to_date[key] = fsum((*values, todays[today]))
+        else:
+            month_to_date[key] = fsum((*values, *(v for d, v in todays.items() if d <= today)))
     tenant_mtd: dict[str, float] = {}
     if infra_available:
         by_tenant: dict[str, list[float]] = defaultdict(list)
@@ -888,8 +917,7 @@ def month_spend(
         infra=infra,
         infra_available=infra_available,
         closed=closed,
-        open_by_day=open_by_day,
-        open_by_tenant={t: tuple(v) for t, v in open_tenants.items()},
+        opened=opened,
         month_to_date=month_to_date,
         tenant_month_to_date=tenant_mtd,
     )
@@ -974,29 +1002,38 @@ def evaluate_month_budgets(
 class TokenVolume:
     """Tokens per (tenant, model) this month since ``since``; ``observed``: seconds."""
 
-    volume: dict[TenantResource, float]
+    volume: Mapping[TenantResource, float]  # shared with the previous state when unchanged
     since: float | None
     observed: float
-    prev_tokens: dict[tuple[str, str, str, str], float]
+    prev_tokens: Mapping[tuple[str, str, str, str], float]
 
 
 def count_token_volume(report: Report, state: FinanceState, cal: RefreshCalendar) -> TokenVolume:
     now, period = cal.now, cal.period
-    volume: dict[TenantResource, float] = {}
+    volume: Mapping[TenantResource, float] = {}
     volume_since = state.volume_since
-    prev_tokens = dict(state.prev_tokens)
+    prev_tokens: Mapping[tuple[str, str, str, str], float] = state.prev_tokens
     if report.tokens is not None:
         if state.volume_period == period:
-            volume = dict(state.token_volume)
+            volume = state.token_volume
         else:
             volume_since = now
-        for usage_key, n in report.tokens.tokens.items():
+        tokens = report.tokens.tokens
+        # Only the counters that moved (compared in C; in their order, so the sums add up
+        # as before); the volume is copied on the first one that adds, else shared.
+        moved = compress(tokens.items(), map(ne, tokens.values(), map(prev_tokens.get, tokens)))
+        grown: dict[TenantResource, float] | None = None
+        for usage_key, n in moved:
             prev = prev_tokens.get(usage_key)
             delta = n if prev is None or n < prev else n - prev
             if delta > 0:
+                if grown is None:
+                    grown = dict(volume)
                 vk = (usage_key[0], usage_key[1])
-                volume[vk] = volume.get(vk, 0.0) + delta
-        prev_tokens = dict(report.tokens.tokens)
+                grown[vk] = grown.get(vk, 0.0) + delta
+        if grown is not None:
+            volume = grown
+        prev_tokens = dict(tokens)
         if volume_since is None:
             volume_since = now
     observed = max(0.0, now - volume_since) if volume_since is not None else 0.0
@@ -1059,11 +1096,20 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
         since[gpu_key] = max(state.util_since.get(gpu_key, now), now - PEAK_WINDOW_SECONDS)
     # GPU model per pod as DCGM last saw it: a batch job that finished within the rate
     # query's window still has cost there, but no DCGM series any more.
-    pod_models = {
-        k: v for k, v in state.pod_gpu_models.items() if now - v[1] <= POD_MODEL_MEMORY_SECONDS
-    }
-    for share in report.cost.shares:
-        pod_models[(share.idle_key[2], share.idle_key[3])] = (share.gpu_model, now)
+    # Most pods are seen again every refresh: the oldest sighting (a scan in C) says whether
+    # any is forgotten; the sightings are written in C too (~10k pods at 2,000 tenants).
+    previous_models = state.pod_gpu_models
+    oldest = min(map(itemgetter(1), previous_models.values()), default=now)
+    if now - oldest <= POD_MODEL_MEMORY_SECONDS:
+        pod_models = dict(previous_models)
+    else:
+        pod_models = {
+            k: v for k, v in previous_models.items() if now - v[1] <= POD_MODEL_MEMORY_SECONDS
+        }
+    shares = report.cost.shares
+    pods = map(itemgetter(2, 3), map(attrgetter("idle_key"), shares))
+    models = zip(map(attrgetter("gpu_model"), shares), repeat(now))  # repeat: not strict
+    pod_models.update(zip(pods, models, strict=True))
     return GpuUsage(peaks, since, pod_models, extremes)
 
 
@@ -1071,11 +1117,7 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
 
 
 def month_books(
-    report: Report,
-    state: FinanceState,
-    cal: RefreshCalendar,
-    month: MonthSpend,
-    volume: Mapping[TenantResource, float],
+    state: FinanceState, cal: RefreshCalendar, month: MonthSpend, api_tokens: Mapping[str, float]
 ) -> dict[str, PeriodBooks]:
     """:func:`period_books` of the months OpenCost's sets cover (none without them); a past
     month's days are all closed, so the closed days' fold is their ``by_day``."""
@@ -1091,7 +1133,7 @@ def month_books(
         month.month_to_date,
         cal.period,
         cal.now,
-        _api_tokens(report, volume),
+        api_tokens,
         reuse,
     )
 
@@ -1461,14 +1503,35 @@ def _date_sums(
     return out
 
 
-def _api_tokens(report: Report, volume: Mapping[TenantResource, float]) -> dict[str, float]:
+# The books' API tokens per tenant with what they were summed from: the token volume (by
+# identity: count_token_volume shares it while no counter moved) and the measured models.
+ApiTokens = tuple[Mapping[TenantResource, float], frozenset[str], Mapping[str, float]]
+
+
+def _measured_models(report: Report) -> frozenset[str]:
+    if report.tokens is None:
+        return frozenset()
+    return frozenset(_model_key(m) for (m, _, _, src) in report.tokens.prices if src == "measured")
+
+
+def _api_tokens_cached(
+    report: Report, volume: Mapping[TenantResource, float], cached: ApiTokens | None
+) -> ApiTokens:
+    """:func:`_api_tokens`, summed again only when the volume or the measured models
+    changed (a sum per tenant over every (tenant, model) of the month, every refresh)."""
+    measured = _measured_models(report)
+    if cached is not None and cached[0] is volume and cached[1] == measured:
+        return cached
+    return volume, measured, _api_tokens(measured, volume)
+
+
+def _api_tokens(
+    measured: frozenset[str], volume: Mapping[TenantResource, float]
+) -> dict[str, float]:
     """Tokens each tenant sent this month to models priced from the price list (what the
     ``tokens`` resource's dollars pay for; self-hosted models' tokens are paid on gpu, cpu
-    and ram). Counted since ``volume_since``: after a restart without a state file, from
-    then."""
-    measured: set[str] = set()
-    if report.tokens is not None:
-        measured = {_model_key(m) for (m, _, _, src) in report.tokens.prices if src == "measured"}
+    and ram): ``measured``, the models priced from measurement. Counted since
+    ``volume_since``: after a restart without a state file, from then."""
     out: dict[str, list[float]] = defaultdict(list)
     for (tenant, model), n in volume.items():
         if _model_key(model) not in measured:
@@ -1614,13 +1677,34 @@ def _recommendations(
     routing_window: float,
     budgets: Iterable[BudgetStatus],
     now: float,
-    pod_model: Mapping[tuple[str, str], str],
-    highest: Mapping[TenantResource, float] | None = None,
+    pod_model: Mapping[tuple[str, str], tuple[str, float]],
+    extremes: Mapping[TenantResource, PeakExtremes] | None = None,
+    kept: frozenset[str] | None = None,
 ) -> tuple[Recommendation, ...]:
-    """``highest``: each key's highest hourly peak where known (``max`` of ``peaks``)."""
-    highest = highest or {}
+    """``pod_model``: each pod's GPU model (and when it was seen); ``extremes``: each key's
+    highest hourly peak where known (:class:`GpuUsage`); ``kept``: the published tenants
+    when the report folds some (:func:`published_tenants`)."""
+    extremes = extremes or {}
+
+    def price_of(name: str) -> float | None:
+        found = pricer.price(name)
+        return found[0] if found else None
+
+    options = gpu_options(ctx.gpu_specs, price_of)
+    # A utilization workload is read by right-sizing only, and only when its GPU model is
+    # among the options (spot reads labelled pods): the others are not made (~3,000 a
+    # refresh at 2,000 tenants, none of them read when no GPU is configured to move to).
+    sizable = _sizable_models(ctx.policy, options, peaks)
+    idle_stats = sorted((k, s) for k, s in report.gpu_stats.items() if s.idle_gpus > 0)
+    # The GPU cost rate of the (tenant, GPU model) keys read below only: the shares of the
+    # others (most of ~12k a refresh) are passed over in C.
+    wanted = {k for k, _ in idle_stats}
+    wanted.update(k for k in peaks if k[1] in sizable)
     gpu_rate: dict[TenantResource, list[float]] = defaultdict(list)
-    for share in report.cost.shares:
+    shares = report.cost.shares
+    tenants, models = map(attrgetter("tenant"), shares), map(attrgetter("gpu_model"), shares)
+    share_keys = zip(tenants, models, strict=True)
+    for share in compress(shares, map(wanted.__contains__, share_keys)):
         gpu_rate[(share.tenant, share.gpu_model)].append(share.alloc_rate)
     rate = {k: math.fsum(v) for k, v in gpu_rate.items()}
 
@@ -1634,8 +1718,7 @@ def _recommendations(
             # At least the idle window: a GPU is idle only after a full window below threshold.
             idle_for_seconds=ctx.idle_window_seconds,
         )
-        for (tenant, model), s in sorted(report.gpu_stats.items())
-        if s.idle_gpus > 0
+        for (tenant, model), s in idle_stats
     ]
     workloads = [
         GpuWorkload(
@@ -1645,16 +1728,12 @@ def _recommendations(
             gpus=report.gpu_stats[(tenant, model)].held,
             usd_per_hour=rate.get((tenant, model), 0.0),
             window_seconds=max(0.0, now - since.get((tenant, model), now)),
-            peak_utilization=_highest(highest, (tenant, model), hourly),
+            peak_utilization=_highest(extremes, (tenant, model), hourly),
         )
         for (tenant, model), hourly in sorted(peaks.items())
-        if tenant != IDLE_TENANT
+        if tenant != IDLE_TENANT and model in sizable
     ]
-    workloads += _spot_candidates(report, inputs.allocations, ctx.policy, pod_model)
-
-    def price_of(name: str) -> float | None:
-        found = pricer.price(name)
-        return found[0] if found else None
+    workloads += _spot_candidates(report, inputs.allocations, ctx.policy, pod_model, kept)
 
     def spot_price(model: str) -> SpotPrice | None:
         found = pricer.catalog.lookup(model)
@@ -1662,15 +1741,12 @@ def _recommendations(
             return None
         return SpotPrice(found[1].on_demand, found[1].spot)
 
-    monthly_spend: dict[str, list[float]] = defaultdict(list)
-    for (tenant, _), r in report.tenant_rates("allocation").items():
-        monthly_spend[tenant].append(r * HOURS_PER_MONTH)
     return build_recommendations(
         ctx.policy,
-        {t: math.fsum(v) for t, v in monthly_spend.items()},
+        MonthlySpend(report.tenant_rates("allocation")),
         idle=idle,
         workloads=workloads,
-        options=gpu_options(ctx.gpu_specs, price_of),
+        options=options,
         spot_prices=spot_price,
         routing=routing,
         routing_window_seconds=routing_window,
@@ -1678,14 +1754,57 @@ def _recommendations(
     )
 
 
+class MonthlySpend(Mapping[str, float]):
+    """Each tenant's cost rate × a month (the ``fsum`` of its keys' ``rate × 730``), summed
+    for the tenants asked only: the cap reads the tenants with a recommendation, out of the
+    ~10k (tenant, resource) rates a refresh."""
+
+    def __init__(self, rates: Mapping[TenantResource, float]) -> None:
+        self._rates = rates
+        self._resources = tuple(dict.fromkeys(map(itemgetter(1), rates)))
+        self._all: dict[str, float] | None = None
+
+    def __getitem__(self, tenant: str) -> float:
+        rates = self._rates
+        found = [rates[k] for k in zip(repeat(tenant), self._resources) if k in rates]
+        if not found:
+            raise KeyError(tenant)
+        return math.fsum([r * HOURS_PER_MONTH for r in found])
+
+    def _every(self) -> dict[str, float]:
+        if self._all is None:
+            self._all = {t: self[t] for t in dict.fromkeys(map(itemgetter(0), self._rates))}
+        return self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._every())
+
+    def __len__(self) -> int:
+        return len(self._every())
+
+
 def _highest(
-    known: Mapping[TenantResource, float], key: TenantResource, hourly: Mapping[int, float]
+    known: Mapping[TenantResource, PeakExtremes], key: TenantResource, hourly: Mapping[int, float]
 ) -> float | None:
     """The highest of ``hourly`` (``None`` when empty), from ``known`` where it is there."""
     if not hourly:
         return None
     found = known.get(key)
-    return max(hourly.values()) if found is None else found
+    return max(hourly.values()) if found is None else found[2]
+
+
+def _sizable_models(
+    policy: RecommendationPolicy,
+    options: Sequence[GpuOption],
+    peaks: Mapping[TenantResource, Mapping[int, float]],
+) -> frozenset[str]:
+    """The GPU models of ``peaks`` that right-sizing can match to an option (what
+    :func:`recommend_rightsizing` looks up; it skips a workload of any other model)."""
+    if not policy.rightsize or not options:
+        return frozenset()
+    names = {normalize_gpu_model(o.name) for o in options}
+    models = {model for _, model in peaks}
+    return frozenset(m for m in models if normalize_gpu_model(m) in names)
 
 
 def _sanitized(key: str) -> str:
@@ -1696,7 +1815,8 @@ def _spot_candidates(
     report: Report,
     allocations: AllocationSet | None,
     policy: RecommendationPolicy,
-    pod_model: Mapping[tuple[str, str], str],
+    pod_model: Mapping[tuple[str, str], tuple[str, float]],
+    kept: frozenset[str] | None = None,
 ) -> list[GpuWorkload]:
     """Fault-tolerant GPU pods (label ``policy.spot_label_key`` = ``spot_label_value``, raw or
     as OpenCost sanitizes it) grouped per (tenant, namespace, GPU model); their GPU cost rate
@@ -1706,21 +1826,22 @@ def _spot_candidates(
         return []
     keys = tuple(dict.fromkeys((policy.spot_label_key, _sanitized(policy.spot_label_key))))
     wanted = policy.spot_label_value
-    kept: frozenset[str] | None = None  # made when a spot pod needs it
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for row in allocations.allocations:
+    # The labelled rows found in C (a few of ~20k rows a refresh at 2,000 tenants).
+    rows = allocations.allocations
+    labels = list(map(attrgetter("labels"), rows))
+    labelled: Iterator[bool] = iter(())
+    for i, k in enumerate(keys):
+        found = map(eq, repeat(wanted), map(methodcaller("get", k), labels))
+        labelled = found if i == 0 else map(or_, labelled, found)
+    for row in compress(rows, labelled):
         if row.gpu_cost <= 0 or not row.namespace or not row.pod:
             continue
-        labels = row.labels
-        for k in keys:
-            if labels.get(k) == wanted:
-                break
-        else:
-            continue
-        model = pod_model.get((row.namespace, row.pod))
+        seen = pod_model.get((row.namespace, row.pod))
         tenant = report.cost.pod_tenants.get((row.namespace, row.pod))
-        if model is None or tenant is None:
+        if seen is None or tenant is None:
             continue
+        model = seen[0]
         if report.cost.folded_tenants:
             if kept is None:
                 kept = published_tenants(report)
