@@ -58,9 +58,11 @@ from collections.abc import (
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from itertools import chain, compress, filterfalse, repeat
-from operator import attrgetter, eq, itemgetter, methodcaller, ne, or_, sub
+from operator import attrgetter, eq, is_, itemgetter, methodcaller, ne, or_, sub
 from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
+
+import numpy as np
 
 from aifinops.model.budgets import (
     GLOBAL_TENANT,
@@ -517,6 +519,8 @@ class ClosedDays:
     keys_by_tenant: Mapping[str, tuple[TenantResource, ...]]
     # The forecast fit of each budget's scope (and the cluster's), made once per cache.
     fits: Mapping[tuple[str, BudgetScope], DailyFit]
+    # Made on first use (:func:`_closed_columns`), kept while this fold is.
+    _columns: list[ClosedColumns] = field(default_factory=list)
 
     def fit(self, key: tuple[str, BudgetScope]) -> DailyFit:
         found = self.fits.get(key)
@@ -805,6 +809,69 @@ class MonthSpend:
             yield key, [*closed.items(), *opened.items()]
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedColumns:
+    """A closed days' fold as columns: its keys in order; per key, its month's closed days
+    as one float where their exact partials are one (``single``, NaN elsewhere: most keys);
+    each tenant with a getter of its keys' positions (a tuple from a list)."""
+
+    keys: tuple[TenantResource, ...]
+    single: np.ndarray
+    is_single: np.ndarray
+    tenants: tuple[tuple[str, Callable[[Sequence[float]], tuple[float, ...]]], ...]
+
+
+def _closed_columns(closed: ClosedDays) -> ClosedColumns:
+    if closed._columns:
+        return closed._columns[0]
+    keys = tuple(closed.by_day)
+    partials = [closed.month_values.get(k, ()) for k in keys]
+    is_single = np.fromiter((len(p) == 1 for p in partials), bool, len(keys))
+    single = np.fromiter((p[0] if len(p) == 1 else math.nan for p in partials), float, len(keys))
+    at: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        at.setdefault(key[0], []).append(i)
+    tenants = tuple((t, _picker(idx)) for t, idx in at.items())
+    columns = ClosedColumns(keys, single, is_single, tenants)
+    closed._columns.append(columns)
+    return columns
+
+
+def _picker(idx: list[int]) -> Callable[[Sequence[float]], tuple[float, ...]]:
+    """The values at ``idx`` as a tuple (``itemgetter`` gives a bare value for one index)."""
+    if len(idx) == 1:
+        (only,) = idx
+        return lambda values: (values[only],)
+    getter = itemgetter(*idx)
+    return lambda values: getter(values)
+
+
+def _closed_month_to_date(
+    columns: ClosedColumns,
+    opened: Mapping[TenantResource, float | Mapping[date, float]],
+    one: Callable[[TenantResource], float],
+) -> list[float]:
+    """Each closed key's month to date, ``one(key)`` (an ``fsum``), column-wise where it is
+    an ``fsum`` of two finite floats (the closed days' single partial and today's float, or
+    the partial alone): their IEEE sum (correctly rounded, as ``fsum`` is), ``+ 0.0`` as
+    ``fsum`` never gives -0.0. Every other key, or a total that is not finite, by ``one``."""
+    keys, n = columns.keys, len(columns.keys)
+    found = list(map(opened.get, keys))
+    has_today = np.fromiter(map(isinstance, found, repeat(float)), bool, n)
+    absent = np.fromiter(map(is_, found, repeat(None)), bool, n)
+    today = np.zeros(n)
+    if has_today.any():
+        today[has_today] = np.array(found, dtype=object)[has_today].astype(float)
+    with np.errstate(all="ignore"):
+        total = columns.single + today + 0.0
+        fast = columns.is_single & (has_today | absent) & np.isfinite(total)
+        fast &= np.isfinite(columns.single) & np.isfinite(today)
+    values: list[float] = total.tolist()
+    for i in np.flatnonzero(~fast).tolist():
+        values[i] = one(keys[i])
+    return values
+
+
 def published_tenants(report: Report) -> frozenset[str]:
     """The tenants with a cost rate in ``report`` (what it publishes when it folds the rest
     into ``__other__``)."""
@@ -890,29 +957,42 @@ def month_spend(
             opened[key] = merged({}, None, mine)
 
     infra_available = monthly is not None
-    month_to_date: dict[TenantResource, float] = {}
     month_values = closed.month_values
     closed_keys = closed.by_day
-    get_open = opened.get
-    for key in (*closed_keys, *filterfalse(closed_keys.__contains__, opened)):
-        if not infra_available and key[1] != TOKENS_RESOURCE:
-            continue
-        todays = get_open(key)
+
+    def key_month_to_date(key: TenantResource) -> float:
+        todays = opened.get(key)
         values = month_values.get(key, ())
         if todays is None:
-            month_to_date[key] = fsum(values)
-        elif isinstance(todays, float):
-            month_to_date[key] = fsum((*values, todays))
-        elif len(todays) == 1 and today in todays:
-            month_to_date[key] = fsum((*values, todays[today]))
-        else:
-            month_to_date[key] = fsum((*values, *(v for d, v in todays.items() if d <= today)))
+            return fsum(values)
+        if isinstance(todays, float):
+            return fsum((*values, todays))
+        if len(todays) == 1 and today in todays:
+            return fsum((*values, todays[today]))
+        return fsum((*values, *(v for d, v in todays.items() if d <= today)))
+
+    open_only = [*filterfalse(closed_keys.__contains__, opened)]
+    month_to_date: dict[TenantResource, float] = {}
     tenant_mtd: dict[str, float] = {}
     if infra_available:
-        by_tenant: dict[str, list[float]] = defaultdict(list)
-        for (tenant, _), usd in month_to_date.items():
-            by_tenant[tenant].append(usd)
-        tenant_mtd = {t: math.fsum(v) for t, v in by_tenant.items()}
+        columns = _closed_columns(closed)
+        totals = _closed_month_to_date(columns, opened, key_month_to_date)
+        month_to_date = dict(zip(columns.keys, totals, strict=True))
+        extra: dict[str, list[float]] = {}
+        for key in open_only:
+            month_to_date[key] = usd = key_month_to_date(key)
+            extra.setdefault(key[0], []).append(usd)
+        # Per tenant, its closed keys' totals picked in C, then its open-only keys'.
+        for tenant, pick in columns.tenants:
+            picked = pick(totals)
+            more = extra.pop(tenant, None)
+            tenant_mtd[tenant] = fsum(picked) if more is None else fsum((*picked, *more))
+        for tenant, more in extra.items():
+            tenant_mtd[tenant] = fsum(more)
+    else:  # tokens only, from the exporter's own ledger
+        for key in (*closed_keys, *open_only):
+            if key[1] == TOKENS_RESOURCE:
+                month_to_date[key] = key_month_to_date(key)
     return MonthSpend(
         infra=infra,
         infra_available=infra_available,
@@ -952,6 +1032,8 @@ class ScopeSpend:
             total = self._month.tenant_month_to_date.get(tenant)
             if total is not None:
                 return total
+            if self._month.infra_available:
+                return default  # tenant_month_to_date has every tenant of month_to_date
             values = [v for (t, _), v in mtd.items() if t == tenant]  # without OpenCost's month
             return math.fsum(values) if values else default
         one = mtd.get((tenant, scope))
@@ -1741,9 +1823,12 @@ def _recommendations(
             return None
         return SpotPrice(found[1].on_demand, found[1].spot)
 
+    monthly_spend: dict[str, list[float]] = defaultdict(list)
+    for (tenant, _), r in report.tenant_rates("allocation").items():
+        monthly_spend[tenant].append(r * HOURS_PER_MONTH)
     return build_recommendations(
         ctx.policy,
-        MonthlySpend(report.tenant_rates("allocation")),
+        {t: math.fsum(v) for t, v in monthly_spend.items()},
         idle=idle,
         workloads=workloads,
         options=options,
@@ -1752,35 +1837,6 @@ def _recommendations(
         routing_window_seconds=routing_window,
         budgets=budgets,
     )
-
-
-class MonthlySpend(Mapping[str, float]):
-    """Each tenant's cost rate × a month (the ``fsum`` of its keys' ``rate × 730``), summed
-    for the tenants asked only: the cap reads the tenants with a recommendation, out of the
-    ~10k (tenant, resource) rates a refresh."""
-
-    def __init__(self, rates: Mapping[TenantResource, float]) -> None:
-        self._rates = rates
-        self._resources = tuple(dict.fromkeys(map(itemgetter(1), rates)))
-        self._all: dict[str, float] | None = None
-
-    def __getitem__(self, tenant: str) -> float:
-        rates = self._rates
-        found = [rates[k] for k in zip(repeat(tenant), self._resources) if k in rates]
-        if not found:
-            raise KeyError(tenant)
-        return math.fsum([r * HOURS_PER_MONTH for r in found])
-
-    def _every(self) -> dict[str, float]:
-        if self._all is None:
-            self._all = {t: self[t] for t in dict.fromkeys(map(itemgetter(0), self._rates))}
-        return self._all
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._every())
-
-    def __len__(self) -> int:
-        return len(self._every())
 
 
 def _highest(
