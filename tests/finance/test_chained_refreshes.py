@@ -14,8 +14,10 @@ from dataclasses import replace
 import msgspec
 import pytest
 
+from aifinops.demo.cluster import SimCluster
 from aifinops.model import finance
 from aifinops.model.budgets import Budget
+from aifinops.model.cost import tenant_of
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets, Inputs
 from aifinops.model.recommend import GpuSpec
 from aifinops.model.report import ModelState, Report, build_report
@@ -23,10 +25,12 @@ from aifinops.model.roi import BenefitInputs, Initiative
 from aifinops.model.tokens import TokenReport
 from tests.model import finance_reference as reference
 from tests.model.builders import A100, H100, L4, context, pricer, resolver, small_cluster
-from tests.model.test_finance_fast_paths import NOVEMBER, figures, orders
-from tests.model.test_finance_model import DAY, daily
+from tests.model.test_finance_cache import settled
+from tests.model.test_finance_fast_paths import NOVEMBER, figures, orders, sim, sim_month
+from tests.model.test_finance_model import DAY, daily, report_at
 
 _ROWS, GPUS = small_cluster()
+__all__ = ["sim"]  # the demo cluster fixture, shared
 TENANTS = ("alpha", "beta", "team-gamma", "ml-research", "__idle__")
 
 
@@ -155,3 +159,45 @@ def test_chained_refreshes_give_the_reference_figures(tz: str) -> None:
     assert isinstance(report, Report)
     # The run reached what it is about: right-sizing after the reload, budget risks.
     assert {"rightsize", "budget_at_risk", "spot"} <= kinds, kinds
+
+
+def without(report: Report, tenant: str) -> Report:
+    """``report`` with ``tenant``'s cost rates left out and a tenant counted as folded: the
+    finance step then folds ``tenant``'s month into ``__other__`` (as when it fell below
+    the report's cut-off)."""
+    rates = {
+        b: {k: v for k, v in r.items() if k[0] != tenant} for b, r in report.cost.rates.items()
+    }
+    return replace(report, cost=replace(report.cost, rates=rates, folded_tenants=1))
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Paris"])
+def test_published_tenants_moving_give_the_reference_figures(sim: SimCluster, tz: str) -> None:
+    """The demo cluster's month (many rows per tenant and day) while the tenant folded into
+    __other__ changes from refresh to refresh (none, one, another, two, none again)."""
+    month_end = NOVEMBER[tz]
+    first = month_end - 8 * DAY
+    steps = [month_end - DAY / 3 + k * 3000.0 for k in range(14)]
+    monthly = sim_month(sim, first, steps[0])
+    rows = [row for _, _, s in monthly.sets for row in s.allocations]
+    tenants = sorted({tenant_of(row, resolver()) for row in rows} - {"__idle__"})
+    assert len(tenants) > 3
+    ctx = replace(contexts(tz)[0], budgets=tuple(Budget(t, 40.0) for t in tenants))
+    res = resolver()
+    new_state, old_state = finance.FinanceState(), reference.FinanceState()
+    model = ModelState()
+    plan = [(), (tenants[0],), (tenants[1],), (tenants[1],), (tenants[0], tenants[2]), ()]
+    folded_any = False
+    for i, now in enumerate(steps):
+        if i % 5 == 4:
+            monthly = settled(monthly, sim_month(sim, first, now))
+        report, model = report_at(now, model, {t: 1.0 + i % 3 for t in tenants})
+        for tenant in plan[i % len(plan)]:
+            report = without(report, tenant)
+        inputs = finance.FinanceInputs(monthly=monthly)
+        new, new_state = finance.build_finance(report, inputs, ctx, res, pricer(), new_state, now)
+        old, old_state = reference.build_finance(report, inputs, ctx, res, pricer(), old_state, now)
+        assert figures(new) == figures(old), f"step {i} at {now}"
+        assert orders(new) == orders(old), f"step {i} at {now}"
+        folded_any |= ("__other__", "gpu") in new.month_to_date
+    assert folded_any

@@ -1291,6 +1291,9 @@ class DayFold:
     sets: tuple[AllocationSet, ...]
     dollars: Mapping[TenantResource, float]
     quantities: Mapping[TenantResource, float]
+    # Each row's tenant as a code (:attr:`InfraMonth.names`): where the rows of the tenants
+    # folded into __other__ are (a fold per real tenant only).
+    owners: array[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1298,10 +1301,15 @@ class InfraMonth:
     """OpenCost's daily sets folded to USD per (tenant, resource) and local date, with the
     inputs it was folded from. The sets change once per ``budgets.refresh_interval_seconds``
     and the rates every refresh: at 2,000 tenants folding 40k rows is most of the finance
-    step, so it is redone only when the sets, the tenancy resolver, the folded tenants or the
-    time zone change (compared by identity/equality in :func:`infra_month`), and then only
-    for the days whose sets changed (``days``: the month query keeps the sets of days that
-    have settled, so a new answer brings new sets for its last days only)."""
+    step, so it is redone only when the sets, the tenancy resolver or the time zone change
+    (compared by identity/equality in :func:`infra_month`), and then only for the days whose
+    sets changed (``base``: the month query keeps the sets of days that have settled, so a
+    new answer brings new sets for its last days only).
+
+    The days are folded per real tenant (``base``); ``days`` reads them with the tenants
+    not ``kept`` folded into ``__other__`` (:func:`_fold_into_other`, from their own rows).
+    Why: which tenants the report publishes moves with the rates (a tenant at the cut-off
+    in, another out), and refolding the month for it was most of such a refresh."""
 
     sets: DailyAllocationSets
     resolver: TenantResolver
@@ -1309,7 +1317,19 @@ class InfraMonth:
     tz: str
     start: date | None
     spans: Mapping[date, tuple[float, float]] = field(default_factory=dict)  # per local date
-    days: Mapping[date, DayFold] = field(default_factory=dict)
+    base: Mapping[date, DayFold] = field(default_factory=dict)
+    # The tenant of each owner code, and the codes (shared by the folds reused from a
+    # previous InfraMonth; only ever appended to).
+    names: list[str] = field(default_factory=list)
+    codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def days(self) -> Mapping[date, DayFold]:
+        """The day folds with the tenants not ``kept`` folded into ``__other__`` (made when
+        read: bind it once)."""
+        if self.kept is None:
+            return self.base
+        return {d: _fold_into_other(f, self.kept, self.names) for d, f in self.base.items()}
 
     # Derived when asked (when the closed days or the books are folded again), not kept:
     # at 2,000 tenants each is ~25 MB of dicts that the day folds already hold.
@@ -1343,15 +1363,14 @@ def infra_month(
     day whose sets are the very ones ``cached`` folded is reused). ``kept``: the tenants the
     report publishes when it folds the rest into ``__other__`` (``None`` when it folds
     none)."""
-    same_rules = (
-        cached is not None
-        and cached.resolver is resolver
-        and cached.kept == kept
-        and cached.tz == tz
-    )
+    same_rules = cached is not None and cached.resolver is resolver and cached.tz == tz
     if cached is not None and same_rules and cached.sets is monthly:
-        return cached
-    previous = cached.days if cached is not None and same_rules else {}
+        if cached.kept == kept:
+            return cached
+        return replace(cached, kept=kept)  # the same folds read with other tenants folded
+    previous = cached.base if cached is not None and same_rules else {}
+    names = cached.names if cached is not None and same_rules else []
+    codes = cached.codes if cached is not None and same_rules else {}
     groups: dict[date, list[AllocationSet]] = {}
     spans: dict[date, tuple[float, float]] = {}
     start: date | None = None
@@ -1381,9 +1400,9 @@ def infra_month(
             or len(fold.sets) != len(sets)
             or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
         ):
-            fold = _fold_day(tuple(sets), resolver, kept, keys, tenant_keys)
+            fold = _fold_day(tuple(sets), resolver, None, keys, tenant_keys, (names, codes))
         days[day] = fold
-    return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
+    return InfraMonth(monthly, resolver, kept, tz, start, spans, days, names, codes)
 
 
 def _fold_day(
@@ -1392,11 +1411,13 @@ def _fold_day(
     kept: frozenset[str] | None,
     keys: dict[TenantResource, TenantResource] | None = None,
     tenant_keys: dict[str, TenantKeys] | None = None,
+    coding: tuple[list[str], dict[str, int]] | None = None,
 ) -> DayFold:
     """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``).
     ``keys``: the (tenant, resource) tuples to use, shared with other days' folds (a key
     new here is added to it); ``tenant_keys``: each tenant's, likewise. Each key's value is
-    the fsum of its parts, keys in the order the rows first bring them."""
+    the fsum of its parts, keys in the order the rows first bring them. ``coding``: the
+    tenant of each code and the codes (appended to), to keep each row's (``owners``)."""
     keys = {} if keys is None else keys
     tenant_keys = {} if tenant_keys is None else tenant_keys
     rows = [row for allocation_set in sets for row in allocation_set.allocations]
@@ -1407,6 +1428,13 @@ def _fold_day(
             tenant = OTHER_TENANT
         owners.append(tenant)
     rows_of = Counter(owners)
+    coded: array[int] | None = None
+    if coding is not None:
+        names, codes = coding
+        for tenant in rows_of.keys() - codes.keys():
+            codes[tenant] = len(names)
+            names.append(tenant)
+        coded = array("H" if len(names) <= 1 << 16 else "I", map(codes.__getitem__, owners))
     dollars, usage = _FoldColumns(), _FoldColumns()
     for row, tenant in zip(rows, owners, strict=True):
         made = tenant_keys.get(tenant)
@@ -1421,7 +1449,96 @@ def _fold_day(
         else:
             dollars.add_part(made[0], _row_costs(row))
             usage.add_part(made[1], _row_quantity_values(row))
-    return DayFold(sets, dollars.columns(), usage.columns())
+    return DayFold(sets, dollars.columns(), usage.columns(), coded)
+
+
+def _fold_into_other(fold: DayFold, kept: frozenset[str], names: Sequence[str]) -> DayFold:
+    """``fold`` (per real tenant, with ``owners``) as :func:`_fold_day` with ``kept`` gives
+    it: the keys of the tenants not kept (and __other__'s own) replaced by __other__'s, each
+    at the first of them, its value the ``fsum`` of their rows' parts (exactly what the
+    rows booked to __other__ sum to; the one part as it is). ``fold`` itself when no tenant
+    of that day is folded. Only the rows of the folded tenants are read."""
+    owners = fold.owners
+    assert owners is not None
+    present = set(owners)
+    folded = {
+        c for c in present if names[c] not in kept and names[c] not in (IDLE_TENANT, OTHER_TENANT)
+    }
+    if not folded:
+        return fold
+    merged_codes = folded | {c for c in present if names[c] == OTHER_TENANT}
+    at = compress(range(len(owners)), map(merged_codes.__contains__, owners))
+    rows = _rows_at(fold.sets, list(at))
+    cost_parts: dict[str, list[float]] = {r: [] for r in COST_RESOURCES}
+    usage_parts: dict[str, list[float]] = {r: [] for r in QUANTITY_RESOURCES}
+    for row in rows:
+        for r, v in zip(COST_RESOURCES, _row_costs(row), strict=True):
+            if v:
+                cost_parts[r].append(v)
+        for r, v in zip(QUANTITY_RESOURCES, _row_quantity_values(row), strict=True):
+            if v:
+                usage_parts[r].append(v)
+    tenants = frozenset(names[c] for c in merged_codes)
+    return DayFold(
+        fold.sets,
+        _merged_columns(fold.dollars, tenants, cost_parts),
+        _merged_columns(fold.quantities, tenants, usage_parts),
+    )
+
+
+def _rows_at(sets: Sequence[AllocationSet], at: Sequence[int]) -> list[Allocation]:
+    """The rows at positions ``at`` (ascending) of the sets' rows in order, a columnar set's
+    built for those positions only."""
+    out: list[Allocation] = []
+    offset, i = 0, 0
+    for allocation_set in sets:
+        n = (
+            len(allocation_set.allocations)
+            if allocation_set.columns is None
+            else (len(allocation_set.columns[0]))
+        )
+        mine = []
+        while i < len(at) and at[i] < offset + n:
+            mine.append(at[i] - offset)
+            i += 1
+        if mine:
+            if allocation_set.columns is not None:
+                cols = allocation_set.columns
+                out += [Allocation(*(col[j] for col in cols)) for j in mine]
+            else:
+                rows = allocation_set.allocations
+                out += [rows[j] for j in mine]
+        offset += n
+    return out
+
+
+def _merged_columns(
+    columns: Mapping[TenantResource, float],
+    tenants: frozenset[str],
+    parts: Mapping[str, list[float]],
+) -> DayColumns[TenantResource]:
+    """``columns`` with the keys of ``tenants`` replaced by __other__'s (see
+    :func:`_fold_into_other`)."""
+    assert isinstance(columns, DayColumns)
+    keys, values = columns.keys_tuple, columns.values_array
+    hits = compress(range(len(keys)), map(tenants.__contains__, map(itemgetter(0), keys)))
+    out_keys: list[TenantResource] = []
+    out_values = array("d")
+    placed: set[str] = set()
+    start = 0
+    for i in hits:
+        out_keys += keys[start:i]
+        out_values += values[start:i]
+        resource = keys[i][1]
+        if resource not in placed:
+            placed.add(resource)
+            p = parts[resource]
+            out_keys.append((OTHER_TENANT, resource))
+            out_values.append(p[0] if len(p) == 1 else math.fsum(p))
+        start = i + 1
+    out_keys += keys[start:]
+    out_values += values[start:]
+    return DayColumns(tuple(out_keys), out_values)
 
 
 # A tenant's (tenant, resource) keys for the costs and for the usage, in the order of
@@ -1492,6 +1609,13 @@ def period_books(
     fresh, 0.008 s reused, for 46 days of 1,900 tenants × 6 resources). A past month's own
     dollars are booked when its days are, so they change only with the sets (the key)."""
     tz = infra.tz
+    made: list[Mapping[date, DayFold]] = []
+
+    def folds() -> Mapping[date, DayFold]:  # infra.days made once, when first read
+        if not made:
+            made.append(infra.days)
+        return made[0]
+
     months: dict[str, list[date]] = defaultdict(list)
     for day in infra.spans:
         months[day.strftime("%Y-%m")].append(day)
@@ -1519,8 +1643,8 @@ def period_books(
             qty = {k: v for k, v in hit.quantities.items() if k[1] != TOKENS_RESOURCE}
         else:
             if order is None:
-                order = tuple(_fold_sums([fold.quantities for fold in infra.days.values()]))
-            summed = _fold_sums([infra.days[d].quantities for d in days])
+                order = tuple(_fold_sums([fold.quantities for fold in folds().values()]))
+            summed = _fold_sums([folds()[d].quantities for d in days])
             for key in order:
                 value = summed.get(key)
                 if value:
