@@ -117,8 +117,10 @@ def rows_at(i: int) -> list[Allocation]:
     return rows
 
 
-def month_sets(start: float, now: float) -> DailyAllocationSets:
-    return daily(start, int((now - start) // DAY) + 1, now, {"alpha": 24.0, "beta": 48.0})
+def month_sets(start: float, now: float, answer: int) -> DailyAllocationSets:
+    """OpenCost's daily sets, each answer's dollars a little different (every day's)."""
+    usd = {"alpha": 24.0 + answer / 3, "beta": 48.0 - answer / 7}
+    return daily(start, int((now - start) // DAY) + 1, now, usd)
 
 
 @pytest.mark.parametrize("tz", ["UTC", "Europe/Paris"])
@@ -136,7 +138,7 @@ def test_chained_refreshes_give_the_reference_figures(tz: str) -> None:
     for i, now in enumerate(steps):
         ctx = after if i >= reload_at else before
         if i % 6 == 0:  # the month query answers anew
-            monthly = month_sets(first, now)
+            monthly = month_sets(first, now, i // 6)
         # Stale: the previous answer is kept (the same object); absent: none.
         month = None if i in absent else monthly
         if i in stale and monthly is not None:

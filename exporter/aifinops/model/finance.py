@@ -611,6 +611,20 @@ def fold_closed_days(
     for key in by_day:
         tenants[key[0]].append(key)
     keys_by_tenant = {t: tuple(v) for t, v in tenants.items()}
+
+    def reusable(old: ClosedDays | None) -> ClosedDays | None:
+        """``old`` when its fits were made on the same day and terms (so that a scope's fit
+        depends only on its columns)."""
+        if (
+            old is None
+            or old.today != today
+            or old.tz != tz
+            or old.lookback_days != lookback_days
+            or (old.infra is None) != (infra is None)
+        ):
+            return None
+        return old
+
     return ClosedDays(
         infra=infra,
         today=today,
@@ -621,7 +635,15 @@ def fold_closed_days(
         open_infra=dict(open_infra),
         month_values=month_values,
         keys_by_tenant=keys_by_tenant,
-        fits=_scope_fits(by_day, keys_by_tenant, infra is not None, budgets, cal, lookback_days),
+        fits=_scope_fits(
+            by_day,
+            keys_by_tenant,
+            infra is not None,
+            budgets,
+            cal,
+            lookback_days,
+            reusable(cached),
+        ),
     )
 
 
@@ -632,11 +654,15 @@ def _scope_fits(
     budgets: Sequence[Budget],
     cal: RefreshCalendar,
     lookback_days: int,
+    previous: ClosedDays | None = None,
 ) -> dict[tuple[str, BudgetScope], DailyFit]:
     """The forecast fit of each budget's scope and the cluster's: what
     ``fit_daily(scope_series(...)[key])`` gives, from the closed days' columns of the keys
     in that scope only (a tenant's own, or every key for :data:`GLOBAL_TENANT`), each
-    day's values summed with one ``fsum`` over the columns that share its dates."""
+    day's values summed with one ``fsum`` over the columns that share its dates.
+    ``previous``: a fold of the same day whose fit of a scope is kept when that scope's
+    keys and their columns are equal (a fold again for another tenant folded into
+    __other__, say, changes few tenants' columns; a fit is a Theil-Sen per scope)."""
     tz, zone = cal.tz, ZoneInfo(cal.tz)
     counted = [k for k in by_day if infra_available or k[1] == TOKENS_RESOURCE]
     # The local date each day's midnight reads back as (``daily_by_date``): that day.
@@ -651,7 +677,15 @@ def _scope_fits(
                 for k in keys_by_tenant.get(tenant, ())
                 if infra_available or k[1] == TOKENS_RESOURCE
             ]
-        per_day = _day_sums([by_day[k] for k in members if scope in scopes_of(k[1])])
+        chosen = [k for k in members if scope in scopes_of(k[1])]
+        if previous is not None and tenant != GLOBAL_TENANT:
+            seen = previous.fits.get((tenant, scope))
+            if seen is not None and _same_columns(
+                tenant, scope, chosen, by_day, previous, infra_available
+            ):
+                fits[(tenant, scope)] = seen
+                continue
+        per_day = _day_sums([by_day[k] for k in chosen])
         by_date: dict[date, list[float]] = {}
         for day, usd in per_day.items():
             if not math.isfinite(usd):
@@ -663,6 +697,32 @@ def _scope_fits(
         history = {d: math.fsum(v) for d, v in by_date.items()}
         fits[(tenant, scope)] = fit_history(history, cal.today, lookback_days)
     return fits
+
+
+def _same_columns(
+    tenant: str,
+    scope: BudgetScope,
+    keys: Sequence[TenantResource],
+    by_day: Mapping[TenantResource, DayColumns[date]],
+    previous: ClosedDays,
+    infra_available: bool,
+) -> bool:
+    """``previous`` has exactly ``keys`` for ``tenant`` in ``scope``, with the same
+    columns (dates and values)."""
+    old_keys = [
+        k
+        for k in previous.keys_by_tenant.get(tenant, ())
+        if (infra_available or k[1] == TOKENS_RESOURCE) and scope in scopes_of(k[1])
+    ]
+    if old_keys != list(keys):
+        return False
+    for key in keys:
+        old, new = previous.by_day[key], by_day[key]
+        if not isinstance(old, DayColumns) or old.keys_tuple != new.keys_tuple:
+            return False
+        if old.values_array != new.values_array:
+            return False
+    return True
 
 
 def _day_sums(columns: Sequence[DayColumns[date]]) -> dict[date, float]:
