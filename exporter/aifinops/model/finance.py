@@ -404,6 +404,8 @@ def build_finance(
         util_extremes=usage.extremes,
         api_tokens=api_tokens,
     )
+    if month.infra is not None:
+        month.infra.release_days()  # read by the folds above; not kept with the state
     return finance, new_state
 
 
@@ -680,9 +682,8 @@ def _scope_fits(
         chosen = [k for k in members if scope in scopes_of(k[1])]
         if previous is not None and tenant != GLOBAL_TENANT:
             seen = previous.fits.get((tenant, scope))
-            if seen is not None and _same_columns(
-                tenant, scope, chosen, by_day, previous, infra_available
-            ):
+            same = _same_columns(tenant, keys_by_tenant.get(tenant, ()), chosen, by_day, previous)
+            if seen is not None and same:
                 fits[(tenant, scope)] = seen
                 continue
         per_day = _day_sums([by_day[k] for k in chosen])
@@ -701,20 +702,15 @@ def _scope_fits(
 
 def _same_columns(
     tenant: str,
-    scope: BudgetScope,
+    new_all: Sequence[TenantResource],
     keys: Sequence[TenantResource],
     by_day: Mapping[TenantResource, DayColumns[date]],
     previous: ClosedDays,
-    infra_available: bool,
 ) -> bool:
-    """``previous`` has exactly ``keys`` for ``tenant`` in ``scope``, with the same
-    columns (dates and values)."""
-    old_keys = [
-        k
-        for k in previous.keys_by_tenant.get(tenant, ())
-        if (infra_available or k[1] == TOKENS_RESOURCE) and scope in scopes_of(k[1])
-    ]
-    if old_keys != list(keys):
+    """``previous`` had the same keys for ``tenant`` (``new_all``, so the same in any
+    scope) and the same columns (dates and values) for ``keys``, the scope's."""
+    old_all = previous.keys_by_tenant.get(tenant, ())
+    if old_all != new_all:  # the tenant's keys (so its keys in ``scope``) are not the same
         return False
     for key in keys:
         old, new = previous.by_day[key], by_day[key]
@@ -1382,14 +1378,31 @@ class InfraMonth:
     # previous InfraMonth; only ever appended to).
     names: list[str] = field(default_factory=list)
     codes: dict[str, int] = field(default_factory=dict)
+    # ``days`` made when first read, until :meth:`release_days` (a refresh reads them for
+    # the closed days' fold and the books, then holds the per-key columns they make).
+    _derived: list[Mapping[date, DayFold]] = field(default_factory=list)
 
     @property
     def days(self) -> Mapping[date, DayFold]:
-        """The day folds with the tenants not ``kept`` folded into ``__other__`` (made when
-        read: bind it once)."""
+        """The day folds with the tenants not ``kept`` folded into ``__other__``."""
         if self.kept is None:
             return self.base
-        return {d: _fold_into_other(f, self.kept, self.names) for d, f in self.base.items()}
+        if not self._derived:
+            kept = self.kept
+            folded = frozenset(
+                c
+                for c, t in enumerate(self.names)
+                if t not in kept and t not in (IDLE_TENANT, OTHER_TENANT)
+            )
+            other = frozenset(c for c, t in enumerate(self.names) if t == OTHER_TENANT)
+            self._derived.append(
+                {d: _fold_into_other(f, folded, other, self.names) for d, f in self.base.items()}
+            )
+        return self._derived[0]
+
+    def release_days(self) -> None:
+        """Forget the derived ``days`` (made again when read)."""
+        self._derived.clear()
 
     # Derived when asked (when the closed days or the books are folded again), not kept:
     # at 2,000 tenants each is ~25 MB of dicts that the day folds already hold.
@@ -1427,7 +1440,8 @@ def infra_month(
     if cached is not None and same_rules and cached.sets is monthly:
         if cached.kept == kept:
             return cached
-        return replace(cached, kept=kept)  # the same folds read with other tenants folded
+        # The same folds read with other tenants folded (none derived for them yet).
+        return replace(cached, kept=kept, _derived=[])
     previous = cached.base if cached is not None and same_rules else {}
     names = cached.names if cached is not None and same_rules else []
     codes = cached.codes if cached is not None and same_rules else {}
@@ -1512,7 +1526,9 @@ def _fold_day(
     return DayFold(sets, dollars.columns(), usage.columns(), coded)
 
 
-def _fold_into_other(fold: DayFold, kept: frozenset[str], names: Sequence[str]) -> DayFold:
+def _fold_into_other(
+    fold: DayFold, folded_codes: frozenset[int], other_codes: frozenset[int], names: Sequence[str]
+) -> DayFold:
     """``fold`` (per real tenant, with ``owners``) as :func:`_fold_day` with ``kept`` gives
     it: the keys of the tenants not kept (and __other__'s own) replaced by __other__'s, each
     at the first of them, its value the ``fsum`` of their rows' parts (exactly what the
@@ -1521,12 +1537,10 @@ def _fold_into_other(fold: DayFold, kept: frozenset[str], names: Sequence[str]) 
     owners = fold.owners
     assert owners is not None
     present = set(owners)
-    folded = {
-        c for c in present if names[c] not in kept and names[c] not in (IDLE_TENANT, OTHER_TENANT)
-    }
+    folded = present & folded_codes
     if not folded:
         return fold
-    merged_codes = folded | {c for c in present if names[c] == OTHER_TENANT}
+    merged_codes = folded | (present & other_codes)
     at = compress(range(len(owners)), map(merged_codes.__contains__, owners))
     rows = _rows_at(fold.sets, list(at))
     cost_parts: dict[str, list[float]] = {r: [] for r in COST_RESOURCES}
