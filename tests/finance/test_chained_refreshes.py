@@ -26,7 +26,15 @@ from aifinops.model.tokens import TokenReport
 from tests.model import finance_reference as reference
 from tests.model.builders import A100, H100, L4, context, pricer, resolver, small_cluster
 from tests.model.test_finance_cache import settled
-from tests.model.test_finance_fast_paths import NOVEMBER, figures, orders, sim, sim_month
+from tests.model.test_finance_fast_paths import (
+    NOVEMBER,
+    awkward_month,
+    awkward_row,
+    figures,
+    orders,
+    sim,
+    sim_month,
+)
 from tests.model.test_finance_model import DAY, daily, report_at
 
 _ROWS, GPUS = small_cluster()
@@ -203,3 +211,40 @@ def test_published_tenants_moving_give_the_reference_figures(sim: SimCluster, tz
         assert orders(new) == orders(old), f"step {i} at {now}"
         folded_any |= ("__other__", "gpu") in new.month_to_date
     assert folded_any
+
+
+def awkward_with_other(start: float, now: float) -> DailyAllocationSets:
+    """:func:`awkward_month` (NaN, 1e15 and subnormal costs, a tenant named like the global
+    budget, keys that come and go, a day without rows, a missing day) plus a row booked to
+    __other__ itself each day (what a folded tenant is merged with)."""
+    month = awkward_month(start, now)
+    sets = []
+    for begin, end, s in month.sets:
+        row = awkward_row("ns/o", "__other__", gpu_cost=0.7, cpu_cost=0.1, gpu_hours=3.0)
+        sets.append((begin, end, AllocationSet(s.window_hours, (*s.allocations, row))))
+    return DailyAllocationSets(month.start, month.end, tuple(sets))
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Paris"])
+def test_awkward_sets_with_moving_folds_give_the_reference_figures(tz: str) -> None:
+    month_end = NOVEMBER[tz]
+    first = month_end - 10 * DAY
+    steps = [month_end - DAY / 4 + k * 2700.0 for k in range(16)]
+    tenants = ["t1", "t2", "t3", "__all__"]
+    ctx = replace(contexts(tz)[0], budgets=tuple(Budget(t, 40.0) for t in tenants))
+    res = resolver()
+    new_state, old_state = finance.FinanceState(), reference.FinanceState()
+    model = ModelState()
+    plan = [("t1",), ("t1",), (), ("t3", "__all__"), ("t2",), ("t2", "t3")]
+    monthly = awkward_with_other(first, steps[0])
+    for i, now in enumerate(steps):
+        if i % 6 == 5:
+            monthly = settled(monthly, awkward_with_other(first, now))
+        report, model = report_at(now, model, {t: 1.0 + i % 2 for t in tenants})
+        for tenant in plan[i % len(plan)]:
+            report = without(report, tenant)
+        inputs = finance.FinanceInputs(monthly=monthly)
+        new, new_state = finance.build_finance(report, inputs, ctx, res, pricer(), new_state, now)
+        old, old_state = reference.build_finance(report, inputs, ctx, res, pricer(), old_state, now)
+        assert figures(new) == figures(old), f"step {i} at {now}"
+        assert orders(new) == orders(old), f"step {i} at {now}"
