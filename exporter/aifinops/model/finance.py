@@ -58,7 +58,7 @@ from collections.abc import (
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from itertools import chain, compress, filterfalse, repeat
-from operator import attrgetter, eq, is_, itemgetter, methodcaller, ne, or_, sub
+from operator import attrgetter, eq, is_, itemgetter, methodcaller, ne, or_
 from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -521,8 +521,10 @@ class ClosedDays:
     keys_by_tenant: Mapping[str, tuple[TenantResource, ...]]
     # The forecast fit of each budget's scope (and the cluster's), made once per cache.
     fits: Mapping[tuple[str, BudgetScope], DailyFit]
-    # Made on first use (:func:`_closed_columns`), kept while this fold is.
+    # Made on first use (:func:`_closed_columns`, :func:`_open_today`), kept while this
+    # fold is.
     _columns: list[ClosedColumns] = field(default_factory=list)
+    _open: list[OpenColumns] = field(default_factory=list)
 
     def fit(self, key: tuple[str, BudgetScope]) -> DailyFit:
         found = self.fits.get(key)
@@ -928,6 +930,69 @@ def _closed_month_to_date(
     return values
 
 
+def _rate_part(
+    rates: Mapping[TenantResource, float], moved: Mapping[TenantResource, float], hours: float
+) -> dict[TenantResource, float]:
+    """USD per key at its own rate (less what charge-back moved) over ``hours``, the keys
+    with a nonzero own rate but tokens': ``rate × hours`` column-wise (the same IEEE
+    operations a loop makes; NaN is nonzero as it is truthy)."""
+    keys = tuple(rates)
+    n = len(keys)
+    own = np.fromiter(rates.values(), float, n)
+    if moved:
+        own = own - np.fromiter(map(moved.get, keys, repeat(0.0)), float, n)
+    not_tokens = np.fromiter(map(ne, map(itemgetter(1), keys), repeat(TOKENS_RESOURCE)), bool, n)
+    keep = (own != 0) & not_tokens
+    return dict(zip(compress(keys, keep.tolist()), (own[keep] * hours).tolist(), strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenColumns:
+    """A closed days' fold's open keys (OpenCost's today and later) as columns: the keys in
+    order, whether a key's only open day is today (``usual``) and its USD then."""
+
+    keys: tuple[TenantResource, ...]
+    usual: np.ndarray
+    today_usd: np.ndarray
+
+
+def _open_today(
+    closed: ClosedDays,
+    rate_part: Mapping[TenantResource, float],
+    own_part: Mapping[TenantResource, object],
+) -> tuple[dict[TenantResource, float | Mapping[date, float]], list[TenantResource]]:
+    """Today's USD of each usual open key (OpenCost's today alone, and no exporter's own
+    part): OpenCost's part, or ``fsum`` of it and the rate's, as their IEEE sum ``+ 0.0``
+    when finite (what ``fsum`` of two finite floats is). Every open key is in the dict, in
+    order; the others' values are placeholders, listed to be made one by one."""
+    if not closed._open:
+        keys = tuple(closed.open_infra)
+        today = closed.today
+        days_of = closed.open_infra.values()
+        usual = [len(days) == 1 and today in days for days in days_of]
+        usd = [days[today] if u else 0.0 for days, u in zip(days_of, usual, strict=True)]
+        closed._open.append(
+            OpenColumns(keys, np.array(usual, dtype=bool), np.array(usd, dtype=float))
+        )
+    columns = closed._open[0]
+    keys, n = columns.keys, len(columns.keys)
+    has_rate = np.fromiter(map(rate_part.__contains__, keys), bool, n)
+    rate = np.fromiter(map(rate_part.get, keys, repeat(0.0)), float, n)
+    fast = columns.usual.copy()
+    if own_part:
+        fast &= ~np.fromiter(map(own_part.__contains__, keys), bool, n)
+    with np.errstate(all="ignore"):
+        total = columns.today_usd + rate + 0.0
+        finite = np.isfinite(columns.today_usd) & np.isfinite(rate) & np.isfinite(total)
+    fast &= finite | ~has_rate
+    values = np.where(has_rate, total, columns.today_usd).tolist()
+    opened: dict[TenantResource, float | Mapping[date, float]] = dict(
+        zip(keys, values, strict=True)
+    )
+    others = [keys[i] for i in np.flatnonzero(~fast).tolist()]
+    return opened, others
+
+
 def published_tenants(report: Report) -> frozenset[str]:
     """The tenants with a cost rate in ``report`` (what it publishes when it folds the rest
     into ``__other__``)."""
@@ -961,15 +1026,11 @@ def month_spend(
     if monthly is not None:
         gap_hours = max(0.0, cal.now - monthly.end) / SECONDS_PER_HOUR
         if gap_hours > 0:
-            moved = report.charge_back.get("allocation", {})
-            rates = report.tenant_rates("allocation")
-            # Each key's own rate (less what charge-back moved), paired in C.
-            own_rates = map(sub, rates.values(), map(moved.get, rates, repeat(0.0)))
-            rate_part = {
-                key: own_rate * gap_hours
-                for key, own_rate in zip(rates, own_rates, strict=True)
-                if own_rate and key[1] != TOKENS_RESOURCE
-            }
+            rate_part = _rate_part(
+                report.tenant_rates("allocation"),
+                report.charge_back.get("allocation", {}),
+                gap_hours,
+            )
     own_part: dict[TenantResource, dict[date, list[float]]] = {}
     for (tenant, resource, day), usd in own.open_daily.items():
         own_part.setdefault((tenant, resource), {}).setdefault(day, []).append(usd)
@@ -987,9 +1048,13 @@ def month_spend(
     # Keys in the order OpenCost's open days, the rates, the exporter's own days bring them.
     # The usual key has OpenCost's today and a rate: one fsum of two, kept as a float (no
     # dict per key); one with OpenCost's days alone shares them.
-    opened: dict[TenantResource, float | Mapping[date, float]] = {}
-    for key, infra_days in closed.open_infra.items():
-        since_query = rate_part.pop(key, None)
+    # The usual one column-wise (_open_today); the others, and a sum that is not finite,
+    # one by one.
+    open_infra = closed.open_infra
+    opened, others = _open_today(closed, rate_part, own_part)
+    for key in others:
+        infra_days = open_infra[key]
+        since_query = rate_part.get(key)
         mine = own_part.pop(key, None) if own_part else None
         if mine is None and len(infra_days) == 1 and today in infra_days:
             opened[key] = (
@@ -997,7 +1062,8 @@ def month_spend(
             )
         else:
             opened[key] = merged(infra_days, since_query, mine or {})
-    for key, since_query in rate_part.items():
+    for key in filterfalse(open_infra.__contains__, rate_part):
+        since_query = rate_part[key]
         mine = own_part.pop(key, None) if own_part else None
         if mine is None:
             opened[key] = fsum((since_query,))
