@@ -83,7 +83,7 @@ from aifinops.model.finance_types import FinanceReport as FinanceReport
 from aifinops.model.finance_types import LedgerKey as LedgerKey
 from aifinops.model.finance_types import PeriodBooks as PeriodBooks
 from aifinops.model.finance_types import TenantResource as TenantResource
-from aifinops.model.forecast import DailyFit, fit_history
+from aifinops.model.forecast import DailyFit, exact_partials, fit_history
 from aifinops.model.gpu_prices import GpuPricer, normalize_gpu_model
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
@@ -774,45 +774,6 @@ def _positions(dates: tuple[date, ...], wanted: Callable[[date], bool]) -> slice
     if not at:
         return slice(0, 0)
     return slice(at[0], at[-1] + 1) if at[-1] - at[0] + 1 == len(at) else at
-
-
-def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
-    """Floats whose exact sum is the exact sum of ``values`` (finite), so that
-    ``math.fsum((*exact_partials(v), *more)) == math.fsum((*v, *more))`` bit for bit: a
-    month's closed days are summed once, and a refresh adds today's to two or three
-    partials instead of 30 values. The ``fsum`` of the values, then of what it leaves out,
-    until nothing is (a residual is a sum of floats, so a multiple of the least subnormal:
-    never rounded to 0 unless it is 0); each step in C instead of a loop per value."""
-    vals = tuple(values)
-    fsum = math.fsum
-    total = fsum(vals)
-    if not math.isfinite(total):
-        return _shewchuk_partials(vals)  # NaN and infinities as they always were
-    partials = [total]
-    while partials[-1]:
-        partials.append(fsum((*vals, *(-p for p in partials))))
-        if len(partials) > 48:  # pragma: no cover - 2**-1074 is reached long before
-            return _shewchuk_partials(vals)
-    partials.pop()  # the 0.0 that says the rest is exact
-    return tuple(partials) if partials else (0.0,)
-
-
-def _shewchuk_partials(values: Iterable[float]) -> tuple[float, ...]:
-    """Non-overlapping partials (Shewchuk's algorithm, as ``math.fsum`` itself uses)."""
-    partials: list[float] = []
-    for x in values:
-        i = 0
-        for y in partials:
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo:
-                partials[i] = lo
-                i += 1
-            x = hi
-        partials[i:] = [x]
-    return tuple(partials)
 
 
 def _fit_keys(budgets: Sequence[Budget]) -> set[tuple[str, BudgetScope]]:
