@@ -2006,7 +2006,8 @@ def _recommendations(
     # The GPU cost rate of the (tenant, GPU model) keys read below only: the shares of the
     # others (most of ~12k a refresh) are passed over in C.
     wanted = {k for k, _ in idle_stats}
-    wanted.update(k for k in peaks if k[1] in sizable)
+    if sizable:
+        wanted.update(k for k in peaks if k[1] in sizable)
     gpu_rate: dict[TenantResource, list[float]] = defaultdict(list)
     shares = report.cost.shares
     tenants, models = map(attrgetter("tenant"), shares), map(attrgetter("gpu_model"), shares)
