@@ -57,10 +57,12 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from itertools import chain, compress
-from operator import itemgetter
+from itertools import chain, compress, filterfalse, repeat
+from operator import attrgetter, eq, is_, itemgetter, methodcaller, ne, or_
 from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
+
+import numpy as np
 
 from aifinops.model.budgets import (
     GLOBAL_TENANT,
@@ -81,12 +83,13 @@ from aifinops.model.finance_types import FinanceReport as FinanceReport
 from aifinops.model.finance_types import LedgerKey as LedgerKey
 from aifinops.model.finance_types import PeriodBooks as PeriodBooks
 from aifinops.model.finance_types import TenantResource as TenantResource
-from aifinops.model.forecast import DailyFit, fit_history
-from aifinops.model.gpu_prices import GpuPricer
+from aifinops.model.forecast import DailyFit, exact_partials, fit_history
+from aifinops.model.gpu_prices import GpuPricer, normalize_gpu_model
 from aifinops.model.inputs import Allocation, AllocationSet, DailyAllocationSets
 from aifinops.model.llm_prices import PER_MILLION, LlmPriceCatalog, strip_route
 from aifinops.model.recommend import (
     HOURS_PER_MONTH,
+    GpuOption,
     GpuWorkload,
     IdleGpuFinding,
     Recommendation,
@@ -172,6 +175,9 @@ class FinanceState:
     daily_kept_from: date | None = None
     exporter_open: tuple[date, Mapping[tuple[str, str, date], float]] | None = None
     util_extremes: Mapping[TenantResource, PeakExtremes] | None = None  # see GpuUsage
+    # Never persisted: the books' API tokens per tenant with what they were summed from
+    # (the token volume, by identity, and the measured models).
+    api_tokens: ApiTokens | None = None
 
 
 # OpenCost's usage fields per resource and the FOCUS unit they are given in (Allocation's
@@ -322,7 +328,9 @@ def build_finance(
     and recommendations, the period books."""
     cal = refresh_calendar(state, now, ctx.tz)
     own = book_exporter_ledger(report, state, ctx, cal)
-    month = month_spend(report, inputs.monthly, resolver, state, ctx, cal, own)
+    # Asked by the month's fold and the spot candidates: made once per refresh.
+    kept = published_tenants(report) if report.cost.folded_tenants > 0 else None
+    month = month_spend(report, inputs.monthly, resolver, state, ctx, cal, own, kept)
     budgets, notes, cluster = evaluate_month_budgets(ctx, month, cal)
     initiatives = tuple(_initiative_roi(i, cal, month) for i in ctx.initiatives)
     volume = count_token_volume(report, state, cal)
@@ -346,10 +354,12 @@ def build_finance(
         volume.observed,
         budgets,
         now,
-        {k: m for k, (m, _) in usage.pod_models.items()},
-        {k: e[2] for k, e in usage.extremes.items()},
+        usage.pod_models,
+        usage.extremes,
+        kept,
     )
-    books = month_books(report, state, cal, month, volume.volume)
+    api_tokens = _api_tokens_cached(report, volume.volume, state.api_tokens)
+    books = month_books(state, cal, month, api_tokens[2])
     finance = FinanceReport(
         now=now,
         tz=cal.tz,
@@ -392,7 +402,10 @@ def build_finance(
         daily_kept_from=own.kept_from,
         exporter_open=(cal.today, own.open_daily),
         util_extremes=usage.extremes,
+        api_tokens=api_tokens,
     )
+    if month.infra is not None:
+        month.infra.release_days()  # read by the folds above; not kept with the state
     return finance, new_state
 
 
@@ -508,6 +521,10 @@ class ClosedDays:
     keys_by_tenant: Mapping[str, tuple[TenantResource, ...]]
     # The forecast fit of each budget's scope (and the cluster's), made once per cache.
     fits: Mapping[tuple[str, BudgetScope], DailyFit]
+    # Made on first use (:func:`_closed_columns`, :func:`_open_today`), kept while this
+    # fold is.
+    _columns: list[ClosedColumns] = field(default_factory=list)
+    _open: list[OpenColumns] = field(default_factory=list)
 
     def fit(self, key: tuple[str, BudgetScope]) -> DailyFit:
         found = self.fits.get(key)
@@ -598,6 +615,20 @@ def fold_closed_days(
     for key in by_day:
         tenants[key[0]].append(key)
     keys_by_tenant = {t: tuple(v) for t, v in tenants.items()}
+
+    def reusable(old: ClosedDays | None) -> ClosedDays | None:
+        """``old`` when its fits were made on the same day and terms (so that a scope's fit
+        depends only on its columns)."""
+        if (
+            old is None
+            or old.today != today
+            or old.tz != tz
+            or old.lookback_days != lookback_days
+            or (old.infra is None) != (infra is None)
+        ):
+            return None
+        return old
+
     return ClosedDays(
         infra=infra,
         today=today,
@@ -608,7 +639,15 @@ def fold_closed_days(
         open_infra=dict(open_infra),
         month_values=month_values,
         keys_by_tenant=keys_by_tenant,
-        fits=_scope_fits(by_day, keys_by_tenant, infra is not None, budgets, cal, lookback_days),
+        fits=_scope_fits(
+            by_day,
+            keys_by_tenant,
+            infra is not None,
+            budgets,
+            cal,
+            lookback_days,
+            reusable(cached),
+        ),
     )
 
 
@@ -619,11 +658,15 @@ def _scope_fits(
     budgets: Sequence[Budget],
     cal: RefreshCalendar,
     lookback_days: int,
+    previous: ClosedDays | None = None,
 ) -> dict[tuple[str, BudgetScope], DailyFit]:
     """The forecast fit of each budget's scope and the cluster's: what
     ``fit_daily(scope_series(...)[key])`` gives, from the closed days' columns of the keys
     in that scope only (a tenant's own, or every key for :data:`GLOBAL_TENANT`), each
-    day's values summed with one ``fsum`` over the columns that share its dates."""
+    day's values summed with one ``fsum`` over the columns that share its dates.
+    ``previous``: a fold of the same day whose fit of a scope is kept when that scope's
+    keys and their columns are equal (a fold again for another tenant folded into
+    __other__, say, changes few tenants' columns; a fit is a Theil-Sen per scope)."""
     tz, zone = cal.tz, ZoneInfo(cal.tz)
     counted = [k for k in by_day if infra_available or k[1] == TOKENS_RESOURCE]
     # The local date each day's midnight reads back as (``daily_by_date``): that day.
@@ -638,7 +681,14 @@ def _scope_fits(
                 for k in keys_by_tenant.get(tenant, ())
                 if infra_available or k[1] == TOKENS_RESOURCE
             ]
-        per_day = _day_sums([by_day[k] for k in members if scope in scopes_of(k[1])])
+        chosen = [k for k in members if scope in scopes_of(k[1])]
+        if previous is not None and tenant != GLOBAL_TENANT:
+            seen = previous.fits.get((tenant, scope))
+            same = _same_columns(tenant, keys_by_tenant.get(tenant, ()), chosen, by_day, previous)
+            if seen is not None and same:
+                fits[(tenant, scope)] = seen
+                continue
+        per_day = _day_sums([by_day[k] for k in chosen])
         by_date: dict[date, list[float]] = {}
         for day, usd in per_day.items():
             if not math.isfinite(usd):
@@ -650,6 +700,27 @@ def _scope_fits(
         history = {d: math.fsum(v) for d, v in by_date.items()}
         fits[(tenant, scope)] = fit_history(history, cal.today, lookback_days)
     return fits
+
+
+def _same_columns(
+    tenant: str,
+    new_all: Sequence[TenantResource],
+    keys: Sequence[TenantResource],
+    by_day: Mapping[TenantResource, DayColumns[date]],
+    previous: ClosedDays,
+) -> bool:
+    """``previous`` had the same keys for ``tenant`` (``new_all``, so the same in any
+    scope) and the same columns (dates and values) for ``keys``, the scope's."""
+    old_all = previous.keys_by_tenant.get(tenant, ())
+    if old_all != new_all:  # the tenant's keys (so its keys in ``scope``) are not the same
+        return False
+    for key in keys:
+        old, new = previous.by_day[key], by_day[key]
+        if not isinstance(old, DayColumns) or old.keys_tuple != new.keys_tuple:
+            return False
+        if old.values_array != new.values_array:
+            return False
+    return True
 
 
 def _day_sums(columns: Sequence[DayColumns[date]]) -> dict[date, float]:
@@ -705,45 +776,6 @@ def _positions(dates: tuple[date, ...], wanted: Callable[[date], bool]) -> slice
     return slice(at[0], at[-1] + 1) if at[-1] - at[0] + 1 == len(at) else at
 
 
-def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
-    """Floats whose exact sum is the exact sum of ``values`` (finite), so that
-    ``math.fsum((*exact_partials(v), *more)) == math.fsum((*v, *more))`` bit for bit: a
-    month's closed days are summed once, and a refresh adds today's to two or three
-    partials instead of 30 values. The ``fsum`` of the values, then of what it leaves out,
-    until nothing is (a residual is a sum of floats, so a multiple of the least subnormal:
-    never rounded to 0 unless it is 0); each step in C instead of a loop per value."""
-    vals = tuple(values)
-    fsum = math.fsum
-    total = fsum(vals)
-    if not math.isfinite(total):
-        return _shewchuk_partials(vals)  # NaN and infinities as they always were
-    partials = [total]
-    while partials[-1]:
-        partials.append(fsum((*vals, *(-p for p in partials))))
-        if len(partials) > 48:  # pragma: no cover - 2**-1074 is reached long before
-            return _shewchuk_partials(vals)
-    partials.pop()  # the 0.0 that says the rest is exact
-    return tuple(partials) if partials else (0.0,)
-
-
-def _shewchuk_partials(values: Iterable[float]) -> tuple[float, ...]:
-    """Non-overlapping partials (Shewchuk's algorithm, as ``math.fsum`` itself uses)."""
-    partials: list[float] = []
-    for x in values:
-        i = 0
-        for y in partials:
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo:
-                partials[i] = lo
-                i += 1
-            x = hi
-        partials[i:] = [x]
-    return tuple(partials)
-
-
 def _fit_keys(budgets: Sequence[Budget]) -> set[tuple[str, BudgetScope]]:
     """The scopes whose forecast is asked: each budget's, and the cluster's."""
     cluster: tuple[str, BudgetScope] = (GLOBAL_TENANT, "all")
@@ -753,31 +785,173 @@ def _fit_keys(budgets: Sequence[Budget]) -> set[tuple[str, BudgetScope]]:
 @dataclass(frozen=True, slots=True)
 class MonthSpend:
     """Month-to-date spend at this refresh: the closed days (:class:`ClosedDays`) and
-    today's partial day (``open_by_day``: OpenCost's part of today, the current rate over
-    the time since the month query ran, the exporter's tokens and charge-back of today)."""
+    today's partial day (``opened``: OpenCost's part of today, the current rate over the
+    time since the month query ran, the exporter's tokens and charge-back of today) per
+    key, as one float (today's USD, the usual key) or USD per date (today and any later
+    day)."""
 
     infra: InfraMonth | None
     infra_available: bool
     closed: ClosedDays
-    open_by_day: Mapping[TenantResource, Mapping[date, float]]
-    open_by_tenant: Mapping[str, tuple[TenantResource, ...]]
+    opened: Mapping[TenantResource, float | Mapping[date, float]]
     month_to_date: Mapping[TenantResource, float]
     tenant_month_to_date: Mapping[str, float]
+    # Each tenant's open keys, made when ROI first asks (one walk over the open keys).
+    _open_by_tenant: dict[str, list[TenantResource]] = field(default_factory=dict)
 
     @property
     def infra_start(self) -> date | None:
         return self.infra.start if self.infra is not None else None
 
+    def open_days(self, key: TenantResource) -> Mapping[date, float]:
+        """Today's USD per date of ``key`` (empty when it has none)."""
+        found = self.opened.get(key)
+        if found is None:
+            return {}
+        if isinstance(found, float):
+            return {self.closed.today: found}
+        return found
+
     def tenant_days(
         self, tenant: str
     ) -> Iterable[tuple[TenantResource, Iterable[tuple[date, float]]]]:
         """Each (tenant, resource) key of ``tenant`` with its USD per day, closed and open."""
+        by_tenant = self._open_by_tenant
+        if not by_tenant and self.opened:
+            for key in self.opened:
+                by_tenant.setdefault(key[0], []).append(key)
         keys = dict.fromkeys(self.closed.keys_by_tenant.get(tenant, ()))
-        keys.update(dict.fromkeys(self.open_by_tenant.get(tenant, ())))
+        keys.update(dict.fromkeys(by_tenant.get(tenant, ())))
         for key in keys:
             closed = self.closed.by_day.get(key, {})
-            opened = self.open_by_day.get(key, {})
+            opened = self.open_days(key)
             yield key, [*closed.items(), *opened.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedColumns:
+    """A closed days' fold as columns: its keys in order; per key, its month's closed days
+    as one float where their exact partials are one (``single``, NaN elsewhere: most keys);
+    each tenant with a getter of its keys' positions (a tuple from a list)."""
+
+    keys: tuple[TenantResource, ...]
+    single: np.ndarray
+    is_single: np.ndarray
+    tenants: tuple[tuple[str, Callable[[Sequence[float]], tuple[float, ...]]], ...]
+
+
+def _closed_columns(closed: ClosedDays) -> ClosedColumns:
+    if closed._columns:
+        return closed._columns[0]
+    keys = tuple(closed.by_day)
+    partials = [closed.month_values.get(k, ()) for k in keys]
+    is_single = np.fromiter((len(p) == 1 for p in partials), bool, len(keys))
+    single = np.fromiter((p[0] if len(p) == 1 else math.nan for p in partials), float, len(keys))
+    at: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        at.setdefault(key[0], []).append(i)
+    tenants = tuple((t, _picker(idx)) for t, idx in at.items())
+    columns = ClosedColumns(keys, single, is_single, tenants)
+    closed._columns.append(columns)
+    return columns
+
+
+def _picker(idx: list[int]) -> Callable[[Sequence[float]], tuple[float, ...]]:
+    """The values at ``idx`` as a tuple (``itemgetter`` gives a bare value for one index)."""
+    if len(idx) == 1:
+        (only,) = idx
+        return lambda values: (values[only],)
+    getter = itemgetter(*idx)
+    return lambda values: getter(values)
+
+
+def _closed_month_to_date(
+    columns: ClosedColumns,
+    opened: Mapping[TenantResource, float | Mapping[date, float]],
+    one: Callable[[TenantResource], float],
+) -> list[float]:
+    """Each closed key's month to date, ``one(key)`` (an ``fsum``), column-wise where it is
+    an ``fsum`` of two finite floats (the closed days' single partial and today's float, or
+    the partial alone): their IEEE sum (correctly rounded, as ``fsum`` is), ``+ 0.0`` as
+    ``fsum`` never gives -0.0. Every other key, or a total that is not finite, by ``one``."""
+    keys, n = columns.keys, len(columns.keys)
+    found = list(map(opened.get, keys))
+    has_today = np.fromiter(map(isinstance, found, repeat(float)), bool, n)
+    absent = np.fromiter(map(is_, found, repeat(None)), bool, n)
+    today = np.zeros(n)
+    if has_today.any():
+        today[has_today] = np.array(found, dtype=object)[has_today].astype(float)
+    with np.errstate(all="ignore"):
+        total = columns.single + today + 0.0
+        fast = columns.is_single & (has_today | absent) & np.isfinite(total)
+        fast &= np.isfinite(columns.single) & np.isfinite(today)
+    values: list[float] = total.tolist()
+    for i in np.flatnonzero(~fast).tolist():
+        values[i] = one(keys[i])
+    return values
+
+
+def _rate_part(
+    rates: Mapping[TenantResource, float], moved: Mapping[TenantResource, float], hours: float
+) -> dict[TenantResource, float]:
+    """USD per key at its own rate (less what charge-back moved) over ``hours``, the keys
+    with a nonzero own rate but tokens': ``rate × hours`` column-wise (the same IEEE
+    operations a loop makes; NaN is nonzero as it is truthy)."""
+    keys = tuple(rates)
+    n = len(keys)
+    own = np.fromiter(rates.values(), float, n)
+    if moved:
+        own = own - np.fromiter(map(moved.get, keys, repeat(0.0)), float, n)
+    not_tokens = np.fromiter(map(ne, map(itemgetter(1), keys), repeat(TOKENS_RESOURCE)), bool, n)
+    keep = (own != 0) & not_tokens
+    return dict(zip(compress(keys, keep.tolist()), (own[keep] * hours).tolist(), strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenColumns:
+    """A closed days' fold's open keys (OpenCost's today and later) as columns: the keys in
+    order, whether a key's only open day is today (``usual``) and its USD then."""
+
+    keys: tuple[TenantResource, ...]
+    usual: np.ndarray
+    today_usd: np.ndarray
+
+
+def _open_today(
+    closed: ClosedDays,
+    rate_part: Mapping[TenantResource, float],
+    own_part: Mapping[TenantResource, object],
+) -> tuple[dict[TenantResource, float | Mapping[date, float]], list[TenantResource]]:
+    """Today's USD of each usual open key (OpenCost's today alone, and no exporter's own
+    part): OpenCost's part, or ``fsum`` of it and the rate's, as their IEEE sum ``+ 0.0``
+    when finite (what ``fsum`` of two finite floats is). Every open key is in the dict, in
+    order; the others' values are placeholders, listed to be made one by one."""
+    if not closed._open:
+        keys = tuple(closed.open_infra)
+        today = closed.today
+        days_of = closed.open_infra.values()
+        usual = [len(days) == 1 and today in days for days in days_of]
+        usd = [days[today] if u else 0.0 for days, u in zip(days_of, usual, strict=True)]
+        closed._open.append(
+            OpenColumns(keys, np.array(usual, dtype=bool), np.array(usd, dtype=float))
+        )
+    columns = closed._open[0]
+    keys, n = columns.keys, len(columns.keys)
+    has_rate = np.fromiter(map(rate_part.__contains__, keys), bool, n)
+    rate = np.fromiter(map(rate_part.get, keys, repeat(0.0)), float, n)
+    fast = columns.usual.copy()
+    if own_part:
+        fast &= ~np.fromiter(map(own_part.__contains__, keys), bool, n)
+    with np.errstate(all="ignore"):
+        total = columns.today_usd + rate + 0.0
+        finite = np.isfinite(columns.today_usd) & np.isfinite(rate) & np.isfinite(total)
+    fast &= finite | ~has_rate
+    values = np.where(has_rate, total, columns.today_usd).tolist()
+    opened: dict[TenantResource, float | Mapping[date, float]] = dict(
+        zip(keys, values, strict=True)
+    )
+    others = [keys[i] for i in np.flatnonzero(~fast).tolist()]
+    return opened, others
 
 
 def published_tenants(report: Report) -> frozenset[str]:
@@ -794,13 +968,11 @@ def month_spend(
     ctx: FinanceContext,
     cal: RefreshCalendar,
     own: ExporterLedger,
+    kept: frozenset[str] | None = None,
 ) -> MonthSpend:
     """Month-to-date USD per (tenant, resource), allocation basis (see the module
     docstring): the closed days folded once per day and set of daily sets, today's part
-    every refresh."""
-    kept: frozenset[str] | None = None
-    if report.cost.folded_tenants > 0:
-        kept = published_tenants(report)
+    every refresh. ``kept``: :func:`published_tenants` when the report folds tenants."""
     infra: InfraMonth | None = None
     if monthly is not None:
         infra = infra_month(state.infra, monthly, resolver, kept, cal.tz)
@@ -815,13 +987,11 @@ def month_spend(
     if monthly is not None:
         gap_hours = max(0.0, cal.now - monthly.end) / SECONDS_PER_HOUR
         if gap_hours > 0:
-            moved = report.charge_back.get("allocation", {})
-            for (tenant, resource), rate in report.tenant_rates("allocation").items():
-                if resource == TOKENS_RESOURCE:
-                    continue
-                own_rate = rate - moved.get((tenant, resource), 0.0)
-                if own_rate:
-                    rate_part[(tenant, resource)] = own_rate * gap_hours
+            rate_part = _rate_part(
+                report.tenant_rates("allocation"),
+                report.charge_back.get("allocation", {}),
+                gap_hours,
+            )
     own_part: dict[TenantResource, dict[date, list[float]]] = {}
     for (tenant, resource, day), usd in own.open_daily.items():
         own_part.setdefault((tenant, resource), {}).setdefault(day, []).append(usd)
@@ -837,59 +1007,80 @@ def month_spend(
         return {d: fsum(v) for d, v in parts.items()}
 
     # Keys in the order OpenCost's open days, the rates, the exporter's own days bring them.
-    # The usual key has OpenCost's today and a rate: one fsum of two, no lists; one with
-    # OpenCost's days alone shares them (each a fold's fsum, its own fsum).
-    open_by_day: dict[TenantResource, Mapping[date, float]] = {}
-    for key, infra_days in closed.open_infra.items():
-        since_query = rate_part.pop(key, None)
-        mine = own_part.pop(key, None)
+    # The usual key has OpenCost's today and a rate: one fsum of two, kept as a float (no
+    # dict per key); one with OpenCost's days alone shares them.
+    # The usual one column-wise (_open_today); the others, and a sum that is not finite,
+    # one by one.
+    open_infra = closed.open_infra
+    opened, others = _open_today(closed, rate_part, own_part)
+    for key in others:
+        infra_days = open_infra[key]
+        since_query = rate_part.get(key)
+        mine = own_part.pop(key, None) if own_part else None
         if mine is None and len(infra_days) == 1 and today in infra_days:
-            open_by_day[key] = (
-                infra_days
-                if since_query is None
-                else {today: fsum((infra_days[today], since_query))}
+            opened[key] = (
+                infra_days if since_query is None else fsum((infra_days[today], since_query))
             )
         else:
-            open_by_day[key] = merged(infra_days, since_query, mine or {})
-    for key, since_query in rate_part.items():
-        mine = own_part.pop(key, None)
+            opened[key] = merged(infra_days, since_query, mine or {})
+    for key in filterfalse(open_infra.__contains__, rate_part):
+        since_query = rate_part[key]
+        mine = own_part.pop(key, None) if own_part else None
         if mine is None:
-            open_by_day[key] = {today: fsum((since_query,))}
+            opened[key] = fsum((since_query,))
+        elif len(mine) == 1 and today in mine:
+            opened[key] = fsum((since_query, *mine[today]))
         else:
-            open_by_day[key] = merged({}, since_query, mine)
+            opened[key] = merged({}, since_query, mine)
     for key, mine in own_part.items():
-        open_by_day[key] = merged({}, None, mine)
-    open_tenants: dict[str, list[TenantResource]] = defaultdict(list)
-    for key in open_by_day:
-        open_tenants[key[0]].append(key)
+        # The usual one: the exporter's tokens of today alone (a float, not a dict).
+        if len(mine) == 1 and today in mine:
+            opened[key] = fsum(mine[today])
+        else:
+            opened[key] = merged({}, None, mine)
 
     infra_available = monthly is not None
-    month_to_date: dict[TenantResource, float] = {}
     month_values = closed.month_values
     closed_keys = closed.by_day
-    for key in (*closed_keys, *[k for k in open_by_day if k not in closed_keys]):
-        if not infra_available and key[1] != TOKENS_RESOURCE:
-            continue
-        todays = open_by_day.get(key)
+
+    def key_month_to_date(key: TenantResource) -> float:
+        todays = opened.get(key)
         values = month_values.get(key, ())
-        if todays:
-            if len(todays) == 1 and today in todays:
-                values = (*values, todays[today])
-            else:
-                values = (*values, *(v for d, v in todays.items() if d <= today))
-        month_to_date[key] = fsum(values)
+        if todays is None:
+            return fsum(values)
+        if isinstance(todays, float):
+            return fsum((*values, todays))
+        if len(todays) == 1 and today in todays:
+            return fsum((*values, todays[today]))
+        return fsum((*values, *(v for d, v in todays.items() if d <= today)))
+
+    open_only = [*filterfalse(closed_keys.__contains__, opened)]
+    month_to_date: dict[TenantResource, float] = {}
     tenant_mtd: dict[str, float] = {}
     if infra_available:
-        by_tenant: dict[str, list[float]] = defaultdict(list)
-        for (tenant, _), usd in month_to_date.items():
-            by_tenant[tenant].append(usd)
-        tenant_mtd = {t: math.fsum(v) for t, v in by_tenant.items()}
+        columns = _closed_columns(closed)
+        totals = _closed_month_to_date(columns, opened, key_month_to_date)
+        month_to_date = dict(zip(columns.keys, totals, strict=True))
+        extra: dict[str, list[float]] = {}
+        for key in open_only:
+            month_to_date[key] = usd = key_month_to_date(key)
+            extra.setdefault(key[0], []).append(usd)
+        # Per tenant, its closed keys' totals picked in C, then its open-only keys'.
+        for tenant, pick in columns.tenants:
+            picked = pick(totals)
+            more = extra.pop(tenant, None)
+            tenant_mtd[tenant] = fsum(picked) if more is None else fsum((*picked, *more))
+        for tenant, more in extra.items():
+            tenant_mtd[tenant] = fsum(more)
+    else:  # tokens only, from the exporter's own ledger
+        for key in (*closed_keys, *open_only):
+            if key[1] == TOKENS_RESOURCE:
+                month_to_date[key] = key_month_to_date(key)
     return MonthSpend(
         infra=infra,
         infra_available=infra_available,
         closed=closed,
-        open_by_day=open_by_day,
-        open_by_tenant={t: tuple(v) for t, v in open_tenants.items()},
+        opened=opened,
         month_to_date=month_to_date,
         tenant_month_to_date=tenant_mtd,
     )
@@ -924,6 +1115,8 @@ class ScopeSpend:
             total = self._month.tenant_month_to_date.get(tenant)
             if total is not None:
                 return total
+            if self._month.infra_available:
+                return default  # tenant_month_to_date has every tenant of month_to_date
             values = [v for (t, _), v in mtd.items() if t == tenant]  # without OpenCost's month
             return math.fsum(values) if values else default
         one = mtd.get((tenant, scope))
@@ -974,29 +1167,38 @@ def evaluate_month_budgets(
 class TokenVolume:
     """Tokens per (tenant, model) this month since ``since``; ``observed``: seconds."""
 
-    volume: dict[TenantResource, float]
+    volume: Mapping[TenantResource, float]  # shared with the previous state when unchanged
     since: float | None
     observed: float
-    prev_tokens: dict[tuple[str, str, str, str], float]
+    prev_tokens: Mapping[tuple[str, str, str, str], float]
 
 
 def count_token_volume(report: Report, state: FinanceState, cal: RefreshCalendar) -> TokenVolume:
     now, period = cal.now, cal.period
-    volume: dict[TenantResource, float] = {}
+    volume: Mapping[TenantResource, float] = {}
     volume_since = state.volume_since
-    prev_tokens = dict(state.prev_tokens)
+    prev_tokens: Mapping[tuple[str, str, str, str], float] = state.prev_tokens
     if report.tokens is not None:
         if state.volume_period == period:
-            volume = dict(state.token_volume)
+            volume = state.token_volume
         else:
             volume_since = now
-        for usage_key, n in report.tokens.tokens.items():
+        tokens = report.tokens.tokens
+        # Only the counters that moved (compared in C; in their order, so the sums add up
+        # as before); the volume is copied on the first one that adds, else shared.
+        moved = compress(tokens.items(), map(ne, tokens.values(), map(prev_tokens.get, tokens)))
+        grown: dict[TenantResource, float] | None = None
+        for usage_key, n in moved:
             prev = prev_tokens.get(usage_key)
             delta = n if prev is None or n < prev else n - prev
             if delta > 0:
+                if grown is None:
+                    grown = dict(volume)
                 vk = (usage_key[0], usage_key[1])
-                volume[vk] = volume.get(vk, 0.0) + delta
-        prev_tokens = dict(report.tokens.tokens)
+                grown[vk] = grown.get(vk, 0.0) + delta
+        if grown is not None:
+            volume = grown
+        prev_tokens = dict(tokens)
         if volume_since is None:
             volume_since = now
     observed = max(0.0, now - volume_since) if volume_since is not None else 0.0
@@ -1059,11 +1261,20 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
         since[gpu_key] = max(state.util_since.get(gpu_key, now), now - PEAK_WINDOW_SECONDS)
     # GPU model per pod as DCGM last saw it: a batch job that finished within the rate
     # query's window still has cost there, but no DCGM series any more.
-    pod_models = {
-        k: v for k, v in state.pod_gpu_models.items() if now - v[1] <= POD_MODEL_MEMORY_SECONDS
-    }
-    for share in report.cost.shares:
-        pod_models[(share.idle_key[2], share.idle_key[3])] = (share.gpu_model, now)
+    # Most pods are seen again every refresh: the oldest sighting (a scan in C) says whether
+    # any is forgotten; the sightings are written in C too (~10k pods at 2,000 tenants).
+    previous_models = state.pod_gpu_models
+    oldest = min(map(itemgetter(1), previous_models.values()), default=now)
+    if now - oldest <= POD_MODEL_MEMORY_SECONDS:
+        pod_models = dict(previous_models)
+    else:
+        pod_models = {
+            k: v for k, v in previous_models.items() if now - v[1] <= POD_MODEL_MEMORY_SECONDS
+        }
+    shares = report.cost.shares
+    pods = map(itemgetter(2, 3), map(attrgetter("idle_key"), shares))
+    models = zip(map(attrgetter("gpu_model"), shares), repeat(now))  # repeat: not strict
+    pod_models.update(zip(pods, models, strict=True))
     return GpuUsage(peaks, since, pod_models, extremes)
 
 
@@ -1071,11 +1282,7 @@ def track_gpu_usage(report: Report, state: FinanceState, now: float) -> GpuUsage
 
 
 def month_books(
-    report: Report,
-    state: FinanceState,
-    cal: RefreshCalendar,
-    month: MonthSpend,
-    volume: Mapping[TenantResource, float],
+    state: FinanceState, cal: RefreshCalendar, month: MonthSpend, api_tokens: Mapping[str, float]
 ) -> dict[str, PeriodBooks]:
     """:func:`period_books` of the months OpenCost's sets cover (none without them); a past
     month's days are all closed, so the closed days' fold is their ``by_day``."""
@@ -1091,7 +1298,7 @@ def month_books(
         month.month_to_date,
         cal.period,
         cal.now,
-        _api_tokens(report, volume),
+        api_tokens,
         reuse,
     )
 
@@ -1167,6 +1374,9 @@ class DayFold:
     sets: tuple[AllocationSet, ...]
     dollars: Mapping[TenantResource, float]
     quantities: Mapping[TenantResource, float]
+    # Each row's tenant as a code (:attr:`InfraMonth.names`): where the rows of the tenants
+    # folded into __other__ are (a fold per real tenant only).
+    owners: array[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1174,10 +1384,15 @@ class InfraMonth:
     """OpenCost's daily sets folded to USD per (tenant, resource) and local date, with the
     inputs it was folded from. The sets change once per ``budgets.refresh_interval_seconds``
     and the rates every refresh: at 2,000 tenants folding 40k rows is most of the finance
-    step, so it is redone only when the sets, the tenancy resolver, the folded tenants or the
-    time zone change (compared by identity/equality in :func:`infra_month`), and then only
-    for the days whose sets changed (``days``: the month query keeps the sets of days that
-    have settled, so a new answer brings new sets for its last days only)."""
+    step, so it is redone only when the sets, the tenancy resolver or the time zone change
+    (compared by identity/equality in :func:`infra_month`), and then only for the days whose
+    sets changed (``base``: the month query keeps the sets of days that have settled, so a
+    new answer brings new sets for its last days only).
+
+    The days are folded per real tenant (``base``); ``days`` reads them with the tenants
+    not ``kept`` folded into ``__other__`` (:func:`_fold_into_other`, from their own rows).
+    Why: which tenants the report publishes moves with the rates (a tenant at the cut-off
+    in, another out), and refolding the month for it was most of such a refresh."""
 
     sets: DailyAllocationSets
     resolver: TenantResolver
@@ -1185,7 +1400,36 @@ class InfraMonth:
     tz: str
     start: date | None
     spans: Mapping[date, tuple[float, float]] = field(default_factory=dict)  # per local date
-    days: Mapping[date, DayFold] = field(default_factory=dict)
+    base: Mapping[date, DayFold] = field(default_factory=dict)
+    # The tenant of each owner code, and the codes (shared by the folds reused from a
+    # previous InfraMonth; only ever appended to).
+    names: list[str] = field(default_factory=list)
+    codes: dict[str, int] = field(default_factory=dict)
+    # ``days`` made when first read, until :meth:`release_days` (a refresh reads them for
+    # the closed days' fold and the books, then holds the per-key columns they make).
+    _derived: list[Mapping[date, DayFold]] = field(default_factory=list)
+
+    @property
+    def days(self) -> Mapping[date, DayFold]:
+        """The day folds with the tenants not ``kept`` folded into ``__other__``."""
+        if self.kept is None:
+            return self.base
+        if not self._derived:
+            kept = self.kept
+            folded = frozenset(
+                c
+                for c, t in enumerate(self.names)
+                if t not in kept and t not in (IDLE_TENANT, OTHER_TENANT)
+            )
+            other = frozenset(c for c, t in enumerate(self.names) if t == OTHER_TENANT)
+            self._derived.append(
+                {d: _fold_into_other(f, folded, other, self.names) for d, f in self.base.items()}
+            )
+        return self._derived[0]
+
+    def release_days(self) -> None:
+        """Forget the derived ``days`` (made again when read)."""
+        self._derived.clear()
 
     # Derived when asked (when the closed days or the books are folded again), not kept:
     # at 2,000 tenants each is ~25 MB of dicts that the day folds already hold.
@@ -1219,15 +1463,15 @@ def infra_month(
     day whose sets are the very ones ``cached`` folded is reused). ``kept``: the tenants the
     report publishes when it folds the rest into ``__other__`` (``None`` when it folds
     none)."""
-    same_rules = (
-        cached is not None
-        and cached.resolver is resolver
-        and cached.kept == kept
-        and cached.tz == tz
-    )
+    same_rules = cached is not None and cached.resolver is resolver and cached.tz == tz
     if cached is not None and same_rules and cached.sets is monthly:
-        return cached
-    previous = cached.days if cached is not None and same_rules else {}
+        if cached.kept == kept:
+            return cached
+        # The same folds read with other tenants folded (none derived for them yet).
+        return replace(cached, kept=kept, _derived=[])
+    previous = cached.base if cached is not None and same_rules else {}
+    names = cached.names if cached is not None and same_rules else []
+    codes = cached.codes if cached is not None and same_rules else {}
     groups: dict[date, list[AllocationSet]] = {}
     spans: dict[date, tuple[float, float]] = {}
     start: date | None = None
@@ -1257,9 +1501,9 @@ def infra_month(
             or len(fold.sets) != len(sets)
             or any(a is not b for a, b in zip(fold.sets, sets, strict=True))
         ):
-            fold = _fold_day(tuple(sets), resolver, kept, keys, tenant_keys)
+            fold = _fold_day(tuple(sets), resolver, None, keys, tenant_keys, (names, codes))
         days[day] = fold
-    return InfraMonth(monthly, resolver, kept, tz, start, spans, days)
+    return InfraMonth(monthly, resolver, kept, tz, start, spans, days, names, codes)
 
 
 def _fold_day(
@@ -1268,11 +1512,13 @@ def _fold_day(
     kept: frozenset[str] | None,
     keys: dict[TenantResource, TenantResource] | None = None,
     tenant_keys: dict[str, TenantKeys] | None = None,
+    coding: tuple[list[str], dict[str, int]] | None = None,
 ) -> DayFold:
     """A day's rows booked to their tenants (``__other__`` for a tenant not ``kept``).
     ``keys``: the (tenant, resource) tuples to use, shared with other days' folds (a key
     new here is added to it); ``tenant_keys``: each tenant's, likewise. Each key's value is
-    the fsum of its parts, keys in the order the rows first bring them."""
+    the fsum of its parts, keys in the order the rows first bring them. ``coding``: the
+    tenant of each code and the codes (appended to), to keep each row's (``owners``)."""
     keys = {} if keys is None else keys
     tenant_keys = {} if tenant_keys is None else tenant_keys
     rows = [row for allocation_set in sets for row in allocation_set.allocations]
@@ -1283,6 +1529,13 @@ def _fold_day(
             tenant = OTHER_TENANT
         owners.append(tenant)
     rows_of = Counter(owners)
+    coded: array[int] | None = None
+    if coding is not None:
+        names, codes = coding
+        for tenant in rows_of.keys() - codes.keys():
+            codes[tenant] = len(names)
+            names.append(tenant)
+        coded = array("H" if len(names) <= 1 << 16 else "I", map(codes.__getitem__, owners))
     dollars, usage = _FoldColumns(), _FoldColumns()
     for row, tenant in zip(rows, owners, strict=True):
         made = tenant_keys.get(tenant)
@@ -1297,7 +1550,96 @@ def _fold_day(
         else:
             dollars.add_part(made[0], _row_costs(row))
             usage.add_part(made[1], _row_quantity_values(row))
-    return DayFold(sets, dollars.columns(), usage.columns())
+    return DayFold(sets, dollars.columns(), usage.columns(), coded)
+
+
+def _fold_into_other(
+    fold: DayFold, folded_codes: frozenset[int], other_codes: frozenset[int], names: Sequence[str]
+) -> DayFold:
+    """``fold`` (per real tenant, with ``owners``) as :func:`_fold_day` with ``kept`` gives
+    it: the keys of the tenants not kept (and __other__'s own) replaced by __other__'s, each
+    at the first of them, its value the ``fsum`` of their rows' parts (exactly what the
+    rows booked to __other__ sum to; the one part as it is). ``fold`` itself when no tenant
+    of that day is folded. Only the rows of the folded tenants are read."""
+    owners = fold.owners
+    assert owners is not None
+    present = set(owners)
+    folded = present & folded_codes
+    if not folded:
+        return fold
+    merged_codes = folded | (present & other_codes)
+    at = compress(range(len(owners)), map(merged_codes.__contains__, owners))
+    rows = _rows_at(fold.sets, list(at))
+    cost_parts: dict[str, list[float]] = {r: [] for r in COST_RESOURCES}
+    usage_parts: dict[str, list[float]] = {r: [] for r in QUANTITY_RESOURCES}
+    for row in rows:
+        for r, v in zip(COST_RESOURCES, _row_costs(row), strict=True):
+            if v:
+                cost_parts[r].append(v)
+        for r, v in zip(QUANTITY_RESOURCES, _row_quantity_values(row), strict=True):
+            if v:
+                usage_parts[r].append(v)
+    tenants = frozenset(names[c] for c in merged_codes)
+    return DayFold(
+        fold.sets,
+        _merged_columns(fold.dollars, tenants, cost_parts),
+        _merged_columns(fold.quantities, tenants, usage_parts),
+    )
+
+
+def _rows_at(sets: Sequence[AllocationSet], at: Sequence[int]) -> list[Allocation]:
+    """The rows at positions ``at`` (ascending) of the sets' rows in order, a columnar set's
+    built for those positions only."""
+    out: list[Allocation] = []
+    offset, i = 0, 0
+    for allocation_set in sets:
+        n = (
+            len(allocation_set.allocations)
+            if allocation_set.columns is None
+            else (len(allocation_set.columns[0]))
+        )
+        mine = []
+        while i < len(at) and at[i] < offset + n:
+            mine.append(at[i] - offset)
+            i += 1
+        if mine:
+            if allocation_set.columns is not None:
+                cols = allocation_set.columns
+                out += [Allocation(*(col[j] for col in cols)) for j in mine]
+            else:
+                rows = allocation_set.allocations
+                out += [rows[j] for j in mine]
+        offset += n
+    return out
+
+
+def _merged_columns(
+    columns: Mapping[TenantResource, float],
+    tenants: frozenset[str],
+    parts: Mapping[str, list[float]],
+) -> DayColumns[TenantResource]:
+    """``columns`` with the keys of ``tenants`` replaced by __other__'s (see
+    :func:`_fold_into_other`)."""
+    assert isinstance(columns, DayColumns)
+    keys, values = columns.keys_tuple, columns.values_array
+    hits = compress(range(len(keys)), map(tenants.__contains__, map(itemgetter(0), keys)))
+    out_keys: list[TenantResource] = []
+    out_values = array("d")
+    placed: set[str] = set()
+    start = 0
+    for i in hits:
+        out_keys += keys[start:i]
+        out_values += values[start:i]
+        resource = keys[i][1]
+        if resource not in placed:
+            placed.add(resource)
+            p = parts[resource]
+            out_keys.append((OTHER_TENANT, resource))
+            out_values.append(p[0] if len(p) == 1 else math.fsum(p))
+        start = i + 1
+    out_keys += keys[start:]
+    out_values += values[start:]
+    return DayColumns(tuple(out_keys), out_values)
 
 
 # A tenant's (tenant, resource) keys for the costs and for the usage, in the order of
@@ -1368,6 +1710,13 @@ def period_books(
     fresh, 0.008 s reused, for 46 days of 1,900 tenants × 6 resources). A past month's own
     dollars are booked when its days are, so they change only with the sets (the key)."""
     tz = infra.tz
+    made: list[Mapping[date, DayFold]] = []
+
+    def folds() -> Mapping[date, DayFold]:  # infra.days made once, when first read
+        if not made:
+            made.append(infra.days)
+        return made[0]
+
     months: dict[str, list[date]] = defaultdict(list)
     for day in infra.spans:
         months[day.strftime("%Y-%m")].append(day)
@@ -1395,8 +1744,8 @@ def period_books(
             qty = {k: v for k, v in hit.quantities.items() if k[1] != TOKENS_RESOURCE}
         else:
             if order is None:
-                order = tuple(_fold_sums([fold.quantities for fold in infra.days.values()]))
-            summed = _fold_sums([infra.days[d].quantities for d in days])
+                order = tuple(_fold_sums([fold.quantities for fold in folds().values()]))
+            summed = _fold_sums([folds()[d].quantities for d in days])
             for key in order:
                 value = summed.get(key)
                 if value:
@@ -1461,14 +1810,35 @@ def _date_sums(
     return out
 
 
-def _api_tokens(report: Report, volume: Mapping[TenantResource, float]) -> dict[str, float]:
+# The books' API tokens per tenant with what they were summed from: the token volume (by
+# identity: count_token_volume shares it while no counter moved) and the measured models.
+ApiTokens = tuple[Mapping[TenantResource, float], frozenset[str], Mapping[str, float]]
+
+
+def _measured_models(report: Report) -> frozenset[str]:
+    if report.tokens is None:
+        return frozenset()
+    return frozenset(_model_key(m) for (m, _, _, src) in report.tokens.prices if src == "measured")
+
+
+def _api_tokens_cached(
+    report: Report, volume: Mapping[TenantResource, float], cached: ApiTokens | None
+) -> ApiTokens:
+    """:func:`_api_tokens`, summed again only when the volume or the measured models
+    changed (a sum per tenant over every (tenant, model) of the month, every refresh)."""
+    measured = _measured_models(report)
+    if cached is not None and cached[0] is volume and cached[1] == measured:
+        return cached
+    return volume, measured, _api_tokens(measured, volume)
+
+
+def _api_tokens(
+    measured: frozenset[str], volume: Mapping[TenantResource, float]
+) -> dict[str, float]:
     """Tokens each tenant sent this month to models priced from the price list (what the
     ``tokens`` resource's dollars pay for; self-hosted models' tokens are paid on gpu, cpu
-    and ram). Counted since ``volume_since``: after a restart without a state file, from
-    then."""
-    measured: set[str] = set()
-    if report.tokens is not None:
-        measured = {_model_key(m) for (m, _, _, src) in report.tokens.prices if src == "measured"}
+    and ram): ``measured``, the models priced from measurement. Counted since
+    ``volume_since``: after a restart without a state file, from then."""
     out: dict[str, list[float]] = defaultdict(list)
     for (tenant, model), n in volume.items():
         if _model_key(model) not in measured:
@@ -1614,13 +1984,35 @@ def _recommendations(
     routing_window: float,
     budgets: Iterable[BudgetStatus],
     now: float,
-    pod_model: Mapping[tuple[str, str], str],
-    highest: Mapping[TenantResource, float] | None = None,
+    pod_model: Mapping[tuple[str, str], tuple[str, float]],
+    extremes: Mapping[TenantResource, PeakExtremes] | None = None,
+    kept: frozenset[str] | None = None,
 ) -> tuple[Recommendation, ...]:
-    """``highest``: each key's highest hourly peak where known (``max`` of ``peaks``)."""
-    highest = highest or {}
+    """``pod_model``: each pod's GPU model (and when it was seen); ``extremes``: each key's
+    highest hourly peak where known (:class:`GpuUsage`); ``kept``: the published tenants
+    when the report folds some (:func:`published_tenants`)."""
+    extremes = extremes or {}
+
+    def price_of(name: str) -> float | None:
+        found = pricer.price(name)
+        return found[0] if found else None
+
+    options = gpu_options(ctx.gpu_specs, price_of)
+    # A utilization workload is read by right-sizing only, and only when its GPU model is
+    # among the options (spot reads labelled pods): the others are not made (~3,000 a
+    # refresh at 2,000 tenants, none of them read when no GPU is configured to move to).
+    sizable = _sizable_models(ctx.policy, options, peaks)
+    idle_stats = sorted((k, s) for k, s in report.gpu_stats.items() if s.idle_gpus > 0)
+    # The GPU cost rate of the (tenant, GPU model) keys read below only: the shares of the
+    # others (most of ~12k a refresh) are passed over in C.
+    wanted = {k for k, _ in idle_stats}
+    if sizable:
+        wanted.update(k for k in peaks if k[1] in sizable)
     gpu_rate: dict[TenantResource, list[float]] = defaultdict(list)
-    for share in report.cost.shares:
+    shares = report.cost.shares
+    tenants, models = map(attrgetter("tenant"), shares), map(attrgetter("gpu_model"), shares)
+    share_keys = zip(tenants, models, strict=True)
+    for share in compress(shares, map(wanted.__contains__, share_keys)):
         gpu_rate[(share.tenant, share.gpu_model)].append(share.alloc_rate)
     rate = {k: math.fsum(v) for k, v in gpu_rate.items()}
 
@@ -1634,8 +2026,7 @@ def _recommendations(
             # At least the idle window: a GPU is idle only after a full window below threshold.
             idle_for_seconds=ctx.idle_window_seconds,
         )
-        for (tenant, model), s in sorted(report.gpu_stats.items())
-        if s.idle_gpus > 0
+        for (tenant, model), s in idle_stats
     ]
     workloads = [
         GpuWorkload(
@@ -1645,16 +2036,12 @@ def _recommendations(
             gpus=report.gpu_stats[(tenant, model)].held,
             usd_per_hour=rate.get((tenant, model), 0.0),
             window_seconds=max(0.0, now - since.get((tenant, model), now)),
-            peak_utilization=_highest(highest, (tenant, model), hourly),
+            peak_utilization=_highest(extremes, (tenant, model), hourly),
         )
         for (tenant, model), hourly in sorted(peaks.items())
-        if tenant != IDLE_TENANT
+        if tenant != IDLE_TENANT and model in sizable
     ]
-    workloads += _spot_candidates(report, inputs.allocations, ctx.policy, pod_model)
-
-    def price_of(name: str) -> float | None:
-        found = pricer.price(name)
-        return found[0] if found else None
+    workloads += _spot_candidates(report, inputs.allocations, ctx.policy, pod_model, kept)
 
     def spot_price(model: str) -> SpotPrice | None:
         found = pricer.catalog.lookup(model)
@@ -1662,15 +2049,12 @@ def _recommendations(
             return None
         return SpotPrice(found[1].on_demand, found[1].spot)
 
-    monthly_spend: dict[str, list[float]] = defaultdict(list)
-    for (tenant, _), r in report.tenant_rates("allocation").items():
-        monthly_spend[tenant].append(r * HOURS_PER_MONTH)
     return build_recommendations(
         ctx.policy,
-        {t: math.fsum(v) for t, v in monthly_spend.items()},
+        MonthlySpend(report.tenant_rates("allocation")),
         idle=idle,
         workloads=workloads,
-        options=gpu_options(ctx.gpu_specs, price_of),
+        options=options,
         spot_prices=spot_price,
         routing=routing,
         routing_window_seconds=routing_window,
@@ -1678,14 +2062,51 @@ def _recommendations(
     )
 
 
+class MonthlySpend(Mapping[str, float]):
+    """Each tenant's cost rate × a month: the ``fsum`` of its keys' ``rate × 730``, made for
+    a tenant when asked. Why: the cap reads only the tenants whose recommendations save
+    something (tens), not the ~2,000 a sum over every rate made each refresh."""
+
+    def __init__(self, rates: Mapping[TenantResource, float]) -> None:
+        self._rates = rates
+        self._resources = tuple(dict.fromkeys(map(itemgetter(1), rates)))
+
+    def __getitem__(self, tenant: str) -> float:
+        rates = self._rates
+        found = [rates[k] for k in zip(repeat(tenant), self._resources) if k in rates]
+        if not found:
+            raise KeyError(tenant)
+        return math.fsum([r * HOURS_PER_MONTH for r in found])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(map(itemgetter(0), self._rates)))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(map(itemgetter(0), self._rates)))
+
+
 def _highest(
-    known: Mapping[TenantResource, float], key: TenantResource, hourly: Mapping[int, float]
+    known: Mapping[TenantResource, PeakExtremes], key: TenantResource, hourly: Mapping[int, float]
 ) -> float | None:
     """The highest of ``hourly`` (``None`` when empty), from ``known`` where it is there."""
     if not hourly:
         return None
     found = known.get(key)
-    return max(hourly.values()) if found is None else found
+    return max(hourly.values()) if found is None else found[2]
+
+
+def _sizable_models(
+    policy: RecommendationPolicy,
+    options: Sequence[GpuOption],
+    peaks: Mapping[TenantResource, Mapping[int, float]],
+) -> frozenset[str]:
+    """The GPU models of ``peaks`` that right-sizing can match to an option (what
+    :func:`recommend_rightsizing` looks up; it skips a workload of any other model)."""
+    if not policy.rightsize or not options:
+        return frozenset()
+    names = {normalize_gpu_model(o.name) for o in options}
+    models = {model for _, model in peaks}
+    return frozenset(m for m in models if normalize_gpu_model(m) in names)
 
 
 def _sanitized(key: str) -> str:
@@ -1696,7 +2117,8 @@ def _spot_candidates(
     report: Report,
     allocations: AllocationSet | None,
     policy: RecommendationPolicy,
-    pod_model: Mapping[tuple[str, str], str],
+    pod_model: Mapping[tuple[str, str], tuple[str, float]],
+    kept: frozenset[str] | None = None,
 ) -> list[GpuWorkload]:
     """Fault-tolerant GPU pods (label ``policy.spot_label_key`` = ``spot_label_value``, raw or
     as OpenCost sanitizes it) grouped per (tenant, namespace, GPU model); their GPU cost rate
@@ -1706,21 +2128,22 @@ def _spot_candidates(
         return []
     keys = tuple(dict.fromkeys((policy.spot_label_key, _sanitized(policy.spot_label_key))))
     wanted = policy.spot_label_value
-    kept: frozenset[str] | None = None  # made when a spot pod needs it
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for row in allocations.allocations:
+    # The labelled rows found in C (a few of ~20k rows a refresh at 2,000 tenants).
+    rows = allocations.allocations
+    labels = list(map(attrgetter("labels"), rows))
+    labelled: Iterator[bool] = iter(())
+    for i, k in enumerate(keys):
+        found = map(eq, repeat(wanted), map(methodcaller("get", k), labels))
+        labelled = found if i == 0 else map(or_, labelled, found)
+    for row in compress(rows, labelled):
         if row.gpu_cost <= 0 or not row.namespace or not row.pod:
             continue
-        labels = row.labels
-        for k in keys:
-            if labels.get(k) == wanted:
-                break
-        else:
-            continue
-        model = pod_model.get((row.namespace, row.pod))
+        seen = pod_model.get((row.namespace, row.pod))
         tenant = report.cost.pod_tenants.get((row.namespace, row.pod))
-        if model is None or tenant is None:
+        if seen is None or tenant is None:
             continue
+        model = seen[0]
         if report.cost.folded_tenants:
             if kept is None:
                 kept = published_tenants(report)

@@ -35,6 +35,7 @@ day and days older than the lookback are ignored by the fit. Money is float USD 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -176,6 +177,58 @@ def forecast_month_end(
     return project_month_end(spend_to_date_usd, fit, now, tz)
 
 
+def exact_partials(values: Iterable[float]) -> tuple[float, ...]:
+    """Floats whose exact sum is the exact sum of ``values`` (finite), so that
+    ``math.fsum((*exact_partials(v), *more)) == math.fsum((*v, *more))`` bit for bit: a
+    month's closed days are summed once, and a refresh adds today's to two or three
+    partials instead of 30 values. The ``fsum`` of the values, then of what it leaves out,
+    until nothing is (a residual is a sum of floats, so a multiple of the least subnormal:
+    never rounded to 0 unless it is 0); each step in C instead of a loop per value."""
+    vals = tuple(values)
+    fsum = math.fsum
+    total = fsum(vals)
+    if not math.isfinite(total):
+        return _shewchuk_partials(vals)  # NaN and infinities as they always were
+    partials = [total]
+    while partials[-1]:
+        partials.append(fsum((*vals, *(-p for p in partials))))
+        if len(partials) > 48:  # pragma: no cover - 2**-1074 is reached long before
+            return _shewchuk_partials(vals)
+    partials.pop()  # the 0.0 that says the rest is exact
+    return tuple(partials) if partials else (0.0,)
+
+
+def _shewchuk_partials(values: Iterable[float]) -> tuple[float, ...]:
+    """Non-overlapping partials (Shewchuk's algorithm, as ``math.fsum`` itself uses)."""
+    partials: list[float] = []
+    for x in values:
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+    return tuple(partials)
+
+
+@functools.lru_cache(maxsize=8192)
+def _projected_days(
+    slope: float, intercept: float, full_days_left: int
+) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...] | None]:
+    """The projected path's whole days after today and their dollars' exact partials
+    (``None`` when their sum is not finite). Why cached: they change once a day per fit,
+    while each of 2,001 budgets is projected every refresh (a piece per day left)."""
+    tail = tuple((1.0, max(0.0, intercept + slope * d)) for d in range(1, full_days_left + 1))
+    dollars = [v for _, v in tail]
+    partials = exact_partials(dollars) if math.isfinite(math.fsum(dollars)) else None
+    return tail, partials
+
+
 def project_month_end(spend_to_date_usd: float, fit: DailyFit, now: float, tz: str) -> Forecast:
     """:func:`forecast_month_end` from a fit of the daily series made the same local day
     (``fit.today`` is today at ``now``)."""
@@ -193,17 +246,22 @@ def project_month_end(spend_to_date_usd: float, fit: DailyFit, now: float, tz: s
             return max(0.0, intercept + slope * day)
 
         rest_of_today = 1.0 - today.elapsed_fraction
-        segments = [(rest_of_today, projected(0) * rest_of_today)]
-        segments += [(1.0, projected(d)) for d in range(1, today.full_days_left + 1)]
+        first = (rest_of_today, projected(0) * rest_of_today)
+        tail, partials = _projected_days(slope, intercept, today.full_days_left)
+        segments = (first, *tail)
+        if partials is not None:  # the same fsum: the tail's exact partials stand for it
+            path = math.fsum((first[1], *partials))
+        else:
+            path = math.fsum(s[1] for s in segments)
         return Forecast(
             method="theil_sen",
             reason=f"Theil-Sen trend over {n} full days of daily spend",
             spend_to_date_usd=spend,
-            month_end_usd=spend + math.fsum(s[1] for s in segments),
+            month_end_usd=spend + path,
             history_days=n,
             slope_usd_per_day=slope,
             daily_usd=projected(0),
-            segments=tuple(segments),
+            segments=segments,
         )
 
     bounds = month_bounds(now, tz)

@@ -461,8 +461,12 @@ def cap_to_spend(
     for i, r in enumerate(recs):
         by_tenant[r.tenant].append(i)
     for tenant, idx in by_tenant.items():
-        spend = _finite_nonneg(tenant_monthly_spend.get(tenant, 0.0))
         savings = [recs[i].saving_usd_per_month for i in idx]
+        if not any(savings):
+            # All 0 (budget warnings): their sum, 0, is within any spend (spend >= 0), so
+            # the spend is not read (a sum over the tenant's rates, ~2,000 tenants).
+            continue
+        spend = _finite_nonneg(tenant_monthly_spend.get(tenant, 0.0))
         total = math.fsum(savings)
         if total <= spend:
             continue
