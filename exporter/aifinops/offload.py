@@ -40,6 +40,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import compress, repeat
 from typing import ParamSpec, TypeVar
 
 from aifinops.exposition.render import (
@@ -182,6 +183,9 @@ def release(garbage: list[object], chunk: int = RELEASE_CHUNK) -> None:
             continue
         batch = items[-chunk:]
         del items[-chunk:]
+        if not _takes_apart(batch, structs):
+            del batch  # nothing in it is large: freed whole, one short C call
+            continue
         for i, obj in enumerate(batch):
             shape = _shape_of(type(obj))
             if shape is None:
@@ -201,6 +205,29 @@ def release(garbage: list[object], chunk: int = RELEASE_CHUNK) -> None:
                 continue
             batch[i] = None  # the shell goes now; its parts are freed chunk by chunk
         del batch
+
+
+def _takes_apart(batch: list[object], structs: bool) -> bool:
+    """Whether :func:`release` would take any item of ``batch`` apart: a dataclass instance
+    where ``structs``, or a container of :data:`_RELEASE_SPLIT` items or more.
+
+    Why: almost every batch is rows, label tuples and floats freed whole; deciding that per
+    batch with C-level passes (the item types, then the containers' lengths) instead of per
+    item in Python took most of release's own CPU off a steady refresh (bench/README.md)."""
+    containers: list[type] = []
+    kinds = set(map(type, batch))
+    for kind in kinds:
+        shape = _shape_of(kind)
+        if shape == "map" or shape == "seq":
+            containers.append(kind)
+        elif shape is not None and structs:
+            return True
+    if not containers:
+        return False
+    sized: Iterable[object] = batch
+    if len(containers) != len(kinds):
+        sized = compress(batch, map(isinstance, batch, repeat(tuple(containers))))
+    return max(map(len, sized), default=0) >= _RELEASE_SPLIT  # type: ignore[arg-type]
 
 
 _SHAPES: dict[type, str | tuple[str, ...] | None] = {}
