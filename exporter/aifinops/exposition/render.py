@@ -27,7 +27,8 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import eq, itemgetter
+from typing import overload
 
 import msgspec
 
@@ -39,6 +40,58 @@ Sample = tuple[tuple[str, ...], float]
 
 # Samples per piece of :func:`iter_render`: about 2–3 ms of work on a slow core.
 DEFAULT_CHUNK_SAMPLES = 5000
+
+
+class Columns(Sequence[Sample]):
+    """A family's samples held as two columns, ``labels`` (one tuple per series) and
+    ``values``, read as a sequence of ``(labels, value)`` samples.
+
+    Why: the large families are built column by column (no tuple per sample to make and free
+    each refresh), and ``key`` names the key set: the families builders hand the same ``key``
+    object while a family's sorted label set is unchanged between refreshes, so what the
+    renderer and the cap derive from the labels alone can be kept (``None``: no such promise).
+    """
+
+    __slots__ = ("key", "labels", "values")
+
+    def __init__(
+        self,
+        labels: Sequence[tuple[str, ...]],
+        values: Sequence[float],
+        key: object | None = None,
+    ) -> None:
+        if len(labels) != len(values):
+            raise ValueError(f"{len(labels)} label sets for {len(values)} values")
+        self.labels = labels
+        self.values = values
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Columns: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | Columns:
+        if isinstance(index, slice):
+            return Columns(self.labels[index], self.values[index])
+        return self.labels[index], self.values[index]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return zip(self.labels, self.values, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(map(eq, self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Columns({list(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +169,9 @@ def _line_pieces(spec: MetricSpec) -> tuple[str, str, tuple[str, ...]]:
 def _label_columns(spec: MetricSpec, samples: Sequence[Sample]) -> list[Sequence[str]]:
     """The label values of ``samples`` column by column (one transposing ``zip``, which also
     proves every label tuple has the same width), as written on the page."""
+    label_sets = samples.labels if isinstance(samples, Columns) else map(_first, samples)
     try:
-        columns: list[Sequence[str]] = list(zip(*map(_first, samples), strict=True))
+        columns: list[Sequence[str]] = list(zip(*label_sets, strict=True))
     except ValueError:
         columns = []  # tuples of different widths: reported below
     if len(columns) != len(spec.labels) or (not columns and any(map(_first, samples))):
@@ -148,7 +202,8 @@ def _render_samples(
     opening, label 0, ...]``, the constant pieces laid out by repeating one line's worth
     (``row``), the labels and values copied in column by column."""
     columns = _label_columns(spec, samples)
-    texts = _value_texts(list(map(float, map(_second, samples))))
+    values = samples.values if isinstance(samples, Columns) else map(_second, samples)
+    texts = _value_texts(list(map(float, values)))
     step = 2 * (len(columns) + 1)
     parts: list[str] = [opening] * step  # the right length; every slot is overwritten below
     parts[0::2] = row
@@ -237,6 +292,7 @@ class Exposition:
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_CHUNK_SAMPLES",
+    "Columns",
     "Exposition",
     "Family",
     "Sample",
