@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import aifinops.refresh as refresh_module
 from aifinops.exposition import bounds, families
 from aifinops.exposition import catalog as c
-from aifinops.exposition.render import Columns, Exposition, Family, render
+from aifinops.exposition.render import Columns, Exposition, Family, iter_render, render
 from aifinops.refresh import Refresher
 from aifinops.web.app import REFRESHER
 from tests.exposition import bounds_reference, families_reference
@@ -235,3 +235,17 @@ def test_columns_read_as_samples() -> None:
     assert cols == [(("a",), 1.0), (("b",), 0.0)] and len(cols) == 2
     with pytest.raises(ValueError, match="label sets"):
         Columns([("a",)], [])
+
+
+def test_kept_label_columns_follow_the_key_set_and_the_chunk_size() -> None:
+    first = {(f't"{i}', f"m{i % 3}", "p", "input"): float(i) for i in range(23)}
+    second = {**first, ("zz", "m0", "p", "output"): -0.0}
+    for values, chunk in ((first, 5), (first, 5), (first, 7), (second, 7), (first, 4)):
+        family = Family(c.TOKENS, families._columns("test:render", values))
+        reference = Family(c.TOKENS, sorted(values.items(), key=lambda kv: kv[0]))
+        got = b"".join(iter_render([family], chunk))
+        assert got == reference_render([reference])
+        values = {k: v * 2.5 for k, v in values.items()}  # the same keys, new values
+        family = Family(c.TOKENS, families._columns("test:render", values))
+        reference = Family(c.TOKENS, sorted(values.items(), key=lambda kv: kv[0]))
+        assert b"".join(iter_render([family], chunk)) == reference_render([reference])

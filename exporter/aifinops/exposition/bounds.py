@@ -215,15 +215,15 @@ class _Groups:
     folds: list[tuple[str, ...]]
 
 
-# One entry per family name: the current page's key sets, replaced whole.
-_GROUPS: dict[str, _Groups] = {}
+# One entry per family (its spec): the current page's key sets, replaced whole.
+_GROUPS: dict[MetricSpec, _Groups] = {}
 # More fold groups than this are summed through a dict (one pass); fewer, one C-level pass
 # each.
 _FEW_GROUPS = 16
 
 
 def _groups(spec: MetricSpec, columns: Columns) -> _Groups:
-    groups = _GROUPS.get(spec.name)
+    groups = _GROUPS.get(spec)
     if groups is not None and groups.key == columns.key:
         return groups
     labels = columns.labels
@@ -238,7 +238,7 @@ def _groups(spec: MetricSpec, columns: Columns) -> _Groups:
             fold[i] = row[i]
         codes.append(index.setdefault(tuple(fold), len(index)))
     groups = _Groups(columns.key, ordered, codes, list(index))
-    _GROUPS[spec.name] = groups
+    _GROUPS[spec] = groups
     return groups
 
 
@@ -285,7 +285,17 @@ def _cap_columns(family: Family, max_series: int) -> tuple[Family, int] | None:
         else:
             out_labels.insert(at, fold)
             out_values.insert(at, math.fsum(bucket))
-    return Family(spec, Columns(out_labels, out_values)), len(values) - keep
+    # The capped family's key set is the same while the kept series are (the same input
+    # key set and selection): the renderer keeps its label columns meanwhile.
+    kept = _KEPT.get(spec)
+    if kept is None or kept[0] != columns.key or kept[1] != mask:
+        kept = (columns.key, mask, object())
+        _KEPT[spec] = kept
+    return Family(spec, Columns(out_labels, out_values, kept[2])), len(values) - keep
+
+
+# Per family (its spec): the input key set, the selection and the capped family's key set.
+_KEPT: dict[MetricSpec, tuple[object, list[bool], object]] = {}
 
 
 def _merge_equal_labels(

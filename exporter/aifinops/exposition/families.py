@@ -82,14 +82,25 @@ def _ordered(
     the labels ``label`` gives each (the key itself by default). Reused from the last call
     for ``site`` when the same keys come in the same iteration order (the model builds its
     mappings the same way every refresh): then there is no sort and no label to build, only
-    a C-level permutation and comparison. A set that changed is sorted again under a new
-    token."""
+    a C-level permutation and comparison; the same keys in another order are found by hash.
+    A key set that changed is sorted again under a new token."""
     order = _ORDERS.get(site)
     if order is not None and len(order.perm) == len(keys):
+        perm: array[int] | None = order.perm
         ranked = list(map(keys.__getitem__, order.perm))
-        if ranked == order.keys:
+        if ranked != order.keys:
+            # The same keys in another iteration order (the model's mappings follow the
+            # order of the upstream's rows): each found by hash instead of sorting again.
+            position = dict(zip(keys, range(len(keys)), strict=True))
+            try:
+                perm = array("l", map(position.__getitem__, order.keys))
+            except KeyError:
+                perm = None  # another key set
+            else:
+                ranked = list(map(keys.__getitem__, perm))
+        if perm is not None:
             labels = ranked if label is None else order.labels
-            order = _Order(order.perm, ranked, labels, order.key)
+            order = _Order(perm, ranked, labels, order.key)
             _ORDERS[site] = order
             return order
     get = keys.__getitem__

@@ -194,14 +194,20 @@ def _label_texts(column: Sequence[str]) -> Sequence[str]:
 
 
 def _render_samples(
-    spec: MetricSpec, opening: str, row: tuple[str, ...], samples: Sequence[Sample]
+    spec: MetricSpec,
+    opening: str,
+    row: tuple[str, ...],
+    samples: Sequence[Sample],
+    columns: list[Sequence[str]] | None = None,
 ) -> str:
     """The sample lines of ``samples`` (one chunk of one family), after ``opening`` (the
     first line's opening, with the family's HELP and TYPE lines before it in a first chunk):
     one ``join`` over ``[opening, label 0, piece, label 1, ..., piece, value, newline +
     opening, label 0, ...]``, the constant pieces laid out by repeating one line's worth
-    (``row``), the labels and values copied in column by column."""
-    columns = _label_columns(spec, samples)
+    (``row``), the labels and values copied in column by column (``columns``: the label
+    columns when known already)."""
+    if columns is None:
+        columns = _label_columns(spec, samples)
     values = samples.values if isinstance(samples, Columns) else map(_second, samples)
     texts = _value_texts(list(map(float, values)))
     step = 2 * (len(columns) + 1)
@@ -225,9 +231,35 @@ def iter_family(family: Family, chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> I
     spec = family.spec
     header, first, row = _line_pieces(spec)
     step = max(1, chunk_samples)
-    for start in range(0, len(samples), step):
+    kept = _kept_label_columns(spec, samples, step)
+    for n, start in enumerate(range(0, len(samples), step)):
         opening = first if start else header + first
-        yield _render_samples(spec, opening, row, samples[start : start + step])
+        chunk = samples[start : start + step]
+        yield _render_samples(spec, opening, row, chunk, None if kept is None else kept[n])
+
+
+# Per family (its spec): the key set (Columns.key), the chunk size and the label columns of each
+# chunk as written on the page, replaced whole (a render on the side thread reads a whole
+# entry). Bounded by the catalog: one entry per family, the last page's.
+_LABEL_COLUMNS: dict[MetricSpec, tuple[object, int, list[list[Sequence[str]]]]] = {}
+
+
+def _kept_label_columns(
+    spec: MetricSpec, samples: Sequence[Sample], step: int
+) -> list[list[Sequence[str]]] | None:
+    """The label columns of each chunk of ``samples``, kept while its key set is unchanged
+    (so a steady refresh formats only its values); ``None`` for samples without a key set."""
+    if not isinstance(samples, Columns) or samples.key is None:
+        return None
+    entry = _LABEL_COLUMNS.get(spec)
+    if entry is not None and entry[0] == samples.key and entry[1] == step:
+        return entry[2]
+    kept = [
+        _label_columns(spec, samples[start : start + step])
+        for start in range(0, len(samples), step)
+    ]
+    _LABEL_COLUMNS[spec] = (samples.key, step, kept)
+    return kept
 
 
 def iter_render(
