@@ -250,3 +250,21 @@ def test_kept_label_columns_follow_the_key_set_and_the_chunk_size() -> None:
         family = Family(c.TOKENS, families._columns("test:render", values))
         reference = Family(c.TOKENS, sorted(values.items(), key=lambda kv: kv[0]))
         assert b"".join(iter_render([family], chunk)) == reference_render([reference])
+
+
+@pytest.mark.parametrize("resources", [3, 20, 300])
+def test_few_many_and_very_many_fold_groups(resources: int) -> None:
+    # Three dimension labels: resources x 2 bases x 2 token types fold groups.
+    spec = replace(c.TOKENS, labels=("tenant", "resource", "basis", "token_type"))
+    values = {
+        (f"t{i % 97}", f"r{i % resources}", ("usage", "allocation")[i % 2], f"k{i % 4 // 2}"): (
+            float(i % 13) + 0.25
+        )
+        for i in range(2_000)
+    }
+    for step in range(2):
+        values = {k: v * (step + 1) for k, v in values.items()}
+        family = Family(spec, families._columns(f"test:groups{resources}", values))
+        reference = Family(spec, sorted(values.items(), key=lambda kv: kv[0]))
+        for cap in (len(values) - 100, len(values) // 2):
+            same_cap(family, reference, cap)

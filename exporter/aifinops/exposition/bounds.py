@@ -39,6 +39,7 @@ or infinite values, a series listed twice, label tuples of the wrong width.
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -211,7 +212,7 @@ class _Groups:
 
     key: object
     ordered: bool
-    codes: list[int]
+    codes: bytes | array[int]
     folds: list[tuple[str, ...]]
 
 
@@ -237,7 +238,10 @@ def _groups(spec: MetricSpec, columns: Columns) -> _Groups:
         for i in dims:
             fold[i] = row[i]
         codes.append(index.setdefault(tuple(fold), len(index)))
-    groups = _Groups(columns.key, ordered, codes, list(index))
+    # Held as bytes (one per series) where the groups are few, as they are: a dimension
+    # label has a handful of values.
+    packed = bytes(codes) if len(index) <= 256 else array("i", codes)
+    groups = _Groups(columns.key, ordered, packed, list(index))
     _GROUPS[spec] = groups
     return groups
 
@@ -287,15 +291,16 @@ def _cap_columns(family: Family, max_series: int) -> tuple[Family, int] | None:
             out_values.insert(at, math.fsum(bucket))
     # The capped family's key set is the same while the kept series are (the same input
     # key set and selection): the renderer keeps its label columns meanwhile.
+    selection = bytes(mask)
     kept = _KEPT.get(spec)
-    if kept is None or kept[0] != columns.key or kept[1] != mask:
-        kept = (columns.key, mask, object())
+    if kept is None or kept[0] != columns.key or kept[1] != selection:
+        kept = (columns.key, selection, object())
         _KEPT[spec] = kept
     return Family(spec, Columns(out_labels, out_values, kept[2])), len(values) - keep
 
 
 # Per family (its spec): the input key set, the selection and the capped family's key set.
-_KEPT: dict[MetricSpec, tuple[object, list[bool], object]] = {}
+_KEPT: dict[MetricSpec, tuple[object, bytes, object]] = {}
 
 
 def _merge_equal_labels(

@@ -93,7 +93,7 @@ def _ordered(
             # order of the upstream's rows): each found by hash instead of sorting again.
             position = dict(zip(keys, range(len(keys)), strict=True))
             try:
-                perm = array("l", map(position.__getitem__, order.keys))
+                perm = array("i", map(position.__getitem__, order.keys))
             except KeyError:
                 perm = None  # another key set
             else:
@@ -105,7 +105,7 @@ def _ordered(
             return order
     get = keys.__getitem__
     by = get if sort_key is None else (lambda i: sort_key(get(i)))
-    perm = array("l", sorted(range(len(keys)), key=by))
+    perm = array("i", sorted(range(len(keys)), key=by))
     ranked = list(map(get, perm))
     labels = ranked if label is None else list(map(label, ranked))
     order = _Order(perm, ranked, labels, object())
