@@ -33,7 +33,10 @@ projecting the labels onto the dimension labels (:func:`operator.itemgetter`), b
 group rather than per sample and never hashes a kept series' labels (duplicates and kept rows named
 like a fold show up as neighbours after the final sort). Its output is exactly that of the plain
 definition, :func:`_cap_sorted`, which still handles the inputs where the shortcuts do not hold: NaN
-or infinite values, a series listed twice, label tuples of the wrong width.
+or infinite values, a series listed twice, label tuples of the wrong width. An additive family held
+in :class:`Columns` with a key set takes :func:`_cap_columns` first: its labels are checked sorted
+and unique and its fold groups computed once per key set, so a steady refresh selects and sums over
+the columns and sorts nothing by labels.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """Map a Report and the refresh status to catalog families (samples sorted, deterministic).
 
 The large families (per tenant × resource × basis, per tenant × model × token type: tens of
-thousands of samples at fleet scale) are built without a Python loop per sample: a mapping's
-items are sorted by key alone (``key=`` the first item, so the sort compares label tuples of
-strings, about twice as fast as comparing ``(labels, value)`` pairs) and the samples are
-zipped from C-level maps.
+thousands of samples at fleet scale) are built column by column (:class:`Columns`: the label
+tuples and the values, no tuple per sample) without a Python loop per sample. Their key sets
+rarely change between refreshes, so each one's sorted order is kept (:func:`_ordered`) and a
+steady refresh only permutes its values: the same keys are recognised by one C-level
+comparison (same iteration order) or found by hash (another order), and a changed key set is
+sorted again under a new key-set token, which the cap and the renderer key their own kept
+work on. The small families are still built sample by sample.
 """
 
 from __future__ import annotations
@@ -75,15 +78,16 @@ _ORDERS: dict[str, _Order] = {}
 def _ordered(
     site: str,
     keys: list[Any],
-    sort_key: Callable[[Any], Any] | None = None,
-    label: Callable[[Any], tuple[str, ...]] | None = None,
+    then_by: Callable[[Any], Any] | None = None,
+    labels_of: Callable[[list[Any]], list[tuple[str, ...]]] | None = None,
 ) -> _Order:
-    """The sorted order of ``keys`` (a mapping's keys, unique; by ``sort_key`` of each), and
-    the labels ``label`` gives each (the key itself by default). Reused from the last call
-    for ``site`` when the same keys come in the same iteration order (the model builds its
-    mappings the same way every refresh): then there is no sort and no label to build, only
-    a C-level permutation and comparison; the same keys in another order are found by hash.
-    A key set that changed is sorted again under a new token."""
+    """The sorted order of ``keys`` (a mapping's keys, unique; then stably by ``then_by`` of
+    each where given), and their labels (``labels_of`` the sorted keys; the keys themselves
+    by default). Reused from the last call for ``site`` when the same keys come in the same
+    iteration order (the model builds its mappings the same way every refresh): then there
+    is no sort and no label to build, only a C-level permutation and comparison; the same
+    keys in another order are found by hash. A key set that changed is sorted again under a
+    new token. Everything per key is C-level (keys, not Python functions, are compared)."""
     order = _ORDERS.get(site)
     if order is not None and len(order.perm) == len(keys):
         perm: array[int] | None = order.perm
@@ -99,45 +103,45 @@ def _ordered(
             else:
                 ranked = list(map(keys.__getitem__, perm))
         if perm is not None:
-            labels = ranked if label is None else order.labels
+            labels = ranked if labels_of is None else order.labels
             order = _Order(perm, ranked, labels, order.key)
             _ORDERS[site] = order
             return order
-    get = keys.__getitem__
-    by = get if sort_key is None else (lambda i: sort_key(get(i)))
-    perm = array("i", sorted(range(len(keys)), key=by))
-    ranked = list(map(get, perm))
-    labels = ranked if label is None else list(map(label, ranked))
+    positions = sorted(range(len(keys)), key=keys.__getitem__)
+    if then_by is not None:
+        positions.sort(key=list(map(then_by, keys)).__getitem__)  # stable
+    perm = array("i", positions)
+    ranked = list(map(keys.__getitem__, perm))
+    labels = ranked if labels_of is None else labels_of(ranked)
     order = _Order(perm, ranked, labels, object())
     _ORDERS[site] = order
     return order
 
 
-def _columns(site: str, mapping: Mapping[Any, float], *, label: bool = False) -> Columns:
+def _columns(site: str, mapping: Mapping[Any, float], *, single: bool = False) -> Columns:
     """A mapping as samples sorted by key (``_sorted_samples(mapping.items())``), column by
-    column; ``label``: its keys are single label values (a tenant), not label tuples."""
-    order = _ordered(site, list(mapping), label=_single if label else None)
+    column; ``single``: its keys are single label values (a tenant), not label tuples."""
+    order = _ordered(site, list(mapping), labels_of=_singles if single else None)
     values = list(mapping.values())
     return Columns(order.labels, list(map(values.__getitem__, order.perm)), order.key)
 
 
-def _single(value: str) -> tuple[str, ...]:
-    return (value,)
+def _singles(values: list[str]) -> list[tuple[str, ...]]:
+    return list(zip(values))  # one 1-tuple per value
 
 
-def _by_basis(key: tuple[str, str, str]) -> tuple[str, str, str]:
-    tenant, resource, basis = key
-    return basis, tenant, resource
+def _tenant_resource(keys: list[tuple[str, str, str]]) -> list[tuple[str, ...]]:
+    return list(map(_first_two, keys))
 
 
-def _tenant_resource(key: tuple[str, str, str]) -> tuple[str, ...]:
-    return key[:2]
+_first_two = itemgetter(0, 1)
 
 
 def _accrued_columns(accrued: Mapping[tuple[str, str, str], float]) -> dict[str, Columns]:
     """``accrued`` split per basis, each sorted by (tenant, resource): one order of the whole
-    mapping by (basis, tenant, resource), cut where the basis changes."""
-    order = _ordered("accrued", list(accrued), _by_basis, _tenant_resource)
+    mapping by (tenant, resource, basis), then stably by basis, cut where the basis
+    changes."""
+    order = _ordered("accrued", list(accrued), _third, _tenant_resource)
     values = list(accrued.values())
     ranked = list(map(values.__getitem__, order.perm))
     bases = list(map(_third, order.keys))
@@ -178,7 +182,7 @@ def cost_families(report: Report | None, finance: FinanceReport | None = None) -
     unused = gpu_samples("unused_rate")
     idle_n = gpu_samples("idle_gpus")
     idle_cost = gpu_samples("idle_rate")
-    eff = _columns("efficiency", report.efficiency, label=True)
+    eff = _columns("efficiency", report.efficiency, single=True)
     prices = [((m, src), v) for (m, src), v in sorted(report.cost.gpu_prices.items())]
     owned, owned_info = _owned_samples(report.cost.owned_prices)
     folded = [((), float(report.cost.folded_tenants))]
@@ -309,7 +313,7 @@ def finance_families(f: FinanceReport | None) -> list[Family]:
     finance step did not run."""
     if f is None:
         return []
-    mtd = _columns("month_to_date", f.tenant_month_to_date, label=True)
+    mtd = _columns("month_to_date", f.tenant_month_to_date, single=True)
     # Per family: budget, spend and forecast per (owner, scope); the ratio families per owner
     # (tenant budgets, or the global budget's own families: see the catalog).
     money: dict[tuple[str, str, str], list[Sample]] = {k: [] for k in c.BUDGET_MONEY}

@@ -14,7 +14,9 @@ format string to parse (``%`` over a repeated line template, the previous way, w
 the values are written by msgspec's shortest round-trip float encoder
 in one call (``repr``'s digits and form for 1e-4 <= |v| < 1e16, the rest one by one, each
 distinct one formatted once); each label column is checked for characters that need escaping
-in one pass over its concatenation, and only a column that has one takes the slow path.
+in one pass over its concatenation, and only a column that has one takes the slow path; for
+samples held in :class:`Columns` with a key set, those label columns are kept per family while
+the key set is unchanged, so a steady refresh formats only the values.
 :func:`iter_render` yields the page in pieces of a bounded number of samples, so a caller can
 interleave other work (see :mod:`aifinops.offload`).
 """
