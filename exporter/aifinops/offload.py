@@ -40,6 +40,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import compress, repeat
 from typing import ParamSpec, TypeVar
 
 from aifinops.exposition.render import (
@@ -114,8 +115,16 @@ def _gzip_header(level: int) -> bytes:
     return gzip.compress(b"", compresslevel=level, mtime=0)[:10]
 
 
+# The refresh's page is compressed once per refresh and every gzip scrape reuses it, so the
+# level trades the refresh's CPU against bytes on the wire: level 2 costs a third of level 6's
+# CPU for about a sixth more bytes (bench/README.md, "render and release").
+PAGE_GZIP_LEVEL = 2
+
+
 def render_and_compress(
-    families: Iterable[Family], level: int = 6, chunk_samples: int = DEFAULT_CHUNK_SAMPLES
+    families: Iterable[Family],
+    level: int = PAGE_GZIP_LEVEL,
+    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
 ) -> Exposition:
     """The :class:`Exposition` of ``families`` (byte for byte what
     ``Exposition.from_bytes(render(families), level)`` gives), rendered here in pieces while
@@ -143,7 +152,9 @@ def render_and_compress(
 
 
 async def render_exposition(
-    families: Iterable[Family], level: int = 6, chunk_samples: int = DEFAULT_CHUNK_SAMPLES
+    families: Iterable[Family],
+    level: int = PAGE_GZIP_LEVEL,
+    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
 ) -> Exposition:
     """:func:`render_and_compress` on the CPU worker thread."""
     return await run_cpu(render_and_compress, list(families), level, chunk_samples)
@@ -182,6 +193,9 @@ def release(garbage: list[object], chunk: int = RELEASE_CHUNK) -> None:
             continue
         batch = items[-chunk:]
         del items[-chunk:]
+        if not _takes_apart(batch, structs):
+            del batch  # nothing in it is large: freed whole, one short C call
+            continue
         for i, obj in enumerate(batch):
             shape = _shape_of(type(obj))
             if shape is None:
@@ -201,6 +215,29 @@ def release(garbage: list[object], chunk: int = RELEASE_CHUNK) -> None:
                 continue
             batch[i] = None  # the shell goes now; its parts are freed chunk by chunk
         del batch
+
+
+def _takes_apart(batch: list[object], structs: bool) -> bool:
+    """Whether :func:`release` would take any item of ``batch`` apart: a dataclass instance
+    where ``structs``, or a container of :data:`_RELEASE_SPLIT` items or more.
+
+    Why: almost every batch is rows, label tuples and floats freed whole; deciding that per
+    batch with C-level passes (the item types, then the containers' lengths) instead of per
+    item in Python took most of release's own CPU off a steady refresh (bench/README.md)."""
+    containers: list[type] = []
+    kinds = set(map(type, batch))
+    for kind in kinds:
+        shape = _shape_of(kind)
+        if shape == "map" or shape == "seq":
+            containers.append(kind)
+        elif shape is not None and structs:
+            return True
+    if not containers:
+        return False
+    sized: Iterable[object] = batch
+    if len(containers) != len(kinds):
+        sized = compress(batch, map(isinstance, batch, repeat(tuple(containers))))
+    return max(map(len, sized), default=0) >= _RELEASE_SPLIT  # type: ignore[arg-type]
 
 
 _SHAPES: dict[type, str | tuple[str, ...] | None] = {}
@@ -322,6 +359,7 @@ def apply_runtime_settings() -> Callable[[], None]:
 
 
 __all__ = [
+    "PAGE_GZIP_LEVEL",
     "SWITCH_INTERVAL_S",
     "apply_runtime_settings",
     "pin_mmap_threshold",

@@ -19,7 +19,7 @@ from aifinops.exposition.render import (
     iter_render,
     render,
 )
-from aifinops.offload import render_and_compress, render_exposition
+from aifinops.offload import PAGE_GZIP_LEVEL, render_and_compress, render_exposition
 
 
 def reference_value(value: float) -> str:
@@ -124,4 +124,5 @@ def test_render_and_compress_gives_the_same_bytes() -> None:
         assert got.gzipped == Exposition.from_bytes(expected.plain, level).gzipped
         assert gzip.decompress(got.gzipped) == expected.plain
     offloaded = asyncio.run(render_exposition(families))
-    assert offloaded == expected
+    assert offloaded == Exposition.from_bytes(expected.plain, PAGE_GZIP_LEVEL)
+    assert render_and_compress(families) == offloaded

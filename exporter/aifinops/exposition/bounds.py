@@ -33,20 +33,26 @@ projecting the labels onto the dimension labels (:func:`operator.itemgetter`), b
 group rather than per sample and never hashes a kept series' labels (duplicates and kept rows named
 like a fold show up as neighbours after the final sort). Its output is exactly that of the plain
 definition, :func:`_cap_sorted`, which still handles the inputs where the shortcuts do not hold: NaN
-or infinite values, a series listed twice, label tuples of the wrong width.
+or infinite values, a series listed twice, label tuples of the wrong width. An additive family held
+in :class:`Columns` with a key set takes :func:`_cap_columns` first: its labels are checked sorted
+and unique and its fold groups computed once per key set, so a steady refresh selects and sums over
+the columns and sorts nothing by labels.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import compress, repeat
+from dataclasses import dataclass
+from itertools import compress, islice, repeat
 from operator import eq, itemgetter, lt, not_
 from typing import Any
 
-from aifinops.exposition.catalog import OTHER_TENANT
-from aifinops.exposition.render import Family, Sample
+from aifinops.exposition.catalog import OTHER_TENANT, MetricSpec
+from aifinops.exposition.render import Columns, Family, Sample
 
 ADDITIVE = frozenset(
     {
@@ -97,7 +103,9 @@ def cap_family(family: Family, max_series: int) -> tuple[Family, int]:
     series lost their identity (0 when under the cap)."""
     if len(family.samples) <= max_series:
         return family, 0
-    capped = _cap_selected(family, max_series)
+    capped = _cap_columns(family, max_series)
+    if capped is None:
+        capped = _cap_selected(family, max_series)
     return capped if capped is not None else _cap_sorted(family, max_series)
 
 
@@ -129,7 +137,7 @@ def _cap_sorted(family: Family, max_series: int) -> tuple[Family, int]:
     return Family(family.spec, sorted(out.items())), len(samples) - keep
 
 
-def _top_mask(labels: list[tuple[str, ...]], values: list[float], keep: int) -> list[bool]:
+def _top_mask(labels: Sequence[tuple[str, ...]], values: list[float], keep: int) -> list[bool]:
     """Which samples are among the first ``keep`` by :func:`_rank` (all values finite):
     every value above the ``keep``-th largest, then the ties at that value in label order."""
     if keep <= 0:
@@ -197,6 +205,105 @@ def _cap_selected(family: Family, max_series: int) -> tuple[Family, int] | None:
     out.sort(key=_first)  # stable: a kept series stays before a fold of the same name
     merged = _merge_equal_labels(out, {id(row) for row in folded}, folds)
     return None if merged is None else (Family(spec, merged), len(samples) - keep)
+
+
+@dataclass(frozen=True, slots=True)
+class _Groups:
+    """What the cap of an additive family derives from its labels alone, kept per key set
+    (:attr:`Columns.key`): whether the labels are sorted and unique (the builders' promise,
+    checked once), each series' fold group and each group's fold labels."""
+
+    key: object
+    ordered: bool
+    codes: bytes | array[int]
+    folds: list[tuple[str, ...]]
+
+
+# One entry per family (its spec): the current page's key sets, replaced whole.
+_GROUPS: dict[MetricSpec, _Groups] = {}
+# More fold groups than this are summed through a dict (one pass); fewer, one C-level pass
+# each.
+_FEW_GROUPS = 16
+
+
+def _groups(spec: MetricSpec, columns: Columns) -> _Groups:
+    groups = _GROUPS.get(spec)
+    if groups is not None and groups.key == columns.key:
+        return groups
+    labels = columns.labels
+    width = len(spec.labels)
+    ordered = set(map(len, labels)) <= {width} and all(map(lt, labels, islice(labels, 1, None)))
+    dims = [i for i, name in enumerate(spec.labels) if name in DIMENSIONS]
+    index: dict[tuple[str, ...], int] = {}
+    codes: list[int] = []
+    for row in labels:
+        fold = [OTHER_TENANT] * width
+        for i in dims:
+            fold[i] = row[i]
+        codes.append(index.setdefault(tuple(fold), len(index)))
+    # Held as bytes (one per series) where the groups are few, as they are: a dimension
+    # label has a handful of values.
+    packed = bytes(codes) if len(index) <= 256 else array("i", codes)
+    groups = _Groups(columns.key, ordered, packed, list(index))
+    _GROUPS[spec] = groups
+    return groups
+
+
+def _cap_columns(family: Family, max_series: int) -> tuple[Family, int] | None:
+    """:func:`_cap_selected`'s result for an additive family held in :class:`Columns` whose
+    key set is known (sorted and unique labels, checked once per key set): the selection
+    and sums run over the columns, the fold groups are kept per key set, and the kept series
+    stay in label order, so nothing is sorted by labels. ``None`` where it does not apply."""
+    columns = family.samples
+    spec = family.spec
+    if not isinstance(columns, Columns) or columns.key is None or spec.name not in ADDITIVE:
+        return None
+    values = list(columns.values)
+    if not math.isfinite(sum(values)):
+        return None
+    groups = _groups(spec, columns)
+    if not groups.ordered:
+        return None
+    labels = columns.labels
+    keep = max(0, max_series - len(groups.folds))
+    mask = _top_mask(labels, values, keep)
+    rest = list(map(not_, mask))
+    tail_codes = list(compress(groups.codes, rest))
+    tail_values = list(compress(values, rest))
+    buckets: list[list[float]]
+    if len(groups.folds) <= _FEW_GROUPS:
+        buckets = [
+            list(compress(tail_values, map(eq, tail_codes, repeat(g))))
+            for g in range(len(groups.folds))
+        ]
+    else:
+        buckets = [[] for _ in groups.folds]
+        for code, value in zip(tail_codes, tail_values, strict=True):
+            buckets[code].append(value)
+    out_labels = list(compress(labels, mask))
+    out_values = list(compress(values, mask))
+    for fold, bucket in zip(groups.folds, buckets, strict=True):
+        if not bucket:
+            continue  # a group whose series are all kept has no fold
+        at = bisect_left(out_labels, fold)
+        if at < len(out_labels) and out_labels[at] == fold:
+            # A kept series named like a fold (an __other__ row the model folded) absorbs it.
+            out_values[at] = math.fsum([*bucket, out_values[at]])
+        else:
+            out_labels.insert(at, fold)
+            out_values.insert(at, math.fsum(bucket))
+    # The capped family's key set is the same while the kept series are (the same input
+    # key set and selection): the renderer keeps its label columns meanwhile.
+    selection = bytes(mask)
+    kept = _KEPT.get(spec)
+    if kept is None or kept[0] != columns.key or kept[1] != selection:
+        kept = (columns.key, selection, object())
+        _KEPT[spec] = kept
+    return Family(spec, Columns(out_labels, out_values, kept[2])), len(values) - keep
+
+
+# Per family (its spec): the input key set, the selection and the capped family's key set.
+_KEPT: dict[MetricSpec, tuple[object, bytes, object]] = {}
 
 
 def _merge_equal_labels(

@@ -1,22 +1,26 @@
 """Map a Report and the refresh status to catalog families (samples sorted, deterministic).
 
 The large families (per tenant × resource × basis, per tenant × model × token type: tens of
-thousands of samples at fleet scale) are built without a Python loop per sample: a mapping's
-items are sorted by key alone (``key=`` the first item, so the sort compares label tuples of
-strings, about twice as fast as comparing ``(labels, value)`` pairs) and the samples are
-zipped from C-level maps.
+thousands of samples at fleet scale) are built column by column (:class:`Columns`: the label
+tuples and the values, no tuple per sample) without a Python loop per sample. Their key sets
+rarely change between refreshes, so each one's sorted order is kept (:func:`_ordered`) and a
+steady refresh only permutes its values: the same keys are recognised by one C-level
+comparison (same iteration order) or found by hash (another order), and a changed key set is
+sorted again under a new key-set token, which the cap and the renderer key their own kept
+work on. The small families are still built sample by sample.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
-from typing import Protocol
+from typing import Any, Protocol
 
 from aifinops.exposition import catalog as c
-from aifinops.exposition.render import Family, Sample
+from aifinops.exposition.render import Columns, Family, Sample
 from aifinops.model.budgets import BUDGET_STATES, GLOBAL_TENANT
 from aifinops.model.energy import EnergyReport
 from aifinops.model.finance import FinanceReport
@@ -41,6 +45,7 @@ SECONDS_PER_HOUR = 3_600.0
 
 _first = itemgetter(0)
 _second = itemgetter(1)
+_third = itemgetter(2)
 
 
 def _sorted_samples(items: Iterable[Sample]) -> list[Sample]:
@@ -49,41 +54,142 @@ def _sorted_samples(items: Iterable[Sample]) -> list[Sample]:
     return sorted(items, key=_first)
 
 
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """How one site's mapping was last sorted: ``perm[i]`` is the position, in the mapping's
+    iteration order, of the ``i``-th key in sorted order; ``keys`` the keys in that order
+    (this refresh's objects, so the cache holds no older generation of them); ``labels`` the
+    label tuples published for them (``keys`` itself when the keys are label tuples);
+    ``key`` the key-set token handed on in :class:`Columns`."""
+
+    perm: array[int]
+    keys: list[Any]
+    labels: list[tuple[str, ...]]
+    key: object
+
+
+_NONE = Columns((), ())
+
+# One entry per site (a family built from a mapping): the current page's, replaced whole so
+# that a render on the side thread reads a consistent entry.
+_ORDERS: dict[str, _Order] = {}
+
+
+def _ordered(
+    site: str,
+    keys: list[Any],
+    then_by: Callable[[Any], Any] | None = None,
+    labels_of: Callable[[list[Any]], list[tuple[str, ...]]] | None = None,
+) -> _Order:
+    """The sorted order of ``keys`` (a mapping's keys, unique; then stably by ``then_by`` of
+    each where given), and their labels (``labels_of`` the sorted keys; the keys themselves
+    by default). Reused from the last call for ``site`` when the same keys come in the same
+    iteration order (the model builds its mappings the same way every refresh): then there
+    is no sort and no label to build, only a C-level permutation and comparison; the same
+    keys in another order are found by hash. A key set that changed is sorted again under a
+    new token. Everything per key is C-level (keys, not Python functions, are compared)."""
+    order = _ORDERS.get(site)
+    if order is not None and len(order.perm) == len(keys):
+        perm: array[int] | None = order.perm
+        ranked = list(map(keys.__getitem__, order.perm))
+        if ranked != order.keys:
+            # The same keys in another iteration order (the model's mappings follow the
+            # order of the upstream's rows): each found by hash instead of sorting again.
+            position = dict(zip(keys, range(len(keys)), strict=True))
+            try:
+                perm = array("i", map(position.__getitem__, order.keys))
+            except KeyError:
+                perm = None  # another key set
+            else:
+                ranked = list(map(keys.__getitem__, perm))
+        if perm is not None:
+            labels = ranked if labels_of is None else order.labels
+            order = _Order(perm, ranked, labels, order.key)
+            _ORDERS[site] = order
+            return order
+    positions = sorted(range(len(keys)), key=keys.__getitem__)
+    if then_by is not None:
+        positions.sort(key=list(map(then_by, keys)).__getitem__)  # stable
+    perm = array("i", positions)
+    ranked = list(map(keys.__getitem__, perm))
+    labels = ranked if labels_of is None else labels_of(ranked)
+    order = _Order(perm, ranked, labels, object())
+    _ORDERS[site] = order
+    return order
+
+
+def _columns(site: str, mapping: Mapping[Any, float], *, single: bool = False) -> Columns:
+    """A mapping as samples sorted by key (``_sorted_samples(mapping.items())``), column by
+    column; ``single``: its keys are single label values (a tenant), not label tuples."""
+    order = _ordered(site, list(mapping), labels_of=_singles if single else None)
+    values = list(mapping.values())
+    return Columns(order.labels, list(map(values.__getitem__, order.perm)), order.key)
+
+
+def _singles(values: list[str]) -> list[tuple[str, ...]]:
+    return list(zip(values))  # one 1-tuple per value
+
+
+def _tenant_resource(keys: list[tuple[str, str, str]]) -> list[tuple[str, ...]]:
+    return list(map(_first_two, keys))
+
+
+_first_two = itemgetter(0, 1)
+
+
+def _accrued_columns(accrued: Mapping[tuple[str, str, str], float]) -> dict[str, Columns]:
+    """``accrued`` split per basis, each sorted by (tenant, resource): one order of the whole
+    mapping by (tenant, resource, basis), then stably by basis, cut where the basis
+    changes."""
+    order = _ordered("accrued", list(accrued), _third, _tenant_resource)
+    values = list(accrued.values())
+    ranked = list(map(values.__getitem__, order.perm))
+    bases = list(map(_third, order.keys))
+    out: dict[str, Columns] = {}
+    start = 0
+    while start < len(bases):
+        basis = bases[start]
+        end = start + bases[start:].count(basis)  # one run per basis in this order
+        out[basis] = Columns(order.labels[start:end], ranked[start:end], (order.key, basis))
+        start = end
+    return out
+
+
 def cost_families(report: Report | None, finance: FinanceReport | None = None) -> list[Family]:
     """The model's families: ``report``'s, then ``finance``'s (built from that report, and
     absent when the finance step did not run or failed)."""
     if report is None:
         return []
     # One family per basis: sum() over a family is the cluster total (see the catalog).
-    rate = _sorted_samples(report.tenant_rates("allocation").items())
-    usage_rate = _sorted_samples(report.tenant_rates("usage").items())
-    accrued: dict[str, list[Sample]] = {basis: [] for basis in c.BASES}
-    for (tenant, resource, basis), usd in report.accrued.items():
-        accrued[basis].append(((tenant, resource), usd))
-    total = _sorted_samples(accrued["allocation"])
-    usage_total = _sorted_samples(accrued["usage"])
+    # The large families are built column by column in an order kept between refreshes
+    # while their key sets do not change (_ordered).
+    rate = _columns("rate:allocation", report.tenant_rates("allocation"))
+    usage_rate = _columns("rate:usage", report.tenant_rates("usage"))
+    accrued = _accrued_columns(report.accrued)
+    total = accrued.get("allocation", _NONE)
+    usage_total = accrued.get("usage", _NONE)
     cluster = [((r,), v) for r, v in sorted(report.cost.cluster.items())]
 
-    stats = sorted(report.gpu_stats.items(), key=_first)
-    keys = list(map(_first, stats))
-    rows = list(map(_second, stats))
+    stats = _ordered("gpu_stats", list(report.gpu_stats))
+    rows = list(report.gpu_stats.values())
+    rows = list(map(rows.__getitem__, stats.perm))
 
-    def gpu_samples(field: str) -> list[Sample]:
-        return list(zip(keys, map(attrgetter(field), rows), strict=True))
+    def gpu_samples(field: str) -> Columns:
+        return Columns(stats.labels, list(map(attrgetter(field), rows)), stats.key)
 
     held = gpu_samples("held")
     used = gpu_samples("used")
     unused = gpu_samples("unused_rate")
     idle_n = gpu_samples("idle_gpus")
     idle_cost = gpu_samples("idle_rate")
-    eff = [((t,), v) for t, v in sorted(report.efficiency.items())]
+    eff = _columns("efficiency", report.efficiency, single=True)
     prices = [((m, src), v) for (m, src), v in sorted(report.cost.gpu_prices.items())]
     owned, owned_info = _owned_samples(report.cost.owned_prices)
     folded = [((), float(report.cost.folded_tenants))]
     dcgm_metrics = [((m,), float(n)) for m, n in sorted(report.cost.utilization_metrics.items())]
     by_method = report.cost.method_rates
-    alloc_method = _sorted_samples(by_method.get("allocation", {}).items())
-    usage_method = _sorted_samples(by_method.get("usage", {}).items())
+    alloc_method = _columns("method:allocation", by_method.get("allocation", {}))
+    usage_method = _columns("method:usage", by_method.get("usage", {}))
     split = [((m,), v) for m, v in sorted(split_method_totals(report).items())]
     return [
         Family(c.TENANT_COST_RATE, rate),
@@ -207,7 +313,7 @@ def finance_families(f: FinanceReport | None) -> list[Family]:
     finance step did not run."""
     if f is None:
         return []
-    mtd = [((t,), v) for t, v in sorted(f.tenant_month_to_date.items())]
+    mtd = _columns("month_to_date", f.tenant_month_to_date, single=True)
     # Per family: budget, spend and forecast per (owner, scope); the ratio families per owner
     # (tenant budgets, or the global budget's own families: see the catalog).
     money: dict[tuple[str, str, str], list[Sample]] = {k: [] for k in c.BUDGET_MONEY}
@@ -276,11 +382,11 @@ def token_families(tokens: TokenReport | None) -> list[Family]:
         return []
     info = [((tokens.catalog_version,), 1.0)] if tokens.catalog_version else []
     return [
-        Family(c.TOKENS, _sorted_samples(tokens.tokens.items())),
-        Family(c.TOKEN_COST, _sorted_samples(tokens.cost.items())),
-        Family(c.MODEL_TOKEN_PRICE, _sorted_samples(tokens.prices.items())),
-        Family(c.MODEL_API_EQUIVALENT_PRICE, _sorted_samples(tokens.api_equivalent.items())),
-        Family(c.UNPRICED_TOKENS, _sorted_samples(tokens.unpriced.items())),
+        Family(c.TOKENS, _columns("tokens", tokens.tokens)),
+        Family(c.TOKEN_COST, _columns("token_cost", tokens.cost)),
+        Family(c.MODEL_TOKEN_PRICE, _columns("token_price", tokens.prices)),
+        Family(c.MODEL_API_EQUIVALENT_PRICE, _columns("api_equivalent", tokens.api_equivalent)),
+        Family(c.UNPRICED_TOKENS, _columns("unpriced", tokens.unpriced)),
         Family(c.LLM_PRICE_CATALOG_INFO, info),
     ]
 

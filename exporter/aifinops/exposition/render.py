@@ -14,7 +14,9 @@ format string to parse (``%`` over a repeated line template, the previous way, w
 the values are written by msgspec's shortest round-trip float encoder
 in one call (``repr``'s digits and form for 1e-4 <= |v| < 1e16, the rest one by one, each
 distinct one formatted once); each label column is checked for characters that need escaping
-in one pass over its concatenation, and only a column that has one takes the slow path.
+in one pass over its concatenation, and only a column that has one takes the slow path; for
+samples held in :class:`Columns` with a key set, those label columns are kept per family while
+the key set is unchanged, so a steady refresh formats only the values.
 :func:`iter_render` yields the page in pieces of a bounded number of samples, so a caller can
 interleave other work (see :mod:`aifinops.offload`).
 """
@@ -27,7 +29,8 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import eq, itemgetter
+from typing import overload
 
 import msgspec
 
@@ -39,6 +42,58 @@ Sample = tuple[tuple[str, ...], float]
 
 # Samples per piece of :func:`iter_render`: about 2–3 ms of work on a slow core.
 DEFAULT_CHUNK_SAMPLES = 5000
+
+
+class Columns(Sequence[Sample]):
+    """A family's samples held as two columns, ``labels`` (one tuple per series) and
+    ``values``, read as a sequence of ``(labels, value)`` samples.
+
+    Why: the large families are built column by column (no tuple per sample to make and free
+    each refresh), and ``key`` names the key set: the families builders hand the same ``key``
+    object while a family's sorted label set is unchanged between refreshes, so what the
+    renderer and the cap derive from the labels alone can be kept (``None``: no such promise).
+    """
+
+    __slots__ = ("key", "labels", "values")
+
+    def __init__(
+        self,
+        labels: Sequence[tuple[str, ...]],
+        values: Sequence[float],
+        key: object | None = None,
+    ) -> None:
+        if len(labels) != len(values):
+            raise ValueError(f"{len(labels)} label sets for {len(values)} values")
+        self.labels = labels
+        self.values = values
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Columns: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | Columns:
+        if isinstance(index, slice):
+            return Columns(self.labels[index], self.values[index])
+        return self.labels[index], self.values[index]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return zip(self.labels, self.values, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(map(eq, self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Columns({list(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +171,9 @@ def _line_pieces(spec: MetricSpec) -> tuple[str, str, tuple[str, ...]]:
 def _label_columns(spec: MetricSpec, samples: Sequence[Sample]) -> list[Sequence[str]]:
     """The label values of ``samples`` column by column (one transposing ``zip``, which also
     proves every label tuple has the same width), as written on the page."""
+    label_sets = samples.labels if isinstance(samples, Columns) else map(_first, samples)
     try:
-        columns: list[Sequence[str]] = list(zip(*map(_first, samples), strict=True))
+        columns: list[Sequence[str]] = list(zip(*label_sets, strict=True))
     except ValueError:
         columns = []  # tuples of different widths: reported below
     if len(columns) != len(spec.labels) or (not columns and any(map(_first, samples))):
@@ -140,15 +196,22 @@ def _label_texts(column: Sequence[str]) -> Sequence[str]:
 
 
 def _render_samples(
-    spec: MetricSpec, opening: str, row: tuple[str, ...], samples: Sequence[Sample]
+    spec: MetricSpec,
+    opening: str,
+    row: tuple[str, ...],
+    samples: Sequence[Sample],
+    columns: list[Sequence[str]] | None = None,
 ) -> str:
     """The sample lines of ``samples`` (one chunk of one family), after ``opening`` (the
     first line's opening, with the family's HELP and TYPE lines before it in a first chunk):
     one ``join`` over ``[opening, label 0, piece, label 1, ..., piece, value, newline +
     opening, label 0, ...]``, the constant pieces laid out by repeating one line's worth
-    (``row``), the labels and values copied in column by column."""
-    columns = _label_columns(spec, samples)
-    texts = _value_texts(list(map(float, map(_second, samples))))
+    (``row``), the labels and values copied in column by column (``columns``: the label
+    columns when known already)."""
+    if columns is None:
+        columns = _label_columns(spec, samples)
+    values = samples.values if isinstance(samples, Columns) else map(_second, samples)
+    texts = _value_texts(list(map(float, values)))
     step = 2 * (len(columns) + 1)
     parts: list[str] = [opening] * step  # the right length; every slot is overwritten below
     parts[0::2] = row
@@ -170,9 +233,35 @@ def iter_family(family: Family, chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> I
     spec = family.spec
     header, first, row = _line_pieces(spec)
     step = max(1, chunk_samples)
-    for start in range(0, len(samples), step):
+    kept = _kept_label_columns(spec, samples, step)
+    for n, start in enumerate(range(0, len(samples), step)):
         opening = first if start else header + first
-        yield _render_samples(spec, opening, row, samples[start : start + step])
+        chunk = samples[start : start + step]
+        yield _render_samples(spec, opening, row, chunk, None if kept is None else kept[n])
+
+
+# Per family (its spec): the key set (Columns.key), the chunk size and the label columns of each
+# chunk as written on the page, replaced whole (a render on the side thread reads a whole
+# entry). Bounded by the catalog: one entry per family, the last page's.
+_LABEL_COLUMNS: dict[MetricSpec, tuple[object, int, list[list[Sequence[str]]]]] = {}
+
+
+def _kept_label_columns(
+    spec: MetricSpec, samples: Sequence[Sample], step: int
+) -> list[list[Sequence[str]]] | None:
+    """The label columns of each chunk of ``samples``, kept while its key set is unchanged
+    (so a steady refresh formats only its values); ``None`` for samples without a key set."""
+    if not isinstance(samples, Columns) or samples.key is None:
+        return None
+    entry = _LABEL_COLUMNS.get(spec)
+    if entry is not None and entry[0] == samples.key and entry[1] == step:
+        return entry[2]
+    kept = [
+        _label_columns(spec, samples[start : start + step])
+        for start in range(0, len(samples), step)
+    ]
+    _LABEL_COLUMNS[spec] = (samples.key, step, kept)
+    return kept
 
 
 def iter_render(
@@ -237,6 +326,7 @@ class Exposition:
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_CHUNK_SAMPLES",
+    "Columns",
     "Exposition",
     "Family",
     "Sample",
