@@ -780,6 +780,8 @@ class _Routed:
     api_deltas: dict[UsageKey, tuple[_PairPrice, list[float]]]
     spend: dict[tuple[str, str, str], list[float]]
     key_price: dict[UsageKey, LlmPrice | None]
+    # Instead of api_deltas (kept routes, exact sums): keys in order, their pairs and tokens.
+    api_sums: tuple[list[UsageKey], list[_PairPrice], list[float]] | None = None
 
 
 def _route_increments(
@@ -877,6 +879,7 @@ class _RouteCache:
         "api_code",
         "api_keys",
         "catalog",
+        "key_price",
         "name_label",
         "names",
         "ns_keys",
@@ -921,6 +924,8 @@ class _RouteCache:
         sh_code = np.full(n, _NO_ROW, np.intp)
         specs: dict[str, SelfHostedSpec | None] = {}
         api_names: dict[tuple[str, str | None], tuple[int, str, int]] = {}
+        key_price: dict[int, int] = {}  # API key -> its rows' price, while they share one
+        one_price = True
 
         def tenant_of(r: TokenSeries) -> str:  # _tenant, noting what it read
             if r.tenant:
@@ -986,11 +991,17 @@ class _RouteCache:
                 spend_code[i] = spend.setdefault((tenant, label, provider_label), len(spend))
             else:
                 key = (tenant, label, provider_label, r.token_type)
-                api_code[i] = api.setdefault(key, len(api))
+                api_code[i] = kc = api.setdefault(key, len(api))
+                if key_price.setdefault(kc, pc) != pc:
+                    one_price = False
         self.names = tuple(names)
         self.row_name, self.row_price, self.sh_code = row_name, row_price, sh_code
         self.api_code, self.spend_code = api_code, spend_code
         self.api_keys, self.spend_keys = tuple(api), tuple(spend)
+        # Each key's price when all its rows' names share one (else the last row's decides).
+        self.key_price = (
+            np.fromiter(key_price.values(), np.intp, len(key_price)) if one_price else None
+        )
         self.pod_keys, self.pod_values = tuple(pods), list(pods.values())
         self.ns_keys, self.ns_values = tuple(namespaces), list(namespaces.values())
 
@@ -1061,6 +1072,8 @@ def _route_cached(
     api_deltas, spend = routed.api_deltas, routed.spend
     served, sh_usage, sh_deltas = ledger.served, ledger.sh_usage, routed.sh_deltas
     units: dict[int, _PairPrice] = {}  # one unit cache per price object
+    parts = list(parts)
+    single_api = sum(bool((c.api_code[rows] >= 0).any()) for c, rows, _ in parts) <= 1
     for cache, rows, deltas in parts:
         if len(cache.sh):
             on = cache.sh_code[rows]
@@ -1074,6 +1087,14 @@ def _route_cached(
                     sh_deltas.append((key, model, delta))
                     sh_usage[sh_key] = sh_usage.get(sh_key, 0.0) + delta
         pairs = [units.setdefault(id(p), _PairPrice(p)) for p in cache.prices]
+        if single_api and not api_deltas:
+            sums = _exact_sums(cache, rows, deltas)
+            if sums is not None:
+                codes, ns, price_codes = sums
+                keys_ = list(map(cache.api_keys.__getitem__, codes))
+                routed.api_sums = (keys_, list(map(pairs.__getitem__, price_codes)), ns)
+                _route_spend(cache, rows, deltas, spend)
+                continue
         codes, lists, last = _groups(cache.api_code[rows], rows, deltas)
         keys = map(cache.api_keys.__getitem__, codes)
         key_pairs = map(pairs.__getitem__, cache.row_price[last].tolist())
@@ -1083,10 +1104,49 @@ def _route_cached(
             for key, pair, more in zip(keys, key_pairs, lists, strict=True):
                 had = api_deltas.get(key)
                 api_deltas[key] = (pair, more if had is None else had[1] + more)
-        codes, lists, _ = _groups(cache.spend_code[rows], rows, deltas)
-        for code, more in zip(codes, lists, strict=True):
-            spend[cache.spend_keys[code]] += more
+        _route_spend(cache, rows, deltas, spend)
     return routed
+
+
+def _route_spend(
+    cache: _RouteCache,
+    rows: npt.NDArray[np.intp],
+    deltas: npt.NDArray[np.float64],
+    spend: dict[tuple[str, str, str], list[float]],
+) -> None:
+    codes, lists, _ = _groups(cache.spend_code[rows], rows, deltas)
+    for code, more in zip(codes, lists, strict=True):
+        spend[cache.spend_keys[code]] += more
+
+
+_EXACT = 2.0**53  # below it, sums of integral floats are exact in any order
+
+
+def _exact_sums(
+    cache: _RouteCache, rows: npt.NDArray[np.intp], deltas: npt.NDArray[np.float64]
+) -> tuple[list[int], list[float], list[int]] | None:
+    """Each API key's tokens of this table: the keys in order of first row, their sums and
+    their last rows' price codes; ``None`` unless every increment is a whole number and every
+    sum below 2**53. Then each partial sum is an integer the float holds exactly, so any
+    order of additions (np.bincount's) gives the exact sum, which math.fsum returns too."""
+    codes = cache.api_code[rows]
+    keep = codes >= 0
+    codes, d = codes[keep], deltas[keep]
+    if not len(codes) or not bool((d == np.floor(d)).all()):
+        return None if len(codes) else ([], [], [])
+    totals = np.bincount(codes, weights=d, minlength=len(cache.api_keys))
+    if not totals.max() < _EXACT:
+        return None
+    present, first = np.unique(codes, return_index=True)
+    ordered = present[np.argsort(first)]
+    if cache.key_price is not None:
+        price_codes = cache.key_price[ordered]
+    else:  # names of one key priced differently: the key's last row's name
+        back, last_rev = np.unique(codes[::-1], return_index=True)
+        last_of = np.empty(len(cache.api_keys), np.intp)
+        last_of[back] = rows[keep][len(codes) - 1 - last_rev]
+        price_codes = cache.row_price[last_of[ordered]]
+    return ordered.tolist(), totals[ordered].tolist(), price_codes.tolist()
 
 
 def _book_api_dollars(routed: _Routed, ledger: _Ledger) -> None:
@@ -1121,10 +1181,13 @@ def _book_api_columns(routed: _Routed, ledger: _Ledger) -> None:
     summed with math.fsum, one add to each cumulative figure, one product by the unit price
     — through C-level maps over the 40k keys instead of a Python loop."""
     tokens, cost_cum = ledger.tokens, ledger.cost
-    entries = routed.api_deltas
-    keys = list(entries)
-    pairs = list(map(itemgetter(0), entries.values()))
-    ns = list(map(math.fsum, map(itemgetter(1), entries.values())))
+    if routed.api_sums is not None:
+        keys, pairs, ns = routed.api_sums
+    else:
+        entries = routed.api_deltas
+        keys = list(entries)
+        pairs = list(map(itemgetter(0), entries.values()))
+        ns = list(map(math.fsum, map(itemgetter(1), entries.values())))
     tokens.update(zip(keys, map(add, map(tokens.get, keys, repeat(0.0)), ns), strict=True))
     priced = list(map(is_not, map(attrgetter("price"), pairs), repeat(None)))
     types = list(map(itemgetter(3), keys))
