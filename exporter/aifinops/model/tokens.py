@@ -919,9 +919,10 @@ class _RouteCache:
         api: dict[UsageKey, int] = {}
         spend: dict[tuple[str, str, str], int] = {}
         self.sh: list[tuple[tuple[str, str] | None, tuple[UsageKey, str, ShKey] | None]] = []
-        row_name, row_price = np.full(n, _NO_ROW, np.intp), np.full(n, _NO_ROW, np.intp)
-        api_code, spend_code = np.full(n, _NO_ROW, np.intp), np.full(n, _NO_ROW, np.intp)
-        sh_code = np.full(n, _NO_ROW, np.intp)
+        # int32 codes: 113k rows × 5 arrays kept with the table
+        row_name, row_price = np.full(n, _NO_ROW, np.int32), np.full(n, _NO_ROW, np.int32)
+        api_code, spend_code = np.full(n, _NO_ROW, np.int32), np.full(n, _NO_ROW, np.int32)
+        sh_code = np.full(n, _NO_ROW, np.int32)
         specs: dict[str, SelfHostedSpec | None] = {}
         api_names: dict[tuple[str, str | None], tuple[int, str, int]] = {}
         key_price: dict[int, int] = {}  # API key -> its rows' price, while they share one
@@ -997,10 +998,12 @@ class _RouteCache:
         self.names = tuple(names)
         self.row_name, self.row_price, self.sh_code = row_name, row_price, sh_code
         self.api_code, self.spend_code = api_code, spend_code
-        self.api_keys, self.spend_keys = tuple(api), tuple(spend)
+        # The ledger's own key objects where it has them: 40k tuples not held twice.
+        held = {k: k for k in ledger.tokens} if api else {}
+        self.api_keys, self.spend_keys = tuple(map(held.get, api, api)), tuple(spend)
         # Each key's price when all its rows' names share one (else the last row's decides).
         self.key_price = (
-            np.fromiter(key_price.values(), np.intp, len(key_price)) if one_price else None
+            np.fromiter(key_price.values(), np.int32, len(key_price)) if one_price else None
         )
         self.pod_keys, self.pod_values = tuple(pods), list(pods.values())
         self.ns_keys, self.ns_values = tuple(namespaces), list(namespaces.values())
@@ -1026,10 +1029,8 @@ class _RouteCache:
         """Whether the names of ``rows`` get the assumed labels and none would be added
         (additions depend on the order of first use: the row-by-row path keeps it)."""
         models, full = ledger.models, len(ledger.models) >= ledger.max_models
-        codes = np.unique(self.row_name[rows]).tolist()
-        for code in codes:
-            if code < 0:
-                continue
+        used = np.bincount(self.row_name[rows] + 1, minlength=len(self.names) + 1)[1:]
+        for code in np.flatnonzero(used).tolist():
             name = self.names[code]
             label = name if name in models else (OTHER_MODEL if full else None)
             if label != self.name_label[code]:
@@ -1038,7 +1039,7 @@ class _RouteCache:
 
 
 def _groups(
-    codes: npt.NDArray[np.intp], rows: npt.NDArray[np.intp], deltas: npt.NDArray[np.float64]
+    codes: npt.NDArray[np.int32], rows: npt.NDArray[np.intp], deltas: npt.NDArray[np.float64]
 ) -> tuple[list[int], list[list[float]], npt.NDArray[np.intp]]:
     """The increments of ``rows`` (in order) grouped by code, groups in order of first row:
     each group's code, its increments in row order and its last row. Rows with code -1
@@ -1115,8 +1116,12 @@ def _route_spend(
     spend: dict[tuple[str, str, str], list[float]],
 ) -> None:
     codes, lists, _ = _groups(cache.spend_code[rows], rows, deltas)
-    for code, more in zip(codes, lists, strict=True):
-        spend[cache.spend_keys[code]] += more
+    keys = map(cache.spend_keys.__getitem__, codes)
+    if not spend:
+        spend.update(zip(keys, lists, strict=True))
+        return
+    for key, more in zip(keys, lists, strict=True):  # a key of an earlier table
+        spend[key] += more
 
 
 _EXACT = 2.0**53  # below it, sums of integral floats are exact in any order
@@ -1143,7 +1148,7 @@ def _exact_sums(
         price_codes = cache.key_price[ordered]
     else:  # names of one key priced differently: the key's last row's name
         back, last_rev = np.unique(codes[::-1], return_index=True)
-        last_of = np.empty(len(cache.api_keys), np.intp)
+        last_of = np.empty(len(cache.api_keys), np.int32)
         last_of[back] = rows[keep][len(codes) - 1 - last_rev]
         price_codes = cache.row_price[last_of[ordered]]
     return ordered.tolist(), totals[ordered].tolist(), price_codes.tolist()
