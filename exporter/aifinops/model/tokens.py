@@ -1532,23 +1532,26 @@ def _route(
     counted: list[Counted],
     deltas: list[float],
     segments: _Segments,
-    kept: Iterable[_RouteCache],
+    kept: Iterable[_RouteCache | TokenTable],
     index: SelfHostedIndex,
     catalog: LlmPriceCatalog | None,
     cost: CostBreakdown,
     resolver: TenantResolver,
     ledger: _Ledger,
-) -> tuple[_Routed, tuple[_RouteCache, ...]]:
+) -> tuple[_Routed, tuple[_RouteCache | TokenTable, ...]]:
     """Phase 1 from the routes kept with the tables (:func:`_route_cached`) when every
     increment comes from a steady table whose routes still hold, else row by row
     (:func:`_route_increments`). Returns the routes to keep: those that held, and new ones
-    for the steady tables of this refresh (worked out after routing, with its labels)."""
-    by_table = {id(c.table): c for c in kept}
+    (worked out after routing, with its labels) for the tables steady a second refresh —
+    a table only noted the first time (working routes out costs about a row-by-row pass,
+    which a page whose series change every other refresh would pay for nothing)."""
+    by_table = {id(c.table if isinstance(c, _RouteCache) else c): c for c in kept}
     pod_tenants = cost.pod_tenants
     valid: list[_RouteCache | None] = []
     for table, _, _ in segments.parts:
         c = by_table.get(id(table))
-        valid.append(c if c and c.holds(table, index, catalog, pod_tenants, resolver) else None)
+        held = isinstance(c, _RouteCache) and c.holds(table, index, catalog, pod_tenants, resolver)
+        valid.append(c if held and isinstance(c, _RouteCache) else None)
     parts = [(c, rows, d) for c, (_, rows, d) in zip(valid, segments.parts, strict=True) if c]
     if (
         segments.only
@@ -1560,13 +1563,19 @@ def _route(
         return routed, tuple(c for c, _, _ in parts)
     routed = _route_increments(counted, deltas, index, catalog, pod_tenants, resolver, ledger)
     _book_api_dollars(routed, ledger)
-    routes = tuple(
-        c
-        if c is not None and c.labels_hold(rows, ledger)
-        else _RouteCache(table, index, catalog, pod_tenants, resolver, ledger)
-        for c, (table, rows, _) in zip(valid, segments.parts, strict=True)
-    )
-    return routed, routes
+    routes: list[_RouteCache | TokenTable] = []
+    for c, (table, rows, _) in zip(valid, segments.parts, strict=True):
+        if c is not None and c.labels_hold(rows, ledger):
+            routes.append(c)
+        elif c is not None or table is _table_of(by_table.get(id(table))):
+            routes.append(_RouteCache(table, index, catalog, pod_tenants, resolver, ledger))
+        else:
+            routes.append(table)
+    return routed, tuple(routes)
+
+
+def _table_of(kept: _RouteCache | TokenTable | None) -> TokenTable | None:
+    return kept.table if isinstance(kept, _RouteCache) else kept
 
 
 def per_million(usd_per_token: float) -> float:
