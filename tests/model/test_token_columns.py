@@ -29,6 +29,7 @@ from aifinops.model.llm_prices import LlmPrice, LlmPriceCatalog, build_catalog
 from aifinops.model.tenancy import TenantResolver
 from aifinops.model.tokens import (
     CounterMap,
+    SelfHostedSpec,
     TokenContext,
     TokenState,
     account_tokens,
@@ -343,3 +344,115 @@ def test_awkward_readings_of_a_steady_table() -> None:
         )
         assert dict(u.last.items()) == oracle.last
         state = TokenState(last=u.last, seen_at=u.seen_at, source_seen_at=u.source_seen_at)
+
+
+# --- routes kept with a steady table ---------------------------------------------------------
+
+
+def _whole(rng: random.Random, v: float) -> float:
+    """A reading whose increments are whole numbers (token counters), edge cases kept."""
+    nv = next_value(rng, v)
+    return float(math.floor(nv)) if math.isfinite(nv) and nv >= 0 else nv
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("whole", [True, False])
+def test_kept_routes_give_the_row_by_row_report(
+    seed: int, whole: bool, catalog: LlmPriceCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A steady table's increments routed and booked from the routes kept with it give the
+    row-by-row report to the bit, refresh after refresh, while what the routes were worked
+    out from changes under them: a price list reloaded, a configuration reload (a model made
+    self-hosted), pods moving to another tenant, a namespace mapped to another tenant, the
+    model-label cap filling up, the source away, the page's series changing, pushed
+    counters some refreshes, names of one label priced differently, fractional increments."""
+    from aifinops.model import tokens as module
+
+    used = [0]
+    cached = module._route_cached
+
+    def spy(*args: Any) -> Any:
+        used[0] += 1
+        return cached(*args)
+
+    monkeypatch.setattr(module, "_route_cached", spy)
+    rng = random.Random(seed)
+    names = [*MODELS, "openai/gpt-4o", "gpt-x", "openai/gpt-x", "late-model"]
+    series = universe(rng, 90, names)
+    late = {s.series for s in series if s.model == "late-model"}  # first tokens at step 12
+    reloaded = build_catalog(
+        {
+            **catalog.entries,
+            "gpt-x": LlmPrice("gpt-x", "openai", 1e-6, 2e-6),
+            "openai/gpt-x": LlmPrice("openai/gpt-x", "openai", 3e-6, 5e-6),
+        },
+        "reloaded",
+    )
+    catalogs = [catalog, reloaded]
+    cap = rng.choice([4, 200])
+    contexts = [
+        TokenContext(max_models=cap, retention_seconds=RETENTION, dip_tolerance=0.1),
+        TokenContext(
+            models=(SelfHostedSpec("gpt-4o-mini", "vllm"),),
+            max_models=cap,
+            retention_seconds=RETENTION,
+            dip_tolerance=0.1,
+        ),
+    ]
+    pods = [{("ns-a", "pod-0"): "team-pod"}, {("ns-a", "pod-0"): "team-moved"}, {}]
+    resolvers = [
+        TenantResolver((), (), {"ns-a": "team-ns"}, ()),
+        TenantResolver((), (), {"ns-a": "team-other"}, ()),
+    ]
+    step_value = _whole if whole else next_value
+    values = {s.series: float(rng.randint(0, 10**5)) for s in series}
+    a = b = TokenState()
+    table = TokenTable(series)
+    cat, ctx, pod, resolver = catalog, contexts[0], pods[0], resolvers[0]
+    for step in range(30):
+        r = rng.random()
+        if r < 0.06:
+            table = TokenTable([s for s in series if rng.random() < 0.9])
+        elif r < 0.12:
+            cat = rng.choice(catalogs)
+        elif r < 0.18:
+            ctx = rng.choice(contexts)
+        elif r < 0.24:
+            pod = rng.choice(pods)
+        elif r < 0.3:
+            resolver = rng.choice(resolvers)
+        for s in table.rows:
+            if s.series not in late or step >= 12:
+                values[s.series] = step_value(rng, values[s.series])
+        items: list[TokenItem] = []
+        if rng.random() < 0.9:  # else the source is away
+            items.append(TokenColumns(table, np.array([values[s.series] for s in table.rows])))
+        if rng.random() < 0.2:
+            items.append(
+                TokenObservation(
+                    "push",
+                    "p",
+                    "usage",
+                    "output",
+                    "gpt-4o",
+                    10.0 * step,
+                    tenant="t",
+                    from_zero=True,
+                )
+            )
+        origins = frozenset({"push", *table.origins})
+        now = T0 + 30 * step
+        cost = CostBreakdown(
+            rates={"allocation": {}}, cluster={}, shares=(), gpu_prices={}, pod_tenants=dict(pod)
+        )
+        ra, a, rates_a = account_tokens(
+            TokenInputs(tuple(items), origins, cat), ctx, a, now, cost, None, resolver
+        )
+        rb, b, rates_b = account_tokens(
+            TokenInputs(token_observations(items), origins, cat), ctx, b, now, cost, None, resolver
+        )
+        assert _report_figures(ra, a) == _report_figures(rb, b), step
+        assert rates_a == rates_b
+        assert dict(a.last.items()) == dict(b.last.items())
+    assert used[0] >= 5  # the kept routes did the work in most refreshes
+    assert any(v > 0 for v in a.cost.values())

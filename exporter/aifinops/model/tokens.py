@@ -69,7 +69,8 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import is_
+from itertools import compress, repeat
+from operator import add, attrgetter, is_, is_not, itemgetter, mul, not_
 from typing import Any, TypeVar
 
 import numpy as np
@@ -184,6 +185,8 @@ class TokenState:
     history: tuple[RateSample, ...] = ()
     models: frozenset[str] = frozenset()
     discovered: Mapping[str, str] = field(default_factory=dict)  # model -> provider
+    # Each steady table's routes (:class:`_RouteCache`); never saved: rebuilt from the rows.
+    routes: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +266,7 @@ def counter_increments(
     previous value is kept). An origin unread for longer than the retention is new again (its
     series would have been forgotten, so they re-baseline instead of being counted twice).
     """
-    counted, deltas, last, seen, source_seen = _count(
+    counted, deltas, last, seen, source_seen, _ = _count(
         observations, state, now, retention_seconds, origins, dip_tolerance
     )
     return CounterUpdate(tuple(zip(counted, deltas, strict=True)), last, seen, source_seen)
@@ -446,11 +449,13 @@ def _count(
     Mapping[CounterKey, float],
     Mapping[CounterKey, float],
     dict[str, float],
+    _Segments,
 ]:
     """:func:`counter_increments` as parallel lists (the counters with new tokens and their
     increments), in input order. A columnar read whose table is the one counted last refresh
     is counted with array operations (:func:`_count_block`, the same arithmetic, row for
-    row); any other input one observation at a time (113k at fleet scale)."""
+    row); any other input one observation at a time (113k at fleet scale). Also returns the
+    tables counted as arrays with their rows and increments (:class:`_Segments`)."""
     items = observations if isinstance(observations, tuple | list) else tuple(observations)
     tables = [i.table for i in items if isinstance(i, TokenColumns)]
     once = {id(t): t for t in tables if t.unique}
@@ -488,6 +493,7 @@ def _count(
     deltas: list[float] = []
     read: set[str] = set()
     blocks: list[_Block] = []
+    segments = _Segments()
     keep = 1.0 - dip_tolerance
 
     def rowwise(readings: Iterable[tuple[Counted, float]]) -> None:
@@ -511,6 +517,7 @@ def _count(
             if delta > 0:
                 counted.append(obs)
                 deltas.append(delta)
+                segments.only = False
 
     single: list[TokenObservation] = []
     for item in items:
@@ -529,9 +536,10 @@ def _count(
                 block, item.values, now, retention_seconds, known_sources, keep
             )
             rows = table.rows
-            counted += map(rows.__getitem__, idx)
-            deltas += found
+            counted += map(rows.__getitem__, idx.tolist())
+            deltas += found.tolist()
             blocks.append(block)
+            segments.parts.append((table, idx, found))
             continue
         rowwise(zip(table.rows, item.values.tolist(), strict=True))
         if id(table) in once:  # counted as arrays from the next refresh on
@@ -552,7 +560,19 @@ def _count(
     for s in read.union(origins):
         source_seen[s] = now
     result = _Counters(last, seen, tuple(blocks))
-    return counted, deltas, CounterMap(result, "last"), CounterMap(result, "seen"), source_seen
+    last_map, seen_map = CounterMap(result, "last"), CounterMap(result, "seen")
+    return counted, deltas, last_map, seen_map, source_seen, segments
+
+
+class _Segments:
+    """The tables :func:`_count` counted as arrays, in input order: each table, its rows with
+    new tokens and their increments (arrays); ``only``: whether nothing else had new tokens."""
+
+    __slots__ = ("only", "parts")
+
+    def __init__(self) -> None:
+        self.only = True
+        self.parts: list[tuple[TokenTable, npt.NDArray[np.intp], npt.NDArray[np.float64]]] = []
 
 
 def _read_origins(table: TokenTable, values: npt.NDArray[np.float64]) -> list[str]:
@@ -573,7 +593,7 @@ def _count_block(
     retention_seconds: float,
     known_sources: set[str],
     keep: float,
-) -> tuple[_Block, list[int], list[float]]:
+) -> tuple[_Block, npt.NDArray[np.intp], npt.NDArray[np.float64]]:
     """:func:`_count`'s rule over a table's rows at once: the same comparisons and float
     operations as the row-by-row loop, so the same increments bit for bit. Returns the new
     block, the rows with new tokens (in order) and their increments."""
@@ -599,7 +619,7 @@ def _count_block(
     prev[taken] = v[taken]
     seen[valid] = now
     idx = np.flatnonzero(delta > 0)
-    return _Block(table, prev, seen, like=block), idx.tolist(), delta[idx].tolist()
+    return _Block(table, prev, seen, like=block), idx, delta[idx]
 
 
 # --- name resolution -------------------------------------------------------------------------
@@ -757,9 +777,11 @@ class _Routed:
     label, provider); and per-key prices once a pair's names priced differently."""
 
     sh_deltas: list[tuple[UsageKey, str, float]]
-    api_deltas: dict[UsageKey, list[Any]]
+    api_deltas: dict[UsageKey, tuple[_PairPrice, list[float]]]
     spend: dict[tuple[str, str, str], list[float]]
     key_price: dict[UsageKey, LlmPrice | None]
+    # Instead of api_deltas (kept routes, exact sums): keys in order, their pairs and tokens.
+    api_sums: tuple[list[UsageKey], list[_PairPrice], list[float]] | None = None
 
 
 def _route_increments(
@@ -831,25 +853,317 @@ def _route_increments(
         key = (tenant, label, provider_label, obs.token_type)
         parts = routed.api_deltas.get(key)
         if parts is None:
-            routed.api_deltas[key] = [pair, delta]
+            routed.api_deltas[key] = (pair, [delta])
         else:
-            parts.append(delta)
+            parts[1].append(delta)
         if pair.mixed:
             routed.key_price[key] = price
     return routed
 
 
+_NO_ROW = -1
+
+
+class _RouteCache:
+    """What each row of one steady table routes to in phase 1, kept with the table across
+    refreshes so a steady refresh routes its increments with array operations instead of
+    resolving 100k rows again (:func:`_route_cached`).
+
+    Valid while what the resolution read is unchanged (:meth:`holds`): the table, the price
+    catalog object, the self-hosted specs (configuration and discovery), the pod tenants and
+    namespace tenants the rows used. A model label is assumed per name (the name when the
+    label set holds it, else ``__other__`` when the set is full) and checked each refresh
+    against the ledger's set for the names with new tokens (:meth:`labels_hold`)."""
+
+    __slots__ = (
+        "api_code",
+        "api_keys",
+        "catalog",
+        "key_price",
+        "name_label",
+        "names",
+        "ns_keys",
+        "ns_values",
+        "pod_keys",
+        "pod_values",
+        "prices",
+        "row_name",
+        "row_price",
+        "sh",
+        "sh_code",
+        "specs",
+        "spend_code",
+        "spend_keys",
+        "table",
+    )
+
+    def __init__(
+        self,
+        table: TokenTable,
+        index: SelfHostedIndex,
+        catalog: LlmPriceCatalog | None,
+        pod_tenants: Mapping[PodKey, str],
+        resolver: TenantResolver,
+        ledger: _Ledger,
+    ) -> None:
+        rows = table.rows
+        n = len(rows)
+        self.table, self.catalog, self.specs = table, catalog, index.specs
+        pods: dict[PodKey, str | None] = {}
+        namespaces: dict[str, str] = {}
+        models, full = ledger.models, len(ledger.models) >= ledger.max_models
+        names: dict[str, int] = {}
+        self.name_label: list[str] = []
+        prices: dict[int, int] = {}  # id(price) -> code
+        self.prices: list[LlmPrice | None] = []
+        api: dict[UsageKey, int] = {}
+        spend: dict[tuple[str, str, str], int] = {}
+        self.sh: list[tuple[tuple[str, str] | None, tuple[UsageKey, str, ShKey] | None]] = []
+        # int32 codes: 113k rows × 5 arrays kept with the table
+        row_name, row_price = np.full(n, _NO_ROW, np.int32), np.full(n, _NO_ROW, np.int32)
+        api_code, spend_code = np.full(n, _NO_ROW, np.int32), np.full(n, _NO_ROW, np.int32)
+        sh_code = np.full(n, _NO_ROW, np.int32)
+        specs: dict[str, SelfHostedSpec | None] = {}
+        api_names: dict[tuple[str, str | None], tuple[int, str, int]] = {}
+        key_price: dict[int, int] = {}  # API key -> its rows' price, while they share one
+        one_price = True
+
+        def tenant_of(r: TokenSeries) -> str:  # _tenant, noting what it read
+            if r.tenant:
+                return r.tenant
+            if r.namespace and r.pod:
+                pk = (r.namespace, r.pod)
+                t = pods[pk] = pod_tenants.get(pk)
+                if t is not None:
+                    return t
+            if r.namespace:
+                t = namespaces.get(r.namespace)
+                if t is None:
+                    t = namespaces[r.namespace] = resolver.resolve(r.namespace, {}, {})
+                return t
+            return UNALLOCATED_TENANT
+
+        def name_code(name: str) -> int:
+            code = names.get(name)
+            if code is None:
+                code = names[name] = len(names)
+                # A name not labelled yet and the set not full: it would be added when it
+                # first has tokens (labels_hold says no until then); its label is its name.
+                self.name_label.append(OTHER_MODEL if name not in models and full else name)
+            return code
+
+        for i, r in enumerate(rows):
+            if r.model in specs:
+                spec = specs[r.model]
+            else:
+                spec = specs[r.model] = index.match(r.model)
+            if spec is not None:
+                served = (
+                    (spec.model, r.token_type) if r.role != "usage" and r.kind == "tokens" else None
+                )
+                usage = None
+                if r.role != "serving":
+                    tenant = tenant_of(r)
+                    row_name[i] = nc = name_code(spec.model)
+                    if r.kind == "tokens":
+                        key = (tenant, self.name_label[nc], spec.provider, r.token_type)
+                        usage = (key, spec.model, (tenant, spec.model, r.token_type))
+                if served or usage:
+                    sh_code[i] = len(self.sh)
+                    self.sh.append((served, usage))
+                continue
+            if r.role == "serving":
+                continue
+            tenant = tenant_of(r)
+            resolved = api_names.get((r.model, r.provider))
+            if resolved is None:
+                price = catalog.lookup(r.model, r.provider) if catalog else None
+                provider = normalize_provider(r.provider) or (price.provider if price else None)
+                pc = prices.get(id(price))
+                if pc is None:
+                    pc = prices[id(price)] = len(self.prices)
+                    self.prices.append(price)
+                nc = name_code(strip_route(r.model))
+                resolved = api_names[(r.model, r.provider)] = (nc, provider or UNKNOWN_PROVIDER, pc)
+            nc, provider_label, pc = resolved
+            row_name[i], row_price[i] = nc, pc
+            label = self.name_label[nc]
+            if r.kind == "spend_usd":
+                spend_code[i] = spend.setdefault((tenant, label, provider_label), len(spend))
+            else:
+                key = (tenant, label, provider_label, r.token_type)
+                api_code[i] = kc = api.setdefault(key, len(api))
+                if key_price.setdefault(kc, pc) != pc:
+                    one_price = False
+        self.names = tuple(names)
+        self.row_name, self.row_price, self.sh_code = row_name, row_price, sh_code
+        self.api_code, self.spend_code = api_code, spend_code
+        # The ledger's own key objects where it has them: 40k tuples not held twice.
+        held = {k: k for k in ledger.tokens} if api else {}
+        self.api_keys, self.spend_keys = tuple(map(held.get, api, api)), tuple(spend)
+        # Each key's price when all its rows' names share one (else the last row's decides).
+        self.key_price = (
+            np.fromiter(key_price.values(), np.int32, len(key_price)) if one_price else None
+        )
+        self.pod_keys, self.pod_values = tuple(pods), list(pods.values())
+        self.ns_keys, self.ns_values = tuple(namespaces), list(namespaces.values())
+
+    def holds(
+        self,
+        table: TokenTable,
+        index: SelfHostedIndex,
+        catalog: LlmPriceCatalog | None,
+        pod_tenants: Mapping[PodKey, str],
+        resolver: TenantResolver,
+    ) -> bool:
+        """Whether every row would resolve as when the routes were worked out."""
+        return (
+            self.table is table
+            and self.catalog is catalog
+            and self.specs == index.specs
+            and list(map(pod_tenants.get, self.pod_keys)) == self.pod_values
+            and [resolver.resolve(ns, {}, {}) for ns in self.ns_keys] == self.ns_values
+        )
+
+    def labels_hold(self, rows: npt.NDArray[np.intp], ledger: _Ledger) -> bool:
+        """Whether the names of ``rows`` get the assumed labels and none would be added
+        (additions depend on the order of first use: the row-by-row path keeps it)."""
+        models, full = ledger.models, len(ledger.models) >= ledger.max_models
+        used = np.bincount(self.row_name[rows] + 1, minlength=len(self.names) + 1)[1:]
+        for code in np.flatnonzero(used).tolist():
+            name = self.names[code]
+            label = name if name in models else (OTHER_MODEL if full else None)
+            if label != self.name_label[code]:
+                return False
+        return True
+
+
+def _groups(
+    codes: npt.NDArray[np.int32], rows: npt.NDArray[np.intp], deltas: npt.NDArray[np.float64]
+) -> tuple[list[int], list[list[float]], npt.NDArray[np.intp]]:
+    """The increments of ``rows`` (in order) grouped by code, groups in order of first row:
+    each group's code, its increments in row order and its last row. Rows with code -1
+    are left out."""
+    keep = codes >= 0
+    codes, rows, deltas = codes[keep], rows[keep], deltas[keep]
+    if not len(codes):
+        return [], [], rows
+    order = np.argsort(codes, kind="stable")
+    ordered = codes[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    ends = np.append(starts[1:], len(ordered))
+    by_first = np.argsort(order[starts], kind="stable")
+    values = deltas[order].tolist()
+    slices = map(slice, starts[by_first].tolist(), ends[by_first].tolist())
+    lists = list(map(values.__getitem__, slices))
+    return ordered[starts[by_first]].tolist(), lists, rows[order[ends[by_first] - 1]]
+
+
+def _route_cached(
+    parts: Iterable[tuple[_RouteCache, npt.NDArray[np.intp], npt.NDArray[np.float64]]],
+    ledger: _Ledger,
+) -> _Routed:
+    """Phase 1 (:func:`_route_increments`) from routes kept with the tables: the same
+    usage keys, increments and prices, grouped with array operations.
+
+    A usage key's price is that of the name of its last increment, what the row-by-row
+    path's pair and per-key prices come to; the increments of a key stay a list, summed
+    exactly (math.fsum) when booked. Self-hosted rows keep their sequential sums, in order."""
+    routed = _Routed([], {}, defaultdict(list), {})
+    api_deltas, spend = routed.api_deltas, routed.spend
+    served, sh_usage, sh_deltas = ledger.served, ledger.sh_usage, routed.sh_deltas
+    units: dict[int, _PairPrice] = {}  # one unit cache per price object
+    parts = list(parts)
+    single_api = sum(bool((c.api_code[rows] >= 0).any()) for c, rows, _ in parts) <= 1
+    for cache, rows, deltas in parts:
+        if len(cache.sh):
+            on = cache.sh_code[rows]
+            picked = on >= 0
+            for code, delta in zip(on[picked].tolist(), deltas[picked].tolist(), strict=True):
+                k2, usage = cache.sh[code]
+                if k2 is not None:
+                    served[k2] = served.get(k2, 0.0) + delta
+                if usage is not None:
+                    key, model, sh_key = usage
+                    sh_deltas.append((key, model, delta))
+                    sh_usage[sh_key] = sh_usage.get(sh_key, 0.0) + delta
+        pairs = [units.setdefault(id(p), _PairPrice(p)) for p in cache.prices]
+        if single_api and not api_deltas:
+            sums = _exact_sums(cache, rows, deltas)
+            if sums is not None:
+                codes, ns, price_codes = sums
+                keys_ = list(map(cache.api_keys.__getitem__, codes))
+                routed.api_sums = (keys_, list(map(pairs.__getitem__, price_codes)), ns)
+                _route_spend(cache, rows, deltas, spend)
+                continue
+        codes, lists, last = _groups(cache.api_code[rows], rows, deltas)
+        keys = map(cache.api_keys.__getitem__, codes)
+        key_pairs = map(pairs.__getitem__, cache.row_price[last].tolist())
+        if not api_deltas:
+            api_deltas.update(zip(keys, zip(key_pairs, lists, strict=True), strict=True))
+        else:  # a key of an earlier table: its increments joined, the later name's price
+            for key, pair, more in zip(keys, key_pairs, lists, strict=True):
+                had = api_deltas.get(key)
+                api_deltas[key] = (pair, more if had is None else had[1] + more)
+        _route_spend(cache, rows, deltas, spend)
+    return routed
+
+
+def _route_spend(
+    cache: _RouteCache,
+    rows: npt.NDArray[np.intp],
+    deltas: npt.NDArray[np.float64],
+    spend: dict[tuple[str, str, str], list[float]],
+) -> None:
+    codes, lists, _ = _groups(cache.spend_code[rows], rows, deltas)
+    keys = map(cache.spend_keys.__getitem__, codes)
+    if not spend:
+        spend.update(zip(keys, lists, strict=True))
+        return
+    for key, more in zip(keys, lists, strict=True):  # a key of an earlier table
+        spend[key] += more
+
+
+_EXACT = 2.0**53  # below it, sums of integral floats are exact in any order
+
+
+def _exact_sums(
+    cache: _RouteCache, rows: npt.NDArray[np.intp], deltas: npt.NDArray[np.float64]
+) -> tuple[list[int], list[float], list[int]] | None:
+    """Each API key's tokens of this table: the keys in order of first row, their sums and
+    their last rows' price codes; ``None`` unless every increment is a whole number and every
+    sum below 2**53. Then each partial sum is an integer the float holds exactly, so any
+    order of additions (np.bincount's) gives the exact sum, which math.fsum returns too."""
+    codes = cache.api_code[rows]
+    keep = codes >= 0
+    codes, d = codes[keep], deltas[keep]
+    if not len(codes) or not bool((d == np.floor(d)).all()):
+        return None if len(codes) else ([], [], [])
+    totals = np.bincount(codes, weights=d, minlength=len(cache.api_keys))
+    if not totals.max() < _EXACT:
+        return None
+    present, first = np.unique(codes, return_index=True)
+    ordered = present[np.argsort(first)]
+    if cache.key_price is not None:
+        price_codes = cache.key_price[ordered]
+    else:  # names of one key priced differently: the key's last row's name
+        back, last_rev = np.unique(codes[::-1], return_index=True)
+        last_of = np.empty(len(cache.api_keys), np.int32)
+        last_of[back] = rows[keep][len(codes) - 1 - last_rev]
+        price_codes = cache.row_price[last_of[ordered]]
+    return ordered.tolist(), totals[ordered].tolist(), price_codes.tolist()
+
+
 def _book_api_dollars(routed: _Routed, ledger: _Ledger) -> None:
     """Phase 2: API tokens and dollars (the price list; LiteLLM's spend for models the list
     lacks, split over token types by tokens; else unpriced), and the self-hosted tokens."""
-    tokens, cost_cum, unpriced = ledger.tokens, ledger.cost, ledger.unpriced
+    tokens, cost_cum = ledger.tokens, ledger.cost
     key_price = routed.key_price
     api_cost_parts: dict[str, list[float]] = defaultdict(list)
     unpriced_by_key: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
-    for key, parts in routed.api_deltas.items():
-        n = math.fsum(parts[1:])
+    for key, (pair, parts) in routed.api_deltas.items():
+        n = math.fsum(parts)
         tokens[key] = tokens.get(key, 0.0) + n
-        pair = parts[0]
         price = key_price[key] if key_price and key in key_price else pair.price
         if price is None:
             unpriced_by_key[key[:3]][key[3]] = n
@@ -863,6 +1177,54 @@ def _book_api_dollars(routed: _Routed, ledger: _Ledger) -> None:
         usd = n * unit
         cost_cum[key] = cost_cum.get(key, 0.0) + usd
         api_cost_parts[key[0]].append(usd)
+    _book_rest(routed, ledger, api_cost_parts, unpriced_by_key)
+
+
+def _book_api_columns(routed: _Routed, ledger: _Ledger) -> None:
+    """Phase 2 (:func:`_book_api_dollars`) for increments routed by the tables' kept routes
+    (no key priced apart from its pair): per key the same float operations — the increments
+    summed with math.fsum, one add to each cumulative figure, one product by the unit price
+    — through C-level maps over the 40k keys instead of a Python loop."""
+    tokens, cost_cum = ledger.tokens, ledger.cost
+    if routed.api_sums is not None:
+        keys, pairs, ns = routed.api_sums
+    else:
+        entries = routed.api_deltas
+        keys = list(entries)
+        pairs = list(map(itemgetter(0), entries.values()))
+        ns = list(map(math.fsum, map(itemgetter(1), entries.values())))
+    tokens.update(zip(keys, map(add, map(tokens.get, keys, repeat(0.0)), ns), strict=True))
+    priced = list(map(is_not, map(attrgetter("price"), pairs), repeat(None)))
+    types = list(map(itemgetter(3), keys))
+    priced_pairs = list(zip(compress(pairs, priced), compress(types, priced), strict=True))
+    units: dict[tuple[_PairPrice, str], float] = {}
+    for pair, token_type in set(priced_pairs):
+        if pair.price is not None:
+            units[(pair, token_type)] = pair.price.per_token(_token_type(token_type))
+    priced_keys = list(compress(keys, priced))
+    unit = map(units.__getitem__, priced_pairs)
+    usd = list(map(mul, compress(ns, priced), unit))
+    old = map(cost_cum.get, priced_keys, repeat(0.0))
+    cost_cum.update(zip(priced_keys, map(add, old, usd), strict=True))
+    api_cost_parts: dict[str, list[float]] = defaultdict(list)
+    for tenant, value in zip(map(itemgetter(0), priced_keys), usd, strict=True):
+        api_cost_parts[tenant].append(value)
+    unpriced_by_key: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    unpriced_rows = list(map(not_, priced))
+    for key, n in zip(compress(keys, unpriced_rows), compress(ns, unpriced_rows), strict=True):
+        unpriced_by_key[key[:3]][key[3]] = n
+    _book_rest(routed, ledger, api_cost_parts, unpriced_by_key)
+
+
+def _book_rest(
+    routed: _Routed,
+    ledger: _Ledger,
+    api_cost_parts: dict[str, list[float]],
+    unpriced_by_key: dict[tuple[str, str, str], dict[str, float]],
+) -> None:
+    """Phase 2's end: the self-hosted tokens, the models priced by LiteLLM's spend or left
+    unpriced, and the API dollars per tenant."""
+    tokens, cost_cum, unpriced = ledger.tokens, ledger.cost, ledger.unpriced
     for key, _, n in routed.sh_deltas:
         tokens[key] = tokens.get(key, 0.0) + n
     for k3, by_type in unpriced_by_key.items():
@@ -1116,13 +1478,14 @@ def account_tokens(
     is the core's breakdown of this refresh (its per-pod rates and pod tenants are read).
     """
     catalog = inputs.catalog
-    counted, deltas, last, seen_at, source_seen_at = _count(
+    counted, deltas, last, seen_at, source_seen_at, segments = _count(
         inputs.observations, state, now, ctx.retention_seconds, inputs.sources, ctx.dip_tolerance
     )
     index, discovered, serving_pods = _self_hosted_specs(ctx, inputs.observations, state.discovered)
     ledger = _Ledger.of(state, ctx.max_models)
-    routed = _route_increments(counted, deltas, index, catalog, cost.pod_tenants, resolver, ledger)
-    _book_api_dollars(routed, ledger)
+    routed, routes = _route(
+        counted, deltas, segments, state.routes, index, catalog, cost, resolver, ledger
+    )
     window = _rate_window(state.history, ledger, now, ctx.rate_window_seconds)
     api_cost_rate = _api_cost_rates(ledger.api_cost, window)
     active_specs = {s.model: s for s in index.specs}
@@ -1160,8 +1523,59 @@ def account_tokens(
         history=window.history,
         models=frozenset(ledger.models),
         discovered=discovered,
+        routes=routes,
     )
     return report, new_state, rates
+
+
+def _route(
+    counted: list[Counted],
+    deltas: list[float],
+    segments: _Segments,
+    kept: Iterable[_RouteCache | TokenTable],
+    index: SelfHostedIndex,
+    catalog: LlmPriceCatalog | None,
+    cost: CostBreakdown,
+    resolver: TenantResolver,
+    ledger: _Ledger,
+) -> tuple[_Routed, tuple[_RouteCache | TokenTable, ...]]:
+    """Phase 1 from the routes kept with the tables (:func:`_route_cached`) when every
+    increment comes from a steady table whose routes still hold, else row by row
+    (:func:`_route_increments`). Returns the routes to keep: those that held, and new ones
+    (worked out after routing, with its labels) for the tables steady a second refresh —
+    a table only noted the first time (working routes out costs about a row-by-row pass,
+    which a page whose series change every other refresh would pay for nothing)."""
+    by_table = {id(c.table if isinstance(c, _RouteCache) else c): c for c in kept}
+    pod_tenants = cost.pod_tenants
+    valid: list[_RouteCache | None] = []
+    for table, _, _ in segments.parts:
+        c = by_table.get(id(table))
+        held = isinstance(c, _RouteCache) and c.holds(table, index, catalog, pod_tenants, resolver)
+        valid.append(c if held and isinstance(c, _RouteCache) else None)
+    parts = [(c, rows, d) for c, (_, rows, d) in zip(valid, segments.parts, strict=True) if c]
+    if (
+        segments.only
+        and len(parts) == len(segments.parts)
+        and all(c.labels_hold(rows, ledger) for c, rows, _ in parts)
+    ):
+        routed = _route_cached(parts, ledger)
+        _book_api_columns(routed, ledger)
+        return routed, tuple(c for c, _, _ in parts)
+    routed = _route_increments(counted, deltas, index, catalog, pod_tenants, resolver, ledger)
+    _book_api_dollars(routed, ledger)
+    routes: list[_RouteCache | TokenTable] = []
+    for c, (table, rows, _) in zip(valid, segments.parts, strict=True):
+        if c is not None and c.labels_hold(rows, ledger):
+            routes.append(c)
+        elif c is not None or table is _table_of(by_table.get(id(table))):
+            routes.append(_RouteCache(table, index, catalog, pod_tenants, resolver, ledger))
+        else:
+            routes.append(table)
+    return routed, tuple(routes)
+
+
+def _table_of(kept: _RouteCache | TokenTable | None) -> TokenTable | None:
+    return kept.table if isinstance(kept, _RouteCache) else kept
 
 
 def per_million(usd_per_token: float) -> float:
