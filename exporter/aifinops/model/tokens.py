@@ -543,7 +543,7 @@ def _count(
             continue
         rowwise(zip(table.rows, item.values.tolist(), strict=True))
         if id(table) in once:  # counted as arrays from the next refresh on
-            # The keys are not kept (9 MiB at 113k series): the state file asks for them
+            # The keys are not kept (a tuple per series): the state file asks for them
             # once per save, a look-up by key builds its index.
             keys = _table_keys(table)
             new = _Block(
