@@ -168,7 +168,9 @@ class Transport:
             try:
                 await self.run(parse.feed, piece)
             except ValueError as exc:
-                failed = exc
+                # Kept without its traceback: its frames (this one's cells) would make a
+                # cycle holding the parse's partial read until the collector ran.
+                failed = exc.with_traceback(None)
 
         try:
             async with contextlib.aclosing(
