@@ -171,8 +171,14 @@ class Pieces(httpx.AsyncByteStream):
         for piece in pieces(self._body, self._size):
             await asyncio.sleep(0)
             yield piece
+        if isinstance(self._fail, Hang):
+            await asyncio.Event().wait()  # until the fetch is cancelled
         if self._fail is not None:
             raise self._fail
+
+
+class Hang(Exception):
+    """Not raised: the body stops coming (the fetch is cancelled from outside)."""
 
 
 class Upstream:
@@ -250,6 +256,8 @@ FAILURES: list[tuple[str, Callable[[Upstream], None]]] = [
     ("truncated", lambda up: setattr(up, "fail", httpx.RemoteProtocolError("peer closed"))),
     ("timeout", lambda up: setattr(up, "fail", httpx.ReadTimeout("read timed out"))),
     ("cut-gzip", lambda up: up.headers.update({"content-encoding": "gzip"})),
+    ("too-large", lambda up: None),
+    ("cancelled", lambda up: setattr(up, "fail", Hang())),
 ]
 
 
@@ -258,9 +266,10 @@ async def test_a_body_that_fails_mid_way_keeps_the_last_good_read(
     failure: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a page broke off half-way through its parse (a peer that hangs up, a read
-    that times out, a gzip stream cut off), the source fails with the reason the whole-body
-    read gave, keeps its last good read, and its next read is the one of a source that
-    never saw the failure: the same observations, the same table object as before."""
+    that times out, a gzip stream cut off, a body past the cap, a fetch cancelled from
+    outside), the source fails with the reason the whole-body read gave, keeps its last good
+    read, and its next read is the one of a source that never saw the failure: the same
+    observations, the same table object as before."""
     monkeypatch.setattr(transport, "STREAM_PIECE_BYTES", 2048)
     monkeypatch.setattr(promtext, "READ_CHUNK_BYTES", 4096)
     settings = {
@@ -268,6 +277,7 @@ async def test_a_body_that_fails_mid_way_keeps_the_last_good_read(
         "preset": "litellm",
         "mode": "scrape",
         "scrape_targets": [{"url": "http://up0/metrics"}],
+        "max_response_bytes": 40_000,
     }
     clean = TokenSource(TokenSourceSettings.model_validate(settings), run=run_cpu)
     broken = TokenSource(TokenSourceSettings.model_validate(settings), run=run_cpu)
@@ -281,17 +291,27 @@ async def test_a_body_that_fails_mid_way_keeps_the_last_good_read(
     good = broken._targets[0].good
     breaking = dict(FAILURES)[failure]
     breaking(up_broken)
-    body = gzip.compress(grown)[:-40] if failure == "cut-gzip" else grown[: len(grown) * 2 // 3]
-    failed = await fetch(broken, up_broken, [body])
-    # The reason the page's whole-body read gives for the same response.
-    async with httpx.AsyncClient(transport=httpx.MockTransport(up_broken.handler)) as client:
-        with pytest.raises(SourceError) as before:
-            await get_bytes(client, "http://up0/metrics", timeout=5, max_bytes=1 << 26)
-    assert failed[0] == before.value.reason
-    assert broken._targets[0].good is good and not broken._targets[0].up
+    body = {"cut-gzip": gzip.compress(grown)[:-40], "too-large": grown}.get(
+        failure, grown[: len(grown) * 2 // 3]
+    )
+    assert len(first) < 40_000 < len(grown)
+    assert len(body) < 40_000 or failure == "too-large"
+    if failure == "cancelled":
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(fetch(broken, up_broken, [body]), 0.5)
+    else:
+        failed = await fetch(broken, up_broken, [body])
+        # The reason the page's whole-body read gives for the same response.
+        async with httpx.AsyncClient(transport=httpx.MockTransport(up_broken.handler)) as client:
+            with pytest.raises(SourceError) as before:
+                await get_bytes(client, "http://up0/metrics", timeout=5, max_bytes=40_000)
+        assert failed[0] == before.value.reason
+        assert not broken._targets[0].up
+    assert broken._targets[0].good is good
     unfinished = broken._readers[0]._reading
     assert unfinished is not None and unfinished.learned  # it had parsed part of the page
     up_broken.fail, up_broken.headers = None, {}
+    await asyncio.sleep(0.05)  # a cancelled fetch's last piece may still be on the worker
     a2 = await fetch(clean, up_clean, [later])
     b2 = await fetch(broken, up_broken, [later])
     assert token_observations(b2) == token_observations(a2) != token_observations(a)
