@@ -546,7 +546,7 @@ class SeriesReader(Generic[E]):
 
 class PageRead(Generic[E]):
     """One read of a page by a :class:`SeriesReader`, fed in pieces as the body arrives
-    (:meth:`SeriesReader.stream`), so a 34 MB LiteLLM page is never held whole.
+    (:meth:`SeriesReader.stream`), so a large page is never held whole.
 
     Each piece is cut into the spans :meth:`SeriesReader.read_rows` would cut the whole page
     into (a span ends after the last '\\n' within :data:`READ_CHUNK_BYTES` of its start), the

@@ -151,10 +151,10 @@ class Transport:
     ) -> T:
         """:meth:`read_page` for a parse fed as the page arrives: pieces of about
         :data:`STREAM_PIECE_BYTES` go to ``parse.feed`` on the CPU worker while the rest is
-        still coming, so the body is never held whole (a 34 MB LiteLLM page was the
-        refresh's peak). The errors are :meth:`read_page`'s, with the same precedence: a
-        page that does not parse is still read to its end, so a body that also breaks off
-        or passes the cap fails as it did when it was read before its parse."""
+        still coming, so the body is never held whole (a LiteLLM page at fleet scale set the
+        refresh's peak: bench/README.md). The errors are :meth:`read_page`'s, with the same
+        precedence: a page that does not parse is still read to its end, so a body that also
+        breaks off or passes the cap fails as it did when it was read before its parse."""
         s = self._settings
         failed: ValueError | None = None
         pending: list[bytes] = []
