@@ -14,7 +14,7 @@ import contextvars
 import enum
 import io
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
@@ -147,11 +147,46 @@ async def get_bytes(
     the same scheme, host and port (:func:`same_host_redirect`), at most
     :data:`MAX_REDIRECTS` times. Raises :class:`SourceError` for every failure.
     """
-    responded = False
     # Grown in place and handed out without a copy (BytesIO.getvalue shares its buffer when
     # nothing else does): a list of chunks and their join held the page twice at the end, a
     # 34 MB LiteLLM page 68 MB (bench/README.md, profile summary).
     body = io.BytesIO()
+    try:
+        async with contextlib.aclosing(
+            get_chunks(
+                client,
+                url,
+                timeout=timeout,
+                max_bytes=max_bytes,
+                params=params,
+                headers=headers,
+                redirects=redirects,
+            )
+        ) as chunks:
+            async for chunk in chunks:
+                body.write(chunk)
+        return body.getvalue()
+    finally:
+        # A failure after reading part of the body must not keep it: the exception's
+        # traceback holds this frame, and the frame this buffer, until the exception dies.
+        body.close()
+
+
+async def get_chunks(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    redirects: int = 0,
+) -> AsyncGenerator[bytes, None]:
+    """:func:`get_bytes`'s body as it arrives, in the pieces :func:`read_body` gives, with
+    the same checks and errors (a caller that stops early closes it with
+    ``contextlib.aclosing``). A failure may come after some pieces: the caller must not keep
+    what it made of them."""
+    responded = False
     try:
         async with client.stream(
             "GET", url, params=params, headers=accept_encoding(headers), timeout=timeout
@@ -162,27 +197,27 @@ async def get_bytes(
                 if target is not None and redirects < MAX_REDIRECTS:
                     # A Location with a query keeps it; one without gets the request's again.
                     # The redirect's own body is not read.
-                    return await get_bytes(
-                        client,
-                        target,
-                        timeout=timeout,
-                        max_bytes=max_bytes,
-                        params=None if httpx.URL(target).query else params,
-                        headers=headers,
-                        redirects=redirects + 1,
-                    )
+                    async with contextlib.aclosing(
+                        get_chunks(
+                            client,
+                            target,
+                            timeout=timeout,
+                            max_bytes=max_bytes,
+                            params=None if httpx.URL(target).query else params,
+                            headers=headers,
+                            redirects=redirects + 1,
+                        )
+                    ) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
+                    return
             check_response(resp, url, max_bytes)
             async for chunk in read_body(resp, url, max_bytes):
-                body.write(chunk)
-            return body.getvalue()
+                yield chunk
     except httpx.TimeoutException:
         raise SourceError("timeout", f"timed out after {timeout:g}s: {url}") from None
     except httpx.TransportError as exc:
         raise transport_error(exc, url, responded) from None
-    finally:
-        # A failure after reading part of the body must not keep it: the exception's
-        # traceback holds this frame, and the frame this buffer, until the exception dies.
-        body.close()
 
 
 def transport_error(exc: httpx.TransportError, url: str, responded: bool) -> SourceError:

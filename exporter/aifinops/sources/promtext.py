@@ -348,7 +348,7 @@ class SeriesReader(Generic[E]):
     as one series.
     """
 
-    __slots__ = ("_dirty", "_entries", "_names", "_order", "_parser", "_wanted")
+    __slots__ = ("_dirty", "_entries", "_names", "_order", "_parser", "_reading", "_wanted")
 
     def __init__(self, wanted: frozenset[str]) -> None:
         self._wanted = wanted
@@ -357,6 +357,7 @@ class SeriesReader(Generic[E]):
         self._parser = _RowParser(wanted)
         self._names = tuple(n.encode() for n in wanted if n)
         self._dirty = False
+        self._reading: PageRead[E] | None = None  # a streamed read begun, not finished
 
     def __len__(self) -> int:
         """Series known from the last read."""
@@ -392,72 +393,79 @@ class SeriesReader(Generic[E]):
             decode_page(body)  # raises: truncated, or not UTF-8
         if not body.isascii():  # one C call, ~2 ms at 34 MB; most pages are ASCII
             _check_utf8(body)
-        if b"\r" in body:
-            body = _without_cr(body)
-        entries: list[E] = []
-        values: list[float] = []
-        ignored: list[int] = []
-        try:
-            added = self._read(body, derive, entries, values, ignored)
-        except BaseException:
-            self._dirty = True  # keys learned before the failure: dropped at the next read
-            raise
-        if added or self._dirty or entries != self._order:
+        page = PageRead(self, derive, checked=True)
+        page.feed(body)
+        return page.finish()
+
+    def stream(self, derive: Derive[E]) -> PageRead[E]:
+        """A read of a page fed in pieces as it arrives (:class:`PageRead`): what
+        :meth:`read_rows` gives for the whole page, without the page held whole."""
+        return PageRead(self, derive)
+
+    def _begin(self, page: PageRead[E]) -> None:
+        """``page`` is the read in progress: an earlier one left unfinished (its body failed
+        or was cancelled mid-way) forgets the keys it learned, as if it never began."""
+        if self._reading is not page:
+            if self._reading is not None:
+                self._abandon(self._reading)
+            self._reading = page
+
+    def _abandon(self, page: PageRead[E]) -> None:
+        """Forget what the unfinished read ``page`` added to the index (it is the read in
+        progress): a page that fails before its end leaves the reader as it found it."""
+        if self._reading is page:
+            entries = self._entries
+            for key in page.learned:
+                entries.pop(key, None)
+            self._reading = None
+
+    def _commit(self, page: PageRead[E]) -> tuple[list[E], list[float]]:
+        self._reading = None
+        entries = page.out
+        if page.added or self._dirty or entries != self._order:
             # Rebuilt from this read alone: series gone from the page are forgotten.
-            index: dict[int, object] = dict.fromkeys(ignored, _IGNORED)
+            index: dict[int, object] = dict.fromkeys(page.ignored, _IGNORED)
             index.update((e._key, e) for e in entries if e._key is not None)
             self._entries = index
             self._order = entries
             self._dirty = False
-        return self._order, values
+        return self._order, page.values
 
-    def _read(
+    def _span(
         self,
         body: bytes,
-        derive: Derive[E],
-        out: list[E],
-        values: list[float],
-        ignored: list[int],
-    ) -> bool:
-        """Fill ``out``/``values`` (and the ignored lines' keys); whether anything was added
-        to the index (a new series or a new ignored line)."""
-        known = self._entries
-        get = known.get
-        lines_of = _LINE.findall
-        names = self._names
-        added = False
-        pos, size = 0, len(body)
-        while pos < size:
-            cut = body.rfind(b"\n", pos, pos + READ_CHUNK_BYTES) + 1
-            if cut <= pos:  # one line longer than a span
-                cut = body.find(b"\n", pos + READ_CHUNK_BYTES) + 1
-            if not any(body.find(n, pos, cut) != -1 for n in names):
-                pos = cut  # no wanted name anywhere: no sample, nothing to index
-                continue
-            pairs = lines_of(body, pos, cut)
-            heads, tokens = zip(*pairs, strict=True)
-            keys = list(map(hash, heads))
-            found = list(map(get, keys))
-            if None not in found:
-                if _IGNORED in found:
-                    keep = [f is not _IGNORED for f in found]
-                    ignored += compress(keys, map(operator.not_, keep))
-                    found = list(compress(found, keep))
-                    tokens = tuple(compress(tokens, keep))
-                if b"_" not in b"".join(tokens):
-                    try:
-                        read = list(map(float, tokens))
-                    except ValueError:
-                        pass
-                    else:
-                        out += cast("list[E]", found)
-                        values += read
-                        pos = cut
-                        continue
-                found = list(map(get, keys))  # the ignored ones back: line by line
-            added |= self._lines(body, pos, pairs, keys, found, derive, out, values, ignored)
-            pos = cut
-        return added
+        pos: int,
+        cut: int,
+        page: PageRead[E],
+    ) -> tuple[bool, int]:
+        """Read the lines of ``body[pos:cut]`` into ``page``: whether anything was added to
+        the index (a new series or a new ignored line), and the span's line count when it
+        was split into lines (-1: skipped whole)."""
+        if not any(body.find(n, pos, cut) != -1 for n in self._names):
+            return False, -1  # no wanted name anywhere: no sample, nothing to index
+        get = self._entries.get
+        out, values, ignored = page.out, page.values, page.ignored
+        pairs = _LINE.findall(body, pos, cut)
+        heads, tokens = zip(*pairs, strict=True)
+        keys = list(map(hash, heads))
+        found = list(map(get, keys))
+        if None not in found:
+            if _IGNORED in found:
+                keep = [f is not _IGNORED for f in found]
+                ignored += compress(keys, map(operator.not_, keep))
+                found = list(compress(found, keep))
+                tokens = tuple(compress(tokens, keep))
+            if b"_" not in b"".join(tokens):
+                try:
+                    read = list(map(float, tokens))
+                except ValueError:
+                    pass
+                else:
+                    out += cast("list[E]", found)
+                    values += read
+                    return False, len(pairs)
+            found = list(map(get, keys))  # the ignored ones back: line by line
+        return self._lines(body, pos, pairs, keys, found, page), len(pairs)
 
     def _lines(
         self,
@@ -466,15 +474,15 @@ class SeriesReader(Generic[E]):
         pairs: list[tuple[bytes, bytes]],
         keys: list[int],
         found: list[object | None],
-        derive: Derive[E],
-        out: list[E],
-        values: list[float],
-        ignored: list[int],
+        page: PageRead[E],
     ) -> bool:
         """One span line by line from ``pos``: a known series whose value reads as a plain
         float is taken as is; any other line is parsed in full (a new series is derived)."""
         known = self._entries
         parser = self._parser
+        first = pos
+        derive, out, values = page.derive, page.out, page.values
+        ignored, learned = page.ignored, page.learned
         added = False
         for (head, token), key, entry in zip(pairs, keys, found, strict=True):
             start = pos
@@ -497,6 +505,7 @@ class SeriesReader(Generic[E]):
                 text = head.lstrip(b" \t")
                 if text and (text.startswith(b"#") or not text.startswith(parser.bnames)):
                     known[key] = _IGNORED
+                    learned.append(key)
                     ignored.append(key)
                     added = True
                     continue
@@ -505,7 +514,7 @@ class SeriesReader(Generic[E]):
                 try:
                     row = parser.parse(body[start : pos - 1].decode())
                 except ValueError as exc:
-                    lineno = body.count(b"\n", 0, start) + 1
+                    lineno = page.lines + body.count(b"\n", first, start) + 1
                     raise ValueError(f"line {lineno}: {exc}") from None
             if row is None:
                 # A longer name than a wanted one: when its '{' is in the series part, the
@@ -516,6 +525,7 @@ class SeriesReader(Generic[E]):
                     and text[:brace].rstrip(b" \t").decode() not in parser.wanted
                 ):
                     known[key] = _IGNORED
+                    learned.append(key)
                     ignored.append(key)
                     added = True
                 continue
@@ -527,10 +537,125 @@ class SeriesReader(Generic[E]):
                 if head.endswith(b"} ") or head == name.encode() + b" ":
                     entry._key = key
                     known[key] = entry
+                    learned.append(key)
                     added = True
             out.append(cast("E", entry))
             values.append(value)
         return added
+
+
+class PageRead(Generic[E]):
+    """One read of a page by a :class:`SeriesReader`, fed in pieces as the body arrives
+    (:meth:`SeriesReader.stream`), so a large page is never held whole.
+
+    Each piece is cut into the spans :meth:`SeriesReader.read_rows` would cut the whole page
+    into (a span ends after the last '\\n' within :data:`READ_CHUNK_BYTES` of its start), the
+    rest carried to the next piece: the spans, and so the read, are the same whatever the
+    pieces. Checks on the page as a whole (UTF-8, the final newline) are made span by span
+    as the spans come. A read that fails, or that is never finished (the body broke off),
+    leaves the reader as it was before it; one that fails on a line does what
+    :meth:`~SeriesReader.read_rows` does (the next read rebuilds the index)."""
+
+    __slots__ = (
+        "added",
+        "checked",
+        "cr",
+        "derive",
+        "ignored",
+        "learned",
+        "lines",
+        "offset",
+        "out",
+        "reader",
+        "tail",
+        "values",
+    )
+
+    def __init__(self, reader: SeriesReader[E], derive: Derive[E], *, checked: bool = False):
+        self.reader = reader
+        self.derive = derive
+        self.checked = checked  # UTF-8 already checked (a whole page)
+        self.out: list[E] = []
+        self.values: list[float] = []
+        self.ignored: list[int] = []
+        self.learned: list[int] = []  # keys this read put in the reader's index
+        self.added = False
+        self.tail = b""  # the page from the end of the last span read
+        self.cr = False  # a '\r' held back: the first half of a '\r\n' cut in two?
+        self.lines = 0  # '\n' before the span being read (error messages)
+        self.offset = 0  # bytes before ``tail``, '\r\n' counted as one (error messages)
+
+    def feed(self, data: bytes) -> None:
+        """The next piece of the page: its complete spans are read, the rest kept."""
+        self.reader._begin(self)
+        if self.cr:
+            data = b"\r" + data
+            self.cr = False
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                data = data[:-1]
+                self.cr = True
+            data = data.replace(b"\r\n", b"\n")
+        buf = self.tail + data if self.tail else data
+        stop = self._spans(buf, final=False)
+        self.offset += stop
+        self.tail = buf[stop:]
+
+    def finish(self) -> tuple[list[E], list[float]]:
+        """The page has ended: :meth:`SeriesReader.read_rows`'s answer for the whole of it."""
+        self.reader._begin(self)
+        buf = self.tail + b"\r" if self.cr else self.tail
+        self.tail, self.cr = b"", False
+        if buf and not buf.endswith(b"\n"):
+            self._check(buf, 0, len(buf))
+            self.reader._abandon(self)
+            raise ValueError("the page does not end with a newline (truncated?)")
+        self._spans(buf, final=True)
+        return self.reader._commit(self)
+
+    def _spans(self, buf: bytes, *, final: bool) -> int:
+        """Read the spans of ``buf`` that are complete; where the first one not read starts."""
+        reader = self.reader
+        chunk = READ_CHUNK_BYTES
+        check = not self.checked and not buf.isascii()
+        pos, size = 0, len(buf)
+        while pos < size:
+            end = pos + chunk
+            if end > size and not final:
+                break  # where this span ends depends on what comes next
+            cut = buf.rfind(b"\n", pos, end) + 1
+            if cut <= pos:  # one line longer than a span
+                cut = buf.find(b"\n", end) + 1
+                if cut <= 0:
+                    if not final:
+                        break
+                    cut = size
+            if check:
+                self._check(buf, pos, cut)
+            try:
+                added, lines = reader._span(buf, pos, cut, self)
+            except BaseException:
+                # As read_rows: keys learned before the failure dropped at the next read.
+                reader._dirty = True
+                reader._reading = None
+                raise
+            self.added |= added
+            self.lines += lines if lines >= 0 else buf.count(b"\n", pos, cut)
+            pos = cut
+        return pos
+
+    def _check(self, buf: bytes, pos: int, cut: int) -> None:
+        """:func:`decode_page`'s UTF-8 error for ``buf[pos:cut]``, placed in the page."""
+        try:
+            str(memoryview(buf)[pos:cut], "utf-8")
+        except UnicodeDecodeError as exc:
+            self.reader._abandon(self)
+            at = self.offset + pos
+            if exc.end == exc.start + 1:
+                what = f"byte 0x{exc.object[exc.start]:02x} in position {at + exc.start}"
+            else:
+                what = f"bytes in position {at + exc.start}-{at + exc.end - 1}"
+            raise ValueError(f"'{exc.encoding}' codec can't decode {what}: {exc.reason}") from None
 
 
 def _spans(body: bytes) -> Iterator[tuple[int, int]]:

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import hashlib
 import math
 import time
@@ -80,7 +79,7 @@ from aifinops.model.inputs import (
 from aifinops.model.llm_prices import TokenType, normalize_provider
 from aifinops.settings import FORBIDDEN_TENANT_LABELS, TokenMetricSettings, TokenSourceSettings
 from aifinops.sources.base import CpuRunner, Slot, SourceError
-from aifinops.sources.promtext import SeriesEntry, SeriesReader
+from aifinops.sources.promtext import PageRead, SeriesEntry, SeriesReader
 from aifinops.sources.transport import Transport
 from aifinops.status import ScrapeTargets
 from aifinops.text import clean_value  # the label sanitiser, shared with the push schema
@@ -1433,15 +1432,10 @@ class TokenSource:
         target_labels: Mapping[str, str],
         headers: Mapping[str, str],
     ) -> tuple[list[_Series], list[float], NameRuns, int]:
-        # On the CPU worker as soon as it arrives (the first read of a large page parses
-        # every series; later ones only read new values).
-        return await self._transport.read_page(
-            client,
-            url,
-            headers,
-            functools.partial(self._read, index),
-            target_labels,
-            where=target_display(url),
+        # Parsed on the CPU worker as it arrives (the first read of a large page parses
+        # every series; later ones only read new values), never held whole.
+        return await self._transport.stream_page(
+            client, url, headers, self._open(index, target_labels), where=target_display(url)
         )
 
     def _observe_query(
@@ -1481,17 +1475,39 @@ class TokenSource:
         self._count_skipped(skipped)
         return _observe(self.name, ((series, values, name_runs(series), None),), self._mapping)
 
-    def _read(
-        self, index: int, body: bytes, target_labels: Mapping[str, str]
-    ) -> tuple[list[_Series], list[float], NameRuns, int]:
+    def _open(self, index: int, target_labels: Mapping[str, str]) -> _PageRead:
+        """A read of target ``index``'s page, fed as it arrives."""
         several = len(self._targets) > 1
         builder = _SeriesBuilder(
             self._mapping, target_labels, self._targets[index].display if several else ""
         )
-        series, values = self._readers[index].read_rows(body, builder.row)
+        return _PageRead(self, index, self._readers[index].stream(builder.row))
+
+    def _runs_of(
+        self, index: int, series: list[_Series], values: list[float]
+    ) -> tuple[list[_Series], list[float], NameRuns, int]:
         known, runs, skipped = self._runs[index]
         if series is not known:
             runs = name_runs(series)
             skipped = sum(1 for s in series if s.labels is _SKIPPED)
             self._runs[index] = (series, runs, skipped)
         return series, values, runs, skipped
+
+
+class _PageRead:
+    """One target's page read as it arrives (``Transport.stream_page``): its
+    :class:`SeriesReader`'s streamed read, then the series' name runs."""
+
+    __slots__ = ("_index", "_page", "_source")
+
+    def __init__(self, source: TokenSource, index: int, page: PageRead[_Series]) -> None:
+        self._source = source
+        self._index = index
+        self._page = page
+
+    def feed(self, data: bytes) -> None:
+        self._page.feed(data)
+
+    def finish(self) -> tuple[list[_Series], list[float], NameRuns, int]:
+        series, values = self._page.finish()
+        return self._source._runs_of(self._index, series, values)

@@ -14,16 +14,24 @@ and what to do when one page of several fails stay with each source.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from aifinops.sources.base import CpuRunner, SourceError, get_bytes, read_bearer_token
+from aifinops.sources.base import (
+    CpuRunner,
+    SourceError,
+    get_bytes,
+    get_chunks,
+    read_bearer_token,
+)
 from aifinops.sources.promapi import parse_vector, query_body
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 Vector = list[tuple[dict[str, str], float]]
 
 
@@ -41,6 +49,19 @@ class ReadSettings(Protocol):
 
     @property
     def bearer_token_file(self) -> Path | None: ...
+
+
+class PageFeed(Protocol[T_co]):
+    """A page's parse fed as the page arrives (``promtext.PageRead``'s form)."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self) -> T_co: ...
+
+
+STREAM_PIECE_BYTES = 1 << 20
+"""What :meth:`Transport.stream_page` gathers before handing it to the parse: a CPU worker
+call per MiB, not per network read, and never more of the page held than about this."""
 
 
 class Transport:
@@ -119,6 +140,69 @@ class Transport:
         except ValueError as exc:
             raise SourceError("parse", f"{where}: {exc}") from None
 
+    async def stream_page(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        headers: Mapping[str, str],
+        parse: PageFeed[T],
+        *,
+        where: str,
+    ) -> T:
+        """:meth:`read_page` for a parse fed as the page arrives: pieces of about
+        :data:`STREAM_PIECE_BYTES` go to ``parse.feed`` on the CPU worker while the rest is
+        still coming, so the body is never held whole (a LiteLLM page at fleet scale set the
+        refresh's peak: bench/README.md). The errors are :meth:`read_page`'s, with the same
+        precedence: a page that does not parse is still read to its end, so a body that also
+        breaks off or passes the cap fails as it did when it was read before its parse."""
+        s = self._settings
+        failed: ValueError | None = None
+        pending: list[bytes] = []
+        size = 0
+
+        async def feed() -> None:
+            nonlocal failed, size
+            piece = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            size = 0
+            try:
+                await self.run(parse.feed, piece)
+            except ValueError as exc:
+                # Kept without its traceback: its frames (this one's cells) would make a
+                # cycle holding the parse's partial read until the collector ran.
+                failed = exc.with_traceback(None)
+
+        try:
+            async with contextlib.aclosing(
+                get_chunks(
+                    client,
+                    url,
+                    timeout=s.timeout_seconds,
+                    max_bytes=s.max_response_bytes,
+                    headers=headers,
+                )
+            ) as chunks:
+                async for chunk in chunks:
+                    if failed is not None:
+                        continue  # read to the end, unparsed: its own failure comes first
+                    pending.append(chunk)
+                    size += len(chunk)
+                    if size >= STREAM_PIECE_BYTES:
+                        await feed()
+        except httpx.InvalidURL as exc:
+            raise SourceError("invalid", f"{exc}") from None
+        except BaseException:
+            pending.clear()  # a traceback holds this frame: not a MiB of the page with it
+            raise
+        if failed is None and pending:
+            await feed()
+        try:
+            if failed is not None:
+                raise failed
+            return await self.run(parse.finish)
+        except ValueError as exc:
+            raise SourceError("parse", f"{where}: {exc}") from None
+
     async def read_pages(
         self,
         client: httpx.AsyncClient,
@@ -141,4 +225,4 @@ class Transport:
         return [item for task in tasks for item in task.result()]
 
 
-__all__ = ["ReadSettings", "Transport", "Vector"]
+__all__ = ["PageFeed", "ReadSettings", "Transport", "Vector"]
