@@ -250,8 +250,8 @@ MAX_ENCODING_LAYERS = 2
 
 # --- large bodies: one source's at a time ----------------------------------------------
 # The sources of a refresh fetch concurrently, but they parse on one CPU worker thread, so
-# the concurrency buys network overlap, not CPU: at fleet scale it held the LiteLLM page
-# (44 MB), the DCGM answer (11 MB) and OpenCost's pieces at once, each with what its parse
+# the concurrency buys network overlap, not CPU: at fleet scale it held the large bodies
+# (OpenCost's pieces, the DCGM answer, a token page) at once, each with what its parse
 # builds beside its previous data (the refresh's peak RSS). A fetch inside
 # LargeBodies.scope that reads a body past LARGE_BODY_BYTES first takes the gate and keeps
 # it until that fetch ends (its parse and the release of its old data included), so the
