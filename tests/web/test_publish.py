@@ -7,6 +7,7 @@ front answered."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 import random
@@ -543,4 +544,12 @@ async def test_the_front_serves_a_publication_received_in_pieces_byte_for_byte(
     for path in ASKED:
         answer = await front.get(path)
         assert await answer.read() == snap.prepared.answers[path].body, path
+    # The gzip scrapes' buffer is reused: a smaller page after a larger one sends its own
+    # bytes only, never the rest of what the buffer held.
+    assert 1 <= len(engine.gzip_buffers) <= front_module.GZIP_BUFFERS
+    small_page = b"# TYPE x gauge\nx 1\n"
+    engine.page = dataclasses.replace(pub, gzipped=gzip_member(small_page))
+    again = await front.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert _one_member(await again.read()) == small_page + tail
+    assert len(engine.gzip_buffers) <= front_module.GZIP_BUFFERS
     await engine.stop()
