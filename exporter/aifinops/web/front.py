@@ -410,7 +410,7 @@ class _GzipPage(_Pieces):
     """A gzip scrape: the publication's deflate blocks, the tail's and the trailer copied
     into a buffer the front reuses, then written in two steps (a small first piece, which
     aiohttp joins to the headers, then the rest). Why: sent straight from the publication's
-    pieces, scrapes while a refresh ran had three times the p99 (bench/README.md); joined
+    pieces, scrapes while a refresh ran missed their p99 target (bench/README.md); joined
     into a fresh bytes object per scrape, each scrape page-faulted a new mapping."""
 
     def __init__(self, pieces: Sequence[Bytes], pool: list[bytearray]) -> None:
