@@ -16,9 +16,16 @@ from aifinops.sources.promtext import (
     _check_utf8,
     _parse_labels,
     _parse_value_and_timestamp,
-    _without_cr,
+    _spans,
     decode_page,
 )
+
+
+def _without_cr(body: bytes) -> bytes:
+    """``body`` with '\\r\\n' line ends made '\\n', a span at a time (the old reader's way;
+    the streamed reader handles line ends span by span itself)."""
+    return b"".join([body[a:b].replace(b"\r\n", b"\n") for a, b in _spans(body)])
+
 
 READ_CHUNK_BYTES = 1 << 18
 """The span of a page :class:`SeriesReader` handles in one go: it is tested for a wanted

@@ -669,12 +669,6 @@ def _spans(body: bytes) -> Iterator[tuple[int, int]]:
         pos = cut
 
 
-def _without_cr(body: bytes) -> bytes:
-    """``body`` with '\\r\\n' line ends made '\\n' (as :func:`parse_text` does), a span at a
-    time: a span ends after a '\\n', so no '\\r\\n' is cut in two."""
-    return b"".join([body[a:b].replace(b"\r\n", b"\n") for a, b in _spans(body)])
-
-
 def _check_utf8(body: bytes) -> None:
     """Raise :func:`decode_page`'s error when ``body`` is not UTF-8, without holding the
     page as text (a span cut after a '\n' never splits a character)."""
